@@ -1,0 +1,344 @@
+//! The wasmgate reference plugin: every client message is one command, and replies go to the
+//! sender. Tests and benchmarks drive wasmgate through it; the Python and JavaScript examples
+//! implement the same protocol. See README.md for the command list.
+//!
+//! A message is `<command> <arguments>`, split on single spaces. A word argument (group, uid,
+//! key, client id) is UTF-8 and ends at the next space, except the last one, which takes the rest
+//! of the message; a payload is every byte after the last word, UTF-8 or not. A missing argument
+//! or a word that is not UTF-8 gets `error usage: <usage line>`; an empty argument is passed to
+//! the gateway as it is, which decides what an empty group or uid means.
+
+use wasmgate_sdk::{Client, GatewayError, Plugin, gateway};
+
+struct Commands;
+
+impl Plugin for Commands {
+    fn on_message(client: Client, data: Vec<u8>) {
+        let reply = match parse(&data) {
+            Ok(command) => run(&client, command),
+            Err(error) => Some(error.to_string().into()),
+        };
+        if let Some(reply) = reply {
+            client.reply(reply);
+        }
+    }
+}
+
+wasmgate_sdk::export!(Commands);
+
+/// One parsed command, borrowing from the message.
+#[derive(Debug, PartialEq, Eq)]
+enum Command<'a> {
+    Echo(&'a [u8]),
+    Join(&'a str),
+    Leave(&'a str),
+    Pub { group: &'a str, payload: &'a [u8] },
+    All(&'a [u8]),
+    Bind(&'a str),
+    Unbind(&'a str),
+    ToUid { uid: &'a str, payload: &'a [u8] },
+    Count(&'a str),
+    Set { key: &'a str, value: &'a str },
+    Get(&'a str),
+    WhoAmI,
+    Kick(&'a str),
+}
+
+/// Every command, in README order: [`parse`] looks the word up here, [`run`] carries it out.
+#[rustfmt::skip] // one row per line reads as a table
+const COMMANDS: &[Row] = &[
+    Row { usage: "echo <payload>",        shape: Shape::Payload,     build: |a| Command::Echo(a.payload) },
+    Row { usage: "join <group>",          shape: Shape::Word,        build: |a| Command::Join(a.word) },
+    Row { usage: "leave <group>",         shape: Shape::Word,        build: |a| Command::Leave(a.word) },
+    Row { usage: "pub <group> <payload>", shape: Shape::WordPayload, build: |a| Command::Pub { group: a.word, payload: a.payload } },
+    Row { usage: "all <payload>",         shape: Shape::Payload,     build: |a| Command::All(a.payload) },
+    Row { usage: "bind <uid>",            shape: Shape::Word,        build: |a| Command::Bind(a.word) },
+    Row { usage: "unbind <uid>",          shape: Shape::Word,        build: |a| Command::Unbind(a.word) },
+    Row { usage: "touid <uid> <payload>", shape: Shape::WordPayload, build: |a| Command::ToUid { uid: a.word, payload: a.payload } },
+    Row { usage: "count <group>",         shape: Shape::Word,        build: |a| Command::Count(a.word) },
+    Row { usage: "set <key> <value>",     shape: Shape::TwoWords,    build: |a| Command::Set { key: a.word, value: a.second } },
+    Row { usage: "get <key>",             shape: Shape::Word,        build: |a| Command::Get(a.word) },
+    Row { usage: "whoami",                shape: Shape::Nothing,     build: |_| Command::WhoAmI },
+    Row { usage: "kick <client-id>",      shape: Shape::Word,        build: |a| Command::Kick(a.word) },
+];
+
+/// One command: its usage line, whose first word is the command, its arguments' shape and how
+/// to build it from them.
+struct Row {
+    usage: &'static str,
+    shape: Shape,
+    build: for<'a> fn(Args<'a>) -> Command<'a>,
+}
+
+impl Row {
+    fn word(&self) -> &'static str {
+        self.usage.split(' ').next().unwrap_or(self.usage)
+    }
+}
+
+/// What follows a command's word.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// No arguments, not even a space.
+    Nothing,
+    /// One word: all the rest.
+    Word,
+    /// One payload: all the rest.
+    Payload,
+    /// A word, then a second word that takes all the rest.
+    TwoWords,
+    /// A word, then a payload.
+    WordPayload,
+}
+
+impl Shape {
+    /// Splits what follows the command word (`None`: not even a space); `None` if an argument
+    /// is missing or a word is not UTF-8.
+    fn split(self, rest: Option<&[u8]>) -> Option<Args<'_>> {
+        let text = |bytes| std::str::from_utf8(bytes).ok();
+        let args = match (self, rest) {
+            (Shape::Nothing, None) => Args::default(),
+            (Shape::Word, Some(rest)) => Args {
+                word: text(rest)?,
+                ..Args::default()
+            },
+            (Shape::Payload, Some(payload)) => Args {
+                payload,
+                ..Args::default()
+            },
+            (Shape::TwoWords, Some(rest)) => {
+                let (word, second) = split(rest);
+                Args {
+                    word: text(word)?,
+                    second: text(second?)?,
+                    ..Args::default()
+                }
+            }
+            (Shape::WordPayload, Some(rest)) => {
+                let (word, payload) = split(rest);
+                Args {
+                    word: text(word)?,
+                    payload: payload?,
+                    ..Args::default()
+                }
+            }
+            _ => return None,
+        };
+        Some(args)
+    }
+}
+
+/// The arguments split according to a [`Shape`]; slots the shape lacks stay empty.
+#[derive(Default)]
+struct Args<'a> {
+    word: &'a str,
+    second: &'a str,
+    payload: &'a [u8],
+}
+
+/// Why a message is not a command; its `Display` is the reply.
+#[derive(Debug, PartialEq, Eq)]
+enum ParseError {
+    Unknown,
+    Usage(&'static str),
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParseError::Unknown => f.write_str("error unknown command"),
+            ParseError::Usage(usage) => write!(f, "error usage: {usage}"),
+        }
+    }
+}
+
+fn parse(message: &[u8]) -> Result<Command<'_>, ParseError> {
+    let (word, rest) = split(message);
+    let row = COMMANDS
+        .iter()
+        .find(|row| row.word().as_bytes() == word)
+        .ok_or(ParseError::Unknown)?;
+    let args = row.shape.split(rest).ok_or(ParseError::Usage(row.usage))?;
+    Ok((row.build)(args))
+}
+
+/// Splits at the first space: the bytes before it, and those after it if there is one.
+fn split(bytes: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match bytes.iter().position(|&b| b == b' ') {
+        Some(i) => (&bytes[..i], Some(&bytes[i + 1..])),
+        None => (bytes, None),
+    }
+}
+
+/// Carries out a command; returns the reply to the sender, if the command has one.
+fn run(client: &Client, command: Command<'_>) -> Option<Vec<u8>> {
+    let reply = match command {
+        Command::Echo(payload) => return Some(payload.to_vec()),
+        Command::Join(group) => {
+            gateway::join_group(&client.id, group);
+            format!("joined {group}")
+        }
+        Command::Leave(group) => {
+            gateway::leave_group(&client.id, group);
+            format!("left {group}")
+        }
+        Command::Pub { group, payload } => {
+            gateway::send_to_group(&[group.into()], payload, &[]);
+            return None;
+        }
+        Command::All(payload) => {
+            gateway::send_to_all(payload, &[]);
+            return None;
+        }
+        Command::Bind(uid) => {
+            gateway::bind_uid(&client.id, uid);
+            format!("bound {uid}")
+        }
+        Command::Unbind(uid) => {
+            gateway::unbind_uid(&client.id, uid);
+            format!("unbound {uid}")
+        }
+        Command::ToUid { uid, payload } => {
+            gateway::send_to_uid(&[uid.into()], payload);
+            return None;
+        }
+        Command::Count(group) => match gateway::get_client_count_by_group(group) {
+            Ok(n) => format!("count {group} {n}"),
+            Err(error) => format!("error {}", reason(&error)),
+        },
+        Command::Set { key, value } => {
+            gateway::update_session(&client.id, &[(key.into(), value.into())]);
+            "ok".into()
+        }
+        Command::Get(key) => match client.session().get(key) {
+            Some(value) => format!("value {key} {value}"),
+            None => "none".into(),
+        },
+        Command::WhoAmI => client.id.clone(),
+        Command::Kick(id) => {
+            gateway::close_client(id, None);
+            return None;
+        }
+    };
+    Some(reply.into())
+}
+
+/// The `<reason>` of an `error <reason>` reply, in the WIT's words.
+fn reason(error: &GatewayError) -> String {
+    match error {
+        GatewayError::Unreachable => "unreachable".into(),
+        GatewayError::InvalidArgument(why) => format!("invalid-argument {why}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{COMMANDS, Command, ParseError, parse};
+
+    #[test]
+    fn every_command_parses() {
+        let cases: &[(&[u8], Command<'_>)] = &[
+            (b"echo hello world", Command::Echo(b"hello world")),
+            (b"join room", Command::Join("room")),
+            (b"leave room", Command::Leave("room")),
+            (
+                b"pub room hi there",
+                Command::Pub {
+                    group: "room",
+                    payload: b"hi there",
+                },
+            ),
+            (b"all hi", Command::All(b"hi")),
+            (b"bind alice", Command::Bind("alice")),
+            (b"unbind alice", Command::Unbind("alice")),
+            (
+                b"touid alice hi",
+                Command::ToUid {
+                    uid: "alice",
+                    payload: b"hi",
+                },
+            ),
+            (b"count room", Command::Count("room")),
+            (
+                b"set nick Ada Lovelace",
+                Command::Set {
+                    key: "nick",
+                    value: "Ada Lovelace",
+                },
+            ),
+            (b"get nick", Command::Get("nick")),
+            (b"whoami", Command::WhoAmI),
+            (
+                b"kick 7f00000122b800000001",
+                Command::Kick("7f00000122b800000001"),
+            ),
+        ];
+        assert_eq!(cases.len(), COMMANDS.len());
+        for (message, command) in cases {
+            assert_eq!(
+                parse(message).as_ref(),
+                Ok(command),
+                "{}",
+                message.escape_ascii()
+            );
+        }
+    }
+
+    #[test]
+    fn payloads_are_bytes() {
+        assert_eq!(parse(b"echo \xff\x00 x"), Ok(Command::Echo(b"\xff\x00 x")));
+        assert_eq!(
+            parse(b"pub g \xc3"),
+            Ok(Command::Pub {
+                group: "g",
+                payload: b"\xc3"
+            })
+        );
+    }
+
+    #[test]
+    fn empty_arguments_are_kept_and_missing_ones_are_errors() {
+        assert_eq!(parse(b"echo "), Ok(Command::Echo(b"")));
+        assert_eq!(parse(b"count "), Ok(Command::Count("")));
+        assert_eq!(
+            parse(b"pub g "),
+            Ok(Command::Pub {
+                group: "g",
+                payload: b""
+            })
+        );
+        assert_eq!(parse(b"echo"), Err(ParseError::Usage("echo <payload>")));
+        assert_eq!(parse(b"join"), Err(ParseError::Usage("join <group>")));
+        assert_eq!(
+            parse(b"pub room"),
+            Err(ParseError::Usage("pub <group> <payload>"))
+        );
+        assert_eq!(
+            parse(b"set key"),
+            Err(ParseError::Usage("set <key> <value>"))
+        );
+        assert_eq!(parse(b"whoami now"), Err(ParseError::Usage("whoami")));
+    }
+
+    #[test]
+    fn last_word_takes_the_rest() {
+        assert_eq!(parse(b"join my room"), Ok(Command::Join("my room")));
+    }
+
+    #[test]
+    fn words_must_be_utf8() {
+        assert_eq!(parse(b"join \xff"), Err(ParseError::Usage("join <group>")));
+        assert_eq!(
+            parse(b"set k \xff"),
+            Err(ParseError::Usage("set <key> <value>"))
+        );
+    }
+
+    #[test]
+    fn unknown_commands_are_errors() {
+        for message in [&b""[..], b"nope", b"ECHO x", b" echo x", b"\xff"] {
+            assert_eq!(parse(message), Err(ParseError::Unknown));
+        }
+        assert_eq!(ParseError::Unknown.to_string(), "error unknown command");
+    }
+}

@@ -1,0 +1,148 @@
+//! Write wasmgate plugins in Rust.
+//!
+//! A plugin is a WebAssembly component that handles the events of long-lived client connections
+//! (connect, message, close, timers) and talks back through the gateways that hold them. This
+//! crate owns the bindings generated from wasmgate's WIT contract (`wit/plugin.wit`), so a plugin
+//! implements [`Plugin`], overriding only the callbacks it needs, and calls [`export!`]:
+//!
+//! ```
+//! struct Echo;
+//! impl wasmgate_sdk::Plugin for Echo { fn on_message(client: wasmgate_sdk::Client, data: Vec<u8>) { wasmgate_sdk::gateway::send_to_client(&client.id, &data); } }
+//! wasmgate_sdk::export!(Echo);
+//! ```
+//!
+//! Build it as a `cdylib` for `wasm32-wasip2`
+//! (`cargo build --release --target wasm32-wasip2`) and drop the `.wasm` file into the worker
+//! host's plugin directory; the file name without `.wasm` is the app name gateways refer to.
+//!
+//! What a plugin can ask for:
+//! - [`gateway`]: sends, closes, uids, groups and sessions, GatewayWorker's `Lib\Gateway` call
+//!   for call. Sends are fire-and-forget; queries return `Result<_, GatewayError>`.
+//! - [`timers`]: intervals and timeouts that fire [`Plugin::on_timer`].
+//! - [`log`]: levelled lines in the host's log, tagged with the plugin's name.
+//! - [`Session`] and the methods on [`Client`]: typed access to a client's session and replies.
+//! - `json` (cargo feature `json`): the same sends and session values as JSON via serde.
+//!
+//! Callbacks are associated functions without `self`: the host may run any number of instances of
+//! a plugin and replace one with a fresh one at any time (after a trap, on a hot reload), so state
+//! that must outlive an instance belongs in the session, groups or uids; per-instance caches go in
+//! the plugin's own statics.
+
+/// The bindings `wit-bindgen` generates from `wit/`, for what this crate does not wrap.
+#[allow(
+    missing_docs,
+    reason = "generated from wit/; the WIT doc comments carry over where the WIT has them"
+)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../wit",
+        // `crate::export!` expands to this macro in the plugin's crate.
+        pub_export_macro: true,
+    });
+}
+
+#[cfg(feature = "json")]
+pub mod json;
+pub mod log;
+mod session;
+
+use bindings::exports::wasmgate::plugin::events::Guest;
+pub use bindings::wasmgate::plugin::gateway;
+pub use bindings::wasmgate::plugin::timers;
+pub use bindings::wasmgate::plugin::timers::TimerId;
+pub use bindings::wasmgate::plugin::types::{
+    Client, ClientId, GatewayError, WebsocketRequest, WorkerInfo,
+};
+pub use session::Session;
+
+/// The event callbacks of a plugin; every one defaults to doing nothing (or accepting).
+///
+/// Events of one client arrive one at a time and in order: [`on_connect`](Plugin::on_connect),
+/// then [`on_websocket_connect`](Plugin::on_websocket_connect) for WebSocket clients, every
+/// [`on_message`](Plugin::on_message), then [`on_close`](Plugin::on_close). A panic ends only
+/// the instance that panicked; the host serves the next event with a fresh one.
+pub trait Plugin {
+    /// Runs once per instance before any client event; an error refuses this plugin version.
+    fn on_worker_start(_info: WorkerInfo) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A client connected (for WebSocket clients: after the handshake).
+    fn on_connect(_client: Client) {}
+
+    /// A WebSocket client completed its handshake; an error closes it (code 1008, that reason).
+    fn on_websocket_connect(_client: Client, _request: WebsocketRequest) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// One complete message from a client.
+    fn on_message(_client: Client, _data: Vec<u8>) {}
+
+    /// The client is gone; its groups and uid are already released.
+    fn on_close(_client: Client) {}
+
+    /// A timer set through [`timers`] fired.
+    fn on_timer(_id: TimerId) {}
+
+    /// The instance is being stopped: the host shuts down or a new version replaced this one.
+    fn on_worker_stop() {}
+}
+
+/// Makes every [`Plugin`] the generated `Guest`, so [`export!`] needs no glue code per plugin.
+impl<P: Plugin> Guest for P {
+    fn on_worker_start(info: WorkerInfo) -> Result<(), String> {
+        <P as Plugin>::on_worker_start(info)
+    }
+
+    fn on_connect(client: Client) {
+        <P as Plugin>::on_connect(client)
+    }
+
+    fn on_websocket_connect(client: Client, request: WebsocketRequest) -> Result<(), String> {
+        <P as Plugin>::on_websocket_connect(client, request)
+    }
+
+    fn on_message(client: Client, data: Vec<u8>) {
+        <P as Plugin>::on_message(client, data)
+    }
+
+    fn on_close(client: Client) {
+        <P as Plugin>::on_close(client)
+    }
+
+    fn on_timer(id: TimerId) {
+        <P as Plugin>::on_timer(id)
+    }
+
+    fn on_worker_stop() {
+        <P as Plugin>::on_worker_stop()
+    }
+}
+
+/// Exports a [`Plugin`] implementation as the component's `events`: `export!(MyPlugin);`.
+///
+/// Use it once per plugin crate, at module level, with the name of a type in scope.
+#[macro_export]
+macro_rules! export {
+    ($plugin:ident) => {
+        $crate::bindings::export!($plugin with_types_in $crate::bindings);
+    };
+}
+
+impl Client {
+    /// This client's session as the gateway sent it with the event.
+    pub fn session(&self) -> Session {
+        Session::from(self.session.clone())
+    }
+
+    /// Replaces this client's whole session at its gateway (`set-session`).
+    pub fn set_session(&self, session: &Session) {
+        gateway::set_session(&self.id, session.as_slice());
+    }
+
+    /// Sends `data` to this client; false if it was not queued, as [`gateway::send_to_client`].
+    pub fn reply(&self, data: impl AsRef<[u8]>) -> bool {
+        gateway::send_to_client(&self.id, data.as_ref())
+    }
+}

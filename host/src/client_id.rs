@@ -1,0 +1,94 @@
+//! `ClientId`: where a client lives, encoded so that any worker host can reach it without a
+//! lookup.
+//!
+//! The layout is GatewayWorker's: the owning gateway's internal IPv4 address (4 bytes), its
+//! internal port (2 bytes) and a per-gateway connection index (4 bytes), printed as 20 lowercase
+//! hex characters. Keeping the layout means ids look familiar to GatewayWorker users and a
+//! worker host routes a per-client command by decoding the id alone.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A client connection's cluster-wide id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClientId {
+    /// The internal (worker-facing) address of the gateway holding the client.
+    pub gateway: SocketAddrV4,
+    /// The connection's index on that gateway.
+    pub index: u32,
+}
+
+/// Why a string is not a client id.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed client id {0:?}: expected 20 hex characters")]
+pub struct MalformedClientId(pub String);
+
+impl ClientId {
+    /// The id of connection `index` on the gateway whose internal address is `gateway`.
+    pub fn new(gateway: SocketAddrV4, index: u32) -> Self {
+        Self { gateway, index }
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:08x}{:04x}{:08x}",
+            u32::from(*self.gateway.ip()),
+            self.gateway.port(),
+            self.index
+        )
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientId({self})")
+    }
+}
+
+impl FromStr for ClientId {
+    type Err = MalformedClientId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let malformed = || MalformedClientId(s.to_owned());
+        if s.len() != 20 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(malformed());
+        }
+        let ip = u32::from_str_radix(&s[0..8], 16).map_err(|_| malformed())?;
+        let port = u16::from_str_radix(&s[8..12], 16).map_err(|_| malformed())?;
+        let index = u32::from_str_radix(&s[12..20], 16).map_err(|_| malformed())?;
+        Ok(Self::new(
+            SocketAddrV4::new(Ipv4Addr::from(ip), port),
+            index,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_gatewayworker_layout() {
+        let id = ClientId::new("127.0.0.1:2300".parse().unwrap(), 8);
+        assert_eq!(id.to_string(), "7f00000108fc00000008");
+        assert_eq!("7f00000108fc00000008".parse::<ClientId>().unwrap(), id);
+    }
+
+    #[test]
+    fn rejects_malformed_ids() {
+        for bad in [
+            "",
+            "7f00000108fc0000000",
+            "7f00000108fc0000000g",
+            "7f00000108fc000000080",
+        ] {
+            assert!(bad.parse::<ClientId>().is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The gateway's internal listener: worker hosts (and push clients) link here.
+//!
+//! A link starts with the authenticated handshake, then the gateway announces its listeners.
+//! From then on the gateway sends client events and query replies, and executes the commands
+//! and answers the queries it receives, in the order they arrive. A link that fails the
+//! handshake or sends a malformed frame is closed; other links and all clients carry on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Gateway;
+use crate::wire::codec::{FrameReader, FrameWriter};
+use crate::wire::handshake::{self, Role};
+use crate::wire::messages::{ToGateway, ToWorker};
+
+/// Messages queued for one worker host before client reads wait for it.
+const LINK_QUEUE: usize = 4096;
+
+/// How often the gateway pings a linked worker host; three silent intervals drop the link.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Accepts links until shutdown.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: CancellationToken) {
+    loop {
+        let (socket, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("internal accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let gateway = gateway.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = link(socket, gateway, shutdown).await {
+                tracing::info!(%peer, "internal link closed: {e:#}");
+            }
+        });
+    }
+}
+
+async fn link(
+    socket: TcpStream,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    socket.set_nodelay(true)?;
+    let (reader, writer) = socket.into_split();
+    let mut reader = FrameReader::new(reader);
+    let mut writer = FrameWriter::new(writer);
+    let role = handshake::accept_handshake(&mut reader, &mut writer, &gateway.secret).await?;
+    let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
+    queue
+        .send(ToWorker::Listeners(gateway.listeners.clone()))
+        .await?;
+    // Push clients only send commands and queries; only worker hosts take client events.
+    let routed = (role == Role::Worker).then(|| gateway.router.add(queue.clone()));
+    let writing = tokio::spawn(writer.forward(outgoing));
+    let result = read_loop(&mut reader, &gateway, &queue, &shutdown).await;
+    if let Some(link) = routed {
+        gateway.router.remove(link.id);
+    }
+    // Client bindings may still hold the queue: stop writing explicitly.
+    writing.abort();
+    result
+}
+
+async fn read_loop(
+    reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    gateway: &Gateway,
+    queue: &mpsc::Sender<ToWorker>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut silent = 0;
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = ping.tick() => {
+                silent += 1;
+                anyhow::ensure!(silent <= 3, "peer silent for {} intervals", silent - 1);
+                queue.send(ToWorker::Ping).await?;
+                continue;
+            }
+            message = reader.recv::<ToGateway>() => message?,
+        };
+        silent = 0;
+        match message {
+            None => return Ok(()),
+            Some(ToGateway::Command(command)) => gateway.state.execute(command),
+            Some(ToGateway::Query { id, query }) => {
+                let reply = gateway.state.answer(&query);
+                queue.send(ToWorker::Reply { id, reply }).await?;
+            }
+            Some(ToGateway::Pong) => {}
+        }
+    }
+}

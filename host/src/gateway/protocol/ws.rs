@@ -1,0 +1,101 @@
+//! The WebSocket protocol (tokio-tungstenite): the upgrade handshake, with its path, query
+//! and headers kept for `on-websocket-connect`, then messages as bytes.
+//!
+//! Inbound text and binary frames both become bytes. Outbound bytes go out as a text frame
+//! when they are valid UTF-8 and as a binary frame otherwise; ping and pong are handled by
+//! the library.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt, stream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
+
+use crate::gateway::state::Outbound;
+use crate::wire::messages::WebSocketRequest;
+
+/// How long a client may take to complete the upgrade handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Completes the server side of the handshake and splits the connection.
+pub async fn accept<S>(
+    socket: S,
+    max_message_size: usize,
+) -> Result<
+    (
+        impl Stream<Item = Result<Bytes, Error>> + Unpin,
+        impl Sink<Outbound, Error = Error> + Unpin,
+        WebSocketRequest,
+    ),
+    Error,
+>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let seen = Arc::new(Mutex::new(WebSocketRequest::default()));
+    let record = seen.clone();
+    let callback = move |request: &Request, response: Response| {
+        let mut seen = record.lock().unwrap_or_else(|e| e.into_inner());
+        seen.path = request.uri().path().to_owned();
+        seen.query = request.uri().query().unwrap_or_default().to_owned();
+        seen.headers = request
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        Ok(response)
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max_message_size))
+        .max_frame_size(Some(max_message_size));
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(socket, callback, Some(config));
+    let ws = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+    let request = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
+    let (sink, messages) = ws.split();
+    let inbound = messages.filter_map(|m| async move {
+        match m {
+            Ok(Message::Text(text)) => Some(Ok(Bytes::from(text))),
+            Ok(Message::Binary(data)) => Some(Ok(data)),
+            Ok(Message::Close(_)) => None,
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        }
+    });
+    let outbound = sink.with_flat_map(|item: Outbound| {
+        let messages = match item {
+            Outbound::Data(data) => vec![frame(data)],
+            Outbound::Close(farewell) => farewell
+                .into_iter()
+                .map(frame)
+                .chain([Message::Close(Some(CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: Utf8Bytes::default(),
+                }))])
+                .collect(),
+        };
+        stream::iter(messages.into_iter().map(Ok))
+    });
+    Ok((Box::pin(inbound), Box::pin(outbound), request))
+}
+
+fn frame(data: Bytes) -> Message {
+    if std::str::from_utf8(&data).is_ok() {
+        // SAFETY: validated as UTF-8 on the line above.
+        Message::Text(unsafe { Utf8Bytes::from_bytes_unchecked(data) })
+    } else {
+        Message::Binary(data)
+    }
+}

@@ -1,0 +1,5 @@
+//! The `wasmgate` binary; see [`wasmgate::cli`].
+
+fn main() -> anyhow::Result<()> {
+    wasmgate::cli::main()
+}

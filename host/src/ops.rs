@@ -1,0 +1,314 @@
+//! The gateway operations: every request a plugin, the push API or the Rust client can make of
+//! the gateways, as data.
+//!
+//! Plugins call them through the WIT `gateway` interface ([`crate::worker::host_api`] turns each
+//! import into a [`Command`] or a [`Query`]); worker hosts carry them over the internal links;
+//! gateways execute them against their state. One vocabulary for all of these means a new
+//! operation is added in one place and cannot mean different things on different paths.
+//!
+//! Commands are fire-and-forget. Queries are answered by every gateway they are sent to, and
+//! the answers are combined with [`Reply::merge`].
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::client_id::ClientId;
+
+/// A client's session: GatewayWorker's `$_SESSION`, a string map kept by its gateway.
+pub type Session = BTreeMap<String, String>;
+
+/// A request that changes something and expects no answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Send to every client except `exclude`.
+    SendToAll {
+        /// The payload.
+        data: Bytes,
+        /// Clients that must not receive it.
+        exclude: Vec<ClientId>,
+    },
+    /// Send to each listed client once.
+    SendToClients {
+        /// The recipients.
+        clients: Vec<ClientId>,
+        /// The payload.
+        data: Bytes,
+    },
+    /// Close a client after sending `farewell`, once its queued data is written.
+    CloseClient {
+        /// The client to close.
+        client: ClientId,
+        /// A last message, if any.
+        farewell: Option<Bytes>,
+    },
+    /// Close a client at once, discarding queued data.
+    DestroyClient {
+        /// The client to close.
+        client: ClientId,
+    },
+    /// Bind a uid to a client, replacing its previous uid.
+    BindUid {
+        /// The client.
+        client: ClientId,
+        /// The uid.
+        uid: String,
+    },
+    /// Remove a client's binding if it is bound to `uid`.
+    UnbindUid {
+        /// The client.
+        client: ClientId,
+        /// The uid it must currently have.
+        uid: String,
+    },
+    /// Send to every client bound to any of `uids`, once per client.
+    SendToUid {
+        /// The uids.
+        uids: Vec<String>,
+        /// The payload.
+        data: Bytes,
+    },
+    /// Add a client to a group.
+    JoinGroup {
+        /// The client.
+        client: ClientId,
+        /// The group.
+        group: String,
+    },
+    /// Remove a client from a group.
+    LeaveGroup {
+        /// The client.
+        client: ClientId,
+        /// The group.
+        group: String,
+    },
+    /// Remove every member from a group.
+    Ungroup {
+        /// The group.
+        group: String,
+    },
+    /// Send to every member of any of `groups`, once per client, except `exclude`.
+    SendToGroup {
+        /// The groups.
+        groups: Vec<String>,
+        /// The payload.
+        data: Bytes,
+        /// Clients that must not receive it.
+        exclude: Vec<ClientId>,
+    },
+    /// Replace a client's session.
+    SetSession {
+        /// The client.
+        client: ClientId,
+        /// The new session.
+        session: Session,
+    },
+    /// Merge keys into a client's session.
+    UpdateSession {
+        /// The client.
+        client: ClientId,
+        /// The keys to set.
+        changes: Session,
+    },
+}
+
+impl Command {
+    /// The one client this command is about, if it is about one: it then goes only to that
+    /// client's gateway; otherwise to every gateway.
+    pub fn target(&self) -> Option<ClientId> {
+        match self {
+            Command::CloseClient { client, .. }
+            | Command::DestroyClient { client }
+            | Command::BindUid { client, .. }
+            | Command::UnbindUid { client, .. }
+            | Command::JoinGroup { client, .. }
+            | Command::LeaveGroup { client, .. }
+            | Command::SetSession { client, .. }
+            | Command::UpdateSession { client, .. } => Some(*client),
+            Command::SendToClients { clients, .. } if clients.len() == 1 => Some(clients[0]),
+            Command::SendToAll { .. }
+            | Command::SendToClients { .. }
+            | Command::SendToUid { .. }
+            | Command::Ungroup { .. }
+            | Command::SendToGroup { .. } => None,
+        }
+    }
+}
+
+/// A request that expects an answer ([`Reply`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    /// Is this client connected? Answered by its gateway.
+    IsOnline(ClientId),
+    /// The uid bound to this client. Answered by its gateway.
+    UidOf(ClientId),
+    /// The client's session. Answered by its gateway.
+    SessionOf(ClientId),
+    /// For each uid, whether a client is bound to it.
+    UidsOnline(Vec<String>),
+    /// For each uid, the clients bound to it.
+    ClientsOfUids(Vec<String>),
+    /// Every bound uid.
+    AllUids,
+    /// For each group, its number of clients; the empty group name counts every client.
+    GroupCounts(Vec<String>),
+    /// The clients of a group; the empty group name lists every client.
+    ClientsOfGroup(String),
+    /// The sessions of the clients of a group; the empty group name lists every client.
+    SessionsOfGroup(String),
+    /// The distinct uids bound to the members of a group.
+    UidsOfGroup(String),
+    /// Every group with its clients and their uids.
+    AllGroups,
+}
+
+impl Query {
+    /// The one client this query is about, if any: it then goes only to that client's gateway.
+    pub fn target(&self) -> Option<ClientId> {
+        match self {
+            Query::IsOnline(c) | Query::UidOf(c) | Query::SessionOf(c) => Some(*c),
+            _ => None,
+        }
+    }
+}
+
+/// One gateway's members of a group, or the merged view across gateways.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMembers {
+    /// The group's name.
+    pub group: String,
+    /// Its clients.
+    pub clients: Vec<ClientId>,
+    /// The distinct uids bound to its clients.
+    pub uids: Vec<String>,
+}
+
+/// The answer to a [`Query`]; the variant matches the query's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// For `IsOnline`.
+    Online(bool),
+    /// For `UidOf`.
+    Uid(Option<String>),
+    /// For `SessionOf`: none if the client is offline.
+    Session(Option<Session>),
+    /// For `UidsOnline`.
+    UidsOnline(Vec<(String, bool)>),
+    /// For `ClientsOfUids`.
+    ClientsOfUids(Vec<(String, Vec<ClientId>)>),
+    /// For `AllUids` and `UidsOfGroup`: distinct uids.
+    Uids(Vec<String>),
+    /// For `GroupCounts`.
+    GroupCounts(Vec<(String, u32)>),
+    /// For `ClientsOfGroup`.
+    Clients(Vec<ClientId>),
+    /// For `SessionsOfGroup`.
+    Sessions(Vec<(ClientId, Session)>),
+    /// For `AllGroups`.
+    Groups(Vec<GroupMembers>),
+}
+
+/// Two replies of different kinds were merged: a peer answered the wrong question.
+#[derive(Debug, thiserror::Error)]
+#[error("mismatched replies cannot be merged")]
+pub struct MismatchedReply;
+
+impl Reply {
+    /// Combines the answers of two gateways to the same query: counts add up, lists are
+    /// joined, uid sets are unioned, and per-client answers (from a single gateway) keep the
+    /// first that says something.
+    pub fn merge(self, other: Reply) -> Result<Reply, MismatchedReply> {
+        Ok(match (self, other) {
+            (Reply::Online(a), Reply::Online(b)) => Reply::Online(a || b),
+            (Reply::Uid(a), Reply::Uid(b)) => Reply::Uid(a.or(b)),
+            (Reply::Session(a), Reply::Session(b)) => Reply::Session(a.or(b)),
+            (Reply::UidsOnline(a), Reply::UidsOnline(b)) => {
+                Reply::UidsOnline(zip_by_key(a, b, |x, y| x || y))
+            }
+            (Reply::ClientsOfUids(a), Reply::ClientsOfUids(b)) => {
+                Reply::ClientsOfUids(zip_by_key(a, b, |mut x, y| {
+                    x.extend(y);
+                    x
+                }))
+            }
+            (Reply::Uids(a), Reply::Uids(b)) => Reply::Uids(union(a, b)),
+            (Reply::GroupCounts(a), Reply::GroupCounts(b)) => {
+                Reply::GroupCounts(zip_by_key(a, b, |x, y| x + y))
+            }
+            (Reply::Clients(mut a), Reply::Clients(b)) => {
+                a.extend(b);
+                Reply::Clients(a)
+            }
+            (Reply::Sessions(mut a), Reply::Sessions(b)) => {
+                a.extend(b);
+                Reply::Sessions(a)
+            }
+            (Reply::Groups(a), Reply::Groups(b)) => {
+                let mut merged: BTreeMap<String, GroupMembers> = BTreeMap::new();
+                for g in a.into_iter().chain(b) {
+                    let entry = merged.entry(g.group.clone()).or_default();
+                    entry.group = g.group;
+                    entry.clients.extend(g.clients);
+                    entry.uids = union(std::mem::take(&mut entry.uids), g.uids);
+                }
+                Reply::Groups(merged.into_values().collect())
+            }
+            _ => return Err(MismatchedReply),
+        })
+    }
+}
+
+/// Combines two keyed lists that answer the same keys in the same order (every gateway is
+/// asked the same list); a key missing on one side keeps the other side's value.
+fn zip_by_key<V>(
+    a: Vec<(String, V)>,
+    b: Vec<(String, V)>,
+    f: impl Fn(V, V) -> V,
+) -> Vec<(String, V)> {
+    let mut b: BTreeMap<String, V> = b.into_iter().collect();
+    let mut out: Vec<(String, V)> = a
+        .into_iter()
+        .map(|(k, v)| match b.remove(&k) {
+            Some(w) => {
+                let merged = f(v, w);
+                (k, merged)
+            }
+            None => (k, v),
+        })
+        .collect();
+    out.extend(b);
+    out
+}
+
+fn union(a: Vec<String>, b: Vec<String>) -> Vec<String> {
+    let mut set: std::collections::BTreeSet<String> = a.into_iter().collect();
+    set.extend(b);
+    set.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_add_and_uids_union() {
+        let a = Reply::GroupCounts(vec![("g".into(), 2), ("h".into(), 0)]);
+        let b = Reply::GroupCounts(vec![("g".into(), 3), ("h".into(), 1)]);
+        assert_eq!(
+            a.merge(b).unwrap(),
+            Reply::GroupCounts(vec![("g".into(), 5), ("h".into(), 1)])
+        );
+        let a = Reply::Uids(vec!["u1".into(), "u2".into()]);
+        let b = Reply::Uids(vec!["u2".into(), "u3".into()]);
+        assert_eq!(
+            a.merge(b).unwrap(),
+            Reply::Uids(vec!["u1".into(), "u2".into(), "u3".into()])
+        );
+    }
+
+    #[test]
+    fn mismatched_replies_are_refused() {
+        assert!(Reply::Online(true).merge(Reply::Uids(vec![])).is_err());
+    }
+}

@@ -1,0 +1,383 @@
+//! Frames on an internal link: a `u32` big-endian length, then that many bytes of postcard.
+//!
+//! The read and write halves are separate types so that a link can give each half to its own
+//! task: one task reads, one task owns the socket's write side and batches whatever is queued
+//! into one write ([`FrameWriter::forward`]). Both are generic over tokio's I/O traits and know
+//! nothing of sockets, so tests drive them over in-memory pipes.
+//!
+//! A length is checked against the link's limit before anything is allocated for the body:
+//! a peer that announces a huge frame costs us four bytes, not the allocation.
+
+use std::io;
+
+use bytes::{Buf, BytesMut};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// The default limit on one frame's payload: larger than any message a gateway or worker host
+/// sends in practice (a client message is bounded far below by `max_message_size`), small
+/// enough that one link cannot make its peer allocate without bound. A link that hits it is
+/// closed; the others are untouched.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Bytes in a frame's length prefix.
+const HEADER: usize = 4;
+
+/// What the reader's buffer starts with: enough for the small control messages of a link
+/// without growing, cheap enough to hold per idle link.
+const INITIAL_BUFFER: usize = 4 * 1024;
+
+/// Why a frame could not be read or written; every variant ends the link it happened on.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The socket failed.
+    #[error("link I/O failed: {0}")]
+    Io(#[from] io::Error),
+    /// A frame's length is over the link's limit (announced by the peer, or produced by us).
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// The frame's payload length.
+        len: usize,
+        /// The link's limit.
+        max: usize,
+    },
+    /// The payload is not a valid postcard encoding of the expected message.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+    /// The payload decoded but did not use all its bytes: the peer speaks another layout.
+    #[error("malformed frame: {extra} bytes after the message")]
+    TrailingBytes {
+        /// How many bytes were left over.
+        extra: usize,
+    },
+    /// The peer closed the connection in the middle of a frame.
+    #[error("link closed in the middle of a frame")]
+    Truncated,
+}
+
+/// The reading half of a link: turns bytes into typed messages.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    /// The byte source, usually a TCP stream's read half.
+    inner: R,
+    /// Bytes read but not yet consumed; holds at most one partial frame after a `recv`.
+    buffer: BytesMut,
+    /// The largest payload accepted on this link.
+    max_frame: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader with the default [`MAX_FRAME`] limit.
+    pub fn new(inner: R) -> Self {
+        Self::with_max_frame(inner, MAX_FRAME)
+    }
+
+    /// A reader that refuses payloads longer than `max_frame` bytes.
+    pub fn with_max_frame(inner: R, max_frame: usize) -> Self {
+        Self {
+            inner,
+            buffer: BytesMut::with_capacity(INITIAL_BUFFER),
+            max_frame,
+        }
+    }
+
+    /// The largest payload this reader accepts.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Changes the largest payload this reader accepts (the handshake lowers it while the
+    /// peer is not yet authenticated).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
+    /// Reads the next message; `None` when the peer closed the link between two frames.
+    ///
+    /// Cancel safe: partial frames stay in the reader's buffer, so this can be a branch of
+    /// `tokio::select!` and be called again.
+    pub async fn recv<M: DeserializeOwned>(&mut self) -> Result<Option<M>, WireError> {
+        loop {
+            if let Some(message) = self.parse()? {
+                return Ok(Some(message));
+            }
+            if self.inner.read_buf(&mut self.buffer).await? == 0 {
+                return if self.buffer.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(WireError::Truncated)
+                };
+            }
+        }
+    }
+
+    /// Takes one complete frame off the buffer, if there is one; reserves room for the rest
+    /// of a partial frame once its length has passed the limit.
+    fn parse<M: DeserializeOwned>(&mut self) -> Result<Option<M>, WireError> {
+        let Some(header) = self.buffer.first_chunk::<HEADER>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*header) as usize;
+        if len > self.max_frame {
+            return Err(WireError::FrameTooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        let total = HEADER + len;
+        if self.buffer.len() < total {
+            self.buffer.reserve(total - self.buffer.len());
+            return Ok(None);
+        }
+        self.buffer.advance(HEADER);
+        let payload = self.buffer.split_to(len);
+        let (message, rest) = postcard::take_from_bytes(&payload)?;
+        if !rest.is_empty() {
+            return Err(WireError::TrailingBytes { extra: rest.len() });
+        }
+        Ok(Some(message))
+    }
+}
+
+/// The writing half of a link: encodes messages into a buffer and writes them out in one go.
+#[derive(Debug)]
+pub struct FrameWriter<W> {
+    /// The byte sink, usually a TCP stream's write half.
+    inner: W,
+    /// Frames fed but not yet flushed.
+    buffer: Vec<u8>,
+    /// The largest payload this link's peer accepts.
+    max_frame: usize,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// A writer with the default [`MAX_FRAME`] limit.
+    pub fn new(inner: W) -> Self {
+        Self::with_max_frame(inner, MAX_FRAME)
+    }
+
+    /// A writer that refuses to encode payloads longer than `max_frame` bytes, which the peer
+    /// would refuse anyway (after we had sent them).
+    pub fn with_max_frame(inner: W, max_frame: usize) -> Self {
+        Self {
+            inner,
+            buffer: Vec::with_capacity(INITIAL_BUFFER),
+            max_frame,
+        }
+    }
+
+    /// Encodes `message` as one frame at the end of the buffer, without writing anything.
+    ///
+    /// On error nothing is added, so the frames fed before are still intact.
+    pub fn feed<M: Serialize>(&mut self, message: &M) -> Result<(), WireError> {
+        let start = self.buffer.len();
+        self.buffer.extend_from_slice(&[0; HEADER]);
+        if let Err(error) = postcard::to_io(message, &mut self.buffer) {
+            self.buffer.truncate(start);
+            return Err(error.into());
+        }
+        let len = self.buffer.len() - start - HEADER;
+        let prefix = match u32::try_from(len) {
+            Ok(prefix) if len <= self.max_frame => prefix,
+            _ => {
+                self.buffer.truncate(start);
+                return Err(WireError::FrameTooLarge {
+                    len,
+                    max: self.max_frame,
+                });
+            }
+        };
+        self.buffer[start..start + HEADER].copy_from_slice(&prefix.to_be_bytes());
+        Ok(())
+    }
+
+    /// Writes every fed frame in one write and flushes the sink.
+    pub async fn flush(&mut self) -> Result<(), WireError> {
+        if !self.buffer.is_empty() {
+            self.inner.write_all(&self.buffer).await?;
+            self.buffer.clear();
+        }
+        self.inner.flush().await?;
+        Ok(())
+    }
+
+    /// Feeds `message` and flushes.
+    pub async fn send<M: Serialize>(&mut self, message: &M) -> Result<(), WireError> {
+        self.feed(message)?;
+        self.flush().await
+    }
+
+    /// Writes every message of `queue` until every sender is gone, batching whatever is
+    /// queued at each wake-up into one write: the body of a link's writer task.
+    pub async fn forward<M: Serialize>(
+        mut self,
+        mut queue: mpsc::Receiver<M>,
+    ) -> Result<(), WireError> {
+        while let Some(first) = queue.recv().await {
+            self.feed(&first)?;
+            while let Ok(next) = queue.try_recv() {
+                self.feed(&next)?;
+            }
+            self.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde::Deserialize;
+    use tokio::io::{AsyncWriteExt, duplex};
+
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum Sample {
+        Small(u32),
+        Text(String),
+    }
+
+    fn samples() -> Vec<Sample> {
+        vec![
+            Sample::Small(7),
+            Sample::Text("héllo".into()),
+            Sample::Text("x".repeat(100_000)),
+        ]
+    }
+
+    #[tokio::test]
+    async fn round_trip() {
+        let (a, b) = duplex(1 << 20);
+        let mut writer = FrameWriter::new(a);
+        let mut reader = FrameReader::new(b);
+        for sample in samples() {
+            writer.send(&sample).await.unwrap();
+            assert_eq!(reader.recv::<Sample>().await.unwrap(), Some(sample));
+        }
+        drop(writer);
+        assert_eq!(reader.recv::<Sample>().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn frame_split_into_single_bytes() {
+        let (mut a, b) = duplex(16);
+        let mut encoder = FrameWriter::new(Vec::new());
+        encoder.feed(&Sample::Text("split me".into())).unwrap();
+        let bytes = encoder.buffer;
+        let feeder = tokio::spawn(async move {
+            for byte in bytes {
+                a.write_all(&[byte]).await.unwrap();
+                a.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        let mut reader = FrameReader::new(b);
+        assert_eq!(
+            reader.recv::<Sample>().await.unwrap(),
+            Some(Sample::Text("split me".into()))
+        );
+        feeder.await.unwrap();
+        assert_eq!(reader.recv::<Sample>().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn batched_frames_arrive_in_one_write() {
+        let (a, b) = duplex(1 << 20);
+        let mut writer = FrameWriter::new(a);
+        for sample in samples() {
+            writer.feed(&sample).unwrap();
+        }
+        writer.flush().await.unwrap();
+        let mut reader = FrameReader::new(b);
+        for sample in samples() {
+            assert_eq!(reader.recv::<Sample>().await.unwrap(), Some(sample));
+        }
+    }
+
+    #[tokio::test]
+    async fn forward_drains_the_queue() {
+        let (a, b) = duplex(1 << 20);
+        let (tx, rx) = mpsc::channel(8);
+        for sample in samples() {
+            tx.send(sample).await.unwrap();
+        }
+        drop(tx);
+        FrameWriter::new(a).forward(rx).await.unwrap();
+        let mut reader = FrameReader::new(b);
+        for sample in samples() {
+            assert_eq!(reader.recv::<Sample>().await.unwrap(), Some(sample));
+        }
+        assert_eq!(reader.recv::<Sample>().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn oversized_length_is_rejected_before_the_body() {
+        let (mut a, b) = duplex(64);
+        // Only the prefix is sent and the pipe stays open: a reader that waited for the body
+        // would hang here.
+        let max = 1 << 20;
+        a.write_all(&(max as u32 + 1).to_be_bytes()).await.unwrap();
+        let mut reader = FrameReader::with_max_frame(b, max);
+        let result = tokio::time::timeout(Duration::from_secs(5), reader.recv::<Sample>())
+            .await
+            .expect("the reader waited for the body");
+        assert!(
+            matches!(
+                result,
+                Err(WireError::FrameTooLarge { len, max: m }) if len == max + 1 && m == max
+            ),
+            "{result:?}"
+        );
+        assert!(reader.buffer.capacity() < max);
+        drop(a);
+    }
+
+    #[tokio::test]
+    async fn writer_refuses_frames_over_its_limit() {
+        let mut writer = FrameWriter::with_max_frame(Vec::new(), 16);
+        writer.feed(&Sample::Small(1)).unwrap();
+        let before = writer.buffer.clone();
+        let result = writer.feed(&Sample::Text("x".repeat(17)));
+        assert!(
+            matches!(result, Err(WireError::FrameTooLarge { max: 16, .. })),
+            "{result:?}"
+        );
+        assert_eq!(writer.buffer, before);
+    }
+
+    #[tokio::test]
+    async fn garbage_payload_is_malformed() {
+        let (mut a, b) = duplex(64);
+        // Variant index 9 does not exist in `Sample`.
+        a.write_all(&[0, 0, 0, 2, 9, 9]).await.unwrap();
+        let mut reader = FrameReader::new(b);
+        let result = reader.recv::<Sample>().await;
+        assert!(matches!(result, Err(WireError::Malformed(_))), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn trailing_bytes_are_malformed() {
+        let (mut a, b) = duplex(64);
+        a.write_all(&[0, 0, 0, 3, 0, 7, 0]).await.unwrap();
+        let mut reader = FrameReader::new(b);
+        let result = reader.recv::<Sample>().await;
+        assert!(
+            matches!(result, Err(WireError::TrailingBytes { extra: 1 })),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn eof_inside_a_frame_is_truncated() {
+        let (mut a, b) = duplex(64);
+        a.write_all(&[0, 0, 0, 10, 1, 2]).await.unwrap();
+        drop(a);
+        let mut reader = FrameReader::new(b);
+        let result = reader.recv::<Sample>().await;
+        assert!(matches!(result, Err(WireError::Truncated)), "{result:?}");
+    }
+}

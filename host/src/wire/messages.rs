@@ -1,0 +1,130 @@
+//! The messages of the internal links, one enum per direction.
+//!
+//! Every link starts with the handshake of [`super::handshake`]; after it, each frame carries
+//! one of these enums, postcard-encoded. Adding a variant at the end is backwards compatible
+//! for receivers that know it; anything else bumps [`super::PROTOCOL_VERSION`].
+
+use std::net::{SocketAddr, SocketAddrV4};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::client_id::ClientId;
+use crate::ops::{Command, Query, Reply, Session};
+
+/// Gateway or worker host → register.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToRegister {
+    /// "I am a gateway; worker hosts reach me at `address`."
+    Gateway {
+        /// The gateway's internal (worker-facing) address.
+        address: SocketAddrV4,
+    },
+    /// "I am a worker host (or a push client); tell me where the gateways are."
+    Worker,
+    /// Liveness; the register answers [`FromRegister::Pong`].
+    Ping,
+}
+
+/// Register → gateway or worker host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromRegister {
+    /// The complete current list of gateway addresses (sent to worker hosts on registration
+    /// and after every change).
+    Gateways(Vec<SocketAddrV4>),
+    /// Answer to [`ToRegister::Ping`].
+    Pong,
+}
+
+/// One client-facing listener of a gateway, announced once per link so that events can
+/// carry a small index instead of names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerInfo {
+    /// The listener's name (from config).
+    pub name: String,
+    /// The app (plugin name) its clients talk to.
+    pub app: String,
+    /// Its client-facing port.
+    pub port: u16,
+}
+
+/// Who a client is and what its gateway knows of it, sent with each of its events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientContext {
+    /// The client's id.
+    pub id: ClientId,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// Index into the gateway's [`ListenerInfo`] list.
+    pub listener: u16,
+    /// Its bound uid.
+    pub uid: Option<String>,
+    /// Its session as the gateway holds it.
+    pub session: Session,
+    /// How many session changes the gateway has applied to this client so far; lets a worker
+    /// host tell whether its own in-flight changes are already included in `session`.
+    pub session_version: u64,
+}
+
+/// The WebSocket upgrade request of a client.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebSocketRequest {
+    /// Path, e.g. `/chat`.
+    pub path: String,
+    /// Raw query string without `?`.
+    pub query: String,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Something that happened to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// It connected.
+    Connect,
+    /// Its WebSocket handshake completed.
+    WebSocketConnect(WebSocketRequest),
+    /// It sent a message.
+    Message(Bytes),
+    /// It is gone.
+    Close,
+}
+
+/// Gateway → worker host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// The gateway's listeners; sent first, and again if they change.
+    Listeners(Vec<ListenerInfo>),
+    /// A client event.
+    Event {
+        /// The client.
+        client: ClientContext,
+        /// What happened.
+        kind: EventKind,
+    },
+    /// The answer to [`ToGateway::Query`] number `id`.
+    Reply {
+        /// The query's id.
+        id: u64,
+        /// The answer.
+        reply: Reply,
+    },
+    /// Liveness; the worker host answers [`ToGateway::Pong`].
+    Ping,
+}
+
+/// Worker host (or push client) → gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToGateway {
+    /// Do this.
+    Command(Command),
+    /// Answer this with [`ToWorker::Reply`] carrying the same `id`.
+    Query {
+        /// Chosen by the asker, unique among its pending queries on this link.
+        id: u64,
+        /// The question.
+        query: Query,
+    },
+    /// Answer to [`ToWorker::Ping`].
+    Pong,
+}

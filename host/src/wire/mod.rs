@@ -1,0 +1,19 @@
+//! The internal links' protocol: how gateways, worker hosts and registers talk to each other.
+//!
+//! Every link is a TCP connection that starts with [`handshake`] (mutual proof of the shared
+//! secret, version agreement) and then carries length-prefixed postcard frames ([`codec`]) of
+//! the enums in [`messages`], one enum per direction. This module knows nothing of sockets,
+//! addresses or tasks: it is bytes in, typed messages out, so it can be tested over in-memory
+//! pipes and reused by every role.
+
+pub mod codec;
+pub mod handshake;
+pub mod messages;
+
+pub use codec::{FrameReader, FrameWriter, MAX_FRAME, WireError};
+pub use handshake::{HandshakeError, Role, accept_handshake, connect_handshake};
+pub use messages::{FromRegister, ToGateway, ToRegister, ToWorker};
+
+/// The internal protocol's version, exchanged in the handshake; peers of different versions
+/// refuse each other with a message naming both versions.
+pub const PROTOCOL_VERSION: u8 = 1;

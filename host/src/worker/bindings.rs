@@ -1,0 +1,15 @@
+//! The host side of the `wasmgate:plugin` world, generated once from `wit/`.
+//!
+//! Every other module takes the WIT types from here, so the contract has exactly one Rust
+//! rendering in the host.
+
+wasmtime::component::bindgen!({
+    world: "plugin",
+    path: "../wit",
+    imports: { default: async },
+    exports: { default: async },
+});
+
+pub use wasmgate::plugin::types::{
+    Client, GatewayError, Level, Session, WebsocketRequest, WorkerInfo,
+};

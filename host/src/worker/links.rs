@@ -1,0 +1,316 @@
+//! The worker host's links to every gateway, and the [`Gateways`] implementation plugins use.
+//!
+//! The set of gateways comes from the register(s); a link is opened to each new address and
+//! closed when the address leaves the list, and a dropped link is re-dialled with backoff while
+//! its gateway is listed. Commands about one client go to the gateway its id names; everything
+//! else goes to every linked gateway. Queries carry an id, are answered on the same link, and
+//! are merged with [`Reply::merge`] after at most [`QUERY_TIMEOUT`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::host_api::{CommandFuture, Gateways, QueryError, QueryFuture};
+use crate::ops::{Command, Query, Reply};
+use crate::wire::codec::{FrameReader, FrameWriter};
+use crate::wire::handshake::{self, Role};
+use crate::wire::messages::{ClientContext, EventKind, ListenerInfo, ToGateway, ToWorker};
+
+/// Longest a query waits for the gateways' answers.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Messages queued for one gateway before senders wait.
+const LINK_QUEUE: usize = 16 * 1024;
+
+/// A client event as it arrives from a gateway, with what the dispatcher needs to route it.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The listener the client is on.
+    pub listener: Arc<ListenerInfo>,
+    /// The client.
+    pub client: ClientContext,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// Where a link delivers client events.
+pub type EventSink = mpsc::Sender<Incoming>;
+
+/// One gateway link.
+struct GatewayLink {
+    queue: mpsc::Sender<ToGateway>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+}
+
+/// Every gateway this worker host (or push client) is linked to.
+pub struct GatewayLinks {
+    secret: Arc<[u8]>,
+    role: Role,
+    links: RwLock<HashMap<SocketAddrV4, Arc<GatewayLink>>>,
+    next_query: AtomicU64,
+    linked: watch::Sender<BTreeSet<SocketAddrV4>>,
+}
+
+impl GatewayLinks {
+    /// Keeps a link to every gateway in `gateways` until `shutdown`, delivering client
+    /// events to `events` (push clients pass `None`: they take no events).
+    pub fn spawn(
+        gateways: watch::Receiver<BTreeSet<SocketAddrV4>>,
+        secret: Arc<[u8]>,
+        events: Option<EventSink>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let role = if events.is_some() {
+            Role::Worker
+        } else {
+            Role::Client
+        };
+        let links = Arc::new(Self {
+            secret,
+            role,
+            links: RwLock::new(HashMap::new()),
+            next_query: AtomicU64::new(1),
+            linked: watch::channel(BTreeSet::new()).0,
+        });
+        tokio::spawn(links.clone().follow(gateways, events, shutdown));
+        links
+    }
+
+    /// The gateways currently linked (handshake done), as a watch.
+    pub fn linked(&self) -> watch::Receiver<BTreeSet<SocketAddrV4>> {
+        self.linked.subscribe()
+    }
+
+    async fn follow(
+        self: Arc<Self>,
+        mut gateways: watch::Receiver<BTreeSet<SocketAddrV4>>,
+        events: Option<EventSink>,
+        shutdown: CancellationToken,
+    ) {
+        let mut dialling: HashMap<SocketAddrV4, CancellationToken> = HashMap::new();
+        loop {
+            let wanted = gateways.borrow_and_update().clone();
+            dialling.retain(|addr, stop| {
+                let keep = wanted.contains(addr);
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            for addr in wanted {
+                dialling.entry(addr).or_insert_with(|| {
+                    let stop = shutdown.child_token();
+                    tokio::spawn(self.clone().keep_linked(addr, events.clone(), stop.clone()));
+                    stop
+                });
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = gateways.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    /// Dials `addr` until `stop`, re-dialling with backoff after failures.
+    async fn keep_linked(
+        self: Arc<Self>,
+        addr: SocketAddrV4,
+        events: Option<EventSink>,
+        stop: CancellationToken,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.link(addr, events.clone()) => r,
+            };
+            self.drop_link(addr);
+            match result {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => tracing::warn!(gateway = %addr, "gateway link down: {e:#}"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn link(&self, addr: SocketAddrV4, events: Option<EventSink>) -> anyhow::Result<()> {
+        let socket = TcpStream::connect(addr).await?;
+        socket.set_nodelay(true)?;
+        let (reader, writer) = socket.into_split();
+        let mut reader = FrameReader::new(reader);
+        let mut writer = FrameWriter::new(writer);
+        handshake::connect_handshake(&mut reader, &mut writer, &self.secret, self.role).await?;
+        let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
+        let link = Arc::new(GatewayLink {
+            queue: queue.clone(),
+            pending: Mutex::new(HashMap::new()),
+        });
+        self.links
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, link.clone());
+        self.linked.send_modify(|l| {
+            l.insert(addr);
+        });
+        tracing::info!(gateway = %addr, "linked to gateway");
+        let writing = tokio::spawn(writer.forward(outgoing));
+        let result = read_loop(&mut reader, &link, &queue, events).await;
+        // Senders may outlive the link (bindings, queries): stop writing explicitly.
+        writing.abort();
+        result
+    }
+
+    fn drop_link(&self, addr: SocketAddrV4) {
+        let removed = self
+            .links
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&addr);
+        if removed.is_some() {
+            self.linked.send_modify(|l| {
+                l.remove(&addr);
+            });
+        }
+    }
+
+    fn link_to(&self, addr: SocketAddrV4) -> Option<Arc<GatewayLink>> {
+        self.links
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+            .cloned()
+    }
+
+    fn all_links(&self) -> Vec<Arc<GatewayLink>> {
+        self.links
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The links a message goes to: the one its target names, or all.
+    fn targets(&self, target: Option<crate::client_id::ClientId>) -> Vec<Arc<GatewayLink>> {
+        match target {
+            Some(client) => self.link_to(client.gateway).into_iter().collect(),
+            None => self.all_links(),
+        }
+    }
+}
+
+async fn read_loop(
+    reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    link: &GatewayLink,
+    queue: &mpsc::Sender<ToGateway>,
+    events: Option<EventSink>,
+) -> anyhow::Result<()> {
+    let mut listeners: Vec<Arc<ListenerInfo>> = Vec::new();
+    while let Some(message) = reader.recv::<ToWorker>().await? {
+        match message {
+            ToWorker::Listeners(list) => listeners = list.into_iter().map(Arc::new).collect(),
+            ToWorker::Event { client, kind } => {
+                let Some(events) = &events else { continue };
+                let listener = listeners
+                    .get(usize::from(client.listener))
+                    .cloned()
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("event names unknown listener {}", client.listener)
+                    })?;
+                events
+                    .send(Incoming {
+                        listener,
+                        client,
+                        kind,
+                    })
+                    .await?;
+            }
+            ToWorker::Reply { id, reply } => {
+                let waiter = link
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(reply);
+                }
+            }
+            ToWorker::Ping => queue.send(ToGateway::Pong).await?,
+        }
+    }
+    Ok(())
+}
+
+impl Gateways for GatewayLinks {
+    fn command(&self, command: Command) -> CommandFuture {
+        let targets = self.targets(command.target());
+        Box::pin(async move {
+            let mut queued = false;
+            for link in targets {
+                queued |= link
+                    .queue
+                    .send(ToGateway::Command(command.clone()))
+                    .await
+                    .is_ok();
+            }
+            queued
+        })
+    }
+
+    fn query(&self, query: Query) -> QueryFuture {
+        let asks: Vec<_> = self
+            .targets(query.target())
+            .into_iter()
+            .map(|link| (self.next_query.fetch_add(1, Ordering::Relaxed), link))
+            .collect();
+        Box::pin(async move {
+            let asks = asks.into_iter().map(|(id, link)| {
+                let query = query.clone();
+                async move {
+                    let (tx, rx) = oneshot::channel();
+                    link.pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id, tx);
+                    let answer = async {
+                        link.queue.send(ToGateway::Query { id, query }).await.ok()?;
+                        rx.await.ok()
+                    };
+                    let reply = tokio::time::timeout(QUERY_TIMEOUT, answer)
+                        .await
+                        .ok()
+                        .flatten();
+                    link.pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                    reply
+                }
+            });
+            let replies = futures_util::future::join_all(asks).await;
+            let total = replies.len();
+            let mut answered = replies.into_iter().flatten();
+            let first = answered.next().ok_or(QueryError::Unreachable)?;
+            let mut count = 1;
+            let mut merged = first;
+            for reply in answered {
+                count += 1;
+                merged = merged.merge(reply).map_err(|_| QueryError::Unreachable)?;
+            }
+            if count < total {
+                tracing::warn!("query answered by {count} of {total} gateways");
+            }
+            Ok(merged)
+        })
+    }
+}

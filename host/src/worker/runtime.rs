@@ -1,0 +1,572 @@
+//! The wasm runtime: compiles plugin components once and runs their callbacks in sandboxed,
+//! reusable instances.
+//!
+//! Three lifetimes of state are kept apart: the [`Runtime`] (engine, linker, epoch ticker) lives
+//! as long as the worker host; a [`PluginCode`] (compiled component and its `InstancePre`) lives
+//! as long as one version of a plugin file; a [`PluginInstance`] (a `Store` with its WASI
+//! context, limits and timers) serves many events in a row and is replaced only when it traps.
+//!
+//! Only this module knows about epochs, store limits and `InstancePre`. Callers ask "run
+//! `on-message` for this client" and get either the outcome or a [`CallError`] that says what
+//! the sandbox stopped: a trap, a call past `process_timeout`, a grow past `memory_limit`.
+//! Whatever happened, only that instance is lost; the next call gets a fresh one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{Client, Plugin, PluginPre, WebsocketRequest, WorkerInfo};
+use super::guest_output::{GuestOutput, Stream};
+use super::host_api::{Gateways, HostApi, SessionChange};
+use super::timers::{PENDING_TICKS, Timers};
+
+/// How often the epoch advances: the granularity of `process_timeout` and of the yields that
+/// keep a busy guest from starving other tasks on its tokio worker.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The sandbox limits applied to every instance.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest a single callback may run (host calls it makes included) before its instance is
+    /// interrupted and discarded.
+    pub process_timeout: Duration,
+    /// Most linear memory, in bytes, that one instance may hold across all its memories; a grow
+    /// past it fails inside the guest, which normally aborts the call.
+    pub memory_limit: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            process_timeout: Duration::from_secs(10),
+            memory_limit: 256 << 20,
+        }
+    }
+}
+
+/// Why a file could not become a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes do not start with the WebAssembly magic number.
+    #[error("not a WebAssembly file (no `\\0asm` header)")]
+    NotWasm,
+    /// A core module rather than a component.
+    #[error(
+        "a core WebAssembly module, not a component: build for `wasm32-wasip2` \
+         (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    /// The component failed to parse, validate or compile.
+    #[error("invalid component: {0:#}")]
+    Invalid(wasmtime::Error),
+    /// The component does not fit the `wasmgate:plugin` world.
+    #[error("component does not implement the `wasmgate:plugin/plugin` world: {0:#}")]
+    WrongWorld(wasmtime::Error),
+}
+
+/// What the sandbox stopped, or why a plugin refused to start.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The callback ran longer than `process_timeout`.
+    #[error("{callback} ran past process_timeout ({limit:?}) and was interrupted")]
+    Timeout {
+        /// The callback, e.g. `on-message`.
+        callback: &'static str,
+        /// The limit it exceeded.
+        limit: Duration,
+    },
+    /// The instance tried to grow its memory past `memory_limit`.
+    #[error("{callback} hit memory_limit ({limit} bytes; asked for {requested})")]
+    OutOfMemory {
+        /// The callback.
+        callback: &'static str,
+        /// The limit.
+        limit: usize,
+        /// The total the failed grow would have reached.
+        requested: usize,
+    },
+    /// The guest trapped (a panic, an uncaught exception, `unreachable`).
+    #[error("{callback} trapped: {message}")]
+    Trap {
+        /// The callback.
+        callback: &'static str,
+        /// The trap as wasmtime describes it.
+        message: String,
+    },
+    /// `on-worker-start` returned an error.
+    #[error("on-worker-start refused to start: {0}")]
+    StartRefused(String),
+}
+
+/// The wasm engine shared by every plugin of a worker host.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    limits: Limits,
+    ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// An engine with epoch interruption and the `wasmgate:plugin` imports linked: WASI p2
+    /// with nothing granted, `gateway`, `timers` and `log`.
+    pub fn new(limits: Limits) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Plugin::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, |s| &mut s.api)?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Self {
+            engine,
+            linker,
+            limits,
+            ticker,
+        })
+    }
+
+    /// The limits every instance gets.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Compiles `bytes` as version of plugin `name` and checks it against the world. This
+    /// is CPU-heavy (milliseconds for Rust plugins, seconds for Python or JavaScript): call it
+    /// off the async path, e.g. in `spawn_blocking`.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<PluginCode>, LoadError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotWasm);
+        }
+        // Bytes 4..8 are the version and layer: a core module has layer 0, a component 1.
+        if bytes.get(6..8) == Some(&[0, 0]) {
+            return Err(LoadError::CoreModule);
+        }
+        let component = Component::from_binary(&self.engine, bytes).map_err(LoadError::Invalid)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(LoadError::WrongWorld)?;
+        let pre = PluginPre::new(pre).map_err(LoadError::WrongWorld)?;
+        let digest = Sha256::digest(bytes);
+        Ok(Arc::new(PluginCode {
+            name: name.into(),
+            version: hex::encode(&digest[..6]),
+            pre,
+        }))
+    }
+
+    /// An instance of `code` that will reach the gateways through `gateways`. It starts
+    /// (instantiation and `on-worker-start`) on [`PluginInstance::start`] or its first call.
+    pub fn instance(
+        &self,
+        code: Arc<PluginCode>,
+        gateways: Arc<dyn Gateways>,
+        worker: Arc<str>,
+    ) -> PluginInstance {
+        debug_assert!(self.ticker.is_running());
+        PluginInstance {
+            code,
+            gateways,
+            worker,
+            limits: self.limits,
+            live: None,
+        }
+    }
+}
+
+/// One compiled version of a plugin, ready to instantiate cheaply.
+pub struct PluginCode {
+    name: Arc<str>,
+    version: String,
+    pre: PluginPre<PluginState>,
+}
+
+impl PluginCode {
+    /// The plugin's (app's) name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A short hash of the component's bytes.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+/// One callback to run.
+#[derive(Debug, Clone, Copy)]
+pub enum Call<'a> {
+    /// `on-connect`.
+    Connect(&'a Client),
+    /// `on-websocket-connect`.
+    WebsocketConnect(&'a Client, &'a WebsocketRequest),
+    /// `on-message`.
+    Message(&'a Client, &'a [u8]),
+    /// `on-close`.
+    Close(&'a Client),
+    /// `on-timer`.
+    Timer(u64),
+}
+
+impl Call<'_> {
+    /// The callback's WIT name, for logs and errors.
+    pub fn callback(&self) -> &'static str {
+        match self {
+            Call::Connect(_) => "on-connect",
+            Call::WebsocketConnect(..) => "on-websocket-connect",
+            Call::Message(..) => "on-message",
+            Call::Close(_) => "on-close",
+            Call::Timer(_) => "on-timer",
+        }
+    }
+
+    fn client(&self) -> Option<&Client> {
+        match self {
+            Call::Connect(c)
+            | Call::WebsocketConnect(c, _)
+            | Call::Message(c, _)
+            | Call::Close(c) => Some(c),
+            Call::Timer(_) => None,
+        }
+    }
+}
+
+/// What a callback left behind for the worker host.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CallOutcome {
+    /// How the plugin changed the current client's session, if it did.
+    pub session: Option<SessionChange>,
+    /// Set when `on-websocket-connect` rejected the client, with the plugin's reason.
+    pub rejected: Option<String>,
+}
+
+/// A plugin instance that serves events one at a time, replaced by a fresh one after a fault.
+pub struct PluginInstance {
+    code: Arc<PluginCode>,
+    gateways: Arc<dyn Gateways>,
+    worker: Arc<str>,
+    limits: Limits,
+    live: Option<Live>,
+}
+
+struct Live {
+    store: Store<PluginState>,
+    plugin: Plugin,
+    timers_fired: mpsc::Receiver<u64>,
+}
+
+impl PluginInstance {
+    /// The code this instance runs.
+    pub fn code(&self) -> &Arc<PluginCode> {
+        &self.code
+    }
+
+    /// Instantiates the plugin and runs `on-worker-start`, unless already started.
+    pub async fn start(&mut self) -> Result<(), CallError> {
+        if self.live.is_none() {
+            let live = self.instantiate().await?;
+            self.live = Some(live);
+        }
+        Ok(())
+    }
+
+    /// Runs one callback. After an error the instance is gone and the next call starts a
+    /// fresh one; the error has been logged with the plugin's name and the callback.
+    pub async fn call(&mut self, call: Call<'_>) -> Result<CallOutcome, CallError> {
+        if let Err(e) = self.start().await {
+            tracing::error!(
+                plugin = self.code.name(),
+                version = self.code.version(),
+                "{e}"
+            );
+            return Err(e);
+        }
+        let live = self.live.as_mut().expect("started above");
+        if let Call::Timer(id) = call
+            && !live.store.data_mut().api.timers.fired(id)
+        {
+            return Ok(CallOutcome::default());
+        }
+        match live.run(call, self.limits).await {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                tracing::error!(
+                    plugin = self.code.name(),
+                    version = self.code.version(),
+                    "{e}"
+                );
+                self.live = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for the next timer of this instance to fire; never resolves while the instance
+    /// is not running.
+    pub async fn next_timer(&mut self) -> u64 {
+        match self.live.as_mut() {
+            Some(live) => match live.timers_fired.recv().await {
+                Some(id) => id,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Runs `on-worker-stop` (if the instance is running) and discards the instance.
+    pub async fn stop(&mut self) {
+        let Some(mut live) = self.live.take() else {
+            return;
+        };
+        let state = live.store.data_mut();
+        state.call_started = Instant::now();
+        live.store.set_epoch_deadline(1);
+        let result = live
+            .plugin
+            .wasmgate_plugin_events()
+            .call_on_worker_stop(&mut live.store)
+            .await;
+        if let Err(e) = result {
+            let e = classify(e, "on-worker-stop", live.store.data(), self.limits);
+            tracing::error!(
+                plugin = self.code.name(),
+                version = self.code.version(),
+                "{e}"
+            );
+        }
+    }
+
+    async fn instantiate(&mut self) -> Result<Live, CallError> {
+        let (fired_tx, timers_fired) = mpsc::channel(PENDING_TICKS);
+        let api = HostApi::new(
+            self.code.name.clone(),
+            self.gateways.clone(),
+            Timers::new(fired_tx),
+        );
+        let mut store = Store::new(
+            self.code.pre.engine(),
+            PluginState::new(&self.code.name, api, self.limits),
+        );
+        store.limiter(|s| &mut s.limiter);
+        let budget = self.limits.process_timeout;
+        store.epoch_deadline_callback(move |ctx| {
+            if ctx.data().call_started.elapsed() > budget {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Yield at every tick so a long callback never monopolises its tokio worker.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        // The deadline must be set before instantiating: it starts at 0, which would trap.
+        store.data_mut().call_started = Instant::now();
+        store.set_epoch_deadline(1);
+        let start = "on-worker-start";
+        let instantiated = self.code.pre.instantiate_async(&mut store).await;
+        let plugin = instantiated.map_err(|e| classify(e, start, store.data(), self.limits))?;
+        let info = WorkerInfo {
+            app: self.code.name.to_string(),
+            version: self.code.version.clone(),
+            worker: self.worker.to_string(),
+        };
+        store.data_mut().call_started = Instant::now();
+        let started = plugin
+            .wasmgate_plugin_events()
+            .call_on_worker_start(&mut store, &info)
+            .await;
+        started
+            .map_err(|e| classify(e, start, store.data(), self.limits))?
+            .map_err(CallError::StartRefused)?;
+        Ok(Live {
+            store,
+            plugin,
+            timers_fired,
+        })
+    }
+}
+
+impl Live {
+    async fn run(&mut self, call: Call<'_>, limits: Limits) -> Result<CallOutcome, CallError> {
+        let state = self.store.data_mut();
+        if let Some(client) = call.client() {
+            state.api.begin_client_event(client);
+        }
+        state.call_started = Instant::now();
+        self.store.set_epoch_deadline(1);
+        let events = self.plugin.wasmgate_plugin_events();
+        let store = &mut self.store;
+        let result = match call {
+            Call::Connect(client) => events
+                .call_on_connect(&mut *store, client)
+                .await
+                .map(|()| None),
+            Call::WebsocketConnect(client, request) => events
+                .call_on_websocket_connect(&mut *store, client, request)
+                .await
+                .map(|r| r.err()),
+            Call::Message(client, data) => events
+                .call_on_message(&mut *store, client, data)
+                .await
+                .map(|()| None),
+            Call::Close(client) => events
+                .call_on_close(&mut *store, client)
+                .await
+                .map(|()| None),
+            Call::Timer(id) => events.call_on_timer(&mut *store, id).await.map(|()| None),
+        };
+        let session = self.store.data_mut().api.end_event();
+        match result {
+            Ok(rejected) => Ok(CallOutcome { session, rejected }),
+            Err(e) => Err(classify(e, call.callback(), self.store.data(), limits)),
+        }
+    }
+}
+
+/// Names what stopped a call: the memory limiter's record beats the trap code, because a
+/// failed grow usually surfaces as the guest's own abort (`unreachable`).
+fn classify(
+    error: wasmtime::Error,
+    callback: &'static str,
+    state: &PluginState,
+    limits: Limits,
+) -> CallError {
+    if let Some(requested) = state.limiter.refused {
+        return CallError::OutOfMemory {
+            callback,
+            limit: limits.memory_limit,
+            requested,
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::Timeout {
+            callback,
+            limit: limits.process_timeout,
+        },
+        _ => CallError::Trap {
+            callback,
+            message: format!("{error:#}"),
+        },
+    }
+}
+
+/// Everything one instance's `Store` holds.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    call_started: Instant,
+    api: HostApi,
+}
+
+impl PluginState {
+    fn new(plugin: &Arc<str>, api: HostApi, limits: Limits) -> Self {
+        // Nothing is granted: no preopens, no environment, no sockets, no name lookups.
+        let wasi = WasiCtx::builder()
+            .stdout(GuestOutput::new(plugin.clone(), Stream::Stdout))
+            .stderr(GuestOutput::new(plugin.clone(), Stream::Stderr))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                limit: limits.memory_limit,
+                total: 0,
+                refused: None,
+            },
+            call_started: Instant::now(),
+            api,
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps the sum of an instance's linear memories (wasmtime's own `StoreLimits` caps each
+/// memory separately, and Python or JavaScript components have several) and remembers a
+/// refusal so the error can say "memory limit" rather than the guest's generic abort.
+struct MemoryLimiter {
+    limit: usize,
+    total: usize,
+    refused: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.total + (desired - current);
+        if total > self.limit {
+            self.refused = Some(total);
+            return Ok(false);
+        }
+        self.total = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Table elements are pointer-sized; a million is far beyond any real plugin.
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// A thread that advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("wasmgate-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        self.thread.is_some()
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

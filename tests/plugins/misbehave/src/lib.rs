@@ -1,0 +1,83 @@
+//! A wasmgate plugin that misbehaves on request, for the host's isolation tests.
+//!
+//! Messages (replies go to the sender):
+//! - `echo <payload>` → `<payload>`: proves the instance is healthy.
+//! - `loop` → never returns: only the host's `process_timeout` ends it.
+//! - `alloc <MiB>` → allocates and touches that many MiB, then `allocated <MiB>`; beyond the
+//!   host's `memory_limit` the allocation fails and the instance aborts (traps). A size that is
+//!   not a number gets `error usage: alloc <MiB>`.
+//! - `trap` → panics, which traps.
+//! - `instance` → `calls <n>`: the number of messages this instance has handled, this one
+//!   included. A fresh instance answers `calls 1`, so a test can tell it from a reused one.
+//!
+//! Anything else gets `error unknown command`. `on-worker-start` refuses to start when the app is
+//! named `fail-start` and traps when it is named `trap-start`.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use wasmgate_sdk::{Client, Plugin, WorkerInfo};
+
+/// Messages handled by this instance: statics live exactly as long as the instance.
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// A wasm page: memory grows and is committed by whole pages.
+const PAGE: usize = 64 * 1024;
+
+struct Misbehave;
+
+impl Plugin for Misbehave {
+    fn on_worker_start(info: WorkerInfo) -> Result<(), String> {
+        match info.app.as_str() {
+            "fail-start" => Err("refusing to start".into()),
+            "trap-start" => panic!("misbehave: trap requested in on-worker-start"),
+            _ => Ok(()),
+        }
+    }
+
+    fn on_message(client: Client, data: Vec<u8>) {
+        let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+        let (command, arg) = match data.iter().position(|&b| b == b' ') {
+            Some(space) => (&data[..space], &data[space + 1..]),
+            None => (&data[..], &[][..]),
+        };
+        let reply = match command {
+            b"echo" => arg.to_vec(),
+            b"loop" => spin(),
+            b"alloc" => match parse_mib(arg) {
+                Some(mib) => format!("allocated {}", allocate(mib)).into_bytes(),
+                None => b"error usage: alloc <MiB>".to_vec(),
+            },
+            b"trap" => panic!("misbehave: trap requested"),
+            b"instance" => format!("calls {calls}").into_bytes(),
+            _ => b"error unknown command".to_vec(),
+        };
+        client.reply(reply);
+    }
+}
+
+wasmgate_sdk::export!(Misbehave);
+
+/// Loops forever; `black_box` keeps the optimiser from proving the loop side-effect free.
+fn spin() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+fn parse_mib(arg: &[u8]) -> Option<usize> {
+    std::str::from_utf8(arg).ok()?.parse().ok()
+}
+
+/// Allocates `mib` MiB and writes to every wasm page, so the memory is really grown and used.
+/// An allocation that fails, or exceeds the address space, aborts: the instance traps.
+fn allocate(mib: usize) -> usize {
+    // Fresh wasm pages are already zero, so the allocator may skip writing them: touch each one.
+    let mut block = vec![0u8; mib.saturating_mul(1 << 20)];
+    for page in block.chunks_mut(PAGE) {
+        page[0] = 1;
+    }
+    black_box(&block);
+    mib
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests of wasmgate: real registers, gateways and worker hosts on loopback, driven by
+//! real clients. The tests live in `tests/`; this library holds what they share.
+//!
+//! The build script compiles the test plugins for `wasm32-wasip2` (into `target/plugins/`), so
+//! `cargo test` always runs against plugins built from the current sources.
+
+pub mod client;
+pub mod cluster;
+
+/// Absolute paths of the test plugins' `.wasm` components, built by this crate's build script.
+pub mod plugins {
+    include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+}
