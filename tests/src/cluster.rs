@@ -158,9 +158,10 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A `wasmgate start` process, killed on drop.
+/// A `wasmgate start` process, killed on drop; its log goes to a temporary file.
 pub struct Node {
     child: Child,
+    log: tempfile::NamedTempFile,
     _config: tempfile::NamedTempFile,
 }
 
@@ -170,18 +171,28 @@ impl Node {
     pub fn start(binary: &str, config: &str) -> Self {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut file, config.as_bytes()).unwrap();
+        let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(binary)
             .args(["start", "-c"])
             .arg(file.path())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .kill_on_drop(true)
             .spawn()
             .expect("starting wasmgate");
         Self {
             child,
+            log,
             _config: file,
         }
+    }
+
+    /// Everything the process logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     /// Kills the process at once (SIGKILL) and waits for it.
@@ -190,7 +201,7 @@ impl Node {
     }
 
     /// Asks the process to stop (SIGTERM) and returns its exit status.
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("running").to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])

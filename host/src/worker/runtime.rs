@@ -333,13 +333,20 @@ impl PluginInstance {
             .wasmgate_plugin_events()
             .call_on_worker_stop(&mut live.store)
             .await;
-        if let Err(e) = result {
-            let e = classify(e, "on-worker-stop", live.store.data(), self.limits);
-            tracing::error!(
+        match result {
+            Ok(()) => tracing::info!(
                 plugin = self.code.name(),
                 version = self.code.version(),
-                "{e}"
-            );
+                "on-worker-stop ran"
+            ),
+            Err(e) => {
+                let e = classify(e, "on-worker-stop", live.store.data(), self.limits);
+                tracing::error!(
+                    plugin = self.code.name(),
+                    version = self.code.version(),
+                    "{e}"
+                );
+            }
         }
     }
 

@@ -16,7 +16,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     let plugins = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/demo/plugins");
     std::fs::create_dir_all(&plugins)?;
-    std::fs::copy(wasmgate_tests::plugins::COMMANDS, plugins.join("commands.wasm"))?;
+    std::fs::copy(
+        wasmgate_tests::plugins::COMMANDS,
+        plugins.join("commands.wasm"),
+    )?;
     let mut config = Config::all_in_one("commands");
     if let Some(worker) = &mut config.worker {
         worker.plugins = plugins;
