@@ -40,6 +40,10 @@ where
 {
     let seen = Arc::new(Mutex::new(WebSocketRequest::default()));
     let record = seen.clone();
+    #[allow(
+        clippy::result_large_err,
+        reason = "tungstenite's handshake callback type fixes the error type"
+    )]
     let callback = move |request: &Request, response: Response| {
         let mut seen = record.lock().unwrap_or_else(|e| e.into_inner());
         seen.path = request.uri().path().to_owned();
