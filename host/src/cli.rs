@@ -65,7 +65,7 @@ pub fn main() -> anyhow::Result<()> {
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(stop_on_signal(shutdown.clone()));
-                server::run(config, shutdown).await
+                server::run(config, Default::default(), shutdown).await
             })
         }
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -42,9 +43,21 @@ pub fn select_roles(config: &mut Config, roles: &[Role]) {
     }
 }
 
+/// What a running server can be asked to do while it runs (by a signal or the control
+/// endpoint).
+#[derive(Clone, Default)]
+pub struct Triggers {
+    /// Re-read the plugins directory now (what `wasmgate reload` does).
+    pub reload: Arc<Notify>,
+}
+
 /// Binds every listener of `config`, then serves until `shutdown`. Binding first means a
 /// port conflict fails the start instead of a role dying later.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    triggers: Triggers,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         config.register.is_some() || !config.gateway.is_empty() || config.worker.is_some(),
         "nothing to run: the configuration has no [register], [[gateway]] or [worker] section"
@@ -63,7 +76,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         roles.spawn(bound.run(shutdown.clone()));
     }
     if let Some(worker) = config.worker {
-        roles.spawn(worker::run(worker, secret.clone(), shutdown.clone()));
+        roles.spawn(worker::run(
+            worker,
+            secret.clone(),
+            triggers.reload.clone(),
+            shutdown.clone(),
+        ));
     }
     let mut result = Ok(());
     while let Some(ended) = roles.join_next().await {

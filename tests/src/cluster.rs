@@ -104,6 +104,7 @@ impl Cluster {
             roles.spawn(wasmgate::worker::run(
                 worker,
                 secret.clone(),
+                Default::default(),
                 shutdown.clone(),
             ));
         }

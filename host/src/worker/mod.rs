@@ -19,7 +19,7 @@ pub mod timers;
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use bindings::{
@@ -35,12 +35,13 @@ use runtime::{Limits, Runtime};
 /// Events waiting for the dispatcher before gateway links wait.
 const EVENT_QUEUE: usize = 4096;
 
-/// Runs a worker host until `shutdown`: loads the plugins, registers, links to every
-/// gateway and serves events; on shutdown every instance finishes its queue and runs
+/// Runs a worker host until `shutdown`: loads the plugins (again whenever `reload` is
+/// notified), registers, links to every gateway and serves events; on shutdown every instance finishes its queue and runs
 /// `on-worker-stop`.
 pub async fn run(
     config: WorkerConfig,
     secret: Arc<[u8]>,
+    _reload: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let runtime = Arc::new(Runtime::new(Limits {

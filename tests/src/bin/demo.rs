@@ -36,6 +36,6 @@ fn main() -> anyhow::Result<()> {
             let _ = tokio::signal::ctrl_c().await;
             stop.cancel();
         });
-        wasmgate::server::run(config, shutdown).await
+        wasmgate::server::run(config, Default::default(), shutdown).await
     })
 }
