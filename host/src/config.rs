@@ -6,6 +6,7 @@
 //! never silently falls back to a default. Durations are written like `"25s"` or `"500ms"`,
 //! sizes like `"64MiB"`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -93,6 +94,36 @@ pub struct WorkerConfig {
     /// Most linear memory one plugin instance may use.
     #[serde(default = "default_memory_limit")]
     pub memory_limit: ByteSize,
+    /// Where compiled plugins are cached, keyed by the file's content and the engine's
+    /// configuration; defaults to `.cache` inside the plugins directory.
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
+    /// What each app may reach beyond the default of nothing, by app name.
+    #[serde(default)]
+    pub grants: BTreeMap<String, Grants>,
+}
+
+/// `[worker.grants.APP]`: capabilities given to one app's instances. The default grants
+/// nothing: no files, no environment, no network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Environment variables the plugin sees.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Host directories the plugin may read (never write), each under a guest path.
+    #[serde(default)]
+    pub dirs: Vec<DirGrant>,
+}
+
+/// One read-only directory grant.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the plugin sees it, e.g. `/data`.
+    pub guest: String,
 }
 
 /// A client protocol.
@@ -218,10 +249,13 @@ impl Config {
                 gateway.name = gateway.listen.to_string();
             }
         }
-        if let Some(worker) = &mut self.worker
-            && worker.name.is_empty()
-        {
-            worker.name = format!("worker-{}", std::process::id());
+        if let Some(worker) = &mut self.worker {
+            if worker.name.is_empty() {
+                worker.name = format!("worker-{}", std::process::id());
+            }
+            if worker.cache.is_none() {
+                worker.cache = Some(worker.plugins.join(".cache"));
+            }
         }
     }
 }

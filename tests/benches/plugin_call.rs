@@ -54,7 +54,12 @@ fn plugin_call(c: &mut Criterion) {
     let mut message = b"pub room ".to_vec();
     message.extend_from_slice(&[b'x'; 64]);
 
-    let mut instance = runtime.instance(code.clone(), counting.clone(), "bench".into());
+    let mut instance = runtime.instance(
+        code.clone(),
+        counting.clone(),
+        "bench".into(),
+        Default::default(),
+    );
     rt.block_on(instance.start()).unwrap();
     c.bench_function("on-message, 64-byte payload, one send-to-group", |b| {
         b.iter_custom(|iters| {
@@ -80,8 +85,12 @@ fn plugin_call(c: &mut Criterion) {
             rt.block_on(async {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let mut fresh =
-                        runtime.instance(code.clone(), counting.clone(), "bench".into());
+                    let mut fresh = runtime.instance(
+                        code.clone(),
+                        counting.clone(),
+                        "bench".into(),
+                        Default::default(),
+                    );
                     let start = Instant::now();
                     fresh.start().await.unwrap();
                     total += start.elapsed();

@@ -93,8 +93,12 @@ impl Harness {
             .runtime
             .load(name, &std::fs::read(path).unwrap())
             .unwrap();
-        self.runtime
-            .instance(code, self.recorder.clone(), "test-worker".into())
+        self.runtime.instance(
+            code,
+            self.recorder.clone(),
+            "test-worker".into(),
+            Default::default(),
+        )
     }
 }
 
@@ -346,7 +350,9 @@ async fn a_refusing_or_trapping_start_is_reported() {
     let bytes = std::fs::read(plugins::MISBEHAVE).unwrap();
     for (app, expect_refusal) in [("fail-start", true), ("trap-start", false)] {
         let code = h.runtime.load(app, &bytes).unwrap();
-        let mut instance = h.runtime.instance(code, h.recorder.clone(), "w".into());
+        let mut instance =
+            h.runtime
+                .instance(code, h.recorder.clone(), "w".into(), Default::default());
         let err = instance.start().await.unwrap_err();
         match err {
             CallError::StartRefused(reason) => {
@@ -383,4 +389,46 @@ fn a_file_that_is_not_wasm_is_refused_clearly() {
     truncated.truncate(truncated.len() / 2);
     let err = runtime.load("half", &truncated).err().expect("refused");
     assert!(matches!(err, LoadError::Invalid(_)), "{err}");
+}
+
+#[tokio::test]
+async fn plugins_get_nothing_unless_granted() {
+    let h = Harness::new(Limits::default());
+    let c = client(&[]);
+    let mut plain = h.instance("misbehave", plugins::MISBEHAVE);
+    message(&mut plain, &c, "env GREETING").await.unwrap();
+    message(&mut plain, &c, "read /data/hello.txt")
+        .await
+        .unwrap();
+    let replies = h.recorder.take();
+    assert_eq!(replies[0], reply("unset"));
+    assert!(
+        matches!(&replies[1], Command::SendToClients { data, .. } if data.starts_with(b"error")),
+        "{replies:?}"
+    );
+
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("hello.txt"), "hello from the host").unwrap();
+    let grants = wasmgate::config::Grants {
+        env: [("GREETING".to_string(), "hi".to_string())].into(),
+        dirs: vec![wasmgate::config::DirGrant {
+            host: data.path().to_owned(),
+            guest: "/data".into(),
+        }],
+    };
+    let code = h
+        .runtime
+        .load("misbehave", &std::fs::read(plugins::MISBEHAVE).unwrap())
+        .unwrap();
+    let mut granted = h
+        .runtime
+        .instance(code, h.recorder.clone(), "w".into(), Arc::new(grants));
+    message(&mut granted, &c, "env GREETING").await.unwrap();
+    message(&mut granted, &c, "read /data/hello.txt")
+        .await
+        .unwrap();
+    assert_eq!(
+        h.recorder.take(),
+        vec![reply("hi"), reply("hello from the host")]
+    );
 }

@@ -22,7 +22,8 @@ use tokio::task::JoinSet;
 use super::bindings::{Client, WebsocketRequest};
 use super::host_api::Gateways;
 use super::links::Incoming;
-use super::runtime::{Call, PluginCode, PluginInstance, Runtime};
+use super::plugins::Change;
+use super::runtime::{Call, PluginInstance};
 use crate::client_id::ClientId;
 use crate::ops::{Command, Session};
 use crate::wire::messages::{ClientContext, EventKind};
@@ -30,69 +31,105 @@ use crate::wire::messages::{ClientContext, EventKind};
 /// Events one instance may have waiting before the dispatcher waits for it.
 const INSTANCE_QUEUE: usize = 1024;
 
-/// The instances of one app.
-struct App {
-    instances: Vec<mpsc::Sender<Incoming>>,
+/// What an instance driver is asked to do, in order.
+enum Work {
+    /// Run a client event.
+    Event(Incoming),
+    /// Continue with this new version's instance; the current one finishes first and runs
+    /// `on-worker-stop`.
+    Swap(PluginInstance),
 }
 
-/// Routes events to the instances of the loaded apps.
+/// The running instances of one app.
+struct App {
+    instances: Vec<mpsc::Sender<Work>>,
+}
+
+/// Routes events to the instances of the running apps and applies [`Change`]s.
 pub struct Dispatcher {
     apps: HashMap<String, App>,
+    gateways: Arc<dyn Gateways>,
     hasher: RandomState,
     drivers: JoinSet<()>,
+    /// Events dropped per app that has no plugin, for the log.
+    dropped: HashMap<String, u64>,
 }
 
 impl Dispatcher {
-    /// Starts `instances` instances of each plugin in `codes`.
-    pub fn start(
-        runtime: &Runtime,
-        codes: Vec<Arc<PluginCode>>,
-        instances: usize,
-        gateways: Arc<dyn Gateways>,
-        worker: Arc<str>,
-    ) -> Self {
-        let mut drivers = JoinSet::new();
-        let apps = codes
-            .into_iter()
-            .map(|code| {
-                let senders = (0..instances.max(1))
-                    .map(|_| {
-                        let (tx, rx) = mpsc::channel(INSTANCE_QUEUE);
-                        let instance =
-                            runtime.instance(code.clone(), gateways.clone(), worker.clone());
-                        drivers.spawn(drive(instance, rx, gateways.clone()));
-                        tx
-                    })
-                    .collect();
-                (code.name().to_owned(), App { instances: senders })
-            })
-            .collect();
+    /// A dispatcher with no apps yet; instances reach the gateways through `gateways`.
+    pub fn new(gateways: Arc<dyn Gateways>) -> Self {
         Self {
-            apps,
+            apps: HashMap::new(),
+            gateways,
             hasher: RandomState::new(),
-            drivers,
+            drivers: JoinSet::new(),
+            dropped: HashMap::new(),
         }
     }
 
-    /// Delivers events until `events` closes, then lets every instance finish its queue and
-    /// run `on-worker-stop`.
-    pub async fn run(mut self, mut events: mpsc::Receiver<Incoming>) {
-        while let Some(event) = events.recv().await {
-            let Some(app) = self.apps.get(&event.listener.app) else {
-                tracing::warn!(
-                    app = %event.listener.app,
-                    client = %event.client.id,
-                    "no plugin loaded for this app; event dropped"
-                );
-                continue;
-            };
-            let slot = self.hasher.hash_one(event.client.id) as usize % app.instances.len();
-            if app.instances[slot].send(event).await.is_err() {
-                tracing::error!("a plugin instance driver ended unexpectedly");
+    /// Delivers events and applies changes until `events` closes, then lets every instance
+    /// finish its queue and run `on-worker-stop`.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Incoming>,
+        mut changes: mpsc::Receiver<Change>,
+    ) {
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => self.dispatch(event).await,
+                    None => break,
+                },
+                Some(change) = changes.recv() => self.apply(change).await,
             }
         }
         self.apps.clear();
         while self.drivers.join_next().await.is_some() {}
+    }
+
+    async fn dispatch(&mut self, event: Incoming) {
+        let Some(app) = self.apps.get(&event.listener.app) else {
+            let dropped = self.dropped.entry(event.listener.app.clone()).or_default();
+            *dropped += 1;
+            // Log the 1st, 2nd, 4th, 8th … so a missing plugin is visible without flooding.
+            if dropped.is_power_of_two() {
+                tracing::warn!(app = %event.listener.app, dropped = *dropped, "no plugin for this app; events dropped");
+            }
+            return;
+        };
+        let slot = self.hasher.hash_one(event.client.id) as usize % app.instances.len();
+        if app.instances[slot].send(Work::Event(event)).await.is_err() {
+            tracing::error!("a plugin instance driver ended unexpectedly");
+        }
+    }
+
+    async fn apply(&mut self, change: Change) {
+        match change {
+            Change::Install { app, instances } => match self.apps.get(&app) {
+                Some(running) if running.instances.len() == instances.len() => {
+                    for (driver, instance) in running.instances.iter().zip(instances) {
+                        let _ = driver.send(Work::Swap(instance)).await;
+                    }
+                }
+                _ => {
+                    let senders = instances
+                        .into_iter()
+                        .map(|instance| {
+                            let (tx, rx) = mpsc::channel(INSTANCE_QUEUE);
+                            self.drivers
+                                .spawn(drive(instance, rx, self.gateways.clone()));
+                            tx
+                        })
+                        .collect();
+                    self.dropped.remove(&app);
+                    self.apps.insert(app, App { instances: senders });
+                }
+            },
+            // Dropping the senders lets the drivers finish what is queued and stop.
+            Change::Remove { app } => {
+                self.apps.remove(&app);
+            }
+        }
     }
 }
 
@@ -108,15 +145,18 @@ struct SessionTrack {
 
 async fn drive(
     mut instance: PluginInstance,
-    mut events: mpsc::Receiver<Incoming>,
+    mut work: mpsc::Receiver<Work>,
     gateways: Arc<dyn Gateways>,
 ) {
-    let _ = instance.start().await;
     let mut sessions: HashMap<ClientId, SessionTrack> = HashMap::new();
     loop {
         tokio::select! {
-            event = events.recv() => match event {
-                Some(event) => handle(&mut instance, &mut sessions, &*gateways, event).await,
+            next = work.recv() => match next {
+                Some(Work::Event(event)) => handle(&mut instance, &mut sessions, &*gateways, event).await,
+                Some(Work::Swap(new)) => {
+                    let mut old = std::mem::replace(&mut instance, new);
+                    old.stop().await;
+                }
                 None => break,
             },
             id = instance.next_timer() => {

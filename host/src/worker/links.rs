@@ -58,28 +58,27 @@ pub struct GatewayLinks {
 }
 
 impl GatewayLinks {
-    /// Keeps a link to every gateway in `gateways` until `shutdown`, delivering client
-    /// events to `events` (push clients pass `None`: they take no events).
-    pub fn spawn(
-        gateways: watch::Receiver<BTreeSet<SocketAddrV4>>,
-        secret: Arc<[u8]>,
-        events: Option<EventSink>,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
-        let role = if events.is_some() {
-            Role::Worker
-        } else {
-            Role::Client
-        };
-        let links = Arc::new(Self {
+    /// Links for a worker host (which takes client events) or a push client (which does
+    /// not); nothing is dialled until [`start`](Self::start).
+    pub fn new(secret: Arc<[u8]>, role: Role) -> Arc<Self> {
+        Arc::new(Self {
             secret,
             role,
             links: RwLock::new(HashMap::new()),
             next_query: AtomicU64::new(1),
             linked: watch::channel(BTreeSet::new()).0,
-        });
-        tokio::spawn(links.clone().follow(gateways, events, shutdown));
-        links
+        })
+    }
+
+    /// Keeps a link to every gateway in `gateways` until `shutdown`, delivering client
+    /// events to `events` (push clients pass `None`: they take no events).
+    pub fn start(
+        self: &Arc<Self>,
+        gateways: watch::Receiver<BTreeSet<SocketAddrV4>>,
+        events: Option<EventSink>,
+        shutdown: CancellationToken,
+    ) {
+        tokio::spawn(self.clone().follow(gateways, events, shutdown));
     }
 
     /// The gateways currently linked (handshake done), as a watch.

@@ -5,7 +5,7 @@
 //! - [`host_api`]: the imports plugins call, over the [`host_api::Gateways`] trait.
 //! - [`links`]: the links to every gateway; implements `Gateways` over the network.
 //! - [`dispatch`]: events to instances, one client's events in order.
-//! - [`plugins`]: the plugins directory.
+//! - [`plugins`]: the plugins directory, watched for new versions (hot reload).
 //! - [`timers`], [`guest_output`]: plugin timers; plugin stdout/stderr into the log.
 
 mod bindings;
@@ -28,8 +28,10 @@ pub use bindings::{
 
 use crate::config::WorkerConfig;
 use crate::register;
+use crate::wire::handshake::Role;
 use dispatch::Dispatcher;
 use links::GatewayLinks;
+use plugins::PluginDir;
 use runtime::{Limits, Runtime};
 
 /// Events waiting for the dispatcher before gateway links wait.
@@ -41,30 +43,43 @@ const EVENT_QUEUE: usize = 4096;
 pub async fn run(
     config: WorkerConfig,
     secret: Arc<[u8]>,
-    _reload: Arc<Notify>,
+    reload: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let runtime = Arc::new(Runtime::new(Limits {
+    let mut runtime = Runtime::new(Limits {
         process_timeout: config.process_timeout,
         memory_limit: config.memory_limit.as_u64() as usize,
-    })?);
-    let codes = plugins::load_dir(&runtime, &config.plugins).await;
-    if codes.is_empty() {
-        tracing::warn!(dir = %config.plugins.display(), "no plugins loaded");
+    })?;
+    if let Some(cache) = &config.cache {
+        runtime = runtime.with_cache(cache.clone());
     }
+    let worker: Arc<str> = config.name.clone().into();
+    let links = GatewayLinks::new(secret.clone(), Role::Worker);
+    let mut plugins = PluginDir::new(
+        config.plugins.clone(),
+        Arc::new(runtime),
+        links.clone(),
+        worker.clone(),
+        config.instances,
+        &config.grants,
+    );
+    let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+    let (changes_tx, changes) = mpsc::channel(16);
+    let dispatching = tokio::spawn(Dispatcher::new(links.clone()).run(events, changes));
+    // Load the plugins before linking to gateways, so that no early event finds its app
+    // missing.
+    plugins.scan(&changes_tx).await;
+    let watching = shutdown.child_token();
+    tokio::spawn(plugins.watch(changes_tx, reload, watching.clone()));
     let gateways = register::spawn_registration(
         config.register.clone(),
-        secret.clone(),
+        secret,
         register::Announce::Worker,
         shutdown.clone(),
     );
-    let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
     let links_stop = CancellationToken::new();
-    let links = GatewayLinks::spawn(gateways, secret, Some(events_tx), links_stop.clone());
-    let worker: Arc<str> = config.name.clone().into();
-    tracing::info!(worker = %worker, plugins = codes.len(), "worker host started");
-    let dispatcher = Dispatcher::start(&runtime, codes, config.instances, links.clone(), worker);
-    let dispatching = tokio::spawn(dispatcher.run(events));
+    links.start(gateways, Some(events_tx), links_stop.clone());
+    tracing::info!(worker = %worker, plugins = %config.plugins.display(), "worker host started");
     shutdown.cancelled().await;
     // Stop taking events, let the instances drain and run on-worker-stop, then unlink.
     links_stop.cancel();

@@ -1,49 +1,286 @@
-//! The plugins directory: every `NAME.wasm` in it is the app `NAME`.
+//! The plugins directory: every `NAME.wasm` in it is the app `NAME`, loaded at start and
+//! reloaded whenever the file changes, without a restart.
 //!
-//! Compiling is CPU-heavy (seconds for Python or JavaScript components), so it runs on the
-//! blocking pool. A file that fails to load is logged with its path and skipped; the other
-//! apps still start.
+//! A new version replaces the running one only once it has compiled, matched the world and
+//! started (`on-worker-start` succeeded) in every instance; until then, and whenever any of
+//! that fails, the running version keeps serving and the failure is logged with the file's
+//! path. Deleting a file stops its app.
+//!
+//! When a file counts as written: a rename into place (`mv new.wasm app.wasm`, the
+//! recommended way to deploy) and the close of a file written in place (`cp`) load at once;
+//! other writes wait for [`QUIET`] without further changes. A file caught mid-write fails to
+//! compile and is never served, so the worst a slow writer causes is a logged refusal
+//! followed by the complete version.
+//!
+//! Compiling runs on the blocking pool; with the runtime's cache, an unchanged file (after a
+//! restart, or a forced reload) costs no compile.
 
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::runtime::{PluginCode, Runtime};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
 
-/// Loads every `*.wasm` file of `dir`.
-pub async fn load_dir(runtime: &Arc<Runtime>, dir: &Path) -> Vec<Arc<PluginCode>> {
-    let mut entries = match tokio::fs::read_dir(dir).await {
-        Ok(entries) => entries,
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), "cannot read the plugins directory: {e}");
-            return Vec::new();
-        }
-    };
-    let mut codes = Vec::new();
-    while let Ok(Some(entry)) = entries.next_entry().await {
-        let path = entry.path();
-        if path.extension().is_none_or(|e| e != "wasm") {
-            continue;
-        }
-        match load_file(runtime, &path).await {
-            Ok(code) => {
-                tracing::info!(plugin = code.name(), version = code.version(), file = %path.display(), "plugin loaded");
-                codes.push(code);
-            }
-            Err(e) => tracing::error!(file = %path.display(), "plugin not loaded: {e:#}"),
-        }
-    }
-    codes
+use super::host_api::Gateways;
+use super::runtime::{PluginInstance, Runtime};
+use crate::config::Grants;
+
+/// How long a file written in place must stay unchanged before it is loaded.
+pub const QUIET: Duration = Duration::from_millis(250);
+
+/// A change to the running apps, applied by the dispatcher.
+pub enum Change {
+    /// Serve `app` with these started instances from now on (replacing a running version).
+    Install {
+        /// The app.
+        app: String,
+        /// Its new instances, already started.
+        instances: Vec<PluginInstance>,
+    },
+    /// Stop serving `app`.
+    Remove {
+        /// The app.
+        app: String,
+    },
 }
 
-/// Reads and compiles one plugin file; its app name is the file name without `.wasm`.
-pub async fn load_file(runtime: &Arc<Runtime>, path: &Path) -> anyhow::Result<Arc<PluginCode>> {
-    let name = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .ok_or_else(|| anyhow::anyhow!("file name is not valid UTF-8"))?
-        .to_owned();
-    let bytes = tokio::fs::read(path).await?;
-    let runtime = runtime.clone();
-    let code = tokio::task::spawn_blocking(move || runtime.load(&name, &bytes)).await??;
-    Ok(code)
+/// The plugins directory and what it takes to start its apps.
+pub struct PluginDir {
+    dir: PathBuf,
+    runtime: Arc<Runtime>,
+    gateways: Arc<dyn Gateways>,
+    worker: Arc<str>,
+    instances: usize,
+    grants: BTreeMap<String, Arc<Grants>>,
+    no_grants: Arc<Grants>,
+    /// The running version of each app.
+    running: HashMap<String, String>,
+    /// File events, from a watcher set up before the first scan so no change falls between.
+    fs_events: mpsc::Receiver<notify::Result<notify::Event>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl PluginDir {
+    /// The apps of `dir`, each started with `instances` instances that reach the gateways
+    /// through `gateways`.
+    pub fn new(
+        dir: PathBuf,
+        runtime: Arc<Runtime>,
+        gateways: Arc<dyn Gateways>,
+        worker: Arc<str>,
+        instances: usize,
+        grants: &BTreeMap<String, Grants>,
+    ) -> Self {
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::error!(dir = %dir.display(), "cannot create the plugins directory: {e}");
+        }
+        let (fs_tx, fs_events) = mpsc::channel(1024);
+        let watcher = notify::recommended_watcher(move |event| {
+            // notify calls this on its own thread, outside the runtime.
+            let _ = fs_tx.blocking_send(event);
+        })
+        .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+        let watcher = watcher
+            .inspect_err(|e| {
+                tracing::error!(dir = %dir.display(), "cannot watch the plugins directory; reload only on demand: {e}")
+            })
+            .ok();
+        Self {
+            dir,
+            runtime,
+            gateways,
+            worker,
+            instances: instances.max(1),
+            grants: grants
+                .iter()
+                .map(|(app, g)| (app.clone(), Arc::new(g.clone())))
+                .collect(),
+            no_grants: Arc::new(Grants::default()),
+            running: HashMap::new(),
+            fs_events,
+            _watcher: watcher,
+        }
+    }
+
+    /// Loads every app in the directory.
+    pub async fn scan(&mut self, changes: &mpsc::Sender<Change>) {
+        for app in self.apps_on_disk() {
+            self.sync(&app, changes).await;
+        }
+        if self.running.is_empty() {
+            tracing::warn!(dir = %self.dir.display(), "no plugins loaded yet; watching the directory");
+        }
+    }
+
+    /// Follows the directory until `shutdown`, and re-reads all of it when `reload` is
+    /// notified.
+    pub async fn watch(
+        mut self,
+        changes: mpsc::Sender<Change>,
+        reload: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) {
+        let mut due: HashMap<String, Instant> = HashMap::new();
+        loop {
+            let next = due.values().min().copied();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = reload.notified() => {
+                    tracing::info!("reloading every plugin");
+                    let now = Instant::now();
+                    for app in self.apps_on_disk().into_iter().chain(self.running.keys().cloned()) {
+                        due.insert(app, now);
+                    }
+                }
+                Some(event) = self.fs_events.recv() => match event {
+                    Ok(event) => note(&event, &mut due),
+                    Err(e) => tracing::warn!("plugins directory watch error: {e}"),
+                },
+                _ = sleep_until(next), if next.is_some() => {
+                    let now = Instant::now();
+                    let ready: Vec<String> = due.iter().filter(|(_, at)| **at <= now).map(|(app, _)| app.clone()).collect();
+                    for app in ready {
+                        due.remove(&app);
+                        self.sync(&app, &changes).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings `app` in line with its file: installs a new version, removes a deleted one,
+    /// or does nothing if the file is unchanged or unusable.
+    async fn sync(&mut self, app: &str, changes: &mpsc::Sender<Change>) {
+        let path = self.dir.join(format!("{app}.wasm"));
+        let started = Instant::now();
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.running.remove(app).is_some() {
+                    tracing::info!(plugin = app, file = %path.display(), "plugin file deleted; app stopped");
+                    let _ = changes
+                        .send(Change::Remove {
+                            app: app.to_owned(),
+                        })
+                        .await;
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), "cannot read plugin: {e}");
+                return;
+            }
+        };
+        let runtime = self.runtime.clone();
+        let name = app.to_owned();
+        let code = match tokio::task::spawn_blocking(move || runtime.load(&name, &bytes)).await {
+            Ok(Ok(code)) => code,
+            Ok(Err(e)) => {
+                tracing::error!(file = %path.display(), "plugin not loaded, the running version (if any) keeps serving: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), "plugin compile task failed: {e}");
+                return;
+            }
+        };
+        if self.running.get(app).map(String::as_str) == Some(code.version()) {
+            tracing::debug!(plugin = app, version = code.version(), "plugin unchanged");
+            return;
+        }
+        let grants = self.grants.get(app).unwrap_or(&self.no_grants);
+        let mut instances = Vec::with_capacity(self.instances);
+        for _ in 0..self.instances {
+            let mut instance = self.runtime.instance(
+                code.clone(),
+                self.gateways.clone(),
+                self.worker.clone(),
+                grants.clone(),
+            );
+            if let Err(e) = instance.start().await {
+                tracing::error!(
+                    file = %path.display(),
+                    version = code.version(),
+                    "new plugin version refused, the running version (if any) keeps serving: {e}"
+                );
+                for mut started in instances {
+                    PluginInstance::stop(&mut started).await;
+                }
+                return;
+            }
+            instances.push(instance);
+        }
+        tracing::info!(
+            plugin = app,
+            version = code.version(),
+            from_cache = code.from_cache(),
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "plugin version installed"
+        );
+        self.running
+            .insert(app.to_owned(), code.version().to_owned());
+        let _ = changes
+            .send(Change::Install {
+                app: app.to_owned(),
+                instances,
+            })
+            .await;
+    }
+
+    fn apps_on_disk(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries.filter_map(|e| app_name(&e.ok()?.path())).collect()
+    }
+}
+
+/// Records when the apps an event touches should be looked at again.
+fn note(event: &notify::Event, due: &mut HashMap<String, Instant>) {
+    let now = Instant::now();
+    let complete = match event.kind {
+        // The file is whole: a writer closed it, it was renamed into place, or deleted.
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Modify(ModifyKind::Name(_))
+        | EventKind::Remove(_) => true,
+        // Being written: wait for quiet.
+        EventKind::Create(_) | EventKind::Modify(_) => false,
+        // Reads (ours included) change nothing.
+        _ => return,
+    };
+    for app in event.paths.iter().filter_map(|p| app_name(p)) {
+        let at = due.entry(app).or_insert(now + QUIET);
+        *at = if complete { now.min(*at) } else { now + QUIET };
+    }
+}
+
+/// The app a path names: `dir/NAME.wasm` → `NAME`; hidden and temporary files are not apps.
+fn app_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let app = name.strip_suffix(".wasm")?;
+    (!app.is_empty() && !app.starts_with('.')).then(|| app.to_owned())
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_visible_wasm_files_are_apps() {
+        assert_eq!(app_name(Path::new("/p/chat.wasm")).as_deref(), Some("chat"));
+        assert_eq!(app_name(Path::new("/p/.chat.wasm.tmp")), None);
+        assert_eq!(app_name(Path::new("/p/.chat.wasm")), None);
+        assert_eq!(app_name(Path::new("/p/chat.cwasm")), None);
+        assert_eq!(app_name(Path::new("/p/readme.txt")), None);
+    }
 }

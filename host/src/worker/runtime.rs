@@ -11,6 +11,8 @@
 //! the sandbox stopped: a trap, a call past `process_timeout`, a grow past `memory_limit`.
 //! Whatever happened, only that instance is lost; the next call gets a fresh one.
 
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -20,12 +22,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{Client, Plugin, PluginPre, WebsocketRequest, WorkerInfo};
 use super::guest_output::{GuestOutput, Stream};
 use super::host_api::{Gateways, HostApi, SessionChange};
 use super::timers::{PENDING_TICKS, Timers};
+use crate::config::Grants;
 
 /// How often the epoch advances: the granularity of `process_timeout` and of the yields that
 /// keep a busy guest from starving other tasks on its tokio worker.
@@ -103,6 +106,9 @@ pub enum CallError {
     /// `on-worker-start` returned an error.
     #[error("on-worker-start refused to start: {0}")]
     StartRefused(String),
+    /// A grant from the configuration could not be given (e.g. a missing directory).
+    #[error("cannot apply the app's grants: {0}")]
+    Grant(String),
 }
 
 /// The wasm engine shared by every plugin of a worker host.
@@ -110,6 +116,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<PluginState>,
     limits: Limits,
+    cache: Option<PathBuf>,
     ticker: EpochTicker,
 }
 
@@ -128,8 +135,18 @@ impl Runtime {
             engine,
             linker,
             limits,
+            cache: None,
             ticker,
         })
+    }
+
+    /// Keeps compiled components in `dir` (created if missing), so that loading a file whose
+    /// bytes were compiled before, by an engine with the same configuration, skips the
+    /// compiler. The directory must be as trusted as the binary: its files are loaded as
+    /// native code.
+    pub fn with_cache(mut self, dir: PathBuf) -> Self {
+        self.cache = Some(dir);
+        self
     }
 
     /// The limits every instance gets.
@@ -137,9 +154,9 @@ impl Runtime {
         self.limits
     }
 
-    /// Compiles `bytes` as version of plugin `name` and checks it against the world. This
-    /// is CPU-heavy (milliseconds for Rust plugins, seconds for Python or JavaScript): call it
-    /// off the async path, e.g. in `spawn_blocking`.
+    /// Compiles `bytes` as a version of plugin `name` (or takes it from the cache) and checks
+    /// it against the world. Compiling is CPU-heavy (milliseconds for Rust plugins, seconds
+    /// for Python or JavaScript): call this off the async path, e.g. in `spawn_blocking`.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<PluginCode>, LoadError> {
         if !bytes.starts_with(b"\0asm") {
             return Err(LoadError::NotWasm);
@@ -148,18 +165,49 @@ impl Runtime {
         if bytes.get(6..8) == Some(&[0, 0]) {
             return Err(LoadError::CoreModule);
         }
-        let component = Component::from_binary(&self.engine, bytes).map_err(LoadError::Invalid)?;
+        let digest = hex::encode(Sha256::digest(bytes));
+        let (component, from_cache) = self.compile(bytes, &digest)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(LoadError::WrongWorld)?;
         let pre = PluginPre::new(pre).map_err(LoadError::WrongWorld)?;
-        let digest = Sha256::digest(bytes);
         Ok(Arc::new(PluginCode {
             name: name.into(),
-            version: hex::encode(&digest[..6]),
+            version: digest[..12].to_owned(),
+            from_cache,
             pre,
         }))
+    }
+
+    /// The component for `bytes`, from the cache when it holds one; says which it was.
+    fn compile(&self, bytes: &[u8], digest: &str) -> Result<(Component, bool), LoadError> {
+        let Some(dir) = &self.cache else {
+            let component =
+                Component::from_binary(&self.engine, bytes).map_err(LoadError::Invalid)?;
+            return Ok((component, false));
+        };
+        let mut engine_hash = std::hash::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_hash);
+        let path = dir.join(format!("{digest}-{:016x}.cwasm", engine_hash.finish()));
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` of an engine with this
+            // configuration (the name says so) and renamed into place whole; the cache
+            // directory is as trusted as the binary (see `with_cache`).
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok((component, true)),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), "ignoring unusable cache entry: {e:#}")
+                }
+            }
+        }
+        let component = Component::from_binary(&self.engine, bytes).map_err(LoadError::Invalid)?;
+        if let Err(e) = store_in_cache(&component, dir, &path) {
+            tracing::warn!(dir = %dir.display(), "cannot cache the compiled plugin: {e:#}");
+        }
+        Ok((component, false))
     }
 
     /// An instance of `code` that will reach the gateways through `gateways`. It starts
@@ -169,22 +217,35 @@ impl Runtime {
         code: Arc<PluginCode>,
         gateways: Arc<dyn Gateways>,
         worker: Arc<str>,
+        grants: Arc<Grants>,
     ) -> PluginInstance {
         debug_assert!(self.ticker.is_running());
         PluginInstance {
             code,
             gateways,
             worker,
+            grants,
             limits: self.limits,
             live: None,
         }
     }
 }
 
+/// Writes a compiled component to `path` whole: to a temporary file first, then renamed, so a
+/// crash never leaves a partial entry that would later be loaded.
+fn store_in_cache(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, component.serialize()?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
 /// One compiled version of a plugin, ready to instantiate cheaply.
 pub struct PluginCode {
     name: Arc<str>,
     version: String,
+    from_cache: bool,
     pre: PluginPre<PluginState>,
 }
 
@@ -197,6 +258,11 @@ impl PluginCode {
     /// A short hash of the component's bytes.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// Whether the compiled code came from the cache rather than the compiler.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
     }
 }
 
@@ -252,6 +318,7 @@ pub struct PluginInstance {
     code: Arc<PluginCode>,
     gateways: Arc<dyn Gateways>,
     worker: Arc<str>,
+    grants: Arc<Grants>,
     limits: Limits,
     live: Option<Live>,
 }
@@ -357,10 +424,9 @@ impl PluginInstance {
             self.gateways.clone(),
             Timers::new(fired_tx),
         );
-        let mut store = Store::new(
-            self.code.pre.engine(),
-            PluginState::new(&self.code.name, api, self.limits),
-        );
+        let state = PluginState::new(&self.code.name, api, self.limits, &self.grants)
+            .map_err(|e| CallError::Grant(format!("{e:#}")))?;
+        let mut store = Store::new(self.code.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
         let budget = self.limits.process_timeout;
         store.epoch_deadline_callback(move |ctx| {
@@ -472,15 +538,27 @@ pub struct PluginState {
 }
 
 impl PluginState {
-    fn new(plugin: &Arc<str>, api: HostApi, limits: Limits) -> Self {
-        // Nothing is granted: no preopens, no environment, no sockets, no name lookups.
-        let wasi = WasiCtx::builder()
-            .stdout(GuestOutput::new(plugin.clone(), Stream::Stdout))
+    fn new(
+        plugin: &Arc<str>,
+        api: HostApi,
+        limits: Limits,
+        grants: &Grants,
+    ) -> wasmtime::Result<Self> {
+        // Only what the app's grants list: by default no preopens, no environment; never
+        // sockets or name lookups.
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(GuestOutput::new(plugin.clone(), Stream::Stdout))
             .stderr(GuestOutput::new(plugin.clone(), Stream::Stderr))
             .allow_tcp(false)
-            .allow_udp(false)
-            .build();
-        Self {
+            .allow_udp(false);
+        for (key, value) in &grants.env {
+            wasi.env(key, value);
+        }
+        for dir in &grants.dirs {
+            wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadOnly)?;
+        }
+        let wasi = wasi.build();
+        Ok(Self {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
@@ -490,7 +568,7 @@ impl PluginState {
             },
             call_started: Instant::now(),
             api,
-        }
+        })
     }
 }
 

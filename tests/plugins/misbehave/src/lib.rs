@@ -10,16 +10,23 @@
 //! - `instance` → `calls <n>`: the number of messages this instance has handled, this one
 //!   included. A fresh instance answers `calls 1`, so a test can tell it from a reused one.
 //!
+//! - `env <NAME>` → the environment variable's value, or `unset`: shows what the host granted.
+//! - `read <path>` → the file's contents, or `error <why>`: likewise for preopened directories.
+//!
 //! Anything else gets `error unknown command`. `on-worker-start` refuses to start when the app is
-//! named `fail-start` and traps when it is named `trap-start`.
+//! named `fail-start`, traps when it is named `trap-start`, and when the app is named `ticker`
+//! sets a 100 ms interval whose every tick sends `tick` to every client.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wasmgate_sdk::{Client, Plugin, WorkerInfo};
+use wasmgate_sdk::{Client, Plugin, TimerId, WorkerInfo, gateway, timers};
 
 /// Messages handled by this instance: statics live exactly as long as the instance.
 static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// The `ticker` app's interval.
+const TICK_MS: u32 = 100;
 
 /// A wasm page: memory grows and is committed by whole pages.
 const PAGE: usize = 64 * 1024;
@@ -31,8 +38,16 @@ impl Plugin for Misbehave {
         match info.app.as_str() {
             "fail-start" => Err("refusing to start".into()),
             "trap-start" => panic!("misbehave: trap requested in on-worker-start"),
+            "ticker" => {
+                timers::set_interval(TICK_MS);
+                Ok(())
+            }
             _ => Ok(()),
         }
+    }
+
+    fn on_timer(_id: TimerId) {
+        gateway::send_to_all(b"tick", &[]);
     }
 
     fn on_message(client: Client, data: Vec<u8>) {
@@ -50,6 +65,11 @@ impl Plugin for Misbehave {
             },
             b"trap" => panic!("misbehave: trap requested"),
             b"instance" => format!("calls {calls}").into_bytes(),
+            b"env" => std::env::var(String::from_utf8_lossy(arg).as_ref())
+                .unwrap_or_else(|_| "unset".into())
+                .into_bytes(),
+            b"read" => std::fs::read(String::from_utf8_lossy(arg).as_ref())
+                .unwrap_or_else(|e| format!("error {e}").into_bytes()),
             _ => b"error unknown command".to_vec(),
         };
         client.reply(reply);
