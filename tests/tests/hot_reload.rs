@@ -58,13 +58,16 @@ async fn logged(node: &Node, needle: &str) {
     panic!("the log never said {needle:?}; log:\n{}", node.logs());
 }
 
-/// Asks until the reply is `expected`; a bounded number of tries.
+/// Asks until the reply is `expected` (questions may go unanswered while no version runs);
+/// a bounded number of tries.
 async fn ask_until(client: &mut TestClient, question: &str, expected: &str) {
-    for _ in 0..200 {
-        if client.ask(question).await == expected {
-            return;
+    for _ in 0..40 {
+        client.send(question).await.unwrap();
+        while let Ok(reply) = client.recv_within(Duration::from_millis(250)).await {
+            if reply == expected {
+                return;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("{question:?} never got {expected:?}");
 }
@@ -282,4 +285,20 @@ async fn an_unchanged_plugin_is_served_from_the_cache_after_a_restart() {
         "{}",
         second.logs()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_plugin_stops_its_app_and_keeps_its_clients() {
+    let dir = PluginsDir::with(&[("app", plugins::ECHO)]);
+    let (node, port) = server(dir.path(), "app", 1);
+    let mut client = connect(port).await;
+    assert_eq!(client.ask("echo here").await, "echo here");
+    std::fs::remove_file(dir.path().join("app.wasm")).unwrap();
+    logged(&node, "app stopped").await;
+    logged(&node, "on-worker-stop ran").await;
+    client.send("echo nobody").await.unwrap();
+    client.assert_silent(Duration::from_millis(500)).await;
+    logged(&node, "no plugin for this app").await;
+    deploy(dir.path(), "app", plugins::COMMANDS);
+    ask_until(&mut client, "echo back", "back").await;
 }
