@@ -387,9 +387,11 @@ mod tests {
         assert_eq!(accepted.unwrap(), Role::Gateway);
         assert_eq!(ar.max_frame(), crate::wire::MAX_FRAME);
         // The link carries large frames after the handshake.
+        // (bigger than the duplex buffer, so the write and the read must run together).
         let big = "x".repeat(10_000);
-        cw.send(&big).await.unwrap();
-        assert_eq!(ar.recv::<String>().await.unwrap(), Some(big));
+        let (sent, received) = tokio::join!(cw.send(&big), ar.recv::<String>());
+        sent.unwrap();
+        assert_eq!(received.unwrap(), Some(big));
     }
 
     #[tokio::test]
