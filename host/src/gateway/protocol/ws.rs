@@ -20,6 +20,9 @@ use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
 use crate::gateway::state::Outbound;
 use crate::wire::messages::WebSocketRequest;
 
+/// Initial read buffer per connection; larger messages grow it.
+const READ_BUFFER: usize = 1024;
+
 /// How long a client may take to complete the upgrade handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -60,7 +63,10 @@ where
             .collect();
         Ok(response)
     };
+    // tungstenite allocates the whole read buffer per connection up front (128 KiB by
+    // default): most connections are idle most of the time, so start small and let it grow.
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size));
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(socket, callback, Some(config));
