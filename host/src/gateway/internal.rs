@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
 use crate::wire::codec::{FrameReader, FrameWriter};
-use crate::wire::handshake::{self, Role};
+use crate::wire::handshake::{self, HandshakeError, Role};
 use crate::wire::messages::{ToGateway, ToWorker};
 
 /// Messages queued for one worker host before client reads wait for it.
@@ -40,8 +40,16 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: Cance
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = link(socket, gateway, shutdown).await {
-                tracing::info!(%peer, "internal link closed: {e:#}");
+            match link(socket, gateway, shutdown).await {
+                Ok(()) => tracing::info!(%peer, "internal link closed"),
+                // A port probe (load balancer, Kubernetes) looks like this: not worth a warning.
+                Err(e)
+                    if e.downcast_ref::<HandshakeError>()
+                        .is_some_and(HandshakeError::is_quiet) =>
+                {
+                    tracing::debug!(%peer, "internal connection dropped during the handshake: {e}")
+                }
+                Err(e) => tracing::warn!(%peer, "internal link closed: {e:#}"),
             }
         });
     }

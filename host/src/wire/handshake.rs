@@ -386,8 +386,8 @@ mod tests {
         connected.unwrap();
         assert_eq!(accepted.unwrap(), Role::Gateway);
         assert_eq!(ar.max_frame(), crate::wire::MAX_FRAME);
-        // The link carries large frames after the handshake.
-        // (bigger than the duplex buffer, so the write and the read must run together).
+        // The link carries large frames after the handshake; this one is bigger than the
+        // pipe's buffer, so the write and the read run together.
         let big = "x".repeat(10_000);
         let (sent, received) = tokio::join!(cw.send(&big), ar.recv::<String>());
         sent.unwrap();
