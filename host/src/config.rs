@@ -225,8 +225,30 @@ impl Config {
     /// Parses configuration text.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.check()?;
         config.fill_defaults();
         Ok(config)
+    }
+
+    /// Rejects values that parse but cannot work.
+    fn check(&self) -> Result<(), String> {
+        for gateway in &self.gateway {
+            if gateway.register.is_empty() {
+                return Err(format!(
+                    "gateway {}: `register` must list at least one register",
+                    gateway.listen
+                ));
+            }
+        }
+        if let Some(worker) = &self.worker {
+            if worker.register.is_empty() {
+                return Err("worker: `register` must list at least one register".into());
+            }
+            if worker.instances == 0 {
+                return Err("worker: `instances` must be at least 1".into());
+            }
+        }
+        Ok(())
     }
 
     /// All roles on loopback: a register on 127.0.0.1:1236, a WebSocket gateway on
@@ -331,6 +353,12 @@ mod tests {
         let w = c.worker.unwrap();
         assert_eq!(w.process_timeout, Duration::from_millis(250));
         assert_eq!(w.memory_limit, ByteSize::mib(64));
+    }
+
+    #[test]
+    fn empty_register_lists_are_refused() {
+        let err = Config::parse("[worker]\nregister = []\n").unwrap_err();
+        assert!(err.contains("register"), "{err}");
     }
 
     #[test]
