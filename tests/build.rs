@@ -31,6 +31,12 @@ const PLUGINS: &[(&str, &str, &str, &str)] = &[
         "`examples/echo`: replies every message to its sender.",
     ),
     (
+        "CHAT",
+        "chat",
+        "chat.wasm",
+        "`examples/chat`, the chat demo's plugin: nicknames, rooms, who is online.",
+    ),
+    (
         "MISBEHAVE",
         "misbehave",
         "misbehave.wasm",
@@ -55,6 +61,8 @@ const SOURCES: &[&str] = &[
     "examples/commands/src",
     "examples/echo/Cargo.toml",
     "examples/echo/src",
+    "examples/chat/Cargo.toml",
+    "examples/chat/src",
     "tests/plugins/misbehave/Cargo.toml",
     "tests/plugins/misbehave/src",
     "tests/plugins/not-a-plugin/Cargo.toml",

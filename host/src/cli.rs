@@ -1,17 +1,46 @@
-//! The `wasmgate` command line: `start` runs the roles a configuration file asks for (all of
-//! them, on loopback, when there is no file).
+//! The `wasmgate` command line, after Workerman's `start|stop|restart|reload|status|connections`.
 //!
-//! It lives in the library so that the end-to-end tests can run the very same command as
-//! separate processes.
+//! `start` runs the roles a configuration file asks for (all of them, on loopback, when there
+//! is no file), in the foreground or detached with `-d`. The other commands reach the running
+//! server through its control socket ([`crate::control`]), found from the same configuration
+//! file, so nobody needs to know a pid. The command lives in the library so that the
+//! end-to-end tests run the very same code as separate processes.
+//!
+//! Exit codes: 0 success; 1 failure (a `start` that finds the server already running
+//! included); 2 bad usage; 3 `status`, `connections` or `reload` when no server runs (LSB's
+//! "not running"); 78 an invalid configuration (sysexits' `EX_CONFIG`). `stop` when no server
+//! runs succeeds, as LSB asks.
 
-use std::path::PathBuf;
+mod daemon;
+mod render;
 
-use crate::config::Config;
-use crate::server::{self, Role};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, ConfigError};
+use crate::control::{self, AskError, Request, Response};
+use crate::server::{self, Role, Triggers};
+
+/// The configuration file used when none is named, if it exists.
+const DEFAULT_FILE: &str = "wasmgate.toml";
+
+/// LSB's exit code for "not running".
+const NOT_RUNNING: u8 = 3;
+
+/// sysexits' exit code for a bad configuration.
+const BAD_CONFIG: u8 = 78;
+
+/// Longest `start -d` waits for its server to be ready: long enough to compile a large
+/// plugin when its cache is cold.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Parser)]
 #[command(
@@ -28,57 +57,358 @@ struct Cli {
 enum Command {
     /// Runs the server: the roles the configuration has (all of them without a file).
     Start {
-        /// The configuration file.
+        #[command(flatten)]
+        target: Target,
+        /// Runs in the background, logging to `[log] file`.
         #[arg(short, long)]
-        config: Option<PathBuf>,
-        /// Runs only these roles of the configuration (repeatable).
-        #[arg(long, value_enum)]
-        role: Vec<Role>,
+        daemon: bool,
+    },
+    /// Stops the server gracefully and waits until its process has ended.
+    Stop {
+        #[command(flatten)]
+        target: Target,
+        /// Longest to wait for the process to end.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Stops the server, then starts it with these arguments; its clients are disconnected.
+    Restart {
+        #[command(flatten)]
+        target: Target,
+        /// Runs in the background, logging to `[log] file`.
+        #[arg(short, long)]
+        daemon: bool,
+        /// Longest to wait for the old process to end.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Makes the worker host re-read its plugins directory now (as SIGUSR1 does).
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Shows the roles, their clients and links, the plugins and the traffic.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Prints JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists the clients with their address, uid and groups.
+    Connections {
+        #[command(flatten)]
+        target: Target,
+        /// Prints JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
-/// Parses the command line and runs the command.
-pub fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// Which server a command means.
+#[derive(Args, Clone)]
+struct Target {
+    /// The configuration file [default: ./wasmgate.toml if it exists, else all roles on
+    /// loopback].
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Only these roles of the configuration (repeatable). The control socket, pid file and
+    /// log file then carry the roles' names, so the roles of one file can run side by side.
+    #[arg(long, value_enum)]
+    role: Vec<Role>,
+}
+
+/// A command's configuration, resolved.
+struct Setup {
+    /// How messages name the server: `wasmgate[FILE]`.
+    label: String,
+    config: Config,
+    /// The control socket.
+    socket: PathBuf,
+}
+
+impl Target {
+    fn setup(&self) -> anyhow::Result<Setup> {
+        let given = self.config.clone().or_else(|| {
+            let default = PathBuf::from(DEFAULT_FILE);
+            default.exists().then_some(default)
+        });
+        let (mut config, label) = match &given {
+            Some(file) => (
+                Config::load(&std::path::absolute(file)?)?,
+                format!("wasmgate[{}]", file.display()),
+            ),
+            None => {
+                let mut config = Config::all_in_one("commands");
+                config.place_files(&std::path::absolute(DEFAULT_FILE)?);
+                (config, "wasmgate[built-in configuration]".to_owned())
+            }
+        };
+        server::select_roles(&mut config, &self.role);
+        let mut roles: Vec<&str> = self.role.iter().map(|r| r.name()).collect();
+        roles.sort_unstable();
+        roles.dedup();
+        if !roles.is_empty() {
+            let tag = roles.join("-");
+            for path in [
+                &mut config.control.socket,
+                &mut config.control.pid_file,
+                &mut config.log.file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *path = tagged(path, &tag);
+            }
+        }
+        let socket = config.control.socket.clone().expect("placed above");
+        Ok(Setup {
+            label,
+            config,
+            socket,
+        })
+    }
+
+    /// The arguments that name this target again, for a detached `start`.
+    fn args(&self) -> anyhow::Result<Vec<OsString>> {
+        let mut args = Vec::new();
+        if let Some(file) = &self.config {
+            args.push("--config".into());
+            args.push(std::path::absolute(file)?.into_os_string());
+        }
+        for role in &self.role {
+            args.push("--role".into());
+            args.push(role.name().into());
+        }
+        Ok(args)
+    }
+}
+
+/// `dir/name.ext` → `dir/name-tag.ext`.
+fn tagged(path: &Path, tag: &str) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{tag}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{tag}"),
+    };
+    path.with_file_name(name)
+}
+
+/// Parses the command line and runs the command; returns the process's exit code.
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Start { config, role } => {
-            let mut config = match &config {
-                Some(path) => Config::load(path)?,
-                None => {
-                    let config = Config::all_in_one("commands");
-                    println!(
-                        "# no configuration file given; running with:\n{}",
-                        config.to_toml()
-                    );
-                    config
-                }
-            };
-            server::select_roles(&mut config, &role);
-            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            runtime.block_on(async {
-                let shutdown = CancellationToken::new();
-                tokio::spawn(stop_on_signal(shutdown.clone()));
-                server::run(config, Default::default(), shutdown).await
-            })
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wasmgate: {e:#}");
+            if e.chain().any(|cause| cause.is::<ConfigError>()) {
+                ExitCode::from(BAD_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
-/// Cancels `shutdown` on Ctrl-C or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Start { target, daemon } => start(&target, daemon),
+        Command::Stop { target, timeout } => stop(&target.setup()?, timeout),
+        Command::Restart {
+            target,
+            daemon,
+            timeout,
+        } => {
+            let stopped = stop(&target.setup()?, timeout)?;
+            if stopped != ExitCode::SUCCESS {
+                return Ok(stopped);
+            }
+            start(&target, daemon)
+        }
+        Command::Reload { target } => {
+            let setup = target.setup()?;
+            match ask(&setup, Request::Reload)? {
+                None => Ok(ExitCode::from(NOT_RUNNING)),
+                Some(Response::Reloading) => {
+                    println!("{} reloading plugins", setup.label);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(other) => unexpected(other),
+            }
+        }
+        Command::Status { target, json } => {
+            let setup = target.setup()?;
+            match ask(&setup, Request::Status)? {
+                None => Ok(ExitCode::from(NOT_RUNNING)),
+                Some(Response::Status(s)) if json => print_json(&s),
+                Some(Response::Status(s)) => {
+                    print!("{}", render::status(&setup.label, &s));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(other) => unexpected(other),
+            }
+        }
+        Command::Connections { target, json } => {
+            let setup = target.setup()?;
+            match ask(&setup, Request::Connections)? {
+                None => Ok(ExitCode::from(NOT_RUNNING)),
+                Some(Response::Connections(c)) if json => print_json(&c),
+                Some(Response::Connections(c)) => {
+                    print!("{}", render::connections(&c));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(other) => unexpected(other),
+            }
+        }
     }
-    tracing::info!("stopping");
-    shutdown.cancel();
+}
+
+/// Asks the server; `None` (after saying so) when none runs.
+fn ask(setup: &Setup, request: Request) -> anyhow::Result<Option<Response>> {
+    match control::ask(&setup.socket, request) {
+        Ok(response) => Ok(Some(response)),
+        Err(AskError::NotRunning(_)) => {
+            println!("{} not run", setup.label);
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn unexpected(response: Response) -> anyhow::Result<ExitCode> {
+    match response {
+        Response::Error(message) => anyhow::bail!("the server refused: {message}"),
+        other => anyhow::bail!("the server answered something else: {other:?}"),
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stop(setup: &Setup, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let pid = match ask(setup, Request::Stop)? {
+        None => return Ok(ExitCode::SUCCESS),
+        Some(Response::Stopping { pid }) => pid,
+        Some(other) => return unexpected(other),
+    };
+    println!("{} is stopping ...", setup.label);
+    if daemon::wait_for_exit(pid, timeout)? {
+        println!("{} stop success", setup.label);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "{} stop fail: process {pid} still runs after {timeout:?}",
+            setup.label
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn start(target: &Target, detach: bool) -> anyhow::Result<ExitCode> {
+    let setup = target.setup()?;
+    if control::ask(&setup.socket, Request::Status).is_ok() {
+        println!("{} already running", setup.label);
+        return Ok(ExitCode::FAILURE);
+    }
+    if target.config.is_none() && !Path::new(DEFAULT_FILE).exists() {
+        println!(
+            "# no configuration file given; running with:\n{}",
+            setup.config.to_toml()
+        );
+    }
+    if detach {
+        let log = setup.config.log.file.clone().expect("placed by setup");
+        let mut args: Vec<OsString> = vec!["start".into()];
+        args.extend(target.args()?);
+        let pid = daemon::spawn_detached(&args, &log, READY_TIMEOUT)?;
+        println!(
+            "{} start in DAEMON mode: pid {pid}, log {}",
+            setup.label,
+            log.display()
+        );
+        if let Ok(Response::Status(s)) = control::ask(&setup.socket, Request::Status) {
+            print!("{}", render::status(&setup.label, &s));
+        }
+        println!("Input \"wasmgate stop\" to stop. Start success.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    init_logging(&setup.config.log.level);
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let triggers = Triggers::default();
+        let shutdown = CancellationToken::new();
+        // Installed before anything runs: SIGUSR1's default action would kill the process.
+        let signals = Signals::install()?;
+        tokio::spawn(signals.serve(triggers.clone(), shutdown.clone()));
+        tracing::info!(
+            config = %setup.label,
+            pid = std::process::id(),
+            "wasmgate {} starting; Ctrl+C or `wasmgate stop` stops it",
+            env!("CARGO_PKG_VERSION")
+        );
+        server::run(setup.config, triggers, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs to stderr at `level`, unless `RUST_LOG` says otherwise.
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// The signals a server answers: SIGINT and SIGTERM stop it, SIGUSR1 reloads its plugins.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    reload: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            reload: signal(SignalKind::user_defined1())?,
+        })
+    }
+
+    async fn serve(mut self, triggers: Triggers, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => break,
+                _ = self.interrupt.recv() => break,
+                _ = self.reload.recv() => {
+                    tracing::info!("SIGUSR1: reloading plugins");
+                    triggers.reload.notify_one();
+                }
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        tracing::info!("stopping");
+        shutdown.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_tags_go_before_the_extension() {
+        assert_eq!(
+            tagged(Path::new("/etc/wasmgate.sock"), "gateway-worker"),
+            Path::new("/etc/wasmgate-gateway-worker.sock")
+        );
+        assert_eq!(
+            tagged(Path::new("run/x"), "worker"),
+            Path::new("run/x-worker")
+        );
+    }
 }

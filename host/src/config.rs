@@ -34,6 +34,113 @@ pub struct Config {
     pub gateway: Vec<GatewayConfig>,
     /// Run a worker host.
     pub worker: Option<WorkerConfig>,
+    /// Where the command line finds this process (`status`, `stop` …).
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// What is logged.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Serve Prometheus metrics; off unless the section is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+    /// Serve the HTTP push API from the worker host; off unless the section is present. The
+    /// worker host reads it as [`WorkerConfig::push`], copied there when the file is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushConfig>,
+    /// Serve a directory of static files over HTTP (a page that talks to the gateways); off
+    /// unless the section is present. Runs with the gateway role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebConfig>,
+}
+
+/// `[web]`: a static-file HTTP server.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// The address to serve on.
+    #[serde(default = "default_web_listen")]
+    pub listen: SocketAddr,
+    /// The directory served: `/` is its `index.html`. A relative path starts in the working
+    /// directory.
+    pub root: PathBuf,
+}
+
+/// `[control]`: how `wasmgate stop|reload|status|connections` reach a running server. Each
+/// path defaults to the configuration file's name with another extension, beside it
+/// (`wasmgate.toml` → `wasmgate.sock`, `wasmgate.pid`); a relative path starts in the file's
+/// directory.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// The Unix socket the command line talks to; only its owner may connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// Holds the server's process id while it runs, for service managers and `kill`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<PathBuf>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `RUST_LOG`-style filter: a level (`info`) or `target=level` directives
+    /// (`info,wasmgate::worker=debug`). `RUST_LOG`, when set, wins.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// Where `start -d` writes the server's output (default: beside the configuration file,
+    /// `wasmgate.log`); without `-d` the log goes to stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            file: None,
+        }
+    }
+}
+
+/// `[metrics]`: Prometheus metrics at `http://LISTEN/metrics`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The address to serve on; nothing there needs a password, so keep it private.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+/// `[push]`: the HTTP push API (`POST http://LISTEN/api/<operation>`), served by the worker
+/// host with its links to every gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// The address to serve on. Without a `token` it must be a loopback address.
+    #[serde(default = "default_push_listen")]
+    pub listen: SocketAddr,
+    /// The token every request must carry (`Authorization: Bearer <token>` or
+    /// `X-API-Key: <token>`). Without one, anyone who can reach `listen` may push, so only
+    /// loopback addresses are accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl PushConfig {
+    /// Rejects an empty token and an open API on a non-loopback address.
+    fn check(&self) -> Result<(), String> {
+        match &self.token {
+            Some(token) if token.is_empty() => {
+                Err("`token` must not be empty (leave it out for a loopback-only API)".into())
+            }
+            None if !self.listen.ip().is_loopback() => Err(format!(
+                "`listen = \"{}\"` is not a loopback address, so a `token` is required",
+                self.listen
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `[register]`.
@@ -52,8 +159,16 @@ pub struct GatewayConfig {
     /// Name shown in logs and `status`; defaults to the listen URL.
     #[serde(default)]
     pub name: String,
-    /// The client-facing listener: `ws://IP:PORT` or `text://IP:PORT`.
+    /// The client-facing listener: `ws://IP:PORT`, `wss://IP:PORT` (needs `tls_cert` and
+    /// `tls_key`), `text://IP:PORT` or `frame://IP:PORT`.
     pub listen: ListenUrl,
+    /// `wss` only: the certificate chain, a PEM file (relative paths start in the working
+    /// directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// `wss` only: the certificate's private key, a PEM file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     /// The app (plugin name) this listener's clients talk to.
     pub app: String,
     /// The address worker hosts use to reach this gateway; part of every client id. Must be
@@ -66,9 +181,77 @@ pub struct GatewayConfig {
     /// The register(s) to announce this gateway to.
     #[serde(default = "default_registers", deserialize_with = "one_or_many")]
     pub register: Vec<SocketAddr>,
-    /// Largest inbound client message; a client sending more is closed.
+    /// Heartbeat period (GatewayWorker's `pingInterval`); `"0s"`, the default, turns the
+    /// heartbeat off.
+    #[serde(default, with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Silent intervals after which a client is dropped (`pingNotResponseLimit`): a client
+    /// that sends no message for about that many `ping_interval`s is disconnected; only
+    /// application messages count, not WebSocket pongs. 0, the default, never disconnects.
+    #[serde(default)]
+    pub ping_not_response_limit: u32,
+    /// What the heartbeat sends to a client that was silent for a `ping_interval`
+    /// (`pingData`); empty, the default, sends nothing unless `ping_frame` is set.
+    #[serde(default)]
+    pub ping_data: String,
+    /// WebSocket listeners: send the heartbeat as a ping frame (carrying `ping_data`, at most
+    /// 125 bytes) instead of as a message.
+    #[serde(default)]
+    pub ping_frame: bool,
+    /// Most clients this listener holds at once. A connection over it is closed as soon as
+    /// it is accepted; the clients already connected are not affected.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest inbound client message. The client that sends a larger one is closed (a
+    /// WebSocket client with close code 1009 and a reason) before the message is buffered;
+    /// other clients are not affected.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: ByteSize,
+    /// Longest a client may take from connecting to completing its TLS and WebSocket
+    /// handshakes; a slower one is dropped and never becomes a client.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Most outbound data queued for one client (payload bytes, plus 64 bytes per message).
+    /// A client that reads slower than it is sent to and falls this far behind is
+    /// disconnected and counted, so it never grows the gateway's memory; other clients keep
+    /// receiving.
+    #[serde(default = "default_send_buffer")]
+    pub send_buffer: ByteSize,
+}
+
+impl GatewayConfig {
+    /// Rejects gateway settings that parse but contradict each other.
+    fn check(&self) -> Result<(), String> {
+        let wss = self.listen.protocol == Protocol::Wss;
+        if wss && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err("a wss:// listener needs `tls_cert` and `tls_key`".into());
+        }
+        if !wss && (self.tls_cert.is_some() || self.tls_key.is_some()) {
+            return Err("`tls_cert` and `tls_key` are for wss:// listeners only".into());
+        }
+        if self.ping_frame && !self.listen.protocol.is_websocket() {
+            return Err("`ping_frame` is for ws:// and wss:// listeners only".into());
+        }
+        if self.ping_frame && self.ping_data.len() > 125 {
+            return Err("`ping_data` must be at most 125 bytes with `ping_frame`".into());
+        }
+        let heartbeat = self.ping_not_response_limit > 0 || !self.ping_data.is_empty();
+        if heartbeat && self.ping_interval.is_zero() {
+            return Err(
+                "`ping_not_response_limit` and `ping_data` need a `ping_interval` above 0".into(),
+            );
+        }
+        if self.max_connections == 0 {
+            return Err("`max_connections` must be at least 1".into());
+        }
+        if self.send_buffer < ByteSize::kib(1) {
+            return Err("`send_buffer` must be at least 1KiB".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err("`handshake_timeout` must be above 0".into());
+        }
+        Ok(())
+    }
 }
 
 /// `[worker]`.
@@ -101,6 +284,9 @@ pub struct WorkerConfig {
     /// What each app may reach beyond the default of nothing, by app name.
     #[serde(default)]
     pub grants: BTreeMap<String, Grants>,
+    /// The HTTP push API to serve: the file's `[push]` section.
+    #[serde(skip)]
+    pub push: Option<PushConfig>,
 }
 
 /// `[worker.grants.APP]`: capabilities given to one app's instances. The default grants
@@ -131,8 +317,29 @@ pub struct DirGrant {
 pub enum Protocol {
     /// WebSocket.
     Ws,
+    /// WebSocket over TLS.
+    Wss,
     /// Newline-delimited text.
     Text,
+    /// Messages prefixed by their total length (4 bytes, big-endian), GatewayWorker's Frame.
+    Frame,
+}
+
+impl Protocol {
+    /// The listen URL scheme.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Protocol::Ws => "ws",
+            Protocol::Wss => "wss",
+            Protocol::Text => "text",
+            Protocol::Frame => "frame",
+        }
+    }
+
+    /// Whether clients speak WebSocket.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Protocol::Ws | Protocol::Wss)
+    }
 }
 
 /// A listen URL such as `ws://127.0.0.1:7272`.
@@ -154,8 +361,14 @@ impl FromStr for ListenUrl {
             .ok_or_else(|| format!("`{s}` is not a listen URL like `ws://127.0.0.1:7272`"))?;
         let protocol = match scheme {
             "ws" | "websocket" => Protocol::Ws,
+            "wss" => Protocol::Wss,
             "text" => Protocol::Text,
-            other => return Err(format!("unknown protocol `{other}` (expected ws or text)")),
+            "frame" => Protocol::Frame,
+            other => {
+                return Err(format!(
+                    "unknown protocol `{other}` (expected ws, wss, text or frame)"
+                ));
+            }
         };
         let addr = addr
             .parse()
@@ -180,11 +393,7 @@ impl From<ListenUrl> for String {
 
 impl fmt::Display for ListenUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = match self.protocol {
-            Protocol::Ws => "ws",
-            Protocol::Text => "text",
-        };
-        write!(f, "{scheme}://{}", self.addr)
+        write!(f, "{}://{}", self.protocol.scheme(), self.addr)
     }
 }
 
@@ -216,10 +425,12 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
             message,
-        })
+        })?;
+        config.place_files(path);
+        Ok(config)
     }
 
     /// Parses configuration text.
@@ -239,6 +450,9 @@ impl Config {
                     gateway.listen
                 ));
             }
+            gateway
+                .check()
+                .map_err(|e| format!("gateway {}: {e}", gateway.listen))?;
         }
         if let Some(worker) = &self.worker {
             if worker.register.is_empty() {
@@ -247,6 +461,13 @@ impl Config {
             if worker.instances == 0 {
                 return Err("worker: `instances` must be at least 1".into());
             }
+        }
+        check_log_filter(&self.log.level).map_err(|e| format!("log.level: {e}"))?;
+        if let Some(push) = &self.push {
+            if self.worker.is_none() {
+                return Err("push: the push API is served by the worker host: add [worker]".into());
+            }
+            push.check().map_err(|e| format!("push: {e}"))?;
         }
         Ok(())
     }
@@ -265,6 +486,26 @@ impl Config {
         toml::to_string_pretty(self).expect("a configuration serialises")
     }
 
+    /// Gives the control socket, pid file and log file their places relative to the
+    /// configuration file `file` (which need not exist): unset ones beside it, named after it;
+    /// relative ones in its directory.
+    pub fn place_files(&mut self, file: &Path) {
+        let dir = file.parent().unwrap_or(Path::new(""));
+        let stem = file
+            .file_stem()
+            .map_or_else(|| "wasmgate".into(), |s| s.to_string_lossy());
+        for (slot, extension) in [
+            (&mut self.control.socket, "sock"),
+            (&mut self.control.pid_file, "pid"),
+            (&mut self.log.file, "log"),
+        ] {
+            let path = slot
+                .take()
+                .unwrap_or_else(|| format!("{stem}.{extension}").into());
+            *slot = Some(dir.join(path));
+        }
+    }
+
     fn fill_defaults(&mut self) {
         for gateway in &mut self.gateway {
             if gateway.name.is_empty() {
@@ -278,6 +519,7 @@ impl Config {
             if worker.cache.is_none() {
                 worker.cache = Some(worker.plugins.join(".cache"));
             }
+            worker.push = self.push.clone();
         }
     }
 }
@@ -298,6 +540,18 @@ fn default_max_message_size() -> ByteSize {
     ByteSize::mib(1)
 }
 
+fn default_max_connections() -> usize {
+    10_000
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_send_buffer() -> ByteSize {
+    ByteSize::mib(1)
+}
+
 fn default_plugins() -> PathBuf {
     PathBuf::from("plugins")
 }
@@ -312,6 +566,43 @@ fn default_process_timeout() -> Duration {
 
 fn default_memory_limit() -> ByteSize {
     ByteSize::mib(256)
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+fn default_push_listen() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 7271))
+}
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 9601))
+}
+
+fn default_web_listen() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 7270))
+}
+
+/// Accepts a log level (`info`) or comma-separated `target=level` directives; unlike
+/// `RUST_LOG` it refuses a bare word that is no level, which is far more often a typo than a
+/// target name.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    use tracing_subscriber::filter::{Directive, LevelFilter};
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let valid = if directive.contains('=') {
+            directive.parse::<Directive>().is_ok()
+        } else {
+            directive.parse::<LevelFilter>().is_ok()
+        };
+        if !valid {
+            return Err(format!(
+                "`{directive}` is neither a level (off, error, warn, info, debug, trace) \
+                 nor a `target=level` directive"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Accepts `register = "host:port"` as well as `register = ["a:1", "b:2"]`.
@@ -339,6 +630,27 @@ mod tests {
     }
 
     #[test]
+    fn log_levels_are_checked_and_named() {
+        let err = Config::parse("[log]\nlevel = \"verbose\"\n").unwrap_err();
+        assert!(
+            err.contains("log.level") && err.contains("verbose"),
+            "{err}"
+        );
+        let c = Config::parse("[log]\nlevel = \"warn,wasmgate::worker=debug\"\n").unwrap();
+        assert_eq!(c.log.level, "warn,wasmgate::worker=debug");
+        assert_eq!(Config::parse("").unwrap().log.level, "info");
+    }
+
+    #[test]
+    fn control_files_sit_beside_the_config_file() {
+        let mut c = Config::parse("[control]\npid_file = \"run/x.pid\"\n").unwrap();
+        c.place_files(Path::new("/etc/wg/prod.toml"));
+        assert_eq!(c.control.socket.unwrap(), Path::new("/etc/wg/prod.sock"));
+        assert_eq!(c.control.pid_file.unwrap(), Path::new("/etc/wg/run/x.pid"));
+        assert_eq!(c.log.file.unwrap(), Path::new("/etc/wg/prod.log"));
+    }
+
+    #[test]
     fn parses_units_and_register_lists() {
         let c = Config::parse(
             "secret = \"s\"\n[[gateway]]\nlisten = \"text://127.0.0.1:7374\"\napp = \"a\"\n\
@@ -359,6 +671,69 @@ mod tests {
     fn empty_register_lists_are_refused() {
         let err = Config::parse("[worker]\nregister = []\n").unwrap_err();
         assert!(err.contains("register"), "{err}");
+    }
+
+    #[test]
+    fn gateway_limits_and_heartbeat_parse_with_units() {
+        let c = Config::parse(
+            "[[gateway]]\nlisten = \"wss://127.0.0.1:7272\"\napp = \"a\"\ntls_cert = \"c.pem\"\n\
+             tls_key = \"k.pem\"\nping_interval = \"25s\"\nping_not_response_limit = 2\n\
+             ping_frame = true\nmax_connections = 5\nsend_buffer = \"256KiB\"\n\
+             handshake_timeout = \"3s\"\n",
+        )
+        .unwrap();
+        let g = &c.gateway[0];
+        assert_eq!(g.listen.protocol, Protocol::Wss);
+        assert_eq!(g.ping_interval, Duration::from_secs(25));
+        assert_eq!(g.send_buffer, ByteSize::kib(256));
+        assert_eq!(g.handshake_timeout, Duration::from_secs(3));
+        let d = &Config::all_in_one("a").gateway[0];
+        assert_eq!(d.ping_interval, Duration::ZERO, "no heartbeat by default");
+        assert_eq!(d.max_connections, 10_000);
+        assert_eq!(d.send_buffer, ByteSize::mib(1));
+    }
+
+    #[test]
+    fn contradictory_gateway_settings_name_the_key() {
+        for (extra, key) in [
+            ("", "tls_cert"),
+            ("tls_cert = \"c\"\ntls_key = \"k\"\nping_data = \"p\"\n", "ping_interval"),
+            (
+                "tls_cert = \"c\"\ntls_key = \"k\"\nmax_connections = 0\n",
+                "max_connections",
+            ),
+        ] {
+            let err = Config::parse(&format!(
+                "[[gateway]]\nlisten = \"wss://127.0.0.1:1\"\napp = \"a\"\n{extra}"
+            ))
+            .unwrap_err();
+            assert!(err.contains(key), "{extra:?}: {err}");
+        }
+        let err = Config::parse(
+            "[[gateway]]\nlisten = \"text://127.0.0.1:1\"\napp = \"a\"\nping_frame = true\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("ping_frame"), "{err}");
+    }
+
+    #[test]
+    fn push_needs_a_token_off_loopback_and_reaches_the_worker() {
+        let c = Config::parse("[worker]\n[push]\n").unwrap();
+        let push = c.worker.unwrap().push.unwrap();
+        assert_eq!(push.listen, "127.0.0.1:7271".parse().unwrap());
+        assert_eq!(push.token, None);
+        let c =
+            Config::parse("[worker]\n[push]\nlisten = \"0.0.0.0:80\"\ntoken = \"t\"\n").unwrap();
+        assert_eq!(c.worker.unwrap().push.unwrap().token.as_deref(), Some("t"));
+        for (text, key) in [
+            ("[worker]\n[push]\nlisten = \"0.0.0.0:80\"\n", "token"),
+            ("[worker]\n[push]\ntoken = \"\"\n", "token"),
+            ("[push]\n", "[worker]"),
+            ("[worker]\n[push]\nkey = \"t\"\n", "key"),
+        ] {
+            let err = Config::parse(text).unwrap_err();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The `wasmgate` binary; see [`wasmgate::cli`].
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     wasmgate::cli::main()
 }

@@ -111,6 +111,14 @@ pub enum Command {
         /// The keys to set.
         changes: Session,
     },
+    /// Close a client `on-websocket-connect` refused, once its queued data is written: a
+    /// WebSocket client gets close code 1008 (policy violation) with `reason`.
+    RejectClient {
+        /// The client to close.
+        client: ClientId,
+        /// Why, for the client (cut to the 123 bytes a close frame holds).
+        reason: String,
+    },
 }
 
 impl Command {
@@ -119,6 +127,7 @@ impl Command {
     pub fn target(&self) -> Option<ClientId> {
         match self {
             Command::CloseClient { client, .. }
+            | Command::RejectClient { client, .. }
             | Command::DestroyClient { client }
             | Command::BindUid { client, .. }
             | Command::UnbindUid { client, .. }

@@ -1,10 +1,19 @@
 //! Runs the roles a configuration asks for, side by side in one process, until shutdown.
 //!
 //! The same code serves "everything on one machine" (all three sections present) and
-//! "one role per machine" (one section, or `--role`): roles only ever talk over their
-//! network links, never through shared memory.
+//! "one role per machine" (one section, or `--role`): roles only ever talk through their
+//! links, never through shared state. Between a worker host and a gateway of the same
+//! process a link is a pair of channels ([`crate::local`]) carrying the same messages.
+//!
+//! Besides the roles, a process serves its operators: the control socket
+//! ([`crate::control`]), bound before anything else because it is also the lock against a
+//! second server of the same configuration, and `/metrics` ([`crate::metrics`]). Both see
+//! the roles through [`Running`].
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -13,8 +22,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::gateway::BoundGateway;
-use crate::{register, worker};
+use crate::control::{self, ControlSocket, PidFile};
+use crate::gateway::{BoundGateway, Gateway};
+use crate::local::LocalGateways;
+use crate::web::BoundWeb;
+use crate::{metrics, register, worker};
 
 /// A role a process can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -27,6 +39,17 @@ pub enum Role {
     Worker,
 }
 
+impl Role {
+    /// The role's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Register => "register",
+            Role::Gateway => "gateway",
+            Role::Worker => "worker",
+        }
+    }
+}
+
 /// Keeps only the sections of `roles` (all sections when `roles` is empty).
 pub fn select_roles(config: &mut Config, roles: &[Role]) {
     if roles.is_empty() {
@@ -37,6 +60,8 @@ pub fn select_roles(config: &mut Config, roles: &[Role]) {
     }
     if !roles.contains(&Role::Gateway) {
         config.gateway.clear();
+        // The pages' scripts talk to the gateways: they are served where the gateways run.
+        config.web = None;
     }
     if !roles.contains(&Role::Worker) {
         config.worker = None;
@@ -51,8 +76,41 @@ pub struct Triggers {
     pub reload: Arc<Notify>,
 }
 
+/// What a process runs, as its operators see it (`status`, `connections`, `/metrics`).
+pub struct Running {
+    /// When the server started.
+    pub started: SystemTime,
+    /// The register's address, if this process runs one.
+    pub register: Option<SocketAddr>,
+    /// The gateways.
+    pub gateways: Vec<RunningGateway>,
+    /// The worker host, if this process runs one.
+    pub worker: Option<RunningWorker>,
+}
+
+/// A gateway of this process.
+pub struct RunningGateway {
+    /// Its name.
+    pub name: String,
+    /// Its client listener.
+    pub listen: String,
+    /// The app its clients talk to.
+    pub app: String,
+    /// Its state and links.
+    pub gateway: Arc<Gateway>,
+}
+
+/// The worker host of this process.
+pub struct RunningWorker {
+    /// Its name.
+    pub name: String,
+    /// Its plugins directory.
+    pub plugins: PathBuf,
+}
+
 /// Binds every listener of `config`, then serves until `shutdown`. Binding first means a
-/// port conflict fails the start instead of a role dying later.
+/// port conflict fails the start instead of a role dying later. Once everything is bound,
+/// a service manager waiting on `NOTIFY_SOCKET` is told `READY=1`.
 pub async fn run(
     config: Config,
     triggers: Triggers,
@@ -62,7 +120,41 @@ pub async fn run(
         config.register.is_some() || !config.gateway.is_empty() || config.worker.is_some(),
         "nothing to run: the configuration has no [register], [[gateway]] or [worker] section"
     );
+    let control = config
+        .control
+        .socket
+        .as_deref()
+        .map(ControlSocket::bind)
+        .transpose()?;
+    let _pid_file = config
+        .control
+        .pid_file
+        .as_deref()
+        .map(PidFile::create)
+        .transpose()?;
+    let metrics_listener = match &config.metrics {
+        Some(m) => Some(
+            TcpListener::bind(m.listen)
+                .await
+                .with_context(|| format!("metrics: cannot listen on {}", m.listen))?,
+        ),
+        None => None,
+    };
+    let web = match &config.web {
+        Some(web) => Some(BoundWeb::bind(web).await?),
+        None => None,
+    };
+    let mut running = Running {
+        started: SystemTime::now(),
+        register: config.register.as_ref().map(|r| r.listen),
+        gateways: Vec::new(),
+        worker: config.worker.as_ref().map(|w| RunningWorker {
+            name: w.name.clone(),
+            plugins: w.plugins.clone(),
+        }),
+    };
     let secret: Arc<[u8]> = config.secret.as_bytes().into();
+    let local = LocalGateways::default();
     let mut roles = JoinSet::new();
     if let Some(register) = &config.register {
         let listener = TcpListener::bind(register.listen)
@@ -72,17 +164,43 @@ pub async fn run(
         roles.spawn(register::run(listener, secret.clone(), shutdown.clone()));
     }
     for gateway in config.gateway {
+        let (name, listen, app) = (
+            gateway.name.clone(),
+            gateway.listen.to_string(),
+            gateway.app.clone(),
+        );
         let bound = BoundGateway::bind(gateway, secret.clone()).await?;
-        roles.spawn(bound.run(shutdown.clone()));
+        running.gateways.push(RunningGateway {
+            name,
+            listen,
+            app,
+            gateway: bound.gateway(),
+        });
+        roles.spawn(bound.run(local.clone(), shutdown.clone()));
     }
     if let Some(worker) = config.worker {
         roles.spawn(worker::run(
             worker,
             secret.clone(),
             triggers.reload.clone(),
+            local.clone(),
             shutdown.clone(),
         ));
     }
+    if let Some(web) = web {
+        roles.spawn(web.run(shutdown.clone()));
+    }
+    let running = Arc::new(running);
+    if let Some(listener) = metrics_listener {
+        tracing::info!("metrics at http://{}/metrics", listener.local_addr()?);
+        let registry = metrics::registry(running.clone());
+        roles.spawn(metrics::serve(listener, registry, shutdown.clone()));
+    }
+    if let Some(socket) = control {
+        let reload = triggers.reload.clone();
+        roles.spawn(control::serve(socket, running, reload, shutdown.clone()));
+    }
+    control::notify("READY=1");
     let mut result = Ok(());
     while let Some(ended) = roles.join_next().await {
         if let Err(e) = ended.context("a role panicked").and_then(|r| r) {

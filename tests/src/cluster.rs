@@ -13,6 +13,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wasmgate::config::{Config, GatewayConfig, Protocol, WorkerConfig};
 use wasmgate::gateway::{BoundGateway, Gateway};
+use wasmgate::local::LocalGateways;
+
+use crate::client::TestClient;
 
 /// The secret test clusters share.
 pub const SECRET: &str = "test-secret";
@@ -34,6 +37,14 @@ impl PluginsDir {
     pub fn path(&self) -> &Path {
         self.0.path()
     }
+
+    /// Puts `src` in place as `app.wasm` the recommended way: written aside, renamed in, so
+    /// that a watching worker host never sees a partial file.
+    pub fn deploy(&self, app: &str, src: &str) {
+        let tmp = self.path().join(format!(".{app}.wasm.tmp"));
+        std::fs::copy(src, &tmp).unwrap();
+        std::fs::rename(&tmp, self.path().join(format!("{app}.wasm"))).unwrap();
+    }
 }
 
 /// One in-process gateway of a [`Cluster`].
@@ -54,6 +65,8 @@ pub struct Cluster {
     pub register: SocketAddr,
     /// The gateways, in the order asked for.
     pub gateways: Vec<GatewayHandle>,
+    /// The HTTP push API of the first worker host, if started with [`Cluster::start_with_push`].
+    pub push: Option<SocketAddr>,
     roles: JoinSet<anyhow::Result<()>>,
     _plugins: PluginsDir,
 }
@@ -68,9 +81,47 @@ impl Cluster {
         workers: usize,
         instances: usize,
     ) -> Self {
+        Self::start_with(app, &listen_tables(gateways), workers, instances).await
+    }
+
+    /// As [`Cluster::start`], with each gateway given as the keys of its `[[gateway]]` table
+    /// (`listen` and any limits, heartbeat or TLS keys); `name`, `app` and `register` are
+    /// added.
+    pub async fn start_with(
+        app: (&str, &str),
+        gateways: &[String],
+        workers: usize,
+        instances: usize,
+    ) -> Self {
+        Self::launch(app, gateways, workers, instances, None).await
+    }
+
+    /// As [`Cluster::start`], with the HTTP push API on the first worker host: `push` holds
+    /// the keys of its `[push]` table besides `listen` (a free loopback port), e.g. a `token`.
+    pub async fn start_with_push(
+        app: (&str, &str),
+        gateways: &[Protocol],
+        workers: usize,
+        instances: usize,
+        push: &str,
+    ) -> Self {
+        let tables = listen_tables(gateways);
+        Self::launch(app, &tables, workers, instances, Some(push)).await
+    }
+
+    async fn launch(
+        app: (&str, &str),
+        gateways: &[String],
+        workers: usize,
+        instances: usize,
+        push: Option<&str>,
+    ) -> Self {
         let plugins = PluginsDir::with(&[app]);
         let shutdown = CancellationToken::new();
         let secret: Arc<[u8]> = SECRET.as_bytes().into();
+        // Worker hosts link to the gateways through channels, as in `wasmgate start`; the
+        // process tests cover the TCP links.
+        let local = LocalGateways::default();
         let mut roles = JoinSet::new();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let register = listener.local_addr().unwrap();
@@ -80,13 +131,9 @@ impl Cluster {
             shutdown.clone(),
         ));
         let mut handles = Vec::new();
-        for (i, protocol) in gateways.iter().enumerate() {
-            let scheme = match protocol {
-                Protocol::Ws => "ws",
-                Protocol::Text => "text",
-            };
+        for (i, table) in gateways.iter().enumerate() {
             let mut config = Config::parse(&format!(
-                "[[gateway]]\nname = \"gw{i}\"\nlisten = \"{scheme}://127.0.0.1:0\"\napp = \"{}\"\nregister = \"{register}\"\n",
+                "[[gateway]]\nname = \"gw{i}\"\n{table}\napp = \"{}\"\nregister = \"{register}\"\n",
                 app.0
             ))
             .unwrap();
@@ -97,14 +144,24 @@ impl Cluster {
                 internal_addr: bound.internal_addr(),
                 gateway: bound.gateway(),
             });
-            roles.spawn(bound.run(shutdown.clone()));
+            roles.spawn(bound.run(local.clone(), shutdown.clone()));
         }
+        let push = push.map(|keys| {
+            let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let section = format!("[worker]\n[push]\nlisten = \"{listen}\"\n{keys}\n");
+            Config::parse(&section).unwrap().push.unwrap()
+        });
         for i in 0..workers {
-            let worker = worker_config(&format!("worker{i}"), register, plugins.path(), instances);
+            let mut worker =
+                worker_config(&format!("worker{i}"), register, plugins.path(), instances);
+            if i == 0 {
+                worker.push = push.clone();
+            }
             roles.spawn(wasmgate::worker::run(
                 worker,
                 secret.clone(),
                 Default::default(),
+                local.clone(),
                 shutdown.clone(),
             ));
         }
@@ -112,6 +169,7 @@ impl Cluster {
             shutdown,
             register,
             gateways: handles,
+            push: push.map(|p| p.listen),
             roles,
             _plugins: plugins,
         };
@@ -121,8 +179,10 @@ impl Cluster {
 
     /// Waits until every gateway has `n` worker hosts linked.
     pub async fn wait_for_workers(&self, n: usize) {
+        // Worker hosts link once their plugins are compiled: a Python or JavaScript plugin
+        // takes about 10 s in a debug build, more when two compile at once on 2 cores.
         for g in &self.gateways {
-            tokio::time::timeout(Duration::from_secs(20), g.gateway.router.wait_for_links(n))
+            tokio::time::timeout(Duration::from_secs(60), g.gateway.router.wait_for_links(n))
                 .await
                 .expect("worker hosts did not link to every gateway in time");
         }
@@ -135,6 +195,14 @@ impl Cluster {
             ended.expect("role panicked").expect("role failed");
         }
     }
+}
+
+/// `[[gateway]]` keys for an ephemeral loopback listener of each protocol.
+fn listen_tables(gateways: &[Protocol]) -> Vec<String> {
+    gateways
+        .iter()
+        .map(|p| format!("listen = \"{}://127.0.0.1:0\"", p.scheme()))
+        .collect()
 }
 
 fn worker_config(
@@ -150,6 +218,19 @@ fn worker_config(
     config.worker.unwrap()
 }
 
+/// A WebSocket client of the gateway on `127.0.0.1:port`, connected as soon as it listens
+/// (bounded: a process may take seconds to start).
+pub async fn connect_ws(port: u16) -> TestClient {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..2400 {
+        if let Ok(client) = TestClient::ws(addr, "/").await {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the gateway on port {port} never accepted a client");
+}
+
 /// A free loopback port (bound and released; good enough for tests that start processes).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -163,19 +244,22 @@ pub fn free_port() -> u16 {
 pub struct Node {
     child: Child,
     log: tempfile::NamedTempFile,
-    _config: tempfile::NamedTempFile,
+    /// Holds the configuration file and what the server puts beside it (control socket,
+    /// pid file), so a killed node leaves nothing behind.
+    _dir: tempfile::TempDir,
 }
 
 impl Node {
     /// Starts the real command (`binary`: the test's `CARGO_BIN_EXE_wasmgate-node`) with
     /// `config` (TOML text).
     pub fn start(binary: &str, config: &str) -> Self {
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut file, config.as_bytes()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wasmgate.toml");
+        std::fs::write(&file, config).unwrap();
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(binary)
             .args(["start", "-c"])
-            .arg(file.path())
+            .arg(&file)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -187,13 +271,57 @@ impl Node {
         Self {
             child,
             log,
-            _config: file,
+            _dir: dir,
         }
+    }
+
+    /// Every role in one process (`binary` as for [`Node::start`]), loading `plugins` with
+    /// `instances` instances per plugin, its gateway on `ws://127.0.0.1:<port>` serving `app`;
+    /// returns the node and the port.
+    pub fn all_in_one(binary: &str, plugins: &Path, app: &str, instances: usize) -> (Self, u16) {
+        let (r, g) = (free_port(), free_port());
+        let node = Self::start(
+            binary,
+            &format!(
+                "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
+                 [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"{app}\"\nregister = \"127.0.0.1:{r}\"\n\
+                 [worker]\nplugins = {plugins:?}\ninstances = {instances}\nregister = \"127.0.0.1:{r}\"\n"
+            ),
+        );
+        (node, g)
     }
 
     /// Everything the process logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the process logs a line containing every one of `needles`.
+    pub async fn wait_for_line(&self, needles: &[&str]) {
+        for _ in 0..2400 {
+            let logs = self.logs();
+            if logs.lines().any(|l| needles.iter().all(|n| l.contains(n))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "the log never had a line with {needles:?}; log:\n{}",
+            self.logs()
+        );
+    }
+
+    /// The versions of `app` installed so far, oldest first, as the log names them.
+    pub fn installed_versions(&self, app: &str) -> Vec<String> {
+        let app = format!("plugin=\"{app}\"");
+        self.logs()
+            .lines()
+            .filter(|l| l.contains("plugin version installed") && l.contains(&app))
+            .map(|l| {
+                let start = l.find("version=\"").expect("a version field") + "version=\"".len();
+                l[start..start + 12].to_owned()
+            })
+            .collect()
     }
 
     /// Kills the process at once (SIGKILL) and waits for it.

@@ -6,6 +6,10 @@
 
 pub mod client;
 pub mod cluster;
+pub mod daemon;
+pub mod polyglot;
+pub mod prometheus;
+pub mod tools;
 
 /// Absolute paths of the test plugins' `.wasm` components, built by this crate's build script.
 pub mod plugins {

@@ -2,93 +2,21 @@
 //! command in its own process, its plugins directory a temporary one that the tests write to.
 
 use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
-use wasmgate_tests::client::TestClient;
-use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, free_port};
+use wasmgate_tests::cluster::{Node, PluginsDir, connect_ws};
 use wasmgate_tests::plugins;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-node");
 
-/// Every role in one process, the gateway on `ws://127.0.0.1:<port>` serving `app`.
-fn server(dir: &Path, app: &str, instances: usize) -> (Node, u16) {
-    let (r, g) = (free_port(), free_port());
-    let node = Node::start(
-        BIN,
-        &format!(
-            "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
-             [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"{app}\"\nregister = \"127.0.0.1:{r}\"\n\
-             [worker]\nplugins = {dir:?}\ninstances = {instances}\nregister = \"127.0.0.1:{r}\"\n"
-        ),
-    );
-    (node, g)
-}
-
-/// Connects as soon as the gateway listens.
-async fn connect(port: u16) -> TestClient {
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..400 {
-        if let Ok(c) = TestClient::ws(addr, "/").await {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the gateway on port {port} never accepted a client");
-}
-
-/// Puts `src` in place as `dir/app.wasm` the recommended way: written aside, renamed in.
-fn deploy(dir: &Path, app: &str, src: &str) {
-    let tmp = dir.join(format!(".{app}.wasm.tmp"));
-    std::fs::copy(src, &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join(format!("{app}.wasm"))).unwrap();
-}
-
-/// Waits (bounded) until the server's log contains `needle`.
-async fn logged(node: &Node, needle: &str) {
-    for _ in 0..400 {
-        if node.logs().contains(needle) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the log never said {needle:?}; log:\n{}", node.logs());
-}
-
-/// Asks until the reply is `expected` (questions may go unanswered while no version runs);
-/// a bounded number of tries.
-async fn ask_until(client: &mut TestClient, question: &str, expected: &str) {
-    for _ in 0..40 {
-        client.send(question).await.unwrap();
-        while let Ok(reply) = client.recv_within(Duration::from_millis(250)).await {
-            if reply == expected {
-                return;
-            }
-        }
-    }
-    panic!("{question:?} never got {expected:?}");
-}
-
-/// The version the log gives for the first installed version of `app`.
-fn first_version(logs: &str, app: &str) -> String {
-    let line = logs
-        .lines()
-        .find(|l| {
-            l.contains("plugin version installed") && l.contains(&format!("plugin=\"{app}\""))
-        })
-        .expect("an installed version");
-    let start = line.find("version=\"").expect("a version field") + "version=\"".len();
-    line[start..start + 12].to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_in_plugin_serves_and_a_replacement_swaps_under_load() {
     let dir = PluginsDir::with(&[]);
-    let (node, port) = server(dir.path(), "app", 2);
-    let mut probe = connect(port).await;
+    let (node, port) = Node::all_in_one(BIN, dir.path(), "app", 2);
+    let mut probe = connect_ws(port).await;
 
     // No plugin yet: messages go unanswered. Copy one in (a plain in-place copy).
     let copied = Instant::now();
@@ -118,7 +46,7 @@ async fn a_dropped_in_plugin_serves_and_a_replacement_swaps_under_load() {
     let warm = Arc::new(AtomicUsize::new(0));
     let mut clients = JoinSet::new();
     for _ in 0..CLIENTS {
-        let mut client = connect(port).await;
+        let mut client = connect_ws(port).await;
         let warm = warm.clone();
         clients.spawn(async move {
             let (mut old, mut new) = (0, 0);
@@ -148,7 +76,7 @@ async fn a_dropped_in_plugin_serves_and_a_replacement_swaps_under_load() {
     while warm.load(Ordering::SeqCst) < CLIENTS {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    deploy(dir.path(), "app", plugins::COMMANDS);
+    dir.deploy("app", plugins::COMMANDS);
     let mut answered = 0;
     while let Some(done) = clients.join_next().await {
         let (old, new) = done.expect("a client failed");
@@ -156,8 +84,8 @@ async fn a_dropped_in_plugin_serves_and_a_replacement_swaps_under_load() {
         answered += old + new;
     }
     assert!(answered >= CLIENTS * (10 + AFTER_SWAP));
-    let echo_version = first_version(&node.logs(), "app");
-    logged(&node, "on-worker-stop ran").await;
+    let echo_version = node.installed_versions("app")[0].clone();
+    node.wait_for_line(&["on-worker-stop ran"]).await;
     assert!(
         node.logs()
             .lines()
@@ -171,8 +99,8 @@ async fn a_dropped_in_plugin_serves_and_a_replacement_swaps_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_and_invalid_files_never_replace_a_working_plugin() {
     let dir = PluginsDir::with(&[("app", plugins::ECHO)]);
-    let (node, port) = server(dir.path(), "app", 1);
-    let mut client = connect(port).await;
+    let (node, port) = Node::all_in_one(BIN, dir.path(), "app", 1);
+    let mut client = connect_ws(port).await;
     assert_eq!(client.ask("echo ready").await, "echo ready");
 
     // A slow writer: the file stays incomplete across several quiet periods.
@@ -192,7 +120,7 @@ async fn partial_and_invalid_files_never_replace_a_working_plugin() {
     let rest = &bytes[2 * (bytes.len() / 3 + 1)..];
     file.write_all(rest).unwrap();
     drop(file);
-    ask_until(&mut client, "echo done", "done").await;
+    client.ask_until("echo done", "done").await;
     assert!(
         node.logs().contains("plugin not loaded"),
         "partial files were not refused:\n{}",
@@ -201,7 +129,7 @@ async fn partial_and_invalid_files_never_replace_a_working_plugin() {
 
     // An invalid file: refused, naming the file; the running version keeps serving.
     std::fs::write(&path, b"definitely not wasm").unwrap();
-    logged(&node, "not a WebAssembly file").await;
+    node.wait_for_line(&["not a WebAssembly file"]).await;
     assert!(
         node.logs()
             .lines()
@@ -214,11 +142,11 @@ async fn partial_and_invalid_files_never_replace_a_working_plugin() {
 async fn a_version_whose_start_traps_is_refused() {
     // misbehave traps in on-worker-start when its app is named `trap-start`.
     let dir = PluginsDir::with(&[("trap-start", plugins::ECHO)]);
-    let (node, port) = server(dir.path(), "trap-start", 2);
-    let mut client = connect(port).await;
+    let (node, port) = Node::all_in_one(BIN, dir.path(), "trap-start", 2);
+    let mut client = connect_ws(port).await;
     assert_eq!(client.ask("echo before").await, "echo before");
-    deploy(dir.path(), "trap-start", plugins::MISBEHAVE);
-    logged(&node, "new plugin version refused").await;
+    dir.deploy("trap-start", plugins::MISBEHAVE);
+    node.wait_for_line(&["new plugin version refused"]).await;
     assert_eq!(
         client.ask("echo after").await,
         "echo after",
@@ -230,8 +158,11 @@ async fn a_version_whose_start_traps_is_refused() {
 async fn an_interval_timer_ticks_at_its_rate_and_stops_with_its_version() {
     // misbehave named `ticker` sets a 100 ms interval that sends `tick` to everyone.
     let dir = PluginsDir::with(&[("ticker", plugins::MISBEHAVE)]);
-    let (_node, port) = server(dir.path(), "ticker", 1);
-    let mut client = connect(port).await;
+    let (_node, port) = Node::all_in_one(BIN, dir.path(), "ticker", 1);
+    let mut client = connect_ws(port).await;
+    // Wait until the worker host serves this client (ticks may arrive before the answer).
+    client.send("echo ready").await.unwrap();
+    while client.recv().await != "ready" {}
     let mut ticks = Vec::new();
     while ticks.len() < 16 {
         assert_eq!(client.recv().await, "tick");
@@ -245,7 +176,7 @@ async fn an_interval_timer_ticks_at_its_rate_and_stops_with_its_version() {
     );
 
     // echo answers `instance` with `instance` (misbehave would say `calls N`).
-    deploy(dir.path(), "ticker", plugins::ECHO);
+    dir.deploy("ticker", plugins::ECHO);
     let swapped = Instant::now();
     'swap: loop {
         client.send("instance").await.unwrap();
@@ -267,8 +198,8 @@ async fn an_interval_timer_ticks_at_its_rate_and_stops_with_its_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchanged_plugin_is_served_from_the_cache_after_a_restart() {
     let dir = PluginsDir::with(&[("app", plugins::COMMANDS)]);
-    let (mut first, port) = server(dir.path(), "app", 1);
-    let mut client = connect(port).await;
+    let (mut first, port) = Node::all_in_one(BIN, dir.path(), "app", 1);
+    let mut client = connect_ws(port).await;
     assert_eq!(client.ask("echo one").await, "one");
     assert!(
         first.logs().contains("from_cache=false"),
@@ -277,8 +208,8 @@ async fn an_unchanged_plugin_is_served_from_the_cache_after_a_restart() {
     );
     assert!(first.terminate().await.success());
 
-    let (second, port) = server(dir.path(), "app", 1);
-    let mut client = connect(port).await;
+    let (second, port) = Node::all_in_one(BIN, dir.path(), "app", 1);
+    let mut client = connect_ws(port).await;
     assert_eq!(client.ask("echo two").await, "two");
     assert!(
         second.logs().contains("from_cache=true"),
@@ -290,15 +221,15 @@ async fn an_unchanged_plugin_is_served_from_the_cache_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_plugin_stops_its_app_and_keeps_its_clients() {
     let dir = PluginsDir::with(&[("app", plugins::ECHO)]);
-    let (node, port) = server(dir.path(), "app", 1);
-    let mut client = connect(port).await;
+    let (node, port) = Node::all_in_one(BIN, dir.path(), "app", 1);
+    let mut client = connect_ws(port).await;
     assert_eq!(client.ask("echo here").await, "echo here");
     std::fs::remove_file(dir.path().join("app.wasm")).unwrap();
-    logged(&node, "app stopped").await;
-    logged(&node, "on-worker-stop ran").await;
+    node.wait_for_line(&["app stopped"]).await;
+    node.wait_for_line(&["on-worker-stop ran"]).await;
     client.send("echo nobody").await.unwrap();
     client.assert_silent(Duration::from_millis(500)).await;
-    logged(&node, "no plugin for this app").await;
-    deploy(dir.path(), "app", plugins::COMMANDS);
-    ask_until(&mut client, "echo back", "back").await;
+    node.wait_for_line(&["no plugin for this app"]).await;
+    dir.deploy("app", plugins::COMMANDS);
+    client.ask_until("echo back", "back").await;
 }

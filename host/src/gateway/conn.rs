@@ -1,30 +1,37 @@
 //! One client connection, whatever its protocol: registers the client, forwards its events
-//! to its worker host, and writes what the gateway queues for it.
+//! to its worker host, runs its heartbeat, and writes what the gateway queues for it.
 //!
 //! A protocol module turns the socket into a stream of inbound messages and a sink of
-//! [`Outbound`] items; everything else (ids, events, the outbox, closing) is here, once.
-//! The task waits on the client's reads, its outbox, its kill token and the gateway's
-//! shutdown together. Queued messages are fed to the sink in a batch and flushed once, so a
-//! burst of broadcasts costs one write.
+//! [`Outbound`] items; everything else (ids, events, the outbox, the heartbeat, closing) is
+//! here, once. The task runs a reader and a writer side by side and stops both when either
+//! ends, when its outbox is killed (destroy, slow reader) or when the gateway stops. So a
+//! client that stops reading blocks only its own writer, and a kill still ends it at once.
+//! Queued messages are fed to the sink in a batch and flushed once, so a burst of broadcasts
+//! costs one write.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::heartbeat::{Beat, Heartbeat, HeartbeatConfig};
+use super::outbox::{Close, Kill, Outbound, Outbox, OutboxReader, outbox};
+use super::protocol::ReadError;
 use super::router::{Binding, Router};
-use super::state::{GatewayState, Outbound, Outbox};
+use super::state::GatewayState;
 use crate::client_id::ClientId;
 use crate::wire::messages::{ClientContext, EventKind, ToWorker, WebSocketRequest};
 
-/// Messages one client may have queued before it counts as a slow reader and is dropped.
-pub const OUTBOX_CAPACITY: usize = 1024;
-
 /// Most queued messages written in one batch before flushing.
 const WRITE_BATCH: usize = 64;
+
+/// Longest the last words to a leaving client (a close frame, the socket's shutdown) may take:
+/// a client that does not read them must not keep its task alive.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// What every connection of one listener shares.
 #[derive(Clone)]
@@ -37,96 +44,192 @@ pub struct ConnShared {
     pub listener: u16,
     /// Fired when the gateway stops.
     pub shutdown: CancellationToken,
+    /// The listener's heartbeat.
+    pub heartbeat: HeartbeatConfig,
+    /// `send_buffer`: each client's outbox budget in bytes.
+    pub send_buffer: usize,
+    /// Where limits that cut clients off are counted.
+    pub counters: Arc<Counters>,
+}
+
+/// How often the gateway's limits cut clients off, for `status` and metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections closed on accept because the listener held `max_connections`.
+    pub refused: AtomicU64,
+    /// Connections that failed or timed out (`handshake_timeout`) in their TLS or
+    /// WebSocket handshake.
+    pub failed_handshakes: AtomicU64,
+    /// Clients disconnected because they fell `send_buffer` behind.
+    pub slow_readers: AtomicU64,
+    /// Clients closed for a message over `max_message_size`.
+    pub oversized: AtomicU64,
+    /// Clients dropped by the heartbeat (`ping_not_response_limit`).
+    pub heartbeat_timeouts: AtomicU64,
+}
+
+impl Counters {
+    /// Adds one to `counter` and returns the new count.
+    pub fn bump(counter: &AtomicU64) -> u64 {
+        counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// How a connection ends.
+enum End {
+    /// The client left, its socket failed or its close is written: just close the socket.
+    Done,
+    /// Write this close, then close the socket.
+    Close(Close),
+    /// Drop the socket at once, writing nothing more.
+    Drop,
 }
 
 /// Serves one client until it leaves, is closed, or the gateway stops.
-pub async fn serve<R, W, E>(
+pub async fn serve<R, W>(
     shared: ConnShared,
     remote: SocketAddr,
     mut inbound: R,
     mut outbound: W,
     handshake: Option<WebSocketRequest>,
 ) where
-    R: Stream<Item = Result<Bytes, E>> + Unpin,
+    R: Stream<Item = Result<Bytes, ReadError>> + Unpin,
     W: Sink<Outbound> + Unpin,
-    E: std::fmt::Display,
 {
-    let (queue, mut outbox) = mpsc::channel(OUTBOX_CAPACITY);
-    let kill = CancellationToken::new();
-    let id = shared.state.add(
-        remote,
-        shared.listener,
-        Outbox {
-            queue,
-            kill: kill.clone(),
-        },
-    );
+    let (outbox, queue) = outbox(shared.send_buffer);
+    let id = shared.state.add(remote, shared.listener, outbox.clone());
+    crate::metrics::CONNECTIONS_OPENED.inc();
     let mut link = ClientLink {
         shared: &shared,
         id,
         binding: Binding::default(),
     };
-    let mut open = link.event(EventKind::Connect).await;
-    if let Some(request) = handshake
-        && open
-    {
-        open = link.event(EventKind::WebSocketConnect(request)).await;
-    }
-    while open {
-        tokio::select! {
-            _ = kill.cancelled() => break,
-            _ = shared.shutdown.cancelled() => {
-                let _ = outbound.send(Outbound::Close(None)).await;
-                break;
-            }
-            Some(first) = outbox.recv() => {
-                if !write_batch(&mut outbound, &mut outbox, first).await {
-                    break;
-                }
-            }
-            message = inbound.next() => match message {
-                Some(Ok(data)) => open = link.event(EventKind::Message(data)).await,
-                Some(Err(e)) => {
-                    tracing::debug!(client = %id, "read failed: {e}");
-                    break;
-                }
-                None => break,
-            },
-        }
-    }
+    let end = tokio::select! {
+        kill = queue.killed() => killed(&shared, id, kill),
+        _ = shared.shutdown.cancelled() => End::Close(Close::GoingAway),
+        end = write(&mut outbound, &queue) => end,
+        end = read(&mut link, &mut inbound, &outbox, handshake) => end,
+    };
     // Leave the state before the socket closes, so whoever sees the close sees the client
     // gone from its groups and uid too.
     let last = shared.state.remove(id);
-    let _ = outbound.close().await;
+    crate::metrics::CONNECTIONS_CLOSED.inc();
+    if !matches!(end, End::Drop) {
+        let farewell = async {
+            if let End::Close(close) = end {
+                let _ = outbound.send(Outbound::Close(close)).await;
+            }
+            let _ = outbound.close().await;
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, farewell).await;
+    }
+    drop(outbound);
     if let Some(last) = last {
         link.send(last, EventKind::Close).await;
     }
 }
 
-/// Writes `first` and whatever else is queued, then flushes. Returns false once the
-/// connection should end (a close was written, or the socket failed).
-async fn write_batch<W: Sink<Outbound> + Unpin>(
-    outbound: &mut W,
-    outbox: &mut mpsc::Receiver<Outbound>,
-    first: Outbound,
-) -> bool {
-    let mut next = Some(first);
-    let mut written = 0;
-    while let Some(message) = next.take() {
-        let closing = matches!(message, Outbound::Close(_));
-        if outbound.feed(message).await.is_err() {
-            return false;
-        }
-        if closing {
-            let _ = outbound.flush().await;
-            return false;
-        }
-        written += 1;
-        if written < WRITE_BATCH {
-            next = outbox.try_recv().ok();
+fn killed(shared: &ConnShared, id: ClientId, kill: Kill) -> End {
+    if kill == Kill::SlowReader {
+        let n = Counters::bump(&shared.counters.slow_readers);
+        tracing::info!(
+            client = %id,
+            send_buffer = shared.send_buffer,
+            slow_readers = n,
+            "client disconnected: it fell send_buffer behind"
+        );
+    }
+    End::Drop
+}
+
+/// Forwards the client's events and runs its heartbeat until the connection should end.
+async fn read<R>(
+    link: &mut ClientLink<'_>,
+    inbound: &mut R,
+    outbox: &Outbox,
+    handshake: Option<WebSocketRequest>,
+) -> End
+where
+    R: Stream<Item = Result<Bytes, ReadError>> + Unpin,
+{
+    let mut heartbeat = Heartbeat::start(&link.shared.heartbeat);
+    if !link.event(EventKind::Connect).await {
+        return End::Done;
+    }
+    if let Some(request) = handshake
+        && !link.event(EventKind::WebSocketConnect(request)).await
+    {
+        return End::Done;
+    }
+    loop {
+        tokio::select! {
+            beat = heartbeat.tick() => match beat {
+                Beat::Wait => {}
+                // Over budget, the push kills the connection: the caller sees it.
+                Beat::Send(ping) => {
+                    outbox.push(ping);
+                }
+                Beat::Destroy => {
+                    Counters::bump(&link.shared.counters.heartbeat_timeouts);
+                    tracing::debug!(client = %link.id, "client silent past ping_not_response_limit");
+                    return End::Drop;
+                }
+            },
+            message = inbound.next() => match message {
+                Some(Ok(data)) => {
+                    heartbeat.heard();
+                    crate::metrics::message_received(data.len());
+                    if !link.event(EventKind::Message(data)).await {
+                        return End::Done;
+                    }
+                }
+                Some(Err(e)) => return read_failed(link, e),
+                None => return End::Done,
+            },
         }
     }
-    outbound.flush().await.is_ok()
+}
+
+fn read_failed(link: &ClientLink<'_>, e: ReadError) -> End {
+    match e.close() {
+        Some(close) => {
+            Counters::bump(&link.shared.counters.oversized);
+            tracing::info!(client = %link.id, "closing client: {e}");
+            End::Close(close)
+        }
+        None => {
+            tracing::debug!(client = %link.id, "read failed: {e}");
+            End::Done
+        }
+    }
+}
+
+/// Writes queued messages in batches until a close is written or the socket fails.
+async fn write<W: Sink<Outbound> + Unpin>(outbound: &mut W, queue: &OutboxReader) -> End {
+    loop {
+        let mut next = Some(queue.recv().await);
+        let mut written = 0;
+        while let Some(message) = next.take() {
+            let closing = matches!(message, Outbound::Close(_));
+            if let Outbound::Data(data) = &message {
+                crate::metrics::message_sent(data.len());
+            }
+            if outbound.feed(message).await.is_err() {
+                return End::Done;
+            }
+            if closing {
+                let _ = tokio::time::timeout(CLOSE_GRACE, outbound.flush()).await;
+                return End::Done;
+            }
+            written += 1;
+            if written < WRITE_BATCH {
+                next = queue.try_recv();
+            }
+        }
+        if outbound.flush().await.is_err() {
+            return End::Done;
+        }
+    }
 }
 
 /// A client's path to its worker host.

@@ -1,6 +1,7 @@
 //! The gateway's internal listener: worker hosts (and push clients) link here.
 //!
-//! A link starts with the authenticated handshake, then the gateway announces its listeners.
+//! A link starts with the authenticated handshake (links from worker hosts of this process
+//! arrive as channels instead, see [`crate::local`]), then the gateway announces its listeners.
 //! From then on the gateway sends client events and query replies, and executes the commands
 //! and answers the queries it receives, in the order they arrive. A link that fails the
 //! handshake or sends a malformed frame is closed; other links and all clients carry on.
@@ -13,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
+use crate::local::{LinkReader, LocalLink};
 use crate::wire::codec::{FrameReader, FrameWriter};
 use crate::wire::handshake::{self, HandshakeError, Role};
 use crate::wire::messages::{ToGateway, ToWorker};
@@ -23,11 +25,20 @@ const LINK_QUEUE: usize = 4096;
 /// How often the gateway pings a linked worker host; three silent intervals drop the link.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Accepts links until shutdown.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: CancellationToken) {
+/// Accepts links, over TCP and from worker hosts of this process, until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    mut local: mpsc::Receiver<LocalLink>,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+) {
     loop {
         let (socket, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
+            Some(link) = local.recv() => {
+                tokio::spawn(local_link(link, gateway.clone(), shutdown.clone()));
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -40,7 +51,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: Cance
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            match link(socket, gateway, shutdown).await {
+            match tcp_link(socket, gateway, shutdown).await {
                 Ok(()) => tracing::info!(%peer, "internal link closed"),
                 // A port probe (load balancer, Kubernetes) looks like this: not worth a warning.
                 Err(e)
@@ -55,7 +66,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: Cance
     }
 }
 
-async fn link(
+async fn tcp_link(
     socket: TcpStream,
     gateway: Arc<Gateway>,
     shutdown: CancellationToken,
@@ -66,23 +77,54 @@ async fn link(
     let mut writer = FrameWriter::new(writer);
     let role = handshake::accept_handshake(&mut reader, &mut writer, &gateway.secret).await?;
     let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
-    queue
-        .send(ToWorker::Listeners(gateway.listeners.clone()))
-        .await?;
-    // Push clients only send commands and queries; only worker hosts take client events.
-    let routed = (role == Role::Worker).then(|| gateway.router.add(queue.clone()));
     let writing = tokio::spawn(writer.forward(outgoing));
-    let result = read_loop(&mut reader, &gateway, &queue, &shutdown).await;
-    if let Some(link) = routed {
-        gateway.router.remove(link.id);
-    }
+    let result = serve_link(LinkReader::Tcp(reader), queue, role, &gateway, &shutdown).await;
     // Client bindings may still hold the queue: stop writing explicitly.
     writing.abort();
     result
 }
 
+async fn local_link(link: LocalLink, gateway: Arc<Gateway>, shutdown: CancellationToken) {
+    let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
+    if link.accepted.send(outgoing).is_err() {
+        return;
+    }
+    if let Err(e) = serve_link(
+        LinkReader::Local(link.inbound),
+        queue,
+        link.role,
+        &gateway,
+        &shutdown,
+    )
+    .await
+    {
+        tracing::warn!("in-process link closed: {e:#}");
+    }
+}
+
+/// Serves an authenticated link: announces the listeners, routes client events to it (if
+/// the peer is a worker host), and executes what it sends until it closes.
+async fn serve_link(
+    mut reader: LinkReader<ToGateway>,
+    queue: mpsc::Sender<ToWorker>,
+    role: Role,
+    gateway: &Gateway,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    queue
+        .send(ToWorker::Listeners(gateway.listeners.clone()))
+        .await?;
+    // Push clients only send commands and queries; only worker hosts take client events.
+    let routed = (role == Role::Worker).then(|| gateway.router.add(queue.clone()));
+    let result = read_loop(&mut reader, gateway, &queue, shutdown).await;
+    if let Some(link) = routed {
+        gateway.router.remove(link.id);
+    }
+    result
+}
+
 async fn read_loop(
-    reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    reader: &mut LinkReader<ToGateway>,
     gateway: &Gateway,
     queue: &mpsc::Sender<ToWorker>,
     shutdown: &CancellationToken,
@@ -98,7 +140,7 @@ async fn read_loop(
                 queue.send(ToWorker::Ping).await?;
                 continue;
             }
-            message = reader.recv::<ToGateway>() => message?,
+            message = reader.recv() => message?,
         };
         silent = 0;
         match message {

@@ -1,27 +1,67 @@
-//! The client-facing listener: accepts connections and hands each to its protocol and to
+//! The client-facing listener: accepts connections, enforces `max_connections`, completes
+//! the protocol's handshake within `handshake_timeout`, and hands each client to
 //! [`super::conn::serve`] in a task of its own, so one client's failure never reaches the
 //! accept loop.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite;
 
-use super::conn::{self, ConnShared};
-use super::protocol::{text, ws};
-use crate::config::Protocol;
+use super::conn::{self, ConnShared, Counters};
+use super::protocol::{self, frame::Frames, text::Lines, ws};
+
+/// The protocol a listener speaks, with what it needs to speak it.
+pub enum Transport {
+    /// `ws://`.
+    Ws,
+    /// `wss://`: WebSocket over TLS.
+    Wss(TlsAcceptor),
+    /// `text://`.
+    Text,
+    /// `frame://`.
+    Frame,
+}
+
+/// How one listener accepts clients.
+pub struct ListenerConfig {
+    /// The protocol.
+    pub transport: Transport,
+    /// Most clients at once; a connection over it is closed on accept.
+    pub max_connections: usize,
+    /// Largest inbound message.
+    pub max_message_size: usize,
+    /// Longest the TLS and WebSocket handshakes may take together.
+    pub handshake_timeout: Duration,
+}
+
+/// Why a client never got past its handshake.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("WebSocket handshake failed: {0}")]
+    WebSocket(#[from] tungstenite::Error),
+    #[error("handshake not completed within handshake_timeout ({0:?})")]
+    TimedOut(Duration),
+}
 
 /// Accepts clients until shutdown.
-pub async fn serve(
-    listener: TcpListener,
-    protocol: Protocol,
-    max_message_size: usize,
-    shared: ConnShared,
-) {
-    let shutdown: CancellationToken = shared.shutdown.clone();
+pub async fn serve(listener: TcpListener, config: ListenerConfig, shared: ConnShared) {
+    // Taken before a client is served and held until it is gone. Refusing on accept (rather
+    // than not accepting) gives the refused client an immediate close instead of a hang in
+    // the backlog, and never touches the clients already connected.
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let config = Arc::new(config);
     loop {
         let (socket, remote) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shared.shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -32,32 +72,79 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let refused = Counters::bump(&shared.counters.refused);
+            // The 1st, 2nd, 4th, 8th … so a flood is visible without flooding the log.
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    %remote,
+                    max_connections = config.max_connections,
+                    refused,
+                    "connection refused: the listener is full"
+                );
+            }
+            drop(socket);
+            continue;
+        };
         let shared = shared.clone();
+        let config = config.clone();
         tokio::spawn(async move {
             let _ = socket.set_nodelay(true);
-            client(socket, remote, protocol, max_message_size, shared).await;
+            client(socket, remote, &config, shared).await;
+            drop(slot);
         });
     }
 }
 
 async fn client(
     socket: TcpStream,
-    remote: std::net::SocketAddr,
-    protocol: Protocol,
-    max_message_size: usize,
+    remote: SocketAddr,
+    config: &ListenerConfig,
     shared: ConnShared,
 ) {
-    match protocol {
-        Protocol::Text => {
+    let max = config.max_message_size;
+    match &config.transport {
+        Transport::Text => {
             let (r, w) = socket.into_split();
-            let (inbound, outbound) = text::framed(r, w, max_message_size);
+            let (inbound, outbound) = protocol::framed(r, w, Lines::new(max));
             conn::serve(shared, remote, inbound, outbound, None).await;
         }
-        Protocol::Ws => match ws::accept(socket, max_message_size).await {
-            Ok((inbound, outbound, request)) => {
-                conn::serve(shared, remote, inbound, outbound, Some(request)).await;
-            }
-            Err(e) => tracing::debug!(%remote, "websocket handshake failed: {e}"),
-        },
+        Transport::Frame => {
+            let (r, w) = socket.into_split();
+            let (inbound, outbound) = protocol::framed(r, w, Frames::new(max));
+            conn::serve(shared, remote, inbound, outbound, None).await;
+        }
+        Transport::Ws => websocket(async { Ok(socket) }, remote, config, shared).await,
+        Transport::Wss(tls) => {
+            let secured = async { tls.accept(socket).await.map_err(HandshakeError::Tls) };
+            websocket(secured, remote, config, shared).await;
+        }
+    }
+}
+
+/// Upgrades the stream `transport` yields to WebSocket and serves the client.
+async fn websocket<S>(
+    transport: impl Future<Output = Result<S, HandshakeError>>,
+    remote: SocketAddr,
+    config: &ListenerConfig,
+    shared: ConnShared,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake = async {
+        let stream = transport.await?;
+        Ok::<_, HandshakeError>(ws::accept(stream, config.max_message_size).await?)
+    };
+    let accepted = tokio::time::timeout(config.handshake_timeout, handshake)
+        .await
+        .unwrap_or(Err(HandshakeError::TimedOut(config.handshake_timeout)));
+    match accepted {
+        Ok((inbound, outbound, request)) => {
+            conn::serve(shared, remote, inbound, outbound, Some(request)).await;
+        }
+        Err(e) => {
+            Counters::bump(&shared.counters.failed_handshakes);
+            tracing::debug!(%remote, "{e}");
+        }
     }
 }

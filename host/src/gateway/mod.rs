@@ -3,13 +3,16 @@
 //!
 //! # Layout
 //! - [`state`]: the clients, groups, uids and sessions; executes commands, answers queries.
-//! - [`listener`], [`protocol`], [`conn`]: the client side, from accept to close.
+//! - [`listener`], [`protocol`], [`conn`]: the client side, from accept to close, with
+//!   [`outbox`] (each client's byte-bounded queue) and [`heartbeat`].
 //! - [`router`]: which worker host gets a client's events.
 //! - [`internal`]: the listener worker hosts link to.
 
 pub mod conn;
+pub mod heartbeat;
 pub mod internal;
 pub mod listener;
+pub mod outbox;
 pub mod protocol;
 pub mod router;
 pub mod state;
@@ -18,12 +21,17 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use anyhow::Context;
+use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, Protocol};
+use crate::local::LocalGateways;
 use crate::register;
 use crate::wire::messages::ListenerInfo;
+use conn::Counters;
+use heartbeat::{HeartbeatConfig, Ping};
+use listener::{ListenerConfig, Transport};
 use router::Router;
 use state::GatewayState;
 
@@ -37,6 +45,8 @@ pub struct Gateway {
     pub listeners: Vec<ListenerInfo>,
     /// The cluster secret.
     pub secret: Arc<[u8]>,
+    /// How often its limits cut clients off.
+    pub counters: Arc<Counters>,
 }
 
 /// A gateway whose sockets are bound, ready to [`run`](BoundGateway::run).
@@ -45,11 +55,27 @@ pub struct BoundGateway {
     gateway: Arc<Gateway>,
     clients: TcpListener,
     internal: TcpListener,
+    transport: Transport,
 }
 
 impl BoundGateway {
-    /// Binds the client listener and the internal listener.
+    /// Binds the client listener and the internal listener, and loads the TLS certificate
+    /// of a `wss` listener.
     pub async fn bind(config: GatewayConfig, secret: Arc<[u8]>) -> anyhow::Result<Self> {
+        let transport = match config.listen.protocol {
+            Protocol::Ws => Transport::Ws,
+            Protocol::Text => Transport::Text,
+            Protocol::Frame => Transport::Frame,
+            Protocol::Wss => {
+                let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+                    anyhow::bail!("gateway {}: wss needs tls_cert and tls_key", config.name);
+                };
+                Transport::Wss(
+                    protocol::tls::acceptor(cert, key)
+                        .with_context(|| format!("gateway {}", config.name))?,
+                )
+            }
+        };
         let clients = TcpListener::bind(config.listen.addr)
             .await
             .with_context(|| {
@@ -77,12 +103,14 @@ impl BoundGateway {
             router: Arc::new(Router::default()),
             listeners,
             secret,
+            counters: Arc::default(),
         });
         Ok(Self {
             config,
             gateway,
             clients,
             internal,
+            transport,
         })
     }
 
@@ -101,9 +129,15 @@ impl BoundGateway {
         self.gateway.clone()
     }
 
-    /// Serves clients and worker hosts until `shutdown`, then closes every client.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Serves clients and worker hosts until `shutdown`, then closes every client. Worker
+    /// hosts of this process that share `local` link through channels instead of sockets.
+    pub async fn run(
+        self,
+        local: LocalGateways,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let address = self.internal_addr();
+        let local_links = local.offer(address);
         tracing::info!(
             gateway = %self.config.name,
             listen = %self.config.listen,
@@ -119,23 +153,45 @@ impl BoundGateway {
         );
         let internal = tokio::spawn(internal::serve(
             self.internal,
+            local_links,
             self.gateway.clone(),
             shutdown.clone(),
         ));
+        let config = &self.config;
+        let ping = Bytes::from(config.ping_data.clone().into_bytes());
         let shared = conn::ConnShared {
             state: self.gateway.state.clone(),
             router: self.gateway.router.clone(),
             listener: 0,
             shutdown: shutdown.clone(),
+            heartbeat: HeartbeatConfig {
+                interval: config.ping_interval,
+                limit: config.ping_not_response_limit,
+                ping: if config.ping_frame {
+                    Ping::Frame(ping)
+                } else if ping.is_empty() {
+                    Ping::Silent
+                } else {
+                    Ping::Data(ping)
+                },
+            },
+            send_buffer: byte_count(config.send_buffer),
+            counters: self.gateway.counters.clone(),
         };
-        listener::serve(
-            self.clients,
-            self.config.listen.protocol,
-            self.config.max_message_size.as_u64() as usize,
-            shared,
-        )
-        .await;
+        let accept = ListenerConfig {
+            transport: self.transport,
+            max_connections: config.max_connections,
+            max_message_size: byte_count(config.max_message_size),
+            handshake_timeout: config.handshake_timeout,
+        };
+        listener::serve(self.clients, accept, shared).await;
+        local.withdraw(address);
         let _ = internal.await;
         Ok(())
     }
+}
+
+/// A configured size as a byte count, saturating where `usize` is narrower.
+fn byte_count(size: bytesize::ByteSize) -> usize {
+    usize::try_from(size.as_u64()).unwrap_or(usize::MAX)
 }

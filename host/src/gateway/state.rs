@@ -5,46 +5,18 @@
 //! across an `.await`: delivering a message to a client is a non-blocking push onto that
 //! client's bounded outbox, so a broadcast holds the lock only for as long as it takes to
 //! queue, never while a socket writes. A client whose outbox is full is a slow reader: it is
-//! disconnected (its `kill` token fires) rather than buffered without bound.
+//! disconnected (see [`super::outbox`]) rather than buffered without bound.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
+use super::outbox::{Close, Outbound, Outbox};
 use crate::client_id::ClientId;
 use crate::ops::{Command, GroupMembers, Query, Reply, Session};
 use crate::wire::messages::ClientContext;
-
-/// What a client's connection task is asked to write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outbound {
-    /// A message.
-    Data(Bytes),
-    /// Send `farewell` (if any), then close gracefully.
-    Close(Option<Bytes>),
-}
-
-/// The handle through which the state reaches one client's connection task.
-#[derive(Debug, Clone)]
-pub struct Outbox {
-    /// The bounded queue the connection task drains.
-    pub queue: mpsc::Sender<Outbound>,
-    /// Fired to drop the connection at once (destroy, slow reader).
-    pub kill: CancellationToken,
-}
-
-impl Outbox {
-    fn push(&self, message: Outbound) {
-        if self.queue.try_send(message).is_err() {
-            // Full: the client does not read fast enough. Closed: it is already going away.
-            self.kill.cancel();
-        }
-    }
-}
 
 struct ClientEntry {
     remote: SocketAddr,
@@ -153,12 +125,17 @@ impl GatewayState {
             }
             Command::CloseClient { client, farewell } => {
                 if let Some(e) = self.entry(c, client) {
-                    e.outbox.push(Outbound::Close(farewell));
+                    e.outbox.push(Outbound::Close(Close::Normal(farewell)));
+                }
+            }
+            Command::RejectClient { client, reason } => {
+                if let Some(e) = self.entry(c, client) {
+                    e.outbox.push(Outbound::Close(Close::Rejected(reason)));
                 }
             }
             Command::DestroyClient { client } => {
                 if let Some(e) = self.entry(c, client) {
-                    e.outbox.kill.cancel();
+                    e.outbox.destroy();
                 }
             }
             Command::BindUid { client, uid } => {
@@ -335,6 +312,55 @@ impl GatewayState {
         }
         c.by_index.get_mut(&id.index)
     }
+
+    /// How many clients, groups and uids this gateway holds (for `status` and `/metrics`).
+    pub fn summary(&self) -> StateSummary {
+        let c = self.lock();
+        StateSummary {
+            clients: c.by_index.len(),
+            groups: c.groups.len(),
+            uids: c.uids.len(),
+        }
+    }
+
+    /// Every client with its address, uid and groups (for `wasmgate connections`); copies
+    /// them all under the lock, so it is for an operator's request, not for a hot path.
+    pub fn clients(&self) -> Vec<ClientSummary> {
+        let c = self.lock();
+        c.by_index
+            .iter()
+            .map(|(index, e)| ClientSummary {
+                id: self.id(*index),
+                remote: e.remote,
+                uid: e.uid.clone(),
+                groups: e.groups.iter().cloned().collect(),
+            })
+            .collect()
+    }
+}
+
+/// The sizes of a gateway's state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateSummary {
+    /// Connected clients.
+    pub clients: usize,
+    /// Groups with at least one member.
+    pub groups: usize,
+    /// Uids bound to at least one client.
+    pub uids: usize,
+}
+
+/// One client as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSummary {
+    /// Its id.
+    pub id: ClientId,
+    /// Its address.
+    pub remote: SocketAddr,
+    /// Its uid, if bound.
+    pub uid: Option<String>,
+    /// Its groups, sorted.
+    pub groups: Vec<String>,
 }
 
 impl Clients {

@@ -10,6 +10,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use wasmgate::plugin::types::{
+// `self::`: in doctests the crate itself is also in scope as `wasmgate`.
+pub use self::wasmgate::plugin::types::{
     Client, GatewayError, Level, Session, WebsocketRequest, WorkerInfo,
 };

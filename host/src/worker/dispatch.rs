@@ -1,10 +1,11 @@
 //! Delivers client events to plugin instances, one client's events in order.
 //!
-//! Every event from every gateway link passes through one queue into the dispatcher, which
-//! picks the app from the client's listener and the instance from a hash of the client id.
-//! Each instance has one driver task that runs its events (and its timers) one at a time.
-//! So a client's events reach one instance in the order its gateway sent them, and different
-//! clients run in parallel across instances.
+//! Each gateway link hands its events straight to the [`Dispatcher`], which picks the app from
+//! the client's listener and the instance from a hash of the client id. Each instance has one
+//! driver task that runs its events (and its timers) one at a time. So a client's events
+//! reach one instance in the order its gateway sent them, and different clients run in
+//! parallel across instances. A new version of an app travels through the same driver queues
+//! as the events ([`Work::Swap`]), which is what keeps the order across a hot reload.
 //!
 //! The driver also keeps GatewayWorker's `$_SESSION` consistent without its extra round trip:
 //! when a callback changed the session, the next event of that client may have left the
@@ -14,21 +15,20 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 
 use super::bindings::{Client, WebsocketRequest};
 use super::host_api::Gateways;
 use super::links::Incoming;
-use super::plugins::Change;
 use super::runtime::{Call, PluginInstance};
 use crate::client_id::ClientId;
 use crate::ops::{Command, Session};
 use crate::wire::messages::{ClientContext, EventKind};
 
-/// Events one instance may have waiting before the dispatcher waits for it.
+/// Events one instance may have waiting before the link delivering to it waits.
 const INSTANCE_QUEUE: usize = 1024;
 
 /// What an instance driver is asked to do, in order.
@@ -40,96 +40,107 @@ enum Work {
     Swap(PluginInstance),
 }
 
-/// The running instances of one app.
-struct App {
-    instances: Vec<mpsc::Sender<Work>>,
-}
+/// The running instances of one app (their drivers' queues).
+type App = Vec<mpsc::Sender<Work>>;
 
-/// Routes events to the instances of the running apps and applies [`Change`]s.
+/// Routes events to the instances of the running apps.
 pub struct Dispatcher {
-    apps: HashMap<String, App>,
+    apps: RwLock<HashMap<String, App>>,
     gateways: Arc<dyn Gateways>,
     hasher: RandomState,
-    drivers: JoinSet<()>,
+    drivers: TaskTracker,
     /// Events dropped per app that has no plugin, for the log.
-    dropped: HashMap<String, u64>,
+    dropped: Mutex<HashMap<String, u64>>,
 }
 
 impl Dispatcher {
     /// A dispatcher with no apps yet; instances reach the gateways through `gateways`.
-    pub fn new(gateways: Arc<dyn Gateways>) -> Self {
-        Self {
-            apps: HashMap::new(),
+    pub fn new(gateways: Arc<dyn Gateways>) -> Arc<Self> {
+        Arc::new(Self {
+            apps: RwLock::new(HashMap::new()),
             gateways,
             hasher: RandomState::new(),
-            drivers: JoinSet::new(),
-            dropped: HashMap::new(),
-        }
+            drivers: TaskTracker::new(),
+            dropped: Mutex::new(HashMap::new()),
+        })
     }
 
-    /// Delivers events and applies changes until `events` closes, then lets every instance
-    /// finish its queue and run `on-worker-stop`.
-    pub async fn run(
-        mut self,
-        mut events: mpsc::Receiver<Incoming>,
-        mut changes: mpsc::Receiver<Change>,
-    ) {
-        loop {
-            tokio::select! {
-                event = events.recv() => match event {
-                    Some(event) => self.dispatch(event).await,
-                    None => break,
-                },
-                Some(change) = changes.recv() => self.apply(change).await,
-            }
-        }
-        self.apps.clear();
-        while self.drivers.join_next().await.is_some() {}
-    }
-
-    async fn dispatch(&mut self, event: Incoming) {
-        let Some(app) = self.apps.get(&event.listener.app) else {
-            let dropped = self.dropped.entry(event.listener.app.clone()).or_default();
-            *dropped += 1;
+    /// Queues `event` for the instance that serves its client; waits while that queue is full.
+    pub async fn dispatch(&self, event: Incoming) {
+        let driver = {
+            let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
+            apps.get(&event.listener.app).map(|instances| {
+                let slot = self.hasher.hash_one(event.client.id) as usize % instances.len();
+                instances[slot].clone()
+            })
+        };
+        let Some(driver) = driver else {
+            let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+            let count = dropped.entry(event.listener.app.clone()).or_default();
+            *count += 1;
             // Log the 1st, 2nd, 4th, 8th … so a missing plugin is visible without flooding.
-            if dropped.is_power_of_two() {
-                tracing::warn!(app = %event.listener.app, dropped = *dropped, "no plugin for this app; events dropped");
+            if count.is_power_of_two() {
+                tracing::warn!(app = %event.listener.app, dropped = *count, "no plugin for this app; events dropped");
             }
             return;
         };
-        let slot = self.hasher.hash_one(event.client.id) as usize % app.instances.len();
-        if app.instances[slot].send(Work::Event(event)).await.is_err() {
+        if driver.send(Work::Event(event)).await.is_err() {
             tracing::error!("a plugin instance driver ended unexpectedly");
         }
     }
 
-    async fn apply(&mut self, change: Change) {
-        match change {
-            Change::Install { app, instances } => match self.apps.get(&app) {
-                Some(running) if running.instances.len() == instances.len() => {
-                    for (driver, instance) in running.instances.iter().zip(instances) {
-                        let _ = driver.send(Work::Swap(instance)).await;
-                    }
+    /// Serves `app` with `instances` from now on. A running version finishes the events
+    /// already queued for it, then runs `on-worker-stop`.
+    pub async fn install(&self, app: &str, instances: Vec<PluginInstance>) {
+        let running = self
+            .apps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(app)
+            .filter(|drivers| drivers.len() == instances.len())
+            .cloned();
+        match running {
+            Some(drivers) => {
+                for (driver, instance) in drivers.iter().zip(instances) {
+                    let _ = driver.send(Work::Swap(instance)).await;
                 }
-                _ => {
-                    let senders = instances
-                        .into_iter()
-                        .map(|instance| {
-                            let (tx, rx) = mpsc::channel(INSTANCE_QUEUE);
-                            self.drivers
-                                .spawn(drive(instance, rx, self.gateways.clone()));
-                            tx
-                        })
-                        .collect();
-                    self.dropped.remove(&app);
-                    self.apps.insert(app, App { instances: senders });
-                }
-            },
-            // Dropping the senders lets the drivers finish what is queued and stop.
-            Change::Remove { app } => {
-                self.apps.remove(&app);
+            }
+            None => {
+                let drivers = instances
+                    .into_iter()
+                    .map(|instance| {
+                        let (tx, rx) = mpsc::channel(INSTANCE_QUEUE);
+                        self.drivers
+                            .spawn(drive(instance, rx, self.gateways.clone()));
+                        tx
+                    })
+                    .collect();
+                self.dropped
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(app);
+                self.apps
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(app.to_owned(), drivers);
             }
         }
+    }
+
+    /// Stops serving `app`: its instances finish what is queued and run `on-worker-stop`.
+    pub fn remove(&self, app: &str) {
+        self.apps
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(app);
+    }
+
+    /// Stops every app and waits until every instance has finished its queue and run
+    /// `on-worker-stop`. Call it once no link delivers events any more.
+    pub async fn stop(&self) {
+        self.apps.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.drivers.close();
+        self.drivers.wait().await;
     }
 }
 
@@ -209,10 +220,7 @@ async fn handle(
     if let Some(reason) = outcome.rejected {
         tracing::info!(client = %id, "plugin rejected the websocket client: {reason}");
         gateways
-            .command(Command::CloseClient {
-                client: id,
-                farewell: None,
-            })
+            .command(Command::RejectClient { client: id, reason })
             .await;
     }
     if let Some(change) = outcome.session {

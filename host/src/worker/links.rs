@@ -16,7 +16,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::dispatch::Dispatcher;
 use super::host_api::{CommandFuture, Gateways, QueryError, QueryFuture};
+use crate::local::{LinkReader, LocalGateways};
 use crate::ops::{Command, Query, Reply};
 use crate::wire::codec::{FrameReader, FrameWriter};
 use crate::wire::handshake::{self, Role};
@@ -40,7 +42,7 @@ pub struct Incoming {
 }
 
 /// Where a link delivers client events.
-pub type EventSink = mpsc::Sender<Incoming>;
+pub type EventSink = Arc<Dispatcher>;
 
 /// One gateway link.
 struct GatewayLink {
@@ -51,6 +53,7 @@ struct GatewayLink {
 /// Every gateway this worker host (or push client) is linked to.
 pub struct GatewayLinks {
     secret: Arc<[u8]>,
+    local: LocalGateways,
     role: Role,
     links: RwLock<HashMap<SocketAddrV4, Arc<GatewayLink>>>,
     next_query: AtomicU64,
@@ -59,10 +62,12 @@ pub struct GatewayLinks {
 
 impl GatewayLinks {
     /// Links for a worker host (which takes client events) or a push client (which does
-    /// not); nothing is dialled until [`start`](Self::start).
-    pub fn new(secret: Arc<[u8]>, role: Role) -> Arc<Self> {
+    /// not); gateways in `local` are reached through channels, the others over TCP. Nothing
+    /// is dialled until [`start`](Self::start).
+    pub fn new(secret: Arc<[u8]>, role: Role, local: LocalGateways) -> Arc<Self> {
         Arc::new(Self {
             secret,
+            local,
             role,
             links: RwLock::new(HashMap::new()),
             next_query: AtomicU64::new(1),
@@ -143,13 +148,21 @@ impl GatewayLinks {
     }
 
     async fn link(&self, addr: SocketAddrV4, events: Option<EventSink>) -> anyhow::Result<()> {
-        let socket = TcpStream::connect(addr).await?;
-        socket.set_nodelay(true)?;
-        let (reader, writer) = socket.into_split();
-        let mut reader = FrameReader::new(reader);
-        let mut writer = FrameWriter::new(writer);
-        handshake::connect_handshake(&mut reader, &mut writer, &self.secret, self.role).await?;
-        let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
+        let (queue, mut reader, writing) = match self.local.dial(addr, self.role).await {
+            Some((queue, inbound)) => (queue, LinkReader::Local(inbound), None),
+            None => {
+                let socket = TcpStream::connect(addr).await?;
+                socket.set_nodelay(true)?;
+                let (reader, writer) = socket.into_split();
+                let mut reader = FrameReader::new(reader);
+                let mut writer = FrameWriter::new(writer);
+                handshake::connect_handshake(&mut reader, &mut writer, &self.secret, self.role)
+                    .await?;
+                let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
+                let writing = tokio::spawn(writer.forward(outgoing));
+                (queue, LinkReader::Tcp(reader), Some(writing))
+            }
+        };
         let link = Arc::new(GatewayLink {
             queue: queue.clone(),
             pending: Mutex::new(HashMap::new()),
@@ -161,11 +174,13 @@ impl GatewayLinks {
         self.linked.send_modify(|l| {
             l.insert(addr);
         });
-        tracing::info!(gateway = %addr, "linked to gateway");
-        let writing = tokio::spawn(writer.forward(outgoing));
+        tracing::info!(gateway = %addr, in_process = writing.is_none(), "linked to gateway");
+        crate::metrics::gateway_link(self.role, 1);
         let result = read_loop(&mut reader, &link, &queue, events).await;
         // Senders may outlive the link (bindings, queries): stop writing explicitly.
-        writing.abort();
+        if let Some(writing) = writing {
+            writing.abort();
+        }
         result
     }
 
@@ -176,6 +191,7 @@ impl GatewayLinks {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&addr);
         if removed.is_some() {
+            crate::metrics::gateway_link(self.role, -1);
             self.linked.send_modify(|l| {
                 l.remove(&addr);
             });
@@ -209,13 +225,13 @@ impl GatewayLinks {
 }
 
 async fn read_loop(
-    reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    reader: &mut LinkReader<ToWorker>,
     link: &GatewayLink,
     queue: &mpsc::Sender<ToGateway>,
     events: Option<EventSink>,
 ) -> anyhow::Result<()> {
     let mut listeners: Vec<Arc<ListenerInfo>> = Vec::new();
-    while let Some(message) = reader.recv::<ToWorker>().await? {
+    while let Some(message) = reader.recv().await? {
         match message {
             ToWorker::Listeners(list) => listeners = list.into_iter().map(Arc::new).collect(),
             ToWorker::Event { client, kind } => {
@@ -227,12 +243,12 @@ async fn read_loop(
                         anyhow::anyhow!("event names unknown listener {}", client.listener)
                     })?;
                 events
-                    .send(Incoming {
+                    .dispatch(Incoming {
                         listener,
                         client,
                         kind,
                     })
-                    .await?;
+                    .await;
             }
             ToWorker::Reply { id, reply } => {
                 let waiter = link

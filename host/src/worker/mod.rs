@@ -19,7 +19,7 @@ pub mod timers;
 
 use std::sync::Arc;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use bindings::{
@@ -27,6 +27,7 @@ pub use bindings::{
 };
 
 use crate::config::WorkerConfig;
+use crate::local::LocalGateways;
 use crate::register;
 use crate::wire::handshake::Role;
 use dispatch::Dispatcher;
@@ -34,16 +35,15 @@ use links::GatewayLinks;
 use plugins::PluginDir;
 use runtime::{Limits, Runtime};
 
-/// Events waiting for the dispatcher before gateway links wait.
-const EVENT_QUEUE: usize = 4096;
-
-/// Runs a worker host until `shutdown`: loads the plugins (again whenever `reload` is
+/// Runs a worker host until `shutdown` (linking through `local` to the gateways of this
+/// process): loads the plugins (again whenever `reload` is
 /// notified), registers, links to every gateway and serves events; on shutdown every instance finishes its queue and runs
 /// `on-worker-stop`.
 pub async fn run(
     config: WorkerConfig,
     secret: Arc<[u8]>,
     reload: Arc<Notify>,
+    local: LocalGateways,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut runtime = Runtime::new(Limits {
@@ -54,23 +54,25 @@ pub async fn run(
         runtime = runtime.with_cache(cache.clone());
     }
     let worker: Arc<str> = config.name.clone().into();
-    let links = GatewayLinks::new(secret.clone(), Role::Worker);
+    let links = GatewayLinks::new(secret.clone(), Role::Worker, local);
+    let dispatcher = Dispatcher::new(links.clone());
     let mut plugins = PluginDir::new(
         config.plugins.clone(),
         Arc::new(runtime),
         links.clone(),
+        dispatcher.clone(),
         worker.clone(),
         config.instances,
         &config.grants,
     );
-    let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
-    let (changes_tx, changes) = mpsc::channel(16);
-    let dispatching = tokio::spawn(Dispatcher::new(links.clone()).run(events, changes));
     // Load the plugins before linking to gateways, so that no early event finds its app
     // missing.
-    plugins.scan(&changes_tx).await;
+    plugins.scan().await;
     let watching = shutdown.child_token();
-    tokio::spawn(plugins.watch(changes_tx, reload, watching.clone()));
+    tokio::spawn(plugins.watch(reload, watching));
+    if let Some(push) = &config.push {
+        crate::push::spawn(push, links.clone(), shutdown.clone()).await?;
+    }
     let gateways = register::spawn_registration(
         config.register.clone(),
         secret,
@@ -78,12 +80,11 @@ pub async fn run(
         shutdown.clone(),
     );
     let links_stop = CancellationToken::new();
-    links.start(gateways, Some(events_tx), links_stop.clone());
+    links.start(gateways, Some(dispatcher.clone()), links_stop.clone());
     tracing::info!(worker = %worker, plugins = %config.plugins.display(), "worker host started");
     shutdown.cancelled().await;
-    // Stop taking events, let the instances drain and run on-worker-stop, then unlink.
+    // Stop taking events, then let the instances drain and run on-worker-stop.
     links_stop.cancel();
-    drop(links);
-    let _ = dispatching.await;
+    dispatcher.stop().await;
     Ok(())
 }

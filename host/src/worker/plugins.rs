@@ -25,34 +25,21 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::dispatch::Dispatcher;
 use super::host_api::Gateways;
 use super::runtime::{PluginInstance, Runtime};
 use crate::config::Grants;
+use crate::metrics::{self, Reload};
 
 /// How long a file written in place must stay unchanged before it is loaded.
 pub const QUIET: Duration = Duration::from_millis(250);
-
-/// A change to the running apps, applied by the dispatcher.
-pub enum Change {
-    /// Serve `app` with these started instances from now on (replacing a running version).
-    Install {
-        /// The app.
-        app: String,
-        /// Its new instances, already started.
-        instances: Vec<PluginInstance>,
-    },
-    /// Stop serving `app`.
-    Remove {
-        /// The app.
-        app: String,
-    },
-}
 
 /// The plugins directory and what it takes to start its apps.
 pub struct PluginDir {
     dir: PathBuf,
     runtime: Arc<Runtime>,
     gateways: Arc<dyn Gateways>,
+    dispatcher: Arc<Dispatcher>,
     worker: Arc<str>,
     instances: usize,
     grants: BTreeMap<String, Arc<Grants>>,
@@ -66,11 +53,12 @@ pub struct PluginDir {
 
 impl PluginDir {
     /// The apps of `dir`, each started with `instances` instances that reach the gateways
-    /// through `gateways`.
+    /// through `gateways` and installed in `dispatcher`.
     pub fn new(
         dir: PathBuf,
         runtime: Arc<Runtime>,
         gateways: Arc<dyn Gateways>,
+        dispatcher: Arc<Dispatcher>,
         worker: Arc<str>,
         instances: usize,
         grants: &BTreeMap<String, Grants>,
@@ -93,6 +81,7 @@ impl PluginDir {
             dir,
             runtime,
             gateways,
+            dispatcher,
             worker,
             instances: instances.max(1),
             grants: grants
@@ -107,9 +96,9 @@ impl PluginDir {
     }
 
     /// Loads every app in the directory.
-    pub async fn scan(&mut self, changes: &mpsc::Sender<Change>) {
+    pub async fn scan(&mut self) {
         for app in self.apps_on_disk() {
-            self.sync(&app, changes).await;
+            self.sync(&app).await;
         }
         if self.running.is_empty() {
             tracing::warn!(dir = %self.dir.display(), "no plugins loaded yet; watching the directory");
@@ -118,12 +107,7 @@ impl PluginDir {
 
     /// Follows the directory until `shutdown`, and re-reads all of it when `reload` is
     /// notified.
-    pub async fn watch(
-        mut self,
-        changes: mpsc::Sender<Change>,
-        reload: Arc<Notify>,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn watch(mut self, reload: Arc<Notify>, shutdown: CancellationToken) {
         let mut due: HashMap<String, Instant> = HashMap::new();
         loop {
             let next = due.values().min().copied();
@@ -145,7 +129,7 @@ impl PluginDir {
                     let ready: Vec<String> = due.iter().filter(|(_, at)| **at <= now).map(|(app, _)| app.clone()).collect();
                     for app in ready {
                         due.remove(&app);
-                        self.sync(&app, &changes).await;
+                        self.sync(&app).await;
                     }
                 }
             }
@@ -154,7 +138,7 @@ impl PluginDir {
 
     /// Brings `app` in line with its file: installs a new version, removes a deleted one,
     /// or does nothing if the file is unchanged or unusable.
-    async fn sync(&mut self, app: &str, changes: &mpsc::Sender<Change>) {
+    async fn sync(&mut self, app: &str) {
         let path = self.dir.join(format!("{app}.wasm"));
         let started = Instant::now();
         let bytes = match tokio::fs::read(&path).await {
@@ -162,16 +146,14 @@ impl PluginDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if self.running.remove(app).is_some() {
                     tracing::info!(plugin = app, file = %path.display(), "plugin file deleted; app stopped");
-                    let _ = changes
-                        .send(Change::Remove {
-                            app: app.to_owned(),
-                        })
-                        .await;
+                    metrics::plugin_removed(&self.worker, app);
+                    self.dispatcher.remove(app);
                 }
                 return;
             }
             Err(e) => {
                 tracing::error!(file = %path.display(), "cannot read plugin: {e}");
+                metrics::plugin_reloaded(app, Reload::Failed);
                 return;
             }
         };
@@ -181,15 +163,18 @@ impl PluginDir {
             Ok(Ok(code)) => code,
             Ok(Err(e)) => {
                 tracing::error!(file = %path.display(), "plugin not loaded, the running version (if any) keeps serving: {e}");
+                metrics::plugin_reloaded(app, Reload::Failed);
                 return;
             }
             Err(e) => {
                 tracing::error!(file = %path.display(), "plugin compile task failed: {e}");
+                metrics::plugin_reloaded(app, Reload::Failed);
                 return;
             }
         };
         if self.running.get(app).map(String::as_str) == Some(code.version()) {
             tracing::debug!(plugin = app, version = code.version(), "plugin unchanged");
+            metrics::plugin_reloaded(app, Reload::Unchanged);
             return;
         }
         let grants = self.grants.get(app).unwrap_or(&self.no_grants);
@@ -207,6 +192,7 @@ impl PluginDir {
                     version = code.version(),
                     "new plugin version refused, the running version (if any) keeps serving: {e}"
                 );
+                metrics::plugin_reloaded(app, Reload::Failed);
                 for mut started in instances {
                     PluginInstance::stop(&mut started).await;
                 }
@@ -221,14 +207,10 @@ impl PluginDir {
             took_ms = started.elapsed().as_secs_f64() * 1e3,
             "plugin version installed"
         );
+        metrics::plugin_installed(&self.worker, app, code.version(), instances.len());
         self.running
             .insert(app.to_owned(), code.version().to_owned());
-        let _ = changes
-            .send(Change::Install {
-                app: app.to_owned(),
-                instances,
-            })
-            .await;
+        self.dispatcher.install(app, instances).await;
     }
 
     fn apps_on_disk(&self) -> Vec<String> {

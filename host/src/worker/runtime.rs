@@ -361,7 +361,8 @@ impl PluginInstance {
         {
             return Ok(CallOutcome::default());
         }
-        match live.run(call, self.limits).await {
+        let run = live.run(call, self.limits);
+        match crate::metrics::plugin_call(self.code.name(), call.callback(), run).await {
             Ok(outcome) => Ok(outcome),
             Err(e) => {
                 tracing::error!(

@@ -1,11 +1,12 @@
-//! The demo: every role in one process on loopback, serving the reference `commands` plugin
-//! (built from `examples/commands` by this crate's build script) on `ws://127.0.0.1:7272`.
-//! Stop it with Ctrl-C.
+//! The demo (README's first command): the chat example with every role in one process on
+//! loopback. The `chat` plugin (built from `examples/chat` by this crate's build script) serves
+//! `ws://127.0.0.1:7272`, and the page in `examples/chat/web` is served on
+//! `http://127.0.0.1:7270/`. Stop it with Ctrl-C.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
-use wasmgate::config::Config;
+use wasmgate::config::{Config, WebConfig};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -14,20 +15,25 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let plugins = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/demo/plugins");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace");
+    let plugins = workspace.join("target/demo/plugins");
     std::fs::create_dir_all(&plugins)?;
-    std::fs::copy(
-        wasmgate_tests::plugins::COMMANDS,
-        plugins.join("commands.wasm"),
-    )?;
-    let mut config = Config::all_in_one("commands");
+    std::fs::copy(wasmgate_tests::plugins::CHAT, plugins.join("chat.wasm"))?;
+    let mut config = Config::all_in_one("chat");
     if let Some(worker) = &mut config.worker {
         worker.plugins = plugins;
     }
+    let web = WebConfig {
+        listen: "127.0.0.1:7270".parse()?,
+        root: workspace.join("examples/chat/web"),
+    };
+    config.web = Some(web);
     println!(
-        "wasmgate demo: the `commands` plugin on ws://127.0.0.1:7272\n\
-         try it with any WebSocket client, e.g. `websocat ws://127.0.0.1:7272`, and send\n\
-         `echo hi`, `join room`, `pub room hello`, `set nick ada`, `get nick`, `whoami`\n"
+        "wasmgate demo: the chat example\n\
+         open http://127.0.0.1:7270/ in two browser windows, pick a nickname in each and chat;\n\
+         the page talks to the `chat` plugin on ws://127.0.0.1:7272. Ctrl-C stops it.\n"
     );
     tokio::runtime::Runtime::new()?.block_on(async {
         let shutdown = CancellationToken::new();

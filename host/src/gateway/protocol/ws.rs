@@ -1,12 +1,13 @@
-//! The WebSocket protocol (tokio-tungstenite): the upgrade handshake, with its path, query
-//! and headers kept for `on-websocket-connect`, then messages as bytes.
+//! The WebSocket protocol (tokio-tungstenite) over any stream — TCP for `ws://`, TLS for
+//! `wss://`: the upgrade handshake, with its path, query and headers kept for
+//! `on-websocket-connect`, then messages as bytes.
 //!
 //! Inbound text and binary frames both become bytes. Outbound bytes go out as a text frame
-//! when they are valid UTF-8 and as a binary frame otherwise; ping and pong are handled by
-//! the library.
+//! when they are valid UTF-8 and as a binary frame otherwise; the heartbeat's pings are ping
+//! frames, and a close carries the code and reason [`Close`] chooses. Pongs to the client's
+//! pings are sent by the library.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt, stream};
@@ -14,25 +15,23 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
 
-use crate::gateway::state::Outbound;
+use super::ReadError;
+use crate::gateway::outbox::{Close, Outbound};
 use crate::wire::messages::WebSocketRequest;
 
 /// Initial read buffer per connection; larger messages grow it.
 const READ_BUFFER: usize = 1024;
 
-/// How long a client may take to complete the upgrade handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Completes the server side of the handshake and splits the connection.
+/// Completes the server side of the handshake and splits the connection. The caller bounds
+/// how long this may take (`handshake_timeout`).
 pub async fn accept<S>(
     socket: S,
     max_message_size: usize,
 ) -> Result<
     (
-        impl Stream<Item = Result<Bytes, Error>> + Unpin,
+        impl Stream<Item = Result<Bytes, ReadError>> + Unpin,
         impl Sink<Outbound, Error = Error> + Unpin,
         WebSocketRequest,
     ),
@@ -69,32 +68,38 @@ where
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size));
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(socket, callback, Some(config));
-    let ws = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+    let ws =
+        tokio_tungstenite::accept_hdr_async_with_config(socket, callback, Some(config)).await?;
     let request = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
     let (sink, messages) = ws.split();
-    let inbound = messages.filter_map(|m| async move {
+    let inbound = messages.filter_map(move |m| async move {
         match m {
             Ok(Message::Text(text)) => Some(Ok(Bytes::from(text))),
             Ok(Message::Binary(data)) => Some(Ok(data)),
-            Ok(Message::Close(_)) => None,
             Ok(_) => None,
-            Err(e) => Some(Err(e)),
+            Err(Error::Capacity(_)) => Some(Err(ReadError::TooLarge(max_message_size))),
+            Err(Error::Io(e)) => Some(Err(ReadError::Io(e))),
+            Err(e) => Some(Err(ReadError::Malformed(e.to_string()))),
         }
     });
     let outbound = sink.with_flat_map(|item: Outbound| {
         let messages = match item {
             Outbound::Data(data) => vec![frame(data)],
-            Outbound::Close(farewell) => farewell
-                .into_iter()
-                .map(frame)
-                .chain([Message::Close(Some(CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: Utf8Bytes::default(),
-                }))])
-                .collect(),
+            Outbound::Ping(data) => vec![Message::Ping(data)],
+            Outbound::Close(close) => {
+                let farewell = match &close {
+                    Close::Normal(Some(data)) => Some(frame(data.clone())),
+                    _ => None,
+                };
+                let frame = CloseFrame {
+                    code: close.ws_code().into(),
+                    reason: close.ws_reason().into(),
+                };
+                farewell
+                    .into_iter()
+                    .chain([Message::Close(Some(frame))])
+                    .collect()
+            }
         };
         stream::iter(messages.into_iter().map(Ok))
     });

@@ -12,6 +12,11 @@
 //!
 //! - `env <NAME>` → the environment variable's value, or `unset`: shows what the host granted.
 //! - `read <path>` → the file's contents, or `error <why>`: likewise for preopened directories.
+//! - `session <key>` → the value of that key in the client's session, or `unset`.
+//!
+//! `on-websocket-connect` refuses a client whose query string holds `reject=<reason>`, with
+//! that reason (taken as is, not percent-decoded); it keeps the request of any other client in
+//! its session: `ws.path`, `ws.query` and `ws.header.<name>` for each header.
 //!
 //! Anything else gets `error unknown command`. `on-worker-start` refuses to start when the app is
 //! named `fail-start`, traps when it is named `trap-start`, and when the app is named `ticker`
@@ -20,7 +25,7 @@
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wasmgate_sdk::{Client, Plugin, TimerId, WorkerInfo, gateway, timers};
+use wasmgate_sdk::{Client, Plugin, TimerId, WebsocketRequest, WorkerInfo, gateway, timers};
 
 /// Messages handled by this instance: statics live exactly as long as the instance.
 static CALLS: AtomicU64 = AtomicU64::new(0);
@@ -44,6 +49,28 @@ impl Plugin for Misbehave {
             }
             _ => Ok(()),
         }
+    }
+
+    fn on_websocket_connect(client: Client, request: WebsocketRequest) -> Result<(), String> {
+        if let Some(reason) = request
+            .query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("reject="))
+        {
+            return Err(reason.to_owned());
+        }
+        let mut seen = vec![
+            ("ws.path".to_owned(), request.path),
+            ("ws.query".to_owned(), request.query),
+        ];
+        seen.extend(
+            request
+                .headers
+                .into_iter()
+                .map(|(name, value)| (format!("ws.header.{name}"), value)),
+        );
+        gateway::update_session(&client.id, &seen);
+        Ok(())
     }
 
     fn on_timer(_id: TimerId) {
@@ -70,6 +97,12 @@ impl Plugin for Misbehave {
                 .into_bytes(),
             b"read" => std::fs::read(String::from_utf8_lossy(arg).as_ref())
                 .unwrap_or_else(|e| format!("error {e}").into_bytes()),
+            b"session" => client
+                .session()
+                .get(&String::from_utf8_lossy(arg))
+                .unwrap_or("unset")
+                .as_bytes()
+                .to_vec(),
             _ => b"error unknown command".to_vec(),
         };
         client.reply(reply);

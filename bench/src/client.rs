@@ -1,0 +1,257 @@
+//! The load client: one lean WebSocket or text-line connection per simulated user.
+//!
+//! It is written by hand rather than on a WebSocket library on purpose: on a 2-core machine
+//! the load generator shares the CPU with the server under test, so every cycle the client
+//! spends is a cycle the server does not get, and that would pull every ratio towards 1. It
+//! speaks just enough WebSocket for the reference protocol: a fixed upgrade request, masked
+//! text frames out, unfragmented frames in; pings and pongs are skipped, a close ends the
+//! connection.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// The client protocols a gateway listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Proto {
+    /// WebSocket (`ws://`).
+    Ws,
+    /// Newline-terminated text lines (`text://`).
+    Text,
+}
+
+impl Proto {
+    /// The scheme of a wasmgate listen URL.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Proto::Ws => "ws",
+            Proto::Text => "text",
+        }
+    }
+}
+
+/// The upgrade request every WebSocket client sends; the key is the RFC 6455 example, since
+/// the server's answer to it is not checked (a load tool trusts the server it starts).
+const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Version: 13\r\n\r\n";
+
+/// Largest handshake answer accepted before the server is deemed broken.
+const MAX_HANDSHAKE: usize = 8 * 1024;
+
+/// One connection to a server under test.
+pub struct Client {
+    stream: TcpStream,
+    proto: Proto,
+    /// Bytes read and not yet returned as messages.
+    input: BytesMut,
+    /// The frame being written, reused so a send allocates nothing.
+    output: Vec<u8>,
+    /// This connection's masking key (RFC 6455 requires client frames to be masked).
+    mask: [u8; 4],
+}
+
+impl Client {
+    /// Connects to `addr` from `source` (any loopback address when `None`) and completes the
+    /// protocol's handshake.
+    pub async fn connect(
+        addr: SocketAddr,
+        proto: Proto,
+        source: Option<IpAddr>,
+    ) -> io::Result<Self> {
+        let socket = TcpSocket::new_v4()?;
+        if let Some(ip) = source {
+            defer_port(&socket)?;
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let port = stream.local_addr()?.port();
+        let mut client = Self {
+            stream,
+            proto,
+            input: BytesMut::with_capacity(256),
+            output: Vec::with_capacity(128),
+            mask: [0x5a, 0xc3, (port >> 8) as u8, port as u8],
+        };
+        if proto == Proto::Ws {
+            client.upgrade().await?;
+        }
+        Ok(client)
+    }
+
+    async fn upgrade(&mut self) -> io::Result<()> {
+        self.stream.write_all(UPGRADE).await?;
+        let end = loop {
+            if let Some(i) = self.input.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if self.input.len() > MAX_HANDSHAKE {
+                return Err(broken("handshake answer too long"));
+            }
+            self.fill().await?;
+        };
+        if !self.input.starts_with(b"HTTP/1.1 101") {
+            return Err(broken("upgrade refused"));
+        }
+        self.input.advance(end);
+        Ok(())
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, message: &[u8]) -> io::Result<()> {
+        self.output.clear();
+        match self.proto {
+            Proto::Text => {
+                self.output.extend_from_slice(message);
+                self.output.push(b'\n');
+            }
+            Proto::Ws => {
+                // FIN + text frame; the payload is UTF-8 in every scenario.
+                self.output.push(0x81);
+                let len = message.len();
+                if len < 126 {
+                    self.output.push(0x80 | len as u8);
+                } else if let Ok(len) = u16::try_from(len) {
+                    self.output.push(0x80 | 126);
+                    self.output.extend_from_slice(&len.to_be_bytes());
+                } else {
+                    self.output.push(0x80 | 127);
+                    self.output.extend_from_slice(&(len as u64).to_be_bytes());
+                }
+                self.output.extend_from_slice(&self.mask);
+                let mask = self.mask;
+                self.output
+                    .extend(message.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            }
+        }
+        self.stream.write_all(&self.output).await
+    }
+
+    /// Receives the next message. Cancel-safe: bytes already read stay buffered.
+    pub async fn recv(&mut self) -> io::Result<Bytes> {
+        loop {
+            if let Some(message) = self.parse()? {
+                return Ok(message);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Drops the buffers and waits until the server closes the connection, so that an idle
+    /// client costs its process little more than its socket.
+    pub async fn hold(self) -> io::Result<()> {
+        let Self { stream, .. } = self;
+        loop {
+            stream.readable().await?;
+            let mut probe = [0; 64];
+            match stream.try_read(&mut probe) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> io::Result<()> {
+        self.input.reserve(4096);
+        if self.stream.read_buf(&mut self.input).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    /// Takes one whole message off the input, if there is one.
+    fn parse(&mut self) -> io::Result<Option<Bytes>> {
+        match self.proto {
+            Proto::Text => Ok(self.input.iter().position(|&b| b == b'\n').map(|end| {
+                let line = self.input.split_to(end).freeze();
+                self.input.advance(1);
+                line
+            })),
+            Proto::Ws => loop {
+                let Some((header, len)) = frame_length(&self.input) else {
+                    return Ok(None);
+                };
+                if self.input.len() < header + len {
+                    return Ok(None);
+                }
+                let (fin, opcode) = (self.input[0] & 0x80 != 0, self.input[0] & 0x0f);
+                self.input.advance(header);
+                let payload = self.input.split_to(len).freeze();
+                match opcode {
+                    1 | 2 if fin => return Ok(Some(payload)),
+                    8 => return Err(io::ErrorKind::ConnectionReset.into()),
+                    9 | 10 => continue,
+                    _ => return Err(broken("fragmented or unknown frame")),
+                }
+            },
+        }
+    }
+}
+
+/// Leaves the choice of a bound socket's port to `connect` (`IP_BIND_ADDRESS_NO_PORT`).
+/// Otherwise `bind` picks a port unique to the source address whatever the destination, so
+/// tens of thousands of bound clients (and their TIME_WAIT remains, for a minute after)
+/// would take every ephemeral port, from every source address, from everyone else.
+fn defer_port(socket: &TcpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is an open socket owned by `socket`, and the option value is a
+    // c_int whose size is passed along with it.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The header length and payload length of the server frame at the start of `input`, once
+/// its header is complete. Servers never mask, so there is no key to skip.
+fn frame_length(input: &[u8]) -> Option<(usize, usize)> {
+    let short = usize::from(*input.get(1)? & 0x7f);
+    match short {
+        126 => Some((
+            4,
+            usize::from(u16::from_be_bytes(input.get(2..4)?.try_into().ok()?)),
+        )),
+        127 => Some((
+            10,
+            u64::from_be_bytes(input.get(2..10)?.try_into().ok()?) as usize,
+        )),
+        n => Some((2, n)),
+    }
+}
+
+fn broken(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_length;
+
+    #[test]
+    fn frame_lengths() {
+        assert_eq!(frame_length(&[0x81]), None);
+        assert_eq!(frame_length(&[0x81, 5]), Some((2, 5)));
+        assert_eq!(frame_length(&[0x81, 126, 1, 0]), Some((4, 256)));
+        assert_eq!(frame_length(&[0x81, 126, 1]), None);
+        let mut long = vec![0x82, 127];
+        long.extend_from_slice(&70_000u64.to_be_bytes());
+        assert_eq!(frame_length(&long), Some((10, 70_000)));
+    }
+}

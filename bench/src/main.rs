@@ -1,0 +1,448 @@
+//! `wasmgate-bench`: load scenarios that measure wasmgate against a native baseline server in
+//! the same run, and print each figure with its ratio to the baseline (see BENCHMARKS.md).
+//!
+//! # Layout
+//! - [`client`]: the lean load client (WebSocket or text lines), one per simulated user.
+//! - [`baseline`]: the native baseline server: the reference protocol, no wasm, no hops.
+//! - [`target`]: starts the servers under test as child processes.
+//! - [`scenario`]: `echo`, `fanout`, `connect`, `idle`, `reload`, and the loop that runs
+//!   each against both servers.
+//! - [`stats`]: histograms, figures, medians, the comparison table; [`chart`]: the SVG.
+//!
+//! This one binary is also the server processes it measures: started under the name
+//! `wasmgate` it is wasmgate's own command line (the same library code the `wasmgate`
+//! binary runs), and `baseline` / `idle-clients` are its helper commands. So the tool needs
+//! nothing but itself and the reference plugins.
+//!
+//! Everything stays on 127.0.0.0/8, and every run is bounded in time.
+
+mod baseline;
+mod chart;
+mod client;
+mod scenario;
+mod stats;
+mod target;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use baseline::WsLib;
+use client::Proto;
+use scenario::connect::Connect;
+use scenario::echo::Echo;
+use scenario::fanout::Fanout;
+use scenario::idle::Idle;
+use scenario::reload::Reload;
+use scenario::{Setup, compare};
+use stats::Comparison;
+use target::Layout;
+
+#[derive(Parser)]
+#[command(
+    name = "wasmgate-bench",
+    about = "Measures wasmgate against a native baseline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// What every scenario command takes.
+#[derive(Args, Debug, Clone, Copy)]
+struct Common {
+    /// The client protocol.
+    #[arg(long, value_enum, default_value = "ws")]
+    proto: Proto,
+    /// wasmgate's roles in one process (`single`) or one process each (`split`).
+    #[arg(long, value_enum, default_value = "single")]
+    layout: Layout,
+    /// Runs per server; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Unmeasured seconds before.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// The WebSocket library of the baseline.
+    #[arg(long, value_enum, default_value = "tungstenite")]
+    baseline_ws: WsLib,
+}
+
+impl Common {
+    fn setup(&self, listeners: usize) -> Setup {
+        Setup {
+            proto: self.proto,
+            layout: self.layout,
+            listeners,
+            runs: self.runs,
+            ws_lib: self.baseline_ws,
+        }
+    }
+
+    fn warmup(&self) -> Duration {
+        Duration::from_secs_f64(self.warmup)
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Closed-loop `echo` round trips → msgs/s and latency.
+    Echo {
+        #[command(flatten)]
+        common: Common,
+        /// Clients.
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+    },
+    /// One publisher, M group members → deliveries/s and delivery latency.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        /// Group members.
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        /// Broadcasts in flight at most.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        /// Payload bytes (at least 27).
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+    },
+    /// Connect, handshake, one echo, close, in a loop → connections/s.
+    Connect {
+        #[command(flatten)]
+        common: Common,
+        /// Connections opened at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// Idle connections → server RSS per connection.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        /// Connections in total.
+        #[arg(long, default_value_t = 19_000)]
+        connections: usize,
+        /// Server processes (gateways, or baseline processes) sharing them.
+        #[arg(long, default_value_t = 1)]
+        listeners: usize,
+        /// Most connections per helper client process.
+        #[arg(long, default_value_t = 15_000)]
+        per_process: usize,
+    },
+    /// Hot reload under echo load → time to the new version's first answer, lost messages.
+    Reload {
+        #[command(flatten)]
+        common: Common,
+        /// Clients.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+    },
+    /// `echo` at several client counts → the table and the SVG chart.
+    Sweep {
+        #[command(flatten)]
+        common: Common,
+        /// Client counts.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+        clients: Vec<usize>,
+        /// Where to write the chart.
+        #[arg(long, default_value = "bench/echo-sweep.svg")]
+        svg: PathBuf,
+    },
+    /// The whole suite of BENCHMARKS.md in one run.
+    All {
+        /// Runs per server and scenario.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Connections of the large idle run (over 6 gateway processes); 0 skips it.
+        #[arg(long, default_value_t = 100_000)]
+        idle_total: usize,
+        /// Where to write the chart.
+        #[arg(long, default_value = "bench/echo-sweep.svg")]
+        svg: PathBuf,
+    },
+    /// Serves the native baseline (used by the scenarios).
+    #[command(hide = true)]
+    Baseline {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, value_enum)]
+        proto: Proto,
+        #[arg(long, value_enum, default_value = "tungstenite")]
+        ws_lib: WsLib,
+    },
+    /// Holds idle connections (used by `idle`).
+    #[command(hide = true)]
+    IdleClients {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, value_enum)]
+        proto: Proto,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        source: Ipv4Addr,
+    },
+}
+
+fn main() -> ExitCode {
+    let invoked_as = std::env::args_os().next().map(PathBuf::from);
+    if invoked_as.is_some_and(|p| p.file_name().is_some_and(|n| n == target::WASMGATE)) {
+        return wasmgate::cli::main();
+    }
+    let cli = Cli::parse();
+    let done = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli.command)));
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let rows = match command {
+        Command::Baseline {
+            listen,
+            proto,
+            ws_lib,
+        } => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            return Ok(baseline::serve(listener, proto, ws_lib).await?);
+        }
+        Command::IdleClients {
+            addr,
+            proto,
+            count,
+            source,
+        } => return scenario::idle::hold(addr, proto, count, source).await,
+        Command::Echo {
+            common,
+            clients,
+            payload,
+        } => echo(&common, clients, payload).await?,
+        Command::Fanout {
+            common,
+            members,
+            window,
+            payload,
+        } => fanout(&common, members, window, payload).await?,
+        Command::Connect {
+            common,
+            concurrency,
+        } => connect(&common, concurrency).await?,
+        Command::Idle {
+            common,
+            connections,
+            listeners,
+            per_process,
+        } => idle(&common, connections, listeners, per_process).await?,
+        Command::Reload { common, clients } => reload(&common, clients).await?,
+        Command::Sweep {
+            common,
+            clients,
+            svg,
+        } => sweep(&common, &clients, &svg).await?,
+        Command::All {
+            runs,
+            duration,
+            idle_total,
+            svg,
+        } => all(runs, duration, idle_total, &svg).await?,
+    };
+    print!("{}", stats::table(&rows));
+    Ok(())
+}
+
+async fn echo(common: &Common, clients: usize, payload: usize) -> anyhow::Result<Vec<Comparison>> {
+    let setup = common.setup(1);
+    let params = Echo {
+        clients,
+        payload,
+        warmup: common.warmup(),
+        duration: common.duration(),
+    };
+    let name = format!("echo {} {clients} clients", setup.label());
+    compare(&name, &setup, async |running, _| {
+        params.run(running, setup.proto, setup.layout).await
+    })
+    .await
+}
+
+async fn fanout(
+    common: &Common,
+    members: usize,
+    window: usize,
+    payload: usize,
+) -> anyhow::Result<Vec<Comparison>> {
+    let setup = common.setup(1);
+    let params = Fanout {
+        members,
+        window,
+        payload,
+        warmup: common.warmup(),
+        duration: common.duration(),
+    };
+    let name = format!("fanout {} {members} members", setup.label());
+    compare(&name, &setup, async |running, _| {
+        params.run(running, setup.proto).await
+    })
+    .await
+}
+
+async fn connect(common: &Common, concurrency: usize) -> anyhow::Result<Vec<Comparison>> {
+    let setup = common.setup(1);
+    let params = Connect {
+        concurrency,
+        warmup: common.warmup(),
+        duration: common.duration(),
+    };
+    let name = format!("connect {} {concurrency} at once", setup.label());
+    compare(&name, &setup, async |running, _| {
+        params.run(running, setup.proto).await
+    })
+    .await
+}
+
+async fn idle(
+    common: &Common,
+    connections: usize,
+    listeners: usize,
+    per_process: usize,
+) -> anyhow::Result<Vec<Comparison>> {
+    let setup = common.setup(listeners);
+    let params = Idle {
+        connections,
+        per_process,
+    };
+    let name = format!(
+        "idle {} {connections} conns / {listeners} procs",
+        setup.label()
+    );
+    compare(&name, &setup, async |running, _| {
+        params.run(running, setup.proto).await
+    })
+    .await
+}
+
+async fn reload(common: &Common, clients: usize) -> anyhow::Result<Vec<Comparison>> {
+    let setup = common.setup(1);
+    let params = Reload {
+        clients,
+        payload: 64,
+        settle: common.duration() / 3,
+    };
+    let name = format!("reload {} {clients} clients", setup.label());
+    compare(&name, &setup, async |running, server| {
+        params.run(running, setup.proto, server).await
+    })
+    .await
+}
+
+async fn sweep(
+    common: &Common,
+    clients: &[usize],
+    svg: &PathBuf,
+) -> anyhow::Result<Vec<Comparison>> {
+    let mut rows = Vec::new();
+    let mut points = Vec::new();
+    for &n in clients {
+        let found = echo(common, n, 64).await?;
+        let get = |metric: &str| found.iter().find(|r| r.metric == metric);
+        if let (Some(rate), Some(p99)) = (get("msgs/s"), get("p99 µs")) {
+            points.push(chart::Point {
+                clients: n,
+                wasmgate_rate: rate.wasmgate,
+                baseline_rate: rate.baseline.unwrap_or(f64::NAN),
+                wasmgate_p99: p99.wasmgate,
+                baseline_p99: p99.baseline.unwrap_or(f64::NAN),
+            });
+        }
+        rows.extend(found);
+    }
+    let title = format!(
+        "echo, {} {:?}, 64-byte payload: wasmgate vs native baseline",
+        common.proto.scheme(),
+        common.layout
+    );
+    std::fs::write(svg, chart::svg(&title, &points))?;
+    eprintln!("chart written to {}", svg.display());
+    Ok(rows)
+}
+
+/// The suite behind BENCHMARKS.md: issue 8's targets, each measured against the baseline.
+async fn all(
+    runs: usize,
+    duration: f64,
+    idle_total: usize,
+    svg: &PathBuf,
+) -> anyhow::Result<Vec<Comparison>> {
+    let common = |proto, layout| Common {
+        proto,
+        layout,
+        runs,
+        duration,
+        warmup: 1.0,
+        baseline_ws: WsLib::Tungstenite,
+    };
+    eprintln!("machine: {}", machine());
+    let ws = common(Proto::Ws, Layout::Single);
+    let split = common(Proto::Ws, Layout::Split);
+    let mut rows = Vec::new();
+    // A scenario that fails is reported and skipped, so one failure late in a long run
+    // does not throw away the figures measured before it.
+    let mut keep = |name: &str, result: anyhow::Result<Vec<Comparison>>| match result {
+        Ok(found) => rows.extend(found),
+        Err(e) => eprintln!("{name} failed, skipped: {e:#}"),
+    };
+    for clients in [100, 1000] {
+        keep("echo", echo(&ws, clients, 64).await);
+        keep("echo", echo(&split, clients, 64).await);
+    }
+    keep(
+        "echo",
+        echo(&common(Proto::Text, Layout::Single), 100, 64).await,
+    );
+    keep("fanout", fanout(&ws, 10_000, 8, 64).await);
+    keep("connect", connect(&ws, 32).await);
+    keep("idle", idle(&ws, 19_000, 1, 15_000).await);
+    if idle_total > 0 {
+        keep("idle", idle(&split, idle_total, 6, 15_000).await);
+    }
+    keep("reload", reload(&ws, 50).await);
+    keep("sweep", sweep(&ws, &[1, 10, 100, 1000], svg).await);
+    Ok(rows)
+}
+
+/// The CPU model and core count, for the report.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores")
+}

@@ -1,0 +1,180 @@
+//! `fanout`: M clients in one group and one publisher outside it that sends `pub <group>
+//! <payload>` as fast as the group absorbs it → deliveries per second and delivery latency.
+//!
+//! "As fast as the group absorbs it" is a window: the publisher keeps at most `window`
+//! broadcasts that some member has not received yet. A fixed rate would measure only
+//! whether a server keeps up; an open loop would fill the send queues until the server cuts
+//! members off as slow readers. Each payload carries its sequence number and the time it was
+//! sent, so a member knows the latency and which broadcast it completes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use super::echo::gather;
+use super::{REPLY_TIMEOUT, Window, answer, connect_all};
+use crate::client::{Client, Proto};
+use crate::stats::{self, Figure};
+use crate::target::Running;
+
+/// The group every member joins.
+const GROUP: &str = "bench";
+
+/// Broadcasts tracked at once; more than any sensible window.
+const RING: usize = 1024;
+
+/// The parameters of a `fanout` run.
+#[derive(Debug, Clone, Copy)]
+pub struct Fanout {
+    /// Group members.
+    pub members: usize,
+    /// Broadcasts in flight at most.
+    pub window: usize,
+    /// Payload bytes per broadcast (at least 26: sequence number and timestamp).
+    pub payload: usize,
+    /// Unmeasured time first.
+    pub warmup: Duration,
+    /// Measured time.
+    pub duration: Duration,
+}
+
+/// How far the members have got, shared by them and the publisher.
+struct Progress {
+    /// Members that received each broadcast of the ring.
+    received: Vec<AtomicUsize>,
+    /// Broadcasts every member has received.
+    completed: AtomicU64,
+    /// Wakes the publisher when a broadcast completes.
+    wake: Notify,
+    members: usize,
+}
+
+impl Progress {
+    fn received(&self, seq: u64) {
+        let slot = &self.received[seq as usize % RING];
+        if slot.fetch_add(1, Ordering::AcqRel) + 1 == self.members {
+            slot.store(0, Ordering::Release);
+            self.completed.fetch_add(1, Ordering::AcqRel);
+            self.wake.notify_one();
+        }
+    }
+}
+
+impl Fanout {
+    /// One run against `running`.
+    pub async fn run(&self, running: &Running, proto: Proto) -> anyhow::Result<Vec<Figure>> {
+        ensure!(self.window < RING, "the window must be below {RING}");
+        let mut members = connect_all(&running.addrs, proto, self.members, None).await?;
+        let mut joins = JoinSet::new();
+        for mut member in members.drain(..) {
+            joins.spawn(async move {
+                member.send(format!("join {GROUP}").as_bytes()).await?;
+                let reply = answer(&mut member).await?;
+                ensure!(
+                    reply == format!("joined {GROUP}"),
+                    "join answered {reply:?}"
+                );
+                Ok::<_, anyhow::Error>(member)
+            });
+        }
+        while let Some(joined) = joins.join_next().await {
+            members.push(joined??);
+        }
+        let publisher = Client::connect(running.addrs[0], proto, None).await?;
+        let progress = Arc::new(Progress {
+            received: (0..RING).map(|_| AtomicUsize::new(0)).collect(),
+            completed: AtomicU64::new(0),
+            wake: Notify::new(),
+            members: self.members,
+        });
+        let origin = Instant::now();
+        let window = Window::after(self.warmup, self.duration);
+        let mut tasks = JoinSet::new();
+        for mut member in members {
+            let progress = progress.clone();
+            tasks.spawn(async move {
+                let mut latency = stats::histogram();
+                let mut delivered = 0u64;
+                while let Ok(message) =
+                    tokio::time::timeout_at(window.end.into(), member.recv()).await
+                {
+                    let now = Instant::now();
+                    let (seq, sent) = stamp(&message?)?;
+                    progress.received(seq);
+                    if window.contains(now) {
+                        delivered += 1;
+                        let micros = (now - origin).as_micros() as u64;
+                        stats::record(&mut latency, micros.saturating_sub(sent));
+                    }
+                }
+                Ok((delivered, latency))
+            });
+        }
+        publish(publisher, &progress, self, window, origin).await?;
+        let (delivered, latency) = gather(tasks).await?;
+        let mut figures =
+            vec![Figure::new("deliveries/s", delivered as f64 / window.seconds()).target("≥ 0.8×")];
+        figures.extend(stats::latencies(&latency, None));
+        Ok(figures)
+    }
+}
+
+/// Publishes broadcasts until the window ends, never more than `window` ahead of the
+/// slowest member.
+async fn publish(
+    mut publisher: Client,
+    progress: &Progress,
+    params: &Fanout,
+    window: Window,
+    origin: Instant,
+) -> anyhow::Result<()> {
+    let mut message = Vec::with_capacity(params.payload + 16);
+    for seq in 0u64.. {
+        loop {
+            let woken = progress.wake.notified();
+            if seq < progress.completed.load(Ordering::Acquire) + params.window as u64 {
+                break;
+            }
+            // Members stop reading when the window ends: stop waiting for them then too.
+            let now = Instant::now();
+            if now >= window.end {
+                return Ok(());
+            }
+            let until = (now + REPLY_TIMEOUT).min(window.end);
+            if tokio::time::timeout_at(until.into(), woken).await.is_err() && until < window.end {
+                bail!("a broadcast did not reach every member within {REPLY_TIMEOUT:?}");
+            }
+        }
+        if Instant::now() >= window.end {
+            return Ok(());
+        }
+        message.clear();
+        let sent = (Instant::now() - origin).as_micros();
+        message.extend_from_slice(format!("pub {GROUP} {seq:010} {sent:015} ").as_bytes());
+        message.resize(GROUP.len() + 5 + params.payload.max(27), b'x');
+        publisher.send(&message).await?;
+    }
+    Ok(())
+}
+
+/// The sequence number and send time (µs since the run's origin) a broadcast carries.
+fn stamp(payload: &[u8]) -> anyhow::Result<(u64, u64)> {
+    let text = std::str::from_utf8(payload.get(..26).context("a short broadcast")?)?;
+    Ok((text[..10].parse()?, text[11..26].parse()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stamp;
+
+    #[test]
+    fn stamps_round_trip() {
+        let payload = format!("{:010} {:015} xxxx", 42, 1_234_567);
+        assert_eq!(stamp(payload.as_bytes()).unwrap(), (42, 1_234_567));
+        assert!(stamp(b"short").is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! The scenarios of issue 8, and how each is run against wasmgate and the baseline.
+//!
+//! Every scenario is a function from a running server to the figures of one run; [`compare`]
+//! starts a fresh wasmgate and a fresh baseline for each run, alternating them so that noise
+//! from other work on the machine spreads over both, and pairs the medians.
+
+pub mod connect;
+pub mod echo;
+pub mod fanout;
+pub mod idle;
+pub mod reload;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt, stream};
+
+use crate::baseline::WsLib;
+use crate::client::{Client, Proto};
+use crate::stats::{Comparison, Figure};
+use crate::target::{Layout, Running, Server};
+
+/// Longest a client waits for an answer before the run fails: the tool stops by itself
+/// even when the server under test stops answering.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections opened at once: more would overflow the listen backlog (SYN retries add a
+/// second to a connect) without making anything faster.
+const CONNECTING: usize = 64;
+
+/// What every scenario is run against.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup {
+    /// The client protocol.
+    pub proto: Proto,
+    /// wasmgate's process layout.
+    pub layout: Layout,
+    /// Client listeners (gateways, or baseline processes).
+    pub listeners: usize,
+    /// Runs per server; the median is reported.
+    pub runs: usize,
+    /// The baseline's WebSocket library.
+    pub ws_lib: WsLib,
+}
+
+impl Setup {
+    /// `ws single`, for scenario names.
+    pub fn label(&self) -> String {
+        let layout = match self.layout {
+            Layout::Single => "single",
+            Layout::Split => "split",
+        };
+        format!("{} {layout}", self.proto.scheme())
+    }
+}
+
+/// Runs `measure` `setup.runs` times against each server and pairs the medians.
+pub async fn compare(
+    name: &str,
+    setup: &Setup,
+    mut measure: impl AsyncFnMut(&Running, Server) -> anyhow::Result<Vec<Figure>>,
+) -> anyhow::Result<Vec<Comparison>> {
+    let mut wasmgate = Vec::new();
+    let mut baseline = Vec::new();
+    for run in 1..=setup.runs {
+        for server in [
+            Server::Wasmgate(setup.layout),
+            Server::Baseline(setup.ws_lib),
+        ] {
+            let running = Running::start(server, setup.proto, setup.listeners).await?;
+            let figures = measure(&running, server).await;
+            let figures = match figures {
+                Ok(f) => f,
+                Err(e) => {
+                    let logs = running.logs();
+                    running.stop().await;
+                    return Err(e.context(format!("{name}: {} run {run}\n{logs}", server.name())));
+                }
+            };
+            running.stop().await;
+            let shown: Vec<String> = figures
+                .iter()
+                .map(|f| format!("{} {:.1}", f.metric, f.value))
+                .collect();
+            eprintln!("{name}: {} run {run}: {}", server.name(), shown.join(", "));
+            match server {
+                Server::Wasmgate(_) => wasmgate.push(figures),
+                Server::Baseline(_) => baseline.push(figures),
+            }
+        }
+    }
+    Ok(Comparison::pair(name, &wasmgate, &baseline))
+}
+
+/// Opens `n` clients spread over `addrs`, from `source` if given.
+pub async fn connect_all(
+    addrs: &[SocketAddr],
+    proto: Proto,
+    n: usize,
+    source: Option<IpAddr>,
+) -> anyhow::Result<Vec<Client>> {
+    stream::iter((0..n).map(|i| addrs[i % addrs.len()]))
+        .map(|addr| async move {
+            tokio::time::timeout(REPLY_TIMEOUT, Client::connect(addr, proto, source))
+                .await
+                .context("connect timed out")?
+                .with_context(|| format!("connecting to {addr}"))
+        })
+        .buffer_unordered(CONNECTING)
+        .try_collect()
+        .await
+}
+
+/// The next message on `client`, within [`REPLY_TIMEOUT`].
+pub async fn answer(client: &mut Client) -> anyhow::Result<Bytes> {
+    tokio::time::timeout(REPLY_TIMEOUT, client.recv())
+        .await
+        .context("no answer within the reply timeout")?
+        .context("the connection failed")
+}
+
+/// The measured part of a run: after a warm-up, for a fixed duration.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Where measuring starts.
+    pub start: Instant,
+    /// Where the run ends.
+    pub end: Instant,
+}
+
+impl Window {
+    /// A window that opens after `warmup` from now and lasts `duration`.
+    pub fn after(warmup: Duration, duration: Duration) -> Self {
+        let start = Instant::now() + warmup;
+        Self {
+            start,
+            end: start + duration,
+        }
+    }
+
+    /// Whether `t` falls inside.
+    pub fn contains(&self, t: Instant) -> bool {
+        t >= self.start && t < self.end
+    }
+
+    /// Its length in seconds.
+    pub fn seconds(&self) -> f64 {
+        (self.end - self.start).as_secs_f64()
+    }
+}
+
+/// `prefix` followed by `payload` bytes of filler: a message whose payload has the size a
+/// scenario asks for.
+pub fn padded(prefix: &str, payload: usize) -> Vec<u8> {
+    let mut message = prefix.as_bytes().to_vec();
+    message.resize(prefix.len() + payload, b'x');
+    message
+}

@@ -1,0 +1,294 @@
+//! The servers under test: wasmgate, with every role in one process or each role in a
+//! process of its own, and the native [`crate::baseline`].
+//!
+//! Both always run in child processes of this binary, never in the load generator's own
+//! runtime: so the clients and the server never share a scheduler, either can be profiled
+//! alone, and a server's memory can be read from `/proc`. wasmgate runs as the real
+//! `wasmgate start` command (this binary started under the name `wasmgate`, see `main.rs`).
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+use clap::ValueEnum;
+
+use crate::baseline::WsLib;
+use crate::client::{Client, Proto};
+
+/// How long a server may take to answer its first `echo` after starting.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The process name under which this binary runs wasmgate's own command line.
+pub const WASMGATE: &str = "wasmgate";
+
+/// The reference plugin's app name.
+pub const APP: &str = "commands";
+
+/// How wasmgate's roles are spread over processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// Register, gateways and worker host in one process (in-process links).
+    Single,
+    /// Register, each gateway and the worker host each in a process of its own (TCP links).
+    Split,
+}
+
+/// A server to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// wasmgate with the reference plugin.
+    Wasmgate(Layout),
+    /// The native baseline, speaking WebSocket through this library.
+    Baseline(WsLib),
+}
+
+impl Server {
+    /// A short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Server::Wasmgate(_) => "wasmgate",
+            Server::Baseline(_) => "baseline",
+        }
+    }
+}
+
+/// A server running in child processes; they are killed when this is dropped.
+pub struct Running {
+    /// Where clients connect: one address per gateway (or baseline process).
+    pub addrs: Vec<SocketAddr>,
+    /// The processes that hold client connections, whose memory [`Running::rss`] sums.
+    holders: Vec<u32>,
+    children: Vec<Child>,
+    /// Logs, configuration files and the plugins directory.
+    dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// Starts `server` with `listeners` client listeners speaking `proto`, and returns once
+    /// each one answers an `echo`.
+    pub async fn start(server: Server, proto: Proto, listeners: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("wasmgate-bench")
+            .tempdir()?;
+        let addrs: Vec<SocketAddr> = (0..listeners)
+            .map(|_| free_port().map(|p| SocketAddr::from(([127, 0, 0, 1], p))))
+            .collect::<anyhow::Result<_>>()?;
+        let mut running = Self {
+            addrs,
+            holders: Vec::new(),
+            children: Vec::new(),
+            dir,
+        };
+        match server {
+            Server::Baseline(lib) => {
+                let lib = lib.to_possible_value().expect("no skipped variants");
+                for i in 0..listeners {
+                    let addr = running.addrs[i].to_string();
+                    let args = [
+                        "baseline",
+                        "--listen",
+                        &addr,
+                        "--proto",
+                        proto.scheme(),
+                        "--ws-lib",
+                        lib.get_name(),
+                    ];
+                    let pid = running.spawn(&format!("baseline{i}"), None, &args)?;
+                    running.holders.push(pid);
+                }
+            }
+            Server::Wasmgate(layout) => running.start_wasmgate(layout, proto)?,
+        }
+        for &addr in &running.addrs {
+            if let Err(e) = ready(addr, proto).await {
+                bail!(
+                    "{} at {addr} never answered: {e:#}\n{}",
+                    server.name(),
+                    running.logs()
+                );
+            }
+        }
+        Ok(running)
+    }
+
+    fn start_wasmgate(&mut self, layout: Layout, proto: Proto) -> anyhow::Result<()> {
+        let plugins = self.plugins();
+        std::fs::create_dir(&plugins)?;
+        std::fs::copy(
+            wasmgate_tests::plugins::COMMANDS,
+            plugins.join(format!("{APP}.wasm")),
+        )
+        .context("copying the reference plugin")?;
+        let register = format!("127.0.0.1:{}", free_port()?);
+        let sections = Sections {
+            register: format!("[register]\nlisten = \"{register}\"\n"),
+            gateways: self
+                .addrs
+                .iter()
+                .enumerate()
+                .map(|(i, addr)| {
+                    format!(
+                        "[[gateway]]\nname = \"gw{i}\"\nlisten = \"{}://{addr}\"\napp = \"{APP}\"\n\
+                         register = \"{register}\"\nmax_connections = 1000000\n",
+                        proto.scheme()
+                    )
+                })
+                .collect(),
+            worker: format!("[worker]\nregister = \"{register}\"\nplugins = {plugins:?}\n"),
+        };
+        match layout {
+            Layout::Single => {
+                let all = [&sections.register, &sections.worker]
+                    .into_iter()
+                    .chain(&sections.gateways);
+                let pid = self.wasmgate("all", all)?;
+                self.holders.push(pid);
+            }
+            Layout::Split => {
+                self.wasmgate("register", [&sections.register])?;
+                for (i, gateway) in sections.gateways.iter().enumerate() {
+                    let pid = self.wasmgate(&format!("gateway{i}"), [gateway])?;
+                    self.holders.push(pid);
+                }
+                self.wasmgate("worker", [&sections.worker])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `wasmgate start` with a configuration made of `sections`.
+    fn wasmgate<'a>(
+        &mut self,
+        name: &str,
+        sections: impl IntoIterator<Item = &'a String>,
+    ) -> anyhow::Result<u32> {
+        let mut config = String::from("secret = \"wasmgate-bench\"\n");
+        config.extend(sections.into_iter().map(String::as_str));
+        let file = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, config)?;
+        let file = file.to_string_lossy().into_owned();
+        self.spawn(name, Some(WASMGATE), &["start", "-c", &file])
+    }
+
+    /// Starts this binary (under the process name `arg0`, if given) with `args`, its
+    /// output going to `name.log`.
+    fn spawn(&mut self, name: &str, arg0: Option<&str>, args: &[&str]) -> anyhow::Result<u32> {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log")))?;
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        if let Some(arg0) = arg0 {
+            command.arg0(arg0);
+        }
+        command
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = Command::from(command)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let pid = child.id().context("the child has no pid")?;
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// The plugins directory a wasmgate server watches.
+    pub fn plugins(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    /// The resident memory of the processes that hold client connections, in bytes.
+    pub fn rss(&self) -> anyhow::Result<u64> {
+        self.holders.iter().map(|&pid| rss(pid)).sum()
+    }
+
+    /// Every child's log, for an error message.
+    pub fn logs(&self) -> String {
+        let mut logs = String::new();
+        for entry in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                logs.push_str(&format!("--- {}\n{}", path.display(), tail(&text)));
+            }
+        }
+        logs
+    }
+
+    /// Stops every process and waits for it.
+    pub async fn stop(mut self) {
+        for child in &mut self.children {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// The configuration sections of one wasmgate cluster.
+struct Sections {
+    register: String,
+    gateways: Vec<String>,
+    worker: String,
+}
+
+/// Waits until `addr` answers an `echo`, which for wasmgate also means a worker host has
+/// linked to the gateway and loaded the plugin.
+async fn ready(addr: SocketAddr, proto: Proto) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let attempt = async {
+            let mut client = Client::connect(addr, proto, None).await?;
+            client.send(b"echo ready").await?;
+            client.recv().await
+        };
+        match tokio::time::timeout(Duration::from_millis(500), attempt).await {
+            Ok(Ok(reply)) if reply == "ready" => return Ok(()),
+            Ok(Ok(reply)) => bail!("unexpected answer {:?}", reply.escape_ascii().to_string()),
+            _ if Instant::now() > deadline => bail!("no answer within {READY_TIMEOUT:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// A free loopback port: bound, then released for a child to bind.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The resident memory of process `pid` in bytes (`VmRSS`).
+pub fn rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .with_context(|| format!("no VmRSS for process {pid}"))?;
+    Ok(kib * 1024)
+}
+
+/// The last lines of a log.
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n") + "\n"
+}
+
+/// Puts `src` in place as `dir/app.wasm` the way ARCHITECTURE.md recommends deploying: written
+/// aside, then renamed in. Returns when the rename is done.
+pub fn deploy(dir: &Path, src: &str) -> anyhow::Result<()> {
+    let aside = dir.join(format!(".{APP}.wasm.tmp"));
+    std::fs::copy(src, &aside)?;
+    std::fs::rename(&aside, dir.join(format!("{APP}.wasm")))?;
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! Runs every scenario of `wasmgate-bench` for about a second with a handful of clients, so
+//! the tool keeps working as wasmgate changes. These check that each scenario completes
+//! against both servers and reports its figures, not how fast anything is.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-bench");
+
+/// Runs `wasmgate-bench <args>` for one short run and returns its table.
+fn bench(args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .args(args)
+        .args(["--runs", "1", "--warmup", "0.2", "--duration", "0.8"])
+        .output()
+        .expect("wasmgate-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "wasmgate-bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.starts_with("| scenario | metric | wasmgate | baseline | ratio |"));
+    stdout
+}
+
+/// The row of `metric`, split into its cells.
+fn row(table: &str, metric: &str) -> Vec<String> {
+    let line = table
+        .lines()
+        .find(|l| l.split('|').nth(2).is_some_and(|m| m.trim() == metric))
+        .unwrap_or_else(|| panic!("no {metric} row in\n{table}"));
+    line.split('|').map(|c| c.trim().to_owned()).collect()
+}
+
+/// The row has a positive figure for both servers and a ratio.
+fn compared(table: &str, metric: &str) {
+    let cells = row(table, metric);
+    for cell in &cells[3..5] {
+        assert!(
+            cell.parse::<f64>().is_ok_and(|v| v > 0.0),
+            "{metric}: {cells:?}"
+        );
+    }
+    assert!(cells[5].ends_with('×'), "{metric}: {cells:?}");
+}
+
+#[test]
+fn echo_over_websocket_and_text() {
+    compared(&bench(&["echo", "--clients", "4"]), "msgs/s");
+    compared(
+        &bench(&[
+            "echo",
+            "--clients",
+            "4",
+            "--proto",
+            "text",
+            "--layout",
+            "split",
+        ]),
+        "p99 µs",
+    );
+}
+
+#[test]
+fn fanout() {
+    compared(
+        &bench(&["fanout", "--members", "8", "--window", "2"]),
+        "deliveries/s",
+    );
+}
+
+#[test]
+fn connect() {
+    compared(&bench(&["connect", "--concurrency", "2"]), "conns/s");
+}
+
+#[test]
+fn idle_over_several_helper_processes() {
+    let table = bench(&["idle", "--connections", "40", "--per-process", "15"]);
+    assert!(row(&table, "bytes/conn")[3].parse::<f64>().is_ok());
+}
+
+#[test]
+fn reload() {
+    let table = bench(&["reload", "--clients", "2"]);
+    assert_eq!(row(&table, "lost")[3], "0");
+    for metric in ["cold reload ms", "cached reload ms"] {
+        assert!(row(&table, metric)[3].parse::<f64>().is_ok_and(|v| v > 0.0));
+    }
+}

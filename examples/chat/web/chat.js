@@ -1,0 +1,151 @@
+// The chat demo's page: one WebSocket to the `chat` plugin, one JSON object per message (see
+// examples/chat/README.md). No build step, no libraries.
+//
+// The WebSocket address is ws://<this page's host>:7272, or the `ws` query parameter
+// (`/?ws=ws://127.0.0.1:9000`), which the tests use to reach servers on other ports.
+
+'use strict';
+
+const $ = (id) => document.getElementById(id);
+
+const wsUrl =
+  new URLSearchParams(location.search).get('ws') ??
+  `ws://${location.hostname || '127.0.0.1'}:7272`;
+
+/** Who this page is once logged in, and whom the next message goes to (null: the room). */
+const state = { me: null, room: null, whisperTo: null };
+
+const socket = new WebSocket(wsUrl);
+
+socket.addEventListener('open', () => setStatus('connected', 'ok'));
+socket.addEventListener('close', () => {
+  setStatus('disconnected — reload the page to reconnect', 'down');
+  $('join').disabled = true;
+  $('send').disabled = true;
+});
+socket.addEventListener('message', (message) => {
+  let event;
+  try {
+    event = JSON.parse(message.data);
+  } catch {
+    return;
+  }
+  (handlers[event.type] ?? (() => {}))(event);
+});
+
+const handlers = {
+  hello(event) {
+    $('hello').textContent = event.text;
+    $('login').hidden = false;
+    $('name').focus();
+  },
+  welcome(event) {
+    state.me = event.you;
+    state.room = event.room;
+    $('login').hidden = true;
+    $('chat').hidden = false;
+    $('room-title').textContent = `#${event.room}`;
+    $('messages').replaceChildren();
+    addLine('system', event.text);
+    setWhisperTo(null);
+    $('text').focus();
+  },
+  users(event) {
+    if (event.room !== state.room) return;
+    $('count').textContent = `(${event.users.length})`;
+    $('users').replaceChildren(
+      ...event.users.map((user) => {
+        const item = document.createElement('li');
+        item.textContent = user.name;
+        item.dataset.id = user.id;
+        if (user.id === state.me?.id) item.classList.add('me');
+        item.addEventListener('click', () => {
+          if (user.id !== state.me?.id) setWhisperTo(user);
+        });
+        return item;
+      }),
+    );
+    // Whispering to someone who left makes no sense any more.
+    if (state.whisperTo && !event.users.some((u) => u.id === state.whisperTo.id)) {
+      setWhisperTo(null);
+    }
+  },
+  join(event) {
+    addLine('system', `${event.user.name} joined`);
+  },
+  leave(event) {
+    addLine('system', `${event.user.name} left`);
+  },
+  say(event) {
+    addLine('say', event.text, event.from.name);
+  },
+  whisper(event) {
+    const mine = event.from.id === state.me?.id;
+    const who = mine ? `you → ${event.to.name}` : `${event.from.name} → you`;
+    addLine('whisper', event.text, who);
+  },
+  error(event) {
+    if (state.me) addLine('error', event.text);
+    else $('login-error').textContent = event.text;
+  },
+};
+
+$('login').addEventListener('submit', (e) => {
+  e.preventDefault();
+  $('login-error').textContent = '';
+  send({ type: 'login', name: $('name').value, room: $('room').value });
+});
+
+$('say').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const text = $('text').value;
+  if (!text.trim()) return;
+  if (state.whisperTo) send({ type: 'whisper', to: state.whisperTo.id, text });
+  else send({ type: 'say', text });
+  $('text').value = '';
+});
+
+$('to').addEventListener('click', () => setWhisperTo(null));
+
+$('leave').addEventListener('click', () => {
+  send({ type: 'leave' });
+  state.me = null;
+  state.room = null;
+  $('chat').hidden = true;
+  $('login').hidden = false;
+});
+
+function send(request) {
+  socket.send(JSON.stringify(request));
+}
+
+function setStatus(text, kind) {
+  $('status').textContent = text;
+  $('status').className = `status ${kind}`;
+}
+
+function setWhisperTo(user) {
+  state.whisperTo = user;
+  $('to').textContent = user ? `to ${user.name} only` : 'to everyone';
+  $('to').classList.toggle('private', Boolean(user));
+}
+
+/** Appends a line to the conversation: `kind` is say, whisper, system or error. */
+function addLine(kind, text, author) {
+  const line = document.createElement('li');
+  line.className = kind;
+  const time = document.createElement('time');
+  time.textContent = new Date().toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  line.append(time);
+  if (author) {
+    const who = document.createElement('b');
+    who.textContent = author;
+    line.append(who);
+  }
+  const body = document.createElement('span');
+  body.textContent = text;
+  line.append(body);
+  const list = $('messages');
+  list.append(line);
+  list.scrollTop = list.scrollHeight;
+}

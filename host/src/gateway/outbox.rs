@@ -1,0 +1,281 @@
+//! A client's outbound queue, bounded in bytes: the `send_buffer` limit.
+//!
+//! Everything a client is sent — a plugin's reply, a broadcast, a heartbeat ping, a close —
+//! is pushed here without waiting, by whoever holds the gateway state's lock, and the client's
+//! connection task drains it into the socket. A push that would take the queue past its
+//! budget does not wait and does not grow the queue: it marks the client a slow reader and
+//! kills its connection. So one client that stops reading costs at most its budget, and
+//! everyone else's messages keep flowing.
+//!
+//! The budget counts payload bytes plus [`ITEM_COST`] per queued message, so a flood of empty
+//! messages is bounded too. A broadcast's payload is one shared `Bytes`, so the bytes counted
+//! for a client are an upper bound of what it really pins.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// What a budget charges per queued message on top of its payload: the queue slot and the
+/// payload's handle.
+pub const ITEM_COST: usize = 64;
+
+/// Queue capacity kept after a burst drains; a larger buffer is given back.
+const KEEP_CAPACITY: usize = 64;
+
+/// What a client's connection task is asked to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// A message.
+    Data(Bytes),
+    /// A WebSocket ping frame with this payload (the heartbeat); other protocols have none
+    /// and write nothing.
+    Ping(Bytes),
+    /// Close the connection once what was queued before is written.
+    Close(Close),
+}
+
+/// Why the gateway closes a client gracefully; it picks the WebSocket close code, so that
+/// protocol decision lives here once. Text and frame clients just see the socket close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Close {
+    /// A plugin closed it (`close-client`), after sending the farewell message if any: 1000.
+    Normal(Option<Bytes>),
+    /// `on-websocket-connect` refused it with this reason: 1008 (policy violation).
+    Rejected(String),
+    /// It sent a message larger than `max_message_size` (this many bytes): 1009 (too big).
+    TooLarge(usize),
+    /// The gateway is stopping: 1001 (going away), so the client reconnects elsewhere.
+    GoingAway,
+}
+
+impl Close {
+    /// The WebSocket close code (RFC 6455 §7.4.1).
+    pub fn ws_code(&self) -> u16 {
+        match self {
+            Close::Normal(_) => 1000,
+            Close::GoingAway => 1001,
+            Close::Rejected(_) => 1008,
+            Close::TooLarge(_) => 1009,
+        }
+    }
+
+    /// The WebSocket close reason, cut to the 123 bytes a close frame can carry.
+    pub fn ws_reason(&self) -> String {
+        let mut reason = match self {
+            Close::Normal(_) => String::new(),
+            Close::GoingAway => "server shutting down".to_owned(),
+            Close::Rejected(reason) => reason.clone(),
+            Close::TooLarge(limit) => format!("message larger than {limit} bytes"),
+        };
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason
+    }
+}
+
+/// Why a client's connection was killed (dropped at once, nothing more written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kill {
+    /// `destroy-client`.
+    Destroyed,
+    /// Its queue would have exceeded `send_buffer`: it does not read fast enough.
+    SlowReader,
+}
+
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// What `items` costs against the budget.
+    cost: usize,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    budget: usize,
+    ready: Notify,
+    kill: CancellationToken,
+    /// 0 until killed, then `1 + Kill as u8` of the first kill.
+    killed: AtomicU8,
+}
+
+/// The sending side, held by the gateway state (and cloned by the connection for its pings).
+#[derive(Clone)]
+pub struct Outbox(Arc<Shared>);
+
+/// The receiving side, owned by the connection task.
+pub struct OutboxReader(Arc<Shared>);
+
+/// A queue for one client holding at most `budget` bytes (see the module doc for what counts).
+pub fn outbox(budget: usize) -> (Outbox, OutboxReader) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue {
+            items: VecDeque::new(),
+            cost: 0,
+        }),
+        budget,
+        ready: Notify::new(),
+        kill: CancellationToken::new(),
+        killed: AtomicU8::new(0),
+    });
+    (Outbox(shared.clone()), OutboxReader(shared))
+}
+
+fn cost(message: &Outbound) -> usize {
+    ITEM_COST
+        + match message {
+            Outbound::Data(data) | Outbound::Ping(data) => data.len(),
+            Outbound::Close(Close::Normal(farewell)) => farewell.as_ref().map_or(0, Bytes::len),
+            Outbound::Close(_) => 0,
+        }
+}
+
+impl Outbox {
+    /// Queues `message` without waiting; a queue that would exceed its budget kills the
+    /// client as a slow reader instead. Returns whether the message was queued.
+    pub fn push(&self, message: Outbound) -> bool {
+        if self.0.kill.is_cancelled() {
+            return false;
+        }
+        let cost = cost(&message);
+        {
+            let mut queue = self.0.lock();
+            if queue.cost + cost > self.0.budget {
+                drop(queue);
+                self.kill(Kill::SlowReader);
+                return false;
+            }
+            queue.cost += cost;
+            queue.items.push_back(message);
+        }
+        self.0.ready.notify_one();
+        true
+    }
+
+    /// Drops the connection at once, discarding what is queued.
+    pub fn destroy(&self) {
+        self.kill(Kill::Destroyed);
+    }
+
+    fn kill(&self, why: Kill) {
+        let _ =
+            self.0
+                .killed
+                .compare_exchange(0, 1 + why as u8, Ordering::AcqRel, Ordering::Acquire);
+        self.0.kill.cancel();
+    }
+}
+
+impl OutboxReader {
+    /// The next queued message, waiting for one.
+    pub async fn recv(&self) -> Outbound {
+        loop {
+            if let Some(message) = self.try_recv() {
+                return message;
+            }
+            // `notify_one` keeps a permit when nobody waits, so a push between the check
+            // above and this wait is not lost.
+            self.0.ready.notified().await;
+        }
+    }
+
+    /// The next queued message, if one is there.
+    pub fn try_recv(&self) -> Option<Outbound> {
+        let mut queue = self.0.lock();
+        let message = queue.items.pop_front()?;
+        queue.cost -= cost(&message);
+        if queue.items.is_empty() && queue.items.capacity() > KEEP_CAPACITY {
+            queue.items.shrink_to(KEEP_CAPACITY);
+        }
+        Some(message)
+    }
+
+    /// Resolves once the connection is killed, with the first reason.
+    pub async fn killed(&self) -> Kill {
+        self.0.kill.cancelled().await;
+        match self.0.killed.load(Ordering::Acquire) {
+            2 => Kill::SlowReader,
+            _ => Kill::Destroyed,
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // The queue is consistent between statements, so a panic elsewhere cannot corrupt it.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize) -> Outbound {
+        Outbound::Data(Bytes::from(vec![b'x'; n]))
+    }
+
+    #[tokio::test]
+    async fn delivers_in_order_and_frees_budget_as_it_drains() {
+        let (tx, rx) = outbox(2 * (ITEM_COST + 100));
+        assert!(tx.push(data(100)));
+        assert!(tx.push(data(100)));
+        assert_eq!(rx.recv().await, data(100));
+        assert!(
+            tx.push(data(100)),
+            "draining one message makes room for one"
+        );
+        assert_eq!(rx.try_recv(), Some(data(100)));
+        assert_eq!(rx.try_recv(), Some(data(100)));
+        assert_eq!(rx.try_recv(), None);
+    }
+
+    #[tokio::test]
+    async fn a_push_over_budget_kills_as_slow_reader_and_later_pushes_fail() {
+        let (tx, rx) = outbox(ITEM_COST + 100);
+        assert!(tx.push(data(100)));
+        assert!(!tx.push(data(1)));
+        assert_eq!(rx.killed().await, Kill::SlowReader);
+        tx.destroy();
+        assert_eq!(
+            rx.killed().await,
+            Kill::SlowReader,
+            "the first reason stays"
+        );
+        assert!(!tx.push(data(1)));
+    }
+
+    #[tokio::test]
+    async fn empty_messages_still_cost() {
+        let (tx, rx) = outbox(10 * ITEM_COST);
+        for _ in 0..10 {
+            assert!(tx.push(data(0)));
+        }
+        assert!(!tx.push(data(0)));
+        assert_eq!(rx.killed().await, Kill::SlowReader);
+    }
+
+    #[tokio::test]
+    async fn destroy_is_reported_as_such() {
+        let (tx, rx) = outbox(1024);
+        tx.destroy();
+        assert_eq!(rx.killed().await, Kill::Destroyed);
+    }
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        let long = Close::Rejected("é".repeat(100));
+        assert_eq!(long.ws_code(), 1008);
+        assert!(long.ws_reason().len() <= 123);
+        assert_eq!(
+            Close::TooLarge(16).ws_reason(),
+            "message larger than 16 bytes"
+        );
+        assert_eq!(Close::TooLarge(16).ws_code(), 1009);
+    }
+}

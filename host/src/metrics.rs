@@ -1,0 +1,542 @@
+//! What the process counts, and the Prometheus endpoint that shows it (`[metrics] listen`).
+//!
+//! Events are counted in statics, so that any module counts with one line
+//! (`metrics::CONNECTIONS_OPENED.inc()`) and no handle has to be threaded through the roles;
+//! a count is an atomic add, never a lock held across anything. What a gateway holds — its
+//! clients, groups, uids, worker-host links and limit counters — is read from the running
+//! gateways when scraped ([`registry`]) rather than mirrored into gauges that could drift.
+//! The worker host publishes here what has no other home outside its tasks: the plugin
+//! versions it serves ([`plugins`]) and its links to gateways ([`gateway_link`]); `status`
+//! reads them too.
+//!
+//! Names follow the Prometheus guide: a `wasmgate_` prefix, base units (seconds, bytes),
+//! counters ending in `_total` (the library appends it). Labels are bounded: `gateway`,
+//! `plugin`, `event`, `outcome`, `role`, `worker`, `version` — never a client id, uid or group.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::conn::Counters;
+use crate::gateway::state::StateSummary;
+use crate::server::Running;
+use crate::wire::handshake::Role;
+use crate::worker::runtime::CallError;
+
+/// Client connections accepted (after their handshake).
+pub static CONNECTIONS_OPENED: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Client connections ended, for any reason.
+pub static CONNECTIONS_CLOSED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+static MESSAGES_RECEIVED: LazyLock<Counter> = LazyLock::new(Counter::default);
+static RECEIVED_BYTES: LazyLock<Counter> = LazyLock::new(Counter::default);
+static MESSAGES_SENT: LazyLock<Counter> = LazyLock::new(Counter::default);
+static SENT_BYTES: LazyLock<Counter> = LazyLock::new(Counter::default);
+static PLUGIN_CALLS: LazyLock<Family<CallLabels, Counter>> = LazyLock::new(Family::default);
+static PLUGIN_CALL_SECONDS: LazyLock<Timings> =
+    LazyLock::new(|| Family::new_with_constructor(call_buckets));
+static PLUGIN_RELOADS: LazyLock<Family<ReloadLabels, Counter>> = LazyLock::new(Family::default);
+static LINKS_TO_GATEWAYS: LazyLock<Family<RoleLabels, Gauge>> = LazyLock::new(Family::default);
+static CALL_METRICS: LazyLock<RwLock<CallMetricsByPlugin>> = LazyLock::new(RwLock::default);
+/// Every plugin call of the process, whatever its labels: the rate `status` shows.
+static CALLS: AtomicU64 = AtomicU64::new(0);
+static PLUGINS: Mutex<BTreeMap<(String, String), PluginVersion>> = Mutex::new(BTreeMap::new());
+
+/// Call durations by plugin and event.
+type Timings = Family<EventLabels, Histogram, fn() -> Histogram>;
+
+/// 10 µs to about 10 s in ×4 steps: a Rust plugin's call is microseconds, a Python one's
+/// milliseconds, and `process_timeout` defaults to 10 s.
+fn call_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(1e-5, 4.0, 11))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    plugin: String,
+    event: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    plugin: String,
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    plugin: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: &'static str,
+}
+
+impl RoleLabels {
+    fn of(role: Role) -> Self {
+        let role = match role {
+            Role::Gateway => "gateway",
+            Role::Worker => "worker",
+            Role::Client => "client",
+        };
+        Self { role }
+    }
+}
+
+/// Counts a link to a gateway opened (`change` 1) or closed (-1) by a `role` of this process.
+pub fn gateway_link(role: Role, change: i64) {
+    LINKS_TO_GATEWAYS
+        .get_or_create(&RoleLabels::of(role))
+        .inc_by(change);
+}
+
+/// The gateways the `role`s of this process are linked to.
+pub fn gateway_links(role: Role) -> i64 {
+    LINKS_TO_GATEWAYS
+        .get(&RoleLabels::of(role))
+        .map_or(0, |g| g.get())
+}
+
+/// Counts one client message received by a gateway.
+pub fn message_received(bytes: usize) {
+    MESSAGES_RECEIVED.inc();
+    RECEIVED_BYTES.inc_by(bytes as u64);
+}
+
+/// Counts one message written to a client.
+pub fn message_sent(bytes: usize) {
+    MESSAGES_SENT.inc();
+    SENT_BYTES.inc_by(bytes as u64);
+}
+
+/// The process's client traffic so far: messages received, messages sent, plugin calls.
+pub fn traffic() -> [u64; 3] {
+    [
+        MESSAGES_RECEIVED.get(),
+        MESSAGES_SENT.get(),
+        CALLS.load(Ordering::Relaxed),
+    ]
+}
+
+/// Client bytes received and sent so far.
+pub fn bytes() -> [u64; 2] {
+    [RECEIVED_BYTES.get(), SENT_BYTES.get()]
+}
+
+/// Runs one plugin callback (`call`), counting it by outcome and timing it.
+pub async fn plugin_call<T>(
+    plugin: &str,
+    event: &'static str,
+    call: impl Future<Output = Result<T, CallError>>,
+) -> Result<T, CallError> {
+    let started = Instant::now();
+    let result = call.await;
+    let seconds = started.elapsed().as_secs_f64();
+    let outcome = match &result {
+        Ok(_) => Outcome::Ok,
+        Err(CallError::Trap { .. }) => Outcome::Trap,
+        Err(CallError::Timeout { .. }) => Outcome::Timeout,
+        Err(CallError::OutOfMemory { .. }) => Outcome::MemoryLimit,
+        Err(CallError::StartRefused(_) | CallError::Grant(_)) => Outcome::StartFailed,
+    };
+    let record = |m: &CallMetrics| {
+        m.seconds.observe(seconds);
+        m.outcomes[outcome as usize].inc();
+        CALLS.fetch_add(1, Ordering::Relaxed);
+    };
+    if let Some(m) = call_metrics().get(plugin).and_then(|e| e.get(event)) {
+        record(m);
+        return result;
+    }
+    let mut all = CALL_METRICS.write().unwrap_or_else(|e| e.into_inner());
+    let by_event = all.entry(plugin.to_owned()).or_default();
+    record(
+        by_event
+            .entry(event)
+            .or_insert_with(|| CallMetrics::new(plugin, event)),
+    );
+    result
+}
+
+/// How a plugin call ended, as the `outcome` label says it.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Ok,
+    Trap,
+    Timeout,
+    MemoryLimit,
+    StartFailed,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Ok,
+        Outcome::Trap,
+        Outcome::Timeout,
+        Outcome::MemoryLimit,
+        Outcome::StartFailed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Trap => "trap",
+            Outcome::Timeout => "timeout",
+            Outcome::MemoryLimit => "memory_limit",
+            Outcome::StartFailed => "start_failed",
+        }
+    }
+}
+
+/// One callback's histogram and outcome counters, resolved from the families once, so a
+/// call costs two hash lookups under a read lock and no allocation (about 40 ns besides the
+/// clock, against 1.4 µs for the fastest plugin call).
+struct CallMetrics {
+    seconds: Histogram,
+    outcomes: [Counter; Outcome::ALL.len()],
+}
+
+impl CallMetrics {
+    fn new(plugin: &str, event: &'static str) -> Self {
+        let plugin = plugin.to_owned();
+        Self {
+            seconds: PLUGIN_CALL_SECONDS.get_or_create_owned(&EventLabels {
+                plugin: plugin.clone(),
+                event,
+            }),
+            outcomes: Outcome::ALL.map(|outcome| {
+                PLUGIN_CALLS.get_or_create_owned(&CallLabels {
+                    plugin: plugin.clone(),
+                    event,
+                    outcome: outcome.label(),
+                })
+            }),
+        }
+    }
+}
+
+type CallMetricsByPlugin = HashMap<String, HashMap<&'static str, CallMetrics>>;
+
+fn call_metrics() -> std::sync::RwLockReadGuard<'static, CallMetricsByPlugin> {
+    CALL_METRICS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How a look at a plugin file ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// A new version serves.
+    Installed,
+    /// The file holds the version already serving.
+    Unchanged,
+    /// The file could not be loaded or started; the running version (if any) serves on.
+    Failed,
+    /// The file is gone, and so is the app.
+    Removed,
+}
+
+/// Counts a look at `plugin`'s file that did not change what runs.
+pub fn plugin_reloaded(plugin: &str, outcome: Reload) {
+    let outcome = match outcome {
+        Reload::Installed => "installed",
+        Reload::Unchanged => "unchanged",
+        Reload::Failed => "failed",
+        Reload::Removed => "removed",
+    };
+    PLUGIN_RELOADS
+        .get_or_create(&ReloadLabels {
+            plugin: plugin.to_owned(),
+            outcome,
+        })
+        .inc();
+}
+
+/// A plugin version serving in a worker host of this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginVersion {
+    /// The worker host.
+    pub worker: String,
+    /// The plugin (app) name.
+    pub plugin: String,
+    /// The short hash of the component's bytes.
+    pub version: String,
+    /// Its instances.
+    pub instances: usize,
+    /// When it started serving.
+    pub loaded_at: SystemTime,
+}
+
+/// Records that `worker` now serves `version` of `plugin` with `instances` instances.
+pub fn plugin_installed(worker: &str, plugin: &str, version: &str, instances: usize) {
+    plugin_reloaded(plugin, Reload::Installed);
+    let entry = PluginVersion {
+        worker: worker.to_owned(),
+        plugin: plugin.to_owned(),
+        version: version.to_owned(),
+        instances,
+        loaded_at: SystemTime::now(),
+    };
+    plugin_table().insert((worker.to_owned(), plugin.to_owned()), entry);
+}
+
+/// Records that `worker` no longer serves `plugin`.
+pub fn plugin_removed(worker: &str, plugin: &str) {
+    plugin_reloaded(plugin, Reload::Removed);
+    plugin_table().remove(&(worker.to_owned(), plugin.to_owned()));
+}
+
+/// The plugin versions serving in this process, by worker host and plugin.
+pub fn plugins() -> Vec<PluginVersion> {
+    plugin_table().values().cloned().collect()
+}
+
+fn plugin_table() -> std::sync::MutexGuard<'static, BTreeMap<(String, String), PluginVersion>> {
+    // The table is replaced entry by entry; a panic elsewhere cannot leave one half-written.
+    PLUGINS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Every metric of the process, with the states of `running` read at each scrape.
+pub fn registry(running: Arc<Running>) -> Registry {
+    let mut r = Registry::with_prefix("wasmgate");
+    let counters: [(&str, &str, &LazyLock<Counter>); 4] = [
+        (
+            "connections_opened",
+            "Client connections accepted",
+            &CONNECTIONS_OPENED,
+        ),
+        (
+            "connections_closed",
+            "Client connections ended",
+            &CONNECTIONS_CLOSED,
+        ),
+        (
+            "messages_received",
+            "Messages received from clients",
+            &MESSAGES_RECEIVED,
+        ),
+        (
+            "messages_sent",
+            "Messages written to clients",
+            &MESSAGES_SENT,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        r.register(name, help, Counter::clone(counter));
+    }
+    let bytes: [(&str, &str, &LazyLock<Counter>); 2] = [
+        ("received", "Client payload bytes received", &RECEIVED_BYTES),
+        ("sent", "Client payload bytes written", &SENT_BYTES),
+    ];
+    for (name, help, counter) in bytes {
+        r.register_with_unit(name, help, Unit::Bytes, Counter::clone(counter));
+    }
+    r.register(
+        "links_to_gateways",
+        "Gateways linked, by the role of this process holding the links (worker, client)",
+        LINKS_TO_GATEWAYS.clone(),
+    );
+    r.register(
+        "plugin_calls",
+        "Plugin callbacks run, by plugin, event (callback) and outcome (ok, trap, timeout, memory_limit, start_failed)",
+        PLUGIN_CALLS.clone(),
+    );
+    r.register_with_unit(
+        "plugin_call_duration",
+        "How long plugin callbacks ran, by plugin and event",
+        Unit::Seconds,
+        PLUGIN_CALL_SECONDS.clone(),
+    );
+    r.register(
+        "plugin_reloads",
+        "Looks at plugin files, by plugin and outcome (installed, unchanged, failed, removed)",
+        PLUGIN_RELOADS.clone(),
+    );
+    r.register_collector(Box::new(States(running)));
+    r
+}
+
+/// The states of the running roles, read at scrape time.
+struct States(Arc<Running>);
+
+impl std::fmt::Debug for States {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("States")
+    }
+}
+
+impl Collector for States {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let running = &self.0;
+        let build = [("version", env!("CARGO_PKG_VERSION"))];
+        let mut m = encoder.encode_descriptor(
+            "build_info",
+            "The running wasmgate version.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1).encode(m.encode_family(&build)?)?;
+        let started = unix_seconds(running.started);
+        let m = encoder.encode_descriptor(
+            "start_time",
+            "When the process started, in seconds since the Unix epoch.",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(started).encode(m)?;
+
+        let gateways: Vec<GatewayRow> = running
+            .gateways
+            .iter()
+            .map(|g| GatewayRow {
+                name: &g.name,
+                state: g.gateway.state.summary(),
+                links: g.gateway.router.len(),
+                limits: &g.gateway.counters,
+            })
+            .collect();
+        for (name, help, value) in GATEWAY_GAUGES {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for g in &gateways {
+                ConstGauge::new(value(g) as i64)
+                    .encode(m.encode_family(&[("gateway", g.name)])?)?;
+            }
+        }
+        for (name, help, counter) in GATEWAY_LIMITS {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for g in &gateways {
+                let value = counter(g.limits).load(Ordering::Relaxed);
+                ConstCounter::new(value).encode(m.encode_family(&[("gateway", g.name)])?)?;
+            }
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "plugin_loaded_timestamp",
+            "When the serving version of each plugin was installed, in seconds since the Unix epoch.",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for p in plugins() {
+            let labels = [
+                ("worker", p.worker.as_str()),
+                ("plugin", p.plugin.as_str()),
+                ("version", p.version.as_str()),
+            ];
+            ConstGauge::new(unix_seconds(p.loaded_at)).encode(m.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// One gateway's states, read once per scrape.
+struct GatewayRow<'a> {
+    name: &'a str,
+    state: StateSummary,
+    links: usize,
+    limits: &'a Counters,
+}
+
+type GatewayGauge = (&'static str, &'static str, fn(&GatewayRow) -> usize);
+
+const GATEWAY_GAUGES: [GatewayGauge; 4] = [
+    ("connections", "Clients connected, by gateway.", |g| {
+        g.state.clients
+    }),
+    (
+        "groups",
+        "Groups with at least one client, by gateway.",
+        |g| g.state.groups,
+    ),
+    (
+        "uids",
+        "Uids bound to at least one client, by gateway.",
+        |g| g.state.uids,
+    ),
+    (
+        "gateway_worker_links",
+        "Worker hosts linked, by gateway.",
+        |g| g.links,
+    ),
+];
+
+type GatewayLimit = (&'static str, &'static str, fn(&Counters) -> &AtomicU64);
+
+const GATEWAY_LIMITS: [GatewayLimit; 5] = [
+    (
+        "connections_refused",
+        "Connections closed on accept at max_connections, by gateway.",
+        |c| &c.refused,
+    ),
+    (
+        "handshakes_failed",
+        "TLS or WebSocket handshakes that failed or timed out, by gateway.",
+        |c| &c.failed_handshakes,
+    ),
+    (
+        "slow_clients_dropped",
+        "Clients disconnected for falling send_buffer behind, by gateway.",
+        |c| &c.slow_readers,
+    ),
+    (
+        "oversized_messages",
+        "Clients closed for a message over max_message_size, by gateway.",
+        |c| &c.oversized,
+    ),
+    (
+        "heartbeat_timeouts",
+        "Clients dropped by the heartbeat, by gateway.",
+        |c| &c.heartbeat_timeouts,
+    ),
+];
+
+/// Seconds since the Unix epoch.
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .with_state(Arc::new(registry));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+async fn scrape(State(registry): State<Arc<Registry>>) -> Response {
+    let mut body = String::new();
+    match prometheus_text::encode(&mut body, &registry) {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)],
+            body,
+        )
+            .into_response(),
+        // Only a collector's `fmt::Error` gets here, and it carries no message.
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}

@@ -1,0 +1,344 @@
+//! Checks `openapi.json` against the router, so that the description and the API cannot drift:
+//! the same operations; every example body accepted and answered as its response schema says;
+//! every required field required and no undescribed field accepted; the error statuses each
+//! operation can answer described, with the error schema.
+//!
+//! The router runs in-process over a gateway double, so these checks need no cluster; the
+//! end-to-end tests (`tests/tests/push.rs`) check what the operations do.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::PushClient;
+use super::http::{OPENAPI, OPERATIONS, router};
+use crate::client_id::ClientId;
+use crate::ops::{Command, GroupMembers, Query, Reply, Session};
+use crate::worker::host_api::{CommandFuture, Gateways, QueryError, QueryFuture};
+
+const TOKEN: &str = "secret-token";
+
+/// Gateways that take every command and answer every query with a reply of the right kind, or
+/// (when not `up`) are all unreachable.
+struct Double {
+    up: bool,
+}
+
+impl Gateways for Double {
+    fn command(&self, _: Command) -> CommandFuture {
+        let up = self.up;
+        Box::pin(async move { up })
+    }
+
+    fn query(&self, query: Query) -> QueryFuture {
+        let reply = self.up.then(|| reply_to(query));
+        Box::pin(async move { reply.ok_or(QueryError::Unreachable) })
+    }
+}
+
+fn reply_to(query: Query) -> Reply {
+    let id = ClientId::new("127.0.0.1:2300".parse().unwrap(), 8);
+    let session: Session = [("nick".to_owned(), "alice".to_owned())].into();
+    match query {
+        Query::IsOnline(_) => Reply::Online(true),
+        Query::UidOf(_) => Reply::Uid(Some("alice".into())),
+        Query::SessionOf(_) => Reply::Session(Some(session)),
+        Query::UidsOnline(uids) => Reply::UidsOnline(uids.into_iter().map(|u| (u, true)).collect()),
+        Query::ClientsOfUids(uids) => {
+            Reply::ClientsOfUids(uids.into_iter().map(|u| (u, vec![id])).collect())
+        }
+        Query::AllUids | Query::UidsOfGroup(_) => Reply::Uids(vec!["alice".into()]),
+        Query::GroupCounts(groups) => {
+            Reply::GroupCounts(groups.into_iter().map(|g| (g, 2)).collect())
+        }
+        Query::ClientsOfGroup(_) => Reply::Clients(vec![id]),
+        Query::SessionsOfGroup(_) => Reply::Sessions(vec![(id, session)]),
+        Query::AllGroups => Reply::Groups(vec![GroupMembers {
+            group: "lobby".into(),
+            clients: vec![id],
+            uids: vec!["alice".into()],
+        }]),
+    }
+}
+
+fn spec() -> Value {
+    serde_json::from_str(OPENAPI).expect("openapi.json is JSON")
+}
+
+fn app(up: bool) -> Router {
+    router(PushClient::over(Arc::new(Double { up })), Some(TOKEN))
+}
+
+/// POSTs `body` to `path` (with the token unless `token` is false).
+async fn call(app: &Router, path: &str, body: &Value, token: bool) -> (StatusCode, Value) {
+    let mut request = Request::post(path);
+    if token {
+        request = request.header("authorization", format!("Bearer {TOKEN}"));
+    }
+    send(app, request.body(Body::from(body.to_string())).unwrap()).await
+}
+
+/// Returns the status and the JSON answer to `request`.
+async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
+    let path = request.uri().path().to_owned();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let answer = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!("{path}: answer is not JSON ({e}): {bytes:?}");
+    });
+    (status, answer)
+}
+
+/// Follows a `$ref` within the document.
+fn resolve<'a>(doc: &'a Value, node: &'a Value) -> &'a Value {
+    match node.get("$ref").and_then(Value::as_str) {
+        Some(pointer) => {
+            let target = doc
+                .pointer(pointer.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("dangling $ref {pointer}"));
+            resolve(doc, target)
+        }
+        None => node,
+    }
+}
+
+/// Checks `value` against `schema`, for the JSON Schema keywords `openapi.json` uses
+/// (`pattern` aside, which the client id tests check).
+fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let schema = resolve(doc, schema);
+    if let Some(options) = schema.get("oneOf").and_then(Value::as_array) {
+        let fitting = options
+            .iter()
+            .filter(|o| conforms(doc, o, value, at).is_ok())
+            .count();
+        if fitting != 1 {
+            return Err(format!("{at}: {value} fits {fitting} of the oneOf options"));
+        }
+    }
+    if let Some(types) = schema.get("type") {
+        let types: Vec<&str> = match types {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            other => panic!("{at}: bad type {other}"),
+        };
+        let actual = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_u64() || n.is_i64() => "integer",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        let fits = types.contains(&actual) || (actual == "integer" && types.contains(&"number"));
+        if !fits {
+            return Err(format!("{at}: {value} is not of type {types:?}"));
+        }
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        return Err(format!("{at}: {value} is not one of {allowed:?}"));
+    }
+    if let (Some(min), Some(n)) = (
+        schema.get("minimum").and_then(Value::as_f64),
+        value.as_f64(),
+    ) && n < min
+    {
+        return Err(format!("{at}: {n} is below {min}"));
+    }
+    if let (Some(min), Some(s)) = (
+        schema.get("minLength").and_then(Value::as_u64),
+        value.as_str(),
+    ) && (s.chars().count() as u64) < min
+    {
+        return Err(format!("{at}: {s:?} is shorter than {min}"));
+    }
+    if let Value::Array(items) = value
+        && let Some(item) = schema.get("items")
+    {
+        for (i, v) in items.iter().enumerate() {
+            conforms(doc, item, v, &format!("{at}[{i}]"))?;
+        }
+    }
+    if let Value::Object(fields) = value {
+        for required in schema["required"].as_array().into_iter().flatten() {
+            let name = required.as_str().unwrap();
+            if !fields.contains_key(name) {
+                return Err(format!("{at}: missing required `{name}`"));
+            }
+        }
+        for (name, v) in fields {
+            let at = format!("{at}.{name}");
+            match (&schema["properties"][name], &schema["additionalProperties"]) {
+                (Value::Null, Value::Bool(false)) => return Err(format!("{at}: not described")),
+                (Value::Null, Value::Null | Value::Bool(true)) => {}
+                (Value::Null, extra) => conforms(doc, extra, v, &at)?,
+                (property, _) => conforms(doc, property, v, &at)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every described operation: its name, its `post` object and its request body schema with the
+/// example bodies.
+fn operations(doc: &Value) -> Vec<(String, &Value, &Value, Vec<&Value>)> {
+    let paths = doc["paths"].as_object().unwrap();
+    paths
+        .iter()
+        .filter_map(|(path, item)| {
+            let post = item.get("post")?;
+            let name = path.strip_prefix("/api/").expect("under /api/").to_owned();
+            let media = &resolve(doc, &post["requestBody"])["content"]["application/json"];
+            let examples = media["examples"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{name}: no examples"))
+                .values()
+                .map(|e| &e["value"])
+                .collect();
+            Some((name, post, &media["schema"], examples))
+        })
+        .collect()
+}
+
+/// Asserts that `status` is among the responses `post` describes and the answer fits it.
+fn assert_described(doc: &Value, name: &str, post: &Value, status: StatusCode, answer: &Value) {
+    let response = post["responses"]
+        .get(status.as_str())
+        .unwrap_or_else(|| panic!("{name}: answered {status}, which is not described"));
+    let schema = &resolve(doc, response)["content"]["application/json"]["schema"];
+    if let Err(e) = conforms(doc, schema, answer, name) {
+        panic!("{name}: the {status} answer does not fit its schema: {e}");
+    }
+}
+
+#[test]
+fn the_described_operations_are_the_routed_ones() {
+    let doc = spec();
+    let described: BTreeSet<String> = operations(&doc).into_iter().map(|o| o.0).collect();
+    let routed: BTreeSet<String> = OPERATIONS.iter().map(|o| o.to_string()).collect();
+    assert_eq!(described, routed);
+    assert!(doc["paths"]["/api/openapi.json"]["get"].is_object());
+}
+
+#[tokio::test]
+async fn examples_are_accepted_and_answered_as_described() {
+    let doc = spec();
+    let app = app(true);
+    for (name, post, schema, examples) in operations(&doc) {
+        let mut fields_used = BTreeSet::new();
+        for example in examples {
+            conforms(&doc, schema, example, &name).unwrap();
+            fields_used.extend(example.as_object().unwrap().keys().cloned());
+            let (status, answer) = call(&app, &format!("/api/{name}"), example, true).await;
+            assert_eq!(status, StatusCode::OK, "{name} {example}: {answer}");
+            assert_described(&doc, &name, post, status, &answer);
+        }
+        let described: BTreeSet<String> = resolve(&doc, schema)["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(
+            fields_used, described,
+            "{name}: examples should use every field"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bodies_are_accepted_exactly_when_they_fit_their_schema() {
+    let doc = spec();
+    let app = app(true);
+    for (name, post, schema, examples) in operations(&doc) {
+        let path = format!("/api/{name}");
+        for example in examples {
+            let example = example.as_object().unwrap();
+            for field in example.keys() {
+                let mut body = example.clone();
+                body.remove(field);
+                let body = Value::Object(body);
+                let fits = conforms(&doc, schema, &body, &name).is_ok();
+                let (status, answer) = call(&app, &path, &body, true).await;
+                assert_described(&doc, &name, post, status, &answer);
+                if fits {
+                    assert_eq!(status, StatusCode::OK, "{name} {body}: {answer}");
+                } else {
+                    assert_eq!(status, StatusCode::BAD_REQUEST, "{name} {body}: {answer}");
+                    let message = answer["error"]["message"].as_str().unwrap();
+                    assert!(message.contains(field.as_str()), "{name}: {message:?}");
+                }
+            }
+            let mut body = example.clone();
+            body.insert("surprise".into(), json!(1));
+            let (status, answer) = call(&app, &path, &Value::Object(body), true).await;
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{name} with an extra field"
+            );
+            assert!(
+                answer["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("surprise")
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn unreachable_gateways_and_missing_tokens_are_described_errors() {
+    let doc = spec();
+    let down = app(false);
+    for (name, post, _, examples) in operations(&doc) {
+        let path = format!("/api/{name}");
+        let (status, answer) = call(&down, &path, examples[0], false).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {answer}");
+        assert_described(&doc, &name, post, status, &answer);
+        let (status, answer) = call(&down, &path, examples[0], true).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{name}: {answer}");
+        assert_described(&doc, &name, post, status, &answer);
+    }
+}
+
+#[tokio::test]
+async fn routing_errors_and_the_description_are_served_as_described() {
+    let doc = spec();
+    let app = app(true);
+    let error = json!({"$ref": "#/components/schemas/Error"});
+    let (status, answer) = call(&app, "/api/send_to_everybody", &json!({}), true).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    conforms(&doc, &error, &answer, "404").unwrap();
+    let get = Request::get("/api/send_to_all")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, answer) = send(&app, get).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    conforms(&doc, &error, &answer, "405").unwrap();
+    let huge = json!({"data": "x".repeat(3 << 20)});
+    let (status, answer) = call(&app, "/api/send_to_all", &huge, true).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let post = &doc["paths"]["/api/send_to_all"]["post"];
+    assert_described(&doc, "send_to_all", post, status, &answer);
+    let lowercase = Request::post("/api/get_all_uid_count")
+        .header("authorization", format!("bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, lowercase).await.0, StatusCode::OK);
+    let description = Request::get("/api/openapi.json")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, description).await, (StatusCode::OK, doc));
+}

@@ -1,0 +1,152 @@
+// Drives the chat demo's page in headless Chromium (Debian's, through playwright-core), as two
+// and then three people would: log in, see each other in the online list, talk, whisper, leave
+// and close the tab. Started by tests/tests/chat_browser.rs, which serves the page and the
+// `chat` plugin; every wait is for something on the page, bounded by TIMEOUT_MS.
+//
+//   node tests/browser/chat.cjs <page url> <screenshot dir>
+//
+// Environment: NODE_PATH (where playwright-core is installed), CHROMIUM (the browser binary).
+// Exits 0 when every step saw what it expected; otherwise prints the failure and exits 1.
+
+'use strict';
+
+const path = require('node:path');
+const { chromium } = require('playwright-core');
+
+const TIMEOUT_MS = 10_000;
+const [url, shots] = process.argv.slice(2);
+
+async function main() {
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    // What works on these machines (no network but loopback, running as root); Playwright
+    // gives each launch a fresh, temporary user data dir.
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  try {
+    await chat(browser);
+  } finally {
+    await browser.close();
+  }
+}
+
+async function chat(browser) {
+  const ada = await open(browser);
+  await login(ada, 'Ada');
+  await online(ada, ['Ada']);
+
+  const bob = await open(browser);
+  await login(bob, 'Bob');
+  await online(bob, ['Ada', 'Bob']);
+  await online(ada, ['Ada', 'Bob']);
+  await line(ada, 'system', 'Bob joined');
+
+  await say(ada, 'Hello Bob! Welcome to the lobby.');
+  await line(bob, 'say', 'Hello Bob! Welcome to the lobby.', 'Ada');
+  await say(bob, 'Hi Ada, the list shows us both.');
+  await line(ada, 'say', 'Hi Ada, the list shows us both.', 'Bob');
+
+  // A nickname already in the room is refused; the third person picks another.
+  const cy = await open(browser);
+  await cy.fill('#name', 'ada');
+  await cy.click('#join');
+  await cy.getByText('ada is already in #lobby').waitFor();
+  await login(cy, 'Cy');
+  await online(ada, ['Ada', 'Bob', 'Cy']);
+
+  // A whisper reaches only its recipient: Cy sees Bob's next room message, sent after the
+  // whisper over the same ordered path, and no whisper before it.
+  await bob.locator('#users li', { hasText: 'Ada' }).click();
+  await bob.getByText('to Ada only').waitFor();
+  await say(bob, 'psst, this is just for you');
+  await line(ada, 'whisper', 'psst, this is just for you', 'Bob → you');
+  await line(bob, 'whisper', 'psst, this is just for you', 'you → Ada');
+  await bob.click('#to');
+  await say(bob, 'back to everyone');
+  await line(cy, 'say', 'back to everyone', 'Bob');
+  const leaked = await cy.locator('#messages li.whisper').count();
+  if (leaked !== 0) throw new Error(`Cy saw ${leaked} whisper(s) meant for Ada`);
+
+  await sideBySide(browser, [ada, bob], path.join(shots, 'chat-two-people.png'));
+
+  // Leaving the room and closing the tab both update everyone's online list.
+  await bob.click('#leave');
+  await bob.locator('#login').waitFor();
+  await online(ada, ['Ada', 'Cy']);
+  await line(ada, 'system', 'Bob left');
+  await cy.context().close();
+  await online(ada, ['Ada']);
+  await line(ada, 'system', 'Cy left');
+  await ada.screenshot({ path: path.join(shots, 'chat-ada-alone.png') });
+}
+
+/** One screenshot of `pages` next to each other, as two windows on one screen. */
+async function sideBySide(browser, pages, file) {
+  const shots = await Promise.all(pages.map((page) => page.screenshot()));
+  const screen = await browser.newPage({ viewport: { width: 960 * pages.length + 10, height: 600 } });
+  const images = shots.map((png) => `<img src="data:image/png;base64,${png.toString('base64')}">`);
+  await screen.setContent(
+    `<body style="margin:0;display:flex;gap:10px;background:#444">${images.join('')}</body>`,
+  );
+  await screen.waitForFunction(() => [...document.images].every((img) => img.complete));
+  await screen.screenshot({ path: file });
+  await screen.close();
+}
+
+/** A new page (its own browser context, like a separate person) with the chat loaded. */
+async function open(browser) {
+  const context = await browser.newContext({ viewport: { width: 960, height: 600 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT_MS);
+  page.on('pageerror', (error) => {
+    console.error(`page error: ${error.message}`);
+    process.exitCode = 1;
+  });
+  await page.goto(url);
+  await page.locator('#status.ok').waitFor();
+  await page.getByText('Welcome to wasmgate chat!').waitFor();
+  return page;
+}
+
+async function login(page, name) {
+  await page.fill('#name', name);
+  await page.fill('#room', 'lobby');
+  await page.click('#join');
+  await page.locator('#chat').waitFor();
+  await page.getByText(`Welcome to #lobby, ${name}!`).waitFor();
+}
+
+async function say(page, text) {
+  await page.fill('#text', text);
+  await page.click('#send');
+}
+
+/** Waits until the page's online list is exactly `names`, in order. */
+async function online(page, names) {
+  await page.waitForFunction(
+    (want) =>
+      JSON.stringify([...document.querySelectorAll('#users li')].map((li) => li.textContent)) === want,
+    JSON.stringify(names),
+  );
+}
+
+/** Waits for a line of `kind` in the conversation with `text` (and `author`, if given). */
+async function line(page, kind, text, author) {
+  let lines = page.locator(`#messages li.${kind}`).filter({ hasText: text });
+  if (author) lines = lines.filter({ has: page.locator('b', { hasText: author }) });
+  await lines.first().waitFor();
+}
+
+main().catch((error) => {
+  console.error(error.stack || String(error));
+  process.exitCode = 1;
+});

@@ -1,0 +1,109 @@
+//! A server run the way an operator runs one: `wasmgate start -d` in a directory holding its
+//! `wasmgate.toml`, then driven from there with the other commands, no pid needed.
+//!
+//! `start -d` returns once the server's listeners are bound, so tests need no retry loop to
+//! wait for it. Dropping a [`Daemon`] stops the server (and kills it if that fails), so a
+//! failed test never leaves one running.
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+/// Longest one command may take: `start -d` compiles the plugins when their cache is cold.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A detached server and the directory it was started from.
+pub struct Daemon {
+    binary: &'static str,
+    dir: tempfile::TempDir,
+    /// The server's process id, from its pid file.
+    pub pid: u32,
+}
+
+impl Daemon {
+    /// Writes `config` to `wasmgate.toml` in a new directory, copies `plugins` (app name,
+    /// built `.wasm`) into its `plugins/`, and runs `start -d` there with `binary` (the
+    /// test's `CARGO_BIN_EXE_wasmgate-node`). Returns the daemon and what `start` printed.
+    pub async fn start(
+        binary: &'static str,
+        config: &str,
+        plugins: &[(&str, &str)],
+    ) -> (Self, Output) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("wasmgate.toml"), config).unwrap();
+        let plugin_dir = dir.path().join("plugins");
+        std::fs::create_dir(&plugin_dir).unwrap();
+        for (app, path) in plugins {
+            std::fs::copy(path, plugin_dir.join(format!("{app}.wasm"))).unwrap();
+        }
+        let started = wasmgate(binary, dir.path(), &["start", "-d"]).await;
+        let pid = std::fs::read_to_string(dir.path().join("wasmgate.pid"))
+            .unwrap_or_else(|e| panic!("no pid file ({e}); start printed {started:?}"));
+        let pid = pid.trim().parse().unwrap();
+        (Self { binary, dir, pid }, started)
+    }
+
+    /// Runs `wasmgate ARGS` in the daemon's directory.
+    pub async fn run(&self, args: &[&str]) -> Output {
+        wasmgate(self.binary, self.dir.path(), args).await
+    }
+
+    /// The directory the daemon was started from.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if !alive(self.pid) {
+            return;
+        }
+        let stopped = std::process::Command::new(self.binary)
+            .arg("stop")
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .status();
+        if alive(self.pid) {
+            eprintln!(
+                "`wasmgate stop` left {} running ({stopped:?}): killing it",
+                self.pid
+            );
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Runs `binary ARGS` in `dir`, bounded by [`COMMAND_TIMEOUT`].
+pub async fn wasmgate(binary: &str, dir: &Path, args: &[&str]) -> Output {
+    let child = Command::new(binary)
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running wasmgate");
+    tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("`wasmgate {}` did not finish", args.join(" ")))
+        .unwrap()
+}
+
+/// Whether process `pid` runs: it exists and is not a zombie (a daemon's parent has exited,
+/// so whoever adopted it may not have reaped it yet).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,140 @@
+//! The reference plugin's Python and JavaScript builds (`examples/commands-py`,
+//! `examples/commands-js`), made with componentize-py and componentize-js as their READMEs say,
+//! the tools installed by [`tools`] from the registries.
+//!
+//! A build takes seconds (each component embeds a whole interpreter), so it is made once per
+//! change of its inputs and kept in `target/polyglot/`; test binaries and benches share it.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::tools::{self, DirLock, Skip};
+
+/// A language the reference plugin is written in besides Rust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// `examples/commands-py`, built with componentize-py.
+    Python,
+    /// `examples/commands-js`, built with componentize-js.
+    JavaScript,
+}
+
+impl Language {
+    /// Both of them.
+    pub const ALL: [Language; 2] = [Language::Python, Language::JavaScript];
+
+    /// The language's name, lower case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::JavaScript => "javascript",
+        }
+    }
+
+    /// The example's directory name, also the built file's name.
+    pub fn example(self) -> &'static str {
+        match self {
+            Language::Python => "commands-py",
+            Language::JavaScript => "commands-js",
+        }
+    }
+
+    /// The files the build reads besides `wit/`: the source and the tool's pin.
+    fn inputs(self) -> [&'static str; 2] {
+        match self {
+            Language::Python => ["app.py", "requirements.txt"],
+            Language::JavaScript => ["commands.js", "package.json"],
+        }
+    }
+}
+
+/// The built component of the reference plugin in `language`: built now if its inputs changed
+/// since the last build, or a [`Skip`] if the toolchain cannot be installed here.
+pub fn commands(language: Language) -> Result<PathBuf, Skip> {
+    static BUILT: [OnceLock<Result<PathBuf, Skip>>; 2] = [OnceLock::new(), OnceLock::new()];
+    BUILT[language as usize]
+        .get_or_init(|| build(language))
+        .clone()
+}
+
+fn build(language: Language) -> Result<PathBuf, Skip> {
+    let workspace = tools::workspace();
+    let example = workspace.join("examples").join(language.example());
+    let out_dir = workspace.join("target").join("polyglot");
+    std::fs::create_dir_all(&out_dir).expect("creating target/polyglot");
+    let out = out_dir.join(format!("{}.wasm", language.example()));
+    let stamp = out.with_extension("inputs");
+    let inputs = fingerprint(&workspace, &example, language);
+
+    let mut command = match language {
+        Language::Python => {
+            let bin = tools::python_venv("componentize-py", &example.join("requirements.txt"))?;
+            let mut command = Command::new(bin.join("componentize-py"));
+            // Keep the example directory free of __pycache__.
+            command.env("PYTHONDONTWRITEBYTECODE", "1").args([
+                "-d",
+                "../../wit",
+                "-w",
+                "plugin",
+                "componentize",
+                "app",
+                "-o",
+            ]);
+            command
+        }
+        Language::JavaScript => {
+            let modules = tools::npm_install("componentize-js", &example.join("package.json"))?;
+            let mut command = Command::new(modules.join(".bin").join("componentize-js"));
+            // `--disable http fetch-event`: otherwise the component imports wasi:http, which
+            // the worker host does not provide.
+            command.args([
+                "commands.js",
+                "--wit",
+                "../../wit",
+                "--world-name",
+                "plugin",
+                "--disable",
+                "http",
+                "fetch-event",
+                "--out",
+            ]);
+            command
+        }
+    };
+    let _lock = DirLock::acquire(&out_dir);
+    if out.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&inputs) {
+        return Ok(out);
+    }
+    // Built aside and renamed in: a half-written file is never taken for a build.
+    let partial = out.with_extension("wasm.partial");
+    tools::run(
+        command.arg(&partial).current_dir(&example),
+        &format!("building {}", language.example()),
+    )?;
+    std::fs::rename(&partial, &out).expect("moving the built component into place");
+    std::fs::write(&stamp, &inputs).expect("writing the build stamp");
+    Ok(out)
+}
+
+/// A digest of everything the build reads: the example's inputs and the WIT package.
+fn fingerprint(workspace: &Path, example: &Path, language: Language) -> String {
+    let mut hasher = DefaultHasher::new();
+    let mut wit: Vec<PathBuf> = std::fs::read_dir(workspace.join("wit"))
+        .expect("reading wit/")
+        .map(|entry| entry.expect("reading wit/").path())
+        .collect();
+    wit.sort();
+    let files = language
+        .inputs()
+        .map(|f| example.join(f))
+        .into_iter()
+        .chain(wit);
+    for file in files {
+        std::fs::read(&file)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()))
+            .hash(&mut hasher);
+    }
+    format!("{:016x}", hasher.finish())
+}

@@ -1,0 +1,224 @@
+//! Outside tools some tests need, installed by the tests themselves into `target/` from the
+//! package registries with their ordinary clients: a Python venv (componentize-py), npm packages
+//! (componentize-js, playwright-core) and Debian's Chromium.
+//!
+//! A test that cannot get a tool because a registry is unreachable, or because the machine lacks
+//! Python, Node.js or apt, is skipped loudly: [`Skip::report`] prints a banner to the real stderr
+//! (not the test harness's captured one) and appends a line to [`SKIPS_FILE`], which `.ci/run`
+//! counts. Any other failure (a bad pin, a build error) fails the test.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Where skipped tests are recorded, one line each, relative to the workspace.
+pub const SKIPS_FILE: &str = "target/test-skips.log";
+
+/// Why a test could not run here.
+#[derive(Debug, Clone)]
+pub struct Skip(String);
+
+impl Skip {
+    /// A skip for `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self(reason.into())
+    }
+
+    /// Announces that `test` is skipped and records it in [`SKIPS_FILE`].
+    pub fn report(&self, test: &str) {
+        let line = format!("SKIPPED {test}: {}", self.0);
+        // Straight to the process's stderr: `eprintln!` would be captured, and shown only if
+        // the test failed, which a skipped test does not.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n{bar}\n{line}\n{bar}",
+            bar = "!".repeat(72)
+        );
+        let record = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(workspace().join(SKIPS_FILE));
+        if let Ok(mut file) = record {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}
+
+/// Unwraps `tool`, or reports `test` as skipped and returns `None`:
+/// `let Some(path) = tools::or_skip(build(), "conformance::python") else { return };`
+pub fn or_skip<T>(tool: Result<T, Skip>, test: &str) -> Option<T> {
+    tool.inspect_err(|skip| skip.report(test)).ok()
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_owned()
+}
+
+/// `target/tools/NAME`, created if missing: one tool's installation.
+fn tool_dir(name: &str) -> PathBuf {
+    let dir = workspace().join("target").join("tools").join(name);
+    std::fs::create_dir_all(&dir).expect("creating target/tools");
+    dir
+}
+
+/// Holds an exclusive lock on `dir/.lock` while alive, so that test binaries running at the
+/// same time (or a bench beside them) never install or build into one directory at once.
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Waits for the lock on `dir`.
+    pub fn acquire(dir: &Path) -> Self {
+        let file = File::create(dir.join(".lock")).expect("creating a lock file");
+        file.lock().expect("locking");
+        Self { _file: file }
+    }
+}
+
+/// Runs `command`; its output if it succeeded. If it failed and its output shows a network
+/// error, the registry is unreachable: a [`Skip`]. Any other failure panics with the output.
+pub fn run(command: &mut Command, what: &str) -> Result<Output, Skip> {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {command:?}: {e}"));
+    if output.status.success() {
+        return Ok(output);
+    }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if let Some(marker) = NETWORK_ERRORS.iter().find(|m| text.contains(*m)) {
+        return Err(Skip::new(format!(
+            "{what}: a package registry is unreachable ({marker})"
+        )));
+    }
+    panic!("{what} failed ({}):\n{text}", output.status);
+}
+
+/// What pip, npm and apt print when they cannot reach a registry.
+const NETWORK_ERRORS: &[&str] = &[
+    "NewConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "Temporary failure in name resolution",
+    "Name or service not known",
+    "Network is unreachable",
+    "Connection refused",
+    "ProxyError",
+    "ENOTFOUND",
+    "EAI_AGAIN",
+    "ECONNREFUSED",
+    "ECONNRESET",
+    "ETIMEDOUT",
+    "ENETUNREACH",
+    "Could not resolve",
+    "Failed to fetch",
+    "Unable to fetch some archives",
+];
+
+/// Whether `program` can be started at all (`program --version` runs).
+fn exists(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A venv at `target/tools/NAME` with `requirements` (a requirements file) installed; its
+/// `bin` directory. Reinstalls only when the requirements file changed.
+pub fn python_venv(name: &str, requirements: &Path) -> Result<PathBuf, Skip> {
+    if !exists("python3") {
+        return Err(Skip::new("python3 is not installed"));
+    }
+    let dir = tool_dir(name);
+    let _lock = DirLock::acquire(&dir);
+    let wanted = std::fs::read(requirements).expect("reading the requirements");
+    let stamp = dir.join("installed.txt");
+    let bin = dir.join("venv").join("bin");
+    if std::fs::read(&stamp).ok() != Some(wanted.clone()) {
+        run(
+            Command::new("python3")
+                .args(["-m", "venv", "--clear"])
+                .arg(dir.join("venv")),
+            "creating a Python venv",
+        )?;
+        run(
+            Command::new(bin.join("pip"))
+                .args(["install", "--retries", "2", "--timeout", "60", "-r"])
+                .arg(requirements),
+            "pip install",
+        )?;
+        std::fs::write(&stamp, &wanted).expect("writing the install stamp");
+    }
+    Ok(bin)
+}
+
+/// The packages of `package_json` (copied to `target/tools/NAME`) installed there with npm; the
+/// `node_modules` directory. Reinstalls only when the manifest changed.
+pub fn npm_install(name: &str, package_json: &Path) -> Result<PathBuf, Skip> {
+    if !exists("node") || !exists("npm") {
+        return Err(Skip::new("Node.js and npm are not installed"));
+    }
+    let dir = tool_dir(name);
+    let _lock = DirLock::acquire(&dir);
+    let wanted = std::fs::read(package_json).expect("reading package.json");
+    let modules = dir.join("node_modules");
+    if std::fs::read(dir.join("package.json")).ok() != Some(wanted.clone()) || !modules.is_dir() {
+        std::fs::write(dir.join("package.json"), &wanted).expect("copying package.json");
+        run(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--fetch-retries=2"])
+                .arg("--prefix")
+                .arg(&dir),
+            "npm install",
+        )
+        .inspect_err(|_| {
+            // Not installed: the next run must try again.
+            let _ = std::fs::remove_file(dir.join("package.json"));
+        })?;
+    }
+    Ok(modules)
+}
+
+/// Debian's Chromium, installed with apt-get (with `chromium-driver`) when missing; its path.
+pub fn chromium() -> Result<PathBuf, Skip> {
+    let chromium = PathBuf::from("/usr/bin/chromium");
+    if chromium.is_file() {
+        return Ok(chromium);
+    }
+    if !exists("apt-get") {
+        return Err(Skip::new(
+            "Chromium is not installed and there is no apt-get",
+        ));
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if !root {
+        return Err(Skip::new(
+            "Chromium is not installed, and only root can apt-get install chromium chromium-driver",
+        ));
+    }
+    let dir = tool_dir("apt");
+    let _lock = DirLock::acquire(&dir);
+    if !chromium.is_file() {
+        run(Command::new("apt-get").arg("update"), "apt-get update")?;
+        run(
+            Command::new("apt-get")
+                // With recommends: they bring the fonts the page's text renders in.
+                .args(["install", "-y", "chromium", "chromium-driver"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install chromium",
+        )?;
+    }
+    Ok(chromium)
+}

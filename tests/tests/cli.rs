@@ -1,0 +1,221 @@
+//! The command line as an operator uses it: `wasmgate start -d` in the directory that holds
+//! `wasmgate.toml`, then `status`, `connections`, `reload`, `restart` and `stop` from there,
+//! finding the server by its configuration file, never by a pid; and a bad configuration
+//! refused with its key and file named.
+
+use std::collections::HashMap;
+use std::process::Output;
+use std::time::Duration;
+
+use wasmgate_tests::client::TestClient;
+use wasmgate_tests::cluster::{SECRET, free_port};
+use wasmgate_tests::daemon::{Daemon, alive, wasmgate};
+use wasmgate_tests::plugins;
+use wasmgate_tests::prometheus::scrape;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-node");
+
+#[tokio::test]
+async fn a_daemon_is_inspected_reloaded_restarted_and_stopped_by_its_config_file() {
+    let (r, g, m) = (free_port(), free_port(), free_port());
+    let config = format!(
+        "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
+         [[gateway]]\nname = \"chat\"\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"commands\"\nregister = \"127.0.0.1:{r}\"\n\
+         [worker]\nname = \"w1\"\nplugins = \"plugins\"\ninstances = 1\nregister = \"127.0.0.1:{r}\"\n\
+         [metrics]\nlisten = \"127.0.0.1:{m}\"\n"
+    );
+    let (daemon, started) = Daemon::start(BIN, &config, &[("commands", plugins::COMMANDS)]).await;
+    let out = stdout(&started);
+    assert!(started.status.success(), "{started:?}");
+    assert!(
+        out.contains("start in DAEMON mode") && out.contains("Start success"),
+        "{out}"
+    );
+    assert!(
+        alive(daemon.pid),
+        "the server outlives the command that started it"
+    );
+
+    let again = daemon.run(&["start", "-d"]).await;
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    assert!(stdout(&again).contains("already running"), "{again:?}");
+
+    let addr = format!("127.0.0.1:{g}").parse().unwrap();
+    let mut alice = TestClient::ws(addr, "/").await.unwrap();
+    assert_eq!(alice.ask("bind alice").await, "bound alice");
+    assert_eq!(alice.ask("join lobby").await, "joined lobby");
+    let alice_id = alice.ask("whoami").await;
+    let mut bob = TestClient::ws(addr, "/").await.unwrap();
+    assert_eq!(bob.ask("join lobby").await, "joined lobby");
+    let bob_id = bob.ask("whoami").await;
+
+    let status = daemon.run(&["status"]).await;
+    assert!(status.status.success(), "{status:?}");
+    let screen = stdout(&status);
+    let roles = table(&screen, "ROLES");
+    let gateway = row(&roles, "role", "gateway");
+    assert_eq!(
+        [&gateway["name"], &gateway["listen"], &gateway["app"]],
+        ["chat", &format!("ws://127.0.0.1:{g}"), "commands"]
+    );
+    assert_eq!(
+        [
+            &gateway["connections"],
+            &gateway["groups"],
+            &gateway["uids"],
+            &gateway["links"]
+        ],
+        ["2", "1", "1", "1"],
+        "{screen}"
+    );
+    let worker = row(&roles, "role", "worker");
+    assert_eq!([&worker["name"], &worker["links"]], ["w1", "1"], "{screen}");
+    let register = row(&roles, "role", "register");
+    assert_eq!(register["listen"], format!("127.0.0.1:{r}"));
+    let plugins = table(&screen, "PLUGINS");
+    let plugin = row(&plugins, "plugin", "commands");
+    assert_eq!([&plugin["worker"], &plugin["instances"]], ["w1", "1"]);
+    let version = plugin["version"].clone();
+    assert!(
+        version.len() == 12 && version.chars().all(|c| c.is_ascii_hexdigit()),
+        "{screen}"
+    );
+    let traffic = &table(&screen, "TRAFFIC")[0];
+    let messages_in: u64 = traffic["messages_in"].parse().unwrap();
+    assert!(messages_in >= 5, "five commands were sent: {screen}");
+
+    let listed = daemon.run(&["connections"]).await;
+    assert!(listed.status.success(), "{listed:?}");
+    let clients = table(&stdout(&listed), "WASMGATE CONNECTIONS");
+    assert_eq!(clients.len(), 2, "{}", stdout(&listed));
+    let a = row(&clients, "client_id", &alice_id);
+    assert_eq!(
+        [&a["gateway"], &a["uid"], &a["groups"]],
+        ["chat", "alice", "lobby"]
+    );
+    assert!(a["remote"].starts_with("127.0.0.1:"), "{a:?}");
+    let b = row(&clients, "client_id", &bob_id);
+    assert_eq!([&b["uid"], &b["groups"]], ["-", "lobby"]);
+    let json = daemon.run(&["connections", "--json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json.as_array().map(Vec::len), Some(2), "{json}");
+
+    let reload = daemon.run(&["reload"]).await;
+    assert!(reload.status.success(), "{reload:?}");
+    assert!(stdout(&reload).contains("reloading plugins"), "{reload:?}");
+    // The reload re-reads the unchanged file. Nothing outside the process says when that is
+    // done except its counter, so watch it, boundedly.
+    let unchanged = [("plugin", "commands"), ("outcome", "unchanged")];
+    let mut seen = 0.0;
+    for _ in 0..200 {
+        seen = scrape(format!("127.0.0.1:{m}").parse().unwrap())
+            .await
+            .count("wasmgate_plugin_reloads_total", &unchanged);
+        if seen >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen >= 1.0, "the reload never looked at the plugin");
+    assert_eq!(alice.ask("echo still served").await, "still served");
+
+    let restart = daemon.run(&["restart", "-d"]).await;
+    assert!(restart.status.success(), "{restart:?}");
+    let out = stdout(&restart);
+    assert!(
+        out.contains("stop success") && out.contains("Start success"),
+        "{out}"
+    );
+    assert!(!alive(daemon.pid), "the old process is gone");
+    alice.assert_closed().await;
+    let new_pid: u32 = std::fs::read_to_string(daemon.dir().join("wasmgate.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(new_pid));
+
+    let stop = daemon.run(&["stop"]).await;
+    assert!(stop.status.success(), "{stop:?}");
+    assert!(stdout(&stop).contains("stop success"), "{stop:?}");
+    assert!(!alive(new_pid), "stop returns once the process is gone");
+    for leftover in ["wasmgate.sock", "wasmgate.pid"] {
+        assert!(
+            !daemon.dir().join(leftover).exists(),
+            "{leftover} left behind"
+        );
+    }
+    let status = daemon.run(&["status"]).await;
+    assert_eq!(
+        status.status.code(),
+        Some(3),
+        "LSB's not running: {status:?}"
+    );
+    assert!(stdout(&status).contains("not run"), "{status:?}");
+    let stop = daemon.run(&["stop"]).await;
+    assert!(
+        stop.status.success(),
+        "stopping a stopped server is fine: {stop:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_configuration_is_refused_naming_its_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for (config, key) in [
+        ("[worker]\nplugin = \"plugins\"\n", "plugin"),
+        ("[log]\nlevel = \"loud\"\n", "log.level"),
+    ] {
+        std::fs::write(dir.path().join("prod.toml"), config).unwrap();
+        let out = wasmgate(BIN, dir.path(), &["start", "-c", "prod.toml"]).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "EX_CONFIG: {out:?}");
+        assert!(err.contains(key) && err.contains("prod.toml"), "{err}");
+        assert!(!dir.path().join("prod.sock").exists(), "nothing started");
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The rows of the table under the rule whose title starts with `title`, each a map from
+/// column name to cell.
+fn table(screen: &str, title: &str) -> Vec<HashMap<String, String>> {
+    let mut lines = screen
+        .lines()
+        .skip_while(|l| !(l.starts_with("---") && l.contains(&format!(" {title}"))))
+        .skip(1);
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_else(|| panic!("no {title} table in:\n{screen}"))
+        .split_whitespace()
+        .collect();
+    lines
+        .take_while(|l| !l.starts_with("---"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(cells.len(), header.len(), "{l:?} under {header:?}");
+            header
+                .iter()
+                .zip(cells)
+                .map(|(h, c)| (h.to_string(), c.to_owned()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The one row of `rows` whose `column` is `value`.
+fn row<'a>(
+    rows: &'a [HashMap<String, String>],
+    column: &str,
+    value: &str,
+) -> &'a HashMap<String, String> {
+    let mut found = rows.iter().filter(|r| r[column] == value);
+    let first = found.next();
+    assert!(
+        found.next().is_none(),
+        "several rows with {column} = {value}"
+    );
+    first.unwrap_or_else(|| panic!("no row with {column} = {value} in {rows:?}"))
+}
