@@ -697,7 +697,10 @@ mod tests {
     fn contradictory_gateway_settings_name_the_key() {
         for (extra, key) in [
             ("", "tls_cert"),
-            ("tls_cert = \"c\"\ntls_key = \"k\"\nping_data = \"p\"\n", "ping_interval"),
+            (
+                "tls_cert = \"c\"\ntls_key = \"k\"\nping_data = \"p\"\n",
+                "ping_interval",
+            ),
             (
                 "tls_cert = \"c\"\ntls_key = \"k\"\nmax_connections = 0\n",
                 "max_connections",
