@@ -380,9 +380,8 @@ async fn sweep(
         rows.extend(found);
     }
     let title = format!(
-        "echo, {} {:?}, 64-byte payload: wasmgate vs native baseline",
-        common.proto.scheme(),
-        common.layout
+        "echo, {}, 64-byte payload: wasmgate vs native baseline",
+        common.setup(1).label()
     );
     std::fs::write(svg, chart::svg(&title, &points))?;
     eprintln!("chart written to {}", svg.display());

@@ -65,6 +65,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+    use crate::config::Config;
+    use crate::server::{Role, select_roles};
 
     /// The status line and body of `GET path`.
     async fn get(addr: SocketAddr, path: &str) -> (String, String) {
@@ -102,6 +104,19 @@ mod tests {
 
         shutdown.cancel();
         server.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn the_section_defaults_to_port_7270_and_runs_with_the_gateways() {
+        let mut config = Config::parse("[web]\nroot = \"pages\"\n").unwrap();
+        let web = config.web.as_ref().unwrap();
+        assert_eq!(web.listen, "127.0.0.1:7270".parse().unwrap());
+        assert_eq!(web.root, PathBuf::from("pages"));
+        select_roles(&mut config, &[Role::Gateway]);
+        assert!(config.web.is_some());
+        select_roles(&mut config, &[Role::Register, Role::Worker]);
+        assert!(config.web.is_none());
+        assert!(Config::parse("[web]\nroot = \"p\"\nport = 1\n").is_err());
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ pub struct Skip(String);
 
 impl Skip {
     /// A skip for `reason`.
-    pub fn new(reason: impl Into<String>) -> Self {
+    fn new(reason: impl Into<String>) -> Self {
         Self(reason.into())
     }
 
@@ -122,6 +122,9 @@ const NETWORK_ERRORS: &[&str] = &[
     "Could not resolve",
     "Failed to fetch",
     "Unable to fetch some archives",
+    "Temporary failure resolving",
+    // apt-get install after an `apt-get update` that could not fetch the package lists.
+    "Unable to locate package",
 ];
 
 /// Whether `program` can be started at all (`program --version` runs).
@@ -175,7 +178,14 @@ pub fn npm_install(name: &str, package_json: &Path) -> Result<PathBuf, Skip> {
         std::fs::write(dir.join("package.json"), &wanted).expect("copying package.json");
         run(
             Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--fetch-retries=2"])
+                .args(["install", "--no-audit", "--no-fund"])
+                // Bounded: without network, revalidating the cache could otherwise stall for
+                // many minutes; what the cache holds is used as it is.
+                .args([
+                    "--prefer-offline",
+                    "--fetch-retries=1",
+                    "--fetch-timeout=120000",
+                ])
                 .arg("--prefix")
                 .arg(&dir),
             "npm install",

@@ -1,5 +1,6 @@
 //! The chat demo end to end: its plugin (`examples/chat`) in a real cluster, spoken to in JSON by
-//! test clients, and its page (`examples/chat/web`), served by wasmgate's `[web]` server, driven
+//! test clients (also across a hot reload, which it survives because it keeps its state in
+//! sessions and groups), and its page (`examples/chat/web`), served by wasmgate's `[web]` server, driven
 //! in headless Chromium by `tests/browser/chat.cjs`.
 //!
 //! The browser test installs what it needs when it is missing (Debian's `chromium` and
@@ -15,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use wasmgate::config::{Protocol, WebConfig};
 use wasmgate::web::BoundWeb;
 use wasmgate_tests::client::TestClient;
-use wasmgate_tests::cluster::Cluster;
+use wasmgate_tests::cluster::{Cluster, Node, PluginsDir, connect_ws};
 use wasmgate_tests::{plugins, tools};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-node");
 
 /// Longest the whole browser session may take; each of its steps waits at most 10 s.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -58,11 +61,8 @@ impl Person {
             .collect()
     }
 
-    /// Connects and logs in as `name` to `room`.
-    async fn login(cluster: &Cluster, name: &str, room: &str) -> Self {
-        let client = TestClient::ws(cluster.gateways[0].client_addr, "/")
-            .await
-            .unwrap();
+    /// Logs `client`, just connected, in as `name` to `room`.
+    async fn login(client: TestClient, name: &str, room: &str) -> Self {
         let mut person = Self {
             client,
             id: String::new(),
@@ -88,13 +88,15 @@ async fn rooms_lists_messages_and_whispers_over_websocket() {
     // Two instances: consecutive events of different clients land on different instances,
     // which works only because the plugin keeps its state in sessions and groups.
     let cluster = Cluster::start(("chat", plugins::CHAT), &[Protocol::Ws], 1, 2).await;
-    let mut ada = Person::login(&cluster, "Ada", "lobby").await;
+    let addr = cluster.gateways[0].client_addr;
+    let connect = || async { TestClient::ws(addr, "/").await.unwrap() };
+    let mut ada = Person::login(connect().await, "Ada", "lobby").await;
     assert_eq!(ada.online().await, ["Ada"]);
-    let mut bob = Person::login(&cluster, "Bob", "lobby").await;
+    let mut bob = Person::login(connect().await, "Bob", "lobby").await;
     assert_eq!(bob.online().await, ["Ada", "Bob"]);
     assert_eq!(ada.next("join").await["user"]["name"], "Bob");
     assert_eq!(ada.online().await, ["Ada", "Bob"]);
-    let mut eve = Person::login(&cluster, "Eve", "elsewhere").await;
+    let mut eve = Person::login(connect().await, "Eve", "elsewhere").await;
     assert_eq!(eve.online().await, ["Eve"]);
 
     ada.send(json!({"type": "say", "text": "hi all"})).await;
@@ -125,9 +127,7 @@ async fn rooms_lists_messages_and_whispers_over_websocket() {
     assert_eq!(eve.next("say").await["text"], "only here");
 
     // Refusals: a taken nickname, a bad room, talking before logging in, bad JSON.
-    let mut late = TestClient::ws(cluster.gateways[0].client_addr, "/")
-        .await
-        .unwrap();
+    let mut late = connect().await;
     late.recv().await;
     for (request, error) in [
         (
@@ -163,6 +163,67 @@ async fn rooms_lists_messages_and_whispers_over_websocket() {
     assert_eq!(ada.next("leave").await["user"]["name"], "Bob");
     assert_eq!(ada.online().await, ["Ada"]);
     cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_survives_a_hot_reload() {
+    let dir = PluginsDir::with(&[("chat", plugins::CHAT)]);
+    // One instance: the old version's `on-worker-stop` then marks the moment every later
+    // event goes to the new one.
+    let (node, port) = Node::all_in_one(BIN, dir.path(), "chat", 1);
+    let mut ada = Person::login(connect_ws(port).await, "Ada", "lobby").await;
+    let mut bob = Person::login(connect_ws(port).await, "Bob", "lobby").await;
+    assert_eq!(bob.online().await, ["Ada", "Bob"]);
+
+    // A new version: the same code with one more custom section, so that its bytes, and so
+    // its version, differ. Its instances start with nothing in memory.
+    let mut bytes = std::fs::read(plugins::CHAT).unwrap();
+    bytes.extend(custom_section("wasmgate-test", b"a second version"));
+    let next = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(next.path(), &bytes).unwrap();
+    let old = node.installed_versions("chat");
+    dir.deploy("chat", next.path().to_str().unwrap());
+    node.wait_for_line(&["on-worker-stop ran", &old[0]]).await;
+    assert_eq!(node.installed_versions("chat").len(), 2);
+
+    // Names, rooms and the room's members were never in the plugin: nothing is lost.
+    ada.send(json!({"type": "say", "text": "still there?"}))
+        .await;
+    let said = bob.next("say").await;
+    assert_eq!(
+        (&said["from"]["name"], &said["text"]),
+        (&json!("Ada"), &json!("still there?"))
+    );
+    bob.send(json!({"type": "whisper", "to": ada.id, "text": "yes"}))
+        .await;
+    assert_eq!(ada.next("whisper").await["from"]["name"], "Bob");
+    bob.send(json!({"type": "leave"})).await;
+    assert_eq!(ada.online().await, ["Ada"]);
+}
+
+/// A WebAssembly custom section (id 0) named `name`, to append to a component.
+fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = leb128(name.len());
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(payload);
+    let mut section = vec![0];
+    section.extend(leb128(body.len()));
+    section.extend(body);
+    section
+}
+
+/// `n` as an unsigned LEB128 number.
+fn leb128(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

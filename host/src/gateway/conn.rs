@@ -77,7 +77,7 @@ impl Counters {
 
 /// How a connection ends.
 enum End {
-    /// The client left, its socket failed or its close is written: just close the socket.
+    /// The client left or its socket failed: just close the socket.
     Done,
     /// Write this close, then close the socket.
     Close(Close),
@@ -204,21 +204,22 @@ fn read_failed(link: &ClientLink<'_>, e: ReadError) -> End {
     }
 }
 
-/// Writes queued messages in batches until a close is written or the socket fails.
+/// Writes queued messages in batches until a close is queued or the socket fails.
 async fn write<W: Sink<Outbound> + Unpin>(outbound: &mut W, queue: &OutboxReader) -> End {
     loop {
         let mut next = Some(queue.recv().await);
         let mut written = 0;
         while let Some(message) = next.take() {
-            let closing = matches!(message, Outbound::Close(_));
+            if let Outbound::Close(close) = message {
+                // Flush what came before; the close itself is written once the client has
+                // left the state (see `serve`).
+                let _ = tokio::time::timeout(CLOSE_GRACE, outbound.flush()).await;
+                return End::Close(close);
+            }
             if let Outbound::Data(data) = &message {
                 crate::metrics::message_sent(data.len());
             }
             if outbound.feed(message).await.is_err() {
-                return End::Done;
-            }
-            if closing {
-                let _ = tokio::time::timeout(CLOSE_GRACE, outbound.flush()).await;
                 return End::Done;
             }
             written += 1;
