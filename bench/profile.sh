@@ -22,13 +22,13 @@ for server in wasmgate baseline; do
     wasmgate) pattern='^wasmgate start' ;;
     baseline) pattern=' baseline --listen' ;;
     esac
-    pids=
     for _ in $(seq 300); do
-        pids=$(pgrep -P "$bench" -f "$pattern" | paste -sd, -) && break
+        pgrep -P "$bench" -f "$pattern" >/dev/null && break
         sleep 0.1
     done
+    sleep 3 # past the start (of every process, with --layout split) and the warm-up
+    pids=$(pgrep -P "$bench" -f "$pattern" | paste -sd, -)
     [ -n "$pids" ] || { echo "no $server process appeared" >&2; exit 1; }
-    sleep 3 # past the start and the warm-up
     perf record -q -e cpu-clock -F 499 -g -p "$pids" -o "$out/$server.data" -- sleep 5
     perf report -i "$out/$server.data" --no-children --sort dso,sym --stdio \
         >"$out/$server.txt" 2>/dev/null

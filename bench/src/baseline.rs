@@ -7,8 +7,8 @@
 //! of clients, groups and uids behind a short `std` lock (never held across an await), and
 //! a bounded queue per client for what other clients send it (a broadcast clones one
 //! `Bytes` into each queue; the client's task writes a batch and flushes once). WebSocket is
-//! tokio-tungstenite with a 1 KiB initial read buffer, as in wasmgate's gateway, or
-//! tokio-websockets ([`WsLib`]) to compare the two libraries.
+//! tokio-tungstenite with a 1 KiB initial read buffer, as in wasmgate's gateway, or another
+//! library ([`WsLib`]) to compare them.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt, future};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -42,6 +43,11 @@ pub enum WsLib {
     Tungstenite,
     /// tokio-websockets.
     TokioWebsockets,
+    /// fastwebsockets. Its `read_frame` is not cancel-safe, so a connection cannot wait on
+    /// its client and its queue at once: this baseline answers commands but never delivers
+    /// what other clients send (`pub`, `all`, `touid`) — enough for `echo`, `connect` and
+    /// `idle`, not for `fanout`.
+    Fastwebsockets,
 }
 
 /// Serves clients on `listener` until the process ends.
@@ -58,6 +64,7 @@ pub async fn serve(listener: TcpListener, proto: Proto, lib: WsLib) -> io::Resul
                 (Proto::Ws, WsLib::TokioWebsockets) => {
                     client(&hub, tokio_websockets(socket).await?).await;
                 }
+                (Proto::Ws, WsLib::Fastwebsockets) => fastwebsockets(&hub, socket).await?,
             }
             Ok::<_, io::Error>(())
         });
@@ -116,6 +123,69 @@ async fn tokio_websockets(
             };
             future::ready(Ok::<_, tokio_websockets::Error>(message))
         }))
+}
+
+/// Serves one fastwebsockets client: answers its commands (see [`WsLib::Fastwebsockets`]).
+async fn fastwebsockets(hub: &Hub, mut socket: TcpStream) -> io::Result<()> {
+    use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload, Role, WebSocket};
+    upgrade(&mut socket).await?;
+    let mut ws = FragmentCollector::new(WebSocket::after_handshake(socket, Role::Server));
+    // Nobody reads this queue: what other clients send is dropped (see the variant's doc).
+    let (queue, _undelivered) = mpsc::channel(1);
+    let id = hub.add(queue);
+    let served = async {
+        loop {
+            let frame = ws.read_frame().await.map_err(io::Error::other)?;
+            let reply = match frame.opcode {
+                OpCode::Text | OpCode::Binary => hub.command(id, &frame.payload),
+                OpCode::Close => return Ok(()),
+                _ => None,
+            };
+            if let Some(reply) = reply {
+                let payload = Payload::Borrowed(&reply);
+                let frame = if std::str::from_utf8(&reply).is_ok() {
+                    Frame::text(payload)
+                } else {
+                    Frame::binary(payload)
+                };
+                ws.write_frame(frame).await.map_err(io::Error::other)?;
+            }
+        }
+    };
+    let result = served.await;
+    hub.remove(id);
+    result
+}
+
+/// Answers a WebSocket upgrade request (RFC 6455 §4.2), which fastwebsockets leaves to hyper.
+/// Clients send nothing before the answer, so no frame bytes are read past the request.
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(socket: &mut S) -> io::Result<()> {
+    use base64::Engine;
+    use sha1::Digest;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = Vec::with_capacity(512);
+    while !request.ends_with(b"\r\n\r\n") {
+        if request.len() > 8192 || socket.read_buf(&mut request).await? == 0 {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+    }
+    let text = String::from_utf8_lossy(&request);
+    let key = text
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("sec-websocket-key"))
+        .map(|(_, value)| value.trim())
+        .ok_or(io::ErrorKind::InvalidData)?;
+    let digest = sha1::Sha1::new()
+        .chain_update(key)
+        .chain_update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
+        .finalize();
+    let accept = base64::engine::general_purpose::STANDARD.encode(digest);
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    socket.write_all(answer.as_bytes()).await
 }
 
 /// Serves one client: answers its commands and writes what other clients queue for it.
@@ -381,6 +451,22 @@ mod tests {
     fn reply(hub: &Hub, id: u64, message: &str) -> Option<String> {
         hub.command(id, message.as_bytes())
             .map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn upgrade_answers_with_the_rfc_6455_accept_key() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            .await
+            .unwrap();
+        upgrade(&mut server).await.unwrap();
+        drop(server);
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 101 "));
+        assert!(answer.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     }
 
     #[test]

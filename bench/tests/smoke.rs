@@ -62,6 +62,16 @@ fn echo_over_websocket_and_text() {
 }
 
 #[test]
+fn echo_against_the_other_websocket_libraries() {
+    for lib in ["tokio-websockets", "fastwebsockets"] {
+        compared(
+            &bench(&["echo", "--clients", "4", "--baseline-ws", lib]),
+            "msgs/s",
+        );
+    }
+}
+
+#[test]
 fn fanout() {
     compared(
         &bench(&["fanout", "--members", "8", "--window", "2"]),

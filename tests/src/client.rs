@@ -120,9 +120,11 @@ impl TestClient {
     /// The next message, or why there is none within `wait` (bytes that are not UTF-8 are
     /// replaced: use [`TestClient::recv_bytes`] to see them).
     pub async fn recv_within(&mut self, wait: Duration) -> Result<String, Silence> {
-        self.recv_bytes_within(wait)
-            .await
-            .map(|data| String::from_utf8_lossy(&data).into_owned())
+        // Valid UTF-8 (the common case) becomes the string without a copy.
+        self.recv_bytes_within(wait).await.map(|data| {
+            String::from_utf8(data)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        })
     }
 
     /// The next message as bytes, or why there is none within `wait`.

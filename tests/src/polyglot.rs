@@ -41,7 +41,7 @@ impl Language {
         }
     }
 
-    /// The files the build reads besides `wit/`: the source and the tool's pin.
+    /// The files the build reads besides `wit/`: the source (the first) and the tool's pin.
     fn inputs(self) -> [&'static str; 2] {
         match self {
             Language::Python => ["app.py", "requirements.txt"],
@@ -68,31 +68,23 @@ fn build(language: Language) -> Result<PathBuf, Skip> {
     let stamp = out.with_extension("inputs");
     let inputs = fingerprint(&workspace, &example, language);
 
+    let wit = workspace.join("wit");
+    // The commands of the examples' READMEs, with the WIT directory given absolute.
     let mut command = match language {
         Language::Python => {
             let bin = tools::python_venv("componentize-py", &example.join("requirements.txt"))?;
             let mut command = Command::new(bin.join("componentize-py"));
-            // Keep the example directory free of __pycache__.
-            command.env("PYTHONDONTWRITEBYTECODE", "1").args([
-                "-d",
-                "../../wit",
-                "-w",
-                "plugin",
-                "componentize",
-                "app",
-                "-o",
-            ]);
+            command.arg("-d").arg(&wit);
+            command.args(["-w", "plugin", "componentize", "app", "-o"]);
             command
         }
         Language::JavaScript => {
             let modules = tools::npm_install("componentize-js", &example.join("package.json"))?;
             let mut command = Command::new(modules.join(".bin").join("componentize-js"));
+            command.args(["commands.js", "--wit"]).arg(&wit);
             // `--disable http fetch-event`: otherwise the component imports wasi:http, which
             // the worker host does not provide.
             command.args([
-                "commands.js",
-                "--wit",
-                "../../wit",
                 "--world-name",
                 "plugin",
                 "--disable",
@@ -107,10 +99,16 @@ fn build(language: Language) -> Result<PathBuf, Skip> {
     if out.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&inputs) {
         return Ok(out);
     }
+    // Built from a copy of the source: componentize-py's embedded CPython writes __pycache__
+    // beside the module it imports, whatever the environment says.
+    let source = language.inputs()[0];
+    let staging = out_dir.join(format!("{}-src", language.example()));
+    std::fs::create_dir_all(&staging).expect("creating the build directory");
+    std::fs::copy(example.join(source), staging.join(source)).expect("copying the source");
     // Built aside and renamed in: a half-written file is never taken for a build.
     let partial = out.with_extension("wasm.partial");
     tools::run(
-        command.arg(&partial).current_dir(&example),
+        command.arg(&partial).current_dir(&staging),
         &format!("building {}", language.example()),
     )?;
     std::fs::rename(&partial, &out).expect("moving the built component into place");

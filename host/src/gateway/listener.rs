@@ -135,12 +135,22 @@ async fn websocket<S>(
         let stream = transport.await?;
         Ok::<_, HandshakeError>(ws::accept(stream, config.max_message_size).await?)
     };
-    let accepted = tokio::time::timeout(config.handshake_timeout, handshake)
+    // A task's allocation is sized for its largest state, kept for the connection's whole
+    // life: boxing the handshake (TLS and upgrade buffers) frees it once the client is in,
+    // and boxing the connection keeps the two from adding up.
+    let accepted = tokio::time::timeout(config.handshake_timeout, Box::pin(handshake))
         .await
         .unwrap_or(Err(HandshakeError::TimedOut(config.handshake_timeout)));
     match accepted {
         Ok((inbound, outbound, request)) => {
-            conn::serve(shared, remote, inbound, outbound, Some(request)).await;
+            Box::pin(conn::serve(
+                shared,
+                remote,
+                inbound,
+                outbound,
+                Some(request),
+            ))
+            .await;
         }
         Err(e) => {
             Counters::bump(&shared.counters.failed_handshakes);
