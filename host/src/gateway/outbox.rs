@@ -139,7 +139,9 @@ impl Outbox {
     /// Queues `message` without waiting; a queue that would exceed its budget kills the
     /// client as a slow reader instead. Returns whether the message was queued.
     pub fn push(&self, message: Outbound) -> bool {
-        if self.0.kill.is_cancelled() {
+        // The atomic, not the token: `is_cancelled` takes a lock, and a broadcast asks this
+        // once per member.
+        if self.0.killed.load(Ordering::Acquire) != 0 {
             return false;
         }
         let cost = cost(&message);

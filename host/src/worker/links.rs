@@ -268,8 +268,13 @@ async fn read_loop(
 
 impl Gateways for GatewayLinks {
     fn command(&self, command: Command) -> CommandFuture {
-        let targets = self.targets(command.target());
+        let mut targets = self.targets(command.target());
         Box::pin(async move {
+            // Per-client commands (the common case) have one target: move it, copy only for
+            // the others.
+            let Some(last) = targets.pop() else {
+                return false;
+            };
             let mut queued = false;
             for link in targets {
                 queued |= link
@@ -278,7 +283,7 @@ impl Gateways for GatewayLinks {
                     .await
                     .is_ok();
             }
-            queued
+            queued | last.queue.send(ToGateway::Command(command)).await.is_ok()
         })
     }
 
