@@ -19,7 +19,7 @@ import {
   sendToUid,
   unbindUid,
   updateSession,
-} from 'wasmgate:plugin/gateway@0.1.0';
+} from 'wasmgate:plugin/gateway@0.2.0';
 
 const SPACE = 0x20;
 const encoder = new TextEncoder();
@@ -85,17 +85,7 @@ const COMMANDS = [
   }],
   ['count <group>', (client, rest) => {
     const group = text(rest);
-    let n;
-    try {
-      n = getClientCountByGroup(group);
-    } catch (e) {
-      // A WIT `error` arrives as an exception whose payload is the `gateway-error` variant.
-      const error = e.payload;
-      return error?.tag === 'invalid-argument'
-        ? reply(`error invalid-argument ${error.val}`)
-        : reply('error unreachable');
-    }
-    return reply(`count ${group} ${n}`);
+    return reply(`count ${group} ${getClientCountByGroup(group)}`);
   }],
   ['set <key> <value>', (client, rest) => {
     const [key, value] = split(present(rest));
@@ -134,6 +124,11 @@ function run(client, message) {
     return command(client, rest);
   } catch (e) {
     if (e instanceof Usage) return reply(`error usage: ${usage}`);
+    // A failed gateway operation arrives as an exception whose payload is the `gateway-error`
+    // variant; the reply says it in the WIT's words.
+    const error = e.payload;
+    if (error?.tag === 'invalid-argument') return reply(`error invalid-argument ${error.val}`);
+    if (error?.tag === 'unreachable') return reply('error unreachable');
     throw e;
   }
 }
@@ -145,7 +140,12 @@ export const events = {
   onWebsocketConnect(client, request) {},
   onMessage(client, data) {
     const answer = run(client, data);
-    if (answer !== undefined) sendToClient(client.id, answer);
+    if (answer === undefined) return;
+    try {
+      sendToClient(client.id, answer);
+    } catch {
+      // The sender left meanwhile: nobody to answer.
+    }
   },
   onClose(client) {},
   onTimer(id) {},

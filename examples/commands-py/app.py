@@ -86,13 +86,7 @@ def to_uid(client: Client, rest: Optional[bytes]) -> Optional[bytes]:
 
 def count(client: Client, rest: Optional[bytes]) -> Optional[bytes]:
     group = text(rest)
-    try:
-        n = gateway.get_client_count_by_group(group)
-    except Err as error:
-        # The WIT's words: `unreachable`, or `invalid-argument <why>`.
-        if isinstance(error.value, GatewayError_InvalidArgument):
-            return reply(f"error invalid-argument {error.value.value}")
-        return reply("error unreachable")
+    n = gateway.get_client_count_by_group(group)
     return reply(f"count {group} {n}")
 
 
@@ -157,6 +151,12 @@ def run(client: Client, message: bytes) -> Optional[bytes]:
         return command(client, rest)
     except Usage:
         return reply(f"error usage: {usage}")
+    except Err as error:
+        # A failed gateway operation, in the WIT's words: `unreachable`, or
+        # `invalid-argument <why>`.
+        if isinstance(error.value, GatewayError_InvalidArgument):
+            return reply(f"error invalid-argument {error.value.value}")
+        return reply("error unreachable")
 
 
 class Events(exports.Events):
@@ -165,7 +165,10 @@ class Events(exports.Events):
     def on_message(self, client: Client, data: bytes) -> None:
         answer = run(client, data)
         if answer is not None:
-            gateway.send_to_client(client.id, answer)
+            try:
+                gateway.send_to_client(client.id, answer)
+            except Err:
+                pass  # The sender left meanwhile: nobody to answer.
 
     def on_worker_start(self, info: WorkerInfo) -> None:
         pass

@@ -7,41 +7,70 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{ClientId, Session, gateway};
+use crate::{ClientId, GatewayError, Session, gateway};
 
-/// Sends `value` as JSON to one client; see [`gateway::send_to_client`] for the `bool`.
-pub fn send_to_client<T: Serialize + ?Sized>(
-    client_id: &str,
-    value: &T,
-) -> serde_json::Result<bool> {
+/// Why a JSON send failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// The value could not be serialized; nothing was sent.
+    Json(serde_json::Error),
+    /// The gateway operation failed.
+    Gateway(GatewayError),
+}
+
+impl From<serde_json::Error> for SendError {
+    fn from(e: serde_json::Error) -> Self {
+        SendError::Json(e)
+    }
+}
+
+impl From<GatewayError> for SendError {
+    fn from(e: GatewayError) -> Self {
+        SendError::Gateway(e)
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Json(e) => write!(f, "not serializable as JSON: {e}"),
+            SendError::Gateway(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// Sends `value` as JSON to one client.
+pub fn send_to_client<T: Serialize + ?Sized>(client_id: &str, value: &T) -> Result<(), SendError> {
     Ok(gateway::send_to_client(
         client_id,
         &serde_json::to_vec(value)?,
-    ))
+    )?)
 }
 
 /// Sends `value` as JSON to each of `client_ids`.
 pub fn send_to_clients<T: Serialize + ?Sized>(
     client_ids: &[ClientId],
     value: &T,
-) -> serde_json::Result<()> {
-    gateway::send_to_clients(client_ids, &serde_json::to_vec(value)?);
-    Ok(())
+) -> Result<(), SendError> {
+    Ok(gateway::send_to_clients(
+        client_ids,
+        &serde_json::to_vec(value)?,
+    )?)
 }
 
 /// Sends `value` as JSON to every connected client except those in `exclude`.
 pub fn send_to_all<T: Serialize + ?Sized>(
     value: &T,
     exclude: &[ClientId],
-) -> serde_json::Result<()> {
-    gateway::send_to_all(&serde_json::to_vec(value)?, exclude);
-    Ok(())
+) -> Result<(), SendError> {
+    Ok(gateway::send_to_all(&serde_json::to_vec(value)?, exclude)?)
 }
 
 /// Sends `value` as JSON to every client bound to any of `uids`.
-pub fn send_to_uid<T: Serialize + ?Sized>(uids: &[String], value: &T) -> serde_json::Result<()> {
-    gateway::send_to_uid(uids, &serde_json::to_vec(value)?);
-    Ok(())
+pub fn send_to_uid<T: Serialize + ?Sized>(uids: &[String], value: &T) -> Result<(), SendError> {
+    Ok(gateway::send_to_uid(uids, &serde_json::to_vec(value)?)?)
 }
 
 /// Sends `value` as JSON to every member of any of `groups` except those in `exclude`.
@@ -49,9 +78,12 @@ pub fn send_to_group<T: Serialize + ?Sized>(
     groups: &[String],
     value: &T,
     exclude: &[ClientId],
-) -> serde_json::Result<()> {
-    gateway::send_to_group(groups, &serde_json::to_vec(value)?, exclude);
-    Ok(())
+) -> Result<(), SendError> {
+    Ok(gateway::send_to_group(
+        groups,
+        &serde_json::to_vec(value)?,
+        exclude,
+    )?)
 }
 
 impl Session {

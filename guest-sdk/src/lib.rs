@@ -7,7 +7,7 @@
 //!
 //! ```
 //! struct Echo;
-//! impl wasmgate_sdk::Plugin for Echo { fn on_message(client: wasmgate_sdk::Client, data: Vec<u8>) { wasmgate_sdk::gateway::send_to_client(&client.id, &data); } }
+//! impl wasmgate_sdk::Plugin for Echo { fn on_message(client: wasmgate_sdk::Client, data: Vec<u8>) { let _ = wasmgate_sdk::gateway::send_to_client(&client.id, &data); } }
 //! wasmgate_sdk::export!(Echo);
 //! ```
 //!
@@ -17,7 +17,8 @@
 //!
 //! What a plugin can ask for:
 //! - [`gateway`]: sends, closes, uids, groups and sessions, GatewayWorker's `Lib\Gateway` call
-//!   for call. Sends are fire-and-forget; queries return `Result<_, GatewayError>`.
+//!   for call. Every call returns `Result<_, GatewayError>`: sends are fire-and-forget (`Ok`
+//!   means queued), and an argument that can never be valid (an empty group) is refused.
 //! - [`timers`]: intervals and timeouts that fire [`Plugin::on_timer`].
 //! - [`log`]: levelled lines in the host's log, tagged with the plugin's name.
 //! - [`Session`] and the methods on [`Client`]: typed access to a client's session and replies.
@@ -137,12 +138,12 @@ impl Client {
     }
 
     /// Replaces this client's whole session at its gateway (`set-session`).
-    pub fn set_session(&self, session: &Session) {
-        gateway::set_session(&self.id, session.as_slice());
+    pub fn set_session(&self, session: &Session) -> Result<(), GatewayError> {
+        gateway::set_session(&self.id, session.as_slice())
     }
 
-    /// Sends `data` to this client; false if it was not queued, as [`gateway::send_to_client`].
-    pub fn reply(&self, data: impl AsRef<[u8]>) -> bool {
+    /// Sends `data` to this client, as [`gateway::send_to_client`]: `Ok` means queued.
+    pub fn reply(&self, data: impl AsRef<[u8]>) -> Result<(), GatewayError> {
         gateway::send_to_client(&self.id, data.as_ref())
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! `start` runs the roles a configuration file asks for (all of them, on loopback, when there
 //! is no file), in the foreground or detached with `-d`. The other commands reach the running
-//! server through its control socket ([`crate::control`]), found from the same configuration
+//! server through its control socket ([`crate::process::control`]), found from the same configuration
 //! file, so nobody needs to know a pid. The command lives in the library so that the
 //! end-to-end tests run the very same code as separate processes.
 //!
@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigError};
-use crate::control::{self, AskError, Request, Response};
-use crate::server::{self, Role, Triggers};
+use crate::process::control::{self, AskError, Request, Response};
+use crate::process::{self, Role, Triggers};
 
 /// The configuration file used when none is named, if it exists.
 const DEFAULT_FILE: &str = "wasmgate.toml";
@@ -144,7 +144,7 @@ impl Target {
                 (config, "wasmgate[built-in configuration]".to_owned())
             }
         };
-        server::select_roles(&mut config, &self.role);
+        process::select_roles(&mut config, &self.role);
         let mut roles: Vec<&str> = self.role.iter().map(|r| r.name()).collect();
         roles.sort_unstable();
         roles.dedup();
@@ -348,7 +348,7 @@ fn start(target: &Target, detach: bool) -> anyhow::Result<ExitCode> {
             "wasmgate {} starting; Ctrl+C or `wasmgate stop` stops it",
             env!("CARGO_PKG_VERSION")
         );
-        server::run(setup.config, triggers, shutdown).await
+        process::run(setup.config, triggers, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -10,10 +10,11 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A client connection's cluster-wide id.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A client connection's cluster-wide id: its 20 hex characters in JSON, 10 bytes' worth of
+/// fields on the internal links.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId {
     /// The internal (worker-facing) address of the gateway holding the client.
     pub gateway: SocketAddrV4,
@@ -69,6 +70,28 @@ impl FromStr for ClientId {
     }
 }
 
+impl Serialize for ClientId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            (self.gateway, self.index).serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+            text.parse().map_err(serde::de::Error::custom)
+        } else {
+            let (gateway, index) = Deserialize::deserialize(deserializer)?;
+            Ok(Self { gateway, index })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +113,17 @@ mod tests {
         ] {
             assert!(bad.parse::<ClientId>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn text_in_json_fields_on_the_wire() {
+        let id = ClientId::new("127.0.0.1:2300".parse().unwrap(), 8);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, "\"7f00000108fc00000008\"");
+        assert_eq!(serde_json::from_str::<ClientId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<ClientId>("\"7f\"").is_err());
+        let wire = postcard::to_stdvec(&id).unwrap();
+        assert!(wire.len() <= 10, "{wire:?}");
+        assert_eq!(postcard::from_bytes::<ClientId>(&wire).unwrap(), id);
     }
 }

@@ -43,8 +43,8 @@ pub struct Config {
     /// Serve Prometheus metrics; off unless the section is present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
-    /// Serve the HTTP push API from the worker host; off unless the section is present. The
-    /// worker host reads it as [`WorkerConfig::push`], copied there when the file is loaded.
+    /// Serve the HTTP push API over the worker host's links; off unless the section is
+    /// present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push: Option<PushConfig>,
     /// Serve a directory of static files over HTTP (a page that talks to the gateways); off
@@ -284,9 +284,6 @@ pub struct WorkerConfig {
     /// What each app may reach beyond the default of nothing, by app name.
     #[serde(default)]
     pub grants: BTreeMap<String, Grants>,
-    /// The HTTP push API to serve: the file's `[push]` section.
-    #[serde(skip)]
-    pub push: Option<PushConfig>,
 }
 
 /// `[worker.grants.APP]`: capabilities given to one app's instances. The default grants
@@ -519,7 +516,6 @@ impl Config {
             if worker.cache.is_none() {
                 worker.cache = Some(worker.plugins.join(".cache"));
             }
-            worker.push = self.push.clone();
         }
     }
 }
@@ -720,14 +716,14 @@ mod tests {
     }
 
     #[test]
-    fn push_needs_a_token_off_loopback_and_reaches_the_worker() {
+    fn push_needs_a_token_off_loopback() {
         let c = Config::parse("[worker]\n[push]\n").unwrap();
-        let push = c.worker.unwrap().push.unwrap();
+        let push = c.push.unwrap();
         assert_eq!(push.listen, "127.0.0.1:7271".parse().unwrap());
         assert_eq!(push.token, None);
         let c =
             Config::parse("[worker]\n[push]\nlisten = \"0.0.0.0:80\"\ntoken = \"t\"\n").unwrap();
-        assert_eq!(c.worker.unwrap().push.unwrap().token.as_deref(), Some("t"));
+        assert_eq!(c.push.unwrap().token.as_deref(), Some("t"));
         for (text, key) in [
             ("[worker]\n[push]\nlisten = \"0.0.0.0:80\"\n", "token"),
             ("[worker]\n[push]\ntoken = \"\"\n", "token"),

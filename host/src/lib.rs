@@ -13,11 +13,12 @@
 //! - [`worker`]: the worker host: the wasm runtime, the plugins, the links to gateways.
 //! - [`gateway`]: the gateway: client connections, groups, uids, sessions.
 //! - [`config`]: the configuration file.
-//! - [`server`]: runs the configured roles in one process; [`cli`]: the command line;
-//!   [`control`]: the socket the command line reaches a running server on; [`metrics`]:
-//!   counters and the Prometheus endpoint.
+//! - [`process`]: runs the configured roles in one process, with what belongs to the whole
+//!   process (the control socket, `/metrics`, the push API's listener); [`cli`]: the command
+//!   line; [`metrics`]: counters and histograms.
 //! - [`wire`]: the internal links' protocol: frame codec, secret handshake, messages;
-//!   [`local`]: the same links as channels when both ends share a process.
+//!   [`local`]: the same links as channels when both ends share a process; [`links`]: a worker
+//!   host's or push client's links to every gateway.
 //! - [`register`]: discovery: tells worker hosts where the gateways are; off the data path.
 //! - [`push`]: pushing from other applications: the HTTP push API and the Rust [`push::PushClient`].
 //! - [`web`]: a static-file HTTP server for pages that talk to the gateways (the chat demo's).
@@ -25,14 +26,14 @@
 pub mod cli;
 pub mod client_id;
 pub mod config;
-pub mod control;
 pub mod gateway;
+pub mod links;
 pub mod local;
 pub mod metrics;
 pub mod ops;
+pub mod process;
 pub mod push;
 pub mod register;
-pub mod server;
 pub mod web;
 pub mod wire;
 pub mod worker;

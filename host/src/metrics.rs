@@ -1,13 +1,13 @@
-//! What the process counts, and the Prometheus endpoint that shows it (`[metrics] listen`).
+//! What the process counts: counters and histograms, and nothing of the roles that count.
 //!
 //! Events are counted in statics, so that any module counts with one line
 //! (`metrics::CONNECTIONS_OPENED.inc()`) and no handle has to be threaded through the roles;
-//! a count is an atomic add, never a lock held across anything. What a gateway holds — its
-//! clients, groups, uids, worker-host links and limit counters — is read from the running
-//! gateways when scraped ([`registry`]) rather than mirrored into gauges that could drift.
-//! The worker host publishes here what has no other home outside its tasks: the plugin
-//! versions it serves ([`plugins`]) and its links to gateways ([`gateway_link`]); `status`
-//! reads them too.
+//! a count is an atomic add, never a lock held across anything. This module sits below every
+//! role and imports none: what a gateway holds (clients, groups, uids, links, limit counters)
+//! is read from the running gateways at scrape time by the process layer
+//! (`crate::process::scrape`), which adds it to the [`register`]ed counters. The worker host
+//! publishes here what has no other home outside its tasks: the plugin versions it serves
+//! ([`plugins`]) and its links to gateways ([`gateway_link`]); `status` reads them too.
 //!
 //! Names follow the Prometheus guide: a `wasmgate_` prefix, base units (seconds, bytes),
 //! counters ending in `_total` (the library appends it). Labels are bounded: `gateway`,
@@ -15,29 +15,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, RwLock};
+use std::sync::{LazyLock, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::prometheus_text;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-use crate::gateway::conn::Counters;
-use crate::gateway::state::StateSummary;
-use crate::server::Running;
-use crate::wire::handshake::Role;
-use crate::worker::runtime::CallError;
 
 /// Client connections accepted (after their handshake).
 pub static CONNECTIONS_OPENED: LazyLock<Counter> = LazyLock::new(Counter::default);
@@ -91,28 +77,18 @@ struct RoleLabels {
     role: &'static str,
 }
 
-impl RoleLabels {
-    fn of(role: Role) -> Self {
-        let role = match role {
-            Role::Gateway => "gateway",
-            Role::Worker => "worker",
-            Role::Client => "client",
-        };
-        Self { role }
-    }
-}
-
-/// Counts a link to a gateway opened (`change` 1) or closed (-1) by a `role` of this process.
-pub fn gateway_link(role: Role, change: i64) {
+/// Counts a link to a gateway opened (`change` 1) or closed (-1) by a `role` of this process
+/// (`worker`, `client`).
+pub fn gateway_link(role: &'static str, change: i64) {
     LINKS_TO_GATEWAYS
-        .get_or_create(&RoleLabels::of(role))
+        .get_or_create(&RoleLabels { role })
         .inc_by(change);
 }
 
 /// The gateways the `role`s of this process are linked to.
-pub fn gateway_links(role: Role) -> i64 {
+pub fn gateway_links(role: &'static str) -> i64 {
     LINKS_TO_GATEWAYS
-        .get(&RoleLabels::of(role))
+        .get(&RoleLabels { role })
         .map_or(0, |g| g.get())
 }
 
@@ -142,22 +118,18 @@ pub fn bytes() -> [u64; 2] {
     [RECEIVED_BYTES.get(), SENT_BYTES.get()]
 }
 
-/// Runs one plugin callback (`call`), counting it by outcome and timing it.
-pub async fn plugin_call<T>(
+/// Runs one plugin callback (`call`), counting it by outcome (`outcome` names a failure's)
+/// and timing it.
+pub async fn plugin_call<T, E>(
     plugin: &str,
     event: &'static str,
-    call: impl Future<Output = Result<T, CallError>>,
-) -> Result<T, CallError> {
+    call: impl Future<Output = Result<T, E>>,
+    outcome: impl FnOnce(&E) -> Outcome,
+) -> Result<T, E> {
     let started = Instant::now();
     let result = call.await;
     let seconds = started.elapsed().as_secs_f64();
-    let outcome = match &result {
-        Ok(_) => Outcome::Ok,
-        Err(CallError::Trap { .. }) => Outcome::Trap,
-        Err(CallError::Timeout { .. }) => Outcome::Timeout,
-        Err(CallError::OutOfMemory { .. }) => Outcome::MemoryLimit,
-        Err(CallError::StartRefused(_) | CallError::Grant(_)) => Outcome::StartFailed,
-    };
+    let outcome = result.as_ref().err().map_or(Outcome::Ok, outcome);
     let record = |m: &CallMetrics| {
         m.seconds.observe(seconds);
         m.outcomes[outcome as usize].inc();
@@ -179,11 +151,16 @@ pub async fn plugin_call<T>(
 
 /// How a plugin call ended, as the `outcome` label says it.
 #[derive(Debug, Clone, Copy)]
-enum Outcome {
+pub enum Outcome {
+    /// It returned.
     Ok,
+    /// The guest trapped.
     Trap,
+    /// It ran past `process_timeout`.
     Timeout,
+    /// It grew past `memory_limit`.
     MemoryLimit,
+    /// A fresh instance for it could not be started.
     StartFailed,
 }
 
@@ -313,9 +290,8 @@ fn plugin_table() -> std::sync::MutexGuard<'static, BTreeMap<(String, String), P
     PLUGINS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Every metric of the process, with the states of `running` read at each scrape.
-pub fn registry(running: Arc<Running>) -> Registry {
-    let mut r = Registry::with_prefix("wasmgate");
+/// Registers every counter and histogram of the process in `r`.
+pub fn register(r: &mut Registry) {
     let counters: [(&str, &str, &LazyLock<Counter>); 4] = [
         (
             "connections_opened",
@@ -369,174 +345,11 @@ pub fn registry(running: Arc<Running>) -> Registry {
         "Looks at plugin files, by plugin and outcome (installed, unchanged, failed, removed)",
         PLUGIN_RELOADS.clone(),
     );
-    r.register_collector(Box::new(States(running)));
-    r
 }
-
-/// The states of the running roles, read at scrape time.
-struct States(Arc<Running>);
-
-impl std::fmt::Debug for States {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("States")
-    }
-}
-
-impl Collector for States {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let running = &self.0;
-        let build = [("version", env!("CARGO_PKG_VERSION"))];
-        let mut m = encoder.encode_descriptor(
-            "build_info",
-            "The running wasmgate version.",
-            None,
-            MetricType::Gauge,
-        )?;
-        ConstGauge::new(1).encode(m.encode_family(&build)?)?;
-        let started = unix_seconds(running.started);
-        let m = encoder.encode_descriptor(
-            "start_time",
-            "When the process started, in seconds since the Unix epoch.",
-            Some(&Unit::Seconds),
-            MetricType::Gauge,
-        )?;
-        ConstGauge::new(started).encode(m)?;
-
-        let gateways: Vec<GatewayRow> = running
-            .gateways
-            .iter()
-            .map(|g| GatewayRow {
-                name: &g.name,
-                state: g.gateway.state.summary(),
-                links: g.gateway.router.len(),
-                limits: &g.gateway.counters,
-            })
-            .collect();
-        for (name, help, value) in GATEWAY_GAUGES {
-            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for g in &gateways {
-                ConstGauge::new(value(g) as i64)
-                    .encode(m.encode_family(&[("gateway", g.name)])?)?;
-            }
-        }
-        for (name, help, counter) in GATEWAY_LIMITS {
-            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for g in &gateways {
-                let value = counter(g.limits).load(Ordering::Relaxed);
-                ConstCounter::new(value).encode(m.encode_family(&[("gateway", g.name)])?)?;
-            }
-        }
-
-        let mut m = encoder.encode_descriptor(
-            "plugin_loaded_timestamp",
-            "When the serving version of each plugin was installed, in seconds since the Unix epoch.",
-            Some(&Unit::Seconds),
-            MetricType::Gauge,
-        )?;
-        for p in plugins() {
-            let labels = [
-                ("worker", p.worker.as_str()),
-                ("plugin", p.plugin.as_str()),
-                ("version", p.version.as_str()),
-            ];
-            ConstGauge::new(unix_seconds(p.loaded_at)).encode(m.encode_family(&labels)?)?;
-        }
-        Ok(())
-    }
-}
-
-/// One gateway's states, read once per scrape.
-struct GatewayRow<'a> {
-    name: &'a str,
-    state: StateSummary,
-    links: usize,
-    limits: &'a Counters,
-}
-
-type GatewayGauge = (&'static str, &'static str, fn(&GatewayRow) -> usize);
-
-const GATEWAY_GAUGES: [GatewayGauge; 4] = [
-    ("connections", "Clients connected, by gateway.", |g| {
-        g.state.clients
-    }),
-    (
-        "groups",
-        "Groups with at least one client, by gateway.",
-        |g| g.state.groups,
-    ),
-    (
-        "uids",
-        "Uids bound to at least one client, by gateway.",
-        |g| g.state.uids,
-    ),
-    (
-        "gateway_worker_links",
-        "Worker hosts linked, by gateway.",
-        |g| g.links,
-    ),
-];
-
-type GatewayLimit = (&'static str, &'static str, fn(&Counters) -> &AtomicU64);
-
-const GATEWAY_LIMITS: [GatewayLimit; 5] = [
-    (
-        "connections_refused",
-        "Connections closed on accept at max_connections, by gateway.",
-        |c| &c.refused,
-    ),
-    (
-        "handshakes_failed",
-        "TLS or WebSocket handshakes that failed or timed out, by gateway.",
-        |c| &c.failed_handshakes,
-    ),
-    (
-        "slow_clients_dropped",
-        "Clients disconnected for falling send_buffer behind, by gateway.",
-        |c| &c.slow_readers,
-    ),
-    (
-        "oversized_messages",
-        "Clients closed for a message over max_message_size, by gateway.",
-        |c| &c.oversized,
-    ),
-    (
-        "heartbeat_timeouts",
-        "Clients dropped by the heartbeat, by gateway.",
-        |c| &c.heartbeat_timeouts,
-    ),
-];
 
 /// Seconds since the Unix epoch.
 pub fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
-}
-
-/// Serves `GET /metrics` on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    registry: Registry,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let app = axum::Router::new()
-        .route("/metrics", axum::routing::get(scrape))
-        .with_state(Arc::new(registry));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-    Ok(())
-}
-
-async fn scrape(State(registry): State<Arc<Registry>>) -> Response {
-    let mut body = String::new();
-    match prometheus_text::encode(&mut body, &registry) {
-        Ok(()) => (
-            [(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)],
-            body,
-        )
-            .into_response(),
-        // Only a collector's `fmt::Error` gets here, and it carries no message.
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
 }

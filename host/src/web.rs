@@ -66,7 +66,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::server::{Role, select_roles};
+    use crate::process::{Role, select_roles};
 
     /// The status line and body of `GET path`.
     async fn get(addr: SocketAddr, path: &str) -> (String, String) {

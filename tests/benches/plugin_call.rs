@@ -17,9 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use wasmgate::ops::{Command, Query};
+use wasmgate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Unreachable};
 use wasmgate::worker::Client;
-use wasmgate::worker::host_api::{CommandFuture, Gateways, QueryError, QueryFuture};
 use wasmgate::worker::runtime::{Call, Limits, PluginCode, PluginInstance, Runtime};
 use wasmgate_tests::plugins;
 use wasmgate_tests::polyglot::{self, Language};
@@ -33,11 +32,11 @@ struct Counting(AtomicU64);
 impl Gateways for Counting {
     fn command(&self, _command: Command) -> CommandFuture {
         self.0.fetch_add(1, Ordering::Relaxed);
-        Box::pin(async { true })
+        Box::pin(async { Ok(()) })
     }
 
     fn query(&self, _query: Query) -> QueryFuture {
-        Box::pin(async { Err(QueryError::Unreachable) })
+        Box::pin(async { Err(Unreachable) })
     }
 }
 

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use wasmgate::config::{Config, GatewayConfig, Protocol, WorkerConfig};
 use wasmgate::gateway::{BoundGateway, Gateway};
 use wasmgate::local::LocalGateways;
+use wasmgate::push::BoundPush;
+use wasmgate::worker::WorkerHost;
 
 use crate::client::TestClient;
 
@@ -152,18 +154,13 @@ impl Cluster {
             Config::parse(&section).unwrap().push.unwrap()
         });
         for i in 0..workers {
-            let mut worker =
-                worker_config(&format!("worker{i}"), register, plugins.path(), instances);
-            if i == 0 {
-                worker.push = push.clone();
+            let config = worker_config(&format!("worker{i}"), register, plugins.path(), instances);
+            let worker = WorkerHost::new(config, secret.clone(), local.clone()).unwrap();
+            if let (0, Some(push)) = (i, &push) {
+                let push = BoundPush::bind(push).await.unwrap();
+                roles.spawn(push.serve(worker.gateways(), shutdown.clone()));
             }
-            roles.spawn(wasmgate::worker::run(
-                worker,
-                secret.clone(),
-                Default::default(),
-                local.clone(),
-                shutdown.clone(),
-            ));
+            roles.spawn(worker.run(Default::default(), shutdown.clone()));
         }
         let cluster = Self {
             shutdown,

@@ -170,9 +170,20 @@ async fn groups(a: &mut TestClient, b: &mut TestClient, c: &mut TestClient) {
     assert_eq!(c.ask("leave my room").await, "left my room");
     assert_eq!(a.ask("count my room").await, "count my room 0");
 
-    // An empty group goes to the gateway as it is: joining it does nothing, counting it
-    // counts every client.
-    assert_eq!(a.ask("join ").await, "joined ");
+    // An empty group goes to the gateway as it is: joining it is refused with the argument
+    // named, the same words as the push API's 400; counting it counts every client.
+    assert_eq!(
+        a.ask("join ").await,
+        "error invalid-argument group: must not be empty"
+    );
+    assert_eq!(
+        a.ask("pub  x").await,
+        "error invalid-argument groups[0]: must not be empty"
+    );
+    assert_eq!(
+        a.ask("kick nobody").await,
+        "error invalid-argument client_id: malformed client id \"nobody\": expected 20 hex characters"
+    );
     assert_eq!(a.ask("count ").await, "count  3");
 
     assert_eq!(b.ask("leave g").await, "left g");

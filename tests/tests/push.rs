@@ -489,7 +489,10 @@ async fn the_rust_client_through_the_register() {
     assert_eq!(push.get_all_client_count().await.unwrap(), 4);
     assert_eq!(push.get_client_count_by_group("g").await.unwrap(), 2);
     assert_eq!(
-        push.get_client_counts_by_groups(&["g", "x"]).await.unwrap(),
+        push.get_client_counts_by_groups(&["g", "x"])
+            .await
+            .unwrap()
+            .into_vec(),
         [("g".to_owned(), 2), ("x".to_owned(), 0)]
     );
     let mut u1 = push.get_client_ids_by_uid("u1").await.unwrap();
@@ -515,10 +518,10 @@ async fn the_rust_client_through_the_register() {
     let nowhere: ClientId = "7f000001ffff00000001".parse().unwrap();
     assert_eq!(
         push.send_to_client(nowhere, "x").await,
-        Err(wasmgate::push::PushError::Unreachable)
+        Err(wasmgate::ops::OpError::Unreachable)
     );
 
-    push.close_client(id[1], Some("bye".into())).await.unwrap();
+    push.close_client(id[1], Some("bye")).await.unwrap();
     assert_eq!(c[1].recv().await, "bye");
     c[1].assert_closed().await;
     until_offline(|| async { push.is_online(id[1]).await.unwrap() }).await;

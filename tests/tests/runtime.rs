@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmgate::client_id::ClientId;
-use wasmgate::ops::{Command, Query, Reply, Session};
-use wasmgate::worker::host_api::{CommandFuture, Gateways, QueryFuture};
+use wasmgate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Reply, Session};
 use wasmgate::worker::runtime::{Call, CallError, Limits, LoadError, PluginInstance, Runtime};
 use wasmgate::worker::{Client, WebsocketRequest};
 use wasmgate_tests::plugins;
@@ -29,7 +28,7 @@ impl Recorder {
 impl Gateways for Recorder {
     fn command(&self, command: Command) -> CommandFuture {
         self.commands.lock().unwrap().push(command);
-        Box::pin(async { true })
+        Box::pin(async { Ok(()) })
     }
 
     fn query(&self, query: Query) -> QueryFuture {

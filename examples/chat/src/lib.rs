@@ -7,7 +7,7 @@
 //! a trapped instance or a second worker host loses nothing.
 
 use serde::{Deserialize, Serialize};
-use wasmgate_sdk::{Client, Plugin, gateway, json, log};
+use wasmgate_sdk::{Client, GatewayError, Plugin, gateway, json, log};
 
 struct Chat;
 
@@ -181,7 +181,7 @@ fn login(client: &Client, name: &str, room: &str) -> Result<(), String> {
         ));
     }
     if let Some(before) = Member::of(client) {
-        gateway::leave_group(&client.id, &group(&before.room));
+        gateway::leave_group(&client.id, &group(&before.room)).map_err(failed)?;
         announce_departure(&before, &client.id);
     }
     let me = User {
@@ -191,8 +191,9 @@ fn login(client: &Client, name: &str, room: &str) -> Result<(), String> {
     gateway::update_session(
         &client.id,
         &[(NAME.into(), name.into()), (ROOM.into(), room.into())],
-    );
-    gateway::join_group(&client.id, &group(room));
+    )
+    .map_err(failed)?;
+    gateway::join_group(&client.id, &group(room)).map_err(failed)?;
     let users = with(others, &me);
     let text = match users.len() {
         1 => format!("Welcome to #{room}, {name}! You are the first one here."),
@@ -259,8 +260,8 @@ fn whisper(client: &Client, to: &str, text: &str) -> Result<(), String> {
 
 fn leave(client: &Client) -> Result<(), String> {
     let me = logged_in(client)?;
-    gateway::leave_group(&client.id, &group(&me.room));
-    gateway::set_session(&client.id, &[]);
+    gateway::leave_group(&client.id, &group(&me.room)).map_err(failed)?;
+    gateway::set_session(&client.id, &[]).map_err(failed)?;
     announce_departure(&me, &client.id);
     Ok(())
 }
@@ -288,8 +289,7 @@ fn announce_departure(me: &Member, id: &str) {
 /// Everyone in `room` as the gateways see it, except the client `except` (whose own change
 /// may not have reached them yet), sorted by name.
 fn members(room: &str, except: &str) -> Result<Vec<User>, String> {
-    let sessions = gateway::get_client_sessions_by_group(&group(room))
-        .map_err(|e| format!("the gateways did not answer: {e:?}"))?;
+    let sessions = gateway::get_client_sessions_by_group(&group(room)).map_err(failed)?;
     let mut users: Vec<User> = sessions
         .iter()
         .filter(|(id, _)| id != except)
@@ -313,8 +313,16 @@ fn sort_key(user: &User) -> String {
     user.name.to_lowercase()
 }
 
+/// What a user is told when a gateway operation failed.
+fn failed(e: GatewayError) -> String {
+    format!("the gateways did not answer: {e:?}")
+}
+
+/// Sends `event` to one client; one that left meanwhile is only logged.
 fn send(id: &str, event: &Event<'_>) {
-    json::send_to_client(id, event).expect("chat events always serialise");
+    if let Err(e) = json::send_to_client(id, event) {
+        log::warn(format!("cannot send to {id}: {e}"));
+    }
 }
 
 /// Sends `event` to everyone in `room` except the client `except` (`""`: nobody).
@@ -324,7 +332,9 @@ fn to_room(room: &str, event: &Event<'_>, except: &str) {
         .filter(|e| !e.is_empty())
         .map(Into::into)
         .collect();
-    json::send_to_group(&[group(room)], event, &exclude).expect("chat events always serialise");
+    if let Err(e) = json::send_to_group(&[group(room)], event, &exclude) {
+        log::warn(format!("cannot send to #{room}: {e}"));
+    }
 }
 
 #[cfg(test)]

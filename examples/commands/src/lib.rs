@@ -6,7 +6,8 @@
 //! key, client id) is UTF-8 and ends at the next space, except the last one, which takes the rest
 //! of the message; a payload is every byte after the last word, UTF-8 or not. A missing argument
 //! or a word that is not UTF-8 gets `error usage: <usage line>`; an empty argument is passed to
-//! the gateway as it is, which decides what an empty group or uid means.
+//! the gateway as it is, which decides what an empty group or uid means: a refused operation
+//! is answered `error invalid-argument <why>`.
 
 use wasmgate_sdk::{Client, GatewayError, Plugin, gateway};
 
@@ -19,7 +20,8 @@ impl Plugin for Commands {
             Err(error) => Some(error.to_string().into()),
         };
         if let Some(reply) = reply {
-            client.reply(reply);
+            // The sender's gateway is linked (it sent the event): this fails only if it left.
+            let _ = client.reply(reply);
         }
     }
 }
@@ -170,57 +172,45 @@ fn split(bytes: &[u8]) -> (&[u8], Option<&[u8]>) {
     }
 }
 
-/// Carries out a command; returns the reply to the sender, if the command has one.
+/// Carries out a command; returns the reply to the sender, if the command has one. A gateway
+/// operation that fails is answered `error <reason>`, whatever the command.
 fn run(client: &Client, command: Command<'_>) -> Option<Vec<u8>> {
+    let me = client.id.as_str();
     let reply = match command {
         Command::Echo(payload) => return Some(payload.to_vec()),
         Command::Join(group) => {
-            gateway::join_group(&client.id, group);
-            format!("joined {group}")
+            gateway::join_group(me, group).map(|()| Some(format!("joined {group}")))
         }
         Command::Leave(group) => {
-            gateway::leave_group(&client.id, group);
-            format!("left {group}")
+            gateway::leave_group(me, group).map(|()| Some(format!("left {group}")))
         }
         Command::Pub { group, payload } => {
-            gateway::send_to_group(&[group.into()], payload, &[]);
-            return None;
+            gateway::send_to_group(&[group.into()], payload, &[]).map(|()| None)
         }
-        Command::All(payload) => {
-            gateway::send_to_all(payload, &[]);
-            return None;
-        }
-        Command::Bind(uid) => {
-            gateway::bind_uid(&client.id, uid);
-            format!("bound {uid}")
-        }
+        Command::All(payload) => gateway::send_to_all(payload, &[]).map(|()| None),
+        Command::Bind(uid) => gateway::bind_uid(me, uid).map(|()| Some(format!("bound {uid}"))),
         Command::Unbind(uid) => {
-            gateway::unbind_uid(&client.id, uid);
-            format!("unbound {uid}")
+            gateway::unbind_uid(me, uid).map(|()| Some(format!("unbound {uid}")))
         }
         Command::ToUid { uid, payload } => {
-            gateway::send_to_uid(&[uid.into()], payload);
-            return None;
+            gateway::send_to_uid(&[uid.into()], payload).map(|()| None)
         }
-        Command::Count(group) => match gateway::get_client_count_by_group(group) {
-            Ok(n) => format!("count {group} {n}"),
-            Err(error) => format!("error {}", reason(&error)),
-        },
+        Command::Count(group) => {
+            gateway::get_client_count_by_group(group).map(|n| Some(format!("count {group} {n}")))
+        }
         Command::Set { key, value } => {
-            gateway::update_session(&client.id, &[(key.into(), value.into())]);
-            "ok".into()
+            gateway::update_session(me, &[(key.into(), value.into())]).map(|()| Some("ok".into()))
         }
-        Command::Get(key) => match client.session().get(key) {
+        Command::Get(key) => Ok(Some(match client.session().get(key) {
             Some(value) => format!("value {key} {value}"),
             None => "none".into(),
-        },
-        Command::WhoAmI => client.id.clone(),
-        Command::Kick(id) => {
-            gateway::close_client(id, None);
-            return None;
-        }
+        })),
+        Command::WhoAmI => Ok(Some(client.id.clone())),
+        Command::Kick(id) => gateway::close_client(id, None).map(|()| None),
     };
-    Some(reply.into())
+    reply
+        .unwrap_or_else(|error| Some(format!("error {}", reason(&error))))
+        .map(String::into_bytes)
 }
 
 /// The `<reason>` of an `error <reason>` reply, in the WIT's words.

@@ -6,7 +6,8 @@ struct Echo;
 
 impl Plugin for Echo {
     fn on_message(client: Client, data: Vec<u8>) {
-        client.reply(data);
+        // The client's gateway is linked (it sent the event), so this only fails if it left.
+        let _ = client.reply(data);
     }
 }
 

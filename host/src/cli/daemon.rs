@@ -4,7 +4,7 @@
 //! itself: it starts the same executable again without `-d`, in a session of its own (a
 //! closing terminal's hangup never reaches it), with stdin closed and stdout and stderr
 //! appended to the log file. It then waits until the child says `READY=1` over systemd's
-//! notify protocol ([`crate::control::notify`]) on a socket only it knows, or dies — then the
+//! notify protocol ([`crate::process::notify`]) on a socket only it knows, or dies — then the
 //! end of its log says why. Waiting is `poll` on that socket and on the child's pidfd: no
 //! sleeping, no pid file races.
 

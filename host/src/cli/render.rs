@@ -6,7 +6,7 @@
 use std::fmt::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::control::{Connection, Status};
+use crate::process::control::protocol::{Connection, Status};
 
 /// Width of the section rules.
 const RULE: usize = 80;

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Gateway;
+use super::shared::Gateway;
 use crate::local::{LinkReader, LocalLink};
 use crate::wire::codec::{FrameReader, FrameWriter};
 use crate::wire::handshake::{self, HandshakeError, Role};

@@ -7,6 +7,7 @@
 //!   [`outbox`] (each client's byte-bounded queue) and [`heartbeat`].
 //! - [`router`]: which worker host gets a client's events.
 //! - [`internal`]: the listener worker hosts link to.
+//! - [`Gateway`]: what every task of a gateway shares.
 
 pub mod conn;
 pub mod heartbeat;
@@ -15,6 +16,7 @@ pub mod listener;
 pub mod outbox;
 pub mod protocol;
 pub mod router;
+mod shared;
 pub mod state;
 
 use std::net::{SocketAddr, SocketAddrV4};
@@ -29,25 +31,11 @@ use crate::config::{GatewayConfig, Protocol};
 use crate::local::LocalGateways;
 use crate::register;
 use crate::wire::messages::ListenerInfo;
-use conn::Counters;
 use heartbeat::{HeartbeatConfig, Ping};
 use listener::{ListenerConfig, Transport};
 use router::Router;
+pub use shared::{Gateway, GatewaySnapshot};
 use state::GatewayState;
-
-/// A running gateway's shared parts.
-pub struct Gateway {
-    /// The clients.
-    pub state: Arc<GatewayState>,
-    /// The worker-host links.
-    pub router: Arc<Router>,
-    /// The listeners announced to worker hosts.
-    pub listeners: Vec<ListenerInfo>,
-    /// The cluster secret.
-    pub secret: Arc<[u8]>,
-    /// How often its limits cut clients off.
-    pub counters: Arc<Counters>,
-}
 
 /// A gateway whose sockets are bound, ready to [`run`](BoundGateway::run).
 pub struct BoundGateway {

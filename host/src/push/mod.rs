@@ -4,11 +4,12 @@
 //! - [`client`]: [`PushClient`], every gateway operation as a typed Rust call. It finds the
 //!   gateways through the register and links to them like a worker host (that takes no
 //!   events), or works over a worker host's own links.
-//! - [`http`]: the HTTP push API, a JSON layer over `PushClient` that the worker host serves
-//!   when the configuration has a `[push]` section; `openapi.json` beside it describes it.
+//! - [`http`]: the HTTP push API, a JSON rendering of the operations that a process serves
+//!   over its worker host's links when the configuration has a `[push]` section;
+//!   `openapi.json` beside it describes it.
 //!
-//! Both map onto the [`crate::ops`] vocabulary that plugins use, so an operation means the
-//! same thing from a plugin, over HTTP and from Rust.
+//! Both offer the table of operations in [`crate::ops`] that plugins use, so an operation
+//! means the same thing from a plugin, over HTTP and from Rust.
 
 pub mod client;
 pub mod http;
@@ -21,34 +22,44 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use client::{ConnectError, PushClient, PushError};
+pub use client::{ConnectError, PushClient};
 
 use crate::config::PushConfig;
-use crate::worker::host_api::Gateways;
+use crate::ops::{GatewayApi, Gateways};
 
-/// Binds `config.listen` (so a taken port fails the start) and serves the HTTP push API over
-/// `gateways` until `shutdown`.
-pub async fn spawn(
-    config: &PushConfig,
-    gateways: Arc<dyn Gateways>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("push: cannot listen on {}", config.listen))?;
-    let address = listener.local_addr()?;
-    let app = http::router(PushClient::over(gateways), config.token.as_deref());
-    tracing::info!(
-        token = config.token.is_some(),
-        "push API listening on http://{address}/api/"
-    );
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
+/// The push API's listener, bound so that a taken port fails the start.
+pub struct BoundPush {
+    listener: TcpListener,
+    token: Option<String>,
+}
+
+impl BoundPush {
+    /// Binds `config.listen`.
+    pub async fn bind(config: &PushConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("push: cannot listen on {}", config.listen))?;
+        Ok(Self {
+            listener,
+            token: config.token.clone(),
+        })
+    }
+
+    /// Serves the HTTP push API over `gateways` until `shutdown`.
+    pub async fn serve(
+        self,
+        gateways: Arc<dyn Gateways>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let address = self.listener.local_addr()?;
+        let app = http::router(GatewayApi::new(gateways), self.token.as_deref());
+        tracing::info!(
+            token = self.token.is_some(),
+            "push API listening on http://{address}/api/"
+        );
+        axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(listen = %address, "push API stopped: {e}");
-        }
-    });
-    Ok(())
+            .await
+            .with_context(|| format!("push API on {address}"))
+    }
 }

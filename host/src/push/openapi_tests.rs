@@ -15,11 +15,12 @@ use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use super::PushClient;
 use super::http::{OPENAPI, OPERATIONS, router};
 use crate::client_id::ClientId;
-use crate::ops::{Command, GroupMembers, Query, Reply, Session};
-use crate::worker::host_api::{CommandFuture, Gateways, QueryError, QueryFuture};
+use crate::ops::{
+    Command, CommandFuture, GatewayApi, Gateways, GroupMembers, Query, QueryFuture, Reply, Session,
+    Unreachable,
+};
 
 const TOKEN: &str = "secret-token";
 
@@ -32,12 +33,12 @@ struct Double {
 impl Gateways for Double {
     fn command(&self, _: Command) -> CommandFuture {
         let up = self.up;
-        Box::pin(async move { up })
+        Box::pin(async move { if up { Ok(()) } else { Err(Unreachable) } })
     }
 
     fn query(&self, query: Query) -> QueryFuture {
         let reply = self.up.then(|| reply_to(query));
-        Box::pin(async move { reply.ok_or(QueryError::Unreachable) })
+        Box::pin(async move { reply.ok_or(Unreachable) })
     }
 }
 
@@ -71,7 +72,7 @@ fn spec() -> Value {
 }
 
 fn app(up: bool) -> Router {
-    router(PushClient::over(Arc::new(Double { up })), Some(TOKEN))
+    router(GatewayApi::new(Arc::new(Double { up })), Some(TOKEN))
 }
 
 /// POSTs `body` to `path` (with the token unless `token` is false).

@@ -39,7 +39,6 @@ use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
 
-use super::PROTOCOL_VERSION;
 use super::codec::{FrameReader, FrameWriter, WireError};
 
 /// How long either side waits for the whole handshake before dropping the link.
@@ -51,6 +50,10 @@ const HANDSHAKE_MAX_FRAME: usize = 128;
 
 /// Domain separation for the acceptor's proof.
 const ACCEPTOR_LABEL: &[u8] = b"wasmgate-server";
+
+/// The internal protocol's version, exchanged in the handshake; peers of different versions
+/// refuse each other with a message naming both versions.
+pub const PROTOCOL_VERSION: u8 = 1;
 
 /// Domain separation for the connector's proof.
 const CONNECTOR_LABEL: &[u8] = b"wasmgate-client";
@@ -71,6 +74,17 @@ pub enum Role {
     /// A push client: another application that asks the register for gateways and sends
     /// commands to them, but runs no plugins.
     Client,
+}
+
+impl Role {
+    /// The role's name in logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::Worker => "worker",
+            Role::Client => "client",
+        }
+    }
 }
 
 /// Why a side refuses the handshake; sent so that the other side can log the cause.

@@ -2,7 +2,7 @@
 //!
 //! Every link starts with the handshake of [`super::handshake`]; after it, each frame carries
 //! one of these enums, postcard-encoded. Adding a variant at the end is backwards compatible
-//! for receivers that know it; anything else bumps [`super::PROTOCOL_VERSION`].
+//! for receivers that know it; anything else bumps [`super::handshake::PROTOCOL_VERSION`].
 
 use std::net::{SocketAddr, SocketAddrV4};
 

@@ -11,9 +11,5 @@ pub mod handshake;
 pub mod messages;
 
 pub use codec::{FrameReader, FrameWriter, MAX_FRAME, WireError};
-pub use handshake::{HandshakeError, Role, accept_handshake, connect_handshake};
+pub use handshake::{HandshakeError, PROTOCOL_VERSION, Role, accept_handshake, connect_handshake};
 pub use messages::{FromRegister, ToGateway, ToRegister, ToWorker};
-
-/// The internal protocol's version, exchanged in the handshake; peers of different versions
-/// refuse each other with a message naming both versions.
-pub const PROTOCOL_VERSION: u8 = 1;

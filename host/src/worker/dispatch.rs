@@ -21,11 +21,10 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::bindings::{Client, WebsocketRequest};
-use super::host_api::Gateways;
-use super::links::Incoming;
 use super::runtime::{Call, PluginInstance};
 use crate::client_id::ClientId;
-use crate::ops::{Command, Session};
+use crate::links::{EventSink, Incoming};
+use crate::ops::{Command, Gateways, Session};
 use crate::wire::messages::{ClientContext, EventKind};
 
 /// Events one instance may have waiting before the link delivering to it waits.
@@ -66,7 +65,7 @@ impl Dispatcher {
     }
 
     /// Queues `event` for the instance that serves its client; waits while that queue is full.
-    pub async fn dispatch(&self, event: Incoming) {
+    async fn dispatch(&self, event: Incoming) {
         let driver = {
             let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
             apps.get(&event.listener.app).map(|instances| {
@@ -141,6 +140,12 @@ impl Dispatcher {
         self.apps.write().unwrap_or_else(|e| e.into_inner()).clear();
         self.drivers.close();
         self.drivers.wait().await;
+    }
+}
+
+impl EventSink for Dispatcher {
+    async fn deliver(&self, event: Incoming) {
+        self.dispatch(event).await;
     }
 }
 
@@ -219,9 +224,10 @@ async fn handle(
     let Ok(outcome) = outcome else { return };
     if let Some(reason) = outcome.rejected {
         tracing::info!(client = %id, "plugin rejected the websocket client: {reason}");
-        gateways
-            .command(Command::RejectClient { client: id, reason })
-            .await;
+        let rejected = gateways.command(Command::RejectClient { client: id, reason });
+        if rejected.await.is_err() {
+            tracing::warn!(client = %id, "cannot reject the client: its gateway is not linked");
+        }
     }
     if let Some(change) = outcome.session {
         let (base_version, writes) = match track {

@@ -2,8 +2,7 @@
 //!
 //! # Layout
 //! - [`runtime`]: wasmtime, sandbox limits, instances.
-//! - [`host_api`]: the imports plugins call, over the [`host_api::Gateways`] trait.
-//! - [`links`]: the links to every gateway; implements `Gateways` over the network.
+//! - [`host_api`]: the imports plugins call, over the [`crate::ops::Gateways`] port.
 //! - [`dispatch`]: events to instances, one client's events in order.
 //! - [`plugins`]: the plugins directory, watched for new versions (hot reload).
 //! - [`timers`], [`guest_output`]: plugin timers; plugin stdout/stderr into the log.
@@ -12,7 +11,6 @@ mod bindings;
 pub mod dispatch;
 pub mod guest_output;
 pub mod host_api;
-pub mod links;
 pub mod plugins;
 pub mod runtime;
 pub mod timers;
@@ -27,64 +25,95 @@ pub use bindings::{
 };
 
 use crate::config::WorkerConfig;
+use crate::links::GatewayLinks;
 use crate::local::LocalGateways;
+use crate::ops::Gateways;
 use crate::register;
 use crate::wire::handshake::Role;
 use dispatch::Dispatcher;
-use links::GatewayLinks;
 use plugins::PluginDir;
 use runtime::{Limits, Runtime};
 
-/// Runs a worker host until `shutdown` (linking through `local` to the gateways of this
-/// process): loads the plugins (again whenever `reload` is
-/// notified), registers, links to every gateway and serves events; on shutdown every instance finishes its queue and runs
-/// `on-worker-stop`.
-pub async fn run(
+/// A worker host whose runtime and links exist but are not running yet: the process can
+/// hand its links to the push API before anything is served.
+pub struct WorkerHost {
     config: WorkerConfig,
     secret: Arc<[u8]>,
-    reload: Arc<Notify>,
-    local: LocalGateways,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut runtime = Runtime::new(Limits {
-        process_timeout: config.process_timeout,
-        memory_limit: config.memory_limit.as_u64() as usize,
-    })?;
-    if let Some(cache) = &config.cache {
-        runtime = runtime.with_cache(cache.clone());
+    runtime: Arc<Runtime>,
+    links: Arc<GatewayLinks>,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl WorkerHost {
+    /// Sets up the wasm runtime and the (not yet dialled) links to the gateways; those of
+    /// this process are reached through `local`.
+    pub fn new(
+        config: WorkerConfig,
+        secret: Arc<[u8]>,
+        local: LocalGateways,
+    ) -> anyhow::Result<Self> {
+        let mut runtime = Runtime::new(Limits {
+            process_timeout: config.process_timeout,
+            memory_limit: config.memory_limit.as_u64() as usize,
+        })?;
+        if let Some(cache) = &config.cache {
+            runtime = runtime.with_cache(cache.clone());
+        }
+        let links = GatewayLinks::new(secret.clone(), Role::Worker, local);
+        let dispatcher = Dispatcher::new(links.clone());
+        Ok(Self {
+            config,
+            secret,
+            runtime: Arc::new(runtime),
+            links,
+            dispatcher,
+        })
     }
-    let worker: Arc<str> = config.name.clone().into();
-    let links = GatewayLinks::new(secret.clone(), Role::Worker, local);
-    let dispatcher = Dispatcher::new(links.clone());
-    let mut plugins = PluginDir::new(
-        config.plugins.clone(),
-        Arc::new(runtime),
-        links.clone(),
-        dispatcher.clone(),
-        worker.clone(),
-        config.instances,
-        &config.grants,
-    );
-    // Load the plugins before linking to gateways, so that no early event finds its app
-    // missing.
-    plugins.scan().await;
-    let watching = shutdown.child_token();
-    tokio::spawn(plugins.watch(reload, watching));
-    if let Some(push) = &config.push {
-        crate::push::spawn(push, links.clone(), shutdown.clone()).await?;
+
+    /// The worker host's links to every gateway, as the gateway-operations port.
+    pub fn gateways(&self) -> Arc<dyn Gateways> {
+        self.links.clone()
     }
-    let gateways = register::spawn_registration(
-        config.register.clone(),
-        secret,
-        register::Announce::Worker,
-        shutdown.clone(),
-    );
-    let links_stop = CancellationToken::new();
-    links.start(gateways, Some(dispatcher.clone()), links_stop.clone());
-    tracing::info!(worker = %worker, plugins = %config.plugins.display(), "worker host started");
-    shutdown.cancelled().await;
-    // Stop taking events, then let the instances drain and run on-worker-stop.
-    links_stop.cancel();
-    dispatcher.stop().await;
-    Ok(())
+
+    /// Runs until `shutdown`: loads the plugins (again whenever `reload` is notified),
+    /// registers, links to every gateway and serves events; on shutdown every instance
+    /// finishes its queue and runs `on-worker-stop`.
+    pub async fn run(self, reload: Arc<Notify>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            config,
+            secret,
+            runtime,
+            links,
+            dispatcher,
+        } = self;
+        let worker: Arc<str> = config.name.clone().into();
+        let mut plugins = PluginDir::new(
+            config.plugins.clone(),
+            runtime,
+            links.clone(),
+            dispatcher.clone(),
+            worker.clone(),
+            config.instances,
+            &config.grants,
+        );
+        // Load the plugins before linking to gateways, so that no early event finds its app
+        // missing.
+        plugins.scan().await;
+        let watching = shutdown.child_token();
+        tokio::spawn(plugins.watch(reload, watching));
+        let gateways = register::spawn_registration(
+            config.register.clone(),
+            secret,
+            register::Announce::Worker,
+            shutdown.clone(),
+        );
+        let links_stop = CancellationToken::new();
+        links.start(gateways, dispatcher.clone(), links_stop.clone());
+        tracing::info!(worker = %worker, plugins = %config.plugins.display(), "worker host started");
+        shutdown.cancelled().await;
+        // Stop taking events, then let the instances drain and run on-worker-stop.
+        links_stop.cancel();
+        dispatcher.stop().await;
+        Ok(())
+    }
 }

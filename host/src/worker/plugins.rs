@@ -26,10 +26,10 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::Dispatcher;
-use super::host_api::Gateways;
 use super::runtime::{PluginInstance, Runtime};
 use crate::config::Grants;
 use crate::metrics::{self, Reload};
+use crate::ops::Gateways;
 
 /// How long a file written in place must stay unchanged before it is loaded.
 pub const QUIET: Duration = Duration::from_millis(250);

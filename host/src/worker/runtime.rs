@@ -26,9 +26,11 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{Client, Plugin, PluginPre, WebsocketRequest, WorkerInfo};
 use super::guest_output::{GuestOutput, Stream};
-use super::host_api::{Gateways, HostApi, SessionChange};
+use super::host_api::{HostApi, SessionChange};
 use super::timers::{PENDING_TICKS, Timers};
 use crate::config::Grants;
+use crate::metrics;
+use crate::ops::Gateways;
 
 /// How often the epoch advances: the granularity of `process_timeout` and of the yields that
 /// keep a busy guest from starving other tasks on its tokio worker.
@@ -109,6 +111,18 @@ pub enum CallError {
     /// A grant from the configuration could not be given (e.g. a missing directory).
     #[error("cannot apply the app's grants: {0}")]
     Grant(String),
+}
+
+impl CallError {
+    /// The error as the `outcome` label of the plugin-call metrics says it.
+    fn outcome(&self) -> metrics::Outcome {
+        match self {
+            CallError::Trap { .. } => metrics::Outcome::Trap,
+            CallError::Timeout { .. } => metrics::Outcome::Timeout,
+            CallError::OutOfMemory { .. } => metrics::Outcome::MemoryLimit,
+            CallError::StartRefused(_) | CallError::Grant(_) => metrics::Outcome::StartFailed,
+        }
+    }
 }
 
 /// The wasm engine shared by every plugin of a worker host.
@@ -362,7 +376,8 @@ impl PluginInstance {
             return Ok(CallOutcome::default());
         }
         let run = live.run(call, self.limits);
-        match crate::metrics::plugin_call(self.code.name(), call.callback(), run).await {
+        match metrics::plugin_call(self.code.name(), call.callback(), run, CallError::outcome).await
+        {
             Ok(outcome) => Ok(outcome),
             Err(e) => {
                 tracing::error!(

@@ -42,6 +42,6 @@ fn main() -> anyhow::Result<()> {
             let _ = tokio::signal::ctrl_c().await;
             stop.cancel();
         });
-        wasmgate::server::run(config, Default::default(), shutdown).await
+        wasmgate::process::run(config, Default::default(), shutdown).await
     })
 }

@@ -69,12 +69,11 @@ impl Plugin for Misbehave {
                 .into_iter()
                 .map(|(name, value)| (format!("ws.header.{name}"), value)),
         );
-        gateway::update_session(&client.id, &seen);
-        Ok(())
+        gateway::update_session(&client.id, &seen).map_err(|e| format!("{e:?}"))
     }
 
     fn on_timer(_id: TimerId) {
-        gateway::send_to_all(b"tick", &[]);
+        let _ = gateway::send_to_all(b"tick", &[]);
     }
 
     fn on_message(client: Client, data: Vec<u8>) {
@@ -105,7 +104,7 @@ impl Plugin for Misbehave {
                 .to_vec(),
             _ => b"error unknown command".to_vec(),
         };
-        client.reply(reply);
+        let _ = client.reply(reply);
     }
 }
 

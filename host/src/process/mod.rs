@@ -1,17 +1,26 @@
-//! Runs the roles a configuration asks for, side by side in one process, until shutdown.
+//! The process layer: runs the roles a configuration asks for, side by side in one process,
+//! and what belongs to the whole process rather than to one role.
 //!
 //! The same code serves "everything on one machine" (all three sections present) and
 //! "one role per machine" (one section, or `--role`): roles only ever talk through their
 //! links, never through shared state. Between a worker host and a gateway of the same
 //! process a link is a pair of channels ([`crate::local`]) carrying the same messages.
 //!
-//! Besides the roles, a process serves its operators: the control socket
-//! ([`crate::control`]), bound before anything else because it is also the lock against a
-//! second server of the same configuration, and `/metrics` ([`crate::metrics`]). Both see
-//! the roles through [`Running`].
+//! Besides the roles, a process serves its operators and other applications: the control
+//! socket ([`control`]), bound before anything else because it is also the lock against a
+//! second server of the same configuration; `/metrics` ([`scrape`]); the HTTP push API over
+//! the worker host's links ([`crate::push`]). The operators' views read the roles through
+//! [`Running`]. Roles never import this layer: they are handed what they need.
+//!
+//! - [`running`]: the handle on what runs; [`scrape`]: `/metrics`; [`control`]: the control
+//!   socket; [`pid_file`], [`notify`]: what service managers use.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+pub mod control;
+pub mod notify;
+pub mod pid_file;
+pub mod running;
+pub mod scrape;
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -22,11 +31,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::control::{self, ControlSocket, PidFile};
-use crate::gateway::{BoundGateway, Gateway};
+use crate::gateway::BoundGateway;
 use crate::local::LocalGateways;
+use crate::push::BoundPush;
+use crate::register;
 use crate::web::BoundWeb;
-use crate::{metrics, register, worker};
+use crate::worker::WorkerHost;
+use control::ControlSocket;
+use pid_file::PidFile;
+pub use running::{Running, RunningGateway, RunningWorker};
 
 /// A role a process can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -76,38 +89,6 @@ pub struct Triggers {
     pub reload: Arc<Notify>,
 }
 
-/// What a process runs, as its operators see it (`status`, `connections`, `/metrics`).
-pub struct Running {
-    /// When the server started.
-    pub started: SystemTime,
-    /// The register's address, if this process runs one.
-    pub register: Option<SocketAddr>,
-    /// The gateways.
-    pub gateways: Vec<RunningGateway>,
-    /// The worker host, if this process runs one.
-    pub worker: Option<RunningWorker>,
-}
-
-/// A gateway of this process.
-pub struct RunningGateway {
-    /// Its name.
-    pub name: String,
-    /// Its client listener.
-    pub listen: String,
-    /// The app its clients talk to.
-    pub app: String,
-    /// Its state and links.
-    pub gateway: Arc<Gateway>,
-}
-
-/// The worker host of this process.
-pub struct RunningWorker {
-    /// Its name.
-    pub name: String,
-    /// Its plugins directory.
-    pub plugins: PathBuf,
-}
-
 /// Binds every listener of `config`, then serves until `shutdown`. Binding first means a
 /// port conflict fails the start instead of a role dying later. Once everything is bound,
 /// a service manager waiting on `NOTIFY_SOCKET` is told `READY=1`.
@@ -142,6 +123,10 @@ pub async fn run(
     };
     let web = match &config.web {
         Some(web) => Some(BoundWeb::bind(web).await?),
+        None => None,
+    };
+    let push = match &config.push {
+        Some(push) => Some(BoundPush::bind(push).await?),
         None => None,
     };
     let mut running = Running {
@@ -179,13 +164,11 @@ pub async fn run(
         roles.spawn(bound.run(local.clone(), shutdown.clone()));
     }
     if let Some(worker) = config.worker {
-        roles.spawn(worker::run(
-            worker,
-            secret.clone(),
-            triggers.reload.clone(),
-            local.clone(),
-            shutdown.clone(),
-        ));
+        let worker = WorkerHost::new(worker, secret.clone(), local.clone())?;
+        if let Some(push) = push {
+            roles.spawn(push.serve(worker.gateways(), shutdown.clone()));
+        }
+        roles.spawn(worker.run(triggers.reload.clone(), shutdown.clone()));
     }
     if let Some(web) = web {
         roles.spawn(web.run(shutdown.clone()));
@@ -193,14 +176,14 @@ pub async fn run(
     let running = Arc::new(running);
     if let Some(listener) = metrics_listener {
         tracing::info!("metrics at http://{}/metrics", listener.local_addr()?);
-        let registry = metrics::registry(running.clone());
-        roles.spawn(metrics::serve(listener, registry, shutdown.clone()));
+        let registry = scrape::registry(running.clone());
+        roles.spawn(scrape::serve(listener, registry, shutdown.clone()));
     }
     if let Some(socket) = control {
         let reload = triggers.reload.clone();
         roles.spawn(control::serve(socket, running, reload, shutdown.clone()));
     }
-    control::notify("READY=1");
+    notify::notify("READY=1");
     let mut result = Ok(());
     while let Some(ended) = roles.join_next().await {
         if let Err(e) = ended.context("a role panicked").and_then(|r| r) {

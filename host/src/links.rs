@@ -1,4 +1,5 @@
-//! The worker host's links to every gateway, and the [`Gateways`] implementation plugins use.
+//! Links to every gateway, held by a worker host (which takes client events) or a push client
+//! (which only asks), and the [`Gateways`] implementation both use.
 //!
 //! The set of gateways comes from the register(s); a link is opened to each new address and
 //! closed when the address leaves the list, and a dropped link is re-dialled with backoff while
@@ -16,10 +17,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::dispatch::Dispatcher;
-use super::host_api::{CommandFuture, Gateways, QueryError, QueryFuture};
 use crate::local::{LinkReader, LocalGateways};
-use crate::ops::{Command, Query, Reply};
+use crate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Reply, Unreachable};
 use crate::wire::codec::{FrameReader, FrameWriter};
 use crate::wire::handshake::{self, Role};
 use crate::wire::messages::{ClientContext, EventKind, ListenerInfo, ToGateway, ToWorker};
@@ -41,8 +40,18 @@ pub struct Incoming {
     pub kind: EventKind,
 }
 
-/// Where a link delivers client events.
-pub type EventSink = Arc<Dispatcher>;
+/// Where links deliver client events: the worker host's dispatcher.
+pub trait EventSink: Send + Sync + 'static {
+    /// Takes one event; may wait while the consumer is full.
+    fn deliver(&self, event: Incoming) -> impl Future<Output = ()> + Send;
+}
+
+/// A push client takes no events: gateways only route clients to worker hosts.
+pub struct NoEvents;
+
+impl EventSink for NoEvents {
+    async fn deliver(&self, _: Incoming) {}
+}
 
 /// One gateway link.
 struct GatewayLink {
@@ -77,10 +86,10 @@ impl GatewayLinks {
 
     /// Keeps a link to every gateway in `gateways` until `shutdown`, delivering client
     /// events to `events` (push clients pass `None`: they take no events).
-    pub fn start(
+    pub fn start<S: EventSink>(
         self: &Arc<Self>,
         gateways: watch::Receiver<BTreeSet<SocketAddrV4>>,
-        events: Option<EventSink>,
+        events: Arc<S>,
         shutdown: CancellationToken,
     ) {
         tokio::spawn(self.clone().follow(gateways, events, shutdown));
@@ -91,10 +100,10 @@ impl GatewayLinks {
         self.linked.subscribe()
     }
 
-    async fn follow(
+    async fn follow<S: EventSink>(
         self: Arc<Self>,
         mut gateways: watch::Receiver<BTreeSet<SocketAddrV4>>,
-        events: Option<EventSink>,
+        events: Arc<S>,
         shutdown: CancellationToken,
     ) {
         let mut dialling: HashMap<SocketAddrV4, CancellationToken> = HashMap::new();
@@ -122,10 +131,10 @@ impl GatewayLinks {
     }
 
     /// Dials `addr` until `stop`, re-dialling with backoff after failures.
-    async fn keep_linked(
+    async fn keep_linked<S: EventSink>(
         self: Arc<Self>,
         addr: SocketAddrV4,
-        events: Option<EventSink>,
+        events: Arc<S>,
         stop: CancellationToken,
     ) {
         let mut backoff = Duration::from_millis(100);
@@ -147,7 +156,7 @@ impl GatewayLinks {
         }
     }
 
-    async fn link(&self, addr: SocketAddrV4, events: Option<EventSink>) -> anyhow::Result<()> {
+    async fn link<S: EventSink>(&self, addr: SocketAddrV4, events: Arc<S>) -> anyhow::Result<()> {
         let (queue, mut reader, writing) = match self.local.dial(addr, self.role).await {
             Some((queue, inbound)) => (queue, LinkReader::Local(inbound), None),
             None => {
@@ -175,7 +184,7 @@ impl GatewayLinks {
             l.insert(addr);
         });
         tracing::info!(gateway = %addr, in_process = writing.is_none(), "linked to gateway");
-        crate::metrics::gateway_link(self.role, 1);
+        crate::metrics::gateway_link(self.role.name(), 1);
         let result = read_loop(&mut reader, &link, &queue, events).await;
         // Senders may outlive the link (bindings, queries): stop writing explicitly.
         if let Some(writing) = writing {
@@ -191,7 +200,7 @@ impl GatewayLinks {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&addr);
         if removed.is_some() {
-            crate::metrics::gateway_link(self.role, -1);
+            crate::metrics::gateway_link(self.role.name(), -1);
             self.linked.send_modify(|l| {
                 l.remove(&addr);
             });
@@ -224,18 +233,17 @@ impl GatewayLinks {
     }
 }
 
-async fn read_loop(
+async fn read_loop<S: EventSink>(
     reader: &mut LinkReader<ToWorker>,
     link: &GatewayLink,
     queue: &mpsc::Sender<ToGateway>,
-    events: Option<EventSink>,
+    events: Arc<S>,
 ) -> anyhow::Result<()> {
     let mut listeners: Vec<Arc<ListenerInfo>> = Vec::new();
     while let Some(message) = reader.recv().await? {
         match message {
             ToWorker::Listeners(list) => listeners = list.into_iter().map(Arc::new).collect(),
             ToWorker::Event { client, kind } => {
-                let Some(events) = &events else { continue };
                 let listener = listeners
                     .get(usize::from(client.listener))
                     .cloned()
@@ -243,7 +251,7 @@ async fn read_loop(
                         anyhow::anyhow!("event names unknown listener {}", client.listener)
                     })?;
                 events
-                    .dispatch(Incoming {
+                    .deliver(Incoming {
                         listener,
                         client,
                         kind,
@@ -272,9 +280,7 @@ impl Gateways for GatewayLinks {
         Box::pin(async move {
             // Per-client commands (the common case) have one target: move it, copy only for
             // the others.
-            let Some(last) = targets.pop() else {
-                return false;
-            };
+            let last = targets.pop().ok_or(Unreachable)?;
             let mut queued = false;
             for link in targets {
                 queued |= link
@@ -283,7 +289,8 @@ impl Gateways for GatewayLinks {
                     .await
                     .is_ok();
             }
-            queued | last.queue.send(ToGateway::Command(command)).await.is_ok()
+            queued |= last.queue.send(ToGateway::Command(command)).await.is_ok();
+            if queued { Ok(()) } else { Err(Unreachable) }
         })
     }
 
@@ -320,12 +327,12 @@ impl Gateways for GatewayLinks {
             let replies = futures_util::future::join_all(asks).await;
             let total = replies.len();
             let mut answered = replies.into_iter().flatten();
-            let first = answered.next().ok_or(QueryError::Unreachable)?;
+            let first = answered.next().ok_or(Unreachable)?;
             let mut count = 1;
             let mut merged = first;
             for reply in answered {
                 count += 1;
-                merged = merged.merge(reply).map_err(|_| QueryError::Unreachable)?;
+                merged = merged.merge(reply).map_err(|_| Unreachable)?;
             }
             if count < total {
                 tracing::warn!("query answered by {count} of {total} gateways");

@@ -1,0 +1,24 @@
+//! The gateway operations: every request a plugin, the push API or the Rust client can make of
+//! the gateways, as data.
+//!
+//! Each operation is defined once, in the table behind [`GatewayApi`]; plugins, the push API
+//! and the Rust push client all offer that table. An operation becomes a [`Command`] or a
+//! [`Query`] sent through the [`Gateways`] port; worker hosts carry it over the internal
+//! links; gateways execute it against their state. One vocabulary for all of these means an
+//! operation cannot mean different things on different paths.
+//!
+//! Commands are fire-and-forget. Queries are answered by every gateway they are sent to, and
+//! the answers are combined with [`Reply::merge`].
+
+mod api;
+mod args;
+mod command;
+mod port;
+mod query;
+
+pub(crate) use api::gateway_operations;
+pub use api::{GatewayApi, OPERATIONS, OpError};
+pub use args::{Argument, Excluded, Keyed, Name};
+pub use command::{Command, Session};
+pub use port::{CommandFuture, Gateways, QueryFuture, Unreachable};
+pub use query::{GroupMembers, MismatchedReply, Query, Reply};

@@ -1,0 +1,163 @@
+//! The control protocol: one JSON line each way per connection, the request and its answer.
+//! The types here are that protocol and nothing else.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest the command line waits for an answer, and the server for a request.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest request the server reads.
+pub const MAX_REQUEST: u64 = 4096;
+
+/// What the command line asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    /// The roles, their counts and the plugins.
+    Status,
+    /// Every client.
+    Connections,
+    /// Re-read the plugins directory.
+    Reload,
+    /// Stop gracefully.
+    Stop,
+}
+
+/// What the server answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// To [`Request::Status`].
+    Status(Box<Status>),
+    /// To [`Request::Connections`].
+    Connections(Vec<Connection>),
+    /// To [`Request::Reload`]: the worker host is re-reading its plugins directory.
+    Reloading,
+    /// To [`Request::Stop`]: the server is stopping; its process, to wait for.
+    Stopping {
+        /// The server's process id.
+        pid: u32,
+    },
+    /// The request cannot be served, and why.
+    Error(String),
+}
+
+/// A running server, as `wasmgate status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The wasmgate version.
+    pub version: String,
+    /// The server's process id.
+    pub pid: u32,
+    /// When it started, in seconds since the Unix epoch.
+    pub started_at: u64,
+    /// The register's address, if this process runs one.
+    pub register: Option<String>,
+    /// The gateways this process runs.
+    pub gateways: Vec<GatewayStatus>,
+    /// The worker host this process runs, if any.
+    pub worker: Option<WorkerStatus>,
+    /// The plugin versions serving.
+    pub plugins: Vec<PluginStatus>,
+    /// Client traffic.
+    pub traffic: Traffic,
+}
+
+/// One gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayStatus {
+    /// Its name.
+    pub name: String,
+    /// The client listener.
+    pub listen: String,
+    /// The app its clients talk to.
+    pub app: String,
+    /// Its internal address, where worker hosts link.
+    pub internal: String,
+    /// Connected clients.
+    pub connections: usize,
+    /// Groups with members.
+    pub groups: usize,
+    /// Bound uids.
+    pub uids: usize,
+    /// Worker hosts linked.
+    pub worker_links: usize,
+}
+
+/// The worker host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Its name.
+    pub name: String,
+    /// Its plugins directory.
+    pub plugins: String,
+    /// Gateways it is linked to.
+    pub gateway_links: i64,
+}
+
+/// One plugin version serving.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginStatus {
+    /// The worker host running it.
+    pub worker: String,
+    /// The plugin (app) name.
+    pub plugin: String,
+    /// The short hash of its component.
+    pub version: String,
+    /// Its instances.
+    pub instances: usize,
+    /// When this version started serving, in seconds since the Unix epoch.
+    pub loaded_at: u64,
+}
+
+/// Client traffic through this process: totals since start and recent rates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Messages received from clients.
+    pub messages_in: u64,
+    /// Messages written to clients.
+    pub messages_out: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Payload bytes written.
+    pub bytes_out: u64,
+    /// Plugin callbacks run.
+    pub events: u64,
+    /// Messages received per second, over the last few seconds.
+    pub messages_in_per_sec: f64,
+    /// Messages written per second.
+    pub messages_out_per_sec: f64,
+    /// Plugin callbacks per second.
+    pub events_per_sec: f64,
+}
+
+/// One client, as `wasmgate connections` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    /// Its client id.
+    pub client_id: String,
+    /// The gateway holding it.
+    pub gateway: String,
+    /// Its address.
+    pub remote: String,
+    /// Its uid, if bound.
+    pub uid: Option<String>,
+    /// Its groups.
+    pub groups: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_answers_are_one_json_line() {
+        let line = serde_json::to_string(&Request::Status).unwrap();
+        assert_eq!(line, r#"{"command":"status"}"#);
+        let stopping = serde_json::to_string(&Response::Stopping { pid: 7 }).unwrap();
+        assert_eq!(stopping, r#"{"stopping":{"pid":7}}"#);
+        assert!(!stopping.contains('\n'));
+    }
+}

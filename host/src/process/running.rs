@@ -1,0 +1,41 @@
+//! What a process runs, as its operators see it: the handle `status`, `connections` and
+//! `/metrics` read the roles through.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::gateway::Gateway;
+
+/// What a process runs, as its operators see it (`status`, `connections`, `/metrics`).
+pub struct Running {
+    /// When the server started.
+    pub started: SystemTime,
+    /// The register's address, if this process runs one.
+    pub register: Option<SocketAddr>,
+    /// The gateways.
+    pub gateways: Vec<RunningGateway>,
+    /// The worker host, if this process runs one.
+    pub worker: Option<RunningWorker>,
+}
+
+/// A gateway of this process.
+pub struct RunningGateway {
+    /// Its name.
+    pub name: String,
+    /// Its client listener.
+    pub listen: String,
+    /// The app its clients talk to.
+    pub app: String,
+    /// Its state and links.
+    pub gateway: Arc<Gateway>,
+}
+
+/// The worker host of this process.
+pub struct RunningWorker {
+    /// Its name.
+    pub name: String,
+    /// Its plugins directory.
+    pub plugins: PathBuf,
+}
