@@ -37,3 +37,6 @@ pub mod register;
 pub mod web;
 pub mod wire;
 pub mod worker;
+
+#[cfg(test)]
+mod layering_tests;

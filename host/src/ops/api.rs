@@ -18,32 +18,10 @@ use bytes::Bytes;
 
 use super::args::{Argument, Excluded, Keyed, Name};
 use super::command::{Command, Session};
-use super::port::{Gateways, Unreachable};
+use super::error::OpError;
+use super::port::Gateways;
 use super::query::{GroupMembers, Query, Reply};
 use crate::client_id::ClientId;
-
-/// Why an operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OpError {
-    /// An argument can never be valid (an empty group, a malformed client id); nothing was
-    /// sent.
-    #[error("{argument}: {reason}")]
-    InvalidArgument {
-        /// The argument as the table names it, with the index of a list item: `groups[1]`.
-        argument: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// No gateway the operation needed is linked, or none answered a query in time.
-    #[error("no gateway reachable")]
-    Unreachable,
-}
-
-impl From<Unreachable> for OpError {
-    fn from(_: Unreachable) -> Self {
-        OpError::Unreachable
-    }
-}
 
 /// Every gateway operation, the same for plugins, the push API and Rust callers.
 ///
@@ -186,6 +164,12 @@ macro_rules! gateway_operations {
             get_client_ids_by_uid(api, uid: Name) -> Vec<ClientId> {
                 let by_uid = ask!(api, Query::ClientsOfUids(vec![uid.into()]), Reply::ClientsOfUids);
                 Ok(by_uid.into_iter().flat_map(|(_, ids)| ids).collect())
+            }
+
+            /// How many clients are bound to `uid` across gateways: a user's open connections.
+            get_client_count_by_uid(api, uid: Name) -> u32 {
+                let by_uid = ask!(api, Query::ClientsOfUids(vec![uid.into()]), Reply::ClientsOfUids);
+                Ok(by_uid.iter().map(|(_, ids)| count(ids)).sum())
             }
 
             /// For each uid, its connected clients.

@@ -9,8 +9,8 @@ use std::fmt;
 use bytes::Bytes;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use super::api::OpError;
 use super::command::Session;
+use super::error::OpError;
 use crate::client_id::ClientId;
 
 /// A value an operation accepts as its argument `T`.

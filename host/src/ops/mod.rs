@@ -13,12 +13,14 @@
 mod api;
 mod args;
 mod command;
+mod error;
 mod port;
 mod query;
 
 pub(crate) use api::gateway_operations;
-pub use api::{GatewayApi, OPERATIONS, OpError};
+pub use api::{GatewayApi, OPERATIONS};
 pub use args::{Argument, Excluded, Keyed, Name};
 pub use command::{Command, Session};
+pub use error::OpError;
 pub use port::{CommandFuture, Gateways, QueryFuture, Unreachable};
 pub use query::{GroupMembers, MismatchedReply, Query, Reply};
