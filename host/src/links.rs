@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::local::{LinkReader, LocalGateways};
 use crate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Reply, Unreachable};
@@ -67,6 +68,8 @@ pub struct GatewayLinks {
     links: RwLock<HashMap<SocketAddrV4, Arc<GatewayLink>>>,
     next_query: AtomicU64,
     linked: watch::Sender<BTreeSet<SocketAddrV4>>,
+    /// The tasks that keep the links, so that a stop can wait for them.
+    tasks: TaskTracker,
 }
 
 impl GatewayLinks {
@@ -81,18 +84,29 @@ impl GatewayLinks {
             links: RwLock::new(HashMap::new()),
             next_query: AtomicU64::new(1),
             linked: watch::channel(BTreeSet::new()).0,
+            tasks: TaskTracker::new(),
         })
     }
 
     /// Keeps a link to every gateway in `gateways` until `shutdown`, delivering client
-    /// events to `events` (push clients pass `None`: they take no events).
+    /// events to `events` ([`NoEvents`] for a push client). At `shutdown` links over TCP
+    /// close at once; a link to a gateway of this process is read to its end, which the
+    /// gateway marks once it has sent the close events of its clients ([`Self::stopped`]).
     pub fn start<S: EventSink>(
         self: &Arc<Self>,
         gateways: watch::Receiver<BTreeSet<SocketAddrV4>>,
         events: Arc<S>,
         shutdown: CancellationToken,
     ) {
-        tokio::spawn(self.clone().follow(gateways, events, shutdown));
+        self.tasks
+            .spawn(self.clone().follow(gateways, events, shutdown));
+    }
+
+    /// Waits, at most `grace`, until every link has ended after the `shutdown` given to
+    /// [`Self::start`]; says whether they all did.
+    pub async fn stopped(&self, grace: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
     }
 
     /// The gateways currently linked (handshake done), as a watch.
@@ -119,7 +133,8 @@ impl GatewayLinks {
             for addr in wanted {
                 dialling.entry(addr).or_insert_with(|| {
                     let stop = shutdown.child_token();
-                    tokio::spawn(self.clone().keep_linked(addr, events.clone(), stop.clone()));
+                    let keep = self.clone().keep_linked(addr, events.clone(), stop.clone());
+                    self.tasks.spawn(keep);
                     stop
                 });
             }
@@ -139,11 +154,11 @@ impl GatewayLinks {
     ) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let result = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = self.link(addr, events.clone()) => r,
-            };
+            let result = self.link(addr, events.clone(), &stop).await;
             self.drop_link(addr);
+            if stop.is_cancelled() {
+                return;
+            }
             match result {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => tracing::warn!(gateway = %addr, "gateway link down: {e:#}"),
@@ -156,21 +171,33 @@ impl GatewayLinks {
         }
     }
 
-    async fn link<S: EventSink>(&self, addr: SocketAddrV4, events: Arc<S>) -> anyhow::Result<()> {
-        let (queue, mut reader, writing) = match self.local.dial(addr, self.role).await {
-            Some((queue, inbound)) => (queue, LinkReader::Local(inbound), None),
-            None => {
-                let socket = TcpStream::connect(addr).await?;
-                socket.set_nodelay(true)?;
-                let (reader, writer) = socket.into_split();
-                let mut reader = FrameReader::new(reader);
-                let mut writer = FrameWriter::new(writer);
-                handshake::connect_handshake(&mut reader, &mut writer, &self.secret, self.role)
-                    .await?;
-                let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
-                let writing = tokio::spawn(writer.forward(outgoing));
-                (queue, LinkReader::Tcp(reader), Some(writing))
-            }
+    /// Links to `addr` and serves the link until it ends, or until `stop` for a link over TCP.
+    async fn link<S: EventSink>(
+        &self,
+        addr: SocketAddrV4,
+        events: Arc<S>,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let dial = async {
+            anyhow::Ok(match self.local.dial(addr, self.role).await {
+                Some((queue, inbound)) => (queue, LinkReader::Local(inbound), None),
+                None => {
+                    let socket = TcpStream::connect(addr).await?;
+                    socket.set_nodelay(true)?;
+                    let (reader, writer) = socket.into_split();
+                    let mut reader = FrameReader::new(reader);
+                    let mut writer = FrameWriter::new(writer);
+                    handshake::connect_handshake(&mut reader, &mut writer, &self.secret, self.role)
+                        .await?;
+                    let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
+                    let writing = tokio::spawn(writer.forward(outgoing));
+                    (queue, LinkReader::Tcp(reader), Some(writing))
+                }
+            })
+        };
+        let (queue, mut reader, writing) = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            linked = dial => linked?,
         };
         let link = Arc::new(GatewayLink {
             queue: queue.clone(),
@@ -185,7 +212,16 @@ impl GatewayLinks {
         });
         tracing::info!(gateway = %addr, in_process = writing.is_none(), "linked to gateway");
         crate::metrics::gateway_link(self.role.name(), 1);
-        let result = read_loop(&mut reader, &link, &queue, events).await;
+        let read = read_loop(&mut reader, &link, &queue, events);
+        let result = if writing.is_some() {
+            tokio::select! {
+                _ = stop.cancelled() => Ok(()),
+                r = read => r,
+            }
+        } else {
+            // In-process: the gateway of this process ends the link after its last event.
+            read.await
+        };
         // Senders may outlive the link (bindings, queries): stop writing explicitly.
         if let Some(writing) = writing {
             writing.abort();

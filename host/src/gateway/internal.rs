@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::shared::Gateway;
 use crate::local::{LinkReader, LocalLink};
@@ -25,18 +26,25 @@ const LINK_QUEUE: usize = 4096;
 /// How often the gateway pings a linked worker host; three silent intervals drop the link.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Accepts links, over TCP and from worker hosts of this process, until shutdown.
+/// Longest a closing link may take to write what is queued on it.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
+
+/// Accepts links, over TCP and from worker hosts of this process, until `shutdown`; then, once
+/// `close` fires (when the gateway's clients are gone and their close events queued), flushes
+/// and closes every link and returns.
 pub async fn serve(
     listener: TcpListener,
     mut local: mpsc::Receiver<LocalLink>,
     gateway: Arc<Gateway>,
     shutdown: CancellationToken,
+    close: CancellationToken,
 ) {
+    let links = TaskTracker::new();
     loop {
         let (socket, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             Some(link) = local.recv() => {
-                tokio::spawn(local_link(link, gateway.clone(), shutdown.clone()));
+                links.spawn(local_link(link, gateway.clone(), close.clone()));
                 continue;
             }
             accepted = listener.accept() => match accepted {
@@ -49,9 +57,9 @@ pub async fn serve(
             },
         };
         let gateway = gateway.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            match tcp_link(socket, gateway, shutdown).await {
+        let close = close.clone();
+        links.spawn(async move {
+            match tcp_link(socket, gateway, close).await {
                 Ok(()) => tracing::info!(%peer, "internal link closed"),
                 // A port probe (load balancer, Kubernetes) looks like this: not worth a warning.
                 Err(e)
@@ -64,12 +72,14 @@ pub async fn serve(
             }
         });
     }
+    links.close();
+    links.wait().await;
 }
 
 async fn tcp_link(
     socket: TcpStream,
     gateway: Arc<Gateway>,
-    shutdown: CancellationToken,
+    close: CancellationToken,
 ) -> anyhow::Result<()> {
     socket.set_nodelay(true)?;
     let (reader, writer) = socket.into_split();
@@ -77,14 +87,20 @@ async fn tcp_link(
     let mut writer = FrameWriter::new(writer);
     let role = handshake::accept_handshake(&mut reader, &mut writer, &gateway.secret).await?;
     let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
-    let writing = tokio::spawn(writer.forward(outgoing));
-    let result = serve_link(LinkReader::Tcp(reader), queue, role, &gateway, &shutdown).await;
-    // Client bindings may still hold the queue: stop writing explicitly.
-    writing.abort();
+    let mut writing = tokio::spawn(writer.forward(outgoing));
+    let result = serve_link(LinkReader::Tcp(reader), queue, role, &gateway, &close).await;
+    // The writer ends once every sender is gone, having written what was queued; client
+    // bindings of a link that failed may still hold one, so it is cut after a grace.
+    if tokio::time::timeout(FLUSH_GRACE, &mut writing)
+        .await
+        .is_err()
+    {
+        writing.abort();
+    }
     result
 }
 
-async fn local_link(link: LocalLink, gateway: Arc<Gateway>, shutdown: CancellationToken) {
+async fn local_link(link: LocalLink, gateway: Arc<Gateway>, close: CancellationToken) {
     let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
     if link.accepted.send(outgoing).is_err() {
         return;
@@ -94,7 +110,7 @@ async fn local_link(link: LocalLink, gateway: Arc<Gateway>, shutdown: Cancellati
         queue,
         link.role,
         &gateway,
-        &shutdown,
+        &close,
     )
     .await
     {
@@ -109,14 +125,14 @@ async fn serve_link(
     queue: mpsc::Sender<ToWorker>,
     role: Role,
     gateway: &Gateway,
-    shutdown: &CancellationToken,
+    close: &CancellationToken,
 ) -> anyhow::Result<()> {
     queue
         .send(ToWorker::Listeners(gateway.listeners.clone()))
         .await?;
     // Push clients only send commands and queries; only worker hosts take client events.
     let routed = (role == Role::Worker).then(|| gateway.router.add(queue.clone()));
-    let result = read_loop(&mut reader, gateway, &queue, shutdown).await;
+    let result = read_loop(&mut reader, gateway, &queue, close).await;
     if let Some(link) = routed {
         gateway.router.remove(link.id);
     }
@@ -127,13 +143,13 @@ async fn read_loop(
     reader: &mut LinkReader<ToGateway>,
     gateway: &Gateway,
     queue: &mpsc::Sender<ToWorker>,
-    shutdown: &CancellationToken,
+    close: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut silent = 0;
     loop {
         let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = close.cancelled() => return Ok(()),
             _ = ping.tick() => {
                 silent += 1;
                 anyhow::ensure!(silent <= 3, "peer silent for {} intervals", silent - 1);

@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite;
+use tokio_util::task::TaskTracker;
 
 use super::conn::{self, ConnShared, Counters};
 use super::protocol::{self, frame::Frames, text::Lines, ws};
@@ -41,9 +42,13 @@ pub struct ListenerConfig {
     pub handshake_timeout: Duration,
 }
 
-/// Why a client never got past its handshake.
+/// Longest a stopping listener waits for its clients to close: each is given about a second
+/// for its close frame, and its close event may wait for room on a worker host's link.
+const CLOSE_ALL_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a client never got past its TLS or WebSocket handshake.
 #[derive(Debug, thiserror::Error)]
-enum HandshakeError {
+enum AcceptError {
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
     #[error("WebSocket handshake failed: {0}")]
@@ -52,8 +57,30 @@ enum HandshakeError {
     TimedOut(Duration),
 }
 
-/// Accepts clients until shutdown.
+/// Accepts clients until shutdown, then waits until every client is closed (each gets a
+/// WebSocket 1001 "going away", and its worker host its close event), for at most
+/// [`CLOSE_ALL_GRACE`].
 pub async fn serve(listener: TcpListener, config: ListenerConfig, shared: ConnShared) {
+    let clients = TaskTracker::new();
+    accept(listener, config, &shared, &clients).await;
+    clients.close();
+    if tokio::time::timeout(CLOSE_ALL_GRACE, clients.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = clients.len(),
+            "clients still closing after {CLOSE_ALL_GRACE:?}; stopping anyway"
+        );
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    config: ListenerConfig,
+    shared: &ConnShared,
+    clients: &TaskTracker,
+) {
     // Taken before a client is served and held until it is gone. Refusing on accept (rather
     // than not accepting) gives the refused client an immediate close instead of a hang in
     // the backlog, and never touches the clients already connected.
@@ -88,7 +115,7 @@ pub async fn serve(listener: TcpListener, config: ListenerConfig, shared: ConnSh
         };
         let shared = shared.clone();
         let config = config.clone();
-        tokio::spawn(async move {
+        clients.spawn(async move {
             let _ = socket.set_nodelay(true);
             client(socket, remote, &config, shared).await;
             drop(slot);
@@ -116,7 +143,7 @@ async fn client(
         }
         Transport::Ws => websocket(async { Ok(socket) }, remote, config, shared).await,
         Transport::Wss(tls) => {
-            let secured = async { tls.accept(socket).await.map_err(HandshakeError::Tls) };
+            let secured = async { tls.accept(socket).await.map_err(AcceptError::Tls) };
             websocket(secured, remote, config, shared).await;
         }
     }
@@ -124,7 +151,7 @@ async fn client(
 
 /// Upgrades the stream `transport` yields to WebSocket and serves the client.
 async fn websocket<S>(
-    transport: impl Future<Output = Result<S, HandshakeError>>,
+    transport: impl Future<Output = Result<S, AcceptError>>,
     remote: SocketAddr,
     config: &ListenerConfig,
     shared: ConnShared,
@@ -133,14 +160,14 @@ async fn websocket<S>(
 {
     let handshake = async {
         let stream = transport.await?;
-        Ok::<_, HandshakeError>(ws::accept(stream, config.max_message_size).await?)
+        Ok::<_, AcceptError>(ws::accept(stream, config.max_message_size).await?)
     };
     // A task's allocation is sized for its largest state, kept for the connection's whole
     // life: boxing the handshake (TLS and upgrade buffers) frees it once the client is in,
     // and boxing the connection keeps the two from adding up.
     let accepted = tokio::time::timeout(config.handshake_timeout, Box::pin(handshake))
         .await
-        .unwrap_or(Err(HandshakeError::TimedOut(config.handshake_timeout)));
+        .unwrap_or(Err(AcceptError::TimedOut(config.handshake_timeout)));
     match accepted {
         Ok((inbound, outbound, request)) => {
             Box::pin(conn::serve(

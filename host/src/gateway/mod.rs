@@ -117,8 +117,9 @@ impl BoundGateway {
         self.gateway.clone()
     }
 
-    /// Serves clients and worker hosts until `shutdown`, then closes every client. Worker
-    /// hosts of this process that share `local` link through channels instead of sockets.
+    /// Serves clients and worker hosts until `shutdown`, then closes every client (WebSocket
+    /// 1001), sends their close events, and flushes and closes the links. Worker hosts of this
+    /// process that share `local` link through channels instead of sockets.
     pub async fn run(
         self,
         local: LocalGateways,
@@ -139,11 +140,15 @@ impl BoundGateway {
             register::Announce::Gateway(address),
             shutdown.clone(),
         );
+        // Links outlive the clients: each closing client's close event must still reach its
+        // worker host.
+        let close_links = CancellationToken::new();
         let internal = tokio::spawn(internal::serve(
             self.internal,
             local_links,
             self.gateway.clone(),
             shutdown.clone(),
+            close_links.clone(),
         ));
         let config = &self.config;
         let ping = Bytes::from(config.ping_data.clone().into_bytes());
@@ -174,6 +179,7 @@ impl BoundGateway {
         };
         listener::serve(self.clients, accept, shared).await;
         local.withdraw(address);
+        close_links.cancel();
         let _ = internal.await;
         Ok(())
     }

@@ -89,6 +89,36 @@ pub struct Triggers {
     pub reload: Arc<Notify>,
 }
 
+/// Stops the gateways first, then the worker host: at `shutdown` the gateways close their
+/// clients (WebSocket 1001) and send their close events; once they are done, `workers_stop`
+/// lets the worker host run `on-close` for them, drain and stop. A gateway that fails stops
+/// the whole process.
+async fn stop_in_order(
+    mut gateways: JoinSet<anyhow::Result<()>>,
+    shutdown: CancellationToken,
+    workers_stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut result = Ok(());
+    let mut record = |ended: Result<anyhow::Result<()>, tokio::task::JoinError>| {
+        if let Err(e) = ended.context("a gateway panicked").and_then(|r| r) {
+            tracing::error!("{e:#}");
+            shutdown.cancel();
+            result = Err(e);
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(ended) = gateways.join_next() => record(ended),
+        }
+    }
+    while let Some(ended) = gateways.join_next().await {
+        record(ended);
+    }
+    workers_stop.cancel();
+    result
+}
+
 /// Binds every listener of `config`, then serves until `shutdown`. Binding first means a
 /// port conflict fails the start instead of a role dying later. Once everything is bound,
 /// a service manager waiting on `NOTIFY_SOCKET` is told `READY=1`.
@@ -141,6 +171,8 @@ pub async fn run(
     let secret: Arc<[u8]> = config.secret.as_bytes().into();
     let local = LocalGateways::default();
     let mut roles = JoinSet::new();
+    let mut gateways = JoinSet::new();
+    let workers_stop = CancellationToken::new();
     if let Some(register) = &config.register {
         let listener = TcpListener::bind(register.listen)
             .await
@@ -161,15 +193,16 @@ pub async fn run(
             app,
             gateway: bound.gateway(),
         });
-        roles.spawn(bound.run(local.clone(), shutdown.clone()));
+        gateways.spawn(bound.run(local.clone(), shutdown.clone()));
     }
     if let Some(worker) = config.worker {
         let worker = WorkerHost::new(worker, secret.clone(), local.clone())?;
         if let Some(push) = push {
             roles.spawn(push.serve(worker.gateways(), shutdown.clone()));
         }
-        roles.spawn(worker.run(triggers.reload.clone(), shutdown.clone()));
+        roles.spawn(worker.run(triggers.reload.clone(), workers_stop.clone()));
     }
+    roles.spawn(stop_in_order(gateways, shutdown.clone(), workers_stop));
     if let Some(web) = web {
         roles.spawn(web.run(shutdown.clone()));
     }

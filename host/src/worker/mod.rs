@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod timers;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,10 @@ use crate::wire::handshake::Role;
 use dispatch::Dispatcher;
 use plugins::PluginDir;
 use runtime::{Limits, Runtime};
+
+/// Longest a stopping worker host waits for its links to gateways of this process to deliver
+/// their last events.
+const LINKS_GRACE: Duration = Duration::from_secs(5);
 
 /// A worker host whose runtime and links exist but are not running yet: the process can
 /// hand its links to the push API before anything is served.
@@ -111,8 +116,12 @@ impl WorkerHost {
         links.start(gateways, dispatcher.clone(), links_stop.clone());
         tracing::info!(worker = %worker, plugins = %config.plugins.display(), "worker host started");
         shutdown.cancelled().await;
-        // Stop taking events, then let the instances drain and run on-worker-stop.
+        // Stop taking events (after the close events of this process's gateways, which
+        // stopped first), then let the instances drain and run on-worker-stop.
         links_stop.cancel();
+        if !links.stopped(LINKS_GRACE).await {
+            tracing::warn!("links to gateways still open after {LINKS_GRACE:?}; stopping anyway");
+        }
         dispatcher.stop().await;
         Ok(())
     }

@@ -18,6 +18,8 @@
 //! that reason (taken as is, not percent-decoded); it keeps the request of any other client in
 //! its session: `ws.path`, `ws.query` and `ws.header.<name>` for each header.
 //!
+//! `on-close` logs `on-close <client-id>` at info, so a test can count the calls in the log.
+//!
 //! Anything else gets `error unknown command`. `on-worker-start` refuses to start when the app is
 //! named `fail-start`, traps when it is named `trap-start`, and when the app is named `ticker`
 //! sets a 100 ms interval whose every tick sends `tick` to every client.
@@ -25,7 +27,7 @@
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wasmgate_sdk::{Client, Plugin, TimerId, WebsocketRequest, WorkerInfo, gateway, timers};
+use wasmgate_sdk::{Client, Plugin, TimerId, WebsocketRequest, WorkerInfo, gateway, log, timers};
 
 /// Messages handled by this instance: statics live exactly as long as the instance.
 static CALLS: AtomicU64 = AtomicU64::new(0);
@@ -70,6 +72,10 @@ impl Plugin for Misbehave {
                 .map(|(name, value)| (format!("ws.header.{name}"), value)),
         );
         gateway::update_session(&client.id, &seen).map_err(|e| format!("{e:?}"))
+    }
+
+    fn on_close(client: Client) {
+        log::info(format!("on-close {}", client.id));
     }
 
     fn on_timer(_id: TimerId) {
