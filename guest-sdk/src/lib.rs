@@ -124,10 +124,23 @@ impl<P: Plugin> Guest for P {
 /// Exports a [`Plugin`] implementation as the component's `events`: `export!(MyPlugin);`.
 ///
 /// Use it once per plugin crate, at module level, with the name of a type in scope.
+///
+/// Only a wasm build exports anything. The export symbols are named as the component model
+/// wants (`wasmgate:plugin/events@0.1.0#on-message`), and a native linker cannot list such
+/// names in a shared library's version script, so a native build of a plugin crate (`cargo
+/// build --workspace`, its unit tests) compiles and checks the plugin but exports nothing.
 #[macro_export]
 macro_rules! export {
     ($plugin:ident) => {
+        #[cfg(target_family = "wasm")]
         $crate::bindings::export!($plugin with_types_in $crate::bindings);
+        // Still names the plugin, so a native build checks that it is a `Plugin` and does not
+        // report its callbacks as dead code.
+        #[cfg(not(target_family = "wasm"))]
+        const _: () = {
+            const fn is_plugin<P: $crate::Plugin>() {}
+            is_plugin::<$plugin>();
+        };
     };
 }
 

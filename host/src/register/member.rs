@@ -1,0 +1,232 @@
+//! The registering side: how a gateway, a worker host or a push client stays known to every
+//! register, and learns the gateway list from them.
+//!
+//! A member keeps one link per register, each in its own task that reconnects forever, so a
+//! register that is down or restarting costs only its own link; the lists that arrive on the
+//! links are merged by [`super::merge`].
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::link::{LinkError, LinkWriter, Timing, frame};
+use super::merge::{MergedLists, Report};
+use crate::wire::handshake::HANDSHAKE_TIMEOUT;
+use crate::wire::{FrameReader, FrameWriter, FromRegister, Role, ToRegister, connect_handshake};
+
+/// The first delay before reconnecting to a register; it doubles up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+
+/// The longest delay between two attempts to reach a register, so that a member is back
+/// within seconds of a register restart.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What a registering process is, and so what it tells the registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// A gateway that worker hosts reach at this internal address; it gets no list.
+    Gateway(SocketAddrV4),
+    /// A worker host, which wants the gateway list.
+    Worker,
+    /// A push client, which wants the gateway list but runs no plugins.
+    Client,
+}
+
+impl Announce {
+    /// The role it claims in the handshake.
+    fn role(self) -> Role {
+        match self {
+            Announce::Gateway(_) => Role::Gateway,
+            Announce::Worker => Role::Worker,
+            Announce::Client => Role::Client,
+        }
+    }
+
+    /// Its first message after the handshake.
+    fn message(self) -> ToRegister {
+        match self {
+            Announce::Gateway(address) => ToRegister::Gateway { address },
+            Announce::Worker | Announce::Client => ToRegister::Worker,
+        }
+    }
+}
+
+/// Registers this process with every register in `registers` and keeps it registered until
+/// `shutdown` is cancelled, then closes the links (which unregisters a gateway).
+///
+/// Each register gets its own task: it connects, authenticates with `secret`, announces
+/// `announce`, pings, and reconnects with jittered exponential backoff (100 ms doubling to
+/// 2 s) whenever the register is down or the link fails. The returned channel carries the
+/// gateway set merged from every register (see [`MergedLists`]); it stays empty for a
+/// gateway, and its sender is gone once every task has stopped. Must be called from within a
+/// tokio runtime.
+pub fn spawn_registration(
+    registers: Vec<SocketAddr>,
+    secret: Arc<[u8]>,
+    announce: Announce,
+    shutdown: CancellationToken,
+) -> watch::Receiver<BTreeSet<SocketAddrV4>> {
+    spawn_registration_with(registers, secret, announce, Timing::DEFAULT, shutdown)
+}
+
+/// [`spawn_registration`] with the given clocks.
+pub(super) fn spawn_registration_with(
+    registers: Vec<SocketAddr>,
+    secret: Arc<[u8]>,
+    announce: Announce,
+    timing: Timing,
+    shutdown: CancellationToken,
+) -> watch::Receiver<BTreeSet<SocketAddrV4>> {
+    let lists = Arc::new(MergedLists::new(registers.len()));
+    let gateways = lists.subscribe();
+    for (index, register) in registers.into_iter().enumerate() {
+        let member = Member {
+            register,
+            index,
+            secret: secret.clone(),
+            announce,
+            timing,
+            lists: lists.clone(),
+        };
+        tokio::spawn(member.stay_registered(shutdown.clone()));
+    }
+    gateways
+}
+
+/// This process's membership with one register.
+struct Member {
+    /// The register's address.
+    register: SocketAddr,
+    /// The register's slot in `lists`.
+    index: usize,
+    /// The cluster's shared secret.
+    secret: Arc<[u8]>,
+    /// What this process is.
+    announce: Announce,
+    /// The link's clocks.
+    timing: Timing,
+    /// Where the register's list goes.
+    lists: Arc<MergedLists>,
+}
+
+impl Member {
+    /// Links to the register again and again until `shutdown`.
+    async fn stay_registered(self, shutdown: CancellationToken) {
+        let register = self.register;
+        let mut backoff = BACKOFF_MIN;
+        // Warn once per outage, not on every retry.
+        let mut outage_reported = false;
+        loop {
+            let attempt = tokio::select! {
+                () = shutdown.cancelled() => return,
+                attempt = self.connect() => attempt,
+            };
+            match attempt {
+                Ok((reader, writer)) => {
+                    info!(%register, "linked to register");
+                    outage_reported = false;
+                    let up = Instant::now();
+                    let outcome = self.serve(reader, writer, &shutdown).await;
+                    self.lists.report(self.index, Report::Down);
+                    match outcome {
+                        Ok(()) => return,
+                        Err(error) => info!(%register, %error, "link to register lost"),
+                    }
+                    // A link that held for a while means the register is healthy: come back
+                    // fast. One that failed at once must not turn into a tight loop.
+                    if up.elapsed() >= BACKOFF_MAX {
+                        backoff = BACKOFF_MIN;
+                    }
+                }
+                Err(error) if !outage_reported => {
+                    warn!(%register, %error, "cannot register; retrying in the background");
+                    outage_reported = true;
+                }
+                Err(error) => debug!(%register, %error, "still cannot register"),
+            }
+            let delay = rand::rng().random_range(backoff / 2..=backoff);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = sleep(delay) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Opens and authenticates a link to the register.
+    async fn connect(
+        &self,
+    ) -> Result<(FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>), LinkError> {
+        let stream = match timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(self.register)).await {
+            Ok(connected) => connected.map_err(LinkError::Connect)?,
+            Err(_) => return Err(LinkError::Connect(io::ErrorKind::TimedOut.into())),
+        };
+        let (mut reader, mut writer) = frame(stream);
+        connect_handshake(&mut reader, &mut writer, &self.secret, self.announce.role()).await?;
+        Ok((reader, writer))
+    }
+
+    /// Announces this process on an open link, then pings and reports lists until the link
+    /// fails or `shutdown` (`Ok`).
+    async fn serve(
+        &self,
+        mut reader: FrameReader<OwnedReadHalf>,
+        writer: FrameWriter<OwnedWriteHalf>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), LinkError> {
+        let mut writer = LinkWriter::spawn(writer);
+        writer.push(self.announce.message())?;
+        let interval = self.timing.ping_interval;
+        let mut ping = interval_at(Instant::now() + interval, interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let silence = self.timing.silence();
+        let mut deadline = pin!(sleep(silence));
+        let mut settling = pin!(sleep(self.timing.settle));
+        let mut settled = false;
+        let mut latest: Option<BTreeSet<SocketAddrV4>> = None;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = &mut deadline => return Err(LinkError::Silent(silence)),
+                error = writer.failed() => return Err(error),
+                _ = ping.tick() => writer.push(ToRegister::Ping)?,
+                () = &mut settling, if !settled => {
+                    settled = true;
+                    if let Some(list) = latest.take() {
+                        self.lists.report(self.index, Report::Settled(list));
+                    }
+                }
+                message = reader.recv::<FromRegister>() => {
+                    let Some(message) = message? else {
+                        return Err(LinkError::Closed);
+                    };
+                    deadline.as_mut().reset(Instant::now() + silence);
+                    match message {
+                        FromRegister::Gateways(list) => {
+                            let list: BTreeSet<SocketAddrV4> = list.into_iter().collect();
+                            let report = if settled {
+                                Report::Settled(list)
+                            } else {
+                                latest = Some(list.clone());
+                                Report::Fresh(list)
+                            };
+                            self.lists.report(self.index, report);
+                        }
+                        FromRegister::Pong => {}
+                    }
+                }
+            }
+        }
+    }
+}
