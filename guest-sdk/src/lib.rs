@@ -126,7 +126,7 @@ impl<P: Plugin> Guest for P {
 /// Use it once per plugin crate, at module level, with the name of a type in scope.
 ///
 /// Only a wasm build exports anything. The export symbols are named as the component model
-/// wants (`wasmgate:plugin/events@0.1.0#on-message`), and a native linker cannot list such
+/// wants (`wasmgate:plugin/events@0.2.0#on-message`), and a native linker cannot list such
 /// names in a shared library's version script, so a native build of a plugin crate (`cargo
 /// build --workspace`, its unit tests) compiles and checks the plugin but exports nothing.
 #[macro_export]

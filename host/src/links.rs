@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::local::{LinkReader, LocalGateways};
 use crate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Reply, Unreachable};
+use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter};
 use crate::wire::handshake::{self, Role};
 use crate::wire::messages::{ClientContext, EventKind, ListenerInfo, ToGateway, ToWorker};
@@ -161,7 +162,7 @@ impl GatewayLinks {
             }
             match result {
                 Ok(()) => backoff = Duration::from_millis(100),
-                Err(e) => tracing::warn!(gateway = %addr, "gateway link down: {e:#}"),
+                Err(e) => tracing::warn!(gateway = %addr, "gateway link down: {e}"),
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -177,13 +178,13 @@ impl GatewayLinks {
         addr: SocketAddrV4,
         events: Arc<S>,
         stop: &CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), LinkError> {
         let dial = async {
-            anyhow::Ok(match self.local.dial(addr, self.role).await {
+            Ok::<_, LinkError>(match self.local.dial(addr, self.role).await {
                 Some((queue, inbound)) => (queue, LinkReader::Local(inbound), None),
                 None => {
-                    let socket = TcpStream::connect(addr).await?;
-                    socket.set_nodelay(true)?;
+                    let socket = TcpStream::connect(addr).await.map_err(LinkError::Connect)?;
+                    socket.set_nodelay(true).map_err(LinkError::Connect)?;
                     let (reader, writer) = socket.into_split();
                     let mut reader = FrameReader::new(reader);
                     let mut writer = FrameWriter::new(writer);
@@ -274,7 +275,7 @@ async fn read_loop<S: EventSink>(
     link: &GatewayLink,
     queue: &mpsc::Sender<ToGateway>,
     events: Arc<S>,
-) -> anyhow::Result<()> {
+) -> Result<(), LinkError> {
     let mut listeners: Vec<Arc<ListenerInfo>> = Vec::new();
     while let Some(message) = reader.recv().await? {
         match message {
@@ -283,9 +284,7 @@ async fn read_loop<S: EventSink>(
                 let listener = listeners
                     .get(usize::from(client.listener))
                     .cloned()
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("event names unknown listener {}", client.listener)
-                    })?;
+                    .ok_or(LinkError::UnknownListener(client.listener))?;
                 events
                     .deliver(Incoming {
                         listener,
@@ -304,7 +303,10 @@ async fn read_loop<S: EventSink>(
                     let _ = waiter.send(reply);
                 }
             }
-            ToWorker::Ping => queue.send(ToGateway::Pong).await?,
+            ToWorker::Ping => queue
+                .send(ToGateway::Pong)
+                .await
+                .map_err(|_| LinkError::Closed)?,
         }
     }
     Ok(())

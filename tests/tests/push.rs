@@ -338,6 +338,10 @@ async fn changes_and_closes_take_effect(fx: &mut Fixture, ids: &[String]) {
         .await;
     let u1 = fx.call("get_client_ids_by_uid", json!({"uid": "u1"})).await;
     assert_eq!(set(&u1), ids_set(&[&ids[0]]));
+    let count = fx
+        .call("get_client_count_by_uid", json!({"uid": "u1"}))
+        .await;
+    assert_eq!(count, json!(1));
 
     fx.call(
         "close_client",

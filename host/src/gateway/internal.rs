@@ -16,15 +16,19 @@ use tokio_util::task::TaskTracker;
 
 use super::shared::Gateway;
 use crate::local::{LinkReader, LocalLink};
+use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter};
-use crate::wire::handshake::{self, HandshakeError, Role};
+use crate::wire::handshake::{self, Role};
 use crate::wire::messages::{ToGateway, ToWorker};
 
 /// Messages queued for one worker host before client reads wait for it.
 const LINK_QUEUE: usize = 4096;
 
-/// How often the gateway pings a linked worker host; three silent intervals drop the link.
+/// How often the gateway pings a linked worker host.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Ping intervals without a message from the peer after which its link is dropped.
+const SILENT_INTERVALS: u32 = 3;
 
 /// Longest a closing link may take to write what is queued on it.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
@@ -61,14 +65,10 @@ pub async fn serve(
         links.spawn(async move {
             match tcp_link(socket, gateway, close).await {
                 Ok(()) => tracing::info!(%peer, "internal link closed"),
-                // A port probe (load balancer, Kubernetes) looks like this: not worth a warning.
-                Err(e)
-                    if e.downcast_ref::<HandshakeError>()
-                        .is_some_and(HandshakeError::is_quiet) =>
-                {
+                Err(e) if e.is_quiet() => {
                     tracing::debug!(%peer, "internal connection dropped during the handshake: {e}")
                 }
-                Err(e) => tracing::warn!(%peer, "internal link closed: {e:#}"),
+                Err(e) => tracing::warn!(%peer, "internal link closed: {e}"),
             }
         });
     }
@@ -80,8 +80,8 @@ async fn tcp_link(
     socket: TcpStream,
     gateway: Arc<Gateway>,
     close: CancellationToken,
-) -> anyhow::Result<()> {
-    socket.set_nodelay(true)?;
+) -> Result<(), LinkError> {
+    socket.set_nodelay(true).map_err(LinkError::Connect)?;
     let (reader, writer) = socket.into_split();
     let mut reader = FrameReader::new(reader);
     let mut writer = FrameWriter::new(writer);
@@ -114,7 +114,7 @@ async fn local_link(link: LocalLink, gateway: Arc<Gateway>, close: CancellationT
     )
     .await
     {
-        tracing::warn!("in-process link closed: {e:#}");
+        tracing::warn!("in-process link closed: {e}");
     }
 }
 
@@ -126,10 +126,11 @@ async fn serve_link(
     role: Role,
     gateway: &Gateway,
     close: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), LinkError> {
     queue
         .send(ToWorker::Listeners(gateway.listeners.clone()))
-        .await?;
+        .await
+        .map_err(|_| LinkError::Closed)?;
     // Push clients only send commands and queries; only worker hosts take client events.
     let routed = (role == Role::Worker).then(|| gateway.router.add(queue.clone()));
     let result = read_loop(&mut reader, gateway, &queue, close).await;
@@ -144,7 +145,7 @@ async fn read_loop(
     gateway: &Gateway,
     queue: &mpsc::Sender<ToWorker>,
     close: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), LinkError> {
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut silent = 0;
     loop {
@@ -152,8 +153,10 @@ async fn read_loop(
             _ = close.cancelled() => return Ok(()),
             _ = ping.tick() => {
                 silent += 1;
-                anyhow::ensure!(silent <= 3, "peer silent for {} intervals", silent - 1);
-                queue.send(ToWorker::Ping).await?;
+                if silent > SILENT_INTERVALS {
+                    return Err(LinkError::Silent(PING_INTERVAL * SILENT_INTERVALS));
+                }
+                queue.send(ToWorker::Ping).await.map_err(|_| LinkError::Closed)?;
                 continue;
             }
             message = reader.recv() => message?,
@@ -164,7 +167,8 @@ async fn read_loop(
             Some(ToGateway::Command(command)) => gateway.state.execute(command),
             Some(ToGateway::Query { id, query }) => {
                 let reply = gateway.state.answer(&query);
-                queue.send(ToWorker::Reply { id, reply }).await?;
+                let answered = queue.send(ToWorker::Reply { id, reply }).await;
+                answered.map_err(|_| LinkError::Closed)?;
             }
             Some(ToGateway::Pong) => {}
         }

@@ -108,8 +108,11 @@ fn required<T: DeserializeOwned>(
 
 fn typed<T: DeserializeOwned>(name: &str, value: Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let at = if path == "." { String::new() } else { path };
+        let at = match e.path().to_string() {
+            path if path == "." => String::new(),
+            path if path.starts_with('[') => path,
+            path => format!(".{path}"),
+        };
         ApiError::bad_request(format!("{name}{at}: {}", e.inner()))
     })
 }

@@ -5,7 +5,6 @@
 //! gateway lists) in the other. Either end drops a link that stays silent or stops reading, and
 //! only that link.
 
-use std::io;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -15,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::merge::SETTLE;
-use crate::wire::{FrameReader, FrameWriter, HandshakeError, Role, WireError};
+use crate::wire::{FrameReader, FrameWriter, LinkError, WireError};
 
 /// How often a member pings each register.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
@@ -53,32 +52,6 @@ impl Timing {
     }
 }
 
-/// Why a register link ended; only ever logged, on the end where it happened.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum LinkError {
-    /// The handshake failed.
-    #[error(transparent)]
-    Handshake(#[from] HandshakeError),
-    /// Reading or writing a frame failed, or the peer sent something that is not a message.
-    #[error(transparent)]
-    Wire(#[from] WireError),
-    /// The register could not be reached.
-    #[error("cannot connect: {0}")]
-    Connect(io::Error),
-    /// The peer closed the link.
-    #[error("the peer closed the link")]
-    Closed,
-    /// The peer sent nothing for too long.
-    #[error("the peer was silent for {0:?}")]
-    Silent(Duration),
-    /// The peer does not read what we send.
-    #[error("the peer stopped reading: {LINK_QUEUE} messages are waiting")]
-    Backlogged,
-    /// A peer that did not authenticate as a gateway announced a gateway address.
-    #[error("a peer with role {0:?} announced a gateway address")]
-    NotAGateway(Role),
-}
-
 /// The sending side of a link: a bounded queue in front of a task that owns the socket's
 /// write half, so that a peer that does not read blocks only that task.
 pub(super) struct LinkWriter<M> {
@@ -100,7 +73,7 @@ impl<M: Serialize + Send + 'static> LinkWriter<M> {
     pub(super) fn push(&self, message: M) -> Result<(), LinkError> {
         match self.queue.try_send(message) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(LinkError::Backlogged),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(LinkError::Backlogged(LINK_QUEUE)),
             // The writer has failed; `failed` reports why on the next turn of the loop.
             Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
         }

@@ -20,10 +20,12 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::link::{LinkError, LinkWriter, Timing, frame};
+use super::link::{LinkWriter, Timing, frame};
 use super::merge::{MergedLists, Report};
 use crate::wire::handshake::HANDSHAKE_TIMEOUT;
-use crate::wire::{FrameReader, FrameWriter, FromRegister, Role, ToRegister, connect_handshake};
+use crate::wire::{
+    FrameReader, FrameWriter, FromRegister, LinkError, Role, ToRegister, connect_handshake,
+};
 
 /// The first delay before reconnecting to a register; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::link::{LinkError, LinkWriter, Timing, frame};
-use crate::wire::{FromRegister, Role, ToRegister, accept_handshake};
+use super::link::{LinkWriter, Timing, frame};
+use crate::wire::{FromRegister, LinkError, Role, ToRegister, accept_handshake};
 
 /// The pause after a failed `accept` (e.g. out of file descriptors), so that the register
 /// does not spin while the condition lasts.

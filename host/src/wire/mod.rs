@@ -8,8 +8,10 @@
 
 pub mod codec;
 pub mod handshake;
+mod link_error;
 pub mod messages;
 
 pub use codec::{FrameReader, FrameWriter, MAX_FRAME, WireError};
 pub use handshake::{HandshakeError, PROTOCOL_VERSION, Role, accept_handshake, connect_handshake};
+pub use link_error::LinkError;
 pub use messages::{FromRegister, ToGateway, ToRegister, ToWorker};
