@@ -140,7 +140,7 @@ impl Target {
             ),
             None => {
                 let mut config = Config::all_in_one("commands");
-                config.place_files(&std::path::absolute(DEFAULT_FILE)?);
+                config.resolve_paths(&std::path::absolute(DEFAULT_FILE)?);
                 (config, "wasmgate[built-in configuration]".to_owned())
             }
         };

@@ -4,7 +4,8 @@
 //! (one entry per client listener, each a gateway with its own internal port, as in
 //! GatewayWorker's multi-protocol setup) and `[worker]`. Unknown keys are errors, so a typo
 //! never silently falls back to a default. Durations are written like `"25s"` or `"500ms"`,
-//! sizes like `"64MiB"`.
+//! sizes like `"64MiB"`. Every relative path in a file starts in that file's directory, not
+//! in the working directory, so a configuration means the same wherever it is started from.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -60,8 +61,8 @@ pub struct WebConfig {
     /// The address to serve on.
     #[serde(default = "default_web_listen")]
     pub listen: SocketAddr,
-    /// The directory served: `/` is its `index.html`. A relative path starts in the working
-    /// directory.
+    /// The directory served: `/` is its `index.html`. A relative path starts in the
+    /// configuration file's directory.
     pub root: PathBuf,
 }
 
@@ -162,8 +163,8 @@ pub struct GatewayConfig {
     /// The client-facing listener: `ws://IP:PORT`, `wss://IP:PORT` (needs `tls_cert` and
     /// `tls_key`), `text://IP:PORT` or `frame://IP:PORT`.
     pub listen: ListenUrl,
-    /// `wss` only: the certificate chain, a PEM file (relative paths start in the working
-    /// directory).
+    /// `wss` only: the certificate chain, a PEM file (a relative path starts in the
+    /// configuration file's directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     /// `wss` only: the certificate's private key, a PEM file.
@@ -264,7 +265,8 @@ pub struct WorkerConfig {
     /// The register(s) to learn the gateways from.
     #[serde(default = "default_registers", deserialize_with = "one_or_many")]
     pub register: Vec<SocketAddr>,
-    /// The plugins directory: every `NAME.wasm` in it is the app `NAME`.
+    /// The plugins directory: every `NAME.wasm` in it is the app `NAME`. A relative path
+    /// starts in the configuration file's directory.
     #[serde(default = "default_plugins")]
     pub plugins: PathBuf,
     /// Instances per plugin: events of different clients run in parallel across them; one
@@ -426,7 +428,7 @@ impl Config {
             path: path.to_owned(),
             message,
         })?;
-        config.place_files(path);
+        config.resolve_paths(path);
         Ok(config)
     }
 
@@ -483,11 +485,29 @@ impl Config {
         toml::to_string_pretty(self).expect("a configuration serialises")
     }
 
-    /// Gives the control socket, pid file and log file their places relative to the
-    /// configuration file `file` (which need not exist): unset ones beside it, named after it;
-    /// relative ones in its directory.
-    pub fn place_files(&mut self, file: &Path) {
+    /// Resolves every path of the configuration by one rule: a relative path starts in the
+    /// directory of the configuration file `file` (which need not exist; for the built-in
+    /// configuration, the working directory). The control socket, pid file and log file
+    /// default to files beside it, named after it.
+    pub fn resolve_paths(&mut self, file: &Path) {
         let dir = file.parent().unwrap_or(Path::new(""));
+        let mut paths: Vec<&mut PathBuf> = Vec::new();
+        for gateway in &mut self.gateway {
+            paths.extend(gateway.tls_cert.as_mut());
+            paths.extend(gateway.tls_key.as_mut());
+        }
+        if let Some(worker) = &mut self.worker {
+            paths.push(&mut worker.plugins);
+            paths.extend(worker.cache.as_mut());
+            let grants = worker.grants.values_mut().flat_map(|g| &mut g.dirs);
+            paths.extend(grants.map(|d| &mut d.host));
+        }
+        if let Some(web) = &mut self.web {
+            paths.push(&mut web.root);
+        }
+        for path in paths {
+            *path = dir.join(&*path);
+        }
         let stem = file
             .file_stem()
             .map_or_else(|| "wasmgate".into(), |s| s.to_string_lossy());
@@ -638,12 +658,26 @@ mod tests {
     }
 
     #[test]
-    fn control_files_sit_beside_the_config_file() {
-        let mut c = Config::parse("[control]\npid_file = \"run/x.pid\"\n").unwrap();
-        c.place_files(Path::new("/etc/wg/prod.toml"));
+    fn relative_paths_start_beside_the_config_file() {
+        let mut c = Config::parse(
+            "[control]\npid_file = \"run/x.pid\"\n[worker]\nplugins = \"apps\"\n\
+             [worker.grants.a]\ndirs = [{ host = \"data\", guest = \"/d\" }]\n\
+             [web]\nroot = \"/srv/pages\"\n",
+        )
+        .unwrap();
+        c.resolve_paths(Path::new("/etc/wg/prod.toml"));
         assert_eq!(c.control.socket.unwrap(), Path::new("/etc/wg/prod.sock"));
         assert_eq!(c.control.pid_file.unwrap(), Path::new("/etc/wg/run/x.pid"));
         assert_eq!(c.log.file.unwrap(), Path::new("/etc/wg/prod.log"));
+        let w = c.worker.unwrap();
+        assert_eq!(w.plugins, Path::new("/etc/wg/apps"));
+        assert_eq!(w.cache.unwrap(), Path::new("/etc/wg/apps/.cache"));
+        assert_eq!(w.grants["a"].dirs[0].host, Path::new("/etc/wg/data"));
+        assert_eq!(
+            c.web.unwrap().root,
+            Path::new("/srv/pages"),
+            "absolute stays"
+        );
     }
 
     #[test]

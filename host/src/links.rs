@@ -22,7 +22,7 @@ use crate::local::{LinkReader, LocalGateways};
 use crate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Reply, Unreachable};
 use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter};
-use crate::wire::handshake::{self, Role};
+use crate::wire::handshake::{self, Peer};
 use crate::wire::messages::{ClientContext, EventKind, ListenerInfo, ToGateway, ToWorker};
 
 /// Longest a query waits for the gateways' answers.
@@ -65,7 +65,7 @@ struct GatewayLink {
 pub struct GatewayLinks {
     secret: Arc<[u8]>,
     local: LocalGateways,
-    role: Role,
+    role: Peer,
     links: RwLock<HashMap<SocketAddrV4, Arc<GatewayLink>>>,
     next_query: AtomicU64,
     linked: watch::Sender<BTreeSet<SocketAddrV4>>,
@@ -77,7 +77,7 @@ impl GatewayLinks {
     /// Links for a worker host (which takes client events) or a push client (which does
     /// not); gateways in `local` are reached through channels, the others over TCP. Nothing
     /// is dialled until [`start`](Self::start).
-    pub fn new(secret: Arc<[u8]>, role: Role, local: LocalGateways) -> Arc<Self> {
+    pub fn new(secret: Arc<[u8]>, role: Peer, local: LocalGateways) -> Arc<Self> {
         Arc::new(Self {
             secret,
             local,

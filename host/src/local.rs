@@ -16,7 +16,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::wire::codec::{FrameReader, WireError};
-use crate::wire::handshake::Role;
+use crate::wire::handshake::Peer;
 use crate::wire::messages::{ToGateway, ToWorker};
 
 /// Messages an in-process link may have queued in each direction.
@@ -25,7 +25,7 @@ pub const LOCAL_QUEUE: usize = 16 * 1024;
 /// A link request a gateway receives from a worker host of its own process.
 pub struct LocalLink {
     /// Who is linking.
-    pub role: Role,
+    pub role: Peer,
     /// What the worker host sends.
     pub inbound: mpsc::Receiver<ToGateway>,
     /// Where the gateway sends events and replies; handed back to the worker host.
@@ -56,7 +56,7 @@ impl LocalGateways {
     pub async fn dial(
         &self,
         address: SocketAddrV4,
-        role: Role,
+        role: Peer,
     ) -> Option<(mpsc::Sender<ToGateway>, mpsc::Receiver<ToWorker>)> {
         let gateway = self.lock().get(&address).cloned()?;
         let (to_gateway, inbound) = mpsc::channel(LOCAL_QUEUE);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use wasmgate::config::Protocol;
 use wasmgate::wire::codec::{FrameReader, FrameWriter};
-use wasmgate::wire::handshake::{Role, connect_handshake};
+use wasmgate::wire::handshake::{Peer, connect_handshake};
 use wasmgate::wire::messages::ToWorker;
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{Cluster, SECRET};
@@ -30,10 +30,10 @@ async fn a_wrong_secret_is_refused() {
     let cluster = Cluster::start(("commands", plugins::COMMANDS), &[Protocol::Ws], 1, 1).await;
     let (mut reader, mut writer) = dial(&cluster).await;
     let refused =
-        connect_handshake(&mut reader, &mut writer, b"not the secret", Role::Worker).await;
+        connect_handshake(&mut reader, &mut writer, b"not the secret", Peer::Worker).await;
     assert!(refused.is_err(), "a wrong secret was accepted");
     let (mut reader, mut writer) = dial(&cluster).await;
-    connect_handshake(&mut reader, &mut writer, SECRET.as_bytes(), Role::Worker)
+    connect_handshake(&mut reader, &mut writer, SECRET.as_bytes(), Peer::Worker)
         .await
         .expect("the right secret is accepted");
     cluster.stop().await;
@@ -48,7 +48,7 @@ async fn a_malformed_frame_closes_only_its_link() {
     assert_eq!(client.ask("echo before").await, "before");
 
     let (mut reader, mut writer) = dial(&cluster).await;
-    connect_handshake(&mut reader, &mut writer, SECRET.as_bytes(), Role::Client)
+    connect_handshake(&mut reader, &mut writer, SECRET.as_bytes(), Peer::Client)
         .await
         .unwrap();
     // A well-framed payload that is no `ToGateway` (its variant index is out of range).

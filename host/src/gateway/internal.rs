@@ -18,7 +18,7 @@ use super::shared::Gateway;
 use crate::local::{LinkReader, LocalLink};
 use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter};
-use crate::wire::handshake::{self, Role};
+use crate::wire::handshake::{self, Peer};
 use crate::wire::messages::{ToGateway, ToWorker};
 
 /// Messages queued for one worker host before client reads wait for it.
@@ -123,7 +123,7 @@ async fn local_link(link: LocalLink, gateway: Arc<Gateway>, close: CancellationT
 async fn serve_link(
     mut reader: LinkReader<ToGateway>,
     queue: mpsc::Sender<ToWorker>,
-    role: Role,
+    role: Peer,
     gateway: &Gateway,
     close: &CancellationToken,
 ) -> Result<(), LinkError> {
@@ -132,7 +132,7 @@ async fn serve_link(
         .await
         .map_err(|_| LinkError::Closed)?;
     // Push clients only send commands and queries; only worker hosts take client events.
-    let routed = (role == Role::Worker).then(|| gateway.router.add(queue.clone()));
+    let routed = (role == Peer::Worker).then(|| gateway.router.add(queue.clone()));
     let result = read_loop(&mut reader, gateway, &queue, close).await;
     if let Some(link) = routed {
         gateway.router.remove(link.id);

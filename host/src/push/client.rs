@@ -20,7 +20,7 @@ use crate::links::{GatewayLinks, NoEvents};
 use crate::local::LocalGateways;
 use crate::ops::{GatewayApi, Gateways};
 use crate::register::{self, Announce};
-use crate::wire::handshake::Role;
+use crate::wire::handshake::Peer;
 
 /// How long [`PushClient::connect`] waits for the gateways by default: GatewayClient's 5 s.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -98,7 +98,7 @@ impl PushClient {
         let listed =
             register::spawn_registration(registers, secret.clone(), Announce::Client, stop.clone());
         // A push client runs no gateway, so every link is a network link.
-        let links = GatewayLinks::new(secret, Role::Client, LocalGateways::default());
+        let links = GatewayLinks::new(secret, Peer::Client, LocalGateways::default());
         links.start(listed.clone(), Arc::new(NoEvents), stop.clone());
         let linked = links.linked();
         let client = Self {

@@ -24,7 +24,7 @@ use super::link::{LinkWriter, Timing, frame};
 use super::merge::{MergedLists, Report};
 use crate::wire::handshake::HANDSHAKE_TIMEOUT;
 use crate::wire::{
-    FrameReader, FrameWriter, FromRegister, LinkError, Role, ToRegister, connect_handshake,
+    FrameReader, FrameWriter, FromRegister, LinkError, Peer, ToRegister, connect_handshake,
 };
 
 /// The first delay before reconnecting to a register; it doubles up to [`BACKOFF_MAX`].
@@ -47,11 +47,11 @@ pub enum Announce {
 
 impl Announce {
     /// The role it claims in the handshake.
-    fn role(self) -> Role {
+    fn role(self) -> Peer {
         match self {
-            Announce::Gateway(_) => Role::Gateway,
-            Announce::Worker => Role::Worker,
-            Announce::Client => Role::Client,
+            Announce::Gateway(_) => Peer::Gateway,
+            Announce::Worker => Peer::Worker,
+            Announce::Client => Peer::Client,
         }
     }
 

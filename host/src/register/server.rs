@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::link::{LinkWriter, Timing, frame};
-use crate::wire::{FromRegister, LinkError, Role, ToRegister, accept_handshake};
+use crate::wire::{FromRegister, LinkError, Peer, ToRegister, accept_handshake};
 
 /// The pause after a failed `accept` (e.g. out of file descriptors), so that the register
 /// does not spin while the condition lasts.
@@ -170,7 +170,7 @@ async fn serve_member(
                 match message {
                     ToRegister::Ping => writer.push(FromRegister::Pong)?,
                     ToRegister::Gateway { address } => {
-                        if role != Role::Gateway {
+                        if role != Peer::Gateway {
                             return Err(LinkError::NotAGateway(role));
                         }
                         if gateway.as_ref().map(|entry| entry.address) != Some(address) {

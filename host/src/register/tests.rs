@@ -20,7 +20,7 @@ use super::member::spawn_registration_with;
 use super::merge::{MergedLists, Report};
 use super::server::run_with;
 use crate::wire::{
-    FrameReader, FrameWriter, FromRegister, HandshakeError, Role, ToRegister, accept_handshake,
+    FrameReader, FrameWriter, FromRegister, HandshakeError, Peer, ToRegister, accept_handshake,
     connect_handshake,
 };
 
@@ -126,7 +126,7 @@ type RawLink = (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>);
 async fn raw_link(
     address: SocketAddr,
     secret: &[u8],
-    role: Role,
+    role: Peer,
 ) -> Result<RawLink, HandshakeError> {
     let (mut reader, mut writer) = frame(TcpStream::connect(address).await.unwrap());
     connect_handshake(&mut reader, &mut writer, secret, role).await?;
@@ -152,7 +152,7 @@ async fn worker_sees_gateways_registered_before_and_after_it() {
     enroll(&[&register], Announce::Gateway(gateway(2)), &stop);
     wait_for(&mut worker, &[gateway(1), gateway(2)]).await;
     // A second announcement of a known address changes nothing; its departure neither.
-    let (mut reader, mut writer) = raw_link(register.address, SECRET, Role::Gateway)
+    let (mut reader, mut writer) = raw_link(register.address, SECRET, Peer::Gateway)
         .await
         .unwrap();
     writer
@@ -197,7 +197,7 @@ async fn silent_gateway_is_dropped_and_pings_are_answered() {
     let stop = CancellationToken::new();
     let _stop_all = stop.clone().drop_guard();
     let mut worker = enroll(&[&register], Announce::Worker, &stop);
-    let (mut reader, mut writer) = raw_link(register.address, SECRET, Role::Gateway)
+    let (mut reader, mut writer) = raw_link(register.address, SECRET, Peer::Gateway)
         .await
         .unwrap();
     writer
@@ -276,7 +276,7 @@ async fn members_come_back_after_a_register_restart() {
 #[tokio::test]
 async fn wrong_secret_is_refused() {
     let register = TestRegister::start().await;
-    let refused = raw_link(register.address, b"not the secret", Role::Worker).await;
+    let refused = raw_link(register.address, b"not the secret", Peer::Worker).await;
     assert!(
         matches!(refused, Err(HandshakeError::BadSecret)),
         "{:?}",
@@ -323,7 +323,7 @@ async fn malformed_input_closes_only_that_link() {
         &mut reader,
         &mut FrameWriter::new(&mut write_half),
         SECRET,
-        Role::Worker,
+        Peer::Worker,
     )
     .await
     .unwrap();

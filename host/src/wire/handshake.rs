@@ -66,7 +66,7 @@ type Tag = [u8; 32];
 
 /// What the connecting side is; the acceptor learns it from the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Role {
+pub enum Peer {
     /// A gateway (registering with a register).
     Gateway,
     /// A worker host (registering with a register, or linking to a gateway).
@@ -76,13 +76,13 @@ pub enum Role {
     Client,
 }
 
-impl Role {
+impl Peer {
     /// The role's name in logs and metric labels.
     pub fn name(self) -> &'static str {
         match self {
-            Role::Gateway => "gateway",
-            Role::Worker => "worker",
-            Role::Client => "client",
+            Peer::Gateway => "gateway",
+            Peer::Worker => "worker",
+            Peer::Client => "client",
         }
     }
 }
@@ -107,7 +107,7 @@ enum ToAcceptor {
         /// The connector's protocol version.
         version: u8,
         /// What the connector is.
-        role: Role,
+        role: Peer,
         /// The connector's nonce.
         nonce: Nonce,
     },
@@ -187,7 +187,7 @@ pub async fn connect_handshake<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
     secret: &[u8],
-    role: Role,
+    role: Peer,
 ) -> Result<(), HandshakeError>
 where
     R: AsyncRead + Unpin,
@@ -210,7 +210,7 @@ pub async fn accept_handshake<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
     secret: &[u8],
-) -> Result<Role, HandshakeError>
+) -> Result<Peer, HandshakeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -226,7 +226,7 @@ async fn connect_steps<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
     secret: &[u8],
-    role: Role,
+    role: Peer,
 ) -> Result<(), HandshakeError>
 where
     R: AsyncRead + Unpin,
@@ -273,7 +273,7 @@ async fn accept_steps<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
     secret: &[u8],
-) -> Result<Role, HandshakeError>
+) -> Result<Peer, HandshakeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -382,10 +382,10 @@ mod tests {
     async fn both(
         connector_secret: &[u8],
         acceptor_secret: &[u8],
-    ) -> (Result<(), HandshakeError>, Result<Role, HandshakeError>) {
+    ) -> (Result<(), HandshakeError>, Result<Peer, HandshakeError>) {
         let ((mut cr, mut cw), (mut ar, mut aw)) = ends();
         tokio::join!(
-            connect_handshake(&mut cr, &mut cw, connector_secret, Role::Worker),
+            connect_handshake(&mut cr, &mut cw, connector_secret, Peer::Worker),
             accept_handshake(&mut ar, &mut aw, acceptor_secret),
         )
     }
@@ -394,11 +394,11 @@ mod tests {
     async fn same_secret_succeeds_and_restores_the_frame_limit() {
         let ((mut cr, mut cw), (mut ar, mut aw)) = ends();
         let (connected, accepted) = tokio::join!(
-            connect_handshake(&mut cr, &mut cw, b"s3cret", Role::Gateway),
+            connect_handshake(&mut cr, &mut cw, b"s3cret", Peer::Gateway),
             accept_handshake(&mut ar, &mut aw, b"s3cret"),
         );
         connected.unwrap();
-        assert_eq!(accepted.unwrap(), Role::Gateway);
+        assert_eq!(accepted.unwrap(), Peer::Gateway);
         assert_eq!(ar.max_frame(), crate::wire::MAX_FRAME);
         // The link carries large frames after the handshake; this one is bigger than the
         // pipe's buffer, so the write and the read run together.
@@ -412,7 +412,7 @@ mod tests {
     async fn empty_secret_is_still_a_secret() {
         let (connected, accepted) = both(b"", b"").await;
         connected.unwrap();
-        assert_eq!(accepted.unwrap(), Role::Worker);
+        assert_eq!(accepted.unwrap(), Peer::Worker);
         let (connected, accepted) = both(b"", b"x").await;
         assert!(matches!(connected, Err(HandshakeError::BadSecret)));
         assert!(matches!(accepted, Err(HandshakeError::BadSecret)));
@@ -437,7 +437,7 @@ mod tests {
         let future = PROTOCOL_VERSION + 1;
         cw.send(&ToAcceptor::Hello {
             version: future,
-            role: Role::Worker,
+            role: Peer::Worker,
             nonce: [0; 32],
         })
         .await
@@ -469,7 +469,7 @@ mod tests {
             .unwrap();
         };
         let (connected, ()) = tokio::join!(
-            connect_handshake(&mut cr, &mut cw, b"s", Role::Worker),
+            connect_handshake(&mut cr, &mut cw, b"s", Peer::Worker),
             acceptor
         );
         assert!(
@@ -512,7 +512,7 @@ mod tests {
     async fn over_tcp(
         connector_secret: &'static [u8],
         acceptor_secret: &'static [u8],
-    ) -> (Result<(), HandshakeError>, Result<Role, HandshakeError>) {
+    ) -> (Result<(), HandshakeError>, Result<Peer, HandshakeError>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let acceptor = tokio::spawn(async move {
@@ -530,7 +530,7 @@ mod tests {
             &mut FrameReader::new(r),
             &mut FrameWriter::new(w),
             connector_secret,
-            Role::Client,
+            Peer::Client,
         )
         .await;
         (connected, acceptor.await.unwrap())
@@ -540,7 +540,7 @@ mod tests {
     async fn over_loopback_tcp() {
         let (connected, accepted) = over_tcp(b"k", b"k").await;
         connected.unwrap();
-        assert_eq!(accepted.unwrap(), Role::Client);
+        assert_eq!(accepted.unwrap(), Peer::Client);
         let (connected, accepted) = over_tcp(b"k", b"other").await;
         assert!(
             matches!(connected, Err(HandshakeError::BadSecret)),

@@ -5,7 +5,7 @@ use std::io;
 use std::time::Duration;
 
 use super::codec::WireError;
-use super::handshake::{HandshakeError, Role};
+use super::handshake::{HandshakeError, Peer};
 
 /// Why an internal link ended.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,7 @@ pub enum LinkError {
     Backlogged(usize),
     /// A peer that did not authenticate as a gateway announced a gateway address.
     #[error("a peer with role {0:?} announced a gateway address")]
-    NotAGateway(Role),
+    NotAGateway(Peer),
     /// A client event named a listener the gateway never announced.
     #[error("an event names listener {0}, which the gateway did not announce")]
     UnknownListener(u16),

@@ -12,6 +12,6 @@ mod link_error;
 pub mod messages;
 
 pub use codec::{FrameReader, FrameWriter, MAX_FRAME, WireError};
-pub use handshake::{HandshakeError, PROTOCOL_VERSION, Role, accept_handshake, connect_handshake};
+pub use handshake::{HandshakeError, PROTOCOL_VERSION, Peer, accept_handshake, connect_handshake};
 pub use link_error::LinkError;
 pub use messages::{FromRegister, ToGateway, ToRegister, ToWorker};

@@ -30,7 +30,7 @@ use crate::links::GatewayLinks;
 use crate::local::LocalGateways;
 use crate::ops::Gateways;
 use crate::register;
-use crate::wire::handshake::Role;
+use crate::wire::handshake::Peer;
 use dispatch::Dispatcher;
 use plugins::PluginDir;
 use runtime::{Limits, Runtime};
@@ -64,7 +64,7 @@ impl WorkerHost {
         if let Some(cache) = &config.cache {
             runtime = runtime.with_cache(cache.clone());
         }
-        let links = GatewayLinks::new(secret.clone(), Role::Worker, local);
+        let links = GatewayLinks::new(secret.clone(), Peer::Worker, local);
         let dispatcher = Dispatcher::new(links.clone());
         Ok(Self {
             config,

@@ -19,7 +19,7 @@ use super::protocol::{
 };
 use crate::metrics;
 use crate::process::running::Running;
-use crate::wire::handshake::Role;
+use crate::wire::handshake::Peer;
 
 /// How often the traffic counters are sampled for the rates `status` shows.
 const RATE_SAMPLE: Duration = Duration::from_secs(1);
@@ -186,7 +186,7 @@ impl Control {
             worker: running.worker.as_ref().map(|w| WorkerStatus {
                 name: w.name.clone(),
                 plugins: w.plugins.display().to_string(),
-                gateway_links: metrics::gateway_links(Role::Worker.name()),
+                gateway_links: metrics::gateway_links(Peer::Worker.name()),
             }),
             plugins: metrics::plugins()
                 .into_iter()
