@@ -26,6 +26,13 @@ mod shutdown;
 mod topology;
 
 use std::process::Command;
+use std::time::Duration;
+
+/// The real command, for the tests that run it as its own process.
+const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-node");
+
+/// How long a client must stay silent to show that a message was not sent to it.
+const QUIET: Duration = Duration::from_millis(300);
 
 /// Set in the process [`in_own_process`] starts, to the test it runs.
 const OWN_PROCESS: &str = "WASMGATE_TEST_OWN_PROCESS";
