@@ -1,6 +1,6 @@
 // Drives the chat demo's page in headless Chromium (Debian's, through playwright-core), as two
 // and then three people would: log in, see each other in the online list, talk, whisper, leave
-// and close the tab. Started by tests/tests/chat_browser.rs, which serves the page and the
+// and close the tab. Started by tests/tests/e2e/chat_browser.rs, which serves the page and the
 // `chat` plugin; every wait is for something on the page, bounded by TIMEOUT_MS.
 //
 //   node tests/browser/chat.cjs <page url> <screenshot dir>

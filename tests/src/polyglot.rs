@@ -3,7 +3,7 @@
 //! the tools installed by [`tools`] from the registries.
 //!
 //! A build takes seconds (each component embeds a whole interpreter), so it is made once per
-//! change of its inputs and kept in `target/polyglot/`; test binaries and benches share it.
+//! change of its inputs and kept in `target/polyglot/`; the tests and the bench share it.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};

@@ -66,8 +66,9 @@ fn tool_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Holds an exclusive lock on `dir/.lock` while alive, so that test binaries running at the
-/// same time (or a bench beside them) never install or build into one directory at once.
+/// Holds an exclusive lock on `dir/.lock` while alive, so that tests running at the same time
+/// (on threads of the test binary, or a bench beside it) never install or build into one
+/// directory at once. Each holder opens the file itself, so threads exclude each other too.
 pub struct DirLock {
     _file: File,
 }

@@ -4,7 +4,7 @@
 //! operation can answer described, with the error schema.
 //!
 //! The router runs in-process over a gateway double, so these checks need no cluster; the
-//! end-to-end tests (`tests/tests/push.rs`) check what the operations do.
+//! end-to-end tests (`tests/tests/e2e/push.rs`) check what the operations do.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

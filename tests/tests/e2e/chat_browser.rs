@@ -19,7 +19,7 @@ use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{Cluster, Node, PluginsDir, connect_ws};
 use wasmgate_tests::{plugins, tools};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-node");
+use crate::BIN;
 
 /// Longest the whole browser session may take; each of its steps waits at most 10 s.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(120);

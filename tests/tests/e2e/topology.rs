@@ -8,8 +8,7 @@ use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, free_port};
 use wasmgate_tests::plugins;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-node");
-const QUIET: Duration = Duration::from_millis(300);
+use crate::{BIN, QUIET};
 
 fn registers_list(registers: &[u16]) -> String {
     let list: Vec<String> = registers

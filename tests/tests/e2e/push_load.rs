@@ -1,6 +1,6 @@
 //! Load through the HTTP push API: 10,000 pushes to a group of 100 WebSocket clients spread
 //! over two gateways. Every client must receive every push, in the order it was pushed. The
-//! rate is printed (`cargo test -p wasmgate-tests --test push_load -- --nocapture`).
+//! rate is printed (`cargo test -p wasmgate-tests --test e2e push_load -- --nocapture`).
 //!
 //! One backend pushing one request after another is the case the order guarantee covers:
 //! each push is answered once queued, and pushes queued to a gateway are applied in order.

@@ -7,7 +7,7 @@ use wasmgate_tests::daemon::Daemon;
 use wasmgate_tests::plugins;
 use wasmgate_tests::prometheus::scrape;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-node");
+use crate::BIN;
 
 #[tokio::test]
 async fn metrics_parse_as_prometheus_text_and_follow_the_clients() {

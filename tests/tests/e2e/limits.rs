@@ -12,10 +12,6 @@ use wasmgate_tests::client::{TestClient, frame};
 use wasmgate_tests::cluster::Cluster;
 use wasmgate_tests::plugins;
 
-/// RSS is per process: every test of this file holds this while it runs, so no other test's
-/// cluster is counted in the memory test's measurement.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn count(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
@@ -31,7 +27,6 @@ async fn until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_over_max_connections_is_refused_and_the_others_keep_working() {
-    let _alone = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start_with(
         ("commands", plugins::COMMANDS),
         &["listen = \"ws://127.0.0.1:0\"\nmax_connections = 2".into()],
@@ -74,7 +69,6 @@ async fn a_connection_over_max_connections_is_refused_and_the_others_keep_workin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_closes_only_its_sender() {
-    let _alone = ONE_AT_A_TIME.lock().await;
     let limit = "max_message_size = \"1KiB\"";
     let cluster = Cluster::start_with(
         ("commands", plugins::COMMANDS),
@@ -119,7 +113,6 @@ async fn an_oversized_message_closes_only_its_sender() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_does_not_finish_its_handshake_is_dropped() {
-    let _alone = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start_with(
         ("commands", plugins::COMMANDS),
         &["listen = \"ws://127.0.0.1:0\"\nhandshake_timeout = \"1s\"".into()],
@@ -182,9 +175,17 @@ async fn broadcast(sender: &mut TestClient, ticks: usize) -> u64 {
     peak
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
-    let _alone = ONE_AT_A_TIME.lock().await;
+/// RSS is per process: measured where no other test's cluster is counted.
+#[test]
+fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
+    crate::in_own_process(
+        "limits::a_client_that_never_reads_is_dropped_and_memory_stays_bounded",
+        slow_reader_and_memory,
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_and_memory() {
     let cluster = Cluster::start_with(
         ("commands", plugins::COMMANDS),
         &["listen = \"ws://127.0.0.1:0\"".into()],

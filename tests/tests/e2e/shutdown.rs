@@ -10,7 +10,7 @@ use wasmgate_tests::cluster::{SECRET, free_port};
 use wasmgate_tests::daemon::{Daemon, alive};
 use wasmgate_tests::plugins;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-node");
+use crate::BIN;
 
 /// Clients connected when the server stops.
 const CLIENTS: usize = 8;

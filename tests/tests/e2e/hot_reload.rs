@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use wasmgate_tests::cluster::{Node, PluginsDir, connect_ws};
 use wasmgate_tests::plugins;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-node");
+use crate::BIN;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_in_plugin_serves_and_a_replacement_swaps_under_load() {

@@ -12,7 +12,7 @@ use wasmgate_tests::cluster::{Node, PluginsDir, connect_ws};
 use wasmgate_tests::polyglot::{self, Language};
 use wasmgate_tests::{plugins, tools};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-node");
+use crate::BIN;
 
 /// Longest a swap may take: compiling a Python or JavaScript component in a debug build takes
 /// about 10 s, twice that on a busy machine.

@@ -13,7 +13,7 @@ use wasmgate_tests::daemon::{Daemon, alive, wasmgate};
 use wasmgate_tests::plugins;
 use wasmgate_tests::prometheus::scrape;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-node");
+use crate::BIN;
 
 #[tokio::test]
 async fn a_daemon_is_inspected_reloaded_restarted_and_stopped_by_its_config_file() {

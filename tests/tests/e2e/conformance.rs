@@ -8,16 +8,13 @@
 //! need their toolchains from the registries; where those cannot be installed, their tests are
 //! skipped loudly (see `wasmgate_tests::tools`).
 
-use std::time::Duration;
-
 use wasmgate::config::Protocol;
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::Cluster;
 use wasmgate_tests::polyglot::{self, Language};
 use wasmgate_tests::{plugins, tools};
 
-/// How long a client must stay silent to show that a message was not sent to it.
-const QUIET: Duration = Duration::from_millis(300);
+use crate::QUIET;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust() {

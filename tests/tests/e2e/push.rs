@@ -23,8 +23,9 @@ use wasmgate_tests::client::{RECV_TIMEOUT, TestClient};
 use wasmgate_tests::cluster::{Cluster, SECRET};
 use wasmgate_tests::plugins;
 
+use crate::QUIET;
+
 const TOKEN: &str = "push-token";
-const QUIET: Duration = Duration::from_millis(300);
 /// Bytes that are not UTF-8, so a WebSocket client gets them as a binary frame.
 const BINARY: [u8; 4] = [0, 1, 2, 255];
 
