@@ -177,9 +177,10 @@ impl Cluster {
     /// Waits until every gateway has `n` worker hosts linked.
     pub async fn wait_for_workers(&self, n: usize) {
         // Worker hosts link once their plugins are compiled: a Python or JavaScript plugin
-        // takes about 10 s in a debug build, more when two compile at once on 2 cores.
+        // takes about 10 s in a debug build alone, and over a minute when both compile at
+        // once on 2 cores that other work shares (a cold cache; later runs hit the cache).
         for g in &self.gateways {
-            tokio::time::timeout(Duration::from_secs(60), g.gateway.router.wait_for_links(n))
+            tokio::time::timeout(Duration::from_secs(180), g.gateway.router.wait_for_links(n))
                 .await
                 .expect("worker hosts did not link to every gateway in time");
         }
@@ -208,8 +209,14 @@ fn worker_config(
     plugins: &Path,
     instances: usize,
 ) -> WorkerConfig {
+    // One compile cache for every test cluster: a Python or JavaScript component compiles
+    // once per change instead of once per test (entries are keyed by content and engine).
+    let cache = crate::tools::workspace()
+        .join("target")
+        .join("test-plugin-cache");
     let config = Config::parse(&format!(
-        "[worker]\nname = \"{name}\"\nregister = \"{register}\"\nplugins = {plugins:?}\ninstances = {instances}\n",
+        "[worker]\nname = \"{name}\"\nregister = \"{register}\"\nplugins = {plugins:?}\n\
+         instances = {instances}\ncache = {cache:?}\n",
     ))
     .unwrap();
     config.worker.unwrap()

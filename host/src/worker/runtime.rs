@@ -14,7 +14,7 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -248,8 +248,12 @@ impl Runtime {
 /// Writes a compiled component to `path` whole: to a temporary file first, then renamed, so a
 /// crash never leaves a partial entry that would later be loaded.
 fn store_in_cache(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
+    // Several worker hosts (of this process or others) may store the same entry at once:
+    // each writes its own temporary file.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let write = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{write}", std::process::id()));
     std::fs::write(&tmp, component.serialize()?)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
