@@ -143,6 +143,10 @@ impl Gateways for SessionView {
     }
 
     fn query(&self, query: Query) -> QueryFuture {
+        // Only the session queries need what this instance knows; the rest pass through.
+        if !matches!(query, Query::SessionOf(_) | Query::SessionsOfGroup(_)) {
+            return self.gateways.query(query);
+        }
         let known = self.current().as_ref().map(|c| (c.id, c.session.clone()));
         match (query, known) {
             (Query::SessionOf(client), Some((id, session))) if client == id => {
