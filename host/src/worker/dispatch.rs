@@ -191,16 +191,17 @@ async fn handle(
 ) {
     let Incoming {
         listener,
-        client: context,
+        client: mut context,
         kind,
     } = event;
     let id = context.id;
     let track = sessions
         .remove(&id)
         .filter(|t| context.session_version < t.base_version + t.writes);
+    // The event's own session moves into the plugin's record; only a tracked write is copied.
     let session = match &track {
         Some(t) => t.session.clone(),
-        None => context.session.clone(),
+        None => std::mem::take(&mut context.session),
     };
     let client = wit_client(&context, &listener.name, listener.port, session);
     let outcome = match &kind {
