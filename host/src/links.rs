@@ -303,10 +303,7 @@ async fn read_loop<S: EventSink>(
                     let _ = waiter.send(reply);
                 }
             }
-            ToWorker::Ping => queue
-                .send(ToGateway::Pong)
-                .await
-                .map_err(|_| LinkError::Closed)?,
+            ToWorker::Ping => queue.send(ToGateway::Pong).await?,
         }
     }
     Ok(())

@@ -129,8 +129,7 @@ async fn serve_link(
 ) -> Result<(), LinkError> {
     queue
         .send(ToWorker::Listeners(gateway.listeners.clone()))
-        .await
-        .map_err(|_| LinkError::Closed)?;
+        .await?;
     // Push clients only send commands and queries; only worker hosts take client events.
     let routed = (role == Peer::Worker).then(|| gateway.router.add(queue.clone()));
     let result = read_loop(&mut reader, gateway, &queue, close).await;
@@ -156,7 +155,7 @@ async fn read_loop(
                 if silent > SILENT_INTERVALS {
                     return Err(LinkError::Silent(PING_INTERVAL * SILENT_INTERVALS));
                 }
-                queue.send(ToWorker::Ping).await.map_err(|_| LinkError::Closed)?;
+                queue.send(ToWorker::Ping).await?;
                 continue;
             }
             message = reader.recv() => message?,
@@ -167,8 +166,7 @@ async fn read_loop(
             Some(ToGateway::Command(command)) => gateway.state.execute(command),
             Some(ToGateway::Query { id, query }) => {
                 let reply = gateway.state.answer(&query);
-                let answered = queue.send(ToWorker::Reply { id, reply }).await;
-                answered.map_err(|_| LinkError::Closed)?;
+                queue.send(ToWorker::Reply { id, reply }).await?;
             }
             Some(ToGateway::Pong) => {}
         }

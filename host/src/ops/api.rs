@@ -283,8 +283,7 @@ macro_rules! gateway_operations {
 
             /// The number of connected clients across gateways.
             get_all_client_count(api) -> u32 {
-                let counts = ask!(api, Query::GroupCounts(vec![String::new()]), Reply::GroupCounts);
-                Ok(counts.into_iter().map(|(_, n)| n).sum())
+                api.get_client_count_by_group(String::new()).await
             }
 
             /// Every connected client.

@@ -36,6 +36,13 @@ pub enum LinkError {
     UnknownListener(u16),
 }
 
+/// A link's queue whose other end is gone: the link is closing.
+impl<T> From<tokio::sync::mpsc::error::SendError<T>> for LinkError {
+    fn from(_: tokio::sync::mpsc::error::SendError<T>) -> Self {
+        LinkError::Closed
+    }
+}
+
 impl LinkError {
     /// Whether the link ended in a way that is not worth a warning: a port probe (a load
     /// balancer's health check) that connects and leaves during the handshake.

@@ -64,30 +64,6 @@ impl Dispatcher {
         })
     }
 
-    /// Queues `event` for the instance that serves its client; waits while that queue is full.
-    async fn dispatch(&self, event: Incoming) {
-        let driver = {
-            let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
-            apps.get(&event.listener.app).map(|instances| {
-                let slot = self.hasher.hash_one(event.client.id) as usize % instances.len();
-                instances[slot].clone()
-            })
-        };
-        let Some(driver) = driver else {
-            let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
-            let count = dropped.entry(event.listener.app.clone()).or_default();
-            *count += 1;
-            // Log the 1st, 2nd, 4th, 8th … so a missing plugin is visible without flooding.
-            if count.is_power_of_two() {
-                tracing::warn!(app = %event.listener.app, dropped = *count, "no plugin for this app; events dropped");
-            }
-            return;
-        };
-        if driver.send(Work::Event(event)).await.is_err() {
-            tracing::error!("a plugin instance driver ended unexpectedly");
-        }
-    }
-
     /// Serves `app` with `instances` from now on. A running version finishes the events
     /// already queued for it, then runs `on-worker-stop`.
     pub async fn install(&self, app: &str, instances: Vec<PluginInstance>) {
@@ -144,8 +120,28 @@ impl Dispatcher {
 }
 
 impl EventSink for Dispatcher {
+    /// Queues `event` for the instance that serves its client; waits while that queue is full.
     async fn deliver(&self, event: Incoming) {
-        self.dispatch(event).await;
+        let driver = {
+            let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
+            apps.get(&event.listener.app).map(|instances| {
+                let slot = self.hasher.hash_one(event.client.id) as usize % instances.len();
+                instances[slot].clone()
+            })
+        };
+        let Some(driver) = driver else {
+            let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+            let count = dropped.entry(event.listener.app.clone()).or_default();
+            *count += 1;
+            // Log the 1st, 2nd, 4th, 8th … so a missing plugin is visible without flooding.
+            if count.is_power_of_two() {
+                tracing::warn!(app = %event.listener.app, dropped = *count, "no plugin for this app; events dropped");
+            }
+            return;
+        };
+        if driver.send(Work::Event(event)).await.is_err() {
+            tracing::error!("a plugin instance driver ended unexpectedly");
+        }
     }
 }
 

@@ -121,23 +121,27 @@ impl SessionView {
         // Only this instance's own calls take the lock, one at a time.
         self.current.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Applies a session write to the current client's known session, if it is about it.
+    fn write(&self, client: ClientId, change: impl FnOnce(&mut Session)) {
+        if let Some(current) = self.current().as_mut().filter(|c| c.id == client) {
+            change(&mut current.session);
+            current.writes += 1;
+        }
+    }
 }
 
 impl Gateways for SessionView {
     fn command(&self, command: Command) -> CommandFuture {
-        if let Some(current) = self.current().as_mut() {
-            match &command {
-                Command::SetSession { client, session } if *client == current.id => {
-                    current.session = session.clone();
-                    current.writes += 1;
-                }
-                Command::UpdateSession { client, changes } if *client == current.id => {
-                    let changes = changes.iter().map(|(k, v)| (k.clone(), v.clone()));
-                    current.session.extend(changes);
-                    current.writes += 1;
-                }
-                _ => {}
+        // Only session writes touch what this instance knows; sends pass straight through.
+        match &command {
+            Command::SetSession { client, session } => {
+                self.write(*client, |known| *known = session.clone());
             }
+            Command::UpdateSession { client, changes } => self.write(*client, |known| {
+                known.extend(changes.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }),
+            _ => {}
         }
         self.gateways.command(command)
     }
