@@ -138,11 +138,10 @@ impl Target {
                 Config::load(&std::path::absolute(file)?)?,
                 format!("wasmgate[{}]", file.display()),
             ),
-            None => {
-                let mut config = Config::all_in_one("commands");
-                config.resolve_paths(&std::path::absolute(DEFAULT_FILE)?);
-                (config, "wasmgate[built-in configuration]".to_owned())
-            }
+            None => (
+                Config::all_in_one("commands", &std::path::absolute(DEFAULT_FILE)?),
+                "wasmgate[built-in configuration]".to_owned(),
+            ),
         };
         process::select_roles(&mut config, &self.role);
         let mut roles: Vec<&str> = self.role.iter().map(|r| r.name()).collect();
@@ -154,14 +153,11 @@ impl Target {
                 &mut config.control.socket,
                 &mut config.control.pid_file,
                 &mut config.log.file,
-            ]
-            .into_iter()
-            .flatten()
-            {
+            ] {
                 *path = tagged(path, &tag);
             }
         }
-        let socket = config.control.socket.clone().expect("placed above");
+        let socket = config.control.socket.clone();
         Ok(Setup {
             label,
             config,
@@ -319,7 +315,7 @@ fn start(target: &Target, detach: bool) -> anyhow::Result<ExitCode> {
         );
     }
     if detach {
-        let log = setup.config.log.file.clone().expect("placed by setup");
+        let log = setup.config.log.file.clone();
         let mut args: Vec<OsString> = vec!["start".into()];
         args.extend(target.args()?);
         let pid = daemon::spawn_detached(&args, &log, READY_TIMEOUT)?;

@@ -1,4 +1,6 @@
-//! The configuration file (TOML) and the defaults used when there is none.
+//! The configuration file (TOML) and the defaults used when there is none, in two stages:
+//! what a file says (read strictly, private to this module) and what a process runs with
+//! ([`Config`]: checked, every path placed by one rule), so no half-resolved value escapes.
 //!
 //! Which sections a file has decides which roles a process runs: `[register]`, `[[gateway]]`
 //! (one entry per client listener, each a gateway with its own internal port, as in
@@ -20,37 +22,64 @@ use serde::{Deserialize, Serialize};
 /// Where a register listens by default, and where gateways and worker hosts look for one.
 pub const DEFAULT_REGISTER: &str = "127.0.0.1:1236";
 
-/// A whole configuration file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// A configuration file as written (the read stage): parsed strictly, not yet checked, paths
+/// as written. [`ConfigFile::resolve`] turns it into a [`Config`].
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+struct ConfigFile {
     /// The cluster's shared secret: internal links prove they know it (HMAC challenge)
     /// without sending it. Every process of a cluster needs the same one.
     #[serde(default)]
-    pub secret: String,
+    secret: String,
     /// Run a register.
-    pub register: Option<RegisterConfig>,
+    register: Option<RegisterConfig>,
     /// Run one gateway per entry.
     #[serde(default)]
-    pub gateway: Vec<GatewayConfig>,
+    gateway: Vec<GatewayConfig>,
     /// Run a worker host.
-    pub worker: Option<WorkerConfig>,
+    worker: Option<WorkerConfig>,
     /// Where the command line finds this process (`status`, `stop` …).
     #[serde(default)]
-    pub control: ControlConfig,
+    control: ControlFile,
     /// What is logged.
     #[serde(default)]
-    pub log: LogConfig,
+    log: LogFile,
     /// Serve Prometheus metrics; off unless the section is present.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<MetricsConfig>,
+    metrics: Option<MetricsConfig>,
     /// Serve the HTTP push API over the worker host's links; off unless the section is
     /// present.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub push: Option<PushConfig>,
+    push: Option<PushConfig>,
     /// Serve a directory of static files over HTTP (a page that talks to the gateways); off
     /// unless the section is present. Runs with the gateway role.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    web: Option<WebConfig>,
+}
+
+/// What a process runs with (the resolved stage): checked, every path absolute or relative to
+/// the working directory by one rule, the control and log files placed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// The cluster's shared secret.
+    pub secret: String,
+    /// The register, if this process runs one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub register: Option<RegisterConfig>,
+    /// One gateway per entry.
+    pub gateway: Vec<GatewayConfig>,
+    /// The worker host, if this process runs one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerConfig>,
+    /// Where the command line finds this process.
+    pub control: ControlConfig,
+    /// What is logged, and where `start -d` writes it.
+    pub log: LogConfig,
+    /// The Prometheus scrape, if served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+    /// The HTTP push API, if served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushConfig>,
+    /// The static-file server, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub web: Option<WebConfig>,
 }
 
@@ -66,42 +95,57 @@ pub struct WebConfig {
     pub root: PathBuf,
 }
 
-/// `[control]`: how `wasmgate stop|reload|status|connections` reach a running server. Each
-/// path defaults to the configuration file's name with another extension, beside it
-/// (`wasmgate.toml` → `wasmgate.sock`, `wasmgate.pid`); a relative path starts in the file's
-/// directory.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// `[control]` as written: how `wasmgate stop|reload|status|connections` reach a running
+/// server. Each path defaults to the configuration file's name with another extension,
+/// beside it (`wasmgate.toml` → `wasmgate.sock`, `wasmgate.pid`); a relative path starts in
+/// the file's directory.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ControlConfig {
+struct ControlFile {
     /// The Unix socket the command line talks to; only its owner may connect.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket: Option<PathBuf>,
+    socket: Option<PathBuf>,
     /// Holds the server's process id while it runs, for service managers and `kill`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid_file: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
 }
 
-/// `[log]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `[control]`, resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlConfig {
+    /// The Unix socket the command line talks to.
+    pub socket: PathBuf,
+    /// The pid file.
+    pub pid_file: PathBuf,
+}
+
+/// `[log]` as written.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LogConfig {
+struct LogFile {
     /// A `RUST_LOG`-style filter: a level (`info`) or `target=level` directives
     /// (`info,wasmgate::worker=debug`). `RUST_LOG`, when set, wins.
     #[serde(default = "default_log_level")]
-    pub level: String,
+    level: String,
     /// Where `start -d` writes the server's output (default: beside the configuration file,
     /// `wasmgate.log`); without `-d` the log goes to stderr.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<PathBuf>,
+    file: Option<PathBuf>,
 }
 
-impl Default for LogConfig {
+impl Default for LogFile {
     fn default() -> Self {
         Self {
             level: default_log_level(),
             file: None,
         }
     }
+}
+
+/// `[log]`, resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    /// The filter, checked.
+    pub level: String,
+    /// Where `start -d` writes the server's output.
+    pub file: PathBuf,
 }
 
 /// `[metrics]`: Prometheus metrics at `http://LISTEN/metrics`.
@@ -157,9 +201,9 @@ pub struct RegisterConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// Name shown in logs and `status`; defaults to the listen URL.
-    #[serde(default)]
-    pub name: String,
+    /// Name shown in logs and `status`; defaults to the listen URL (see [`Self::name`]).
+    #[serde(default, rename = "name", skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<String>,
     /// The client-facing listener: `ws://IP:PORT`, `wss://IP:PORT` (needs `tls_cert` and
     /// `tls_key`), `text://IP:PORT` or `frame://IP:PORT`.
     pub listen: ListenUrl,
@@ -221,8 +265,18 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The name shown in logs and `status`: the one given, or the listen URL.
+    pub fn name(&self) -> String {
+        self.given_name
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+
     /// Rejects gateway settings that parse but contradict each other.
     fn check(&self) -> Result<(), String> {
+        if self.register.is_empty() {
+            return Err("`register` must list at least one register".into());
+        }
         let wss = self.listen.protocol == Protocol::Wss;
         if wss && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return Err("a wss:// listener needs `tls_cert` and `tls_key`".into());
@@ -260,7 +314,7 @@ impl GatewayConfig {
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
     /// This worker host's name, unique in the cluster; defaults to `worker-<pid>`.
-    #[serde(default)]
+    #[serde(default = "default_worker_name")]
     pub name: String,
     /// The register(s) to learn the gateways from.
     #[serde(default = "default_registers", deserialize_with = "one_or_many")]
@@ -280,12 +334,34 @@ pub struct WorkerConfig {
     #[serde(default = "default_memory_limit")]
     pub memory_limit: ByteSize,
     /// Where compiled plugins are cached, keyed by the file's content and the engine's
-    /// configuration; defaults to `.cache` inside the plugins directory.
-    #[serde(default)]
+    /// configuration; defaults to `.cache` inside the plugins directory (see
+    /// [`Self::cache_dir`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<PathBuf>,
     /// What each app may reach beyond the default of nothing, by app name.
     #[serde(default)]
     pub grants: BTreeMap<String, Grants>,
+}
+
+impl WorkerConfig {
+    /// Where compiled plugins are cached: the `cache` given, or `.cache` in the plugins
+    /// directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache
+            .clone()
+            .unwrap_or_else(|| self.plugins.join(".cache"))
+    }
+
+    /// Rejects worker settings that parse but cannot work.
+    fn check(&self) -> Result<(), String> {
+        if self.register.is_empty() {
+            return Err("`register` must list at least one register".into());
+        }
+        if self.instances == 0 {
+            return Err("`instances` must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// `[worker.grants.APP]`: capabilities given to one app's instances. The default grants
@@ -407,135 +483,143 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid TOML or has unknown keys or bad values.
-    #[error("{path}: {message}")]
+    /// The file is not valid TOML, or has an unknown key or a value of the wrong kind; the
+    /// message names the key.
+    #[error("{path}: {source}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML reader found.
+        source: toml::de::Error,
+    },
+    /// The values parse but cannot work together.
+    #[error("{path}: {source}")]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// What is wrong, naming the key.
-        message: String,
+        /// Which section, and why.
+        source: Invalid,
     },
 }
 
+/// A setting that parses but cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("{section}: {reason}")]
+pub struct Invalid {
+    /// The section, e.g. `gateway ws://127.0.0.1:7272`, `worker`, `log.level`.
+    pub section: String,
+    /// What is wrong, naming the key.
+    pub reason: String,
+}
+
 impl Config {
-    /// Reads and checks a configuration file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
+    /// Reads, checks and resolves a configuration file.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            path: file.to_owned(),
             source,
         })?;
-        let mut config = Self::parse(&text).map_err(|message| ConfigError::Invalid {
-            path: path.to_owned(),
-            message,
+        Self::from_toml(&text, file)
+    }
+
+    /// Parses, checks and resolves configuration text as if read from `file` (which need
+    /// not exist: it places relative paths and names errors).
+    pub fn from_toml(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let read: ConfigFile = toml::from_str(text).map_err(|source| ConfigError::Syntax {
+            path: file.to_owned(),
+            source,
         })?;
-        config.resolve_paths(path);
-        Ok(config)
-    }
-
-    /// Parses configuration text.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.check()?;
-        config.fill_defaults();
-        Ok(config)
-    }
-
-    /// Rejects values that parse but cannot work.
-    fn check(&self) -> Result<(), String> {
-        for gateway in &self.gateway {
-            if gateway.register.is_empty() {
-                return Err(format!(
-                    "gateway {}: `register` must list at least one register",
-                    gateway.listen
-                ));
-            }
-            gateway
-                .check()
-                .map_err(|e| format!("gateway {}: {e}", gateway.listen))?;
-        }
-        if let Some(worker) = &self.worker {
-            if worker.register.is_empty() {
-                return Err("worker: `register` must list at least one register".into());
-            }
-            if worker.instances == 0 {
-                return Err("worker: `instances` must be at least 1".into());
-            }
-        }
-        check_log_filter(&self.log.level).map_err(|e| format!("log.level: {e}"))?;
-        if let Some(push) = &self.push {
-            if self.worker.is_none() {
-                return Err("push: the push API is served by the worker host: add [worker]".into());
-            }
-            push.check().map_err(|e| format!("push: {e}"))?;
-        }
-        Ok(())
+        read.check().map_err(|source| ConfigError::Invalid {
+            path: file.to_owned(),
+            source,
+        })?;
+        Ok(read.resolve(file))
     }
 
     /// All roles on loopback: a register on 127.0.0.1:1236, a WebSocket gateway on
-    /// 127.0.0.1:7272 for the `app` plugin, and a worker host loading `./plugins`.
-    pub fn all_in_one(app: &str) -> Self {
-        Self::parse(&format!(
+    /// 127.0.0.1:7272 for the `app` plugin, and a worker host loading `plugins` beside
+    /// `file`.
+    pub fn all_in_one(app: &str, file: &Path) -> Self {
+        let text = format!(
             "[register]\n[[gateway]]\nlisten = \"ws://127.0.0.1:7272\"\napp = \"{app}\"\n[worker]\n"
-        ))
-        .expect("the built-in configuration is valid")
+        );
+        Self::from_toml(&text, file).expect("the built-in configuration is valid")
     }
 
     /// The configuration as TOML, to print what a process runs with.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a configuration serialises")
     }
+}
 
-    /// Resolves every path of the configuration by one rule: a relative path starts in the
-    /// directory of the configuration file `file` (which need not exist; for the built-in
-    /// configuration, the working directory). The control socket, pid file and log file
-    /// default to files beside it, named after it.
-    pub fn resolve_paths(&mut self, file: &Path) {
+impl ConfigFile {
+    /// Rejects values that parse but cannot work.
+    fn check(&self) -> Result<(), Invalid> {
+        let invalid = |section: String| move |reason| Invalid { section, reason };
+        for gateway in &self.gateway {
+            gateway
+                .check()
+                .map_err(invalid(format!("gateway {}", gateway.listen)))?;
+        }
+        if let Some(worker) = &self.worker {
+            worker.check().map_err(invalid("worker".into()))?;
+        }
+        check_log_filter(&self.log.level).map_err(invalid("log.level".into()))?;
+        if let Some(push) = &self.push {
+            if self.worker.is_none() {
+                return Err(invalid("push".into())(
+                    "the push API is served by the worker host: add [worker]".into(),
+                ));
+            }
+            push.check().map_err(invalid("push".into()))?;
+        }
+        Ok(())
+    }
+
+    /// Resolves every path by one rule: a relative path starts in the directory of the
+    /// configuration file `file` (for the built-in configuration, the working directory).
+    /// The control socket, pid file and log file default to files beside it, named after it.
+    fn resolve(self, file: &Path) -> Config {
         let dir = file.parent().unwrap_or(Path::new(""));
-        let mut paths: Vec<&mut PathBuf> = Vec::new();
-        for gateway in &mut self.gateway {
-            paths.extend(gateway.tls_cert.as_mut());
-            paths.extend(gateway.tls_key.as_mut());
+        let place = |path: &mut PathBuf| *path = dir.join(&*path);
+        let mut gateway = self.gateway;
+        for g in &mut gateway {
+            g.tls_cert
+                .iter_mut()
+                .chain(g.tls_key.iter_mut())
+                .for_each(place);
         }
-        if let Some(worker) = &mut self.worker {
-            paths.push(&mut worker.plugins);
-            paths.extend(worker.cache.as_mut());
-            let grants = worker.grants.values_mut().flat_map(|g| &mut g.dirs);
-            paths.extend(grants.map(|d| &mut d.host));
+        let mut worker = self.worker;
+        if let Some(w) = &mut worker {
+            place(&mut w.plugins);
+            w.cache.iter_mut().for_each(place);
+            let grants = w.grants.values_mut().flat_map(|g| &mut g.dirs);
+            grants.for_each(|d| place(&mut d.host));
         }
-        if let Some(web) = &mut self.web {
-            paths.push(&mut web.root);
-        }
-        for path in paths {
-            *path = dir.join(&*path);
-        }
+        let mut web = self.web;
+        web.iter_mut().for_each(|w| place(&mut w.root));
         let stem = file
             .file_stem()
             .map_or_else(|| "wasmgate".into(), |s| s.to_string_lossy());
-        for (slot, extension) in [
-            (&mut self.control.socket, "sock"),
-            (&mut self.control.pid_file, "pid"),
-            (&mut self.log.file, "log"),
-        ] {
-            let path = slot
-                .take()
-                .unwrap_or_else(|| format!("{stem}.{extension}").into());
-            *slot = Some(dir.join(path));
-        }
-    }
-
-    fn fill_defaults(&mut self) {
-        for gateway in &mut self.gateway {
-            if gateway.name.is_empty() {
-                gateway.name = gateway.listen.to_string();
-            }
-        }
-        if let Some(worker) = &mut self.worker {
-            if worker.name.is_empty() {
-                worker.name = format!("worker-{}", std::process::id());
-            }
-            if worker.cache.is_none() {
-                worker.cache = Some(worker.plugins.join(".cache"));
-            }
+        let beside = |given: Option<PathBuf>, extension: &str| {
+            dir.join(given.unwrap_or_else(|| format!("{stem}.{extension}").into()))
+        };
+        Config {
+            secret: self.secret,
+            register: self.register,
+            gateway,
+            worker,
+            control: ControlConfig {
+                socket: beside(self.control.socket, "sock"),
+                pid_file: beside(self.control.pid_file, "pid"),
+            },
+            log: LogConfig {
+                level: self.log.level,
+                file: beside(self.log.file, "log"),
+            },
+            metrics: self.metrics,
+            push: self.push,
+            web,
         }
     }
 }
@@ -566,6 +650,10 @@ fn default_handshake_timeout() -> Duration {
 
 fn default_send_buffer() -> ByteSize {
     ByteSize::mib(1)
+}
+
+fn default_worker_name() -> String {
+    format!("worker-{}", std::process::id())
 }
 
 fn default_plugins() -> PathBuf {
@@ -639,39 +727,43 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::from_toml(text, Path::new("wasmgate.toml")).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn unknown_keys_are_named() {
-        let err = Config::parse("[worker]\nplugin = \"x\"\n").unwrap_err();
+        let err = parse("[worker]\nplugin = \"x\"\n").unwrap_err();
         assert!(err.contains("plugin"), "{err}");
     }
 
     #[test]
     fn log_levels_are_checked_and_named() {
-        let err = Config::parse("[log]\nlevel = \"verbose\"\n").unwrap_err();
+        let err = parse("[log]\nlevel = \"verbose\"\n").unwrap_err();
         assert!(
             err.contains("log.level") && err.contains("verbose"),
             "{err}"
         );
-        let c = Config::parse("[log]\nlevel = \"warn,wasmgate::worker=debug\"\n").unwrap();
+        let c = parse("[log]\nlevel = \"warn,wasmgate::worker=debug\"\n").unwrap();
         assert_eq!(c.log.level, "warn,wasmgate::worker=debug");
-        assert_eq!(Config::parse("").unwrap().log.level, "info");
+        assert_eq!(parse("").unwrap().log.level, "info");
     }
 
     #[test]
     fn relative_paths_start_beside_the_config_file() {
-        let mut c = Config::parse(
+        let c = Config::from_toml(
             "[control]\npid_file = \"run/x.pid\"\n[worker]\nplugins = \"apps\"\n\
              [worker.grants.a]\ndirs = [{ host = \"data\", guest = \"/d\" }]\n\
              [web]\nroot = \"/srv/pages\"\n",
+            Path::new("/etc/wg/prod.toml"),
         )
         .unwrap();
-        c.resolve_paths(Path::new("/etc/wg/prod.toml"));
-        assert_eq!(c.control.socket.unwrap(), Path::new("/etc/wg/prod.sock"));
-        assert_eq!(c.control.pid_file.unwrap(), Path::new("/etc/wg/run/x.pid"));
-        assert_eq!(c.log.file.unwrap(), Path::new("/etc/wg/prod.log"));
+        assert_eq!(c.control.socket, Path::new("/etc/wg/prod.sock"));
+        assert_eq!(c.control.pid_file, Path::new("/etc/wg/run/x.pid"));
+        assert_eq!(c.log.file, Path::new("/etc/wg/prod.log"));
         let w = c.worker.unwrap();
         assert_eq!(w.plugins, Path::new("/etc/wg/apps"));
-        assert_eq!(w.cache.unwrap(), Path::new("/etc/wg/apps/.cache"));
+        assert_eq!(w.cache_dir(), Path::new("/etc/wg/apps/.cache"));
         assert_eq!(w.grants["a"].dirs[0].host, Path::new("/etc/wg/data"));
         assert_eq!(
             c.web.unwrap().root,
@@ -682,7 +774,7 @@ mod tests {
 
     #[test]
     fn parses_units_and_register_lists() {
-        let c = Config::parse(
+        let c = parse(
             "secret = \"s\"\n[[gateway]]\nlisten = \"text://127.0.0.1:7374\"\napp = \"a\"\n\
              register = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nmax_message_size = \"64KiB\"\n\
              [worker]\nregister = \"127.0.0.1:1\"\nprocess_timeout = \"250ms\"\nmemory_limit = \"64MiB\"\n",
@@ -699,13 +791,13 @@ mod tests {
 
     #[test]
     fn empty_register_lists_are_refused() {
-        let err = Config::parse("[worker]\nregister = []\n").unwrap_err();
+        let err = parse("[worker]\nregister = []\n").unwrap_err();
         assert!(err.contains("register"), "{err}");
     }
 
     #[test]
     fn gateway_limits_and_heartbeat_parse_with_units() {
-        let c = Config::parse(
+        let c = parse(
             "[[gateway]]\nlisten = \"wss://127.0.0.1:7272\"\napp = \"a\"\ntls_cert = \"c.pem\"\n\
              tls_key = \"k.pem\"\nping_interval = \"25s\"\nping_not_response_limit = 2\n\
              ping_frame = true\nmax_connections = 5\nsend_buffer = \"256KiB\"\n\
@@ -717,7 +809,7 @@ mod tests {
         assert_eq!(g.ping_interval, Duration::from_secs(25));
         assert_eq!(g.send_buffer, ByteSize::kib(256));
         assert_eq!(g.handshake_timeout, Duration::from_secs(3));
-        let d = &Config::all_in_one("a").gateway[0];
+        let d = &Config::all_in_one("a", Path::new("w.toml")).gateway[0];
         assert_eq!(d.ping_interval, Duration::ZERO, "no heartbeat by default");
         assert_eq!(d.max_connections, 10_000);
         assert_eq!(d.send_buffer, ByteSize::mib(1));
@@ -736,27 +828,25 @@ mod tests {
                 "max_connections",
             ),
         ] {
-            let err = Config::parse(&format!(
+            let err = parse(&format!(
                 "[[gateway]]\nlisten = \"wss://127.0.0.1:1\"\napp = \"a\"\n{extra}"
             ))
             .unwrap_err();
             assert!(err.contains(key), "{extra:?}: {err}");
         }
-        let err = Config::parse(
-            "[[gateway]]\nlisten = \"text://127.0.0.1:1\"\napp = \"a\"\nping_frame = true\n",
-        )
-        .unwrap_err();
+        let err =
+            parse("[[gateway]]\nlisten = \"text://127.0.0.1:1\"\napp = \"a\"\nping_frame = true\n")
+                .unwrap_err();
         assert!(err.contains("ping_frame"), "{err}");
     }
 
     #[test]
     fn push_needs_a_token_off_loopback() {
-        let c = Config::parse("[worker]\n[push]\n").unwrap();
+        let c = parse("[worker]\n[push]\n").unwrap();
         let push = c.push.unwrap();
         assert_eq!(push.listen, "127.0.0.1:7271".parse().unwrap());
         assert_eq!(push.token, None);
-        let c =
-            Config::parse("[worker]\n[push]\nlisten = \"0.0.0.0:80\"\ntoken = \"t\"\n").unwrap();
+        let c = parse("[worker]\n[push]\nlisten = \"0.0.0.0:80\"\ntoken = \"t\"\n").unwrap();
         assert_eq!(c.push.unwrap().token.as_deref(), Some("t"));
         for (text, key) in [
             ("[worker]\n[push]\nlisten = \"0.0.0.0:80\"\n", "token"),
@@ -764,15 +854,14 @@ mod tests {
             ("[push]\n", "[worker]"),
             ("[worker]\n[push]\nkey = \"t\"\n", "key"),
         ] {
-            let err = Config::parse(text).unwrap_err();
+            let err = parse(text).unwrap_err();
             assert!(err.contains(key), "{text:?}: {err}");
         }
     }
 
     #[test]
     fn bad_listen_urls_say_why() {
-        let err =
-            Config::parse("[[gateway]]\nlisten = \"udp://1.2.3.4:5\"\napp = \"a\"\n").unwrap_err();
+        let err = parse("[[gateway]]\nlisten = \"udp://1.2.3.4:5\"\napp = \"a\"\n").unwrap_err();
         assert!(err.contains("unknown protocol `udp`"), "{err}");
     }
 }

@@ -108,7 +108,8 @@ mod tests {
 
     #[test]
     fn the_section_defaults_to_port_7270_and_runs_with_the_gateways() {
-        let mut config = Config::parse("[web]\nroot = \"pages\"\n").unwrap();
+        let parse = |text| Config::from_toml(text, std::path::Path::new("wasmgate.toml"));
+        let mut config = parse("[web]\nroot = \"pages\"\n").unwrap();
         let web = config.web.as_ref().unwrap();
         assert_eq!(web.listen, "127.0.0.1:7270".parse().unwrap());
         assert_eq!(web.root, PathBuf::from("pages"));
@@ -116,7 +117,7 @@ mod tests {
         assert!(config.web.is_some());
         select_roles(&mut config, &[Role::Register, Role::Worker]);
         assert!(config.web.is_none());
-        assert!(Config::parse("[web]\nroot = \"p\"\nport = 1\n").is_err());
+        assert!(parse("[web]\nroot = \"p\"\nport = 1\n").is_err());
     }
 
     #[tokio::test]

@@ -134,11 +134,10 @@ impl Cluster {
         ));
         let mut handles = Vec::new();
         for (i, table) in gateways.iter().enumerate() {
-            let mut config = Config::parse(&format!(
+            let mut config = parse(&format!(
                 "[[gateway]]\nname = \"gw{i}\"\n{table}\napp = \"{}\"\nregister = \"{register}\"\n",
                 app.0
-            ))
-            .unwrap();
+            ));
             let gateway: GatewayConfig = config.gateway.remove(0);
             let bound = BoundGateway::bind(gateway, secret.clone()).await.unwrap();
             handles.push(GatewayHandle {
@@ -151,7 +150,7 @@ impl Cluster {
         let push = push.map(|keys| {
             let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let section = format!("[worker]\n[push]\nlisten = \"{listen}\"\n{keys}\n");
-            Config::parse(&section).unwrap().push.unwrap()
+            parse(&section).push.unwrap()
         });
         for i in 0..workers {
             let config = worker_config(&format!("worker{i}"), register, plugins.path(), instances);
@@ -214,12 +213,16 @@ fn worker_config(
     let cache = crate::tools::workspace()
         .join("target")
         .join("test-plugin-cache");
-    let config = Config::parse(&format!(
+    let config = parse(&format!(
         "[worker]\nname = \"{name}\"\nregister = \"{register}\"\nplugins = {plugins:?}\n\
          instances = {instances}\ncache = {cache:?}\n",
-    ))
-    .unwrap();
+    ));
     config.worker.unwrap()
+}
+
+/// Configuration text as if in a file in the working directory (tests give absolute paths).
+fn parse(text: &str) -> Config {
+    Config::from_toml(text, Path::new("wasmgate.toml")).unwrap()
 }
 
 /// A WebSocket client of the gateway on `127.0.0.1:port`, connected as soon as it listens

@@ -50,39 +50,35 @@ impl BoundGateway {
     /// Binds the client listener and the internal listener, and loads the TLS certificate
     /// of a `wss` listener.
     pub async fn bind(config: GatewayConfig, secret: Arc<[u8]>) -> anyhow::Result<Self> {
+        let name = config.name();
         let transport = match config.listen.protocol {
             Protocol::Ws => Transport::Ws,
             Protocol::Text => Transport::Text,
             Protocol::Frame => Transport::Frame,
             Protocol::Wss => {
                 let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
-                    anyhow::bail!("gateway {}: wss needs tls_cert and tls_key", config.name);
+                    anyhow::bail!("gateway {name}: wss needs tls_cert and tls_key");
                 };
                 Transport::Wss(
                     protocol::tls::acceptor(cert, key)
-                        .with_context(|| format!("gateway {}", config.name))?,
+                        .with_context(|| format!("gateway {name}"))?,
                 )
             }
         };
         let clients = TcpListener::bind(config.listen.addr)
             .await
-            .with_context(|| {
-                format!(
-                    "gateway {}: cannot listen on {}",
-                    config.name, config.listen
-                )
-            })?;
+            .with_context(|| format!("gateway {name}: cannot listen on {}", config.listen))?;
         let internal = TcpListener::bind((config.lan_ip, config.internal_port))
             .await
             .with_context(|| {
                 format!(
-                    "gateway {}: cannot listen on internal port {}:{}",
-                    config.name, config.lan_ip, config.internal_port
+                    "gateway {name}: cannot listen on internal port {}:{}",
+                    config.lan_ip, config.internal_port
                 )
             })?;
         let address = SocketAddrV4::new(config.lan_ip, internal.local_addr()?.port());
         let listeners = vec![ListenerInfo {
-            name: config.name.clone(),
+            name,
             app: config.app.clone(),
             port: clients.local_addr()?.port(),
         }];
@@ -128,7 +124,7 @@ impl BoundGateway {
         let address = self.internal_addr();
         let local_links = local.offer(address);
         tracing::info!(
-            gateway = %self.config.name,
+            gateway = %self.config.name(),
             listen = %self.config.listen,
             internal = %address,
             app = %self.config.app,

@@ -131,18 +131,8 @@ pub async fn run(
         config.register.is_some() || !config.gateway.is_empty() || config.worker.is_some(),
         "nothing to run: the configuration has no [register], [[gateway]] or [worker] section"
     );
-    let control = config
-        .control
-        .socket
-        .as_deref()
-        .map(ControlSocket::bind)
-        .transpose()?;
-    let _pid_file = config
-        .control
-        .pid_file
-        .as_deref()
-        .map(PidFile::create)
-        .transpose()?;
+    let control = ControlSocket::bind(&config.control.socket)?;
+    let _pid_file = PidFile::create(&config.control.pid_file)?;
     let metrics_listener = match &config.metrics {
         Some(m) => Some(
             TcpListener::bind(m.listen)
@@ -182,7 +172,7 @@ pub async fn run(
     }
     for gateway in config.gateway {
         let (name, listen, app) = (
-            gateway.name.clone(),
+            gateway.name(),
             gateway.listen.to_string(),
             gateway.app.clone(),
         );
@@ -212,10 +202,8 @@ pub async fn run(
         let registry = scrape::registry(running.clone());
         roles.spawn(scrape::serve(listener, registry, shutdown.clone()));
     }
-    if let Some(socket) = control {
-        let reload = triggers.reload.clone();
-        roles.spawn(control::serve(socket, running, reload, shutdown.clone()));
-    }
+    let reload = triggers.reload.clone();
+    roles.spawn(control::serve(control, running, reload, shutdown.clone()));
     notify::notify("READY=1");
     let mut result = Ok(());
     while let Some(ended) = roles.join_next().await {

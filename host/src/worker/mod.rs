@@ -61,9 +61,7 @@ impl WorkerHost {
             process_timeout: config.process_timeout,
             memory_limit: config.memory_limit.as_u64() as usize,
         })?;
-        if let Some(cache) = &config.cache {
-            runtime = runtime.with_cache(cache.clone());
-        }
+        runtime = runtime.with_cache(config.cache_dir());
         let links = GatewayLinks::new(secret.clone(), Peer::Worker, local);
         let dispatcher = Dispatcher::new(links.clone());
         Ok(Self {

@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
     let plugins = workspace.join("target/demo/plugins");
     std::fs::create_dir_all(&plugins)?;
     std::fs::copy(wasmgate_tests::plugins::CHAT, plugins.join("chat.wasm"))?;
-    let mut config = Config::all_in_one("chat");
+    let mut config = Config::all_in_one("chat", &workspace.join("target/demo/wasmgate.toml"));
     if let Some(worker) = &mut config.worker {
         worker.plugins = plugins;
     }
