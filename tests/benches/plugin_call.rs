@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use wasmgate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Unreachable};
 use wasmgate::worker::Client;
-use wasmgate::worker::runtime::{Call, Limits, PluginCode, PluginInstance, Runtime};
+use wasmgate::worker::runtime::{Call, EventClient, Limits, PluginCode, PluginInstance, Runtime};
 use wasmgate_tests::plugins;
 use wasmgate_tests::polyglot::{self, Language};
 
@@ -70,6 +70,7 @@ fn plugin_call(c: &mut Criterion) {
         uid: None,
         session: vec![("nick".into(), "ada".into())],
     };
+    let client = EventClient::try_from(client).unwrap();
     let mut message = b"pub room ".to_vec();
     message.extend_from_slice(&[b'x'; 64]);
     let instance = |code: &Arc<PluginCode>| {

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -24,7 +24,8 @@ struct ClientEntry {
     outbox: Outbox,
     uid: Option<String>,
     groups: BTreeSet<String>,
-    session: Session,
+    /// Shared with the events in flight; a write copies it only while one still holds it.
+    session: Arc<Session>,
     session_version: u64,
 }
 
@@ -74,7 +75,7 @@ impl GatewayState {
                 outbox,
                 uid: None,
                 groups: BTreeSet::new(),
-                session: Session::new(),
+                session: Arc::default(),
                 session_version: 0,
             },
         );
@@ -204,13 +205,13 @@ impl GatewayState {
             }
             Command::SetSession { client, session } => {
                 if let Some(e) = self.entry(c, client) {
-                    e.session = session;
+                    e.session = Arc::new(session);
                     e.session_version += 1;
                 }
             }
             Command::UpdateSession { client, changes } => {
                 if let Some(e) = self.entry(c, client) {
-                    e.session.extend(changes);
+                    Arc::make_mut(&mut e.session).extend(changes);
                     e.session_version += 1;
                 }
             }
@@ -228,7 +229,7 @@ impl GatewayState {
         match query {
             Query::IsOnline(id) => Reply::Online(local(id).is_some()),
             Query::UidOf(id) => Reply::Uid(local(id).and_then(|e| e.uid.clone())),
-            Query::SessionOf(id) => Reply::Session(local(id).map(|e| e.session.clone())),
+            Query::SessionOf(id) => Reply::Session(local(id).map(|e| Session::clone(&e.session))),
             Query::UidsOnline(uids) => Reply::UidsOnline(
                 uids.iter()
                     .map(|u| (u.clone(), c.uids.contains_key(u)))
@@ -258,8 +259,11 @@ impl GatewayState {
             }
             Query::ClientsOfGroup(g) => Reply::Clients(self.ids(c.groups.get(g))),
             Query::SessionsOfGroup(g) => {
-                let session_of =
-                    |i: &u32| c.by_index.get(i).map(|e| (self.id(*i), e.session.clone()));
+                let session_of = |i: &u32| {
+                    c.by_index
+                        .get(i)
+                        .map(|e| (self.id(*i), Session::clone(&e.session)))
+                };
                 Reply::Sessions(if g.is_empty() {
                     c.by_index.keys().filter_map(session_of).collect()
                 } else {

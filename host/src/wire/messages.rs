@@ -5,6 +5,7 @@
 //! for receivers that know it; anything else bumps [`super::handshake::PROTOCOL_VERSION`].
 
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -59,8 +60,8 @@ pub struct ClientContext {
     pub listener: u16,
     /// Its bound uid.
     pub uid: Option<String>,
-    /// Its session as the gateway holds it.
-    pub session: Session,
+    /// Its session as the gateway holds it, shared rather than copied for an in-process link.
+    pub session: Arc<Session>,
     /// How many session changes the gateway has applied to this client so far; lets a worker
     /// host tell whether its own in-flight changes are already included in `session`.
     pub session_version: u64,

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::bindings::{Client, WebsocketRequest};
-use super::runtime::{Call, PluginInstance};
+use super::runtime::{Call, EventClient, PluginInstance};
 use crate::client_id::ClientId;
 use crate::links::{EventSink, Incoming};
 use crate::ops::{Command, Gateways, Session};
@@ -152,7 +152,7 @@ struct SessionTrack {
     /// Writes sent since then.
     writes: u64,
     /// The session after those writes.
-    session: Session,
+    session: Arc<Session>,
 }
 
 async fn drive(
@@ -187,19 +187,22 @@ async fn handle(
 ) {
     let Incoming {
         listener,
-        client: mut context,
+        client: context,
         kind,
     } = event;
     let id = context.id;
     let track = sessions
         .remove(&id)
         .filter(|t| context.session_version < t.base_version + t.writes);
-    // The event's own session moves into the plugin's record; only a tracked write is copied.
     let session = match &track {
         Some(t) => t.session.clone(),
-        None => std::mem::take(&mut context.session),
+        None => context.session.clone(),
     };
-    let client = wit_client(&context, &listener.name, listener.port, session);
+    let client = EventClient {
+        record: wit_client(&context, &listener.name, listener.port, &session),
+        id,
+        session,
+    };
     let outcome = match &kind {
         EventKind::Connect => instance.call(Call::Connect(&client)).await,
         EventKind::WebSocketConnect(request) => {
@@ -244,7 +247,9 @@ async fn handle(
     }
 }
 
-fn wit_client(context: &ClientContext, listener: &str, port: u16, session: Session) -> Client {
+/// The record a callback receives; its session is the one copy an event makes of it, since
+/// wasmtime lowers the record into the guest from owned values.
+fn wit_client(context: &ClientContext, listener: &str, port: u16, session: &Session) -> Client {
     Client {
         id: context.id.to_string(),
         remote_addr: context.remote.ip().to_string(),
@@ -253,6 +258,9 @@ fn wit_client(context: &ClientContext, listener: &str, port: u16, session: Sessi
         gateway_port: port,
         listener: listener.to_owned(),
         uid: context.uid.clone(),
-        session: session.into_iter().collect(),
+        session: session
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }

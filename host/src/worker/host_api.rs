@@ -12,7 +12,6 @@
 //! later events see what this one wrote, and the event's outcome can tell the worker host what
 //! the plugin changed.
 
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,7 +38,7 @@ pub struct HostApi {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionChange {
     /// The session after the callback.
-    pub session: Session,
+    pub session: Arc<Session>,
     /// How many session commands the callback sent for that client.
     pub writes: u64,
 }
@@ -59,14 +58,11 @@ impl HostApi {
         }
     }
 
-    /// Marks the start of a client event.
-    pub(super) fn begin_client_event(&mut self, client: &types::Client) {
-        let Ok(id) = ClientId::from_str(&client.id) else {
-            return;
-        };
+    /// Marks the start of an event about client `id`, whose session is `session`.
+    pub(super) fn begin_client_event(&mut self, id: ClientId, session: Arc<Session>) {
         *self.view.current() = Some(CurrentClient {
             id,
-            session: client.session.iter().cloned().collect(),
+            session,
             writes: 0,
         });
     }
@@ -105,7 +101,8 @@ impl HostApi {
 /// The client whose event is running, with its session as this instance knows it.
 struct CurrentClient {
     id: ClientId,
-    session: Session,
+    /// Shared with the event; the first write copies it.
+    session: Arc<Session>,
     writes: u64,
 }
 
@@ -125,7 +122,7 @@ impl SessionView {
     /// Applies a session write to the current client's known session, if it is about it.
     fn write(&self, client: ClientId, change: impl FnOnce(&mut Session)) {
         if let Some(current) = self.current().as_mut().filter(|c| c.id == client) {
-            change(&mut current.session);
+            change(Arc::make_mut(&mut current.session));
             current.writes += 1;
         }
     }
@@ -154,7 +151,7 @@ impl Gateways for SessionView {
         let known = self.current().as_ref().map(|c| (c.id, c.session.clone()));
         match (query, known) {
             (Query::SessionOf(client), Some((id, session))) if client == id => {
-                Box::pin(async move { Ok(Reply::Session(Some(session))) })
+                Box::pin(async move { Ok(Reply::Session(Some(Session::clone(&session)))) })
             }
             (query @ Query::SessionsOfGroup(_), Some((id, session))) => {
                 let asked = self.gateways.query(query);
@@ -163,7 +160,7 @@ impl Gateways for SessionView {
                     if let Reply::Sessions(sessions) = &mut reply
                         && let Some((_, stale)) = sessions.iter_mut().find(|(c, _)| *c == id)
                     {
-                        *stale = session;
+                        *stale = Session::clone(&session);
                     }
                     Ok(reply)
                 })

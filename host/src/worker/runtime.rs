@@ -28,9 +28,10 @@ use super::bindings::{Client, Plugin, PluginPre, WebsocketRequest, WorkerInfo};
 use super::guest_output::{GuestOutput, Stream};
 use super::host_api::{HostApi, SessionChange};
 use super::timers::{PENDING_TICKS, Timers};
+use crate::client_id::{ClientId, MalformedClientId};
 use crate::config::Grants;
 use crate::metrics;
-use crate::ops::Gateways;
+use crate::ops::{Gateways, Session};
 
 /// How often the epoch advances: the granularity of `process_timeout` and of the yields that
 /// keep a busy guest from starving other tasks on its tokio worker.
@@ -294,17 +295,42 @@ impl PluginCode {
     }
 }
 
+/// The client an event is about: the record its callback receives, and the session the host
+/// keeps for the event's `get-session` and writes, shared with the event rather than copied.
+#[derive(Debug, Clone)]
+pub struct EventClient {
+    /// What the callback receives.
+    pub record: Client,
+    /// The client's id.
+    pub id: ClientId,
+    /// Its session, the same as the record's.
+    pub session: Arc<Session>,
+}
+
+impl TryFrom<Client> for EventClient {
+    type Error = MalformedClientId;
+
+    /// Parses the record's id and copies its session.
+    fn try_from(record: Client) -> Result<Self, Self::Error> {
+        Ok(Self {
+            id: record.id.parse()?,
+            session: Arc::new(record.session.iter().cloned().collect()),
+            record,
+        })
+    }
+}
+
 /// One callback to run.
 #[derive(Debug, Clone, Copy)]
 pub enum Call<'a> {
     /// `on-connect`.
-    Connect(&'a Client),
+    Connect(&'a EventClient),
     /// `on-websocket-connect`.
-    WebsocketConnect(&'a Client, &'a WebsocketRequest),
+    WebsocketConnect(&'a EventClient, &'a WebsocketRequest),
     /// `on-message`.
-    Message(&'a Client, &'a [u8]),
+    Message(&'a EventClient, &'a [u8]),
     /// `on-close`.
-    Close(&'a Client),
+    Close(&'a EventClient),
     /// `on-timer`.
     Timer(u64),
 }
@@ -321,7 +347,7 @@ impl Call<'_> {
         }
     }
 
-    fn client(&self) -> Option<&Client> {
+    fn client(&self) -> Option<&EventClient> {
         match self {
             Call::Connect(c)
             | Call::WebsocketConnect(c, _)
@@ -498,7 +524,9 @@ impl Live {
     async fn run(&mut self, call: Call<'_>, limits: Limits) -> Result<CallOutcome, CallError> {
         let state = self.store.data_mut();
         if let Some(client) = call.client() {
-            state.api.begin_client_event(client);
+            state
+                .api
+                .begin_client_event(client.id, client.session.clone());
         }
         state.call_started = Instant::now();
         self.store.set_epoch_deadline(1);
@@ -506,19 +534,19 @@ impl Live {
         let store = &mut self.store;
         let result = match call {
             Call::Connect(client) => events
-                .call_on_connect(&mut *store, client)
+                .call_on_connect(&mut *store, &client.record)
                 .await
                 .map(|()| None),
             Call::WebsocketConnect(client, request) => events
-                .call_on_websocket_connect(&mut *store, client, request)
+                .call_on_websocket_connect(&mut *store, &client.record, request)
                 .await
                 .map(|r| r.err()),
             Call::Message(client, data) => events
-                .call_on_message(&mut *store, client, data)
+                .call_on_message(&mut *store, &client.record, data)
                 .await
                 .map(|()| None),
             Call::Close(client) => events
-                .call_on_close(&mut *store, client)
+                .call_on_close(&mut *store, &client.record)
                 .await
                 .map(|()| None),
             Call::Timer(id) => events.call_on_timer(&mut *store, id).await.map(|()| None),

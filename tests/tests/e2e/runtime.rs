@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use wasmgate::client_id::ClientId;
 use wasmgate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Reply, Session};
-use wasmgate::worker::runtime::{Call, CallError, Limits, LoadError, PluginInstance, Runtime};
+use wasmgate::worker::runtime::{
+    Call, CallError, EventClient, Limits, LoadError, PluginInstance, Runtime,
+};
 use wasmgate::worker::{Client, WebsocketRequest};
 use wasmgate_tests::plugins;
 
@@ -51,8 +53,8 @@ fn me() -> ClientId {
     ME.parse().unwrap()
 }
 
-fn client(session: &[(&str, &str)]) -> Client {
-    Client {
+fn client(session: &[(&str, &str)]) -> EventClient {
+    let record = Client {
         id: ME.into(),
         remote_addr: "127.0.0.1".into(),
         remote_port: 40000,
@@ -64,7 +66,8 @@ fn client(session: &[(&str, &str)]) -> Client {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-    }
+    };
+    EventClient::try_from(record).unwrap()
 }
 
 fn reply(text: &str) -> Command {
@@ -103,7 +106,7 @@ impl Harness {
 
 async fn message(
     instance: &mut PluginInstance,
-    client: &Client,
+    client: &EventClient,
     text: &str,
 ) -> Result<wasmgate::worker::runtime::CallOutcome, CallError> {
     instance.call(Call::Message(client, text.as_bytes())).await
@@ -225,7 +228,7 @@ async fn set_updates_the_session_and_reports_the_change() {
     let change = outcome.session.expect("the session changed");
     assert_eq!(change.writes, 1);
     assert_eq!(
-        change.session,
+        *change.session,
         [
             ("a".to_string(), "1".to_string()),
             ("b".to_string(), "2".to_string())
