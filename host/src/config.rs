@@ -22,6 +22,12 @@ use serde::{Deserialize, Serialize};
 /// Where a register listens by default, and where gateways and worker hosts look for one.
 pub const DEFAULT_REGISTER: &str = "127.0.0.1:1236";
 
+/// The shortest heartbeat period a gateway accepts.
+const MIN_PING_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The shortest `idle_timeout` a gateway accepts.
+const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A configuration file as written (the read stage): parsed strictly, not yet checked, paths
 /// as written. [`ConfigFile::resolve`] turns it into a [`Config`].
 #[derive(Debug, Deserialize)]
@@ -227,7 +233,8 @@ pub struct GatewayConfig {
     #[serde(default = "default_registers", deserialize_with = "one_or_many")]
     pub register: Vec<SocketAddr>,
     /// Heartbeat period (GatewayWorker's `pingInterval`); `"0s"`, the default, turns the
-    /// heartbeat off.
+    /// heartbeat off. Otherwise at least 100 ms: a shorter period is a typo, and would spin
+    /// every client's task.
     #[serde(default, with = "humantime_serde")]
     pub ping_interval: Duration,
     /// Silent intervals after which a client is dropped (`pingNotResponseLimit`): a client
@@ -262,6 +269,27 @@ pub struct GatewayConfig {
     /// receiving.
     #[serde(default = "default_send_buffer")]
     pub send_buffer: ByteSize,
+    /// Most connections this listener holds at once from one IP address (handshakes
+    /// included); a connection over it is closed as soon as it is accepted. 0 turns the cap
+    /// off: behind a reverse proxy every client has the proxy's address, so set 0 there.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Longest a client may go without sending a complete message (a trickle of an
+    /// unfinished one does not count) before it is closed; `"0s"`, the default, never closes
+    /// a silent client, since push-only clients may legally never speak. Otherwise at least
+    /// 1 s.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// WebSocket listeners: the `Origin` header values a handshake may carry, e.g.
+    /// `["https://chat.example.com"]` (compared without regard to ASCII case); a handshake
+    /// from any other origin, or with none, is refused with 403. Empty, the default, accepts
+    /// every origin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+    /// Most groups one client may be in; a join beyond it is refused by the gateway (logged
+    /// once per client and counted), the client's other groups are kept.
+    #[serde(default = "default_max_groups_per_client")]
+    pub max_groups_per_client: usize,
 }
 
 impl GatewayConfig {
@@ -289,6 +317,24 @@ impl GatewayConfig {
         }
         if self.ping_frame && self.ping_data.len() > 125 {
             return Err("`ping_data` must be at most 125 bytes with `ping_frame`".into());
+        }
+        if !self.ping_interval.is_zero() && self.ping_interval < MIN_PING_INTERVAL {
+            return Err(format!(
+                "`ping_interval` must be 0s (off) or at least {}",
+                humantime::format_duration(MIN_PING_INTERVAL)
+            ));
+        }
+        if !self.idle_timeout.is_zero() && self.idle_timeout < MIN_IDLE_TIMEOUT {
+            return Err(format!(
+                "`idle_timeout` must be 0s (off) or at least {}",
+                humantime::format_duration(MIN_IDLE_TIMEOUT)
+            ));
+        }
+        if !self.allowed_origins.is_empty() && !self.listen.protocol.is_websocket() {
+            return Err("`allowed_origins` is for ws:// and wss:// listeners only".into());
+        }
+        if self.max_groups_per_client == 0 {
+            return Err("`max_groups_per_client` must be at least 1".into());
         }
         let heartbeat = self.ping_not_response_limit > 0 || !self.ping_data.is_empty();
         if heartbeat && self.ping_interval.is_zero() {
@@ -652,6 +698,14 @@ fn default_send_buffer() -> ByteSize {
     ByteSize::mib(1)
 }
 
+fn default_max_connections_per_ip() -> usize {
+    256
+}
+
+fn default_max_groups_per_client() -> usize {
+    1024
+}
+
 fn default_worker_name() -> String {
     format!("worker-{}", std::process::id())
 }
@@ -834,10 +888,35 @@ mod tests {
             .unwrap_err();
             assert!(err.contains(key), "{extra:?}: {err}");
         }
-        let err =
-            parse("[[gateway]]\nlisten = \"text://127.0.0.1:1\"\napp = \"a\"\nping_frame = true\n")
-                .unwrap_err();
-        assert!(err.contains("ping_frame"), "{err}");
+        for (extra, key) in [
+            ("ping_frame = true", "ping_frame"),
+            ("ping_interval = \"1ns\"", "ping_interval"),
+            ("ping_interval = \"99ms\"", "ping_interval"),
+            ("idle_timeout = \"10ms\"", "idle_timeout"),
+            ("allowed_origins = [\"https://a\"]", "allowed_origins"),
+            ("max_groups_per_client = 0", "max_groups_per_client"),
+        ] {
+            let err = parse(&format!(
+                "[[gateway]]\nlisten = \"text://127.0.0.1:1\"\napp = \"a\"\n{extra}\n"
+            ))
+            .unwrap_err();
+            assert!(err.contains(key), "{extra:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn client_limits_have_defaults() {
+        let d = &Config::all_in_one("a", Path::new("w.toml")).gateway[0];
+        assert_eq!(d.max_connections_per_ip, 256);
+        assert_eq!(d.idle_timeout, Duration::ZERO, "silent clients are legal");
+        assert!(d.allowed_origins.is_empty());
+        assert_eq!(d.max_groups_per_client, 1024);
+        let c = parse(
+            "[[gateway]]\nlisten = \"ws://127.0.0.1:1\"\napp = \"a\"\nping_interval = \"100ms\"\n\
+             idle_timeout = \"1s\"\nallowed_origins = [\"https://a\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.gateway[0].idle_timeout, Duration::from_secs(1));
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //!
 //! The budget counts payload bytes plus [`ITEM_COST`] per queued message, so a flood of empty
 //! messages is bounded too. A broadcast's payload is one shared `Bytes`, so the bytes counted
-//! for a client are an upper bound of what it really pins.
+//! for a client are an upper bound of what it really pins. An empty queue always takes one
+//! message, whatever its size: a client that keeps up must receive every legal message, even
+//! one larger than its budget (`max_message_size` may exceed `send_buffer`), so what one
+//! client can pin is its budget or one message, whichever is larger.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -137,7 +140,8 @@ fn cost(message: &Outbound) -> usize {
 
 impl Outbox {
     /// Queues `message` without waiting; a queue that would exceed its budget kills the
-    /// client as a slow reader instead. Returns whether the message was queued.
+    /// client as a slow reader instead, unless it is empty. Returns whether the message was
+    /// queued.
     pub fn push(&self, message: Outbound) -> bool {
         // The atomic, not the token: `is_cancelled` takes a lock, and a broadcast asks this
         // once per member.
@@ -147,7 +151,7 @@ impl Outbox {
         let cost = cost(&message);
         {
             let mut queue = self.0.lock();
-            if queue.cost + cost > self.0.budget {
+            if !queue.items.is_empty() && queue.cost + cost > self.0.budget {
                 drop(queue);
                 self.kill(Kill::SlowReader);
                 return false;
@@ -250,6 +254,16 @@ mod tests {
             "the first reason stays"
         );
         assert!(!tx.push(data(1)));
+    }
+
+    #[tokio::test]
+    async fn an_empty_queue_takes_one_message_larger_than_the_budget() {
+        let (tx, rx) = outbox(ITEM_COST + 100);
+        assert!(tx.push(data(1000)), "a client that keeps up gets it");
+        assert_eq!(rx.recv().await, data(1000));
+        assert!(tx.push(data(1000)));
+        assert!(!tx.push(data(1)), "behind by one large message is full");
+        assert_eq!(rx.killed().await, Kill::SlowReader);
     }
 
     #[tokio::test]

@@ -95,7 +95,12 @@ impl<T: Argument<Vec<ClientId>>> Argument<Excluded> for T {
 
 // ---- Groups and uids ------------------------------------------------------------------------
 
-/// A group or uid name: never empty. (Unlike GatewayWorker, `"0"` is a valid name.)
+/// The longest group or uid name, in bytes. Part of the API (a longer name is refused at the
+/// call, the same on every gateway), so what one client's names pin in a gateway is bounded.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// A group or uid name: never empty, at most [`MAX_NAME_BYTES`]. (Unlike GatewayWorker, `"0"`
+/// is a valid name.)
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Name(String);
 
@@ -103,9 +108,7 @@ impl Name {
     /// Checks `value` as the argument `argument`.
     pub fn new(argument: &str, value: impl Into<String>) -> Result<Self, OpError> {
         let value = value.into();
-        if value.is_empty() {
-            return Err(invalid(argument, "must not be empty"));
-        }
+        check_name(&value).map_err(|reason| invalid(argument, reason))?;
         Ok(Self(value))
     }
 
@@ -121,6 +124,20 @@ impl Name {
         names.dedup();
         names
     }
+}
+
+/// Why `name` cannot be a group or uid; the gateway checks what it stores with this too.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "{} bytes, longer than the {MAX_NAME_BYTES} a group or uid may have",
+            name.len()
+        ));
+    }
+    Ok(())
 }
 
 impl From<Name> for String {
@@ -192,8 +209,29 @@ impl<B: Into<Bytes>> Argument<Option<Bytes>> for Option<B> {
     }
 }
 
+/// The most bytes one client's session may hold, keys and values together. Part of the API: a
+/// `set-session` (or a change set) larger than this is refused at the call, and the gateway
+/// refuses any write that would take a session past it.
+pub const MAX_SESSION_BYTES: usize = 64 * 1024;
+
+/// What `session` counts against [`MAX_SESSION_BYTES`].
+pub fn session_bytes(session: &Session) -> usize {
+    session.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// Why a session of `bytes` bytes cannot be stored, if it cannot.
+pub fn check_session_bytes(bytes: usize) -> Result<(), String> {
+    if bytes > MAX_SESSION_BYTES {
+        return Err(format!(
+            "{bytes} bytes, more than the {MAX_SESSION_BYTES} a session may hold"
+        ));
+    }
+    Ok(())
+}
+
 impl Argument<Session> for Session {
-    fn into_argument(self, _: &str) -> Result<Session, OpError> {
+    fn into_argument(self, name: &str) -> Result<Session, OpError> {
+        check_session_bytes(session_bytes(&self)).map_err(|reason| invalid(name, reason))?;
         Ok(self)
     }
 }
@@ -201,8 +239,8 @@ impl Argument<Session> for Session {
 /// A session as a list of pairs (the WIT's `session`); a key listed twice keeps its last
 /// value.
 impl Argument<Session> for Vec<(String, String)> {
-    fn into_argument(self, _: &str) -> Result<Session, OpError> {
-        Ok(self.into_iter().collect())
+    fn into_argument(self, name: &str) -> Result<Session, OpError> {
+        self.into_iter().collect::<Session>().into_argument(name)
     }
 }
 
@@ -234,5 +272,39 @@ impl<K: Serialize, V: Serialize> Serialize for Keyed<K, V> {
             map.serialize_entry(k, v)?;
         }
         map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_bounded() {
+        let longest = "n".repeat(MAX_NAME_BYTES);
+        assert!(Name::new("group", longest.as_str()).is_ok());
+        let err = Name::new("group", format!("{longest}n")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "group: 257 bytes, longer than the 256 a group or uid may have"
+        );
+        let err = vec!["a".to_owned(), longest + "n"]
+            .into_argument("uids")
+            .map(|_: Vec<Name>| ())
+            .unwrap_err();
+        assert!(err.to_string().starts_with("uids[1]: 257 bytes"), "{err}");
+    }
+
+    #[test]
+    fn sessions_are_bounded() {
+        let fits = vec![("k".to_owned(), "v".repeat(MAX_SESSION_BYTES - 1))];
+        let session: Session = fits.into_argument("session").unwrap();
+        assert_eq!(session_bytes(&session), MAX_SESSION_BYTES);
+        let over = vec![("kk".to_owned(), "v".repeat(MAX_SESSION_BYTES - 1))];
+        let err = Argument::<Session>::into_argument(over, "changes").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "changes: 65537 bytes, more than the 65536 a session may hold"
+        );
     }
 }

@@ -19,7 +19,10 @@ mod query;
 
 pub(crate) use api::gateway_operations;
 pub use api::{GatewayApi, OPERATIONS};
-pub use args::{Argument, Excluded, Keyed, Name};
+pub use args::{
+    Argument, Excluded, Keyed, MAX_NAME_BYTES, MAX_SESSION_BYTES, Name, check_name,
+    check_session_bytes, session_bytes,
+};
 pub use command::{Command, Session};
 pub use error::OpError;
 pub use port::{CommandFuture, Gateways, QueryFuture, Unreachable};

@@ -1,6 +1,6 @@
 //! Queries and their replies, and how the replies of several gateways combine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -131,24 +131,33 @@ impl Reply {
 }
 
 /// Combines two keyed lists that answer the same keys in the same order (every gateway is
-/// asked the same list); a key missing on one side keeps the other side's value.
+/// asked the same list); a key missing on one side keeps the other side's value. A key asked
+/// twice is answered twice by each side: its answers pair up in order, so each occurrence
+/// merges with its counterpart rather than the first taking both.
 fn zip_by_key<V>(
     a: Vec<(String, V)>,
     b: Vec<(String, V)>,
     f: impl Fn(V, V) -> V,
 ) -> Vec<(String, V)> {
-    let mut b: BTreeMap<String, V> = b.into_iter().collect();
+    let mut b_by_key: BTreeMap<String, VecDeque<V>> = BTreeMap::new();
+    for (k, v) in b {
+        b_by_key.entry(k).or_default().push_back(v);
+    }
     let mut out: Vec<(String, V)> = a
         .into_iter()
-        .map(|(k, v)| match b.remove(&k) {
-            Some(w) => {
-                let merged = f(v, w);
-                (k, merged)
-            }
-            None => (k, v),
-        })
+        .map(
+            |(k, v)| match b_by_key.get_mut(&k).and_then(VecDeque::pop_front) {
+                Some(w) => {
+                    let merged = f(v, w);
+                    (k, merged)
+                }
+                None => (k, v),
+            },
+        )
         .collect();
-    out.extend(b);
+    for (k, rest) in b_by_key {
+        out.extend(rest.into_iter().map(|v| (k.clone(), v)));
+    }
     out
 }
 
@@ -175,6 +184,22 @@ mod tests {
         assert_eq!(
             a.merge(b).unwrap(),
             Reply::Uids(vec!["u1".into(), "u2".into(), "u3".into()])
+        );
+    }
+
+    #[test]
+    fn a_key_asked_twice_merges_each_time() {
+        let a = Reply::GroupCounts(vec![("g".into(), 1), ("h".into(), 5), ("g".into(), 1)]);
+        let b = Reply::GroupCounts(vec![("g".into(), 2), ("h".into(), 0), ("g".into(), 2)]);
+        assert_eq!(
+            a.merge(b).unwrap(),
+            Reply::GroupCounts(vec![("g".into(), 3), ("h".into(), 5), ("g".into(), 3)])
+        );
+        let a = Reply::UidsOnline(vec![("u".into(), false), ("u".into(), false)]);
+        let b = Reply::UidsOnline(vec![("u".into(), true), ("u".into(), true)]);
+        assert_eq!(
+            a.merge(b).unwrap(),
+            Reply::UidsOnline(vec![("u".into(), true), ("u".into(), true)])
         );
     }
 
