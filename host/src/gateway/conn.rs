@@ -11,13 +11,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use super::counters::Counters;
 use super::heartbeat::{Beat, Heartbeat, HeartbeatConfig};
 use super::outbox::{Close, Kill, Outbound, Outbox, OutboxReader, outbox};
 use super::protocol::ReadError;
@@ -48,31 +48,10 @@ pub struct ConnShared {
     pub heartbeat: HeartbeatConfig,
     /// `send_buffer`: each client's outbox budget in bytes.
     pub send_buffer: usize,
+    /// `idle_timeout`: how long a client may send no complete message; zero is forever.
+    pub idle_timeout: Duration,
     /// Where limits that cut clients off are counted.
     pub counters: Arc<Counters>,
-}
-
-/// How often the gateway's limits cut clients off, for `status` and metrics.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Connections closed on accept because the listener held `max_connections`.
-    pub refused: AtomicU64,
-    /// Connections that failed or timed out (`handshake_timeout`) in their TLS or
-    /// WebSocket handshake.
-    pub failed_handshakes: AtomicU64,
-    /// Clients disconnected because they fell `send_buffer` behind.
-    pub slow_readers: AtomicU64,
-    /// Clients closed for a message over `max_message_size`.
-    pub oversized: AtomicU64,
-    /// Clients dropped by the heartbeat (`ping_not_response_limit`).
-    pub heartbeat_timeouts: AtomicU64,
-}
-
-impl Counters {
-    /// Adds one to `counter` and returns the new count.
-    pub fn bump(counter: &AtomicU64) -> u64 {
-        counter.fetch_add(1, Ordering::Relaxed) + 1
-    }
 }
 
 /// How a connection ends.
@@ -97,8 +76,8 @@ pub async fn serve<R, W>(
     W: Sink<Outbound> + Unpin,
 {
     let (outbox, queue) = outbox(shared.send_buffer);
-    let id = shared.state.add(remote, shared.listener, outbox.clone());
-    crate::metrics::CONNECTIONS_OPENED.inc();
+    let registered = Registered::add(&shared, remote, outbox.clone());
+    let id = registered.id;
     let mut link = ClientLink {
         shared: &shared,
         id,
@@ -112,8 +91,7 @@ pub async fn serve<R, W>(
     };
     // Leave the state before the socket closes, so whoever sees the close sees the client
     // gone from its groups and uid too.
-    let last = shared.state.remove(id);
-    crate::metrics::CONNECTIONS_CLOSED.inc();
+    let last = registered.remove();
     if !matches!(end, End::Drop) {
         let farewell = async {
             if let End::Close(close) = end {
@@ -126,6 +104,42 @@ pub async fn serve<R, W>(
     drop(outbound);
     if let Some(last) = last {
         link.send(last, EventKind::Close).await;
+    }
+}
+
+/// A client's entry in the gateway's state, removed when the connection ends however it
+/// ends: a panic in its task unwinds through this and leaves no ghost client counted.
+struct Registered<'a> {
+    state: &'a GatewayState,
+    id: ClientId,
+    removed: bool,
+}
+
+impl<'a> Registered<'a> {
+    fn add(shared: &'a ConnShared, remote: SocketAddr, outbox: Outbox) -> Self {
+        let id = shared.state.add(remote, shared.listener, outbox);
+        crate::metrics::CONNECTIONS_OPENED.inc();
+        Self {
+            state: &shared.state,
+            id,
+            removed: false,
+        }
+    }
+
+    /// Removes the client; its last context, for its close event.
+    fn remove(mut self) -> Option<ClientContext> {
+        self.removed = true;
+        crate::metrics::CONNECTIONS_CLOSED.inc();
+        self.state.remove(self.id)
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if !self.removed {
+            crate::metrics::CONNECTIONS_CLOSED.inc();
+            self.state.remove(self.id);
+        }
     }
 }
 
@@ -153,6 +167,9 @@ where
     R: Stream<Item = Result<Bytes, ReadError>> + Unpin,
 {
     let mut heartbeat = Heartbeat::start(&link.shared.heartbeat);
+    let idle_timeout = link.shared.idle_timeout;
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
     if !link.event(EventKind::Connect).await {
         return End::Done;
     }
@@ -175,9 +192,19 @@ where
                     return End::Drop;
                 }
             },
+            () = &mut idle, if !idle_timeout.is_zero() => {
+                let n = Counters::bump(&link.shared.counters.idle_timeouts);
+                tracing::debug!(
+                    client = %link.id,
+                    idle_timeouts = n,
+                    "client sent no complete message within idle_timeout ({idle_timeout:?})"
+                );
+                return End::Drop;
+            }
             message = inbound.next() => match message {
                 Some(Ok(data)) => {
                     heartbeat.heard();
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                     crate::metrics::message_received(data.len());
                     if !link.event(EventKind::Message(data)).await {
                         return End::Done;
@@ -259,5 +286,76 @@ impl ClientLink<'_> {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::gateway::heartbeat::Ping;
+    use crate::gateway::state::ClientLimits;
+    use crate::ops::Command;
+
+    /// A socket whose first write panics, as a bug in a client task would.
+    struct PanickingSink;
+
+    impl Sink<Outbound> for PanickingSink {
+        type Error = std::io::Error;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(self: Pin<&mut Self>, _: Outbound) -> Result<(), Self::Error> {
+            panic!("a bug while writing");
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_client_task_leaves_no_ghost_client() {
+        let counters = Arc::new(Counters::default());
+        let address = "127.0.0.1:2300".parse().unwrap();
+        let limits = ClientLimits { max_groups: 8 };
+        let state = Arc::new(GatewayState::new(address, limits, counters.clone()));
+        let shared = ConnShared {
+            state: state.clone(),
+            router: Arc::default(),
+            listener: 0,
+            shutdown: CancellationToken::new(),
+            heartbeat: HeartbeatConfig {
+                interval: Duration::ZERO,
+                limit: 0,
+                ping: Ping::Silent,
+            },
+            send_buffer: 1024,
+            idle_timeout: Duration::ZERO,
+            counters,
+        };
+        let inbound = futures_util::stream::pending::<Result<Bytes, ReadError>>();
+        let remote = "127.0.0.1:1".parse().unwrap();
+        let task = tokio::spawn(serve(shared, remote, inbound, PanickingSink, None));
+        while state.client_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        state.execute(Command::SendToAll {
+            data: Bytes::from_static(b"hi"),
+            exclude: vec![],
+        });
+        let ended = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task ended");
+        assert!(ended.unwrap_err().is_panic());
+        assert_eq!(state.client_count(), 0, "no ghost left counted");
     }
 }

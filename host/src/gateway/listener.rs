@@ -1,11 +1,13 @@
-//! The client-facing listener: accepts connections, enforces `max_connections`, completes
-//! the protocol's handshake within `handshake_timeout`, and hands each client to
+//! The client-facing listener: accepts connections, enforces `max_connections` and
+//! `max_connections_per_ip`, completes the protocol's handshake within `handshake_timeout`
+//! (refusing an `Origin` not in `allowed_origins`), and hands each client to
 //! [`super::conn::serve`] in a task of its own, so one client's failure never reaches the
 //! accept loop.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -15,7 +17,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite;
 use tokio_util::task::TaskTracker;
 
-use super::conn::{self, ConnShared, Counters};
+use super::conn::{self, ConnShared};
+use super::counters::Counters;
 use super::protocol::{self, frame::Frames, text::Lines, ws};
 
 /// The protocol a listener speaks, with what it needs to speak it.
@@ -36,6 +39,11 @@ pub struct ListenerConfig {
     pub transport: Transport,
     /// Most clients at once; a connection over it is closed on accept.
     pub max_connections: usize,
+    /// Most clients at once from one IP address (0: no cap); a connection over it is closed
+    /// on accept.
+    pub max_connections_per_ip: usize,
+    /// WebSocket: the `Origin` values a handshake may carry; empty accepts any.
+    pub allowed_origins: Vec<String>,
     /// Largest inbound message.
     pub max_message_size: usize,
     /// Longest the TLS and WebSocket handshakes may take together.
@@ -52,7 +60,9 @@ enum AcceptError {
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
     #[error("WebSocket handshake failed: {0}")]
-    WebSocket(#[from] tungstenite::Error),
+    WebSocket(tungstenite::Error),
+    #[error("WebSocket handshake refused with 403: origin {0:?} is not in allowed_origins")]
+    Origin(Option<String>),
     #[error("handshake not completed within handshake_timeout ({0:?})")]
     TimedOut(Duration),
 }
@@ -85,6 +95,10 @@ async fn accept(
     // than not accepting) gives the refused client an immediate close instead of a hang in
     // the backlog, and never touches the clients already connected.
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let per_ip = Arc::new(PerIp {
+        max: config.max_connections_per_ip,
+        held: Mutex::default(),
+    });
     let config = Arc::new(config);
     loop {
         let (socket, remote) = tokio::select! {
@@ -113,13 +127,72 @@ async fn accept(
             drop(socket);
             continue;
         };
+        let Some(ip_slot) = per_ip.take(remote.ip()) else {
+            let refused = Counters::bump(&shared.counters.refused_per_ip);
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    %remote,
+                    max_connections_per_ip = config.max_connections_per_ip,
+                    refused,
+                    "connection refused: its address holds max_connections_per_ip \
+                     (behind a reverse proxy, set it to 0)"
+                );
+            }
+            drop(socket);
+            continue;
+        };
         let shared = shared.clone();
         let config = config.clone();
         clients.spawn(async move {
             let _ = socket.set_nodelay(true);
             client(socket, remote, &config, shared).await;
-            drop(slot);
+            drop((slot, ip_slot));
         });
+    }
+}
+
+/// The connections each IP address holds, for `max_connections_per_ip`.
+struct PerIp {
+    max: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in its address's count, given back when dropped.
+struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// A place for one more connection from `ip`, if it holds fewer than the cap.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        if self.max > 0 {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let n = held.entry(ip).or_default();
+            if *n >= self.max {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(IpSlot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if self.per_ip.max == 0 {
+            return;
+        }
+        let mut held = self.per_ip.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -160,7 +233,12 @@ async fn websocket<S>(
 {
     let handshake = async {
         let stream = transport.await?;
-        Ok::<_, AcceptError>(ws::accept(stream, config.max_message_size).await?)
+        ws::accept(stream, config.max_message_size, &config.allowed_origins)
+            .await
+            .map_err(|e| match e {
+                ws::HandshakeError::Origin(origin) => AcceptError::Origin(origin),
+                ws::HandshakeError::WebSocket(e) => AcceptError::WebSocket(e),
+            })
     };
     // A task's allocation is sized for its largest state, kept for the connection's whole
     // life: boxing the handshake (TLS and upgrade buffers) frees it once the client is in,
@@ -178,6 +256,12 @@ async fn websocket<S>(
                 Some(request),
             ))
             .await;
+        }
+        Err(e @ AcceptError::Origin(_)) => {
+            let refused = Counters::bump(&shared.counters.origins_refused);
+            if refused.is_power_of_two() {
+                tracing::warn!(%remote, refused, "{e}");
+            }
         }
         Err(e) => {
             Counters::bump(&shared.counters.failed_handshakes);

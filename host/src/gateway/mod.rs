@@ -4,12 +4,14 @@
 //! # Layout
 //! - [`state`]: the clients, groups, uids and sessions; executes commands, answers queries.
 //! - [`listener`], [`protocol`], [`conn`]: the client side, from accept to close, with
-//!   [`outbox`] (each client's byte-bounded queue) and [`heartbeat`].
+//!   [`outbox`] (each client's byte-bounded queue) and [`heartbeat`]; [`counters`]: how
+//!   often each limit cut a client off.
 //! - [`router`]: which worker host gets a client's events.
 //! - [`internal`]: the listener worker hosts link to.
 //! - [`Gateway`]: what every task of a gateway shares.
 
 pub mod conn;
+pub mod counters;
 pub mod heartbeat;
 pub mod internal;
 pub mod listener;
@@ -82,12 +84,16 @@ impl BoundGateway {
             app: config.app.clone(),
             port: clients.local_addr()?.port(),
         }];
+        let counters = Arc::new(counters::Counters::default());
+        let limits = state::ClientLimits {
+            max_groups: config.max_groups_per_client,
+        };
         let gateway = Arc::new(Gateway {
-            state: Arc::new(GatewayState::new(address)),
+            state: Arc::new(GatewayState::new(address, limits, counters.clone())),
             router: Arc::new(Router::default()),
             listeners,
             secret,
-            counters: Arc::default(),
+            counters,
         });
         Ok(Self {
             config,
@@ -165,11 +171,14 @@ impl BoundGateway {
                 },
             },
             send_buffer: byte_count(config.send_buffer),
+            idle_timeout: config.idle_timeout,
             counters: self.gateway.counters.clone(),
         };
         let accept = ListenerConfig {
             transport: self.transport,
             max_connections: config.max_connections,
+            max_connections_per_ip: config.max_connections_per_ip,
+            allowed_origins: config.allowed_origins.clone(),
             max_message_size: byte_count(config.max_message_size),
             handshake_timeout: config.handshake_timeout,
         };

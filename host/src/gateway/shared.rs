@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::conn::Counters;
+use super::counters::Counters;
 use super::router::Router;
 use super::state::{GatewayState, StateSummary};
 use crate::wire::messages::ListenerInfo;

@@ -6,6 +6,12 @@
 //! client's bounded outbox, so a broadcast holds the lock only for as long as it takes to
 //! queue, never while a socket writes. A client whose outbox is full is a slow reader: it is
 //! disconnected (see [`super::outbox`]) rather than buffered without bound.
+//!
+//! What one client can make the gateway hold is bounded here, whatever the command's origin
+//! (a plugin, the push API, a peer that skipped the checks at the call): at most
+//! `max_groups_per_client` groups, names of at most [`MAX_NAME_BYTES`] and a session of at
+//! most [`MAX_SESSION_BYTES`]. A command over a limit is refused (nothing changes), counted,
+//! and logged at WARN once per client.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -13,9 +19,13 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::counters::Counters;
 use super::outbox::{Close, Outbound, Outbox};
 use crate::client_id::ClientId;
-use crate::ops::{Command, GroupMembers, Query, Reply, Session};
+use crate::ops::{
+    Command, GroupMembers, MAX_NAME_BYTES, MAX_SESSION_BYTES, Query, Reply, Session, check_name,
+    check_session_bytes, session_bytes, session_bytes_after,
+};
 use crate::wire::messages::ClientContext;
 
 struct ClientEntry {
@@ -26,7 +36,11 @@ struct ClientEntry {
     groups: BTreeSet<String>,
     /// Shared with the events in flight; a write copies it only while one still holds it.
     session: Arc<Session>,
+    /// What `session` counts against [`MAX_SESSION_BYTES`].
+    session_bytes: usize,
     session_version: u64,
+    /// Whether a refused command of this client was logged yet.
+    warned: bool,
 }
 
 #[derive(Default)]
@@ -37,19 +51,38 @@ struct Clients {
     uids: HashMap<String, HashSet<u32>>,
 }
 
+/// What one client may hold in a gateway's state, beside the API's own limits on names and
+/// sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    /// `max_groups_per_client`.
+    pub max_groups: usize,
+}
+
 /// The clients of one gateway and everything attached to them.
 pub struct GatewayState {
     address: SocketAddrV4,
+    limits: ClientLimits,
+    counters: Arc<Counters>,
     clients: Mutex<Clients>,
 }
 
 impl GatewayState {
     /// Empty state for the gateway whose internal address is `address` (it is part of every
-    /// client id it hands out).
-    pub fn new(address: SocketAddrV4) -> Self {
+    /// client id it hands out), holding clients to `limits` and counting refusals in
+    /// `counters`.
+    pub fn new(address: SocketAddrV4, limits: ClientLimits, counters: Arc<Counters>) -> Self {
+        // A restarted gateway keeps its address, so indexes restarting at 1 would hand a new
+        // user the id a backend still holds for someone who left: start anywhere instead.
+        let clients = Clients {
+            next_index: rand::random(),
+            ..Clients::default()
+        };
         Self {
             address,
-            clients: Mutex::new(Clients::default()),
+            limits,
+            counters,
+            clients: Mutex::new(clients),
         }
     }
 
@@ -58,7 +91,8 @@ impl GatewayState {
         self.address
     }
 
-    /// Adds a client and returns its id. Indexes start at 1, wrap, and skip ids in use.
+    /// Adds a client and returns its id. Indexes start at a random one per run, wrap, and
+    /// skip 0 and ids in use.
     pub fn add(&self, remote: SocketAddr, listener: u16, outbox: Outbox) -> ClientId {
         let mut c = self.lock();
         let index = loop {
@@ -76,7 +110,9 @@ impl GatewayState {
                 uid: None,
                 groups: BTreeSet::new(),
                 session: Arc::default(),
+                session_bytes: 0,
                 session_version: 0,
+                warned: false,
             },
         );
         ClientId::new(self.address, index)
@@ -143,6 +179,10 @@ impl GatewayState {
                 let Some(e) = self.entry(c, client) else {
                     return;
                 };
+                if let Err(why) = check_name(&uid) {
+                    let counter = &self.counters.names_refused;
+                    return self.refuse(e, client, counter, "bind_uid", &why);
+                }
                 if let Some(old) = e.uid.replace(uid.clone()) {
                     remove_member(&mut c.uids, &old, client.index);
                 }
@@ -170,6 +210,16 @@ impl GatewayState {
                 let Some(e) = self.entry(c, client) else {
                     return;
                 };
+                if let Err(why) = check_name(&group) {
+                    let counter = &self.counters.names_refused;
+                    return self.refuse(e, client, counter, "join_group", &why);
+                }
+                let max = self.limits.max_groups;
+                if e.groups.len() >= max && !e.groups.contains(&group) {
+                    let why = format!("already in max_groups_per_client ({max}) groups");
+                    let counter = &self.counters.groups_refused;
+                    return self.refuse(e, client, counter, "join_group", &why);
+                }
                 e.groups.insert(group.clone());
                 c.groups.entry(group).or_default().insert(client.index);
             }
@@ -204,16 +254,30 @@ impl GatewayState {
                 c.send_to(targets.into_iter(), &data);
             }
             Command::SetSession { client, session } => {
-                if let Some(e) = self.entry(c, client) {
-                    e.session = Arc::new(session);
-                    e.session_version += 1;
+                let Some(e) = self.entry(c, client) else {
+                    return;
+                };
+                let bytes = session_bytes(&session);
+                if let Err(why) = check_session_bytes(bytes) {
+                    let counter = &self.counters.sessions_refused;
+                    return self.refuse(e, client, counter, "set_session", &why);
                 }
+                e.session = Arc::new(session);
+                e.session_bytes = bytes;
+                e.session_version += 1;
             }
             Command::UpdateSession { client, changes } => {
-                if let Some(e) = self.entry(c, client) {
-                    Arc::make_mut(&mut e.session).extend(changes);
-                    e.session_version += 1;
+                let Some(e) = self.entry(c, client) else {
+                    return;
+                };
+                let bytes = session_bytes_after(&e.session, e.session_bytes, &changes);
+                if let Err(why) = check_session_bytes(bytes) {
+                    let counter = &self.counters.sessions_refused;
+                    return self.refuse(e, client, counter, "update_session", &why);
                 }
+                Arc::make_mut(&mut e.session).extend(changes);
+                e.session_bytes = bytes;
+                e.session_version += 1;
             }
         }
     }
@@ -286,6 +350,28 @@ impl GatewayState {
                     })
                     .collect(),
             ),
+        }
+    }
+
+    /// Counts a command refused for `client`, and logs the first of its refusals.
+    fn refuse(
+        &self,
+        e: &mut ClientEntry,
+        client: ClientId,
+        counter: &std::sync::atomic::AtomicU64,
+        operation: &str,
+        why: &str,
+    ) {
+        let refused = Counters::bump(counter);
+        if !std::mem::replace(&mut e.warned, true) {
+            tracing::warn!(
+                client = %client,
+                operation,
+                refused,
+                max_name_bytes = MAX_NAME_BYTES,
+                max_session_bytes = MAX_SESSION_BYTES,
+                "refused: {why} (further refusals for this client are only counted)"
+            );
         }
     }
 
@@ -403,5 +489,109 @@ fn remove_member(index: &mut HashMap<String, HashSet<u32>>, key: &str, member: u
         if members.is_empty() {
             index.remove(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::gateway::outbox::outbox;
+
+    fn state(max_groups: usize) -> GatewayState {
+        let address = "127.0.0.1:2300".parse().unwrap();
+        GatewayState::new(address, ClientLimits { max_groups }, Arc::default())
+    }
+
+    fn client(state: &GatewayState) -> ClientId {
+        let (tx, _rx) = outbox(1024);
+        state.add("127.0.0.1:1".parse().unwrap(), 0, tx)
+    }
+
+    fn groups(state: &GatewayState, id: ClientId) -> Vec<String> {
+        let all = state.clients();
+        all.into_iter().find(|c| c.id == id).unwrap().groups
+    }
+
+    #[test]
+    fn ids_do_not_restart_at_one_with_each_run() {
+        let firsts: BTreeSet<u32> = (0..4).map(|_| client(&state(1)).index).collect();
+        assert!(firsts.len() > 1, "every run started at {firsts:?}");
+    }
+
+    #[test]
+    fn a_join_beyond_max_groups_is_refused_and_counted() {
+        let s = state(2);
+        let id = client(&s);
+        for g in ["a", "b", "c", "a"] {
+            s.execute(Command::JoinGroup {
+                client: id,
+                group: g.into(),
+            });
+        }
+        assert_eq!(
+            groups(&s, id),
+            ["a", "b"],
+            "a group it is in may be joined again"
+        );
+        assert_eq!(s.counters.groups_refused.load(Ordering::Relaxed), 1);
+        s.execute(Command::LeaveGroup {
+            client: id,
+            group: "a".into(),
+        });
+        s.execute(Command::JoinGroup {
+            client: id,
+            group: "c".into(),
+        });
+        assert_eq!(groups(&s, id), ["b", "c"]);
+    }
+
+    #[test]
+    fn names_over_the_limit_are_refused_even_from_a_peer_that_skips_the_checks() {
+        let s = state(8);
+        let id = client(&s);
+        let long = "n".repeat(MAX_NAME_BYTES + 1);
+        s.execute(Command::JoinGroup {
+            client: id,
+            group: long.clone(),
+        });
+        s.execute(Command::BindUid {
+            client: id,
+            uid: long,
+        });
+        assert_eq!(s.summary().groups, 0);
+        assert_eq!(s.summary().uids, 0);
+        assert_eq!(s.counters.names_refused.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_session_write_past_the_limit_is_refused_and_the_session_kept() {
+        let s = state(8);
+        let id = client(&s);
+        let half = |key: &str| -> Session {
+            [(key.to_owned(), "v".repeat(MAX_SESSION_BYTES / 2 - 1))].into()
+        };
+        let update = |changes| Command::UpdateSession {
+            client: id,
+            changes,
+        };
+        s.execute(update(half("a")));
+        s.execute(update(half("b")));
+        s.execute(update(half("a")));
+        assert_eq!(
+            s.context(id).unwrap().session_version,
+            3,
+            "replacing a key fits"
+        );
+        s.execute(update(half("cc")));
+        s.execute(Command::SetSession {
+            client: id,
+            session: [("k".to_owned(), "v".repeat(MAX_SESSION_BYTES))].into(),
+        });
+        let kept = s.context(id).unwrap();
+        assert_eq!(kept.session_version, 3);
+        assert_eq!(kept.session.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(s.counters.sessions_refused.load(Ordering::Relaxed), 2);
     }
 }

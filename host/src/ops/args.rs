@@ -219,6 +219,16 @@ pub fn session_bytes(session: &Session) -> usize {
     session.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
 
+/// What `session`, which counts `bytes`, counts once `changes` are merged into it.
+pub fn session_bytes_after(session: &Session, bytes: usize, changes: &Session) -> usize {
+    changes
+        .iter()
+        .fold(bytes, |n, (k, v)| match session.get(k) {
+            Some(old) => n.saturating_sub(old.len()) + v.len(),
+            None => n + k.len() + v.len(),
+        })
+}
+
 /// Why a session of `bytes` bytes cannot be stored, if it cannot.
 pub fn check_session_bytes(bytes: usize) -> Result<(), String> {
     if bytes > MAX_SESSION_BYTES {

@@ -21,7 +21,7 @@ pub(crate) use api::gateway_operations;
 pub use api::{GatewayApi, OPERATIONS};
 pub use args::{
     Argument, Excluded, Keyed, MAX_NAME_BYTES, MAX_SESSION_BYTES, Name, check_name,
-    check_session_bytes, session_bytes,
+    check_session_bytes, session_bytes, session_bytes_after,
 };
 pub use command::{Command, Session};
 pub use error::OpError;

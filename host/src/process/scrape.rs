@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::running::Running;
 use crate::gateway::GatewaySnapshot;
-use crate::gateway::conn::Counters;
+use crate::gateway::counters::Counters;
 use crate::metrics;
 
 /// Every metric of the process, with the states of `running` read at each scrape.
@@ -135,7 +135,7 @@ const GATEWAY_GAUGES: [GatewayGauge; 4] = [
 
 type GatewayLimit = (&'static str, &'static str, fn(&Counters) -> &AtomicU64);
 
-const GATEWAY_LIMITS: [GatewayLimit; 5] = [
+const GATEWAY_LIMITS: [GatewayLimit; 11] = [
     (
         "connections_refused",
         "Connections closed on accept at max_connections, by gateway.",
@@ -160,6 +160,36 @@ const GATEWAY_LIMITS: [GatewayLimit; 5] = [
         "heartbeat_timeouts",
         "Clients dropped by the heartbeat, by gateway.",
         |c| &c.heartbeat_timeouts,
+    ),
+    (
+        "connections_refused_per_ip",
+        "Connections closed on accept at max_connections_per_ip, by gateway.",
+        |c| &c.refused_per_ip,
+    ),
+    (
+        "idle_timeouts",
+        "Clients closed for sending nothing within idle_timeout, by gateway.",
+        |c| &c.idle_timeouts,
+    ),
+    (
+        "origins_refused",
+        "WebSocket handshakes refused for an Origin not in allowed_origins, by gateway.",
+        |c| &c.origins_refused,
+    ),
+    (
+        "group_joins_refused",
+        "Group joins refused at max_groups_per_client, by gateway.",
+        |c| &c.groups_refused,
+    ),
+    (
+        "session_writes_refused",
+        "Session writes refused for taking a session past 64 KiB, by gateway.",
+        |c| &c.sessions_refused,
+    ),
+    (
+        "names_refused",
+        "Group joins and uid bindings refused for a name over 256 bytes, by gateway.",
+        |c| &c.names_refused,
     ),
 ];
 

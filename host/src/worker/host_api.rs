@@ -23,7 +23,8 @@ use super::timers::Timers;
 use crate::client_id::ClientId;
 use crate::ops::{
     Command, CommandFuture, Excluded, GatewayApi, Gateways, Keyed, Name, OpError, Query,
-    QueryFuture, Reply, Session, gateway_operations,
+    QueryFuture, Reply, Session, check_session_bytes, gateway_operations, session_bytes,
+    session_bytes_after,
 };
 
 /// The host state behind a plugin instance's imports.
@@ -49,6 +50,7 @@ impl HostApi {
         let view = Arc::new(SessionView {
             gateways,
             current: Mutex::new(None),
+            refused: Mutex::new(None),
         });
         Self {
             plugin,
@@ -86,6 +88,12 @@ impl HostApi {
         operation: &str,
         result: Result<T, OpError>,
     ) -> Result<T::Wit, GatewayError> {
+        // A session write the view refused was not sent: the call answers with why.
+        let refused = self.view.refused().take();
+        let result = match refused {
+            Some(e) => Err(e),
+            None => result,
+        };
         result.map(IntoWit::into_wit).map_err(|e| {
             tracing::debug!(plugin = &*self.plugin, operation, "refused: {e}");
             match e {
@@ -108,9 +116,16 @@ struct CurrentClient {
 
 /// The gateways as one instance sees them: session writes about the current client are
 /// remembered, and reads of its session answered from what this instance knows.
+///
+/// A write that would take the current client's session past its limit is refused here,
+/// where the whole session is known (the argument checks see only the changes): it is not
+/// sent, and the call that made it answers `invalid-argument`. The gateway refuses it too, for
+/// writes about other clients.
 struct SessionView {
     gateways: Arc<dyn Gateways>,
     current: Mutex<Option<CurrentClient>>,
+    /// Why the last session write was refused, until the call reports it.
+    refused: Mutex<Option<OpError>>,
 }
 
 impl SessionView {
@@ -119,26 +134,56 @@ impl SessionView {
         self.current.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Applies a session write to the current client's known session, if it is about it.
-    fn write(&self, client: ClientId, change: impl FnOnce(&mut Session)) {
-        if let Some(current) = self.current().as_mut().filter(|c| c.id == client) {
-            change(Arc::make_mut(&mut current.session));
-            current.writes += 1;
+    fn refused(&self) -> std::sync::MutexGuard<'_, Option<OpError>> {
+        self.refused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies a session write to the current client's known session, if it is about it and
+    /// keeps it within its limit (`bytes`: its size after the write); false if refused.
+    fn write(
+        &self,
+        client: ClientId,
+        argument: &str,
+        bytes: impl FnOnce(&Session) -> usize,
+        change: impl FnOnce(&mut Session),
+    ) -> bool {
+        let mut current = self.current();
+        let Some(current) = current.as_mut().filter(|c| c.id == client) else {
+            return true;
+        };
+        if let Err(reason) = check_session_bytes(bytes(&current.session)) {
+            *self.refused() = Some(OpError::InvalidArgument {
+                argument: argument.into(),
+                reason: format!("the session would hold {reason}"),
+            });
+            return false;
         }
+        change(Arc::make_mut(&mut current.session));
+        current.writes += 1;
+        true
     }
 }
 
 impl Gateways for SessionView {
     fn command(&self, command: Command) -> CommandFuture {
         // Only session writes touch what this instance knows; sends pass straight through.
-        match &command {
-            Command::SetSession { client, session } => {
-                self.write(*client, |known| *known = session.clone());
-            }
-            Command::UpdateSession { client, changes } => self.write(*client, |known| {
-                known.extend(changes.iter().map(|(k, v)| (k.clone(), v.clone())));
-            }),
-            _ => {}
+        let accepted = match &command {
+            Command::SetSession { client, session } => self.write(
+                *client,
+                "session",
+                |_| session_bytes(session),
+                |known| *known = session.clone(),
+            ),
+            Command::UpdateSession { client, changes } => self.write(
+                *client,
+                "changes",
+                |known| session_bytes_after(known, session_bytes(known), changes),
+                |known| known.extend(changes.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            ),
+            _ => true,
+        };
+        if !accepted {
+            return Box::pin(async { Ok(()) });
         }
         self.gateways.command(command)
     }

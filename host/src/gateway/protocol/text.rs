@@ -1,5 +1,9 @@
 //! The text protocol: one message per line, `\n`-terminated (a trailing `\r` is dropped), as
 //! GatewayWorker's `text://`.
+//!
+//! Each byte is searched for the newline once: the decoder remembers how far the unfinished
+//! line was already scanned, so a client trickling a long line a byte at a time costs linear
+//! work, not a rescan of the whole buffer per read.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -11,6 +15,8 @@ use crate::gateway::outbox::Outbound;
 #[derive(Debug, Clone, Copy)]
 pub struct Lines {
     max: usize,
+    /// How many bytes at the buffer's start hold no newline: the next search starts there.
+    scanned: usize,
 }
 
 impl Lines {
@@ -18,6 +24,7 @@ impl Lines {
     pub fn new(max_message_size: usize) -> Self {
         Self {
             max: max_message_size,
+            scanned: 0,
         }
     }
 }
@@ -27,12 +34,16 @@ impl Decoder for Lines {
     type Error = ReadError;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, ReadError> {
-        let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        let from = self.scanned.min(buf.len());
+        let Some(found) = buf[from..].iter().position(|&b| b == b'\n') else {
+            self.scanned = buf.len();
             if buf.len() > self.max {
                 return Err(ReadError::TooLarge(self.max));
             }
             return Ok(None);
         };
+        let end = from + found;
+        self.scanned = 0;
         if end > self.max + 1 {
             return Err(ReadError::TooLarge(self.max));
         }
@@ -71,6 +82,26 @@ mod tests {
         assert!(codec.decode(&mut buf).unwrap().is_none());
         buf.extend_from_slice(b"ee\n");
         assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "three");
+    }
+
+    #[test]
+    fn a_trickled_line_is_scanned_once() {
+        let mut codec = Lines::new(1 << 20);
+        let mut buf = BytesMut::new();
+        let mut examined = 0;
+        for _ in 0..100_000 {
+            buf.extend_from_slice(b"x");
+            // What this call searches: everything past what earlier calls searched.
+            examined += buf.len() - codec.scanned;
+            assert!(codec.decode(&mut buf).unwrap().is_none());
+        }
+        buf.extend_from_slice(b"\nnext");
+        examined += buf.len() - codec.scanned;
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap().len(), 100_000);
+        assert!(examined <= 100_000 + 5, "{examined} bytes examined");
+        assert_eq!(codec.scanned, 0, "the next line is searched from its start");
+        buf.extend_from_slice(b"\n");
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "next");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt, stream};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
@@ -24,29 +25,59 @@ use crate::wire::messages::WebSocketRequest;
 /// Initial read buffer per connection; larger messages grow it.
 const READ_BUFFER: usize = 1024;
 
-/// Completes the server side of the handshake and splits the connection. The caller bounds
-/// how long this may take (`handshake_timeout`).
+/// Why a WebSocket handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The request's `Origin` (this one, or none) is not in `allowed_origins`: refused with 403.
+    #[error("origin {0:?} is not allowed")]
+    Origin(Option<String>),
+    /// The handshake failed.
+    #[error(transparent)]
+    WebSocket(#[from] Error),
+}
+
+/// Completes the server side of the handshake and splits the connection; a request whose
+/// `Origin` is not one of `allowed_origins` (unless that is empty) is answered 403. The
+/// caller bounds how long this may take (`handshake_timeout`).
 pub async fn accept<S>(
     socket: S,
     max_message_size: usize,
+    allowed_origins: &[String],
 ) -> Result<
     (
         impl Stream<Item = Result<Bytes, ReadError>> + Unpin,
         impl Sink<Outbound, Error = Error> + Unpin,
         WebSocketRequest,
     ),
-    Error,
+    HandshakeError,
 >
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let seen = Arc::new(Mutex::new(WebSocketRequest::default()));
     let record = seen.clone();
+    let refused = Arc::new(Mutex::new(None));
+    let refuse = refused.clone();
     #[allow(
         clippy::result_large_err,
         reason = "tungstenite's handshake callback type fixes the error type"
     )]
     let callback = move |request: &Request, response: Response| {
+        if !allowed_origins.is_empty() {
+            let origin = request
+                .headers()
+                .get(http::header::ORIGIN)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let allowed = origin
+                .as_deref()
+                .is_some_and(|o| allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
+            if !allowed {
+                *refuse.lock().unwrap_or_else(|e| e.into_inner()) = Some(origin);
+                let mut forbidden = ErrorResponse::new(Some("origin not allowed".into()));
+                *forbidden.status_mut() = http::StatusCode::FORBIDDEN;
+                return Err(forbidden);
+            }
+        }
         let mut seen = record.lock().unwrap_or_else(|e| e.into_inner());
         seen.path = request.uri().path().to_owned();
         seen.query = request.uri().query().unwrap_or_default().to_owned();
@@ -68,8 +99,14 @@ where
         .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size));
-    let ws =
-        tokio_tungstenite::accept_hdr_async_with_config(socket, callback, Some(config)).await?;
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(socket, callback, Some(config))
+        .await
+        .map_err(
+            |e| match refused.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                Some(origin) => HandshakeError::Origin(origin),
+                None => HandshakeError::WebSocket(e),
+            },
+        )?;
     let request = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
     let (sink, messages) = ws.split();
     let inbound = messages.filter_map(move |m| async move {
