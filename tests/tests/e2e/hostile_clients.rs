@@ -261,3 +261,44 @@ async fn a_heartbeat_period_under_100ms_is_refused_naming_the_key() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_push_api_refuses_names_and_sessions_over_the_limits_with_400() {
+    let cluster = Cluster::start_with_push(
+        ("commands", plugins::COMMANDS),
+        &[wasmgate::config::Protocol::Ws],
+        1,
+        1,
+        "",
+    )
+    .await;
+    let addr = cluster.gateways[0].client_addr;
+    let mut bystander = TestClient::ws(addr, "/").await.unwrap();
+    let id = bystander.ask("whoami").await;
+    let http = reqwest::Client::new();
+    let push = cluster.push.unwrap();
+    let post = |operation: &str, body: serde_json::Value| {
+        http.post(format!("http://{push}/api/{operation}"))
+            .json(&body)
+            .send()
+    };
+    let long = "g".repeat(257);
+    let refused = post(
+        "join_group",
+        serde_json::json!({"client_id": id, "group": long}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), 400);
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("group: 257 bytes"), "{text}");
+    let big = "v".repeat(70_000);
+    let session = serde_json::json!({"client_id": id, "session": {"k": big}});
+    let refused = post("set_session", session).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("session: 70001 bytes"), "{text}");
+    assert_eq!(bystander.ask("get k").await, "none");
+    assert_eq!(bystander.ask("echo after").await, "after");
+    cluster.stop().await;
+}
