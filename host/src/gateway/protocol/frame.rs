@@ -3,7 +3,9 @@
 //!
 //! The prefix is checked before anything is buffered for the message: a length over
 //! `max_message_size` closes the client at once, and one shorter than the prefix itself is
-//! malformed (Workerman would wait forever on a zero length; here it is an error).
+//! malformed (Workerman would wait forever on a zero length; here it is an error). A prefix
+//! alone reserves little: the buffer grows with the bytes that really arrive, so connections
+//! that announce large frames and send nothing more do not pin `max_message_size` each.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -13,6 +15,9 @@ use crate::gateway::outbox::Outbound;
 
 /// The length prefix's size.
 const PREFIX: usize = 4;
+
+/// Most a frame's announced length reserves ahead of the bytes received.
+const READ_AHEAD: usize = 64 * 1024;
 
 /// Length-prefixed messages, each at most `max` bytes of payload.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +52,7 @@ impl Decoder for Frames {
             return Err(ReadError::TooLarge(self.max));
         }
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            buf.reserve((total - buf.len()).min(READ_AHEAD));
             return Ok(None);
         }
         buf.advance(PREFIX);
@@ -91,6 +96,18 @@ mod tests {
         assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "");
         assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "abc");
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_large_announced_frame_reserves_only_what_arrives() {
+        let mut codec = Frames::new(16 << 20);
+        let mut buf = BytesMut::from(&(16u32 << 20).to_be_bytes()[..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() <= 2 * READ_AHEAD,
+            "{} reserved",
+            buf.capacity()
+        );
     }
 
     #[test]
