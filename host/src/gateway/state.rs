@@ -9,8 +9,8 @@
 //!
 //! What one client can make the gateway hold is bounded here, whatever the command's origin
 //! (a plugin, the push API, a peer that skipped the checks at the call): at most
-//! `max_groups_per_client` groups, names of at most [`MAX_NAME_BYTES`] and a session of at
-//! most [`MAX_SESSION_BYTES`]. A command over a limit is refused (nothing changes), counted,
+//! `max_groups_per_client` groups, names of at most [`crate::ops::MAX_NAME_BYTES`] and a
+//! session of at most [`crate::ops::MAX_SESSION_BYTES`]. A command over a limit is refused (nothing changes), counted,
 //! and logged at WARN once per client.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -23,8 +23,8 @@ use super::counters::Counters;
 use super::outbox::{Close, Outbound, Outbox};
 use crate::client_id::ClientId;
 use crate::ops::{
-    Command, GroupMembers, MAX_NAME_BYTES, MAX_SESSION_BYTES, Query, Reply, Session, check_name,
-    check_session_bytes, session_bytes, session_bytes_after,
+    Command, GroupMembers, Query, Reply, Session, check_name, check_session_bytes, session_bytes,
+    session_bytes_after,
 };
 use crate::wire::messages::ClientContext;
 
@@ -36,7 +36,7 @@ struct ClientEntry {
     groups: BTreeSet<String>,
     /// Shared with the events in flight; a write copies it only while one still holds it.
     session: Arc<Session>,
-    /// What `session` counts against [`MAX_SESSION_BYTES`].
+    /// What `session` counts against [`crate::ops::MAX_SESSION_BYTES`].
     session_bytes: usize,
     session_version: u64,
     /// Whether a refused command of this client was logged yet.
@@ -368,8 +368,6 @@ impl GatewayState {
                 client = %client,
                 operation,
                 refused,
-                max_name_bytes = MAX_NAME_BYTES,
-                max_session_bytes = MAX_SESSION_BYTES,
                 "refused: {why} (further refusals for this client are only counted)"
             );
         }
@@ -498,6 +496,7 @@ mod tests {
 
     use super::*;
     use crate::gateway::outbox::outbox;
+    use crate::ops::{MAX_NAME_BYTES, MAX_SESSION_BYTES};
 
     fn state(max_groups: usize) -> GatewayState {
         let address = "127.0.0.1:2300".parse().unwrap();
