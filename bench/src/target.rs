@@ -134,7 +134,8 @@ impl Running {
                 .map(|(i, addr)| {
                     format!(
                         "[[gateway]]\nname = \"gw{i}\"\nlisten = \"{}://{addr}\"\napp = \"{APP}\"\n\
-                         register = \"{register}\"\nmax_connections = 1000000\n",
+                         register = \"{register}\"\nmax_connections = 1000000\n\
+                         max_connections_per_ip = 0\n",
                         proto.scheme()
                     )
                 })
