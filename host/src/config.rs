@@ -262,6 +262,20 @@ pub struct GatewayConfig {
     /// receiving.
     #[serde(default = "default_send_buffer")]
     pub send_buffer: ByteSize,
+    /// Events of one client in flight to its worker host (sent, not yet run). A client with
+    /// this many waits: the gateway stops reading its socket until one is done, so a client
+    /// that floods slows itself, never its link or other clients.
+    #[serde(default = "default_max_events_in_flight")]
+    pub max_events_in_flight: u32,
+    /// How often the gateway pings each linked worker host (or push client). A peer silent
+    /// for three intervals, or that reads nothing for as long, is dropped and its clients go
+    /// to another worker host.
+    #[serde(default = "default_link_ping_interval", with = "humantime_serde")]
+    pub link_ping_interval: Duration,
+    /// How long a client's event waits for a worker host while none is linked before the
+    /// client is closed (and the event counted as dropped, reason `no_worker`).
+    #[serde(default = "default_no_worker_hold", with = "humantime_serde")]
+    pub no_worker_hold: Duration,
 }
 
 impl GatewayConfig {
@@ -305,6 +319,21 @@ impl GatewayConfig {
         if self.handshake_timeout.is_zero() {
             return Err("`handshake_timeout` must be above 0".into());
         }
+        // A client message travels to its worker host in one internal frame, with its
+        // client's context beside it.
+        let most = crate::wire::MAX_FRAME as u64 / 2;
+        if self.max_message_size.as_u64() > most {
+            return Err(format!(
+                "`max_message_size` must be at most {} (half an internal link frame)",
+                ByteSize::b(most)
+            ));
+        }
+        if self.max_events_in_flight == 0 {
+            return Err("`max_events_in_flight` must be at least 1".into());
+        }
+        if self.link_ping_interval < Duration::from_millis(10) {
+            return Err("`link_ping_interval` must be at least 10ms".into());
+        }
         Ok(())
     }
 }
@@ -341,6 +370,10 @@ pub struct WorkerConfig {
     /// What each app may reach beyond the default of nothing, by app name.
     #[serde(default)]
     pub grants: BTreeMap<String, Grants>,
+    /// How often the worker host pings each gateway it is linked to. A gateway silent for
+    /// three intervals, or that reads nothing for as long, is dropped and re-dialled.
+    #[serde(default = "default_link_ping_interval", with = "humantime_serde")]
+    pub link_ping_interval: Duration,
 }
 
 impl WorkerConfig {
@@ -359,6 +392,9 @@ impl WorkerConfig {
         }
         if self.instances == 0 {
             return Err("`instances` must be at least 1".into());
+        }
+        if self.link_ping_interval < Duration::from_millis(10) {
+            return Err("`link_ping_interval` must be at least 10ms".into());
         }
         Ok(())
     }
@@ -650,6 +686,18 @@ fn default_handshake_timeout() -> Duration {
 
 fn default_send_buffer() -> ByteSize {
     ByteSize::mib(1)
+}
+
+fn default_max_events_in_flight() -> u32 {
+    64
+}
+
+fn default_link_ping_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_no_worker_hold() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_worker_name() -> String {
