@@ -188,6 +188,11 @@ impl PushConfig {
     }
 }
 
+/// The largest `max_message_size` accepted: a client message travels to its worker host in
+/// one internal frame (`wire::MAX_FRAME`, 16 MiB, which a test of `wire` keeps at least twice
+/// this), with its client's context and session beside it.
+pub const MAX_MESSAGE_SIZE_LIMIT: u64 = 8 * 1024 * 1024;
+
 /// `[register]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -319,13 +324,10 @@ impl GatewayConfig {
         if self.handshake_timeout.is_zero() {
             return Err("`handshake_timeout` must be above 0".into());
         }
-        // A client message travels to its worker host in one internal frame, with its
-        // client's context beside it.
-        let most = crate::wire::MAX_FRAME as u64 / 2;
-        if self.max_message_size.as_u64() > most {
+        if self.max_message_size.as_u64() > MAX_MESSAGE_SIZE_LIMIT {
             return Err(format!(
                 "`max_message_size` must be at most {} (half an internal link frame)",
-                ByteSize::b(most)
+                ByteSize::b(MAX_MESSAGE_SIZE_LIMIT)
             ));
         }
         if self.max_events_in_flight == 0 {

@@ -312,6 +312,53 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn a_largest_client_message_fits_in_a_frame() {
+        assert!(crate::config::MAX_MESSAGE_SIZE_LIMIT as usize * 2 <= MAX_FRAME);
+    }
+
+    #[test]
+    fn check_frame_leaves_room_for_the_envelope() {
+        assert!(check_frame(&vec![0u8; 1024]).is_ok());
+        let result = check_frame(&vec![0u8; MAX_FRAME]);
+        assert!(
+            matches!(result, Err(WireError::FrameTooLarge { max: MAX_FRAME, .. })),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn forward_drops_an_oversized_message_and_goes_on() {
+        let (a, b) = duplex(1 << 20);
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(Sample::Small(1)).await.unwrap();
+        tx.send(Sample::Text("x".repeat(100))).await.unwrap();
+        tx.send(Sample::Small(2)).await.unwrap();
+        drop(tx);
+        FrameWriter::with_max_frame(a, 64)
+            .forward(rx, Duration::from_secs(5))
+            .await
+            .expect("an oversized message does not end the writer");
+        let mut reader = FrameReader::new(b);
+        assert_eq!(reader.recv().await.unwrap(), Some(Sample::Small(1)));
+        assert_eq!(reader.recv().await.unwrap(), Some(Sample::Small(2)));
+        assert_eq!(reader.recv::<Sample>().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn forward_times_out_on_a_peer_that_does_not_read() {
+        let (a, _b) = duplex(64);
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(Sample::Text("x".repeat(1000))).await.unwrap();
+        let result = FrameWriter::new(a)
+            .forward(rx, Duration::from_millis(100))
+            .await;
+        assert!(
+            matches!(result, Err(WireError::WriteTimeout(_))),
+            "{result:?}"
+        );
+    }
+
     #[tokio::test]
     async fn round_trip() {
         let (a, b) = duplex(1 << 20);
