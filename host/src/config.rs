@@ -910,6 +910,19 @@ mod tests {
     }
 
     #[test]
+    fn max_message_size_must_fit_an_internal_frame() {
+        let err = parse(
+            "[[gateway]]\nlisten = \"ws://127.0.0.1:1\"\napp = \"a\"\nmax_message_size = \"9MiB\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("max_message_size"), "{err}");
+        assert!(
+            parse("[[gateway]]\nlisten = \"ws://127.0.0.1:1\"\napp = \"a\"\nmax_message_size = \"8MiB\"\n")
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn bad_listen_urls_say_why() {
         let err = parse("[[gateway]]\nlisten = \"udp://1.2.3.4:5\"\napp = \"a\"\n").unwrap_err();
         assert!(err.contains("unknown protocol `udp`"), "{err}");

@@ -79,7 +79,8 @@ impl std::fmt::Debug for Done {
 }
 
 impl Done {
-    /// An acknowledgement that goes nowhere, for events made up locally (tests).
+    /// An acknowledgement that goes nowhere, for events made up in tests.
+    #[cfg(test)]
     pub fn detached(client: ClientId) -> Self {
         Self {
             client,

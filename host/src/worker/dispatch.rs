@@ -447,3 +447,72 @@ fn wit_client(context: &ClientContext, listener: &str, port: u16, session: &Sess
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::links::Done;
+    use crate::wire::messages::ListenerInfo;
+
+    fn event(client: u32, text: &'static str) -> Incoming {
+        let id = ClientId::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1), client);
+        Incoming {
+            listener: Arc::new(ListenerInfo {
+                name: "l".into(),
+                app: "app".into(),
+                port: 1,
+            }),
+            client: ClientContext {
+                id,
+                remote: "127.0.0.1:2".parse().unwrap(),
+                listener: 0,
+                uid: None,
+                session: Arc::default(),
+                session_version: 0,
+            },
+            kind: EventKind::Message(Bytes::from_static(text.as_bytes())),
+            done: Done::detached(id),
+        }
+    }
+
+    fn popped(queue: &InstanceQueue) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Work::Event(e) = queue.pop() {
+            let EventKind::Message(data) = e.kind else {
+                unreachable!()
+            };
+            out.push(String::from_utf8(data.to_vec()).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn clients_take_turns_and_keep_their_order() {
+        let queue = InstanceQueue::default();
+        for text in ["a1", "a2", "a3"] {
+            queue.push(event(1, text)).unwrap();
+        }
+        queue.push(event(2, "b1")).unwrap();
+        queue.push(event(3, "c1")).unwrap();
+        queue.push(event(2, "b2")).unwrap();
+        assert_eq!(popped(&queue), ["a1", "b1", "c1", "a2", "b2", "a3"]);
+        assert_eq!(queue.lock().events, 0);
+        assert_eq!(queue.lock().bytes, 0);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_events_but_not_closes() {
+        let queue = InstanceQueue::default();
+        queue.lock().events = INSTANCE_QUEUE;
+        assert_eq!(queue.push(event(1, "x")).err(), Some(Refused::Full));
+        let mut close = event(1, "");
+        close.kind = EventKind::Close;
+        assert!(queue.push(close).is_ok());
+        queue.close();
+        assert_eq!(queue.push(event(1, "x")).err(), Some(Refused::Closed));
+    }
+}
