@@ -199,6 +199,11 @@ async fn serve_link(
     .await;
     if let Some(link) = routed {
         gateway.router.remove(link.id);
+        // On a stop, the link closes after its close events were flushed to the worker host,
+        // which runs them; otherwise they may be lost with it.
+        if !close.is_cancelled() {
+            gateway.router.resend_closes(&link);
+        }
     }
     result
 }

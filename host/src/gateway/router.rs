@@ -11,6 +11,11 @@
 //! whose window is full waits, and its connection stops reading its socket: a flood slows the
 //! flooder, never the link or the other clients on it. A link that goes away closes the
 //! windows of its clients, which re-bind.
+//!
+//! A client's close event is remembered until the worker host is done with it (and with
+//! every event before it); if the link goes away first, the close goes to another worker
+//! host ([`Router::resend_closes`]), so `on-close` runs at least once for every client, and
+//! twice if the link died after the callback ran but before its acknowledgement arrived.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +37,9 @@ pub struct WorkerLink {
     bound: AtomicUsize,
     /// The windows of the clients bound to this link.
     windows: Mutex<HashMap<ClientId, Arc<Semaphore>>>,
+    /// Close events sent and not yet done, with how many of the client's events (the close
+    /// included) the worker host has still to finish.
+    closes: Mutex<HashMap<ClientId, (u32, ToWorker)>>,
 }
 
 impl WorkerLink {
@@ -40,6 +48,14 @@ impl WorkerLink {
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(window) = windows.get(&client) {
             window.add_permits(events as usize);
+        }
+        drop(windows);
+        let mut closes = self.closes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((outstanding, _)) = closes.get_mut(&client) {
+            *outstanding = outstanding.saturating_sub(events);
+            if *outstanding == 0 {
+                closes.remove(&client);
+            }
         }
     }
 
@@ -108,6 +124,7 @@ impl Router {
             queue,
             bound: AtomicUsize::new(0),
             windows: Mutex::default(),
+            closes: Mutex::default(),
         });
         let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
         links.push(link.clone());
@@ -170,8 +187,25 @@ impl Router {
                 continue;
             };
             slot.forget();
+            let close = matches!(
+                &message,
+                ToWorker::Event {
+                    kind: EventKind::Close,
+                    ..
+                }
+            )
+            .then(|| message.clone());
             match link.queue.send(message).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if let Some(close) = close {
+                        let in_flight = self.window - window.available_permits() as u32;
+                        link.closes
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(client, (in_flight.max(1), close));
+                    }
+                    return Ok(());
+                }
                 // The link closed while we waited: re-bind and try the next one.
                 Err(mpsc::error::SendError(m)) => {
                     self.remove(link.id);
@@ -179,6 +213,29 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// Sends the close events `link` (gone) had not finished to other worker hosts, in the
+    /// background; each waits for one as any event does.
+    pub fn resend_closes(self: &Arc<Self>, link: &WorkerLink) {
+        let closes: Vec<_> =
+            std::mem::take(&mut *link.closes.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_values()
+                .map(|(_, close)| close)
+                .collect();
+        if closes.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            clients = closes.len(),
+            "a worker-host link ended with close events unfinished: sending them to another"
+        );
+        let router = self.clone();
+        tokio::spawn(async move {
+            for close in closes {
+                let _ = router.forward(&mut Binding::default(), close).await;
+            }
+        });
     }
 
     async fn bind(&self, client: ClientId) -> Result<Bound, NoWorker> {

@@ -231,3 +231,86 @@ async fn an_event_too_large_for_a_frame_fails_alone() {
         worker.logs()
     );
 }
+
+fn chat_worker(name: &str, plugins: &Path, register: u16) -> Node {
+    Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[worker]\nname = \"{name}\"\nplugins = {plugins:?}\ninstances = 1\n\
+             register = \"127.0.0.1:{register}\"\nlink_ping_interval = \"{}ms\"\n",
+            PING.as_millis()
+        ),
+    )
+}
+
+/// Connects a chat client and logs it in to `lobby` as `name`.
+async fn chat_login(port: u16, name: &str) -> TestClient {
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut client = TestClient::ws(addr, "/").await.unwrap();
+    assert!(client.recv().await.contains("\"hello\""));
+    client
+        .send(&format!(
+            r#"{{"type": "login", "name": "{name}", "room": "lobby"}}"#
+        ))
+        .await
+        .unwrap();
+    chat_wait_for(&mut client, "\"welcome\"").await;
+    client
+}
+
+/// Reads until a message containing `needle` arrives (bounded).
+async fn chat_wait_for(client: &mut TestClient, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(message) = client.recv_within(Duration::from_millis(200)).await
+            && message.contains(needle)
+        {
+            return message;
+        }
+    }
+    panic!("no message with {needle:?} within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_hosts_clients_get_on_close_from_another() {
+    let plugins = PluginsDir::with(&[("chat", plugins::CHAT)]);
+    let r = free_port();
+    let _register = register(r);
+    let g = free_port();
+    let _gateway = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"chat\"\n\
+             register = \"127.0.0.1:{r}\"\nlink_ping_interval = \"{}ms\"\n",
+            PING.as_millis()
+        ),
+    );
+    let doomed = chat_worker("w1", plugins.path(), r);
+    let w2 = chat_worker("w2", plugins.path(), r);
+    doomed.wait_for_line(&["linked to gateway"]).await;
+    w2.wait_for_line(&["linked to gateway"]).await;
+    // Least connections: one client on each worker host.
+    let mut ada = chat_login(g, "Ada").await;
+    let mut bob = chat_login(g, "Bob").await;
+    chat_wait_for(&mut ada, "Bob").await;
+    doomed.signal("STOP").await;
+    // Whoever is served by the live host is heard; the other leaves while its host is frozen.
+    bob.send(r#"{"type": "say", "text": "probe"}"#)
+        .await
+        .unwrap();
+    let bob_is_live = ada
+        .recv_within(Duration::from_secs(1))
+        .await
+        .is_ok_and(|m| m.contains("probe"));
+    let (leaver, mut bystander, name) = if bob_is_live {
+        (ada, bob, "Ada")
+    } else {
+        (bob, ada, "Bob")
+    };
+    drop(leaver);
+    doomed.kill().await;
+    // The close event went to the frozen host and died with it: the gateway sends it again to
+    // the live host, whose `on-close` tells the room.
+    let left = chat_wait_for(&mut bystander, "\"leave\"").await;
+    assert!(left.contains(name), "{left}");
+}
