@@ -7,7 +7,7 @@
 //! handshake or sends a malformed frame is closed; other links and all clients carry on.
 //!
 //! Liveness works whatever the queues hold: pings and pongs are queued without waiting, a
-//! peer silent for [`SILENT_INTERVALS`] pings is dropped, and so is one that reads nothing
+//! peer silent for `SILENT_INTERVALS` pings is dropped, and so is one that reads nothing
 //! for as long (the writer's timeout, and the timeout on queueing a reply). A dropped worker
 //! host's clients re-bind to another on their next event.
 
