@@ -314,3 +314,42 @@ async fn a_killed_worker_hosts_clients_get_on_close_from_another() {
     let left = chat_wait_for(&mut bystander, "\"leave\"").await;
     assert!(left.contains(name), "{left}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looping_events_hold_up_other_clients_for_one_timeout_at_most() {
+    let timeout = Duration::from_secs(1);
+    let plugins = PluginsDir::with(&[("misbehave", plugins::MISBEHAVE)]);
+    let r = free_port();
+    let _register = register(r);
+    let g = free_port();
+    let _gateway = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"misbehave\"\n\
+             register = \"127.0.0.1:{r}\"\n"
+        ),
+    );
+    // One instance: the looping client and the bystander share it.
+    let _worker = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[worker]\nplugins = {:?}\ninstances = 1\nprocess_timeout = \"{}ms\"\n\
+             register = \"127.0.0.1:{r}\"\n",
+            plugins.path(),
+            timeout.as_millis()
+        ),
+    );
+    let mut looper = client(g).await;
+    let mut bystander = client(g).await;
+    for _ in 0..3 {
+        looper.send("loop").await.unwrap();
+    }
+    // A loop never answers, so there is nothing to await: give the three a moment to reach
+    // the instance ahead of the bystander's event, which is what made it wait for all three.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let took = timed_ask(&mut bystander, "echo me", "me").await;
+    assert!(
+        took < timeout * 2,
+        "the bystander waited {took:?} behind another client's loops (process_timeout {timeout:?})"
+    );
+}
