@@ -45,12 +45,14 @@ pub struct WorkerLink {
 impl WorkerLink {
     /// Gives back `events` slots of `client`'s window (the worker host is done with them).
     pub fn done(&self, client: ClientId, events: u32) {
+        // Under the closes lock, as a close's count of events in flight is taken, so that the
+        // two agree on which events it includes.
+        let mut closes = self.closes.lock().unwrap_or_else(|e| e.into_inner());
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(window) = windows.get(&client) {
             window.add_permits(events as usize);
         }
         drop(windows);
-        let mut closes = self.closes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((outstanding, _)) = closes.get_mut(&client) {
             *outstanding = outstanding.saturating_sub(events);
             if *outstanding == 0 {
@@ -187,27 +189,31 @@ impl Router {
                 continue;
             };
             slot.forget();
+            // Remembered before it is sent, so that no acknowledgement can overtake it.
             let close = matches!(
                 &message,
                 ToWorker::Event {
                     kind: EventKind::Close,
                     ..
                 }
-            )
-            .then(|| message.clone());
+            );
+            if close {
+                let in_flight = self.window - window.available_permits() as u32;
+                link.closes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(client, (in_flight, message.clone()));
+            }
             match link.queue.send(message).await {
-                Ok(()) => {
-                    if let Some(close) = close {
-                        let in_flight = self.window - window.available_permits() as u32;
+                Ok(()) => return Ok(()),
+                // The link closed while we waited: re-bind and try the next one.
+                Err(mpsc::error::SendError(m)) => {
+                    if close {
                         link.closes
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .insert(client, (in_flight.max(1), close));
+                            .remove(&client);
                     }
-                    return Ok(());
-                }
-                // The link closed while we waited: re-bind and try the next one.
-                Err(mpsc::error::SendError(m)) => {
                     self.remove(link.id);
                     message = m;
                 }
