@@ -194,6 +194,11 @@ impl PushConfig {
     }
 }
 
+/// The largest `max_message_size` accepted: a client message travels to its worker host in
+/// one internal frame (`wire::MAX_FRAME`, 16 MiB, which a test of `wire` keeps at least twice
+/// this), with its client's context and session beside it.
+pub const MAX_MESSAGE_SIZE_LIMIT: u64 = 8 * 1024 * 1024;
+
 /// `[register]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -290,6 +295,20 @@ pub struct GatewayConfig {
     /// once per client and counted), the client's other groups are kept.
     #[serde(default = "default_max_groups_per_client")]
     pub max_groups_per_client: usize,
+    /// Events of one client in flight to its worker host (sent, not yet run). A client with
+    /// this many waits: the gateway stops reading its socket until one is done, so a client
+    /// that floods slows itself, never its link or other clients.
+    #[serde(default = "default_max_events_in_flight")]
+    pub max_events_in_flight: u32,
+    /// How often the gateway pings each linked worker host (or push client). A peer silent
+    /// for three intervals, or that reads nothing for as long, is dropped and its clients go
+    /// to another worker host.
+    #[serde(default = "default_link_ping_interval", with = "humantime_serde")]
+    pub link_ping_interval: Duration,
+    /// How long a client's event waits for a worker host while none is linked before the
+    /// client is closed (and the event counted as dropped, reason `no_worker`).
+    #[serde(default = "default_no_worker_hold", with = "humantime_serde")]
+    pub no_worker_hold: Duration,
 }
 
 impl GatewayConfig {
@@ -351,6 +370,18 @@ impl GatewayConfig {
         if self.handshake_timeout.is_zero() {
             return Err("`handshake_timeout` must be above 0".into());
         }
+        if self.max_message_size.as_u64() > MAX_MESSAGE_SIZE_LIMIT {
+            return Err(format!(
+                "`max_message_size` must be at most {} (half an internal link frame)",
+                ByteSize::b(MAX_MESSAGE_SIZE_LIMIT)
+            ));
+        }
+        if self.max_events_in_flight == 0 {
+            return Err("`max_events_in_flight` must be at least 1".into());
+        }
+        if self.link_ping_interval < Duration::from_millis(10) {
+            return Err("`link_ping_interval` must be at least 10ms".into());
+        }
         Ok(())
     }
 }
@@ -387,6 +418,10 @@ pub struct WorkerConfig {
     /// What each app may reach beyond the default of nothing, by app name.
     #[serde(default)]
     pub grants: BTreeMap<String, Grants>,
+    /// How often the worker host pings each gateway it is linked to. A gateway silent for
+    /// three intervals, or that reads nothing for as long, is dropped and re-dialled.
+    #[serde(default = "default_link_ping_interval", with = "humantime_serde")]
+    pub link_ping_interval: Duration,
 }
 
 impl WorkerConfig {
@@ -405,6 +440,9 @@ impl WorkerConfig {
         }
         if self.instances == 0 {
             return Err("`instances` must be at least 1".into());
+        }
+        if self.link_ping_interval < Duration::from_millis(10) {
+            return Err("`link_ping_interval` must be at least 10ms".into());
         }
         Ok(())
     }
@@ -706,6 +744,18 @@ fn default_max_groups_per_client() -> usize {
     1024
 }
 
+fn default_max_events_in_flight() -> u32 {
+    64
+}
+
+fn default_link_ping_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_no_worker_hold() -> Duration {
+    Duration::from_secs(5)
+}
+
 fn default_worker_name() -> String {
     format!("worker-{}", std::process::id())
 }
@@ -936,6 +986,19 @@ mod tests {
             let err = parse(text).unwrap_err();
             assert!(err.contains(key), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn max_message_size_must_fit_an_internal_frame() {
+        let err = parse(
+            "[[gateway]]\nlisten = \"ws://127.0.0.1:1\"\napp = \"a\"\nmax_message_size = \"9MiB\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("max_message_size"), "{err}");
+        assert!(
+            parse("[[gateway]]\nlisten = \"ws://127.0.0.1:1\"\napp = \"a\"\nmax_message_size = \"8MiB\"\n")
+                .is_ok()
+        );
     }
 
     #[test]

@@ -6,6 +6,13 @@
 //! its gateway is listed. Commands about one client go to the gateway its id names; everything
 //! else goes to every linked gateway. Queries carry an id, are answered on the same link, and
 //! are merged with [`Reply::merge`] after at most [`QUERY_TIMEOUT`].
+//!
+//! A link's reader never waits on the worker host: events go to the [`EventSink`] without
+//! waiting, so query replies and pings keep flowing whatever the instances are doing. What
+//! bounds the events in flight is the gateway's per-client window: each event carries a
+//! [`Done`] that, once dropped (the event ran or was dropped), tells the gateway its client
+//! may send one more. Both ends ping; a link silent for [`SILENT_INTERVALS`] pings, or whose
+//! writes stall as long, is dropped.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddrV4;
@@ -14,14 +21,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
+use crate::client_id::ClientId;
 use crate::local::{LinkReader, LocalGateways};
 use crate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Reply, Unreachable};
 use crate::wire::LinkError;
-use crate::wire::codec::{FrameReader, FrameWriter};
+use crate::wire::codec::{FrameReader, FrameWriter, WireError, check_frame};
 use crate::wire::handshake::{self, Peer};
 use crate::wire::messages::{ClientContext, EventKind, ListenerInfo, ToGateway, ToWorker};
 
@@ -30,6 +39,17 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Messages queued for one gateway before senders wait.
 const LINK_QUEUE: usize = 16 * 1024;
+
+/// How often a link pings its gateway unless configured otherwise (`[worker]
+/// link_ping_interval`).
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Ping intervals without a message from the gateway, or with a write stalled, after which
+/// its link is dropped.
+pub const SILENT_INTERVALS: u32 = 3;
+
+/// Most clients one `Done` message acknowledges, so that it stays a small frame.
+const DONE_BATCH: usize = 4096;
 
 /// A client event as it arrives from a gateway, with what the dispatcher needs to route it.
 #[derive(Debug)]
@@ -40,19 +60,81 @@ pub struct Incoming {
     pub client: ClientContext,
     /// What happened.
     pub kind: EventKind,
+    /// Tells the gateway, when dropped, that this event is finished.
+    pub done: Done,
+}
+
+/// One event in flight; dropping it acknowledges the event to its gateway, which then lets
+/// the client send another. Held until the event's callback returns, or dropped with the
+/// event.
+pub struct Done {
+    client: ClientId,
+    acks: Arc<Acks>,
+}
+
+impl std::fmt::Debug for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Done").field(&self.client).finish()
+    }
+}
+
+impl Done {
+    /// An acknowledgement that goes nowhere, for events made up in tests.
+    #[cfg(test)]
+    pub fn detached(client: ClientId) -> Self {
+        Self {
+            client,
+            acks: Arc::default(),
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let mut pending = self.acks.pending.lock().unwrap_or_else(|e| e.into_inner());
+        *pending.entry(self.client).or_default() += 1;
+        drop(pending);
+        self.acks.ready.notify_one();
+    }
+}
+
+/// The acknowledgements of one link not yet sent, by client (bounded by its clients).
+#[derive(Default)]
+struct Acks {
+    pending: Mutex<HashMap<ClientId, u32>>,
+    ready: Notify,
+}
+
+/// Sends the acknowledgements of a link as they come, batched; its own task, so that a full
+/// link queue delays acknowledgements, never the reader.
+async fn send_acks(acks: Arc<Acks>, queue: mpsc::Sender<ToGateway>) {
+    loop {
+        acks.ready.notified().await;
+        let batch: Vec<_> =
+            std::mem::take(&mut *acks.pending.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
+        for chunk in batch.chunks(DONE_BATCH) {
+            if queue.send(ToGateway::Done(chunk.to_vec())).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Where links deliver client events: the worker host's dispatcher.
 pub trait EventSink: Send + Sync + 'static {
-    /// Takes one event; may wait while the consumer is full.
-    fn deliver(&self, event: Incoming) -> impl Future<Output = ()> + Send;
+    /// Takes one event without waiting: a link's reader calls it, and must go on reading
+    /// replies and pings whatever the consumer is doing. A consumer that cannot keep the
+    /// event drops it (its [`Done`] with it), counted and logged.
+    fn deliver(&self, event: Incoming);
 }
 
 /// A push client takes no events: gateways only route clients to worker hosts.
 pub struct NoEvents;
 
 impl EventSink for NoEvents {
-    async fn deliver(&self, _: Incoming) {}
+    fn deliver(&self, _: Incoming) {}
 }
 
 /// One gateway link.
@@ -69,16 +151,23 @@ pub struct GatewayLinks {
     links: RwLock<HashMap<SocketAddrV4, Arc<GatewayLink>>>,
     next_query: AtomicU64,
     linked: watch::Sender<BTreeSet<SocketAddrV4>>,
+    ping_interval: Duration,
     /// The tasks that keep the links, so that a stop can wait for them.
     tasks: TaskTracker,
 }
 
 impl GatewayLinks {
     /// Links for a worker host (which takes client events) or a push client (which does
-    /// not); gateways in `local` are reached through channels, the others over TCP. Nothing
-    /// is dialled until [`start`](Self::start).
-    pub fn new(secret: Arc<[u8]>, role: Peer, local: LocalGateways) -> Arc<Self> {
+    /// not); gateways in `local` are reached through channels, the others over TCP. Each
+    /// link pings every `ping_interval`. Nothing is dialled until [`start`](Self::start).
+    pub fn new(
+        secret: Arc<[u8]>,
+        role: Peer,
+        local: LocalGateways,
+        ping_interval: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            ping_interval,
             secret,
             local,
             role,
@@ -161,8 +250,15 @@ impl GatewayLinks {
                 return;
             }
             match result {
-                Ok(()) => backoff = Duration::from_millis(100),
-                Err(e) => tracing::warn!(gateway = %addr, "gateway link down: {e}"),
+                Ok(()) => {
+                    crate::metrics::link_closed("closed");
+                    tracing::info!(gateway = %addr, "gateway closed the link");
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    crate::metrics::link_closed(e.reason());
+                    tracing::warn!(gateway = %addr, "gateway link down: {e}");
+                }
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -191,7 +287,9 @@ impl GatewayLinks {
                     handshake::connect_handshake(&mut reader, &mut writer, &self.secret, self.role)
                         .await?;
                     let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
-                    let writing = tokio::spawn(writer.forward(outgoing));
+                    let stall = self.ping_interval * SILENT_INTERVALS;
+                    let writing =
+                        AbortOnDropHandle::new(tokio::spawn(writer.forward(outgoing, stall)));
                     (queue, LinkReader::Tcp(reader), Some(writing))
                 }
             })
@@ -213,21 +311,29 @@ impl GatewayLinks {
         });
         tracing::info!(gateway = %addr, in_process = writing.is_none(), "linked to gateway");
         crate::metrics::gateway_link(self.role.name(), 1);
-        let read = read_loop(&mut reader, &link, &queue, events);
-        let result = if writing.is_some() {
-            tokio::select! {
+        let acks = Arc::new(Acks::default());
+        let _acking = AbortOnDropHandle::new(tokio::spawn(send_acks(acks.clone(), queue.clone())));
+        let read = read_loop(
+            &mut reader,
+            &link,
+            &queue,
+            &acks,
+            events,
+            self.ping_interval,
+        );
+        // Senders may outlive the link (bindings, queries): the writer is aborted on return.
+        match writing {
+            Some(mut writing) => tokio::select! {
                 _ = stop.cancelled() => Ok(()),
                 r = read => r,
-            }
-        } else {
+                w = &mut writing => Err(match w {
+                    Ok(Err(e)) => LinkError::Wire(e),
+                    Ok(Ok(())) | Err(_) => LinkError::Closed,
+                }),
+            },
             // In-process: the gateway of this process ends the link after its last event.
-            read.await
-        };
-        // Senders may outlive the link (bindings, queries): stop writing explicitly.
-        if let Some(writing) = writing {
-            writing.abort();
+            None => read.await,
         }
-        result
     }
 
     fn drop_link(&self, addr: SocketAddrV4) {
@@ -274,10 +380,31 @@ async fn read_loop<S: EventSink>(
     reader: &mut LinkReader<ToWorker>,
     link: &GatewayLink,
     queue: &mpsc::Sender<ToGateway>,
+    acks: &Arc<Acks>,
     events: Arc<S>,
+    ping_interval: Duration,
 ) -> Result<(), LinkError> {
     let mut listeners: Vec<Arc<ListenerInfo>> = Vec::new();
-    while let Some(message) = reader.recv().await? {
+    let mut ping = tokio::time::interval(ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut silent = 0;
+    loop {
+        let message = tokio::select! {
+            _ = ping.tick() => {
+                silent += 1;
+                if silent > SILENT_INTERVALS {
+                    return Err(LinkError::Silent(ping_interval * SILENT_INTERVALS));
+                }
+                // A full queue is the write timeout's business, not the ping's.
+                let _ = queue.try_send(ToGateway::Ping);
+                continue;
+            }
+            message = reader.recv() => message?,
+        };
+        silent = 0;
+        let Some(message) = message else {
+            return Ok(());
+        };
         match message {
             ToWorker::Listeners(list) => listeners = list.into_iter().map(Arc::new).collect(),
             ToWorker::Event { client, kind } => {
@@ -285,13 +412,16 @@ async fn read_loop<S: EventSink>(
                     .get(usize::from(client.listener))
                     .cloned()
                     .ok_or(LinkError::UnknownListener(client.listener))?;
-                events
-                    .deliver(Incoming {
-                        listener,
-                        client,
-                        kind,
-                    })
-                    .await;
+                let done = Done {
+                    client: client.id,
+                    acks: acks.clone(),
+                };
+                events.deliver(Incoming {
+                    listener,
+                    client,
+                    kind,
+                    done,
+                });
             }
             ToWorker::Reply { id, reply } => {
                 let waiter = link
@@ -303,16 +433,29 @@ async fn read_loop<S: EventSink>(
                     let _ = waiter.send(reply);
                 }
             }
-            ToWorker::Ping => queue.send(ToGateway::Pong).await?,
+            ToWorker::Ping => {
+                let _ = queue.try_send(ToGateway::Pong);
+            }
+            ToWorker::Pong => {}
         }
     }
-    Ok(())
+}
+
+/// Checks that a command or query fits in a frame; one that does not fails alone.
+fn fits<M: serde::Serialize>(message: &M) -> Result<(), Unreachable> {
+    check_frame(message).map_err(|e: WireError| {
+        crate::metrics::link_message_dropped("too_large");
+        tracing::warn!("not sent to the gateways: {e}");
+        Unreachable
+    })
 }
 
 impl Gateways for GatewayLinks {
     fn command(&self, command: Command) -> CommandFuture {
         let mut targets = self.targets(command.target());
+        let checked = fits(&command);
         Box::pin(async move {
+            checked?;
             // Per-client commands (the common case) have one target: move it, copy only for
             // the others.
             let last = targets.pop().ok_or(Unreachable)?;
@@ -335,7 +478,9 @@ impl Gateways for GatewayLinks {
             .into_iter()
             .map(|link| (self.next_query.fetch_add(1, Ordering::Relaxed), link))
             .collect();
+        let checked = fits(&query);
         Box::pin(async move {
+            checked?;
             let asks = asks.into_iter().map(|(id, link)| {
                 let query = query.clone();
                 async move {

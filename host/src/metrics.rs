@@ -39,6 +39,10 @@ static PLUGIN_CALL_SECONDS: LazyLock<Timings> =
     LazyLock::new(|| Family::new_with_constructor(call_buckets));
 static PLUGIN_RELOADS: LazyLock<Family<ReloadLabels, Counter>> = LazyLock::new(Family::default);
 static LINKS_TO_GATEWAYS: LazyLock<Family<RoleLabels, Gauge>> = LazyLock::new(Family::default);
+static EVENTS_DROPPED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
+static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
+    LazyLock::new(Family::default);
+static LINKS_CLOSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static CALL_METRICS: LazyLock<RwLock<CallMetricsByPlugin>> = LazyLock::new(RwLock::default);
 /// Every plugin call of the process, whatever its labels: the rate `status` shows.
 static CALLS: AtomicU64 = AtomicU64::new(0);
@@ -70,6 +74,50 @@ struct EventLabels {
 struct ReloadLabels {
     plugin: String,
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Counts a client event that no plugin will see, by `reason` (`no_plugin`, `queue_full`,
+/// `no_worker`, `too_large`).
+pub fn event_dropped(reason: &'static str) {
+    EVENTS_DROPPED.get_or_create(&ReasonLabels { reason }).inc();
+}
+
+/// Client events dropped so far for `reason`.
+pub fn events_dropped(reason: &'static str) -> u64 {
+    EVENTS_DROPPED
+        .get(&ReasonLabels { reason })
+        .map_or(0, |c| c.get())
+}
+
+/// Counts a message an internal link could not carry (`too_large`); the link stays up.
+pub fn link_message_dropped(reason: &'static str) {
+    LINK_MESSAGES_DROPPED
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+}
+
+/// Messages internal links could not carry so far for `reason`.
+pub fn link_messages_dropped(reason: &'static str) -> u64 {
+    LINK_MESSAGES_DROPPED
+        .get(&ReasonLabels { reason })
+        .map_or(0, |c| c.get())
+}
+
+/// Counts an internal link (gateway ↔ worker host or push client) that ended, by `reason`.
+pub fn link_closed(reason: &'static str) {
+    LINKS_CLOSED.get_or_create(&ReasonLabels { reason }).inc();
+}
+
+/// Internal links ended so far for `reason`.
+pub fn links_closed(reason: &'static str) -> u64 {
+    LINKS_CLOSED
+        .get(&ReasonLabels { reason })
+        .map_or(0, |c| c.get())
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -328,6 +376,21 @@ pub fn register(r: &mut Registry) {
         "links_to_gateways",
         "Gateways linked, by the role of this process holding the links (worker, client)",
         LINKS_TO_GATEWAYS.clone(),
+    );
+    r.register(
+        "events_dropped",
+        "Client events no plugin saw, by reason (no_plugin, queue_full, no_worker, too_large)",
+        EVENTS_DROPPED.clone(),
+    );
+    r.register(
+        "link_messages_dropped",
+        "Messages an internal link could not carry while staying up, by reason (too_large)",
+        LINK_MESSAGES_DROPPED.clone(),
+    );
+    r.register(
+        "links_closed",
+        "Internal links between gateways and worker hosts or push clients that ended, by reason (closed, silent, write_timeout, bad_frame, io, handshake)",
+        LINKS_CLOSED.clone(),
     );
     r.register(
         "plugin_calls",

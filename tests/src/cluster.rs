@@ -331,6 +331,18 @@ impl Node {
             .collect()
     }
 
+    /// Sends the process `signal` (a `kill` name: `STOP`, `CONT`, …), e.g. to freeze it
+    /// as a peer that stopped answering.
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success(), "kill -{signal} {pid} failed");
+    }
+
     /// Kills the process at once (SIGKILL) and waits for it.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;

@@ -330,7 +330,7 @@ mod tests {
         let state = Arc::new(GatewayState::new(address, limits, counters.clone()));
         let shared = ConnShared {
             state: state.clone(),
-            router: Arc::default(),
+            router: Arc::new(Router::new(64, Duration::from_secs(5))),
             listener: 0,
             shutdown: CancellationToken::new(),
             heartbeat: HeartbeatConfig {

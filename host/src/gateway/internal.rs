@@ -5,15 +5,22 @@
 //! From then on the gateway sends client events and query replies, and executes the commands
 //! and answers the queries it receives, in the order they arrive. A link that fails the
 //! handshake or sends a malformed frame is closed; other links and all clients carry on.
+//!
+//! Liveness works whatever the queues hold: pings and pongs are queued without waiting, a
+//! peer silent for `SILENT_INTERVALS` pings is dropped, and so is one that reads nothing
+//! for as long (the writer's timeout, and the timeout on queueing a reply). A dropped worker
+//! host's clients re-bind to another on their next event.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::router::WorkerLink;
 use super::shared::Gateway;
 use crate::local::{LinkReader, LocalLink};
 use crate::wire::LinkError;
@@ -24,11 +31,12 @@ use crate::wire::messages::{ToGateway, ToWorker};
 /// Messages queued for one worker host before client reads wait for it.
 const LINK_QUEUE: usize = 4096;
 
-/// How often the gateway pings a linked worker host.
-const PING_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Ping intervals without a message from the peer after which its link is dropped.
+/// Ping intervals without a message from the peer, or with a write stalled, after which its
+/// link is dropped.
 const SILENT_INTERVALS: u32 = 3;
+
+/// Pause after a failed `accept` (out of file descriptors, say) before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Longest a closing link may take to write what is queued on it.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
@@ -42,33 +50,51 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: CancellationToken,
     close: CancellationToken,
+    ping_interval: Duration,
 ) {
     let links = TaskTracker::new();
+    // Failed accepts in a row: logged once per burst, not once per retry.
+    let mut failing = 0u64;
     loop {
         let (socket, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(link) = local.recv() => {
-                links.spawn(local_link(link, gateway.clone(), close.clone()));
+                links.spawn(local_link(link, gateway.clone(), close.clone(), ping_interval));
                 continue;
             }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!("internal accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if failing == 0 {
+                        tracing::warn!("internal accept failed (retrying quietly): {e}");
+                    }
+                    failing += 1;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
         };
+        if failing > 0 {
+            tracing::warn!(failed = failing, "internal accept works again");
+            failing = 0;
+        }
         let gateway = gateway.clone();
         let close = close.clone();
         links.spawn(async move {
-            match tcp_link(socket, gateway, close).await {
-                Ok(()) => tracing::info!(%peer, "internal link closed"),
+            let (role, result) = tcp_link(socket, gateway, close, ping_interval).await;
+            let role = role.map_or("unauthenticated peer", Peer::name);
+            match result {
+                Ok(()) => {
+                    crate::metrics::link_closed("closed");
+                    tracing::info!(%peer, role, "internal link closed by the peer or on stop")
+                }
                 Err(e) if e.is_quiet() => {
                     tracing::debug!(%peer, "internal connection dropped during the handshake: {e}")
                 }
-                Err(e) => tracing::warn!(%peer, "internal link closed: {e}"),
+                Err(e) => {
+                    crate::metrics::link_closed(e.reason());
+                    tracing::warn!(%peer, role, "internal link closed: {e}")
+                }
             }
         });
     }
@@ -76,31 +102,58 @@ pub async fn serve(
     links.wait().await;
 }
 
+/// Serves one link over TCP; says who the peer was (once authenticated) and why it ended.
 async fn tcp_link(
     socket: TcpStream,
     gateway: Arc<Gateway>,
     close: CancellationToken,
-) -> Result<(), LinkError> {
-    socket.set_nodelay(true).map_err(LinkError::Connect)?;
+    ping_interval: Duration,
+) -> (Option<Peer>, Result<(), LinkError>) {
+    if let Err(e) = socket.set_nodelay(true) {
+        return (None, Err(LinkError::Connect(e)));
+    }
     let (reader, writer) = socket.into_split();
     let mut reader = FrameReader::new(reader);
     let mut writer = FrameWriter::new(writer);
-    let role = handshake::accept_handshake(&mut reader, &mut writer, &gateway.secret).await?;
+    let role = match handshake::accept_handshake(&mut reader, &mut writer, &gateway.secret).await {
+        Ok(role) => role,
+        Err(e) => return (None, Err(e.into())),
+    };
     let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
-    let mut writing = tokio::spawn(writer.forward(outgoing));
-    let result = serve_link(LinkReader::Tcp(reader), queue, role, &gateway, &close).await;
+    let mut writing = tokio::spawn(writer.forward(outgoing, ping_interval * SILENT_INTERVALS));
+    let serving = serve_link(
+        LinkReader::Tcp(reader),
+        queue,
+        role,
+        &gateway,
+        &close,
+        ping_interval,
+    );
+    let result = tokio::select! {
+        result = serving => result,
+        written = &mut writing => Err(match written {
+            Ok(Err(e)) => LinkError::Wire(e),
+            Ok(Ok(())) | Err(_) => LinkError::Closed,
+        }),
+    };
     // The writer ends once every sender is gone, having written what was queued; client
     // bindings of a link that failed may still hold one, so it is cut after a grace.
-    if tokio::time::timeout(FLUSH_GRACE, &mut writing)
-        .await
-        .is_err()
+    if !writing.is_finished()
+        && tokio::time::timeout(FLUSH_GRACE, &mut writing)
+            .await
+            .is_err()
     {
         writing.abort();
     }
-    result
+    (Some(role), result)
 }
 
-async fn local_link(link: LocalLink, gateway: Arc<Gateway>, close: CancellationToken) {
+async fn local_link(
+    link: LocalLink,
+    gateway: Arc<Gateway>,
+    close: CancellationToken,
+    ping_interval: Duration,
+) {
     let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
     if link.accepted.send(outgoing).is_err() {
         return;
@@ -111,10 +164,12 @@ async fn local_link(link: LocalLink, gateway: Arc<Gateway>, close: CancellationT
         link.role,
         &gateway,
         &close,
+        ping_interval,
     )
     .await
     {
-        tracing::warn!("in-process link closed: {e}");
+        crate::metrics::link_closed(e.reason());
+        tracing::warn!(role = link.role.name(), "in-process link closed: {e}");
     }
 }
 
@@ -126,15 +181,29 @@ async fn serve_link(
     role: Peer,
     gateway: &Gateway,
     close: &CancellationToken,
+    ping_interval: Duration,
 ) -> Result<(), LinkError> {
     queue
         .send(ToWorker::Listeners(gateway.listeners.clone()))
         .await?;
     // Push clients only send commands and queries; only worker hosts take client events.
     let routed = (role == Peer::Worker).then(|| gateway.router.add(queue.clone()));
-    let result = read_loop(&mut reader, gateway, &queue, close).await;
+    let result = read_loop(
+        &mut reader,
+        gateway,
+        &queue,
+        routed.as_deref(),
+        close,
+        ping_interval,
+    )
+    .await;
     if let Some(link) = routed {
         gateway.router.remove(link.id);
+        // On a stop, the link closes after its close events were flushed to the worker host,
+        // which runs them; otherwise they may be lost with it.
+        if !close.is_cancelled() {
+            gateway.router.resend_closes(&link);
+        }
     }
     result
 }
@@ -143,9 +212,13 @@ async fn read_loop(
     reader: &mut LinkReader<ToGateway>,
     gateway: &Gateway,
     queue: &mpsc::Sender<ToWorker>,
+    routed: Option<&WorkerLink>,
     close: &CancellationToken,
+    ping_interval: Duration,
 ) -> Result<(), LinkError> {
-    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let stall = ping_interval * SILENT_INTERVALS;
+    let mut ping = tokio::time::interval(ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut silent = 0;
     loop {
         let message = tokio::select! {
@@ -153,9 +226,10 @@ async fn read_loop(
             _ = ping.tick() => {
                 silent += 1;
                 if silent > SILENT_INTERVALS {
-                    return Err(LinkError::Silent(PING_INTERVAL * SILENT_INTERVALS));
+                    return Err(LinkError::Silent(stall));
                 }
-                queue.send(ToWorker::Ping).await?;
+                // A full queue is the write timeout's business, not the ping's.
+                let _ = queue.try_send(ToWorker::Ping);
                 continue;
             }
             message = reader.recv() => message?,
@@ -166,7 +240,19 @@ async fn read_loop(
             Some(ToGateway::Command(command)) => gateway.state.execute(command),
             Some(ToGateway::Query { id, query }) => {
                 let reply = gateway.state.answer(&query);
-                queue.send(ToWorker::Reply { id, reply }).await?;
+                tokio::time::timeout(stall, queue.send(ToWorker::Reply { id, reply }))
+                    .await
+                    .map_err(|_| LinkError::Backlogged(LINK_QUEUE))??;
+            }
+            Some(ToGateway::Done(done)) => {
+                if let Some(link) = routed {
+                    for (client, events) in done {
+                        link.done(client, events);
+                    }
+                }
+            }
+            Some(ToGateway::Ping) => {
+                let _ = queue.try_send(ToWorker::Pong);
             }
             Some(ToGateway::Pong) => {}
         }

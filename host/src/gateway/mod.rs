@@ -90,7 +90,10 @@ impl BoundGateway {
         };
         let gateway = Arc::new(Gateway {
             state: Arc::new(GatewayState::new(address, limits, counters.clone())),
-            router: Arc::new(Router::default()),
+            router: Arc::new(Router::new(
+                config.max_events_in_flight,
+                config.no_worker_hold,
+            )),
             listeners,
             secret,
             counters,
@@ -151,6 +154,7 @@ impl BoundGateway {
             self.gateway.clone(),
             shutdown.clone(),
             close_links.clone(),
+            self.config.link_ping_interval,
         ));
         let config = &self.config;
         let ping = Bytes::from(config.ping_data.clone().into_bytes());

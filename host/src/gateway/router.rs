@@ -1,21 +1,32 @@
-//! Which worker host handles a client's events.
+//! Which worker host handles a client's events, and how many of them may be in flight.
 //!
 //! The default (GatewayWorker's `routerBind`) binds each client to one worker-host link on its
 //! first event, choosing the link with the fewest bound clients, and keeps sending that
 //! client's events there, which is what keeps them in order. When the bound link goes away the
 //! client is re-bound on its next event. While no worker host is linked (at startup, or while
-//! all are restarting) an event waits up to [`WAIT_FOR_WORKER`] for one instead of being dropped.
+//! all are restarting) an event waits up to `no_worker_hold` for one instead of being dropped.
+//!
+//! Each client has a window of `max_events_in_flight` events on its link: an event takes one
+//! slot, the worker host's `Done` gives it back once the event ran (or was dropped). A client
+//! whose window is full waits, and its connection stops reading its socket: a flood slows the
+//! flooder, never the link or the other clients on it. A link that goes away closes the
+//! windows of its clients, which re-bind.
+//!
+//! A client's close event is remembered until the worker host is done with it (and with
+//! every event before it); if the link goes away first, the close goes to another worker
+//! host ([`Router::resend_closes`]), so `on-close` runs at least once for every client, and
+//! twice if the link died after the callback ran but before its acknowledgement arrived.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::wire::messages::ToWorker;
-
-/// How long an event waits for a worker host to be linked before its client is closed.
-pub const WAIT_FOR_WORKER: Duration = Duration::from_secs(5);
+use crate::client_id::ClientId;
+use crate::wire::codec::check_frame;
+use crate::wire::messages::{EventKind, ToWorker};
 
 /// One linked worker host, as the router sees it.
 pub struct WorkerLink {
@@ -24,6 +35,38 @@ pub struct WorkerLink {
     /// The worker host's outbound queue (events and query replies).
     pub queue: mpsc::Sender<ToWorker>,
     bound: AtomicUsize,
+    /// The windows of the clients bound to this link.
+    windows: Mutex<HashMap<ClientId, Arc<Semaphore>>>,
+    /// Close events sent and not yet done, with how many of the client's events (the close
+    /// included) the worker host has still to finish.
+    closes: Mutex<HashMap<ClientId, (u32, ToWorker)>>,
+}
+
+impl WorkerLink {
+    /// Gives back `events` slots of `client`'s window (the worker host is done with them).
+    pub fn done(&self, client: ClientId, events: u32) {
+        // Under the closes lock, as a close's count of events in flight is taken, so that the
+        // two agree on which events it includes.
+        let mut closes = self.closes.lock().unwrap_or_else(|e| e.into_inner());
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = windows.get(&client) {
+            window.add_permits(events as usize);
+        }
+        drop(windows);
+        if let Some((outstanding, _)) = closes.get_mut(&client) {
+            *outstanding = outstanding.saturating_sub(events);
+            if *outstanding == 0 {
+                closes.remove(&client);
+            }
+        }
+    }
+
+    fn close(&self) {
+        let windows = std::mem::take(&mut *self.windows.lock().unwrap_or_else(|e| e.into_inner()));
+        for window in windows.into_values() {
+            window.close();
+        }
+    }
 }
 
 /// The worker-host links of one gateway.
@@ -31,6 +74,8 @@ pub struct Router {
     links: RwLock<Vec<Arc<WorkerLink>>>,
     next_id: AtomicU64,
     count: watch::Sender<usize>,
+    window: u32,
+    hold: Duration,
 }
 
 /// No worker host took the event in time.
@@ -38,35 +83,50 @@ pub struct Router {
 #[error("no worker host is linked to this gateway")]
 pub struct NoWorker;
 
-/// A client's binding to a worker-host link; unbinds on drop.
+/// A client's binding to a worker-host link and its window there; unbinds on drop.
 #[derive(Default)]
-pub struct Binding(Option<Arc<WorkerLink>>);
+pub struct Binding(Option<Bound>);
 
-impl Drop for Binding {
-    fn drop(&mut self) {
-        if let Some(link) = self.0.take() {
-            link.bound.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
+struct Bound {
+    link: Arc<WorkerLink>,
+    client: ClientId,
+    window: Arc<Semaphore>,
 }
 
-impl Default for Router {
-    fn default() -> Self {
-        Self {
-            links: RwLock::new(Vec::new()),
-            next_id: AtomicU64::new(1),
-            count: watch::channel(0).0,
+impl Drop for Bound {
+    fn drop(&mut self) {
+        self.link.bound.fetch_sub(1, Ordering::Relaxed);
+        let mut windows = self.link.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows
+            .get(&self.client)
+            .is_some_and(|w| Arc::ptr_eq(w, &self.window))
+        {
+            windows.remove(&self.client);
         }
     }
 }
 
 impl Router {
+    /// A router with no links yet: each client may have `window` events in flight, and an
+    /// event waits at most `hold` for a worker host while none is linked.
+    pub fn new(window: u32, hold: Duration) -> Self {
+        Self {
+            links: RwLock::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            count: watch::channel(0).0,
+            window,
+            hold,
+        }
+    }
+
     /// Adds a link whose outbound queue is `queue`.
     pub fn add(&self, queue: mpsc::Sender<ToWorker>) -> Arc<WorkerLink> {
         let link = Arc::new(WorkerLink {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             queue,
             bound: AtomicUsize::new(0),
+            windows: Mutex::default(),
+            closes: Mutex::default(),
         });
         let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
         links.push(link.clone());
@@ -74,10 +134,16 @@ impl Router {
         link
     }
 
-    /// Removes a link; clients bound to it are re-bound on their next event.
+    /// Removes a link; clients bound to it are re-bound on their next event, and a client
+    /// waiting on its window there re-binds at once.
     pub fn remove(&self, id: u64) {
         let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
-        links.retain(|l| l.id != id);
+        links.retain(|l| {
+            if l.id == id {
+                l.close();
+            }
+            l.id != id
+        });
         self.count.send_replace(links.len());
     }
 
@@ -97,32 +163,100 @@ impl Router {
         self.len() == 0
     }
 
-    /// Sends `message` to the client's bound worker host, binding it first if needed.
-    pub async fn forward(
-        &self,
-        binding: &mut Binding,
-        mut message: ToWorker,
-    ) -> Result<(), NoWorker> {
+    /// Sends `client`'s event to its bound worker host, binding it first if needed, once its
+    /// window has room. An event too large for an internal frame is dropped alone (a close
+    /// event goes without the session that made it too large).
+    pub async fn forward(&self, binding: &mut Binding, message: ToWorker) -> Result<(), NoWorker> {
+        let Some(mut message) = fit(message) else {
+            return Ok(());
+        };
+        let ToWorker::Event { client, .. } = &message else {
+            unreachable!("only client events are routed")
+        };
+        let client = client.id;
         loop {
-            let link = match &binding.0 {
-                Some(link) if !link.queue.is_closed() => link.clone(),
-                _ => {
-                    *binding = Binding::default();
-                    let link = self.pick().await?;
-                    link.bound.fetch_add(1, Ordering::Relaxed);
-                    binding.0 = Some(link.clone());
-                    link
-                }
+            let bound = match binding.0.take() {
+                Some(bound) if !bound.link.queue.is_closed() && !bound.window.is_closed() => bound,
+                _ => self.bind(client).await.inspect_err(|_| {
+                    crate::metrics::event_dropped("no_worker");
+                })?,
             };
+            let window = bound.window.clone();
+            let link = bound.link.clone();
+            binding.0 = Some(bound);
+            // A closed window: the link went away while we waited; re-bind.
+            let Ok(slot) = window.acquire().await else {
+                continue;
+            };
+            slot.forget();
+            // Remembered before it is sent, so that no acknowledgement can overtake it.
+            let close = matches!(
+                &message,
+                ToWorker::Event {
+                    kind: EventKind::Close,
+                    ..
+                }
+            );
+            if close {
+                let in_flight = self.window - window.available_permits() as u32;
+                link.closes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(client, (in_flight, message.clone()));
+            }
             match link.queue.send(message).await {
                 Ok(()) => return Ok(()),
-                // The link closed while we waited: rebind and try the next one.
+                // The link closed while we waited: re-bind and try the next one.
                 Err(mpsc::error::SendError(m)) => {
+                    if close {
+                        link.closes
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&client);
+                    }
                     self.remove(link.id);
                     message = m;
                 }
             }
         }
+    }
+
+    /// Sends the close events `link` (gone) had not finished to other worker hosts, in the
+    /// background; each waits for one as any event does.
+    pub fn resend_closes(self: &Arc<Self>, link: &WorkerLink) {
+        let closes: Vec<_> =
+            std::mem::take(&mut *link.closes.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_values()
+                .map(|(_, close)| close)
+                .collect();
+        if closes.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            clients = closes.len(),
+            "a worker-host link ended with close events unfinished: sending them to another"
+        );
+        let router = self.clone();
+        tokio::spawn(async move {
+            for close in closes {
+                let _ = router.forward(&mut Binding::default(), close).await;
+            }
+        });
+    }
+
+    async fn bind(&self, client: ClientId) -> Result<Bound, NoWorker> {
+        let link = self.pick().await?;
+        link.bound.fetch_add(1, Ordering::Relaxed);
+        let window = Arc::new(Semaphore::new(self.window as usize));
+        link.windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(client, window.clone());
+        Ok(Bound {
+            link,
+            client,
+            window,
+        })
     }
 
     async fn pick(&self) -> Result<Arc<WorkerLink>, NoWorker> {
@@ -137,7 +271,7 @@ impl Router {
                 }
             }
         };
-        tokio::time::timeout(WAIT_FOR_WORKER, pick)
+        tokio::time::timeout(self.hold, pick)
             .await
             .map_err(|_| NoWorker)
     }
@@ -150,4 +284,23 @@ impl Router {
             .min_by_key(|l| l.bound.load(Ordering::Relaxed))
             .cloned()
     }
+}
+
+/// The event as it can travel: itself if it fits in an internal frame; a close event without
+/// its session if only that does not fit; otherwise nothing (dropped, logged and counted).
+fn fit(message: ToWorker) -> Option<ToWorker> {
+    let Err(e) = check_frame(&message) else {
+        return Some(message);
+    };
+    let ToWorker::Event { mut client, kind } = message else {
+        return None;
+    };
+    if kind == EventKind::Close {
+        tracing::warn!(client = %client.id, "close event sent without the session: {e}");
+        client.session = Arc::default();
+        return Some(ToWorker::Event { client, kind });
+    }
+    crate::metrics::event_dropped("too_large");
+    tracing::warn!(client = %client.id, "event dropped: {e}");
+    None
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::links::{GatewayLinks, NoEvents};
+use crate::links::{DEFAULT_PING_INTERVAL, GatewayLinks, NoEvents};
 use crate::local::LocalGateways;
 use crate::ops::{GatewayApi, Gateways};
 use crate::register::{self, Announce};
@@ -98,7 +98,12 @@ impl PushClient {
         let listed =
             register::spawn_registration(registers, secret.clone(), Announce::Client, stop.clone());
         // A push client runs no gateway, so every link is a network link.
-        let links = GatewayLinks::new(secret, Peer::Client, LocalGateways::default());
+        let links = GatewayLinks::new(
+            secret,
+            Peer::Client,
+            LocalGateways::default(),
+            DEFAULT_PING_INTERVAL,
+        );
         links.start(listed.clone(), Arc::new(NoEvents), stop.clone());
         let linked = links.linked();
         let client = Self {

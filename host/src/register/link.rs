@@ -65,7 +65,9 @@ impl<M: Serialize + Send + 'static> LinkWriter<M> {
     /// Starts the writer task of a link.
     pub(super) fn spawn(writer: FrameWriter<OwnedWriteHalf>) -> Self {
         let (queue, messages) = mpsc::channel(LINK_QUEUE);
-        let task = AbortOnDropHandle::new(tokio::spawn(writer.forward(messages)));
+        let task = AbortOnDropHandle::new(tokio::spawn(
+            writer.forward(messages, PING_INTERVAL * SILENT_INTERVALS),
+        ));
         Self { queue, task }
     }
 

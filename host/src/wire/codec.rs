@@ -9,6 +9,7 @@
 //! a peer that announces a huge frame costs us four bytes, not the allocation.
 
 use std::io;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use serde::Serialize;
@@ -22,6 +23,23 @@ use tokio::sync::mpsc;
 /// closed; the others are untouched.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
+/// Room left in a frame for what wraps a checked message (an enum tag, a query id).
+const ENVELOPE: usize = 32;
+
+/// Checks that `message`, wrapped in a link message, fits in one frame of [`MAX_FRAME`]
+/// bytes, without encoding it: what a sender asks before queueing, on TCP and in-process
+/// links alike, so that a message too large fails alone and its sender can be told.
+pub fn check_frame<M: Serialize>(message: &M) -> Result<(), WireError> {
+    let len = postcard::experimental::serialized_size(message)? + ENVELOPE;
+    if len > MAX_FRAME {
+        return Err(WireError::FrameTooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    Ok(())
+}
+
 /// Bytes in a frame's length prefix.
 const HEADER: usize = 4;
 
@@ -29,7 +47,12 @@ const HEADER: usize = 4;
 /// without growing, cheap enough to hold per idle link.
 const INITIAL_BUFFER: usize = 4 * 1024;
 
-/// Why a frame could not be read or written; every variant ends the link it happened on.
+/// Bytes a writer gathers into one write before flushing; also the capacity its buffer
+/// shrinks back to after a larger burst.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Why a frame could not be read or written; every variant ends the link it happened on,
+/// except [`WireError::FrameTooLarge`] on the writing side, which fails one message.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     /// The socket failed.
@@ -55,6 +78,22 @@ pub enum WireError {
     /// The peer closed the connection in the middle of a frame.
     #[error("link closed in the middle of a frame")]
     Truncated,
+    /// Writing to the peer took longer than this: it stopped reading.
+    #[error("the peer read nothing for {0:?}: write timed out")]
+    WriteTimeout(Duration),
+}
+
+impl WireError {
+    /// A short, bounded name for the metric of links closed.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WireError::Io(_) | WireError::Truncated => "io",
+            WireError::FrameTooLarge { .. }
+            | WireError::Malformed(_)
+            | WireError::TrailingBytes { .. } => "bad_frame",
+            WireError::WriteTimeout(_) => "write_timeout",
+        }
+    }
 }
 
 /// The reading half of a link: turns bytes into typed messages.
@@ -211,25 +250,49 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Writes every message of `queue` until every sender is gone, batching whatever is
     /// queued at each wake-up into one write: the body of a link's writer task.
+    ///
+    /// A message too large for a frame is dropped alone (logged and counted), so one
+    /// oversized message never ends the link and what is queued behind it. A write that
+    /// takes longer than `write_timeout` (the peer stopped reading) ends the link. The buffer
+    /// shrinks back after a burst, so an idle link does not keep a burst's memory.
     pub async fn forward<M: Serialize>(
         mut self,
         mut queue: mpsc::Receiver<M>,
+        write_timeout: Duration,
     ) -> Result<(), WireError> {
         while let Some(first) = queue.recv().await {
-            self.feed(&first)?;
-            while let Ok(next) = queue.try_recv() {
-                self.feed(&next)?;
+            self.feed_or_drop(&first)?;
+            while self.buffer.len() < BATCH_BYTES
+                && let Ok(next) = queue.try_recv()
+            {
+                self.feed_or_drop(&next)?;
             }
-            self.flush().await?;
+            tokio::time::timeout(write_timeout, self.flush())
+                .await
+                .map_err(|_| WireError::WriteTimeout(write_timeout))??;
+            if self.buffer.capacity() > BATCH_BYTES {
+                self.buffer = Vec::with_capacity(INITIAL_BUFFER);
+            }
         }
         Ok(())
+    }
+
+    fn feed_or_drop<M: Serialize>(&mut self, message: &M) -> Result<(), WireError> {
+        match self.feed(message) {
+            Err(WireError::FrameTooLarge { len, max }) => {
+                crate::metrics::link_message_dropped("too_large");
+                tracing::warn!(
+                    "an internal link dropped a message of {len} bytes, over the frame limit of {max}"
+                );
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use serde::Deserialize;
     use tokio::io::{AsyncWriteExt, duplex};
 
@@ -247,6 +310,53 @@ mod tests {
             Sample::Text("héllo".into()),
             Sample::Text("x".repeat(100_000)),
         ]
+    }
+
+    #[test]
+    fn a_largest_client_message_fits_in_a_frame() {
+        assert!(crate::config::MAX_MESSAGE_SIZE_LIMIT as usize * 2 <= MAX_FRAME);
+    }
+
+    #[test]
+    fn check_frame_leaves_room_for_the_envelope() {
+        assert!(check_frame(&vec![0u8; 1024]).is_ok());
+        let result = check_frame(&vec![0u8; MAX_FRAME]);
+        assert!(
+            matches!(result, Err(WireError::FrameTooLarge { max: MAX_FRAME, .. })),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn forward_drops_an_oversized_message_and_goes_on() {
+        let (a, b) = duplex(1 << 20);
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(Sample::Small(1)).await.unwrap();
+        tx.send(Sample::Text("x".repeat(100))).await.unwrap();
+        tx.send(Sample::Small(2)).await.unwrap();
+        drop(tx);
+        FrameWriter::with_max_frame(a, 64)
+            .forward(rx, Duration::from_secs(5))
+            .await
+            .expect("an oversized message does not end the writer");
+        let mut reader = FrameReader::new(b);
+        assert_eq!(reader.recv().await.unwrap(), Some(Sample::Small(1)));
+        assert_eq!(reader.recv().await.unwrap(), Some(Sample::Small(2)));
+        assert_eq!(reader.recv::<Sample>().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn forward_times_out_on_a_peer_that_does_not_read() {
+        let (a, _b) = duplex(64);
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(Sample::Text("x".repeat(1000))).await.unwrap();
+        let result = FrameWriter::new(a)
+            .forward(rx, Duration::from_millis(100))
+            .await;
+        assert!(
+            matches!(result, Err(WireError::WriteTimeout(_))),
+            "{result:?}"
+        );
     }
 
     #[tokio::test]
@@ -306,7 +416,10 @@ mod tests {
             tx.send(sample).await.unwrap();
         }
         drop(tx);
-        FrameWriter::new(a).forward(rx).await.unwrap();
+        FrameWriter::new(a)
+            .forward(rx, Duration::from_secs(5))
+            .await
+            .unwrap();
         let mut reader = FrameReader::new(b);
         for sample in samples() {
             assert_eq!(reader.recv::<Sample>().await.unwrap(), Some(sample));

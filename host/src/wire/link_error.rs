@@ -44,6 +44,19 @@ impl<T> From<tokio::sync::mpsc::error::SendError<T>> for LinkError {
 }
 
 impl LinkError {
+    /// A short, bounded name for the metric of links closed.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LinkError::Handshake(_) => "handshake",
+            LinkError::Wire(e) => e.reason(),
+            LinkError::Connect(_) => "io",
+            LinkError::Closed => "closed",
+            LinkError::Silent(_) => "silent",
+            LinkError::Backlogged(_) => "write_timeout",
+            LinkError::NotAGateway(_) | LinkError::UnknownListener(_) => "bad_frame",
+        }
+    }
+
     /// Whether the link ended in a way that is not worth a warning: a port probe (a load
     /// balancer's health check) that connects and leaves during the handshake.
     pub fn is_quiet(&self) -> bool {

@@ -112,6 +112,8 @@ pub enum ToWorker {
     },
     /// Liveness; the worker host answers [`ToGateway::Pong`].
     Ping,
+    /// Answer to [`ToGateway::Ping`].
+    Pong,
 }
 
 /// Worker host (or push client) → gateway.
@@ -128,4 +130,9 @@ pub enum ToGateway {
     },
     /// Answer to [`ToWorker::Ping`].
     Pong,
+    /// The worker host is done with this many events of each client (run or dropped): the
+    /// gateway lets that client send as many more (its window of events in flight).
+    Done(Vec<(ClientId, u32)>),
+    /// Liveness; the gateway answers [`ToWorker::Pong`].
+    Ping,
 }

@@ -1,11 +1,19 @@
 //! Delivers client events to plugin instances, one client's events in order.
 //!
 //! Each gateway link hands its events straight to the [`Dispatcher`], which picks the app from
-//! the client's listener and the instance from a hash of the client id. Each instance has one
-//! driver task that runs its events (and its timers) one at a time. So a client's events
-//! reach one instance in the order its gateway sent them, and different clients run in
-//! parallel across instances. A new version of an app travels through the same driver queues
-//! as the events ([`Work::Swap`]), which is what keeps the order across a hot reload.
+//! the client's listener and the instance from a hash of the client id, and queues the event
+//! without waiting (a link's reader never waits on an instance). Each instance has one driver
+//! task that runs its events (and its timers) one at a time. So a client's events reach one
+//! instance in the order its gateway sent them, and different clients run in parallel across
+//! instances. Within an instance the clients take turns, one event each ([`InstanceQueue`]):
+//! a client that queued many events, or slow ones, delays another client by at most one of
+//! its events, not by all of them. A new version of an app travels through the same queues as
+//! the events (a swap closes the current round of turns), which is what keeps the order
+//! across a hot reload.
+//!
+//! Instance queues are bounded in events and in bytes; an event over either bound is dropped,
+//! counted and logged (close events excepted: `on-close` is owed to every client, and a
+//! client has only one). The gateway's per-client window keeps one client far below both.
 //!
 //! The driver also keeps GatewayWorker's `$_SESSION` consistent without its extra round trip:
 //! when a callback changed the session, the next event of that client may have left the
@@ -13,11 +21,11 @@
 //! session changes it has applied; when that is behind what this host wrote, the driver uses
 //! the session it wrote instead of the stale one in the event.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use super::bindings::{Client, WebsocketRequest};
@@ -27,20 +35,161 @@ use crate::links::{EventSink, Incoming};
 use crate::ops::{Command, Gateways, Session};
 use crate::wire::messages::{ClientContext, EventKind};
 
-/// Events one instance may have waiting before the link delivering to it waits.
-const INSTANCE_QUEUE: usize = 1024;
+/// Events one instance may have waiting; more are dropped.
+const INSTANCE_QUEUE: usize = 16 * 1024;
 
-/// What an instance driver is asked to do, in order.
+/// Bytes of events one instance may have waiting (payloads, plus [`EVENT_OVERHEAD`] each);
+/// more are dropped.
+const INSTANCE_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
+/// What an event costs in a queue besides its payload: its context and bookkeeping. A
+/// session is shared with the gateway's table (in-process) or decoded once per event.
+const EVENT_OVERHEAD: usize = 256;
+
+/// What an instance driver is asked to do next.
 enum Work {
     /// Run a client event.
     Event(Incoming),
     /// Continue with this new version's instance; the current one finishes first and runs
     /// `on-worker-stop`.
     Swap(PluginInstance),
+    /// Nothing queued yet.
+    Idle,
+    /// The queue is closed and empty: the instance stops.
+    Done,
+}
+
+/// One round of turns: the clients with events queued before the next swap.
+#[derive(Default)]
+struct Round {
+    /// Each client's events, in arrival order.
+    events: HashMap<ClientId, VecDeque<Incoming>>,
+    /// Whose turn is next; a client appears once while it has events.
+    turns: VecDeque<ClientId>,
+    /// The version that takes over once this round is empty.
+    swap: Option<PluginInstance>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    rounds: VecDeque<Round>,
+    events: usize,
+    bytes: usize,
+    closed: bool,
+}
+
+/// An instance's queue: clients take turns, one event each, in order per client; bounded in
+/// events and bytes.
+#[derive(Default)]
+struct InstanceQueue {
+    state: Mutex<QueueState>,
+    ready: Notify,
+}
+
+/// Why an event was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// The queue holds [`INSTANCE_QUEUE`] events or [`INSTANCE_QUEUE_BYTES`] bytes.
+    Full,
+    /// The instance is stopping.
+    Closed,
+}
+
+fn cost(event: &Incoming) -> usize {
+    let payload = match &event.kind {
+        EventKind::Message(data) => data.len(),
+        _ => 0,
+    };
+    payload + EVENT_OVERHEAD
+}
+
+impl InstanceQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `event`; a refused one is dropped here (its `Done` acknowledges it).
+    fn push(&self, event: Incoming) -> Result<(), Refused> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Refused::Closed);
+        }
+        let cost = cost(&event);
+        let full = state.events >= INSTANCE_QUEUE || state.bytes + cost > INSTANCE_QUEUE_BYTES;
+        if full && !matches!(event.kind, EventKind::Close) {
+            return Err(Refused::Full);
+        }
+        state.events += 1;
+        state.bytes += cost;
+        if state.rounds.back().is_none_or(|r| r.swap.is_some()) {
+            state.rounds.push_back(Round::default());
+        }
+        let round = state.rounds.back_mut().expect("pushed above");
+        let client = event.client.id;
+        let queued = round.events.entry(client).or_default();
+        if queued.is_empty() {
+            round.turns.push_back(client);
+        }
+        queued.push_back(event);
+        drop(state);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn push_swap(&self, instance: PluginInstance) {
+        let mut state = self.lock();
+        match state.rounds.back_mut() {
+            Some(round) if round.swap.is_none() => round.swap = Some(instance),
+            _ => state.rounds.push_back(Round {
+                swap: Some(instance),
+                ..Round::default()
+            }),
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    fn pop(&self) -> Work {
+        let mut state = self.lock();
+        while let Some(round) = state.rounds.front_mut() {
+            if let Some(client) = round.turns.pop_front() {
+                let queued = round.events.get_mut(&client).expect("a turn has events");
+                let event = queued.pop_front().expect("a turn has events");
+                if queued.is_empty() {
+                    round.events.remove(&client);
+                } else {
+                    round.turns.push_back(client);
+                }
+                state.events -= 1;
+                state.bytes -= cost(&event);
+                return Work::Event(event);
+            }
+            let round = state.rounds.pop_front().expect("front exists");
+            if let Some(instance) = round.swap {
+                return Work::Swap(instance);
+            }
+        }
+        if state.closed { Work::Done } else { Work::Idle }
+    }
+
+    /// The next work, waiting while there is none.
+    async fn next(&self) -> Work {
+        loop {
+            match self.pop() {
+                Work::Idle => self.ready.notified().await,
+                work => return work,
+            }
+        }
+    }
 }
 
 /// The running instances of one app (their drivers' queues).
-type App = Vec<mpsc::Sender<Work>>;
+type App = Vec<Arc<InstanceQueue>>;
 
 /// Routes events to the instances of the running apps.
 pub struct Dispatcher {
@@ -48,8 +197,8 @@ pub struct Dispatcher {
     gateways: Arc<dyn Gateways>,
     hasher: RandomState,
     drivers: TaskTracker,
-    /// Events dropped per app that has no plugin, for the log.
-    dropped: Mutex<HashMap<String, u64>>,
+    /// Events dropped per app and reason, for the log.
+    dropped: Mutex<HashMap<(String, &'static str), u64>>,
 }
 
 impl Dispatcher {
@@ -77,51 +226,83 @@ impl Dispatcher {
         match running {
             Some(drivers) => {
                 for (driver, instance) in drivers.iter().zip(instances) {
-                    let _ = driver.send(Work::Swap(instance)).await;
+                    driver.push_swap(instance);
                 }
             }
             None => {
                 let drivers = instances
                     .into_iter()
                     .map(|instance| {
-                        let (tx, rx) = mpsc::channel(INSTANCE_QUEUE);
+                        let queue = Arc::new(InstanceQueue::default());
                         self.drivers
-                            .spawn(drive(instance, rx, self.gateways.clone()));
-                        tx
+                            .spawn(drive(instance, queue.clone(), self.gateways.clone()));
+                        queue
                     })
                     .collect();
                 self.dropped
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .remove(app);
-                self.apps
+                    .retain(|(dropped_app, _), _| dropped_app != app);
+                let replaced = self
+                    .apps
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(app.to_owned(), drivers);
+                for queue in replaced.into_iter().flatten() {
+                    queue.close();
+                }
             }
         }
     }
 
     /// Stops serving `app`: its instances finish what is queued and run `on-worker-stop`.
     pub fn remove(&self, app: &str) {
-        self.apps
+        let removed = self
+            .apps
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(app);
+        for queue in removed.into_iter().flatten() {
+            queue.close();
+        }
     }
 
     /// Stops every app and waits until every instance has finished its queue and run
     /// `on-worker-stop`. Call it once no link delivers events any more.
     pub async fn stop(&self) {
-        self.apps.write().unwrap_or_else(|e| e.into_inner()).clear();
+        let apps = std::mem::take(&mut *self.apps.write().unwrap_or_else(|e| e.into_inner()));
+        for queue in apps.into_values().flatten() {
+            queue.close();
+        }
         self.drivers.close();
         self.drivers.wait().await;
     }
 }
 
+impl Dispatcher {
+    /// Counts and logs an event no plugin will see: the 1st, 2nd, 4th, 8th … per app and
+    /// reason, so a problem is visible without flooding the log.
+    fn dropped(&self, app: &str, reason: &'static str) {
+        crate::metrics::event_dropped(reason);
+        let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        let count = dropped.entry((app.to_owned(), reason)).or_default();
+        *count += 1;
+        if count.is_power_of_two() {
+            match reason {
+                "no_plugin" => {
+                    tracing::warn!(%app, dropped = *count, "no plugin for this app; events dropped")
+                }
+                _ => {
+                    tracing::warn!(%app, dropped = *count, "an instance queue is full ({INSTANCE_QUEUE} events or {INSTANCE_QUEUE_BYTES} bytes); events dropped")
+                }
+            }
+        }
+    }
+}
+
 impl EventSink for Dispatcher {
-    /// Queues `event` for the instance that serves its client; waits while that queue is full.
-    async fn deliver(&self, event: Incoming) {
+    /// Queues `event` for the instance that serves its client, without waiting.
+    fn deliver(&self, event: Incoming) {
         let driver = {
             let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
             apps.get(&event.listener.app).map(|instances| {
@@ -130,17 +311,15 @@ impl EventSink for Dispatcher {
             })
         };
         let Some(driver) = driver else {
-            let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
-            let count = dropped.entry(event.listener.app.clone()).or_default();
-            *count += 1;
-            // Log the 1st, 2nd, 4th, 8th … so a missing plugin is visible without flooding.
-            if count.is_power_of_two() {
-                tracing::warn!(app = %event.listener.app, dropped = *count, "no plugin for this app; events dropped");
-            }
+            self.dropped(&event.listener.app, "no_plugin");
             return;
         };
-        if driver.send(Work::Event(event)).await.is_err() {
-            tracing::error!("a plugin instance driver ended unexpectedly");
+        let listener = event.listener.clone();
+        match driver.push(event) {
+            Ok(()) => {}
+            Err(Refused::Full) => self.dropped(&listener.app, "queue_full"),
+            // Removed or replaced while this event was on its way.
+            Err(Refused::Closed) => self.dropped(&listener.app, "no_plugin"),
         }
     }
 }
@@ -157,19 +336,21 @@ struct SessionTrack {
 
 async fn drive(
     mut instance: PluginInstance,
-    mut work: mpsc::Receiver<Work>,
+    queue: Arc<InstanceQueue>,
     gateways: Arc<dyn Gateways>,
 ) {
     let mut sessions: HashMap<ClientId, SessionTrack> = HashMap::new();
     loop {
+        // `next` takes work off the queue only in the poll that returns it, so the branch
+        // that loses the race loses nothing.
         tokio::select! {
-            next = work.recv() => match next {
-                Some(Work::Event(event)) => handle(&mut instance, &mut sessions, &*gateways, event).await,
-                Some(Work::Swap(new)) => {
+            next = queue.next() => match next {
+                Work::Event(event) => handle(&mut instance, &mut sessions, &*gateways, event).await,
+                Work::Swap(new) => {
                     let mut old = std::mem::replace(&mut instance, new);
                     old.stop().await;
                 }
-                None => break,
+                Work::Idle | Work::Done => break,
             },
             id = instance.next_timer() => {
                 let _ = instance.call(Call::Timer(id)).await;
@@ -185,10 +366,12 @@ async fn handle(
     gateways: &dyn Gateways,
     event: Incoming,
 ) {
+    // `_done` acknowledges the event to its gateway once the callback is over.
     let Incoming {
         listener,
         client: context,
         kind,
+        done: _done,
     } = event;
     let id = context.id;
     let track = sessions
@@ -262,5 +445,74 @@ fn wit_client(context: &ClientContext, listener: &str, port: u16, session: &Sess
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::links::Done;
+    use crate::wire::messages::ListenerInfo;
+
+    fn event(client: u32, text: &'static str) -> Incoming {
+        let id = ClientId::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1), client);
+        Incoming {
+            listener: Arc::new(ListenerInfo {
+                name: "l".into(),
+                app: "app".into(),
+                port: 1,
+            }),
+            client: ClientContext {
+                id,
+                remote: "127.0.0.1:2".parse().unwrap(),
+                listener: 0,
+                uid: None,
+                session: Arc::default(),
+                session_version: 0,
+            },
+            kind: EventKind::Message(Bytes::from_static(text.as_bytes())),
+            done: Done::detached(id),
+        }
+    }
+
+    fn popped(queue: &InstanceQueue) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Work::Event(e) = queue.pop() {
+            let EventKind::Message(data) = e.kind else {
+                unreachable!()
+            };
+            out.push(String::from_utf8(data.to_vec()).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn clients_take_turns_and_keep_their_order() {
+        let queue = InstanceQueue::default();
+        for text in ["a1", "a2", "a3"] {
+            queue.push(event(1, text)).unwrap();
+        }
+        queue.push(event(2, "b1")).unwrap();
+        queue.push(event(3, "c1")).unwrap();
+        queue.push(event(2, "b2")).unwrap();
+        assert_eq!(popped(&queue), ["a1", "b1", "c1", "a2", "b2", "a3"]);
+        assert_eq!(queue.lock().events, 0);
+        assert_eq!(queue.lock().bytes, 0);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_events_but_not_closes() {
+        let queue = InstanceQueue::default();
+        queue.lock().events = INSTANCE_QUEUE;
+        assert_eq!(queue.push(event(1, "x")).err(), Some(Refused::Full));
+        let mut close = event(1, "");
+        close.kind = EventKind::Close;
+        assert!(queue.push(close).is_ok());
+        queue.close();
+        assert_eq!(queue.push(event(1, "x")).err(), Some(Refused::Closed));
     }
 }

@@ -62,7 +62,12 @@ impl WorkerHost {
             memory_limit: config.memory_limit.as_u64() as usize,
         })?;
         runtime = runtime.with_cache(config.cache_dir());
-        let links = GatewayLinks::new(secret.clone(), Peer::Worker, local);
+        let links = GatewayLinks::new(
+            secret.clone(),
+            Peer::Worker,
+            local,
+            config.link_ping_interval,
+        );
         let dispatcher = Dispatcher::new(links.clone());
         Ok(Self {
             config,

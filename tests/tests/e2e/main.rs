@@ -12,6 +12,7 @@ mod cli;
 mod conformance;
 mod heartbeat;
 mod hostile_clients;
+mod hostile_links;
 mod hot_reload;
 mod internal_links;
 mod limits;

@@ -1,0 +1,355 @@
+//! Internal links under hostile load: a client that floods its gateway, a message too large
+//! for a frame, and peers that stop answering (frozen with SIGSTOP) are each cut off alone,
+//! while a bystander client's replies keep arriving.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use wasmgate::config::Protocol;
+use wasmgate_tests::client::TestClient;
+use wasmgate_tests::cluster::{Cluster, Node, PluginsDir, SECRET, free_port};
+use wasmgate_tests::plugins;
+
+use crate::BIN;
+
+/// The links' ping interval in the process tests: a frozen peer is dropped within three.
+const PING: Duration = Duration::from_millis(300);
+
+/// Asks `question` and returns how long the answer took; fails if it never comes.
+async fn timed_ask(client: &mut TestClient, question: &str, expected: &str) -> Duration {
+    let started = Instant::now();
+    client
+        .send(question)
+        .await
+        .expect("the client is connected");
+    let answer = client
+        .recv_within(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|_| panic!("{question:?} was not answered within 10 s"));
+    assert_eq!(answer, expected);
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_does_not_delay_a_bystander() {
+    // One instance: the flooder and the bystander share the link and the instance.
+    let cluster = Cluster::start(("commands", plugins::COMMANDS), &[Protocol::Ws], 1, 1).await;
+    let addr = cluster.gateways[0].client_addr;
+    let mut flooder = TestClient::ws(addr, "/").await.unwrap();
+    let mut bystander = TestClient::ws(addr, "/").await.unwrap();
+    assert_eq!(bystander.ask("join room").await, "joined room");
+    // Queries go to the gateway and back over the same link as the events: a link reader
+    // that waited on the instance would stall their replies, and everything behind them.
+    for _ in 0..3000 {
+        flooder.send("count room").await.unwrap();
+    }
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let took = timed_ask(&mut bystander, &format!("echo {i}"), &i.to_string()).await;
+        slowest = slowest.max(took);
+        let took = timed_ask(&mut bystander, "count room", "count room 1").await;
+        slowest = slowest.max(took);
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "the bystander waited {slowest:?} behind the flood"
+    );
+    // The flooder is slowed, not dropped: its replies all arrive, in order.
+    for _ in 0..3000 {
+        let reply = flooder.recv_within(Duration::from_secs(30)).await;
+        assert_eq!(reply.as_deref(), Ok("count room 1"));
+    }
+    cluster.stop().await;
+}
+
+fn register(port: u16) -> Node {
+    Node::start(
+        BIN,
+        &format!("secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+}
+
+fn gateway(port: u16, register: u16) -> Node {
+    Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{port}\"\napp = \"commands\"\n\
+             register = \"127.0.0.1:{register}\"\nlink_ping_interval = \"{}ms\"\n",
+            PING.as_millis()
+        ),
+    )
+}
+
+fn worker(name: &str, plugins: &Path, register: u16) -> Node {
+    Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[worker]\nname = \"{name}\"\nplugins = {plugins:?}\ninstances = 1\n\
+             register = \"127.0.0.1:{register}\"\nlink_ping_interval = \"{}ms\"\n",
+            PING.as_millis()
+        ),
+    )
+}
+
+/// Connects once the gateway listens, and returns once a worker host answers.
+async fn client(port: u16) -> TestClient {
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..400 {
+        if let Ok(mut c) = TestClient::ws(addr, "/").await {
+            c.send("echo ready").await.unwrap();
+            if c.recv_within(Duration::from_secs(1)).await.as_deref() == Ok("ready") {
+                return c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gateway on port {port} never served a client");
+}
+
+/// Sends `echo` until answered within `wait` each time, for at most `within`; returns how long
+/// it took. An event already handed to a peer that then froze is lost with it.
+async fn served_within(client: &mut TestClient, what: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        client.send(&format!("echo {what}")).await.unwrap();
+        if let Ok(reply) = client.recv_within(Duration::from_millis(200)).await {
+            assert_eq!(reply, what);
+            return started.elapsed();
+        }
+    }
+    panic!("{what:?} was not served within {within:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_host_is_routed_around() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let r = free_port();
+    let _register = register(r);
+    let g = free_port();
+    let gateway = gateway(g, r);
+    let w1 = worker("w1", plugins.path(), r);
+    let w2 = worker("w2", plugins.path(), r);
+    w1.wait_for_line(&["linked to gateway"]).await;
+    w2.wait_for_line(&["linked to gateway"]).await;
+    // Both worker hosts linked: the two clients go one to each (least connections).
+    let mut a = client(g).await;
+    let mut b = client(g).await;
+    w1.signal("STOP").await;
+    // The client bound to the frozen host is re-bound within three ping intervals (plus the
+    // event lost with the host); the other, the bystander, is not delayed at all.
+    let limit = PING * 3 + Duration::from_secs(2);
+    let took_a = served_within(&mut a, "a", limit).await;
+    let took_b = served_within(&mut b, "b", limit).await;
+    w1.signal("CONT").await;
+    assert!(
+        took_a.min(took_b) < Duration::from_millis(200),
+        "the bystander waited: {took_a:?} {took_b:?}"
+    );
+    gateway
+        .wait_for_line(&["internal link closed", "silent"])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_gateway_is_unlinked() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let r = free_port();
+    let _register = register(r);
+    let (g1, g2) = (free_port(), free_port());
+    let frozen = gateway(g1, r);
+    let _gateway2 = gateway(g2, r);
+    let worker = worker("w", plugins.path(), r);
+    let mut a = client(g1).await;
+    let mut bystander = client(g2).await;
+    assert_eq!(a.ask("join g").await, "joined g");
+    assert_eq!(bystander.ask("join g").await, "joined g");
+    // Both gateways answer the worker host's queries.
+    for _ in 0..200 {
+        if bystander.ask("count g").await == "count g 2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    frozen.signal("STOP").await;
+    // A query to every gateway waits for the frozen one (up to its 1 s timeout) only until
+    // the worker host drops that link: within three ping intervals.
+    let started = Instant::now();
+    loop {
+        let took = timed_ask(&mut bystander, "count g", "count g 1").await;
+        if took < Duration::from_millis(200) {
+            break;
+        }
+        assert!(
+            started.elapsed() < PING * 3 + Duration::from_secs(3),
+            "queries still wait for the frozen gateway after {:?}",
+            started.elapsed()
+        );
+    }
+    // A broadcast reaches the bystander without waiting on the frozen gateway.
+    let started = Instant::now();
+    bystander.send("pub g still here").await.unwrap();
+    assert_eq!(bystander.recv().await, "still here");
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(200), "{took:?}");
+    frozen.signal("CONT").await;
+    worker.wait_for_line(&["gateway link down", "silent"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_for_a_frame_fails_alone() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let r = free_port();
+    let _register = register(r);
+    let g = free_port();
+    let gateway = gateway(g, r);
+    let worker = worker("w", plugins.path(), r);
+    let mut writer = client(g).await;
+    let mut bystander = client(g).await;
+    // 24 session values of 800 KB: past about 20 of them, every event of this client carries
+    // a session larger than an internal frame.
+    let value = "v".repeat(800_000);
+    for i in 0..24 {
+        writer.send(&format!("set k{i} {value}")).await.unwrap();
+        let took = timed_ask(&mut bystander, &format!("echo {i}"), &i.to_string()).await;
+        assert!(
+            took < Duration::from_secs(1),
+            "the bystander waited {took:?}"
+        );
+    }
+    gateway
+        .wait_for_line(&["event dropped", "exceeds the limit"])
+        .await;
+    // The link was never closed: neither end logged it.
+    assert!(
+        !gateway.logs().contains("internal link closed"),
+        "{}",
+        gateway.logs()
+    );
+    assert!(
+        !worker.logs().contains("gateway link down"),
+        "{}",
+        worker.logs()
+    );
+}
+
+fn chat_worker(name: &str, plugins: &Path, register: u16) -> Node {
+    Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[worker]\nname = \"{name}\"\nplugins = {plugins:?}\ninstances = 1\n\
+             register = \"127.0.0.1:{register}\"\nlink_ping_interval = \"{}ms\"\n",
+            PING.as_millis()
+        ),
+    )
+}
+
+/// Connects a chat client and logs it in to `lobby` as `name`.
+async fn chat_login(port: u16, name: &str) -> TestClient {
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut client = TestClient::ws(addr, "/").await.unwrap();
+    assert!(client.recv().await.contains("\"hello\""));
+    client
+        .send(&format!(
+            r#"{{"type": "login", "name": "{name}", "room": "lobby"}}"#
+        ))
+        .await
+        .unwrap();
+    chat_wait_for(&mut client, "\"welcome\"").await;
+    client
+}
+
+/// Reads until a message containing `needle` arrives (bounded).
+async fn chat_wait_for(client: &mut TestClient, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(message) = client.recv_within(Duration::from_millis(200)).await
+            && message.contains(needle)
+        {
+            return message;
+        }
+    }
+    panic!("no message with {needle:?} within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_hosts_clients_get_on_close_from_another() {
+    let plugins = PluginsDir::with(&[("chat", plugins::CHAT)]);
+    let r = free_port();
+    let _register = register(r);
+    let g = free_port();
+    let _gateway = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"chat\"\n\
+             register = \"127.0.0.1:{r}\"\nlink_ping_interval = \"{}ms\"\n",
+            PING.as_millis()
+        ),
+    );
+    let doomed = chat_worker("w1", plugins.path(), r);
+    let w2 = chat_worker("w2", plugins.path(), r);
+    doomed.wait_for_line(&["linked to gateway"]).await;
+    w2.wait_for_line(&["linked to gateway"]).await;
+    // Least connections: one client on each worker host.
+    let mut ada = chat_login(g, "Ada").await;
+    let mut bob = chat_login(g, "Bob").await;
+    chat_wait_for(&mut ada, "Bob").await;
+    doomed.signal("STOP").await;
+    // Whoever is served by the live host is heard; the other leaves while its host is frozen.
+    bob.send(r#"{"type": "say", "text": "probe"}"#)
+        .await
+        .unwrap();
+    let bob_is_live = ada
+        .recv_within(Duration::from_secs(1))
+        .await
+        .is_ok_and(|m| m.contains("probe"));
+    let (leaver, mut bystander, name) = if bob_is_live {
+        (ada, bob, "Ada")
+    } else {
+        (bob, ada, "Bob")
+    };
+    drop(leaver);
+    doomed.kill().await;
+    // The close event went to the frozen host and died with it: the gateway sends it again to
+    // the live host, whose `on-close` tells the room.
+    let left = chat_wait_for(&mut bystander, "\"leave\"").await;
+    assert!(left.contains(name), "{left}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looping_events_hold_up_other_clients_for_one_timeout_at_most() {
+    let timeout = Duration::from_secs(1);
+    let plugins = PluginsDir::with(&[("misbehave", plugins::MISBEHAVE)]);
+    let r = free_port();
+    let _register = register(r);
+    let g = free_port();
+    let _gateway = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"misbehave\"\n\
+             register = \"127.0.0.1:{r}\"\n"
+        ),
+    );
+    // One instance: the looping client and the bystander share it.
+    let _worker = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[worker]\nplugins = {:?}\ninstances = 1\nprocess_timeout = \"{}ms\"\n\
+             register = \"127.0.0.1:{r}\"\n",
+            plugins.path(),
+            timeout.as_millis()
+        ),
+    );
+    let mut looper = client(g).await;
+    let mut bystander = client(g).await;
+    for _ in 0..3 {
+        looper.send("loop").await.unwrap();
+    }
+    // A loop never answers, so there is nothing to await: give the three a moment to reach
+    // the instance ahead of the bystander's event, which is what made it wait for all three.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let took = timed_ask(&mut bystander, "echo me", "me").await;
+    assert!(
+        took < timeout * 2,
+        "the bystander waited {took:?} behind another client's loops (process_timeout {timeout:?})"
+    );
+}
