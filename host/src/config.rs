@@ -333,6 +333,10 @@ pub struct WorkerConfig {
     /// Most linear memory one plugin instance may use.
     #[serde(default = "default_memory_limit")]
     pub memory_limit: ByteSize,
+    /// Largest plugin file loaded; a larger one is refused with an error naming the file,
+    /// and the running version keeps serving.
+    #[serde(default = "default_max_plugin_size")]
+    pub max_plugin_size: ByteSize,
     /// Where compiled plugins are cached, keyed by the file's content and the engine's
     /// configuration; defaults to `.cache` inside the plugins directory (see
     /// [`Self::cache_dir`]).
@@ -359,6 +363,9 @@ impl WorkerConfig {
         }
         if self.instances == 0 {
             return Err("`instances` must be at least 1".into());
+        }
+        if self.max_plugin_size.as_u64() == 0 {
+            return Err("`max_plugin_size` must be above 0".into());
         }
         Ok(())
     }
@@ -650,6 +657,10 @@ fn default_handshake_timeout() -> Duration {
 
 fn default_send_buffer() -> ByteSize {
     ByteSize::mib(1)
+}
+
+fn default_max_plugin_size() -> ByteSize {
+    ByteSize::mib(64)
 }
 
 fn default_worker_name() -> String {

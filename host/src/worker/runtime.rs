@@ -37,6 +37,12 @@ use crate::ops::{Gateways, Session};
 /// keep a busy guest from starving other tasks on its tokio worker.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// How far past `process_timeout` the wall-clock timer around a call fires. The epoch
+/// interrupts a guest that computes; the timer is for a guest parked inside a host call (a
+/// sleep, a blocking read, a full link), where no epoch check runs. Firing slightly later
+/// lets the epoch, which leaves the store usable for its error report, win when both apply.
+const TIMER_SLACK: Duration = Duration::from_millis(50);
+
 /// The sandbox limits applied to every instance.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -112,6 +118,19 @@ pub enum CallError {
     /// A grant from the configuration could not be given (e.g. a missing directory).
     #[error("cannot apply the app's grants: {0}")]
     Grant(String),
+}
+
+/// Runs `call` for at most `limit` (plus [`TIMER_SLACK`]) of wall-clock time. On expiry the
+/// call's future is dropped where it stood, and with it any host call it was parked in; the
+/// store it borrowed is then unusable, so the caller must discard the instance.
+async fn within<T>(
+    limit: Duration,
+    callback: &'static str,
+    call: impl Future<Output = Result<T, CallError>>,
+) -> Result<T, CallError> {
+    tokio::time::timeout(limit + TIMER_SLACK, call)
+        .await
+        .unwrap_or(Err(CallError::Timeout { callback, limit }))
 }
 
 impl CallError {
@@ -392,7 +411,9 @@ impl PluginInstance {
     /// Instantiates the plugin and runs `on-worker-start`, unless already started.
     pub async fn start(&mut self) -> Result<(), CallError> {
         if self.live.is_none() {
-            let live = self.instantiate().await?;
+            // Instantiation and on-worker-start have a process_timeout each.
+            let limit = self.limits.process_timeout * 2;
+            let live = within(limit, "on-worker-start", self.instantiate()).await?;
             self.live = Some(live);
         }
         Ok(())
@@ -415,7 +436,11 @@ impl PluginInstance {
         {
             return Ok(CallOutcome::default());
         }
-        let run = live.run(call, self.limits);
+        let run = within(
+            self.limits.process_timeout,
+            call.callback(),
+            live.run(call, self.limits),
+        );
         match metrics::plugin_call(self.code.name(), call.callback(), run, CallError::outcome).await
         {
             Ok(outcome) => Ok(outcome),
@@ -451,19 +476,19 @@ impl PluginInstance {
         let state = live.store.data_mut();
         state.call_started = Instant::now();
         live.store.set_epoch_deadline(1);
-        let result = live
-            .plugin
-            .wasmgate_plugin_events()
-            .call_on_worker_stop(&mut live.store)
-            .await;
-        match result {
+        let limits = self.limits;
+        let stopping = async {
+            let events = live.plugin.wasmgate_plugin_events();
+            let result = events.call_on_worker_stop(&mut live.store).await;
+            result.map_err(|e| classify(e, "on-worker-stop", live.store.data(), limits))
+        };
+        match within(limits.process_timeout, "on-worker-stop", stopping).await {
             Ok(()) => tracing::info!(
                 plugin = self.code.name(),
                 version = self.code.version(),
                 "on-worker-stop ran"
             ),
             Err(e) => {
-                let e = classify(e, "on-worker-stop", live.store.data(), self.limits);
                 tracing::error!(
                     plugin = self.code.name(),
                     version = self.code.version(),

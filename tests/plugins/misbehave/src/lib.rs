@@ -7,6 +7,8 @@
 //!   host's `memory_limit` the allocation fails and the instance aborts (traps). A size that is
 //!   not a number gets `error usage: alloc <MiB>`.
 //! - `trap` → panics, which traps.
+//! - `sleep <ms>` → sleeps that long inside a host call (a WASI clock poll, where no epoch
+//!   check runs), then `slept <ms>`.
 //! - `instance` → `calls <n>`: the number of messages this instance has handled, this one
 //!   included. A fresh instance answers `calls 1`, so a test can tell it from a reused one.
 //!
@@ -96,6 +98,13 @@ impl Plugin for Misbehave {
                 None => b"error usage: alloc <MiB>".to_vec(),
             },
             b"trap" => panic!("misbehave: trap requested"),
+            b"sleep" => match std::str::from_utf8(arg).ok().and_then(|a| a.parse().ok()) {
+                Some(ms) => {
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    format!("slept {ms}").into_bytes()
+                }
+                None => b"error usage: sleep <ms>".to_vec(),
+            },
             b"instance" => format!("calls {calls}").into_bytes(),
             b"env" => std::env::var(String::from_utf8_lossy(arg).as_ref())
                 .unwrap_or_else(|_| "unset".into())

@@ -1,0 +1,176 @@
+//! Plugins and plugin files that misbehave against the host: a guest parked in a host call
+//! (a sleep, a read of a FIFO) is stopped at `process_timeout` and never holds up a stop; a
+//! plugin file that is not a regular file, or is too large, is refused without hanging the
+//! start or the stop. Each runs the real command, with bystander clients of the same
+//! instance and of another app whose replies must keep coming.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use wasmgate_tests::client::TestClient;
+use wasmgate_tests::cluster::{Node, SECRET, connect_ws, free_port};
+use wasmgate_tests::plugins;
+
+use crate::BIN;
+
+/// Longest a stop may take here: the graceful stop's own bounds, with room for a loaded
+/// machine, far below a guest that sleeps for a minute.
+const STOP_BOUND: Duration = Duration::from_secs(12);
+
+/// A node with one instance of app `m` on `ws://…:<m>` and app `other` on `ws://…:<other>`,
+/// both from `plugins`, with `worker` as extra `[worker]` keys; returns (node, m, other).
+fn node(plugins: &Path, worker: &str) -> (Node, u16, u16) {
+    let (r, m, other) = (free_port(), free_port(), free_port());
+    let node = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
+             [[gateway]]\nlisten = \"ws://127.0.0.1:{m}\"\napp = \"m\"\nregister = \"127.0.0.1:{r}\"\n\
+             [[gateway]]\nlisten = \"ws://127.0.0.1:{other}\"\napp = \"other\"\nregister = \"127.0.0.1:{r}\"\n\
+             [worker]\nplugins = {plugins:?}\ninstances = 1\nregister = \"127.0.0.1:{r}\"\n{worker}\n"
+        ),
+    );
+    (node, m, other)
+}
+
+fn mkfifo(path: &Path) {
+    let made = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+/// Asks `client` `question` and expects `answer` within `wait`.
+async fn answers(client: &mut TestClient, question: &str, answer: &str, wait: Duration) {
+    let asked = Instant::now();
+    client.send(question).await.unwrap();
+    let reply = client.recv_within(wait).await;
+    assert_eq!(
+        reply.as_deref().ok(),
+        Some(answer),
+        "{question:?} unanswered after {:?}",
+        asked.elapsed()
+    );
+}
+
+/// A guest parked in a host call with `command`: stopped at `process_timeout`, its instance
+/// replaced; the bystander on the same instance waits at most about one `process_timeout`,
+/// the one of another app not at all; SIGTERM then stops the process within bounds.
+async fn parked_guest_is_stopped(command: &str, plugins: &Path, worker: &str) {
+    let (mut node, m, other) = node(plugins, &format!("process_timeout = \"1s\"\n{worker}"));
+    let mut parked = connect_ws(m).await;
+    let mut same = connect_ws(m).await;
+    let mut elsewhere = connect_ws(other).await;
+    answers(&mut parked, "instance", "calls 1", Duration::from_secs(5)).await;
+    answers(&mut same, "echo warm", "warm", Duration::from_secs(5)).await;
+
+    let parked_at = Instant::now();
+    parked.send(command).await.unwrap();
+    answers(
+        &mut elsewhere,
+        "echo other",
+        "other",
+        Duration::from_secs(1),
+    )
+    .await;
+    // Queued behind the parked call on the same instance: served once it is cut off.
+    answers(&mut same, "echo same", "same", Duration::from_secs(4)).await;
+    let waited = parked_at.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "the bystander waited {waited:?} behind a 1 s process_timeout"
+    );
+    node.wait_for_line(&["ran past process_timeout", "\"m\""])
+        .await;
+    // The parked call never answers; its client is served by a fresh instance (which has
+    // served at most the bystander's one message; the old one had counted three).
+    parked.send("instance").await.unwrap();
+    let fresh = parked.recv_within(Duration::from_secs(3)).await;
+    assert!(
+        matches!(fresh.as_deref(), Ok("calls 1" | "calls 2")),
+        "{fresh:?}"
+    );
+    answers(
+        &mut elsewhere,
+        "echo still",
+        "still",
+        Duration::from_secs(1),
+    )
+    .await;
+
+    // The parked call is gone, so the stop has nothing to wait for; park another to be sure
+    // a call in progress does not hold up the stop either.
+    parked.send(command).await.unwrap();
+    answers(&mut same, "echo queued", "queued", Duration::from_secs(4)).await;
+    parked.send(command).await.unwrap();
+    let stopping = Instant::now();
+    let status = tokio::time::timeout(STOP_BOUND, node.terminate())
+        .await
+        .expect("SIGTERM did not stop the process");
+    assert!(status.success(), "{status:?}\n{}", node.logs());
+    assert!(stopping.elapsed() < STOP_BOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_asleep_in_a_host_call_is_stopped_at_process_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    for app in ["m", "other"] {
+        std::fs::copy(plugins::MISBEHAVE, dir.path().join(format!("{app}.wasm"))).unwrap();
+    }
+    parked_guest_is_stopped("sleep 60000", dir.path(), "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_blocked_reading_a_fifo_is_stopped_and_does_not_block_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    for app in ["m", "other"] {
+        std::fs::copy(plugins::MISBEHAVE, dir.path().join(format!("{app}.wasm"))).unwrap();
+    }
+    let data = tempfile::tempdir().unwrap();
+    // Nobody ever opens it for writing: a read blocks a thread for good.
+    mkfifo(&data.path().join("fifo"));
+    let grant = format!(
+        "[worker.grants.m]\ndirs = [{{ host = {:?}, guest = \"/d\" }}]\n",
+        data.path()
+    );
+    parked_guest_is_stopped("read /d/fifo", dir.path(), &grant).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_files_that_are_not_regular_or_too_large_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(plugins::MISBEHAVE, dir.path().join("m.wasm")).unwrap();
+    std::fs::copy(plugins::ECHO, dir.path().join("other.wasm")).unwrap();
+    // Read whole, this one never ends; the FIFO has no writer, so a plain open never returns.
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.wasm")).unwrap();
+    mkfifo(&dir.path().join("fifo.wasm"));
+    let mut big = std::fs::read(plugins::MISBEHAVE).unwrap();
+    big.resize(300 << 10, 0);
+    std::fs::write(dir.path().join("big.wasm"), big).unwrap();
+
+    let (mut node, m, other) = node(dir.path(), "max_plugin_size = \"256KiB\"");
+    let mut same = connect_ws(m).await;
+    let mut elsewhere = connect_ws(other).await;
+    answers(&mut same, "echo hi", "hi", Duration::from_secs(5)).await;
+    answers(&mut elsewhere, "hi", "hi", Duration::from_secs(5)).await;
+    node.wait_for_line(&["zero.wasm", "not a regular file but a device"])
+        .await;
+    node.wait_for_line(&["fifo.wasm", "not a regular file but a FIFO"])
+        .await;
+    node.wait_for_line(&["big.wasm", "larger than max_plugin_size (262144 bytes)"])
+        .await;
+
+    // A reload reads them all again: still refused, still nobody held up.
+    let reload = Command::new("kill")
+        .args(["-USR1", &node.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(reload.success());
+    node.wait_for_line(&["reloading every plugin"]).await;
+    answers(&mut same, "echo again", "again", Duration::from_secs(5)).await;
+    answers(&mut elsewhere, "again", "again", Duration::from_secs(5)).await;
+
+    let status = tokio::time::timeout(STOP_BOUND, node.terminate())
+        .await
+        .expect("SIGTERM did not stop the process");
+    assert!(status.success(), "{status:?}\n{}", node.logs());
+}
