@@ -337,9 +337,10 @@ pub struct WorkerConfig {
     /// and the running version keeps serving.
     #[serde(default = "default_max_plugin_size")]
     pub max_plugin_size: ByteSize,
-    /// Where compiled plugins are cached, keyed by the file's content and the engine's
-    /// configuration; defaults to `.cache` inside the plugins directory (see
-    /// [`Self::cache_dir`]).
+    /// Where compiled plugins (native code) are cached, keyed by the file's content and the
+    /// engine's configuration; a private directory outside the plugins directory by default
+    /// (see [`Self::cache_dir`]). Created 0700; refused (no cache) unless owned by this user
+    /// and writable by nobody else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<PathBuf>,
     /// What each app may reach beyond the default of nothing, by app name.
@@ -348,12 +349,24 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    /// Where compiled plugins are cached: the `cache` given, or `.cache` in the plugins
-    /// directory.
+    /// Where compiled plugins are cached: the `cache` given, else `$XDG_CACHE_HOME/wasmgate`,
+    /// else `~/.cache/wasmgate`, else `wasmgate-cache-<uid>` in the temporary directory.
+    /// Never the plugins directory: whoever may drop a plugin there must not be able to drop
+    /// native code.
     pub fn cache_dir(&self) -> PathBuf {
+        let absolute = |var| {
+            std::env::var_os(var)
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+        };
         self.cache
             .clone()
-            .unwrap_or_else(|| self.plugins.join(".cache"))
+            .or_else(|| absolute("XDG_CACHE_HOME").map(|d| d.join("wasmgate")))
+            .or_else(|| absolute("HOME").map(|d| d.join(".cache").join("wasmgate")))
+            .unwrap_or_else(|| {
+                let uid = rustix::process::getuid().as_raw();
+                std::env::temp_dir().join(format!("wasmgate-cache-{uid}"))
+            })
     }
 
     /// Rejects worker settings that parse but cannot work.
@@ -774,7 +787,11 @@ mod tests {
         assert_eq!(c.log.file, Path::new("/etc/wg/prod.log"));
         let w = c.worker.unwrap();
         assert_eq!(w.plugins, Path::new("/etc/wg/apps"));
-        assert_eq!(w.cache_dir(), Path::new("/etc/wg/apps/.cache"));
+        assert!(
+            !w.cache_dir().starts_with(&w.plugins),
+            "{:?}",
+            w.cache_dir()
+        );
         assert_eq!(w.grants["a"].dirs[0].host, Path::new("/etc/wg/data"));
         assert_eq!(
             c.web.unwrap().root,

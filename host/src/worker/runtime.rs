@@ -12,12 +12,13 @@
 //! Whatever happened, only that instance is lost; the next call gets a fresh one.
 
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -150,7 +151,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<PluginState>,
     limits: Limits,
-    cache: Option<PathBuf>,
+    cache: Option<CompileCache>,
     ticker: EpochTicker,
 }
 
@@ -184,12 +185,19 @@ impl Runtime {
         })
     }
 
-    /// Keeps compiled components in `dir` (created if missing), so that loading a file whose
-    /// bytes were compiled before, by an engine with the same configuration, skips the
-    /// compiler. The directory must be as trusted as the binary: its files are loaded as
-    /// native code.
+    /// Keeps compiled components in `dir`, so that loading a file whose bytes were compiled
+    /// before, by an engine with the same configuration, skips the compiler. The directory
+    /// is created private (0700) and must be owned by this user and writable by nobody else;
+    /// every entry is authenticated with the directory's key (see [`CompileCache`]). When
+    /// the directory is unusable, plugins are compiled every time, with an error logged.
     pub fn with_cache(mut self, dir: PathBuf) -> Self {
-        self.cache = Some(dir);
+        match CompileCache::open(dir.clone()) {
+            Ok(cache) => self.cache = Some(cache),
+            Err(e) => tracing::error!(
+                dir = %dir.display(),
+                "compile cache disabled, plugins compile at every load: {e}"
+            ),
+        }
         self
     }
 
@@ -210,7 +218,7 @@ impl Runtime {
             return Err(LoadError::CoreModule);
         }
         let digest = hex::encode(Sha256::digest(bytes));
-        let (component, from_cache) = self.compile(bytes, &digest)?;
+        let (component, from_cache) = self.compile(name, bytes, &digest)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -225,8 +233,13 @@ impl Runtime {
     }
 
     /// The component for `bytes`, from the cache when it holds one; says which it was.
-    fn compile(&self, bytes: &[u8], digest: &str) -> Result<(Component, bool), LoadError> {
-        let Some(dir) = &self.cache else {
+    fn compile(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<(Component, bool), LoadError> {
+        let Some(cache) = &self.cache else {
             let component =
                 Component::from_binary(&self.engine, bytes).map_err(LoadError::Invalid)?;
             return Ok((component, false));
@@ -235,21 +248,38 @@ impl Runtime {
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut engine_hash);
-        let path = dir.join(format!("{digest}-{:016x}.cwasm", engine_hash.finish()));
-        if path.exists() {
-            // SAFETY: the file was written by `Component::serialize` of an engine with this
-            // configuration (the name says so) and renamed into place whole; the cache
-            // directory is as trusted as the binary (see `with_cache`).
-            match unsafe { Component::deserialize_file(&self.engine, &path) } {
-                Ok(component) => return Ok((component, true)),
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), "ignoring unusable cache entry: {e:#}")
+        let entry = cache.entry(digest, engine_hash.finish());
+        match cache.read(&entry) {
+            Ok(Some(native)) => {
+                // SAFETY: `native` was written by `Component::serialize` of an engine with
+                // this configuration for exactly these bytes: its tag, keyed by this
+                // install's private key, binds it to the plugin's digest and the engine hash
+                // and was checked over every byte just now.
+                match unsafe { Component::deserialize(&self.engine, &native) } {
+                    Ok(component) => return Ok((component, true)),
+                    Err(e) => tracing::warn!(
+                        file = %entry.path.display(),
+                        "ignoring unusable cache entry: {e:#}"
+                    ),
                 }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(
+                    plugin = name,
+                    file = %entry.path.display(),
+                    "compile cache entry rejected, recompiling: {e}"
+                );
+                metrics::plugin_limit(name, metrics::PluginLimit::CacheRejected);
             }
         }
         let component = Component::from_binary(&self.engine, bytes).map_err(LoadError::Invalid)?;
-        if let Err(e) = store_in_cache(&component, dir, &path) {
-            tracing::warn!(dir = %dir.display(), "cannot cache the compiled plugin: {e:#}");
+        if let Err(e) = component
+            .serialize()
+            .map_err(anyhow::Error::from)
+            .and_then(|native| cache.write(&entry, &native))
+        {
+            tracing::warn!(dir = %cache.dir.display(), "cannot cache the compiled plugin: {e:#}");
         }
         Ok((component, false))
     }
@@ -275,18 +305,129 @@ impl Runtime {
     }
 }
 
-/// Writes a compiled component to `path` whole: to a temporary file first, then renamed, so a
-/// crash never leaves a partial entry that would later be loaded.
-fn store_in_cache(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
-    // Several worker hosts (of this process or others) may store the same entry at once:
-    // each writes its own temporary file.
-    static WRITES: AtomicU64 = AtomicU64::new(0);
-    std::fs::create_dir_all(dir)?;
-    let write = WRITES.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp{}-{write}", std::process::id()));
-    std::fs::write(&tmp, component.serialize()?)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+/// Why the compile cache cannot be used, or an entry of it was not trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The directory or its key is not private to this user.
+    #[error("{0} must be owned by this user and not writable (key: not readable) by others")]
+    NotPrivate(PathBuf),
+    /// The key file does not hold a key.
+    #[error("{0} is not a key written by wasmgate")]
+    BadKey(PathBuf),
+    /// An entry's tag does not match its bytes, its plugin or this engine.
+    #[error("its authentication tag does not match (tampered, swapped or foreign)")]
+    Forged,
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Length of the per-install key and of an entry's tag (HMAC-SHA256).
+const TAG_LEN: usize = 32;
+
+/// Compiled components on disk. They are native code, loaded without further checks, so an
+/// entry is used only when its HMAC-SHA256 tag, keyed by a key only this user can read
+/// (`key`, 0600, made at first use), matches its bytes, the plugin's content hash and the
+/// engine's. A file dropped in by anyone else, or another plugin's entry renamed, fails the
+/// check and is recompiled and overwritten.
+struct CompileCache {
+    dir: PathBuf,
+    key: [u8; TAG_LEN],
+}
+
+/// Where one compiled component lives, and what its tag is bound to.
+struct CacheEntry {
+    path: PathBuf,
+    binding: String,
+}
+
+impl CompileCache {
+    /// Opens (creating them private if missing) the directory and its key.
+    fn open(dir: PathBuf) -> Result<Self, CacheError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        let me = rustix::process::getuid().as_raw();
+        let meta = std::fs::metadata(&dir)?;
+        if meta.uid() != me || meta.mode() & 0o022 != 0 {
+            return Err(CacheError::NotPrivate(dir));
+        }
+        let path = dir.join("key");
+        let made = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path);
+        match made {
+            Ok(mut file) => {
+                let key: [u8; TAG_LEN] = rand::random();
+                std::io::Write::write_all(&mut file, &key)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        let meta = std::fs::symlink_metadata(&path)?;
+        if !meta.is_file() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+            return Err(CacheError::NotPrivate(path));
+        }
+        let key = std::fs::read(&path)?;
+        let key = key.try_into().map_err(|_| CacheError::BadKey(path))?;
+        Ok(Self { dir, key })
+    }
+
+    /// The entry for the plugin bytes hashing to `digest`, compiled by an engine whose
+    /// compatibility hashes to `engine`.
+    fn entry(&self, digest: &str, engine: u64) -> CacheEntry {
+        let binding = format!("wasmgate-cache-v1 {digest} {engine:016x}");
+        CacheEntry {
+            path: self.dir.join(format!("{digest}-{engine:016x}.cwasm")),
+            binding,
+        }
+    }
+
+    fn tag(&self, entry: &CacheEntry, native: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        mac.update(entry.binding.as_bytes());
+        mac.update(&[0]);
+        mac.update(native);
+        mac
+    }
+
+    /// The entry's native code if it is there and authentic; `None` if there is none.
+    fn read(&self, entry: &CacheEntry) -> Result<Option<Vec<u8>>, CacheError> {
+        let mut bytes = match std::fs::read(&entry.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(split) = bytes.len().checked_sub(TAG_LEN) else {
+            return Err(CacheError::Forged);
+        };
+        let tag = bytes.split_off(split);
+        // `verify_slice` compares in constant time.
+        self.tag(entry, &bytes)
+            .verify_slice(&tag)
+            .map_err(|_| CacheError::Forged)?;
+        Ok(Some(bytes))
+    }
+
+    /// Writes `native` with its tag whole: to a temporary file first, then renamed over the
+    /// entry, so a crash never leaves a partial entry and a rejected one is replaced.
+    fn write(&self, entry: &CacheEntry, native: &[u8]) -> anyhow::Result<()> {
+        // Several worker hosts (of this process or others) may store the same entry at once:
+        // each writes its own temporary file.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let write = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = entry
+            .path
+            .with_extension(format!("tmp{}-{write}", std::process::id()));
+        let tag = self.tag(entry, native).finalize().into_bytes();
+        std::fs::write(&tmp, [native, &tag[..]].concat())?;
+        std::fs::rename(&tmp, &entry.path)?;
+        Ok(())
+    }
 }
 
 /// One compiled version of a plugin, ready to instantiate cheaply.

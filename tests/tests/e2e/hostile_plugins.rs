@@ -20,7 +20,7 @@ const STOP_BOUND: Duration = Duration::from_secs(12);
 
 /// A node with one instance of app `m` on `ws://…:<m>` and app `other` on `ws://…:<other>`,
 /// both from `plugins`, with `worker` as extra `[worker]` keys; returns (node, m, other).
-fn node(plugins: &Path, worker: &str) -> (Node, u16, u16) {
+fn start_node(plugins: &Path, worker: &str) -> (Node, u16, u16) {
     let (r, m, other) = (free_port(), free_port(), free_port());
     let node = Node::start(
         BIN,
@@ -56,7 +56,7 @@ async fn answers(client: &mut TestClient, question: &str, answer: &str, wait: Du
 /// replaced; the bystander on the same instance waits at most about one `process_timeout`,
 /// the one of another app not at all; SIGTERM then stops the process within bounds.
 async fn parked_guest_is_stopped(command: &str, plugins: &Path, worker: &str) {
-    let (mut node, m, other) = node(plugins, &format!("process_timeout = \"1s\"\n{worker}"));
+    let (mut node, m, other) = start_node(plugins, &format!("process_timeout = \"1s\"\n{worker}"));
     let mut parked = connect_ws(m).await;
     let mut same = connect_ws(m).await;
     let mut elsewhere = connect_ws(other).await;
@@ -147,7 +147,7 @@ async fn plugin_files_that_are_not_regular_or_too_large_are_refused() {
     big.resize(300 << 10, 0);
     std::fs::write(dir.path().join("big.wasm"), big).unwrap();
 
-    let (mut node, m, other) = node(dir.path(), "max_plugin_size = \"256KiB\"");
+    let (mut node, m, other) = start_node(dir.path(), "max_plugin_size = \"256KiB\"");
     let mut same = connect_ws(m).await;
     let mut elsewhere = connect_ws(other).await;
     answers(&mut same, "echo hi", "hi", Duration::from_secs(5)).await;
@@ -173,4 +173,77 @@ async fn plugin_files_that_are_not_regular_or_too_large_are_refused() {
         .await
         .expect("SIGTERM did not stop the process");
     assert!(status.success(), "{status:?}\n{}", node.logs());
+}
+
+/// The compile-cache entry of `version` (its first 12 hex digits) in `cache`.
+fn cache_entry(cache: &Path, version: &str) -> std::path::PathBuf {
+    let entries: Vec<_> = std::fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with(version) && name.ends_with(".cwasm")
+        })
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries.into_iter().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_or_forged_cache_entry_is_recompiled_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(plugins::MISBEHAVE, plugins.join("m.wasm")).unwrap();
+    std::fs::copy(plugins::ECHO, plugins.join("other.wasm")).unwrap();
+    let worker = format!("cache = {cache:?}");
+
+    // A first start fills the cache.
+    let (mut node, m, _) = start_node(&plugins, &worker);
+    let mut client = connect_ws(m).await;
+    answers(&mut client, "instance", "calls 1", Duration::from_secs(5)).await;
+    let (m_version, other_version) = (
+        node.installed_versions("m"),
+        node.installed_versions("other"),
+    );
+    assert!(node.terminate().await.success());
+
+    // Someone puts echo's native code where m's belongs.
+    let m_entry = cache_entry(&cache, &m_version[0]);
+    std::fs::copy(cache_entry(&cache, &other_version[0]), &m_entry).unwrap();
+
+    let (node, m, other) = start_node(&plugins, &worker);
+    let mut client = connect_ws(m).await;
+    let mut bystander = connect_ws(other).await;
+    // Echo's code would answer "instance"; m's own code counts its calls.
+    answers(&mut client, "instance", "calls 1", Duration::from_secs(5)).await;
+    answers(&mut bystander, "hi", "hi", Duration::from_secs(5)).await;
+    node.wait_for_line(&["compile cache entry rejected", "plugin=\"m\""])
+        .await;
+    node.wait_for_line(&[
+        "plugin version installed",
+        "plugin=\"m\"",
+        "from_cache=false",
+    ])
+    .await;
+    node.wait_for_line(&[
+        "plugin version installed",
+        "plugin=\"other\"",
+        "from_cache=true",
+    ])
+    .await;
+    drop(node);
+
+    // A native file that was never written by wasmgate: same.
+    std::fs::write(&m_entry, b"\x7fELF not ours").unwrap();
+    let (node, m, other) = start_node(&plugins, &worker);
+    let mut client = connect_ws(m).await;
+    let mut bystander = connect_ws(other).await;
+    answers(&mut client, "instance", "calls 1", Duration::from_secs(5)).await;
+    answers(&mut bystander, "hi", "hi", Duration::from_secs(5)).await;
+    node.wait_for_line(&["compile cache entry rejected", "plugin=\"m\""])
+        .await;
+    // The recompiled entry replaced the bad one and is trusted again.
+    assert_ne!(std::fs::read(&m_entry).unwrap(), b"\x7fELF not ours");
 }
