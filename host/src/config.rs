@@ -333,6 +333,21 @@ pub struct WorkerConfig {
     /// Most linear memory one plugin instance may use.
     #[serde(default = "default_memory_limit")]
     pub memory_limit: ByteSize,
+    /// Most timers one plugin instance may have set at once; setting one more traps the
+    /// instance (which is replaced).
+    #[serde(default = "default_max_timers")]
+    pub max_timers: usize,
+    /// Shortest timer interval; a plugin asking for less gets this.
+    #[serde(default = "default_min_timer_interval", with = "humantime_serde")]
+    pub min_timer_interval: Duration,
+    /// Most entries (streams, files, pollables …) in one instance's resource table; past it
+    /// the WASI call fails.
+    #[serde(default = "default_max_resources")]
+    pub max_resources: usize,
+    /// Log bytes per second one plugin may write (stdout, stderr and `log` calls together,
+    /// across its instances); the excess is dropped and counted.
+    #[serde(default = "default_log_rate")]
+    pub log_rate: ByteSize,
     /// Largest plugin file loaded; a larger one is refused with an error naming the file,
     /// and the running version keeps serving.
     #[serde(default = "default_max_plugin_size")]
@@ -376,6 +391,18 @@ impl WorkerConfig {
         }
         if self.instances == 0 {
             return Err("`instances` must be at least 1".into());
+        }
+        if self.max_timers == 0 {
+            return Err("`max_timers` must be at least 1".into());
+        }
+        if self.min_timer_interval.is_zero() {
+            return Err("`min_timer_interval` must be above 0".into());
+        }
+        if self.max_resources < 16 {
+            return Err("`max_resources` must be at least 16".into());
+        }
+        if self.log_rate.as_u64() == 0 {
+            return Err("`log_rate` must be above 0".into());
         }
         if self.max_plugin_size.as_u64() == 0 {
             return Err("`max_plugin_size` must be above 0".into());
@@ -670,6 +697,22 @@ fn default_handshake_timeout() -> Duration {
 
 fn default_send_buffer() -> ByteSize {
     ByteSize::mib(1)
+}
+
+fn default_max_timers() -> usize {
+    1024
+}
+
+fn default_min_timer_interval() -> Duration {
+    Duration::from_millis(10)
+}
+
+fn default_max_resources() -> usize {
+    65_536
+}
+
+fn default_log_rate() -> ByteSize {
+    ByteSize::kib(256)
 }
 
 fn default_max_plugin_size() -> ByteSize {

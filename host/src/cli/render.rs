@@ -76,6 +76,14 @@ pub fn status(label: &str, s: &Status) -> String {
         }
         plugins.render(&mut out);
     }
+    if let Some(w) = &s.worker {
+        out.push_str(&format!(
+            "worst-case plugin memory: {} (memory_limit x instances x apps x 2 during a reload)\n",
+            bytesize::ByteSize::b(w.plugin_memory_worst_case)
+                .display()
+                .iec()
+        ));
+    }
 
     rule(&mut out, "TRAFFIC");
     let t = &s.traffic;

@@ -34,6 +34,7 @@ use crate::wire::handshake::Peer;
 use dispatch::Dispatcher;
 use plugins::PluginDir;
 use runtime::{Limits, Runtime};
+use timers::TimerCaps;
 
 /// Longest a stopping worker host waits for its links to gateways of this process to deliver
 /// their last events.
@@ -66,6 +67,12 @@ impl WorkerHost {
         let mut runtime = Runtime::new(Limits {
             process_timeout: config.process_timeout,
             memory_limit: config.memory_limit.as_u64() as usize,
+            timers: TimerCaps {
+                max_timers: config.max_timers,
+                min_interval: config.min_timer_interval,
+            },
+            max_resources: config.max_resources,
+            log_rate: config.log_rate.as_u64(),
         })?;
         runtime = runtime.with_cache(config.cache_dir());
         let links = GatewayLinks::new(secret.clone(), Peer::Worker, local);

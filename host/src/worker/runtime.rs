@@ -26,9 +26,9 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{Client, Plugin, PluginPre, WebsocketRequest, WorkerInfo};
-use super::guest_output::{GuestOutput, Stream};
+use super::guest_output::{GuestOutput, LogBudget, Stream};
 use super::host_api::{HostApi, SessionChange};
-use super::timers::{PENDING_TICKS, Timers};
+use super::timers::{PENDING_TICKS, TimerCaps, Timers};
 use crate::client_id::{ClientId, MalformedClientId};
 use crate::config::Grants;
 use crate::metrics;
@@ -53,6 +53,12 @@ pub struct Limits {
     /// Most linear memory, in bytes, that one instance may hold across all its memories; a grow
     /// past it fails inside the guest, which normally aborts the call.
     pub memory_limit: usize,
+    /// What one instance may ask of the timers.
+    pub timers: TimerCaps,
+    /// Most entries (open streams, files, pollables …) in one instance's resource table.
+    pub max_resources: usize,
+    /// Log bytes per second one plugin (all its instances) may write.
+    pub log_rate: u64,
 }
 
 impl Default for Limits {
@@ -60,9 +66,22 @@ impl Default for Limits {
         Self {
             process_timeout: Duration::from_secs(10),
             memory_limit: 256 << 20,
+            timers: TimerCaps {
+                max_timers: 1024,
+                min_interval: Duration::from_millis(10),
+            },
+            max_resources: 65_536,
+            log_rate: 256 << 10,
         }
     }
 }
+
+/// First delay before an instance whose start failed is started again; it doubles with each
+/// failure in a row, up to [`MAX_RESTART_DELAY`].
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
+
+/// Longest an instance whose start keeps failing waits between attempts.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
 
 /// Why a file could not become a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +138,14 @@ pub enum CallError {
     /// A grant from the configuration could not be given (e.g. a missing directory).
     #[error("cannot apply the app's grants: {0}")]
     Grant(String),
+    /// The instance's start failed recently and is not tried again before a back-off.
+    #[error("not started: its start failed {failures} times in a row; next try in {retry_in:?}")]
+    Delayed {
+        /// Failed starts in a row.
+        failures: u32,
+        /// How long until the next try.
+        retry_in: Duration,
+    },
 }
 
 /// Runs `call` for at most `limit` (plus [`TIMER_SLACK`]) of wall-clock time. On expiry the
@@ -141,7 +168,9 @@ impl CallError {
             CallError::Trap { .. } => metrics::Outcome::Trap,
             CallError::Timeout { .. } => metrics::Outcome::Timeout,
             CallError::OutOfMemory { .. } => metrics::Outcome::MemoryLimit,
-            CallError::StartRefused(_) | CallError::Grant(_) => metrics::Outcome::StartFailed,
+            CallError::StartRefused(_) | CallError::Grant(_) | CallError::Delayed { .. } => {
+                metrics::Outcome::StartFailed
+            }
         }
     }
 }
@@ -224,8 +253,10 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(LoadError::WrongWorld)?;
         let pre = PluginPre::new(pre).map_err(LoadError::WrongWorld)?;
+        let name: Arc<str> = name.into();
         Ok(Arc::new(PluginCode {
-            name: name.into(),
+            log: Arc::new(LogBudget::new(name.clone(), self.limits.log_rate)),
+            name,
             version: digest[..12].to_owned(),
             from_cache,
             pre,
@@ -301,6 +332,8 @@ impl Runtime {
             grants,
             limits: self.limits,
             live: None,
+            failed_starts: 0,
+            retry_at: None,
         }
     }
 }
@@ -433,6 +466,8 @@ impl CompileCache {
 /// One compiled version of a plugin, ready to instantiate cheaply.
 pub struct PluginCode {
     name: Arc<str>,
+    /// Shared by the version's instances: the log budget is per plugin, not per instance.
+    log: Arc<LogBudget>,
     version: String,
     from_cache: bool,
     pre: PluginPre<PluginState>,
@@ -535,6 +570,10 @@ pub struct PluginInstance {
     grants: Arc<Grants>,
     limits: Limits,
     live: Option<Live>,
+    /// Starts that failed in a row, and when the next may be tried: a plugin whose start
+    /// always fails is not instantiated again for every event.
+    failed_starts: u32,
+    retry_at: Option<Instant>,
 }
 
 struct Live {
@@ -551,24 +590,49 @@ impl PluginInstance {
 
     /// Instantiates the plugin and runs `on-worker-start`, unless already started.
     pub async fn start(&mut self) -> Result<(), CallError> {
-        if self.live.is_none() {
-            // Instantiation and on-worker-start have a process_timeout each.
-            let limit = self.limits.process_timeout * 2;
-            let live = within(limit, "on-worker-start", self.instantiate()).await?;
-            self.live = Some(live);
+        if self.live.is_some() {
+            return Ok(());
         }
-        Ok(())
+        let now = Instant::now();
+        if let Some(retry_at) = self.retry_at.filter(|at| *at > now) {
+            metrics::plugin_limit(self.code.name(), metrics::PluginLimit::RestartDelayed);
+            return Err(CallError::Delayed {
+                failures: self.failed_starts,
+                retry_in: retry_at - now,
+            });
+        }
+        // Instantiation and on-worker-start have a process_timeout each.
+        let limit = self.limits.process_timeout * 2;
+        match within(limit, "on-worker-start", self.instantiate()).await {
+            Ok(live) => {
+                self.live = Some(live);
+                self.failed_starts = 0;
+                self.retry_at = None;
+                Ok(())
+            }
+            Err(e) => {
+                let delay = FIRST_RESTART_DELAY
+                    .saturating_mul(1 << self.failed_starts.min(16))
+                    .min(MAX_RESTART_DELAY);
+                self.failed_starts += 1;
+                self.retry_at = Some(Instant::now() + delay);
+                Err(e)
+            }
+        }
     }
 
     /// Runs one callback. After an error the instance is gone and the next call starts a
     /// fresh one; the error has been logged with the plugin's name and the callback.
     pub async fn call(&mut self, call: Call<'_>) -> Result<CallOutcome, CallError> {
         if let Err(e) = self.start().await {
-            tracing::error!(
-                plugin = self.code.name(),
-                version = self.code.version(),
-                "{e}"
-            );
+            // One line per failed start, not one per event refused while it backs off.
+            if !matches!(e, CallError::Delayed { .. }) {
+                tracing::error!(
+                    plugin = self.code.name(),
+                    version = self.code.version(),
+                    "{e}"
+                );
+            }
             return Err(e);
         }
         let live = self.live.as_mut().expect("started above");
@@ -644,9 +708,10 @@ impl PluginInstance {
         let api = HostApi::new(
             self.code.name.clone(),
             self.gateways.clone(),
-            Timers::new(fired_tx),
+            Timers::new(fired_tx, self.limits.timers),
+            self.code.log.clone(),
         );
-        let state = PluginState::new(&self.code.name, api, self.limits, &self.grants)
+        let state = PluginState::new(&self.code, api, self.limits, &self.grants)
             .map_err(|e| CallError::Grant(format!("{e:#}")))?;
         let mut store = Store::new(self.code.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -763,18 +828,27 @@ pub struct PluginState {
 
 impl PluginState {
     fn new(
-        plugin: &Arc<str>,
+        code: &PluginCode,
         api: HostApi,
         limits: Limits,
         grants: &Grants,
     ) -> wasmtime::Result<Self> {
         // Only what the app's grants list: by default no preopens, no environment; never
         // sockets or name lookups.
+        let (plugin, log) = (&code.name, &code.log);
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(GuestOutput::new(plugin.clone(), Stream::Stdout))
-            .stderr(GuestOutput::new(plugin.clone(), Stream::Stderr))
-            .allow_tcp(false)
-            .allow_udp(false);
+        wasi.stdout(GuestOutput::new(
+            plugin.clone(),
+            Stream::Stdout,
+            log.clone(),
+        ))
+        .stderr(GuestOutput::new(
+            plugin.clone(),
+            Stream::Stderr,
+            log.clone(),
+        ))
+        .allow_tcp(false)
+        .allow_udp(false);
         for (key, value) in &grants.env {
             wasi.env(key, value);
         }
@@ -782,9 +856,11 @@ impl PluginState {
             wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadOnly)?;
         }
         let wasi = wasi.build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.max_resources);
         Ok(Self {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: MemoryLimiter {
                 limit: limits.memory_limit,
                 total: 0,

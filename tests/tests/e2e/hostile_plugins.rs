@@ -52,6 +52,18 @@ async fn answers(client: &mut TestClient, question: &str, answer: &str, wait: Du
     );
 }
 
+/// Checks that `client` is served by a fresh instance: one that has handled at most one
+/// other message (a bystander's, which may have reached the gateway before or after the
+/// message that ended the old instance; the old one had counted at least three).
+async fn assert_fresh_instance(client: &mut TestClient) {
+    client.send("instance").await.unwrap();
+    let fresh = client.recv_within(Duration::from_secs(5)).await;
+    assert!(
+        matches!(fresh.as_deref(), Ok("calls 1" | "calls 2")),
+        "{fresh:?}"
+    );
+}
+
 /// A guest parked in a host call with `command`: stopped at `process_timeout`, its instance
 /// replaced; the bystander on the same instance waits at most about one `process_timeout`,
 /// the one of another app not at all; SIGTERM then stops the process within bounds.
@@ -81,14 +93,8 @@ async fn parked_guest_is_stopped(command: &str, plugins: &Path, worker: &str) {
     );
     node.wait_for_line(&["ran past process_timeout", "\"m\""])
         .await;
-    // The parked call never answers; its client is served by a fresh instance (which has
-    // served at most the bystander's one message; the old one had counted three).
-    parked.send("instance").await.unwrap();
-    let fresh = parked.recv_within(Duration::from_secs(3)).await;
-    assert!(
-        matches!(fresh.as_deref(), Ok("calls 1" | "calls 2")),
-        "{fresh:?}"
-    );
+    // The parked call never answers; its client is served by a fresh instance.
+    assert_fresh_instance(&mut parked).await;
     answers(
         &mut elsewhere,
         "echo still",
@@ -246,4 +252,101 @@ async fn a_swapped_or_forged_cache_entry_is_recompiled_not_run() {
         .await;
     // The recompiled entry replaced the bad one and is trusted again.
     assert_ne!(std::fs::read(&m_entry).unwrap(), b"\x7fELF not ours");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_and_log_output_are_capped_per_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(plugins::MISBEHAVE, dir.path().join("m.wasm")).unwrap();
+    std::fs::copy(plugins::ECHO, dir.path().join("other.wasm")).unwrap();
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (node, m, other) = start_node(
+        dir.path(),
+        &format!("max_timers = 8\nlog_rate = \"4KiB\"\n[metrics]\nlisten = \"{metrics}\""),
+    );
+    let mut client = connect_ws(m).await;
+    let mut same = connect_ws(m).await;
+    let mut elsewhere = connect_ws(other).await;
+
+    // Timers: eight are fine, the ninth ends the instance; the next event gets a fresh one.
+    answers(&mut client, "timers 8", "timers 8", Duration::from_secs(5)).await;
+    client.send("timers 1").await.unwrap();
+    answers(&mut same, "echo next", "next", Duration::from_secs(5)).await;
+    answers(&mut elsewhere, "hi", "hi", Duration::from_secs(1)).await;
+    node.wait_for_line(&["max_timers", "plugin=\"m\""]).await;
+    assert_fresh_instance(&mut client).await;
+
+    // Log output: 200 lines of 100 bytes against 4 KiB a second; the excess is dropped with
+    // one line for the burst, and the call itself is not held up.
+    answers(
+        &mut client,
+        "print 200",
+        "printed 200",
+        Duration::from_secs(5),
+    )
+    .await;
+    answers(&mut same, "echo after", "after", Duration::from_secs(5)).await;
+    node.wait_for_line(&["over log_rate", "plugin=\"m\""]).await;
+    let logs = node.logs();
+    let printed = logs.lines().filter(|l| l.contains("stdout:")).count();
+    assert!(
+        (20..100).contains(&printed),
+        "{printed} of 200 lines logged"
+    );
+    assert_eq!(
+        logs.matches("over log_rate").count(),
+        1,
+        "one line per burst"
+    );
+
+    let scrape = wasmgate_tests::prometheus::scrape(metrics).await;
+    let limit = |what| {
+        scrape.count(
+            "wasmgate_plugin_limits_total",
+            &[("plugin", "m"), ("limit", what)],
+        )
+    };
+    assert_eq!(limit("timer_refused"), 1.0);
+    assert!(limit("log_dropped") >= 1.0);
+    answers(&mut elsewhere, "bye", "bye", Duration::from_secs(1)).await;
+}
+
+/// A `Gateways` that accepts every command and answers no query.
+struct Nowhere;
+
+impl wasmgate::ops::Gateways for Nowhere {
+    fn command(&self, _: wasmgate::ops::Command) -> wasmgate::ops::CommandFuture {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn query(&self, _: wasmgate::ops::Query) -> wasmgate::ops::QueryFuture {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn an_instance_whose_start_keeps_failing_is_not_restarted_in_a_tight_loop() {
+    use std::sync::Arc;
+    use wasmgate::worker::runtime::{Call, CallError, Limits, Runtime};
+
+    let runtime = Runtime::new(Limits::default()).unwrap();
+    let bytes = std::fs::read(plugins::MISBEHAVE).unwrap();
+    let instance = |name: &str| {
+        let code = runtime.load(name, &bytes).unwrap();
+        runtime.instance(code, Arc::new(Nowhere), "w".into(), Default::default())
+    };
+    // Named `trap-start`, the plugin traps in on-worker-start, every time.
+    let mut broken = instance("trap-start");
+    let mut bystander = instance("m");
+    let mut starts = 0;
+    let mut delayed = 0;
+    for _ in 0..50 {
+        match broken.call(Call::Timer(1)).await {
+            Err(CallError::Delayed { .. }) => delayed += 1,
+            Err(CallError::Trap { .. }) => starts += 1,
+            other => panic!("{other:?}"),
+        }
+        assert!(bystander.call(Call::Timer(1)).await.is_ok());
+    }
+    assert_eq!((starts, delayed), (1, 49), "tried again at once");
 }

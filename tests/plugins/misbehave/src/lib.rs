@@ -7,6 +7,9 @@
 //!   host's `memory_limit` the allocation fails and the instance aborts (traps). A size that is
 //!   not a number gets `error usage: alloc <MiB>`.
 //! - `trap` → panics, which traps.
+//! - `timers <n>` → sets `n` one-hour timeouts, then `timers <n>`; past the host's
+//!   `max_timers` the instance traps.
+//! - `print <n>` → writes `n` lines of 100 bytes to stdout, then `printed <n>`.
 //! - `sleep <ms>` → sleeps that long inside a host call (a WASI clock poll, where no epoch
 //!   check runs), then `slept <ms>`.
 //! - `instance` → `calls <n>`: the number of messages this instance has handled, this one
@@ -98,6 +101,26 @@ impl Plugin for Misbehave {
                 None => b"error usage: alloc <MiB>".to_vec(),
             },
             b"trap" => panic!("misbehave: trap requested"),
+            b"timers" => {
+                let n: u32 = std::str::from_utf8(arg)
+                    .ok()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(0);
+                for _ in 0..n {
+                    timers::set_timeout(3_600_000);
+                }
+                format!("timers {n}").into_bytes()
+            }
+            b"print" => {
+                let n: u32 = std::str::from_utf8(arg)
+                    .ok()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(0);
+                for i in 0..n {
+                    println!("{i:>99}");
+                }
+                format!("printed {n}").into_bytes()
+            }
             b"sleep" => match std::str::from_utf8(arg).ok().and_then(|a| a.parse().ok()) {
                 Some(ms) => {
                     std::thread::sleep(std::time::Duration::from_millis(ms));
