@@ -861,6 +861,25 @@ mod tests {
     }
 
     #[test]
+    fn plugin_caps_have_defaults_and_refuse_zero() {
+        let w = parse("[worker]\n").unwrap().worker.unwrap();
+        assert_eq!(w.max_plugin_size, ByteSize::mib(64));
+        assert_eq!(w.max_timers, 1024);
+        assert_eq!(w.min_timer_interval, Duration::from_millis(10));
+        assert_eq!(w.log_rate, ByteSize::kib(256));
+        for (keys, named) in [
+            ("max_plugin_size = 0", "max_plugin_size"),
+            ("max_timers = 0", "max_timers"),
+            ("min_timer_interval = \"0s\"", "min_timer_interval"),
+            ("max_resources = 1", "max_resources"),
+            ("log_rate = 0", "log_rate"),
+        ] {
+            let err = parse(&format!("[worker]\n{keys}\n")).unwrap_err();
+            assert!(err.contains(named), "{keys}: {err}");
+        }
+    }
+
+    #[test]
     fn empty_register_lists_are_refused() {
         let err = parse("[worker]\nregister = []\n").unwrap_err();
         assert!(err.contains("register"), "{err}");
