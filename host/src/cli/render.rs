@@ -77,12 +77,13 @@ pub fn status(label: &str, s: &Status) -> String {
         plugins.render(&mut out);
     }
     if let Some(w) = &s.worker {
-        out.push_str(&format!(
-            "worst-case plugin memory: {} (memory_limit x instances x apps x 2 during a reload)\n",
-            bytesize::ByteSize::b(w.plugin_memory_worst_case)
-                .display()
-                .iec()
-        ));
+        rule(&mut out, "PLUGIN MEMORY");
+        let worst = bytesize::ByteSize::b(w.plugin_memory_worst_case);
+        let _ = writeln!(
+            out,
+            "worst case {} (memory_limit x instances x apps x 2 during a reload)",
+            worst.display().iec()
+        );
     }
 
     rule(&mut out, "TRAFFIC");
