@@ -350,3 +350,30 @@ async fn an_instance_whose_start_keeps_failing_is_not_restarted_in_a_tight_loop(
     }
     assert_eq!((starts, delayed), (1, 49), "tried again at once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for app in ["m", "other"] {
+        std::fs::copy(plugins::MISBEHAVE, dir.path().join(format!("{app}.wasm"))).unwrap();
+    }
+    // A call parked for a minute, allowed by process_timeout: the graceful stop waits for it.
+    let (mut node, m, other) = start_node(dir.path(), "process_timeout = \"60s\"");
+    let mut parked = connect_ws(m).await;
+    let mut elsewhere = connect_ws(other).await;
+    answers(&mut parked, "echo warm", "warm", Duration::from_secs(5)).await;
+    parked.send("sleep 60000").await.unwrap();
+    answers(&mut elsewhere, "echo hi", "hi", Duration::from_secs(1)).await;
+
+    let pid = node.pid().to_string();
+    let first = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(first.success());
+    node.wait_for_line(&["a second SIGINT or SIGTERM exits at once"])
+        .await;
+    let second = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(5), node.terminate())
+        .await
+        .expect("the second SIGTERM did not end the process");
+    assert_eq!(status.code(), Some(143), "{status:?}\n{}", node.logs());
+    assert!(second.elapsed() < Duration::from_secs(5));
+}
