@@ -377,3 +377,40 @@ async fn a_second_sigterm_exits_at_once() {
     assert_eq!(status.code(), Some(143), "{status:?}\n{}", node.logs());
     assert!(second.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_on_worker_start_does_not_block_the_plugins_watcher() {
+    let dir = wasmgate_tests::cluster::PluginsDir::with(&[
+        ("m", plugins::MISBEHAVE),
+        ("other", plugins::ECHO),
+    ]);
+    let (node, m, other) = start_node(dir.path(), "process_timeout = \"1s\"");
+    let mut client = connect_ws(m).await;
+    let mut elsewhere = connect_ws(other).await;
+    answers(&mut client, "echo one", "one", Duration::from_secs(5)).await;
+
+    // Named `slow-start`, the plugin sleeps for an hour in on-worker-start; right after it,
+    // a new version of `m` arrives and must still be installed.
+    dir.deploy("slow-start", plugins::MISBEHAVE);
+    node.wait_for_line(&["slow-start: sleeping in on-worker-start"])
+        .await;
+    dir.deploy("m", plugins::ECHO);
+    let deployed = Instant::now();
+    // echo answers `echo two` with itself; misbehave would answer `two`.
+    loop {
+        client.send("echo two").await.unwrap();
+        let reply = client.recv_within(Duration::from_secs(1)).await;
+        if reply.as_deref() == Ok("echo two") {
+            break;
+        }
+        assert!(
+            deployed.elapsed() < Duration::from_secs(8),
+            "the new version of m was not installed: {reply:?}\n{}",
+            node.logs()
+        );
+        answers(&mut elsewhere, "hi", "hi", Duration::from_secs(1)).await;
+    }
+    node.wait_for_line(&["slow-start", "refused", "on-worker-start"])
+        .await;
+    answers(&mut elsewhere, "bye", "bye", Duration::from_secs(1)).await;
+}

@@ -26,7 +26,8 @@
 //! `on-close` logs `on-close <client-id>` at info, so a test can count the calls in the log.
 //!
 //! Anything else gets `error unknown command`. `on-worker-start` refuses to start when the app is
-//! named `fail-start`, traps when it is named `trap-start`, and when the app is named `ticker`
+//! named `fail-start`, traps when it is named `trap-start`, logs `slow-start: sleeping
+//! in on-worker-start` and sleeps for an hour (in a host call) when it is named `slow-start`, and when the app is named `ticker`
 //! sets a 100 ms interval whose every tick sends `tick` to every client.
 
 use std::hint::black_box;
@@ -50,6 +51,11 @@ impl Plugin for Misbehave {
         match info.app.as_str() {
             "fail-start" => Err("refusing to start".into()),
             "trap-start" => panic!("misbehave: trap requested in on-worker-start"),
+            "slow-start" => {
+                log::info("slow-start: sleeping in on-worker-start");
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Ok(())
+            }
             "ticker" => {
                 timers::set_interval(TICK_MS);
                 Ok(())
