@@ -8,7 +8,8 @@
 //!
 //! Only this module knows about epochs, store limits and `InstancePre`. Callers ask "run
 //! `on-message` for this client" and get either the outcome or a [`CallError`] that says what
-//! the sandbox stopped: a trap, a call past `process_timeout`, a grow past `memory_limit`.
+//! the sandbox stopped: a trap, a call past `process_timeout` (wall-clock time, host calls
+//! included), a grow past `memory_limit`.
 //! Whatever happened, only that instance is lost; the next call gets a fresh one.
 
 use std::hash::{Hash, Hasher};
