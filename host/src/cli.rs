@@ -332,7 +332,7 @@ fn start(target: &Target, detach: bool) -> anyhow::Result<ExitCode> {
     }
     init_logging(&setup.config.log.level);
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let triggers = Triggers::default();
         let shutdown = CancellationToken::new();
         // Installed before anything runs: SIGUSR1's default action would kill the process.
@@ -345,7 +345,11 @@ fn start(target: &Target, detach: bool) -> anyhow::Result<ExitCode> {
             env!("CARGO_PKG_VERSION")
         );
         process::run(setup.config, triggers, shutdown).await
-    })?;
+    });
+    // A plugin's abandoned host call may still hold a blocking thread (a read of a FIFO):
+    // dropping the runtime would wait for it forever.
+    runtime.shutdown_timeout(ABANDONED_GRACE);
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -358,6 +362,14 @@ fn init_logging(level: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
+
+/// How long a stopped server waits for work it abandoned (a plugin's blocked host call on a
+/// blocking thread) before the process exits anyway.
+const ABANDONED_GRACE: Duration = Duration::from_secs(1);
+
+/// The exit code after a second stop signal cut the graceful stop short (128 + SIGTERM, as
+/// a shell reports a process killed by it).
+const EXIT_FORCED: i32 = 143;
 
 /// The signals a server answers: SIGINT and SIGTERM stop it, SIGUSR1 reloads its plugins.
 struct Signals {
@@ -375,20 +387,33 @@ impl Signals {
         })
     }
 
+    /// Stops the server at the first SIGINT or SIGTERM (or reloads at SIGUSR1) and exits at
+    /// once, with [`EXIT_FORCED`], at the second: an operator who asks twice does not wait
+    /// for a graceful stop.
     async fn serve(mut self, triggers: Triggers, shutdown: CancellationToken) {
+        let mut stopping = false;
         loop {
             tokio::select! {
-                _ = self.terminate.recv() => break,
-                _ = self.interrupt.recv() => break,
+                _ = self.terminate.recv() => {}
+                _ = self.interrupt.recv() => {}
                 _ = self.reload.recv() => {
                     tracing::info!("SIGUSR1: reloading plugins");
                     triggers.reload.notify_one();
+                    continue;
                 }
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    continue;
+                }
             }
+            if stopping {
+                tracing::warn!("second stop signal: exiting now, without a graceful stop");
+                std::process::exit(EXIT_FORCED);
+            }
+            stopping = true;
+            tracing::info!("stopping; a second SIGINT or SIGTERM exits at once");
+            shutdown.cancel();
         }
-        tracing::info!("stopping");
-        shutdown.cancel();
     }
 }
 

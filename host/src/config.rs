@@ -410,9 +410,29 @@ pub struct WorkerConfig {
     /// Most linear memory one plugin instance may use.
     #[serde(default = "default_memory_limit")]
     pub memory_limit: ByteSize,
-    /// Where compiled plugins are cached, keyed by the file's content and the engine's
-    /// configuration; defaults to `.cache` inside the plugins directory (see
-    /// [`Self::cache_dir`]).
+    /// Most timers one plugin instance may have set at once; setting one more traps the
+    /// instance (which is replaced).
+    #[serde(default = "default_max_timers")]
+    pub max_timers: usize,
+    /// Shortest timer interval; a plugin asking for less gets this.
+    #[serde(default = "default_min_timer_interval", with = "humantime_serde")]
+    pub min_timer_interval: Duration,
+    /// Most entries (streams, files, pollables …) in one instance's resource table; past it
+    /// the WASI call fails.
+    #[serde(default = "default_max_resources")]
+    pub max_resources: usize,
+    /// Log bytes per second one plugin may write (stdout, stderr and `log` calls together,
+    /// across its instances); the excess is dropped and counted.
+    #[serde(default = "default_log_rate")]
+    pub log_rate: ByteSize,
+    /// Largest plugin file loaded; a larger one is refused with an error naming the file,
+    /// and the running version keeps serving.
+    #[serde(default = "default_max_plugin_size")]
+    pub max_plugin_size: ByteSize,
+    /// Where compiled plugins (native code) are cached, keyed by the file's content and the
+    /// engine's configuration; a private directory outside the plugins directory by default
+    /// (see [`Self::cache_dir`]). Created 0700; refused (no cache) unless owned by this user
+    /// and writable by nobody else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<PathBuf>,
     /// What each app may reach beyond the default of nothing, by app name.
@@ -425,12 +445,24 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    /// Where compiled plugins are cached: the `cache` given, or `.cache` in the plugins
-    /// directory.
+    /// Where compiled plugins are cached: the `cache` given, else `$XDG_CACHE_HOME/wasmgate`,
+    /// else `~/.cache/wasmgate`, else `wasmgate-cache-<uid>` in the temporary directory.
+    /// Never the plugins directory: whoever may drop a plugin there must not be able to drop
+    /// native code.
     pub fn cache_dir(&self) -> PathBuf {
+        let absolute = |var| {
+            std::env::var_os(var)
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+        };
         self.cache
             .clone()
-            .unwrap_or_else(|| self.plugins.join(".cache"))
+            .or_else(|| absolute("XDG_CACHE_HOME").map(|d| d.join("wasmgate")))
+            .or_else(|| absolute("HOME").map(|d| d.join(".cache").join("wasmgate")))
+            .unwrap_or_else(|| {
+                let uid = rustix::process::getuid().as_raw();
+                std::env::temp_dir().join(format!("wasmgate-cache-{uid}"))
+            })
     }
 
     /// Rejects worker settings that parse but cannot work.
@@ -443,6 +475,21 @@ impl WorkerConfig {
         }
         if self.link_ping_interval < Duration::from_millis(10) {
             return Err("`link_ping_interval` must be at least 10ms".into());
+        }
+        if self.max_timers == 0 {
+            return Err("`max_timers` must be at least 1".into());
+        }
+        if self.min_timer_interval.is_zero() {
+            return Err("`min_timer_interval` must be above 0".into());
+        }
+        if self.max_resources < 16 {
+            return Err("`max_resources` must be at least 16".into());
+        }
+        if self.log_rate.as_u64() == 0 {
+            return Err("`log_rate` must be above 0".into());
+        }
+        if self.max_plugin_size.as_u64() == 0 {
+            return Err("`max_plugin_size` must be above 0".into());
         }
         Ok(())
     }
@@ -756,6 +803,26 @@ fn default_no_worker_hold() -> Duration {
     Duration::from_secs(5)
 }
 
+fn default_max_timers() -> usize {
+    1024
+}
+
+fn default_min_timer_interval() -> Duration {
+    Duration::from_millis(10)
+}
+
+fn default_max_resources() -> usize {
+    65_536
+}
+
+fn default_log_rate() -> ByteSize {
+    ByteSize::kib(256)
+}
+
+fn default_max_plugin_size() -> ByteSize {
+    ByteSize::mib(64)
+}
+
 fn default_worker_name() -> String {
     format!("worker-{}", std::process::id())
 }
@@ -867,7 +934,11 @@ mod tests {
         assert_eq!(c.log.file, Path::new("/etc/wg/prod.log"));
         let w = c.worker.unwrap();
         assert_eq!(w.plugins, Path::new("/etc/wg/apps"));
-        assert_eq!(w.cache_dir(), Path::new("/etc/wg/apps/.cache"));
+        assert!(
+            !w.cache_dir().starts_with(&w.plugins),
+            "{:?}",
+            w.cache_dir()
+        );
         assert_eq!(w.grants["a"].dirs[0].host, Path::new("/etc/wg/data"));
         assert_eq!(
             c.web.unwrap().root,
@@ -891,6 +962,25 @@ mod tests {
         let w = c.worker.unwrap();
         assert_eq!(w.process_timeout, Duration::from_millis(250));
         assert_eq!(w.memory_limit, ByteSize::mib(64));
+    }
+
+    #[test]
+    fn plugin_caps_have_defaults_and_refuse_zero() {
+        let w = parse("[worker]\n").unwrap().worker.unwrap();
+        assert_eq!(w.max_plugin_size, ByteSize::mib(64));
+        assert_eq!(w.max_timers, 1024);
+        assert_eq!(w.min_timer_interval, Duration::from_millis(10));
+        assert_eq!(w.log_rate, ByteSize::kib(256));
+        for (keys, named) in [
+            ("max_plugin_size = 0", "max_plugin_size"),
+            ("max_timers = 0", "max_timers"),
+            ("min_timer_interval = \"0s\"", "min_timer_interval"),
+            ("max_resources = 1", "max_resources"),
+            ("log_rate = 0", "log_rate"),
+        ] {
+            let err = parse(&format!("[worker]\n{keys}\n")).unwrap_err();
+            assert!(err.contains(named), "{keys}: {err}");
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ static PLUGIN_CALLS: LazyLock<Family<CallLabels, Counter>> = LazyLock::new(Famil
 static PLUGIN_CALL_SECONDS: LazyLock<Timings> =
     LazyLock::new(|| Family::new_with_constructor(call_buckets));
 static PLUGIN_RELOADS: LazyLock<Family<ReloadLabels, Counter>> = LazyLock::new(Family::default);
+static PLUGIN_LIMITS: LazyLock<Family<LimitLabels, Counter>> = LazyLock::new(Family::default);
 static LINKS_TO_GATEWAYS: LazyLock<Family<RoleLabels, Gauge>> = LazyLock::new(Family::default);
 static EVENTS_DROPPED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
@@ -294,6 +295,41 @@ pub fn plugin_reloaded(plugin: &str, outcome: Reload) {
         .inc();
 }
 
+/// A plugin limit or safeguard that stepped in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginLimit {
+    /// A compile-cache entry failed its authentication and was recompiled instead of run.
+    CacheRejected,
+    /// A timer was refused: the instance holds `max_timers` already.
+    TimerRefused,
+    /// Guest output over `log_rate` was dropped (counted per write cut).
+    LogDropped,
+    /// A faulting instance's replacement was delayed (back-off).
+    RestartDelayed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    plugin: String,
+    limit: &'static str,
+}
+
+/// Counts that `limit` stepped in for `plugin`.
+pub fn plugin_limit(plugin: &str, limit: PluginLimit) {
+    let limit = match limit {
+        PluginLimit::CacheRejected => "cache_rejected",
+        PluginLimit::TimerRefused => "timer_refused",
+        PluginLimit::LogDropped => "log_dropped",
+        PluginLimit::RestartDelayed => "restart_delayed",
+    };
+    PLUGIN_LIMITS
+        .get_or_create(&LimitLabels {
+            plugin: plugin.to_owned(),
+            limit,
+        })
+        .inc();
+}
+
 /// A plugin version serving in a worker host of this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginVersion {
@@ -407,6 +443,11 @@ pub fn register(r: &mut Registry) {
         "plugin_reloads",
         "Looks at plugin files, by plugin and outcome (installed, unchanged, failed, removed)",
         PLUGIN_RELOADS.clone(),
+    );
+    r.register(
+        "plugin_limits",
+        "Plugin limits that stepped in, by plugin and limit (cache_rejected, timer_refused, log_dropped, restart_delayed)",
+        PLUGIN_LIMITS.clone(),
     );
 }
 

@@ -76,6 +76,15 @@ pub fn status(label: &str, s: &Status) -> String {
         }
         plugins.render(&mut out);
     }
+    if let Some(w) = &s.worker {
+        rule(&mut out, "PLUGIN MEMORY");
+        let worst = bytesize::ByteSize::b(w.plugin_memory_worst_case);
+        let _ = writeln!(
+            out,
+            "worst case {} (memory_limit x instances x apps x 2 during a reload)",
+            worst.display().iec()
+        );
+    }
 
     rule(&mut out, "TRAFFIC");
     let t = &s.traffic;

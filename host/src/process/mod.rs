@@ -156,6 +156,7 @@ pub async fn run(
         worker: config.worker.as_ref().map(|w| RunningWorker {
             name: w.name.clone(),
             plugins: w.plugins.clone(),
+            memory_limit: w.memory_limit.as_u64(),
         }),
     };
     let secret: Arc<[u8]> = config.secret.as_bytes().into();

@@ -38,4 +38,6 @@ pub struct RunningWorker {
     pub name: String,
     /// Its plugins directory.
     pub plugins: PathBuf,
+    /// Its `memory_limit` per instance, in bytes.
+    pub memory_limit: u64,
 }

@@ -6,7 +6,13 @@
 wasmtime::component::bindgen!({
     world: "plugin",
     path: "../wit",
-    imports: { default: async },
+    // Setting a timer past `max_timers` traps: the timer functions return no error the
+    // guest could ignore, and a limit breach ends only that instance.
+    imports: {
+        "wasmgate:plugin/timers.set-interval": async | trappable,
+        "wasmgate:plugin/timers.set-timeout": async | trappable,
+        default: async,
+    },
     exports: { default: async },
 });
 

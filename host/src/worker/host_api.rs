@@ -19,8 +19,10 @@ use bytes::Bytes;
 
 use super::bindings::wasmgate::plugin::{gateway, log, timers, types};
 use super::bindings::{GatewayError, Level};
-use super::timers::Timers;
+use super::guest_output::LogBudget;
+use super::timers::{Timers, TooManyTimers};
 use crate::client_id::ClientId;
+use crate::metrics;
 use crate::ops::{
     Command, CommandFuture, Excluded, GatewayApi, Gateways, Keyed, Name, OpError, Query,
     QueryFuture, Reply, Session, check_session_bytes, gateway_operations, session_bytes,
@@ -33,6 +35,7 @@ pub struct HostApi {
     api: GatewayApi,
     view: Arc<SessionView>,
     pub(super) timers: Timers,
+    log: Arc<LogBudget>,
 }
 
 /// How a callback changed the session of the client it was about.
@@ -45,8 +48,13 @@ pub struct SessionChange {
 }
 
 impl HostApi {
-    /// Imports for an instance of `plugin`, talking to `gateways`.
-    pub fn new(plugin: Arc<str>, gateways: Arc<dyn Gateways>, timers: Timers) -> Self {
+    /// Imports for an instance of `plugin`, talking to `gateways`, logging within `log`.
+    pub fn new(
+        plugin: Arc<str>,
+        gateways: Arc<dyn Gateways>,
+        timers: Timers,
+        log: Arc<LogBudget>,
+    ) -> Self {
         let view = Arc::new(SessionView {
             gateways,
             current: Mutex::new(None),
@@ -57,6 +65,7 @@ impl HostApi {
             api: GatewayApi::new(view.clone()),
             view,
             timers,
+            log,
         }
     }
 
@@ -341,15 +350,27 @@ gateway_operations!(wit_imports);
 
 impl types::Host for HostApi {}
 
+impl HostApi {
+    /// A timer past `max_timers` traps the instance: counted, and logged with its trap.
+    fn refused_timer(&self, set: Result<u64, TooManyTimers>) -> wasmtime::Result<u64> {
+        set.inspect_err(|_| metrics::plugin_limit(&self.plugin, metrics::PluginLimit::TimerRefused))
+            .map_err(wasmtime::Error::from)
+    }
+}
+
 impl timers::Host for HostApi {
-    async fn set_interval(&mut self, period_ms: u32) -> u64 {
-        self.timers
-            .set_interval(Duration::from_millis(period_ms.into()))
+    async fn set_interval(&mut self, period_ms: u32) -> wasmtime::Result<u64> {
+        let set = self
+            .timers
+            .set_interval(Duration::from_millis(period_ms.into()));
+        self.refused_timer(set)
     }
 
-    async fn set_timeout(&mut self, delay_ms: u32) -> u64 {
-        self.timers
-            .set_timeout(Duration::from_millis(delay_ms.into()))
+    async fn set_timeout(&mut self, delay_ms: u32) -> wasmtime::Result<u64> {
+        let set = self
+            .timers
+            .set_timeout(Duration::from_millis(delay_ms.into()));
+        self.refused_timer(set)
     }
 
     async fn cancel(&mut self, id: u64) {
@@ -359,6 +380,9 @@ impl timers::Host for HostApi {
 
 impl log::Host for HostApi {
     async fn log(&mut self, level: Level, message: String) {
+        if !self.log.admit(message.len()) {
+            return;
+        }
         let plugin = &*self.plugin;
         match level {
             Level::Trace => tracing::trace!(plugin, "{message}"),

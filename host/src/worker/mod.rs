@@ -34,10 +34,17 @@ use crate::wire::handshake::Peer;
 use dispatch::Dispatcher;
 use plugins::PluginDir;
 use runtime::{Limits, Runtime};
+use timers::TimerCaps;
 
 /// Longest a stopping worker host waits for its links to gateways of this process to deliver
 /// their last events.
 const LINKS_GRACE: Duration = Duration::from_secs(5);
+
+/// Longest a stopping worker host waits for its instances to finish their queues and run
+/// `on-worker-stop`. Each call is bounded by `process_timeout`, but a long queue of slow
+/// events is not; together with [`LINKS_GRACE`] this stays under `wasmgate stop`'s default
+/// 30 s, so a stop never times out because of a plugin. Instances still busy are abandoned.
+const DRAIN_GRACE: Duration = Duration::from_secs(15);
 
 /// A worker host whose runtime and links exist but are not running yet: the process can
 /// hand its links to the push API before anything is served.
@@ -60,6 +67,12 @@ impl WorkerHost {
         let mut runtime = Runtime::new(Limits {
             process_timeout: config.process_timeout,
             memory_limit: config.memory_limit.as_u64() as usize,
+            timers: TimerCaps {
+                max_timers: config.max_timers,
+                min_interval: config.min_timer_interval,
+            },
+            max_resources: config.max_resources,
+            log_rate: config.log_rate.as_u64(),
         })?;
         runtime = runtime.with_cache(config.cache_dir());
         let links = GatewayLinks::new(
@@ -95,15 +108,7 @@ impl WorkerHost {
             dispatcher,
         } = self;
         let worker: Arc<str> = config.name.clone().into();
-        let mut plugins = PluginDir::new(
-            config.plugins.clone(),
-            runtime,
-            links.clone(),
-            dispatcher.clone(),
-            worker.clone(),
-            config.instances,
-            &config.grants,
-        );
+        let mut plugins = PluginDir::new(&config, runtime, links.clone(), dispatcher.clone());
         // Load the plugins before linking to gateways, so that no early event finds its app
         // missing.
         plugins.scan().await;
@@ -125,7 +130,12 @@ impl WorkerHost {
         if !links.stopped(LINKS_GRACE).await {
             tracing::warn!("links to gateways still open after {LINKS_GRACE:?}; stopping anyway");
         }
-        dispatcher.stop().await;
+        if tokio::time::timeout(DRAIN_GRACE, dispatcher.stop())
+            .await
+            .is_err()
+        {
+            tracing::warn!("plugin instances still busy after {DRAIN_GRACE:?}; abandoned");
+        }
         Ok(())
     }
 }

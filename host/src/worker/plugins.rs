@@ -16,6 +16,8 @@
 //! restart, or a forced reload) costs no compile.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dispatch::Dispatcher;
 use super::runtime::{PluginInstance, Runtime};
-use crate::config::Grants;
+use crate::config::{Grants, WorkerConfig};
 use crate::metrics::{self, Reload};
 use crate::ops::Gateways;
 
@@ -42,6 +44,7 @@ pub struct PluginDir {
     dispatcher: Arc<Dispatcher>,
     worker: Arc<str>,
     instances: usize,
+    max_plugin_size: u64,
     grants: BTreeMap<String, Arc<Grants>>,
     no_grants: Arc<Grants>,
     /// The running version of each app.
@@ -52,17 +55,15 @@ pub struct PluginDir {
 }
 
 impl PluginDir {
-    /// The apps of `dir`, each started with `instances` instances that reach the gateways
-    /// through `gateways` and installed in `dispatcher`.
+    /// The apps of `config.plugins`, each started with `config.instances` instances that
+    /// reach the gateways through `gateways` and installed in `dispatcher`.
     pub fn new(
-        dir: PathBuf,
+        config: &WorkerConfig,
         runtime: Arc<Runtime>,
         gateways: Arc<dyn Gateways>,
         dispatcher: Arc<Dispatcher>,
-        worker: Arc<str>,
-        instances: usize,
-        grants: &BTreeMap<String, Grants>,
     ) -> Self {
+        let dir = config.plugins.clone();
         if let Err(e) = std::fs::create_dir_all(&dir) {
             tracing::error!(dir = %dir.display(), "cannot create the plugins directory: {e}");
         }
@@ -82,9 +83,11 @@ impl PluginDir {
             runtime,
             gateways,
             dispatcher,
-            worker,
-            instances: instances.max(1),
-            grants: grants
+            worker: config.name.clone().into(),
+            instances: config.instances.max(1),
+            max_plugin_size: config.max_plugin_size.as_u64(),
+            grants: config
+                .grants
                 .iter()
                 .map(|(app, g)| (app.clone(), Arc::new(g.clone())))
                 .collect(),
@@ -141,9 +144,12 @@ impl PluginDir {
     async fn sync(&mut self, app: &str) {
         let path = self.dir.join(format!("{app}.wasm"));
         let started = Instant::now();
-        let bytes = match tokio::fs::read(&path).await {
+        let (file, limit) = (path.clone(), self.max_plugin_size);
+        let read = tokio::task::spawn_blocking(move || read_plugin(&file, limit)).await;
+        let read = read.unwrap_or_else(|e| Err(FileError::Io(std::io::Error::other(e))));
+        let bytes = match read {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 if self.running.remove(app).is_some() {
                     tracing::info!(plugin = app, file = %path.display(), "plugin file deleted; app stopped");
                     metrics::plugin_removed(&self.worker, app);
@@ -152,7 +158,7 @@ impl PluginDir {
                 return;
             }
             Err(e) => {
-                tracing::error!(file = %path.display(), "cannot read plugin: {e}");
+                tracing::error!(file = %path.display(), "plugin not loaded, the running version (if any) keeps serving: {e}");
                 metrics::plugin_reloaded(app, Reload::Failed);
                 return;
             }
@@ -219,6 +225,60 @@ impl PluginDir {
         };
         entries.filter_map(|e| app_name(&e.ok()?.path())).collect()
     }
+}
+
+/// Why a plugin file was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// A FIFO, device, socket or directory (possibly behind a symlink): reading one could
+    /// block forever or never end.
+    #[error("not a regular file but a {0}: only regular files (or symlinks to them) are loaded")]
+    NotRegular(&'static str),
+    /// Larger than `max_plugin_size`.
+    #[error("larger than max_plugin_size ({limit} bytes)")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The file could not be opened or read.
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads a plugin file, refusing anything but a regular file of at most `limit` bytes. The
+/// file is opened without blocking (a FIFO would wait for a writer) and its type checked on
+/// the open handle, so it cannot be swapped between the check and the read; the read itself
+/// stops after `limit` bytes whatever the size claimed.
+fn read_plugin(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "device"
+        } else if kind.is_socket() {
+            "socket"
+        } else if kind.is_dir() {
+            "directory"
+        } else {
+            "special file"
+        };
+        return Err(FileError::NotRegular(what));
+    }
+    if meta.len() > limit {
+        return Err(FileError::TooLarge { limit });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(FileError::TooLarge { limit });
+    }
+    Ok(bytes)
 }
 
 /// Records when the apps an event touches should be looked at again.

@@ -8,16 +8,18 @@
 //!
 //! Only this module knows about epochs, store limits and `InstancePre`. Callers ask "run
 //! `on-message` for this client" and get either the outcome or a [`CallError`] that says what
-//! the sandbox stopped: a trap, a call past `process_timeout`, a grow past `memory_limit`.
+//! the sandbox stopped: a trap, a call past `process_timeout` (wall-clock time, host calls
+//! included), a grow past `memory_limit`.
 //! Whatever happened, only that instance is lost; the next call gets a fresh one.
 
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -25,9 +27,9 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{Client, Plugin, PluginPre, WebsocketRequest, WorkerInfo};
-use super::guest_output::{GuestOutput, Stream};
+use super::guest_output::{GuestOutput, LogBudget, Stream};
 use super::host_api::{HostApi, SessionChange};
-use super::timers::{PENDING_TICKS, Timers};
+use super::timers::{PENDING_TICKS, TimerCaps, Timers};
 use crate::client_id::{ClientId, MalformedClientId};
 use crate::config::Grants;
 use crate::metrics;
@@ -36,6 +38,12 @@ use crate::ops::{Gateways, Session};
 /// How often the epoch advances: the granularity of `process_timeout` and of the yields that
 /// keep a busy guest from starving other tasks on its tokio worker.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// How far past `process_timeout` the wall-clock timer around a call fires. The epoch
+/// interrupts a guest that computes; the timer is for a guest parked inside a host call (a
+/// sleep, a blocking read, a full link), where no epoch check runs. Firing slightly later
+/// lets the epoch, which leaves the store usable for its error report, win when both apply.
+const TIMER_SLACK: Duration = Duration::from_millis(50);
 
 /// The sandbox limits applied to every instance.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +54,12 @@ pub struct Limits {
     /// Most linear memory, in bytes, that one instance may hold across all its memories; a grow
     /// past it fails inside the guest, which normally aborts the call.
     pub memory_limit: usize,
+    /// What one instance may ask of the timers.
+    pub timers: TimerCaps,
+    /// Most entries (open streams, files, pollables …) in one instance's resource table.
+    pub max_resources: usize,
+    /// Log bytes per second one plugin (all its instances) may write.
+    pub log_rate: u64,
 }
 
 impl Default for Limits {
@@ -53,9 +67,22 @@ impl Default for Limits {
         Self {
             process_timeout: Duration::from_secs(10),
             memory_limit: 256 << 20,
+            timers: TimerCaps {
+                max_timers: 1024,
+                min_interval: Duration::from_millis(10),
+            },
+            max_resources: 65_536,
+            log_rate: 256 << 10,
         }
     }
 }
+
+/// First delay before an instance whose start failed is started again; it doubles with each
+/// failure in a row, up to [`MAX_RESTART_DELAY`].
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
+
+/// Longest an instance whose start keeps failing waits between attempts.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
 
 /// Why a file could not become a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +139,27 @@ pub enum CallError {
     /// A grant from the configuration could not be given (e.g. a missing directory).
     #[error("cannot apply the app's grants: {0}")]
     Grant(String),
+    /// The instance's start failed recently and is not tried again before a back-off.
+    #[error("not started: its start failed {failures} times in a row; next try in {retry_in:?}")]
+    Delayed {
+        /// Failed starts in a row.
+        failures: u32,
+        /// How long until the next try.
+        retry_in: Duration,
+    },
+}
+
+/// Runs `call` for at most `limit` (plus [`TIMER_SLACK`]) of wall-clock time. On expiry the
+/// call's future is dropped where it stood, and with it any host call it was parked in; the
+/// store it borrowed is then unusable, so the caller must discard the instance.
+async fn within<T>(
+    limit: Duration,
+    callback: &'static str,
+    call: impl Future<Output = Result<T, CallError>>,
+) -> Result<T, CallError> {
+    tokio::time::timeout(limit + TIMER_SLACK, call)
+        .await
+        .unwrap_or(Err(CallError::Timeout { callback, limit }))
 }
 
 impl CallError {
@@ -121,7 +169,9 @@ impl CallError {
             CallError::Trap { .. } => metrics::Outcome::Trap,
             CallError::Timeout { .. } => metrics::Outcome::Timeout,
             CallError::OutOfMemory { .. } => metrics::Outcome::MemoryLimit,
-            CallError::StartRefused(_) | CallError::Grant(_) => metrics::Outcome::StartFailed,
+            CallError::StartRefused(_) | CallError::Grant(_) | CallError::Delayed { .. } => {
+                metrics::Outcome::StartFailed
+            }
         }
     }
 }
@@ -131,7 +181,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<PluginState>,
     limits: Limits,
-    cache: Option<PathBuf>,
+    cache: Option<CompileCache>,
     ticker: EpochTicker,
 }
 
@@ -165,12 +215,19 @@ impl Runtime {
         })
     }
 
-    /// Keeps compiled components in `dir` (created if missing), so that loading a file whose
-    /// bytes were compiled before, by an engine with the same configuration, skips the
-    /// compiler. The directory must be as trusted as the binary: its files are loaded as
-    /// native code.
+    /// Keeps compiled components in `dir`, so that loading a file whose bytes were compiled
+    /// before, by an engine with the same configuration, skips the compiler. The directory
+    /// is created private (0700) and must be owned by this user and writable by nobody else;
+    /// every entry is authenticated with the directory's key (see [`CompileCache`]). When
+    /// the directory is unusable, plugins are compiled every time, with an error logged.
     pub fn with_cache(mut self, dir: PathBuf) -> Self {
-        self.cache = Some(dir);
+        match CompileCache::open(dir.clone()) {
+            Ok(cache) => self.cache = Some(cache),
+            Err(e) => tracing::error!(
+                dir = %dir.display(),
+                "compile cache disabled, plugins compile at every load: {e}"
+            ),
+        }
         self
     }
 
@@ -191,14 +248,16 @@ impl Runtime {
             return Err(LoadError::CoreModule);
         }
         let digest = hex::encode(Sha256::digest(bytes));
-        let (component, from_cache) = self.compile(bytes, &digest)?;
+        let (component, from_cache) = self.compile(name, bytes, &digest)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(LoadError::WrongWorld)?;
         let pre = PluginPre::new(pre).map_err(LoadError::WrongWorld)?;
+        let name: Arc<str> = name.into();
         Ok(Arc::new(PluginCode {
-            name: name.into(),
+            log: Arc::new(LogBudget::new(name.clone(), self.limits.log_rate)),
+            name,
             version: digest[..12].to_owned(),
             from_cache,
             pre,
@@ -206,8 +265,13 @@ impl Runtime {
     }
 
     /// The component for `bytes`, from the cache when it holds one; says which it was.
-    fn compile(&self, bytes: &[u8], digest: &str) -> Result<(Component, bool), LoadError> {
-        let Some(dir) = &self.cache else {
+    fn compile(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<(Component, bool), LoadError> {
+        let Some(cache) = &self.cache else {
             let component =
                 Component::from_binary(&self.engine, bytes).map_err(LoadError::Invalid)?;
             return Ok((component, false));
@@ -216,21 +280,38 @@ impl Runtime {
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut engine_hash);
-        let path = dir.join(format!("{digest}-{:016x}.cwasm", engine_hash.finish()));
-        if path.exists() {
-            // SAFETY: the file was written by `Component::serialize` of an engine with this
-            // configuration (the name says so) and renamed into place whole; the cache
-            // directory is as trusted as the binary (see `with_cache`).
-            match unsafe { Component::deserialize_file(&self.engine, &path) } {
-                Ok(component) => return Ok((component, true)),
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), "ignoring unusable cache entry: {e:#}")
+        let entry = cache.entry(digest, engine_hash.finish());
+        match cache.read(&entry) {
+            Ok(Some(native)) => {
+                // SAFETY: `native` was written by `Component::serialize` of an engine with
+                // this configuration for exactly these bytes: its tag, keyed by this
+                // install's private key, binds it to the plugin's digest and the engine hash
+                // and was checked over every byte just now.
+                match unsafe { Component::deserialize(&self.engine, &native) } {
+                    Ok(component) => return Ok((component, true)),
+                    Err(e) => tracing::warn!(
+                        file = %entry.path.display(),
+                        "ignoring unusable cache entry: {e:#}"
+                    ),
                 }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(
+                    plugin = name,
+                    file = %entry.path.display(),
+                    "compile cache entry rejected, recompiling: {e}"
+                );
+                metrics::plugin_limit(name, metrics::PluginLimit::CacheRejected);
             }
         }
         let component = Component::from_binary(&self.engine, bytes).map_err(LoadError::Invalid)?;
-        if let Err(e) = store_in_cache(&component, dir, &path) {
-            tracing::warn!(dir = %dir.display(), "cannot cache the compiled plugin: {e:#}");
+        if let Err(e) = component
+            .serialize()
+            .map_err(anyhow::Error::from)
+            .and_then(|native| cache.write(&entry, &native))
+        {
+            tracing::warn!(dir = %cache.dir.display(), "cannot cache the compiled plugin: {e:#}");
         }
         Ok((component, false))
     }
@@ -252,27 +333,142 @@ impl Runtime {
             grants,
             limits: self.limits,
             live: None,
+            failed_starts: 0,
+            retry_at: None,
         }
     }
 }
 
-/// Writes a compiled component to `path` whole: to a temporary file first, then renamed, so a
-/// crash never leaves a partial entry that would later be loaded.
-fn store_in_cache(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
-    // Several worker hosts (of this process or others) may store the same entry at once:
-    // each writes its own temporary file.
-    static WRITES: AtomicU64 = AtomicU64::new(0);
-    std::fs::create_dir_all(dir)?;
-    let write = WRITES.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp{}-{write}", std::process::id()));
-    std::fs::write(&tmp, component.serialize()?)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+/// Why the compile cache cannot be used, or an entry of it was not trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The directory or its key is not private to this user.
+    #[error("{0} must be owned by this user and not writable (key: not readable) by others")]
+    NotPrivate(PathBuf),
+    /// The key file does not hold a key.
+    #[error("{0} is not a key written by wasmgate")]
+    BadKey(PathBuf),
+    /// An entry's tag does not match its bytes, its plugin or this engine.
+    #[error("its authentication tag does not match (tampered, swapped or foreign)")]
+    Forged,
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Length of the per-install key and of an entry's tag (HMAC-SHA256).
+const TAG_LEN: usize = 32;
+
+/// Compiled components on disk. They are native code, loaded without further checks, so an
+/// entry is used only when its HMAC-SHA256 tag, keyed by a key only this user can read
+/// (`key`, 0600, made at first use), matches its bytes, the plugin's content hash and the
+/// engine's. A file dropped in by anyone else, or another plugin's entry renamed, fails the
+/// check and is recompiled and overwritten.
+struct CompileCache {
+    dir: PathBuf,
+    key: [u8; TAG_LEN],
+}
+
+/// Where one compiled component lives, and what its tag is bound to.
+struct CacheEntry {
+    path: PathBuf,
+    binding: String,
+}
+
+impl CompileCache {
+    /// Opens (creating them private if missing) the directory and its key.
+    fn open(dir: PathBuf) -> Result<Self, CacheError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        let me = rustix::process::getuid().as_raw();
+        let meta = std::fs::metadata(&dir)?;
+        if meta.uid() != me || meta.mode() & 0o022 != 0 {
+            return Err(CacheError::NotPrivate(dir));
+        }
+        let path = dir.join("key");
+        let made = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path);
+        match made {
+            Ok(mut file) => {
+                let key: [u8; TAG_LEN] = rand::random();
+                std::io::Write::write_all(&mut file, &key)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        let meta = std::fs::symlink_metadata(&path)?;
+        if !meta.is_file() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+            return Err(CacheError::NotPrivate(path));
+        }
+        let key = std::fs::read(&path)?;
+        let key = key.try_into().map_err(|_| CacheError::BadKey(path))?;
+        Ok(Self { dir, key })
+    }
+
+    /// The entry for the plugin bytes hashing to `digest`, compiled by an engine whose
+    /// compatibility hashes to `engine`.
+    fn entry(&self, digest: &str, engine: u64) -> CacheEntry {
+        let binding = format!("wasmgate-cache-v1 {digest} {engine:016x}");
+        CacheEntry {
+            path: self.dir.join(format!("{digest}-{engine:016x}.cwasm")),
+            binding,
+        }
+    }
+
+    fn tag(&self, entry: &CacheEntry, native: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        mac.update(entry.binding.as_bytes());
+        mac.update(&[0]);
+        mac.update(native);
+        mac
+    }
+
+    /// The entry's native code if it is there and authentic; `None` if there is none.
+    fn read(&self, entry: &CacheEntry) -> Result<Option<Vec<u8>>, CacheError> {
+        let mut bytes = match std::fs::read(&entry.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(split) = bytes.len().checked_sub(TAG_LEN) else {
+            return Err(CacheError::Forged);
+        };
+        let tag = bytes.split_off(split);
+        // `verify_slice` compares in constant time.
+        self.tag(entry, &bytes)
+            .verify_slice(&tag)
+            .map_err(|_| CacheError::Forged)?;
+        Ok(Some(bytes))
+    }
+
+    /// Writes `native` with its tag whole: to a temporary file first, then renamed over the
+    /// entry, so a crash never leaves a partial entry and a rejected one is replaced.
+    fn write(&self, entry: &CacheEntry, native: &[u8]) -> anyhow::Result<()> {
+        // Several worker hosts (of this process or others) may store the same entry at once:
+        // each writes its own temporary file.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let write = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = entry
+            .path
+            .with_extension(format!("tmp{}-{write}", std::process::id()));
+        let tag = self.tag(entry, native).finalize().into_bytes();
+        std::fs::write(&tmp, [native, &tag[..]].concat())?;
+        std::fs::rename(&tmp, &entry.path)?;
+        Ok(())
+    }
 }
 
 /// One compiled version of a plugin, ready to instantiate cheaply.
 pub struct PluginCode {
     name: Arc<str>,
+    /// Shared by the version's instances: the log budget is per plugin, not per instance.
+    log: Arc<LogBudget>,
     version: String,
     from_cache: bool,
     pre: PluginPre<PluginState>,
@@ -375,6 +571,10 @@ pub struct PluginInstance {
     grants: Arc<Grants>,
     limits: Limits,
     live: Option<Live>,
+    /// Starts that failed in a row, and when the next may be tried: a plugin whose start
+    /// always fails is not instantiated again for every event.
+    failed_starts: u32,
+    retry_at: Option<Instant>,
 }
 
 struct Live {
@@ -391,22 +591,49 @@ impl PluginInstance {
 
     /// Instantiates the plugin and runs `on-worker-start`, unless already started.
     pub async fn start(&mut self) -> Result<(), CallError> {
-        if self.live.is_none() {
-            let live = self.instantiate().await?;
-            self.live = Some(live);
+        if self.live.is_some() {
+            return Ok(());
         }
-        Ok(())
+        let now = Instant::now();
+        if let Some(retry_at) = self.retry_at.filter(|at| *at > now) {
+            metrics::plugin_limit(self.code.name(), metrics::PluginLimit::RestartDelayed);
+            return Err(CallError::Delayed {
+                failures: self.failed_starts,
+                retry_in: retry_at - now,
+            });
+        }
+        // Instantiation and on-worker-start have a process_timeout each.
+        let limit = self.limits.process_timeout * 2;
+        match within(limit, "on-worker-start", self.instantiate()).await {
+            Ok(live) => {
+                self.live = Some(live);
+                self.failed_starts = 0;
+                self.retry_at = None;
+                Ok(())
+            }
+            Err(e) => {
+                let delay = FIRST_RESTART_DELAY
+                    .saturating_mul(1 << self.failed_starts.min(16))
+                    .min(MAX_RESTART_DELAY);
+                self.failed_starts += 1;
+                self.retry_at = Some(Instant::now() + delay);
+                Err(e)
+            }
+        }
     }
 
     /// Runs one callback. After an error the instance is gone and the next call starts a
     /// fresh one; the error has been logged with the plugin's name and the callback.
     pub async fn call(&mut self, call: Call<'_>) -> Result<CallOutcome, CallError> {
         if let Err(e) = self.start().await {
-            tracing::error!(
-                plugin = self.code.name(),
-                version = self.code.version(),
-                "{e}"
-            );
+            // One line per failed start, not one per event refused while it backs off.
+            if !matches!(e, CallError::Delayed { .. }) {
+                tracing::error!(
+                    plugin = self.code.name(),
+                    version = self.code.version(),
+                    "{e}"
+                );
+            }
             return Err(e);
         }
         let live = self.live.as_mut().expect("started above");
@@ -415,7 +642,11 @@ impl PluginInstance {
         {
             return Ok(CallOutcome::default());
         }
-        let run = live.run(call, self.limits);
+        let run = within(
+            self.limits.process_timeout,
+            call.callback(),
+            live.run(call, self.limits),
+        );
         match metrics::plugin_call(self.code.name(), call.callback(), run, CallError::outcome).await
         {
             Ok(outcome) => Ok(outcome),
@@ -451,19 +682,19 @@ impl PluginInstance {
         let state = live.store.data_mut();
         state.call_started = Instant::now();
         live.store.set_epoch_deadline(1);
-        let result = live
-            .plugin
-            .wasmgate_plugin_events()
-            .call_on_worker_stop(&mut live.store)
-            .await;
-        match result {
+        let limits = self.limits;
+        let stopping = async {
+            let events = live.plugin.wasmgate_plugin_events();
+            let result = events.call_on_worker_stop(&mut live.store).await;
+            result.map_err(|e| classify(e, "on-worker-stop", live.store.data(), limits))
+        };
+        match within(limits.process_timeout, "on-worker-stop", stopping).await {
             Ok(()) => tracing::info!(
                 plugin = self.code.name(),
                 version = self.code.version(),
                 "on-worker-stop ran"
             ),
             Err(e) => {
-                let e = classify(e, "on-worker-stop", live.store.data(), self.limits);
                 tracing::error!(
                     plugin = self.code.name(),
                     version = self.code.version(),
@@ -478,9 +709,10 @@ impl PluginInstance {
         let api = HostApi::new(
             self.code.name.clone(),
             self.gateways.clone(),
-            Timers::new(fired_tx),
+            Timers::new(fired_tx, self.limits.timers),
+            self.code.log.clone(),
         );
-        let state = PluginState::new(&self.code.name, api, self.limits, &self.grants)
+        let state = PluginState::new(&self.code, api, self.limits, &self.grants)
             .map_err(|e| CallError::Grant(format!("{e:#}")))?;
         let mut store = Store::new(self.code.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -597,18 +829,27 @@ pub struct PluginState {
 
 impl PluginState {
     fn new(
-        plugin: &Arc<str>,
+        code: &PluginCode,
         api: HostApi,
         limits: Limits,
         grants: &Grants,
     ) -> wasmtime::Result<Self> {
         // Only what the app's grants list: by default no preopens, no environment; never
         // sockets or name lookups.
+        let (plugin, log) = (&code.name, &code.log);
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(GuestOutput::new(plugin.clone(), Stream::Stdout))
-            .stderr(GuestOutput::new(plugin.clone(), Stream::Stderr))
-            .allow_tcp(false)
-            .allow_udp(false);
+        wasi.stdout(GuestOutput::new(
+            plugin.clone(),
+            Stream::Stdout,
+            log.clone(),
+        ))
+        .stderr(GuestOutput::new(
+            plugin.clone(),
+            Stream::Stderr,
+            log.clone(),
+        ))
+        .allow_tcp(false)
+        .allow_udp(false);
         for (key, value) in &grants.env {
             wasi.env(key, value);
         }
@@ -616,9 +857,11 @@ impl PluginState {
             wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadOnly)?;
         }
         let wasi = wasi.build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.max_resources);
         Ok(Self {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: MemoryLimiter {
                 limit: limits.memory_limit,
                 total: 0,

@@ -21,7 +21,22 @@ pub struct Timers {
     next_id: u64,
     running: HashMap<u64, Timer>,
     fired: mpsc::Sender<u64>,
+    caps: TimerCaps,
 }
+
+/// What one instance may ask of the timers.
+#[derive(Debug, Clone, Copy)]
+pub struct TimerCaps {
+    /// Most timers set and not yet fired (timeouts) or cancelled (intervals).
+    pub max_timers: usize,
+    /// Shortest interval; shorter ones are stretched to it.
+    pub min_interval: Duration,
+}
+
+/// A timer refused.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set a timer: {0} timers already set (max_timers)")]
+pub struct TooManyTimers(pub usize);
 
 struct Timer {
     task: AbortHandle,
@@ -29,18 +44,21 @@ struct Timer {
 }
 
 impl Timers {
-    /// Timers that report firing ids on `fired`.
-    pub fn new(fired: mpsc::Sender<u64>) -> Self {
+    /// Timers that report firing ids on `fired`, within `caps`.
+    pub fn new(fired: mpsc::Sender<u64>, caps: TimerCaps) -> Self {
         Self {
             next_id: 1,
             running: HashMap::new(),
             fired,
+            caps,
         }
     }
 
-    /// Starts a timer firing every `period`; returns its id.
-    pub fn set_interval(&mut self, period: Duration) -> u64 {
-        let period = period.max(Duration::from_millis(1));
+    /// Starts a timer firing every `period` (at least `min_interval`); returns its id.
+    pub fn set_interval(&mut self, period: Duration) -> Result<u64, TooManyTimers> {
+        let period = period
+            .max(self.caps.min_interval)
+            .max(Duration::from_millis(1));
         self.start(false, move |id, fired| async move {
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             // A busy instance gets the next tick, not a burst of the ones it missed.
@@ -55,7 +73,7 @@ impl Timers {
     }
 
     /// Starts a timer firing once after `delay`; returns its id.
-    pub fn set_timeout(&mut self, delay: Duration) -> u64 {
+    pub fn set_timeout(&mut self, delay: Duration) -> Result<u64, TooManyTimers> {
         self.start(true, move |id, fired| async move {
             tokio::time::sleep(delay).await;
             let _ = fired.send(id).await;
@@ -82,16 +100,19 @@ impl Timers {
         }
     }
 
-    fn start<F, Fut>(&mut self, one_shot: bool, run: F) -> u64
+    fn start<F, Fut>(&mut self, one_shot: bool, run: F) -> Result<u64, TooManyTimers>
     where
         F: FnOnce(u64, mpsc::Sender<u64>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        if self.running.len() >= self.caps.max_timers {
+            return Err(TooManyTimers(self.running.len()));
+        }
         let id = self.next_id;
         self.next_id += 1;
         let task = tokio::spawn(run(id, self.fired.clone())).abort_handle();
         self.running.insert(id, Timer { task, one_shot });
-        id
+        Ok(id)
     }
 }
 

@@ -80,6 +80,8 @@ async fn a_daemon_is_inspected_reloaded_restarted_and_stopped_by_its_config_file
         version.len() == 12 && version.chars().all(|c| c.is_ascii_hexdigit()),
         "{screen}"
     );
+    // One app, one instance, the default 256 MiB, twice during a reload.
+    assert!(screen.contains("worst case 512.0 MiB"), "{screen}");
     let traffic = &table(&screen, "TRAFFIC")[0];
     let messages_in: u64 = traffic["messages_in"].parse().unwrap();
     assert!(messages_in >= 5, "five commands were sent: {screen}");

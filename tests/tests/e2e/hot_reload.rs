@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
-use wasmgate_tests::cluster::{Node, PluginsDir, connect_ws};
+use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, connect_ws, free_port};
 use wasmgate_tests::plugins;
 
 use crate::BIN;
@@ -198,7 +198,20 @@ async fn an_interval_timer_ticks_at_its_rate_and_stops_with_its_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchanged_plugin_is_served_from_the_cache_after_a_restart() {
     let dir = PluginsDir::with(&[("app", plugins::COMMANDS)]);
-    let (mut first, port) = Node::all_in_one(BIN, dir.path(), "app", 1);
+    // A cache of its own: the default one is shared by every server of this user.
+    let cache = tempfile::tempdir().unwrap();
+    let node = || {
+        let (r, g) = (free_port(), free_port());
+        let config = format!(
+            "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
+             [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"app\"\nregister = \"127.0.0.1:{r}\"\n\
+             [worker]\nplugins = {:?}\nregister = \"127.0.0.1:{r}\"\ncache = {:?}\n",
+            dir.path(),
+            cache.path(),
+        );
+        (Node::start(BIN, &config), g)
+    };
+    let (mut first, port) = node();
     let mut client = connect_ws(port).await;
     assert_eq!(client.ask("echo one").await, "one");
     assert!(
@@ -208,7 +221,7 @@ async fn an_unchanged_plugin_is_served_from_the_cache_after_a_restart() {
     );
     assert!(first.terminate().await.success());
 
-    let (second, port) = Node::all_in_one(BIN, dir.path(), "app", 1);
+    let (second, port) = node();
     let mut client = connect_ws(port).await;
     assert_eq!(client.ask("echo two").await, "two");
     assert!(

@@ -13,6 +13,7 @@ mod conformance;
 mod heartbeat;
 mod hostile_clients;
 mod hostile_links;
+mod hostile_plugins;
 mod hot_reload;
 mod internal_links;
 mod limits;

@@ -95,6 +95,10 @@ pub struct WorkerStatus {
     pub plugins: String,
     /// Gateways it is linked to.
     pub gateway_links: i64,
+    /// The most linear memory its plugins may hold, in bytes: `memory_limit` × every
+    /// instance of every app × 2, since a hot reload runs both versions for a while.
+    #[serde(default)]
+    pub plugin_memory_worst_case: u64,
 }
 
 /// One plugin version serving.

@@ -187,6 +187,11 @@ impl Control {
                 name: w.name.clone(),
                 plugins: w.plugins.display().to_string(),
                 gateway_links: metrics::gateway_links(Peer::Worker.name()),
+                plugin_memory_worst_case: metrics::plugins()
+                    .iter()
+                    .filter(|p| p.worker == w.name)
+                    .map(|p| p.instances as u64 * w.memory_limit * 2)
+                    .sum(),
             }),
             plugins: metrics::plugins()
                 .into_iter()

@@ -7,6 +7,11 @@
 //!   host's `memory_limit` the allocation fails and the instance aborts (traps). A size that is
 //!   not a number gets `error usage: alloc <MiB>`.
 //! - `trap` → panics, which traps.
+//! - `timers <n>` → sets `n` one-hour timeouts, then `timers <n>`; past the host's
+//!   `max_timers` the instance traps.
+//! - `print <n>` → writes `n` lines of 100 bytes to stdout, then `printed <n>`.
+//! - `sleep <ms>` → sleeps that long inside a host call (a WASI clock poll, where no epoch
+//!   check runs), then `slept <ms>`.
 //! - `instance` → `calls <n>`: the number of messages this instance has handled, this one
 //!   included. A fresh instance answers `calls 1`, so a test can tell it from a reused one.
 //!
@@ -21,7 +26,8 @@
 //! `on-close` logs `on-close <client-id>` at info, so a test can count the calls in the log.
 //!
 //! Anything else gets `error unknown command`. `on-worker-start` refuses to start when the app is
-//! named `fail-start`, traps when it is named `trap-start`, and when the app is named `ticker`
+//! named `fail-start`, traps when it is named `trap-start`, logs `slow-start: sleeping
+//! in on-worker-start` and sleeps for an hour (in a host call) when it is named `slow-start`, and when the app is named `ticker`
 //! sets a 100 ms interval whose every tick sends `tick` to every client.
 
 use std::hint::black_box;
@@ -45,6 +51,11 @@ impl Plugin for Misbehave {
         match info.app.as_str() {
             "fail-start" => Err("refusing to start".into()),
             "trap-start" => panic!("misbehave: trap requested in on-worker-start"),
+            "slow-start" => {
+                log::info("slow-start: sleeping in on-worker-start");
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Ok(())
+            }
             "ticker" => {
                 timers::set_interval(TICK_MS);
                 Ok(())
@@ -96,6 +107,33 @@ impl Plugin for Misbehave {
                 None => b"error usage: alloc <MiB>".to_vec(),
             },
             b"trap" => panic!("misbehave: trap requested"),
+            b"timers" => {
+                let n: u32 = std::str::from_utf8(arg)
+                    .ok()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(0);
+                for _ in 0..n {
+                    timers::set_timeout(3_600_000);
+                }
+                format!("timers {n}").into_bytes()
+            }
+            b"print" => {
+                let n: u32 = std::str::from_utf8(arg)
+                    .ok()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(0);
+                for i in 0..n {
+                    println!("{i:>99}");
+                }
+                format!("printed {n}").into_bytes()
+            }
+            b"sleep" => match std::str::from_utf8(arg).ok().and_then(|a| a.parse().ok()) {
+                Some(ms) => {
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    format!("slept {ms}").into_bytes()
+                }
+                None => b"error usage: sleep <ms>".to_vec(),
+            },
             b"instance" => format!("calls {calls}").into_bytes(),
             b"env" => std::env::var(String::from_utf8_lossy(arg).as_ref())
                 .unwrap_or_else(|_| "unset".into())
