@@ -148,3 +148,119 @@ impl Refusals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// Longest any step here may take; the bounds under test are far shorter.
+    const BOUND: Duration = Duration::from_secs(10);
+
+    async fn start(
+        limits: HttpConfig,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let shutdown = CancellationToken::new();
+        let served = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { serve("test", listener, app, &limits, shutdown).await }
+        });
+        (addr, shutdown, served)
+    }
+
+    /// A complete request on a fresh connection: the bystander, whose answers must keep coming.
+    async fn get(addr: SocketAddr) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(BOUND, stream.read_to_string(&mut answer))
+            .await
+            .expect("the bystander was answered in time")
+            .unwrap();
+        answer
+    }
+
+    /// A connection that sent half a request head.
+    async fn half_sent(addr: SocketAddr) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Le")
+            .await
+            .unwrap();
+        stream
+    }
+
+    /// Waits (bounded) until the server closes `stream`.
+    async fn closed(mut stream: TcpStream) {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(BOUND, stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the server kept the connection open");
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_head_is_closed_at_header_read_timeout_while_others_are_served() {
+        let limits = HttpConfig {
+            header_read_timeout: Duration::from_millis(300),
+            ..HttpConfig::default()
+        };
+        let (addr, shutdown, served) = start(limits).await;
+        let holder = half_sent(addr).await;
+        assert!(get(addr).await.ends_with("ok"));
+        closed(holder).await;
+        assert!(get(addr).await.ends_with("ok"));
+        shutdown.cancel();
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_cap_is_closed_and_the_others_kept() {
+        let limits = HttpConfig {
+            max_connections: 2,
+            ..HttpConfig::default()
+        };
+        let (addr, shutdown, served) = start(limits).await;
+        let mut held = half_sent(addr).await;
+        let _idle = TcpStream::connect(addr).await.unwrap();
+        closed(TcpStream::connect(addr).await.unwrap()).await;
+        // The held connection is still served once it finishes its request.
+        held.write_all(b"ngth: 0\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(BOUND, held.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+        // Its slot is free again for a bystander.
+        assert!(get(addr).await.ends_with("ok"));
+        shutdown.cancel();
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_request_does_not_hold_up_a_stop() {
+        let limits = HttpConfig {
+            header_read_timeout: Duration::from_secs(3600),
+            stop_timeout: Duration::from_millis(200),
+            ..HttpConfig::default()
+        };
+        let (addr, shutdown, served) = start(limits).await;
+        let holder = half_sent(addr).await;
+        assert!(get(addr).await.ends_with("ok"));
+        shutdown.cancel();
+        tokio::time::timeout(BOUND, served)
+            .await
+            .expect("the listener stopped within its stop_timeout")
+            .unwrap();
+        closed(holder).await;
+    }
+}
