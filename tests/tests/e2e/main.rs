@@ -11,6 +11,7 @@ mod chat_browser;
 mod cli;
 mod conformance;
 mod heartbeat;
+mod hostile_http;
 mod hot_reload;
 mod internal_links;
 mod limits;
