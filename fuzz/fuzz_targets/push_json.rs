@@ -9,7 +9,9 @@ use axum::body::Body;
 use axum::http::Request;
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
-use wasmgate::ops::{Command, CommandFuture, GatewayApi, Gateways, Query, QueryFuture, Unreachable};
+use wasmgate::ops::{
+    Command, CommandFuture, GatewayApi, Gateways, Query, QueryFuture, Unreachable,
+};
 use wasmgate::push::http::{OPERATIONS, router};
 use wasmgate_fuzz::RUNTIME;
 
@@ -42,6 +44,10 @@ fuzz_target!(|data: &[u8]| {
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("a body");
-        assert!(bytes.first() == Some(&b'{'), "{}", String::from_utf8_lossy(&bytes));
+        assert!(
+            bytes.first() == Some(&b'{'),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
     });
 });
