@@ -12,6 +12,7 @@
 //! runs succeeds, as LSB asks.
 
 mod daemon;
+mod genconfig;
 mod render;
 
 use std::ffi::OsString;
@@ -102,6 +103,13 @@ enum Command {
         /// Prints JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Writes a configuration to start from, with a fresh random secret.
+    Genconfig {
+        /// Writes it to this file (created owner-only, never over an existing one) instead
+        /// of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -208,6 +216,10 @@ pub fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Genconfig { output } => {
+            genconfig::run(output.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Start { target, daemon } => start(&target, daemon),
         Command::Stop { target, timeout } => stop(&target.setup()?, timeout),
         Command::Restart {
@@ -315,6 +327,9 @@ fn start(target: &Target, detach: bool) -> anyhow::Result<ExitCode> {
         );
     }
     if detach {
+        // Refused here too, so that the exit code says "bad configuration" (78), not "the
+        // child died".
+        setup.config.load_secret().map_err(ConfigError::from)?;
         let log = setup.config.log.file.clone();
         let mut args: Vec<OsString> = vec!["start".into()];
         args.extend(target.args()?);

@@ -19,6 +19,10 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+pub mod secret;
+
+pub use secret::{Secret, SecretError, SecretSource};
+
 /// Where a register listens by default, and where gateways and worker hosts look for one.
 pub const DEFAULT_REGISTER: &str = "127.0.0.1:1236";
 
@@ -34,9 +38,13 @@ const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     /// The cluster's shared secret: internal links prove they know it (HMAC challenge)
-    /// without sending it. Every process of a cluster needs the same one.
-    #[serde(default)]
-    secret: String,
+    /// without sending it. Every process of a cluster needs the same one, at least 16 bytes
+    /// unless every internal address is on loopback (see [`secret`]); `WASMGATE_SECRET`
+    /// overrides it.
+    secret: Option<String>,
+    /// A file holding the secret instead (a relative path starts in the configuration file's
+    /// directory); surrounding whitespace is left out.
+    secret_file: Option<PathBuf>,
     /// Run a register.
     register: Option<RegisterConfig>,
     /// Run one gateway per entry.
@@ -58,14 +66,19 @@ struct ConfigFile {
     /// Serve a directory of static files over HTTP (a page that talks to the gateways); off
     /// unless the section is present. Runs with the gateway role.
     web: Option<WebConfig>,
+    /// What every HTTP listener of the process (`[push]`, `[web]`, `[metrics]`) allows one
+    /// connection.
+    #[serde(default)]
+    http: HttpConfig,
 }
 
 /// What a process runs with (the resolved stage): checked, every path absolute or relative to
 /// the working directory by one rule, the control and log files placed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
-    /// The cluster's shared secret.
-    pub secret: String,
+    /// Where the cluster's shared secret comes from; [`Config::load_secret`] reads it.
+    #[serde(skip)]
+    pub secret: SecretSource,
     /// The register, if this process runs one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub register: Option<RegisterConfig>,
@@ -87,6 +100,62 @@ pub struct Config {
     /// The static-file server, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub web: Option<WebConfig>,
+    /// The bounds of every HTTP listener.
+    pub http: HttpConfig,
+}
+
+/// `[http]`: the bounds every HTTP listener of the process (`[push]`, `[web]`, `[metrics]`)
+/// puts on its connections, so that no client can hold one open, fill it, or keep the
+/// process from stopping.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Most connections one listener holds at once; a connection over it is closed as soon as
+    /// it is accepted, the others are not affected.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's head (request line and headers), counted
+    /// from when the server starts waiting for it, on a new or a kept-alive connection; a
+    /// slower connection is closed.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest one request may take from its head to its answer, reading the body included;
+    /// a slower one is answered 408 and its connection closed.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Longest a stopping listener waits for its open connections to finish their requests;
+    /// any still open then are closed.
+    #[serde(default = "default_http_stop_timeout", with = "humantime_serde")]
+    pub stop_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: default_http_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
+            request_timeout: default_request_timeout(),
+            stop_timeout: default_http_stop_timeout(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Rejects bounds that would refuse every connection or request.
+    fn check(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("`max_connections` must be at least 1".into());
+        }
+        for (key, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("request_timeout", self.request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("`{key}` must be above 0"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[web]`: a static-file HTTP server.
@@ -623,6 +692,9 @@ pub enum ConfigError {
         /// What the TOML reader found.
         source: toml::de::Error,
     },
+    /// No usable cluster secret; the message names the key to set.
+    #[error("{0}")]
+    Secret(#[from] SecretError),
     /// The values parse but cannot work together.
     #[error("{path}: {source}")]
     Invalid {
@@ -677,9 +749,46 @@ impl Config {
         Self::from_toml(&text, file).expect("the built-in configuration is valid")
     }
 
-    /// The configuration as TOML, to print what a process runs with.
+    /// The configuration as TOML, to print what a process runs with (without the secret).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a configuration serialises")
+    }
+
+    /// The cluster secret this process uses, from `WASMGATE_SECRET`, the file's `secret` or
+    /// `secret_file`, or generated beside the configuration file ([`secret`]); refused,
+    /// naming the key, when missing or short and an internal address is off loopback.
+    pub fn load_secret(&self) -> Result<Secret, SecretError> {
+        self.load_secret_with(std::env::var_os(secret::SECRET_ENV))
+    }
+
+    fn load_secret_with(&self, env: Option<std::ffi::OsString>) -> Result<Secret, SecretError> {
+        secret::load(&self.secret, env, self.off_loopback())
+    }
+
+    /// The first internal address this process listens on or connects to that is not on
+    /// loopback, described for an error message.
+    fn off_loopback(&self) -> Option<String> {
+        if let Some(register) = &self.register
+            && !register.listen.ip().is_loopback()
+        {
+            return Some(format!("[register] listen = \"{}\"", register.listen));
+        }
+        for gateway in &self.gateway {
+            if !gateway.lan_ip.is_loopback() {
+                return Some(format!(
+                    "gateway {} lan_ip = \"{}\" (its internal listener)",
+                    gateway.listen, gateway.lan_ip
+                ));
+            }
+            if let Some(r) = gateway.register.iter().find(|r| !r.ip().is_loopback()) {
+                return Some(format!("gateway {} register \"{r}\"", gateway.listen));
+            }
+        }
+        let mut worker = self.worker.iter().flat_map(|w| &w.register);
+        if let Some(r) = worker.find(|r| !r.ip().is_loopback()) {
+            return Some(format!("[worker] register \"{r}\""));
+        }
+        None
     }
 }
 
@@ -687,6 +796,11 @@ impl ConfigFile {
     /// Rejects values that parse but cannot work.
     fn check(&self) -> Result<(), Invalid> {
         let invalid = |section: String| move |reason| Invalid { section, reason };
+        if self.secret.is_some() && self.secret_file.is_some() {
+            return Err(invalid("secret".into())(
+                "give `secret` or `secret_file`, not both".into(),
+            ));
+        }
         for gateway in &self.gateway {
             gateway
                 .check()
@@ -696,6 +810,7 @@ impl ConfigFile {
             worker.check().map_err(invalid("worker".into()))?;
         }
         check_log_filter(&self.log.level).map_err(invalid("log.level".into()))?;
+        self.http.check().map_err(invalid("http".into()))?;
         if let Some(push) = &self.push {
             if self.worker.is_none() {
                 return Err(invalid("push".into())(
@@ -735,8 +850,13 @@ impl ConfigFile {
         let beside = |given: Option<PathBuf>, extension: &str| {
             dir.join(given.unwrap_or_else(|| format!("{stem}.{extension}").into()))
         };
+        let secret = match (self.secret, self.secret_file) {
+            (Some(secret), _) if !secret.is_empty() => SecretSource::Inline(secret),
+            (_, Some(file)) => SecretSource::File(dir.join(file)),
+            _ => SecretSource::Generated(dir.join(format!("{stem}.secret"))),
+        };
         Config {
-            secret: self.secret,
+            secret,
             register: self.register,
             gateway,
             worker,
@@ -751,6 +871,7 @@ impl ConfigFile {
             metrics: self.metrics,
             push: self.push,
             web,
+            http: self.http,
         }
     }
 }
@@ -853,6 +974,22 @@ fn default_push_listen() -> SocketAddr {
 
 fn default_metrics_listen() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 9601))
+}
+
+fn default_http_max_connections() -> usize {
+    1024
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_http_stop_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_web_listen() -> SocketAddr {

@@ -14,7 +14,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["client_id", "metrics"],
     &["ops", "config"],
-    &["wire"],
+    &["wire", "http_listener"],
     &["local", "register"],
     &["links"],
     &["gateway", "worker", "push", "web"],

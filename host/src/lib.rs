@@ -21,12 +21,14 @@
 //!   host's or push client's links to every gateway.
 //! - [`register`]: discovery: tells worker hosts where the gateways are; off the data path.
 //! - [`push`]: pushing from other applications: the HTTP push API and the Rust [`push::PushClient`].
+//! - [`http_listener`]: the bounds every HTTP listener keeps (`[http]`).
 //! - [`web`]: a static-file HTTP server for pages that talk to the gateways (the chat demo's).
 
 pub mod cli;
 pub mod client_id;
 pub mod config;
 pub mod gateway;
+pub mod http_listener;
 pub mod links;
 pub mod local;
 pub mod metrics;

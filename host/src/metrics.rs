@@ -11,7 +11,7 @@
 //!
 //! Names follow the Prometheus guide: a `wasmgate_` prefix, base units (seconds, bytes),
 //! counters ending in `_total` (the library appends it). Labels are bounded: `gateway`,
-//! `plugin`, `event`, `outcome`, `role`, `worker`, `version` — never a client id, uid or group.
+//! `plugin`, `event`, `outcome`, `role`, `worker`, `version`, `listener`, `reason` — never a client id, uid or group.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +44,7 @@ static EVENTS_DROPPED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(F
 static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
     LazyLock::new(Family::default);
 static LINKS_CLOSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
+static HTTP_CUT_OFF: LazyLock<Family<HttpLabels, Counter>> = LazyLock::new(Family::default);
 static CALL_METRICS: LazyLock<RwLock<CallMetricsByPlugin>> = LazyLock::new(RwLock::default);
 /// Every plugin call of the process, whatever its labels: the rate `status` shows.
 static CALLS: AtomicU64 = AtomicU64::new(0);
@@ -124,6 +125,47 @@ pub fn links_closed(reason: &'static str) -> u64 {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabels {
     role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+/// Why an HTTP listener cut a connection or a request off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpCutOff {
+    /// The listener held `max_connections` already.
+    OverLimit,
+    /// The request head did not arrive within `header_read_timeout`.
+    HeaderTimeout,
+    /// The request was not answered within `request_timeout`.
+    RequestTimeout,
+    /// The connection was still open `stop_timeout` after the stop began.
+    StopTimeout,
+}
+
+impl HttpCutOff {
+    fn label(self) -> &'static str {
+        match self {
+            HttpCutOff::OverLimit => "over_limit",
+            HttpCutOff::HeaderTimeout => "header_timeout",
+            HttpCutOff::RequestTimeout => "request_timeout",
+            HttpCutOff::StopTimeout => "stop_timeout",
+        }
+    }
+}
+
+/// Counts `n` connections or requests that the HTTP `listener` (`push`, `web`, `metrics`)
+/// cut off.
+pub fn http_cut_off(listener: &'static str, reason: HttpCutOff, n: u64) {
+    HTTP_CUT_OFF
+        .get_or_create(&HttpLabels {
+            listener,
+            reason: reason.label(),
+        })
+        .inc_by(n);
 }
 
 /// Counts a link to a gateway opened (`change` 1) or closed (-1) by a `role` of this process
@@ -427,6 +469,11 @@ pub fn register(r: &mut Registry) {
         "links_closed",
         "Internal links between gateways and worker hosts or push clients that ended, by reason (closed, silent, write_timeout, bad_frame, io, handshake)",
         LINKS_CLOSED.clone(),
+    );
+    r.register(
+        "http_cut_off",
+        "HTTP connections or requests cut off, by listener (push, web, metrics) and reason (over_limit, header_timeout, request_timeout, stop_timeout)",
+        HTTP_CUT_OFF.clone(),
     );
     r.register(
         "plugin_calls",

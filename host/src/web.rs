@@ -14,7 +14,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::services::ServeDir;
 
-use crate::config::WebConfig;
+use crate::config::{HttpConfig, WebConfig};
+use crate::http_listener;
 
 /// The web server, bound and checked but not yet serving.
 pub struct BoundWeb {
@@ -45,17 +46,15 @@ impl BoundWeb {
         self.listener.local_addr()
     }
 
-    /// Serves the root until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Serves the root until `shutdown`, within `limits`.
+    pub async fn run(self, limits: HttpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(
             root = %self.root.display(),
             "web pages at http://{}/",
             self.listener.local_addr()?
         );
         let app = axum::Router::new().fallback_service(ServeDir::new(self.root));
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+        http_listener::serve("web", self.listener, app, &limits, shutdown).await;
         Ok(())
     }
 }
@@ -90,7 +89,7 @@ mod tests {
         let web = BoundWeb::bind(&config).await.unwrap();
         let addr = web.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(web.run(shutdown.clone()));
+        let server = tokio::spawn(web.run(HttpConfig::default(), shutdown.clone()));
 
         let (status, body) = get(addr, "/web.rs").await;
         assert_eq!(status, "HTTP/1.1 200 OK");

@@ -157,7 +157,7 @@ impl Cluster {
             let worker = WorkerHost::new(config, secret.clone(), local.clone()).unwrap();
             if let (0, Some(push)) = (i, &push) {
                 let push = BoundPush::bind(push).await.unwrap();
-                roles.spawn(push.serve(worker.gateways(), shutdown.clone()));
+                roles.spawn(push.serve(worker.gateways(), Default::default(), shutdown.clone()));
             }
             roles.spawn(worker.run(Default::default(), shutdown.clone()));
         }

@@ -18,6 +18,8 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Daemon {
     binary: &'static str,
     dir: tempfile::TempDir,
+    /// The `--role` it was started with, if any: `stop` needs it too.
+    role: Option<&'static str>,
     /// The server's process id, from its pid file.
     pub pid: u32,
 }
@@ -31,6 +33,17 @@ impl Daemon {
         config: &str,
         plugins: &[(&str, &str)],
     ) -> (Self, Output) {
+        Self::start_role(binary, config, plugins, None).await
+    }
+
+    /// As [`Daemon::start`], with only `role` of the configuration (`start -d --role ROLE`),
+    /// so that other roles of the same file can be started beside it with [`Daemon::run`].
+    pub async fn start_role(
+        binary: &'static str,
+        config: &str,
+        plugins: &[(&str, &str)],
+        role: Option<&'static str>,
+    ) -> (Self, Output) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("wasmgate.toml"), config).unwrap();
         let plugin_dir = dir.path().join("plugins");
@@ -38,11 +51,25 @@ impl Daemon {
         for (app, path) in plugins {
             std::fs::copy(path, plugin_dir.join(format!("{app}.wasm"))).unwrap();
         }
-        let started = wasmgate(binary, dir.path(), &["start", "-d"]).await;
-        let pid = std::fs::read_to_string(dir.path().join("wasmgate.pid"))
+        let mut args = vec!["start", "-d"];
+        args.extend(role.iter().flat_map(|role| ["--role", role]));
+        let started = wasmgate(binary, dir.path(), &args).await;
+        let pid_file = match role {
+            Some(role) => format!("wasmgate-{role}.pid"),
+            None => "wasmgate.pid".to_owned(),
+        };
+        let pid = std::fs::read_to_string(dir.path().join(pid_file))
             .unwrap_or_else(|e| panic!("no pid file ({e}); start printed {started:?}"));
         let pid = pid.trim().parse().unwrap();
-        (Self { binary, dir, pid }, started)
+        (
+            Self {
+                binary,
+                dir,
+                role,
+                pid,
+            },
+            started,
+        )
     }
 
     /// Runs `wasmgate ARGS` in the daemon's directory.
@@ -63,6 +90,7 @@ impl Drop for Daemon {
         }
         let stopped = std::process::Command::new(self.binary)
             .arg("stop")
+            .args(self.role.iter().flat_map(|role| ["--role", role]))
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .status();

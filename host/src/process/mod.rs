@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::gateway::BoundGateway;
 use crate::local::LocalGateways;
 use crate::push::BoundPush;
@@ -131,6 +131,9 @@ pub async fn run(
         config.register.is_some() || !config.gateway.is_empty() || config.worker.is_some(),
         "nothing to run: the configuration has no [register], [[gateway]] or [worker] section"
     );
+    let secret = config.load_secret().map_err(ConfigError::from)?;
+    tracing::info!("cluster secret from {}", secret.origin);
+    let secret: Arc<[u8]> = secret.bytes.into();
     let control = ControlSocket::bind(&config.control.socket)?;
     let _pid_file = PidFile::create(&config.control.pid_file)?;
     let metrics_listener = match &config.metrics {
@@ -159,7 +162,6 @@ pub async fn run(
             memory_limit: w.memory_limit.as_u64(),
         }),
     };
-    let secret: Arc<[u8]> = config.secret.as_bytes().into();
     let local = LocalGateways::default();
     let mut roles = JoinSet::new();
     let mut gateways = JoinSet::new();
@@ -189,19 +191,24 @@ pub async fn run(
     if let Some(worker) = config.worker {
         let worker = WorkerHost::new(worker, secret.clone(), local.clone())?;
         if let Some(push) = push {
-            roles.spawn(push.serve(worker.gateways(), shutdown.clone()));
+            roles.spawn(push.serve(worker.gateways(), config.http.clone(), shutdown.clone()));
         }
         roles.spawn(worker.run(triggers.reload.clone(), workers_stop.clone()));
     }
     roles.spawn(stop_in_order(gateways, shutdown.clone(), workers_stop));
     if let Some(web) = web {
-        roles.spawn(web.run(shutdown.clone()));
+        roles.spawn(web.run(config.http.clone(), shutdown.clone()));
     }
     let running = Arc::new(running);
     if let Some(listener) = metrics_listener {
         tracing::info!("metrics at http://{}/metrics", listener.local_addr()?);
         let registry = scrape::registry(running.clone());
-        roles.spawn(scrape::serve(listener, registry, shutdown.clone()));
+        roles.spawn(scrape::serve(
+            listener,
+            registry,
+            config.http.clone(),
+            shutdown.clone(),
+        ));
     }
     let reload = triggers.reload.clone();
     roles.spawn(control::serve(control, running, reload, shutdown.clone()));

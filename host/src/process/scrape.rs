@@ -19,9 +19,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::running::Running;
+use crate::config::HttpConfig;
 use crate::gateway::GatewaySnapshot;
 use crate::gateway::counters::Counters;
-use crate::metrics;
+use crate::{http_listener, metrics};
 
 /// Every metric of the process, with the states of `running` read at each scrape.
 pub fn registry(running: Arc<Running>) -> Registry {
@@ -193,18 +194,17 @@ const GATEWAY_LIMITS: [GatewayLimit; 11] = [
     ),
 ];
 
-/// Serves `GET /metrics` on `listener` until `shutdown`.
+/// Serves `GET /metrics` on `listener` until `shutdown`, within `limits`.
 pub async fn serve(
     listener: TcpListener,
     registry: Registry,
+    limits: HttpConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
         .with_state(Arc::new(registry));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    http_listener::serve("metrics", listener, app, &limits, shutdown).await;
     Ok(())
 }
 

@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use client::{ConnectError, PushClient};
 
-use crate::config::PushConfig;
+use crate::config::{HttpConfig, PushConfig};
+use crate::http_listener;
 use crate::ops::{GatewayApi, Gateways};
 
 /// The push API's listener, bound so that a taken port fails the start.
@@ -45,10 +46,11 @@ impl BoundPush {
         })
     }
 
-    /// Serves the HTTP push API over `gateways` until `shutdown`.
+    /// Serves the HTTP push API over `gateways` until `shutdown`, within `limits`.
     pub async fn serve(
         self,
         gateways: Arc<dyn Gateways>,
+        limits: HttpConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let address = self.listener.local_addr()?;
@@ -57,9 +59,7 @@ impl BoundPush {
             token = self.token.is_some(),
             "push API listening on http://{address}/api/"
         );
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .with_context(|| format!("push API on {address}"))
+        http_listener::serve("push", self.listener, app, &limits, shutdown).await;
+        Ok(())
     }
 }

@@ -254,7 +254,7 @@ async fn two_people_chat_in_chromium() {
         cluster.gateways[0].client_addr
     );
     let stop_web = CancellationToken::new();
-    let served = tokio::spawn(web.run(stop_web.clone()));
+    let served = tokio::spawn(web.run(Default::default(), stop_web.clone()));
 
     let shots = tools::workspace().join("target/chat-browser");
     std::fs::create_dir_all(&shots).unwrap();

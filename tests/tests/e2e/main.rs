@@ -12,6 +12,7 @@ mod cli;
 mod conformance;
 mod heartbeat;
 mod hostile_clients;
+mod hostile_http;
 mod hostile_links;
 mod hostile_plugins;
 mod hot_reload;

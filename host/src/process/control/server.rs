@@ -2,7 +2,6 @@
 //! `stop` from what the process runs.
 
 use std::collections::VecDeque;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,16 +48,26 @@ impl ControlSocket {
             }
             Err(_) => {}
         }
-        let listener = UnixListener::bind(path)
+        // Created owner-only: a chmod after the bind would leave a window in which anyone
+        // could connect. The umask is the process's, so it is put back at once; a file
+        // another thread creates meanwhile only comes out stricter.
+        let umask = rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(path);
+        rustix::process::umask(umask);
+        let listener = bound
             .with_context(|| format!("cannot create the control socket {}", path.display()))?;
-        let socket = Self {
+        Ok(Self {
             listener,
             path: path.to_owned(),
-        };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("restricting {} to its owner", path.display()))?;
-        Ok(socket)
+        })
     }
+}
+
+/// Whether a peer running as `peer` may control a server running as `own`: only its own
+/// user, and root (who could signal or trace the server anyway). The socket's mode keeps
+/// others out already; this holds even if the file's mode or directory is loosened.
+fn may_control(peer: u32, own: u32) -> bool {
+    peer == own || peer == 0
 }
 
 impl Drop for ControlSocket {
@@ -114,6 +123,22 @@ impl Control {
     }
 
     async fn answer(self: Arc<Self>, stream: UnixStream) {
+        let own = rustix::process::geteuid().as_raw();
+        match stream.peer_cred() {
+            Ok(peer) if may_control(peer.uid(), own) => {}
+            Ok(peer) => {
+                tracing::warn!(
+                    uid = peer.uid(),
+                    pid = peer.pid(),
+                    "control socket: refused a process of another user"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("control socket: cannot tell who connected, refused: {e}");
+                return;
+            }
+        }
         let (reader, mut writer) = stream.into_split();
         let mut line = String::new();
         let mut reader = tokio::io::BufReader::new(reader.take(MAX_REQUEST));
@@ -276,6 +301,30 @@ mod tests {
         // The window keeps seconds 4..=9: from 40 at 4 s to 100 at 10 s.
         let now = start + Duration::from_secs(10);
         assert_eq!(rates.per_second(now, [100]), [10.0]);
+    }
+
+    #[test]
+    fn only_the_owner_and_root_may_control() {
+        assert!(may_control(1000, 1000));
+        assert!(may_control(0, 1000));
+        assert!(!may_control(1001, 1000));
+        assert!(!may_control(1000, 0), "root's server refuses other users");
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_owner_only_from_its_creation() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("wasmgate-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.sock");
+        let before = rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o022));
+        let socket = ControlSocket::bind(&path).unwrap();
+        let restored = rustix::process::umask(before);
+        assert_eq!(restored.bits(), 0o022, "the umask is put back");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        drop(socket);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
