@@ -158,8 +158,13 @@ impl InstanceQueue {
         let mut state = self.lock();
         while let Some(round) = state.rounds.front_mut() {
             if let Some(client) = round.turns.pop_front() {
-                let queued = round.events.get_mut(&client).expect("a turn has events");
-                let event = queued.pop_front().expect("a turn has events");
+                let Some(queued) = round.events.get_mut(&client) else {
+                    continue;
+                };
+                let Some(event) = queued.pop_front() else {
+                    round.events.remove(&client);
+                    continue;
+                };
                 if queued.is_empty() {
                     round.events.remove(&client);
                 } else {
@@ -169,8 +174,7 @@ impl InstanceQueue {
                 state.bytes -= cost(&event);
                 return Work::Event(event);
             }
-            let round = state.rounds.pop_front().expect("front exists");
-            if let Some(instance) = round.swap {
+            if let Some(instance) = state.rounds.pop_front().and_then(|round| round.swap) {
                 return Work::Swap(instance);
             }
         }

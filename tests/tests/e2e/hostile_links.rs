@@ -231,17 +231,6 @@ async fn a_session_stream_past_the_limits_fails_the_writes_not_the_link() {
     );
 }
 
-fn chat_worker(name: &str, plugins: &Path, register: u16) -> Node {
-    Node::start(
-        BIN,
-        &format!(
-            "secret = \"{SECRET}\"\n[worker]\nname = \"{name}\"\nplugins = {plugins:?}\ninstances = 1\n\
-             register = \"127.0.0.1:{register}\"\nlink_ping_interval = \"{}ms\"\n",
-            PING.as_millis()
-        ),
-    )
-}
-
 /// Connects a chat client and logs it in to `lobby` as `name`.
 async fn chat_login(port: u16, name: &str) -> TestClient {
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -284,8 +273,8 @@ async fn a_killed_worker_hosts_clients_get_on_close_from_another() {
             PING.as_millis()
         ),
     );
-    let doomed = chat_worker("w1", plugins.path(), r);
-    let w2 = chat_worker("w2", plugins.path(), r);
+    let doomed = worker("w1", plugins.path(), r);
+    let w2 = worker("w2", plugins.path(), r);
     doomed.wait_for_line(&["linked to gateway"]).await;
     w2.wait_for_line(&["linked to gateway"]).await;
     // Least connections: one client on each worker host.
