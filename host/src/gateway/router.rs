@@ -181,9 +181,8 @@ impl Router {
                     crate::metrics::event_dropped("no_worker");
                 })?,
             };
-            let window = bound.window.clone();
-            let link = bound.link.clone();
-            binding.0 = Some(bound);
+            // Borrowed from the binding, not cloned: this runs for every client event.
+            let Bound { window, link, .. } = binding.0.insert(bound);
             // A closed window: the link went away while we waited; re-bind.
             let Ok(slot) = window.acquire().await else {
                 continue;
