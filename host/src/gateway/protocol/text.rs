@@ -37,21 +37,23 @@ impl Decoder for Lines {
         let from = self.scanned.min(buf.len());
         let Some(found) = buf[from..].iter().position(|&b| b == b'\n') else {
             self.scanned = buf.len();
-            if buf.len() > self.max {
+            // One byte of slack: a line of `max` bytes may still be waiting for its "\r\n".
+            if buf.len() > self.max + 1 {
                 return Err(ReadError::TooLarge(self.max));
             }
             return Ok(None);
         };
         let end = from + found;
         self.scanned = 0;
-        if end > self.max + 1 {
+        let len = match end.checked_sub(1) {
+            Some(last) if buf[last] == b'\r' => last,
+            _ => end,
+        };
+        if len > self.max {
             return Err(ReadError::TooLarge(self.max));
         }
-        let mut line = buf.split_to(end).freeze();
+        let line = buf.split_to(end).freeze().slice(..len);
         buf.advance(1);
-        if line.last() == Some(&b'\r') {
-            line.truncate(line.len() - 1);
-        }
         Ok(Some(line))
     }
 }
@@ -107,7 +109,22 @@ mod tests {
     #[test]
     fn refuses_overlong_lines() {
         let mut codec = Lines::new(4);
-        let mut buf = BytesMut::from(&b"12345"[..]);
+        let mut buf = BytesMut::from(&b"123456"[..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(ReadError::TooLarge(4))
+        ));
+    }
+
+    /// Found by the `client_protocols` fuzz target: a line one byte over the limit, without a
+    /// `\r`, used to pass as if the last byte were one.
+    #[test]
+    fn the_limit_counts_the_line_without_its_terminator() {
+        let mut codec = Lines::new(4);
+        let mut buf = BytesMut::from(&b"1234\r\n1234\n"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "1234");
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "1234");
+        let mut buf = BytesMut::from(&b"12345\n"[..]);
         assert!(matches!(
             codec.decode(&mut buf),
             Err(ReadError::TooLarge(4))
