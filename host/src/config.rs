@@ -469,6 +469,12 @@ pub struct WorkerConfig {
     /// starts in the configuration file's directory.
     #[serde(default = "default_plugins")]
     pub plugins: PathBuf,
+    /// Where apps' embedded stores live (key-value and SQLite files, one set per app, see
+    /// `grants`); created when an app first uses one. A relative path starts in the
+    /// configuration file's directory. Each worker host has its own: use Redis or PostgreSQL
+    /// for data that several hosts share.
+    #[serde(default = "default_data")]
+    pub data: PathBuf,
     /// Instances per plugin: events of different clients run in parallel across them; one
     /// client's events always go to the same instance, in order.
     #[serde(default = "default_instances")]
@@ -838,6 +844,7 @@ impl ConfigFile {
         let mut worker = self.worker;
         if let Some(w) = &mut worker {
             place(&mut w.plugins);
+            place(&mut w.data);
             w.cache.iter_mut().for_each(place);
             let grants = w.grants.values_mut().flat_map(|g| &mut g.dirs);
             grants.for_each(|d| place(&mut d.host));
@@ -950,6 +957,10 @@ fn default_worker_name() -> String {
 
 fn default_plugins() -> PathBuf {
     PathBuf::from("plugins")
+}
+
+fn default_data() -> PathBuf {
+    PathBuf::from("data")
 }
 
 fn default_instances() -> usize {
@@ -1071,6 +1082,7 @@ mod tests {
         assert_eq!(c.log.file, Path::new("/etc/wg/prod.log"));
         let w = c.worker.unwrap();
         assert_eq!(w.plugins, Path::new("/etc/wg/apps"));
+        assert_eq!(w.data, Path::new("/etc/wg/data"));
         assert!(
             !w.cache_dir().starts_with(&w.plugins),
             "{:?}",

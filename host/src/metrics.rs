@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -45,6 +45,9 @@ static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
     LazyLock::new(Family::default);
 static LINKS_CLOSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static HTTP_CUT_OFF: LazyLock<Family<HttpLabels, Counter>> = LazyLock::new(Family::default);
+static DATA_CALLS: LazyLock<Family<DataLabels, Counter>> = LazyLock::new(Family::default);
+static DATA_CALL_SECONDS: LazyLock<Family<DataKindLabels, Histogram, fn() -> Histogram>> =
+    LazyLock::new(|| Family::new_with_constructor(call_buckets));
 static CALL_METRICS: LazyLock<RwLock<CallMetricsByPlugin>> = LazyLock::new(RwLock::default);
 /// Every plugin call of the process, whatever its labels: the rate `status` shows.
 static CALLS: AtomicU64 = AtomicU64::new(0);
@@ -81,6 +84,49 @@ struct ReloadLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DataLabels {
+    app: String,
+    interface: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DataKindLabels {
+    app: String,
+    interface: &'static str,
+}
+
+/// Records one call a plugin of `app` made to a data `interface` (`kv`, `sql`, `http`): its
+/// `outcome` (`ok`, `denied`, `error`, `timeout`, `too_large`) and how long it took.
+pub fn data_call(app: &str, interface: &'static str, outcome: &'static str, took: Duration) {
+    let app = app.to_owned();
+    DATA_CALL_SECONDS
+        .get_or_create(&DataKindLabels {
+            app: app.clone(),
+            interface,
+        })
+        .observe(took.as_secs_f64());
+    DATA_CALLS
+        .get_or_create(&DataLabels {
+            app,
+            interface,
+            outcome,
+        })
+        .inc();
+}
+
+/// Data calls of `app` to `interface` with `outcome` so far.
+pub fn data_calls(app: &str, interface: &'static str, outcome: &'static str) -> u64 {
+    DATA_CALLS
+        .get(&DataLabels {
+            app: app.to_owned(),
+            interface,
+            outcome,
+        })
+        .map_or(0, |c| c.get())
 }
 
 /// Counts a client event that no plugin will see, by `reason` (`no_plugin`, `queue_full`,
@@ -490,6 +536,17 @@ pub fn register(r: &mut Registry) {
         "plugin_reloads",
         "Looks at plugin files, by plugin and outcome (installed, unchanged, failed, removed)",
         PLUGIN_RELOADS.clone(),
+    );
+    r.register(
+        "data_calls",
+        "Calls plugins made to data interfaces, by app, interface (kv, sql, http) and outcome (ok, denied, error, timeout, too_large)",
+        DATA_CALLS.clone(),
+    );
+    r.register_with_unit(
+        "data_call_duration",
+        "How long plugins' data calls took, by app and interface",
+        Unit::Seconds,
+        DATA_CALL_SECONDS.clone(),
     );
     r.register(
         "plugin_limits",
