@@ -46,7 +46,7 @@ static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
 static LINKS_CLOSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static HTTP_CUT_OFF: LazyLock<Family<HttpLabels, Counter>> = LazyLock::new(Family::default);
 static DATA_CALLS: LazyLock<Family<DataLabels, Counter>> = LazyLock::new(Family::default);
-static DATA_CALL_SECONDS: LazyLock<Family<DataKindLabels, Histogram, fn() -> Histogram>> =
+static DATA_CALL_SECONDS: LazyLock<DataTimings> =
     LazyLock::new(|| Family::new_with_constructor(call_buckets));
 static CALL_METRICS: LazyLock<RwLock<CallMetricsByPlugin>> = LazyLock::new(RwLock::default);
 /// Every plugin call of the process, whatever its labels: the rate `status` shows.
@@ -55,6 +55,9 @@ static PLUGINS: Mutex<BTreeMap<(String, String), PluginVersion>> = Mutex::new(BT
 
 /// Call durations by plugin and event.
 type Timings = Family<EventLabels, Histogram, fn() -> Histogram>;
+
+/// Data call durations by app and interface.
+type DataTimings = Family<DataKindLabels, Histogram, fn() -> Histogram>;
 
 /// 10 µs to about 10 s in ×4 steps: a Rust plugin's call is microseconds, a Python one's
 /// milliseconds, and `process_timeout` defaults to 10 s.
