@@ -18,6 +18,7 @@ mod render;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -238,7 +239,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             match ask(&setup, Request::Reload)? {
                 None => Ok(ExitCode::from(NOT_RUNNING)),
                 Some(Response::Reloading) => {
-                    println!("{} reloading plugins", setup.label);
+                    println!("{} reloading (grants and plugins)", setup.label);
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(other) => unexpected(other),
@@ -348,7 +349,11 @@ fn start(target: &Target, detach: bool) -> anyhow::Result<ExitCode> {
     init_logging(&setup.config.log.level);
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let served = runtime.block_on(async {
-        let triggers = Triggers::default();
+        let target = target.clone();
+        let triggers = Triggers {
+            reload: Default::default(),
+            reread: Some(Arc::new(move || target.setup().map(|s| s.config))),
+        };
         let shutdown = CancellationToken::new();
         // Installed before anything runs: SIGUSR1's default action would kill the process.
         let signals = Signals::install()?;
@@ -386,11 +391,13 @@ const ABANDONED_GRACE: Duration = Duration::from_secs(1);
 /// a shell reports a process killed by it).
 const EXIT_FORCED: i32 = 143;
 
-/// The signals a server answers: SIGINT and SIGTERM stop it, SIGUSR1 reloads its plugins.
+/// The signals a server answers: SIGINT and SIGTERM stop it, SIGHUP (systemd's habit) and
+/// SIGUSR1 (Workerman's) reload it.
 struct Signals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
     reload: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -399,10 +406,11 @@ impl Signals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
             reload: signal(SignalKind::user_defined1())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
-    /// Stops the server at the first SIGINT or SIGTERM (or reloads at SIGUSR1) and exits at
+    /// Stops the server at the first SIGINT or SIGTERM (or reloads at SIGHUP, SIGUSR1) and exits at
     /// once, with [`EXIT_FORCED`], at the second: an operator who asks twice does not wait
     /// for a graceful stop.
     async fn serve(mut self, triggers: Triggers, shutdown: CancellationToken) {
@@ -412,7 +420,12 @@ impl Signals {
                 _ = self.terminate.recv() => {}
                 _ = self.interrupt.recv() => {}
                 _ = self.reload.recv() => {
-                    tracing::info!("SIGUSR1: reloading plugins");
+                    tracing::info!("SIGUSR1: reloading");
+                    triggers.reload.notify_one();
+                    continue;
+                }
+                _ = self.hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
                     triggers.reload.notify_one();
                     continue;
                 }

@@ -510,9 +510,10 @@ pub struct WorkerConfig {
     /// and writable by nobody else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<PathBuf>,
-    /// What each app may reach beyond the default of nothing, by app name.
+    /// What each app may reach beyond the default of nothing, by app name. A reload
+    /// (`wasmgate reload`, SIGHUP, SIGUSR1) applies a changed table without a restart.
     #[serde(default)]
-    pub grants: BTreeMap<String, Grants>,
+    pub grants: GrantTable,
     /// How often the worker host pings each gateway it is linked to. A gateway silent for
     /// three intervals, or that reads nothing for as long, is dropped and re-dialled.
     #[serde(default = "default_link_ping_interval", with = "humantime_serde")]
@@ -569,6 +570,9 @@ impl WorkerConfig {
         Ok(())
     }
 }
+
+/// Every app's grants, by app name.
+pub type GrantTable = BTreeMap<String, Grants>;
 
 /// `[worker.grants.APP]`: capabilities given to one app's instances. The default grants
 /// nothing: no files, no environment, no network.

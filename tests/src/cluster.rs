@@ -159,7 +159,9 @@ impl Cluster {
                 let push = BoundPush::bind(push).await.unwrap();
                 roles.spawn(push.serve(worker.gateways(), Default::default(), shutdown.clone()));
             }
-            roles.spawn(worker.run(Default::default(), shutdown.clone()));
+            // No reloads here: the sender goes at once, and the grants stay as started.
+            let (_, grants) = tokio::sync::watch::channel(Arc::new(worker.grants().clone()));
+            roles.spawn(worker.run(grants, shutdown.clone()));
         }
         let cluster = Self {
             shutdown,

@@ -26,11 +26,11 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, GrantTable};
 use crate::gateway::BoundGateway;
 use crate::local::LocalGateways;
 use crate::push::BoundPush;
@@ -85,8 +85,59 @@ pub fn select_roles(config: &mut Config, roles: &[Role]) {
 /// endpoint).
 #[derive(Clone, Default)]
 pub struct Triggers {
-    /// Re-read the plugins directory now (what `wasmgate reload` does).
+    /// Reload now (what `wasmgate reload` does): read the configuration again, apply its
+    /// grants, and re-read the plugins directory.
     pub reload: Arc<Notify>,
+    /// Reads the configuration again, as it was read at start (same file, same roles); none
+    /// where there is nothing to read again (tests).
+    pub reread: Option<Arc<ReadConfig>>,
+}
+
+/// How a server reads its configuration again at a reload.
+pub type ReadConfig = dyn Fn() -> anyhow::Result<Config> + Send + Sync;
+
+/// Serves reloads: each one reads the configuration again and hands the worker host its
+/// grants (unchanged when the file cannot be read or is invalid: a typo must not take a
+/// running app's grants away). What else changed is reported, not applied: listeners and
+/// limits need a restart.
+async fn serve_reloads(
+    running: Config,
+    triggers: Triggers,
+    grants: watch::Sender<Arc<GrantTable>>,
+    shutdown: CancellationToken,
+) {
+    let without_grants = |config: &Config| {
+        let mut config = config.clone();
+        config.worker.iter_mut().for_each(|w| w.grants.clear());
+        config.to_toml()
+    };
+    let started = without_grants(&running);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = triggers.reload.notified() => {}
+        }
+        let read = triggers.reread.as_ref().map(|reread| reread());
+        match read {
+            Some(Ok(config)) => {
+                if without_grants(&config) != started {
+                    tracing::warn!(
+                        "reload: the configuration changed beyond [worker.grants]; those changes need a restart"
+                    );
+                }
+                let table = config.worker.map(|w| w.grants).unwrap_or_default();
+                if *grants.borrow() != Arc::new(table.clone()) {
+                    tracing::info!("reload: applying the changed grants");
+                }
+                grants.send_replace(Arc::new(table));
+            }
+            Some(Err(e)) => {
+                tracing::error!("reload: configuration not read again, grants unchanged: {e:#}");
+                grants.send_modify(|_| {});
+            }
+            None => grants.send_modify(|_| {}),
+        }
+    }
 }
 
 /// Stops the gateways first, then the worker host: at `shutdown` the gateways close their
@@ -132,6 +183,7 @@ pub async fn run(
         "nothing to run: the configuration has no [register], [[gateway]] or [worker] section"
     );
     let secret = config.load_secret().map_err(ConfigError::from)?;
+    let started = config.clone();
     tracing::info!("cluster secret from {}", secret.origin);
     let secret: Arc<[u8]> = secret.bytes.into();
     let control = ControlSocket::bind(&config.control.socket)?;
@@ -193,7 +245,13 @@ pub async fn run(
         if let Some(push) = push {
             roles.spawn(push.serve(worker.gateways(), config.http.clone(), shutdown.clone()));
         }
-        roles.spawn(worker.run(triggers.reload.clone(), workers_stop.clone()));
+        let (grants, granted) = watch::channel(Arc::new(worker.grants().clone()));
+        let reloads = serve_reloads(started, triggers.clone(), grants, shutdown.clone());
+        roles.spawn(async move {
+            reloads.await;
+            Ok(())
+        });
+        roles.spawn(worker.run(granted, workers_stop.clone()));
     }
     roles.spawn(stop_in_order(gateways, shutdown.clone(), workers_stop));
     if let Some(web) = web {

@@ -18,14 +18,14 @@ pub mod timers;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use bindings::{
     Client, GatewayError, Level, Session as WitSession, WebsocketRequest, WorkerInfo,
 };
 
-use crate::config::WorkerConfig;
+use crate::config::{GrantTable, WorkerConfig};
 use crate::links::GatewayLinks;
 use crate::local::LocalGateways;
 use crate::ops::Gateways;
@@ -91,15 +91,24 @@ impl WorkerHost {
         })
     }
 
+    /// The grants it starts with.
+    pub fn grants(&self) -> &GrantTable {
+        &self.config.grants
+    }
+
     /// The worker host's links to every gateway, as the gateway-operations port.
     pub fn gateways(&self) -> Arc<dyn Gateways> {
         self.links.clone()
     }
 
-    /// Runs until `shutdown`: loads the plugins (again whenever `reload` is notified),
-    /// registers, links to every gateway and serves events; on shutdown every instance
-    /// finishes its queue and runs `on-worker-stop`.
-    pub async fn run(self, reload: Arc<Notify>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Runs until `shutdown`: loads the plugins (again, with the grants sent, whenever
+    /// `reload` sends grants), registers, links to every gateway and serves events; on
+    /// shutdown every instance finishes its queue and runs `on-worker-stop`.
+    pub async fn run(
+        self,
+        reload: watch::Receiver<Arc<GrantTable>>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let Self {
             config,
             secret,

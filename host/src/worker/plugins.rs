@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::Dispatcher;
 use super::runtime::{PluginInstance, Runtime};
-use crate::config::{Grants, WorkerConfig};
+use crate::config::{GrantTable, Grants, WorkerConfig};
 use crate::metrics::{self, Reload};
 use crate::ops::Gateways;
 
@@ -47,8 +47,8 @@ pub struct PluginDir {
     max_plugin_size: u64,
     grants: BTreeMap<String, Arc<Grants>>,
     no_grants: Arc<Grants>,
-    /// The running version of each app.
-    running: HashMap<String, String>,
+    /// What each app runs: its version and the grants its instances were given.
+    running: HashMap<String, (String, Arc<Grants>)>,
     /// File events, from a watcher set up before the first scan so no change falls between.
     fs_events: mpsc::Receiver<notify::Result<notify::Event>>,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -86,11 +86,7 @@ impl PluginDir {
             worker: config.name.clone().into(),
             instances: config.instances.max(1),
             max_plugin_size: config.max_plugin_size.as_u64(),
-            grants: config
-                .grants
-                .iter()
-                .map(|(app, g)| (app.clone(), Arc::new(g.clone())))
-                .collect(),
+            grants: shared(&config.grants),
             no_grants: Arc::new(Grants::default()),
             running: HashMap::new(),
             fs_events,
@@ -108,15 +104,21 @@ impl PluginDir {
         }
     }
 
-    /// Follows the directory until `shutdown`, and re-reads all of it when `reload` is
-    /// notified.
-    pub async fn watch(mut self, reload: Arc<Notify>, shutdown: CancellationToken) {
+    /// Follows the directory until `shutdown`, and re-reads all of it whenever `reload`
+    /// sends grants (changed or not); an app whose grants changed restarts its instances
+    /// with them even when its file did not change.
+    pub async fn watch(
+        mut self,
+        mut reload: watch::Receiver<Arc<GrantTable>>,
+        shutdown: CancellationToken,
+    ) {
         let mut due: HashMap<String, Instant> = HashMap::new();
         loop {
             let next = due.values().min().copied();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = reload.notified() => {
+                Ok(()) = reload.changed() => {
+                    self.grants = shared(&reload.borrow_and_update());
                     tracing::info!("reloading every plugin");
                     let now = Instant::now();
                     for app in self.apps_on_disk().into_iter().chain(self.running.keys().cloned()) {
@@ -178,12 +180,21 @@ impl PluginDir {
                 return;
             }
         };
-        if self.running.get(app).map(String::as_str) == Some(code.version()) {
-            tracing::debug!(plugin = app, version = code.version(), "plugin unchanged");
-            metrics::plugin_reloaded(app, Reload::Unchanged);
-            return;
+        let grants = self.grants.get(app).unwrap_or(&self.no_grants).clone();
+        if let Some((version, given)) = self.running.get(app)
+            && version == code.version()
+        {
+            if **given == *grants {
+                tracing::debug!(plugin = app, version, "plugin unchanged");
+                metrics::plugin_reloaded(app, Reload::Unchanged);
+                return;
+            }
+            tracing::info!(
+                plugin = app,
+                version,
+                "grants changed: restarting the app's instances with them"
+            );
         }
-        let grants = self.grants.get(app).unwrap_or(&self.no_grants);
         let mut instances = Vec::with_capacity(self.instances);
         for _ in 0..self.instances {
             let mut instance = self.runtime.instance(
@@ -215,7 +226,7 @@ impl PluginDir {
         );
         metrics::plugin_installed(&self.worker, app, code.version(), instances.len());
         self.running
-            .insert(app.to_owned(), code.version().to_owned());
+            .insert(app.to_owned(), (code.version().to_owned(), grants));
         self.dispatcher.install(app, instances).await;
     }
 
@@ -279,6 +290,14 @@ fn read_plugin(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
         return Err(FileError::TooLarge { limit });
     }
     Ok(bytes)
+}
+
+/// The grant table with each app's grants shared by its instances.
+fn shared(table: &GrantTable) -> BTreeMap<String, Arc<Grants>> {
+    table
+        .iter()
+        .map(|(app, g)| (app.clone(), Arc::new(g.clone())))
+        .collect()
 }
 
 /// Records when the apps an event touches should be looked at again.

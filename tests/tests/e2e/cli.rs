@@ -104,21 +104,9 @@ async fn a_daemon_is_inspected_reloaded_restarted_and_stopped_by_its_config_file
 
     let reload = daemon.run(&["reload"]).await;
     assert!(reload.status.success(), "{reload:?}");
-    assert!(stdout(&reload).contains("reloading plugins"), "{reload:?}");
-    // The reload re-reads the unchanged file. Nothing outside the process says when that is
-    // done except its counter, so watch it, boundedly.
-    let unchanged = [("plugin", "commands"), ("outcome", "unchanged")];
-    let mut seen = 0.0;
-    for _ in 0..200 {
-        seen = scrape(format!("127.0.0.1:{m}").parse().unwrap())
-            .await
-            .count("wasmgate_plugin_reloads_total", &unchanged);
-        if seen >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(seen >= 1.0, "the reload never looked at the plugin");
+    assert!(stdout(&reload).contains("reloading"), "{reload:?}");
+    // The reload re-reads the unchanged file.
+    reloads_reach(m, "unchanged", 1.0).await;
     assert_eq!(alice.ask("echo still served").await, "still served");
 
     let restart = daemon.run(&["restart", "-d"]).await;
@@ -159,6 +147,77 @@ async fn a_daemon_is_inspected_reloaded_restarted_and_stopped_by_its_config_file
         stop.status.success(),
         "stopping a stopped server is fine: {stop:?}"
     );
+}
+
+/// Grants are read again at a reload, by SIGHUP as by `wasmgate reload`: an app whose grants
+/// changed restarts its instances with them, while its clients stay connected; a file that
+/// no longer reads leaves the running grants alone.
+#[tokio::test]
+async fn a_reload_applies_changed_grants_and_keeps_the_clients() {
+    let (r, g, m) = (free_port(), free_port(), free_port());
+    let config = format!(
+        "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
+         [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"commands\"\nregister = \"127.0.0.1:{r}\"\n\
+         [metrics]\nlisten = \"127.0.0.1:{m}\"\n\
+         [worker]\nplugins = \"plugins\"\ninstances = 1\nregister = \"127.0.0.1:{r}\"\n"
+    );
+    let (daemon, started) = Daemon::start(BIN, &config, &[("commands", plugins::COMMANDS)]).await;
+    assert!(started.status.success(), "{started:?}");
+    reloads_reach(m, "installed", 1.0).await;
+    let addr = format!("127.0.0.1:{g}").parse().unwrap();
+    let mut alice = TestClient::ws(addr, "/").await.unwrap();
+    assert_eq!(alice.ask("join lobby").await, "joined lobby");
+
+    let file = daemon.dir().join("wasmgate.toml");
+    let granted = format!("{config}[worker.grants.commands]\nenv = {{ GREETING = \"hi\" }}\n");
+    std::fs::write(&file, &granted).unwrap();
+    hang_up(daemon.pid);
+    // The same file, unchanged, would only count `unchanged`: a second install is the grants.
+    reloads_reach(m, "installed", 2.0).await;
+    assert_eq!(alice.ask("echo still here").await, "still here");
+    assert_eq!(
+        alice.ask("count lobby").await,
+        "count lobby 1",
+        "groups survive"
+    );
+
+    // (`wasmgate reload` itself would refuse this file before asking the server.)
+    std::fs::write(&file, format!("{granted}typo = 1\n")).unwrap();
+    hang_up(daemon.pid);
+    reloads_reach(m, "unchanged", 1.0).await;
+    let installed = scrape(format!("127.0.0.1:{m}").parse().unwrap())
+        .await
+        .count(
+            "wasmgate_plugin_reloads_total",
+            &[("plugin", "commands"), ("outcome", "installed")],
+        );
+    assert_eq!(installed, 2.0, "an unreadable file changes no grants");
+    assert_eq!(alice.ask("echo served").await, "served");
+}
+
+fn hang_up(pid: u32) {
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Waits, boundedly, until the `commands` plugin's reloads with `outcome` reach `count`:
+/// nothing outside the process says when a reload is done except this counter.
+async fn reloads_reach(metrics_port: u16, outcome: &str, count: f64) {
+    let labels = [("plugin", "commands"), ("outcome", outcome)];
+    let mut seen = 0.0;
+    for _ in 0..400 {
+        seen = scrape(format!("127.0.0.1:{metrics_port}").parse().unwrap())
+            .await
+            .count("wasmgate_plugin_reloads_total", &labels);
+        if seen >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("plugin reloads with outcome {outcome}: {seen}, never {count}");
 }
 
 #[tokio::test]
