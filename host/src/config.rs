@@ -303,8 +303,10 @@ pub struct GatewayConfig {
     /// The internal (worker-facing) port; 0 picks a free one.
     #[serde(default)]
     pub internal_port: u16,
-    /// The register(s) to announce this gateway to.
-    #[serde(default = "default_registers", deserialize_with = "one_or_many")]
+    /// The register(s) to announce this gateway to; by default the one this file's
+    /// `[register]` listens on (else 127.0.0.1:1236). Needed only when the register runs
+    /// from another file.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub register: Vec<SocketAddr>,
     /// Heartbeat period (GatewayWorker's `pingInterval`); `"0s"`, the default, turns the
     /// heartbeat off. Otherwise at least 100 ms: a shorter period is a typo, and would spin
@@ -390,9 +392,6 @@ impl GatewayConfig {
 
     /// Rejects gateway settings that parse but contradict each other.
     fn check(&self) -> Result<(), String> {
-        if self.register.is_empty() {
-            return Err("`register` must list at least one register".into());
-        }
         let wss = self.listen.protocol == Protocol::Wss;
         if wss && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return Err("a wss:// listener needs `tls_cert` and `tls_key`".into());
@@ -462,8 +461,10 @@ pub struct WorkerConfig {
     /// This worker host's name, unique in the cluster; defaults to `worker-<pid>`.
     #[serde(default = "default_worker_name")]
     pub name: String,
-    /// The register(s) to learn the gateways from.
-    #[serde(default = "default_registers", deserialize_with = "one_or_many")]
+    /// The register(s) to learn the gateways from; by default the one this file's
+    /// `[register]` listens on (else 127.0.0.1:1236). Needed only when the register runs
+    /// from another file.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub register: Vec<SocketAddr>,
     /// The plugins directory: every `NAME.wasm` in it is the app `NAME`. A relative path
     /// starts in the configuration file's directory.
@@ -543,9 +544,6 @@ impl WorkerConfig {
 
     /// Rejects worker settings that parse but cannot work.
     fn check(&self) -> Result<(), String> {
-        if self.register.is_empty() {
-            return Err("`register` must list at least one register".into());
-        }
         if self.instances == 0 {
             return Err("`instances` must be at least 1".into());
         }
@@ -838,8 +836,19 @@ impl ConfigFile {
     fn resolve(self, file: &Path) -> Config {
         let dir = file.parent().unwrap_or(Path::new(""));
         let place = |path: &mut PathBuf| *path = dir.join(&*path);
+        // One register address per file: roles beside a `[register]` find it there.
+        let registers = vec![self.register.as_ref().map_or_else(default_register, |r| {
+            let ip = match r.listen.ip() {
+                ip if ip.is_unspecified() => Ipv4Addr::LOCALHOST.into(),
+                ip => ip,
+            };
+            SocketAddr::new(ip, r.listen.port())
+        })];
         let mut gateway = self.gateway;
         for g in &mut gateway {
+            if g.register.is_empty() {
+                g.register.clone_from(&registers);
+            }
             g.tls_cert
                 .iter_mut()
                 .chain(g.tls_key.iter_mut())
@@ -847,6 +856,9 @@ impl ConfigFile {
         }
         let mut worker = self.worker;
         if let Some(w) = &mut worker {
+            if w.register.is_empty() {
+                w.register = registers;
+            }
             place(&mut w.plugins);
             place(&mut w.data);
             w.cache.iter_mut().for_each(place);
@@ -889,10 +901,6 @@ impl ConfigFile {
 
 fn default_register() -> SocketAddr {
     DEFAULT_REGISTER.parse().expect("valid default")
-}
-
-fn default_registers() -> Vec<SocketAddr> {
-    vec![default_register()]
 }
 
 fn default_lan_ip() -> Ipv4Addr {
@@ -1040,10 +1048,14 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>
         One(SocketAddr),
         Many(Vec<SocketAddr>),
     }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(a) => vec![a],
-        OneOrMany::Many(v) => v,
-    })
+    match OneOrMany::deserialize(d)? {
+        OneOrMany::One(a) => Ok(vec![a]),
+        // Empty stands for "absent" once read: an empty list given is a mistake.
+        OneOrMany::Many(v) if v.is_empty() => Err(serde::de::Error::custom(
+            "`register` must list at least one register",
+        )),
+        OneOrMany::Many(v) => Ok(v),
+    }
 }
 
 #[cfg(test)]
@@ -1070,6 +1082,22 @@ mod tests {
         let c = parse("[log]\nlevel = \"warn,wasmgate::worker=debug\"\n").unwrap();
         assert_eq!(c.log.level, "warn,wasmgate::worker=debug");
         assert_eq!(parse("").unwrap().log.level, "info");
+    }
+
+    #[test]
+    fn roles_find_the_register_of_their_own_file() {
+        let c = parse(
+            "[register]\nlisten = \"0.0.0.0:2000\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:1\"\n\
+             app = \"a\"\n[[gateway]]\nlisten = \"text://127.0.0.1:2\"\napp = \"a\"\n\
+             register = \"10.0.0.9:1236\"\n[worker]\n",
+        )
+        .unwrap();
+        let here: SocketAddr = "127.0.0.1:2000".parse().unwrap();
+        assert_eq!(c.gateway[0].register, [here]);
+        assert_eq!(c.gateway[1].register, ["10.0.0.9:1236".parse().unwrap()]);
+        assert_eq!(c.worker.unwrap().register, [here]);
+        let alone = parse("[worker]\n").unwrap().worker.unwrap();
+        assert_eq!(alone.register, [default_register()]);
     }
 
     #[test]

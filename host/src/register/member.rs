@@ -18,7 +18,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, timeout};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::link::{LinkWriter, Timing, frame};
 use super::merge::{MergedLists, Report};
@@ -29,6 +29,9 @@ use crate::wire::{
 
 /// The first delay before reconnecting to a register; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
+
+/// How long a register may stay unreachable before the warning becomes an error.
+const OUTAGE_ERROR: Duration = Duration::from_secs(5);
 
 /// The longest delay between two attempts to reach a register, so that a member is back
 /// within seconds of a register restart.
@@ -127,8 +130,9 @@ impl Member {
     async fn stay_registered(self, shutdown: CancellationToken) {
         let register = self.register;
         let mut backoff = BACKOFF_MIN;
-        // Warn once per outage, not on every retry.
-        let mut outage_reported = false;
+        // Warn once per outage, not on every retry; an outage that lasts is an error: until
+        // it ends this role cannot find (or be found by) the rest of the cluster.
+        let mut outage: Option<(Instant, bool)> = None;
         loop {
             let attempt = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -137,7 +141,7 @@ impl Member {
             match attempt {
                 Ok((reader, writer)) => {
                     info!(%register, "linked to register");
-                    outage_reported = false;
+                    outage = None;
                     let up = Instant::now();
                     let outcome = self.serve(reader, writer, &shutdown).await;
                     self.lists.report(self.index, Report::Down);
@@ -151,11 +155,20 @@ impl Member {
                         backoff = BACKOFF_MIN;
                     }
                 }
-                Err(error) if !outage_reported => {
-                    warn!(%register, %error, "cannot register; retrying in the background");
-                    outage_reported = true;
-                }
-                Err(error) => debug!(%register, %error, "still cannot register"),
+                Err(error) => match &mut outage {
+                    None => {
+                        warn!(%register, %error, "cannot register; retrying in the background");
+                        outage = Some((Instant::now(), false));
+                    }
+                    Some((since, escalated @ false)) if since.elapsed() >= OUTAGE_ERROR => {
+                        error!(
+                            %register, %error,
+                            "no register reachable for {OUTAGE_ERROR:?}: check `[register] listen` and this role's `register`; still retrying"
+                        );
+                        *escalated = true;
+                    }
+                    Some(_) => debug!(%register, %error, "still cannot register"),
+                },
             }
             let delay = rand::rng().random_range(backoff / 2..=backoff);
             tokio::select! {

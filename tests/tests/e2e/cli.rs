@@ -203,6 +203,24 @@ fn hang_up(pid: u32) {
     assert!(sent.success());
 }
 
+/// Roles in one file find that file's register wherever it listens: moving `[register]
+/// listen` off the default port needs no `register = …` beside it.
+#[tokio::test]
+async fn roles_use_the_register_of_their_file() {
+    let (r, g) = (free_port(), free_port());
+    let config = format!(
+        "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
+         [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"commands\"\n\
+         [worker]\nplugins = \"plugins\"\ninstances = 1\n"
+    );
+    let (_daemon, started) = Daemon::start(BIN, &config, &[("commands", plugins::COMMANDS)]).await;
+    assert!(started.status.success(), "{started:?}");
+    let mut client = TestClient::ws(format!("127.0.0.1:{g}").parse().unwrap(), "/")
+        .await
+        .unwrap();
+    assert_eq!(client.ask("echo served").await, "served");
+}
+
 /// Waits, boundedly, until the `commands` plugin's reloads with `outcome` reach `count`:
 /// nothing outside the process says when a reload is done except this counter.
 async fn reloads_reach(metrics_port: u16, outcome: &str, count: f64) {
