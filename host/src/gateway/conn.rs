@@ -170,12 +170,13 @@ where
     let idle_timeout = link.shared.idle_timeout;
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
-    if !link.event(EventKind::Connect).await {
-        return End::Done;
-    }
-    if let Some(request) = handshake
-        && !link.event(EventKind::WebSocketConnect(request)).await
-    {
+    // A WebSocket client's `on-connect` runs on the worker host only once
+    // `on-websocket-connect` has accepted it.
+    let first = match handshake {
+        Some(request) => EventKind::WebSocketConnect(request),
+        None => EventKind::Connect,
+    };
+    if !link.event(first).await {
         return End::Done;
     }
     loop {

@@ -81,9 +81,10 @@ pub struct WebSocketRequest {
 /// Something that happened to a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
-    /// It connected.
+    /// It connected (text and frame clients).
     Connect,
-    /// Its WebSocket handshake completed.
+    /// Its WebSocket handshake completed: `on-websocket-connect`, then, if that accepted the
+    /// client, `on-connect` (a WebSocket client gets no separate `Connect`).
     WebSocketConnect(WebSocketRequest),
     /// It sent a message.
     Message(Bytes),

@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use super::bindings::{Client, WebsocketRequest};
+use super::host_api::SessionChange;
 use super::runtime::{Call, EventClient, PluginInstance};
 use crate::client_id::ClientId;
 use crate::links::{EventSink, Incoming};
@@ -338,6 +339,16 @@ struct SessionTrack {
     session: Arc<Session>,
 }
 
+impl SessionTrack {
+    /// Adds what one callback wrote, if it wrote anything.
+    fn apply(&mut self, change: Option<SessionChange>) {
+        if let Some(change) = change {
+            self.writes += change.writes;
+            self.session = change.session;
+        }
+    }
+}
+
 async fn drive(
     mut instance: PluginInstance,
     queue: Arc<InstanceQueue>,
@@ -390,6 +401,11 @@ async fn handle(
         id,
         session,
     };
+    let mut track = track.unwrap_or(SessionTrack {
+        base_version: context.session_version,
+        writes: 0,
+        session: client.session.clone(),
+    });
     let outcome = match &kind {
         EventKind::Connect => instance.call(Call::Connect(&client)).await,
         EventKind::WebSocketConnect(request) => {
@@ -398,9 +414,34 @@ async fn handle(
                 query: request.query.clone(),
                 headers: request.headers.clone(),
             };
-            instance
+            let accepted = instance
                 .call(Call::WebsocketConnect(&client, &request))
-                .await
+                .await;
+            // Fail closed: a plugin that crashed deciding has not accepted the client.
+            let refusal = match &accepted {
+                Ok(outcome) => outcome.rejected.clone(),
+                Err(e) => {
+                    tracing::warn!(client = %id, "client refused: on-websocket-connect failed: {e}");
+                    Some("server error".to_owned())
+                }
+            };
+            if let Some(reason) = refusal {
+                tracing::info!(client = %id, "plugin rejected the websocket client: {reason}");
+                let rejected = gateways.command(Command::RejectClient { client: id, reason });
+                if rejected.await.is_err() {
+                    tracing::warn!(client = %id, "cannot reject the client: its gateway is not linked");
+                }
+                return;
+            }
+            if let Ok(outcome) = accepted {
+                track.apply(outcome.session);
+            }
+            let client = EventClient {
+                session: track.session.clone(),
+                record: wit_client(&context, &listener.name, listener.port, &track.session),
+                ..client
+            };
+            instance.call(Call::Connect(&client)).await
         }
         EventKind::Message(data) => instance.call(Call::Message(&client, data)).await,
         EventKind::Close => {
@@ -408,29 +449,11 @@ async fn handle(
             return;
         }
     };
-    let Ok(outcome) = outcome else { return };
-    if let Some(reason) = outcome.rejected {
-        tracing::info!(client = %id, "plugin rejected the websocket client: {reason}");
-        let rejected = gateways.command(Command::RejectClient { client: id, reason });
-        if rejected.await.is_err() {
-            tracing::warn!(client = %id, "cannot reject the client: its gateway is not linked");
-        }
+    if let Ok(outcome) = outcome {
+        track.apply(outcome.session);
     }
-    if let Some(change) = outcome.session {
-        let (base_version, writes) = match track {
-            Some(t) => (t.base_version, t.writes),
-            None => (context.session_version, 0),
-        };
-        sessions.insert(
-            id,
-            SessionTrack {
-                base_version,
-                writes: writes + change.writes,
-                session: change.session,
-            },
-        );
-    } else if let Some(t) = track {
-        sessions.insert(id, t);
+    if track.writes > 0 {
+        sessions.insert(id, track);
     }
 }
 

@@ -414,3 +414,45 @@ async fn a_wedged_on_worker_start_does_not_block_the_plugins_watcher() {
         .await;
     answers(&mut elsewhere, "bye", "bye", Duration::from_secs(1)).await;
 }
+
+/// A plugin that crashes deciding whether to accept a WebSocket client (a trap, a loop past
+/// `process_timeout`, memory past `memory_limit`) has not accepted it: the client is closed
+/// with 1008 and `on-connect` never runs for it; a bystander of the same instance is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_on_websocket_connect_refuses_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    for app in ["m", "other"] {
+        std::fs::copy(plugins::MISBEHAVE, dir.path().join(format!("{app}.wasm"))).unwrap();
+    }
+    let (node, m, _) = start_node(
+        dir.path(),
+        "process_timeout = \"1s\"\nmemory_limit = \"64MiB\"",
+    );
+    let mut bystander = connect_ws(m).await;
+    answers(&mut bystander, "echo in", "in", Duration::from_secs(5)).await;
+    let addr = format!("127.0.0.1:{m}").parse().unwrap();
+    for crash in ["trap", "loop", "alloc"] {
+        let mut refused = TestClient::ws(addr, &format!("/?crash={crash}"))
+            .await
+            .unwrap();
+        let close = tokio::time::timeout(Duration::from_secs(10), refused.close_frame())
+            .await
+            .unwrap_or_else(|_| panic!("crash={crash}: the client was never closed"));
+        let close = close.unwrap_or_else(|| panic!("crash={crash}: closed without a frame"));
+        assert_eq!(u16::from(close.code), 1008, "crash={crash}");
+        answers(
+            &mut bystander,
+            "echo still",
+            "still",
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+    let connects = node.logs().matches("on-connect ").count();
+    assert_eq!(
+        connects,
+        1,
+        "on-connect ran only for the bystander:\n{}",
+        node.logs()
+    );
+}

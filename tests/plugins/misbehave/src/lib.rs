@@ -20,10 +20,13 @@
 //! - `session <key>` → the value of that key in the client's session, or `unset`.
 //!
 //! `on-websocket-connect` refuses a client whose query string holds `reject=<reason>`, with
-//! that reason (taken as is, not percent-decoded); it keeps the request of any other client in
-//! its session: `ws.path`, `ws.query` and `ws.header.<name>` for each header.
+//! that reason (taken as is, not percent-decoded); crashes deciding for `crash=trap` (a panic),
+//! `crash=loop` (never returns) and `crash=alloc` (allocates 1 GiB); and keeps the request of
+//! any other client in its session: `ws.path`, `ws.query` and `ws.header.<name>` for each
+//! header.
 //!
-//! `on-close` logs `on-close <client-id>` at info, so a test can count the calls in the log.
+//! `on-connect` and `on-close` log `on-connect <client-id>` and `on-close <client-id>` at info,
+//! so a test can count the calls in the log.
 //!
 //! Anything else gets `error unknown command`. `on-worker-start` refuses to start when the app is
 //! named `fail-start`, traps when it is named `trap-start`, logs `slow-start: sleeping
@@ -65,12 +68,24 @@ impl Plugin for Misbehave {
     }
 
     fn on_websocket_connect(client: Client, request: WebsocketRequest) -> Result<(), String> {
-        if let Some(reason) = request
-            .query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("reject="))
-        {
-            return Err(reason.to_owned());
+        let asked = |key: &str| {
+            let key = format!("{key}=");
+            request
+                .query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix(key.as_str()))
+                .map(str::to_owned)
+        };
+        if let Some(reason) = asked("reject") {
+            return Err(reason);
+        }
+        match asked("crash").as_deref() {
+            Some("trap") => panic!("misbehave: trap requested in on-websocket-connect"),
+            Some("loop") => spin(),
+            Some("alloc") => {
+                allocate(1024);
+            }
+            _ => {}
         }
         let mut seen = vec![
             ("ws.path".to_owned(), request.path),
@@ -83,6 +98,10 @@ impl Plugin for Misbehave {
                 .map(|(name, value)| (format!("ws.header.{name}"), value)),
         );
         gateway::update_session(&client.id, &seen).map_err(|e| format!("{e:?}"))
+    }
+
+    fn on_connect(client: Client) {
+        log::info(format!("on-connect {}", client.id));
     }
 
     fn on_close(client: Client) {
