@@ -40,9 +40,9 @@ const NOT_RUNNING: u8 = 3;
 /// sysexits' exit code for a bad configuration.
 const BAD_CONFIG: u8 = 78;
 
-/// Longest `start -d` waits for its server to be ready: long enough to compile a large
-/// plugin when its cache is cold.
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest `start -d` waits for its server to be ready beyond the server's own bound on
+/// loading its plugins (`start_timeout`): binding, the register, the links.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Parser)]
 #[command(
@@ -334,7 +334,10 @@ fn start(target: &Target, detach: bool) -> anyhow::Result<ExitCode> {
         let log = setup.config.log.file.clone();
         let mut args: Vec<OsString> = vec!["start".into()];
         args.extend(target.args()?);
-        let pid = daemon::spawn_detached(&args, &log, READY_TIMEOUT)?;
+        // The server itself reports ready within its `start_timeout`.
+        let starting = setup.config.worker.as_ref().map(|w| w.start_timeout);
+        let pid =
+            daemon::spawn_detached(&args, &log, READY_TIMEOUT + starting.unwrap_or_default())?;
         println!(
             "{} start in DAEMON mode: pid {pid}, log {}",
             setup.label,

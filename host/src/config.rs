@@ -519,6 +519,11 @@ pub struct WorkerConfig {
     /// three intervals, or that reads nothing for as long, is dropped and re-dialled.
     #[serde(default = "default_link_ping_interval", with = "humantime_serde")]
     pub link_ping_interval: Duration,
+    /// Longest a start waits for the plugins present at start to load and for the gateways
+    /// of this process to be linked before it reports ready anyway (`start -d` returns,
+    /// `READY=1`), with a warning: a cold Python or JavaScript plugin compiles for seconds.
+    #[serde(default = "default_start_timeout", with = "humantime_serde")]
+    pub start_timeout: Duration,
 }
 
 impl WorkerConfig {
@@ -937,6 +942,10 @@ fn default_max_events_in_flight() -> u32 {
 
 fn default_link_ping_interval() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_start_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_no_worker_hold() -> Duration {

@@ -3,8 +3,10 @@
 //! The default (GatewayWorker's `routerBind`) binds each client to one worker-host link on its
 //! first event, choosing the link with the fewest bound clients, and keeps sending that
 //! client's events there, which is what keeps them in order. When the bound link goes away the
-//! client is re-bound on its next event. While no worker host is linked (at startup, or while
-//! all are restarting) an event waits up to `no_worker_hold` for one instead of being dropped.
+//! client is re-bound on its next event. While no worker host is linked (all are restarting)
+//! an event waits up to `no_worker_hold` for one instead of being dropped; before the first
+//! worker host ever linked (the cluster is starting, its plugins may be compiling) up to
+//! [`STARTING_HOLD`], if that is longer.
 //!
 //! Each client has a window of `max_events_in_flight` events on its link: an event takes one
 //! slot, the worker host's `Done` gives it back once the event ran (or was dropped). A client
@@ -68,6 +70,11 @@ impl WorkerLink {
         }
     }
 }
+
+/// Longest an event waits for the first worker host this gateway ever links: as long as a
+/// worker host's default `start_timeout`, since a cold Python or JavaScript plugin compiles
+/// for seconds before its host links.
+pub const STARTING_HOLD: Duration = Duration::from_secs(60);
 
 /// The worker-host links of one gateway.
 pub struct Router {
@@ -270,9 +277,12 @@ impl Router {
                 }
             }
         };
-        tokio::time::timeout(self.hold, pick)
-            .await
-            .map_err(|_| NoWorker)
+        // Link ids start at 1: none handed out yet means none ever linked.
+        let hold = match self.next_id.load(Ordering::Relaxed) {
+            1 => self.hold.max(STARTING_HOLD),
+            _ => self.hold,
+        };
+        tokio::time::timeout(hold, pick).await.map_err(|_| NoWorker)
     }
 
     fn least_bound(&self) -> Option<Arc<WorkerLink>> {
@@ -302,4 +312,45 @@ fn fit(message: ToWorker) -> Option<ToWorker> {
     crate::metrics::event_dropped("too_large");
     tracing::warn!(client = %client.id, "event dropped: {e}");
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use super::*;
+
+    fn event() -> ToWorker {
+        let id = ClientId::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1), 1);
+        ToWorker::Event {
+            client: crate::wire::messages::ClientContext {
+                id,
+                remote: "127.0.0.1:2".parse().unwrap(),
+                listener: 0,
+                uid: None,
+                session: Arc::default(),
+                session_version: 0,
+            },
+            kind: EventKind::Connect,
+        }
+    }
+
+    /// Until a first worker host links, an event waits [`STARTING_HOLD`]; once one has
+    /// linked and gone, only `hold`.
+    #[tokio::test(start_paused = true)]
+    async fn a_starting_cluster_is_waited_for_longer() {
+        let router = Router::new(4, Duration::from_secs(5));
+        let started = tokio::time::Instant::now();
+        let waited = router.forward(&mut Binding::default(), event()).await;
+        assert!(waited.is_err());
+        assert_eq!(started.elapsed(), STARTING_HOLD);
+
+        let (queue, _events) = mpsc::channel(4);
+        let link = router.add(queue);
+        router.remove(link.id);
+        let started = tokio::time::Instant::now();
+        let waited = router.forward(&mut Binding::default(), event()).await;
+        assert!(waited.is_err());
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
 }

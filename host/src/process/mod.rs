@@ -21,8 +21,9 @@ pub mod pid_file;
 pub mod running;
 pub mod scrape;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -170,6 +171,26 @@ async fn stop_in_order(
     result
 }
 
+/// Tells a service manager `READY=1` once the worker host (if any) serves, or after its
+/// `start_timeout` with a warning; at once for a process without one. Listeners are bound
+/// before: clients that connect meanwhile wait (`no_worker_hold`), they are not refused.
+async fn announce_ready(
+    worker: Option<(impl Future<Output = ()>, Duration)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some((serving, start_timeout)) = worker {
+        tokio::select! {
+            () = serving => tracing::info!("worker host serving: plugins loaded, gateways linked"),
+            () = tokio::time::sleep(start_timeout) => tracing::warn!(
+                "ready after start_timeout ({start_timeout:?}) although the worker host does not serve yet (plugins still loading, or gateways of this process not linked)"
+            ),
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+    notify::notify("READY=1");
+    Ok(())
+}
+
 /// Binds every listener of `config`, then serves until `shutdown`. Binding first means a
 /// port conflict fails the start instead of a role dying later. Once everything is bound,
 /// a service manager waiting on `NOTIFY_SOCKET` is told `READY=1`.
@@ -215,6 +236,7 @@ pub async fn run(
         }),
     };
     let local = LocalGateways::default();
+    let mut local_gateways = BTreeSet::new();
     let mut roles = JoinSet::new();
     let mut gateways = JoinSet::new();
     let workers_stop = CancellationToken::new();
@@ -232,6 +254,7 @@ pub async fn run(
             gateway.app.clone(),
         );
         let bound = BoundGateway::bind(gateway, secret.clone()).await?;
+        local_gateways.insert(bound.internal_addr());
         running.gateways.push(RunningGateway {
             name,
             listen,
@@ -240,8 +263,11 @@ pub async fn run(
         });
         gateways.spawn(bound.run(local.clone(), shutdown.clone()));
     }
+    let mut ready = None;
     if let Some(worker) = config.worker {
+        let start_timeout = worker.start_timeout;
         let worker = WorkerHost::new(worker, secret.clone(), local.clone())?;
+        ready = Some((worker.ready(local_gateways), start_timeout));
         if let Some(push) = push {
             roles.spawn(push.serve(worker.gateways(), config.http.clone(), shutdown.clone()));
         }
@@ -270,7 +296,7 @@ pub async fn run(
     }
     let reload = triggers.reload.clone();
     roles.spawn(control::serve(control, running, reload, shutdown.clone()));
-    notify::notify("READY=1");
+    roles.spawn(announce_ready(ready, shutdown.clone()));
     let mut result = Ok(());
     while let Some(ended) = roles.join_next().await {
         if let Err(e) = ended.context("a role panicked").and_then(|r| r) {

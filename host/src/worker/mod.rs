@@ -15,6 +15,8 @@ pub mod plugins;
 pub mod runtime;
 pub mod timers;
 
+use std::collections::BTreeSet;
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +56,8 @@ pub struct WorkerHost {
     runtime: Arc<Runtime>,
     links: Arc<GatewayLinks>,
     dispatcher: Arc<Dispatcher>,
+    /// Set once the plugins present at start are loaded.
+    loaded: watch::Sender<bool>,
 }
 
 impl WorkerHost {
@@ -88,12 +92,27 @@ impl WorkerHost {
             runtime: Arc::new(runtime),
             links,
             dispatcher,
+            loaded: watch::channel(false).0,
         })
     }
 
     /// The grants it starts with.
     pub fn grants(&self) -> &GrantTable {
         &self.config.grants
+    }
+
+    /// Resolves once the worker host serves: the plugins present at start are loaded and
+    /// every gateway in `gateways` (those of this process) is linked.
+    pub fn ready(
+        &self,
+        gateways: BTreeSet<SocketAddrV4>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let mut loaded = self.loaded.subscribe();
+        let mut linked = self.links.linked();
+        async move {
+            let _ = loaded.wait_for(|loaded| *loaded).await;
+            let _ = linked.wait_for(|linked| gateways.is_subset(linked)).await;
+        }
     }
 
     /// The worker host's links to every gateway, as the gateway-operations port.
@@ -115,12 +134,14 @@ impl WorkerHost {
             runtime,
             links,
             dispatcher,
+            loaded,
         } = self;
         let worker: Arc<str> = config.name.clone().into();
         let mut plugins = PluginDir::new(&config, runtime, links.clone(), dispatcher.clone());
         // Load the plugins before linking to gateways, so that no early event finds its app
         // missing.
         plugins.scan().await;
+        loaded.send_replace(true);
         let watching = shutdown.child_token();
         tokio::spawn(plugins.watch(reload, watching));
         let gateways = register::spawn_registration(

@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{SECRET, free_port};
 use wasmgate_tests::daemon::{Daemon, alive, wasmgate};
-use wasmgate_tests::plugins;
+use wasmgate_tests::polyglot::{self, Language};
 use wasmgate_tests::prometheus::scrape;
+use wasmgate_tests::{plugins, tools};
 
 use crate::BIN;
 
@@ -195,6 +196,64 @@ fn hang_up(pid: u32) {
         .status()
         .unwrap();
     assert!(sent.success());
+}
+
+/// `start -d` returns once the plugins present at start serve: with a Python plugin and a
+/// cold compile cache that takes seconds, and a client that connects meanwhile is held and
+/// answered, not closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_returns_once_a_cold_python_plugin_serves() {
+    const TEST: &str = "cli::start_returns_once_a_cold_python_plugin_serves";
+    let built = tokio::task::spawn_blocking(|| polyglot::commands(Language::Python))
+        .await
+        .unwrap();
+    let Some(plugin) = tools::or_skip(built, TEST) else {
+        return;
+    };
+    let (r, g) = (free_port(), free_port());
+    let config = format!(
+        "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
+         [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"commands\"\n\
+         [worker]\nplugins = \"plugins\"\ninstances = 1\ncache = \"cold-cache\"\n"
+    );
+    let addr = format!("127.0.0.1:{g}").parse().unwrap();
+    let early = tokio::spawn(async move {
+        let mut client = loop {
+            if let Ok(client) = TestClient::ws(addr, "/").await {
+                break client;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let connected = Instant::now();
+        client.send("echo early").await.unwrap();
+        (
+            connected,
+            client.recv_within(Duration::from_secs(120)).await,
+        )
+    });
+    let (daemon, started) =
+        Daemon::start(BIN, &config, &[("commands", plugin.to_str().unwrap())]).await;
+    let returned = Instant::now();
+    assert!(started.status.success(), "{started:?}");
+    let status = stdout(&daemon.run(&["status"]).await);
+    let plugins = table(&status, "PLUGINS");
+    let log = std::fs::read_to_string(daemon.dir().join("wasmgate.log")).unwrap_or_default();
+    assert!(
+        !plugins.is_empty(),
+        "ready before the plugin served:\n{status}\n{log}"
+    );
+    assert_eq!(row(&plugins, "plugin", "commands")["instances"], "1");
+    let mut client = TestClient::ws(addr, "/").await.unwrap();
+    assert_eq!(client.ask("echo now").await, "now");
+    let (connected, reply) = tokio::time::timeout(Duration::from_secs(150), early)
+        .await
+        .expect("the early client is answered")
+        .unwrap();
+    assert!(
+        connected < returned,
+        "the early client connected while the plugin compiled"
+    );
+    assert_eq!(reply.as_deref().ok(), Some("early"));
 }
 
 /// Roles in one file find that file's register wherever it listens: moving `[register]
