@@ -511,6 +511,10 @@ pub struct WorkerConfig {
     /// and writable by nobody else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<PathBuf>,
+    /// Compiled versions the cache keeps per app, the most recently used first; older ones
+    /// are deleted (a Python or JavaScript version is about 35 MB).
+    #[serde(default = "default_cache_versions")]
+    pub cache_versions: usize,
     /// What each app may reach beyond the default of nothing, by app name. A reload
     /// (`wasmgate reload`, SIGHUP, SIGUSR1) applies a changed table without a restart.
     #[serde(default)]
@@ -566,6 +570,9 @@ impl WorkerConfig {
         }
         if self.log_rate.as_u64() == 0 {
             return Err("`log_rate` must be above 0".into());
+        }
+        if self.cache_versions == 0 {
+            return Err("`cache_versions` must be at least 1".into());
         }
         if self.max_plugin_size.as_u64() == 0 {
             return Err("`max_plugin_size` must be above 0".into());
@@ -942,6 +949,10 @@ fn default_max_events_in_flight() -> u32 {
 
 fn default_link_ping_interval() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_cache_versions() -> usize {
+    4
 }
 
 fn default_start_timeout() -> Duration {

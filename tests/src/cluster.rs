@@ -217,7 +217,7 @@ fn worker_config(
         .join("test-plugin-cache");
     let config = parse(&format!(
         "[worker]\nname = \"{name}\"\nregister = \"{register}\"\nplugins = {plugins:?}\n\
-         instances = {instances}\ncache = {cache:?}\n",
+         instances = {instances}\ncache = {cache:?}\ncache_versions = 64\n",
     ));
     config.worker.unwrap()
 }

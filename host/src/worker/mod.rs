@@ -78,7 +78,7 @@ impl WorkerHost {
             max_resources: config.max_resources,
             log_rate: config.log_rate.as_u64(),
         })?;
-        runtime = runtime.with_cache(config.cache_dir());
+        runtime = runtime.with_cache(config.cache_dir(), config.cache_versions);
         let links = GatewayLinks::new(
             secret.clone(),
             Peer::Worker,

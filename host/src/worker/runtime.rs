@@ -220,8 +220,9 @@ impl Runtime {
     /// is created private (0700) and must be owned by this user and writable by nobody else;
     /// every entry is authenticated with the directory's key (see [`CompileCache`]). When
     /// the directory is unusable, plugins are compiled every time, with an error logged.
-    pub fn with_cache(mut self, dir: PathBuf) -> Self {
-        match CompileCache::open(dir.clone()) {
+    /// Each app keeps its `versions` most recently used entries.
+    pub fn with_cache(mut self, dir: PathBuf, versions: usize) -> Self {
+        match CompileCache::open(dir.clone(), versions) {
             Ok(cache) => self.cache = Some(cache),
             Err(e) => tracing::error!(
                 dir = %dir.display(),
@@ -280,7 +281,7 @@ impl Runtime {
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut engine_hash);
-        let entry = cache.entry(digest, engine_hash.finish());
+        let entry = cache.entry(name, digest, engine_hash.finish());
         match cache.read(&entry) {
             Ok(Some(native)) => {
                 // SAFETY: `native` was written by `Component::serialize` of an engine with
@@ -310,6 +311,7 @@ impl Runtime {
             .serialize()
             .map_err(anyhow::Error::from)
             .and_then(|native| cache.write(&entry, &native))
+            .and_then(|()| cache.prune(&entry))
         {
             tracing::warn!(dir = %cache.dir.display(), "cannot cache the compiled plugin: {e:#}");
         }
@@ -367,6 +369,8 @@ const TAG_LEN: usize = 32;
 struct CompileCache {
     dir: PathBuf,
     key: [u8; TAG_LEN],
+    /// Entries kept per app.
+    versions: usize,
 }
 
 /// Where one compiled component lives, and what its tag is bound to.
@@ -376,8 +380,9 @@ struct CacheEntry {
 }
 
 impl CompileCache {
-    /// Opens (creating them private if missing) the directory and its key.
-    fn open(dir: PathBuf) -> Result<Self, CacheError> {
+    /// Opens (creating them private if missing) the directory and its key; each app keeps
+    /// `versions` entries.
+    fn open(dir: PathBuf, versions: usize) -> Result<Self, CacheError> {
         use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -408,17 +413,46 @@ impl CompileCache {
         }
         let key = std::fs::read(&path)?;
         let key = key.try_into().map_err(|_| CacheError::BadKey(path))?;
-        Ok(Self { dir, key })
+        Ok(Self { dir, key, versions })
     }
 
-    /// The entry for the plugin bytes hashing to `digest`, compiled by an engine whose
-    /// compatibility hashes to `engine`.
-    fn entry(&self, digest: &str, engine: u64) -> CacheEntry {
+    /// The entry of app `app` for the plugin bytes hashing to `digest`, compiled by an engine
+    /// whose compatibility hashes to `engine`. Each app's entries share a folder, so that
+    /// its old versions can be found and pruned (app names are file names: no `/`, no
+    /// leading `.`).
+    fn entry(&self, app: &str, digest: &str, engine: u64) -> CacheEntry {
         let binding = format!("wasmgate-cache-v1 {digest} {engine:016x}");
         CacheEntry {
-            path: self.dir.join(format!("{digest}-{engine:016x}.cwasm")),
+            path: self
+                .dir
+                .join(app)
+                .join(format!("{digest}-{engine:016x}.cwasm")),
             binding,
         }
+    }
+
+    /// Deletes the app's entries beyond the `versions` most recently used (by modification
+    /// time: a read touches its entry).
+    fn prune(&self, entry: &CacheEntry) -> anyhow::Result<()> {
+        let Some(folder) = entry.path.parent() else {
+            return Ok(());
+        };
+        let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(folder)?
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let path = e.path();
+                let used = e.metadata().ok()?.modified().ok()?;
+                (path.extension()? == "cwasm").then_some((used, path))
+            })
+            .collect();
+        entries.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        for (_, old) in entries.into_iter().skip(self.versions) {
+            if old != entry.path {
+                std::fs::remove_file(&old)?;
+                tracing::debug!(file = %old.display(), "old compile-cache entry deleted");
+            }
+        }
+        Ok(())
     }
 
     fn tag(&self, entry: &CacheEntry, native: &[u8]) -> Hmac<Sha256> {
@@ -444,12 +478,21 @@ impl CompileCache {
         self.tag(entry, &bytes)
             .verify_slice(&tag)
             .map_err(|_| CacheError::Forged)?;
+        // Marks it used, so that pruning keeps the versions in use.
+        let touched = std::fs::File::options()
+            .write(true)
+            .open(&entry.path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        if let Err(e) = touched {
+            tracing::debug!(file = %entry.path.display(), "cannot mark the cache entry used: {e}");
+        }
         Ok(Some(bytes))
     }
 
     /// Writes `native` with its tag whole: to a temporary file first, then renamed over the
     /// entry, so a crash never leaves a partial entry and a rejected one is replaced.
     fn write(&self, entry: &CacheEntry, native: &[u8]) -> anyhow::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
         // Several worker hosts (of this process or others) may store the same entry at once:
         // each writes its own temporary file.
         static WRITES: AtomicU64 = AtomicU64::new(0);
@@ -458,6 +501,12 @@ impl CompileCache {
             .path
             .with_extension(format!("tmp{}-{write}", std::process::id()));
         let tag = self.tag(entry, native).finalize().into_bytes();
+        if let Some(folder) = entry.path.parent() {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(folder)?;
+        }
         std::fs::write(&tmp, [native, &tag[..]].concat())?;
         std::fs::rename(&tmp, &entry.path)?;
         Ok(())

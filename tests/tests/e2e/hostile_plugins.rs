@@ -181,9 +181,18 @@ async fn plugin_files_that_are_not_regular_or_too_large_are_refused() {
     assert!(status.success(), "{status:?}\n{}", node.logs());
 }
 
-/// The compile-cache entry of `version` (its first 12 hex digits) in `cache`.
-fn cache_entry(cache: &Path, version: &str) -> std::path::PathBuf {
-    let entries: Vec<_> = std::fs::read_dir(cache)
+/// The compile-cache entries of `app` in `cache`.
+fn cache_entries(cache: &Path, app: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(cache.join(app))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect()
+}
+
+/// The compile-cache entry of `app`'s `version` (its first 12 hex digits) in `cache`.
+fn cache_entry(cache: &Path, app: &str, version: &str) -> std::path::PathBuf {
+    let entries: Vec<_> = std::fs::read_dir(cache.join(app))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
@@ -193,6 +202,72 @@ fn cache_entry(cache: &Path, version: &str) -> std::path::PathBuf {
         .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     entries.into_iter().next().unwrap()
+}
+
+/// The compile cache keeps `cache_versions` entries per app, the most recently used: a
+/// version deployed again is served from it and stays, the one least recently used goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compile_cache_keeps_the_last_versions_of_each_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(plugins::ECHO, plugins.join("other.wasm")).unwrap();
+    std::fs::copy(plugins::MISBEHAVE, plugins.join("m.wasm")).unwrap();
+    let worker = format!("cache = {cache:?}\ncache_versions = 2");
+    let (node, m, other) = start_node(&plugins, &worker);
+    let mut bystander = connect_ws(other).await;
+    // Answered once the worker host serves: the first version of m is in.
+    answers(&mut bystander, "hi", "hi", Duration::from_secs(10)).await;
+    // Misbehave (A), then commands (B), misbehave again (A, from the cache), chat (C).
+    for (n, src) in [plugins::COMMANDS, plugins::MISBEHAVE, plugins::CHAT]
+        .into_iter()
+        .enumerate()
+    {
+        let tmp = plugins.join(".m.wasm.tmp");
+        std::fs::copy(src, &tmp).unwrap();
+        std::fs::rename(&tmp, plugins.join("m.wasm")).unwrap();
+        for _ in 0..400 {
+            if node.installed_versions("m").len() == n + 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(node.installed_versions("m").len(), n + 2, "{}", node.logs());
+        answers(&mut bystander, "hi", "hi", Duration::from_secs(5)).await;
+        let entries = cache_entries(&cache, "m");
+        assert!(entries.len() <= 2, "{entries:?}");
+    }
+    node.wait_for_line(&[
+        "plugin version installed",
+        "plugin=\"m\"",
+        "from_cache=true",
+    ])
+    .await;
+    let versions = node.installed_versions("m");
+    let kept: Vec<String> = cache_entries(&cache, "m")
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy()[..12].to_owned())
+        .collect();
+    let (a, b, c) = (&versions[0], &versions[1], &versions[3]);
+    assert!(
+        kept.contains(a) && kept.contains(c) && !kept.contains(b),
+        "{versions:?} {kept:?}"
+    );
+    assert_eq!(
+        cache_entries(&cache, "other").len(),
+        1,
+        "other apps keep theirs"
+    );
+    let mut client = connect_ws(m).await;
+    client
+        .send(r#"{"type":"login","name":"ann","room":"r"}"#)
+        .await
+        .unwrap();
+    assert!(
+        client.recv_within(Duration::from_secs(5)).await.is_ok(),
+        "chat serves"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,8 +291,8 @@ async fn a_swapped_or_forged_cache_entry_is_recompiled_not_run() {
     assert!(node.terminate().await.success());
 
     // Someone puts echo's native code where m's belongs.
-    let m_entry = cache_entry(&cache, &m_version[0]);
-    std::fs::copy(cache_entry(&cache, &other_version[0]), &m_entry).unwrap();
+    let m_entry = cache_entry(&cache, "m", &m_version[0]);
+    std::fs::copy(cache_entry(&cache, "other", &other_version[0]), &m_entry).unwrap();
 
     let (node, m, other) = start_node(&plugins, &worker);
     let mut client = connect_ws(m).await;
