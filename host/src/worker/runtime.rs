@@ -445,7 +445,7 @@ impl CompileCache {
                 (path.extension()? == "cwasm").then_some((used, path))
             })
             .collect();
-        entries.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
         for (_, old) in entries.into_iter().skip(self.versions) {
             if old != entry.path {
                 std::fs::remove_file(&old)?;
