@@ -142,7 +142,7 @@ impl Target {
             let default = PathBuf::from(DEFAULT_FILE);
             default.exists().then_some(default)
         });
-        let (mut config, label) = match &given {
+        let (mut config, mut label) = match &given {
             Some(file) => (
                 Config::load(&std::path::absolute(file)?)?,
                 format!("wasmgate[{}]", file.display()),
@@ -158,6 +158,7 @@ impl Target {
         roles.dedup();
         if !roles.is_empty() {
             let tag = roles.join("-");
+            label = format!("{label}[{}]", roles.join(","));
             for path in [
                 &mut config.control.socket,
                 &mut config.control.pid_file,
@@ -171,6 +172,46 @@ impl Target {
             label,
             config,
             socket,
+        })
+    }
+
+    /// The servers a command without `--role` means: the file's, or, when that one does not
+    /// run, each of its roles started alone (`start --role …`), found by their control
+    /// sockets beside the file's.
+    fn servers(&self) -> anyhow::Result<Vec<Target>> {
+        let socket = self.setup()?.socket;
+        if !self.role.is_empty() || socket.exists() {
+            return Ok(vec![self.clone()]);
+        }
+        let (Some(dir), Some(stem)) = (socket.parent(), socket.file_stem()) else {
+            return Ok(vec![self.clone()]);
+        };
+        let prefix = format!("{}-", stem.to_string_lossy());
+        let suffix = socket
+            .extension()
+            .map_or_else(String::new, |e| format!(".{}", e.to_string_lossy()));
+        let mut found: Vec<Target> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let tag = name.strip_prefix(&prefix)?.strip_suffix(&suffix)?;
+                let role = tag
+                    .split('-')
+                    .map(|r| <Role as clap::ValueEnum>::from_str(r, false).ok())
+                    .collect::<Option<Vec<Role>>>()?;
+                Some(Target {
+                    config: self.config.clone(),
+                    role,
+                })
+            })
+            .collect();
+        found.sort_by_key(|t| t.role.iter().map(|r| r.name()).collect::<Vec<_>>());
+        Ok(if found.is_empty() {
+            vec![self.clone()]
+        } else {
+            found
         })
     }
 
@@ -222,7 +263,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Start { target, daemon } => start(&target, daemon),
-        Command::Stop { target, timeout } => stop(&target.setup()?, timeout),
+        Command::Stop { target, timeout } => each_server(&target, |setup| stop(setup, timeout)),
         Command::Restart {
             target,
             daemon,
@@ -235,19 +276,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             start(&target, daemon)
         }
         Command::Reload { target } => {
-            let setup = target.setup()?;
-            match ask(&setup, Request::Reload)? {
+            each_server(&target, |setup| match ask(setup, Request::Reload)? {
                 None => Ok(ExitCode::from(NOT_RUNNING)),
                 Some(Response::Reloading) => {
                     println!("{} reloading (grants and plugins)", setup.label);
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(other) => unexpected(other),
-            }
+            })
         }
         Command::Status { target, json } => {
-            let setup = target.setup()?;
-            match ask(&setup, Request::Status)? {
+            each_server(&target, |setup| match ask(setup, Request::Status)? {
                 None => Ok(ExitCode::from(NOT_RUNNING)),
                 Some(Response::Status(s)) if json => print_json(&s),
                 Some(Response::Status(s)) => {
@@ -255,11 +294,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(other) => unexpected(other),
-            }
+            })
         }
         Command::Connections { target, json } => {
-            let setup = target.setup()?;
-            match ask(&setup, Request::Connections)? {
+            each_server(&target, |setup| match ask(setup, Request::Connections)? {
                 None => Ok(ExitCode::from(NOT_RUNNING)),
                 Some(Response::Connections(c)) if json => print_json(&c),
                 Some(Response::Connections(c)) => {
@@ -267,9 +305,25 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(other) => unexpected(other),
-            }
+            })
         }
     }
+}
+
+/// Runs `command` for each server `target` means (see [`Target::servers`]); the first
+/// failure's exit code, else success.
+fn each_server(
+    target: &Target,
+    mut command: impl FnMut(&Setup) -> anyhow::Result<ExitCode>,
+) -> anyhow::Result<ExitCode> {
+    let mut result = ExitCode::SUCCESS;
+    for server in target.servers()? {
+        let code = command(&server.setup()?)?;
+        if code != ExitCode::SUCCESS && result == ExitCode::SUCCESS {
+            result = code;
+        }
+    }
+    Ok(result)
 }
 
 /// Asks the server; `None` (after saying so) when none runs.
@@ -346,7 +400,15 @@ fn start(target: &Target, detach: bool) -> anyhow::Result<ExitCode> {
         if let Ok(Response::Status(s)) = control::ask(&setup.socket, Request::Status) {
             print!("{}", render::status(&setup.label, &s));
         }
-        println!("Input \"wasmgate stop\" to stop. Start success.");
+        // The same file and roles, or `stop` would look for another server.
+        let mut stop = String::from("wasmgate stop");
+        if let Some(file) = &target.config {
+            stop = format!("{stop} -c {}", file.display());
+        }
+        for role in &target.role {
+            stop = format!("{stop} --role {}", role.name());
+        }
+        println!("Input \"{stop}\" to stop. Start success.");
         return Ok(ExitCode::SUCCESS);
     }
     init_logging(&setup.config.log.level);

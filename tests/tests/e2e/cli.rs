@@ -256,6 +256,59 @@ async fn start_returns_once_a_cold_python_plugin_serves() {
     assert_eq!(reply.as_deref().ok(), Some("early"));
 }
 
+/// Roles of one file started alone are found by the plain commands: `status` shows each,
+/// `stop` stops each; the start's hint names the role, and so does every label.
+#[tokio::test]
+async fn roles_started_alone_are_found_without_naming_them() {
+    let (r, g) = (free_port(), free_port());
+    let config = format!(
+        "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
+         [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"commands\"\n\
+         [worker]\nplugins = \"plugins\"\ninstances = 1\n"
+    );
+    let (daemon, started) = Daemon::start_role(
+        BIN,
+        &config,
+        &[("commands", plugins::COMMANDS)],
+        Some("register"),
+    )
+    .await;
+    assert!(
+        stdout(&started).contains("\"wasmgate stop --role register\""),
+        "{started:?}"
+    );
+    let mut pids = vec![daemon.pid];
+    for role in ["gateway", "worker"] {
+        let out = daemon.run(&["start", "-d", "--role", role]).await;
+        assert!(out.status.success(), "{role}: {out:?}");
+        assert!(
+            stdout(&out).contains(&format!("wasmgate[wasmgate.toml][{role}]")),
+            "{out:?}"
+        );
+        let pid = std::fs::read_to_string(daemon.dir().join(format!("wasmgate-{role}.pid")));
+        pids.push(pid.unwrap().trim().parse().unwrap());
+    }
+    let mut client = TestClient::ws(format!("127.0.0.1:{g}").parse().unwrap(), "/")
+        .await
+        .unwrap();
+    assert_eq!(client.ask("echo split").await, "split");
+
+    let status = daemon.run(&["status"]).await;
+    assert!(status.status.success(), "{status:?}");
+    let screen = stdout(&status);
+    for role in ["gateway", "register", "worker"] {
+        assert!(
+            screen.contains(&format!("wasmgate[wasmgate.toml][{role}]")),
+            "{screen}"
+        );
+    }
+    let stop = daemon.run(&["stop"]).await;
+    assert!(stop.status.success(), "{stop:?}");
+    for pid in pids {
+        assert!(!alive(pid), "plain stop stops every role of the file");
+    }
+}
+
 /// Roles in one file find that file's register wherever it listens: moving `[register]
 /// listen` off the default port needs no `register = …` beside it.
 #[tokio::test]
