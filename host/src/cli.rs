@@ -40,6 +40,9 @@ const NOT_RUNNING: u8 = 3;
 /// sysexits' exit code for a bad configuration.
 const BAD_CONFIG: u8 = 78;
 
+/// sysexits' exit code for an input file that does not exist or cannot be read.
+const NO_CONFIG: u8 = 66;
+
 /// Longest `start -d` waits for its server to be ready beyond the server's own bound on
 /// loading its plugins (`start_timeout`): binding, the register, the links.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -247,10 +250,13 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("wasmgate: {e:#}");
-            if e.chain().any(|cause| cause.is::<ConfigError>()) {
-                ExitCode::from(BAD_CONFIG)
-            } else {
-                ExitCode::FAILURE
+            match e
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<ConfigError>())
+            {
+                Some(ConfigError::Read { .. }) => ExitCode::from(NO_CONFIG),
+                Some(_) => ExitCode::from(BAD_CONFIG),
+                None => ExitCode::FAILURE,
             }
         }
     }

@@ -696,7 +696,7 @@ impl fmt::Display for ListenUrl {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -705,7 +705,7 @@ pub enum ConfigError {
     },
     /// The file is not valid TOML, or has an unknown key or a value of the wrong kind; the
     /// message names the key.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Syntax {
         /// The file.
         path: PathBuf,
@@ -713,10 +713,10 @@ pub enum ConfigError {
         source: toml::de::Error,
     },
     /// No usable cluster secret; the message names the key to set.
-    #[error("{0}")]
+    #[error(transparent)]
     Secret(#[from] SecretError),
     /// The values parse but cannot work together.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -1082,8 +1082,10 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>
 mod tests {
     use super::*;
 
+    /// The error as the command line prints it: with its causes.
     fn parse(text: &str) -> Result<Config, String> {
-        Config::from_toml(text, Path::new("wasmgate.toml")).map_err(|e| e.to_string())
+        Config::from_toml(text, Path::new("wasmgate.toml"))
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
     }
 
     #[test]

@@ -286,8 +286,8 @@ mod tests {
             "secret = \"a\"\nsecret_file = \"s\"\n",
             &dir.join("prod.toml"),
         )
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+        let err = format!("{:#}", anyhow::Error::from(err));
         assert!(err.contains("secret_file"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

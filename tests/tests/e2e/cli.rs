@@ -358,6 +358,10 @@ async fn a_bad_configuration_is_refused_naming_its_key_and_file() {
         assert!(err.contains(key) && err.contains("prod.toml"), "{err}");
         assert!(!dir.path().join("prod.sock").exists(), "nothing started");
     }
+    let out = wasmgate(BIN, dir.path(), &["start", "-c", "missing.toml"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(66), "EX_NOINPUT: {out:?}");
+    assert_eq!(err.matches("No such file").count(), 1, "said once: {err}");
 }
 
 fn stdout(out: &Output) -> String {
