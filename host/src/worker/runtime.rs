@@ -711,15 +711,29 @@ impl PluginInstance {
         }
     }
 
-    /// Waits for the next timer of this instance to fire; never resolves while the instance
-    /// is not running.
+    /// Waits for the next timer of this instance to fire. An instance that faulted is started
+    /// again first (after its back-off), so that `on-worker-start` re-arms the timers it sets
+    /// without waiting for a client event; a start that fails is logged and tried again
+    /// after the next back-off.
     pub async fn next_timer(&mut self) -> u64 {
-        match self.live.as_mut() {
-            Some(live) => match live.timers_fired.recv().await {
+        loop {
+            let Some(live) = self.live.as_mut() else {
+                if let Some(retry_at) = self.retry_at {
+                    tokio::time::sleep_until(retry_at.into()).await;
+                }
+                if let Err(e) = self.start().await {
+                    tracing::error!(
+                        plugin = self.code.name(),
+                        version = self.code.version(),
+                        "{e}"
+                    );
+                }
+                continue;
+            };
+            return match live.timers_fired.recv().await {
                 Some(id) => id,
                 None => std::future::pending().await,
-            },
-            None => std::future::pending().await,
+            };
         }
     }
 

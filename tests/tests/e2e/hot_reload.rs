@@ -154,6 +154,42 @@ async fn a_version_whose_start_traps_is_refused() {
     );
 }
 
+/// Timers belong to their instance: a trap ends them with it, and the fresh instance, started
+/// at once (not at the next client event), runs `on-worker-start` again, which re-arms them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_set_at_start_tick_again_after_a_trap() {
+    let dir = PluginsDir::with(&[("ticker", plugins::MISBEHAVE)]);
+    let (node, port) = Node::all_in_one(BIN, dir.path(), "ticker", 1);
+    let mut client = connect_ws(port).await;
+    client.send("echo ready").await.unwrap();
+    while client.recv().await != "ready" {}
+    assert_eq!(client.recv().await, "tick");
+    client.send("trap").await.unwrap();
+    node.wait_for_line(&["ticker", "trap"]).await;
+    // Drain what was in flight, then nothing but ticks from the new instance, unasked.
+    let trapped = Instant::now();
+    let mut ticks = 0;
+    while ticks < 3 {
+        match client.recv_within(Duration::from_secs(3)).await {
+            Ok(m) if m == "tick" => ticks += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => panic!(
+                "no tick {:?} after the trap:\n{}",
+                trapped.elapsed(),
+                node.logs()
+            ),
+        }
+    }
+    client.send("instance").await.unwrap();
+    loop {
+        let m = client.recv().await;
+        if m != "tick" {
+            assert_eq!(m, "calls 1", "a fresh instance");
+            break;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interval_timer_ticks_at_its_rate_and_stops_with_its_version() {
     // misbehave named `ticker` sets a 100 ms interval that sends `tick` to everyone.
