@@ -1107,6 +1107,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_is_valid() {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/commands/wasmgate.toml");
+        let config = Config::load(&example).unwrap();
+        let plugins = config.worker.unwrap().plugins;
+        assert!(
+            plugins.ends_with("target/wasm32-wasip2/plugin"),
+            "{}",
+            plugins.display()
+        );
+    }
+
+    #[test]
     fn roles_find_the_register_of_their_own_file() {
         let c = parse(
             "[register]\nlisten = \"0.0.0.0:2000\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:1\"\n\
