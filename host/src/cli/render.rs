@@ -58,6 +58,9 @@ pub fn status(label: &str, s: &Status) -> String {
         let links = w.gateway_links.to_string();
         roles.row(["worker", &w.name, &w.plugins, "-", "-", "-", "-", &links]);
     }
+    for (name, url) in &s.endpoints {
+        roles.row([name.as_str(), name, url, "-", "-", "-", "-", "-"]);
+    }
     roles.render(&mut out);
 
     rule(&mut out, "PLUGINS");

@@ -225,7 +225,21 @@ pub async fn run(
         Some(push) => Some(BoundPush::bind(push).await?),
         None => None,
     };
+    let mut endpoints = Vec::new();
+    if let Some(listener) = &metrics_listener {
+        endpoints.push((
+            "metrics",
+            format!("http://{}/metrics", listener.local_addr()?),
+        ));
+    }
+    if let Some(push) = &push {
+        endpoints.push(("push", format!("http://{}/", push.local_addr()?)));
+    }
+    if let Some(web) = &web {
+        endpoints.push(("web", format!("http://{}/", web.local_addr()?)));
+    }
     let mut running = Running {
+        endpoints,
         started: SystemTime::now(),
         register: config.register.as_ref().map(|r| r.listen),
         gateways: Vec::new(),

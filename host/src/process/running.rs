@@ -18,6 +18,8 @@ pub struct Running {
     pub gateways: Vec<RunningGateway>,
     /// The worker host, if this process runs one.
     pub worker: Option<RunningWorker>,
+    /// Its HTTP endpoints (`/metrics`, the push API, the web pages): name and URL.
+    pub endpoints: Vec<(&'static str, String)>,
 }
 
 /// A gateway of this process.

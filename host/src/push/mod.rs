@@ -35,6 +35,11 @@ pub struct BoundPush {
 }
 
 impl BoundPush {
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
     /// Binds `config.listen`.
     pub async fn bind(config: &PushConfig) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.listen)

@@ -73,6 +73,8 @@ async fn a_daemon_is_inspected_reloaded_restarted_and_stopped_by_its_config_file
     assert_eq!([&worker["name"], &worker["links"]], ["w1", "1"], "{screen}");
     let register = row(&roles, "role", "register");
     assert_eq!(register["listen"], format!("127.0.0.1:{r}"));
+    let metrics = row(&roles, "role", "metrics");
+    assert_eq!(metrics["listen"], format!("http://127.0.0.1:{m}/metrics"));
     let plugins = table(&screen, "PLUGINS");
     let plugin = row(&plugins, "plugin", "commands");
     assert_eq!([&plugin["worker"], &plugin["instances"]], ["w1", "1"]);

@@ -59,6 +59,9 @@ pub struct Status {
     pub gateways: Vec<GatewayStatus>,
     /// The worker host this process runs, if any.
     pub worker: Option<WorkerStatus>,
+    /// Its HTTP endpoints: (name, URL) for `metrics`, `push` and `web`.
+    #[serde(default)]
+    pub endpoints: Vec<(String, String)>,
     /// The plugin versions serving.
     pub plugins: Vec<PluginStatus>,
     /// Client traffic.

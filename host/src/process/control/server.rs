@@ -191,6 +191,11 @@ impl Control {
             pid: std::process::id(),
             started_at: metrics::unix_seconds(running.started) as u64,
             register: running.register.map(|a| a.to_string()),
+            endpoints: running
+                .endpoints
+                .iter()
+                .map(|(name, url)| ((*name).to_owned(), url.clone()))
+                .collect(),
             gateways: running
                 .gateways
                 .iter()
