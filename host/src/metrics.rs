@@ -397,6 +397,8 @@ pub enum PluginLimit {
     LogDropped,
     /// A faulting instance's replacement was delayed (back-off).
     RestartDelayed,
+    /// A call parked in a host call was abandoned at its deadline (see the runtime).
+    HostCallAbandoned,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -412,6 +414,7 @@ pub fn plugin_limit(plugin: &str, limit: PluginLimit) {
         PluginLimit::TimerRefused => "timer_refused",
         PluginLimit::LogDropped => "log_dropped",
         PluginLimit::RestartDelayed => "restart_delayed",
+        PluginLimit::HostCallAbandoned => "host_call_abandoned",
     };
     PLUGIN_LIMITS
         .get_or_create(&LimitLabels {
@@ -553,7 +556,7 @@ pub fn register(r: &mut Registry) {
     );
     r.register(
         "plugin_limits",
-        "Plugin limits that stepped in, by plugin and limit (cache_rejected, timer_refused, log_dropped, restart_delayed)",
+        "Plugin limits that stepped in, by plugin and limit (cache_rejected, timer_refused, log_dropped, restart_delayed, host_call_abandoned)",
         PLUGIN_LIMITS.clone(),
     );
 }

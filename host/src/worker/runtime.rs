@@ -149,17 +149,32 @@ pub enum CallError {
     },
 }
 
-/// Runs `call` for at most `limit` (plus [`TIMER_SLACK`]) of wall-clock time. On expiry the
-/// call's future is dropped where it stood, and with it any host call it was parked in; the
-/// store it borrowed is then unusable, so the caller must discard the instance.
+/// Runs `call` of `plugin` for at most `limit` (plus [`TIMER_SLACK`]) of wall-clock time. On
+/// expiry the call's future is dropped where it stood, and with it any host call it was
+/// parked in; the store it borrowed is then unusable, so the caller must discard the instance.
+///
+/// Only a guest parked in a host call outlives the epoch deadline this far, and a blocking
+/// one (a read of a FIFO or a device in a granted directory) keeps its thread of the
+/// blocking pool until the read returns, which nothing here can force: such calls are
+/// counted (`host_call_abandoned`) and logged, so an operator can see a grant to fix.
 async fn within<T>(
+    plugin: &str,
     limit: Duration,
     callback: &'static str,
     call: impl Future<Output = Result<T, CallError>>,
 ) -> Result<T, CallError> {
-    tokio::time::timeout(limit + TIMER_SLACK, call)
-        .await
-        .unwrap_or(Err(CallError::Timeout { callback, limit }))
+    match tokio::time::timeout(limit + TIMER_SLACK, call).await {
+        Ok(result) => result,
+        Err(_) => {
+            metrics::plugin_limit(plugin, metrics::PluginLimit::HostCallAbandoned);
+            tracing::warn!(
+                plugin,
+                callback,
+                "abandoned a host call past process_timeout; a blocking one (a FIFO or device in a granted directory) still holds a thread"
+            );
+            Err(CallError::Timeout { callback, limit })
+        }
+    }
 }
 
 impl CallError {
@@ -653,7 +668,8 @@ impl PluginInstance {
         }
         // Instantiation and on-worker-start have a process_timeout each.
         let limit = self.limits.process_timeout * 2;
-        match within(limit, "on-worker-start", self.instantiate()).await {
+        let plugin = self.code.name.clone();
+        match within(&plugin, limit, "on-worker-start", self.instantiate()).await {
             Ok(live) => {
                 self.live = Some(live);
                 self.failed_starts = 0;
@@ -692,6 +708,7 @@ impl PluginInstance {
             return Ok(CallOutcome::default());
         }
         let run = within(
+            self.code.name(),
             self.limits.process_timeout,
             call.callback(),
             live.run(call, self.limits),
@@ -751,7 +768,14 @@ impl PluginInstance {
             let result = events.call_on_worker_stop(&mut live.store).await;
             result.map_err(|e| classify(e, "on-worker-stop", live.store.data(), limits))
         };
-        match within(limits.process_timeout, "on-worker-stop", stopping).await {
+        match within(
+            self.code.name(),
+            limits.process_timeout,
+            "on-worker-stop",
+            stopping,
+        )
+        .await
+        {
             Ok(()) => tracing::info!(
                 plugin = self.code.name(),
                 version = self.code.version(),

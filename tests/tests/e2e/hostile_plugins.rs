@@ -93,6 +93,8 @@ async fn parked_guest_is_stopped(command: &str, plugins: &Path, worker: &str) {
     );
     node.wait_for_line(&["ran past process_timeout", "\"m\""])
         .await;
+    node.wait_for_line(&["abandoned a host call", "plugin=\"m\""])
+        .await;
     // The parked call never answers; its client is served by a fresh instance.
     assert_fresh_instance(&mut parked).await;
     answers(
