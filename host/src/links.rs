@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -141,6 +141,10 @@ impl EventSink for NoEvents {
 struct GatewayLink {
     queue: mpsc::Sender<ToGateway>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    /// Over TCP, to a gateway of another process (else in-process).
+    remote: bool,
+    /// The gateway answered [`ToGateway::Leaving`]: nothing it sent is left to run.
+    left: watch::Sender<bool>,
 }
 
 /// Every gateway this worker host (or push client) is linked to.
@@ -154,6 +158,8 @@ pub struct GatewayLinks {
     ping_interval: Duration,
     /// The tasks that keep the links, so that a stop can wait for them.
     tasks: TaskTracker,
+    /// [`Self::leave`] was called: a link made from now on says so at once.
+    leaving: AtomicBool,
 }
 
 impl GatewayLinks {
@@ -175,7 +181,31 @@ impl GatewayLinks {
             next_query: AtomicU64::new(1),
             linked: watch::channel(BTreeSet::new()).0,
             tasks: TaskTracker::new(),
+            leaving: AtomicBool::new(false),
         })
+    }
+
+    /// Tells every gateway of another process that this worker host is leaving, and waits, at
+    /// most `grace`, until each has answered that everything it sent here is done (or its
+    /// link ended); says whether they all did. Gateways of this process stop with it and
+    /// send their clients' close events here, so their links are left as they are.
+    pub async fn leave(&self, grace: Duration) -> bool {
+        self.leaving.store(true, Ordering::SeqCst);
+        let remote: Vec<_> = self.all_links().into_iter().filter(|l| l.remote).collect();
+        let all_left = remote.iter().map(|link| async move {
+            let mut left = link.left.subscribe();
+            tokio::select! {
+                _ = link.queue.closed() => {}
+                _ = async {
+                    if link.queue.send(ToGateway::Leaving).await.is_ok() {
+                        let _ = left.wait_for(|l| *l).await;
+                    }
+                } => {}
+            }
+        });
+        tokio::time::timeout(grace, futures_util::future::join_all(all_left))
+            .await
+            .is_ok()
     }
 
     /// Keeps a link to every gateway in `gateways` until `shutdown`, delivering client
@@ -223,7 +253,12 @@ impl GatewayLinks {
             for addr in wanted {
                 dialling.entry(addr).or_insert_with(|| {
                     let stop = shutdown.child_token();
-                    let keep = self.clone().keep_linked(addr, events.clone(), stop.clone());
+                    let keep = self.clone().keep_linked(
+                        addr,
+                        events.clone(),
+                        stop.clone(),
+                        shutdown.clone(),
+                    );
                     self.tasks.spawn(keep);
                     stop
                 });
@@ -235,18 +270,23 @@ impl GatewayLinks {
         }
     }
 
-    /// Dials `addr` until `stop`, re-dialling with backoff after failures.
+    /// Dials `addr` until `stop` (the gateway left the list, or `shutdown`), re-dialling with
+    /// backoff after failures.
     async fn keep_linked<S: EventSink>(
         self: Arc<Self>,
         addr: SocketAddrV4,
         events: Arc<S>,
         stop: CancellationToken,
+        shutdown: CancellationToken,
     ) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let result = self.link(addr, events.clone(), &stop).await;
+            let result = self.link(addr, events.clone(), &stop, &shutdown).await;
             self.drop_link(addr);
             if stop.is_cancelled() {
+                if !shutdown.is_cancelled() {
+                    tracing::info!(gateway = %addr, "gateway no longer listed by the registers: unlinked");
+                }
                 return;
             }
             match result {
@@ -268,12 +308,14 @@ impl GatewayLinks {
         }
     }
 
-    /// Links to `addr` and serves the link until it ends, or until `stop` for a link over TCP.
+    /// Links to `addr` and serves the link until it ends, or until `stop`; at `shutdown`, a
+    /// link in-process is read to its end instead.
     async fn link<S: EventSink>(
         &self,
         addr: SocketAddrV4,
         events: Arc<S>,
         stop: &CancellationToken,
+        shutdown: &CancellationToken,
     ) -> Result<(), LinkError> {
         let dial = async {
             Ok::<_, LinkError>(match self.local.dial(addr, self.role).await {
@@ -301,7 +343,12 @@ impl GatewayLinks {
         let link = Arc::new(GatewayLink {
             queue: queue.clone(),
             pending: Mutex::new(HashMap::new()),
+            remote: writing.is_some(),
+            left: watch::channel(false).0,
         });
+        if link.remote && self.leaving.load(Ordering::SeqCst) {
+            let _ = queue.try_send(ToGateway::Leaving);
+        }
         self.links
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -331,8 +378,21 @@ impl GatewayLinks {
                     Ok(Ok(())) | Err(_) => LinkError::Closed,
                 }),
             },
-            // In-process: the gateway of this process ends the link after its last event.
-            None => read.await,
+            // In-process: at a stop, the gateway of this process ends the link after its last
+            // event; a gateway that left the list while the process runs is unlinked at once,
+            // or it would go on receiving broadcasts.
+            None => {
+                let delisted = async {
+                    stop.cancelled().await;
+                    if shutdown.is_cancelled() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    () = delisted => Ok(()),
+                    r = read => r,
+                }
+            }
         }
     }
 
@@ -437,6 +497,9 @@ async fn read_loop<S: EventSink>(
                 let _ = queue.try_send(ToGateway::Pong);
             }
             ToWorker::Pong => {}
+            ToWorker::Left => {
+                link.left.send_replace(true);
+            }
         }
     }
 }

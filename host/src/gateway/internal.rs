@@ -198,7 +198,7 @@ async fn serve_link(
     )
     .await;
     if let Some(link) = routed {
-        gateway.router.remove(link.id);
+        gateway.router.remove(&link);
         // On a stop, the link closes after its close events were flushed to the worker host,
         // which runs them; otherwise they may be lost with it.
         if !close.is_cancelled() {
@@ -253,6 +253,15 @@ async fn read_loop(
             }
             Some(ToGateway::Ping) => {
                 let _ = queue.try_send(ToWorker::Pong);
+            }
+            Some(ToGateway::Leaving) => {
+                if let Some(link) = routed {
+                    tracing::info!(
+                        link = link.id,
+                        "worker host leaving: its clients move to others once their events there are done"
+                    );
+                    gateway.router.retire(link);
+                }
             }
             Some(ToGateway::Pong) => {}
         }
