@@ -374,6 +374,11 @@ pub struct GatewayConfig {
     /// to another worker host.
     #[serde(default = "default_link_ping_interval", with = "humantime_serde")]
     pub link_ping_interval: Duration,
+    /// Bytes queued on each link towards a worker host (client events, query replies) before
+    /// the clients sending there wait, as they do when its 4,096 messages are queued; a
+    /// message larger than this goes alone once the queue is empty.
+    #[serde(default = "default_link_queue_bytes")]
+    pub link_queue_bytes: ByteSize,
     /// How long a client's event waits for a worker host while none is linked before the
     /// client is closed (and the event counted as dropped, reason `no_worker`).
     #[serde(default = "default_no_worker_hold", with = "humantime_serde")]
@@ -448,6 +453,9 @@ impl GatewayConfig {
         if self.max_events_in_flight == 0 {
             return Err("`max_events_in_flight` must be at least 1".into());
         }
+        if self.link_queue_bytes < ByteSize::kib(64) {
+            return Err("`link_queue_bytes` must be at least 64KiB".into());
+        }
         if self.link_ping_interval < Duration::from_millis(10) {
             return Err("`link_ping_interval` must be at least 10ms".into());
         }
@@ -517,6 +525,10 @@ pub struct WorkerConfig {
     /// three intervals, or that reads nothing for as long, is dropped and re-dialled.
     #[serde(default = "default_link_ping_interval", with = "humantime_serde")]
     pub link_ping_interval: Duration,
+    /// Bytes queued on each link towards a gateway (plugins' commands and queries) before
+    /// the plugin calls sending there wait, as they do when its 16,384 messages are queued.
+    #[serde(default = "default_link_queue_bytes")]
+    pub link_queue_bytes: ByteSize,
 }
 
 impl WorkerConfig {
@@ -547,6 +559,9 @@ impl WorkerConfig {
         }
         if self.instances == 0 {
             return Err("`instances` must be at least 1".into());
+        }
+        if self.link_queue_bytes < ByteSize::kib(64) {
+            return Err("`link_queue_bytes` must be at least 64KiB".into());
         }
         if self.link_ping_interval < Duration::from_millis(10) {
             return Err("`link_ping_interval` must be at least 10ms".into());
@@ -921,6 +936,10 @@ fn default_max_groups_per_client() -> usize {
 
 fn default_max_events_in_flight() -> u32 {
     64
+}
+
+fn default_link_queue_bytes() -> ByteSize {
+    ByteSize::mib(64)
 }
 
 fn default_link_ping_interval() -> Duration {

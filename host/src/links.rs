@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -33,12 +33,17 @@ use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter, WireError, check_frame};
 use crate::wire::handshake::{self, Peer};
 use crate::wire::messages::{ClientContext, EventKind, ListenerInfo, ToGateway, ToWorker};
+use crate::wire::queue::{self, LinkSender, Towards};
 
 /// Longest a query waits for the gateways' answers.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Messages queued for one gateway before senders wait.
+/// Messages queued for one gateway before senders wait (bytes are bounded too).
 const LINK_QUEUE: usize = 16 * 1024;
+
+/// Bytes queued for one gateway before senders wait, unless configured otherwise
+/// (`[worker] link_queue_bytes`).
+pub const DEFAULT_QUEUE_BYTES: usize = 64 << 20;
 
 /// How often a link pings its gateway unless configured otherwise (`[worker]
 /// link_ping_interval`).
@@ -107,7 +112,7 @@ struct Acks {
 
 /// Sends the acknowledgements of a link as they come, batched; its own task, so that a full
 /// link queue delays acknowledgements, never the reader.
-async fn send_acks(acks: Arc<Acks>, queue: mpsc::Sender<ToGateway>) {
+async fn send_acks(acks: Arc<Acks>, queue: LinkSender<ToGateway>) {
     loop {
         acks.ready.notified().await;
         let batch: Vec<_> =
@@ -139,7 +144,7 @@ impl EventSink for NoEvents {
 
 /// One gateway link.
 struct GatewayLink {
-    queue: mpsc::Sender<ToGateway>,
+    queue: LinkSender<ToGateway>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     /// Over TCP, to a gateway of another process (else in-process).
     remote: bool,
@@ -156,6 +161,7 @@ pub struct GatewayLinks {
     next_query: AtomicU64,
     linked: watch::Sender<BTreeSet<SocketAddrV4>>,
     ping_interval: Duration,
+    queue_bytes: usize,
     /// The tasks that keep the links, so that a stop can wait for them.
     tasks: TaskTracker,
     /// [`Self::leave`] was called: a link made from now on says so at once.
@@ -165,15 +171,18 @@ pub struct GatewayLinks {
 impl GatewayLinks {
     /// Links for a worker host (which takes client events) or a push client (which does
     /// not); gateways in `local` are reached through channels, the others over TCP. Each
-    /// link pings every `ping_interval`. Nothing is dialled until [`start`](Self::start).
+    /// link pings every `ping_interval` and queues at most `queue_bytes` for its gateway.
+    /// Nothing is dialled until [`start`](Self::start).
     pub fn new(
         secret: Arc<[u8]>,
         role: Peer,
         local: LocalGateways,
         ping_interval: Duration,
+        queue_bytes: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
             ping_interval,
+            queue_bytes,
             secret,
             local,
             role,
@@ -318,23 +327,31 @@ impl GatewayLinks {
         shutdown: &CancellationToken,
     ) -> Result<(), LinkError> {
         let dial = async {
-            Ok::<_, LinkError>(match self.local.dial(addr, self.role).await {
-                Some((queue, inbound)) => (queue, LinkReader::Local(inbound), None),
-                None => {
-                    let socket = TcpStream::connect(addr).await.map_err(LinkError::Connect)?;
-                    socket.set_nodelay(true).map_err(LinkError::Connect)?;
-                    let (reader, writer) = socket.into_split();
-                    let mut reader = FrameReader::new(reader);
-                    let mut writer = FrameWriter::new(writer);
-                    handshake::connect_handshake(&mut reader, &mut writer, &self.secret, self.role)
+            Ok::<_, LinkError>(
+                match self.local.dial(addr, self.role, self.queue_bytes).await {
+                    Some((queue, inbound)) => (queue, LinkReader::Local(inbound), None),
+                    None => {
+                        let socket = TcpStream::connect(addr).await.map_err(LinkError::Connect)?;
+                        socket.set_nodelay(true).map_err(LinkError::Connect)?;
+                        let (reader, writer) = socket.into_split();
+                        let mut reader = FrameReader::new(reader);
+                        let mut writer = FrameWriter::new(writer);
+                        handshake::connect_handshake(
+                            &mut reader,
+                            &mut writer,
+                            &self.secret,
+                            self.role,
+                        )
                         .await?;
-                    let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
-                    let stall = self.ping_interval * SILENT_INTERVALS;
-                    let writing =
-                        AbortOnDropHandle::new(tokio::spawn(writer.forward(outgoing, stall)));
-                    (queue, LinkReader::Tcp(reader), Some(writing))
-                }
-            })
+                        let (queue, outgoing) =
+                            queue::channel(LINK_QUEUE, self.queue_bytes, Towards::Gateway);
+                        let stall = self.ping_interval * SILENT_INTERVALS;
+                        let writing =
+                            AbortOnDropHandle::new(tokio::spawn(writer.forward(outgoing, stall)));
+                        (queue, LinkReader::Tcp(reader), Some(writing))
+                    }
+                },
+            )
         };
         let (queue, mut reader, writing) = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -439,7 +456,7 @@ impl GatewayLinks {
 async fn read_loop<S: EventSink>(
     reader: &mut LinkReader<ToWorker>,
     link: &GatewayLink,
-    queue: &mpsc::Sender<ToGateway>,
+    queue: &LinkSender<ToGateway>,
     acks: &Arc<Acks>,
     events: Arc<S>,
     ping_interval: Duration,

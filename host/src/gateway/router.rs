@@ -27,18 +27,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 
 use crate::client_id::ClientId;
 use crate::wire::codec::check_frame;
 use crate::wire::messages::{EventKind, ToWorker};
+use crate::wire::queue::{LinkSender, SendError, TrySendError};
 
 /// One linked worker host, as the router sees it.
 pub struct WorkerLink {
     /// Unique among this gateway's links.
     pub id: u64,
     /// The worker host's outbound queue (events and query replies).
-    pub queue: mpsc::Sender<ToWorker>,
+    pub queue: LinkSender<ToWorker>,
     bound: AtomicUsize,
     /// The windows of the clients bound to this link.
     windows: Mutex<HashMap<ClientId, Arc<Semaphore>>>,
@@ -92,7 +93,7 @@ impl WorkerLink {
         if !self.is_leaving() || self.in_flight() > 0 || self.left.swap(true, Ordering::SeqCst) {
             return;
         }
-        if let Err(mpsc::error::TrySendError::Full(left)) = self.queue.try_send(ToWorker::Left) {
+        if let Err(TrySendError::Full(left)) = self.queue.try_send(ToWorker::Left) {
             let queue = self.queue.clone();
             tokio::spawn(async move { queue.send(left).await });
         }
@@ -157,7 +158,7 @@ impl Router {
     }
 
     /// Adds a link whose outbound queue is `queue`.
-    pub fn add(&self, queue: mpsc::Sender<ToWorker>) -> Arc<WorkerLink> {
+    pub fn add(&self, queue: LinkSender<ToWorker>) -> Arc<WorkerLink> {
         let link = Arc::new(WorkerLink {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             queue,
@@ -271,7 +272,7 @@ impl Router {
             match link.queue.send(message).await {
                 Ok(()) => return Ok(()),
                 // The link closed while we waited: re-bind and try the next one.
-                Err(mpsc::error::SendError(m)) => {
+                Err(SendError(m)) => {
                     if close {
                         link.closes
                             .lock()

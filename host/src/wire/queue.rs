@@ -15,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 pub use tokio::sync::mpsc::error::{SendError, TryRecvError, TrySendError};
 
+use super::codec::Outgoing;
 use super::messages::{EventKind, ToGateway, ToWorker};
 
 /// Bytes a message is taken to hold besides its payloads (ids, tags, lengths).
@@ -73,8 +74,31 @@ fn encoded<M: Serialize>(message: &M) -> usize {
     OVERHEAD + postcard::experimental::serialized_size(message).unwrap_or(0)
 }
 
+/// Which way a link queue carries messages: the label of its bytes in
+/// `wasmgate_link_queued_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Towards {
+    /// Gateway → worker host (client events, query replies).
+    Worker,
+    /// Worker host or push client → gateway (commands, queries, acknowledgements).
+    Gateway,
+}
+
+impl Towards {
+    fn label(self) -> &'static str {
+        match self {
+            Towards::Worker => "worker",
+            Towards::Gateway => "gateway",
+        }
+    }
+}
+
 /// A link queue of at most `count` messages and about `bytes` bytes (at least one message).
-pub fn channel<M: Weigh>(count: usize, bytes: usize) -> (LinkSender<M>, LinkReceiver<M>) {
+pub fn channel<M: Weigh>(
+    count: usize,
+    bytes: usize,
+    towards: Towards,
+) -> (LinkSender<M>, LinkReceiver<M>) {
     let (tx, rx) = mpsc::channel(count);
     let budget = bytes.clamp(1, u32::MAX as usize);
     let bytes = Arc::new(Semaphore::new(budget));
@@ -83,16 +107,36 @@ pub fn channel<M: Weigh>(count: usize, bytes: usize) -> (LinkSender<M>, LinkRece
             tx,
             bytes: bytes.clone(),
             budget,
+            towards: towards.label(),
         },
         LinkReceiver { rx, bytes, budget },
     )
 }
 
-/// A message in the queue with the bytes it holds of the budget, given back when it is taken
-/// off.
+/// A message in the queue with the bytes it holds of the budget.
 struct Weighed<M> {
     message: M,
-    _bytes: OwnedSemaphorePermit,
+    _held: Held,
+}
+
+/// Bytes of a queue's budget a message holds, given back (and taken off the gauge) when it
+/// leaves the queue.
+struct Held {
+    bytes: OwnedSemaphorePermit,
+    towards: &'static str,
+}
+
+impl Held {
+    fn new(bytes: OwnedSemaphorePermit, towards: &'static str) -> Self {
+        crate::metrics::link_queued_bytes(towards, bytes.num_permits() as i64);
+        Self { bytes, towards }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        crate::metrics::link_queued_bytes(self.towards, -(self.bytes.num_permits() as i64));
+    }
 }
 
 /// The sending half of a link queue.
@@ -100,6 +144,7 @@ pub struct LinkSender<M> {
     tx: mpsc::Sender<Weighed<M>>,
     bytes: Arc<Semaphore>,
     budget: usize,
+    towards: &'static str,
 }
 
 impl<M> Clone for LinkSender<M> {
@@ -108,6 +153,7 @@ impl<M> Clone for LinkSender<M> {
             tx: self.tx.clone(),
             bytes: self.bytes.clone(),
             budget: self.budget,
+            towards: self.towards,
         }
     }
 }
@@ -126,7 +172,7 @@ impl<M: Weigh> LinkSender<M> {
         self.tx
             .send(Weighed {
                 message,
-                _bytes: bytes,
+                _held: Held::new(bytes, self.towards),
             })
             .await
             .map_err(|SendError(w)| SendError(w.message))
@@ -144,7 +190,7 @@ impl<M: Weigh> LinkSender<M> {
         self.tx
             .try_send(Weighed {
                 message,
-                _bytes: bytes,
+                _held: Held::new(bytes, self.towards),
             })
             .map_err(|e| match e {
                 TrySendError::Full(w) => TrySendError::Full(w.message),
@@ -194,6 +240,16 @@ impl<M> LinkReceiver<M> {
     }
 }
 
+impl<M: Send> Outgoing<M> for LinkReceiver<M> {
+    fn recv(&mut self) -> impl Future<Output = Option<M>> + Send {
+        LinkReceiver::recv(self)
+    }
+
+    fn try_next(&mut self) -> Option<M> {
+        self.try_recv().ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,9 +264,12 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_bound_the_queue_as_well_as_messages() {
-        let (tx, mut rx) = channel(100, 1000);
+        let (tx, mut rx) = channel(100, 1000, Towards::Worker);
         tx.try_send(Sized(600)).ok().unwrap();
-        assert!(matches!(tx.try_send(Sized(600)), Err(TrySendError::Full(_))));
+        assert!(matches!(
+            tx.try_send(Sized(600)),
+            Err(TrySendError::Full(_))
+        ));
         tx.try_send(Sized(400)).ok().unwrap();
         assert_eq!(rx.queued_bytes(), 1000);
         // A sender waits until the bytes are taken off.
@@ -225,9 +284,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_over_the_budget_goes_alone() {
-        let (tx, mut rx) = channel(100, 1000);
+        let (tx, mut rx) = channel(100, 1000, Towards::Worker);
         tx.try_send(Sized(10)).ok().unwrap();
-        assert!(matches!(tx.try_send(Sized(5000)), Err(TrySendError::Full(_))));
+        assert!(matches!(
+            tx.try_send(Sized(5000)),
+            Err(TrySendError::Full(_))
+        ));
         assert_eq!(rx.recv().await.unwrap().0, 10);
         tx.try_send(Sized(5000)).ok().unwrap();
         assert_eq!(rx.recv().await.unwrap().0, 5000);
@@ -235,9 +297,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_queue_refuses() {
-        let (tx, rx) = channel::<Sized>(1, 1000);
+        let (tx, rx) = channel::<Sized>(1, 1000, Towards::Worker);
         drop(rx);
         assert!(tx.send(Sized(1)).await.is_err());
-        assert!(matches!(tx.try_send(Sized(1)), Err(TrySendError::Closed(_))));
+        assert!(matches!(
+            tx.try_send(Sized(1)),
+            Err(TrySendError::Closed(_))
+        ));
     }
 }

@@ -85,6 +85,7 @@ impl WorkerHost {
             Peer::Worker,
             local,
             config.link_ping_interval,
+            usize::try_from(config.link_queue_bytes.as_u64()).unwrap_or(usize::MAX),
         );
         let dispatcher = Dispatcher::new(links.clone());
         Ok(Self {

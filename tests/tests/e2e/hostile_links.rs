@@ -526,3 +526,97 @@ async fn a_worker_host_that_stops_hands_its_clients_over_without_losing_an_event
         a.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_queue_is_bounded_in_bytes_and_the_flooder_waits() {
+    // Long ping intervals: the frozen worker host stays linked, so its queue fills.
+    let slow_pings = "link_ping_interval = \"60s\"";
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let r = free_port();
+    let _register = register(r);
+    let (g, m) = (free_port(), free_port());
+    let budget = 2 << 20;
+    let gateway = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"commands\"\n\
+             register = \"127.0.0.1:{r}\"\n{slow_pings}\nlink_queue_bytes = \"2MiB\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{m}\"\n"
+        ),
+    );
+    let worker = |name: &str| {
+        Node::start(
+            BIN,
+            &format!(
+                "secret = \"{SECRET}\"\n[worker]\nname = \"{name}\"\nplugins = {:?}\ninstances = 1\n\
+                 register = \"127.0.0.1:{r}\"\n{slow_pings}\n",
+                plugins.path()
+            ),
+        )
+    };
+    // The flooder is bound to A, the bystander to B.
+    let a = worker("a");
+    let mut flooder = client(g).await;
+    let b = worker("b");
+    b.wait_for_line(&["linked to gateway"]).await;
+    let mut bystander = client(g).await;
+    assert_eq!(bystander.ask("echo on b").await, "on b");
+
+    // A stops reading; the flooder sends 60 messages of 512 KiB (30 MiB, within its window
+    // of 64 events): the queue towards A holds about 2 MiB of them, the flooder waits.
+    a.signal("STOP").await;
+    let payload = "x".repeat(512 << 10);
+    // Published to a group nobody is in: the flooder gets no reply it would have to read.
+    let flooding = tokio::spawn(async move {
+        for _ in 0..60 {
+            flooder
+                .send(&format!("pub nobody {payload}"))
+                .await
+                .unwrap();
+        }
+        flooder
+    });
+    let metrics = format!("127.0.0.1:{m}").parse().unwrap();
+    let queued = || async {
+        wasmgate_tests::prometheus::scrape(metrics)
+            .await
+            .value("wasmgate_link_queued_bytes", &[("towards", "worker")])
+            .unwrap_or(0.0)
+    };
+    let started = Instant::now();
+    while queued().await < f64::from(budget / 2) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the queue towards the frozen worker host never filled"
+        );
+        let took = timed_ask(&mut bystander, "echo b", "b").await;
+        assert!(took < Duration::from_millis(500), "{took:?}");
+    }
+    // Full: it stays within the budget (plus the one message that may exceed it) while the
+    // bystander is served as usual.
+    for _ in 0..10 {
+        let now = queued().await;
+        assert!(
+            now <= f64::from(budget + (512 << 10) + 4096),
+            "{now} bytes queued"
+        );
+        let took = timed_ask(&mut bystander, "echo b", "b").await;
+        assert!(took < Duration::from_millis(500), "{took:?}");
+    }
+    assert!(!flooding.is_finished(), "the flooder was not held up");
+    // A reads again: the flooder's events all run, in order, on the same link.
+    a.signal("CONT").await;
+    let mut flooder = tokio::time::timeout(Duration::from_secs(60), flooding)
+        .await
+        .expect("the flooder was held up for good")
+        .unwrap();
+    let done = flooder.send("echo done").await;
+    assert!(done.is_ok());
+    let reply = flooder.recv_within(Duration::from_secs(30)).await;
+    assert_eq!(reply.as_deref(), Ok("done"));
+    assert!(
+        !gateway.logs().contains("internal link closed"),
+        "{}",
+        gateway.logs()
+    );
+}
