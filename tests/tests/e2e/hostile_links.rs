@@ -1,6 +1,8 @@
-//! Internal links under hostile load: a client that floods its gateway, a message too large
-//! for a frame, and peers that stop answering (frozen with SIGSTOP) are each cut off alone,
-//! while a bystander client's replies keep arriving.
+//! Internal links under hostile load: a client that floods its gateway (in events or in
+//! bytes), a message too large for a frame, peers that stop answering (frozen with SIGSTOP) and
+//! gateways the registers no longer list are each cut off alone, and a worker host that stops
+//! hands its clients over without losing an event, while a bystander client's replies keep
+//! arriving.
 
 use std::net::SocketAddr;
 use std::path::Path;
