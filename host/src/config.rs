@@ -376,6 +376,11 @@ pub struct GatewayConfig {
     /// to another worker host.
     #[serde(default = "default_link_ping_interval", with = "humantime_serde")]
     pub link_ping_interval: Duration,
+    /// Bytes queued on each link towards a worker host (client events, query replies) before
+    /// the clients sending there wait, as they do when its 4,096 messages are queued; a
+    /// message larger than this goes alone once the queue is empty.
+    #[serde(default = "default_link_queue_bytes")]
+    pub link_queue_bytes: ByteSize,
     /// How long a client's event waits for a worker host while none is linked before the
     /// client is closed (and the event counted as dropped, reason `no_worker`).
     #[serde(default = "default_no_worker_hold", with = "humantime_serde")]
@@ -446,6 +451,9 @@ impl GatewayConfig {
         }
         if self.max_events_in_flight == 0 {
             return Err("`max_events_in_flight` must be at least 1".into());
+        }
+        if self.link_queue_bytes < ByteSize::kib(64) {
+            return Err("`link_queue_bytes` must be at least 64KiB".into());
         }
         if self.link_ping_interval < Duration::from_millis(10) {
             return Err("`link_ping_interval` must be at least 10ms".into());
@@ -528,6 +536,10 @@ pub struct WorkerConfig {
     /// `READY=1`), with a warning: a cold Python or JavaScript plugin compiles for seconds.
     #[serde(default = "default_start_timeout", with = "humantime_serde")]
     pub start_timeout: Duration,
+    /// Bytes queued on each link towards a gateway (plugins' commands and queries) before
+    /// the plugin calls sending there wait, as they do when its 16,384 messages are queued.
+    #[serde(default = "default_link_queue_bytes")]
+    pub link_queue_bytes: ByteSize,
 }
 
 impl WorkerConfig {
@@ -555,6 +567,9 @@ impl WorkerConfig {
     fn check(&self) -> Result<(), String> {
         if self.instances == 0 {
             return Err("`instances` must be at least 1".into());
+        }
+        if self.link_queue_bytes < ByteSize::kib(64) {
+            return Err("`link_queue_bytes` must be at least 64KiB".into());
         }
         if self.link_ping_interval < Duration::from_millis(10) {
             return Err("`link_ping_interval` must be at least 10ms".into());
@@ -945,6 +960,10 @@ fn default_max_groups_per_client() -> usize {
 
 fn default_max_events_in_flight() -> u32 {
     64
+}
+
+fn default_link_queue_bytes() -> ByteSize {
+    ByteSize::mib(64)
 }
 
 fn default_link_ping_interval() -> Duration {

@@ -16,12 +16,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -33,12 +33,17 @@ use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter, WireError, check_frame};
 use crate::wire::handshake::{self, Peer};
 use crate::wire::messages::{ClientContext, EventKind, ListenerInfo, ToGateway, ToWorker};
+use crate::wire::queue::{self, LinkSender, Towards};
 
 /// Longest a query waits for the gateways' answers.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Messages queued for one gateway before senders wait.
+/// Messages queued for one gateway before senders wait (bytes are bounded too).
 const LINK_QUEUE: usize = 16 * 1024;
+
+/// Bytes queued for one gateway before senders wait, unless configured otherwise
+/// (`[worker] link_queue_bytes`).
+pub const DEFAULT_QUEUE_BYTES: usize = 64 << 20;
 
 /// How often a link pings its gateway unless configured otherwise (`[worker]
 /// link_ping_interval`).
@@ -107,7 +112,7 @@ struct Acks {
 
 /// Sends the acknowledgements of a link as they come, batched; its own task, so that a full
 /// link queue delays acknowledgements, never the reader.
-async fn send_acks(acks: Arc<Acks>, queue: mpsc::Sender<ToGateway>) {
+async fn send_acks(acks: Arc<Acks>, queue: LinkSender<ToGateway>) {
     loop {
         acks.ready.notified().await;
         let batch: Vec<_> =
@@ -139,8 +144,12 @@ impl EventSink for NoEvents {
 
 /// One gateway link.
 struct GatewayLink {
-    queue: mpsc::Sender<ToGateway>,
+    queue: LinkSender<ToGateway>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    /// Over TCP, to a gateway of another process (else in-process).
+    remote: bool,
+    /// The gateway answered [`ToGateway::Leaving`]: nothing it sent is left to run.
+    left: watch::Sender<bool>,
 }
 
 /// Every gateway this worker host (or push client) is linked to.
@@ -152,22 +161,28 @@ pub struct GatewayLinks {
     next_query: AtomicU64,
     linked: watch::Sender<BTreeSet<SocketAddrV4>>,
     ping_interval: Duration,
+    queue_bytes: usize,
     /// The tasks that keep the links, so that a stop can wait for them.
     tasks: TaskTracker,
+    /// [`Self::leave`] was called: a link made from now on says so at once.
+    leaving: AtomicBool,
 }
 
 impl GatewayLinks {
     /// Links for a worker host (which takes client events) or a push client (which does
     /// not); gateways in `local` are reached through channels, the others over TCP. Each
-    /// link pings every `ping_interval`. Nothing is dialled until [`start`](Self::start).
+    /// link pings every `ping_interval` and queues at most `queue_bytes` for its gateway.
+    /// Nothing is dialled until [`start`](Self::start).
     pub fn new(
         secret: Arc<[u8]>,
         role: Peer,
         local: LocalGateways,
         ping_interval: Duration,
+        queue_bytes: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
             ping_interval,
+            queue_bytes,
             secret,
             local,
             role,
@@ -175,7 +190,31 @@ impl GatewayLinks {
             next_query: AtomicU64::new(1),
             linked: watch::channel(BTreeSet::new()).0,
             tasks: TaskTracker::new(),
+            leaving: AtomicBool::new(false),
         })
+    }
+
+    /// Tells every gateway of another process that this worker host is leaving, and waits, at
+    /// most `grace`, until each has answered that everything it sent here is done (or its
+    /// link ended); says whether they all did. Gateways of this process stop with it and
+    /// send their clients' close events here, so their links are left as they are.
+    pub async fn leave(&self, grace: Duration) -> bool {
+        self.leaving.store(true, Ordering::SeqCst);
+        let remote: Vec<_> = self.all_links().into_iter().filter(|l| l.remote).collect();
+        let all_left = remote.iter().map(|link| async move {
+            let mut left = link.left.subscribe();
+            tokio::select! {
+                _ = link.queue.closed() => {}
+                _ = async {
+                    if link.queue.send(ToGateway::Leaving).await.is_ok() {
+                        let _ = left.wait_for(|l| *l).await;
+                    }
+                } => {}
+            }
+        });
+        tokio::time::timeout(grace, futures_util::future::join_all(all_left))
+            .await
+            .is_ok()
     }
 
     /// Keeps a link to every gateway in `gateways` until `shutdown`, delivering client
@@ -223,7 +262,12 @@ impl GatewayLinks {
             for addr in wanted {
                 dialling.entry(addr).or_insert_with(|| {
                     let stop = shutdown.child_token();
-                    let keep = self.clone().keep_linked(addr, events.clone(), stop.clone());
+                    let keep = self.clone().keep_linked(
+                        addr,
+                        events.clone(),
+                        stop.clone(),
+                        shutdown.clone(),
+                    );
                     self.tasks.spawn(keep);
                     stop
                 });
@@ -235,18 +279,23 @@ impl GatewayLinks {
         }
     }
 
-    /// Dials `addr` until `stop`, re-dialling with backoff after failures.
+    /// Dials `addr` until `stop` (the gateway left the list, or `shutdown`), re-dialling with
+    /// backoff after failures.
     async fn keep_linked<S: EventSink>(
         self: Arc<Self>,
         addr: SocketAddrV4,
         events: Arc<S>,
         stop: CancellationToken,
+        shutdown: CancellationToken,
     ) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let result = self.link(addr, events.clone(), &stop).await;
+            let result = self.link(addr, events.clone(), &stop, &shutdown).await;
             self.drop_link(addr);
             if stop.is_cancelled() {
+                if !shutdown.is_cancelled() {
+                    tracing::info!(gateway = %addr, "gateway no longer listed by the registers: unlinked");
+                }
                 return;
             }
             match result {
@@ -268,31 +317,41 @@ impl GatewayLinks {
         }
     }
 
-    /// Links to `addr` and serves the link until it ends, or until `stop` for a link over TCP.
+    /// Links to `addr` and serves the link until it ends, or until `stop`; at `shutdown`, a
+    /// link in-process is read to its end instead.
     async fn link<S: EventSink>(
         &self,
         addr: SocketAddrV4,
         events: Arc<S>,
         stop: &CancellationToken,
+        shutdown: &CancellationToken,
     ) -> Result<(), LinkError> {
         let dial = async {
-            Ok::<_, LinkError>(match self.local.dial(addr, self.role).await {
-                Some((queue, inbound)) => (queue, LinkReader::Local(inbound), None),
-                None => {
-                    let socket = TcpStream::connect(addr).await.map_err(LinkError::Connect)?;
-                    socket.set_nodelay(true).map_err(LinkError::Connect)?;
-                    let (reader, writer) = socket.into_split();
-                    let mut reader = FrameReader::new(reader);
-                    let mut writer = FrameWriter::new(writer);
-                    handshake::connect_handshake(&mut reader, &mut writer, &self.secret, self.role)
+            Ok::<_, LinkError>(
+                match self.local.dial(addr, self.role, self.queue_bytes).await {
+                    Some((queue, inbound)) => (queue, LinkReader::Local(inbound), None),
+                    None => {
+                        let socket = TcpStream::connect(addr).await.map_err(LinkError::Connect)?;
+                        socket.set_nodelay(true).map_err(LinkError::Connect)?;
+                        let (reader, writer) = socket.into_split();
+                        let mut reader = FrameReader::new(reader);
+                        let mut writer = FrameWriter::new(writer);
+                        handshake::connect_handshake(
+                            &mut reader,
+                            &mut writer,
+                            &self.secret,
+                            self.role,
+                        )
                         .await?;
-                    let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
-                    let stall = self.ping_interval * SILENT_INTERVALS;
-                    let writing =
-                        AbortOnDropHandle::new(tokio::spawn(writer.forward(outgoing, stall)));
-                    (queue, LinkReader::Tcp(reader), Some(writing))
-                }
-            })
+                        let (queue, outgoing) =
+                            queue::channel(LINK_QUEUE, self.queue_bytes, Towards::Gateway);
+                        let stall = self.ping_interval * SILENT_INTERVALS;
+                        let writing =
+                            AbortOnDropHandle::new(tokio::spawn(writer.forward(outgoing, stall)));
+                        (queue, LinkReader::Tcp(reader), Some(writing))
+                    }
+                },
+            )
         };
         let (queue, mut reader, writing) = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -301,7 +360,12 @@ impl GatewayLinks {
         let link = Arc::new(GatewayLink {
             queue: queue.clone(),
             pending: Mutex::new(HashMap::new()),
+            remote: writing.is_some(),
+            left: watch::channel(false).0,
         });
+        if link.remote && self.leaving.load(Ordering::SeqCst) {
+            let _ = queue.try_send(ToGateway::Leaving);
+        }
         self.links
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -331,8 +395,21 @@ impl GatewayLinks {
                     Ok(Ok(())) | Err(_) => LinkError::Closed,
                 }),
             },
-            // In-process: the gateway of this process ends the link after its last event.
-            None => read.await,
+            // In-process: at a stop, the gateway of this process ends the link after its last
+            // event; a gateway that left the list while the process runs is unlinked at once,
+            // or it would go on receiving broadcasts.
+            None => {
+                let delisted = async {
+                    stop.cancelled().await;
+                    if shutdown.is_cancelled() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    () = delisted => Ok(()),
+                    r = read => r,
+                }
+            }
         }
     }
 
@@ -379,7 +456,7 @@ impl GatewayLinks {
 async fn read_loop<S: EventSink>(
     reader: &mut LinkReader<ToWorker>,
     link: &GatewayLink,
-    queue: &mpsc::Sender<ToGateway>,
+    queue: &LinkSender<ToGateway>,
     acks: &Arc<Acks>,
     events: Arc<S>,
     ping_interval: Duration,
@@ -437,6 +514,9 @@ async fn read_loop<S: EventSink>(
                 let _ = queue.try_send(ToGateway::Pong);
             }
             ToWorker::Pong => {}
+            ToWorker::Left => {
+                link.left.send_replace(true);
+            }
         }
     }
 }

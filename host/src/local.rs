@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::wire::codec::{FrameReader, WireError};
 use crate::wire::handshake::Peer;
 use crate::wire::messages::{ToGateway, ToWorker};
+use crate::wire::queue::{self, LinkReceiver, LinkSender, Towards};
 
 /// Messages an in-process link may have queued in each direction.
 pub const LOCAL_QUEUE: usize = 16 * 1024;
@@ -27,9 +28,9 @@ pub struct LocalLink {
     /// Who is linking.
     pub role: Peer,
     /// What the worker host sends.
-    pub inbound: mpsc::Receiver<ToGateway>,
+    pub inbound: LinkReceiver<ToGateway>,
     /// Where the gateway sends events and replies; handed back to the worker host.
-    pub accepted: oneshot::Sender<mpsc::Receiver<ToWorker>>,
+    pub accepted: oneshot::Sender<LinkReceiver<ToWorker>>,
 }
 
 /// The gateways of this process that accept in-process links, by internal address.
@@ -51,15 +52,16 @@ impl LocalGateways {
     }
 
     /// Links to the gateway at `address` if it runs in this process: returns the sender for
-    /// what the worker host sends and the receiver for what the gateway sends. `None` means
-    /// "not here, use the network".
+    /// what the worker host sends (a queue of at most `bytes`) and the receiver for what the
+    /// gateway sends. `None` means "not here, use the network".
     pub async fn dial(
         &self,
         address: SocketAddrV4,
         role: Peer,
-    ) -> Option<(mpsc::Sender<ToGateway>, mpsc::Receiver<ToWorker>)> {
+        bytes: usize,
+    ) -> Option<(LinkSender<ToGateway>, LinkReceiver<ToWorker>)> {
         let gateway = self.lock().get(&address).cloned()?;
-        let (to_gateway, inbound) = mpsc::channel(LOCAL_QUEUE);
+        let (to_gateway, inbound) = queue::channel(LOCAL_QUEUE, bytes, Towards::Gateway);
         let (accepted, answer) = oneshot::channel();
         gateway
             .send(LocalLink {
@@ -84,7 +86,7 @@ pub enum LinkReader<M> {
     /// Frames from a socket.
     Tcp(FrameReader<OwnedReadHalf>),
     /// Messages from a worker host or gateway of this process.
-    Local(mpsc::Receiver<M>),
+    Local(LinkReceiver<M>),
 }
 
 impl<M: DeserializeOwned> LinkReader<M> {

@@ -45,6 +45,8 @@ static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
     LazyLock::new(Family::default);
 static LINKS_CLOSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static HTTP_CUT_OFF: LazyLock<Family<HttpLabels, Counter>> = LazyLock::new(Family::default);
+static CONTROL_REFUSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
+static LINK_QUEUED_BYTES: LazyLock<Family<TowardsLabels, Gauge>> = LazyLock::new(Family::default);
 static DATA_CALLS: LazyLock<Family<DataLabels, Counter>> = LazyLock::new(Family::default);
 static DATA_CALL_SECONDS: LazyLock<DataTimings> =
     LazyLock::new(|| Family::new_with_constructor(call_buckets));
@@ -215,6 +217,53 @@ pub fn http_cut_off(listener: &'static str, reason: HttpCutOff, n: u64) {
             reason: reason.label(),
         })
         .inc_by(n);
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TowardsLabels {
+    towards: &'static str,
+}
+
+/// Adds `change` bytes to those queued on this process's internal links `towards` (`worker`,
+/// `gateway`).
+pub fn link_queued_bytes(towards: &'static str, change: i64) {
+    LINK_QUEUED_BYTES
+        .get_or_create(&TowardsLabels { towards })
+        .inc_by(change);
+}
+
+/// Why the control socket refused a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlRefusal {
+    /// The peer runs as another user (not root either).
+    OtherUser,
+    /// The peer's credentials could not be read.
+    UnknownPeer,
+}
+
+impl ControlRefusal {
+    fn label(self) -> &'static str {
+        match self {
+            ControlRefusal::OtherUser => "other_user",
+            ControlRefusal::UnknownPeer => "unknown_peer",
+        }
+    }
+}
+
+/// Counts a peer the control socket refused.
+pub fn control_refused(reason: ControlRefusal) {
+    let reason = reason.label();
+    CONTROL_REFUSED
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+}
+
+/// Peers the control socket refused so far for `reason`.
+pub fn controls_refused(reason: ControlRefusal) -> u64 {
+    let reason = reason.label();
+    CONTROL_REFUSED
+        .get(&ReasonLabels { reason })
+        .map_or(0, |c| c.get())
 }
 
 /// Counts a link to a gateway opened (`change` 1) or closed (-1) by a `role` of this process
@@ -397,6 +446,8 @@ pub enum PluginLimit {
     LogDropped,
     /// A faulting instance's replacement was delayed (back-off).
     RestartDelayed,
+    /// An instance opened more than `max_resources` resources and was replaced.
+    TooManyResources,
     /// A call parked in a host call was abandoned at its deadline (see the runtime).
     HostCallAbandoned,
 }
@@ -412,6 +463,7 @@ pub fn plugin_limit(plugin: &str, limit: PluginLimit) {
     let limit = match limit {
         PluginLimit::CacheRejected => "cache_rejected",
         PluginLimit::TimerRefused => "timer_refused",
+        PluginLimit::TooManyResources => "too_many_resources",
         PluginLimit::LogDropped => "log_dropped",
         PluginLimit::RestartDelayed => "restart_delayed",
         PluginLimit::HostCallAbandoned => "host_call_abandoned",
@@ -527,6 +579,17 @@ pub fn register(r: &mut Registry) {
         "HTTP connections or requests cut off, by listener (push, web, metrics) and reason (over_limit, header_timeout, request_timeout, stop_timeout)",
         HTTP_CUT_OFF.clone(),
     );
+    r.register_with_unit(
+        "link_queued",
+        "Bytes queued on this process's internal links, by the way they go (towards: worker, gateway)",
+        Unit::Bytes,
+        LINK_QUEUED_BYTES.clone(),
+    );
+    r.register(
+        "control_refused",
+        "Peers the control socket refused, by reason (other_user, unknown_peer)",
+        CONTROL_REFUSED.clone(),
+    );
     r.register(
         "plugin_calls",
         "Plugin callbacks run, by plugin, event (callback) and outcome (ok, trap, timeout, memory_limit, start_failed)",
@@ -556,7 +619,7 @@ pub fn register(r: &mut Registry) {
     );
     r.register(
         "plugin_limits",
-        "Plugin limits that stepped in, by plugin and limit (cache_rejected, timer_refused, log_dropped, restart_delayed, host_call_abandoned)",
+        "Plugin limits that stepped in, by plugin and limit (cache_rejected, timer_refused, too_many_resources, log_dropped, restart_delayed, host_call_abandoned)",
         PLUGIN_LIMITS.clone(),
     );
 }

@@ -27,8 +27,10 @@ use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter};
 use crate::wire::handshake::{self, Peer};
 use crate::wire::messages::{ToGateway, ToWorker};
+use crate::wire::queue::{self, LinkSender, Towards};
 
-/// Messages queued for one worker host before client reads wait for it.
+/// Messages queued for one worker host before client reads wait for it (bytes are bounded
+/// too: `link_queue_bytes`).
 const LINK_QUEUE: usize = 4096;
 
 /// Ping intervals without a message from the peer, or with a write stalled, after which its
@@ -51,6 +53,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     close: CancellationToken,
     ping_interval: Duration,
+    queue_bytes: usize,
 ) {
     let links = TaskTracker::new();
     // Failed accepts in a row: logged once per burst, not once per retry.
@@ -59,7 +62,7 @@ pub async fn serve(
         let (socket, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(link) = local.recv() => {
-                links.spawn(local_link(link, gateway.clone(), close.clone(), ping_interval));
+                links.spawn(local_link(link, gateway.clone(), close.clone(), ping_interval, queue_bytes));
                 continue;
             }
             accepted = listener.accept() => match accepted {
@@ -81,7 +84,7 @@ pub async fn serve(
         let gateway = gateway.clone();
         let close = close.clone();
         links.spawn(async move {
-            let (role, result) = tcp_link(socket, gateway, close, ping_interval).await;
+            let (role, result) = tcp_link(socket, gateway, close, ping_interval, queue_bytes).await;
             let role = role.map_or("unauthenticated peer", Peer::name);
             match result {
                 Ok(()) => {
@@ -108,6 +111,7 @@ async fn tcp_link(
     gateway: Arc<Gateway>,
     close: CancellationToken,
     ping_interval: Duration,
+    queue_bytes: usize,
 ) -> (Option<Peer>, Result<(), LinkError>) {
     if let Err(e) = socket.set_nodelay(true) {
         return (None, Err(LinkError::Connect(e)));
@@ -119,7 +123,7 @@ async fn tcp_link(
         Ok(role) => role,
         Err(e) => return (None, Err(e.into())),
     };
-    let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
+    let (queue, outgoing) = queue::channel(LINK_QUEUE, queue_bytes, Towards::Worker);
     let mut writing = tokio::spawn(writer.forward(outgoing, ping_interval * SILENT_INTERVALS));
     let serving = serve_link(
         LinkReader::Tcp(reader),
@@ -153,8 +157,9 @@ async fn local_link(
     gateway: Arc<Gateway>,
     close: CancellationToken,
     ping_interval: Duration,
+    queue_bytes: usize,
 ) {
-    let (queue, outgoing) = mpsc::channel(LINK_QUEUE);
+    let (queue, outgoing) = queue::channel(LINK_QUEUE, queue_bytes, Towards::Worker);
     if link.accepted.send(outgoing).is_err() {
         return;
     }
@@ -177,7 +182,7 @@ async fn local_link(
 /// the peer is a worker host), and executes what it sends until it closes.
 async fn serve_link(
     mut reader: LinkReader<ToGateway>,
-    queue: mpsc::Sender<ToWorker>,
+    queue: LinkSender<ToWorker>,
     role: Peer,
     gateway: &Gateway,
     close: &CancellationToken,
@@ -198,7 +203,7 @@ async fn serve_link(
     )
     .await;
     if let Some(link) = routed {
-        gateway.router.remove(link.id);
+        gateway.router.remove(&link);
         // On a stop, the link closes after its close events were flushed to the worker host,
         // which runs them; otherwise they may be lost with it.
         if !close.is_cancelled() {
@@ -211,7 +216,7 @@ async fn serve_link(
 async fn read_loop(
     reader: &mut LinkReader<ToGateway>,
     gateway: &Gateway,
-    queue: &mpsc::Sender<ToWorker>,
+    queue: &LinkSender<ToWorker>,
     routed: Option<&WorkerLink>,
     close: &CancellationToken,
     ping_interval: Duration,
@@ -253,6 +258,15 @@ async fn read_loop(
             }
             Some(ToGateway::Ping) => {
                 let _ = queue.try_send(ToWorker::Pong);
+            }
+            Some(ToGateway::Leaving) => {
+                if let Some(link) = routed {
+                    tracing::info!(
+                        link = link.id,
+                        "worker host leaving: its clients move to others once their events there are done"
+                    );
+                    gateway.router.retire(link);
+                }
             }
             Some(ToGateway::Pong) => {}
         }

@@ -155,6 +155,7 @@ impl BoundGateway {
             shutdown.clone(),
             close_links.clone(),
             self.config.link_ping_interval,
+            byte_count(self.config.link_queue_bytes),
         ));
         let config = &self.config;
         let ping = Bytes::from(config.ping_data.clone().into_bytes());

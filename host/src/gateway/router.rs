@@ -14,34 +14,46 @@
 //! flooder, never the link or the other clients on it. A link that goes away closes the
 //! windows of its clients, which re-bind.
 //!
+//! A worker host that stops gracefully says it is leaving ([`Router::retire`]): it gets no
+//! new client, and each client bound to it moves to another host once its events there are
+//! done, so its order holds across the move; when nothing sent to it is left unrun, the
+//! gateway answers `Left` and the host may close its link without losing an event.
+//!
 //! A client's close event is remembered until the worker host is done with it (and with
 //! every event before it); if the link goes away first, the close goes to another worker
 //! host ([`Router::resend_closes`]), so `on-close` runs at least once for every client, and
 //! twice if the link died after the callback ran but before its acknowledgement arrived.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 
 use crate::client_id::ClientId;
 use crate::wire::codec::check_frame;
 use crate::wire::messages::{EventKind, ToWorker};
+use crate::wire::queue::{LinkSender, SendError, TrySendError};
 
 /// One linked worker host, as the router sees it.
 pub struct WorkerLink {
     /// Unique among this gateway's links.
     pub id: u64,
     /// The worker host's outbound queue (events and query replies).
-    pub queue: mpsc::Sender<ToWorker>,
+    pub queue: LinkSender<ToWorker>,
     bound: AtomicUsize,
     /// The windows of the clients bound to this link.
     windows: Mutex<HashMap<ClientId, Arc<Semaphore>>>,
     /// Close events sent and not yet done, with how many of the client's events (the close
     /// included) the worker host has still to finish.
     closes: Mutex<HashMap<ClientId, (u32, ToWorker)>>,
+    /// Each client's window size on this link.
+    window: u32,
+    /// The worker host is leaving ([`Router::retire`]).
+    leaving: AtomicBool,
+    /// `Left` was sent.
+    left: AtomicBool,
 }
 
 impl WorkerLink {
@@ -60,6 +72,32 @@ impl WorkerLink {
             if *outstanding == 0 {
                 closes.remove(&client);
             }
+        }
+        drop(closes);
+        self.answer_leaving();
+    }
+
+    fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::SeqCst)
+    }
+
+    /// Events sent (or about to be: a slot is taken before the send) and not yet done.
+    fn in_flight(&self) -> usize {
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        windows
+            .values()
+            .map(|w| (self.window as usize).saturating_sub(w.available_permits()))
+            .sum()
+    }
+
+    /// Once a leaving worker host has nothing of ours left to run, tells it so (once).
+    fn answer_leaving(&self) {
+        if !self.is_leaving() || self.in_flight() > 0 || self.left.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Err(TrySendError::Full(left)) = self.queue.try_send(ToWorker::Left) {
+            let queue = self.queue.clone();
+            tokio::spawn(async move { queue.send(left).await });
         }
     }
 
@@ -127,13 +165,16 @@ impl Router {
     }
 
     /// Adds a link whose outbound queue is `queue`.
-    pub fn add(&self, queue: mpsc::Sender<ToWorker>) -> Arc<WorkerLink> {
+    pub fn add(&self, queue: LinkSender<ToWorker>) -> Arc<WorkerLink> {
         let link = Arc::new(WorkerLink {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             queue,
             bound: AtomicUsize::new(0),
             windows: Mutex::default(),
             closes: Mutex::default(),
+            window: self.window,
+            leaving: AtomicBool::new(false),
+            left: AtomicBool::new(false),
         });
         let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
         links.push(link.clone());
@@ -143,14 +184,23 @@ impl Router {
 
     /// Removes a link; clients bound to it are re-bound on their next event, and a client
     /// waiting on its window there re-binds at once.
-    pub fn remove(&self, id: u64) {
+    pub fn remove(&self, link: &WorkerLink) {
+        link.close();
+        self.unlist(link.id);
+    }
+
+    /// A worker host is leaving: no client is bound to `link` any more, and those bound to
+    /// it move on their next event once their events there are done; the host is told
+    /// `Left` when none is left.
+    pub fn retire(&self, link: &WorkerLink) {
+        link.leaving.store(true, Ordering::SeqCst);
+        self.unlist(link.id);
+        link.answer_leaving();
+    }
+
+    fn unlist(&self, id: u64) {
         let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
-        links.retain(|l| {
-            if l.id == id {
-                l.close();
-            }
-            l.id != id
-        });
+        links.retain(|l| l.id != id);
         self.count.send_replace(links.len());
     }
 
@@ -182,6 +232,15 @@ impl Router {
         };
         let client = client.id;
         loop {
+            if let Some(bound) = binding.0.take_if(|b| b.link.is_leaving()) {
+                // Its earlier events finish on the leaving host before the next one goes to
+                // another: a closed window means that host is gone, nothing to wait for.
+                let _ = bound.window.acquire_many(self.window).await;
+                let link = bound.link.clone();
+                drop(bound);
+                // The acknowledgements went to this wait, not back to the window: count again.
+                link.answer_leaving();
+            }
             let bound = match binding.0.take() {
                 Some(bound) if !bound.link.queue.is_closed() && !bound.window.is_closed() => bound,
                 _ => self.bind(client).await.inspect_err(|_| {
@@ -195,6 +254,13 @@ impl Router {
                 continue;
             };
             slot.forget();
+            // Checked after the slot is taken, as `retire` marks before counting the slots:
+            // either this event counts as in flight there, or it goes elsewhere.
+            if link.is_leaving() {
+                window.add_permits(1);
+                link.answer_leaving();
+                continue;
+            }
             // Remembered before it is sent, so that no acknowledgement can overtake it.
             let close = matches!(
                 &message,
@@ -213,14 +279,14 @@ impl Router {
             match link.queue.send(message).await {
                 Ok(()) => return Ok(()),
                 // The link closed while we waited: re-bind and try the next one.
-                Err(mpsc::error::SendError(m)) => {
+                Err(SendError(m)) => {
                     if close {
                         link.closes
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .remove(&client);
                     }
-                    self.remove(link.id);
+                    self.remove(link);
                     message = m;
                 }
             }
@@ -345,9 +411,10 @@ mod tests {
         assert!(waited.is_err());
         assert_eq!(started.elapsed(), STARTING_HOLD);
 
-        let (queue, _events) = mpsc::channel(4);
+        let (queue, _events) =
+            crate::wire::queue::channel(4, 1 << 20, crate::wire::queue::Towards::Worker);
         let link = router.add(queue);
-        router.remove(link.id);
+        router.remove(&link);
         let started = tokio::time::Instant::now();
         let waited = router.forward(&mut Binding::default(), event()).await;
         assert!(waited.is_err());

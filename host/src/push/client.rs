@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::links::{DEFAULT_PING_INTERVAL, GatewayLinks, NoEvents};
+use crate::links::{DEFAULT_PING_INTERVAL, DEFAULT_QUEUE_BYTES, GatewayLinks, NoEvents};
 use crate::local::LocalGateways;
 use crate::ops::{GatewayApi, Gateways};
 use crate::register::{self, Announce};
@@ -103,6 +103,7 @@ impl PushClient {
             Peer::Client,
             LocalGateways::default(),
             DEFAULT_PING_INTERVAL,
+            DEFAULT_QUEUE_BYTES,
         );
         links.start(listed.clone(), Arc::new(NoEvents), stop.clone());
         let linked = links.linked();

@@ -40,6 +40,25 @@ pub fn check_frame<M: Serialize>(message: &M) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Where a link's writer task takes its messages from: a plain channel (register links) or a
+/// byte-bounded link queue ([`super::queue`]).
+pub trait Outgoing<M>: Send {
+    /// The next message; `None` once every sender is gone.
+    fn recv(&mut self) -> impl Future<Output = Option<M>> + Send;
+    /// The next message if one is queued now.
+    fn try_next(&mut self) -> Option<M>;
+}
+
+impl<M: Send> Outgoing<M> for mpsc::Receiver<M> {
+    fn recv(&mut self) -> impl Future<Output = Option<M>> + Send {
+        mpsc::Receiver::recv(self)
+    }
+
+    fn try_next(&mut self) -> Option<M> {
+        self.try_recv().ok()
+    }
+}
+
 /// Bytes in a frame's length prefix.
 const HEADER: usize = 4;
 
@@ -255,15 +274,15 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// oversized message never ends the link and what is queued behind it. A write that
     /// takes longer than `write_timeout` (the peer stopped reading) ends the link. The buffer
     /// shrinks back after a burst, so an idle link does not keep a burst's memory.
-    pub async fn forward<M: Serialize>(
+    pub async fn forward<M: Serialize, Q: Outgoing<M>>(
         mut self,
-        mut queue: mpsc::Receiver<M>,
+        mut queue: Q,
         write_timeout: Duration,
     ) -> Result<(), WireError> {
         while let Some(first) = queue.recv().await {
             self.feed_or_drop(&first)?;
             while self.buffer.len() < BATCH_BYTES
-                && let Ok(next) = queue.try_recv()
+                && let Some(next) = queue.try_next()
             {
                 self.feed_or_drop(&next)?;
             }

@@ -115,6 +115,9 @@ pub enum ToWorker {
     Ping,
     /// Answer to [`ToGateway::Ping`].
     Pong,
+    /// Answer to [`ToGateway::Leaving`], once every event the gateway sent on this link is
+    /// done: nothing more will come.
+    Left,
 }
 
 /// Worker host (or push client) → gateway.
@@ -136,4 +139,7 @@ pub enum ToGateway {
     Done(Vec<(ClientId, u32)>),
     /// Liveness; the gateway answers [`ToWorker::Pong`].
     Ping,
+    /// The worker host is stopping: route no new client to it, move each of its clients to
+    /// another once that client's events here are done, and answer [`ToWorker::Left`].
+    Leaving,
 }

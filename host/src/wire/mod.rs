@@ -10,6 +10,7 @@ pub mod codec;
 pub mod handshake;
 mod link_error;
 pub mod messages;
+pub mod queue;
 
 pub use codec::{FrameReader, FrameWriter, MAX_FRAME, WireError};
 pub use handshake::{HandshakeError, PROTOCOL_VERSION, Peer, accept_handshake, connect_handshake};

@@ -31,7 +31,7 @@ use crate::ops::{
 
 /// The host state behind a plugin instance's imports.
 pub struct HostApi {
-    plugin: Arc<str>,
+    pub(super) plugin: Arc<str>,
     api: GatewayApi,
     view: Arc<SessionView>,
     pub(super) timers: Timers,

@@ -42,6 +42,11 @@ use timers::TimerCaps;
 /// their last events.
 const LINKS_GRACE: Duration = Duration::from_secs(5);
 
+/// Longest a stopping worker host waits for gateways of other processes to answer that it
+/// has run every event they sent (see [`GatewayLinks::leave`]). With [`LINKS_GRACE`] and
+/// [`DRAIN_GRACE`] this is `wasmgate stop`'s default 30 s at most; the drain is short by then.
+const LEAVE_GRACE: Duration = Duration::from_secs(8);
+
 /// Longest a stopping worker host waits for its instances to finish their queues and run
 /// `on-worker-stop`. Each call is bounded by `process_timeout`, but a long queue of slow
 /// events is not; together with [`LINKS_GRACE`] this stays under `wasmgate stop`'s default
@@ -84,6 +89,7 @@ impl WorkerHost {
             Peer::Worker,
             local,
             config.link_ping_interval,
+            usize::try_from(config.link_queue_bytes.as_u64()).unwrap_or(usize::MAX),
         );
         let dispatcher = Dispatcher::new(links.clone());
         Ok(Self {
@@ -154,6 +160,13 @@ impl WorkerHost {
         links.start(gateways, dispatcher.clone(), links_stop.clone());
         tracing::info!(worker = %worker, plugins = %config.plugins.display(), "worker host started");
         shutdown.cancelled().await;
+        // Gateways of other processes route nothing new here, and answer once what they sent
+        // has run: the links close with nothing queued on them.
+        if !links.leave(LEAVE_GRACE).await {
+            tracing::warn!(
+                "gateways still had events running here after {LEAVE_GRACE:?}; closing the links anyway"
+            );
+        }
         // Stop taking events (after the close events of this process's gateways, which
         // stopped first), then let the instances drain and run on-worker-stop.
         links_stop.cancel();

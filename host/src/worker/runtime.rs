@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, ResourceTableError};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
@@ -133,6 +133,15 @@ pub enum CallError {
         /// The trap as wasmtime describes it.
         message: String,
     },
+    /// The guest opened more resources (streams, files, pollables …) than its table holds;
+    /// the WASI call that would have opened one more trapped.
+    #[error("{callback} trapped: more than max_resources = {limit} resources open")]
+    TooManyResources {
+        /// The callback.
+        callback: &'static str,
+        /// The limit.
+        limit: usize,
+    },
     /// `on-worker-start` returned an error.
     #[error("on-worker-start refused to start: {0}")]
     StartRefused(String),
@@ -181,7 +190,7 @@ impl CallError {
     /// The error as the `outcome` label of the plugin-call metrics says it.
     fn outcome(&self) -> metrics::Outcome {
         match self {
-            CallError::Trap { .. } => metrics::Outcome::Trap,
+            CallError::Trap { .. } | CallError::TooManyResources { .. } => metrics::Outcome::Trap,
             CallError::Timeout { .. } => metrics::Outcome::Timeout,
             CallError::OutOfMemory { .. } => metrics::Outcome::MemoryLimit,
             CallError::StartRefused(_) | CallError::Grant(_) | CallError::Delayed { .. } => {
@@ -891,6 +900,20 @@ fn classify(
             callback,
             limit: limits.memory_limit,
             requested,
+        };
+    }
+    // wasmtime-wasi traps when the table is full, whichever WASI call was opening a resource.
+    let full = error.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<ResourceTableError>(),
+            Some(ResourceTableError::Full)
+        )
+    });
+    if full {
+        metrics::plugin_limit(&state.api.plugin, metrics::PluginLimit::TooManyResources);
+        return CallError::TooManyResources {
+            callback,
+            limit: limits.max_resources,
         };
     }
     match error.downcast_ref::<Trap>() {

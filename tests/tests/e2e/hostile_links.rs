@@ -1,11 +1,20 @@
-//! Internal links under hostile load: a client that floods its gateway, a message too large
-//! for a frame, and peers that stop answering (frozen with SIGSTOP) are each cut off alone,
-//! while a bystander client's replies keep arriving.
+//! Internal links under hostile load: a client that floods its gateway (in events or in
+//! bytes), a message too large for a frame, peers that stop answering (frozen with SIGSTOP) and
+//! gateways the registers no longer list are each cut off alone, and a worker host that stops
+//! hands its clients over without losing an event, while a bystander client's replies keep
+//! arriving.
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use wasmgate::config::Protocol;
+use wasmgate::gateway::BoundGateway;
+use wasmgate::local::LocalGateways;
+use wasmgate::worker::WorkerHost;
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{Cluster, Node, PluginsDir, SECRET, free_port};
 use wasmgate_tests::plugins;
@@ -339,5 +348,278 @@ async fn looping_events_hold_up_other_clients_for_one_timeout_at_most() {
     assert!(
         took < timeout * 2,
         "the bystander waited {took:?} behind another client's loops (process_timeout {timeout:?})"
+    );
+}
+
+/// Two gateways, each announced to its own register, and a worker host that learns both lists
+/// (through channels when `in_process`, else over TCP): stopping the first register de-lists
+/// the first gateway only. Returns the tokens that stop the first register and everything.
+struct Delisting {
+    first_register: CancellationToken,
+    shutdown: CancellationToken,
+    gateways: Vec<(SocketAddr, Arc<wasmgate::gateway::Gateway>)>,
+    _plugins: PluginsDir,
+}
+
+impl Delisting {
+    async fn start(in_process: bool) -> Self {
+        let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+        let secret: Arc<[u8]> = SECRET.as_bytes().into();
+        let shutdown = CancellationToken::new();
+        let first_register = shutdown.child_token();
+        let mut registers = Vec::new();
+        for stop in [first_register.clone(), shutdown.clone()] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            registers.push(listener.local_addr().unwrap());
+            tokio::spawn(wasmgate::register::run(listener, secret.clone(), stop));
+        }
+        let local = LocalGateways::default();
+        let mut gateways = Vec::new();
+        for (i, register) in registers.iter().enumerate() {
+            let mut config = parse(&format!(
+                "[[gateway]]\nname = \"gw{i}\"\nlisten = \"ws://127.0.0.1:0\"\napp = \"commands\"\n\
+                 register = \"{register}\"\n"
+            ));
+            let bound = BoundGateway::bind(config.gateway.remove(0), secret.clone())
+                .await
+                .unwrap();
+            gateways.push((bound.client_addr(), bound.gateway()));
+            tokio::spawn(bound.run(local.clone(), shutdown.clone()));
+        }
+        let cache = wasmgate_tests::tools::workspace()
+            .join("target")
+            .join("test-plugin-cache");
+        let config = parse(&format!(
+            "[worker]\nplugins = {:?}\ninstances = 1\ncache = {cache:?}\nregister = [\"{}\", \"{}\"]\n",
+            plugins.path(),
+            registers[0],
+            registers[1],
+        ));
+        let worker_local = if in_process {
+            local
+        } else {
+            LocalGateways::default()
+        };
+        let worker = WorkerHost::new(config.worker.unwrap(), secret, worker_local).unwrap();
+        let (_, grants) = tokio::sync::watch::channel(Arc::new(worker.grants().clone()));
+        tokio::spawn(worker.run(grants, shutdown.clone()));
+        for (_, gateway) in &gateways {
+            tokio::time::timeout(Duration::from_secs(60), gateway.router.wait_for_links(1))
+                .await
+                .expect("the worker host did not link to both gateways");
+        }
+        Self {
+            first_register,
+            shutdown,
+            gateways,
+            _plugins: plugins,
+        }
+    }
+}
+
+fn parse(text: &str) -> wasmgate::config::Config {
+    wasmgate::config::Config::from_toml(text, Path::new("wasmgate.toml")).unwrap()
+}
+
+async fn a_gateway_no_longer_listed_is_unlinked(in_process: bool) {
+    let cluster = Delisting::start(in_process).await;
+    let (delisted_addr, delisted) = &cluster.gateways[0];
+    let mut a = TestClient::ws(*delisted_addr, "/").await.unwrap();
+    let mut bystander = TestClient::ws(cluster.gateways[1].0, "/").await.unwrap();
+    assert_eq!(a.ask("join g").await, "joined g");
+    assert_eq!(bystander.ask("join g").await, "joined g");
+    bystander.send("pub g before").await.unwrap();
+    assert_eq!(bystander.recv().await, "before");
+    assert_eq!(a.recv().await, "before");
+    // The only register that lists the first gateway goes: once the other register's list
+    // is trusted to remove gateways (its settle window, 5 s), the worker host unlinks it.
+    cluster.first_register.cancel();
+    let started = Instant::now();
+    while !delisted.router.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the worker host is still linked to the de-listed gateway"
+        );
+        assert_eq!(bystander.ask("echo served").await, "served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Broadcasts no longer reach it; the bystander is served as before.
+    bystander.send("pub g after").await.unwrap();
+    assert_eq!(bystander.recv().await, "after");
+    a.assert_silent(Duration::from_millis(500)).await;
+    assert_eq!(bystander.ask("echo still").await, "still");
+    cluster.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_no_longer_listed_is_unlinked_in_process() {
+    a_gateway_no_longer_listed_is_unlinked(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_no_longer_listed_is_unlinked_over_tcp() {
+    a_gateway_no_longer_listed_is_unlinked(false).await;
+}
+
+/// Reads the replies numbered `wanted` of `rounds` pairs of "sleep 20" and "echo <round>",
+/// which must come in order.
+async fn replies_in_order(
+    client: &mut TestClient,
+    rounds: usize,
+    wanted: impl std::ops::RangeBounds<usize>,
+) {
+    let expected = (0..rounds).flat_map(|i| ["slept 20".to_owned(), i.to_string()]);
+    for (n, expected) in expected.enumerate().filter(|(n, _)| wanted.contains(n)) {
+        let reply = client.recv_within(Duration::from_secs(15)).await;
+        assert_eq!(reply.as_deref(), Ok(expected.as_str()), "reply {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_host_that_stops_hands_its_clients_over_without_losing_an_event() {
+    let plugins = PluginsDir::with(&[("misbehave", plugins::MISBEHAVE)]);
+    let r = free_port();
+    let _register = register(r);
+    let g = free_port();
+    let _gateway = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"misbehave\"\n\
+             register = \"127.0.0.1:{r}\"\n"
+        ),
+    );
+    // Only A at first: both clients are bound to it.
+    let mut a = worker("a", plugins.path(), r);
+    let mut clients = [client(g).await, client(g).await];
+    let b = worker("b", plugins.path(), r);
+    b.wait_for_line(&["linked to gateway"]).await;
+    // B has no client: least connections sends the bystander there.
+    let mut bystander = client(g).await;
+    assert_eq!(bystander.ask("echo on b").await, "on b");
+
+    // Both clients send 80 events at once: a window's worth (64) is queued on A, the rest wait
+    // at the gateway. A is asked to stop once it runs them; no reply may be lost or reordered.
+    let rounds = 40;
+    for client in &mut clients {
+        for i in 0..rounds {
+            client.send("sleep 20").await.unwrap();
+            client.send(&format!("echo {i}")).await.unwrap();
+        }
+    }
+    let [first, second] = &mut clients;
+    replies_in_order(first, rounds, 0..1).await;
+    let stopping = async {
+        let status = a.terminate().await;
+        assert!(status.success(), "{status:?}\n{}", a.logs());
+    };
+    let reading = async {
+        replies_in_order(first, rounds, 1..).await;
+        replies_in_order(second, rounds, 0..).await;
+    };
+    tokio::join!(stopping, reading);
+    // The clients are on B now, and the bystander was never held up.
+    for client in &mut clients {
+        assert_eq!(client.ask("echo after").await, "after");
+    }
+    let took = timed_ask(&mut bystander, "echo still", "still").await;
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    assert!(
+        !a.logs().contains("closing the links anyway"),
+        "{}",
+        a.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_queue_is_bounded_in_bytes_and_the_flooder_waits() {
+    // Long ping intervals: the frozen worker host stays linked, so its queue fills.
+    let slow_pings = "link_ping_interval = \"60s\"";
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let r = free_port();
+    let _register = register(r);
+    let (g, m) = (free_port(), free_port());
+    let budget = 2 << 20;
+    let gateway = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"commands\"\n\
+             register = \"127.0.0.1:{r}\"\n{slow_pings}\nlink_queue_bytes = \"2MiB\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{m}\"\n"
+        ),
+    );
+    let worker = |name: &str| {
+        Node::start(
+            BIN,
+            &format!(
+                "secret = \"{SECRET}\"\n[worker]\nname = \"{name}\"\nplugins = {:?}\ninstances = 1\n\
+                 register = \"127.0.0.1:{r}\"\n{slow_pings}\n",
+                plugins.path()
+            ),
+        )
+    };
+    // The flooder is bound to A, the bystander to B.
+    let a = worker("a");
+    let mut flooder = client(g).await;
+    let b = worker("b");
+    b.wait_for_line(&["linked to gateway"]).await;
+    let mut bystander = client(g).await;
+    assert_eq!(bystander.ask("echo on b").await, "on b");
+
+    // A stops reading; the flooder sends 60 messages of 512 KiB (30 MiB, within its window
+    // of 64 events): the queue towards A holds about 2 MiB of them, the flooder waits.
+    a.signal("STOP").await;
+    let payload = "x".repeat(512 << 10);
+    // Published to a group nobody is in: the flooder gets no reply it would have to read.
+    let flooding = tokio::spawn(async move {
+        for _ in 0..60 {
+            flooder
+                .send(&format!("pub nobody {payload}"))
+                .await
+                .unwrap();
+        }
+        flooder
+    });
+    let metrics = format!("127.0.0.1:{m}").parse().unwrap();
+    let queued = || async {
+        wasmgate_tests::prometheus::scrape(metrics)
+            .await
+            .value("wasmgate_link_queued_bytes", &[("towards", "worker")])
+            .unwrap_or(0.0)
+    };
+    let started = Instant::now();
+    while queued().await < f64::from(budget / 2) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the queue towards the frozen worker host never filled"
+        );
+        let took = timed_ask(&mut bystander, "echo b", "b").await;
+        assert!(took < Duration::from_millis(500), "{took:?}");
+    }
+    // Full: it stays within the budget (plus the one message that may exceed it) while the
+    // bystander is served as usual.
+    for _ in 0..10 {
+        let now = queued().await;
+        assert!(
+            now <= f64::from(budget + (512 << 10) + 4096),
+            "{now} bytes queued"
+        );
+        let took = timed_ask(&mut bystander, "echo b", "b").await;
+        assert!(took < Duration::from_millis(500), "{took:?}");
+    }
+    assert!(!flooding.is_finished(), "the flooder was not held up");
+    // A reads again: the flooder's events all run, in order, on the same link.
+    a.signal("CONT").await;
+    let mut flooder = tokio::time::timeout(Duration::from_secs(60), flooding)
+        .await
+        .expect("the flooder was held up for good")
+        .unwrap();
+    let done = flooder.send("echo done").await;
+    assert!(done.is_ok());
+    let reply = flooder.recv_within(Duration::from_secs(30)).await;
+    assert_eq!(reply.as_deref(), Ok("done"));
+    assert!(
+        !gateway.logs().contains("internal link closed"),
+        "{}",
+        gateway.logs()
     );
 }

@@ -388,6 +388,55 @@ async fn timers_and_log_output_are_capped_per_plugin() {
     answers(&mut elsewhere, "bye", "bye", Duration::from_secs(1)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_past_max_resources_end_that_instance_only() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(plugins::MISBEHAVE, dir.path().join("m.wasm")).unwrap();
+    std::fs::copy(plugins::ECHO, dir.path().join("other.wasm")).unwrap();
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (node, m, other) = start_node(
+        dir.path(),
+        &format!("max_resources = 64\n[metrics]\nlisten = \"{metrics}\""),
+    );
+    let mut client = connect_ws(m).await;
+    let mut same = connect_ws(m).await;
+    let mut elsewhere = connect_ws(other).await;
+
+    // Under the cap the resources are held; the next batch overflows the table: that call
+    // traps and the instance goes, while the bystanders on it and on another app are served.
+    answers(
+        &mut client,
+        "resources 32",
+        "resources 32",
+        Duration::from_secs(5),
+    )
+    .await;
+    client.send("resources 64").await.unwrap();
+    answers(&mut same, "echo next", "next", Duration::from_secs(5)).await;
+    answers(&mut elsewhere, "hi", "hi", Duration::from_secs(1)).await;
+    node.wait_for_line(&["max_resources = 64", "plugin=\"m\""])
+        .await;
+    assert_fresh_instance(&mut client).await;
+    // The fresh instance starts with an empty table.
+    answers(
+        &mut client,
+        "resources 32",
+        "resources 32",
+        Duration::from_secs(5),
+    )
+    .await;
+
+    let scrape = wasmgate_tests::prometheus::scrape(metrics).await;
+    assert_eq!(
+        scrape.count(
+            "wasmgate_plugin_limits_total",
+            &[("plugin", "m"), ("limit", "too_many_resources")],
+        ),
+        1.0
+    );
+    answers(&mut elsewhere, "bye", "bye", Duration::from_secs(1)).await;
+}
+
 /// A `Gateways` that accepts every command and answers no query.
 struct Nowhere;
 

@@ -70,6 +70,28 @@ fn may_control(peer: u32, own: u32) -> bool {
     peer == own || peer == 0
 }
 
+/// Whether the peer on `stream` may control this server; a refusal is logged and counted.
+fn admit(stream: &UnixStream) -> bool {
+    let own = rustix::process::geteuid().as_raw();
+    match stream.peer_cred() {
+        Ok(peer) if may_control(peer.uid(), own) => true,
+        Ok(peer) => {
+            metrics::control_refused(metrics::ControlRefusal::OtherUser);
+            tracing::warn!(
+                uid = peer.uid(),
+                pid = peer.pid(),
+                "control socket: refused a process of another user"
+            );
+            false
+        }
+        Err(e) => {
+            metrics::control_refused(metrics::ControlRefusal::UnknownPeer);
+            tracing::warn!("control socket: cannot tell who connected, refused: {e}");
+            false
+        }
+    }
+}
+
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -123,21 +145,8 @@ impl Control {
     }
 
     async fn answer(self: Arc<Self>, stream: UnixStream) {
-        let own = rustix::process::geteuid().as_raw();
-        match stream.peer_cred() {
-            Ok(peer) if may_control(peer.uid(), own) => {}
-            Ok(peer) => {
-                tracing::warn!(
-                    uid = peer.uid(),
-                    pid = peer.pid(),
-                    "control socket: refused a process of another user"
-                );
-                return;
-            }
-            Err(e) => {
-                tracing::warn!("control socket: cannot tell who connected, refused: {e}");
-                return;
-            }
+        if !admit(&stream) {
+            return;
         }
         let (reader, mut writer) = stream.into_split();
         let mut line = String::new();
@@ -318,17 +327,86 @@ mod tests {
 
     #[tokio::test]
     async fn the_socket_is_owner_only_from_its_creation() {
+        use rustix::fs::inotify;
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("wasmgate-mode-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("x.sock");
+        // The kernel queues an attribute change for any chmod after the bind: a socket made
+        // owner-only that way was open to everyone in between, whatever its final mode.
+        let watch = inotify::init(inotify::CreateFlags::NONBLOCK).unwrap();
+        inotify::add_watch(
+            &watch,
+            &dir,
+            inotify::WatchFlags::CREATE | inotify::WatchFlags::ATTRIB,
+        )
+        .unwrap();
         let before = rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o022));
         let socket = ControlSocket::bind(&path).unwrap();
         let restored = rustix::process::umask(before);
         assert_eq!(restored.bits(), 0o022, "the umask is put back");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        let mut buffer = [std::mem::MaybeUninit::uninit(); 1024];
+        let mut events = inotify::Reader::new(&watch, &mut buffer);
+        let mut seen = Vec::new();
+        while let Ok(event) = events.next() {
+            seen.push(event.events());
+        }
+        assert_eq!(seen, [inotify::ReadFlags::CREATE], "created, never changed");
         drop(socket);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_peer_of_another_user_is_refused_and_counted() {
+        use std::os::unix::fs::PermissionsExt;
+        if !rustix::process::geteuid().is_root() || !Path::new("/usr/bin/perl").exists() {
+            eprintln!("SKIPPED: connecting as another user needs root and /usr/bin/perl");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("wasmgate-peer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.sock");
+        let socket = ControlSocket::bind(&path).unwrap();
+        // Loosened on purpose, so that the uid check is what keeps the stranger out.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let refused = metrics::controls_refused(metrics::ControlRefusal::OtherUser);
+        // A real process of another user (`nobody`) that connects and reads until closed.
+        let stranger = tokio::process::Command::new("/usr/bin/perl")
+            .args([
+                "-MIO::Socket::UNIX",
+                "-e",
+                "$s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die $!; print <$s>",
+            ])
+            .arg(&path)
+            .uid(65534)
+            .gid(65534)
+            .output();
+        let accepted = async {
+            let (stream, _) = socket.listener.accept().await.unwrap();
+            let admitted = admit(&stream);
+            drop(stream);
+            admitted
+        };
+        let (stranger, admitted) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(stranger, accepted)
+        })
+        .await
+        .expect("the stranger connected");
+        let stranger = stranger.unwrap();
+        assert!(stranger.status.success(), "{stranger:?}");
+        assert!(!admitted);
+        assert!(stranger.stdout.is_empty(), "the stranger was answered");
+        assert_eq!(
+            metrics::controls_refused(metrics::ControlRefusal::OtherUser),
+            refused + 1
+        );
+        let own = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let (stream, _) = socket.listener.accept().await.unwrap();
+        assert!(admit(&stream), "the owner is let in");
+        drop((own, socket));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

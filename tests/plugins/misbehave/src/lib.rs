@@ -9,6 +9,9 @@
 //! - `trap` → panics, which traps.
 //! - `timers <n>` → sets `n` one-hour timeouts, then `timers <n>`; past the host's
 //!   `max_timers` the instance traps.
+//! - `resources <n>` → opens `n` more WASI resources (clock pollables) and keeps them for
+//!   the instance's life, then `resources <total>`; past the host's `max_resources` the call
+//!   that would open one more traps.
 //! - `print <n>` → writes `n` lines of 100 bytes to stdout, then `printed <n>`.
 //! - `sleep <ms>` → sleeps that long inside a host call (a WASI clock poll, where no epoch
 //!   check runs), then `slept <ms>`.
@@ -34,12 +37,19 @@
 //! sets a 100 ms interval whose every tick sends `tick` to every client.
 
 use std::hint::black_box;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use wasip2::clocks::monotonic_clock;
+use wasip2::io::poll::Pollable;
 
 use wasmgate_sdk::{Client, Plugin, TimerId, WebsocketRequest, WorkerInfo, gateway, log, timers};
 
 /// Messages handled by this instance: statics live exactly as long as the instance.
 static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Resources this instance holds on purpose (`resources <n>`).
+static HELD: Mutex<Vec<Pollable>> = Mutex::new(Vec::new());
 
 /// The `ticker` app's interval.
 const TICK_MS: u32 = 100;
@@ -135,6 +145,17 @@ impl Plugin for Misbehave {
                     timers::set_timeout(3_600_000);
                 }
                 format!("timers {n}").into_bytes()
+            }
+            b"resources" => {
+                let n: u32 = std::str::from_utf8(arg)
+                    .ok()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(0);
+                let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+                for _ in 0..n {
+                    held.push(monotonic_clock::subscribe_duration(3_600_000_000_000));
+                }
+                format!("resources {}", held.len()).into_bytes()
             }
             b"print" => {
                 let n: u32 = std::str::from_utf8(arg)
