@@ -20,6 +20,7 @@ import {
   unbindUid,
   updateSession,
 } from 'wasmgate:plugin/gateway@0.2.0';
+import { Connection } from 'wasmgate:plugin/sql@0.2.0';
 
 const SPACE = 0x20;
 const encoder = new TextEncoder();
@@ -64,6 +65,66 @@ const onSelf = (action, verb) => (client, rest) => {
   return reply(`${verb} ${word}`);
 };
 
+// The database the SQL commands use; the tests grant it as SQLite or PostgreSQL.
+const DATABASE = 'main';
+
+// These statements work in SQLite and PostgreSQL alike ($1 placeholders included).
+const CREATE_TABLE = 'create table if not exists commands_kv (k text primary key, v text not null)';
+
+/** Opens the database and creates the table on first use. */
+function table() {
+  const db = Connection.open(DATABASE);
+  db.execute(CREATE_TABLE, []);
+  return db;
+}
+
+/** A SQL command: its reply, or `error sql <kind> <message>` (an error value arrives as an
+ * exception whose payload is the `error` variant). */
+const sqlCommand = (action) => (client, rest) => {
+  try {
+    return reply(action(rest));
+  } catch (e) {
+    if (e instanceof Usage || e.payload?.tag === undefined) throw e;
+    return reply(`error sql ${e.payload.tag} ${e.payload.val}`);
+  }
+};
+
+function sqlPut(rest) {
+  const [key, value] = split(present(rest));
+  const [k, v] = [text(key), text(value)];
+  table().execute(
+    'insert into commands_kv (k, v) values ($1, $2) on conflict (k) do update set v = excluded.v',
+    [{ tag: 'text', val: k }, { tag: 'text', val: v }],
+  );
+  return `stored ${k}`;
+}
+
+function sqlGet(rest) {
+  const key = text(rest);
+  const { rows } = table().query('select v from commands_kv where k = $1', [{ tag: 'text', val: key }]);
+  if (rows.length === 0) return 'none';
+  const value = rows[0][0];
+  return `sqlvalue ${key} ${value.tag === 'text' ? value.val : ''}`;
+}
+
+/** Runs far longer than any test's process_timeout: PostgreSQL sleeps ten seconds; SQLite,
+ * which has no sleep, counts to a billion. */
+function sqlSlow(rest) {
+  if (rest !== undefined) throw new Usage();
+  const db = Connection.open(DATABASE);
+  try {
+    db.query('select 1 as slept from pg_sleep(10)', []);
+  } catch (e) {
+    if (e.payload?.tag !== 'invalid-query') throw e;
+    db.query(
+      'with recursive c(x) as (select 1 union all select x + 1 from c where x < 1000000000) '
+        + 'select count(*) as n from c',
+      [],
+    );
+  }
+  return 'slept';
+}
+
 // Every command, in README order: its usage line, whose first word is the command, and what it
 // does with the bytes after that word (undefined: not even a space).
 const COMMANDS = [
@@ -104,6 +165,9 @@ const COMMANDS = [
   ['kick <client-id>', (client, rest) => {
     closeClient(text(rest), undefined);
   }],
+  ['sqlput <key> <value>', sqlCommand(sqlPut)],
+  ['sqlget <key>', sqlCommand(sqlGet)],
+  ['sqlslow', sqlCommand(sqlSlow)],
 ];
 
 const BY_WORD = new Map(COMMANDS.map(([usage, run]) => [usage.split(' ')[0], [usage, run]]));

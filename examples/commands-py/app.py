@@ -12,7 +12,7 @@ from typing import Callable, List, Optional, Tuple
 
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.imports import gateway
+from wit_world.imports import gateway, sql
 from wit_world.imports.types import (
     Client,
     GatewayError_InvalidArgument,
@@ -119,6 +119,82 @@ def echo(client: Client, rest: Optional[bytes]) -> Optional[bytes]:
     return present(rest)
 
 
+# The database the SQL commands use; the tests grant it as SQLite or PostgreSQL.
+DATABASE = "main"
+
+# These statements work in SQLite and PostgreSQL alike ($1 placeholders included).
+CREATE_TABLE = "create table if not exists commands_kv (k text primary key, v text not null)"
+
+# The `<kind>` of an `error sql <kind> <message>` reply, in the WIT's words.
+SQL_ERRORS = {
+    sql.Error_NoSuchDatabase: "no-such-database",
+    sql.Error_AccessDenied: "access-denied",
+    sql.Error_InvalidQuery: "invalid-query",
+    sql.Error_TooLarge: "too-large",
+    sql.Error_Timeout: "timeout",
+    sql.Error_Io: "io",
+}
+
+
+def table() -> sql.Connection:
+    """Opens the database and creates the table on first use."""
+    db = sql.Connection.open(DATABASE)
+    db.execute(CREATE_TABLE, [])
+    return db
+
+
+def sql_command(action: Callable[[Client, Optional[bytes]], str]) -> Run:
+    """A SQL command: its reply, or `error sql <kind> <message>`."""
+
+    def command(client: Client, rest: Optional[bytes]) -> Optional[bytes]:
+        try:
+            return reply(action(client, rest))
+        except Err as error:
+            kind = SQL_ERRORS.get(type(error.value), "io")
+            return reply(f"error sql {kind} {error.value.value}")
+
+    return command
+
+
+def sql_put(client: Client, rest: Optional[bytes]) -> str:
+    key, value = split(present(rest))
+    key, value = text(key), text(value)
+    table().execute(
+        "insert into commands_kv (k, v) values ($1, $2) "
+        "on conflict (k) do update set v = excluded.v",
+        [sql.Value_Text(key), sql.Value_Text(value)],
+    )
+    return f"stored {key}"
+
+
+def sql_get(client: Client, rest: Optional[bytes]) -> str:
+    key = text(rest)
+    rows = table().query("select v from commands_kv where k = $1", [sql.Value_Text(key)]).rows
+    if not rows:
+        return "none"
+    value = rows[0][0]
+    return f"sqlvalue {key} {value.value if isinstance(value, sql.Value_Text) else ''}"
+
+
+def sql_slow(client: Client, rest: Optional[bytes]) -> str:
+    """Runs far longer than any test's process_timeout: PostgreSQL sleeps ten seconds;
+    SQLite, which has no sleep, counts to a billion."""
+    if rest is not None:
+        raise Usage()
+    db = sql.Connection.open(DATABASE)
+    try:
+        db.query("select 1 as slept from pg_sleep(10)", [])
+    except Err as error:
+        if not isinstance(error.value, sql.Error_InvalidQuery):
+            raise
+        db.query(
+            "with recursive c(x) as (select 1 union all select x + 1 from c "
+            "where x < 1000000000) select count(*) as n from c",
+            [],
+        )
+    return "slept"
+
+
 # Every command, in README order: its usage line, whose first word is the command, and what it
 # does with the bytes after that word (None: not even a space).
 COMMANDS: List[Tuple[str, Run]] = [
@@ -135,6 +211,9 @@ COMMANDS: List[Tuple[str, Run]] = [
     ("get <key>", get_key),
     ("whoami", whoami),
     ("kick <client-id>", kick),
+    ("sqlput <key> <value>", sql_command(sql_put)),
+    ("sqlget <key>", sql_command(sql_get)),
+    ("sqlslow", sql_command(sql_slow)),
 ]
 
 BY_WORD = {usage.split(" ")[0].encode("utf-8"): (usage, run) for usage, run in COMMANDS}

@@ -21,6 +21,7 @@
 //!   means queued), and an argument that can never be valid (an empty group) is refused.
 //! - [`timers`]: intervals and timeouts that fire [`Plugin::on_timer`].
 //! - [`log`]: levelled lines in the host's log, tagged with the plugin's name.
+//! - [`sql`]: the SQL databases the app is granted (SQLite or PostgreSQL), typed rows.
 //! - [`Session`] and the methods on [`Client`]: typed access to a client's session and replies.
 //! - `json` (cargo feature `json`): the same sends and session values as JSON via serde.
 //!
@@ -47,6 +48,7 @@ pub mod bindings {
 pub mod json;
 pub mod log;
 mod session;
+pub mod sql;
 
 use bindings::exports::wasmgate::plugin::events::Guest;
 pub use bindings::wasmgate::plugin::gateway;

@@ -527,6 +527,10 @@ pub struct WorkerConfig {
     /// (`wasmgate reload`, SIGHUP, SIGUSR1) applies a changed table without a restart.
     #[serde(default)]
     pub grants: GrantTable,
+    /// `[worker.sql]`: the bounds of every app's SQL calls (the databases themselves are
+    /// granted per app, in `grants`).
+    #[serde(default)]
+    pub sql: SqlLimits,
     /// How often the worker host pings each gateway it is linked to. A gateway silent for
     /// three intervals, or that reads nothing for as long, is dropped and re-dialled.
     #[serde(default = "default_link_ping_interval", with = "humantime_serde")]
@@ -592,12 +596,140 @@ impl WorkerConfig {
         if self.max_plugin_size.as_u64() == 0 {
             return Err("`max_plugin_size` must be above 0".into());
         }
+        self.sql.check()?;
+        for (app, grants) in &self.grants {
+            for name in grants.sql.keys() {
+                check_database_name(name)
+                    .map_err(|why| format!("`grants.{app}.sql`: database `{name}` {why}"))?;
+            }
+        }
         Ok(())
     }
 }
 
 /// Every app's grants, by app name.
 pub type GrantTable = BTreeMap<String, Grants>;
+
+/// A database name is a file name under `<data>/<app>/`: no separators, no dot files.
+fn check_database_name(name: &str) -> Result<(), &'static str> {
+    let fits = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if name.is_empty() || name.len() > 64 || !name.chars().all(fits) {
+        return Err("must be 1 to 64 characters of A-Z, a-z, 0-9, `_` and `-`");
+    }
+    Ok(())
+}
+
+/// `[worker.sql]`: bounds on the SQL calls of every app (see `wit/sql.wit`). A call past
+/// one fails with an error value the plugin sees (`too-large`, `timeout`); other apps, and
+/// the app's other calls, are not affected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlLimits {
+    /// Most rows one query returns; a query with more fails with `too-large`.
+    #[serde(default = "default_sql_max_rows")]
+    pub max_rows: usize,
+    /// Largest single value, in a result or as a parameter (`too-large` past it).
+    #[serde(default = "default_sql_max_value_size")]
+    pub max_value_size: ByteSize,
+    /// Largest result of one query, every value counted (`too-large` past it).
+    #[serde(default = "default_sql_max_result_size")]
+    pub max_result_size: ByteSize,
+    /// Most connections (and, for SQLite, threads) one app holds to one database; a call
+    /// that finds them all busy waits for one, within the callback's `process_timeout`.
+    #[serde(default = "default_sql_max_connections")]
+    pub max_connections: usize,
+    /// Longest a call waits to connect to a database server before it fails with `timeout`.
+    #[serde(default = "default_sql_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        Self {
+            max_rows: default_sql_max_rows(),
+            max_value_size: default_sql_max_value_size(),
+            max_result_size: default_sql_max_result_size(),
+            max_connections: default_sql_max_connections(),
+            connect_timeout: default_sql_connect_timeout(),
+        }
+    }
+}
+
+impl SqlLimits {
+    fn check(&self) -> Result<(), String> {
+        if self.max_rows == 0 {
+            return Err("`sql.max_rows` must be at least 1".into());
+        }
+        if self.max_value_size.as_u64() == 0 || self.max_result_size.as_u64() == 0 {
+            return Err("`sql.max_value_size` and `sql.max_result_size` must be above 0".into());
+        }
+        if self.max_connections == 0 {
+            return Err("`sql.max_connections` must be at least 1".into());
+        }
+        if self.connect_timeout.is_zero() {
+            return Err("`sql.connect_timeout` must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+fn default_sql_max_rows() -> usize {
+    10_000
+}
+
+fn default_sql_max_value_size() -> ByteSize {
+    ByteSize::mib(1)
+}
+
+fn default_sql_max_result_size() -> ByteSize {
+    ByteSize::mib(16)
+}
+
+fn default_sql_max_connections() -> usize {
+    4
+}
+
+fn default_sql_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Where one granted database lives: `"sqlite"` (embedded: `<data>/<app>/<name>.sqlite`)
+/// or a `postgres://` / `postgresql://` URL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum SqlBackend {
+    /// An SQLite file under the worker host's `data` directory.
+    Sqlite,
+    /// A PostgreSQL server, by connection URL.
+    Postgres(String),
+}
+
+impl TryFrom<String> for SqlBackend {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        if value == "sqlite" {
+            Ok(SqlBackend::Sqlite)
+        } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            Ok(SqlBackend::Postgres(value))
+        } else if value.starts_with("mysql://") || value.starts_with("mariadb://") {
+            Err("MySQL/MariaDB is not supported, only \"sqlite\" and postgres:// URLs".into())
+        } else {
+            Err(format!(
+                "`{value}` is not a database: expected \"sqlite\" or a postgres:// URL"
+            ))
+        }
+    }
+}
+
+impl From<SqlBackend> for String {
+    fn from(backend: SqlBackend) -> String {
+        match backend {
+            SqlBackend::Sqlite => "sqlite".into(),
+            SqlBackend::Postgres(url) => url,
+        }
+    }
+}
 
 /// `[worker.grants.APP]`: capabilities given to one app's instances. The default grants
 /// nothing: no files, no environment, no network.
@@ -610,6 +742,11 @@ pub struct Grants {
     /// Host directories the plugin may read (never write), each under a guest path.
     #[serde(default)]
     pub dirs: Vec<DirGrant>,
+    /// The databases the plugin may open through `wasmgate:plugin/sql`, by the name it opens
+    /// them with: `sql = { main = "sqlite", reports = "postgres://app@127.0.0.1/reports" }`.
+    /// Any other name is refused (`access-denied`).
+    #[serde(default)]
+    pub sql: BTreeMap<String, SqlBackend>,
 }
 
 /// One read-only directory grant.
@@ -1111,6 +1248,35 @@ mod tests {
     fn unknown_keys_are_named() {
         let err = parse("[worker]\nplugin = \"x\"\n").unwrap_err();
         assert!(err.contains("plugin"), "{err}");
+    }
+
+    #[test]
+    fn sql_grants_name_backends_and_bounds_are_checked() {
+        let c = parse(
+            "[worker]\n[worker.sql]\nmax_rows = 5\n[worker.grants.a]\n\
+             sql = { main = \"sqlite\", r = \"postgres://u@127.0.0.1:5432/r\" }\n",
+        )
+        .unwrap();
+        let w = c.worker.unwrap();
+        assert_eq!(w.sql.max_rows, 5);
+        assert_eq!(w.sql.max_connections, 4, "a default");
+        assert_eq!(w.grants["a"].sql["main"], SqlBackend::Sqlite);
+        assert_eq!(
+            w.grants["a"].sql["r"],
+            SqlBackend::Postgres("postgres://u@127.0.0.1:5432/r".into())
+        );
+        let grant = |sql: &str| parse(&format!("[worker]\n[worker.grants.a]\nsql = {sql}\n"));
+        let mysql = grant("{ m = \"mysql://u@h/d\" }").unwrap_err();
+        assert!(mysql.contains("MySQL/MariaDB is not supported"), "{mysql}");
+        let other = grant("{ m = \"redis://h\" }").unwrap_err();
+        assert!(other.contains("not a database"), "{other}");
+        let name = grant("{ \"../x\" = \"sqlite\" }").unwrap_err();
+        assert!(
+            name.contains("grants.a.sql") && name.contains("../x"),
+            "{name}"
+        );
+        let zero = parse("[worker]\n[worker.sql]\nmax_connections = 0\n").unwrap_err();
+        assert!(zero.contains("sql.max_connections"), "{zero}");
     }
 
     #[test]

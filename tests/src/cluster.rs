@@ -71,6 +71,7 @@ pub struct Cluster {
     pub push: Option<SocketAddr>,
     roles: JoinSet<anyhow::Result<()>>,
     _plugins: PluginsDir,
+    data: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -95,7 +96,7 @@ impl Cluster {
         workers: usize,
         instances: usize,
     ) -> Self {
-        Self::launch(app, gateways, workers, instances, None).await
+        Self::launch(app, gateways, workers, instances, None, "").await
     }
 
     /// As [`Cluster::start`], with the HTTP push API on the first worker host: `push` holds
@@ -108,7 +109,25 @@ impl Cluster {
         push: &str,
     ) -> Self {
         let tables = listen_tables(gateways);
-        Self::launch(app, &tables, workers, instances, Some(push)).await
+        Self::launch(app, &tables, workers, instances, Some(push), "").await
+    }
+
+    /// As [`Cluster::start`], with `worker` added to every worker host's `[worker]` table:
+    /// keys such as `process_timeout`, then tables such as `[worker.grants.APP]`.
+    pub async fn start_with_worker(
+        app: (&str, &str),
+        gateways: &[Protocol],
+        workers: usize,
+        instances: usize,
+        worker: &str,
+    ) -> Self {
+        let tables = listen_tables(gateways);
+        Self::launch(app, &tables, workers, instances, None, worker).await
+    }
+
+    /// The worker hosts' `data` directory (embedded stores), removed with the cluster.
+    pub fn data(&self) -> &Path {
+        self.data.path()
     }
 
     async fn launch(
@@ -117,8 +136,10 @@ impl Cluster {
         workers: usize,
         instances: usize,
         push: Option<&str>,
+        worker: &str,
     ) -> Self {
         let plugins = PluginsDir::with(&[app]);
+        let data = tempfile::tempdir().expect("temp dir");
         let shutdown = CancellationToken::new();
         let secret: Arc<[u8]> = SECRET.as_bytes().into();
         // Worker hosts link to the gateways through channels, as in `wasmgate start`; the
@@ -153,7 +174,15 @@ impl Cluster {
             parse(&section).push.unwrap()
         });
         for i in 0..workers {
-            let config = worker_config(&format!("worker{i}"), register, plugins.path(), instances);
+            let name = format!("worker{i}");
+            let config = worker_config(
+                &name,
+                register,
+                plugins.path(),
+                data.path(),
+                instances,
+                worker,
+            );
             let worker = WorkerHost::new(config, secret.clone(), local.clone()).unwrap();
             if let (0, Some(push)) = (i, &push) {
                 let push = BoundPush::bind(push).await.unwrap();
@@ -170,6 +199,7 @@ impl Cluster {
             push: push.map(|p| p.listen),
             roles,
             _plugins: plugins,
+            data,
         };
         cluster.wait_for_workers(workers).await;
         cluster
@@ -208,7 +238,9 @@ fn worker_config(
     name: &str,
     register: SocketAddr,
     plugins: &Path,
+    data: &Path,
     instances: usize,
+    extra: &str,
 ) -> WorkerConfig {
     // One compile cache for every test cluster: a Python or JavaScript component compiles
     // once per change instead of once per test (entries are keyed by content and engine).
@@ -217,7 +249,7 @@ fn worker_config(
         .join("test-plugin-cache");
     let config = parse(&format!(
         "[worker]\nname = \"{name}\"\nregister = \"{register}\"\nplugins = {plugins:?}\n\
-         instances = {instances}\ncache = {cache:?}\ncache_versions = 64\n",
+         instances = {instances}\ncache = {cache:?}\ncache_versions = 64\ndata = {data:?}\n{extra}",
     ));
     config.worker.unwrap()
 }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod cluster;
 pub mod daemon;
 pub mod polyglot;
+pub mod postgres;
 pub mod prometheus;
 pub mod tools;
 

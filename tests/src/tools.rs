@@ -233,3 +233,50 @@ pub fn chromium() -> Result<PathBuf, Skip> {
     }
     Ok(chromium)
 }
+
+/// The `bin` directory of Debian's PostgreSQL server (`initdb`, `pg_ctl`), installed with
+/// apt-get (package `postgresql`) when missing.
+pub fn postgres() -> Result<PathBuf, Skip> {
+    let find = || {
+        let versions = std::fs::read_dir("/usr/lib/postgresql").ok()?;
+        let mut bins: Vec<PathBuf> = versions
+            .filter_map(|v| Some(v.ok()?.path().join("bin")))
+            .filter(|bin| bin.join("initdb").is_file() && bin.join("pg_ctl").is_file())
+            .collect();
+        bins.sort();
+        bins.pop()
+    };
+    if let Some(bin) = find() {
+        return Ok(bin);
+    }
+    if !exists("apt-get") {
+        return Err(Skip::new(
+            "PostgreSQL is not installed and there is no apt-get",
+        ));
+    }
+    if !is_root() {
+        return Err(Skip::new(
+            "PostgreSQL is not installed, and only root can apt-get install postgresql",
+        ));
+    }
+    let dir = tool_dir("apt");
+    let _lock = DirLock::acquire(&dir);
+    if find().is_none() {
+        run(Command::new("apt-get").arg("update"), "apt-get update")?;
+        run(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "postgresql"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install postgresql",
+        )?;
+    }
+    find().ok_or_else(|| Skip::new("apt-get installed postgresql, but no initdb was found"))
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}

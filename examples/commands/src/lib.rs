@@ -9,6 +9,7 @@
 //! the gateway as it is, which decides what an empty group or uid means: a refused operation
 //! is answered `error invalid-argument <why>`.
 
+use wasmgate_sdk::sql::{self, Connection};
 use wasmgate_sdk::{Client, GatewayError, Plugin, gateway};
 
 struct Commands;
@@ -44,6 +45,9 @@ enum Command<'a> {
     Get(&'a str),
     WhoAmI,
     Kick(&'a str),
+    SqlPut { key: &'a str, value: &'a str },
+    SqlGet(&'a str),
+    SqlSlow,
 }
 
 /// Every command, in README order: [`parse`] looks the word up here, [`run`] carries it out.
@@ -62,6 +66,9 @@ const COMMANDS: &[Row] = &[
     Row { usage: "get <key>",             shape: Shape::Word,        build: |a| Command::Get(a.word) },
     Row { usage: "whoami",                shape: Shape::Nothing,     build: |_| Command::WhoAmI },
     Row { usage: "kick <client-id>",      shape: Shape::Word,        build: |a| Command::Kick(a.word) },
+    Row { usage: "sqlput <key> <value>",  shape: Shape::TwoWords,    build: |a| Command::SqlPut { key: a.word, value: a.second } },
+    Row { usage: "sqlget <key>",          shape: Shape::Word,        build: |a| Command::SqlGet(a.word) },
+    Row { usage: "sqlslow",               shape: Shape::Nothing,     build: |_| Command::SqlSlow },
 ];
 
 /// One command: its usage line, whose first word is the command, its arguments' shape and how
@@ -207,10 +214,71 @@ fn run(client: &Client, command: Command<'_>) -> Option<Vec<u8>> {
         })),
         Command::WhoAmI => Ok(Some(client.id.clone())),
         Command::Kick(id) => gateway::close_client(id, None).map(|()| None),
+        Command::SqlPut { key, value } => return Some(sql_reply(sql_put(key, value)).into()),
+        Command::SqlGet(key) => return Some(sql_reply(sql_get(key)).into()),
+        Command::SqlSlow => return Some(sql_reply(sql_slow()).into()),
     };
     reply
         .unwrap_or_else(|error| Some(format!("error {}", reason(&error))))
         .map(String::into_bytes)
+}
+
+/// The database the SQL commands use; the tests grant it as SQLite or PostgreSQL.
+const DATABASE: &str = "main";
+
+/// Works in SQLite and PostgreSQL alike, as do the statements below.
+const CREATE_TABLE: &str =
+    "create table if not exists commands_kv (k text primary key, v text not null)";
+
+/// Opens the database and creates the table on first use.
+fn table() -> Result<Connection, sql::Error> {
+    let db = Connection::open(DATABASE)?;
+    db.execute(CREATE_TABLE, &[])?;
+    Ok(db)
+}
+
+fn sql_put(key: &str, value: &str) -> Result<String, sql::Error> {
+    table()?.execute(
+        "insert into commands_kv (k, v) values ($1, $2) \
+         on conflict (k) do update set v = excluded.v",
+        &[key.into(), value.into()],
+    )?;
+    Ok(format!("stored {key}"))
+}
+
+fn sql_get(key: &str) -> Result<String, sql::Error> {
+    let rows = table()?.query("select v from commands_kv where k = $1", &[key.into()])?;
+    Ok(match rows.first() {
+        Some(row) => format!(
+            "sqlvalue {key} {}",
+            row.get::<String>("v").unwrap_or_default()
+        ),
+        None => "none".into(),
+    })
+}
+
+/// A statement that runs far longer than any test's `process_timeout`: PostgreSQL sleeps
+/// ten seconds; SQLite, which has no sleep, counts to a billion (tens of seconds).
+fn sql_slow() -> Result<String, sql::Error> {
+    let db = Connection::open(DATABASE)?;
+    match db.query("select 1 as slept from pg_sleep(10)", &[]) {
+        Err(sql::Error::InvalidQuery(_)) => {
+            db.query(
+                "with recursive c(x) as (select 1 union all select x + 1 from c \
+                 where x < 1000000000) select count(*) as n from c",
+                &[],
+            )?;
+        }
+        other => {
+            other?;
+        }
+    }
+    Ok("slept".into())
+}
+
+/// A SQL command's reply: its own, or `error sql <kind> <message>`.
+fn sql_reply(result: Result<String, sql::Error>) -> String {
+    result.unwrap_or_else(|e| format!("error sql {} {}", e.kind(), e.message()))
 }
 
 /// The `<reason>` of an `error <reason>` reply, in the WIT's words.
@@ -262,6 +330,15 @@ mod tests {
                 b"kick 7f00000122b800000001",
                 Command::Kick("7f00000122b800000001"),
             ),
+            (
+                b"sqlput k a b",
+                Command::SqlPut {
+                    key: "k",
+                    value: "a b",
+                },
+            ),
+            (b"sqlget k", Command::SqlGet("k")),
+            (b"sqlslow", Command::SqlSlow),
         ];
         assert_eq!(cases.len(), COMMANDS.len());
         for (message, command) in cases {

@@ -14,6 +14,8 @@ wasmtime::component::bindgen!({
         default: async,
     },
     exports: { default: async },
+    // The SQL values are compared in tests.
+    additional_derives: [PartialEq],
 });
 
 // `self::`: in doctests the crate itself is also in scope as `wasmgate`.

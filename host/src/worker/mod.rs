@@ -6,6 +6,7 @@
 //! - [`dispatch`]: events to instances, one client's events in order.
 //! - [`plugins`]: the plugins directory, watched for new versions (hot reload).
 //! - [`timers`], [`guest_output`]: plugin timers; plugin stdout/stderr into the log.
+//! - [`sql`]: the databases apps are granted (`wasmgate:plugin/sql`).
 
 mod bindings;
 pub mod dispatch;
@@ -13,6 +14,7 @@ pub mod guest_output;
 pub mod host_api;
 pub mod plugins;
 pub mod runtime;
+pub mod sql;
 pub mod timers;
 
 use std::collections::BTreeSet;
@@ -83,7 +85,9 @@ impl WorkerHost {
             max_resources: config.max_resources,
             log_rate: config.log_rate.as_u64(),
         })?;
-        runtime = runtime.with_cache(config.cache_dir(), config.cache_versions);
+        runtime = runtime
+            .with_cache(config.cache_dir(), config.cache_versions)
+            .with_sql(sql::Databases::new(config.data.clone(), config.sql));
         let links = GatewayLinks::new(
             secret.clone(),
             Peer::Worker,

@@ -26,9 +26,11 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, ResourceTab
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
+use super::bindings::wasmgate::plugin;
 use super::bindings::{Client, Plugin, PluginPre, WebsocketRequest, WorkerInfo};
 use super::guest_output::{GuestOutput, LogBudget, Stream};
 use super::host_api::{HostApi, SessionChange};
+use super::sql::{Databases, SqlCtx, SqlGrant};
 use super::timers::{PENDING_TICKS, TimerCaps, Timers};
 use crate::client_id::{ClientId, MalformedClientId};
 use crate::config::Grants;
@@ -207,6 +209,7 @@ pub struct Runtime {
     limits: Limits,
     cache: Option<CompileCache>,
     ticker: EpochTicker,
+    databases: Arc<Databases>,
 }
 
 impl Runtime {
@@ -228,7 +231,12 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        Plugin::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, |s| &mut s.api)?;
+        let api: fn(&mut PluginState) -> &mut HostApi = |s| &mut s.api;
+        plugin::types::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
+        plugin::gateway::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
+        plugin::timers::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
+        plugin::log::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
+        super::sql::add_to_linker(&mut linker, |s| SqlCtx::new(&mut s.sql, &mut s.table))?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Self {
             engine,
@@ -236,6 +244,8 @@ impl Runtime {
             limits,
             cache: None,
             ticker,
+            // Replaced by the worker host's; without it nothing is granted, so nothing opens.
+            databases: Arc::new(Databases::new("data".into(), Default::default())),
         })
     }
 
@@ -253,6 +263,12 @@ impl Runtime {
                 "compile cache disabled, plugins compile at every load: {e}"
             ),
         }
+        self
+    }
+
+    /// Serves the apps' SQL grants from `databases` (their pools outlive instances).
+    pub fn with_sql(mut self, databases: Databases) -> Self {
+        self.databases = Arc::new(databases);
         self
     }
 
@@ -357,6 +373,7 @@ impl Runtime {
             gateways,
             worker,
             grants,
+            databases: self.databases.clone(),
             limits: self.limits,
             live: None,
             failed_starts: 0,
@@ -642,6 +659,7 @@ pub struct PluginInstance {
     gateways: Arc<dyn Gateways>,
     worker: Arc<str>,
     grants: Arc<Grants>,
+    databases: Arc<Databases>,
     limits: Limits,
     live: Option<Live>,
     /// Starts that failed in a row, and when the next may be tried: a plugin whose start
@@ -808,7 +826,12 @@ impl PluginInstance {
             Timers::new(fired_tx, self.limits.timers),
             self.code.log.clone(),
         );
-        let state = PluginState::new(&self.code, api, self.limits, &self.grants)
+        let sql = SqlGrant::new(
+            self.code.name.clone(),
+            self.grants.sql.clone(),
+            self.databases.clone(),
+        );
+        let state = PluginState::new(&self.code, api, sql, self.limits, &self.grants)
             .map_err(|e| CallError::Grant(format!("{e:#}")))?;
         let mut store = Store::new(self.code.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -935,12 +958,14 @@ pub struct PluginState {
     limiter: MemoryLimiter,
     call_started: Instant,
     api: HostApi,
+    sql: SqlGrant,
 }
 
 impl PluginState {
     fn new(
         code: &PluginCode,
         api: HostApi,
+        sql: SqlGrant,
         limits: Limits,
         grants: &Grants,
     ) -> wasmtime::Result<Self> {
@@ -979,6 +1004,7 @@ impl PluginState {
             },
             call_started: Instant::now(),
             api,
+            sql,
         })
     }
 }

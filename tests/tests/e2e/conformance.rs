@@ -40,9 +40,13 @@ async fn polyglot_conformance(language: Language, test: &str) {
     }
 }
 
-/// The whole suite against one build of the reference plugin.
+/// The whole suite against one build of the reference plugin; its `main` database is the
+/// embedded SQLite.
 async fn conformance(plugin: &str) {
-    let cluster = Cluster::start(("commands", plugin), &[Protocol::Ws, Protocol::Text], 1, 2).await;
+    let app = ("commands", plugin);
+    let grant = "[worker.grants.commands]\nsql = { main = \"sqlite\" }\n";
+    let cluster =
+        Cluster::start_with_worker(app, &[Protocol::Ws, Protocol::Text], 1, 2, grant).await;
     let ws = cluster.gateways[0].client_addr;
     let text = cluster.gateways[1].client_addr;
     let mut a = TestClient::ws(ws, "/").await.unwrap();
@@ -55,6 +59,7 @@ async fn conformance(plugin: &str) {
     everyone(&mut a, &mut b, &mut c).await;
     uids(&mut a, &mut b, &mut c).await;
     sessions(&mut a, &mut b).await;
+    sql(&mut a, &mut b, &mut c).await;
     kick_and_close(&mut a, b, &mut c).await;
     cluster.stop().await;
 }
@@ -91,6 +96,10 @@ async fn replies_and_parsing(ws: &mut TestClient, text: &mut TestClient) {
         ("whoami now", "whoami"),
         ("whoami ", "whoami"),
         ("kick", "kick <client-id>"),
+        ("sqlput", "sqlput <key> <value>"),
+        ("sqlput k", "sqlput <key> <value>"),
+        ("sqlget", "sqlget <key>"),
+        ("sqlslow now", "sqlslow"),
     ] {
         assert_eq!(
             ws.ask(message).await,
@@ -105,6 +114,25 @@ async fn replies_and_parsing(ws: &mut TestClient, text: &mut TestClient) {
             "{message:?}"
         );
     }
+}
+
+/// `sqlput` / `sqlget` on the embedded SQLite `main`: rows written by one client (and
+/// instance) are read by others; values keep their spaces and non-ASCII text.
+async fn sql(a: &mut TestClient, b: &mut TestClient, c: &mut TestClient) {
+    assert_eq!(a.ask("sqlget greeting").await, "none");
+    assert_eq!(
+        a.ask("sqlput greeting hello world").await,
+        "stored greeting"
+    );
+    assert_eq!(
+        b.ask("sqlget greeting").await,
+        "sqlvalue greeting hello world"
+    );
+    assert_eq!(c.ask("sqlput greeting héllo 🌍").await, "stored greeting");
+    assert_eq!(a.ask("sqlget greeting").await, "sqlvalue greeting héllo 🌍");
+    assert_eq!(b.ask("sqlput other x").await, "stored other");
+    assert_eq!(c.ask("sqlget greeting").await, "sqlvalue greeting héllo 🌍");
+    assert_eq!(c.ask("sqlget missing").await, "none");
 }
 
 /// Payloads are bytes end to end, UTF-8 or not; words must be UTF-8.
