@@ -71,6 +71,8 @@ pub struct Cluster {
     pub push: Option<SocketAddr>,
     roles: JoinSet<anyhow::Result<()>>,
     _plugins: PluginsDir,
+    /// The worker hosts' `[worker] data` (embedded stores), removed on drop.
+    _data: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -95,7 +97,22 @@ impl Cluster {
         workers: usize,
         instances: usize,
     ) -> Self {
-        Self::launch(app, gateways, workers, instances, None).await
+        Self::launch(app, gateways, workers, instances, None, "").await
+    }
+
+    /// As [`Cluster::start`], with `worker` (TOML) appended to every worker host's
+    /// configuration after its `[worker]` keys, e.g. grants:
+    /// `[worker.grants.commands]\nkv = "embedded"`. Embedded stores live in a temporary
+    /// directory of the cluster's.
+    pub async fn start_with_worker(
+        app: (&str, &str),
+        gateways: &[Protocol],
+        workers: usize,
+        instances: usize,
+        worker: &str,
+    ) -> Self {
+        let tables = listen_tables(gateways);
+        Self::launch(app, &tables, workers, instances, None, worker).await
     }
 
     /// As [`Cluster::start`], with the HTTP push API on the first worker host: `push` holds
@@ -108,7 +125,7 @@ impl Cluster {
         push: &str,
     ) -> Self {
         let tables = listen_tables(gateways);
-        Self::launch(app, &tables, workers, instances, Some(push)).await
+        Self::launch(app, &tables, workers, instances, Some(push), "").await
     }
 
     async fn launch(
@@ -117,8 +134,10 @@ impl Cluster {
         workers: usize,
         instances: usize,
         push: Option<&str>,
+        worker_keys: &str,
     ) -> Self {
         let plugins = PluginsDir::with(&[app]);
+        let data = tempfile::tempdir().expect("temp dir");
         let shutdown = CancellationToken::new();
         let secret: Arc<[u8]> = SECRET.as_bytes().into();
         // Worker hosts link to the gateways through channels, as in `wasmgate start`; the
@@ -153,7 +172,9 @@ impl Cluster {
             parse(&section).push.unwrap()
         });
         for i in 0..workers {
-            let config = worker_config(&format!("worker{i}"), register, plugins.path(), instances);
+            let name = format!("worker{i}");
+            let (dirs, extra) = ((plugins.path(), data.path()), worker_keys);
+            let config = worker_config(&name, register, dirs, instances, extra);
             let worker = WorkerHost::new(config, secret.clone(), local.clone()).unwrap();
             if let (0, Some(push)) = (i, &push) {
                 let push = BoundPush::bind(push).await.unwrap();
@@ -168,6 +189,7 @@ impl Cluster {
             push: push.map(|p| p.listen),
             roles,
             _plugins: plugins,
+            _data: data,
         };
         cluster.wait_for_workers(workers).await;
         cluster
@@ -202,11 +224,14 @@ fn listen_tables(gateways: &[Protocol]) -> Vec<String> {
         .collect()
 }
 
+/// A worker host's configuration: its plugins and data directories, and `extra` TOML after
+/// its keys.
 fn worker_config(
     name: &str,
     register: SocketAddr,
-    plugins: &Path,
+    (plugins, data): (&Path, &Path),
     instances: usize,
+    extra: &str,
 ) -> WorkerConfig {
     // One compile cache for every test cluster: a Python or JavaScript component compiles
     // once per change instead of once per test (entries are keyed by content and engine).
@@ -215,7 +240,7 @@ fn worker_config(
         .join("test-plugin-cache");
     let config = parse(&format!(
         "[worker]\nname = \"{name}\"\nregister = \"{register}\"\nplugins = {plugins:?}\n\
-         instances = {instances}\ncache = {cache:?}\n",
+         data = {data:?}\ninstances = {instances}\ncache = {cache:?}\n{extra}\n",
     ));
     config.worker.unwrap()
 }

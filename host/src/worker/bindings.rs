@@ -14,6 +14,11 @@ wasmtime::component::bindgen!({
         default: async,
     },
     exports: { default: async },
+    // The key-value resources are the host's own handles (see `worker::kv`).
+    with: {
+        "wasi:keyvalue/store.bucket": super::kv::BucketHandle,
+        "wasi:keyvalue/atomics.cas": super::kv::CasHandle,
+    },
 });
 
 // `self::`: in doctests the crate itself is also in scope as `wasmgate`.

@@ -6,11 +6,13 @@
 //! - [`dispatch`]: events to instances, one client's events in order.
 //! - [`plugins`]: the plugins directory, watched for new versions (hot reload).
 //! - [`timers`], [`guest_output`]: plugin timers; plugin stdout/stderr into the log.
+//! - [`kv`]: `wasi:keyvalue` for plugins, over an embedded SQLite file or Redis.
 
 mod bindings;
 pub mod dispatch;
 pub mod guest_output;
 pub mod host_api;
+pub mod kv;
 pub mod plugins;
 pub mod runtime;
 pub mod timers;
@@ -74,7 +76,13 @@ impl WorkerHost {
             max_resources: config.max_resources,
             log_rate: config.log_rate.as_u64(),
         })?;
-        runtime = runtime.with_cache(config.cache_dir());
+        runtime = runtime.with_cache(config.cache_dir()).with_data(
+            config.data.clone(),
+            kv::KvLimits {
+                max_key: config.max_kv_key_size.as_u64() as usize,
+                max_value: config.max_kv_value_size.as_u64() as usize,
+            },
+        );
         let links = GatewayLinks::new(
             secret.clone(),
             Peer::Worker,

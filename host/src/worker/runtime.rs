@@ -26,9 +26,12 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
+use super::bindings::wasi::keyvalue as kv_wit;
+use super::bindings::wasmgate::plugin as plugin_wit;
 use super::bindings::{Client, Plugin, PluginPre, WebsocketRequest, WorkerInfo};
 use super::guest_output::{GuestOutput, LogBudget, Stream};
 use super::host_api::{HostApi, SessionChange};
+use super::kv::{KvLimits, KvState, Stores};
 use super::timers::{PENDING_TICKS, TimerCaps, Timers};
 use crate::client_id::{ClientId, MalformedClientId};
 use crate::config::Grants;
@@ -182,12 +185,15 @@ pub struct Runtime {
     linker: Linker<PluginState>,
     limits: Limits,
     cache: Option<CompileCache>,
+    kv: Arc<Stores>,
     ticker: EpochTicker,
 }
 
 impl Runtime {
     /// An engine with epoch interruption and the `wasmgate:plugin` imports linked: WASI p2
-    /// with nothing granted, `gateway`, `timers` and `log`.
+    /// with nothing granted, `gateway`, `timers`, `log` and `wasi:keyvalue` (which refuses
+    /// every call of an app without a `kv` grant). Embedded stores need
+    /// [`Self::with_data`].
     pub fn new(limits: Limits) -> anyhow::Result<Self> {
         // The default on-demand instance allocator, not the pooling one. Pooling speeds up
         // instantiation, and instances here are long-lived: they are made at load, at reload
@@ -204,15 +210,39 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        Plugin::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, |s| &mut s.api)?;
+        // One interface at a time: each capability is implemented on its own part of the
+        // state.
+        plugin_wit::gateway::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, |s| {
+            &mut s.api
+        })?;
+        plugin_wit::timers::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, |s| {
+            &mut s.api
+        })?;
+        plugin_wit::log::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, |s| {
+            &mut s.api
+        })?;
+        kv_wit::store::add_to_linker::<PluginState, HasSelf<KvState>>(&mut linker, |s| &mut s.kv)?;
+        kv_wit::atomics::add_to_linker::<PluginState, HasSelf<KvState>>(&mut linker, |s| {
+            &mut s.kv
+        })?;
+        kv_wit::batch::add_to_linker::<PluginState, HasSelf<KvState>>(&mut linker, |s| &mut s.kv)?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Self {
             engine,
             linker,
             limits,
             cache: None,
+            kv: Arc::new(Stores::new(None, KvLimits::default())),
             ticker,
         })
+    }
+
+    /// Keeps apps' embedded stores under `dir` (`[worker] data`) and checks key-value calls
+    /// against `kv`. Without it, an app granted `kv = "embedded"` gets an error from every
+    /// call.
+    pub fn with_data(mut self, dir: PathBuf, kv: KvLimits) -> Self {
+        self.kv = Arc::new(Stores::new(Some(dir), kv));
+        self
     }
 
     /// Keeps compiled components in `dir`, so that loading a file whose bytes were compiled
@@ -331,6 +361,7 @@ impl Runtime {
             gateways,
             worker,
             grants,
+            kv: self.kv.clone(),
             limits: self.limits,
             live: None,
             failed_starts: 0,
@@ -569,6 +600,7 @@ pub struct PluginInstance {
     gateways: Arc<dyn Gateways>,
     worker: Arc<str>,
     grants: Arc<Grants>,
+    kv: Arc<Stores>,
     limits: Limits,
     live: Option<Live>,
     /// Starts that failed in a row, and when the next may be tried: a plugin whose start
@@ -712,7 +744,12 @@ impl PluginInstance {
             Timers::new(fired_tx, self.limits.timers),
             self.code.log.clone(),
         );
-        let state = PluginState::new(&self.code, api, self.limits, &self.grants)
+        let kv = KvState::new(
+            self.code.name.clone(),
+            self.grants.kv.clone(),
+            self.kv.clone(),
+        );
+        let state = PluginState::new(&self.code, api, kv, self.limits, &self.grants)
             .map_err(|e| CallError::Grant(format!("{e:#}")))?;
         let mut store = Store::new(self.code.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -825,12 +862,14 @@ pub struct PluginState {
     limiter: MemoryLimiter,
     call_started: Instant,
     api: HostApi,
+    kv: KvState,
 }
 
 impl PluginState {
     fn new(
         code: &PluginCode,
         api: HostApi,
+        kv: KvState,
         limits: Limits,
         grants: &Grants,
     ) -> wasmtime::Result<Self> {
@@ -869,6 +908,7 @@ impl PluginState {
             },
             call_started: Instant::now(),
             api,
+            kv,
         })
     }
 }
