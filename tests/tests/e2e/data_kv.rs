@@ -1,5 +1,6 @@
 //! Key-value storage (`wasi:keyvalue`) end to end: the reference protocol's `kvset`, `kvget`
-//! and `incr` against a real `redis-server` (installed by the test through apt, started on a
+//! and `incr` (the conformance suite's section, for the Rust, Python and JavaScript builds)
+//! against a real `redis-server` (installed by the test through apt, started on a
 //! free loopback port; skipped loudly where it cannot be installed), an app without the grant,
 //! values over the cap, the embedded store across a restart of a real process, and a Redis
 //! server that dies under a running app. Every test keeps a bystander whose replies must keep
@@ -11,6 +12,7 @@ use wasmgate::config::Protocol;
 use wasmgate::metrics;
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{Cluster, Node, SECRET, connect_ws, free_port};
+use wasmgate_tests::polyglot::{self, Language};
 use wasmgate_tests::redis::RedisServer;
 use wasmgate_tests::{plugins, tools};
 
@@ -34,12 +36,47 @@ async fn cluster(app: &str, worker: &str) -> Cluster {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reference_protocol_against_redis() {
-    let Some(server) = redis("data_kv::reference_protocol_against_redis").await else {
+async fn reference_protocol_against_redis_rust() {
+    against_redis(
+        plugins::COMMANDS,
+        "data_kv::reference_protocol_against_redis_rust",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_protocol_against_redis_python() {
+    polyglot_against_redis(
+        Language::Python,
+        "data_kv::reference_protocol_against_redis_python",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_protocol_against_redis_javascript() {
+    let test = "data_kv::reference_protocol_against_redis_javascript";
+    polyglot_against_redis(Language::JavaScript, test).await;
+}
+
+async fn polyglot_against_redis(language: Language, test: &str) {
+    let built = tokio::task::spawn_blocking(move || polyglot::commands(language))
+        .await
+        .unwrap();
+    if let Some(plugin) = tools::or_skip(built, test) {
+        against_redis(plugin.to_str().unwrap(), test).await;
+    }
+}
+
+/// The conformance suite's key-value section against a real Redis server, for one build of
+/// the reference plugin.
+async fn against_redis(plugin: &str, test: &str) {
+    let Some(server) = redis(test).await else {
         return;
     };
     let grant = format!("[worker.grants.commands]\nkv = \"{}\"\n", server.url());
-    let cluster = cluster("commands", &grant).await;
+    let gateways = [Protocol::Ws, Protocol::Text];
+    let cluster = Cluster::start_with_worker(("commands", plugin), &gateways, 1, 2, &grant).await;
     let mut a = TestClient::ws(cluster.gateways[0].client_addr, "/")
         .await
         .unwrap();
