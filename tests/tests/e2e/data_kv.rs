@@ -247,3 +247,44 @@ async fn a_redis_server_that_dies_fails_the_call_and_the_next_event_is_served() 
     );
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_a_frozen_server_is_cut_at_process_timeout_and_the_store_recovers() {
+    let Some(server) = redis("data_kv::a_call_to_a_frozen_server").await else {
+        return;
+    };
+    let app = "kvfrozen";
+    let worker = format!(
+        "process_timeout = \"1s\"\n[worker.grants.{app}]\nkv = \"{}\"\n",
+        server.url()
+    );
+    let cluster = cluster(app, &worker).await;
+    let mut plugin = TestClient::ws(cluster.gateways[0].client_addr, "/")
+        .await
+        .unwrap();
+    let mut bystander = TestClient::text(cluster.gateways[1].client_addr)
+        .await
+        .unwrap();
+    assert_eq!(plugin.ask("kvset k before").await, "ok");
+    // Frozen: the connection stays open and nothing answers, so the call parks in the host
+    // until the callback's deadline (1 s, under the 5 s reply timeout) drops it.
+    server.signal("STOP").await;
+    let before = metrics::data_calls(app, "kv", "timeout");
+    let asked = Instant::now();
+    plugin.send("kvget k").await.unwrap();
+    assert_eq!(bystander.ask("echo still here").await, "still here");
+    let reply = plugin.recv_within(Duration::from_secs(3)).await;
+    assert!(reply.is_err(), "the cut callback sends nothing: {reply:?}");
+    assert!(
+        metrics::data_calls(app, "kv", "timeout") > before,
+        "the dropped call is counted as timeout after {:?}",
+        asked.elapsed()
+    );
+    server.signal("CONT").await;
+    // A fresh instance, the same shared connection: the abandoned reply is discarded and
+    // the next call gets its own answer.
+    assert_eq!(plugin.ask("kvset k after").await, "ok");
+    assert_eq!(plugin.ask("kvget k").await, "value k after");
+    assert_eq!(bystander.ask("echo still here").await, "still here");
+    cluster.stop().await;
+}
