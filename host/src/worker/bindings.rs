@@ -16,8 +16,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
     // The key-value resources are the host's own handles (see `worker::kv`).
     with: {
-        "wasi:keyvalue/store.bucket": super::kv::BucketHandle,
-        "wasi:keyvalue/atomics.cas": super::kv::CasHandle,
+        "wasi:keyvalue/store.bucket": super::kv::handles::BucketHandle,
+        "wasi:keyvalue/atomics.cas": super::kv::handles::CasHandle,
     },
 });
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use rusqlite::{Connection, InterruptHandle, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{Backend, BackendError, LIST_PAGE, Reply};
+use super::backend::{Backend, BackendError, LIST_PAGE, Reply};
 
 /// Most calls queued to one app's store thread.
 const QUEUE: usize = 1024;

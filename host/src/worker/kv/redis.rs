@@ -14,7 +14,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{Backend, BackendError, LIST_PAGE, Reply};
+use super::backend::{Backend, BackendError, LIST_PAGE, Reply};
 
 /// Longest a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
