@@ -21,6 +21,8 @@ import {
   updateSession,
 } from 'wasmgate:plugin/gateway@0.2.0';
 import { Connection } from 'wasmgate:plugin/sql@0.2.0';
+import { open } from 'wasi:keyvalue/store@0.2.0-draft2';
+import { increment } from 'wasi:keyvalue/atomics@0.2.0-draft2';
 
 const SPACE = 0x20;
 const encoder = new TextEncoder();
@@ -54,6 +56,36 @@ function present(rest) {
 }
 
 const reply = (s) => encoder.encode(s);
+
+// The key-value bucket the `kv*` and `incr` commands use.
+const BUCKET = 'default';
+
+/** Runs `use` on the bucket, then releases the handle. */
+function withBucket(use) {
+  const bucket = open(BUCKET);
+  try {
+    return use(bucket);
+  } finally {
+    bucket[Symbol.dispose]?.();
+  }
+}
+
+/** A failed key-value call, in the WIT's words: the reply is `error kv <reason>`. */
+class KvError extends Error {
+  constructor(error) {
+    super('key-value call failed');
+    this.reason = error?.tag === 'other' ? error.val : error?.tag;
+  }
+}
+
+/** Runs a key-value call; its error becomes a `KvError`. */
+function kv(call) {
+  try {
+    return call();
+  } catch (e) {
+    throw new KvError(e.payload);
+  }
+}
 
 /**
  * A command that applies `action` to the sender and one word (a group or a uid) and replies
@@ -168,6 +200,28 @@ const COMMANDS = [
   ['sqlput <key> <value>', sqlCommand(sqlPut)],
   ['sqlget <key>', sqlCommand(sqlGet)],
   ['sqlslow', sqlCommand(sqlSlow)],
+  ['kvset <key> <value>', (client, rest) => {
+    const [word, value] = split(present(rest));
+    const key = text(word);
+    present(value);
+    kv(() => withBucket((bucket) => bucket.set(key, value)));
+    return reply('ok');
+  }],
+  ['kvget <key>', (client, rest) => {
+    const key = text(rest);
+    const value = kv(() => withBucket((bucket) => bucket.get(key)));
+    if (value === undefined) return reply('none');
+    const head = reply(`value ${key} `);
+    const out = new Uint8Array(head.length + value.length);
+    out.set(head);
+    out.set(value, head.length);
+    return out;
+  }],
+  ['incr <key>', (client, rest) => {
+    const key = text(rest);
+    const n = kv(() => withBucket((bucket) => increment(bucket, key, 1n)));
+    return reply(`incr ${key} ${n}`);
+  }],
 ];
 
 const BY_WORD = new Map(COMMANDS.map(([usage, run]) => [usage.split(' ')[0], [usage, run]]));
@@ -188,6 +242,7 @@ function run(client, message) {
     return command(client, rest);
   } catch (e) {
     if (e instanceof Usage) return reply(`error usage: ${usage}`);
+    if (e instanceof KvError) return reply(`error kv ${e.reason}`);
     // A failed gateway operation arrives as an exception whose payload is the `gateway-error`
     // variant; the reply says it in the WIT's words.
     const error = e.payload;

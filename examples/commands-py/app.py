@@ -12,7 +12,7 @@ from typing import Callable, List, Optional, Tuple
 
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.imports import gateway, sql
+from wit_world.imports import atomics, gateway, sql, store
 from wit_world.imports.types import (
     Client,
     GatewayError_InvalidArgument,
@@ -195,6 +195,43 @@ def sql_slow(client: Client, rest: Optional[bytes]) -> str:
     return "slept"
 
 
+# The key-value bucket the `kv*` and `incr` commands use.
+BUCKET = "default"
+
+
+def kv_set(client: Client, rest: Optional[bytes]) -> Optional[bytes]:
+    key, value = split(present(rest))
+    key, value = text(key), present(value)
+    with store.open(BUCKET) as bucket:
+        bucket.set(key, value)
+    return reply("ok")
+
+
+def kv_get(client: Client, rest: Optional[bytes]) -> Optional[bytes]:
+    key = text(rest)
+    with store.open(BUCKET) as bucket:
+        value = bucket.get(key)
+    if value is None:
+        return reply("none")
+    return reply(f"value {key} ") + value
+
+
+def incr(client: Client, rest: Optional[bytes]) -> Optional[bytes]:
+    key = text(rest)
+    with store.open(BUCKET) as bucket:
+        n = atomics.increment(bucket, key, 1)
+    return reply(f"incr {key} {n}")
+
+
+def kv_reason(error: store.Error) -> str:
+    """The `<reason>` of an `error kv <reason>` reply, in the WIT's words."""
+    if isinstance(error, store.Error_NoSuchStore):
+        return "no-such-store"
+    if isinstance(error, store.Error_AccessDenied):
+        return "access-denied"
+    return error.value
+
+
 # Every command, in README order: its usage line, whose first word is the command, and what it
 # does with the bytes after that word (None: not even a space).
 COMMANDS: List[Tuple[str, Run]] = [
@@ -214,6 +251,9 @@ COMMANDS: List[Tuple[str, Run]] = [
     ("sqlput <key> <value>", sql_command(sql_put)),
     ("sqlget <key>", sql_command(sql_get)),
     ("sqlslow", sql_command(sql_slow)),
+    ("kvset <key> <value>", kv_set),
+    ("kvget <key>", kv_get),
+    ("incr <key>", incr),
 ]
 
 BY_WORD = {usage.split(" ")[0].encode("utf-8"): (usage, run) for usage, run in COMMANDS}
@@ -231,6 +271,10 @@ def run(client: Client, message: bytes) -> Optional[bytes]:
     except Usage:
         return reply(f"error usage: {usage}")
     except Err as error:
+        if isinstance(
+            error.value, (store.Error_NoSuchStore, store.Error_AccessDenied, store.Error_Other)
+        ):
+            return reply(f"error kv {kv_reason(error.value)}")
         # A failed gateway operation, in the WIT's words: `unreachable`, or
         # `invalid-argument <why>`.
         if isinstance(error.value, GatewayError_InvalidArgument):

@@ -21,6 +21,7 @@
 //!   means queued), and an argument that can never be valid (an empty group) is refused.
 //! - [`timers`]: intervals and timeouts that fire [`Plugin::on_timer`].
 //! - [`log`]: levelled lines in the host's log, tagged with the plugin's name.
+//! - [`kv`]: key-value storage (`wasi:keyvalue`), where the app is granted it.
 //! - [`sql`]: the SQL databases the app is granted (SQLite or PostgreSQL), typed rows.
 //! - [`Session`] and the methods on [`Client`]: typed access to a client's session and replies.
 //! - `json` (cargo feature `json`): the same sends and session values as JSON via serde.
@@ -41,11 +42,15 @@ pub mod bindings {
         path: "../wit",
         // `crate::export!` expands to this macro in the plugin's crate.
         pub_export_macro: true,
+        // The standard interfaces the world imports (`wasi:keyvalue`) are generated here
+        // too, not taken from another crate.
+        generate_all,
     });
 }
 
 #[cfg(feature = "json")]
 pub mod json;
+pub mod kv;
 pub mod log;
 mod session;
 pub mod sql;

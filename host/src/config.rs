@@ -513,6 +513,14 @@ pub struct WorkerConfig {
     /// and the running version keeps serving.
     #[serde(default = "default_max_plugin_size")]
     pub max_plugin_size: ByteSize,
+    /// Longest key-value key (and bucket name) a plugin may use; a call with a longer one
+    /// fails with an error the plugin sees, and nothing is read or written.
+    #[serde(default = "default_max_kv_key_size")]
+    pub max_kv_key_size: ByteSize,
+    /// Largest key-value value a plugin may store or read; a larger one fails that call with
+    /// an error the plugin sees (a `set` stores nothing).
+    #[serde(default = "default_max_kv_value_size")]
+    pub max_kv_value_size: ByteSize,
     /// Where compiled plugins (native code) are cached, keyed by the file's content and the
     /// engine's configuration; a private directory outside the plugins directory by default
     /// (see [`Self::cache_dir`]). Created 0700; refused (no cache) unless owned by this user
@@ -597,11 +605,26 @@ impl WorkerConfig {
             return Err("`max_plugin_size` must be above 0".into());
         }
         self.sql.check()?;
+        if self.max_kv_key_size.as_u64() == 0 || self.max_kv_key_size.as_u64() > MAX_KV_KEY_LIMIT {
+            return Err(format!(
+                "`max_kv_key_size` must be between 1 byte and {}",
+                ByteSize::b(MAX_KV_KEY_LIMIT)
+            ));
+        }
+        if self.max_kv_value_size.as_u64() == 0
+            || self.max_kv_value_size.as_u64() > MAX_KV_VALUE_LIMIT
+        {
+            return Err(format!(
+                "`max_kv_value_size` must be between 1 byte and {}",
+                ByteSize::b(MAX_KV_VALUE_LIMIT)
+            ));
+        }
         for (app, grants) in &self.grants {
             for name in grants.sql.keys() {
                 check_database_name(name)
                     .map_err(|why| format!("`grants.{app}.sql`: database `{name}` {why}"))?;
             }
+            grants.check().map_err(|e| format!("grants.{app}: {e}"))?;
         }
         Ok(())
     }
@@ -747,6 +770,68 @@ pub struct Grants {
     /// Any other name is refused (`access-denied`).
     #[serde(default)]
     pub sql: BTreeMap<String, SqlBackend>,
+    /// Key-value storage (`wasi:keyvalue`): `"embedded"` (one SQLite file per app under
+    /// `[worker] data`, private to this worker host) or `"redis://host:port/db"` (shared by
+    /// every worker host that names the same server). Absent: every key-value call fails with
+    /// an error naming this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<KvGrant>,
+}
+
+impl Grants {
+    /// Rejects grants that parse but cannot work.
+    fn check(&self) -> Result<(), String> {
+        if let Some(KvGrant::Redis(url)) = &self.kv {
+            redis_url_host(url).ok_or_else(|| {
+                format!("`kv = \"{url}\"`: expected \"embedded\" or \"redis://host:port/db\"")
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Where an app's key-value store lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum KvGrant {
+    /// One SQLite file per app under `[worker] data`: needs no server; not shared between
+    /// worker hosts.
+    Embedded,
+    /// A Redis server, by URL (`redis://[user:password@]host:port/db`).
+    Redis(String),
+}
+
+impl TryFrom<String> for KvGrant {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        if value == "embedded" {
+            Ok(KvGrant::Embedded)
+        } else if value.starts_with("redis://") {
+            Ok(KvGrant::Redis(value))
+        } else {
+            Err(format!(
+                "kv = \"{value}\": expected \"embedded\" or \"redis://host:port/db\""
+            ))
+        }
+    }
+}
+
+impl From<KvGrant> for String {
+    fn from(grant: KvGrant) -> Self {
+        match grant {
+            KvGrant::Embedded => "embedded".into(),
+            KvGrant::Redis(url) => url,
+        }
+    }
+}
+
+/// The host part of a `redis://` URL, if it has one.
+fn redis_url_host(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("redis://")?;
+    let authority = rest.split('/').next()?;
+    let host = authority.rsplit('@').next()?;
+    (!host.is_empty()).then_some(host)
 }
 
 /// One read-only directory grant.
@@ -1147,6 +1232,20 @@ fn default_plugins() -> PathBuf {
     PathBuf::from("plugins")
 }
 
+/// Highest `max_kv_key_size` accepted: keys are index entries, not payloads.
+const MAX_KV_KEY_LIMIT: u64 = 64 << 10;
+
+/// Highest `max_kv_value_size` accepted: a value is copied whole into the plugin's memory.
+const MAX_KV_VALUE_LIMIT: u64 = 64 << 20;
+
+fn default_max_kv_key_size() -> ByteSize {
+    ByteSize::kib(1)
+}
+
+fn default_max_kv_value_size() -> ByteSize {
+    ByteSize::mib(1)
+}
+
 fn default_data() -> PathBuf {
     PathBuf::from("data")
 }
@@ -1378,6 +1477,32 @@ mod tests {
             ("min_timer_interval = \"0s\"", "min_timer_interval"),
             ("max_resources = 1", "max_resources"),
             ("log_rate = 0", "log_rate"),
+        ] {
+            let err = parse(&format!("[worker]\n{keys}\n")).unwrap_err();
+            assert!(err.contains(named), "{keys}: {err}");
+        }
+    }
+
+    #[test]
+    fn kv_grants_and_caps_parse_and_bad_ones_are_named() {
+        let w = parse(
+            "[worker]\n[worker.grants.a]\nkv = \"embedded\"\n\
+             [worker.grants.b]\nkv = \"redis://:pw@127.0.0.1:6379/2\"\n[worker.grants.c]\n",
+        )
+        .unwrap()
+        .worker
+        .unwrap();
+        assert_eq!(w.grants["a"].kv, Some(KvGrant::Embedded));
+        let redis = KvGrant::Redis("redis://:pw@127.0.0.1:6379/2".into());
+        assert_eq!(w.grants["b"].kv, Some(redis));
+        assert_eq!(w.grants["c"].kv, None, "no grant by default");
+        assert_eq!(w.max_kv_key_size, ByteSize::kib(1));
+        assert_eq!(w.max_kv_value_size, ByteSize::mib(1));
+        for (keys, named) in [
+            ("[worker.grants.a]\nkv = \"memory\"", "memory"),
+            ("[worker.grants.a]\nkv = \"redis:///0\"", "grants.a"),
+            ("max_kv_key_size = 0", "max_kv_key_size"),
+            ("max_kv_value_size = \"1GiB\"", "max_kv_value_size"),
         ] {
             let err = parse(&format!("[worker]\n{keys}\n")).unwrap_err();
             assert!(err.contains(named), "{keys}: {err}");

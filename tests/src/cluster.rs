@@ -234,6 +234,8 @@ fn listen_tables(gateways: &[Protocol]) -> Vec<String> {
         .collect()
 }
 
+/// A worker host's configuration: its plugins and data directories, and `extra` TOML after
+/// its keys.
 fn worker_config(
     name: &str,
     register: SocketAddr,

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod polyglot;
 pub mod postgres;
 pub mod prometheus;
+pub mod redis;
 pub mod tools;
 
 /// Absolute paths of the test plugins' `.wasm` components, built by this crate's build script.

@@ -119,10 +119,8 @@ fn build(language: Language) -> Result<PathBuf, Skip> {
 /// A digest of everything the build reads: the example's inputs and the WIT package.
 fn fingerprint(workspace: &Path, example: &Path, language: Language) -> String {
     let mut hasher = DefaultHasher::new();
-    let mut wit: Vec<PathBuf> = std::fs::read_dir(workspace.join("wit"))
-        .expect("reading wit/")
-        .map(|entry| entry.expect("reading wit/").path())
-        .collect();
+    let mut wit = Vec::new();
+    files_under(&workspace.join("wit"), &mut wit);
     wit.sort();
     let files = language
         .inputs()
@@ -135,4 +133,17 @@ fn fingerprint(workspace: &Path, example: &Path, language: Language) -> String {
             .hash(&mut hasher);
     }
     format!("{:016x}", hasher.finish())
+}
+
+/// Every file under `dir`, its subdirectories (`wit/deps/…`) included.
+fn files_under(dir: &Path, files: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+    {
+        let path = entry.expect("reading a WIT directory").path();
+        if path.is_dir() {
+            files_under(&path, files);
+        } else {
+            files.push(path);
+        }
+    }
 }

@@ -201,37 +201,56 @@ pub fn npm_install(name: &str, package_json: &Path) -> Result<PathBuf, Skip> {
 
 /// Debian's Chromium, installed with apt-get (with `chromium-driver`) when missing; its path.
 pub fn chromium() -> Result<PathBuf, Skip> {
-    let chromium = PathBuf::from("/usr/bin/chromium");
-    if chromium.is_file() {
-        return Ok(chromium);
+    // With recommends: they bring the fonts the page's text renders in.
+    apt_install(
+        Path::new("/usr/bin/chromium"),
+        "Chromium",
+        &["install", "-y", "chromium", "chromium-driver"],
+    )
+}
+
+/// Debian's `redis-server`, installed with apt-get when missing; its path.
+pub fn redis_server() -> Result<PathBuf, Skip> {
+    apt_install(
+        Path::new("/usr/bin/redis-server"),
+        "redis-server",
+        &["install", "-y", "--no-install-recommends", "redis-server"],
+    )
+}
+
+/// `program` if it is installed, else what `apt-get <install>` (as root, after an update)
+/// puts there.
+fn apt_install(program: &Path, what: &str, install: &[&str]) -> Result<PathBuf, Skip> {
+    if program.is_file() {
+        return Ok(program.to_owned());
     }
     if !exists("apt-get") {
-        return Err(Skip::new(
-            "Chromium is not installed and there is no apt-get",
-        ));
+        return Err(Skip::new(format!(
+            "{what} is not installed and there is no apt-get"
+        )));
     }
     let root = Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
     if !root {
-        return Err(Skip::new(
-            "Chromium is not installed, and only root can apt-get install chromium chromium-driver",
-        ));
+        return Err(Skip::new(format!(
+            "{what} is not installed, and only root can apt-get {}",
+            install.join(" ")
+        )));
     }
     let dir = tool_dir("apt");
     let _lock = DirLock::acquire(&dir);
-    if !chromium.is_file() {
+    if !program.is_file() {
         run(Command::new("apt-get").arg("update"), "apt-get update")?;
         run(
             Command::new("apt-get")
-                // With recommends: they bring the fonts the page's text renders in.
-                .args(["install", "-y", "chromium", "chromium-driver"])
+                .args(install)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
-            "apt-get install chromium",
+            &format!("apt-get install {what}"),
         )?;
     }
-    Ok(chromium)
+    Ok(program.to_owned())
 }
 
 /// The `bin` directory of Debian's PostgreSQL server (`initdb`, `pg_ctl`), installed with

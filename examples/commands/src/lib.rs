@@ -9,6 +9,7 @@
 //! the gateway as it is, which decides what an empty group or uid means: a refused operation
 //! is answered `error invalid-argument <why>`.
 
+use wasmgate_sdk::kv::{self, Bucket};
 use wasmgate_sdk::sql::{self, Connection};
 use wasmgate_sdk::{Client, GatewayError, Plugin, gateway};
 
@@ -48,6 +49,9 @@ enum Command<'a> {
     SqlPut { key: &'a str, value: &'a str },
     SqlGet(&'a str),
     SqlSlow,
+    KvSet { key: &'a str, value: &'a [u8] },
+    KvGet(&'a str),
+    Incr(&'a str),
 }
 
 /// Every command, in README order: [`parse`] looks the word up here, [`run`] carries it out.
@@ -69,7 +73,13 @@ const COMMANDS: &[Row] = &[
     Row { usage: "sqlput <key> <value>",  shape: Shape::TwoWords,    build: |a| Command::SqlPut { key: a.word, value: a.second } },
     Row { usage: "sqlget <key>",          shape: Shape::Word,        build: |a| Command::SqlGet(a.word) },
     Row { usage: "sqlslow",               shape: Shape::Nothing,     build: |_| Command::SqlSlow },
+    Row { usage: "kvset <key> <value>",   shape: Shape::WordPayload, build: |a| Command::KvSet { key: a.word, value: a.payload } },
+    Row { usage: "kvget <key>",           shape: Shape::Word,        build: |a| Command::KvGet(a.word) },
+    Row { usage: "incr <key>",            shape: Shape::Word,        build: |a| Command::Incr(a.word) },
 ];
+
+/// The key-value bucket the `kv*` and `incr` commands use.
+const BUCKET: &str = "default";
 
 /// One command: its usage line, whose first word is the command, its arguments' shape and how
 /// to build it from them.
@@ -183,6 +193,11 @@ fn split(bytes: &[u8]) -> (&[u8], Option<&[u8]>) {
 /// operation that fails is answered `error <reason>`, whatever the command.
 fn run(client: &Client, command: Command<'_>) -> Option<Vec<u8>> {
     let me = client.id.as_str();
+    if let Some(reply) = run_kv(&command) {
+        return Some(
+            reply.unwrap_or_else(|error| format!("error kv {}", kv_reason(&error)).into_bytes()),
+        );
+    }
     let reply = match command {
         Command::Echo(payload) => return Some(payload.to_vec()),
         Command::Join(group) => {
@@ -217,6 +232,9 @@ fn run(client: &Client, command: Command<'_>) -> Option<Vec<u8>> {
         Command::SqlPut { key, value } => return Some(sql_reply(sql_put(key, value)).into()),
         Command::SqlGet(key) => return Some(sql_reply(sql_get(key)).into()),
         Command::SqlSlow => return Some(sql_reply(sql_slow()).into()),
+        Command::KvSet { .. } | Command::KvGet(_) | Command::Incr(_) => {
+            unreachable!("run_kv answers the key-value commands")
+        }
     };
     reply
         .unwrap_or_else(|error| Some(format!("error {}", reason(&error))))
@@ -281,6 +299,35 @@ fn sql_reply(result: Result<String, sql::Error>) -> String {
     result.unwrap_or_else(|e| format!("error sql {} {}", e.kind(), e.message()))
 }
 
+/// Carries out a key-value command (`None`: not one); its reply, or the store's error.
+fn run_kv(command: &Command<'_>) -> Option<Result<Vec<u8>, kv::Error>> {
+    let reply = match *command {
+        Command::KvSet { key, value } => Bucket::open(BUCKET)
+            .and_then(|b| b.set(key, value))
+            .map(|()| b"ok".to_vec()),
+        Command::KvGet(key) => Bucket::open(BUCKET)
+            .and_then(|b| b.get(key))
+            .map(|v| match v {
+                Some(value) => [format!("value {key} ").as_bytes(), &value].concat(),
+                None => b"none".to_vec(),
+            }),
+        Command::Incr(key) => Bucket::open(BUCKET)
+            .and_then(|b| b.increment(key, 1))
+            .map(|n| format!("incr {key} {n}").into_bytes()),
+        _ => return None,
+    };
+    Some(reply)
+}
+
+/// The `<reason>` of an `error kv <reason>` reply, in the WIT's words.
+fn kv_reason(error: &kv::Error) -> String {
+    match error {
+        kv::Error::NoSuchStore => "no-such-store".into(),
+        kv::Error::AccessDenied => "access-denied".into(),
+        kv::Error::Other(why) => why.clone(),
+    }
+}
+
 /// The `<reason>` of an `error <reason>` reply, in the WIT's words.
 fn reason(error: &GatewayError) -> String {
     match error {
@@ -339,6 +386,15 @@ mod tests {
             ),
             (b"sqlget k", Command::SqlGet("k")),
             (b"sqlslow", Command::SqlSlow),
+            (
+                b"kvset k a \xff",
+                Command::KvSet {
+                    key: "k",
+                    value: b"a \xff",
+                },
+            ),
+            (b"kvget k", Command::KvGet("k")),
+            (b"incr hits", Command::Incr("hits")),
         ];
         assert_eq!(cases.len(), COMMANDS.len());
         for (message, command) in cases {

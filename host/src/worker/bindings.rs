@@ -14,8 +14,11 @@ wasmtime::component::bindgen!({
         default: async,
     },
     exports: { default: async },
-    // The SQL values are compared in tests.
-    additional_derives: [PartialEq],
+    // The key-value resources are the host's own handles (see `worker::kv`).
+    with: {
+        "wasi:keyvalue/store.bucket": super::kv::handles::BucketHandle,
+        "wasi:keyvalue/atomics.cas": super::kv::handles::CasHandle,
+    },
 });
 
 // `self::`: in doctests the crate itself is also in scope as `wasmgate`.

@@ -6,12 +6,14 @@
 //! - [`dispatch`]: events to instances, one client's events in order.
 //! - [`plugins`]: the plugins directory, watched for new versions (hot reload).
 //! - [`timers`], [`guest_output`]: plugin timers; plugin stdout/stderr into the log.
+//! - [`kv`]: `wasi:keyvalue` for plugins, over an embedded SQLite file or Redis.
 //! - [`sql`]: the databases apps are granted (`wasmgate:plugin/sql`).
 
 mod bindings;
 pub mod dispatch;
 pub mod guest_output;
 pub mod host_api;
+pub mod kv;
 pub mod plugins;
 pub mod runtime;
 pub mod sql;
@@ -87,7 +89,14 @@ impl WorkerHost {
         })?;
         runtime = runtime
             .with_cache(config.cache_dir(), config.cache_versions)
-            .with_sql(sql::Databases::new(config.data.clone(), config.sql));
+            .with_sql(sql::Databases::new(config.data.clone(), config.sql))
+            .with_data(
+                config.data.clone(),
+                kv::KvLimits {
+                    max_key: config.max_kv_key_size.as_u64() as usize,
+                    max_value: config.max_kv_value_size.as_u64() as usize,
+                },
+            );
         let links = GatewayLinks::new(
             secret.clone(),
             Peer::Worker,

@@ -26,10 +26,12 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, ResourceTab
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::wasmgate::plugin;
+use super::bindings::wasi::keyvalue as kv_wit;
+use super::bindings::wasmgate::plugin as plugin_wit;
 use super::bindings::{Client, Plugin, PluginPre, WebsocketRequest, WorkerInfo};
 use super::guest_output::{GuestOutput, LogBudget, Stream};
 use super::host_api::{HostApi, SessionChange};
+use super::kv::{KvLimits, KvState, Stores};
 use super::sql::{Databases, SqlCtx, SqlGrant};
 use super::timers::{PENDING_TICKS, TimerCaps, Timers};
 use crate::client_id::{ClientId, MalformedClientId};
@@ -208,13 +210,16 @@ pub struct Runtime {
     linker: Linker<PluginState>,
     limits: Limits,
     cache: Option<CompileCache>,
+    kv: Arc<Stores>,
     ticker: EpochTicker,
     databases: Arc<Databases>,
 }
 
 impl Runtime {
     /// An engine with epoch interruption and the `wasmgate:plugin` imports linked: WASI p2
-    /// with nothing granted, `gateway`, `timers` and `log`.
+    /// with nothing granted, `gateway`, `timers`, `log` and `wasi:keyvalue` (which refuses
+    /// every call of an app without a `kv` grant). Embedded stores need
+    /// [`Self::with_data`].
     pub fn new(limits: Limits) -> anyhow::Result<Self> {
         // The default on-demand instance allocator, not the pooling one. Pooling speeds up
         // instantiation, and instances here are long-lived: they are made at load, at reload
@@ -231,22 +236,37 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // One interface at a time: each capability is implemented on its own part of the
+        // state.
         let api: fn(&mut PluginState) -> &mut HostApi = |s| &mut s.api;
-        plugin::types::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
-        plugin::gateway::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
-        plugin::timers::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
-        plugin::log::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
+        plugin_wit::types::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
+        plugin_wit::gateway::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
+        plugin_wit::timers::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
+        plugin_wit::log::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
         super::sql::add_to_linker(&mut linker, |s| SqlCtx::new(&mut s.sql, &mut s.table))?;
+        let kv: fn(&mut PluginState) -> &mut KvState = |s| &mut s.kv;
+        kv_wit::store::add_to_linker::<PluginState, HasSelf<KvState>>(&mut linker, kv)?;
+        kv_wit::atomics::add_to_linker::<PluginState, HasSelf<KvState>>(&mut linker, kv)?;
+        kv_wit::batch::add_to_linker::<PluginState, HasSelf<KvState>>(&mut linker, kv)?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Self {
             engine,
             linker,
             limits,
             cache: None,
+            kv: Arc::new(Stores::new(None, KvLimits::default())),
             ticker,
             // Replaced by the worker host's; without it nothing is granted, so nothing opens.
             databases: Arc::new(Databases::new("data".into(), Default::default())),
         })
+    }
+
+    /// Keeps apps' embedded stores under `dir` (`[worker] data`) and checks key-value calls
+    /// against `kv`. Without it, an app granted `kv = "embedded"` gets an error from every
+    /// call.
+    pub fn with_data(mut self, dir: PathBuf, kv: KvLimits) -> Self {
+        self.kv = Arc::new(Stores::new(Some(dir), kv));
+        self
     }
 
     /// Keeps compiled components in `dir`, so that loading a file whose bytes were compiled
@@ -374,6 +394,7 @@ impl Runtime {
             worker,
             grants,
             databases: self.databases.clone(),
+            kv: self.kv.clone(),
             limits: self.limits,
             live: None,
             failed_starts: 0,
@@ -660,6 +681,7 @@ pub struct PluginInstance {
     worker: Arc<str>,
     grants: Arc<Grants>,
     databases: Arc<Databases>,
+    kv: Arc<Stores>,
     limits: Limits,
     live: Option<Live>,
     /// Starts that failed in a row, and when the next may be tried: a plugin whose start
@@ -831,7 +853,12 @@ impl PluginInstance {
             self.grants.sql.clone(),
             self.databases.clone(),
         );
-        let state = PluginState::new(&self.code, api, sql, self.limits, &self.grants)
+        let kv = KvState::new(
+            self.code.name.clone(),
+            self.grants.kv.clone(),
+            self.kv.clone(),
+        );
+        let state = PluginState::new(&self.code, api, sql, kv, self.limits, &self.grants)
             .map_err(|e| CallError::Grant(format!("{e:#}")))?;
         let mut store = Store::new(self.code.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -959,6 +986,7 @@ pub struct PluginState {
     call_started: Instant,
     api: HostApi,
     sql: SqlGrant,
+    kv: KvState,
 }
 
 impl PluginState {
@@ -966,6 +994,7 @@ impl PluginState {
         code: &PluginCode,
         api: HostApi,
         sql: SqlGrant,
+        kv: KvState,
         limits: Limits,
         grants: &Grants,
     ) -> wasmtime::Result<Self> {
@@ -1005,6 +1034,7 @@ impl PluginState {
             call_started: Instant::now(),
             api,
             sql,
+            kv,
         })
     }
 }

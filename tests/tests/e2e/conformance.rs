@@ -43,10 +43,11 @@ async fn polyglot_conformance(language: Language, test: &str) {
 /// The whole suite against one build of the reference plugin; its `main` database is the
 /// embedded SQLite.
 async fn conformance(plugin: &str) {
-    let app = ("commands", plugin);
-    let grant = "[worker.grants.commands]\nsql = { main = \"sqlite\" }\n";
-    let cluster =
-        Cluster::start_with_worker(app, &[Protocol::Ws, Protocol::Text], 1, 2, grant).await;
+    // The app may use the embedded key-value store and SQLite, under the cluster's
+    // temporary data.
+    let grant = "[worker.grants.commands]\nkv = \"embedded\"\nsql = { main = \"sqlite\" }\n";
+    let gateways = [Protocol::Ws, Protocol::Text];
+    let cluster = Cluster::start_with_worker(("commands", plugin), &gateways, 1, 2, grant).await;
     let ws = cluster.gateways[0].client_addr;
     let text = cluster.gateways[1].client_addr;
     let mut a = TestClient::ws(ws, "/").await.unwrap();
@@ -60,8 +61,45 @@ async fn conformance(plugin: &str) {
     uids(&mut a, &mut b, &mut c).await;
     sessions(&mut a, &mut b).await;
     sql(&mut a, &mut b, &mut c).await;
+    key_value(&mut a, &mut b, &mut c).await;
     kick_and_close(&mut a, b, &mut c).await;
     cluster.stop().await;
+}
+
+/// `kvset`, `kvget` and `incr` on the app's key-value store (`wasi:keyvalue`), starting empty:
+/// what one client writes, another (on another protocol and instance) reads; values are bytes;
+/// `incr` counts in decimal. `data_kv` runs it against Redis.
+pub(crate) async fn key_value(a: &mut TestClient, b: &mut TestClient, c: &mut TestClient) {
+    assert_eq!(a.ask("kvget missing").await, "none");
+    assert_eq!(a.ask("kvset greeting hello  world ").await, "ok");
+    assert_eq!(
+        b.ask("kvget greeting").await,
+        "value greeting hello  world "
+    );
+    assert_eq!(a.ask_bytes(b"kvset bin \xff\x00 x").await, b"ok");
+    assert_eq!(c.ask_bytes(b"kvget bin").await, b"value bin \xff\x00 x");
+    assert_eq!(
+        a.ask("kvset empty ").await,
+        "ok",
+        "an empty value is a value"
+    );
+    assert_eq!(c.ask("kvget empty").await, "value empty ");
+    assert_eq!(a.ask("incr hits").await, "incr hits 1");
+    assert_eq!(b.ask("incr hits").await, "incr hits 2");
+    assert_eq!(
+        c.ask("kvget hits").await,
+        "value hits 2",
+        "a counter is decimal text"
+    );
+    let refused = a.ask("incr greeting").await;
+    assert!(refused.starts_with("error kv "), "{refused:?}");
+    assert_eq!(
+        a.ask("kvget greeting").await,
+        "value greeting hello  world "
+    );
+    assert_eq!(a.ask("kvset k").await, "error usage: kvset <key> <value>");
+    assert_eq!(a.ask("kvget").await, "error usage: kvget <key>");
+    assert_eq!(a.ask("incr").await, "error usage: incr <key>");
 }
 
 /// `echo` and `whoami`, and every parsing rule of the README.
