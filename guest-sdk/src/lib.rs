@@ -21,6 +21,7 @@
 //!   means queued), and an argument that can never be valid (an empty group) is refused.
 //! - [`timers`]: intervals and timeouts that fire [`Plugin::on_timer`].
 //! - [`log`]: levelled lines in the host's log, tagged with the plugin's name.
+//! - [`http`]: outbound HTTP requests, to the origins the app is granted.
 //! - [`Session`] and the methods on [`Client`]: typed access to a client's session and replies.
 //! - `json` (cargo feature `json`): the same sends and session values as JSON via serde.
 //!
@@ -43,6 +44,7 @@ pub mod bindings {
     });
 }
 
+pub mod http;
 #[cfg(feature = "json")]
 pub mod json;
 pub mod log;

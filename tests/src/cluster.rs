@@ -95,7 +95,20 @@ impl Cluster {
         workers: usize,
         instances: usize,
     ) -> Self {
-        Self::launch(app, gateways, workers, instances, None).await
+        Self::launch(app, gateways, workers, instances, None, "").await
+    }
+
+    /// As [`Cluster::start`], with `worker` appended to each worker host's `[worker]` table:
+    /// more keys, then tables such as `[worker.grants.APP]`.
+    pub async fn start_with_worker(
+        app: (&str, &str),
+        gateways: &[Protocol],
+        workers: usize,
+        instances: usize,
+        worker: &str,
+    ) -> Self {
+        let tables = listen_tables(gateways);
+        Self::launch(app, &tables, workers, instances, None, worker).await
     }
 
     /// As [`Cluster::start`], with the HTTP push API on the first worker host: `push` holds
@@ -108,7 +121,7 @@ impl Cluster {
         push: &str,
     ) -> Self {
         let tables = listen_tables(gateways);
-        Self::launch(app, &tables, workers, instances, Some(push)).await
+        Self::launch(app, &tables, workers, instances, Some(push), "").await
     }
 
     async fn launch(
@@ -117,6 +130,7 @@ impl Cluster {
         workers: usize,
         instances: usize,
         push: Option<&str>,
+        worker_keys: &str,
     ) -> Self {
         let plugins = PluginsDir::with(&[app]);
         let shutdown = CancellationToken::new();
@@ -153,7 +167,8 @@ impl Cluster {
             parse(&section).push.unwrap()
         });
         for i in 0..workers {
-            let config = worker_config(&format!("worker{i}"), register, plugins.path(), instances);
+            let name = format!("worker{i}");
+            let config = worker_config(&name, register, plugins.path(), instances, worker_keys);
             let worker = WorkerHost::new(config, secret.clone(), local.clone()).unwrap();
             if let (0, Some(push)) = (i, &push) {
                 let push = BoundPush::bind(push).await.unwrap();
@@ -207,6 +222,7 @@ fn worker_config(
     register: SocketAddr,
     plugins: &Path,
     instances: usize,
+    keys: &str,
 ) -> WorkerConfig {
     // One compile cache for every test cluster: a Python or JavaScript component compiles
     // once per change instead of once per test (entries are keyed by content and engine).
@@ -215,7 +231,7 @@ fn worker_config(
         .join("test-plugin-cache");
     let config = parse(&format!(
         "[worker]\nname = \"{name}\"\nregister = \"{register}\"\nplugins = {plugins:?}\n\
-         instances = {instances}\ncache = {cache:?}\n",
+         instances = {instances}\ncache = {cache:?}\n{keys}\n",
     ));
     config.worker.unwrap()
 }

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod cluster;
 pub mod daemon;
+pub mod http_server;
 pub mod polyglot;
 pub mod prometheus;
 pub mod tools;

@@ -9,7 +9,7 @@
 //! the gateway as it is, which decides what an empty group or uid means: a refused operation
 //! is answered `error invalid-argument <why>`.
 
-use wasmgate_sdk::{Client, GatewayError, Plugin, gateway};
+use wasmgate_sdk::{Client, GatewayError, Plugin, gateway, http};
 
 struct Commands;
 
@@ -44,6 +44,7 @@ enum Command<'a> {
     Get(&'a str),
     WhoAmI,
     Kick(&'a str),
+    Fetch(&'a str),
 }
 
 /// Every command, in README order: [`parse`] looks the word up here, [`run`] carries it out.
@@ -62,6 +63,7 @@ const COMMANDS: &[Row] = &[
     Row { usage: "get <key>",             shape: Shape::Word,        build: |a| Command::Get(a.word) },
     Row { usage: "whoami",                shape: Shape::Nothing,     build: |_| Command::WhoAmI },
     Row { usage: "kick <client-id>",      shape: Shape::Word,        build: |a| Command::Kick(a.word) },
+    Row { usage: "fetch <url>",           shape: Shape::Word,        build: |a| Command::Fetch(a.word) },
 ];
 
 /// One command: its usage line, whose first word is the command, its arguments' shape and how
@@ -207,10 +209,30 @@ fn run(client: &Client, command: Command<'_>) -> Option<Vec<u8>> {
         })),
         Command::WhoAmI => Ok(Some(client.id.clone())),
         Command::Kick(id) => gateway::close_client(id, None).map(|()| None),
+        Command::Fetch(url) => return Some(fetch(url)),
     };
     reply
         .unwrap_or_else(|error| Some(format!("error {}", reason(&error))))
         .map(String::into_bytes)
+}
+
+/// `fetch <url>`: `fetched <status> <body>`, or `error fetch <error-code>`.
+fn fetch(url: &str) -> Vec<u8> {
+    match http::get(url) {
+        Ok(response) => {
+            let mut reply = format!("fetched {} ", response.status).into_bytes();
+            reply.extend_from_slice(&response.body);
+            reply
+        }
+        // A body cut short comes without a code, its reason in the text's first line (see
+        // `http::Error`; a backtrace may follow).
+        Err(http::Error::Http(http::ErrorCode::InternalError(Some(why)))) => {
+            let why = why.lines().next().unwrap_or_default();
+            format!("error fetch internal-error {why}").into()
+        }
+        Err(http::Error::Http(code)) => format!("error fetch {}", http::describe(&code)).into(),
+        Err(http::Error::Invalid(_)) => "error fetch invalid-url".into(),
+    }
 }
 
 /// The `<reason>` of an `error <reason>` reply, in the WIT's words.
@@ -261,6 +283,10 @@ mod tests {
             (
                 b"kick 7f00000122b800000001",
                 Command::Kick("7f00000122b800000001"),
+            ),
+            (
+                b"fetch http://127.0.0.1:8080/x",
+                Command::Fetch("http://127.0.0.1:8080/x"),
             ),
         ];
         assert_eq!(cases.len(), COMMANDS.len());

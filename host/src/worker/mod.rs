@@ -6,11 +6,13 @@
 //! - [`dispatch`]: events to instances, one client's events in order.
 //! - [`plugins`]: the plugins directory, watched for new versions (hot reload).
 //! - [`timers`], [`guest_output`]: plugin timers; plugin stdout/stderr into the log.
+//! - [`outbound_http`]: `wasi:http/outgoing-handler`, to the origins an app is granted.
 
 mod bindings;
 pub mod dispatch;
 pub mod guest_output;
 pub mod host_api;
+pub mod outbound_http;
 pub mod plugins;
 pub mod runtime;
 pub mod timers;
@@ -32,6 +34,7 @@ use crate::ops::Gateways;
 use crate::register;
 use crate::wire::handshake::Peer;
 use dispatch::Dispatcher;
+use outbound_http::HttpLimits;
 use plugins::PluginDir;
 use runtime::{Limits, Runtime};
 use timers::TimerCaps;
@@ -73,6 +76,10 @@ impl WorkerHost {
             },
             max_resources: config.max_resources,
             log_rate: config.log_rate.as_u64(),
+            http: HttpLimits {
+                max_response_body: config.max_http_response_body.as_u64(),
+                max_requests: config.max_http_requests,
+            },
         })?;
         runtime = runtime.with_cache(config.cache_dir());
         let links = GatewayLinks::new(

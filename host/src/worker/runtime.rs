@@ -25,10 +25,12 @@ use tokio::sync::mpsc;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{Client, Plugin, PluginPre, WebsocketRequest, WorkerInfo};
 use super::guest_output::{GuestOutput, LogBudget, Stream};
 use super::host_api::{HostApi, SessionChange};
+use super::outbound_http::{self, HttpLimits, OutboundHttp};
 use super::timers::{PENDING_TICKS, TimerCaps, Timers};
 use crate::client_id::{ClientId, MalformedClientId};
 use crate::config::Grants;
@@ -60,6 +62,8 @@ pub struct Limits {
     pub max_resources: usize,
     /// Log bytes per second one plugin (all its instances) may write.
     pub log_rate: u64,
+    /// What bounds one instance's outbound HTTP.
+    pub http: HttpLimits,
 }
 
 impl Default for Limits {
@@ -73,6 +77,7 @@ impl Default for Limits {
             },
             max_resources: 65_536,
             log_rate: 256 << 10,
+            http: HttpLimits::default(),
         }
     }
 }
@@ -187,7 +192,8 @@ pub struct Runtime {
 
 impl Runtime {
     /// An engine with epoch interruption and the `wasmgate:plugin` imports linked: WASI p2
-    /// with nothing granted, `gateway`, `timers` and `log`.
+    /// with nothing granted, `gateway`, `timers` and `log`; also `wasi:http`'s outgoing
+    /// handler, which refuses every request the app's grants do not allow.
     pub fn new(limits: Limits) -> anyhow::Result<Self> {
         // The default on-demand instance allocator, not the pooling one. Pooling speeds up
         // instantiation, and instances here are long-lived: they are made at load, at reload
@@ -204,6 +210,7 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        outbound_http::add_to_linker(&mut linker)?;
         Plugin::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, |s| &mut s.api)?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Self {
@@ -824,7 +831,10 @@ pub struct PluginState {
     table: ResourceTable,
     limiter: MemoryLimiter,
     call_started: Instant,
+    /// How long a callback may run (`process_timeout`): outbound requests end by then.
+    budget: Duration,
     api: HostApi,
+    http: OutboundHttp,
 }
 
 impl PluginState {
@@ -857,6 +867,7 @@ impl PluginState {
             wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadOnly)?;
         }
         let wasi = wasi.build();
+        let http = OutboundHttp::new(plugin.clone(), &grants.allowed_outbound_hosts, limits.http);
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.max_resources);
         Ok(Self {
@@ -868,7 +879,9 @@ impl PluginState {
                 refused: None,
             },
             call_started: Instant::now(),
+            budget: limits.process_timeout,
             api,
+            http,
         })
     }
 }
@@ -879,6 +892,13 @@ impl WasiView for PluginState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        let deadline = self.call_started + self.budget;
+        self.http.view(&mut self.table, deadline)
     }
 }
 

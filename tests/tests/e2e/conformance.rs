@@ -11,6 +11,7 @@
 use wasmgate::config::Protocol;
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::Cluster;
+use wasmgate_tests::http_server::{HttpServer, Tripwire};
 use wasmgate_tests::polyglot::{self, Language};
 use wasmgate_tests::{plugins, tools};
 
@@ -42,7 +43,15 @@ async fn polyglot_conformance(language: Language, test: &str) {
 
 /// The whole suite against one build of the reference plugin.
 async fn conformance(plugin: &str) {
-    let cluster = Cluster::start(("commands", plugin), &[Protocol::Ws, Protocol::Text], 1, 2).await;
+    let server = HttpServer::start().await;
+    let tripwire = Tripwire::start().await;
+    let grants = format!(
+        "[worker.grants.commands]\nallowed_outbound_hosts = [\"{}\"]\n",
+        server.origin()
+    );
+    let app = ("commands", plugin);
+    let cluster =
+        Cluster::start_with_worker(app, &[Protocol::Ws, Protocol::Text], 1, 2, &grants).await;
     let ws = cluster.gateways[0].client_addr;
     let text = cluster.gateways[1].client_addr;
     let mut a = TestClient::ws(ws, "/").await.unwrap();
@@ -55,8 +64,31 @@ async fn conformance(plugin: &str) {
     everyone(&mut a, &mut b, &mut c).await;
     uids(&mut a, &mut b, &mut c).await;
     sessions(&mut a, &mut b).await;
+    outbound_http(&mut a, &mut c, &server, &tripwire).await;
     kick_and_close(&mut a, b, &mut c).await;
     cluster.stop().await;
+}
+
+/// `fetch`: a granted origin answers with its status and body; any other is refused before a
+/// connection is made, with an error reply; the other client is served throughout.
+async fn outbound_http(
+    a: &mut TestClient,
+    c: &mut TestClient,
+    server: &HttpServer,
+    tripwire: &Tripwire,
+) {
+    let hello = format!("fetch {}", server.url("/hello"));
+    assert_eq!(a.ask(&hello).await, "fetched 200 hello");
+    let big = a.ask(&format!("fetch {}", server.url("/big/3000"))).await;
+    assert_eq!(big, format!("fetched 200 {}", "x".repeat(3000)));
+    assert_eq!(c.ask("echo still here").await, "still here");
+    let denied = a.ask(&format!("fetch {}", tripwire.url("/hello"))).await;
+    assert!(denied.starts_with("error fetch "), "{denied}");
+    let elsewhere = a.ask("fetch https://api.example.com/").await;
+    assert!(elsewhere.starts_with("error fetch "), "{elsewhere}");
+    assert_eq!(tripwire.connections(), 0, "a denied request connected");
+    assert_eq!(c.ask("echo served").await, "served");
+    assert_eq!(a.ask("fetch").await, "error usage: fetch <url>");
 }
 
 /// `echo` and `whoami`, and every parsing rule of the README.

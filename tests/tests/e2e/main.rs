@@ -10,6 +10,7 @@
 mod chat_browser;
 mod cli;
 mod conformance;
+mod data_http;
 mod heartbeat;
 mod hostile_clients;
 mod hostile_http;

@@ -417,6 +417,7 @@ async fn plugins_get_nothing_unless_granted() {
             host: data.path().to_owned(),
             guest: "/data".into(),
         }],
+        ..Default::default()
     };
     let code = h
         .runtime
