@@ -222,11 +222,32 @@ const COMMANDS = [
     const n = kv(() => withBucket((bucket) => increment(bucket, key, 1n)));
     return reply(`incr ${key} ${n}`);
   }],
+  ['fetch <url>', (client, rest) => fetched(text(rest))],
 ];
+
+/** `fetch <url>`: `fetched <status> <body>`, or `error fetch <why>`. */
+async function fetched(url) {
+  let status, body;
+  try {
+    const response = await fetch(url);
+    status = response.status;
+    body = new Uint8Array(await response.arrayBuffer());
+  } catch (e) {
+    return reply(`error fetch ${e?.message ?? e}`);
+  }
+  const head = reply(`fetched ${status} `);
+  const answer = new Uint8Array(head.length + body.length);
+  answer.set(head);
+  answer.set(body, head.length);
+  return answer;
+}
 
 const BY_WORD = new Map(COMMANDS.map(([usage, run]) => [usage.split(' ')[0], [usage, run]]));
 
-/** Carries out one message; returns the reply to the sender, if there is one. */
+/**
+ * Carries out one message; returns the reply to the sender, if there is one (a promise of it
+ * for `fetch`).
+ */
 function run(client, message) {
   const [word, rest] = split(message);
   // Command words are ASCII: bytes that are not UTF-8 match none of them.
@@ -252,13 +273,17 @@ function run(client, message) {
   }
 }
 
-/** The exported callbacks; only `on-message` does anything. */
+/**
+ * The exported callbacks; only `on-message` does anything. It is async so that `fetch` can be
+ * awaited: componentize-js runs the event loop until the returned promise settles, within the
+ * one call.
+ */
 export const events = {
   onWorkerStart(info) {},
   onConnect(client) {},
   onWebsocketConnect(client, request) {},
-  onMessage(client, data) {
-    const answer = run(client, data);
+  async onMessage(client, data) {
+    const answer = await run(client, data);
     if (answer === undefined) return;
     try {
       sendToClient(client.id, answer);

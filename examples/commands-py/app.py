@@ -8,12 +8,17 @@ client id) is UTF-8 and ends at the next space, except the last one, which takes
 message; a payload is every byte after the last word, UTF-8 or not.
 """
 
+import re
 from typing import Callable, List, Optional, Tuple
 
-from componentize_py_types import Err
+from componentize_py_types import Err, Ok
 from wit_world import exports
-from wit_world.imports import atomics, gateway, sql, store
-from wit_world.imports.types import (
+from wit_world.imports import atomics, gateway, outgoing_handler, sql, store
+from wit_world.imports import wasi_http_types as http
+from wit_world.imports.streams import StreamError_Closed
+# Built with the `plugin-http` world (plugin plus wasi:http's outgoing handler), where two
+# interfaces are called `types`: componentize-py names ours after its package.
+from wit_world.imports.wasmgate_plugin_types import (
     Client,
     GatewayError_InvalidArgument,
     WebsocketRequest,
@@ -232,6 +237,74 @@ def kv_reason(error: store.Error) -> str:
     return error.value
 
 
+class FetchError(Exception):
+    """A request that got no response: the reply is `error fetch <why>`."""
+
+
+def error_name(code: object) -> str:
+    """A wasi:http `error-code` as the WIT spells it, e.g. `HTTP-request-denied`."""
+    name = type(code).__name__.removeprefix("ErrorCode_")
+    kebab = re.sub(r"(?<!^)([A-Z])", r"-\1", name).lower()
+    for word in ("http", "dns", "tls"):
+        if kebab == word or kebab.startswith(word + "-"):
+            kebab = word.upper() + kebab[len(word):]
+    return kebab
+
+
+def get(url: str) -> Tuple[int, bytes]:
+    """GET `url` through the host: the status and the whole body."""
+    scheme, sep, rest = url.partition("://")
+    schemes = {"http": http.Scheme_Http(), "https": http.Scheme_Https()}
+    cut = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0], default=len(rest))
+    authority, path = rest[:cut], rest[cut:] or "/"
+    if not sep or scheme not in schemes or not authority:
+        raise FetchError("invalid-url")
+    request = http.OutgoingRequest(http.Fields.from_list([]))
+    request.set_method(http.Method_Get())
+    request.set_scheme(schemes[scheme])
+    request.set_authority(authority)
+    request.set_path_with_query(path)
+    outgoing = request.body()
+    try:
+        future = outgoing_handler.handle(request, None)
+        http.OutgoingBody.finish(outgoing, None)
+    except Err as e:
+        raise FetchError(error_name(e.value)) from None
+    future.subscribe().block()
+    answer = future.get()
+    if not isinstance(answer, Ok) or not isinstance(answer.value, Ok):
+        code = answer.value.value if isinstance(answer, Ok) else None
+        raise FetchError(error_name(code) if code is not None else "internal-error")
+    response = answer.value.value
+    status = response.status()
+    incoming = response.consume()
+    stream = incoming.stream()
+    body = bytearray()
+    while True:
+        try:
+            body += stream.blocking_read(65536)
+        except Err as e:
+            if isinstance(e.value, StreamError_Closed):
+                break
+            code = http.http_error_code(e.value.value)
+            if code is None:
+                # A body cut short comes without a code, its reason in the text's first
+                # line (a backtrace may follow).
+                why = e.value.value.to_debug_string().split("\n")[0]
+                raise FetchError(f"internal-error {why}") from None
+            raise FetchError(error_name(code)) from None
+    return status, bytes(body)
+
+
+def fetch(client: Client, rest: Optional[bytes]) -> Optional[bytes]:
+    url = text(rest)
+    try:
+        status, body = get(url)
+    except FetchError as e:
+        return reply(f"error fetch {e}")
+    return reply(f"fetched {status} ") + body
+
+
 # Every command, in README order: its usage line, whose first word is the command, and what it
 # does with the bytes after that word (None: not even a space).
 COMMANDS: List[Tuple[str, Run]] = [
@@ -254,6 +327,7 @@ COMMANDS: List[Tuple[str, Run]] = [
     ("kvset <key> <value>", kv_set),
     ("kvget <key>", kv_get),
     ("incr <key>", incr),
+    ("fetch <url>", fetch),
 ]
 
 BY_WORD = {usage.split(" ")[0].encode("utf-8"): (usage, run) for usage, run in COMMANDS}

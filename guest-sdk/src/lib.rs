@@ -23,6 +23,7 @@
 //! - [`log`]: levelled lines in the host's log, tagged with the plugin's name.
 //! - [`kv`]: key-value storage (`wasi:keyvalue`), where the app is granted it.
 //! - [`sql`]: the SQL databases the app is granted (SQLite or PostgreSQL), typed rows.
+//! - [`http`]: outbound HTTP requests, to the origins the app is granted.
 //! - [`Session`] and the methods on [`Client`]: typed access to a client's session and replies.
 //! - `json` (cargo feature `json`): the same sends and session values as JSON via serde.
 //!
@@ -48,6 +49,7 @@ pub mod bindings {
     });
 }
 
+pub mod http;
 #[cfg(feature = "json")]
 pub mod json;
 pub mod kv;

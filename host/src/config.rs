@@ -19,8 +19,10 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+pub mod outbound;
 pub mod secret;
 
+pub use outbound::OutboundOrigin;
 pub use secret::{Secret, SecretError, SecretSource};
 
 /// Where a register listens by default, and where gateways and worker hosts look for one.
@@ -521,6 +523,16 @@ pub struct WorkerConfig {
     /// an error the plugin sees (a `set` stores nothing).
     #[serde(default = "default_max_kv_value_size")]
     pub max_kv_value_size: ByteSize,
+    /// Largest HTTP response body one outbound request of a plugin may receive; a larger
+    /// one fails in the guest with `HTTP-response-body-size` (at once when its
+    /// `content-length` says so, else when the excess arrives), never held in memory.
+    #[serde(default = "default_max_http_response_body")]
+    pub max_http_response_body: ByteSize,
+    /// Most outbound HTTP requests one instance may have in flight at once (from sending
+    /// until its response body is read or dropped); one more fails with
+    /// `connection-limit-reached`.
+    #[serde(default = "default_max_http_requests")]
+    pub max_http_requests: usize,
     /// Where compiled plugins (native code) are cached, keyed by the file's content and the
     /// engine's configuration; a private directory outside the plugins directory by default
     /// (see [`Self::cache_dir`]). Created 0700; refused (no cache) unless owned by this user
@@ -603,6 +615,12 @@ impl WorkerConfig {
         }
         if self.max_plugin_size.as_u64() == 0 {
             return Err("`max_plugin_size` must be above 0".into());
+        }
+        if self.max_http_response_body.as_u64() == 0 {
+            return Err("`max_http_response_body` must be above 0".into());
+        }
+        if self.max_http_requests == 0 {
+            return Err("`max_http_requests` must be at least 1".into());
         }
         self.sql.check()?;
         if self.max_kv_key_size.as_u64() == 0 || self.max_kv_key_size.as_u64() > MAX_KV_KEY_LIMIT {
@@ -776,6 +794,13 @@ pub struct Grants {
     /// an error naming this key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv: Option<KvGrant>,
+    /// Origins the plugin may send HTTP requests to through `wasi:http/outgoing-handler`,
+    /// e.g. `["https://api.example.com", "http://127.0.0.1:8080"]`: scheme, host
+    /// (`*.example.com` for every name below it) and port (the scheme's default when left
+    /// out, `*` for any). Empty (the default): no outbound HTTP. A request elsewhere fails
+    /// with `HTTP-request-denied` before any connection is made. See [`OutboundOrigin`].
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<OutboundOrigin>,
 }
 
 impl Grants {
@@ -1224,6 +1249,14 @@ fn default_max_plugin_size() -> ByteSize {
     ByteSize::mib(64)
 }
 
+fn default_max_http_response_body() -> ByteSize {
+    ByteSize::mib(4)
+}
+
+fn default_max_http_requests() -> usize {
+    16
+}
+
 fn default_worker_name() -> String {
     format!("worker-{}", std::process::id())
 }
@@ -1471,12 +1504,16 @@ mod tests {
         assert_eq!(w.max_timers, 1024);
         assert_eq!(w.min_timer_interval, Duration::from_millis(10));
         assert_eq!(w.log_rate, ByteSize::kib(256));
+        assert_eq!(w.max_http_response_body, ByteSize::mib(4));
+        assert_eq!(w.max_http_requests, 16);
         for (keys, named) in [
             ("max_plugin_size = 0", "max_plugin_size"),
             ("max_timers = 0", "max_timers"),
             ("min_timer_interval = \"0s\"", "min_timer_interval"),
             ("max_resources = 1", "max_resources"),
             ("log_rate = 0", "log_rate"),
+            ("max_http_response_body = 0", "max_http_response_body"),
+            ("max_http_requests = 0", "max_http_requests"),
         ] {
             let err = parse(&format!("[worker]\n{keys}\n")).unwrap_err();
             assert!(err.contains(named), "{keys}: {err}");
@@ -1510,9 +1547,30 @@ mod tests {
     }
 
     #[test]
-    fn empty_register_lists_are_refused() {
-        let err = parse("[worker]\nregister = []\n").unwrap_err();
-        assert!(err.contains("register"), "{err}");
+    fn outbound_hosts_are_granted_per_app_and_checked() {
+        let w = parse(
+            "[worker]\n[worker.grants.a]\n\
+             allowed_outbound_hosts = [\"https://api.example.com\", \"http://127.0.0.1:8080\"]\n",
+        )
+        .unwrap()
+        .worker
+        .unwrap();
+        let hosts = &w.grants["a"].allowed_outbound_hosts;
+        assert!(hosts[0].allows("https", "api.example.com", 443));
+        assert!(hosts[1].allows("http", "127.0.0.1", 8080));
+        let none = parse("[worker]\n[worker.grants.b]\n")
+            .unwrap()
+            .worker
+            .unwrap();
+        assert!(none.grants["b"].allowed_outbound_hosts.is_empty());
+        let err = parse(
+            "[worker]\n[worker.grants.a]\nallowed_outbound_hosts = [\"https://x.org/path\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("allowed_outbound_hosts") && err.contains("https://x.org/path"),
+            "{err}"
+        );
     }
 
     #[test]

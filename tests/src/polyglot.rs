@@ -41,11 +41,12 @@ impl Language {
         }
     }
 
-    /// The files the build reads besides `wit/`: the source (the first) and the tool's pin.
-    fn inputs(self) -> [&'static str; 2] {
+    /// The files the build reads besides `wit/`: the source (the first), the tool's pin and,
+    /// for Python, the world it is built for.
+    fn inputs(self) -> &'static [&'static str] {
         match self {
-            Language::Python => ["app.py", "requirements.txt"],
-            Language::JavaScript => ["commands.js", "package.json"],
+            Language::Python => &["app.py", "requirements.txt", "wit/plugin-http.wit"],
+            Language::JavaScript => &["commands.js", "package.json"],
         }
     }
 }
@@ -73,22 +74,23 @@ fn build(language: Language) -> Result<PathBuf, Skip> {
     let mut command = match language {
         Language::Python => {
             let bin = tools::python_venv("componentize-py", &example.join("requirements.txt"))?;
+            let wit = python_wit(&wit, &example, &out_dir)?;
             let mut command = Command::new(bin.join("componentize-py"));
             command.arg("-d").arg(&wit);
-            command.args(["-w", "plugin", "componentize", "app", "-o"]);
+            command.args(["-w", "plugin-http", "componentize", "app", "-o"]);
             command
         }
         Language::JavaScript => {
             let modules = tools::npm_install("componentize-js", &example.join("package.json"))?;
             let mut command = Command::new(modules.join(".bin").join("componentize-js"));
             command.args(["commands.js", "--wit"]).arg(&wit);
-            // `--disable http fetch-event`: otherwise the component imports wasi:http, which
-            // the worker host does not provide.
+            // `--disable fetch-event`: plugins export `events`, not wasi:http's incoming
+            // handler. The `http` feature stays: it is `fetch()`, over the outgoing handler
+            // every worker host links.
             command.args([
                 "--world-name",
                 "plugin",
                 "--disable",
-                "http",
                 "fetch-event",
                 "--out",
             ]);
@@ -116,17 +118,56 @@ fn build(language: Language) -> Result<PathBuf, Skip> {
     Ok(out)
 }
 
+/// The WIT directory the Python plugin is built from: `wit/`, the example's `plugin-http`
+/// world, and under `deps/` the wasi:http packages (and those they use) of the
+/// wasmtime-wasi-http crate the host is built with, taken from the cargo registry.
+fn python_wit(wit: &Path, example: &Path, out_dir: &Path) -> Result<PathBuf, Skip> {
+    let deps = wasi_http_wit()?.join("deps");
+    let dir = out_dir.join("commands-py-wit");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("deps")).expect("creating the WIT directory");
+    let copy_all = |from: &Path, to: &Path| {
+        for entry in std::fs::read_dir(from).expect("reading a WIT directory") {
+            let path = entry.expect("reading a WIT directory").path();
+            if path.extension().is_some_and(|e| e == "wit") {
+                std::fs::copy(&path, to.join(path.file_name().unwrap())).expect("copying WIT");
+            }
+        }
+    };
+    copy_all(wit, &dir);
+    copy_all(&example.join("wit"), &dir);
+    copy_all(&deps, &dir.join("deps"));
+    Ok(dir)
+}
+
+/// The `wit/` directory of the wasmtime-wasi-http crate in this workspace's lock file.
+fn wasi_http_wit() -> Result<PathBuf, Skip> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = tools::run(
+        Command::new(cargo)
+            .args(["metadata", "--format-version", "1", "--offline"])
+            .current_dir(tools::workspace()),
+        "finding wasmtime-wasi-http's WIT",
+    )?;
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    let manifest = metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "wasmtime-wasi-http")
+        .and_then(|p| p["manifest_path"].as_str())
+        .expect("wasmtime-wasi-http is a dependency of the host");
+    Ok(Path::new(manifest).with_file_name("wit"))
+}
+
 /// A digest of everything the build reads: the example's inputs and the WIT package.
 fn fingerprint(workspace: &Path, example: &Path, language: Language) -> String {
     let mut hasher = DefaultHasher::new();
     let mut wit = Vec::new();
     files_under(&workspace.join("wit"), &mut wit);
     wit.sort();
-    let files = language
-        .inputs()
-        .map(|f| example.join(f))
-        .into_iter()
-        .chain(wit);
+    let files = language.inputs().iter().map(|f| example.join(f)).chain(wit);
     for file in files {
         std::fs::read(&file)
             .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()))

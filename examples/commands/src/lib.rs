@@ -11,7 +11,7 @@
 
 use wasmgate_sdk::kv::{self, Bucket};
 use wasmgate_sdk::sql::{self, Connection};
-use wasmgate_sdk::{Client, GatewayError, Plugin, gateway};
+use wasmgate_sdk::{Client, GatewayError, Plugin, gateway, http};
 
 struct Commands;
 
@@ -52,6 +52,7 @@ enum Command<'a> {
     KvSet { key: &'a str, value: &'a [u8] },
     KvGet(&'a str),
     Incr(&'a str),
+    Fetch(&'a str),
 }
 
 /// Every command, in README order: [`parse`] looks the word up here, [`run`] carries it out.
@@ -76,6 +77,7 @@ const COMMANDS: &[Row] = &[
     Row { usage: "kvset <key> <value>",   shape: Shape::WordPayload, build: |a| Command::KvSet { key: a.word, value: a.payload } },
     Row { usage: "kvget <key>",           shape: Shape::Word,        build: |a| Command::KvGet(a.word) },
     Row { usage: "incr <key>",            shape: Shape::Word,        build: |a| Command::Incr(a.word) },
+    Row { usage: "fetch <url>",           shape: Shape::Word,        build: |a| Command::Fetch(a.word) },
 ];
 
 /// The key-value bucket the `kv*` and `incr` commands use.
@@ -235,6 +237,7 @@ fn run(client: &Client, command: Command<'_>) -> Option<Vec<u8>> {
         Command::KvSet { .. } | Command::KvGet(_) | Command::Incr(_) => {
             unreachable!("run_kv answers the key-value commands")
         }
+        Command::Fetch(url) => return Some(fetch(url)),
     };
     reply
         .unwrap_or_else(|error| Some(format!("error {}", reason(&error))))
@@ -328,6 +331,25 @@ fn kv_reason(error: &kv::Error) -> String {
     }
 }
 
+/// `fetch <url>`: `fetched <status> <body>`, or `error fetch <error-code>`.
+fn fetch(url: &str) -> Vec<u8> {
+    match http::get(url) {
+        Ok(response) => {
+            let mut reply = format!("fetched {} ", response.status).into_bytes();
+            reply.extend_from_slice(&response.body);
+            reply
+        }
+        // A body cut short comes without a code, its reason in the text's first line (see
+        // `http::Error`; a backtrace may follow).
+        Err(http::Error::Http(http::ErrorCode::InternalError(Some(why)))) => {
+            let why = why.lines().next().unwrap_or_default();
+            format!("error fetch internal-error {why}").into()
+        }
+        Err(http::Error::Http(code)) => format!("error fetch {}", http::describe(&code)).into(),
+        Err(http::Error::Invalid(_)) => "error fetch invalid-url".into(),
+    }
+}
+
 /// The `<reason>` of an `error <reason>` reply, in the WIT's words.
 fn reason(error: &GatewayError) -> String {
     match error {
@@ -395,6 +417,10 @@ mod tests {
             ),
             (b"kvget k", Command::KvGet("k")),
             (b"incr hits", Command::Incr("hits")),
+            (
+                b"fetch http://127.0.0.1:8080/x",
+                Command::Fetch("http://127.0.0.1:8080/x"),
+            ),
         ];
         assert_eq!(cases.len(), COMMANDS.len());
         for (message, command) in cases {

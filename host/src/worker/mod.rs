@@ -8,12 +8,14 @@
 //! - [`timers`], [`guest_output`]: plugin timers; plugin stdout/stderr into the log.
 //! - [`kv`]: `wasi:keyvalue` for plugins, over an embedded SQLite file or Redis.
 //! - [`sql`]: the databases apps are granted (`wasmgate:plugin/sql`).
+//! - [`outbound_http`]: `wasi:http/outgoing-handler`, to the origins an app is granted.
 
 mod bindings;
 pub mod dispatch;
 pub mod guest_output;
 pub mod host_api;
 pub mod kv;
+pub mod outbound_http;
 pub mod plugins;
 pub mod runtime;
 pub mod sql;
@@ -38,6 +40,7 @@ use crate::ops::Gateways;
 use crate::register;
 use crate::wire::handshake::Peer;
 use dispatch::Dispatcher;
+use outbound_http::HttpLimits;
 use plugins::PluginDir;
 use runtime::{Limits, Runtime};
 use timers::TimerCaps;
@@ -86,6 +89,10 @@ impl WorkerHost {
             },
             max_resources: config.max_resources,
             log_rate: config.log_rate.as_u64(),
+            http: HttpLimits {
+                max_response_body: config.max_http_response_body.as_u64(),
+                max_requests: config.max_http_requests,
+            },
         })?;
         runtime = runtime
             .with_cache(config.cache_dir(), config.cache_versions)

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, ResourceTableError};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::wasi::keyvalue as kv_wit;
 use super::bindings::wasmgate::plugin as plugin_wit;
@@ -32,6 +33,7 @@ use super::bindings::{Client, Plugin, PluginPre, WebsocketRequest, WorkerInfo};
 use super::guest_output::{GuestOutput, LogBudget, Stream};
 use super::host_api::{HostApi, SessionChange};
 use super::kv::{KvLimits, KvState, Stores};
+use super::outbound_http::{self, HttpLimits, OutboundHttp};
 use super::sql::{Databases, SqlCtx, SqlGrant};
 use super::timers::{PENDING_TICKS, TimerCaps, Timers};
 use crate::client_id::{ClientId, MalformedClientId};
@@ -64,6 +66,8 @@ pub struct Limits {
     pub max_resources: usize,
     /// Log bytes per second one plugin (all its instances) may write.
     pub log_rate: u64,
+    /// What bounds one instance's outbound HTTP.
+    pub http: HttpLimits,
 }
 
 impl Default for Limits {
@@ -77,6 +81,7 @@ impl Default for Limits {
             },
             max_resources: 65_536,
             log_rate: 256 << 10,
+            http: HttpLimits::default(),
         }
     }
 }
@@ -217,9 +222,9 @@ pub struct Runtime {
 
 impl Runtime {
     /// An engine with epoch interruption and the `wasmgate:plugin` imports linked: WASI p2
-    /// with nothing granted, `gateway`, `timers`, `log` and `wasi:keyvalue` (which refuses
-    /// every call of an app without a `kv` grant). Embedded stores need
-    /// [`Self::with_data`].
+    /// with nothing granted, `gateway`, `timers`, `log`, `sql`, `wasi:keyvalue` and
+    /// `wasi:http`'s outgoing handler, each of which refuses every call the app's grants do
+    /// not allow. Embedded stores need [`Self::with_data`].
     pub fn new(limits: Limits) -> anyhow::Result<Self> {
         // The default on-demand instance allocator, not the pooling one. Pooling speeds up
         // instantiation, and instances here are long-lived: they are made at load, at reload
@@ -248,6 +253,7 @@ impl Runtime {
         kv_wit::store::add_to_linker::<PluginState, HasSelf<KvState>>(&mut linker, kv)?;
         kv_wit::atomics::add_to_linker::<PluginState, HasSelf<KvState>>(&mut linker, kv)?;
         kv_wit::batch::add_to_linker::<PluginState, HasSelf<KvState>>(&mut linker, kv)?;
+        outbound_http::add_to_linker(&mut linker)?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Self {
             engine,
@@ -984,9 +990,12 @@ pub struct PluginState {
     table: ResourceTable,
     limiter: MemoryLimiter,
     call_started: Instant,
+    /// How long a callback may run (`process_timeout`): outbound requests end by then.
+    budget: Duration,
     api: HostApi,
     sql: SqlGrant,
     kv: KvState,
+    http: OutboundHttp,
 }
 
 impl PluginState {
@@ -1021,6 +1030,7 @@ impl PluginState {
             wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadOnly)?;
         }
         let wasi = wasi.build();
+        let http = OutboundHttp::new(plugin.clone(), &grants.allowed_outbound_hosts, limits.http);
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.max_resources);
         Ok(Self {
@@ -1032,9 +1042,11 @@ impl PluginState {
                 refused: None,
             },
             call_started: Instant::now(),
+            budget: limits.process_timeout,
             api,
             sql,
             kv,
+            http,
         })
     }
 }
@@ -1045,6 +1057,13 @@ impl WasiView for PluginState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        let deadline = self.call_started + self.budget;
+        self.http.view(&mut self.table, deadline)
     }
 }
 

@@ -11,6 +11,7 @@
 use wasmgate::config::Protocol;
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::Cluster;
+use wasmgate_tests::http_server::{HttpServer, Tripwire};
 use wasmgate_tests::polyglot::{self, Language};
 use wasmgate_tests::{plugins, tools};
 
@@ -44,10 +45,16 @@ async fn polyglot_conformance(language: Language, test: &str) {
 /// embedded SQLite.
 async fn conformance(plugin: &str) {
     // The app may use the embedded key-value store and SQLite, under the cluster's
-    // temporary data.
-    let grant = "[worker.grants.commands]\nkv = \"embedded\"\nsql = { main = \"sqlite\" }\n";
+    // temporary data, and reach the test's HTTP server (not its tripwire).
+    let server = HttpServer::start().await;
+    let tripwire = Tripwire::start().await;
+    let grants = format!(
+        "[worker.grants.commands]\nkv = \"embedded\"\nsql = {{ main = \"sqlite\" }}\n\
+         allowed_outbound_hosts = [\"{}\"]\n",
+        server.origin()
+    );
     let gateways = [Protocol::Ws, Protocol::Text];
-    let cluster = Cluster::start_with_worker(("commands", plugin), &gateways, 1, 2, grant).await;
+    let cluster = Cluster::start_with_worker(("commands", plugin), &gateways, 1, 2, &grants).await;
     let ws = cluster.gateways[0].client_addr;
     let text = cluster.gateways[1].client_addr;
     let mut a = TestClient::ws(ws, "/").await.unwrap();
@@ -62,6 +69,7 @@ async fn conformance(plugin: &str) {
     sessions(&mut a, &mut b).await;
     sql(&mut a, &mut b, &mut c).await;
     key_value(&mut a, &mut b, &mut c).await;
+    outbound_http(&mut a, &mut c, &server, &tripwire).await;
     kick_and_close(&mut a, b, &mut c).await;
     cluster.stop().await;
 }
@@ -100,6 +108,28 @@ pub(crate) async fn key_value(a: &mut TestClient, b: &mut TestClient, c: &mut Te
     assert_eq!(a.ask("kvset k").await, "error usage: kvset <key> <value>");
     assert_eq!(a.ask("kvget").await, "error usage: kvget <key>");
     assert_eq!(a.ask("incr").await, "error usage: incr <key>");
+}
+
+/// `fetch`: a granted origin answers with its status and body; any other is refused before a
+/// connection is made, with an error reply; the other client is served throughout.
+async fn outbound_http(
+    a: &mut TestClient,
+    c: &mut TestClient,
+    server: &HttpServer,
+    tripwire: &Tripwire,
+) {
+    let hello = format!("fetch {}", server.url("/hello"));
+    assert_eq!(a.ask(&hello).await, "fetched 200 hello");
+    let big = a.ask(&format!("fetch {}", server.url("/big/3000"))).await;
+    assert_eq!(big, format!("fetched 200 {}", "x".repeat(3000)));
+    assert_eq!(c.ask("echo still here").await, "still here");
+    let denied = a.ask(&format!("fetch {}", tripwire.url("/hello"))).await;
+    assert!(denied.starts_with("error fetch "), "{denied}");
+    let elsewhere = a.ask("fetch https://api.example.com/").await;
+    assert!(elsewhere.starts_with("error fetch "), "{elsewhere}");
+    assert_eq!(tripwire.connections(), 0, "a denied request connected");
+    assert_eq!(c.ask("echo served").await, "served");
+    assert_eq!(a.ask("fetch").await, "error usage: fetch <url>");
 }
 
 /// `echo` and `whoami`, and every parsing rule of the README.

@@ -10,6 +10,7 @@
 mod chat_browser;
 mod cli;
 mod conformance;
+mod data_http;
 mod data_kv;
 mod data_sql;
 mod heartbeat;

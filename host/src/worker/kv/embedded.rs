@@ -417,8 +417,16 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_call_never_wedges_the_store() {
         with_store("drop", async |store, file| {
-            // Dropped before it ran: skipped. The store serves the next call.
+            // Dropped before it ran (queued behind a call that holds the thread): skipped.
+            // The store serves the next call.
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let busy = store.run(move |_| {
+                let _ = held.recv();
+                Ok(())
+            });
             drop(store.set(s("b"), s("k"), b"never".to_vec()));
+            release.send(()).unwrap();
+            busy.await.unwrap();
             assert_eq!(store.get(s("b"), s("k")).await.unwrap(), None);
             // A long statement cut by its deadline is interrupted, not waited for.
             let slow = store.run(|conn| {
