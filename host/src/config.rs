@@ -1805,10 +1805,8 @@ mod tests {
     }
 
     /// The other direction: no row, and no heading, for a key or section the configuration
-    /// does not have. Ignored until the data-kv, data-sql, data-http and data-links branches,
-    /// whose keys docs/config.md already documents, are merged; then remove the `ignore`.
+    /// does not have.
     #[test]
-    #[ignore = "docs/config.md documents keys of branches not merged yet"]
     fn the_reference_has_no_key_the_configuration_lacks() {
         let sections = sections();
         let mut extra = Vec::new();
