@@ -137,28 +137,42 @@ fn python_wit(wit: &Path, example: &Path, out_dir: &Path) -> Result<PathBuf, Ski
     copy_all(wit, &dir);
     copy_all(&example.join("wit"), &dir);
     copy_all(&deps, &dir.join("deps"));
+    // Our own dependencies (wasi:keyvalue), a folder each.
+    for entry in std::fs::read_dir(wit.join("deps")).into_iter().flatten() {
+        let from = entry.expect("reading wit/deps").path();
+        if from.is_dir() {
+            let to = dir.join("deps").join(from.file_name().unwrap());
+            std::fs::create_dir_all(&to).expect("creating the WIT directory");
+            copy_all(&from, &to);
+        }
+    }
     Ok(dir)
 }
 
-/// The `wit/` directory of the wasmtime-wasi-http crate in this workspace's lock file.
+/// The `wit/` directory of the wasmtime-wasi-http crate in this workspace's lock file, as
+/// cargo unpacked it to build the host. Looked up in the registry's sources directly:
+/// `cargo metadata` would want every platform's dependencies downloaded.
 fn wasi_http_wit() -> Result<PathBuf, Skip> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = tools::run(
-        Command::new(cargo)
-            .args(["metadata", "--format-version", "1", "--offline"])
-            .current_dir(tools::workspace()),
-        "finding wasmtime-wasi-http's WIT",
-    )?;
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
-    let manifest = metadata["packages"]
-        .as_array()
+    let lock =
+        std::fs::read_to_string(tools::workspace().join("Cargo.lock")).expect("reading Cargo.lock");
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"wasmtime-wasi-http\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_owned())
+        .expect("wasmtime-wasi-http is a dependency of the host");
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .ok_or_else(|| Skip::new("neither CARGO_HOME nor HOME is set"))?;
+    let crate_dir = format!("wasmtime-wasi-http-{version}");
+    std::fs::read_dir(cargo_home.join("registry").join("src"))
         .into_iter()
         .flatten()
-        .find(|p| p["name"] == "wasmtime-wasi-http")
-        .and_then(|p| p["manifest_path"].as_str())
-        .expect("wasmtime-wasi-http is a dependency of the host");
-    Ok(Path::new(manifest).with_file_name("wit"))
+        .flatten()
+        .map(|index| index.path().join(&crate_dir).join("wit"))
+        .find(|wit| wit.join("deps").is_dir())
+        .ok_or_else(|| Skip::new(format!("{crate_dir} is not in cargo's registry sources")))
 }
 
 /// A digest of everything the build reads: the example's inputs and the WIT package.

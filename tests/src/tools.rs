@@ -21,7 +21,7 @@ pub struct Skip(String);
 
 impl Skip {
     /// A skip for `reason`.
-    fn new(reason: impl Into<String>) -> Self {
+    pub fn new(reason: impl Into<String>) -> Self {
         Self(reason.into())
     }
 
@@ -176,6 +176,10 @@ pub fn npm_install(name: &str, package_json: &Path) -> Result<PathBuf, Skip> {
     let wanted = std::fs::read(package_json).expect("reading package.json");
     let modules = dir.join("node_modules");
     if std::fs::read(dir.join("package.json")).ok() != Some(wanted.clone()) || !modules.is_dir() {
+        // A fresh tree: npm installing over one made for another package.json can leave it
+        // without packages the new one needs.
+        let _ = std::fs::remove_dir_all(&modules);
+        let _ = std::fs::remove_file(dir.join("package-lock.json"));
         std::fs::write(dir.join("package.json"), &wanted).expect("copying package.json");
         run(
             Command::new("npm")
