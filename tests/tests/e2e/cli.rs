@@ -192,6 +192,32 @@ async fn a_reload_applies_changed_grants_and_keeps_the_clients() {
     );
 }
 
+/// A data grant follows a reload too: the key-value store the app lacked is there after
+/// `kv = "embedded"` is added and the server hung up on, for the same client.
+#[tokio::test]
+async fn a_reload_grants_a_key_value_store() {
+    let (r, g, m) = (free_port(), free_port(), free_port());
+    let config = format!(
+        "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
+         [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"commands\"\n\
+         [metrics]\nlisten = \"127.0.0.1:{m}\"\n\
+         [worker]\nplugins = \"plugins\"\ninstances = 1\n"
+    );
+    let (daemon, started) = Daemon::start(BIN, &config, &[("commands", plugins::COMMANDS)]).await;
+    assert!(started.status.success(), "{started:?}");
+    let addr = format!("127.0.0.1:{g}").parse().unwrap();
+    let mut client = TestClient::ws(addr, "/").await.unwrap();
+    let refused = client.ask("kvset k v").await;
+    assert!(refused.contains("no kv grant"), "{refused}");
+
+    let granted = format!("{config}[worker.grants.commands]\nkv = \"embedded\"\n");
+    std::fs::write(daemon.dir().join("wasmgate.toml"), granted).unwrap();
+    hang_up(daemon.pid);
+    reloads_reach(m, "commands", "installed", 2.0).await;
+    assert_eq!(client.ask("kvset k v").await, "ok");
+    assert_eq!(client.ask("kvget k").await, "value k v");
+}
+
 fn hang_up(pid: u32) {
     let sent = std::process::Command::new("kill")
         .args(["-HUP", &pid.to_string()])
