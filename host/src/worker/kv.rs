@@ -89,7 +89,8 @@ impl Stores {
         let cell = self
             .open
             .lock()
-            .expect("kv stores lock")
+            // Entries are inserted whole; a panic elsewhere cannot leave one half-written.
+            .unwrap_or_else(|e| e.into_inner())
             .entry((app.to_owned(), grant.clone()))
             .or_default()
             .clone();
