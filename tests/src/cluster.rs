@@ -375,13 +375,7 @@ impl Node {
     /// Sends the process `signal` (a `kill` name: `STOP`, `CONT`, …), e.g. to freeze it
     /// as a peer that stopped answering.
     pub async fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let sent = Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(sent.success(), "kill -{signal} {pid} failed");
+        crate::daemon::signal(self.child.id().expect("running"), signal).await;
     }
 
     /// Kills the process at once (SIGKILL) and waits for it.

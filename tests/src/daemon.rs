@@ -124,6 +124,16 @@ pub async fn wasmgate(binary: &str, dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Sends process `pid` `signal` (a `kill` name: `STOP`, `CONT`, `HUP`, …).
+pub async fn signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} {pid} failed");
+}
+
 /// Whether process `pid` runs: it exists and is not a zombie (a daemon's parent has exited,
 /// so whoever adopted it may not have reaped it yet).
 pub fn alive(pid: u32) -> bool {

@@ -86,13 +86,7 @@ impl RedisServer {
     /// Sends the server `signal` (a `kill` name): `STOP` freezes it (connections stay open,
     /// nothing answers), `CONT` thaws it.
     pub async fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let sent = Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(sent.success(), "kill -{signal} {pid} failed");
+        crate::daemon::signal(self.child.id().expect("running"), signal).await;
     }
 
     /// Kills the server (SIGKILL) and waits for it: the store is down from now on.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{SECRET, free_port};
-use wasmgate_tests::daemon::{Daemon, alive, wasmgate};
+use wasmgate_tests::daemon::{Daemon, alive, signal, wasmgate};
 use wasmgate_tests::polyglot::{self, Language};
 use wasmgate_tests::prometheus::scrape;
 use wasmgate_tests::{plugins, tools};
@@ -173,7 +173,7 @@ async fn a_reload_applies_changed_grants_and_keeps_the_clients() {
     let file = daemon.dir().join("wasmgate.toml");
     let granted = format!("{config}[worker.grants.m]\nenv = {{ GREETING = \"hi\" }}\n");
     std::fs::write(&file, &granted).unwrap();
-    hang_up(daemon.pid);
+    signal(daemon.pid, "HUP").await;
     reloads_reach(m, "m", "installed", 2.0).await;
     assert_eq!(
         alice.ask("env GREETING").await,
@@ -183,7 +183,7 @@ async fn a_reload_applies_changed_grants_and_keeps_the_clients() {
 
     // (`wasmgate reload` itself would refuse this file before asking the server.)
     std::fs::write(&file, format!("{granted}typo = 1\n")).unwrap();
-    hang_up(daemon.pid);
+    signal(daemon.pid, "HUP").await;
     reloads_reach(m, "m", "unchanged", 1.0).await;
     assert_eq!(
         alice.ask("env GREETING").await,
@@ -212,18 +212,10 @@ async fn a_reload_grants_a_key_value_store() {
 
     let granted = format!("{config}[worker.grants.commands]\nkv = \"embedded\"\n");
     std::fs::write(daemon.dir().join("wasmgate.toml"), granted).unwrap();
-    hang_up(daemon.pid);
+    signal(daemon.pid, "HUP").await;
     reloads_reach(m, "commands", "installed", 2.0).await;
     assert_eq!(client.ask("kvset k v").await, "ok");
     assert_eq!(client.ask("kvget k").await, "value k v");
-}
-
-fn hang_up(pid: u32) {
-    let sent = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
 }
 
 /// `start -d` returns once the plugins present at start serve: with a Python plugin and a
