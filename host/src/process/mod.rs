@@ -127,7 +127,7 @@ async fn serve_reloads(
                     );
                 }
                 let table = config.worker.map(|w| w.grants).unwrap_or_default();
-                if *grants.borrow() != Arc::new(table.clone()) {
+                if **grants.borrow() != table {
                     tracing::info!("reload: applying the changed grants");
                 }
                 grants.send_replace(Arc::new(table));

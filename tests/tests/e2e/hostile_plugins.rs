@@ -34,6 +34,14 @@ fn start_node(plugins: &Path, worker: &str) -> (Node, u16, u16) {
     (node, m, other)
 }
 
+/// A plugins directory with misbehave as app `m` and `other` as app `other`.
+fn plugins_dir(other: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(plugins::MISBEHAVE, dir.path().join("m.wasm")).unwrap();
+    std::fs::copy(other, dir.path().join("other.wasm")).unwrap();
+    dir
+}
+
 fn mkfifo(path: &Path) {
     let made = Command::new("mkfifo").arg(path).status().unwrap();
     assert!(made.success(), "mkfifo {}", path.display());
@@ -120,19 +128,13 @@ async fn parked_guest_is_stopped(command: &str, plugins: &Path, worker: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_asleep_in_a_host_call_is_stopped_at_process_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    for app in ["m", "other"] {
-        std::fs::copy(plugins::MISBEHAVE, dir.path().join(format!("{app}.wasm"))).unwrap();
-    }
+    let dir = plugins_dir(plugins::MISBEHAVE);
     parked_guest_is_stopped("sleep 60000", dir.path(), "").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_blocked_reading_a_fifo_is_stopped_and_does_not_block_the_stop() {
-    let dir = tempfile::tempdir().unwrap();
-    for app in ["m", "other"] {
-        std::fs::copy(plugins::MISBEHAVE, dir.path().join(format!("{app}.wasm"))).unwrap();
-    }
+    let dir = plugins_dir(plugins::MISBEHAVE);
     let data = tempfile::tempdir().unwrap();
     // Nobody ever opens it for writing: a read blocks a thread for good.
     mkfifo(&data.path().join("fifo"));
@@ -145,9 +147,7 @@ async fn a_guest_blocked_reading_a_fifo_is_stopped_and_does_not_block_the_stop()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_files_that_are_not_regular_or_too_large_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(plugins::MISBEHAVE, dir.path().join("m.wasm")).unwrap();
-    std::fs::copy(plugins::ECHO, dir.path().join("other.wasm")).unwrap();
+    let dir = plugins_dir(plugins::ECHO);
     // Read whole, this one never ends; the FIFO has no writer, so a plain open never returns.
     std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.wasm")).unwrap();
     mkfifo(&dir.path().join("fifo.wasm"));
@@ -333,9 +333,7 @@ async fn a_swapped_or_forged_cache_entry_is_recompiled_not_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timers_and_log_output_are_capped_per_plugin() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(plugins::MISBEHAVE, dir.path().join("m.wasm")).unwrap();
-    std::fs::copy(plugins::ECHO, dir.path().join("other.wasm")).unwrap();
+    let dir = plugins_dir(plugins::ECHO);
     let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (node, m, other) = start_node(
         dir.path(),
@@ -390,9 +388,7 @@ async fn timers_and_log_output_are_capped_per_plugin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resources_past_max_resources_end_that_instance_only() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(plugins::MISBEHAVE, dir.path().join("m.wasm")).unwrap();
-    std::fs::copy(plugins::ECHO, dir.path().join("other.wasm")).unwrap();
+    let dir = plugins_dir(plugins::ECHO);
     let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (node, m, other) = start_node(
         dir.path(),
@@ -479,10 +475,7 @@ async fn an_instance_whose_start_keeps_failing_is_not_restarted_in_a_tight_loop(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_exits_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    for app in ["m", "other"] {
-        std::fs::copy(plugins::MISBEHAVE, dir.path().join(format!("{app}.wasm"))).unwrap();
-    }
+    let dir = plugins_dir(plugins::MISBEHAVE);
     // A call parked for a minute, allowed by process_timeout: the graceful stop waits for it.
     let (mut node, m, other) = start_node(dir.path(), "process_timeout = \"60s\"");
     let mut parked = connect_ws(m).await;
@@ -546,10 +539,7 @@ async fn a_wedged_on_worker_start_does_not_block_the_plugins_watcher() {
 /// with 1008 and `on-connect` never runs for it; a bystander of the same instance is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_in_on_websocket_connect_refuses_the_client() {
-    let dir = tempfile::tempdir().unwrap();
-    for app in ["m", "other"] {
-        std::fs::copy(plugins::MISBEHAVE, dir.path().join(format!("{app}.wasm"))).unwrap();
-    }
+    let dir = plugins_dir(plugins::MISBEHAVE);
     let (node, m, _) = start_node(
         dir.path(),
         "process_timeout = \"1s\"\nmemory_limit = \"64MiB\"",
