@@ -35,6 +35,17 @@ async fn cluster(app: &str, worker: &str) -> Cluster {
     Cluster::start_with_worker((app, plugins::COMMANDS), &gateways, 1, 2, worker).await
 }
 
+/// A WebSocket client that uses the store, and a text client beside it.
+async fn clients(cluster: &Cluster) -> (TestClient, TestClient) {
+    let plugin = TestClient::ws(cluster.gateways[0].client_addr, "/")
+        .await
+        .unwrap();
+    let bystander = TestClient::text(cluster.gateways[1].client_addr)
+        .await
+        .unwrap();
+    (plugin, bystander)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_protocol_against_redis_rust() {
     against_redis(
@@ -94,12 +105,7 @@ async fn against_redis(plugin: &str, test: &str) {
 async fn an_app_without_the_grant_is_refused_with_words() {
     let app = "kvdenied";
     let cluster = cluster(app, "").await;
-    let mut plugin = TestClient::ws(cluster.gateways[0].client_addr, "/")
-        .await
-        .unwrap();
-    let mut bystander = TestClient::text(cluster.gateways[1].client_addr)
-        .await
-        .unwrap();
+    let (mut plugin, mut bystander) = clients(&cluster).await;
     let denied = format!(
         "error kv app {app} has no kv grant: add kv = \"embedded\" (or kv = \
          \"redis://host:port/db\") to [worker.grants.{app}]"
@@ -130,12 +136,7 @@ async fn values_and_keys_over_the_caps_fail_and_change_nothing() {
         "max_kv_value_size = \"16B\"\nmax_kv_key_size = \"8B\"\n[worker.grants.{app}]\nkv = \"embedded\"\n"
     );
     let cluster = cluster(app, &worker).await;
-    let mut plugin = TestClient::ws(cluster.gateways[0].client_addr, "/")
-        .await
-        .unwrap();
-    let mut bystander = TestClient::text(cluster.gateways[1].client_addr)
-        .await
-        .unwrap();
+    let (mut plugin, mut bystander) = clients(&cluster).await;
     let before = metrics::data_calls(app, "kv", "too_large");
     assert_eq!(
         plugin.ask("kvset k 0123456789abcdef").await,
@@ -215,12 +216,7 @@ async fn a_redis_server_that_dies_fails_the_call_and_the_next_event_is_served() 
     let app = "kvdown";
     let grant = format!("[worker.grants.{app}]\nkv = \"{}\"\n", server.url());
     let cluster = cluster(app, &grant).await;
-    let mut plugin = TestClient::ws(cluster.gateways[0].client_addr, "/")
-        .await
-        .unwrap();
-    let mut bystander = TestClient::text(cluster.gateways[1].client_addr)
-        .await
-        .unwrap();
+    let (mut plugin, mut bystander) = clients(&cluster).await;
     assert_eq!(plugin.ask("kvset k v").await, "ok");
     assert_eq!(plugin.ask("kvget k").await, "value k v");
     server.kill().await;
@@ -259,12 +255,7 @@ async fn a_call_to_a_frozen_server_is_cut_at_process_timeout_and_the_store_recov
         server.url()
     );
     let cluster = cluster(app, &worker).await;
-    let mut plugin = TestClient::ws(cluster.gateways[0].client_addr, "/")
-        .await
-        .unwrap();
-    let mut bystander = TestClient::text(cluster.gateways[1].client_addr)
-        .await
-        .unwrap();
+    let (mut plugin, mut bystander) = clients(&cluster).await;
     assert_eq!(plugin.ask("kvset k before").await, "ok");
     // Frozen: the connection stays open and nothing answers, so the call parks in the host
     // until the callback's deadline (1 s, under the 5 s reply timeout) drops it.
