@@ -210,6 +210,13 @@ impl Running {
         self.holders.iter().map(|&pid| rss(pid)).sum()
     }
 
+    /// A function that reads the CPU time (user and system) every process of the server has
+    /// used so far; it owns what it needs, so a task can sample while the run goes on.
+    pub fn cpu_sampler(&self) -> impl Fn() -> anyhow::Result<Duration> + Send + 'static {
+        let pids: Vec<u32> = self.children.iter().filter_map(Child::id).collect();
+        move || pids.iter().map(|&pid| cpu_time(pid)).sum()
+    }
+
     /// Every child's log, for an error message.
     pub fn logs(&self) -> String {
         let mut logs = String::new();
@@ -277,6 +284,29 @@ pub fn rss(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .with_context(|| format!("no VmRSS for process {pid}"))?;
     Ok(kib * 1024)
+}
+
+/// The CPU time (user and system, every thread) process `pid` has used, from
+/// `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis,
+    // where field 3 (the state) comes first and utime, stime are fields 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i)
+            .with_context(|| format!("a short /proc/{pid}/stat"))?
+            .parse()?)
+    };
+    // SAFETY: sysconf only reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_micros(
+        (ticks(11)? + ticks(12)?) * 1_000_000 / hz,
+    ))
 }
 
 /// The last lines of a log.

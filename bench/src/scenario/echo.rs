@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::ensure;
 use tokio::task::JoinSet;
 
-use super::{Window, answer, connect_all, padded};
+use super::{Window, answer, connect_all, cpu_per, padded};
 use crate::client::Proto;
 use crate::stats::{self, Figure, Histogram};
 use crate::target::{Layout, Running};
@@ -36,6 +36,7 @@ impl Echo {
         let message = padded("echo ", self.payload);
         let payload = self.payload;
         let window = Window::after(self.warmup, self.duration);
+        let cpu = window.cpu_of(running);
         let mut tasks = JoinSet::new();
         for mut client in clients {
             let message = message.clone();
@@ -59,12 +60,14 @@ impl Echo {
             });
         }
         let (answered, latency) = gather(tasks).await?;
+        let cpu = cpu.await??;
         let throughput = match layout {
             Layout::Single => "≥ 0.7×",
             Layout::Split => "≥ 0.5×",
         };
         let mut figures =
             vec![Figure::new("msgs/s", answered as f64 / window.seconds()).target(throughput)];
+        figures.push(cpu_per("msg", cpu, answered).target("≤ 1.3×"));
         figures.extend(stats::latencies(&latency, Some("≤ 2×")));
         Ok(figures)
     }

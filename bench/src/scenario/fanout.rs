@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::echo::gather;
-use super::{REPLY_TIMEOUT, Window, answer, connect_all};
+use super::{REPLY_TIMEOUT, Window, answer, connect_all, cpu_per};
 use crate::client::{Client, Proto};
 use crate::stats::{self, Figure};
 use crate::target::Running;
@@ -93,6 +93,7 @@ impl Fanout {
         });
         let origin = Instant::now();
         let window = Window::after(self.warmup, self.duration);
+        let cpu = window.cpu_of(running);
         let mut tasks = JoinSet::new();
         for mut member in members {
             let progress = progress.clone();
@@ -116,8 +117,11 @@ impl Fanout {
         }
         publish(publisher, &progress, self, window, origin).await?;
         let (delivered, latency) = gather(tasks).await?;
-        let mut figures =
-            vec![Figure::new("deliveries/s", delivered as f64 / window.seconds()).target("≥ 0.8×")];
+        let cpu = cpu.await??;
+        let mut figures = vec![
+            Figure::new("deliveries/s", delivered as f64 / window.seconds()).target("≥ 0.8×"),
+            cpu_per("delivery", cpu, delivered),
+        ];
         figures.extend(stats::latencies(&latency, None));
         Ok(figures)
     }

@@ -149,6 +149,27 @@ impl Window {
     pub fn seconds(&self) -> f64 {
         (self.end - self.start).as_secs_f64()
     }
+
+    /// Measures the CPU time `running`'s processes use inside the window, in a task of its
+    /// own: the server's cost, which unlike throughput does not depend on how much CPU the
+    /// load client and the rest of a shared machine leave it.
+    pub fn cpu_of(self, running: &Running) -> tokio::task::JoinHandle<anyhow::Result<Duration>> {
+        let sample = running.cpu_sampler();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(self.start.into()).await;
+            let before = sample()?;
+            tokio::time::sleep_until(self.end.into()).await;
+            Ok(sample()? - before)
+        })
+    }
+}
+
+/// Server CPU microseconds per unit of work (message, delivery) in a window, as a figure.
+pub fn cpu_per(unit: &str, cpu: Duration, count: u64) -> Figure {
+    Figure::new(
+        format!("server CPU µs/{unit}"),
+        cpu.as_secs_f64() * 1e6 / count.max(1) as f64,
+    )
 }
 
 /// `prefix` followed by `payload` bytes of filler: a message whose payload has the size a
