@@ -224,12 +224,12 @@ struct TowardsLabels {
     towards: &'static str,
 }
 
-/// Adds `change` bytes to those queued on this process's internal links `towards` (`worker`,
-/// `gateway`).
-pub fn link_queued_bytes(towards: &'static str, change: i64) {
+/// The gauge of bytes queued on this process's internal links `towards` (`worker`,
+/// `gateway`): a handle to fetch once, as link queues change it for every message.
+pub fn link_queued_bytes(towards: &'static str) -> Gauge {
     LINK_QUEUED_BYTES
         .get_or_create(&TowardsLabels { towards })
-        .inc_by(change);
+        .clone()
 }
 
 /// Why the control socket refused a peer.

@@ -8,10 +8,11 @@
 //! whole budget waits for an empty queue and then goes alone, so every message that fits in a
 //! frame can be sent.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 
 pub use tokio::sync::mpsc::error::{SendError, TryRecvError, TrySendError};
 
@@ -85,10 +86,15 @@ pub enum Towards {
 }
 
 impl Towards {
-    fn label(self) -> &'static str {
+    /// Its gauge, fetched once: queues change it for every message.
+    fn gauge(self) -> &'static Gauge {
+        static WORKER: LazyLock<Gauge> =
+            LazyLock::new(|| crate::metrics::link_queued_bytes("worker"));
+        static GATEWAY: LazyLock<Gauge> =
+            LazyLock::new(|| crate::metrics::link_queued_bytes("gateway"));
         match self {
-            Towards::Worker => "worker",
-            Towards::Gateway => "gateway",
+            Towards::Worker => &WORKER,
+            Towards::Gateway => &GATEWAY,
         }
     }
 }
@@ -107,7 +113,7 @@ pub fn channel<M: Weigh>(
             tx,
             bytes: bytes.clone(),
             budget,
-            towards: towards.label(),
+            gauge: towards.gauge(),
         },
         LinkReceiver { rx, bytes, budget },
     )
@@ -123,19 +129,19 @@ struct Weighed<M> {
 /// leaves the queue.
 struct Held {
     bytes: OwnedSemaphorePermit,
-    towards: &'static str,
+    gauge: &'static Gauge,
 }
 
 impl Held {
-    fn new(bytes: OwnedSemaphorePermit, towards: &'static str) -> Self {
-        crate::metrics::link_queued_bytes(towards, bytes.num_permits() as i64);
-        Self { bytes, towards }
+    fn new(bytes: OwnedSemaphorePermit, gauge: &'static Gauge) -> Self {
+        gauge.inc_by(bytes.num_permits() as i64);
+        Self { bytes, gauge }
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        crate::metrics::link_queued_bytes(self.towards, -(self.bytes.num_permits() as i64));
+        self.gauge.dec_by(self.bytes.num_permits() as i64);
     }
 }
 
@@ -144,7 +150,7 @@ pub struct LinkSender<M> {
     tx: mpsc::Sender<Weighed<M>>,
     bytes: Arc<Semaphore>,
     budget: usize,
-    towards: &'static str,
+    gauge: &'static Gauge,
 }
 
 impl<M> Clone for LinkSender<M> {
@@ -153,7 +159,7 @@ impl<M> Clone for LinkSender<M> {
             tx: self.tx.clone(),
             bytes: self.bytes.clone(),
             budget: self.budget,
-            towards: self.towards,
+            gauge: self.gauge,
         }
     }
 }
@@ -162,17 +168,22 @@ impl<M: Weigh> LinkSender<M> {
     /// Queues `message` once the queue has room for it, in messages and in bytes.
     pub async fn send(&self, message: M) -> Result<(), SendError<M>> {
         let weight = self.weight_of(&message);
-        let bytes = tokio::select! {
-            permit = self.bytes.clone().acquire_many_owned(weight) => match permit {
-                Ok(permit) => permit,
-                Err(_) => return Err(SendError(message)),
+        // The common case, a queue with room, without the cost of a select.
+        let bytes = match self.bytes.clone().try_acquire_many_owned(weight) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(SendError(message)),
+            Err(TryAcquireError::NoPermits) => tokio::select! {
+                permit = self.bytes.clone().acquire_many_owned(weight) => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return Err(SendError(message)),
+                },
+                () = self.tx.closed() => return Err(SendError(message)),
             },
-            () = self.tx.closed() => return Err(SendError(message)),
         };
         self.tx
             .send(Weighed {
                 message,
-                _held: Held::new(bytes, self.towards),
+                _held: Held::new(bytes, self.gauge),
             })
             .await
             .map_err(|SendError(w)| SendError(w.message))
@@ -190,7 +201,7 @@ impl<M: Weigh> LinkSender<M> {
         self.tx
             .try_send(Weighed {
                 message,
-                _held: Held::new(bytes, self.towards),
+                _held: Held::new(bytes, self.gauge),
             })
             .map_err(|e| match e {
                 TrySendError::Full(w) => TrySendError::Full(w.message),
