@@ -25,7 +25,8 @@ async fn a_daemon_is_inspected_reloaded_restarted_and_stopped_by_its_config_file
          [worker]\nname = \"w1\"\nplugins = \"plugins\"\ninstances = 1\nregister = \"127.0.0.1:{r}\"\n\
          [metrics]\nlisten = \"127.0.0.1:{m}\"\n"
     );
-    let (daemon, started) = Daemon::start(BIN, &config, &[("commands", plugins::COMMANDS)]).await;
+    let (mut daemon, started) =
+        Daemon::start(BIN, &config, &[("commands", plugins::COMMANDS)]).await;
     let out = stdout(&started);
     assert!(started.status.success(), "{started:?}");
     assert!(
@@ -112,20 +113,17 @@ async fn a_daemon_is_inspected_reloaded_restarted_and_stopped_by_its_config_file
     reloads_reach(m, "commands", "unchanged", 1.0).await;
     assert_eq!(alice.ask("echo still served").await, "still served");
 
-    let restart = daemon.run(&["restart", "-d"]).await;
+    let old_pid = daemon.pid;
+    let restart = daemon.restart().await;
     assert!(restart.status.success(), "{restart:?}");
     let out = stdout(&restart);
     assert!(
         out.contains("stop success") && out.contains("Start success"),
         "{out}"
     );
-    assert!(!alive(daemon.pid), "the old process is gone");
+    assert!(!alive(old_pid), "the old process is gone");
     alice.assert_closed().await;
-    let new_pid: u32 = std::fs::read_to_string(daemon.dir().join("wasmgate.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let new_pid = daemon.pid;
     assert!(alive(new_pid));
 
     let stop = daemon.run(&["stop"]).await;
