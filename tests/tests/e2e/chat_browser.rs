@@ -19,6 +19,7 @@ use wasmgate::web::BoundWeb;
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{Cluster, Node, PluginsDir, SECRET, connect_ws, free_port};
 use wasmgate_tests::daemon::Daemon;
+use wasmgate_tests::postgres::Postgres;
 use wasmgate_tests::{plugins, tools};
 
 use crate::BIN;
@@ -236,33 +237,30 @@ async fn the_chat_survives_a_hot_reload() {
 async fn a_room_keeps_its_last_50_messages_across_a_restart() {
     let g = free_port();
     let mut daemon = start_with_history(g, "").await;
-    let since = now_ms();
-    let mut eve = Person::login(connect_ws(g).await, "Eve", "side").await;
-    assert_eq!(eve.history().await, [] as [Value; 0], "a new room has none");
-    let mut ada = Person::login(connect_ws(g).await, "Ada", "lobby").await;
-    assert_eq!(
-        ada.history().await,
-        [] as [Value; 0],
-        "other rooms' are not in it"
-    );
-    for i in 1..=55 {
-        ada.says(&format!("m{i}")).await;
-        if i % 11 == 0 {
-            eve.says(&format!("side {i}")).await;
-        }
-    }
-
-    let mut bob = Person::login(connect_ws(g).await, "Bob", "lobby").await;
-    let said = bob.history().await;
-    assert_eq!(texts(&said), numbered(6..=55), "the last 50, oldest first");
-    assert!(said.iter().all(|m| m["name"] == "Ada"), "{said:?}");
-    let times: Vec<i64> = said.iter().map(|m| m["time"].as_i64().unwrap()).collect();
-    assert!(
-        times.is_sorted() && times[0] >= since && times[49] <= now_ms(),
-        "times in order, when they were said: {times:?}"
-    );
+    let [mut eve, mut ada, mut bob] = fifty_five_said_the_last_50_shown(g).await;
+    // The table is bounded: 50 per room, and 10,000 in all, the oldest going first.
+    let file = daemon.dir().join("data/chat/history.sqlite");
+    let db = rusqlite::Connection::open(&file).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let count = |room: &str| -> i64 {
+        let sql = "select count(*) from chat_history where room like ?1";
+        db.query_row(sql, [room], |row| row.get(0)).unwrap()
+    };
+    assert_eq!((count("lobby"), count("side")), (50, 5));
+    db.execute_batch(
+        "begin; with recursive n(i) as (select 1 union all select i + 1 from n where i < 10000) \
+         insert into chat_history select 'old', i, 'Zed', 'ancient', i from n; commit;",
+    )
+    .unwrap();
     ada.says("live").await;
     assert_eq!(bob.next("say").await["text"], "live");
+    assert_eq!((count("%"), count("lobby"), count("side")), (10_000, 50, 5));
+    let oldest: i64 = db
+        .query_row("select min(at) from chat_history", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(oldest, 56, "the 55 oldest went");
+    drop(db);
+    eve.says("before the restart").await;
 
     let restarted = daemon.restart().await;
     assert!(restarted.status.success(), "{restarted:?}");
@@ -271,7 +269,14 @@ async fn a_room_keeps_its_last_50_messages_across_a_restart() {
     let side = eve.history().await;
     assert_eq!(
         texts(&side),
-        ["side 11", "side 22", "side 33", "side 44", "side 55"]
+        [
+            "side 11",
+            "side 22",
+            "side 33",
+            "side 44",
+            "side 55",
+            "before the restart"
+        ]
     );
     eve.says("still here").await;
     let mut cy = Person::login(connect_ws(g).await, "Ada", "lobby").await;
@@ -284,6 +289,69 @@ async fn a_room_keeps_its_last_50_messages_across_a_restart() {
     );
     cy.says("a new Ada").await;
     eve.says("and still here").await;
+}
+
+/// The same history on PostgreSQL (the statements are portable), and a database that goes
+/// down meanwhile: the chat goes on without history, for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_keeps_its_history_on_postgres_and_chats_on_when_it_is_down() {
+    let started = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let test = "chat_browser::a_room_keeps_its_history_on_postgres_and_chats_on_when_it_is_down";
+    let Some(pg) = tools::or_skip(started, test) else {
+        return;
+    };
+    let grant = format!(
+        "[worker.grants.chat]\nsql = {{ history = \"{}\" }}\n",
+        pg.url()
+    );
+    let cluster =
+        Cluster::start_with_worker(("chat", plugins::CHAT), &[Protocol::Ws], 1, 2, &grant).await;
+    let g = cluster.gateways[0].client_addr.port();
+    let [mut eve, mut ada, mut bob] = fifty_five_said_the_last_50_shown(g).await;
+
+    let counted = "select room, count(*) from chat_history group by room order by room";
+    assert_eq!(pg.query(counted), "lobby|50\nside|5", "50 kept per room");
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap();
+    ada.says("is anyone storing this?").await;
+    assert_eq!(bob.next("say").await["text"], "is anyone storing this?");
+    let mut cy = Person::login(connect_ws(g).await, "Cy", "lobby").await;
+    let first = cy.recv().await;
+    assert_eq!(
+        first["type"], "users",
+        "no history while it is down: {first}"
+    );
+    eve.says("still here").await;
+    cluster.stop().await;
+}
+
+/// Eve (a bystander) talks in `side` while Ada says `m1` … `m55` in `lobby`, each stored
+/// once she hears it back; then Bob joins the lobby and gets the last 50, oldest first, by Ada,
+/// stamped when they were said. Returns Eve, Ada and Bob.
+async fn fifty_five_said_the_last_50_shown(port: u16) -> [Person; 3] {
+    let since = now_ms();
+    let mut eve = Person::login(connect_ws(port).await, "Eve", "side").await;
+    assert_eq!(eve.history().await, [] as [Value; 0], "a new room has none");
+    let mut ada = Person::login(connect_ws(port).await, "Ada", "lobby").await;
+    let none = ada.history().await;
+    assert_eq!(none, [] as [Value; 0], "other rooms' are not in it");
+    for i in 1..=55 {
+        ada.says(&format!("m{i}")).await;
+        if i % 11 == 0 {
+            eve.says(&format!("side {i}")).await;
+        }
+    }
+    let mut bob = Person::login(connect_ws(port).await, "Bob", "lobby").await;
+    let said = bob.history().await;
+    assert_eq!(texts(&said), numbered(6..=55), "the last 50, oldest first");
+    assert!(said.iter().all(|m| m["name"] == "Ada"), "{said:?}");
+    let times: Vec<i64> = said.iter().map(|m| m["time"].as_i64().unwrap()).collect();
+    assert!(
+        times.is_sorted() && times[0] >= since && times[49] <= now_ms(),
+        "times in order, when they were said: {times:?}"
+    );
+    [eve, ada, bob]
 }
 
 /// Every role in one process, started from a directory as an operator starts it (`wasmgate
