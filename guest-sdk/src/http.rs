@@ -19,7 +19,7 @@
 //! directly.
 
 use wasip2::http::outgoing_handler;
-use wasip2::http::types::{Fields, OutgoingBody, OutgoingRequest, Scheme};
+use wasip2::http::types::{Fields, FutureIncomingResponse, OutgoingBody, OutgoingRequest, Scheme};
 use wasip2::io::streams::StreamError;
 
 /// The standard bindings (`wasi:http/types`, `wasi:http/outgoing-handler`) this module wraps.
@@ -93,6 +93,44 @@ pub fn send(
     headers: &[(&str, &[u8])],
     body: &[u8],
 ) -> Result<Response, Error> {
+    let (request, outgoing) = prepare(method, url, headers)?;
+    // Handed over first, then the body written: the host streams it as it comes.
+    let future = outgoing_handler::handle(request, None)?;
+    if !body.is_empty() {
+        let stream = outgoing
+            .write()
+            .map_err(|()| Error::Invalid(format!("body of {url:?}")))?;
+        for chunk in body.chunks(CHUNK as usize) {
+            stream
+                .blocking_write_and_flush(chunk)
+                .map_err(stream_error)?;
+        }
+    }
+    OutgoingBody::finish(outgoing, None)?;
+    read(future)
+}
+
+/// Sends a request without a body and returns at once with its pending response, for several
+/// requests in flight together: wait with `future.subscribe().block()`, then `future.get()`.
+/// Each counts against the host's `max_http_requests` until its response body is read to the
+/// end or dropped.
+pub fn start(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &[u8])],
+) -> Result<FutureIncomingResponse, Error> {
+    let (request, outgoing) = prepare(method, url, headers)?;
+    let future = outgoing_handler::handle(request, None)?;
+    OutgoingBody::finish(outgoing, None)?;
+    Ok(future)
+}
+
+/// The request for `url` with `headers`, and its body to write.
+fn prepare(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &[u8])],
+) -> Result<(OutgoingRequest, OutgoingBody), Error> {
     let (scheme, authority, path) = split_url(url)?;
     let fields: Vec<(String, Vec<u8>)> = headers
         .iter()
@@ -115,17 +153,11 @@ pub fn send(
         .set_path_with_query(Some(path))
         .map_err(|()| invalid("path"))?;
     let outgoing = request.body().map_err(|()| invalid("body"))?;
-    // Handed over first, then the body written: the host streams it as it comes.
-    let future = outgoing_handler::handle(request, None)?;
-    if !body.is_empty() {
-        let stream = outgoing.write().map_err(|()| invalid("body"))?;
-        for chunk in body.chunks(CHUNK as usize) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(stream_error)?;
-        }
-    }
-    OutgoingBody::finish(outgoing, None)?;
+    Ok((request, outgoing))
+}
+
+/// Waits for `future`'s response and reads all of it.
+fn read(future: FutureIncomingResponse) -> Result<Response, Error> {
     future.subscribe().block();
     let response = match future.get() {
         Some(Ok(response)) => response?,

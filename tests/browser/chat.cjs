@@ -1,9 +1,14 @@
-// Drives the chat demo's page in headless Chromium (Debian's, through playwright-core), as two
-// and then three people would: log in, see each other in the online list, talk, whisper, leave
-// and close the tab. Started by tests/tests/e2e/chat_browser.rs, which serves the page and the
-// `chat` plugin; every wait is for something on the page, bounded by TIMEOUT_MS.
+// Drives the chat demo's page in headless Chromium (Debian's, through playwright-core), as
+// people would. Started by tests/tests/e2e/chat_browser.rs, which serves the page and the `chat`
+// plugin; every wait is for something on the page, bounded by TIMEOUT_MS. The scenarios:
 //
-//   node tests/browser/chat.cjs <page url> <screenshot dir>
+//   people: two and then three people log in, see each other in the online list, talk,
+//     whisper, leave and close the tab.
+//   history-before-restart: Ada talks; Bob joins and sees what she said as history, reloads the
+//     page and sees it again, then hears her live.
+//   history-after-restart: (the test restarted the server) Cy joins and sees all of it.
+//
+//   node tests/browser/chat.cjs <page url> <screenshot dir> <scenario>
 //
 // Environment: NODE_PATH (where playwright-core is installed), CHROMIUM (the browser binary).
 // Exits 0 when every step saw what it expected; otherwise prints the failure and exits 1.
@@ -14,7 +19,13 @@ const path = require('node:path');
 const { chromium } = require('playwright-core');
 
 const TIMEOUT_MS = 10_000;
-const [url, shots] = process.argv.slice(2);
+const [url, shots, scenario] = process.argv.slice(2);
+
+const scenarios = {
+  people: chat,
+  'history-before-restart': historyBeforeRestart,
+  'history-after-restart': historyAfterRestart,
+};
 
 async function main() {
   const browser = await chromium.launch({
@@ -33,7 +44,9 @@ async function main() {
     ],
   });
   try {
-    await chat(browser);
+    const run = scenarios[scenario];
+    if (!run) throw new Error(`no scenario ${scenario}: pick one of ${Object.keys(scenarios)}`);
+    await run(browser);
   } finally {
     await browser.close();
   }
@@ -87,6 +100,59 @@ async function chat(browser) {
   await online(ada, ['Ada']);
   await line(ada, 'system', 'Cy left');
   await ada.screenshot({ path: path.join(shots, 'chat-ada-alone.png') });
+}
+
+/** What Ada says before Bob joins, and then live. */
+const EARLIER = ['Anyone here?', 'I will leave a note: the meeting moved to 3 pm.', 'See you!'];
+const LIVE = 'Welcome back, Bob.';
+
+async function historyBeforeRestart(browser) {
+  const ada = await open(browser);
+  await login(ada, 'Ada');
+  for (const text of EARLIER) {
+    await say(ada, text);
+    await line(ada, 'say', text, 'Ada');
+  }
+  await history(ada, []);
+
+  const bob = await open(browser);
+  await login(bob, 'Bob');
+  await history(bob, EARLIER);
+  await online(ada, ['Ada', 'Bob']);
+
+  // A reload is a new connection and a new login: the history comes again. Bob logs in
+  // again once Ada sees him gone, so that his nickname is free.
+  await bob.reload();
+  await bob.locator('#status.ok').waitFor();
+  await online(ada, ['Ada']);
+  await login(bob, 'Bob');
+  await history(bob, EARLIER);
+  await say(ada, LIVE);
+  await line(bob, 'say', LIVE, 'Ada');
+  const stored = await bob.locator('#messages li.history').filter({ hasText: LIVE }).count();
+  if (stored !== 0) throw new Error('a live message was shown as history');
+  await bob.screenshot({ path: path.join(shots, 'history-after-reload.png') });
+}
+
+async function historyAfterRestart(browser) {
+  const cy = await open(browser);
+  await login(cy, 'Cy');
+  await history(cy, [...EARLIER, LIVE]);
+  await cy.screenshot({ path: path.join(shots, 'history-after-restart.png') });
+}
+
+/** Waits until the page's history lines are exactly `texts`, in order, all by Ada. */
+async function history(page, texts) {
+  await page.waitForFunction(
+    (want) =>
+      JSON.stringify(
+        [...document.querySelectorAll('#messages li.history')].map((li) => [
+          li.querySelector('b').textContent,
+          li.querySelector('span').textContent,
+        ]),
+      ) === want,
+    JSON.stringify(texts.map((text) => ['Ada', text])),
+  );
 }
 
 /** One screenshot of `pages` next to each other, as two windows on one screen. */

@@ -54,22 +54,37 @@ impl Daemon {
         let mut args = vec!["start", "-d"];
         args.extend(role.iter().flat_map(|role| ["--role", role]));
         let started = wasmgate(binary, dir.path(), &args).await;
-        let pid_file = match role {
+        let mut daemon = Self {
+            binary,
+            dir,
+            role,
+            pid: 0,
+        };
+        daemon.pid = daemon.read_pid(&started);
+        (daemon, started)
+    }
+
+    /// Stops the server and starts it again from the same directory (`restart -d`), as an
+    /// operator would: a new process with the same configuration, plugins and `data`.
+    /// Returns what `restart` printed; [`Daemon::pid`] is the new process's.
+    pub async fn restart(&mut self) -> Output {
+        let mut args = vec!["restart", "-d"];
+        args.extend(self.role.iter().flat_map(|role| ["--role", role]));
+        let restarted = self.run(&args).await;
+        self.pid = self.read_pid(&restarted);
+        restarted
+    }
+
+    /// The pid in the server's pid file, which `printed` (what the command that started it
+    /// printed) explains when it is missing.
+    fn read_pid(&self, printed: &Output) -> u32 {
+        let pid_file = match self.role {
             Some(role) => format!("wasmgate-{role}.pid"),
             None => "wasmgate.pid".to_owned(),
         };
-        let pid = std::fs::read_to_string(dir.path().join(pid_file))
-            .unwrap_or_else(|e| panic!("no pid file ({e}); start printed {started:?}"));
-        let pid = pid.trim().parse().unwrap();
-        (
-            Self {
-                binary,
-                dir,
-                role,
-                pid,
-            },
-            started,
-        )
+        let pid = std::fs::read_to_string(self.dir.path().join(pid_file))
+            .unwrap_or_else(|e| panic!("no pid file ({e}); the command printed {printed:?}"));
+        pid.trim().parse().unwrap()
     }
 
     /// Runs `wasmgate ARGS` in the daemon's directory.

@@ -2,10 +2,15 @@
 //! and private messages, spoken as one JSON object per WebSocket message (see README.md).
 //!
 //! The plugin keeps no state of its own. A logged-in client's nickname and room are in its
-//! session, its room membership is the gateway group `room:<name>`, and the online list is asked
-//! of the gateways whenever it changes. So any instance can serve any event, and a hot reload,
-//! a trapped instance or a second worker host loses nothing.
+//! session, its room membership is the gateway group `room:<name>`, the online list is asked
+//! of the gateways whenever it changes, and each room's history is in the SQL database the host
+//! keeps for the app ([`history`]). So any instance can serve any event, and a hot reload,
+//! a trapped instance or a second worker host loses nothing; a restart of the server loses
+//! the sessions, not the history.
 
+mod history;
+
+use history::Said;
 use serde::{Deserialize, Serialize};
 use wasmgate_sdk::{Client, GatewayError, Plugin, gateway, json, log};
 
@@ -70,6 +75,9 @@ enum Event<'a> {
         room: &'a str,
         text: &'a str,
     },
+    /// To a client that logged in, right after `welcome` and before any live message: the
+    /// room's last messages, oldest first. Not sent when the history database fails.
+    History { room: &'a str, messages: &'a [Said] },
     /// To the whole room whenever someone enters or leaves: everyone in it, sorted by name.
     Users { room: &'a str, users: &'a [User] },
     /// To the room: `user` entered.
@@ -193,7 +201,6 @@ fn login(client: &Client, name: &str, room: &str) -> Result<(), String> {
         &[(NAME.into(), name.into()), (ROOM.into(), room.into())],
     )
     .map_err(failed)?;
-    gateway::join_group(&client.id, &group(room)).map_err(failed)?;
     let users = with(others, &me);
     let text = match users.len() {
         1 => format!("Welcome to #{room}, {name}! You are the first one here."),
@@ -211,6 +218,20 @@ fn login(client: &Client, name: &str, room: &str) -> Result<(), String> {
             text: &text,
         },
     );
+    // The history goes out before the client joins the room's group, so nothing said from
+    // then on reaches it ahead of the history. A message said while the history is read can
+    // show twice or not at all for the joiner: the price of reading and joining in two steps.
+    match history::recent(room) {
+        Ok(messages) => send(
+            &client.id,
+            &Event::History {
+                room,
+                messages: &messages,
+            },
+        ),
+        Err(e) => log::warn(format!("no history for #{room}: {}", sql_error(&e))),
+    }
+    gateway::join_group(&client.id, &group(room)).map_err(failed)?;
     to_room(room, &Event::Join { user: &me }, &client.id);
     to_room(
         room,
@@ -227,6 +248,20 @@ fn login(client: &Client, name: &str, room: &str) -> Result<(), String> {
 fn say(client: &Client, text: &str) -> Result<(), String> {
     let me = logged_in(client)?;
     let text = valid_text(text)?;
+    let said = Said {
+        name: me.user.name.clone(),
+        text: text.into(),
+        time: now_ms(),
+    };
+    // Stored before it is sent, so that whoever has seen it can find it in the history. The
+    // room hears it even when storing fails: history is a convenience, chatting is the point.
+    if let Err(e) = history::record(&me.room, &said) {
+        log::warn(format!(
+            "a message to #{} is not in the history: {}",
+            me.room,
+            sql_error(&e)
+        ));
+    }
     to_room(
         &me.room,
         &Event::Say {
@@ -313,6 +348,17 @@ fn sort_key(user: &User) -> String {
     user.name.to_lowercase()
 }
 
+/// Milliseconds since the Unix epoch, by the host's wall clock.
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A database error for the log: its kind and the host's explanation.
+fn sql_error(e: &wasmgate_sdk::sql::Error) -> String {
+    format!("{} ({})", e.message(), e.kind())
+}
+
 /// What a user is told when a gateway operation failed.
 fn failed(e: GatewayError) -> String {
     format!("the gateways did not answer: {e:?}")
@@ -371,6 +417,25 @@ mod tests {
         assert_eq!(
             json,
             r#"{"type":"say","from":{"id":"7f000001000000000001","name":"Ada"},"text":"hi"}"#
+        );
+    }
+
+    #[test]
+    fn history_serialises_oldest_first_with_names_and_times() {
+        let said = |text: &str, time| Said {
+            name: "Ada".into(),
+            text: text.into(),
+            time,
+        };
+        let messages = [said("first", 1), said("second", 2)];
+        let json = serde_json::to_string(&Event::History {
+            room: "lobby",
+            messages: &messages,
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"history","room":"lobby","messages":[{"name":"Ada","text":"first","time":1},{"name":"Ada","text":"second","time":2}]}"#
         );
     }
 

@@ -70,6 +70,15 @@ const handlers = {
       setWhisperTo(null);
     }
   },
+  history(event) {
+    // It comes right after the welcome: older lines go above it, marked as history.
+    if (event.room !== state.room || event.messages.length === 0) return;
+    const lines = event.messages.map((m) => makeLine('say history', m.text, m.name, new Date(m.time)));
+    const heading = makeLine('divider', `earlier in #${event.room}`);
+    const end = makeLine('divider', 'now');
+    $('messages').prepend(heading, ...lines, end);
+    scrollDown();
+  },
   join(event) {
     addLine('system', `${event.user.name} joined`);
   },
@@ -132,11 +141,20 @@ function setWhisperTo(user) {
 
 /** Appends a line to the conversation: `kind` is say, whisper, system or error. */
 function addLine(kind, text, author) {
+  $('messages').append(makeLine(kind, text, author, new Date()));
+  scrollDown();
+}
+
+/** A line of the conversation, with its time (none for a divider) and author (if any). */
+function makeLine(kind, text, author, when) {
   const line = document.createElement('li');
   line.className = kind;
-  const time = document.createElement('time');
-  time.textContent = new Date().toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-  line.append(time);
+  if (when) {
+    const time = document.createElement('time');
+    time.dateTime = when.toISOString();
+    time.textContent = formatTime(when);
+    line.append(time);
+  }
   if (author) {
     const who = document.createElement('b');
     who.textContent = author;
@@ -145,7 +163,17 @@ function addLine(kind, text, author) {
   const body = document.createElement('span');
   body.textContent = text;
   line.append(body);
+  return line;
+}
+
+/** Hours and minutes; with the date too for a day other than today (history). */
+function formatTime(when) {
+  const clock = { hour: '2-digit', minute: '2-digit' };
+  if (when.toDateString() === new Date().toDateString()) return when.toLocaleTimeString([], clock);
+  return when.toLocaleString([], { month: 'short', day: 'numeric', ...clock });
+}
+
+function scrollDown() {
   const list = $('messages');
-  list.append(line);
   list.scrollTop = list.scrollHeight;
 }

@@ -1,22 +1,25 @@
 //! The chat demo end to end: its plugin (`examples/chat`) in a real cluster, spoken to in JSON by
 //! test clients (also across a hot reload, which it survives because it keeps its state in
-//! sessions and groups), and its page (`examples/chat/web`), served by wasmgate's `[web]` server, driven
-//! in headless Chromium by `tests/browser/chat.cjs`.
+//! sessions, groups and its history database), each room's history kept in SQLite across a
+//! restart of the server process, and its page (`examples/chat/web`), served by wasmgate's
+//! `[web]` server, driven in headless Chromium by `tests/browser/chat.cjs`.
 //!
-//! The browser test installs what it needs when it is missing (Debian's `chromium` and
-//! `chromium-driver` with apt-get, `playwright-core` with npm into `target/tools/browser`) and is
-//! skipped loudly when it cannot. Its screenshots go to `target/chat-browser/`.
+//! The browser tests install what they need when it is missing (Debian's `chromium` and
+//! `chromium-driver` with apt-get, `playwright-core` with npm into `target/tools/browser`) and
+//! are skipped loudly when they cannot. Their screenshots go to `target/chat-browser/`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use wasmgate::config::{Protocol, WebConfig};
 use wasmgate::web::BoundWeb;
 use wasmgate_tests::client::TestClient;
-use wasmgate_tests::cluster::{Cluster, Node, PluginsDir, connect_ws};
+use wasmgate_tests::cluster::{Cluster, Node, PluginsDir, SECRET, connect_ws, free_port};
+use wasmgate_tests::daemon::Daemon;
+use wasmgate_tests::postgres::Postgres;
 use wasmgate_tests::{plugins, tools};
 
 use crate::BIN;
@@ -48,6 +51,23 @@ impl Person {
                 return event;
             }
         }
+    }
+
+    /// Says `text` to the room and waits for it to come back (so it was stored, too).
+    async fn says(&mut self, text: &str) {
+        self.send(json!({"type": "say", "text": text})).await;
+        assert_eq!(self.next("say").await["text"], text);
+    }
+
+    /// The messages of the history, which must be the next event after the welcome: before
+    /// the online list, before anything said live.
+    async fn history(&mut self) -> Vec<Value> {
+        let event = self.recv().await;
+        assert_eq!(
+            event["type"], "history",
+            "the history comes right after the welcome: {event}"
+        );
+        event["messages"].as_array().unwrap().clone()
     }
 
     /// The names in the next online list.
@@ -92,8 +112,16 @@ async fn rooms_lists_messages_and_whispers_over_websocket() {
     let connect = || async { TestClient::ws(addr, "/").await.unwrap() };
     let mut ada = Person::login(connect().await, "Ada", "lobby").await;
     assert_eq!(ada.online().await, ["Ada"]);
+    ada.says("before Bob").await;
+    // This cluster grants the chat no database: its history calls are refused (and logged),
+    // and the chat goes on without history: the online list follows the welcome at once.
     let mut bob = Person::login(connect().await, "Bob", "lobby").await;
-    assert_eq!(bob.online().await, ["Ada", "Bob"]);
+    let first = bob.recv().await;
+    assert_eq!(
+        first["type"], "users",
+        "no history without a database: {first}"
+    );
+    assert_eq!(first["users"].as_array().unwrap().len(), 2, "{first}");
     assert_eq!(ada.next("join").await["user"]["name"], "Bob");
     assert_eq!(ada.online().await, ["Ada", "Bob"]);
     let mut eve = Person::login(connect().await, "Eve", "elsewhere").await;
@@ -201,6 +229,164 @@ async fn the_chat_survives_a_hot_reload() {
     assert_eq!(ada.online().await, ["Ada"]);
 }
 
+/// Each room's history over WebSocket: someone joining gets the room's last 50 messages,
+/// oldest first, right after the welcome and before anything live; another room's are not in
+/// it; a restart of the server process keeps it, while nicknames (session-only) are free
+/// again. Eve, in another room, keeps hearing herself throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_keeps_its_last_50_messages_across_a_restart() {
+    let g = free_port();
+    let mut daemon = start_with_history(g, "").await;
+    let [mut eve, mut ada, mut bob] = fifty_five_said_the_last_50_shown(g).await;
+    // The table is bounded: 50 per room, and 10,000 in all, the oldest going first.
+    let file = daemon.dir().join("data/chat/history.sqlite");
+    let db = rusqlite::Connection::open(&file).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let count = |room: &str| -> i64 {
+        let sql = "select count(*) from chat_history where room like ?1";
+        db.query_row(sql, [room], |row| row.get(0)).unwrap()
+    };
+    assert_eq!((count("lobby"), count("side")), (50, 5));
+    db.execute_batch(
+        "begin; with recursive n(i) as (select 1 union all select i + 1 from n where i < 10000) \
+         insert into chat_history select 'old', i, 'Zed', 'ancient', i from n; commit;",
+    )
+    .unwrap();
+    ada.says("live").await;
+    assert_eq!(bob.next("say").await["text"], "live");
+    assert_eq!((count("%"), count("lobby"), count("side")), (10_000, 50, 5));
+    let oldest: i64 = db
+        .query_row("select min(at) from chat_history", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(oldest, 56, "the 55 oldest went");
+    drop(db);
+    eve.says("before the restart").await;
+
+    let restarted = daemon.restart().await;
+    assert!(restarted.status.success(), "{restarted:?}");
+    ada.client.assert_closed().await;
+    let mut eve = Person::login(connect_ws(g).await, "Eve", "side").await;
+    let side = eve.history().await;
+    assert_eq!(
+        texts(&side),
+        [
+            "side 11",
+            "side 22",
+            "side 33",
+            "side 44",
+            "side 55",
+            "before the restart"
+        ]
+    );
+    eve.says("still here").await;
+    let mut cy = Person::login(connect_ws(g).await, "Ada", "lobby").await;
+    let mut expected = numbered(7..=55);
+    expected.push("live".into());
+    assert_eq!(
+        texts(&cy.history().await),
+        expected,
+        "kept across the restart"
+    );
+    cy.says("a new Ada").await;
+    eve.says("and still here").await;
+}
+
+/// The same history on PostgreSQL (the statements are portable), and a database that goes
+/// down meanwhile: the chat goes on without history, for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_keeps_its_history_on_postgres_and_chats_on_when_it_is_down() {
+    let started = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let test = "chat_browser::a_room_keeps_its_history_on_postgres_and_chats_on_when_it_is_down";
+    let Some(pg) = tools::or_skip(started, test) else {
+        return;
+    };
+    let grant = format!(
+        "[worker.grants.chat]\nsql = {{ history = \"{}\" }}\n",
+        pg.url()
+    );
+    let cluster =
+        Cluster::start_with_worker(("chat", plugins::CHAT), &[Protocol::Ws], 1, 2, &grant).await;
+    let g = cluster.gateways[0].client_addr.port();
+    let [mut eve, mut ada, mut bob] = fifty_five_said_the_last_50_shown(g).await;
+
+    let counted = "select room, count(*) from chat_history group by room order by room";
+    assert_eq!(pg.query(counted), "lobby|50\nside|5", "50 kept per room");
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap();
+    ada.says("is anyone storing this?").await;
+    assert_eq!(bob.next("say").await["text"], "is anyone storing this?");
+    let mut cy = Person::login(connect_ws(g).await, "Cy", "lobby").await;
+    let first = cy.recv().await;
+    assert_eq!(
+        first["type"], "users",
+        "no history while it is down: {first}"
+    );
+    eve.says("still here").await;
+    cluster.stop().await;
+}
+
+/// Eve (a bystander) talks in `side` while Ada says `m1` … `m55` in `lobby`, each stored
+/// once she hears it back; then Bob joins the lobby and gets the last 50, oldest first, by Ada,
+/// stamped when they were said. Returns Eve, Ada and Bob.
+async fn fifty_five_said_the_last_50_shown(port: u16) -> [Person; 3] {
+    let since = now_ms();
+    let mut eve = Person::login(connect_ws(port).await, "Eve", "side").await;
+    assert_eq!(eve.history().await, [] as [Value; 0], "a new room has none");
+    let mut ada = Person::login(connect_ws(port).await, "Ada", "lobby").await;
+    let none = ada.history().await;
+    assert_eq!(none, [] as [Value; 0], "other rooms' are not in it");
+    for i in 1..=55 {
+        ada.says(&format!("m{i}")).await;
+        if i % 11 == 0 {
+            eve.says(&format!("side {i}")).await;
+        }
+    }
+    let mut bob = Person::login(connect_ws(port).await, "Bob", "lobby").await;
+    let said = bob.history().await;
+    assert_eq!(texts(&said), numbered(6..=55), "the last 50, oldest first");
+    assert!(said.iter().all(|m| m["name"] == "Ada"), "{said:?}");
+    let times: Vec<i64> = said.iter().map(|m| m["time"].as_i64().unwrap()).collect();
+    assert!(
+        times.is_sorted() && times[0] >= since && times[49] <= now_ms(),
+        "times in order, when they were said: {times:?}"
+    );
+    [eve, ada, bob]
+}
+
+/// Every role in one process, started from a directory as an operator starts it (`wasmgate
+/// start -d`), its gateway on `ws://127.0.0.1:<g>`, the chat granted its history as the demo
+/// grants it (an SQLite file under `data/` beside the configuration), then `extra` sections.
+async fn start_with_history(g: u16, extra: &str) -> Daemon {
+    let r = free_port();
+    let config = format!(
+        "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
+         [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"chat\"\n\
+         [worker]\nplugins = \"plugins\"\ninstances = 2\n\
+         [worker.grants.chat]\nsql = {{ history = \"sqlite\" }}\n{extra}"
+    );
+    let (daemon, started) = Daemon::start(BIN, &config, &[("chat", plugins::CHAT)]).await;
+    assert!(started.status.success(), "{started:?}");
+    daemon
+}
+
+/// The texts of history messages, in order.
+fn texts(messages: &[Value]) -> Vec<String> {
+    let text = |m: &Value| m["text"].as_str().unwrap().to_owned();
+    messages.iter().map(text).collect()
+}
+
+/// `m<i>` for each `i` of `range`.
+fn numbered(range: std::ops::RangeInclusive<u32>) -> Vec<String> {
+    range.map(|i| format!("m{i}")).collect()
+}
+
+/// Milliseconds since the Unix epoch, as the plugin stamps messages.
+fn now_ms() -> i64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    since.as_millis().try_into().unwrap()
+}
+
 /// A WebAssembly custom section (id 0) named `name`, to append to a component.
 fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
     let mut body = leb128(name.len());
@@ -228,23 +414,14 @@ fn leb128(mut n: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_people_chat_in_chromium() {
-    const TEST: &str = "chat_browser::two_people_chat_in_chromium";
-    let tools = tokio::task::spawn_blocking(|| {
-        let chromium = tools::chromium()?;
-        let package = tools::workspace().join("tests/browser/package.json");
-        let modules = tools::npm_install("browser", &package)?;
-        Ok((chromium, modules))
-    })
-    .await
-    .unwrap();
-    let Some((chromium, modules)) = tools::or_skip(tools, TEST) else {
+    const SHOTS: [&str; 2] = ["chat-two-people.png", "chat-ada-alone.png"];
+    let Some(browser) = Browser::install("chat_browser::two_people_chat_in_chromium").await else {
         return;
     };
-
     let cluster = Cluster::start(("chat", plugins::CHAT), &[Protocol::Ws], 1, 2).await;
     let web = BoundWeb::bind(&WebConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        root: tools::workspace().join("examples/chat/web"),
+        root: web_root(),
     })
     .await
     .unwrap();
@@ -256,39 +433,114 @@ async fn two_people_chat_in_chromium() {
     let stop_web = CancellationToken::new();
     let served = tokio::spawn(web.run(Default::default(), stop_web.clone()));
 
-    let shots = tools::workspace().join("target/chat-browser");
-    std::fs::create_dir_all(&shots).unwrap();
-    for old in std::fs::read_dir(&shots).unwrap() {
-        std::fs::remove_file(old.unwrap().path()).unwrap();
-    }
-    let script = tools::workspace().join("tests/browser/chat.cjs");
-    let browser = tokio::process::Command::new("node")
-        .arg(&script)
-        .arg(&page)
-        .arg(&shots)
-        .env("NODE_PATH", &modules)
-        .env("CHROMIUM", &chromium)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(BROWSER_TIMEOUT, browser)
-        .await
-        .expect("the browser session did not end in time")
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "the browser session failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    for shot in ["chat-two-people.png", "chat-ada-alone.png"] {
+    let shots = screenshots(&SHOTS);
+    browser.run("people", &page, &shots).await;
+    for shot in SHOTS {
         assert_png(&shots.join(shot));
     }
 
     stop_web.cancel();
     served.await.unwrap().unwrap();
     cluster.stop().await;
+}
+
+/// The history in the page: what was said before someone joins is shown to them, after a
+/// reload of the page, and after a restart of the server process (page, plugin and database
+/// all served by one `wasmgate` started from a directory, as an operator runs the demo).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_survives_a_reload_and_a_restart_in_chromium() {
+    const SHOTS: [&str; 2] = ["history-after-reload.png", "history-after-restart.png"];
+    let test = "chat_browser::history_survives_a_reload_and_a_restart_in_chromium";
+    let Some(browser) = Browser::install(test).await else {
+        return;
+    };
+    let (g, w) = (free_port(), free_port());
+    let web = format!(
+        "[web]\nlisten = \"127.0.0.1:{w}\"\nroot = {:?}\n",
+        web_root()
+    );
+    let mut daemon = start_with_history(g, &web).await;
+    let page = format!("http://127.0.0.1:{w}/?ws=ws://127.0.0.1:{g}");
+    let shots = screenshots(&SHOTS);
+    let mut eve = Person::login(connect_ws(g).await, "Eve", "side").await;
+    eve.says("before the browser").await;
+
+    browser.run("history-before-restart", &page, &shots).await;
+    eve.says("while Ada and Bob talked").await;
+    let restarted = daemon.restart().await;
+    assert!(restarted.status.success(), "{restarted:?}");
+    let mut eve = Person::login(connect_ws(g).await, "Eve", "side").await;
+    browser.run("history-after-restart", &page, &shots).await;
+    eve.says("after the restart").await;
+    for shot in SHOTS {
+        assert_png(&shots.join(shot));
+    }
+}
+
+/// Chromium and playwright-core, installed (or found) for a browser test.
+struct Browser {
+    chromium: PathBuf,
+    modules: PathBuf,
+}
+
+impl Browser {
+    /// Installs what a browser test needs; `None` (the test `test` skipped loudly and
+    /// counted) when that is impossible here.
+    async fn install(test: &str) -> Option<Self> {
+        let tools = tokio::task::spawn_blocking(|| {
+            let chromium = tools::chromium()?;
+            let package = tools::workspace().join("tests/browser/package.json");
+            let modules = tools::npm_install("browser", &package)?;
+            Ok(Self { chromium, modules })
+        })
+        .await
+        .unwrap();
+        tools::or_skip(tools, test)
+    }
+
+    /// Runs `scenario` of `tests/browser/chat.cjs` on `page`, screenshots into `shots`;
+    /// fails the test with the script's output unless every step saw what it expected.
+    async fn run(&self, scenario: &str, page: &str, shots: &Path) {
+        let script = tools::workspace().join("tests/browser/chat.cjs");
+        let browser = tokio::process::Command::new("node")
+            .arg(&script)
+            .args([page, shots.to_str().unwrap(), scenario])
+            .env("NODE_PATH", &self.modules)
+            .env("CHROMIUM", &self.chromium)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(BROWSER_TIMEOUT, browser)
+            .await
+            .unwrap_or_else(|_| panic!("the browser scenario {scenario} did not end in time"))
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "the browser scenario {scenario} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// The chat's page, as the demo serves it.
+fn web_root() -> PathBuf {
+    tools::workspace().join("examples/chat/web")
+}
+
+/// `target/chat-browser/`, without the screenshots `names` from an earlier run (only those:
+/// the browser tests run side by side).
+fn screenshots(names: &[&str]) -> PathBuf {
+    let shots = tools::workspace().join("target/chat-browser");
+    std::fs::create_dir_all(&shots).unwrap();
+    for name in names {
+        match std::fs::remove_file(shots.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("{name}: {e}"),
+            _ => {}
+        }
+    }
+    shots
 }
 
 /// A screenshot was written and is a PNG of a plausible size for a rendered page.

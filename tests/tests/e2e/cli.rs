@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{SECRET, free_port};
 use wasmgate_tests::daemon::{Daemon, alive, signal, wasmgate};
+use wasmgate_tests::http_server::HttpServer;
 use wasmgate_tests::polyglot::{self, Language};
 use wasmgate_tests::prometheus::scrape;
 use wasmgate_tests::{plugins, tools};
@@ -25,7 +26,8 @@ async fn a_daemon_is_inspected_reloaded_restarted_and_stopped_by_its_config_file
          [worker]\nname = \"w1\"\nplugins = \"plugins\"\ninstances = 1\nregister = \"127.0.0.1:{r}\"\n\
          [metrics]\nlisten = \"127.0.0.1:{m}\"\n"
     );
-    let (daemon, started) = Daemon::start(BIN, &config, &[("commands", plugins::COMMANDS)]).await;
+    let (mut daemon, started) =
+        Daemon::start(BIN, &config, &[("commands", plugins::COMMANDS)]).await;
     let out = stdout(&started);
     assert!(started.status.success(), "{started:?}");
     assert!(
@@ -112,20 +114,17 @@ async fn a_daemon_is_inspected_reloaded_restarted_and_stopped_by_its_config_file
     reloads_reach(m, "commands", "unchanged", 1.0).await;
     assert_eq!(alice.ask("echo still served").await, "still served");
 
-    let restart = daemon.run(&["restart", "-d"]).await;
+    let old_pid = daemon.pid;
+    let restart = daemon.restart().await;
     assert!(restart.status.success(), "{restart:?}");
     let out = stdout(&restart);
     assert!(
         out.contains("stop success") && out.contains("Start success"),
         "{out}"
     );
-    assert!(!alive(daemon.pid), "the old process is gone");
+    assert!(!alive(old_pid), "the old process is gone");
     alice.assert_closed().await;
-    let new_pid: u32 = std::fs::read_to_string(daemon.dir().join("wasmgate.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let new_pid = daemon.pid;
     assert!(alive(new_pid));
 
     let stop = daemon.run(&["stop"]).await;
@@ -196,6 +195,54 @@ async fn a_reload_applies_changed_grants_and_keeps_the_clients() {
 /// `kv = "embedded"` is added and the server hung up on, for the same client.
 #[tokio::test]
 async fn a_reload_grants_a_key_value_store() {
+    reloads_change_grants(&[
+        ("", &[("kvset k v", "no kv grant")]),
+        (
+            "kv = \"embedded\"",
+            &[("kvset k v", "ok"), ("kvget k", "value k v")],
+        ),
+    ])
+    .await;
+}
+
+/// A database and an outbound host follow reloads both ways: granted, they serve the same
+/// client; revoked, they are refused; granted again, the database still holds what was
+/// written (the revoke closed nothing on disk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_grants_and_revokes_a_database_and_an_outbound_host() {
+    let server = HttpServer::start().await;
+    let fetch = format!("fetch {}", server.url("/hello"));
+    let granted = format!(
+        "sql = {{ main = \"sqlite\" }}\nallowed_outbound_hosts = [\"{}\"]\n",
+        server.origin()
+    );
+    let refused = [
+        ("sqlget k", "error sql access-denied"),
+        (fetch.as_str(), "error fetch HTTP-request-denied"),
+    ];
+    reloads_change_grants(&[
+        ("", &refused),
+        (
+            &granted,
+            &[
+                ("sqlput k v", "stored k"),
+                ("sqlget k", "sqlvalue k v"),
+                (&fetch, "fetched 200 hello"),
+            ],
+        ),
+        ("", &refused),
+        (&granted, &[("sqlget k", "sqlvalue k v")]),
+    ])
+    .await;
+    assert_eq!(server.requests(), 1, "only the granted fetch arrived");
+}
+
+/// Starts the `commands` app, then for each of `steps` (its `[worker.grants.commands]` keys;
+/// "" for none, and the first as started) writes them into the file and hangs up on the server
+/// (SIGHUP), then asks one client, connected from the start, each question and expects an
+/// answer containing its text; a bystander, connected from the start too, is answered after
+/// every reload: a change of grants drops nobody.
+async fn reloads_change_grants(steps: &[(&str, &[(&str, &str)])]) {
     let (r, g, m) = (free_port(), free_port(), free_port());
     let config = format!(
         "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
@@ -203,19 +250,29 @@ async fn a_reload_grants_a_key_value_store() {
          [metrics]\nlisten = \"127.0.0.1:{m}\"\n\
          [worker]\nplugins = \"plugins\"\ninstances = 1\n"
     );
-    let (daemon, started) = Daemon::start(BIN, &config, &[("commands", plugins::COMMANDS)]).await;
+    let with = |grants: &str| format!("{config}[worker.grants.commands]\n{grants}\n");
+    let first = with(steps[0].0);
+    let (daemon, started) = Daemon::start(BIN, &first, &[("commands", plugins::COMMANDS)]).await;
     assert!(started.status.success(), "{started:?}");
     let addr = format!("127.0.0.1:{g}").parse().unwrap();
     let mut client = TestClient::ws(addr, "/").await.unwrap();
-    let refused = client.ask("kvset k v").await;
-    assert!(refused.contains("no kv grant"), "{refused}");
-
-    let granted = format!("{config}[worker.grants.commands]\nkv = \"embedded\"\n");
-    std::fs::write(daemon.dir().join("wasmgate.toml"), granted).unwrap();
-    signal(daemon.pid, "HUP").await;
-    reloads_reach(m, "commands", "installed", 2.0).await;
-    assert_eq!(client.ask("kvset k v").await, "ok");
-    assert_eq!(client.ask("kvget k").await, "value k v");
+    let mut bystander = TestClient::ws(addr, "/").await.unwrap();
+    for (i, (grants, questions)) in steps.iter().enumerate() {
+        if i > 0 {
+            std::fs::write(daemon.dir().join("wasmgate.toml"), with(grants)).unwrap();
+            signal(daemon.pid, "HUP").await;
+            // The start installed the first version; each reload with new grants one more.
+            reloads_reach(m, "commands", "installed", (i + 1) as f64).await;
+        }
+        for (question, answer) in *questions {
+            let reply = client.ask(question).await;
+            assert!(
+                reply.contains(answer),
+                "with grants {grants:?}, {question:?} got {reply:?}"
+            );
+        }
+        assert_eq!(bystander.ask(&format!("echo {i}")).await, i.to_string());
+    }
 }
 
 /// `start -d` returns once the plugins present at start serve: with a Python plugin and a

@@ -1,7 +1,8 @@
 //! Plugins' outbound HTTP (`wasi:http/outgoing-handler`) through the real command: a request
 //! goes out only to an origin the app is granted, is cut with the callback at
-//! `process_timeout`, and its response body is capped; each with a bystander whose replies
-//! keep coming, and each counted in `/metrics`.
+//! `process_timeout`, its response body is capped, and an instance's requests in flight are
+//! bounded (`max_http_requests`); each with a bystander whose replies keep coming, and each
+//! counted in `/metrics`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -235,4 +236,42 @@ async fn a_response_body_over_the_limit_is_refused() {
     let counted = scrape(metrics_addr(metrics)).await;
     assert_eq!(http_calls(&counted, "m", "too_large"), 2.0);
     assert_eq!(http_calls(&counted, "m", "ok"), 2.0);
+}
+
+/// `max_http_requests` bounds the requests one instance has in flight (sent, their bodies
+/// not yet read or dropped): one more is refused with `connection-limit-reached` before it
+/// connects, and once the plugin lets go of its responses it may send as many again. Another
+/// app's instance, with the same grant and cap, fetches meanwhile as if nothing happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_past_the_cap_are_refused_before_connecting() {
+    let server = HttpServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(plugins::MISBEHAVE, dir.path().join("m.wasm")).unwrap();
+    std::fs::copy(plugins::COMMANDS, dir.path().join("other.wasm")).unwrap();
+    let origin = server.origin();
+    let grants = format!(
+        "[worker.grants.m]\nallowed_outbound_hosts = [\"{origin}\"]\n\
+         [worker.grants.other]\nallowed_outbound_hosts = [\"{origin}\"]\n"
+    );
+    let (node, m, other, metrics) = start_node(dir.path(), "max_http_requests = 2", &grants);
+    let mut flooder = connect_ws(m).await;
+    let mut bystander = connect_ws(other).await;
+    let hello = server.url("/hello");
+    let fetch = format!("fetch {hello}");
+
+    let limit = "connection-limit-reached";
+    let refused = format!("200 200 {limit} {limit}");
+    answers(&mut flooder, &format!("flood 4 {hello}"), &refused, REPLY).await;
+    answers(&mut bystander, &fetch, "fetched 200 hello", REPLY).await;
+    assert_eq!(server.requests(), 3, "the refused requests never arrived");
+    answers(&mut flooder, &format!("flood 2 {hello}"), "200 200", REPLY).await;
+    answers(&mut bystander, &fetch, "fetched 200 hello", REPLY).await;
+    assert_eq!(server.requests(), 6);
+
+    node.wait_for_line(&["max_http_requests", "plugin=\"m\""])
+        .await;
+    let counted = scrape(metrics_addr(metrics)).await;
+    assert_eq!(http_calls(&counted, "m", "ok"), 4.0);
+    assert_eq!(http_calls(&counted, "m", "error"), 2.0);
+    assert_eq!(http_calls(&counted, "other", "ok"), 2.0);
 }

@@ -18,6 +18,11 @@
 //! - `instance` → `calls <n>`: the number of messages this instance has handled, this one
 //!   included. A fresh instance answers `calls 1`, so a test can tell it from a reused one.
 //!
+//! - `flood <n> <url>` → starts `n` GETs of `url` at once and holds every response, unread
+//!   (so each stays in flight), until all are in; replies with each one's outcome in order,
+//!   space-separated: its status, or its `wasi:http` error code (`connection-limit-reached`
+//!   past the host's `max_http_requests`).
+//!
 //! - `env <NAME>` → the environment variable's value, or `unset`: shows what the host granted.
 //! - `read <path>` → the file's contents, or `error <why>`: likewise for preopened directories.
 //! - `session <key>` → the value of that key in the client's session, or `unset`.
@@ -43,6 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use wasip2::clocks::monotonic_clock;
 use wasip2::io::poll::Pollable;
 
+use wasmgate_sdk::http::{self, Method};
 use wasmgate_sdk::{Client, Plugin, TimerId, WebsocketRequest, WorkerInfo, gateway, log, timers};
 
 /// Messages handled by this instance: statics live exactly as long as the instance.
@@ -174,6 +180,7 @@ impl Plugin for Misbehave {
                 }
                 None => b"error usage: sleep <ms>".to_vec(),
             },
+            b"flood" => flood(arg),
             b"instance" => format!("calls {calls}").into_bytes(),
             b"env" => std::env::var(String::from_utf8_lossy(arg).as_ref())
                 .unwrap_or_else(|_| "unset".into())
@@ -200,6 +207,40 @@ fn spin() -> ! {
     loop {
         n = black_box(n.wrapping_add(1));
     }
+}
+
+/// `flood <n> <url>` (see the crate doc).
+fn flood(arg: &[u8]) -> Vec<u8> {
+    let arg = String::from_utf8_lossy(arg);
+    let parsed = arg.split_once(' ');
+    let Some((n, url)) = parsed.and_then(|(n, url)| Some((n.parse::<usize>().ok()?, url))) else {
+        return b"error usage: flood <n> <url>".to_vec();
+    };
+    let pending: Vec<_> = (0..n).map(|_| http::start(Method::Get, url, &[])).collect();
+    // Every response is kept until the reply is built: dropping one would end its request.
+    let mut held = Vec::new();
+    let outcomes: Vec<String> = pending
+        .into_iter()
+        .map(|started| {
+            let future = match started {
+                Ok(future) => future,
+                Err(http::Error::Http(code)) => return http::describe(&code),
+                Err(e) => return e.to_string(),
+            };
+            future.subscribe().block();
+            match future.get() {
+                Some(Ok(Ok(response))) => {
+                    let status = response.status().to_string();
+                    held.push(response);
+                    status
+                }
+                Some(Ok(Err(code))) => http::describe(&code),
+                _ => "no-response".into(),
+            }
+        })
+        .collect();
+    drop(held);
+    outcomes.join(" ").into_bytes()
 }
 
 fn parse_mib(arg: &[u8]) -> Option<usize> {
