@@ -161,12 +161,8 @@ async fn a_daemon_is_inspected_reloaded_restarted_and_stopped_by_its_config_file
 /// file is gone. A client of the app that loaded is served throughout.
 #[tokio::test]
 async fn status_shows_refused_plugin_versions_and_why() {
-    let (r, g) = (free_port(), free_port());
-    let config = format!(
-        "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
-         [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"commands\"\n\
-         [worker]\nname = \"w1\"\nplugins = \"plugins\"\ninstances = 1\n"
-    );
+    let g = free_port();
+    let config = every_role(free_port(), g);
     let junk = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(junk.path(), "not a component").unwrap();
     let plugins = [
@@ -187,15 +183,15 @@ async fn status_shows_refused_plugin_versions_and_why() {
     })
     .await;
     let loaded = table(&screen, "PLUGINS");
-    assert_eq!(
-        row(&loaded, "plugin", "commands")["worker"],
-        "w1",
-        "{screen}"
-    );
+    let worker = row(&loaded, "plugin", "commands")["worker"].clone();
     let refused = refused_versions(&screen);
     assert_eq!(refused.len(), 3, "{screen}");
     let broken = row(&refused, "plugin", "broken");
-    assert_eq!([&broken["worker"], &broken["version"]], ["w1", "-"]);
+    assert_eq!(
+        [&broken["worker"], &broken["version"]],
+        [&worker, "-"],
+        "{screen}"
+    );
     assert!(
         broken["reason"].contains("not_a_WebAssembly_file"),
         "{screen}"
@@ -220,6 +216,16 @@ async fn status_shows_refused_plugin_versions_and_why() {
     );
     assert_eq!(bystander.ask("echo after").await, "after");
     assert!(daemon.run(&["stop"]).await.status.success());
+}
+
+/// A configuration with every role: the register on port `r`, a WebSocket gateway on `g`
+/// serving `commands`, a worker host with one instance per plugin in `plugins/`.
+fn every_role(r: u16, g: u16) -> String {
+    format!(
+        "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
+         [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"commands\"\n\
+         [worker]\nplugins = \"plugins\"\ninstances = 1\n"
+    )
 }
 
 /// The refused plugin versions `status` shows (none: no such table).
@@ -374,11 +380,7 @@ async fn start_returns_once_a_cold_python_plugin_serves() {
 #[tokio::test]
 async fn roles_started_alone_are_found_without_naming_them() {
     let (r, g) = (free_port(), free_port());
-    let config = format!(
-        "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
-         [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"commands\"\n\
-         [worker]\nplugins = \"plugins\"\ninstances = 1\n"
-    );
+    let config = every_role(r, g);
     let (daemon, started) = Daemon::start_role(
         BIN,
         &config,
