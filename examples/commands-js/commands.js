@@ -273,15 +273,48 @@ function run(client, message) {
   }
 }
 
+/** The value of `key` in a query string (`k=v` pairs joined by `&`), as is: not percent-decoded. */
+function asked(query, key) {
+  for (const pair of query.split('&')) {
+    const i = pair.indexOf('=');
+    if (i >= 0 && pair.slice(0, i) === key) return pair.slice(i + 1);
+  }
+  return undefined;
+}
+
 /**
- * The exported callbacks; only `on-message` does anything. It is async so that `fetch` can be
+ * The exported callbacks: `on-message` runs the commands; `on-websocket-connect` and `on-connect`
+ * serve the `notify` and `crash` query parameters. `onMessage` is async so that `fetch` can be
  * awaited: componentize-js runs the event loop until the returned promise settles, within the
  * one call.
  */
 export const events = {
   onWorkerStart(info) {},
-  onConnect(client) {},
-  onWebsocketConnect(client, request) {},
+  onConnect(client) {
+    const notify = client.session.find(([key]) => key === 'notify');
+    if (notify === undefined) return;
+    try {
+      sendToGroup([notify[1]], encoder.encode(`connected ${client.id}`), []);
+    } catch {
+      // Nobody to announce to.
+    }
+  },
+  // `notify` is kept before any crash: a client refused by the crash would announce itself if
+  // `on-connect` ran for it.
+  onWebsocketConnect(client, request) {
+    const group = asked(request.query, 'notify');
+    if (group !== undefined) updateSession(client.id, [['notify', group]]);
+    switch (asked(request.query, 'crash')) {
+      case 'trap':
+        throw new Error('commands: crash=trap in on-websocket-connect');
+      case 'loop':
+        for (;;) {}
+      case 'alloc': {
+        const held = [];
+        for (;;) held.push(new Uint8Array(1 << 20).fill(1));
+      }
+    }
+  },
   async onMessage(client, data) {
     const answer = await run(client, data);
     if (answer === undefined) return;

@@ -356,8 +356,19 @@ def run(client: Client, message: bytes) -> Optional[bytes]:
         return reply("error unreachable")
 
 
+def asked(query: str, key: str) -> Optional[str]:
+    """The value of `key` in a query string (`k=v` pairs joined by `&`), as is: not
+    percent-decoded."""
+    for pair in query.split("&"):
+        k, equals, v = pair.partition("=")
+        if equals and k == key:
+            return v
+    return None
+
+
 class Events(exports.Events):
-    """The exported callbacks; only `on-message` does anything."""
+    """The exported callbacks: `on-message` runs the commands; `on-websocket-connect` and
+    `on-connect` serve the `notify` and `crash` query parameters."""
 
     def on_message(self, client: Client, data: bytes) -> None:
         answer = run(client, data)
@@ -371,10 +382,29 @@ class Events(exports.Events):
         pass
 
     def on_connect(self, client: Client) -> None:
-        pass
+        group = next((v for k, v in client.session if k == "notify"), None)
+        if group is not None:
+            try:
+                gateway.send_to_group([group], reply(f"connected {client.id}"), [])
+            except Err:
+                pass
 
     def on_websocket_connect(self, client: Client, request: WebsocketRequest) -> None:
-        pass
+        # `notify` is kept before any crash: a client refused by the crash would announce
+        # itself if `on-connect` ran for it.
+        group = asked(request.query, "notify")
+        if group is not None:
+            gateway.update_session(client.id, [("notify", group)])
+        crash = asked(request.query, "crash")
+        if crash == "trap":
+            raise RuntimeError("commands: crash=trap in on-websocket-connect")
+        if crash == "loop":
+            while True:
+                pass
+        if crash == "alloc":
+            held = []
+            while True:
+                held.append(bytearray(1 << 20))
 
     def on_close(self, client: Client) -> None:
         pass

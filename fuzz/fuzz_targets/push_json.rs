@@ -23,7 +23,7 @@ impl Gateways for Nowhere {
     }
 
     fn query(&self, _: Query) -> QueryFuture {
-        Box::pin(async { Err(Unreachable) })
+        Box::pin(async { Err(Unreachable::NoGateway) })
     }
 }
 

@@ -427,14 +427,6 @@ impl GatewayLinks {
         }
     }
 
-    fn link_to(&self, addr: SocketAddrV4) -> Option<Arc<GatewayLink>> {
-        self.links
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&addr)
-            .cloned()
-    }
-
     fn all_links(&self) -> Vec<Arc<GatewayLink>> {
         self.links
             .read()
@@ -444,11 +436,20 @@ impl GatewayLinks {
             .collect()
     }
 
-    /// The links a message goes to: the one its target names, or all.
-    fn targets(&self, target: Option<crate::client_id::ClientId>) -> Vec<Arc<GatewayLink>> {
+    /// The links a message goes to, with their gateways' addresses: the one its target names,
+    /// or all.
+    fn targets(&self, target: Option<ClientId>) -> Vec<(SocketAddrV4, Arc<GatewayLink>)> {
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
         match target {
-            Some(client) => self.link_to(client.gateway).into_iter().collect(),
-            None => self.all_links(),
+            Some(client) => links
+                .get(&client.gateway)
+                .map(|link| (client.gateway, link.clone()))
+                .into_iter()
+                .collect(),
+            None => links
+                .iter()
+                .map(|(addr, link)| (*addr, link.clone()))
+                .collect(),
         }
     }
 }
@@ -526,42 +527,84 @@ fn fits<M: serde::Serialize>(message: &M) -> Result<(), Unreachable> {
     check_frame(message).map_err(|e: WireError| {
         crate::metrics::link_message_dropped("too_large");
         tracing::warn!("not sent to the gateways: {e}");
-        Unreachable
+        Unreachable::NoGateway
     })
+}
+
+/// Merges the answers to a query asked of the gateways in `replies` (`None`: silent until
+/// [`QUERY_TIMEOUT`]). Some answers make an answer; the silent gateways are logged by address,
+/// so an operator knows which one to look at.
+fn merge_answers(
+    target: Option<ClientId>,
+    replies: Vec<(SocketAddrV4, Option<Reply>)>,
+) -> Result<Reply, Unreachable> {
+    let total = replies.len();
+    let (answered, silent): (Vec<_>, Vec<_>) = replies.into_iter().partition(|(_, r)| r.is_some());
+    let mut answers = answered.into_iter().filter_map(|(_, reply)| reply);
+    let Some(mut merged) = answers.next() else {
+        return Err(match (target, silent.first()) {
+            (Some(_), Some((addr, _))) => Unreachable::Silent(*addr),
+            _ => not_linked(target),
+        });
+    };
+    for reply in answers {
+        merged = merged.merge(reply).map_err(|_| Unreachable::NoGateway)?;
+    }
+    if !silent.is_empty() {
+        let silent: Vec<String> = silent.iter().map(|(addr, _)| addr.to_string()).collect();
+        tracing::warn!(
+            "query answered by {} of {total} gateways; silent for {QUERY_TIMEOUT:?}: {}",
+            total - silent.len(),
+            silent.join(", ")
+        );
+    }
+    Ok(merged)
+}
+
+/// What it means that no link took a message: for a message about one client, that its
+/// gateway is not linked; otherwise, that no gateway is.
+fn not_linked(target: Option<ClientId>) -> Unreachable {
+    match target {
+        Some(client) => Unreachable::NotLinked(client.gateway),
+        None => Unreachable::NoGateway,
+    }
 }
 
 impl Gateways for GatewayLinks {
     fn command(&self, command: Command) -> CommandFuture {
-        let mut targets = self.targets(command.target());
+        let target = command.target();
+        let mut targets = self.targets(target);
         let checked = fits(&command);
         Box::pin(async move {
             checked?;
+            let unreachable = not_linked(target);
             // Per-client commands (the common case) have one target: move it, copy only for
             // the others.
-            let last = targets.pop().ok_or(Unreachable)?;
+            let last = targets.pop().ok_or(unreachable)?;
             let mut queued = false;
-            for link in targets {
+            for (_, link) in targets {
                 queued |= link
                     .queue
                     .send(ToGateway::Command(command.clone()))
                     .await
                     .is_ok();
             }
-            queued |= last.queue.send(ToGateway::Command(command)).await.is_ok();
-            if queued { Ok(()) } else { Err(Unreachable) }
+            queued |= last.1.queue.send(ToGateway::Command(command)).await.is_ok();
+            if queued { Ok(()) } else { Err(unreachable) }
         })
     }
 
     fn query(&self, query: Query) -> QueryFuture {
+        let target = query.target();
         let asks: Vec<_> = self
-            .targets(query.target())
+            .targets(target)
             .into_iter()
-            .map(|link| (self.next_query.fetch_add(1, Ordering::Relaxed), link))
+            .map(|(addr, link)| (self.next_query.fetch_add(1, Ordering::Relaxed), addr, link))
             .collect();
         let checked = fits(&query);
         Box::pin(async move {
             checked?;
-            let asks = asks.into_iter().map(|(id, link)| {
+            let asks = asks.into_iter().map(|(id, addr, link)| {
                 let query = query.clone();
                 async move {
                     let (tx, rx) = oneshot::channel();
@@ -581,23 +624,69 @@ impl Gateways for GatewayLinks {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&id);
-                    reply
+                    (addr, reply)
                 }
             });
             let replies = futures_util::future::join_all(asks).await;
-            let total = replies.len();
-            let mut answered = replies.into_iter().flatten();
-            let first = answered.next().ok_or(Unreachable)?;
-            let mut count = 1;
-            let mut merged = first;
-            for reply in answered {
-                count += 1;
-                merged = merged.merge(reply).map_err(|_| Unreachable)?;
-            }
-            if count < total {
-                tracing::warn!("query answered by {count} of {total} gateways");
-            }
-            Ok(merged)
+            merge_answers(target, replies)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log sink the test reads back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn gateway(port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new([127, 0, 0, 1].into(), port)
+    }
+
+    #[test]
+    fn a_partial_answer_names_the_silent_gateways() {
+        let logs = Captured::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        let replies = vec![
+            (gateway(2300), Some(Reply::Clients(vec![]))),
+            (gateway(2301), None),
+            (gateway(2302), Some(Reply::Clients(vec![]))),
+            (gateway(2303), None),
+        ];
+        let merged = tracing::subscriber::with_default(subscriber, || merge_answers(None, replies));
+        assert_eq!(merged, Ok(Reply::Clients(vec![])));
+        let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logs.contains("answered by 2 of 4 gateways")
+                && logs.contains("127.0.0.1:2301, 127.0.0.1:2303"),
+            "{logs}"
+        );
+    }
+
+    #[test]
+    fn a_query_nobody_answered_names_the_clients_gateway() {
+        let client = ClientId::new(gateway(2300), 7);
+        let silent = merge_answers(Some(client), vec![(gateway(2300), None)]);
+        assert_eq!(silent, Err(Unreachable::Silent(gateway(2300))));
+        let unlinked = merge_answers(Some(client), vec![]);
+        assert_eq!(unlinked, Err(Unreachable::NotLinked(gateway(2300))));
+        assert_eq!(merge_answers(None, vec![]), Err(Unreachable::NoGateway));
     }
 }

@@ -55,6 +55,9 @@ static CALL_METRICS: LazyLock<RwLock<CallMetricsByPlugin>> = LazyLock::new(RwLoc
 static CALLS: AtomicU64 = AtomicU64::new(0);
 static PLUGINS: Mutex<BTreeMap<(String, String), PluginVersion>> = Mutex::new(BTreeMap::new());
 
+/// The last version of each plugin a worker host refused, by worker host and plugin.
+static REFUSED: Mutex<BTreeMap<(String, String), RefusedVersion>> = Mutex::new(BTreeMap::new());
+
 /// Call durations by plugin and event.
 type Timings = Family<EventLabels, Histogram, fn() -> Histogram>;
 
@@ -491,9 +494,56 @@ pub struct PluginVersion {
     pub loaded_at: SystemTime,
 }
 
+/// A plugin version a worker host refused to serve, kept until a version of that plugin is
+/// installed or its file removed, so that `status` shows why the file on disk is not what
+/// serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedVersion {
+    /// The worker host.
+    pub worker: String,
+    /// The plugin (app) name.
+    pub plugin: String,
+    /// The short hash of the component's bytes, when it was read and compiled.
+    pub version: Option<String>,
+    /// Why it was refused.
+    pub reason: String,
+    /// When.
+    pub refused_at: SystemTime,
+}
+
+/// Records that `worker` refused a version of `plugin` (`version`, when known) for `reason`,
+/// and counts it as a failed reload.
+pub fn plugin_refused(worker: &str, plugin: &str, version: Option<&str>, reason: String) {
+    plugin_reloaded(plugin, Reload::Failed);
+    let entry = RefusedVersion {
+        worker: worker.to_owned(),
+        plugin: plugin.to_owned(),
+        version: version.map(str::to_owned),
+        reason,
+        refused_at: SystemTime::now(),
+    };
+    refused_table().insert((worker.to_owned(), plugin.to_owned()), entry);
+}
+
+/// The last refused version of each plugin that has not been installed or removed since.
+pub fn refused_plugins() -> Vec<RefusedVersion> {
+    refused_table().values().cloned().collect()
+}
+
+/// Forgets the refused version of a plugin whose file is gone.
+pub fn refused_plugin_gone(worker: &str, plugin: &str) {
+    refused_table().remove(&(worker.to_owned(), plugin.to_owned()));
+}
+
+fn refused_table() -> std::sync::MutexGuard<'static, BTreeMap<(String, String), RefusedVersion>> {
+    // Entries are replaced whole; a panic elsewhere cannot leave one half-written.
+    REFUSED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Records that `worker` now serves `version` of `plugin` with `instances` instances.
 pub fn plugin_installed(worker: &str, plugin: &str, version: &str, instances: usize) {
     plugin_reloaded(plugin, Reload::Installed);
+    refused_plugin_gone(worker, plugin);
     let entry = PluginVersion {
         worker: worker.to_owned(),
         plugin: plugin.to_owned(),
@@ -507,6 +557,7 @@ pub fn plugin_installed(worker: &str, plugin: &str, version: &str, instances: us
 /// Records that `worker` no longer serves `plugin`.
 pub fn plugin_removed(worker: &str, plugin: &str) {
     plugin_reloaded(plugin, Reload::Removed);
+    refused_plugin_gone(worker, plugin);
     plugin_table().remove(&(worker.to_owned(), plugin.to_owned()));
 }
 

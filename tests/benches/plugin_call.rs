@@ -36,7 +36,7 @@ impl Gateways for Counting {
     }
 
     fn query(&self, _query: Query) -> QueryFuture {
-        Box::pin(async { Err(Unreachable) })
+        Box::pin(async { Err(Unreachable::NoGateway) })
     }
 }
 

@@ -9,13 +9,37 @@
 //! the gateway as it is, which decides what an empty group or uid means: a refused operation
 //! is answered `error invalid-argument <why>`.
 
+use std::hint::black_box;
 use wasmgate_sdk::kv::{self, Bucket};
 use wasmgate_sdk::sql::{self, Connection};
-use wasmgate_sdk::{Client, GatewayError, Plugin, gateway, http};
+
+use wasmgate_sdk::{Client, GatewayError, Plugin, WebsocketRequest, gateway, http};
 
 struct Commands;
 
 impl Plugin for Commands {
+    /// Keeps `notify=<group>` in the session, then crashes if asked to (`crash=…`): a client
+    /// refused by the crash would announce itself to that group if `on-connect` ran for it.
+    fn on_websocket_connect(client: Client, request: WebsocketRequest) -> Result<(), String> {
+        if let Some(group) = asked(&request.query, "notify") {
+            gateway::update_session(&client.id, &[("notify".into(), group.into())])
+                .map_err(|e| reason(&e))?;
+        }
+        match asked(&request.query, "crash") {
+            Some("trap") => panic!("commands: crash=trap in on-websocket-connect"),
+            Some("loop") => spin(),
+            Some("alloc") => exhaust_memory(),
+            _ => Ok(()),
+        }
+    }
+
+    fn on_connect(client: Client) {
+        if let Some(group) = client.session().get("notify") {
+            let announce = format!("connected {}", client.id);
+            let _ = gateway::send_to_group(&[group.into()], announce.as_bytes(), &[]);
+        }
+    }
+
     fn on_message(client: Client, data: Vec<u8>) {
         let reply = match parse(&data) {
             Ok(command) => run(&client, command),
@@ -350,6 +374,37 @@ fn fetch(url: &str) -> Vec<u8> {
     }
 }
 
+/// The value of `key` in a WebSocket request's query string (`k=v` pairs joined by `&`), as
+/// is: not percent-decoded.
+fn asked<'q>(query: &'q str, key: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then_some(v)
+    })
+}
+
+/// Never returns: only the host's `process_timeout` ends it.
+fn spin() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+/// Allocates 1 MiB blocks, writing to each, and keeps them until an allocation fails, which
+/// aborts: the instance runs out of memory.
+fn exhaust_memory() -> ! {
+    let mut held = Vec::new();
+    loop {
+        let mut block = vec![0u8; 1 << 20];
+        // Fresh wasm pages are already zero, so the allocator may skip writing them.
+        for page in block.chunks_mut(64 * 1024) {
+            page[0] = 1;
+        }
+        held.push(black_box(block));
+    }
+}
+
 /// The `<reason>` of an `error <reason>` reply, in the WIT's words.
 fn reason(error: &GatewayError) -> String {
     match error {
@@ -360,7 +415,17 @@ fn reason(error: &GatewayError) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{COMMANDS, Command, ParseError, parse};
+    use super::{COMMANDS, Command, ParseError, asked, parse};
+
+    #[test]
+    fn query_values_are_taken_as_written() {
+        let query = "crash=loop&notify=a%20b&empty=";
+        assert_eq!(asked(query, "crash"), Some("loop"));
+        assert_eq!(asked(query, "notify"), Some("a%20b"));
+        assert_eq!(asked(query, "empty"), Some(""));
+        assert_eq!(asked(query, "rash"), None);
+        assert_eq!(asked("", "crash"), None);
+    }
 
     #[test]
     fn every_command_parses() {

@@ -79,6 +79,20 @@ pub fn status(label: &str, s: &Status) -> String {
         }
         plugins.render(&mut out);
     }
+    if !s.refused.is_empty() {
+        rule(&mut out, "REFUSED PLUGIN VERSIONS");
+        let mut refused = Table::new(&["worker", "plugin", "version", "refused_at", "reason"]);
+        for r in &s.refused {
+            refused.row([
+                &r.worker,
+                &r.plugin,
+                r.version.as_deref().unwrap_or_default(),
+                &timestamp(r.refused_at),
+                &r.reason,
+            ]);
+        }
+        refused.render(&mut out);
+    }
     if let Some(w) = &s.worker {
         rule(&mut out, "PLUGIN MEMORY");
         let worst = bytesize::ByteSize::b(w.plugin_memory_worst_case);

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use super::args::{Argument, Excluded, Keyed, Name};
 use super::command::{Command, Session};
 use super::error::OpError;
-use super::port::Gateways;
+use super::port::{Gateways, Unreachable};
 use super::query::{GroupMembers, Query, Reply};
 use crate::client_id::ClientId;
 
@@ -27,7 +27,8 @@ use crate::client_id::ClientId;
 ///
 /// Commands (sends, closes, group, uid and session changes) return once queued to the
 /// gateway(s) they concern, not once delivered, in the order they were made; they fail with
-/// [`OpError::Unreachable`] only when no such gateway is linked. Queries wait a bounded time
+/// [`OpError::Unreachable`] only when no such gateway is linked, naming the gateway when the
+/// operation is about one client ([`Unreachable::NotLinked`]). Queries wait a bounded time
 /// for the gateways and merge their answers. Cheap to clone.
 #[derive(Clone)]
 pub struct GatewayApi {
@@ -60,7 +61,7 @@ impl GatewayApi {
 fn expect<T>(reply: Reply, unwrap: impl FnOnce(Reply) -> Result<T, Reply>) -> Result<T, OpError> {
     unwrap(reply).map_err(|other| {
         tracing::error!(reply = ?other, "a gateway answered the wrong query");
-        OpError::Unreachable
+        OpError::Unreachable(Unreachable::NoGateway)
     })
 }
 
@@ -93,7 +94,8 @@ macro_rules! gateway_operations {
                 api.command(Command::SendToAll { data, exclude: exclude_client_ids.0 }).await
             }
 
-            /// Sends `data` to each listed client once; an empty list sends nothing.
+            /// Sends `data` to each listed client once; an empty list sends nothing, and ids
+            /// whose gateway is not linked are ignored like offline ones.
             send_to_clients(api, client_ids: Vec<ClientId>, data: Bytes) -> () {
                 let mut clients = client_ids;
                 clients.sort_unstable();
@@ -101,10 +103,16 @@ macro_rules! gateway_operations {
                 if clients.is_empty() {
                     return Ok(());
                 }
-                api.command(Command::SendToClients { clients, data }).await
+                // A list of one goes to its client's gateway alone; that it is not linked must
+                // not make a list of one fail where a longer list would not.
+                match api.command(Command::SendToClients { clients, data }).await {
+                    Err(OpError::Unreachable(Unreachable::NotLinked(_))) => Ok(()),
+                    sent => sent,
+                }
             }
 
-            /// Sends `data` to one client; unreachable if its gateway is not linked.
+            /// Sends `data` to one client; unreachable, naming its gateway, if that gateway is
+            /// not linked.
             send_to_client(api, client_id: ClientId, data: Bytes) -> () {
                 api.command(Command::SendToClients { clients: vec![client_id], data }).await
             }
@@ -121,9 +129,16 @@ macro_rules! gateway_operations {
             }
 
             /// Whether the client is connected: true until its gateway has processed its
-            /// close.
+            /// close; false when its gateway is not linked (gone, as GatewayWorker's
+            /// `isOnline` answers), an error only when that gateway is linked but silent.
             is_online(api, client_id: ClientId) -> bool {
-                Ok(ask!(api, Query::IsOnline(client_id), Reply::Online))
+                match api.ask(Query::IsOnline(client_id)).await {
+                    Err(OpError::Unreachable(Unreachable::NotLinked(_))) => Ok(false),
+                    reply => expect(reply?, |reply| match reply {
+                        Reply::Online(online) => Ok(online),
+                        other => Err(other),
+                    }),
+                }
             }
 
             // ---- uids --------------------------------------------------------------------

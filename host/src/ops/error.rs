@@ -14,13 +14,8 @@ pub enum OpError {
         /// What is wrong with it.
         reason: String,
     },
-    /// No gateway the operation needed is linked, or none answered a query in time.
-    #[error("no gateway reachable")]
-    Unreachable,
-}
-
-impl From<Unreachable> for OpError {
-    fn from(_: Unreachable) -> Self {
-        OpError::Unreachable
-    }
+    /// No gateway the operation needed is linked, or none answered a query in time; for an
+    /// operation about one client, which gateway.
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
 }

@@ -5,6 +5,7 @@
 //! ([`crate::links::GatewayLinks`]); tests pass a recording double. Callers above the port
 //! never see a socket, and the transports below it never see an argument to validate.
 
+use std::net::SocketAddrV4;
 use std::pin::Pin;
 
 use super::command::Command;
@@ -28,7 +29,19 @@ pub trait Gateways: Send + Sync + 'static {
     fn query(&self, query: Query) -> QueryFuture;
 }
 
-/// No gateway the operation needed is linked, or none answered in time.
+/// Why an operation reached no gateway. An operation about one client concerns only the
+/// gateway its id names, so its failure names that gateway: the others being linked does not
+/// help it.
 #[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
-#[error("no gateway reachable")]
-pub struct Unreachable;
+pub enum Unreachable {
+    /// No gateway the operation concerns is linked, or none answered in time.
+    #[error("no gateway reachable")]
+    NoGateway,
+    /// The client's gateway is not linked: it is gone (stopped, or the id is from before its
+    /// restart), or not linked yet.
+    #[error("the client's gateway {0} is not linked")]
+    NotLinked(SocketAddrV4),
+    /// The client's gateway is linked but did not answer the query in time.
+    #[error("the client's gateway {0} did not answer in time")]
+    Silent(SocketAddrV4),
+}

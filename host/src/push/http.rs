@@ -6,8 +6,9 @@
 //! (payloads as `data`, UTF-8 text, or `b64data`, base64 bytes), one [`GatewayApi`] call, JSON
 //! out as `{"result": …}`. Failures are
 //! `{"error": {"code", "message"}}` with a real status: 400 for a body that does not fit (the
-//! message names the field), 401 for a missing or wrong token, 404 for an unknown operation,
-//! 413 for a body over the limit, 503 when no gateway is reachable. The operations, bodies and
+//! message names the field), 401 for a missing or wrong token, 404 for an unknown operation or
+//! a client whose gateway is not linked (naming the gateway), 413 for a body over the limit,
+//! 503 when no gateway is reachable. The operations, bodies and
 //! answers are described in `openapi.json`, served at `GET /api/openapi.json`; a test checks
 //! the description against this router.
 
@@ -27,7 +28,7 @@ use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
 use crate::client_id::ClientId;
-use crate::ops::{Excluded, GatewayApi, Name, OpError, Session, gateway_operations};
+use crate::ops::{Excluded, GatewayApi, Name, OpError, Session, Unreachable, gateway_operations};
 
 /// The OpenAPI 3.1 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -287,7 +288,12 @@ impl From<OpError> for ApiError {
     fn from(e: OpError) -> Self {
         match e {
             OpError::InvalidArgument { .. } => Self::bad_request(e.to_string()),
-            OpError::Unreachable => Self::new(
+            // The client's gateway is not linked: the client cannot be found, though other
+            // gateways may well be reachable.
+            OpError::Unreachable(Unreachable::NotLinked(_)) => {
+                Self::new(StatusCode::NOT_FOUND, "gateway_not_linked", e.to_string())
+            }
+            OpError::Unreachable(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unreachable",
                 e.to_string(),

@@ -24,21 +24,45 @@ use crate::ops::{
 
 const TOKEN: &str = "secret-token";
 
-/// Gateways that take every command and answer every query with a reply of the right kind, or
-/// (when not `up`) are all unreachable.
+/// Gateways that take every command and answer every query with a reply of the right kind,
+/// except where `down` says they are unreachable.
 struct Double {
-    up: bool,
+    down: Down,
+}
+
+/// Which gateways the double has not linked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Down {
+    /// None: every operation succeeds.
+    None,
+    /// Every gateway.
+    All,
+    /// The gateway of any client an operation is about; the others are linked.
+    ClientsGateway,
+}
+
+impl Double {
+    fn unreachable(&self, target: Option<ClientId>) -> Option<Unreachable> {
+        match (self.down, target) {
+            (Down::None, _) | (Down::ClientsGateway, None) => None,
+            (Down::All, _) => Some(Unreachable::NoGateway),
+            (Down::ClientsGateway, Some(client)) => Some(Unreachable::NotLinked(client.gateway)),
+        }
+    }
 }
 
 impl Gateways for Double {
-    fn command(&self, _: Command) -> CommandFuture {
-        let up = self.up;
-        Box::pin(async move { if up { Ok(()) } else { Err(Unreachable) } })
+    fn command(&self, command: Command) -> CommandFuture {
+        let down = self.unreachable(command.target());
+        Box::pin(async move { down.map_or(Ok(()), Err) })
     }
 
     fn query(&self, query: Query) -> QueryFuture {
-        let reply = self.up.then(|| reply_to(query));
-        Box::pin(async move { reply.ok_or(Unreachable) })
+        let answer = match self.unreachable(query.target()) {
+            Some(down) => Err(down),
+            None => Ok(reply_to(query)),
+        };
+        Box::pin(async move { answer })
     }
 }
 
@@ -71,8 +95,8 @@ fn spec() -> Value {
     serde_json::from_str(OPENAPI).expect("openapi.json is JSON")
 }
 
-fn app(up: bool) -> Router {
-    router(GatewayApi::new(Arc::new(Double { up })), Some(TOKEN))
+fn app(down: Down) -> Router {
+    router(GatewayApi::new(Arc::new(Double { down })), Some(TOKEN))
 }
 
 /// POSTs `body` to `path` (with the token unless `token` is false).
@@ -234,7 +258,7 @@ fn the_described_operations_are_the_routed_ones() {
 #[tokio::test]
 async fn examples_are_accepted_and_answered_as_described() {
     let doc = spec();
-    let app = app(true);
+    let app = app(Down::None);
     for (name, post, schema, examples) in operations(&doc) {
         let mut fields_used = BTreeSet::new();
         for example in examples {
@@ -260,7 +284,7 @@ async fn examples_are_accepted_and_answered_as_described() {
 #[tokio::test]
 async fn bodies_are_accepted_exactly_when_they_fit_their_schema() {
     let doc = spec();
-    let app = app(true);
+    let app = app(Down::None);
     for (name, post, schema, examples) in operations(&doc) {
         let path = format!("/api/{name}");
         for example in examples {
@@ -301,7 +325,7 @@ async fn bodies_are_accepted_exactly_when_they_fit_their_schema() {
 #[tokio::test]
 async fn unreachable_gateways_and_missing_tokens_are_described_errors() {
     let doc = spec();
-    let down = app(false);
+    let down = app(Down::All);
     for (name, post, _, examples) in operations(&doc) {
         let path = format!("/api/{name}");
         let (status, answer) = call(&down, &path, examples[0], false).await;
@@ -313,10 +337,36 @@ async fn unreachable_gateways_and_missing_tokens_are_described_errors() {
     }
 }
 
+/// An operation about one client whose gateway is not linked is a described 404 naming that
+/// gateway, except `is_online`, which is false; the others answer as when all are linked.
+#[tokio::test]
+async fn a_clients_gateway_that_is_not_linked_is_named() {
+    let doc = spec();
+    let app = app(Down::ClientsGateway);
+    for (name, post, _, examples) in operations(&doc) {
+        let path = format!("/api/{name}");
+        let example = examples[0];
+        let (status, answer) = call(&app, &path, example, true).await;
+        assert_described(&doc, &name, post, status, &answer);
+        let one_client = example.get("client_id").and_then(Value::as_str);
+        match one_client {
+            Some(_) if name == "is_online" => assert_eq!(answer, json!({"result": false})),
+            Some(id) => {
+                assert_eq!(status, StatusCode::NOT_FOUND, "{name}: {answer}");
+                assert_eq!(answer["error"]["code"], "gateway_not_linked");
+                let gateway = id.parse::<ClientId>().unwrap().gateway.to_string();
+                let message = answer["error"]["message"].as_str().unwrap();
+                assert!(message.contains(&gateway), "{name}: {message:?}");
+            }
+            None => assert_eq!(status, StatusCode::OK, "{name}: {answer}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn routing_errors_and_the_description_are_served_as_described() {
     let doc = spec();
-    let app = app(true);
+    let app = app(Down::None);
     let error = json!({"$ref": "#/components/schemas/Error"});
     let (status, answer) = call(&app, "/api/send_to_everybody", &json!({}), true).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

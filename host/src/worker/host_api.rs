@@ -106,7 +106,7 @@ impl HostApi {
         result.map(IntoWit::into_wit).map_err(|e| {
             tracing::debug!(plugin = &*self.plugin, operation, "refused: {e}");
             match e {
-                OpError::Unreachable => GatewayError::Unreachable,
+                OpError::Unreachable(_) => GatewayError::Unreachable,
                 invalid @ OpError::InvalidArgument { .. } => {
                     GatewayError::InvalidArgument(invalid.to_string())
                 }

@@ -156,12 +156,14 @@ impl PluginDir {
                     tracing::info!(plugin = app, file = %path.display(), "plugin file deleted; app stopped");
                     metrics::plugin_removed(&self.worker, app);
                     self.dispatcher.remove(app);
+                } else {
+                    metrics::refused_plugin_gone(&self.worker, app);
                 }
                 return;
             }
             Err(e) => {
                 tracing::error!(file = %path.display(), "plugin not loaded, the running version (if any) keeps serving: {e}");
-                metrics::plugin_reloaded(app, Reload::Failed);
+                metrics::plugin_refused(&self.worker, app, None, e.to_string());
                 return;
             }
         };
@@ -171,12 +173,17 @@ impl PluginDir {
             Ok(Ok(code)) => code,
             Ok(Err(e)) => {
                 tracing::error!(file = %path.display(), "plugin not loaded, the running version (if any) keeps serving: {e}");
-                metrics::plugin_reloaded(app, Reload::Failed);
+                metrics::plugin_refused(&self.worker, app, None, e.to_string());
                 return;
             }
             Err(e) => {
                 tracing::error!(file = %path.display(), "plugin compile task failed: {e}");
-                metrics::plugin_reloaded(app, Reload::Failed);
+                metrics::plugin_refused(
+                    &self.worker,
+                    app,
+                    None,
+                    format!("compile task failed: {e}"),
+                );
                 return;
             }
         };
@@ -209,7 +216,8 @@ impl PluginDir {
                     version = code.version(),
                     "new plugin version refused, the running version (if any) keeps serving: {e}"
                 );
-                metrics::plugin_reloaded(app, Reload::Failed);
+                let reason = format!("its instance did not start: {e}");
+                metrics::plugin_refused(&self.worker, app, Some(code.version()), reason);
                 for mut started in instances {
                     PluginInstance::stop(&mut started).await;
                 }

@@ -154,6 +154,105 @@ async fn a_daemon_is_inspected_reloaded_restarted_and_stopped_by_its_config_file
 /// Grants are read again at a reload, by SIGHUP as by `wasmgate reload`: an app whose grants
 /// changed restarts its instances with them, while its clients stay connected; a file that
 /// no longer reads leaves the running grants alone.
+/// `status` shows each plugin version the worker host refused, with why, beside the ones
+/// serving: a file that is not wasm, a component whose `on-worker-start` fails (with its
+/// version), a symlink to `/dev/zero` put in later; a refused version is forgotten once its
+/// file is gone. A client of the app that loaded is served throughout.
+#[tokio::test]
+async fn status_shows_refused_plugin_versions_and_why() {
+    let g = free_port();
+    let config = every_role(free_port(), g);
+    let junk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(junk.path(), "not a component").unwrap();
+    let plugins = [
+        ("commands", plugins::COMMANDS),
+        ("broken", junk.path().to_str().unwrap()),
+        ("fail-start", plugins::MISBEHAVE),
+    ];
+    let (daemon, started) = Daemon::start(BIN, &config, &plugins).await;
+    assert!(started.status.success(), "{started:?}");
+    let addr = format!("127.0.0.1:{g}").parse().unwrap();
+    let mut bystander = TestClient::ws(addr, "/").await.unwrap();
+    assert_eq!(bystander.ask("echo before").await, "before");
+
+    let plugin_dir = daemon.dir().join("plugins");
+    std::os::unix::fs::symlink("/dev/zero", plugin_dir.join("zero.wasm")).unwrap();
+    let screen = status_until(&daemon, |s| {
+        refused_versions(s).iter().any(|r| r["plugin"] == "zero")
+    })
+    .await;
+    let loaded = table(&screen, "PLUGINS");
+    let worker = row(&loaded, "plugin", "commands")["worker"].clone();
+    let refused = refused_versions(&screen);
+    assert_eq!(refused.len(), 3, "{screen}");
+    let broken = row(&refused, "plugin", "broken");
+    assert_eq!(
+        [&broken["worker"], &broken["version"]],
+        [&worker, "-"],
+        "{screen}"
+    );
+    assert!(
+        broken["reason"].contains("not_a_WebAssembly_file"),
+        "{screen}"
+    );
+    let failed = row(&refused, "plugin", "fail-start");
+    assert_eq!(failed["version"].len(), 12, "{screen}");
+    assert!(failed["reason"].contains("did_not_start"), "{screen}");
+    let zero = row(&refused, "plugin", "zero");
+    assert!(
+        zero["reason"].contains("not_a_regular_file_but_a_device"),
+        "{screen}"
+    );
+    assert_eq!(bystander.ask("echo during").await, "during");
+
+    std::fs::remove_file(plugin_dir.join("broken.wasm")).unwrap();
+    let screen = status_until(&daemon, |s| refused_versions(s).len() == 2).await;
+    assert!(
+        refused_versions(&screen)
+            .iter()
+            .all(|r| r["plugin"] != "broken"),
+        "{screen}"
+    );
+    assert_eq!(bystander.ask("echo after").await, "after");
+    assert!(daemon.run(&["stop"]).await.status.success());
+}
+
+/// A configuration with every role: the register on port `r`, a WebSocket gateway on `g`
+/// serving `commands`, a worker host with one instance per plugin in `plugins/`.
+fn every_role(r: u16, g: u16) -> String {
+    format!(
+        "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
+         [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"commands\"\n\
+         [worker]\nplugins = \"plugins\"\ninstances = 1\n"
+    )
+}
+
+/// The refused plugin versions `status` shows (none: no such table).
+fn refused_versions(screen: &str) -> Vec<HashMap<String, String>> {
+    if screen.contains(" REFUSED PLUGIN VERSIONS") {
+        table(screen, "REFUSED PLUGIN VERSIONS")
+    } else {
+        Vec::new()
+    }
+}
+
+/// Runs `status` until `done` holds of its screen (bounded: a watched directory's change
+/// reaches the worker host within a second or so); returns that screen.
+async fn status_until(daemon: &Daemon, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let screen = stdout(&daemon.run(&["status"]).await);
+        if done(&screen) {
+            return screen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never got there:\n{screen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_reload_applies_changed_grants_and_keeps_the_clients() {
     let (r, g, m) = (free_port(), free_port(), free_port());
@@ -338,11 +437,7 @@ async fn start_returns_once_a_cold_python_plugin_serves() {
 #[tokio::test]
 async fn roles_started_alone_are_found_without_naming_them() {
     let (r, g) = (free_port(), free_port());
-    let config = format!(
-        "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
-         [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"commands\"\n\
-         [worker]\nplugins = \"plugins\"\ninstances = 1\n"
-    );
+    let config = every_role(r, g);
     let (daemon, started) = Daemon::start_role(
         BIN,
         &config,

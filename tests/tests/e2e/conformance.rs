@@ -8,6 +8,8 @@
 //! need their toolchains from the registries; where those cannot be installed, their tests are
 //! skipped loudly (see `wasmgate_tests::tools`).
 
+use std::time::Duration;
+
 use wasmgate::config::Protocol;
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::Cluster;
@@ -32,13 +34,81 @@ async fn javascript() {
     polyglot_conformance(Language::JavaScript, "conformance::javascript").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_fails_closed() {
+    fails_closed(plugins::COMMANDS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_fails_closed() {
+    let test = "conformance::python_fails_closed";
+    if let Some(plugin) = polyglot_build(Language::Python, test).await {
+        fails_closed(plugin.to_str().unwrap()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_fails_closed() {
+    let test = "conformance::javascript_fails_closed";
+    if let Some(plugin) = polyglot_build(Language::JavaScript, test).await {
+        fails_closed(plugin.to_str().unwrap()).await;
+    }
+}
+
 async fn polyglot_conformance(language: Language, test: &str) {
+    if let Some(plugin) = polyglot_build(language, test).await {
+        conformance(plugin.to_str().unwrap()).await;
+    }
+}
+
+/// The reference plugin's build in `language`, or `None` (a skip, counted) where its toolchain
+/// cannot be installed.
+async fn polyglot_build(language: Language, test: &str) -> Option<std::path::PathBuf> {
     let built = tokio::task::spawn_blocking(move || polyglot::commands(language))
         .await
         .unwrap();
-    if let Some(plugin) = tools::or_skip(built, test) {
-        conformance(plugin.to_str().unwrap()).await;
+    tools::or_skip(built, test)
+}
+
+/// A crash in `on-websocket-connect` — a trap (a panic, an uncaught exception), a loop past
+/// `process_timeout`, memory past `memory_limit` — refuses the client with 1008, and
+/// `on-connect` never runs for it; a bystander is served throughout.
+///
+/// The reference plugin's `on-connect` announces a client to the group its upgrade request
+/// named (`?notify=<group>`, kept in the session before any crash): the bystander, in that
+/// group, would hear of a refused client if `on-connect` ran for it.
+async fn fails_closed(plugin: &str) {
+    let limits = "process_timeout = \"1s\"\nmemory_limit = \"64MiB\"\n";
+    let cluster =
+        Cluster::start_with_worker(("commands", plugin), &[Protocol::Ws], 1, 1, limits).await;
+    let ws = cluster.gateways[0].client_addr;
+    let mut bystander = TestClient::ws(ws, "/").await.unwrap();
+    assert_eq!(bystander.ask("join watch").await, "joined watch");
+    // The announcement works: an accepted client is announced.
+    let mut accepted = TestClient::ws(ws, "/?notify=watch").await.unwrap();
+    let id = accepted.ask("whoami").await;
+    assert_eq!(bystander.recv().await, format!("connected {id}"));
+
+    for crash in ["trap", "loop", "alloc"] {
+        let path = format!("/?notify=watch&crash={crash}");
+        let mut refused = TestClient::ws(ws, &path).await.unwrap();
+        let close = tokio::time::timeout(Duration::from_secs(10), refused.close_frame())
+            .await
+            .unwrap_or_else(|_| panic!("crash={crash}: the client was never closed"))
+            .unwrap_or_else(|| panic!("crash={crash}: closed without a frame"));
+        assert_eq!(u16::from(close.code), 1008, "crash={crash}: {close:?}");
+        // The bystander's reply comes after anything `on-connect` would have sent it.
+        assert_eq!(
+            bystander.ask(&format!("echo after {crash}")).await,
+            format!("after {crash}"),
+            "crash={crash}: on-connect ran for the refused client"
+        );
     }
+    let mut last = TestClient::ws(ws, "/?notify=watch").await.unwrap();
+    let id = last.ask("whoami").await;
+    assert_eq!(bystander.recv().await, format!("connected {id}"));
+    bystander.assert_silent(QUIET).await;
+    cluster.stop().await;
 }
 
 /// The whole suite against one build of the reference plugin; its `main` database is the

@@ -16,14 +16,14 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use wasmgate::client_id::ClientId;
 use wasmgate::config::Protocol;
-use wasmgate::ops::Session;
+use wasmgate::ops::{Session, Unreachable};
 use wasmgate::push::PushClient;
 use wasmgate::push::http::OPERATIONS;
 use wasmgate_tests::client::{RECV_TIMEOUT, TestClient};
-use wasmgate_tests::cluster::{Cluster, SECRET};
+use wasmgate_tests::cluster::{Cluster, Node, PluginsDir, SECRET, connect_ws, free_port};
 use wasmgate_tests::plugins;
 
-use crate::QUIET;
+use crate::{BIN, QUIET};
 
 const TOKEN: &str = "push-token";
 /// Bytes that are not UTF-8, so a WebSocket client gets them as a binary frame.
@@ -423,14 +423,14 @@ async fn refused_requests_send_nothing() {
         "send_to_everyone",
     )
     .await;
-    // A client id naming a gateway that does not exist: no gateway to reach.
+    // A client id naming a gateway that does not exist: that gateway is named.
     let nowhere = "7f000001ffff00000001";
     for (operation, body) in [
         ("send_to_client", json!({"client_id": nowhere, "data": "x"})),
-        ("is_online", json!({"client_id": nowhere})),
+        ("bind_uid", json!({"client_id": nowhere, "uid": "u"})),
     ] {
-        let unavailable = StatusCode::SERVICE_UNAVAILABLE;
-        fx.refused(operation, &body.to_string(), unavailable, "gateway")
+        let not_found = StatusCode::NOT_FOUND;
+        fx.refused(operation, &body.to_string(), not_found, "127.0.0.1:65535")
             .await;
     }
 
@@ -523,8 +523,9 @@ async fn the_rust_client_through_the_register() {
     let nowhere: ClientId = "7f000001ffff00000001".parse().unwrap();
     assert_eq!(
         push.send_to_client(nowhere, "x").await,
-        Err(wasmgate::ops::OpError::Unreachable)
+        Err(Unreachable::NotLinked(nowhere.gateway).into())
     );
+    assert_eq!(push.is_online(nowhere).await, Ok(false));
 
     push.close_client(id[1], Some("bye")).await.unwrap();
     assert_eq!(c[1].recv().await, "bye");
@@ -548,4 +549,96 @@ async fn the_rust_client_without_a_gateway_says_so() {
     assert_eq!(err, wasmgate::push::ConnectError::NoGateway(short));
     let err = PushClient::connect(vec![], SECRET).await.unwrap_err();
     assert_eq!(err, wasmgate::push::ConnectError::NoRegister);
+}
+
+/// POSTs `body` to the push API on `push` (loopback, no token); the status and the answer.
+async fn post_to(push: u16, operation: &str, body: Value) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{push}/api/{operation}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("push API reachable");
+    let status = response.status();
+    (status, response.json().await.expect("a JSON answer"))
+}
+
+/// A gateway that stops answering, then is gone, is named in what the push API answers about
+/// its clients, while the other gateway's clients are served as before: a query about one of
+/// its clients waits at most one second and names it; an all-gateway query answers for the
+/// others and the worker host's log names the silent one; once it is gone its clients are
+/// offline, and binding one of them is a 404 naming the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_or_gone_gateway_is_named() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (register, a, push) = (free_port(), free_port(), free_port());
+    let (b, b_internal) = (free_port(), free_port());
+    let register_at = format!("register = \"127.0.0.1:{register}\"");
+    let main = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{register}\"\n\
+             [[gateway]]\nlisten = \"ws://127.0.0.1:{a}\"\napp = \"commands\"\n{register_at}\n\
+             [worker]\nplugins = {:?}\ninstances = 1\n{register_at}\n\
+             [push]\nlisten = \"127.0.0.1:{push}\"\n",
+            plugins.path()
+        ),
+    );
+    let other = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{b}\"\n\
+             app = \"commands\"\ninternal_port = {b_internal}\n{register_at}\n"
+        ),
+    );
+    let mut bystander = connect_ws(a).await;
+    let bystander_id = bystander.ask("whoami").await;
+    let mut doomed = connect_ws(b).await;
+    let doomed_id = doomed.ask("whoami").await;
+    let gone = format!("127.0.0.1:{b_internal}");
+    assert!(doomed_id.parse::<ClientId>().unwrap().gateway.to_string() == gone);
+    let (status, answer) = post_to(push, "get_all_client_count", json!({})).await;
+    assert_eq!((status, answer), (StatusCode::OK, json!({"result": 2})));
+
+    other.signal("STOP").await;
+    let (status, answer) = post_to(push, "get_all_client_count", json!({})).await;
+    assert_eq!((status, answer), (StatusCode::OK, json!({"result": 1})));
+    main.wait_for_line(&["answered by 1 of 2 gateways", &gone])
+        .await;
+    let asked = std::time::Instant::now();
+    let (status, answer) = post_to(push, "is_online", json!({"client_id": doomed_id})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&gone), "{message}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(bystander.ask("echo still").await, "still");
+
+    other.kill().await;
+    let doomed_online = || async {
+        let (status, answer) = post_to(push, "is_online", json!({"client_id": doomed_id})).await;
+        // While the link still stands the gateway is only silent: ask again.
+        status != StatusCode::OK || answer["result"] == json!(true)
+    };
+    until_offline(doomed_online).await;
+    let bind = json!({"client_id": doomed_id, "uid": "u"});
+    let (status, answer) = post_to(push, "bind_uid", bind).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    assert_eq!(answer["error"]["code"], "gateway_not_linked");
+    assert!(answer["error"]["message"].as_str().unwrap().contains(&gone));
+
+    let send = json!({"client_id": bystander_id, "data": "still served"});
+    assert_eq!(
+        post_to(push, "send_to_client", send).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(bystander.recv().await, "still served");
+    let online = json!({"client_id": bystander_id});
+    assert_eq!(
+        post_to(push, "is_online", online).await.1,
+        json!({"result": true})
+    );
 }

@@ -64,6 +64,9 @@ pub struct Status {
     pub endpoints: Vec<(String, String)>,
     /// The plugin versions serving.
     pub plugins: Vec<PluginStatus>,
+    /// The last version of each plugin that was refused and not replaced since.
+    #[serde(default)]
+    pub refused: Vec<RefusedPlugin>,
     /// Client traffic.
     pub traffic: Traffic,
 }
@@ -117,6 +120,21 @@ pub struct PluginStatus {
     pub instances: usize,
     /// When this version started serving, in seconds since the Unix epoch.
     pub loaded_at: u64,
+}
+
+/// A plugin version a worker host refused to serve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefusedPlugin {
+    /// The worker host that refused it.
+    pub worker: String,
+    /// The plugin (app) name.
+    pub plugin: String,
+    /// The short hash of its component, when it was read and compiled.
+    pub version: Option<String>,
+    /// Why it was refused.
+    pub reason: String,
+    /// When, in seconds since the Unix epoch.
+    pub refused_at: u64,
 }
 
 /// Client traffic through this process: totals since start and recent rates.

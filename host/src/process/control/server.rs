@@ -13,8 +13,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{
-    Connection, GatewayStatus, MAX_REQUEST, PluginStatus, Request, Response, Status, TIMEOUT,
-    Traffic, WorkerStatus,
+    Connection, GatewayStatus, MAX_REQUEST, PluginStatus, RefusedPlugin, Request, Response, Status,
+    TIMEOUT, Traffic, WorkerStatus,
 };
 use crate::metrics;
 use crate::process::running::Running;
@@ -240,6 +240,16 @@ impl Control {
                     version: p.version,
                     instances: p.instances,
                     loaded_at: metrics::unix_seconds(p.loaded_at) as u64,
+                })
+                .collect(),
+            refused: metrics::refused_plugins()
+                .into_iter()
+                .map(|r| RefusedPlugin {
+                    worker: r.worker,
+                    plugin: r.plugin,
+                    version: r.version,
+                    reason: r.reason,
+                    refused_at: metrics::unix_seconds(r.refused_at) as u64,
                 })
                 .collect(),
             traffic: Traffic {
