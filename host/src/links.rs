@@ -26,7 +26,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
-use crate::client_id::ClientId;
+use crate::client_id::{ClientId, ClientMap};
 use crate::local::{LinkReader, LocalGateways};
 use crate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Reply, Unreachable};
 use crate::wire::LinkError;
@@ -56,6 +56,9 @@ pub const SILENT_INTERVALS: u32 = 3;
 /// Most clients one `Done` message acknowledges, so that it stays a small frame.
 const DONE_BATCH: usize = 4096;
 
+/// Longest an acknowledgement the gateway did not ask for at once waits for others.
+const ACK_DELAY: Duration = Duration::from_millis(1);
+
 /// A client event as it arrives from a gateway, with what the dispatcher needs to route it.
 #[derive(Debug)]
 pub struct Incoming {
@@ -74,6 +77,8 @@ pub struct Incoming {
 /// event.
 pub struct Done {
     client: ClientId,
+    /// The gateway asked for this acknowledgement at once ([`ToWorker::Event`]'s `ack_now`).
+    now: bool,
     acks: Arc<Acks>,
 }
 
@@ -89,6 +94,7 @@ impl Done {
     pub fn detached(client: ClientId) -> Self {
         Self {
             client,
+            now: false,
             acks: Arc::default(),
         }
     }
@@ -99,22 +105,38 @@ impl Drop for Done {
         let mut pending = self.acks.pending.lock().unwrap_or_else(|e| e.into_inner());
         *pending.entry(self.client).or_default() += 1;
         drop(pending);
-        self.acks.ready.notify_one();
+        if self.now {
+            self.acks.now.notify_one();
+        } else {
+            self.acks.ready.notify_one();
+        }
     }
 }
 
 /// The acknowledgements of one link not yet sent, by client (bounded by its clients).
 #[derive(Default)]
 struct Acks {
-    pending: Mutex<HashMap<ClientId, u32>>,
+    pending: Mutex<ClientMap<u32>>,
+    /// Some may wait [`ACK_DELAY`].
     ready: Notify,
+    /// One is asked for at once.
+    now: Notify,
 }
 
-/// Sends the acknowledgements of a link as they come, batched; its own task, so that a full
-/// link queue delays acknowledgements, never the reader.
+/// Sends the acknowledgements of a link, batched; its own task, so that a full link queue
+/// delays acknowledgements, never the reader. An acknowledgement waits at most
+/// [`ACK_DELAY`] for others to share its message, unless its gateway asked for it at once:
+/// a client far from the end of its window loses nothing by the wait, and one `Done` per
+/// event would cost a message and a task wake-up per event.
 async fn send_acks(acks: Arc<Acks>, queue: LinkSender<ToGateway>) {
     loop {
-        acks.ready.notified().await;
+        tokio::select! {
+            () = acks.ready.notified() => tokio::select! {
+                () = tokio::time::sleep(ACK_DELAY) => {}
+                () = acks.now.notified() => {}
+            },
+            () = acks.now.notified() => {}
+        }
         let batch: Vec<_> =
             std::mem::take(&mut *acks.pending.lock().unwrap_or_else(|e| e.into_inner()))
                 .into_iter()
@@ -485,13 +507,18 @@ async fn read_loop<S: EventSink>(
         };
         match message {
             ToWorker::Listeners(list) => listeners = list.into_iter().map(Arc::new).collect(),
-            ToWorker::Event { client, kind } => {
+            ToWorker::Event {
+                client,
+                kind,
+                ack_now,
+            } => {
                 let listener = listeners
                     .get(usize::from(client.listener))
                     .cloned()
                     .ok_or(LinkError::UnknownListener(client.listener))?;
                 let done = Done {
                     client: client.id,
+                    now: ack_now,
                     acks: acks.clone(),
                 };
                 events.deliver(Incoming {

@@ -279,7 +279,11 @@ impl ClientLink<'_> {
     }
 
     async fn send(&mut self, client: ClientContext, kind: EventKind) -> bool {
-        let event = ToWorker::Event { client, kind };
+        let event = ToWorker::Event {
+            client,
+            kind,
+            ack_now: false,
+        };
         match self.shared.router.forward(&mut self.binding, event).await {
             Ok(()) => true,
             Err(e) => {

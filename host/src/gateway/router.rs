@@ -24,14 +24,13 @@
 //! host ([`Router::resend_closes`]), so `on-close` runs at least once for every client, and
 //! twice if the link died after the callback ran but before its acknowledgement arrived.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 
-use crate::client_id::ClientId;
+use crate::client_id::{ClientId, ClientMap};
 use crate::wire::codec::check_frame;
 use crate::wire::messages::{EventKind, ToWorker};
 use crate::wire::queue::{LinkSender, SendError, TrySendError};
@@ -44,10 +43,10 @@ pub struct WorkerLink {
     pub queue: LinkSender<ToWorker>,
     bound: AtomicUsize,
     /// The windows of the clients bound to this link.
-    windows: Mutex<HashMap<ClientId, Arc<Semaphore>>>,
+    windows: Mutex<ClientMap<Arc<Semaphore>>>,
     /// Close events sent and not yet done, with how many of the client's events (the close
     /// included) the worker host has still to finish.
-    closes: Mutex<HashMap<ClientId, (u32, ToWorker)>>,
+    closes: Mutex<ClientMap<(u32, ToWorker)>>,
     /// Each client's window size on this link.
     window: u32,
     /// The worker host is leaving ([`Router::retire`]).
@@ -261,14 +260,13 @@ impl Router {
                 link.answer_leaving();
                 continue;
             }
+            let ToWorker::Event { kind, ack_now, .. } = &mut message else {
+                unreachable!("only client events are routed")
+            };
+            // A client that used up half its window waits on this acknowledgement soon.
+            *ack_now = window.available_permits() * 2 < self.window as usize;
             // Remembered before it is sent, so that no acknowledgement can overtake it.
-            let close = matches!(
-                &message,
-                ToWorker::Event {
-                    kind: EventKind::Close,
-                    ..
-                }
-            );
+            let close = *kind == EventKind::Close;
             if close {
                 let in_flight = self.window - window.available_permits() as u32;
                 link.closes
@@ -367,13 +365,22 @@ fn fit(message: ToWorker) -> Option<ToWorker> {
     let Err(e) = check_frame(&message) else {
         return Some(message);
     };
-    let ToWorker::Event { mut client, kind } = message else {
+    let ToWorker::Event {
+        mut client,
+        kind,
+        ack_now,
+    } = message
+    else {
         return None;
     };
     if kind == EventKind::Close {
         tracing::warn!(client = %client.id, "close event sent without the session: {e}");
         client.session = Arc::default();
-        return Some(ToWorker::Event { client, kind });
+        return Some(ToWorker::Event {
+            client,
+            kind,
+            ack_now,
+        });
     }
     crate::metrics::event_dropped("too_large");
     tracing::warn!(client = %client.id, "event dropped: {e}");
@@ -398,6 +405,7 @@ mod tests {
                 session_version: 0,
             },
             kind: EventKind::Connect,
+            ack_now: false,
         }
     }
 

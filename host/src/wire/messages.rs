@@ -103,6 +103,9 @@ pub enum ToWorker {
         client: ClientContext,
         /// What happened.
         kind: EventKind,
+        /// The client's window of events in flight is more than half used: acknowledge this
+        /// event as soon as it is done. Others may wait a moment to share a `Done`.
+        ack_now: bool,
     },
     /// The answer to [`ToGateway::Query`] number `id`.
     Reply {

@@ -32,7 +32,7 @@ impl Weigh for ToWorker {
     fn weight(&self) -> usize {
         match self {
             // The hot path: payload and session by their lengths, without encoding them.
-            ToWorker::Event { client, kind } => {
+            ToWorker::Event { client, kind, .. } => {
                 let session: usize = client.session.iter().map(|(k, v)| k.len() + v.len()).sum();
                 let uid = client.uid.as_ref().map_or(0, String::len);
                 OVERHEAD + session + uid + event_bytes(kind)

@@ -21,8 +21,9 @@
 //! session changes it has applied; when that is behind what this host wrote, the driver uses
 //! the session it wrote instead of the stale one in the event.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
@@ -31,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use super::bindings::{Client, WebsocketRequest};
 use super::host_api::SessionChange;
 use super::runtime::{Call, EventClient, PluginInstance};
-use crate::client_id::ClientId;
+use crate::client_id::{ClientHasher, ClientMap};
 use crate::links::{EventSink, Incoming};
 use crate::ops::{Command, Gateways, Session};
 use crate::wire::messages::{ClientContext, EventKind};
@@ -63,10 +64,12 @@ enum Work {
 /// One round of turns: the clients with events queued before the next swap.
 #[derive(Default)]
 struct Round {
-    /// Each client's events, in arrival order.
-    events: HashMap<ClientId, VecDeque<Incoming>>,
-    /// Whose turn is next; a client appears once while it has events.
-    turns: VecDeque<ClientId>,
+    /// The next event of each client that has any, in turn order: a client appears once.
+    turns: VecDeque<Incoming>,
+    /// The events of each client in `turns` behind the one there, in arrival order. Mostly
+    /// empty, and an empty `VecDeque` allocates nothing: the common event costs no
+    /// allocation.
+    behind: ClientMap<VecDeque<Incoming>>,
     /// The version that takes over once this round is empty.
     swap: Option<PluginInstance>,
 }
@@ -126,12 +129,13 @@ impl InstanceQueue {
             state.rounds.push_back(Round::default());
         }
         let round = state.rounds.back_mut().expect("pushed above");
-        let client = event.client.id;
-        let queued = round.events.entry(client).or_default();
-        if queued.is_empty() {
-            round.turns.push_back(client);
+        match round.behind.entry(event.client.id) {
+            Entry::Occupied(mut behind) => behind.get_mut().push_back(event),
+            Entry::Vacant(slot) => {
+                slot.insert(VecDeque::new());
+                round.turns.push_back(event);
+            }
         }
-        queued.push_back(event);
         drop(state);
         self.ready.notify_one();
         Ok(())
@@ -158,18 +162,13 @@ impl InstanceQueue {
     fn pop(&self) -> Work {
         let mut state = self.lock();
         while let Some(round) = state.rounds.front_mut() {
-            if let Some(client) = round.turns.pop_front() {
-                let Some(queued) = round.events.get_mut(&client) else {
-                    continue;
-                };
-                let Some(event) = queued.pop_front() else {
-                    round.events.remove(&client);
-                    continue;
-                };
-                if queued.is_empty() {
-                    round.events.remove(&client);
-                } else {
-                    round.turns.push_back(client);
+            if let Some(event) = round.turns.pop_front() {
+                let client = event.client.id;
+                match round.behind.get_mut(&client).and_then(VecDeque::pop_front) {
+                    Some(next) => round.turns.push_back(next),
+                    None => {
+                        round.behind.remove(&client);
+                    }
                 }
                 state.events -= 1;
                 state.bytes -= cost(&event);
@@ -200,7 +199,7 @@ type App = Vec<Arc<InstanceQueue>>;
 pub struct Dispatcher {
     apps: RwLock<HashMap<String, App>>,
     gateways: Arc<dyn Gateways>,
-    hasher: RandomState,
+    hasher: ClientHasher,
     drivers: TaskTracker,
     /// Events dropped per app and reason, for the log.
     dropped: Mutex<HashMap<(String, &'static str), u64>>,
@@ -212,7 +211,7 @@ impl Dispatcher {
         Arc::new(Self {
             apps: RwLock::new(HashMap::new()),
             gateways,
-            hasher: RandomState::new(),
+            hasher: ClientHasher::default(),
             drivers: TaskTracker::new(),
             dropped: Mutex::new(HashMap::new()),
         })
@@ -354,7 +353,7 @@ async fn drive(
     queue: Arc<InstanceQueue>,
     gateways: Arc<dyn Gateways>,
 ) {
-    let mut sessions: HashMap<ClientId, SessionTrack> = HashMap::new();
+    let mut sessions: ClientMap<SessionTrack> = ClientMap::default();
     loop {
         // `next` takes work off the queue only in the poll that returns it, so the branch
         // that loses the race loses nothing.
@@ -377,7 +376,7 @@ async fn drive(
 
 async fn handle(
     instance: &mut PluginInstance,
-    sessions: &mut HashMap<ClientId, SessionTrack>,
+    sessions: &mut ClientMap<SessionTrack>,
     gateways: &dyn Gateways,
     event: Incoming,
 ) {
@@ -482,6 +481,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::client_id::ClientId;
     use crate::links::Done;
     use crate::wire::messages::ListenerInfo;
 
