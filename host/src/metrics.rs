@@ -46,7 +46,6 @@ static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
 static LINKS_CLOSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static HTTP_CUT_OFF: LazyLock<Family<HttpLabels, Counter>> = LazyLock::new(Family::default);
 static CONTROL_REFUSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
-static LINK_QUEUED_BYTES: LazyLock<Family<TowardsLabels, Gauge>> = LazyLock::new(Family::default);
 static DATA_CALLS: LazyLock<Family<DataLabels, Counter>> = LazyLock::new(Family::default);
 static DATA_CALL_SECONDS: LazyLock<DataTimings> =
     LazyLock::new(|| Family::new_with_constructor(call_buckets));
@@ -220,19 +219,6 @@ pub fn http_cut_off(listener: &'static str, reason: HttpCutOff, n: u64) {
             reason: reason.label(),
         })
         .inc_by(n);
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TowardsLabels {
-    towards: &'static str,
-}
-
-/// The gauge of bytes queued on this process's internal links `towards` (`worker`,
-/// `gateway`): a handle to fetch once, as link queues change it for every message.
-pub fn link_queued_bytes(towards: &'static str) -> Gauge {
-    LINK_QUEUED_BYTES
-        .get_or_create(&TowardsLabels { towards })
-        .clone()
 }
 
 /// Why the control socket refused a peer.
@@ -629,12 +615,6 @@ pub fn register(r: &mut Registry) {
         "http_cut_off",
         "HTTP connections or requests cut off, by listener (push, web, metrics) and reason (over_limit, header_timeout, request_timeout, stop_timeout)",
         HTTP_CUT_OFF.clone(),
-    );
-    r.register_with_unit(
-        "link_queued",
-        "Bytes queued on this process's internal links, by the way they go (towards: worker, gateway)",
-        Unit::Bytes,
-        LINK_QUEUED_BYTES.clone(),
     );
     r.register(
         "control_refused",

@@ -22,6 +22,7 @@ use super::running::Running;
 use crate::config::HttpConfig;
 use crate::gateway::GatewaySnapshot;
 use crate::gateway::counters::Counters;
+use crate::wire::queue::Towards;
 use crate::{http_listener, metrics};
 
 /// Every metric of the process, with the states of `running` read at each scrape.
@@ -83,6 +84,17 @@ impl Collector for States {
                 let value = counter(g.limits).load(Ordering::Relaxed);
                 ConstCounter::new(value).encode(m.encode_family(&[("gateway", g.name)])?)?;
             }
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "link_queued",
+            "Bytes queued on this process's internal links, by the way they go (towards: worker, gateway)",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+        )?;
+        for towards in [Towards::Worker, Towards::Gateway] {
+            ConstGauge::new(towards.queued_bytes() as i64)
+                .encode(m.encode_family(&[("towards", towards.label())])?)?;
         }
 
         let mut m = encoder.encode_descriptor(

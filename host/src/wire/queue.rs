@@ -8,9 +8,8 @@
 //! whole budget waits for an empty queue and then goes alone, so every message that fits in a
 //! frame can be sent.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, Mutex, Weak};
 
-use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 
@@ -86,16 +85,35 @@ pub enum Towards {
 }
 
 impl Towards {
-    /// Its gauge, fetched once: queues change it for every message.
-    fn gauge(self) -> &'static Gauge {
-        static WORKER: LazyLock<Gauge> =
-            LazyLock::new(|| crate::metrics::link_queued_bytes("worker"));
-        static GATEWAY: LazyLock<Gauge> =
-            LazyLock::new(|| crate::metrics::link_queued_bytes("gateway"));
+    /// The label of its bytes in `wasmgate_link_queued_bytes`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Towards::Worker => "worker",
+            Towards::Gateway => "gateway",
+        }
+    }
+
+    /// The byte budgets of this process's live queues this way, with their sizes.
+    fn queues(self) -> &'static Mutex<Vec<(Weak<Semaphore>, usize)>> {
+        static WORKER: Mutex<Vec<(Weak<Semaphore>, usize)>> = Mutex::new(Vec::new());
+        static GATEWAY: Mutex<Vec<(Weak<Semaphore>, usize)>> = Mutex::new(Vec::new());
         match self {
             Towards::Worker => &WORKER,
             Towards::Gateway => &GATEWAY,
         }
+    }
+
+    /// Bytes queued now on this process's link queues this way: read from the queues' budgets
+    /// at each scrape, rather than kept in a gauge that every message would update (a shared
+    /// atomic that showed in the per-message profile).
+    pub fn queued_bytes(self) -> u64 {
+        let mut queues = self.queues().lock().unwrap_or_else(|e| e.into_inner());
+        queues.retain(|(bytes, _)| bytes.strong_count() > 0);
+        queues
+            .iter()
+            .filter_map(|(bytes, budget)| Some(budget - bytes.upgrade()?.available_permits()))
+            .map(|queued| queued as u64)
+            .sum()
     }
 }
 
@@ -108,12 +126,15 @@ pub fn channel<M: Weigh>(
     let (tx, rx) = mpsc::channel(count);
     let budget = bytes.clamp(1, u32::MAX as usize);
     let bytes = Arc::new(Semaphore::new(budget));
+    let mut queues = towards.queues().lock().unwrap_or_else(|e| e.into_inner());
+    queues.retain(|(bytes, _)| bytes.strong_count() > 0);
+    queues.push((Arc::downgrade(&bytes), budget));
+    drop(queues);
     (
         LinkSender {
             tx,
             bytes: bytes.clone(),
             budget,
-            gauge: towards.gauge(),
         },
         LinkReceiver { rx, bytes, budget },
     )
@@ -122,27 +143,8 @@ pub fn channel<M: Weigh>(
 /// A message in the queue with the bytes it holds of the budget.
 struct Weighed<M> {
     message: M,
-    _held: Held,
-}
-
-/// Bytes of a queue's budget a message holds, given back (and taken off the gauge) when it
-/// leaves the queue.
-struct Held {
-    bytes: OwnedSemaphorePermit,
-    gauge: &'static Gauge,
-}
-
-impl Held {
-    fn new(bytes: OwnedSemaphorePermit, gauge: &'static Gauge) -> Self {
-        gauge.inc_by(bytes.num_permits() as i64);
-        Self { bytes, gauge }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.gauge.dec_by(self.bytes.num_permits() as i64);
-    }
+    /// The bytes of the budget it holds until it leaves the queue.
+    _bytes: OwnedSemaphorePermit,
 }
 
 /// The sending half of a link queue.
@@ -150,7 +152,6 @@ pub struct LinkSender<M> {
     tx: mpsc::Sender<Weighed<M>>,
     bytes: Arc<Semaphore>,
     budget: usize,
-    gauge: &'static Gauge,
 }
 
 impl<M> Clone for LinkSender<M> {
@@ -159,7 +160,6 @@ impl<M> Clone for LinkSender<M> {
             tx: self.tx.clone(),
             bytes: self.bytes.clone(),
             budget: self.budget,
-            gauge: self.gauge,
         }
     }
 }
@@ -183,7 +183,7 @@ impl<M: Weigh> LinkSender<M> {
         self.tx
             .send(Weighed {
                 message,
-                _held: Held::new(bytes, self.gauge),
+                _bytes: bytes,
             })
             .await
             .map_err(|SendError(w)| SendError(w.message))
@@ -201,7 +201,7 @@ impl<M: Weigh> LinkSender<M> {
         self.tx
             .try_send(Weighed {
                 message,
-                _held: Held::new(bytes, self.gauge),
+                _bytes: bytes,
             })
             .map_err(|e| match e {
                 TrySendError::Full(w) => TrySendError::Full(w.message),

@@ -307,23 +307,20 @@ impl Dispatcher {
 impl EventSink for Dispatcher {
     /// Queues `event` for the instance that serves its client, without waiting.
     fn deliver(&self, event: Incoming) {
-        let driver = {
-            let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
-            apps.get(&event.listener.app).map(|instances| {
-                let slot = self.hasher.hash_one(event.client.id) as usize % instances.len();
-                instances[slot].clone()
-            })
-        };
-        let Some(driver) = driver else {
+        // Queued under the read lock (a push never waits), which spares every event a
+        // reference count on the queue.
+        let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
+        let Some((app, instances)) = apps.get_key_value(&event.listener.app) else {
+            drop(apps);
             self.dropped(&event.listener.app, "no_plugin");
             return;
         };
-        let listener = event.listener.clone();
-        match driver.push(event) {
+        let slot = self.hasher.hash_one(event.client.id) as usize % instances.len();
+        match instances[slot].push(event) {
             Ok(()) => {}
-            Err(Refused::Full) => self.dropped(&listener.app, "queue_full"),
+            Err(Refused::Full) => self.dropped(app, "queue_full"),
             // Removed or replaced while this event was on its way.
-            Err(Refused::Closed) => self.dropped(&listener.app, "no_plugin"),
+            Err(Refused::Closed) => self.dropped(app, "no_plugin"),
         }
     }
 }
