@@ -12,7 +12,7 @@ use std::path::Path;
 /// The layers, lowest first; a module may import only from lower layers and from its own
 /// top-level module. Modules of one layer (the roles) do not import each other.
 const LAYERS: &[&[&str]] = &[
-    &["client_id", "metrics"],
+    &["client_id", "metrics", "lazy_timeout"],
     &["ops", "config"],
     &["wire", "http_listener"],
     &["local", "register"],

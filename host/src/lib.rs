@@ -29,6 +29,7 @@ pub mod client_id;
 pub mod config;
 pub mod gateway;
 pub mod http_listener;
+pub mod lazy_timeout;
 pub mod links;
 pub mod local;
 pub mod metrics;

@@ -286,7 +286,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             {
                 self.feed_or_drop(&next)?;
             }
-            tokio::time::timeout(write_timeout, self.flush())
+            let deadline = tokio::time::Instant::now() + write_timeout;
+            crate::lazy_timeout::until(deadline, self.flush())
                 .await
                 .map_err(|_| WireError::WriteTimeout(write_timeout))??;
             if self.buffer.capacity() > BATCH_BYTES {

@@ -16,7 +16,6 @@ use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -177,9 +176,8 @@ pub enum CallError {
 /// blocking pool until the read returns, which nothing here can force: such calls are
 /// counted (`host_call_abandoned`) and logged, so an operator can see a grant to fix.
 ///
-/// Most calls finish in their first poll (the guest never waited on the host), and the
-/// epoch deadline bounds that poll: only a call that is still pending after it gets a timer,
-/// which saves a timer-wheel insertion and removal per event.
+/// Most calls finish in their first poll (the guest never waited on the host), which the
+/// epoch deadline bounds: only a call still pending after it gets a timer.
 async fn within<T>(
     plugin: &str,
     limit: Duration,
@@ -187,12 +185,7 @@ async fn within<T>(
     call: impl Future<Output = Result<T, CallError>>,
 ) -> Result<T, CallError> {
     let deadline = tokio::time::Instant::now() + limit + TIMER_SLACK;
-    let mut call = std::pin::pin!(call);
-    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-    if let Poll::Ready(result) = first {
-        return result;
-    }
-    match tokio::time::timeout_at(deadline, call).await {
+    match crate::lazy_timeout::until(deadline, call).await {
         Ok(result) => result,
         Err(_) => {
             metrics::plugin_limit(plugin, metrics::PluginLimit::HostCallAbandoned);
