@@ -4,6 +4,8 @@
 
 use std::process::Command;
 
+use wasmgate_tests::tools::Skip;
+
 const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-bench");
 
 /// Runs `wasmgate-bench <args>` for one short run and returns its table.
@@ -96,5 +98,42 @@ fn reload() {
     assert_eq!(row(&table, "lost")[3], "0");
     for metric in ["cold reload ms", "cached reload ms"] {
         assert!(row(&table, metric)[3].parse::<f64>().is_ok_and(|v| v > 0.0));
+    }
+}
+
+#[test]
+fn cost() {
+    let output = Command::new(BIN)
+        .args(["cost", "--runs", "1", "--calls", "20"])
+        .output()
+        .expect("wasmgate-bench runs");
+    let table = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "wasmgate-bench cost failed:\n{table}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let cells = |call: &str, backend: &str| -> Vec<String> {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {call} | {backend} |")))
+            .unwrap_or_else(|| panic!("no {call} {backend} row in\n{table}"));
+        line.split('|').map(|c| c.trim().to_owned()).collect()
+    };
+    assert_eq!(cells("send-to-client", "gateway link")[4], "1.00×");
+    let measured = [("kv get", "embedded"), ("sql select, 1 row", "sqlite")];
+    let served = [("kv get", "redis"), ("sql select, 1 row", "postgres")];
+    for (call, backend) in measured.into_iter().chain(served) {
+        let row = cells(call, backend);
+        // A server that cannot be had here is skipped, with why (and counted as a skip); the
+        // embedded backends never are.
+        if let Some(why) = row[3].strip_prefix("skipped: ")
+            && served.contains(&(call, backend))
+        {
+            Skip::new(why).report(&format!("smoke::cost {backend}"));
+            continue;
+        }
+        assert!(row[3].parse::<f64>().is_ok_and(|ns| ns > 0.0), "{row:?}");
+        assert!(row[4].ends_with('×'), "{row:?}");
     }
 }
