@@ -223,32 +223,34 @@ fn per_call(reply: &[u8], asked: &str) -> anyhow::Result<f64> {
     }
 }
 
-/// The median of `samples` (not empty).
-fn median(samples: &[f64]) -> f64 {
+/// The median, least and greatest of `samples`; `None` if there are none.
+fn spread(samples: &[f64]) -> Option<(f64, f64, f64)> {
     let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
+    Some((sorted[sorted.len() / 2], *sorted.first()?, *sorted.last()?))
 }
 
-/// The Markdown table: each row's median and its ratio to `send`'s.
+/// The Markdown table: each row's median, the range of its runs, and the median's ratio to
+/// `send`'s.
 fn table(send: &Row, rows: &[Row]) -> String {
     let mut out = String::from(
-        "| call | backend | ns/call | ratio to send-to-client |\n|---|---|---:|---:|\n",
+        "| call | backend | ns/call | runs' range | ratio to send-to-client |\n\
+         |---|---|---:|---:|---:|\n",
     );
-    let base = send.samples.as_ref().ok().map(|s| median(s));
+    let base = send.samples.as_deref().ok().and_then(spread).map(|s| s.0);
     for row in std::iter::once(send).chain(rows) {
-        let (ns, ratio) = match &row.samples {
-            Ok(samples) if !samples.is_empty() => {
-                let ns = median(samples);
-                let ratio = base.map_or("—".into(), |b| format!("{:.2}×", ns / b));
-                (format!("{ns:.0}"), ratio)
-            }
-            Ok(_) => ("not measured".into(), "—".into()),
-            Err(why) => (format!("skipped: {why}"), "—".into()),
+        let (ns, range, ratio) = match row.samples.as_deref().map(spread) {
+            Ok(Some((median, least, most))) => (
+                format!("{median:.0}"),
+                format!("{least:.0}–{most:.0}"),
+                base.map_or("—".into(), |b| format!("{:.2}×", median / b)),
+            ),
+            Ok(None) => ("not measured".into(), "—".into(), "—".into()),
+            Err(why) => (format!("skipped: {why}"), "—".into(), "—".into()),
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {ns} | {ratio} |",
+            "| {} | {} | {ns} | {range} | {ratio} |",
             row.call.label(),
             row.backend
         );
@@ -295,15 +297,15 @@ mod tests {
         ];
         let out = table(&send, &rows);
         assert!(
-            out.contains("| send-to-client | gateway link | 2000 | 1.00× |"),
+            out.contains("| send-to-client | gateway link | 2000 | 1000–3000 | 1.00× |"),
             "{out}"
         );
         assert!(
-            out.contains("| kv get | embedded | 5000 | 2.50× |"),
+            out.contains("| kv get | embedded | 5000 | 4000–9000 | 2.50× |"),
             "{out}"
         );
         assert!(
-            out.contains("| sql select, 1 row | postgres | skipped: no apt-get | — |"),
+            out.contains("| sql select, 1 row | postgres | skipped: no apt-get | — | — |"),
             "{out}"
         );
     }
