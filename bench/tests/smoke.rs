@@ -10,9 +10,20 @@ const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-bench");
 
 /// Runs `wasmgate-bench <args>` for one short run and returns its table.
 fn bench(args: &[&str]) -> String {
+    let args = [
+        args,
+        &["--runs", "1", "--warmup", "0.2", "--duration", "0.8"],
+    ]
+    .concat();
+    let stdout = succeed(&args);
+    assert!(stdout.starts_with("| scenario | metric | wasmgate | baseline | ratio |"));
+    stdout
+}
+
+/// Runs `wasmgate-bench <args>`, which must succeed, and returns what it printed.
+fn succeed(args: &[&str]) -> String {
     let output = Command::new(BIN)
         .args(args)
-        .args(["--runs", "1", "--warmup", "0.2", "--duration", "0.8"])
         .output()
         .expect("wasmgate-bench runs");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -21,7 +32,6 @@ fn bench(args: &[&str]) -> String {
         "wasmgate-bench {args:?} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.starts_with("| scenario | metric | wasmgate | baseline | ratio |"));
     stdout
 }
 
@@ -103,16 +113,7 @@ fn reload() {
 
 #[test]
 fn cost() {
-    let output = Command::new(BIN)
-        .args(["cost", "--runs", "1", "--calls", "20"])
-        .output()
-        .expect("wasmgate-bench runs");
-    let table = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "wasmgate-bench cost failed:\n{table}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let table = succeed(&["cost", "--runs", "1", "--calls", "20"]);
     let cells = |call: &str, backend: &str| -> Vec<String> {
         let line = table
             .lines()
