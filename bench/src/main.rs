@@ -6,7 +6,8 @@
 //! - [`baseline`]: the native baseline server: the reference protocol, no wasm, no hops.
 //! - [`target`]: starts the servers under test as child processes.
 //! - [`scenario`]: `echo`, `fanout`, `connect`, `idle`, `reload`, and the loop that runs
-//!   each against both servers.
+//!   each against both servers; `cost`, which sets data calls against `send-to-client`
+//!   inside wasmgate alone.
 //! - [`stats`]: histograms, figures, medians, the comparison table; [`chart`]: the SVG.
 //!
 //! This one binary is also the server processes it measures: started under the name
@@ -33,6 +34,7 @@ use clap::{Args, Parser, Subcommand};
 use baseline::WsLib;
 use client::Proto;
 use scenario::connect::Connect;
+use scenario::cost::Cost;
 use scenario::echo::Echo;
 use scenario::fanout::Fanout;
 use scenario::idle::Idle;
@@ -162,6 +164,15 @@ enum Command {
         #[arg(long, default_value = "bench/echo-sweep.svg")]
         svg: PathBuf,
     },
+    /// Per-call cost of kv get and a one-row select in a plugin, as ratios to send-to-client.
+    Cost {
+        /// Calls per measurement, timed inside the plugin (at most 10000).
+        #[arg(long, default_value_t = 1000)]
+        calls: u32,
+        /// Servers started per kind of backend; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// The whole suite of BENCHMARKS.md in one run.
     All {
         /// Runs per server and scenario.
@@ -235,6 +246,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             count,
             source,
         } => return scenario::idle::hold(addr, proto, count, source).await,
+        Command::Cost { calls, runs } => {
+            eprintln!("machine: {}", machine());
+            print!("{}", Cost { calls, runs }.run().await?);
+            return Ok(());
+        }
         Command::Echo {
             common,
             clients,

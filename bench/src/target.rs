@@ -72,6 +72,22 @@ impl Running {
     /// Starts `server` with `listeners` client listeners speaking `proto`, and returns once
     /// each one answers an `echo`.
     pub async fn start(server: Server, proto: Proto, listeners: usize) -> anyhow::Result<Self> {
+        Self::launch(server, proto, listeners, "").await
+    }
+
+    /// Starts wasmgate, every role in one process and one gateway speaking `proto`, with
+    /// `grants` (`[worker.grants.<app>]` tables) added to its configuration.
+    pub async fn granted(proto: Proto, grants: &str) -> anyhow::Result<Self> {
+        Self::launch(Server::Wasmgate(Layout::Single), proto, 1, grants).await
+    }
+
+    /// [`Running::start`], with `grants` for a wasmgate server.
+    async fn launch(
+        server: Server,
+        proto: Proto,
+        listeners: usize,
+        grants: &str,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("wasmgate-bench")
             .tempdir()?;
@@ -102,7 +118,7 @@ impl Running {
                     running.holders.push(pid);
                 }
             }
-            Server::Wasmgate(layout) => running.start_wasmgate(layout, proto)?,
+            Server::Wasmgate(layout) => running.start_wasmgate(layout, proto, grants)?,
         }
         for &addr in &running.addrs {
             if let Err(e) = ready(addr, proto).await {
@@ -116,7 +132,7 @@ impl Running {
         Ok(running)
     }
 
-    fn start_wasmgate(&mut self, layout: Layout, proto: Proto) -> anyhow::Result<()> {
+    fn start_wasmgate(&mut self, layout: Layout, proto: Proto, grants: &str) -> anyhow::Result<()> {
         let plugins = self.plugins();
         std::fs::create_dir(&plugins)?;
         std::fs::copy(
@@ -140,7 +156,7 @@ impl Running {
                     )
                 })
                 .collect(),
-            worker: format!("[worker]\nregister = \"{register}\"\nplugins = {plugins:?}\n"),
+            worker: format!("[worker]\nregister = \"{register}\"\nplugins = {plugins:?}\n{grants}"),
         };
         match layout {
             Layout::Single => {

@@ -4,13 +4,26 @@
 
 use std::process::Command;
 
+use wasmgate_tests::tools::Skip;
+
 const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-bench");
 
 /// Runs `wasmgate-bench <args>` for one short run and returns its table.
 fn bench(args: &[&str]) -> String {
+    let args = [
+        args,
+        &["--runs", "1", "--warmup", "0.2", "--duration", "0.8"],
+    ]
+    .concat();
+    let stdout = succeed(&args);
+    assert!(stdout.starts_with("| scenario | metric | wasmgate | baseline | ratio |"));
+    stdout
+}
+
+/// Runs `wasmgate-bench <args>`, which must succeed, and returns what it printed.
+fn succeed(args: &[&str]) -> String {
     let output = Command::new(BIN)
         .args(args)
-        .args(["--runs", "1", "--warmup", "0.2", "--duration", "0.8"])
         .output()
         .expect("wasmgate-bench runs");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -19,7 +32,6 @@ fn bench(args: &[&str]) -> String {
         "wasmgate-bench {args:?} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.starts_with("| scenario | metric | wasmgate | baseline | ratio |"));
     stdout
 }
 
@@ -96,5 +108,33 @@ fn reload() {
     assert_eq!(row(&table, "lost")[3], "0");
     for metric in ["cold reload ms", "cached reload ms"] {
         assert!(row(&table, metric)[3].parse::<f64>().is_ok_and(|v| v > 0.0));
+    }
+}
+
+#[test]
+fn cost() {
+    let table = succeed(&["cost", "--runs", "1", "--calls", "20"]);
+    let cells = |call: &str, backend: &str| -> Vec<String> {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {call} | {backend} |")))
+            .unwrap_or_else(|| panic!("no {call} {backend} row in\n{table}"));
+        line.split('|').map(|c| c.trim().to_owned()).collect()
+    };
+    assert_eq!(cells("send-to-client", "gateway link")[5], "1.00×");
+    let measured = [("kv get", "embedded"), ("sql select, 1 row", "sqlite")];
+    let served = [("kv get", "redis"), ("sql select, 1 row", "postgres")];
+    for (call, backend) in measured.into_iter().chain(served) {
+        let row = cells(call, backend);
+        // A server that cannot be had here is skipped, with why (and counted as a skip); the
+        // embedded backends never are.
+        if let Some(why) = row[3].strip_prefix("skipped: ")
+            && served.contains(&(call, backend))
+        {
+            Skip::new(why).report(&format!("smoke::cost {backend}"));
+            continue;
+        }
+        assert!(row[3].parse::<f64>().is_ok_and(|ns| ns > 0.0), "{row:?}");
+        assert!(row[5].ends_with('×'), "{row:?}");
     }
 }

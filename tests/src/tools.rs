@@ -45,6 +45,12 @@ impl Skip {
     }
 }
 
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Unwraps `tool`, or reports `test` as skipped and returns `None`:
 /// `let Some(path) = tools::or_skip(build(), "conformance::python") else { return };`
 pub fn or_skip<T>(tool: Result<T, Skip>, test: &str) -> Option<T> {

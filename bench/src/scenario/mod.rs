@@ -5,6 +5,7 @@
 //! from other work on the machine spreads over both, and pairs the medians.
 
 pub mod connect;
+pub mod cost;
 pub mod echo;
 pub mod fanout;
 pub mod idle;

@@ -10,6 +10,7 @@
 //! is answered `error invalid-argument <why>`.
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 use wasmgate_sdk::kv::{self, Bucket};
 use wasmgate_sdk::sql::{self, Connection};
 
@@ -60,23 +61,40 @@ enum Command<'a> {
     Echo(&'a [u8]),
     Join(&'a str),
     Leave(&'a str),
-    Pub { group: &'a str, payload: &'a [u8] },
+    Pub {
+        group: &'a str,
+        payload: &'a [u8],
+    },
     All(&'a [u8]),
     Bind(&'a str),
     Unbind(&'a str),
-    ToUid { uid: &'a str, payload: &'a [u8] },
+    ToUid {
+        uid: &'a str,
+        payload: &'a [u8],
+    },
     Count(&'a str),
-    Set { key: &'a str, value: &'a str },
+    Set {
+        key: &'a str,
+        value: &'a str,
+    },
     Get(&'a str),
     WhoAmI,
     Kick(&'a str),
-    SqlPut { key: &'a str, value: &'a str },
+    SqlPut {
+        key: &'a str,
+        value: &'a str,
+    },
     SqlGet(&'a str),
     SqlSlow,
-    KvSet { key: &'a str, value: &'a [u8] },
+    KvSet {
+        key: &'a str,
+        value: &'a [u8],
+    },
     KvGet(&'a str),
     Incr(&'a str),
     Fetch(&'a str),
+    /// `None`: an unknown op or a count out of range, answered with the usage line.
+    Cost(Option<Cost>),
 }
 
 /// Every command, in README order: [`parse`] looks the word up here, [`run`] carries it out.
@@ -102,6 +120,7 @@ const COMMANDS: &[Row] = &[
     Row { usage: "kvget <key>",           shape: Shape::Word,        build: |a| Command::KvGet(a.word) },
     Row { usage: "incr <key>",            shape: Shape::Word,        build: |a| Command::Incr(a.word) },
     Row { usage: "fetch <url>",           shape: Shape::Word,        build: |a| Command::Fetch(a.word) },
+    Row { usage: "cost <op> <n>",         shape: Shape::TwoWords,    build: |a| Command::Cost(Cost::parse(a.word, a.second)) },
 ];
 
 /// The key-value bucket the `kv*` and `incr` commands use.
@@ -204,7 +223,10 @@ fn parse(message: &[u8]) -> Result<Command<'_>, ParseError> {
         .find(|row| row.word().as_bytes() == word)
         .ok_or(ParseError::Unknown)?;
     let args = row.shape.split(rest).ok_or(ParseError::Usage(row.usage))?;
-    Ok((row.build)(args))
+    match (row.build)(args) {
+        Command::Cost(None) => Err(ParseError::Usage(row.usage)),
+        command => Ok(command),
+    }
 }
 
 /// Splits at the first space: the bytes before it, and those after it if there is one.
@@ -262,6 +284,8 @@ fn run(client: &Client, command: Command<'_>) -> Option<Vec<u8>> {
             unreachable!("run_kv answers the key-value commands")
         }
         Command::Fetch(url) => return Some(fetch(url)),
+        Command::Cost(Some(cost)) => return Some(cost.measure(me)),
+        Command::Cost(None) => unreachable!("parse refuses a cost it cannot run"),
     };
     reply
         .unwrap_or_else(|error| Some(format!("error {}", reason(&error))))
@@ -282,6 +306,9 @@ fn table() -> Result<Connection, sql::Error> {
     Ok(db)
 }
 
+/// The one-row select by primary key of `sqlget` and `cost sqlget`.
+const SELECT_VALUE: &str = "select v from commands_kv where k = $1";
+
 fn sql_put(key: &str, value: &str) -> Result<String, sql::Error> {
     table()?.execute(
         "insert into commands_kv (k, v) values ($1, $2) \
@@ -292,7 +319,7 @@ fn sql_put(key: &str, value: &str) -> Result<String, sql::Error> {
 }
 
 fn sql_get(key: &str) -> Result<String, sql::Error> {
-    let rows = table()?.query("select v from commands_kv where k = $1", &[key.into()])?;
+    let rows = table()?.query(SELECT_VALUE, &[key.into()])?;
     Ok(match rows.first() {
         Some(row) => format!(
             "sqlvalue {key} {}",
@@ -374,6 +401,89 @@ fn fetch(url: &str) -> Vec<u8> {
     }
 }
 
+/// `cost <op> <n>`: `op` called `n` times in a row inside one callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cost {
+    op: CostOp,
+    n: u32,
+}
+
+/// What `cost` measures one call of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CostOp {
+    /// `send-to-client` of one byte to the sender.
+    Send,
+    /// `wasi:keyvalue` `get` of an existing key in the bucket of the `kv*` commands.
+    KvGet,
+    /// The one-row select of `sqlget` in the database `main`.
+    SqlGet,
+}
+
+/// Every op by its word.
+const COST_OPS: &[(&str, CostOp)] = &[
+    ("send", CostOp::Send),
+    ("kvget", CostOp::KvGet),
+    ("sqlget", CostOp::SqlGet),
+];
+
+/// The most calls one `cost` makes: `cost send` queues that many messages to the sender,
+/// which must stay far below its `send_buffer`.
+const MAX_COST_CALLS: u32 = 10_000;
+
+/// The key (and SQL row) that `cost kvget` and `cost sqlget` read, written before timing.
+const COST_KEY: &str = "cost";
+
+impl Cost {
+    /// `None` for an unknown op, or a count that is not a number in 1..=[`MAX_COST_CALLS`].
+    fn parse(op: &str, n: &str) -> Option<Self> {
+        let op = COST_OPS.iter().find(|(word, _)| *word == op)?.1;
+        let n = n
+            .parse()
+            .ok()
+            .filter(|n| (1..=MAX_COST_CALLS).contains(n))?;
+        Some(Self { op, n })
+    }
+
+    /// Runs the calls and answers `cost <op> <n> <ns per call>`, or the first call's error as
+    /// the command of that call would answer it. The setup (the key written, the connection
+    /// opened) happens before the clock starts.
+    fn measure(self, me: &str) -> Vec<u8> {
+        let n = self.n;
+        let timed = match self.op {
+            CostOp::Send => time(n, || gateway::send_to_client(me, b"."))
+                .map_err(|e| format!("error {}", reason(&e))),
+            CostOp::KvGet => Bucket::open(BUCKET)
+                .and_then(|bucket| {
+                    bucket.set(COST_KEY, b"v")?;
+                    time(n, || bucket.get(COST_KEY))
+                })
+                .map_err(|e| format!("error kv {}", kv_reason(&e))),
+            CostOp::SqlGet => sql_put(COST_KEY, "v")
+                .and_then(|_| Connection::open(DATABASE))
+                .and_then(|db| time(n, || db.query(SELECT_VALUE, &[COST_KEY.into()])))
+                .map_err(|e| sql_reply(Err(e))),
+        };
+        let word = COST_OPS
+            .iter()
+            .find(|(_, op)| *op == self.op)
+            .map_or("", |r| r.0);
+        match timed {
+            Ok(took) => format!("cost {word} {n} {}", took.as_nanos() / u128::from(n)),
+            Err(reply) => reply,
+        }
+        .into_bytes()
+    }
+}
+
+/// How long `n` calls of `call` took on the monotonic clock, or the first call's error.
+fn time<T, E>(n: u32, mut call: impl FnMut() -> Result<T, E>) -> Result<Duration, E> {
+    let start = Instant::now();
+    for _ in 0..n {
+        black_box(call()?);
+    }
+    Ok(start.elapsed())
+}
+
 /// The value of `key` in a WebSocket request's query string (`k=v` pairs joined by `&`), as
 /// is: not percent-decoded.
 fn asked<'q>(query: &'q str, key: &str) -> Option<&'q str> {
@@ -415,7 +525,7 @@ fn reason(error: &GatewayError) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{COMMANDS, Command, ParseError, asked, parse};
+    use super::{COMMANDS, Command, Cost, CostOp, ParseError, asked, parse};
 
     #[test]
     fn query_values_are_taken_as_written() {
@@ -486,6 +596,13 @@ mod tests {
                 b"fetch http://127.0.0.1:8080/x",
                 Command::Fetch("http://127.0.0.1:8080/x"),
             ),
+            (
+                b"cost kvget 1000",
+                Command::Cost(Some(Cost {
+                    op: CostOp::KvGet,
+                    n: 1000,
+                })),
+            ),
         ];
         assert_eq!(cases.len(), COMMANDS.len());
         for (message, command) in cases {
@@ -532,6 +649,25 @@ mod tests {
             Err(ParseError::Usage("set <key> <value>"))
         );
         assert_eq!(parse(b"whoami now"), Err(ParseError::Usage("whoami")));
+    }
+
+    #[test]
+    fn cost_takes_a_known_op_and_a_bounded_count() {
+        let cost = |op, n| Ok(Command::Cost(Some(Cost { op, n })));
+        assert_eq!(parse(b"cost send 1"), cost(CostOp::Send, 1));
+        assert_eq!(parse(b"cost sqlget 10000"), cost(CostOp::SqlGet, 10_000));
+        let usage = Err(ParseError::Usage("cost <op> <n>"));
+        for message in [
+            &b"cost send"[..],
+            b"cost send 0",
+            b"cost send 10001",
+            b"cost send -1",
+            b"cost send 1 2",
+            b"cost fetch 10",
+            b"cost  10",
+        ] {
+            assert_eq!(parse(message), usage, "{}", message.escape_ascii());
+        }
     }
 
     #[test]
