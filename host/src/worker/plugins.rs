@@ -229,7 +229,7 @@ impl PluginDir {
             plugin = app,
             version = code.version(),
             from_cache = code.from_cache(),
-            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            took_ms = started.elapsed().as_millis() as u64,
             "plugin version installed"
         );
         metrics::plugin_installed(&self.worker, app, code.version(), instances.len());

@@ -343,9 +343,7 @@ impl Runtime {
         digest: &str,
     ) -> Result<(Component, bool), LoadError> {
         let Some(cache) = &self.cache else {
-            let component =
-                Component::from_binary(&self.engine, bytes).map_err(LoadError::Invalid)?;
-            return Ok((component, false));
+            return Ok((self.compile_now(name, bytes)?, false));
         };
         let mut engine_hash = std::hash::DefaultHasher::new();
         self.engine
@@ -376,7 +374,7 @@ impl Runtime {
                 metrics::plugin_limit(name, metrics::PluginLimit::CacheRejected);
             }
         }
-        let component = Component::from_binary(&self.engine, bytes).map_err(LoadError::Invalid)?;
+        let component = self.compile_now(name, bytes)?;
         if let Err(e) = component
             .serialize()
             .map_err(anyhow::Error::from)
@@ -386,6 +384,13 @@ impl Runtime {
             tracing::warn!(dir = %cache.dir.display(), "cannot cache the compiled plugin: {e:#}");
         }
         Ok((component, false))
+    }
+
+    /// Compiles `bytes` to native code, saying so first: a Python or JavaScript plugin takes
+    /// seconds, and a log silent that long looks hung.
+    fn compile_now(&self, name: &str, bytes: &[u8]) -> Result<Component, LoadError> {
+        tracing::info!(plugin = name, bytes = bytes.len(), "compiling plugin");
+        Component::from_binary(&self.engine, bytes).map_err(LoadError::Invalid)
     }
 
     /// An instance of `code` that will reach the gateways through `gateways`. It starts
