@@ -101,6 +101,24 @@ pub fn status(label: &str, s: &Status) -> String {
             "worst case {} (memory_limit x instances x apps x 2 during a reload)",
             worst.display().iec()
         );
+        if !w.data.is_empty() {
+            rule(
+                &mut out,
+                "DATA (shared no: a file of this worker host only)",
+            );
+            let mut data = Table::new(&["app", "interface", "name", "backend", "shared", "file"]);
+            for d in &w.data {
+                data.row([
+                    &d.app,
+                    &d.interface,
+                    &d.name,
+                    &d.backend,
+                    if d.file.is_some() { "no" } else { "yes" },
+                    d.file.as_deref().unwrap_or("-"),
+                ]);
+            }
+            data.render(&mut out);
+        }
     }
 
     rule(&mut out, "TRAFFIC");

@@ -238,16 +238,26 @@ pub async fn run(
     if let Some(web) = &web {
         endpoints.push(("web", format!("http://{}/", web.local_addr()?)));
     }
+    let grants = config
+        .worker
+        .as_ref()
+        .map(|w| watch::channel(Arc::new(w.grants.clone())));
     let mut running = Running {
         endpoints,
         started: SystemTime::now(),
         register: config.register.as_ref().map(|r| r.listen),
         gateways: Vec::new(),
-        worker: config.worker.as_ref().map(|w| RunningWorker {
-            name: w.name.clone(),
-            plugins: w.plugins.clone(),
-            memory_limit: w.memory_limit.as_u64(),
-        }),
+        worker: config
+            .worker
+            .as_ref()
+            .zip(grants.as_ref())
+            .map(|(w, (_, granted))| RunningWorker {
+                name: w.name.clone(),
+                plugins: w.plugins.clone(),
+                memory_limit: w.memory_limit.as_u64(),
+                data: w.data.clone(),
+                grants: granted.clone(),
+            }),
     };
     let local = LocalGateways::default();
     let mut local_gateways = BTreeSet::new();
@@ -278,14 +288,13 @@ pub async fn run(
         gateways.spawn(bound.run(local.clone(), shutdown.clone()));
     }
     let mut ready = None;
-    if let Some(worker) = config.worker {
+    if let (Some(worker), Some((grants, granted))) = (config.worker, grants) {
         let start_timeout = worker.start_timeout;
         let worker = WorkerHost::new(worker, secret.clone(), local.clone())?;
         ready = Some((worker.ready(local_gateways), start_timeout));
         if let Some(push) = push {
             roles.spawn(push.serve(worker.gateways(), config.http.clone(), shutdown.clone()));
         }
-        let (grants, granted) = watch::channel(Arc::new(worker.grants().clone()));
         let reloads = serve_reloads(started, triggers.clone(), grants, shutdown.clone());
         roles.spawn(async move {
             reloads.await;

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use tokio::sync::watch;
+
+use crate::config::GrantTable;
 use crate::gateway::Gateway;
 
 /// What a process runs, as its operators see it (`status`, `connections`, `/metrics`).
@@ -42,4 +45,8 @@ pub struct RunningWorker {
     pub plugins: PathBuf,
     /// Its `memory_limit` per instance, in bytes.
     pub memory_limit: u64,
+    /// Where its embedded stores live (`[worker] data`).
+    pub data: PathBuf,
+    /// Its apps' grants, as the last reload left them.
+    pub grants: watch::Receiver<Arc<GrantTable>>,
 }

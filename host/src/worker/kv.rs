@@ -19,7 +19,7 @@ pub mod handles;
 pub mod redis;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -101,7 +101,7 @@ impl Stores {
                         let data = self.data.as_ref().ok_or_else(|| {
                             BackendError::Unavailable("no [worker] data directory".into())
                         })?;
-                        let file = data.join(app).join("kv.sqlite");
+                        let file = embedded_file(data, app);
                         let store = embedded::Embedded::open(app, file.clone()).await?;
                         tracing::info!(
                             plugin = app,
@@ -550,4 +550,9 @@ impl batch::Host for KvState {
         };
         meter.finish(result.await)
     }
+}
+
+/// The file of `app`'s embedded key-value store under the data directory `data`.
+pub fn embedded_file(data: &Path, app: &str) -> PathBuf {
+    data.join(app).join("kv.sqlite")
 }

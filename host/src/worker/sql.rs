@@ -54,11 +54,9 @@ impl Databases {
         open.entry(key)
             .or_insert_with(|| {
                 Arc::new(match backend {
-                    SqlBackend::Sqlite => Database::Sqlite(sqlite::Pool::new(
-                        self.data.join(&**app),
-                        name,
-                        self.limits,
-                    )),
+                    SqlBackend::Sqlite => {
+                        Database::Sqlite(sqlite::Pool::new(&self.data, app, name, self.limits))
+                    }
                     SqlBackend::Postgres(url) => {
                         Database::Postgres(postgres::Pool::new(url, name, self.limits))
                     }

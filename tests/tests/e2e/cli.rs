@@ -304,6 +304,63 @@ async fn a_reload_grants_a_key_value_store() {
     .await;
 }
 
+/// `status` lists every store and database granted, and says which are files of this worker
+/// host (the embedded key-value store, SQLite) rather than servers other hosts share.
+#[tokio::test]
+async fn status_says_which_data_is_this_hosts_own() {
+    let (r, g) = (free_port(), free_port());
+    let config = format!(
+        "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
+         [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"commands\"\n\
+         [worker]\nplugins = \"plugins\"\ninstances = 1\n\
+         [worker.grants.commands]\nkv = \"embedded\"\n\
+         sql = {{ main = \"sqlite\", reports = \"postgres://app@127.0.0.1:1/reports\" }}\n\
+         [worker.grants.other]\nkv = \"redis://127.0.0.1:1/0\"\n"
+    );
+    let (daemon, started) = Daemon::start(BIN, &config, &[("commands", plugins::COMMANDS)]).await;
+    assert!(started.status.success(), "{started:?}");
+    let addr = format!("127.0.0.1:{g}").parse().unwrap();
+    let mut client = TestClient::ws(addr, "/").await.unwrap();
+    assert_eq!(
+        client.ask("kvset k v").await,
+        "ok",
+        "the embedded store serves"
+    );
+    let screen = stdout(&daemon.run(&["status"]).await);
+    let data = table(&screen, "DATA");
+    assert_eq!(data.len(), 4, "{screen}");
+    let kv = row(&data, "backend", "embedded");
+    assert_eq!(
+        (kv["app"].as_str(), kv["shared"].as_str()),
+        ("commands", "no")
+    );
+    assert!(kv["file"].ends_with("data/commands/kv.sqlite"), "{screen}");
+    let main = row(&data, "name", "main");
+    assert_eq!(
+        (main["backend"].as_str(), main["shared"].as_str()),
+        ("sqlite", "no")
+    );
+    assert!(
+        main["file"].ends_with("data/commands/main.sqlite"),
+        "{screen}"
+    );
+    let reports = row(&data, "name", "reports");
+    assert_eq!(
+        (reports["backend"].as_str(), reports["file"].as_str()),
+        ("postgres", "-")
+    );
+    assert!(
+        !screen.contains("app@"),
+        "no connection URL is shown:\n{screen}"
+    );
+    let redis = row(&data, "app", "other");
+    assert_eq!(
+        (redis["backend"].as_str(), redis["shared"].as_str()),
+        ("redis", "yes")
+    );
+    assert_eq!(client.ask("echo still").await, "still");
+}
+
 /// A database and an outbound host follow reloads both ways: granted, they serve the same
 /// client; revoked, they are refused; granted again, the database still holds what was
 /// written (the revoke closed nothing on disk).

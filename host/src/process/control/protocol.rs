@@ -105,6 +105,25 @@ pub struct WorkerStatus {
     /// instance of every app × 2, since a hot reload runs both versions for a while.
     #[serde(default)]
     pub plugin_memory_worst_case: u64,
+    /// The key-value stores and databases granted to its apps, as granted now.
+    #[serde(default)]
+    pub data: Vec<DataStatus>,
+}
+
+/// One store or database granted to an app: where its data lives, and who else sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataStatus {
+    /// The app.
+    pub app: String,
+    /// `kv` or `sql`.
+    pub interface: String,
+    /// The database name the app opens (`-` for its key-value store).
+    pub name: String,
+    /// `embedded`, `sqlite`, `redis` or `postgres`.
+    pub backend: String,
+    /// The file on this host for the embedded backends, which no other worker host sees;
+    /// `None` for a server that every host naming it shares.
+    pub file: Option<String>,
 }
 
 /// One plugin version serving.

@@ -13,12 +13,15 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{
-    Connection, GatewayStatus, MAX_REQUEST, PluginStatus, RefusedPlugin, Request, Response, Status,
-    TIMEOUT, Traffic, WorkerStatus,
+    Connection, DataStatus, GatewayStatus, MAX_REQUEST, PluginStatus, RefusedPlugin, Request,
+    Response, Status, TIMEOUT, Traffic, WorkerStatus,
 };
+use crate::config::{GrantTable, KvGrant, SqlBackend};
 use crate::metrics;
 use crate::process::running::Running;
 use crate::wire::handshake::Peer;
+use crate::worker::kv;
+use crate::worker::sql::sqlite;
 
 /// How often the traffic counters are sampled for the rates `status` shows.
 const RATE_SAMPLE: Duration = Duration::from_secs(1);
@@ -231,6 +234,7 @@ impl Control {
                     .filter(|p| p.worker == w.name)
                     .map(|p| p.instances as u64 * w.memory_limit * 2)
                     .sum(),
+                data: granted_data(&w.grants.borrow(), &w.data),
             }),
             plugins: metrics::plugins()
                 .into_iter()
@@ -307,6 +311,42 @@ impl<const N: usize> Rates<N> {
         }
         std::array::from_fn(|i| totals[i].saturating_sub(old[i]) as f64 / seconds)
     }
+}
+
+/// The stores and databases `grants` give their apps, with the file of each embedded one
+/// under `data`: the embedded ones are this host's alone, which `status` must make plain.
+fn granted_data(grants: &GrantTable, data: &Path) -> Vec<DataStatus> {
+    let shown = |file: PathBuf| Some(file.display().to_string());
+    let mut rows = Vec::new();
+    for (app, granted) in grants {
+        if let Some(store) = &granted.kv {
+            let (backend, file) = match store {
+                KvGrant::Embedded => ("embedded", shown(kv::embedded_file(data, app))),
+                KvGrant::Redis(_) => ("redis", None),
+            };
+            rows.push(DataStatus {
+                app: app.clone(),
+                interface: "kv".into(),
+                name: "-".into(),
+                backend: backend.into(),
+                file,
+            });
+        }
+        for (name, database) in &granted.sql {
+            let (backend, file) = match database {
+                SqlBackend::Sqlite => ("sqlite", shown(sqlite::file(data, app, name))),
+                SqlBackend::Postgres(_) => ("postgres", None),
+            };
+            rows.push(DataStatus {
+                app: app.clone(),
+                interface: "sql".into(),
+                name: name.clone(),
+                backend: backend.into(),
+                file,
+            });
+        }
+    }
+    rows
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! pool.
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,11 +35,11 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The database `name` of the app whose data directory is `dir`.
-    pub fn new(dir: PathBuf, name: &str, limits: SqlLimits) -> Self {
+    /// The database `name` of `app`, under the data directory `data`.
+    pub fn new(data: &Path, app: &str, name: &str, limits: SqlLimits) -> Self {
         Self {
-            file: dir.join(format!("{name}.sqlite")),
-            dir,
+            file: file(data, app, name),
+            dir: data.join(app),
             name: name.to_owned(),
             limits,
             idle: Arc::new(Mutex::new(Vec::new())),
@@ -204,6 +204,11 @@ fn error(e: rusqlite::Error, name: &str) -> Error {
     }
 }
 
+/// The file of `app`'s SQLite database `name` under the data directory `data`.
+pub fn file(data: &Path, app: &str, name: &str) -> PathBuf {
+    data.join(app).join(format!("{name}.sqlite"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,7 +225,7 @@ mod tests {
     async fn stores_typed_values_and_creates_private_files() {
         let dir = std::env::temp_dir().join(format!("wasmgate-sqlite-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let pool = Pool::new(dir.join("app"), "main", SqlLimits::default());
+        let pool = Pool::new(&dir, "app", "main", SqlLimits::default());
         let create = "create table t (i integer, r real, s text, b blob, n)";
         assert!(matches!(
             pool.run(statement(create, vec![], false)).await,
@@ -263,7 +268,7 @@ mod tests {
             max_connections: 1,
             ..SqlLimits::default()
         };
-        let pool = Pool::new(dir.clone(), "main", limits);
+        let pool = Pool::new(&dir, "app", "main", limits);
         let endless = "with recursive c(x) as (select 1 union all select x + 1 from c) \
                        select count(*) from c";
         let slow = pool.run(statement(endless, vec![], true));
