@@ -549,8 +549,9 @@ async fn read_loop<S: EventSink>(
     }
 }
 
-/// Checks that a command or query fits in a frame; one that does not fails alone.
-fn fits<M: serde::Serialize>(message: &M) -> Result<(), Unreachable> {
+/// Checks that a command or query fits in a frame, and returns its size there (its weight in a
+/// link queue); one that does not fit fails alone.
+fn fits<M: serde::Serialize>(message: &M) -> Result<usize, Unreachable> {
     check_frame(message).map_err(|e: WireError| {
         crate::metrics::link_message_dropped("too_large");
         tracing::warn!("not sent to the gateways: {e}");
@@ -603,7 +604,7 @@ impl Gateways for GatewayLinks {
         let mut targets = self.targets(target);
         let checked = fits(&command);
         Box::pin(async move {
-            checked?;
+            let weight = checked?;
             let unreachable = not_linked(target);
             // Per-client commands (the common case) have one target: move it, copy only for
             // the others.
@@ -612,11 +613,16 @@ impl Gateways for GatewayLinks {
             for (_, link) in targets {
                 queued |= link
                     .queue
-                    .send(ToGateway::Command(command.clone()))
+                    .send_weighing(ToGateway::Command(command.clone()), weight)
                     .await
                     .is_ok();
             }
-            queued |= last.1.queue.send(ToGateway::Command(command)).await.is_ok();
+            queued |= last
+                .1
+                .queue
+                .send_weighing(ToGateway::Command(command), weight)
+                .await
+                .is_ok();
             if queued { Ok(()) } else { Err(unreachable) }
         })
     }
@@ -630,7 +636,7 @@ impl Gateways for GatewayLinks {
             .collect();
         let checked = fits(&query);
         Box::pin(async move {
-            checked?;
+            let weight = checked?;
             let asks = asks.into_iter().map(|(id, addr, link)| {
                 let query = query.clone();
                 async move {
@@ -640,7 +646,8 @@ impl Gateways for GatewayLinks {
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(id, tx);
                     let answer = async {
-                        link.queue.send(ToGateway::Query { id, query }).await.ok()?;
+                        let ask = ToGateway::Query { id, query };
+                        link.queue.send_weighing(ask, weight).await.ok()?;
                         rx.await.ok()
                     };
                     let reply = tokio::time::timeout(QUERY_TIMEOUT, answer)

@@ -28,8 +28,9 @@ const ENVELOPE: usize = 32;
 
 /// Checks that `message`, wrapped in a link message, fits in one frame of [`MAX_FRAME`]
 /// bytes, without encoding it: what a sender asks before queueing, on TCP and in-process
-/// links alike, so that a message too large fails alone and its sender can be told.
-pub fn check_frame<M: Serialize>(message: &M) -> Result<(), WireError> {
+/// links alike, so that a message too large fails alone and its sender can be told. Returns
+/// the size it takes in a frame, which a link queue can weigh it by without a second walk.
+pub fn check_frame<M: Serialize>(message: &M) -> Result<usize, WireError> {
     let len = postcard::experimental::serialized_size(message)? + ENVELOPE;
     if len > MAX_FRAME {
         return Err(WireError::FrameTooLarge {
@@ -37,7 +38,7 @@ pub fn check_frame<M: Serialize>(message: &M) -> Result<(), WireError> {
             max: MAX_FRAME,
         });
     }
-    Ok(())
+    Ok(len)
 }
 
 /// Where a link's writer task takes its messages from: a plain channel (register links) or a

@@ -167,7 +167,14 @@ impl<M> Clone for LinkSender<M> {
 impl<M: Weigh> LinkSender<M> {
     /// Queues `message` once the queue has room for it, in messages and in bytes.
     pub async fn send(&self, message: M) -> Result<(), SendError<M>> {
-        let weight = self.weight_of(&message);
+        let weight = message.weight();
+        self.send_weighing(message, weight).await
+    }
+
+    /// [`send`](Self::send) for a message whose weight the caller already knows (its size
+    /// from [`check_frame`](super::codec::check_frame)).
+    pub async fn send_weighing(&self, message: M, weight: usize) -> Result<(), SendError<M>> {
+        let weight = self.clamped(weight);
         // The common case, a queue with room, without the cost of a select.
         let bytes = match self.bytes.clone().try_acquire_many_owned(weight) {
             Ok(permit) => permit,
@@ -194,7 +201,7 @@ impl<M: Weigh> LinkSender<M> {
         if self.tx.is_closed() {
             return Err(TrySendError::Closed(message));
         }
-        let weight = self.weight_of(&message);
+        let weight = self.clamped(message.weight());
         let Ok(bytes) = self.bytes.clone().try_acquire_many_owned(weight) else {
             return Err(TrySendError::Full(message));
         };
@@ -209,9 +216,9 @@ impl<M: Weigh> LinkSender<M> {
             })
     }
 
-    fn weight_of(&self, message: &M) -> u32 {
+    fn clamped(&self, weight: usize) -> u32 {
         // A message over the whole budget waits for an empty queue, then goes alone.
-        message.weight().clamp(1, self.budget) as u32
+        weight.clamp(1, self.budget) as u32
     }
 }
 
