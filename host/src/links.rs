@@ -137,12 +137,15 @@ async fn send_acks(acks: Arc<Acks>, queue: LinkSender<ToGateway>) {
             },
             () = acks.now.notified() => {}
         }
-        let batch: Vec<_> =
+        let mut pending =
             std::mem::take(&mut *acks.pending.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_iter()
-                .collect();
-        for chunk in batch.chunks(DONE_BATCH) {
-            if queue.send(ToGateway::Done(chunk.to_vec())).await.is_err() {
+                .into_iter();
+        loop {
+            let chunk: Vec<_> = pending.by_ref().take(DONE_BATCH).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            if queue.send(ToGateway::Done(chunk)).await.is_err() {
                 return;
             }
         }

@@ -4,6 +4,7 @@
 //! start or the stop. Each runs the real command, with bystander clients of the same
 //! instance and of another app whose replies must keep coming.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -331,17 +332,27 @@ async fn a_swapped_or_forged_cache_entry_is_recompiled_not_run() {
     assert_ne!(std::fs::read(&m_entry).unwrap(), b"\x7fELF not ours");
 }
 
+/// A node with `limits` in `[worker]` and `/metrics` on, and three clients: two of app `m`
+/// (sharing its one instance) and a bystander of app `other`.
+async fn capped_node(plugins: &Path, limits: &str) -> (Node, SocketAddr, [TestClient; 3]) {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (node, m, other) = start_node(
+        plugins,
+        &format!("{limits}\n[metrics]\nlisten = \"{metrics}\""),
+    );
+    let clients = [
+        connect_ws(m).await,
+        connect_ws(m).await,
+        connect_ws(other).await,
+    ];
+    (node, metrics, clients)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timers_and_log_output_are_capped_per_plugin() {
     let dir = plugins_dir(plugins::ECHO);
-    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (node, m, other) = start_node(
-        dir.path(),
-        &format!("max_timers = 8\nlog_rate = \"4KiB\"\n[metrics]\nlisten = \"{metrics}\""),
-    );
-    let mut client = connect_ws(m).await;
-    let mut same = connect_ws(m).await;
-    let mut elsewhere = connect_ws(other).await;
+    let (node, metrics, [mut client, mut same, mut elsewhere]) =
+        capped_node(dir.path(), "max_timers = 8\nlog_rate = \"4KiB\"").await;
 
     // Timers: eight are fine, the ninth ends the instance; the next event gets a fresh one.
     answers(&mut client, "timers 8", "timers 8", Duration::from_secs(5)).await;
@@ -389,14 +400,8 @@ async fn timers_and_log_output_are_capped_per_plugin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resources_past_max_resources_end_that_instance_only() {
     let dir = plugins_dir(plugins::ECHO);
-    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (node, m, other) = start_node(
-        dir.path(),
-        &format!("max_resources = 64\n[metrics]\nlisten = \"{metrics}\""),
-    );
-    let mut client = connect_ws(m).await;
-    let mut same = connect_ws(m).await;
-    let mut elsewhere = connect_ws(other).await;
+    let (node, metrics, [mut client, mut same, mut elsewhere]) =
+        capped_node(dir.path(), "max_resources = 64").await;
 
     // Under the cap the resources are held; the next batch overflows the table: that call
     // traps and the instance goes, while the bystanders on it and on another app are served.
