@@ -78,15 +78,25 @@ fn register(port: u16) -> Node {
     )
 }
 
+/// A gateway of the `commands` app whose links ping every [`PING`].
 fn gateway(port: u16, register: u16) -> Node {
+    gateway_of("commands", port, register, &pinging())
+}
+
+/// A gateway of `app` on `port`, registering at `register`, with `extra` keys in its section.
+fn gateway_of(app: &str, port: u16, register: u16, extra: &str) -> Node {
     Node::start(
         BIN,
         &format!(
-            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{port}\"\napp = \"commands\"\n\
-             register = \"127.0.0.1:{register}\"\nlink_ping_interval = \"{}ms\"\n",
-            PING.as_millis()
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{port}\"\napp = \"{app}\"\n\
+             register = \"127.0.0.1:{register}\"\n{extra}\n"
         ),
     )
+}
+
+/// The key that makes a role's links ping every [`PING`].
+fn pinging() -> String {
+    format!("link_ping_interval = \"{}ms\"", PING.as_millis())
 }
 
 fn worker(name: &str, plugins: &Path, register: u16) -> Node {
@@ -94,8 +104,8 @@ fn worker(name: &str, plugins: &Path, register: u16) -> Node {
         BIN,
         &format!(
             "secret = \"{SECRET}\"\n[worker]\nname = \"{name}\"\nplugins = {plugins:?}\ninstances = 1\n\
-             register = \"127.0.0.1:{register}\"\nlink_ping_interval = \"{}ms\"\n",
-            PING.as_millis()
+             register = \"127.0.0.1:{register}\"\n{}\n",
+            pinging()
         ),
     )
 }
@@ -274,14 +284,7 @@ async fn a_killed_worker_hosts_clients_get_on_close_from_another() {
     let r = free_port();
     let _register = register(r);
     let g = free_port();
-    let _gateway = Node::start(
-        BIN,
-        &format!(
-            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"chat\"\n\
-             register = \"127.0.0.1:{r}\"\nlink_ping_interval = \"{}ms\"\n",
-            PING.as_millis()
-        ),
-    );
+    let _gateway = gateway_of("chat", g, r, &pinging());
     let doomed = worker("w1", plugins.path(), r);
     let w2 = worker("w2", plugins.path(), r);
     doomed.wait_for_line(&["linked to gateway"]).await;
@@ -319,13 +322,7 @@ async fn looping_events_hold_up_other_clients_for_one_timeout_at_most() {
     let r = free_port();
     let _register = register(r);
     let g = free_port();
-    let _gateway = Node::start(
-        BIN,
-        &format!(
-            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"misbehave\"\n\
-             register = \"127.0.0.1:{r}\"\n"
-        ),
-    );
+    let _gateway = gateway_of("misbehave", g, r, "");
     // One instance: the looping client and the bystander share it.
     let _worker = Node::start(
         BIN,
@@ -481,13 +478,7 @@ async fn a_worker_host_that_stops_hands_its_clients_over_without_losing_an_event
     let r = free_port();
     let _register = register(r);
     let g = free_port();
-    let _gateway = Node::start(
-        BIN,
-        &format!(
-            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"misbehave\"\n\
-             register = \"127.0.0.1:{r}\"\n"
-        ),
-    );
+    let _gateway = gateway_of("misbehave", g, r, "");
     // Only A at first: both clients are bound to it.
     let mut a = worker("a", plugins.path(), r);
     let mut clients = [client(g).await, client(g).await];
@@ -539,12 +530,12 @@ async fn a_link_queue_is_bounded_in_bytes_and_the_flooder_waits() {
     let _register = register(r);
     let (g, m) = (free_port(), free_port());
     let budget = 2 << 20;
-    let gateway = Node::start(
-        BIN,
+    let gateway = gateway_of(
+        "commands",
+        g,
+        r,
         &format!(
-            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"commands\"\n\
-             register = \"127.0.0.1:{r}\"\n{slow_pings}\nlink_queue_bytes = \"2MiB\"\n\
-             [metrics]\nlisten = \"127.0.0.1:{m}\"\n"
+            "{slow_pings}\nlink_queue_bytes = \"2MiB\"\n[metrics]\nlisten = \"127.0.0.1:{m}\""
         ),
     );
     let worker = |name: &str| {
