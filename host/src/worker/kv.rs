@@ -203,6 +203,16 @@ impl KvState {
         Ok((b.name.clone(), b.backend.clone()))
     }
 
+    /// The bucket's name and backend, once `key` is known to fit `max_kv_key_size`.
+    fn keyed(
+        &self,
+        bucket: &Resource<BucketHandle>,
+        key: &str,
+    ) -> Result<(String, Arc<dyn Backend>), Failure> {
+        self.check_key("the key", key)?;
+        self.bucket(bucket)
+    }
+
     async fn open(&mut self, identifier: String) -> Result<Resource<BucketHandle>, Failure> {
         let Some(grant) = &self.grant else {
             return Err(Failure::Denied(format!(
@@ -226,8 +236,7 @@ impl KvState {
         bucket: &Resource<BucketHandle>,
         key: String,
     ) -> Result<Option<Vec<u8>>, Failure> {
-        self.check_key("the key", &key)?;
-        let (name, backend) = self.bucket(bucket)?;
+        let (name, backend) = self.keyed(bucket, &key)?;
         let value = backend.get(name, key).await?;
         self.check_read(value)
     }
@@ -237,8 +246,7 @@ impl KvState {
         bucket: &Resource<BucketHandle>,
         key: String,
     ) -> Result<Resource<CasHandle>, Failure> {
-        self.check_key("the key", &key)?;
-        let (name, backend) = self.bucket(bucket)?;
+        let (name, backend) = self.keyed(bucket, &key)?;
         let read = backend.get(name.clone(), key.clone()).await?;
         let read = self.check_read(read)?;
         self.handles
@@ -351,8 +359,7 @@ impl store::HostBucket for KvState {
     ) -> Result<(), store::Error> {
         let meter = self.meter();
         let result = async move {
-            self.check_key("the key", &key)?;
-            let (name, backend) = self.bucket(&bucket)?;
+            let (name, backend) = self.keyed(&bucket, &key)?;
             Ok(backend.delete(name, key).await?)
         };
         meter.finish(result.await)
@@ -365,8 +372,7 @@ impl store::HostBucket for KvState {
     ) -> Result<bool, store::Error> {
         let meter = self.meter();
         let result = async move {
-            self.check_key("the key", &key)?;
-            let (name, backend) = self.bucket(&bucket)?;
+            let (name, backend) = self.keyed(&bucket, &key)?;
             Ok(backend.exists(name, key).await?)
         };
         meter.finish(result.await)
@@ -401,8 +407,7 @@ impl atomics::Host for KvState {
     ) -> Result<i64, store::Error> {
         let meter = self.meter();
         let result = async move {
-            self.check_key("the key", &key)?;
-            let (name, backend) = self.bucket(&bucket)?;
+            let (name, backend) = self.keyed(&bucket, &key)?;
             Ok(backend.increment(name, key, delta).await?)
         };
         meter.finish(result.await)
