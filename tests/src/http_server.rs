@@ -12,6 +12,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::routing::get;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// How long `/slow` takes to answer.
@@ -25,14 +26,14 @@ pub const SLOW: Duration = Duration::from_secs(10);
 pub struct HttpServer {
     /// Where it listens.
     pub addr: SocketAddr,
-    requests: Arc<AtomicUsize>,
+    requests: Arc<watch::Sender<usize>>,
     stop: CancellationToken,
 }
 
 impl HttpServer {
     /// Starts the server on a free loopback port.
     pub async fn start() -> Self {
-        let requests = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(watch::Sender::new(0));
         let app = Router::new()
             .route("/hello", get(|| async { "hello" }))
             .route(
@@ -77,9 +78,18 @@ impl HttpServer {
         self.url("")
     }
 
-    /// Requests served so far.
+    /// Requests received so far.
     pub fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
+        *self.requests.borrow()
+    }
+
+    /// Waits until `n` requests have been received in all, up to `within`.
+    pub async fn received(&self, n: usize, within: Duration) {
+        let mut requests = self.requests.subscribe();
+        tokio::time::timeout(within, requests.wait_for(|received| *received >= n))
+            .await
+            .unwrap_or_else(|_| panic!("{} of {n} requests arrived in {within:?}", self.requests()))
+            .expect("the server's counter outlives it");
     }
 }
 
@@ -90,11 +100,11 @@ impl Drop for HttpServer {
 }
 
 async fn count(
-    State(requests): State<Arc<AtomicUsize>>,
+    State(requests): State<Arc<watch::Sender<usize>>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    requests.fetch_add(1, Ordering::SeqCst);
+    requests.send_modify(|received| *received += 1);
     next.run(request).await
 }
 

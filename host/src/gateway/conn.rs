@@ -258,7 +258,7 @@ async fn write<W: Sink<Outbound> + Unpin>(outbound: &mut W, queue: &OutboxReader
             if let Outbound::Data(data) = &message {
                 crate::metrics::message_sent(data.len());
             }
-            if outbound.feed(message).await.is_err() {
+            if queue.writing(outbound.feed(message)).await.is_err() {
                 return End::Done;
             }
             written += 1;
@@ -266,7 +266,7 @@ async fn write<W: Sink<Outbound> + Unpin>(outbound: &mut W, queue: &OutboxReader
                 next = queue.try_recv();
             }
         }
-        if outbound.flush().await.is_err() {
+        if queue.writing(outbound.flush()).await.is_err() {
             return End::Done;
         }
     }

@@ -3,19 +3,28 @@
 //! Everything a client is sent — a plugin's reply, a broadcast, a heartbeat ping, a close —
 //! is pushed here without waiting, by whoever holds the gateway state's lock, and the client's
 //! connection task drains it into the socket. A push that would take the queue past its
-//! budget does not wait and does not grow the queue: it marks the client a slow reader and
-//! kills its connection. So one client that stops reading costs at most its budget, and
-//! everyone else's messages keep flowing.
+//! budget while the connection task waits for the socket to take more does not wait and does
+//! not grow the queue: it marks the client a slow reader and kills its connection. So one
+//! client that stops reading costs at most its budget, and everyone else's messages keep
+//! flowing.
+//!
+//! A queue past its budget whose writer is not waiting on the socket belongs to a client that
+//! reads: its writer has just not had a CPU since a burst arrived (a link delivers a burst of
+//! broadcasts in one go, and on a busy machine the writers run later). Such a queue may grow
+//! to [`UNWRITTEN_FACTOR`] times its budget before the client is dropped all the same, so a
+//! busy gateway does not drop healthy clients and memory stays bounded.
 //!
 //! The budget counts payload bytes plus [`ITEM_COST`] per queued message, so a flood of empty
 //! messages is bounded too. A broadcast's payload is one shared `Bytes`, so the bytes counted
 //! for a client are an upper bound of what it really pins. An empty queue always takes one
 //! message, whatever its size: a client that keeps up must receive every legal message, even
 //! one larger than its budget (`max_message_size` may exceed `send_buffer`), so what one
-//! client can pin is its budget or one message, whichever is larger.
+//! client can pin is [`UNWRITTEN_FACTOR`] budgets or one message, whichever is larger; a
+//! client whose socket is full, one budget.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -25,6 +34,9 @@ use tokio_util::sync::CancellationToken;
 /// What a budget charges per queued message on top of its payload: the queue slot and the
 /// payload's handle.
 pub const ITEM_COST: usize = 64;
+
+/// How many budgets a queue may hold while its writer has not found the socket full.
+pub const UNWRITTEN_FACTOR: usize = 4;
 
 /// Queue capacity kept after a burst drains; a larger buffer is given back.
 const KEEP_CAPACITY: usize = 64;
@@ -88,7 +100,8 @@ impl Close {
 pub enum Kill {
     /// `destroy-client`.
     Destroyed,
-    /// Its queue would have exceeded `send_buffer`: it does not read fast enough.
+    /// Its queue would have exceeded `send_buffer` while its socket was full: it does not
+    /// read fast enough.
     SlowReader,
 }
 
@@ -101,6 +114,8 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     budget: usize,
+    /// Set while the connection task waits for the socket to take a write.
+    socket_full: AtomicBool,
     ready: Notify,
     kill: CancellationToken,
     /// 0 until killed, then `1 + Kill as u8` of the first kill.
@@ -122,6 +137,7 @@ pub fn outbox(budget: usize) -> (Outbox, OutboxReader) {
             cost: 0,
         }),
         budget,
+        socket_full: AtomicBool::new(false),
         ready: Notify::new(),
         kill: CancellationToken::new(),
         killed: AtomicU8::new(0),
@@ -139,9 +155,9 @@ fn cost(message: &Outbound) -> usize {
 }
 
 impl Outbox {
-    /// Queues `message` without waiting; a queue that would exceed its budget kills the
-    /// client as a slow reader instead, unless it is empty. Returns whether the message was
-    /// queued.
+    /// Queues `message` without waiting; a queue that would exceed its budget while the
+    /// socket is full (or [`UNWRITTEN_FACTOR`] budgets in any case) kills the client as a
+    /// slow reader instead, unless it is empty. Returns whether the message was queued.
     pub fn push(&self, message: Outbound) -> bool {
         // The atomic, not the token: `is_cancelled` takes a lock, and a broadcast asks this
         // once per member.
@@ -151,7 +167,12 @@ impl Outbox {
         let cost = cost(&message);
         {
             let mut queue = self.0.lock();
-            if !queue.items.is_empty() && queue.cost + cost > self.0.budget {
+            let after = queue.cost + cost;
+            if !queue.items.is_empty()
+                && after > self.0.budget
+                && (self.0.socket_full.load(Ordering::Acquire)
+                    || after > self.0.budget.saturating_mul(UNWRITTEN_FACTOR))
+            {
                 drop(queue);
                 self.kill(Kill::SlowReader);
                 return false;
@@ -201,6 +222,26 @@ impl OutboxReader {
         Some(message)
     }
 
+    /// Runs `write`, a write of queued messages to the client's socket, noting while it
+    /// waits for the socket: only then is a queue over its budget a slow reader's.
+    pub async fn writing<F: Future>(&self, write: F) -> F::Output {
+        let mut write = std::pin::pin!(write);
+        let mut waited = false;
+        let output = std::future::poll_fn(|cx| {
+            let poll = write.as_mut().poll(cx);
+            if poll.is_pending() && !waited {
+                waited = true;
+                self.0.socket_full.store(true, Ordering::Release);
+            }
+            poll
+        })
+        .await;
+        if waited {
+            self.0.socket_full.store(false, Ordering::Release);
+        }
+        output
+    }
+
     /// Resolves once the connection is killed, with the first reason.
     pub async fn killed(&self) -> Kill {
         self.0.kill.cancelled().await;
@@ -241,9 +282,20 @@ mod tests {
         assert_eq!(rx.try_recv(), None);
     }
 
+    /// Holds `rx`'s writer waiting on a full socket until the returned sender is dropped.
+    fn socket_full(rx: &Arc<OutboxReader>) -> tokio::sync::oneshot::Sender<()> {
+        let (unblock, blocked) = tokio::sync::oneshot::channel::<()>();
+        let rx = rx.clone();
+        tokio::spawn(async move { rx.writing(blocked).await });
+        unblock
+    }
+
     #[tokio::test]
     async fn a_push_over_budget_kills_as_slow_reader_and_later_pushes_fail() {
         let (tx, rx) = outbox(ITEM_COST + 100);
+        let rx = Arc::new(rx);
+        let _blocked = socket_full(&rx);
+        tokio::task::yield_now().await;
         assert!(tx.push(data(100)));
         assert!(!tx.push(data(1)));
         assert_eq!(rx.killed().await, Kill::SlowReader);
@@ -257,8 +309,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_queue_whose_writer_has_not_run_grows_to_its_factor_then_kills() {
+        let (tx, rx) = outbox(ITEM_COST + 100);
+        for _ in 0..UNWRITTEN_FACTOR {
+            assert!(tx.push(data(100)), "a busy gateway keeps a reading client");
+        }
+        assert!(!tx.push(data(1)), "memory stays bounded all the same");
+        assert_eq!(rx.killed().await, Kill::SlowReader);
+    }
+
+    #[tokio::test]
+    async fn a_writer_no_longer_waiting_on_the_socket_is_not_slow() {
+        let (tx, rx) = outbox(ITEM_COST + 100);
+        let rx = Arc::new(rx);
+        let unblock = socket_full(&rx);
+        tokio::task::yield_now().await;
+        drop(unblock);
+        // The writer leaves `writing` once the socket takes its write.
+        while rx.0.socket_full.load(Ordering::Acquire) {
+            tokio::task::yield_now().await;
+        }
+        assert!(tx.push(data(100)));
+        assert!(
+            tx.push(data(100)),
+            "over budget, but the socket takes writes"
+        );
+    }
+
+    #[tokio::test]
     async fn an_empty_queue_takes_one_message_larger_than_the_budget() {
         let (tx, rx) = outbox(ITEM_COST + 100);
+        let rx = Arc::new(rx);
+        let _blocked = socket_full(&rx);
+        tokio::task::yield_now().await;
         assert!(tx.push(data(1000)), "a client that keeps up gets it");
         assert_eq!(rx.recv().await, data(1000));
         assert!(tx.push(data(1000)));
@@ -269,6 +352,9 @@ mod tests {
     #[tokio::test]
     async fn empty_messages_still_cost() {
         let (tx, rx) = outbox(10 * ITEM_COST);
+        let rx = Arc::new(rx);
+        let _blocked = socket_full(&rx);
+        tokio::task::yield_now().await;
         for _ in 0..10 {
             assert!(tx.push(data(0)));
         }

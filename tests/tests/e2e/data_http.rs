@@ -153,6 +153,8 @@ async fn a_slow_server_is_cut_at_process_timeout_and_the_next_event_is_served() 
     slow.send(&format!("fetch {}", server.url("/slow")))
         .await
         .unwrap();
+    // The instance is inside the fetch before the bystander's event reaches the gateway.
+    server.received(1, Duration::from_secs(5)).await;
     answers(
         &mut elsewhere,
         "echo other",

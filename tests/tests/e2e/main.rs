@@ -57,10 +57,22 @@ fn in_own_process(test: &str, body: impl FnOnce()) {
         .output()
         .expect("starting the test binary again");
     let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
     // Into this test's captured output: shown if it fails, or with `--nocapture`.
     print!("{stdout}");
-    eprint!("{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "{test} failed in its own process");
+    eprint!("{stderr}");
+    // The panic's own words, in the failure message too: a CI log may keep only that.
+    let why = stdout
+        .lines()
+        .chain(stderr.lines())
+        .skip_while(|line| !line.contains("panicked at"))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        output.status.success(),
+        "{test} failed in its own process: {why}"
+    );
     assert!(
         stdout.contains("test result: ok. 1 passed"),
         "{test} did not run in its own process: no test has that path"
