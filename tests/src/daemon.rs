@@ -139,7 +139,9 @@ pub async fn wasmgate(binary: &str, dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Sends process `pid` `signal` (a `kill` name: `STOP`, `CONT`, `HUP`, …).
+/// Sends process `pid` `signal` (a `kill` name: `STOP`, `CONT`, `HUP`, …). After `STOP`,
+/// returns once every thread of the process is stopped: `kill` returns when the signal is
+/// sent, and on a busy machine a thread may still run a while before it stops.
 pub async fn signal(pid: u32, signal: &str) {
     let sent = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
@@ -147,6 +149,30 @@ pub async fn signal(pid: u32, signal: &str) {
         .await
         .unwrap();
     assert!(sent.success(), "kill -{signal} {pid} failed");
+    if signal == "STOP" {
+        let stopped = async {
+            // No event says a process stopped to anyone but its parent's wait: look.
+            while !stopped(pid) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), stopped)
+            .await
+            .unwrap_or_else(|_| panic!("process {pid} did not stop after SIGSTOP"));
+    }
+}
+
+/// Whether every thread of process `pid` is stopped.
+fn stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+        })
+    })
 }
 
 /// Whether process `pid` runs: it exists and is not a zombie (a daemon's parent has exited,
