@@ -18,6 +18,7 @@ use wasmgate::push::BoundPush;
 use wasmgate::worker::WorkerHost;
 
 use crate::client::TestClient;
+use crate::netns::Host;
 
 /// The secret test clusters share.
 pub const SECRET: &str = "test-secret";
@@ -296,11 +297,23 @@ impl Node {
     /// Starts the real command (`binary`: the test's `CARGO_BIN_EXE_wasmgate-node`) with
     /// `config` (TOML text).
     pub fn start(binary: &str, config: &str) -> Self {
+        Self::spawn(Command::new(binary), config)
+    }
+
+    /// Starts it as [`Node::start`] does, on the simulated host `host`.
+    pub fn start_on(host: &Host, binary: &str, config: &str) -> Self {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &host.netns, binary]);
+        Self::spawn(command, config)
+    }
+
+    /// Runs `command` (the binary, or what runs it) with `start -c` and `config`.
+    fn spawn(mut command: Command, config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("wasmgate.toml");
         std::fs::write(&file, config).unwrap();
         let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(binary)
+        let child = command
             .args(["start", "-c"])
             .arg(&file)
             .env("RUST_LOG", "info")

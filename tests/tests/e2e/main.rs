@@ -30,6 +30,7 @@ mod push;
 mod push_load;
 mod runtime;
 mod shutdown;
+mod simulated_hosts;
 mod topology;
 
 use std::process::Command;

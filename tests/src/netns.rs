@@ -1,0 +1,176 @@
+//! Simulated hosts for cluster tests: one network namespace per "host", all joined by a
+//! bridge that lives in a namespace of its own, addressed from 198.18.0.0/15 (the range
+//! reserved for network benchmarks, RFC 2544), so a test never touches a real network and
+//! leaves the machine's own namespace as it found it.
+//!
+//! A process runs on a host when started under `ip netns exec` ([`crate::cluster::Node::
+//! start_on`]); the test's own clients reach a host from a thread that entered a namespace
+//! ([`HostThread`]), so their sockets live there. Creating namespaces needs root (or
+//! `CAP_NET_ADMIN`) and `ip`: where either is missing, [`SimulatedHosts::create`] says why
+//! and the test skips loudly.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+use crate::tools::Skip;
+
+/// A set of simulated hosts, torn down (namespaces, links, bridge) when dropped.
+pub struct SimulatedHosts {
+    switch: String,
+    hosts: Vec<Host>,
+}
+
+/// One simulated host: a network namespace with one address on the shared bridge.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The namespace's name, for `ip netns exec`.
+    pub netns: String,
+    /// Its address, 198.18.0.N.
+    pub addr: Ipv4Addr,
+}
+
+impl SimulatedHosts {
+    /// Creates `count` hosts, 198.18.0.1 onwards, each reaching every other.
+    pub fn create(count: usize) -> Result<Self, Skip> {
+        assert!(count < 250, "one /24 of simulated hosts");
+        if !crate::tools::is_root() {
+            return Err(Skip::new("network namespaces need root"));
+        }
+        // Unique per test process, and short: interface names hold at most 15 bytes.
+        let prefix = format!("wg{}", std::process::id() % 100_000);
+        let mut hosts = Self {
+            switch: format!("{prefix}sw"),
+            hosts: Vec::new(),
+        };
+        ip(&["netns", "add", &hosts.switch])?;
+        let switch = hosts.switch.clone();
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &switch, "link", "set", "br0", "up"])?;
+        for i in 0..count {
+            let host = Host {
+                netns: format!("{prefix}h{i}"),
+                addr: Ipv4Addr::new(198, 18, 0, u8::try_from(i + 1).expect("checked above")),
+            };
+            ip(&["netns", "add", &host.netns])?;
+            hosts.hosts.push(host.clone());
+            let port = format!("{prefix}p{i}");
+            ip(&[
+                "link",
+                "add",
+                &port,
+                "netns",
+                &switch,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &host.netns,
+            ])?;
+            ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"])?;
+            let ns = host.netns.as_str();
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", host.addr),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(hosts)
+    }
+
+    /// The hosts, in address order.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+}
+
+impl Drop for SimulatedHosts {
+    fn drop(&mut self) {
+        // Deleting a namespace destroys the links in it, and with them their peers.
+        for netns in self.hosts.iter().map(|h| &h.netns).chain([&self.switch]) {
+            let _ = Command::new("ip").args(["netns", "del", netns]).output();
+        }
+    }
+}
+
+/// Runs `ip` with `args`; a failure means namespaces cannot be made here.
+fn ip(args: &[&str]) -> Result<(), Skip> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| Skip::new(format!("cannot run `ip`: {e}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(Skip::new(format!(
+        "`ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    )))
+}
+
+/// A thread inside a host's namespace running a tokio runtime: the sockets its tasks open
+/// live on that host. Other runtimes may use them afterwards; the thread stops when dropped.
+pub struct HostThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Host {
+    /// Starts a thread in this host's namespace.
+    pub fn thread(&self) -> HostThread {
+        let netns = std::fs::File::open(format!("/var/run/netns/{}", self.netns))
+            .unwrap_or_else(|e| panic!("opening namespace {}: {e}", self.netns));
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: `setns` on this thread only, with a namespace descriptor we hold open.
+            let entered = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the host thread");
+            handle_tx.send(runtime.handle().clone()).unwrap();
+            // Spawned tasks run here, on this thread, while it waits.
+            let _ = runtime.block_on(stopped);
+        });
+        HostThread {
+            handle: handle_rx.recv().expect("the host thread started"),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl HostThread {
+    /// Runs `task` on the host and returns its output.
+    pub async fn run<F>(&self, task: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle
+            .spawn(task)
+            .await
+            .expect("a task on the host thread")
+    }
+}
+
+impl Drop for HostThread {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
