@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite;
@@ -141,13 +141,38 @@ async fn accept(
             drop(socket);
             continue;
         };
-        let shared = shared.clone();
-        let config = config.clone();
-        clients.spawn(async move {
-            let _ = socket.set_nodelay(true);
-            client(socket, remote, &config, shared).await;
-            drop((slot, ip_slot));
-        });
+        let _ = socket.set_nodelay(true);
+        let (shared, config) = (shared.clone(), config.clone());
+        let slots = (slot, ip_slot);
+        // One spawn per protocol: a task's allocation is sized for its future's largest
+        // state, kept for the connection's life, so no protocol pays for another's.
+        let max = config.max_message_size;
+        match &config.transport {
+            Transport::Text => clients.spawn(async move {
+                let (r, w) = socket.into_split();
+                let (inbound, outbound) = protocol::framed(r, w, Lines::new(max));
+                conn::serve(shared, remote, inbound, outbound, None).await;
+                drop(slots);
+            }),
+            Transport::Frame => clients.spawn(async move {
+                let (r, w) = socket.into_split();
+                let (inbound, outbound) = protocol::framed(r, w, Frames::new(max));
+                conn::serve(shared, remote, inbound, outbound, None).await;
+                drop(slots);
+            }),
+            Transport::Ws => clients.spawn(async move {
+                websocket(async { Ok(socket) }, remote, &config, shared).await;
+                drop(slots);
+            }),
+            Transport::Wss(_) => clients.spawn(async move {
+                let Transport::Wss(tls) = &config.transport else {
+                    unreachable!("matched above")
+                };
+                let secured = async { tls.accept(socket).await.map_err(AcceptError::Tls) };
+                websocket(secured, remote, &config, shared).await;
+                drop(slots);
+            }),
+        };
     }
 }
 
@@ -192,32 +217,6 @@ impl Drop for IpSlot {
             if *n == 0 {
                 held.remove(&self.ip);
             }
-        }
-    }
-}
-
-async fn client(
-    socket: TcpStream,
-    remote: SocketAddr,
-    config: &ListenerConfig,
-    shared: ConnShared,
-) {
-    let max = config.max_message_size;
-    match &config.transport {
-        Transport::Text => {
-            let (r, w) = socket.into_split();
-            let (inbound, outbound) = protocol::framed(r, w, Lines::new(max));
-            conn::serve(shared, remote, inbound, outbound, None).await;
-        }
-        Transport::Frame => {
-            let (r, w) = socket.into_split();
-            let (inbound, outbound) = protocol::framed(r, w, Frames::new(max));
-            conn::serve(shared, remote, inbound, outbound, None).await;
-        }
-        Transport::Ws => websocket(async { Ok(socket) }, remote, config, shared).await,
-        Transport::Wss(tls) => {
-            let secured = async { tls.accept(socket).await.map_err(AcceptError::Tls) };
-            websocket(secured, remote, config, shared).await;
         }
     }
 }
