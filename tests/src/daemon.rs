@@ -75,6 +75,23 @@ impl Daemon {
         restarted
     }
 
+    /// Stops the server (`stop`), leaving its directory for [`Daemon::start_again`].
+    pub async fn stop(&mut self) -> Output {
+        let mut args = vec!["stop"];
+        args.extend(self.role.iter().flat_map(|role| ["--role", role]));
+        self.run(&args).await
+    }
+
+    /// Starts the stopped server again from its directory (`start -d`): the same ports,
+    /// plugins and `data`. [`Daemon::pid`] is then the new process's.
+    pub async fn start_again(&mut self) -> Output {
+        let mut args = vec!["start", "-d"];
+        args.extend(self.role.iter().flat_map(|role| ["--role", role]));
+        let started = self.run(&args).await;
+        self.pid = self.read_pid(&started);
+        started
+    }
+
     /// The pid in the server's pid file, which `printed` (what the command that started it
     /// printed) explains when it is missing.
     fn read_pid(&self, printed: &Output) -> u32 {

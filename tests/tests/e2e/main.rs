@@ -9,6 +9,7 @@
 
 mod chat_browser;
 mod cli;
+mod client_js;
 mod conformance;
 mod data_http;
 mod data_kv;

@@ -1,0 +1,133 @@
+// Drives the browser client library (clients/js, served by wasmgate at /_wasmgate/client.js)
+// in headless Chromium through tests/browser/client/index.html, against the `echo` plugin.
+// Started by tests/tests/e2e/client_js.rs, which restarts the server when asked: the script
+// prints `stop` or `start` on a line of its own and waits for a line on stdin before going on.
+// Every wait is bounded by TIMEOUT_MS. The scenarios:
+//
+//   restart: a page connected through the library; the server stops; the page sends while it
+//     is down (queued); the server starts again on the same port; the page reconnects by
+//     itself and the queued message is echoed. Its events: open, close, reconnecting…, open,
+//     reconnect, in that order, and one close only.
+//   overflow: with `maxQueue: 2`, three sends while the server is down: the third goes to
+//     the overflow callback and is never sent; the first two are, after the reconnection.
+//
+//   node tests/browser/client.cjs <page url> <ws url> <scenario>
+//
+// Environment: NODE_PATH (where playwright-core is installed), CHROMIUM (the browser binary).
+
+'use strict';
+
+const readline = require('node:readline');
+const { chromium } = require('playwright-core');
+
+const TIMEOUT_MS = 10_000;
+const [url, ws, scenario] = process.argv.slice(2);
+const input = readline.createInterface({ input: process.stdin });
+const lines = input[Symbol.asyncIterator]();
+
+/** Asks the test to do `what` to the server and waits until it says it is done. */
+async function server(what) {
+  console.log(what);
+  const { done } = await lines.next();
+  if (done) throw new Error(`stdin closed while waiting for the server to ${what}`);
+}
+
+const scenarios = { restart, overflow };
+
+async function main() {
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
+  });
+  try {
+    const run = scenarios[scenario];
+    if (!run) throw new Error(`no scenario ${scenario}: pick one of ${Object.keys(scenarios)}`);
+    await run(browser);
+  } finally {
+    await browser.close();
+    // Or the open stdin keeps the script running.
+    input.close();
+  }
+}
+
+async function restart(browser) {
+  const page = await open(browser, {});
+  await echoed(page, 'before the restart');
+  await server('stop');
+  await seen(page, 'close');
+  const queued = await page.evaluate(() => [client.send('sent while down'), client.state, client.queued]);
+  expect(queued, [true, 'reconnecting', 1], 'send while down: queued');
+  await server('start');
+  await seen(page, 'message sent while down');
+  await echoed(page, 'after the restart');
+  const events = (await page.evaluate(() => window.seen)).filter((e) => !e.startsWith('message'));
+  const attempts = events.filter((e) => e === 'reconnecting').length;
+  if (attempts < 1) throw new Error(`no reconnection attempt: ${events}`);
+  expect(
+    events.filter((e) => e !== 'reconnecting'),
+    ['open', 'close', 'open', 'reconnect'],
+    'events in order',
+  );
+  const close = events.indexOf('close');
+  const firstAttempt = events.indexOf('reconnecting');
+  if (!(close < firstAttempt && events.lastIndexOf('reconnecting') < events.indexOf('reconnect'))) {
+    throw new Error(`close, attempts, then reconnect: ${events}`);
+  }
+  expect(await page.evaluate(() => client.state), 'open', 'state after reconnecting');
+}
+
+async function overflow(browser) {
+  const page = await open(browser, { maxQueue: 2 });
+  await echoed(page, 'before');
+  await server('stop');
+  await seen(page, 'close');
+  const sent = await page.evaluate(() => ['one', 'two', 'three'].map((m) => client.send(m)));
+  expect(sent, [true, true, false], 'the third send refused');
+  expect(await page.evaluate(() => window.overflowed), ['three'], 'the overflow callback');
+  await server('start');
+  await seen(page, 'message two');
+  await echoed(page, 'after');
+  const messages = (await page.evaluate(() => window.seen)).filter((e) => e.startsWith('message'));
+  expect(messages, ['message before', 'message one', 'message two', 'message after'], 'echoes');
+}
+
+/** A new page with a client of `ws` made with `options` (quick reconnection), once open. */
+async function open(browser, options) {
+  const page = await browser.newPage();
+  page.setDefaultTimeout(TIMEOUT_MS);
+  page.on('pageerror', (error) => {
+    console.error(`page error: ${error.message}`);
+    process.exitCode = 1;
+  });
+  await page.goto(url);
+  await page.waitForFunction(() => typeof window.start === 'function');
+  await page.evaluate(
+    ([ws, options]) => window.start(ws, { minDelay: 50, maxDelay: 400, ...options }),
+    [ws, options],
+  );
+  await seen(page, 'open');
+  return page;
+}
+
+/** Sends `text` and waits for the echo. */
+async function echoed(page, text) {
+  await page.evaluate((text) => client.send(text), text);
+  await seen(page, `message ${text}`);
+}
+
+/** Waits until the page saw `entry` (an event's name, or `message <data>`). */
+async function seen(page, entry) {
+  await page.waitForFunction((entry) => window.seen.includes(entry), entry);
+}
+
+function expect(got, want, what) {
+  if (JSON.stringify(got) !== JSON.stringify(want)) {
+    throw new Error(`${what}: got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
+  }
+}
+
+main().catch((error) => {
+  console.error(error.stack || String(error));
+  process.exitCode = 1;
+});
