@@ -30,6 +30,7 @@ mod protocols;
 mod push;
 mod push_load;
 mod runtime;
+mod scaffold;
 mod shutdown;
 mod topology;
 
