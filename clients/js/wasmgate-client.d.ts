@@ -51,13 +51,14 @@ export interface ClientEventMap {
 
 /** A WebSocket to a wasmgate gateway that reconnects, queues sends and handles the heartbeat. */
 export declare class WasmgateClient extends EventTarget {
-  constructor(url: string | URL, options?: ClientOptions);
+  /** `url` may be a function, called before every attempt (a fresh token in the query). */
+  constructor(url: string | URL | (() => string | URL), options?: ClientOptions);
   /** The current state. */
   readonly state: ClientState;
   /** How many messages wait for the next open. */
   readonly queued: number;
-  /** The WebSocket address. */
-  readonly url: string | URL;
+  /** The WebSocket address, as given. */
+  readonly url: string | URL | (() => string | URL);
   /** Sends now, or queues until the next open; false when refused (closed, queue full). */
   send(data: Data): boolean;
   /** Closes for good: no reconnection, the queue dropped. */

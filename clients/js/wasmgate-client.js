@@ -70,7 +70,7 @@ export class WasmgateClient extends EventTarget {
     return this.#queue.length;
   }
 
-  /** The WebSocket address. */
+  /** The WebSocket address: as given (a function is called before each attempt). */
   get url() {
     return this.#url;
   }
@@ -110,7 +110,9 @@ export class WasmgateClient extends EventTarget {
 
   #connect() {
     const { WebSocket, protocols, binaryType } = this.#options;
-    const socket = new WebSocket(this.#url, protocols);
+    // A function gives each attempt its own address, e.g. with a fresh short-lived token.
+    const url = typeof this.#url === 'function' ? this.#url() : this.#url;
+    const socket = new WebSocket(url, protocols);
     socket.binaryType = binaryType;
     this.#socket = socket;
     socket.onopen = () => this.#opened();
