@@ -2,7 +2,7 @@
 // in headless Chromium through tests/browser/client/index.html, against the `echo` plugin.
 // Started by tests/tests/e2e/client_js.rs, which restarts the server when asked: the script
 // prints `stop` or `start` on a line of its own and waits for a line on stdin before going on.
-// Every wait is bounded by TIMEOUT_MS. The scenarios:
+// Every wait is bounded (browser.cjs). The scenarios:
 //
 //   restart: a page connected through the library; the server stops; the page sends while it
 //     is down (queued); the server starts again on the same port; the page reconnects by
@@ -17,10 +17,10 @@
 
 'use strict';
 
+const path = require('node:path');
 const readline = require('node:readline');
-const { chromium } = require('playwright-core');
+const { runScenario, newPage } = require(path.join(__dirname, 'browser.cjs'));
 
-const TIMEOUT_MS = 10_000;
 const [url, ws, scenario] = process.argv.slice(2);
 const input = readline.createInterface({ input: process.stdin });
 const lines = input[Symbol.asyncIterator]();
@@ -30,25 +30,6 @@ async function server(what) {
   console.log(what);
   const { done } = await lines.next();
   if (done) throw new Error(`stdin closed while waiting for the server to ${what}`);
-}
-
-const scenarios = { restart, overflow };
-
-async function main() {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-  });
-  try {
-    const run = scenarios[scenario];
-    if (!run) throw new Error(`no scenario ${scenario}: pick one of ${Object.keys(scenarios)}`);
-    await run(browser);
-  } finally {
-    await browser.close();
-    // Or the open stdin keeps the script running.
-    input.close();
-  }
 }
 
 async function restart(browser) {
@@ -99,12 +80,7 @@ async function overflow(browser) {
 
 /** A new page with a client of `ws` made with `options` (quick reconnection), once open. */
 async function open(browser, options) {
-  const page = await browser.newPage();
-  page.setDefaultTimeout(TIMEOUT_MS);
-  page.on('pageerror', (error) => {
-    console.error(`page error: ${error.message}`);
-    process.exitCode = 1;
-  });
+  const page = await newPage(browser);
   await page.goto(url);
   await page.waitForFunction(() => typeof window.start === 'function');
   await page.evaluate(
@@ -132,7 +108,5 @@ function expect(got, want, what) {
   }
 }
 
-main().catch((error) => {
-  console.error(error.stack || String(error));
-  process.exitCode = 1;
-});
+// Then stdin is closed, or it would keep the script running.
+runScenario({ restart, overflow }, scenario).finally(() => input.close());
