@@ -10,6 +10,9 @@
 //     reconnect, in that order, and one close only.
 //   overflow: with `maxQueue: 2`, three sends while the server is down: the third goes to
 //     the overflow callback and is never sent; the first two are, after the reconnection.
+//   heartbeat: (the gateway pings with `ping_data = "ping"` and drops a client silent for about
+//     one interval) a page that answers with `pong` stays connected while it says nothing
+//     else; a page that only ignores the pings is dropped; neither sees a ping as a message.
 //
 //   node tests/browser/client.cjs <page url> <ws url> <scenario>
 //
@@ -78,6 +81,23 @@ async function overflow(browser) {
   expect(messages, ['message before', 'message one', 'message two', 'message after'], 'echoes');
 }
 
+async function heartbeat(browser) {
+  const answers = await open(browser, { ping: 'ping', pong: 'pong' });
+  const ignores = await open(browser, { ping: 'ping', reconnect: false });
+  // Dropped after about one silent interval: by then the other one has been pinged too.
+  await seen(ignores, 'close');
+  expect(await ignores.evaluate(() => client.state), 'closed', 'the silent page, dropped');
+  await echoed(answers, 'still connected');
+  const events = await answers.evaluate(() => window.seen);
+  if (events.includes('close')) throw new Error(`the page that answers was dropped: ${events}`);
+  // Its pongs are ordinary messages to the plugin, which echoes them.
+  if (!events.includes('message pong')) throw new Error(`it was never pinged: ${events}`);
+  for (const page of [answers, ignores]) {
+    const seenPing = (await page.evaluate(() => window.seen)).includes('message ping');
+    if (seenPing) throw new Error('a ping was delivered as a message');
+  }
+}
+
 /** A new page with a client of `ws` made with `options` (quick reconnection), once open. */
 async function open(browser, options) {
   const page = await newPage(browser);
@@ -109,4 +129,4 @@ function expect(got, want, what) {
 }
 
 // Then stdin is closed, or it would keep the script running.
-runScenario({ restart, overflow }, scenario).finally(() => input.close());
+runScenario({ restart, overflow, heartbeat }, scenario).finally(() => input.close());

@@ -40,14 +40,32 @@ async fn a_full_queue_hands_the_message_to_the_overflow_callback() {
     .await;
 }
 
+/// The gateway pings every 300 ms with `ping_data` and drops a client silent for about one
+/// interval: the library answers for a page that asks it to, and ignores the pings otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_is_answered_or_ignored_as_configured() {
+    let test = "client_js::the_heartbeat_is_answered_or_ignored_as_configured";
+    let heartbeat =
+        "ping_interval = \"300ms\"\nping_not_response_limit = 1\nping_data = \"ping\"\n";
+    scenario_with("heartbeat", test, heartbeat, &[]).await;
+}
+
 /// Runs `name` of the script for `test` against a fresh echo server, stopping and starting
-/// the server when the script asks; fails with the script's output unless every step held.
+/// the server when the script asks (once each); fails with the script's output unless every
+/// step held.
 async fn scenario(name: &str, test: &str) {
+    scenario_with(name, test, "", &["stop", "start"]).await;
+}
+
+/// [`scenario`] with `gateway` (keys of the gateway listener) added to the configuration,
+/// and `requests` the stops and starts the script must ask for. Without any, the bystander
+/// speaks every 100 ms while the script runs (so a heartbeat never drops it) and is answered.
+async fn scenario_with(name: &str, test: &str, gateway: &str, requests: &[&str]) {
     let Some(browser) = Browser::install(test).await else {
         return;
     };
     let (g, w) = (free_port(), free_port());
-    let mut daemon = echo_server(g, w).await;
+    let mut daemon = echo_server(g, w, gateway).await;
     let mut bystander = answered(g).await;
 
     let script = tools::workspace().join("tests/browser/client.cjs");
@@ -69,8 +87,19 @@ async fn scenario(name: &str, test: &str) {
     let mut asks = BufReader::new(node.stdout.take().unwrap()).lines();
     let mut done = node.stdin.take().unwrap();
     let mut asked = Vec::new();
+    let mut cadence = tokio::time::interval(Duration::from_millis(100));
     let steps = async {
-        while let Some(line) = asks.next_line().await.unwrap() {
+        loop {
+            let line = tokio::select! {
+                line = asks.next_line() => match line.unwrap() {
+                    Some(line) => line,
+                    None => break,
+                },
+                _ = cadence.tick(), if requests.is_empty() => {
+                    assert_eq!(bystander.ask("bystander").await, "bystander");
+                    continue;
+                }
+            };
             match line.as_str() {
                 "stop" => {
                     let stopped = daemon.stop().await;
@@ -101,7 +130,7 @@ async fn scenario(name: &str, test: &str) {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(asked, ["stop", "start"], "the script's requests");
+    assert_eq!(asked, requests, "the script's requests");
     assert_eq!(bystander.ask("still here").await, "still here");
 }
 
@@ -113,13 +142,14 @@ async fn answered(g: u16) -> TestClient {
 }
 
 /// Every role in one process started from a directory (`wasmgate start -d`): the `echo`
-/// plugin behind `ws://127.0.0.1:<g>`, and the library's test page served on port `w`.
-async fn echo_server(g: u16, w: u16) -> Daemon {
+/// plugin behind `ws://127.0.0.1:<g>` (its listener with the keys `gateway`), and the
+/// library's test page served on port `w`.
+async fn echo_server(g: u16, w: u16, gateway: &str) -> Daemon {
     let r = free_port();
     let root = tools::workspace().join("tests/browser/client");
     let config = format!(
         "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\
-         [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"echo\"\n\
+         [[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\napp = \"echo\"\n{gateway}\
          [worker]\nplugins = \"plugins\"\n\
          [web]\nlisten = \"127.0.0.1:{w}\"\nroot = {root:?}\n"
     );
