@@ -6,13 +6,19 @@
 //! file, so nobody needs to know a pid. The command lives in the library so that the
 //! end-to-end tests run the very same code as separate processes.
 //!
+//! `new` and `check` serve plugin authors: a project to start from, and whether a built file
+//! is a plugin this host loads.
+//!
 //! Exit codes: 0 success; 1 failure (a `start` that finds the server already running
-//! included); 2 bad usage; 3 `status`, `connections` or `reload` when no server runs (LSB's
-//! "not running"); 78 an invalid configuration (sysexits' `EX_CONFIG`). `stop` when no server
-//! runs succeeds, as LSB asks.
+//! included, a `check`ed component this host refuses); 2 bad usage; 3 `status`, `connections`
+//! or `reload` when no server runs (LSB's "not running"); 65 a `check`ed file that is not a
+//! component (sysexits' `EX_DATAERR`); 66 an input file that cannot be read; 78 an invalid
+//! configuration (sysexits' `EX_CONFIG`). `stop` when no server runs succeeds, as LSB asks.
 
+mod check;
 mod daemon;
 mod genconfig;
+mod new;
 mod render;
 
 use std::ffi::OsString;
@@ -114,6 +120,28 @@ enum Command {
         /// of stdout.
         #[arg(short, long)]
         output: Option<PathBuf>,
+    },
+    /// Creates a plugin project: sources, `build.sh`, a `wasmgate.toml` serving it on
+    /// loopback, a README.
+    New {
+        /// The plugin's name: its directory and its app name (`plugins/NAME.wasm`).
+        #[arg(value_parser = new::project_name)]
+        name: String,
+        /// The language it is written in.
+        #[arg(short, long, value_enum)]
+        lang: new::Lang,
+        /// Where to create it [default: ./NAME].
+        #[arg(short, long)]
+        dir: Option<PathBuf>,
+        /// Rust: the guest SDK to depend on [default: the wasmgate checkout around the new
+        /// directory, else the one this binary was built from].
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Says whether a file is a plugin this host loads: its world, exports, refused imports.
+    Check {
+        /// The `.wasm` file.
+        file: PathBuf,
     },
 }
 
@@ -268,6 +296,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             genconfig::run(output.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::New {
+            name,
+            lang,
+            dir,
+            sdk,
+        } => {
+            new::run(&name, lang, dir.as_deref(), sdk.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { file } => check::run(&file),
         Command::Start { target, daemon } => start(&target, daemon),
         Command::Stop { target, timeout } => each_server(&target, |setup| stop(setup, timeout)),
         Command::Restart {

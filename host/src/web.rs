@@ -5,6 +5,10 @@
 //! It serves files only: `/` and every directory answer with their `index.html`, paths that
 //! climb out of the root (`..`) are refused, and nothing is ever written. A large deployment
 //! puts its pages behind its own web server and leaves `[web]` out.
+//!
+//! Besides the root, it serves the browser client library (`clients/js`, carried in the
+//! binary) at [`CLIENT_PATH`], so that any page it serves can import it without a build step
+//! or a copy that falls behind the server's version.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +20,12 @@ use tower_http::services::ServeDir;
 
 use crate::config::{HttpConfig, WebConfig};
 use crate::http_listener;
+
+/// Where pages find the browser client library (`clients/js/wasmgate-client.js`).
+pub const CLIENT_PATH: &str = "/_wasmgate/client.js";
+
+/// The browser client library, as served at [`CLIENT_PATH`].
+const CLIENT_JS: &str = include_str!("../../clients/js/wasmgate-client.js");
 
 /// The web server, bound and checked but not yet serving.
 pub struct BoundWeb {
@@ -53,7 +63,18 @@ impl BoundWeb {
             "web pages at http://{}/",
             self.listener.local_addr()?
         );
-        let app = axum::Router::new().fallback_service(ServeDir::new(self.root));
+        let client = || async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/javascript; charset=utf-8",
+                )],
+                CLIENT_JS,
+            )
+        };
+        let app = axum::Router::new()
+            .route(CLIENT_PATH, axum::routing::get(client))
+            .fallback_service(ServeDir::new(self.root));
         http_listener::serve("web", self.listener, app, &limits, shutdown).await;
         Ok(())
     }
@@ -100,6 +121,9 @@ mod tests {
         assert_ne!(status, "HTTP/1.1 200 OK", "{body}");
         let (status, _) = get(addr, "/%2e%2e/Cargo.toml").await;
         assert_ne!(status, "HTTP/1.1 200 OK");
+        let (status, body) = get(addr, CLIENT_PATH).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(body.contains("export class WasmgateClient"), "{body}");
 
         shutdown.cancel();
         server.await.unwrap().unwrap();

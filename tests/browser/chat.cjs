@@ -1,6 +1,6 @@
 // Drives the chat demo's page in headless Chromium (Debian's, through playwright-core), as
 // people would. Started by tests/tests/e2e/chat_browser.rs, which serves the page and the `chat`
-// plugin; every wait is for something on the page, bounded by TIMEOUT_MS. The scenarios:
+// plugin; every wait is for something on the page, bounded (browser.cjs). The scenarios:
 //
 //   people: two and then three people log in, see each other in the online list, talk,
 //     whisper, leave and close the tab.
@@ -16,41 +16,9 @@
 'use strict';
 
 const path = require('node:path');
-const { chromium } = require('playwright-core');
+const { runScenario, newPage } = require(path.join(__dirname, 'browser.cjs'));
 
-const TIMEOUT_MS = 10_000;
 const [url, shots, scenario] = process.argv.slice(2);
-
-const scenarios = {
-  people: chat,
-  'history-before-restart': historyBeforeRestart,
-  'history-after-restart': historyAfterRestart,
-};
-
-async function main() {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    // What works on these machines (no network but loopback, running as root); Playwright
-    // gives each launch a fresh, temporary user data dir.
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
-  try {
-    const run = scenarios[scenario];
-    if (!run) throw new Error(`no scenario ${scenario}: pick one of ${Object.keys(scenarios)}`);
-    await run(browser);
-  } finally {
-    await browser.close();
-  }
-}
 
 async function chat(browser) {
   const ada = await open(browser);
@@ -171,12 +139,7 @@ async function sideBySide(browser, pages, file) {
 /** A new page (its own browser context, like a separate person) with the chat loaded. */
 async function open(browser) {
   const context = await browser.newContext({ viewport: { width: 960, height: 600 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(TIMEOUT_MS);
-  page.on('pageerror', (error) => {
-    console.error(`page error: ${error.message}`);
-    process.exitCode = 1;
-  });
+  const page = await newPage(context);
   await page.goto(url);
   await page.locator('#status.ok').waitFor();
   await page.getByText('Welcome to wasmgate chat!').waitFor();
@@ -212,7 +175,11 @@ async function line(page, kind, text, author) {
   await lines.first().waitFor();
 }
 
-main().catch((error) => {
-  console.error(error.stack || String(error));
-  process.exitCode = 1;
-});
+runScenario(
+  {
+    people: chat,
+    'history-before-restart': historyBeforeRestart,
+    'history-after-restart': historyAfterRestart,
+  },
+  scenario,
+);

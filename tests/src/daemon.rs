@@ -68,11 +68,28 @@ impl Daemon {
     /// operator would: a new process with the same configuration, plugins and `data`.
     /// Returns what `restart` printed; [`Daemon::pid`] is the new process's.
     pub async fn restart(&mut self) -> Output {
-        let mut args = vec!["restart", "-d"];
-        args.extend(self.role.iter().flat_map(|role| ["--role", role]));
-        let restarted = self.run(&args).await;
+        let restarted = self.run(&self.with_role(&["restart", "-d"])).await;
         self.pid = self.read_pid(&restarted);
         restarted
+    }
+
+    /// Stops the server (`stop`), leaving its directory for [`Daemon::start_again`].
+    pub async fn stop(&mut self) -> Output {
+        self.run(&self.with_role(&["stop"])).await
+    }
+
+    /// Starts the stopped server again from its directory (`start -d`): the same ports,
+    /// plugins and `data`. [`Daemon::pid`] is then the new process's.
+    pub async fn start_again(&mut self) -> Output {
+        let started = self.run(&self.with_role(&["start", "-d"])).await;
+        self.pid = self.read_pid(&started);
+        started
+    }
+
+    /// `args`, then the `--role` the daemon was started with, if any.
+    fn with_role(&self, args: &[&'static str]) -> Vec<&'static str> {
+        let role = self.role.iter().flat_map(|role| ["--role", *role]);
+        args.iter().copied().chain(role).collect()
     }
 
     /// The pid in the server's pid file, which `printed` (what the command that started it

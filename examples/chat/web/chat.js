@@ -1,10 +1,12 @@
-// The chat demo's page: one WebSocket to the `chat` plugin, one JSON object per message (see
-// examples/chat/README.md). No build step, no libraries.
+// The chat demo's page: one connection to the `chat` plugin, one JSON object per message (see
+// examples/chat/README.md). No build step: the connection is wasmgate's browser client
+// (clients/js), which the `[web]` server serves at /_wasmgate/client.js; it reconnects after a
+// drop or a server restart, and this page then logs in again as who it was.
 //
 // The WebSocket address is ws://<this page's host>:7272, or the `ws` query parameter
 // (`/?ws=ws://127.0.0.1:9000`), which the tests use to reach servers on other ports.
 
-'use strict';
+import { WasmgateClient } from '/_wasmgate/client.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -15,18 +17,26 @@ const wsUrl =
 /** Who this page is once logged in, and whom the next message goes to (null: the room). */
 const state = { me: null, room: null, whisperTo: null };
 
-const socket = new WebSocket(wsUrl);
+const client = new WasmgateClient(wsUrl);
 
-socket.addEventListener('open', () => setStatus('connected', 'ok'));
-socket.addEventListener('close', () => {
-  setStatus('disconnected — reload the page to reconnect', 'down');
+client.on('open', () => {
+  setStatus('connected', 'ok');
+  $('join').disabled = false;
+  $('send').disabled = false;
+});
+client.on('close', () => {
+  setStatus('disconnected — reconnecting…', 'down');
   $('join').disabled = true;
   $('send').disabled = true;
 });
-socket.addEventListener('message', (message) => {
+client.on('reconnect', () => {
+  // A new connection is a new client to the server: nickname and room must be given again.
+  if (state.me) send({ type: 'login', name: state.me.name, room: state.room });
+});
+client.on('message', ({ detail }) => {
   let event;
   try {
-    event = JSON.parse(message.data);
+    event = JSON.parse(detail.data);
   } catch {
     return;
   }
@@ -36,6 +46,8 @@ socket.addEventListener('message', (message) => {
 const handlers = {
   hello(event) {
     $('hello').textContent = event.text;
+    // After a reconnection the page logs in again by itself (see `reconnect` above).
+    if (state.me) return;
     $('login').hidden = false;
     $('name').focus();
   },
@@ -125,7 +137,7 @@ $('leave').addEventListener('click', () => {
 });
 
 function send(request) {
-  socket.send(JSON.stringify(request));
+  client.send(JSON.stringify(request));
 }
 
 function setStatus(text, kind) {

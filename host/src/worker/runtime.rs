@@ -113,6 +113,29 @@ pub enum LoadError {
     WrongWorld(wasmtime::Error),
 }
 
+/// Refuses bytes that are not a WebAssembly component, before any compiling.
+fn component_header(bytes: &[u8]) -> Result<(), LoadError> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err(LoadError::NotWasm);
+    }
+    // Bytes 4..8 are the version and layer: a core module has layer 0, a component 1.
+    if bytes.get(6..8) == Some(&[0, 0]) {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(())
+}
+
+/// A component as [`Runtime::inspect`] found it.
+#[derive(Debug)]
+pub struct Inspection {
+    /// The names of what it imports (`wasi:cli/environment@0.2.0`, …).
+    pub imports: Vec<String>,
+    /// The names of what it exports (`wasmgate:plugin/events@0.2.0`, …).
+    pub exports: Vec<String>,
+    /// Why a worker host would refuse it; `None` when it would load it.
+    pub refused: Option<LoadError>,
+}
+
 /// What the sandbox stopped, or why a plugin refused to start.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -311,20 +334,10 @@ impl Runtime {
     /// it against the world. Compiling is CPU-heavy (milliseconds for Rust plugins, seconds
     /// for Python or JavaScript): call this off the async path, e.g. in `spawn_blocking`.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<PluginCode>, LoadError> {
-        if !bytes.starts_with(b"\0asm") {
-            return Err(LoadError::NotWasm);
-        }
-        // Bytes 4..8 are the version and layer: a core module has layer 0, a component 1.
-        if bytes.get(6..8) == Some(&[0, 0]) {
-            return Err(LoadError::CoreModule);
-        }
+        component_header(bytes)?;
         let digest = hex::encode(Sha256::digest(bytes));
         let (component, from_cache) = self.compile(name, bytes, &digest)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(LoadError::WrongWorld)?;
-        let pre = PluginPre::new(pre).map_err(LoadError::WrongWorld)?;
+        let pre = self.link(&component)?;
         let name: Arc<str> = name.into();
         Ok(Arc::new(PluginCode {
             log: Arc::new(LogBudget::new(name.clone(), self.limits.log_rate)),
@@ -333,6 +346,30 @@ impl Runtime {
             from_cache,
             pre,
         }))
+    }
+
+    /// What [`Self::load`] would make of `bytes`, for `wasmgate check`: compiled (never from
+    /// or into the cache) and linked exactly as a load does, with the component's imports and
+    /// exports for the report. `Err` when it is not a component at all.
+    pub fn inspect(&self, bytes: &[u8]) -> Result<Inspection, LoadError> {
+        component_header(bytes)?;
+        let component = Component::from_binary(&self.engine, bytes).map_err(LoadError::Invalid)?;
+        let ty = component.component_type();
+        let names = |items: &mut dyn Iterator<Item = &str>| items.map(str::to_owned).collect();
+        Ok(Inspection {
+            imports: names(&mut ty.imports(&self.engine).map(|(name, _)| name)),
+            exports: names(&mut ty.exports(&self.engine).map(|(name, _)| name)),
+            refused: self.link(&component).err(),
+        })
+    }
+
+    /// Links `component` against the host's imports and finds the world's exports in it.
+    fn link(&self, component: &Component) -> Result<PluginPre<PluginState>, LoadError> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(LoadError::WrongWorld)?;
+        PluginPre::new(pre).map_err(LoadError::WrongWorld)
     }
 
     /// The component for `bytes`, from the cache when it holds one; says which it was.

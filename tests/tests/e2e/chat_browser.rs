@@ -478,15 +478,17 @@ async fn history_survives_a_reload_and_a_restart_in_chromium() {
 }
 
 /// Chromium and playwright-core, installed (or found) for a browser test.
-struct Browser {
-    chromium: PathBuf,
-    modules: PathBuf,
+pub(crate) struct Browser {
+    /// The browser binary (`CHROMIUM` for the scripts).
+    pub(crate) chromium: PathBuf,
+    /// Where playwright-core is installed (`NODE_PATH` for the scripts).
+    pub(crate) modules: PathBuf,
 }
 
 impl Browser {
     /// Installs what a browser test needs; `None` (the test `test` skipped loudly and
     /// counted) when that is impossible here.
-    async fn install(test: &str) -> Option<Self> {
+    pub(crate) async fn install(test: &str) -> Option<Self> {
         let tools = tokio::task::spawn_blocking(|| {
             let chromium = tools::chromium()?;
             let package = tools::workspace().join("tests/browser/package.json");

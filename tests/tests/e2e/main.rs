@@ -9,6 +9,7 @@
 
 mod chat_browser;
 mod cli;
+mod client_js;
 mod conformance;
 mod data_http;
 mod data_kv;
@@ -29,6 +30,7 @@ mod protocols;
 mod push;
 mod push_load;
 mod runtime;
+mod scaffold;
 mod shutdown;
 mod simulated_hosts;
 mod topology;
