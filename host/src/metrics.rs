@@ -308,9 +308,6 @@ pub async fn plugin_call<T, E>(
     let result = call.await;
     let seconds = started.elapsed().as_secs_f64();
     let outcome = result.as_ref().err().map_or(Outcome::Ok, outcome);
-    if !matches!(outcome, Outcome::Ok) {
-        plugin_faulted(plugin, event, outcome);
-    }
     let record = |m: &CallMetrics| {
         m.seconds.observe(seconds);
         m.outcomes[outcome as usize].inc();
@@ -486,7 +483,7 @@ pub struct PluginVersion {
 /// Recent faults kept per plugin: enough for an operator to see what went wrong lately.
 pub const RECENT_FAULTS: usize = 8;
 
-/// A plugin's faults since the process started: counts by kind and the latest few.
+/// A plugin's faults in one worker host since it started: counts by kind and the latest few.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PluginFaults {
     /// Traps.
@@ -500,13 +497,15 @@ pub struct PluginFaults {
     pub recent: VecDeque<(SystemTime, &'static str, &'static str)>,
 }
 
-static FAULTS: Mutex<BTreeMap<String, PluginFaults>> = Mutex::new(BTreeMap::new());
+static FAULTS: Mutex<BTreeMap<(String, String), PluginFaults>> = Mutex::new(BTreeMap::new());
 
-/// Records a call of `plugin`'s `event` that ended in `outcome` (not `Ok`); faults are rare,
-/// so a lock here costs the hot path nothing.
-fn plugin_faulted(plugin: &str, event: &'static str, outcome: Outcome) {
+/// Records that a call of `plugin`'s `event` in worker host `worker` ended in `outcome`;
+/// faults are rare, so a lock here costs the calls that succeed nothing.
+pub fn plugin_faulted(worker: &str, plugin: &str, event: &'static str, outcome: Outcome) {
     let mut all = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
-    let faults = all.entry(plugin.to_owned()).or_default();
+    let faults = all
+        .entry((worker.to_owned(), plugin.to_owned()))
+        .or_default();
     match outcome {
         Outcome::Trap => faults.trap += 1,
         Outcome::Timeout => faults.timeout += 1,
@@ -521,10 +520,11 @@ fn plugin_faulted(plugin: &str, event: &'static str, outcome: Outcome) {
         .push_back((SystemTime::now(), event, outcome.label()));
 }
 
-/// `plugin`'s faults in this process (the admin page's plugin table).
-pub fn plugin_faults(plugin: &str) -> PluginFaults {
+/// `plugin`'s faults in worker host `worker` (the admin page's plugin table).
+pub fn plugin_faults(worker: &str, plugin: &str) -> PluginFaults {
     let all = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
-    all.get(plugin).cloned().unwrap_or_default()
+    let key = (worker.to_owned(), plugin.to_owned());
+    all.get(&key).cloned().unwrap_or_default()
 }
 
 /// A plugin version a worker host refused to serve, kept until a version of that plugin is

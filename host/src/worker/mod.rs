@@ -215,7 +215,7 @@ fn report(id: u64, name: &str) -> WorkerReport {
         .into_iter()
         .filter(|p| p.worker == name)
         .map(|p| {
-            let faults = metrics::plugin_faults(&p.plugin);
+            let faults = metrics::plugin_faults(name, &p.plugin);
             PluginReport {
                 faults: FaultCounts {
                     trap: faults.trap,
