@@ -155,6 +155,18 @@ impl Refusals {
     }
 }
 
+/// Answers `document` as `application/json`: the OpenAPI descriptions the listeners serve.
+pub fn json_document(document: &'static str) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        document,
+    )
+        .into_response()
+}
+
 /// Puts `router` behind `token` when there is one: a request passes only if it carries it as
 /// `Authorization: Bearer <token>` or `X-API-Key: <token>` (compared in constant time);
 /// others are answered 401 with `{"error": {"code": "unauthorized", "message"}}`.

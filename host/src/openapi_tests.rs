@@ -227,3 +227,21 @@ pub(crate) fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) -> 
     }
     Ok(())
 }
+
+/// Asserts that `status` is among the responses `operation` describes and the answer fits it;
+/// `at` names the operation in the failure.
+pub(crate) fn assert_described(
+    doc: &Value,
+    at: &str,
+    operation: &Value,
+    status: StatusCode,
+    answer: &Value,
+) {
+    let response = operation["responses"]
+        .get(status.as_str())
+        .unwrap_or_else(|| panic!("{at}: answered {status}, which is not described"));
+    let schema = &resolve(doc, response)["content"]["application/json"]["schema"];
+    if let Err(e) = conforms(doc, schema, answer, at) {
+        panic!("{at}: the {status} answer does not fit its schema: {e}");
+    }
+}

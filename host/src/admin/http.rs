@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -174,14 +174,7 @@ async fn kick(
 }
 
 async fn openapi() -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        OPENAPI,
-    )
-        .into_response()
+    http_listener::json_document(OPENAPI)
 }
 
 /// A failed request, answered as `{"error": {"code", "message"}}` with its status.

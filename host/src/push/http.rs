@@ -232,14 +232,7 @@ fn json(status: StatusCode, body: &impl Serialize) -> Response {
 }
 
 async fn openapi() -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        OPENAPI,
-    )
-        .into_response()
+    http_listener::json_document(OPENAPI)
 }
 
 // ---- Errors -----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::http::{OPENAPI, OPERATIONS, router};
 use crate::client_id::ClientId;
-use crate::openapi_tests::{Double, Down, conforms, resolve, send};
+use crate::openapi_tests::{Double, Down, assert_described, conforms, resolve, send};
 use crate::ops::GatewayApi;
 
 const TOKEN: &str = "secret-token";
@@ -57,17 +57,6 @@ fn operations(doc: &Value) -> Vec<(String, &Value, &Value, Vec<&Value>)> {
             Some((name, post, &media["schema"], examples))
         })
         .collect()
-}
-
-/// Asserts that `status` is among the responses `post` describes and the answer fits it.
-fn assert_described(doc: &Value, name: &str, post: &Value, status: StatusCode, answer: &Value) {
-    let response = post["responses"]
-        .get(status.as_str())
-        .unwrap_or_else(|| panic!("{name}: answered {status}, which is not described"));
-    let schema = &resolve(doc, response)["content"]["application/json"]["schema"];
-    if let Err(e) = conforms(doc, schema, answer, name) {
-        panic!("{name}: the {status} answer does not fit its schema: {e}");
-    }
 }
 
 #[test]
