@@ -16,7 +16,7 @@ use wasmgate::config::{AdminConfig, Protocol};
 use wasmgate::ops::GatewayApi;
 use wasmgate::push::PushClient;
 use wasmgate_tests::client::TestClient;
-use wasmgate_tests::cluster::{Cluster, SECRET};
+use wasmgate_tests::cluster::{Cluster, Node, PluginsDir, SECRET, free_port};
 use wasmgate_tests::plugins;
 
 use crate::BIN;
@@ -317,6 +317,58 @@ async fn the_page_lists_finds_and_kicks_in_chromium() {
         assert_png(&shots.join(name));
     }
     setup.stop().await;
+}
+
+/// Two real processes: one runs a register, a gateway and a worker host; the other only a
+/// gateway and the admin page, which links to both gateways through the register (it has no
+/// worker host's links to use) and sees the worker host of the first process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_only_process_serves_the_whole_cluster() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (register, first, second, admin) = (free_port(), free_port(), free_port(), free_port());
+    let _all = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{register}\"\n\
+             [[gateway]]\nlisten = \"ws://127.0.0.1:{first}\"\napp = \"commands\"\n\
+             register = \"127.0.0.1:{register}\"\n[worker]\nplugins = {:?}\n\
+             register = \"127.0.0.1:{register}\"\n",
+            plugins.path()
+        ),
+    );
+    let gateway_only = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{second}\"\n\
+             app = \"commands\"\nregister = \"127.0.0.1:{register}\"\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n"
+        ),
+    );
+    gateway_only.wait_for_line(&["admin page at"]).await;
+    let ask = || async {
+        let url = format!("http://127.0.0.1:{admin}/api/cluster");
+        let response = reqwest::get(url).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "no token on loopback");
+        response.json::<Value>().await.unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let cluster = ask().await;
+        let gateways = cluster["gateways"].as_array().unwrap().len();
+        let workers = cluster["workers"].as_array().unwrap();
+        if gateways == 2 && workers.len() == 1 && workers[0]["plugins"][0]["plugin"] == "commands" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway-only process never showed both gateways and the worker host: {cluster}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A client of the gateway-only process is served by the other's worker host meanwhile.
+    let addr = SocketAddr::from(([127, 0, 0, 1], second));
+    let mut bystander = TestClient::ws(addr, "/").await.unwrap();
+    assert_eq!(bystander.ask("echo served").await, "served");
 }
 
 /// A real process refuses an admin page off loopback without a token, naming the key.
