@@ -68,8 +68,11 @@ struct ConfigFile {
     /// Serve a directory of static files over HTTP (a page that talks to the gateways); off
     /// unless the section is present. Runs with the gateway role.
     web: Option<WebConfig>,
-    /// What every HTTP listener of the process (`[push]`, `[web]`, `[metrics]`) allows one
-    /// connection.
+    /// Serve the admin page (the whole cluster as this process's links see it); off unless
+    /// the section is present.
+    admin: Option<AdminConfig>,
+    /// What every HTTP listener of the process (`[push]`, `[web]`, `[metrics]`, `[admin]`)
+    /// allows one connection.
     #[serde(default)]
     http: HttpConfig,
 }
@@ -102,6 +105,9 @@ pub struct Config {
     /// The static-file server, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub web: Option<WebConfig>,
+    /// The admin page, if served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
     /// The bounds of every HTTP listener.
     pub http: HttpConfig,
 }
@@ -252,16 +258,44 @@ pub struct PushConfig {
 impl PushConfig {
     /// Rejects an empty token and an open API on a non-loopback address.
     fn check(&self) -> Result<(), String> {
-        match &self.token {
-            Some(token) if token.is_empty() => {
-                Err("`token` must not be empty (leave it out for a loopback-only API)".into())
-            }
-            None if !self.listen.ip().is_loopback() => Err(format!(
-                "`listen = \"{}\"` is not a loopback address, so a `token` is required",
-                self.listen
-            )),
-            _ => Ok(()),
+        check_token(self.listen, self.token.as_deref())
+    }
+}
+
+/// The rule of every listener that takes a `token` (`[push]`, `[admin]`): the token, if
+/// given, is not empty, and a listener without one is on loopback only.
+fn check_token(listen: SocketAddr, token: Option<&str>) -> Result<(), String> {
+    match token {
+        Some("") => {
+            Err("`token` must not be empty (leave it out for a loopback-only listener)".into())
         }
+        None if !listen.ip().is_loopback() => Err(format!(
+            "`listen = \"{listen}\"` is not a loopback address, so a `token` is required"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `[admin]`: the admin page (`http://LISTEN/`) and its JSON API (`/api/…`): every gateway
+/// and worker host this process reaches through its links (its worker host's, or links of
+/// its own through the register), with a kick button.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The address to serve on. Without a `token` it must be a loopback address.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// The token the API's requests must carry (`Authorization: Bearer <token>`; the page
+    /// asks for it once and keeps it in the tab). Without one, anyone who can reach `listen`
+    /// may see every client and kick them, so only loopback addresses are accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl AdminConfig {
+    /// Rejects an empty token and an open page on a non-loopback address.
+    fn check(&self) -> Result<(), String> {
+        check_token(self.listen, self.token.as_deref())
     }
 }
 
@@ -1101,6 +1135,14 @@ impl ConfigFile {
             }
             push.check().map_err(invalid("push".into()))?;
         }
+        if let Some(admin) = &self.admin {
+            if self.worker.is_none() && self.gateway.is_empty() {
+                return Err(invalid("admin".into())(
+                    "the admin page sees the cluster through a worker host's or gateway's register: add [worker] or [[gateway]]".into(),
+                ));
+            }
+            admin.check().map_err(invalid("admin".into()))?;
+        }
         Ok(())
     }
 
@@ -1168,6 +1210,7 @@ impl ConfigFile {
             metrics: self.metrics,
             push: self.push,
             web,
+            admin: self.admin,
             http: self.http,
         }
     }
@@ -1301,6 +1344,10 @@ fn default_log_level() -> String {
 
 fn default_push_listen() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 7271))
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 7280))
 }
 
 fn default_metrics_listen() -> SocketAddr {
@@ -1643,23 +1690,39 @@ mod tests {
         assert_eq!(c.gateway[0].idle_timeout, Duration::from_secs(1));
     }
 
+    /// `[push]` and `[admin]` share one rule: a token, or loopback only.
     #[test]
-    fn push_needs_a_token_off_loopback() {
-        let c = parse("[worker]\n[push]\n").unwrap();
-        let push = c.push.unwrap();
-        assert_eq!(push.listen, "127.0.0.1:7271".parse().unwrap());
-        assert_eq!(push.token, None);
-        let c = parse("[worker]\n[push]\nlisten = \"0.0.0.0:80\"\ntoken = \"t\"\n").unwrap();
-        assert_eq!(c.push.unwrap().token.as_deref(), Some("t"));
-        for (text, key) in [
-            ("[worker]\n[push]\nlisten = \"0.0.0.0:80\"\n", "token"),
-            ("[worker]\n[push]\ntoken = \"\"\n", "token"),
-            ("[push]\n", "[worker]"),
-            ("[worker]\n[push]\nkey = \"t\"\n", "key"),
-        ] {
-            let err = parse(text).unwrap_err();
-            assert!(err.contains(key), "{text:?}: {err}");
+    fn push_and_admin_need_a_token_off_loopback() {
+        let listeners = |c: Config| {
+            [
+                c.push.map(|p| (p.listen, p.token)),
+                c.admin.map(|a| (a.listen, a.token)),
+            ]
+        };
+        for (section, index, port) in [("push", 0, 7271), ("admin", 1, 7280)] {
+            let c = parse(&format!("[worker]\n[{section}]\n")).unwrap();
+            let default = listeners(c)[index].clone().unwrap();
+            assert_eq!(default, (SocketAddr::from(([127, 0, 0, 1], port)), None));
+            let text = format!("[worker]\n[{section}]\nlisten = \"0.0.0.0:80\"\ntoken = \"t\"\n");
+            let given = listeners(parse(&text).unwrap())[index].clone().unwrap();
+            assert_eq!(given.1.as_deref(), Some("t"));
+            for (keys, needle) in [
+                ("listen = \"0.0.0.0:80\"", "token"),
+                ("listen = \"[::]:80\"", "token"),
+                ("token = \"\"", "token"),
+                ("key = \"t\"", "key"),
+            ] {
+                let text = format!("[worker]\n[{section}]\n{keys}\n");
+                let err = parse(&text).unwrap_err();
+                assert!(err.contains(needle), "{text:?}: {err}");
+            }
         }
+        let err = parse("[push]\n").unwrap_err();
+        assert!(err.contains("[worker]"), "{err}");
+        let err = parse("[register]\n[admin]\n").unwrap_err();
+        assert!(err.contains("[worker] or [[gateway]]"), "{err}");
+        let gateway = "[[gateway]]\nlisten = \"ws://127.0.0.1:0\"\napp = \"a\"\n[admin]\n";
+        assert!(parse(gateway).unwrap().admin.is_some());
     }
 
     #[test]

@@ -8,17 +8,23 @@
 //! connections of one listener (one over the cap is closed on accept, like a gateway's), and
 //! a stop tells every connection to finish its request and closes those still open after
 //! `stop_timeout`.
+//!
+//! [`require_token`] is the one bearer-token check of the listeners that take a token (the
+//! push API and the admin page's API).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -147,6 +153,61 @@ impl Refusals {
             }
         }
     }
+}
+
+/// Answers `document` as `application/json`: the OpenAPI descriptions the listeners serve.
+pub fn json_document(document: &'static str) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        document,
+    )
+        .into_response()
+}
+
+/// Puts `router` behind `token` when there is one: a request passes only if it carries it as
+/// `Authorization: Bearer <token>` or `X-API-Key: <token>` (compared in constant time);
+/// others are answered 401 with `{"error": {"code": "unauthorized", "message"}}`.
+pub fn require_token(router: Router, token: Option<&str>) -> Router {
+    match token {
+        Some(token) => {
+            let token: Arc<[u8]> = token.as_bytes().into();
+            router.layer(axum::middleware::from_fn_with_state(token, authorize))
+        }
+        None => router,
+    }
+}
+
+async fn authorize(State(token): State<Arc<[u8]>>, request: Request, next: Next) -> Response {
+    let refused = match presented_token(request.headers()) {
+        Some(given) if bool::from(given.ct_eq(&token)) => return next.run(request).await,
+        Some(_) => "wrong token",
+        None => "send the token as `Authorization: Bearer <token>` or `X-API-Key: <token>`",
+    };
+    let body = serde_json::json!({"error": {"code": "unauthorized", "message": refused}});
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn presented_token(headers: &HeaderMap) -> Option<&[u8]> {
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| {
+        let (scheme, token) = v.as_bytes().split_at_checked(7)?;
+        scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
+    });
+    bearer.or_else(|| headers.get("x-api-key").map(HeaderValue::as_bytes))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["wire", "http_listener"],
     &["local", "register"],
     &["links"],
-    &["gateway", "worker", "push", "web"],
+    &["gateway", "worker", "push", "web", "admin"],
     &["process"],
     &["cli"],
 ];

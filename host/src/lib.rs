@@ -23,7 +23,9 @@
 //! - [`push`]: pushing from other applications: the HTTP push API and the Rust [`push::PushClient`].
 //! - [`http_listener`]: the bounds every HTTP listener keeps (`[http]`).
 //! - [`web`]: a static-file HTTP server for pages that talk to the gateways (the chat demo's).
+//! - [`admin`]: the admin page: the whole cluster as this process's links see it.
 
+pub mod admin;
 pub mod cli;
 pub mod client_id;
 pub mod config;
@@ -43,3 +45,5 @@ pub mod worker;
 
 #[cfg(test)]
 mod layering_tests;
+#[cfg(test)]
+mod openapi_tests;

@@ -17,7 +17,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -28,7 +28,10 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::client_id::{ClientId, ClientMap};
 use crate::local::{LinkReader, LocalGateways};
-use crate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Reply, Unreachable};
+use crate::ops::{
+    Command, CommandFuture, Gateways, PluginReport, Query, QueryFuture, Reply, Unreachable,
+    WorkerReport,
+};
 use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter, WireError, check_frame};
 use crate::wire::handshake::{self, Peer};
@@ -113,6 +116,33 @@ impl Drop for Done {
     }
 }
 
+/// How often a worker host looks whether its plugin report changed: soon enough that an
+/// operator sees a fault within a page refresh, rare enough to cost nothing (the report is
+/// built from a few small tables and sent only when it changed).
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Makes a worker host's plugin report ([`GatewayLinks::report_with`]).
+pub type Reporter = Arc<dyn Fn() -> WorkerReport + Send + Sync>;
+
+/// Sends `reporter`'s report on a link when it starts and whenever its plugins changed; its
+/// own task, so that a full link queue delays reports, never the reader.
+async fn send_reports(reporter: Reporter, queue: LinkSender<ToGateway>) {
+    let mut sent: Option<Vec<PluginReport>> = None;
+    let mut tick = tokio::time::interval(REPORT_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let report = reporter();
+        if sent.as_ref() == Some(&report.plugins) {
+            continue;
+        }
+        sent = Some(report.plugins.clone());
+        if queue.send(ToGateway::Report(report)).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// The acknowledgements of one link not yet sent, by client (bounded by its clients).
 #[derive(Default)]
 struct Acks {
@@ -191,6 +221,8 @@ pub struct GatewayLinks {
     tasks: TaskTracker,
     /// [`Self::leave`] was called: a link made from now on says so at once.
     leaving: AtomicBool,
+    /// A worker host's plugin report, sent on every link; none for a push client.
+    reporter: OnceLock<Reporter>,
 }
 
 impl GatewayLinks {
@@ -216,7 +248,17 @@ impl GatewayLinks {
             linked: watch::channel(BTreeSet::new()).0,
             tasks: TaskTracker::new(),
             leaving: AtomicBool::new(false),
+            reporter: OnceLock::new(),
         })
+    }
+
+    /// Has every link report what `reporter` makes to its gateway (a worker host's plugin
+    /// table, which the gateways answer to the admin page); set once, before
+    /// [`start`](Self::start).
+    pub fn report_with(&self, reporter: Reporter) {
+        if self.reporter.set(reporter).is_err() {
+            tracing::error!("a second plugin reporter was ignored");
+        }
     }
 
     /// Tells every gateway of another process that this worker host is leaving, and waits, at
@@ -402,6 +444,9 @@ impl GatewayLinks {
         crate::metrics::gateway_link(self.role.name(), 1);
         let acks = Arc::new(Acks::default());
         let _acking = AbortOnDropHandle::new(tokio::spawn(send_acks(acks.clone(), queue.clone())));
+        let _reporting = self.reporter.get().map(|reporter| {
+            AbortOnDropHandle::new(tokio::spawn(send_reports(reporter.clone(), queue.clone())))
+        });
         let read = read_loop(
             &mut reader,
             &link,

@@ -13,7 +13,7 @@
 //! counters ending in `_total` (the library appends it). Labels are bounded: `gateway`,
 //! `plugin`, `event`, `outcome`, `role`, `worker`, `version`, `listener`, `reason` — never a client id, uid or group.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -480,6 +480,53 @@ pub struct PluginVersion {
     pub loaded_at: SystemTime,
 }
 
+/// Recent faults kept per plugin: enough for an operator to see what went wrong lately.
+pub const RECENT_FAULTS: usize = 8;
+
+/// A plugin's faults in one worker host since it started: counts by kind and the latest few.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginFaults {
+    /// Traps.
+    pub trap: u64,
+    /// Calls past `process_timeout`.
+    pub timeout: u64,
+    /// Instances past `memory_limit`.
+    pub memory_limit: u64,
+    /// The latest [`RECENT_FAULTS`], oldest first: when, which callback, which kind
+    /// (`trap`, `timeout`, `memory_limit`, `start_failed`).
+    pub recent: VecDeque<(SystemTime, &'static str, &'static str)>,
+}
+
+static FAULTS: Mutex<BTreeMap<(String, String), PluginFaults>> = Mutex::new(BTreeMap::new());
+
+/// Records that a call of `plugin`'s `event` in worker host `worker` ended in `outcome`;
+/// faults are rare, so a lock here costs the calls that succeed nothing.
+pub fn plugin_faulted(worker: &str, plugin: &str, event: &'static str, outcome: Outcome) {
+    let mut all = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+    let faults = all
+        .entry((worker.to_owned(), plugin.to_owned()))
+        .or_default();
+    match outcome {
+        Outcome::Trap => faults.trap += 1,
+        Outcome::Timeout => faults.timeout += 1,
+        Outcome::MemoryLimit => faults.memory_limit += 1,
+        Outcome::Ok | Outcome::StartFailed => {}
+    }
+    if faults.recent.len() == RECENT_FAULTS {
+        faults.recent.pop_front();
+    }
+    faults
+        .recent
+        .push_back((SystemTime::now(), event, outcome.label()));
+}
+
+/// `plugin`'s faults in worker host `worker` (the admin page's plugin table).
+pub fn plugin_faults(worker: &str, plugin: &str) -> PluginFaults {
+    let all = FAULTS.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (worker.to_owned(), plugin.to_owned());
+    all.get(&key).cloned().unwrap_or_default()
+}
+
 /// A plugin version a worker host refused to serve, kept until a version of that plugin is
 /// installed or its file removed, so that `status` shows why the file on disk is not what
 /// serves.
@@ -613,7 +660,7 @@ pub fn register(r: &mut Registry) {
     );
     r.register(
         "http_cut_off",
-        "HTTP connections or requests cut off, by listener (push, web, metrics) and reason (over_limit, header_timeout, request_timeout, stop_timeout)",
+        "HTTP connections or requests cut off, by listener (push, web, metrics, admin) and reason (over_limit, header_timeout, request_timeout, stop_timeout)",
         HTTP_CUT_OFF.clone(),
     );
     r.register(

@@ -175,7 +175,9 @@ impl Cluster {
             parse(&section).push.unwrap()
         });
         for i in 0..workers {
-            let name = format!("worker{i}");
+            // Named apart from other test clusters of this process: the plugin and fault tables
+            // that `status` and the admin page read are the process's, keyed by worker name.
+            let name = format!("worker{i}-{}", register.port());
             let config = worker_config(
                 &name,
                 register,

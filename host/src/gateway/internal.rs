@@ -203,6 +203,11 @@ async fn serve_link(
     )
     .await;
     if let Some(link) = routed {
+        gateway
+            .reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&link.id);
         gateway.router.remove(&link);
         // On a stop, the link closes after its close events were flushed to the worker host,
         // which runs them; otherwise they may be lost with it.
@@ -244,7 +249,7 @@ async fn read_loop(
             None => return Ok(()),
             Some(ToGateway::Command(command)) => gateway.state.execute(command),
             Some(ToGateway::Query { id, query }) => {
-                let reply = gateway.state.answer(&query);
+                let reply = gateway.answer(&query);
                 tokio::time::timeout(stall, queue.send(ToWorker::Reply { id, reply }))
                     .await
                     .map_err(|_| LinkError::Backlogged(LINK_QUEUE))??;
@@ -269,6 +274,12 @@ async fn read_loop(
                 }
             }
             Some(ToGateway::Pong) => {}
+            Some(ToGateway::Report(report)) => {
+                if let Some(link) = routed {
+                    let mut reports = gateway.reports.lock().unwrap_or_else(|e| e.into_inner());
+                    reports.insert(link.id, report);
+                }
+            }
         }
     }
 }

@@ -97,6 +97,7 @@ impl BoundGateway {
             listeners,
             secret,
             counters,
+            reports: Default::default(),
         });
         Ok(Self {
             config,

@@ -1,11 +1,14 @@
 //! What every task of one gateway shares: its state, its worker-host links, its listeners,
-//! the secret and its limit counters; and the snapshot operators read of it.
+//! the secret, its limit counters and the worker hosts' latest plugin reports; and the
+//! snapshot operators read of it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use super::counters::Counters;
 use super::router::Router;
 use super::state::{GatewayState, StateSummary};
+use crate::ops::{ListenerView, Query, Reply, WorkerReport};
 use crate::wire::messages::ListenerInfo;
 
 /// A running gateway's shared parts.
@@ -20,9 +23,35 @@ pub struct Gateway {
     pub secret: Arc<[u8]>,
     /// How often its limits cut clients off.
     pub counters: Arc<Counters>,
+    /// The latest plugin report of each linked worker host, by link: kept only while the
+    /// link lasts, so a gone worker host leaves the admin page with its link.
+    pub reports: Mutex<HashMap<u64, WorkerReport>>,
 }
 
 impl Gateway {
+    /// Answers `query`: the state answers what it holds; [`Query::Cluster`] gets this
+    /// gateway's listeners, links and worker hosts' reports added.
+    pub fn answer(&self, query: &Query) -> Reply {
+        let mut reply = self.state.answer(query);
+        if let Reply::Cluster(view) = &mut reply {
+            for gateway in &mut view.gateways {
+                gateway.listeners = self
+                    .listeners
+                    .iter()
+                    .map(|l| ListenerView {
+                        name: l.name.clone(),
+                        app: l.app.clone(),
+                        port: l.port,
+                    })
+                    .collect();
+                gateway.worker_links = u32::try_from(self.router.len()).unwrap_or(u32::MAX);
+            }
+            let reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+            view.workers = reports.values().cloned().collect();
+        }
+        reply
+    }
+
     /// What the gateway holds now, for `status` and `/metrics`.
     pub fn snapshot(&self) -> GatewaySnapshot {
         GatewaySnapshot {

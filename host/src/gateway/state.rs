@@ -23,8 +23,8 @@ use super::counters::Counters;
 use super::outbox::{Close, Outbound, Outbox};
 use crate::client_id::ClientId;
 use crate::ops::{
-    Command, GroupMembers, Query, Reply, Session, check_name, check_session_bytes, session_bytes,
-    session_bytes_after,
+    ClusterView, Command, GatewayView, GroupMembers, Query, Reply, Session, check_name,
+    check_session_bytes, session_bytes, session_bytes_after,
 };
 use crate::wire::messages::ClientContext;
 
@@ -350,6 +350,22 @@ impl GatewayState {
                     })
                     .collect(),
             ),
+            // What the state holds of the cluster view; the gateway adds the rest
+            // (`Gateway::answer`).
+            Query::Cluster => {
+                let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                Reply::Cluster(ClusterView {
+                    gateways: vec![GatewayView {
+                        address: self.address,
+                        listeners: Vec::new(),
+                        clients: count(c.by_index.len()),
+                        groups: count(c.groups.len()),
+                        uids: count(c.uids.len()),
+                        worker_links: 0,
+                    }],
+                    workers: Vec::new(),
+                })
+            }
         }
     }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::args::{Argument, Excluded, Keyed, Name};
+use super::cluster::ClusterView;
 use super::command::{Command, Session};
 use super::error::OpError;
 use super::port::{Gateways, Unreachable};
@@ -364,6 +365,13 @@ impl GatewayApi {
         let api = self;
         let groups = ask!(api, Query::AllGroups, Reply::Groups);
         Ok(groups.into_iter().map(pick).collect())
+    }
+
+    /// Every gateway's figures and every worker host's plugin report (the admin page). Not
+    /// in the table: plugins and the push API have no use for it.
+    pub async fn cluster(&self) -> Result<ClusterView, OpError> {
+        let api = self;
+        Ok(ask!(api, Query::Cluster, Reply::Cluster))
     }
 }
 

@@ -12,6 +12,7 @@
 
 mod api;
 mod args;
+mod cluster;
 mod command;
 mod error;
 mod port;
@@ -22,6 +23,9 @@ pub use api::{GatewayApi, OPERATIONS};
 pub use args::{
     Argument, Excluded, Keyed, MAX_NAME_BYTES, MAX_SESSION_BYTES, Name, check_name,
     check_session_bytes, session_bytes, session_bytes_after,
+};
+pub use cluster::{
+    ClusterView, FaultCounts, FaultReport, GatewayView, ListenerView, PluginReport, WorkerReport,
 };
 pub use command::{Command, Session};
 pub use error::OpError;

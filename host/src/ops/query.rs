@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use super::cluster::ClusterView;
 use super::command::Session;
 use crate::client_id::ClientId;
 
@@ -32,6 +33,9 @@ pub enum Query {
     UidsOfGroup(String),
     /// Every group with its clients and their uids.
     AllGroups,
+    /// Each gateway's figures and the worker hosts' plugin reports it keeps (the admin page;
+    /// not an operation plugins or the push API offer).
+    Cluster,
 }
 
 impl Query {
@@ -78,6 +82,8 @@ pub enum Reply {
     Sessions(Vec<(ClientId, Session)>),
     /// For `AllGroups`.
     Groups(Vec<GroupMembers>),
+    /// For `Cluster`.
+    Cluster(ClusterView),
 }
 
 /// Two replies of different kinds were merged: a peer answered the wrong question.
@@ -125,6 +131,7 @@ impl Reply {
                 }
                 Reply::Groups(merged.into_values().collect())
             }
+            (Reply::Cluster(a), Reply::Cluster(b)) => Reply::Cluster(a.merge(b)),
             _ => return Err(MismatchedReply),
         })
     }

@@ -9,7 +9,9 @@
 //! Besides the roles, a process serves its operators and other applications: the control
 //! socket ([`control`]), bound before anything else because it is also the lock against a
 //! second server of the same configuration; `/metrics` ([`scrape`]); the HTTP push API over
-//! the worker host's links ([`crate::push`]). The operators' views read the roles through
+//! the worker host's links ([`crate::push`]); the admin page ([`crate::admin`]) over the
+//! worker host's links, or, in a process without one, over links of its own found through
+//! the gateways' register. The operators' views read the roles through
 //! [`Running`]. Roles never import this layer: they are handed what they need.
 //!
 //! - [`running`]: the handle on what runs; [`scrape`]: `/metrics`; [`control`]: the control
@@ -31,10 +33,12 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::BoundAdmin;
 use crate::config::{Config, ConfigError, GrantTable};
 use crate::gateway::BoundGateway;
 use crate::local::LocalGateways;
-use crate::push::BoundPush;
+use crate::ops::GatewayApi;
+use crate::push::{BoundPush, PushClient};
 use crate::register;
 use crate::web::BoundWeb;
 use crate::worker::WorkerHost;
@@ -225,6 +229,17 @@ pub async fn run(
         Some(push) => Some(BoundPush::bind(push).await?),
         None => None,
     };
+    let admin = match &config.admin {
+        Some(admin) => Some(BoundAdmin::bind(admin).await?),
+        None => None,
+    };
+    // Without a worker host, the admin page links to the gateways as a push client does,
+    // through the register the gateways of this file use.
+    let admin_registers = config
+        .gateway
+        .first()
+        .map(|g| g.register.clone())
+        .unwrap_or_default();
     let mut endpoints = Vec::new();
     if let Some(listener) = &metrics_listener {
         endpoints.push((
@@ -237,6 +252,9 @@ pub async fn run(
     }
     if let Some(web) = &web {
         endpoints.push(("web", format!("http://{}/", web.local_addr()?)));
+    }
+    if let Some(admin) = &admin {
+        endpoints.push(("admin", format!("http://{}/", admin.local_addr()?)));
     }
     let grants = config
         .worker
@@ -288,6 +306,7 @@ pub async fn run(
         gateways.spawn(bound.run(local.clone(), shutdown.clone()));
     }
     let mut ready = None;
+    let mut admin = admin;
     if let (Some(worker), Some((grants, granted))) = (config.worker, grants) {
         let start_timeout = worker.start_timeout;
         let worker = WorkerHost::new(worker, secret.clone(), local.clone())?;
@@ -295,12 +314,24 @@ pub async fn run(
         if let Some(push) = push {
             roles.spawn(push.serve(worker.gateways(), config.http.clone(), shutdown.clone()));
         }
+        if let Some(admin) = admin.take() {
+            let api = GatewayApi::new(worker.gateways());
+            roles.spawn(admin.serve(api, config.http.clone(), shutdown.clone()));
+        }
         let reloads = serve_reloads(started, triggers.clone(), grants, shutdown.clone());
         roles.spawn(async move {
             reloads.await;
             Ok(())
         });
         roles.spawn(worker.run(granted, workers_stop.clone()));
+    }
+    if let Some(admin) = admin {
+        let client = PushClient::link(admin_registers, &*secret);
+        let (limits, shutdown) = (config.http.clone(), shutdown.clone());
+        roles.spawn(async move {
+            let api = GatewayApi::clone(&client);
+            admin.serve(api, limits, shutdown).await
+        });
     }
     roles.spawn(stop_in_order(gateways, shutdown.clone(), workers_stop));
     if let Some(web) = web {

@@ -21,7 +21,7 @@ pub struct Running {
     pub gateways: Vec<RunningGateway>,
     /// The worker host, if this process runs one.
     pub worker: Option<RunningWorker>,
-    /// Its HTTP endpoints (`/metrics`, the push API, the web pages): name and URL.
+    /// Its HTTP endpoints (`/metrics`, the push API, the web pages, the admin page): name and URL.
     pub endpoints: Vec<(&'static str, String)>,
 }
 

@@ -93,7 +93,34 @@ impl PushClient {
         if registers.is_empty() {
             return Err(ConnectError::NoRegister);
         }
-        let secret: Arc<[u8]> = secret.as_ref().into();
+        let (client, listed, linked) = Self::start(registers, secret.as_ref().into());
+        let all = wait_until(listed, linked.clone(), |listed, linked| {
+            !listed.is_empty() && listed.is_subset(linked)
+        });
+        if tokio::time::timeout(timeout, all).await.is_ok() || !linked.borrow().is_empty() {
+            Ok(client)
+        } else {
+            Err(ConnectError::NoGateway(timeout))
+        }
+    }
+
+    /// Links as [`connect`](Self::connect) does, without waiting: each gateway is linked as
+    /// the registers list it (what a process without a worker host serves the admin page
+    /// over). Must be called within a tokio runtime.
+    pub fn link(registers: Vec<SocketAddr>, secret: impl AsRef<[u8]>) -> Self {
+        Self::start(registers, secret.as_ref().into()).0
+    }
+
+    /// Starts the registration and the links; returns the client with the gateways listed
+    /// and those linked.
+    fn start(
+        registers: Vec<SocketAddr>,
+        secret: Arc<[u8]>,
+    ) -> (
+        Self,
+        watch::Receiver<BTreeSet<SocketAddrV4>>,
+        watch::Receiver<BTreeSet<SocketAddrV4>>,
+    ) {
         let stop = CancellationToken::new();
         let listed =
             register::spawn_registration(registers, secret.clone(), Announce::Client, stop.clone());
@@ -111,14 +138,7 @@ impl PushClient {
             api: GatewayApi::new(links),
             links: Some(Arc::new(stop.drop_guard())),
         };
-        let all = wait_until(listed, linked.clone(), |listed, linked| {
-            !listed.is_empty() && listed.is_subset(linked)
-        });
-        if tokio::time::timeout(timeout, all).await.is_ok() || !linked.borrow().is_empty() {
-            Ok(client)
-        } else {
-            Err(ConnectError::NoGateway(timeout))
-        }
+        (client, listed, linked)
     }
 
     /// Pushes through `gateways`, e.g. a worker host's own links (what the HTTP API does).

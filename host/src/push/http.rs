@@ -12,22 +12,19 @@
 //! answers are described in `openapi.json`, served at `GET /api/openapi.json`; a test checks
 //! the description against this router.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
-use subtle::ConstantTimeEq;
 
 use crate::client_id::ClientId;
+use crate::http_listener;
 use crate::ops::{Excluded, GatewayApi, Name, OpError, Session, Unreachable, gateway_operations};
 
 /// The OpenAPI 3.1 description of this API.
@@ -36,11 +33,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// The router: every operation under `/api/`, behind the token check when `token` is set, and
 /// the OpenAPI description (public: it holds no secret).
 pub fn router(gateways: GatewayApi, token: Option<&str>) -> Router {
-    let mut api = operations().with_state(gateways);
-    if let Some(token) = token {
-        let token: Arc<[u8]> = token.as_bytes().into();
-        api = api.layer(middleware::from_fn_with_state(token, authorize));
-    }
+    let api = http_listener::require_token(operations().with_state(gateways), token);
     Router::new()
         .merge(api)
         .route("/api/openapi.json", get(openapi))
@@ -239,14 +232,7 @@ fn json(status: StatusCode, body: &impl Serialize) -> Response {
 }
 
 async fn openapi() -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        OPENAPI,
-    )
-        .into_response()
+    http_listener::json_document(OPENAPI)
 }
 
 // ---- Errors -----------------------------------------------------------------------------------
@@ -310,13 +296,7 @@ impl IntoResponse for ApiError {
                 message: &self.message,
             },
         };
-        let mut response = json(self.status, &body);
-        if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
+        json(self.status, &body)
     }
 }
 
@@ -337,35 +317,4 @@ async fn method_not_allowed(request: Request) -> ApiError {
         "method_not_allowed",
         format!("{} takes POST", request.uri().path()),
     )
-}
-
-// ---- Authentication ---------------------------------------------------------------------------
-
-/// Lets a request through if it carries the token as `Authorization: Bearer <token>` or
-/// `X-API-Key: <token>`, compared in constant time.
-async fn authorize(State(token): State<Arc<[u8]>>, request: Request, next: Next) -> Response {
-    match presented_token(request.headers()) {
-        Some(given) if bool::from(given.ct_eq(&token)) => next.run(request).await,
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "wrong token".into(),
-        )
-        .into_response(),
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send the token as `Authorization: Bearer <token>` or `X-API-Key: <token>`".into(),
-        )
-        .into_response(),
-    }
-}
-
-fn presented_token(headers: &HeaderMap) -> Option<&[u8]> {
-    // The scheme is case-insensitive (RFC 9110 §11.1).
-    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| {
-        let (scheme, token) = v.as_bytes().split_at_checked(7)?;
-        scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
-    });
-    bearer.or_else(|| headers.get("x-api-key").map(HeaderValue::as_bytes))
 }

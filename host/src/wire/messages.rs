@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::client_id::ClientId;
-use crate::ops::{Command, Query, Reply, Session};
+use crate::ops::{Command, Query, Reply, Session, WorkerReport};
 
 /// Gateway or worker host → register.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,4 +145,7 @@ pub enum ToGateway {
     /// The worker host is stopping: route no new client to it, move each of its clients to
     /// another once that client's events here are done, and answer [`ToWorker::Left`].
     Leaving,
+    /// The worker host's plugin table, sent when the link starts and whenever it changes; the
+    /// gateway keeps the latest while the link lasts and answers it to [`Query::Cluster`].
+    Report(WorkerReport),
 }

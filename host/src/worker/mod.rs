@@ -36,7 +36,8 @@ pub use bindings::{
 use crate::config::{GrantTable, WorkerConfig};
 use crate::links::GatewayLinks;
 use crate::local::LocalGateways;
-use crate::ops::Gateways;
+use crate::metrics;
+use crate::ops::{FaultCounts, FaultReport, Gateways, PluginReport, WorkerReport};
 use crate::register;
 use crate::wire::handshake::Peer;
 use dispatch::Dispatcher;
@@ -111,6 +112,9 @@ impl WorkerHost {
             config.link_ping_interval,
             usize::try_from(config.link_queue_bytes.as_u64()).unwrap_or(usize::MAX),
         );
+        let worker_id = rand::random::<u64>();
+        let name = config.name.clone();
+        links.report_with(Arc::new(move || report(worker_id, &name)));
         let dispatcher = Dispatcher::new(links.clone());
         Ok(Self {
             config,
@@ -200,5 +204,44 @@ impl WorkerHost {
             tracing::warn!("plugin instances still busy after {DRAIN_GRACE:?}; abandoned");
         }
         Ok(())
+    }
+}
+
+/// The plugin table of worker host `name` (`id`) as the admin page shows it: each version
+/// serving, with its faults in this process.
+fn report(id: u64, name: &str) -> WorkerReport {
+    let seconds = |t: std::time::SystemTime| metrics::unix_seconds(t) as u64;
+    let plugins = metrics::plugins()
+        .into_iter()
+        .filter(|p| p.worker == name)
+        .map(|p| {
+            let faults = metrics::plugin_faults(name, &p.plugin);
+            PluginReport {
+                faults: FaultCounts {
+                    trap: faults.trap,
+                    timeout: faults.timeout,
+                    memory_limit: faults.memory_limit,
+                },
+                recent_faults: faults
+                    .recent
+                    .iter()
+                    .map(|(at, callback, kind)| FaultReport {
+                        at: seconds(*at),
+                        callback: (*callback).to_owned(),
+                        kind: (*kind).to_owned(),
+                    })
+                    .collect(),
+                instances: u32::try_from(p.instances).unwrap_or(u32::MAX),
+                loaded_at: seconds(p.loaded_at),
+                version: p.version,
+                plugin: p.plugin,
+            }
+        })
+        .collect();
+    WorkerReport {
+        id,
+        name: name.to_owned(),
+        made_at: (metrics::unix_seconds(std::time::SystemTime::now()) * 1000.0) as u64,
+        plugins,
     }
 }

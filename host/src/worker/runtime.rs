@@ -823,6 +823,8 @@ impl PluginInstance {
                     version = self.code.version(),
                     "{e}"
                 );
+                let (plugin, callback) = (self.code.name(), call.callback());
+                metrics::plugin_faulted(&self.worker, plugin, callback, CallError::outcome(&e));
                 self.live = None;
                 Err(e)
             }

@@ -503,10 +503,18 @@ impl Browser {
     /// Runs `scenario` of `tests/browser/chat.cjs` on `page`, screenshots into `shots`;
     /// fails the test with the script's output unless every step saw what it expected.
     async fn run(&self, scenario: &str, page: &str, shots: &Path) {
-        let script = tools::workspace().join("tests/browser/chat.cjs");
+        self.run_script("chat.cjs", &[page, shots.to_str().unwrap(), scenario])
+            .await;
+    }
+
+    /// Runs `tests/browser/<script>` with `args`; fails the test with the script's output
+    /// unless it exits 0 within [`BROWSER_TIMEOUT`].
+    pub(crate) async fn run_script(&self, script: &str, args: &[&str]) {
+        let scenario = format!("{script} {}", args.last().copied().unwrap_or_default());
+        let script = tools::workspace().join("tests/browser").join(script);
         let browser = tokio::process::Command::new("node")
             .arg(&script)
-            .args([page, shots.to_str().unwrap(), scenario])
+            .args(args)
             .env("NODE_PATH", &self.modules)
             .env("CHROMIUM", &self.chromium)
             .stdin(Stdio::null())
@@ -534,7 +542,12 @@ fn web_root() -> PathBuf {
 /// `target/chat-browser/`, without the screenshots `names` from an earlier run (only those:
 /// the browser tests run side by side).
 fn screenshots(names: &[&str]) -> PathBuf {
-    let shots = tools::workspace().join("target/chat-browser");
+    screenshots_in("chat-browser", names)
+}
+
+/// `target/<dir>/`, without the screenshots `names` from an earlier run.
+pub(crate) fn screenshots_in(dir: &str, names: &[&str]) -> PathBuf {
+    let shots = tools::workspace().join("target").join(dir);
     std::fs::create_dir_all(&shots).unwrap();
     for name in names {
         match std::fs::remove_file(shots.join(name)) {
@@ -546,7 +559,7 @@ fn screenshots(names: &[&str]) -> PathBuf {
 }
 
 /// A screenshot was written and is a PNG of a plausible size for a rendered page.
-fn assert_png(path: &Path) {
+pub(crate) fn assert_png(path: &Path) {
     let bytes =
         std::fs::read(path).unwrap_or_else(|e| panic!("no screenshot {}: {e}", path.display()));
     assert!(

@@ -59,7 +59,7 @@ pub struct Status {
     pub gateways: Vec<GatewayStatus>,
     /// The worker host this process runs, if any.
     pub worker: Option<WorkerStatus>,
-    /// Its HTTP endpoints: (name, URL) for `metrics`, `push` and `web`.
+    /// Its HTTP endpoints: (name, URL) for `metrics`, `push`, `web` and `admin`.
     #[serde(default)]
     pub endpoints: Vec<(String, String)>,
     /// The plugin versions serving.
