@@ -38,6 +38,10 @@ impl ReadError {
     }
 }
 
+/// Initial read buffer per connection; larger messages grow it. tokio-util's default (8 KiB)
+/// is paid by every idle connection.
+const READ_BUFFER: usize = 1024;
+
 /// Splits a socket into inbound messages and an outbound sink that share one codec.
 pub fn framed<R, W, C>(reader: R, writer: W, codec: C) -> (FramedRead<R, C>, FramedWrite<W, C>)
 where
@@ -46,7 +50,7 @@ where
     C: Decoder<Error = ReadError> + Encoder<Outbound, Error = std::io::Error> + Clone,
 {
     (
-        FramedRead::new(reader, codec.clone()),
+        FramedRead::with_capacity(reader, codec.clone(), READ_BUFFER),
         FramedWrite::new(writer, codec),
     )
 }
