@@ -93,6 +93,7 @@ impl BoundGateway {
             router: Arc::new(Router::new(
                 config.max_events_in_flight,
                 config.no_worker_hold,
+                listeners.iter().map(|l| l.app.clone()).collect(),
             )),
             listeners,
             secret,
