@@ -383,8 +383,10 @@ pub struct GatewayConfig {
     /// message larger than this goes alone once the queue is empty.
     #[serde(default = "default_link_queue_bytes")]
     pub link_queue_bytes: ByteSize,
-    /// How long a client's event waits for a worker host while none is linked before the
-    /// client is closed (and the event counted as dropped, reason `no_worker`).
+    /// How long a client's events wait for a worker host that serves its app, while no
+    /// linked host does (none is linked, or none has the app's plugin), before the client is
+    /// closed, logged and counted (`clients_unrouted_total`, reason `no_worker` or
+    /// `app_unserved`). Also how long a client whose host dropped its app waits for another.
     #[serde(default = "default_no_worker_hold", with = "humantime_serde")]
     pub no_worker_hold: Duration,
 }

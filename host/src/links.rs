@@ -170,13 +170,15 @@ async fn send_acks(
         }
     }
     loop {
+        // `changed` marks what it saw as seen: remembered here, as `has_changed` will not.
+        let mut announce = false;
         tokio::select! {
             () = acks.ready.notified() => tokio::select! {
                 () = tokio::time::sleep(ACK_DELAY) => {}
                 () = acks.now.notified() => {}
             },
             () = acks.now.notified() => {}
-            () = apps_changed(&mut apps) => {}
+            () = apps_changed(&mut apps) => announce = true,
         }
         let mut pending =
             std::mem::take(&mut *acks.pending.lock().unwrap_or_else(|e| e.into_inner()))
@@ -184,7 +186,7 @@ async fn send_acks(
         let returned =
             std::mem::take(&mut *acks.returned.lock().unwrap_or_else(|e| e.into_inner()));
         if let Some(apps) = &mut apps
-            && apps.has_changed().unwrap_or(false)
+            && (announce || apps.has_changed().unwrap_or(false))
         {
             let now = apps.borrow_and_update().clone();
             if queue.send(ToGateway::Apps(now)).await.is_err() {

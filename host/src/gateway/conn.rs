@@ -103,7 +103,10 @@ pub async fn serve<R, W>(
     }
     drop(outbound);
     if let Some(last) = last {
-        link.send(last, EventKind::Close).await;
+        // A close no worker host took is counted as a dropped event; the client is gone.
+        if let Err(e) = link.send(last, EventKind::Close).await {
+            tracing::debug!(client = %id, "close event not delivered: {e}");
+        }
     }
 }
 
@@ -291,19 +294,21 @@ impl ClientLink<'_> {
     /// no worker host could take it (the client is then closed).
     async fn event(&mut self, kind: EventKind) -> bool {
         match self.shared.state.context(self.id) {
-            Some(client) => self.send(client, kind).await,
+            Some(client) => {
+                let sent = self.send(client, kind).await;
+                self.routed(sent)
+            }
             None => false,
         }
     }
 
-    async fn send(&mut self, client: ClientContext, kind: EventKind) -> bool {
+    async fn send(&mut self, client: ClientContext, kind: EventKind) -> Result<(), Unrouted> {
         let event = ToWorker::Event {
             client,
             kind,
             ack_now: false,
         };
-        let forwarded = self.shared.router.forward(&mut self.binding, event).await;
-        self.routed(forwarded)
+        self.shared.router.forward(&mut self.binding, event).await
     }
 
     /// Moves the client to a worker host that serves its app; false if none took it in

@@ -7,6 +7,7 @@
 //! variables, no global subscriber), and what it measures of the process goes through
 //! [`in_own_process`].
 
+mod app_routing;
 mod chat_browser;
 mod cli;
 mod conformance;
