@@ -74,21 +74,24 @@ impl Front {
 
     /// Waits (bounded) until every gateway has `n` worker hosts linked.
     async fn linked(&self, n: usize) {
+        for g in ["ga", "gb", "gc"] {
+            self.gauge_is("wasmgate_gateway_worker_links", g, n).await;
+        }
+    }
+
+    /// Waits (bounded) until the gauge `family` of gateway `g` reads `n`.
+    async fn gauge_is(&self, family: &str, g: &str, n: usize) {
         for _ in 0..600 {
-            if tokio::net::TcpStream::connect(self.metrics).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            let scrape = scrape(self.metrics).await;
-            let all = ["ga", "gb", "gc"].iter().all(|g| {
-                scrape.value("wasmgate_gateway_worker_links", &[("gateway", g)]) == Some(n as f64)
-            });
-            if all {
-                return;
+            // The front may not listen yet.
+            if tokio::net::TcpStream::connect(self.metrics).await.is_ok() {
+                let now = scrape(self.metrics).await;
+                if now.value(family, &[("gateway", g)]) == Some(n as f64) {
+                    return;
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the worker hosts never linked to every gateway");
+        panic!("gateway {g}'s {family} never read {n}");
     }
 
     /// Clients closed so far because no linked worker host served their app.
@@ -134,6 +137,10 @@ async fn every_client_is_served_by_a_host_that_has_its_app() {
     let _w1 = front.worker("w1", only_a.path());
     let _w2 = front.worker("w2", a_and_b.path());
     front.linked(2).await;
+    // The gateways know who serves what (`status` and `/metrics` show it).
+    for (g, n) in [("ga", 2), ("gb", 1), ("gc", 0)] {
+        front.gauge_is("wasmgate_gateway_serving_links", g, n).await;
+    }
 
     let mut bystander = client(front.a).await;
     echoes(&mut bystander, "bystander", 5).await;
