@@ -8,6 +8,7 @@
 //! [`in_own_process`].
 
 mod app_routing;
+mod bind_advertise;
 mod chat_browser;
 mod cli;
 mod conformance;
