@@ -106,6 +106,35 @@ impl Front {
     }
 }
 
+/// The front and two worker hosts with different plugin sets: `w1` serves `a`, `w2` serves
+/// `a` and `b`.
+struct Hosts {
+    front: Front,
+    only_a: PluginsDir,
+    a_and_b: PluginsDir,
+    w1: Node,
+    w2: Node,
+}
+
+impl Hosts {
+    /// Starts them; returns once both worker hosts are linked to every gateway.
+    async fn start() -> Self {
+        let only_a = PluginsDir::with(&[("a", plugins::COMMANDS)]);
+        let a_and_b = PluginsDir::with(&[("a", plugins::COMMANDS), ("b", plugins::COMMANDS)]);
+        let front = Front::start();
+        let w1 = front.worker("w1", only_a.path());
+        let w2 = front.worker("w2", a_and_b.path());
+        front.linked(2).await;
+        Self {
+            front,
+            only_a,
+            a_and_b,
+            w1,
+            w2,
+        }
+    }
+}
+
 /// A WebSocket client of the gateway on `port`.
 async fn client(port: u16) -> TestClient {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -131,12 +160,9 @@ async fn echoes(client: &mut TestClient, tag: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_is_served_by_a_host_that_has_its_app() {
-    let only_a = PluginsDir::with(&[("a", plugins::COMMANDS)]);
-    let a_and_b = PluginsDir::with(&[("a", plugins::COMMANDS), ("b", plugins::COMMANDS)]);
-    let front = Front::start();
-    let _w1 = front.worker("w1", only_a.path());
-    let _w2 = front.worker("w2", a_and_b.path());
-    front.linked(2).await;
+    // Kept whole: its worker hosts live as long as it does.
+    let hosts = Hosts::start().await;
+    let front = &hosts.front;
     // The gateways know who serves what (`status` and `/metrics` show it).
     for (g, n) in [("ga", 2), ("gb", 1), ("gc", 0)] {
         front.gauge_is("wasmgate_gateway_serving_links", g, n).await;
@@ -161,12 +187,13 @@ async fn every_client_is_served_by_a_host_that_has_its_app() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_follow_their_app_and_are_closed_when_no_host_has_it() {
-    let only_a = PluginsDir::with(&[("a", plugins::COMMANDS)]);
-    let a_and_b = PluginsDir::with(&[("a", plugins::COMMANDS), ("b", plugins::COMMANDS)]);
-    let front = Front::start();
-    let w1 = front.worker("w1", only_a.path());
-    let w2 = front.worker("w2", a_and_b.path());
-    front.linked(2).await;
+    let Hosts {
+        front,
+        only_a,
+        a_and_b,
+        w1,
+        w2,
+    } = Hosts::start().await;
     let mut bystander = client(front.a).await;
     echoes(&mut bystander, "start", 5).await;
 
