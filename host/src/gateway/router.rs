@@ -627,6 +627,10 @@ mod tests {
     use super::*;
 
     fn event() -> ToWorker {
+        event_of(EventKind::Connect)
+    }
+
+    fn event_of(kind: EventKind) -> ToWorker {
         let id = ClientId::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1), 1);
         ToWorker::Event {
             client: crate::wire::messages::ClientContext {
@@ -637,9 +641,70 @@ mod tests {
                 session: Arc::default(),
                 session_version: 0,
             },
-            kind: EventKind::Connect,
+            kind,
             ack_now: false,
         }
+    }
+
+    fn message(text: &'static str) -> ToWorker {
+        event_of(EventKind::Message(bytes::Bytes::from_static(
+            text.as_bytes(),
+        )))
+    }
+
+    /// What an event carries: its text, for a message.
+    fn text(event: ToWorker) -> String {
+        match event {
+            ToWorker::Event {
+                kind: EventKind::Message(data),
+                ..
+            } => String::from_utf8(data.to_vec()).unwrap(),
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    /// A host that drops the client's app hands an event back: the client's next event goes
+    /// to a host that serves the app, after the one handed back; a host that never announced
+    /// the app gets nothing.
+    #[tokio::test]
+    async fn a_client_moves_with_its_handed_back_events_first() {
+        let router = Router::new(4, Duration::from_secs(5), vec!["app".into()]);
+        let served = [ServedApp {
+            name: "app".into(),
+            version: "v1".into(),
+        }];
+        let link = || {
+            let (queue, events) =
+                crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
+            (router.add(queue), events)
+        };
+        let (unserving, mut nothing) = link();
+        router.announce(&unserving, &[]);
+        let (first, mut first_events) = link();
+        router.announce(&first, &served);
+        let mut binding = Binding::default();
+        router.forward(&mut binding, message("1")).await.unwrap();
+        router.forward(&mut binding, message("2")).await.unwrap();
+        assert_eq!(text(first_events.try_recv().unwrap()), "1");
+
+        let (second, mut second_events) = link();
+        router.announce(&second, &served);
+        router.announce(&first, &[]);
+        let ToWorker::Event { client, kind, .. } = first_events.try_recv().unwrap() else {
+            unreachable!()
+        };
+        let id = client.id;
+        router.returned(&first, client, kind);
+        let router = Arc::new(router);
+        router.done(&first, vec![(id, 2)]);
+        tokio::time::timeout(Duration::from_secs(5), binding.displaced(0))
+            .await
+            .expect("the client is told to move");
+        router.forward(&mut binding, message("3")).await.unwrap();
+        assert_eq!(text(second_events.try_recv().unwrap()), "2");
+        assert_eq!(text(second_events.try_recv().unwrap()), "3");
+        assert!(first_events.try_recv().is_err());
+        assert!(nothing.try_recv().is_err());
     }
 
     /// Until a first worker host links, an event waits [`STARTING_HOLD`]; once one has
