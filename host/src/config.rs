@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -339,6 +339,17 @@ pub struct GatewayConfig {
     /// The internal (worker-facing) port; 0 picks a free one.
     #[serde(default)]
     pub internal_port: u16,
+    /// Where the internal listener binds, when not on `lan_ip`: `"0.0.0.0"` or `"::"` (every
+    /// interface, IPv6 included) in a container or behind NAT, while `lan_ip` or `advertise`
+    /// names the address worker hosts dial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_bind: Option<IpAddr>,
+    /// The internal address the register hands worker hosts, instead of `lan_ip` and the
+    /// bound port: `"host"` or `"host:port"` (a port mapped by NAT), a name resolved once at
+    /// start. It must resolve to an IPv4 address, which every client id embeds; a wildcard
+    /// address is refused, as nobody can dial it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<Advertise>,
     /// The register(s) to announce this gateway to; by default the one this file's
     /// `[register]` listens on (else 127.0.0.1:1236). Needed only when the register runs
     /// from another file.
@@ -417,13 +428,20 @@ pub struct GatewayConfig {
     /// message larger than this goes alone once the queue is empty.
     #[serde(default = "default_link_queue_bytes")]
     pub link_queue_bytes: ByteSize,
-    /// How long a client's event waits for a worker host while none is linked before the
-    /// client is closed (and the event counted as dropped, reason `no_worker`).
+    /// How long a client's events wait for a worker host that serves its app, while no
+    /// linked host does (none is linked, or none has the app's plugin), before the client is
+    /// closed, logged and counted (`clients_unrouted_total`, reason `no_worker` or
+    /// `app_unserved`). Also how long a client whose host dropped its app waits for another.
     #[serde(default = "default_no_worker_hold", with = "humantime_serde")]
     pub no_worker_hold: Duration,
 }
 
 impl GatewayConfig {
+    /// Where the internal listener binds: `internal_bind`, else `lan_ip`.
+    pub fn internal_bind(&self) -> IpAddr {
+        self.internal_bind.unwrap_or(IpAddr::V4(self.lan_ip))
+    }
+
     /// The name shown in logs and `status`: the one given, or the listen URL.
     pub fn name(&self) -> String {
         self.given_name
@@ -433,6 +451,14 @@ impl GatewayConfig {
 
     /// Rejects gateway settings that parse but contradict each other.
     fn check(&self) -> Result<(), String> {
+        if self.lan_ip.is_unspecified() {
+            return Err(
+                "`lan_ip` is the address worker hosts dial, not a wildcard: to listen on every \
+                 interface set `internal_bind = \"0.0.0.0\"` and `lan_ip` or `advertise` to a \
+                 reachable address"
+                    .into(),
+            );
+        }
         let wss = self.listen.protocol == Protocol::Wss;
         if wss && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return Err("a wss:// listener needs `tls_cert` and `tls_key`".into());
@@ -933,6 +959,92 @@ impl Protocol {
     }
 }
 
+/// A gateway's advertised internal address (`advertise`): a host name or IPv4 address, and
+/// the port if it is not the bound one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Advertise {
+    /// The name or address worker hosts dial.
+    pub host: String,
+    /// The port they dial; the bound internal port if none.
+    pub port: Option<u16>,
+}
+
+impl Advertise {
+    /// Whether it names this machine's loopback (`localhost` or a loopback address).
+    fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+impl FromStr for Advertise {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let port = |port: &str| {
+            port.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("`{s}`: the port must be a number from 1 to 65535"))
+        };
+        // `[v6]:port`, `[v6]`, a bare IPv6 address, `host:port` or `host`.
+        let (host, port) = match s.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            Some((host, "")) => (host, None),
+            Some((host, rest)) => match rest.strip_prefix(':') {
+                Some(p) => (host, Some(port(p)?)),
+                None => return Err(format!("`{s}` is not `[address]:port`")),
+            },
+            None => match s.rsplit_once(':') {
+                Some((host, p)) if !host.contains(':') => (host, Some(port(p)?)),
+                _ => (s, None),
+            },
+        };
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            if ip.is_unspecified() {
+                return Err(format!(
+                    "`{s}` is a wildcard address, which nobody can dial: advertise the address \
+                     worker hosts reach this gateway on"
+                ));
+            }
+            if ip.is_ipv6() {
+                return Err(format!(
+                    "`{s}`: client ids embed an IPv4 address, so a gateway advertises an IPv4 \
+                     address or a name that resolves to one (it may still bind IPv6 with \
+                     `internal_bind`)"
+                ));
+            }
+        }
+        let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+        if host.is_empty() || !host.chars().all(valid) {
+            return Err(format!(
+                "`{s}` is not a host name or address, e.g. `gw1.internal:4000`"
+            ));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl TryFrom<String> for Advertise {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Advertise> for String {
+    fn from(advertise: Advertise) -> String {
+        match advertise.port {
+            Some(port) => format!("{}:{port}", advertise.host),
+            None => advertise.host,
+        }
+    }
+}
+
 /// A listen URL such as `ws://127.0.0.1:7272`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -1094,6 +1206,19 @@ impl Config {
                 return Some(format!(
                     "gateway {} lan_ip = \"{}\" (its internal listener)",
                     gateway.listen, gateway.lan_ip
+                ));
+            }
+            if !gateway.internal_bind().is_loopback() {
+                return Some(format!(
+                    "gateway {} internal_bind = \"{}\"",
+                    gateway.listen,
+                    gateway.internal_bind()
+                ));
+            }
+            if let Some(advertise) = gateway.advertise.as_ref().filter(|a| !a.is_loopback()) {
+                return Some(format!(
+                    "gateway {} advertise = \"{}\"",
+                    gateway.listen, advertise.host
                 ));
             }
             if let Some(r) = gateway.register.iter().find(|r| !r.ip().is_loopback()) {
@@ -1421,6 +1546,46 @@ mod tests {
     fn parse(text: &str) -> Result<Config, String> {
         Config::from_toml(text, Path::new("wasmgate.toml"))
             .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+    }
+
+    #[test]
+    fn a_gateway_binds_a_wildcard_but_advertises_what_can_be_dialled() {
+        let gateway = |keys: &str| {
+            parse(&format!(
+                "secret = \"0123456789abcdef\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:1\"\napp = \"a\"\n{keys}\n"
+            ))
+            .map(|mut c| c.gateway.remove(0))
+        };
+        let g = gateway("internal_bind = \"::\"\nadvertise = \"gw1.internal:4000\"").unwrap();
+        assert_eq!(g.internal_bind(), "::".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            g.advertise,
+            Some(Advertise {
+                host: "gw1.internal".into(),
+                port: Some(4000)
+            })
+        );
+        let g = gateway("internal_bind = \"0.0.0.0\"\nadvertise = \"10.1.2.3\"").unwrap();
+        assert_eq!(g.advertise.unwrap().port, None);
+        for (keys, says) in [
+            ("lan_ip = \"0.0.0.0\"", "not a wildcard"),
+            ("advertise = \"0.0.0.0\"", "wildcard address"),
+            ("advertise = \"[::1]:4000\"", "IPv4"),
+            ("advertise = \"gw:0\"", "port"),
+            ("advertise = \"gw one\"", "not a host name"),
+        ] {
+            let err = gateway(keys).unwrap_err();
+            assert!(err.contains(says), "{keys}: {err}");
+        }
+        // Off loopback, a secret is required: bound to every interface, or advertised by name.
+        for keys in [
+            "internal_bind = \"0.0.0.0\"",
+            "advertise = \"gw1.internal\"",
+        ] {
+            let text = format!("[[gateway]]\nlisten = \"ws://127.0.0.1:1\"\napp = \"a\"\n{keys}\n");
+            let config = parse(&text).unwrap();
+            assert!(config.off_loopback().is_some(), "{keys}");
+        }
     }
 
     #[test]

@@ -13,6 +13,12 @@
 //! [`Done`] that, once dropped (the event ran or was dropped), tells the gateway its client
 //! may send one more. Both ends ping; a link silent for [`SILENT_INTERVALS`] pings, or whose
 //! writes stall as long, is dropped.
+//!
+//! A worker host's links tell each gateway which apps it serves ([`EventSink::apps`]), first
+//! and whenever that changes, and hand back an event whose app it does not serve
+//! ([`Incoming::give_back`]). Both travel with the acknowledgements, in an order the gateway
+//! relies on: an announcement before the events handed back because of it, and an event
+//! handed back before its `Done`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddrV4;
@@ -35,7 +41,9 @@ use crate::ops::{
 use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter, WireError, check_frame};
 use crate::wire::handshake::{self, Peer};
-use crate::wire::messages::{ClientContext, EventKind, ListenerInfo, ToGateway, ToWorker};
+use crate::wire::messages::{
+    ClientContext, EventKind, ListenerInfo, ServedApp, ToGateway, ToWorker,
+};
 use crate::wire::queue::{self, LinkSender, Towards};
 
 /// Longest a query waits for the gateways' answers.
@@ -91,6 +99,21 @@ impl std::fmt::Debug for Done {
     }
 }
 
+impl Incoming {
+    /// Hands the event back to its gateway unrun, because this host does not serve its app:
+    /// the gateway sends it to a host that does. Its acknowledgement follows it.
+    pub fn give_back(self) {
+        let Incoming {
+            client, kind, done, ..
+        } = self;
+        let mut returned = done.acks.returned.lock().unwrap_or_else(|e| e.into_inner());
+        returned.push((client, kind));
+        drop(returned);
+        // Dropped only now, so that whoever takes this acknowledgement finds the event too.
+        drop(done);
+    }
+}
+
 impl Done {
     /// An acknowledgement that goes nowhere, for events made up in tests.
     #[cfg(test)]
@@ -143,10 +166,12 @@ async fn send_reports(reporter: Reporter, queue: LinkSender<ToGateway>) {
     }
 }
 
-/// The acknowledgements of one link not yet sent, by client (bounded by its clients).
+/// The acknowledgements of one link not yet sent, by client (bounded by its clients), and the
+/// events handed back before them (bounded by the clients' windows).
 #[derive(Default)]
 struct Acks {
     pending: Mutex<ClientMap<u32>>,
+    returned: Mutex<Vec<(ClientContext, EventKind)>>,
     /// Some may wait [`ACK_DELAY`].
     ready: Notify,
     /// One is asked for at once.
@@ -158,18 +183,55 @@ struct Acks {
 /// [`ACK_DELAY`] for others to share its message, unless its gateway asked for it at once:
 /// a client far from the end of its window loses nothing by the wait, and one `Done` per
 /// event would cost a message and a task wake-up per event.
-async fn send_acks(acks: Arc<Acks>, queue: LinkSender<ToGateway>) {
+///
+/// A worker host's `apps` go first, then whenever they change. What is taken is taken in the
+/// order acknowledgements, events handed back, apps, and sent in the reverse order: a `Done`
+/// taken was dropped after its event was handed back, and an event handed back for want of
+/// its app was handed back after the app left the list.
+async fn send_acks(
+    acks: Arc<Acks>,
+    queue: LinkSender<ToGateway>,
+    mut apps: Option<watch::Receiver<Vec<ServedApp>>>,
+) {
+    if let Some(apps) = &mut apps {
+        let first = apps.borrow_and_update().clone();
+        if queue.send(ToGateway::Apps(first)).await.is_err() {
+            return;
+        }
+    }
     loop {
+        // `changed` marks what it saw as seen: remembered here, as `has_changed` will not.
+        let mut announce = false;
         tokio::select! {
             () = acks.ready.notified() => tokio::select! {
                 () = tokio::time::sleep(ACK_DELAY) => {}
                 () = acks.now.notified() => {}
             },
             () = acks.now.notified() => {}
+            () = apps_changed(&mut apps) => announce = true,
         }
         let mut pending =
             std::mem::take(&mut *acks.pending.lock().unwrap_or_else(|e| e.into_inner()))
                 .into_iter();
+        let returned =
+            std::mem::take(&mut *acks.returned.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(apps) = &mut apps
+            && (announce || apps.has_changed().unwrap_or(false))
+        {
+            let now = apps.borrow_and_update().clone();
+            if queue.send(ToGateway::Apps(now)).await.is_err() {
+                return;
+            }
+        }
+        for (client, kind) in returned {
+            if queue
+                .send(ToGateway::Returned { client, kind })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
         loop {
             let chunk: Vec<_> = pending.by_ref().take(DONE_BATCH).collect();
             if chunk.is_empty() {
@@ -182,12 +244,28 @@ async fn send_acks(acks: Arc<Acks>, queue: LinkSender<ToGateway>) {
     }
 }
 
+/// Resolves when `apps` changes; never without a list to follow (or once its sender is gone).
+async fn apps_changed(apps: &mut Option<watch::Receiver<Vec<ServedApp>>>) {
+    let changed = match apps {
+        Some(apps) => apps.changed().await.is_ok(),
+        None => false,
+    };
+    if !changed {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Where links deliver client events: the worker host's dispatcher.
 pub trait EventSink: Send + Sync + 'static {
     /// Takes one event without waiting: a link's reader calls it, and must go on reading
     /// replies and pings whatever the consumer is doing. A consumer that cannot keep the
-    /// event drops it (its [`Done`] with it), counted and logged.
+    /// event drops it (its [`Done`] with it), counted and logged, or hands it back
+    /// ([`Incoming::give_back`]) when it does not serve the event's app.
     fn deliver(&self, event: Incoming);
+
+    /// The apps served, which every link announces to its gateway; `None` for a consumer
+    /// that gateways route no client to.
+    fn apps(&self) -> Option<watch::Receiver<Vec<ServedApp>>>;
 }
 
 /// A push client takes no events: gateways only route clients to worker hosts.
@@ -195,6 +273,10 @@ pub struct NoEvents;
 
 impl EventSink for NoEvents {
     fn deliver(&self, _: Incoming) {}
+
+    fn apps(&self) -> Option<watch::Receiver<Vec<ServedApp>>> {
+        None
+    }
 }
 
 /// One gateway link.
@@ -443,7 +525,11 @@ impl GatewayLinks {
         tracing::info!(gateway = %addr, in_process = writing.is_none(), "linked to gateway");
         crate::metrics::gateway_link(self.role.name(), 1);
         let acks = Arc::new(Acks::default());
-        let _acking = AbortOnDropHandle::new(tokio::spawn(send_acks(acks.clone(), queue.clone())));
+        let _acking = AbortOnDropHandle::new(tokio::spawn(send_acks(
+            acks.clone(),
+            queue.clone(),
+            events.apps(),
+        )));
         let _reporting = self.reporter.get().map(|reporter| {
             AbortOnDropHandle::new(tokio::spawn(send_reports(reporter.clone(), queue.clone())))
         });

@@ -41,6 +41,7 @@ static PLUGIN_RELOADS: LazyLock<Family<ReloadLabels, Counter>> = LazyLock::new(F
 static PLUGIN_LIMITS: LazyLock<Family<LimitLabels, Counter>> = LazyLock::new(Family::default);
 static LINKS_TO_GATEWAYS: LazyLock<Family<RoleLabels, Gauge>> = LazyLock::new(Family::default);
 static EVENTS_DROPPED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
+static CLIENTS_UNROUTED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
     LazyLock::new(Family::default);
 static LINKS_CLOSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
@@ -136,8 +137,8 @@ pub fn data_calls(app: &str, interface: &'static str, outcome: &'static str) -> 
         .map_or(0, |c| c.get())
 }
 
-/// Counts a client event that no plugin will see, by `reason` (`no_plugin`, `queue_full`,
-/// `no_worker`, `too_large`).
+/// Counts a client event that no plugin will see, by `reason` (`queue_full`, `no_worker`,
+/// `app_unserved`, `too_large`).
 pub fn event_dropped(reason: &'static str) {
     EVENTS_DROPPED.get_or_create(&ReasonLabels { reason }).inc();
 }
@@ -145,6 +146,21 @@ pub fn event_dropped(reason: &'static str) {
 /// Client events dropped so far for `reason`.
 pub fn events_dropped(reason: &'static str) -> u64 {
     EVENTS_DROPPED
+        .get(&ReasonLabels { reason })
+        .map_or(0, |c| c.get())
+}
+
+/// Counts a client closed because no worker host took its events within `no_worker_hold`,
+/// by `reason` (`no_worker`: none linked; `app_unserved`: none linked serves its app).
+pub fn client_unrouted(reason: &'static str) {
+    CLIENTS_UNROUTED
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+}
+
+/// Clients closed so far for want of a worker host, for `reason`.
+pub fn clients_unrouted(reason: &'static str) -> u64 {
+    CLIENTS_UNROUTED
         .get(&ReasonLabels { reason })
         .map_or(0, |c| c.get())
 }
@@ -645,8 +661,13 @@ pub fn register(r: &mut Registry) {
     );
     r.register(
         "events_dropped",
-        "Client events no plugin saw, by reason (no_plugin, queue_full, no_worker, too_large)",
+        "Client events no plugin saw, by reason (queue_full, no_worker, app_unserved, too_large)",
         EVENTS_DROPPED.clone(),
+    );
+    r.register(
+        "clients_unrouted",
+        "Clients closed because no worker host took their events within no_worker_hold, by reason (no_worker, app_unserved)",
+        CLIENTS_UNROUTED.clone(),
     );
     r.register(
         "link_messages_dropped",

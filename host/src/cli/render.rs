@@ -38,9 +38,12 @@ pub fn status(label: &str, s: &Status) -> String {
         "groups",
         "uids",
         "links",
+        "serving",
     ]);
     if let Some(register) = &s.register {
-        roles.row(["register", "register", register, "-", "-", "-", "-", "-"]);
+        roles.row([
+            "register", "register", register, "-", "-", "-", "-", "-", "-",
+        ]);
     }
     for g in &s.gateways {
         roles.row([
@@ -52,14 +55,18 @@ pub fn status(label: &str, s: &Status) -> String {
             &g.groups.to_string(),
             &g.uids.to_string(),
             &g.worker_links.to_string(),
+            // Of the linked worker hosts, those that serve the gateway's app.
+            &g.serving_links.to_string(),
         ]);
     }
     if let Some(w) = &s.worker {
         let links = w.gateway_links.to_string();
-        roles.row(["worker", &w.name, &w.plugins, "-", "-", "-", "-", &links]);
+        roles.row([
+            "worker", &w.name, &w.plugins, "-", "-", "-", "-", &links, "-",
+        ]);
     }
     for (name, url) in &s.endpoints {
-        roles.row([name.as_str(), name, url, "-", "-", "-", "-", "-"]);
+        roles.row([name.as_str(), name, url, "-", "-", "-", "-", "-", "-"]);
     }
     roles.render(&mut out);
 

@@ -21,7 +21,7 @@ use super::counters::Counters;
 use super::heartbeat::{Beat, Heartbeat, HeartbeatConfig};
 use super::outbox::{Close, Kill, Outbound, Outbox, OutboxReader, outbox};
 use super::protocol::ReadError;
-use super::router::{Binding, Router};
+use super::router::{Binding, Router, Unrouted};
 use super::state::GatewayState;
 use crate::client_id::ClientId;
 use crate::wire::messages::{ClientContext, EventKind, ToWorker, WebSocketRequest};
@@ -103,7 +103,10 @@ pub async fn serve<R, W>(
     }
     drop(outbound);
     if let Some(last) = last {
-        link.send(last, EventKind::Close).await;
+        // A close no worker host took is counted as a dropped event; the client is gone.
+        if let Err(e) = link.send(last, EventKind::Close).await {
+            tracing::debug!(client = %id, "close event not delivered: {e}");
+        }
     }
 }
 
@@ -211,6 +214,13 @@ where
                 );
                 return End::Drop;
             }
+            // Its worker host dropped its app or handed its events back: move now, so that a
+            // client of an app nobody serves is closed even if it sends nothing more.
+            () = link.binding.displaced(link.shared.listener) => {
+                if !link.reroute().await {
+                    return End::Done;
+                }
+            }
             message = inbound.next() => match message {
                 Some(Ok(data)) => {
                     heartbeat.heard();
@@ -284,21 +294,42 @@ impl ClientLink<'_> {
     /// no worker host could take it (the client is then closed).
     async fn event(&mut self, kind: EventKind) -> bool {
         match self.shared.state.context(self.id) {
-            Some(client) => self.send(client, kind).await,
+            Some(client) => {
+                let sent = self.send(client, kind).await;
+                self.routed(sent)
+            }
             None => false,
         }
     }
 
-    async fn send(&mut self, client: ClientContext, kind: EventKind) -> bool {
+    async fn send(&mut self, client: ClientContext, kind: EventKind) -> Result<(), Unrouted> {
         let event = ToWorker::Event {
             client,
             kind,
             ack_now: false,
         };
-        match self.shared.router.forward(&mut self.binding, event).await {
+        self.shared.router.forward(&mut self.binding, event).await
+    }
+
+    /// Moves the client to a worker host that serves its app; false if none took it in
+    /// time (the client is then closed).
+    async fn reroute(&mut self) -> bool {
+        let shared = self.shared;
+        let moved = shared
+            .router
+            .reroute(&mut self.binding, self.id, shared.listener)
+            .await;
+        self.routed(moved)
+    }
+
+    /// Whether the client's events have a worker host; one that has none is counted and
+    /// logged, and is to be closed.
+    fn routed(&self, routed: Result<(), Unrouted>) -> bool {
+        match routed {
             Ok(()) => true,
             Err(e) => {
-                tracing::warn!(client = %self.id, "closing client: {e}");
+                crate::metrics::client_unrouted(e.reason());
+                tracing::warn!(client = %self.id, reason = e.reason(), "closing client after no_worker_hold: {e}");
                 false
             }
         }
@@ -346,7 +377,7 @@ mod tests {
         let state = Arc::new(GatewayState::new(address, limits, counters.clone()));
         let shared = ConnShared {
             state: state.clone(),
-            router: Arc::new(Router::new(64, Duration::from_secs(5))),
+            router: Arc::new(Router::new(64, Duration::from_secs(5), vec!["app".into()])),
             listener: 0,
             shutdown: CancellationToken::new(),
             heartbeat: HeartbeatConfig {

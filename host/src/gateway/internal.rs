@@ -9,7 +9,8 @@
 //! Liveness works whatever the queues hold: pings and pongs are queued without waiting, a
 //! peer silent for `SILENT_INTERVALS` pings is dropped, and so is one that reads nothing
 //! for as long (the writer's timeout, and the timeout on queueing a reply). A dropped worker
-//! host's clients re-bind to another on their next event.
+//! host's clients re-bind to another on their next event. A worker host's announcements of
+//! its apps and the events it hands back go to the router, in the order they arrive.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -256,9 +257,22 @@ async fn read_loop(
             }
             Some(ToGateway::Done(done)) => {
                 if let Some(link) = routed {
-                    for (client, events) in done {
-                        link.done(client, events);
-                    }
+                    gateway.router.done(link, done);
+                }
+            }
+            Some(ToGateway::Apps(apps)) => {
+                if let Some(link) = routed {
+                    let served: Vec<String> = apps
+                        .iter()
+                        .map(|a| format!("{}@{}", a.name, a.version))
+                        .collect();
+                    tracing::info!(link = link.id, apps = %served.join(", "), "worker host serves these apps");
+                    gateway.router.announce(link, &apps);
+                }
+            }
+            Some(ToGateway::Returned { client, kind }) => {
+                if let Some(link) = routed {
+                    gateway.router.returned(link, client, kind);
                 }
             }
             Some(ToGateway::Ping) => {

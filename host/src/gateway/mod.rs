@@ -29,7 +29,7 @@ use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{GatewayConfig, Protocol};
+use crate::config::{Advertise, GatewayConfig, Protocol};
 use crate::local::LocalGateways;
 use crate::register;
 use crate::wire::messages::ListenerInfo;
@@ -70,15 +70,22 @@ impl BoundGateway {
         let clients = TcpListener::bind(config.listen.addr)
             .await
             .with_context(|| format!("gateway {name}: cannot listen on {}", config.listen))?;
-        let internal = TcpListener::bind((config.lan_ip, config.internal_port))
+        let internal = TcpListener::bind((config.internal_bind(), config.internal_port))
             .await
             .with_context(|| {
                 format!(
                     "gateway {name}: cannot listen on internal port {}:{}",
-                    config.lan_ip, config.internal_port
+                    config.internal_bind(),
+                    config.internal_port
                 )
             })?;
-        let address = SocketAddrV4::new(config.lan_ip, internal.local_addr()?.port());
+        let port = internal.local_addr()?.port();
+        let address = match &config.advertise {
+            Some(advertise) => resolve(advertise, port)
+                .await
+                .with_context(|| format!("gateway {name}: advertise = {:?}", advertise.host))?,
+            None => SocketAddrV4::new(config.lan_ip, port),
+        };
         let listeners = vec![ListenerInfo {
             name,
             app: config.app.clone(),
@@ -93,6 +100,7 @@ impl BoundGateway {
             router: Arc::new(Router::new(
                 config.max_events_in_flight,
                 config.no_worker_hold,
+                listeners.iter().map(|l| l.app.clone()).collect(),
             )),
             listeners,
             secret,
@@ -197,6 +205,20 @@ impl BoundGateway {
 }
 
 /// A configured size as a byte count, saturating where `usize` is narrower.
+/// The IPv4 address `advertise` names (a name is resolved now, once), with its port or the
+/// bound `port`.
+async fn resolve(advertise: &Advertise, port: u16) -> anyhow::Result<SocketAddrV4> {
+    let port = advertise.port.unwrap_or(port);
+    let found = tokio::net::lookup_host((advertise.host.as_str(), port)).await?;
+    let mut found = found.filter_map(|a| match a {
+        SocketAddr::V4(v4) if !v4.ip().is_unspecified() => Some(v4),
+        _ => None,
+    });
+    found
+        .next()
+        .context("it resolves to no IPv4 address (client ids embed one)")
+}
+
 fn byte_count(size: bytesize::ByteSize) -> usize {
     usize::try_from(size.as_u64()).unwrap_or(usize::MAX)
 }

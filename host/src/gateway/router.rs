@@ -1,12 +1,20 @@
 //! Which worker host handles a client's events, and how many of them may be in flight.
 //!
 //! The default (GatewayWorker's `routerBind`) binds each client to one worker-host link on its
-//! first event, choosing the link with the fewest bound clients, and keeps sending that
+//! first event, choosing among the hosts that serve the client's app (each announces its apps,
+//! [`Router::announce`]) the link with the fewest bound clients, and keeps sending that
 //! client's events there, which is what keeps them in order. When the bound link goes away the
-//! client is re-bound on its next event. While no worker host is linked (all are restarting)
-//! an event waits up to `no_worker_hold` for one instead of being dropped; before the first
-//! worker host ever linked (the cluster is starting, its plugins may be compiling) up to
-//! [`STARTING_HOLD`], if that is longer.
+//! client is re-bound on its next event. While no linked worker host serves the app (all are
+//! restarting, or none has its plugin) an event waits up to `no_worker_hold` for one instead
+//! of being dropped; before the first worker host ever linked (the cluster is starting, its
+//! plugins may be compiling) up to [`STARTING_HOLD`], if that is longer. Past the wait the
+//! client is closed ([`Unrouted`]).
+//!
+//! A host that stops serving a client's app displaces the client ([`Binding::displaced`]):
+//! once its events there are done the client moves to a host that serves the app, or is held
+//! and closed as above. An event that reached the host after the app left it is handed back
+//! ([`Router::returned`]) and goes to the new host ahead of the client's later events; the
+//! handed-back events of a client whose connection already ended go with its close event.
 //!
 //! Each client has a window of `max_events_in_flight` events on its link: an event takes one
 //! slot, the worker host's `Done` gives it back once the event ran (or was dropped). A client
@@ -32,7 +40,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::client_id::{ClientId, ClientMap};
 use crate::wire::codec::check_frame;
-use crate::wire::messages::{EventKind, ToWorker};
+use crate::wire::messages::{ClientContext, EventKind, ServedApp, ToWorker};
 use crate::wire::queue::{LinkSender, SendError, TrySendError};
 
 /// One linked worker host, as the router sees it.
@@ -53,11 +61,24 @@ pub struct WorkerLink {
     leaving: AtomicBool,
     /// `Left` was sent.
     left: AtomicBool,
+    /// Whether the worker host serves the app of each of this gateway's listeners (by
+    /// listener index), as it last announced; nothing until its first announcement.
+    serves: Box<[AtomicBool]>,
+    /// Events the worker host handed back, by client, in order: bounded by the client's
+    /// window, as the client takes them before it sends anything else there.
+    returned: Mutex<ClientMap<Vec<ToWorker>>>,
+    /// Clients with events in `returned`, which spares every event a lock.
+    returning: AtomicUsize,
+    /// Marked when the host's apps change or it hands an event back: its bound clients look
+    /// whether they must move.
+    changed: watch::Sender<()>,
 }
 
 impl WorkerLink {
     /// Gives back `events` slots of `client`'s window (the worker host is done with them).
-    pub fn done(&self, client: ClientId, events: u32) {
+    /// Once a client's close event is done, returns the events of it that were handed back
+    /// (its close among them if it was): its connection is gone, someone else must send them.
+    fn done(&self, client: ClientId, events: u32) -> Option<Vec<ToWorker>> {
         // Under the closes lock, as a close's count of events in flight is taken, so that the
         // two agree on which events it includes.
         let mut closes = self.closes.lock().unwrap_or_else(|e| e.into_inner());
@@ -66,14 +87,50 @@ impl WorkerLink {
             window.add_permits(events as usize);
         }
         drop(windows);
+        let mut orphans = None;
         if let Some((outstanding, _)) = closes.get_mut(&client) {
             *outstanding = outstanding.saturating_sub(events);
             if *outstanding == 0 {
                 closes.remove(&client);
+                orphans = self.take_returned(client);
             }
         }
         drop(closes);
         self.answer_leaving();
+        orphans
+    }
+
+    /// Whether the worker host serves the app of `listener`.
+    fn serves(&self, listener: u16) -> bool {
+        self.serves
+            .get(usize::from(listener))
+            .is_some_and(|s| s.load(Ordering::SeqCst))
+    }
+
+    /// Whether the worker host handed back events of `client` not yet taken.
+    fn has_returned(&self, client: ClientId) -> bool {
+        self.returning.load(Ordering::SeqCst) > 0
+            && self
+                .returned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&client)
+    }
+
+    /// Takes the events of `client` the worker host handed back.
+    fn take_returned(&self, client: ClientId) -> Option<Vec<ToWorker>> {
+        if self.returning.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let taken = self
+            .returned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&client);
+        if taken.is_some() {
+            self.returning.fetch_sub(1, Ordering::SeqCst);
+        }
+        taken
     }
 
     fn is_leaving(&self) -> bool {
@@ -117,15 +174,35 @@ pub const STARTING_HOLD: Duration = Duration::from_secs(60);
 pub struct Router {
     links: RwLock<Vec<Arc<WorkerLink>>>,
     next_id: AtomicU64,
+    /// The number of links; also marked when a host's apps change, which wakes the clients
+    /// waiting for a host that serves theirs.
     count: watch::Sender<usize>,
+    /// The app of each of the gateway's listeners, by listener index.
+    apps: Vec<String>,
     window: u32,
     hold: Duration,
 }
 
-/// No worker host took the event in time.
-#[derive(Debug, thiserror::Error)]
-#[error("no worker host is linked to this gateway")]
-pub struct NoWorker;
+/// No worker host took a client's event within the hold: the client is closed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unrouted {
+    /// No worker host is linked at all.
+    #[error("no worker host is linked to this gateway")]
+    NoWorker,
+    /// Worker hosts are linked, but none serves the client's app.
+    #[error("no linked worker host serves the app {0:?}")]
+    AppUnserved(String),
+}
+
+impl Unrouted {
+    /// The metric label of this reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoWorker => "no_worker",
+            Self::AppUnserved(_) => "app_unserved",
+        }
+    }
+}
 
 /// A client's binding to a worker-host link and its window there; unbinds on drop.
 #[derive(Default)]
@@ -135,6 +212,36 @@ struct Bound {
     link: Arc<WorkerLink>,
     client: ClientId,
     window: Arc<Semaphore>,
+    /// Follows the link's `changed`.
+    changed: watch::Receiver<()>,
+}
+
+impl Bound {
+    /// Whether the client's next event must go elsewhere: the link is gone or leaving, its
+    /// host does not serve the app of `listener`, or handed back events of the client.
+    fn displaced(&self, listener: u16) -> bool {
+        self.link.is_leaving()
+            || self.link.queue.is_closed()
+            || self.window.is_closed()
+            || !self.link.serves(listener)
+            || self.link.has_returned(self.client)
+    }
+}
+
+impl Binding {
+    /// Resolves once the client must move from its worker host (see [`Router::reroute`]):
+    /// the host stopped serving the app of `listener` or handed back events of it. Never
+    /// while the client is not bound.
+    pub async fn displaced(&mut self, listener: u16) {
+        let Some(bound) = &mut self.0 else {
+            return std::future::pending().await;
+        };
+        while !bound.displaced(listener) {
+            if bound.changed.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
 }
 
 impl Drop for Bound {
@@ -151,19 +258,22 @@ impl Drop for Bound {
 }
 
 impl Router {
-    /// A router with no links yet: each client may have `window` events in flight, and an
-    /// event waits at most `hold` for a worker host while none is linked.
-    pub fn new(window: u32, hold: Duration) -> Self {
+    /// A router with no links yet for listeners whose apps are `apps` (by listener index):
+    /// each client may have `window` events in flight, and an event waits at most `hold` for
+    /// a worker host that serves its app.
+    pub fn new(window: u32, hold: Duration, apps: Vec<String>) -> Self {
         Self {
             links: RwLock::new(Vec::new()),
             next_id: AtomicU64::new(1),
             count: watch::channel(0).0,
+            apps,
             window,
             hold,
         }
     }
 
-    /// Adds a link whose outbound queue is `queue`.
+    /// Adds a link whose outbound queue is `queue`; no client is routed to it before its
+    /// host announces its apps.
     pub fn add(&self, queue: LinkSender<ToWorker>) -> Arc<WorkerLink> {
         let link = Arc::new(WorkerLink {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -174,6 +284,10 @@ impl Router {
             window: self.window,
             leaving: AtomicBool::new(false),
             left: AtomicBool::new(false),
+            serves: self.apps.iter().map(|_| AtomicBool::new(false)).collect(),
+            returned: Mutex::default(),
+            returning: AtomicUsize::new(0),
+            changed: watch::channel(()).0,
         });
         let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
         links.push(link.clone());
@@ -195,6 +309,53 @@ impl Router {
         link.leaving.store(true, Ordering::SeqCst);
         self.unlist(link.id);
         link.answer_leaving();
+    }
+
+    /// The worker host of `link` serves `apps` now: clients of those apps may be routed to
+    /// it, and those of other apps bound to it move.
+    pub fn announce(&self, link: &WorkerLink, apps: &[ServedApp]) {
+        for (serves, app) in link.serves.iter().zip(&self.apps) {
+            serves.store(apps.iter().any(|a| a.name == *app), Ordering::SeqCst);
+        }
+        link.changed.send_replace(());
+        self.count.send_modify(|_| {});
+    }
+
+    /// The worker host of `link` handed back an event it did not run; the client takes it
+    /// along when it moves.
+    pub fn returned(&self, link: &WorkerLink, client: ClientContext, kind: EventKind) {
+        let id = client.id;
+        let event = ToWorker::Event {
+            client,
+            kind,
+            ack_now: false,
+        };
+        let mut returned = link.returned.lock().unwrap_or_else(|e| e.into_inner());
+        let events = returned.entry(id).or_default();
+        if events.is_empty() {
+            link.returning.fetch_add(1, Ordering::SeqCst);
+        }
+        events.push(event);
+        drop(returned);
+        link.changed.send_replace(());
+    }
+
+    /// The worker host of `link` is done with these events (see [`WorkerLink::done`]).
+    pub fn done(self: &Arc<Self>, link: &WorkerLink, done: Vec<(ClientId, u32)>) {
+        let orphans: Vec<_> = done
+            .into_iter()
+            .filter_map(|(client, events)| link.done(client, events))
+            .collect();
+        self.resend(orphans);
+    }
+
+    /// The number of linked worker hosts that serve the app of some listener.
+    pub fn serving(&self) -> usize {
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        links
+            .iter()
+            .filter(|l| l.serves.iter().any(|s| s.load(Ordering::SeqCst)))
+            .count()
     }
 
     fn unlist(&self, id: u64) {
@@ -222,28 +383,20 @@ impl Router {
     /// Sends `client`'s event to its bound worker host, binding it first if needed, once its
     /// window has room. An event too large for an internal frame is dropped alone (a close
     /// event goes without the session that made it too large).
-    pub async fn forward(&self, binding: &mut Binding, message: ToWorker) -> Result<(), NoWorker> {
+    pub async fn forward(&self, binding: &mut Binding, message: ToWorker) -> Result<(), Unrouted> {
         let Some(mut message) = fit(message) else {
             return Ok(());
         };
         let ToWorker::Event { client, .. } = &message else {
             unreachable!("only client events are routed")
         };
-        let client = client.id;
+        let (client, listener) = (client.id, client.listener);
         loop {
-            if let Some(bound) = binding.0.take_if(|b| b.link.is_leaving()) {
-                // Its earlier events finish on the leaving host before the next one goes to
-                // another: a closed window means that host is gone, nothing to wait for.
-                let _ = bound.window.acquire_many(self.window).await;
-                let link = bound.link.clone();
-                drop(bound);
-                // The acknowledgements went to this wait, not back to the window: count again.
-                link.answer_leaving();
-            }
+            self.leave_if_displaced(binding, client, listener).await?;
             let bound = match binding.0.take() {
-                Some(bound) if !bound.link.queue.is_closed() && !bound.window.is_closed() => bound,
-                _ => self.bind(client).await.inspect_err(|_| {
-                    crate::metrics::event_dropped("no_worker");
+                Some(bound) => bound,
+                None => self.bind(client, listener).await.inspect_err(|e| {
+                    crate::metrics::event_dropped(e.reason());
                 })?,
             };
             // Borrowed from the binding, not cloned: this runs for every client event.
@@ -255,7 +408,7 @@ impl Router {
             slot.forget();
             // Checked after the slot is taken, as `retire` marks before counting the slots:
             // either this event counts as in flight there, or it goes elsewhere.
-            if link.is_leaving() {
+            if link.is_leaving() || !link.serves(listener) {
                 window.add_permits(1);
                 link.answer_leaving();
                 continue;
@@ -291,31 +444,95 @@ impl Router {
         }
     }
 
+    /// Moves a displaced client ([`Binding::displaced`]) to a worker host that serves the app
+    /// of `listener`, with the events its old host handed back, waiting for one up to the
+    /// hold; an error means none took it, and the client is to be closed.
+    pub async fn reroute(
+        &self,
+        binding: &mut Binding,
+        client: ClientId,
+        listener: u16,
+    ) -> Result<(), Unrouted> {
+        self.leave_if_displaced(binding, client, listener).await?;
+        if binding.0.is_none() {
+            binding.0 = Some(self.bind(client, listener).await?);
+        }
+        Ok(())
+    }
+
+    /// Unbinds a displaced client once its events on its host are done, and sends the
+    /// events that host handed back on (to the host it binds to next), so that its order
+    /// holds across the move.
+    async fn leave_if_displaced(
+        &self,
+        binding: &mut Binding,
+        client: ClientId,
+        listener: u16,
+    ) -> Result<(), Unrouted> {
+        let Some(bound) = binding.0.take_if(|b| b.displaced(listener)) else {
+            return Ok(());
+        };
+        // A closed window means that host is gone: nothing to wait for.
+        if !bound.link.queue.is_closed() {
+            let _ = bound.window.acquire_many(self.window).await;
+        }
+        let link = bound.link.clone();
+        drop(bound);
+        // The acknowledgements went to this wait, not back to the window: count again.
+        link.answer_leaving();
+        for event in link.take_returned(client).into_iter().flatten() {
+            // Boxed: a move within a move is rare, and the common event pays nothing for it.
+            Box::pin(self.forward(binding, event)).await?;
+        }
+        Ok(())
+    }
+
     /// Sends the close events `link` (gone) had not finished to other worker hosts, in the
-    /// background; each waits for one as any event does.
+    /// background, each after the events of its client the host had handed back; each
+    /// waits for a host as any event does.
     pub fn resend_closes(self: &Arc<Self>, link: &WorkerLink) {
         let closes: Vec<_> =
             std::mem::take(&mut *link.closes.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_values()
-                .map(|(_, close)| close)
+                .into_iter()
+                .map(|(client, (_, close))| {
+                    let mut events = link.take_returned(client).unwrap_or_default();
+                    // A close handed back is already among them.
+                    if !events.last().is_some_and(is_close) {
+                        events.push(close);
+                    }
+                    events
+                })
                 .collect();
-        if closes.is_empty() {
+        if !closes.is_empty() {
+            tracing::warn!(
+                clients = closes.len(),
+                "a worker-host link ended with close events unfinished: sending them to another"
+            );
+        }
+        self.resend(closes);
+    }
+
+    /// Sends the last events of clients whose connections are gone to other worker hosts,
+    /// in the background: each client's in order, as any event.
+    fn resend(self: &Arc<Self>, clients: Vec<Vec<ToWorker>>) {
+        if clients.is_empty() {
             return;
         }
-        tracing::warn!(
-            clients = closes.len(),
-            "a worker-host link ended with close events unfinished: sending them to another"
-        );
         let router = self.clone();
         tokio::spawn(async move {
-            for close in closes {
-                let _ = router.forward(&mut Binding::default(), close).await;
+            for events in clients {
+                let mut binding = Binding::default();
+                for event in events {
+                    if router.forward(&mut binding, event).await.is_err() {
+                        break;
+                    }
+                }
             }
         });
     }
 
-    async fn bind(&self, client: ClientId) -> Result<Bound, NoWorker> {
-        let link = self.pick().await?;
+    async fn bind(&self, client: ClientId, listener: u16) -> Result<Bound, Unrouted> {
+        let link = self.pick(listener).await?;
         link.bound.fetch_add(1, Ordering::Relaxed);
         let window = Arc::new(Semaphore::new(self.window as usize));
         link.windows
@@ -323,17 +540,18 @@ impl Router {
             .unwrap_or_else(|e| e.into_inner())
             .insert(client, window.clone());
         Ok(Bound {
+            changed: link.changed.subscribe(),
             link,
             client,
             window,
         })
     }
 
-    async fn pick(&self) -> Result<Arc<WorkerLink>, NoWorker> {
+    async fn pick(&self, listener: u16) -> Result<Arc<WorkerLink>, Unrouted> {
         let mut count = self.count.subscribe();
         let pick = async {
             loop {
-                if let Some(link) = self.least_bound() {
+                if let Some(link) = self.least_bound(listener) {
                     return link;
                 }
                 if count.changed().await.is_err() {
@@ -346,17 +564,32 @@ impl Router {
             1 => self.hold.max(STARTING_HOLD),
             _ => self.hold,
         };
-        tokio::time::timeout(hold, pick).await.map_err(|_| NoWorker)
+        tokio::time::timeout(hold, pick).await.map_err(|_| {
+            match self.apps.get(usize::from(listener)) {
+                Some(app) if !self.is_empty() => Unrouted::AppUnserved(app.clone()),
+                _ => Unrouted::NoWorker,
+            }
+        })
     }
 
-    fn least_bound(&self) -> Option<Arc<WorkerLink>> {
+    fn least_bound(&self, listener: u16) -> Option<Arc<WorkerLink>> {
         let links = self.links.read().unwrap_or_else(|e| e.into_inner());
         links
             .iter()
-            .filter(|l| !l.queue.is_closed())
+            .filter(|l| !l.queue.is_closed() && l.serves(listener))
             .min_by_key(|l| l.bound.load(Ordering::Relaxed))
             .cloned()
     }
+}
+
+fn is_close(event: &ToWorker) -> bool {
+    matches!(
+        event,
+        ToWorker::Event {
+            kind: EventKind::Close,
+            ..
+        }
+    )
 }
 
 /// The event as it can travel: itself if it fits in an internal frame; a close event without
@@ -394,6 +627,10 @@ mod tests {
     use super::*;
 
     fn event() -> ToWorker {
+        event_of(EventKind::Connect)
+    }
+
+    fn event_of(kind: EventKind) -> ToWorker {
         let id = ClientId::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1), 1);
         ToWorker::Event {
             client: crate::wire::messages::ClientContext {
@@ -404,16 +641,77 @@ mod tests {
                 session: Arc::default(),
                 session_version: 0,
             },
-            kind: EventKind::Connect,
+            kind,
             ack_now: false,
         }
+    }
+
+    fn message(text: &'static str) -> ToWorker {
+        event_of(EventKind::Message(bytes::Bytes::from_static(
+            text.as_bytes(),
+        )))
+    }
+
+    /// What an event carries: its text, for a message.
+    fn text(event: ToWorker) -> String {
+        match event {
+            ToWorker::Event {
+                kind: EventKind::Message(data),
+                ..
+            } => String::from_utf8(data.to_vec()).unwrap(),
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    /// A host that drops the client's app hands an event back: the client's next event goes
+    /// to a host that serves the app, after the one handed back; a host that never announced
+    /// the app gets nothing.
+    #[tokio::test]
+    async fn a_client_moves_with_its_handed_back_events_first() {
+        let router = Router::new(4, Duration::from_secs(5), vec!["app".into()]);
+        let served = [ServedApp {
+            name: "app".into(),
+            version: "v1".into(),
+        }];
+        let link = || {
+            let (queue, events) =
+                crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
+            (router.add(queue), events)
+        };
+        let (unserving, mut nothing) = link();
+        router.announce(&unserving, &[]);
+        let (first, mut first_events) = link();
+        router.announce(&first, &served);
+        let mut binding = Binding::default();
+        router.forward(&mut binding, message("1")).await.unwrap();
+        router.forward(&mut binding, message("2")).await.unwrap();
+        assert_eq!(text(first_events.try_recv().unwrap()), "1");
+
+        let (second, mut second_events) = link();
+        router.announce(&second, &served);
+        router.announce(&first, &[]);
+        let ToWorker::Event { client, kind, .. } = first_events.try_recv().unwrap() else {
+            unreachable!()
+        };
+        let id = client.id;
+        router.returned(&first, client, kind);
+        let router = Arc::new(router);
+        router.done(&first, vec![(id, 2)]);
+        tokio::time::timeout(Duration::from_secs(5), binding.displaced(0))
+            .await
+            .expect("the client is told to move");
+        router.forward(&mut binding, message("3")).await.unwrap();
+        assert_eq!(text(second_events.try_recv().unwrap()), "2");
+        assert_eq!(text(second_events.try_recv().unwrap()), "3");
+        assert!(first_events.try_recv().is_err());
+        assert!(nothing.try_recv().is_err());
     }
 
     /// Until a first worker host links, an event waits [`STARTING_HOLD`]; once one has
     /// linked and gone, only `hold`.
     #[tokio::test(start_paused = true)]
     async fn a_starting_cluster_is_waited_for_longer() {
-        let router = Router::new(4, Duration::from_secs(5));
+        let router = Router::new(4, Duration::from_secs(5), vec!["app".into()]);
         let started = tokio::time::Instant::now();
         let waited = router.forward(&mut Binding::default(), event()).await;
         assert!(waited.is_err());

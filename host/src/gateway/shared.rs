@@ -57,6 +57,7 @@ impl Gateway {
         GatewaySnapshot {
             state: self.state.summary(),
             worker_links: self.router.len(),
+            serving_links: self.router.serving(),
         }
     }
 }
@@ -68,4 +69,6 @@ pub struct GatewaySnapshot {
     pub state: StateSummary,
     /// Worker hosts linked.
     pub worker_links: usize,
+    /// Worker hosts linked that serve its app.
+    pub serving_links: usize,
 }

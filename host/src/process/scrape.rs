@@ -125,7 +125,7 @@ struct GatewayRow<'a> {
 
 type GatewayGauge = (&'static str, &'static str, fn(&GatewayRow) -> usize);
 
-const GATEWAY_GAUGES: [GatewayGauge; 4] = [
+const GATEWAY_GAUGES: [GatewayGauge; 5] = [
     ("connections", "Clients connected, by gateway.", |g| {
         g.now.state.clients
     }),
@@ -143,6 +143,11 @@ const GATEWAY_GAUGES: [GatewayGauge; 4] = [
         "gateway_worker_links",
         "Worker hosts linked, by gateway.",
         |g| g.now.worker_links,
+    ),
+    (
+        "gateway_serving_links",
+        "Worker hosts linked that serve the gateway's app, by gateway.",
+        |g| g.now.serving_links,
     ),
 ];
 

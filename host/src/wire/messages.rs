@@ -49,6 +49,15 @@ pub struct ListenerInfo {
     pub port: u16,
 }
 
+/// An app a worker host serves, and the version it runs there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedApp {
+    /// The app's name (its plugin file's name).
+    pub name: String,
+    /// The version of it the host runs.
+    pub version: String,
+}
+
 /// Who a client is and what its gateway knows of it, sent with each of its events.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientContext {
@@ -148,4 +157,16 @@ pub enum ToGateway {
     /// The worker host's plugin table, sent when the link starts and whenever it changes; the
     /// gateway keeps the latest while the link lasts and answers it to [`Query::Cluster`].
     Report(WorkerReport),
+    /// Every app the worker host serves now: sent first on each link and again whenever its
+    /// plugin set changes. A gateway routes a client only to hosts that serve its app.
+    Apps(Vec<ServedApp>),
+    /// An event the worker host did not run because it does not serve the client's app (an
+    /// unload raced the event): the gateway sends it to a host that does, ahead of the
+    /// client's later events. It was sent before the event's `Done`.
+    Returned {
+        /// The client, as the event carried it.
+        client: ClientContext,
+        /// What happened.
+        kind: EventKind,
+    },
 }

@@ -15,6 +15,13 @@
 //! counted and logged (close events excepted: `on-close` is owed to every client, and a
 //! client has only one). The gateway's per-client window keeps one client far below both.
 //!
+//! The dispatcher publishes the apps it serves and their versions ([`EventSink::apps`]); the
+//! links announce them to the gateways, which route a client only to a host that serves its
+//! app. An event that arrives for an app not served here (it was unloaded while the event
+//! was on its way) is handed back to its gateway, never dropped. An app leaves the list
+//! under the same lock that removes it, so an event handed back for want of it always
+//! follows the announcement that it left.
+//!
 //! The driver also keeps GatewayWorker's `$_SESSION` consistent without its extra round trip:
 //! when a callback changed the session, the next event of that client may have left the
 //! gateway before the change arrived there. The gateway stamps each event with how many
@@ -26,7 +33,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::task::TaskTracker;
 
 use super::bindings::{Client, WebsocketRequest};
@@ -35,7 +42,7 @@ use super::runtime::{Call, EventClient, PluginInstance};
 use crate::client_id::{ClientHasher, ClientMap};
 use crate::links::{EventSink, Incoming};
 use crate::ops::{Command, Gateways, Session};
-use crate::wire::messages::{ClientContext, EventKind};
+use crate::wire::messages::{ClientContext, EventKind, ServedApp};
 
 /// Events one instance may have waiting; more are dropped.
 const INSTANCE_QUEUE: usize = 16 * 1024;
@@ -91,12 +98,12 @@ struct InstanceQueue {
 }
 
 /// Why an event was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Refused {
     /// The queue holds [`INSTANCE_QUEUE`] events or [`INSTANCE_QUEUE_BYTES`] bytes.
     Full,
-    /// The instance is stopping.
-    Closed,
+    /// The instance is stopping: the event, to be handed back.
+    Closed(Box<Incoming>),
 }
 
 fn cost(event: &Incoming) -> usize {
@@ -112,11 +119,12 @@ impl InstanceQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `event`; a refused one is dropped here (its `Done` acknowledges it).
+    /// Queues `event`; one refused for a full queue is dropped here (its `Done` acknowledges
+    /// it).
     fn push(&self, event: Incoming) -> Result<(), Refused> {
         let mut state = self.lock();
         if state.closed {
-            return Err(Refused::Closed);
+            return Err(Refused::Closed(Box::new(event)));
         }
         let cost = cost(&event);
         let full = state.events >= INSTANCE_QUEUE || state.bytes + cost > INSTANCE_QUEUE_BYTES;
@@ -198,10 +206,12 @@ type App = Vec<Arc<InstanceQueue>>;
 /// Routes events to the instances of the running apps.
 pub struct Dispatcher {
     apps: RwLock<HashMap<String, App>>,
+    /// The apps of `apps` with their versions, by name, as the links announce them.
+    served: watch::Sender<Vec<ServedApp>>,
     gateways: Arc<dyn Gateways>,
     hasher: ClientHasher,
     drivers: TaskTracker,
-    /// Events dropped per app and reason, for the log.
+    /// Events dropped or handed back, per app and reason, for the log.
     dropped: Mutex<HashMap<(String, &'static str), u64>>,
 }
 
@@ -210,6 +220,7 @@ impl Dispatcher {
     pub fn new(gateways: Arc<dyn Gateways>) -> Arc<Self> {
         Arc::new(Self {
             apps: RwLock::new(HashMap::new()),
+            served: watch::channel(Vec::new()).0,
             gateways,
             hasher: ClientHasher::default(),
             drivers: TaskTracker::new(),
@@ -217,9 +228,9 @@ impl Dispatcher {
         })
     }
 
-    /// Serves `app` with `instances` from now on. A running version finishes the events
-    /// already queued for it, then runs `on-worker-stop`.
-    pub async fn install(&self, app: &str, instances: Vec<PluginInstance>) {
+    /// Serves `app` at `version` with `instances` from now on. A running version finishes
+    /// the events already queued for it, then runs `on-worker-stop`.
+    pub async fn install(&self, app: &str, version: &str, instances: Vec<PluginInstance>) {
         let running = self
             .apps
             .read()
@@ -232,6 +243,7 @@ impl Dispatcher {
                 for (driver, instance) in drivers.iter().zip(instances) {
                     driver.push_swap(instance);
                 }
+                self.announce(app, Some(version));
             }
             None => {
                 let drivers = instances
@@ -247,11 +259,10 @@ impl Dispatcher {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .retain(|(dropped_app, _), _| dropped_app != app);
-                let replaced = self
-                    .apps
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(app.to_owned(), drivers);
+                let mut apps = self.apps.write().unwrap_or_else(|e| e.into_inner());
+                let replaced = apps.insert(app.to_owned(), drivers);
+                self.announce(app, Some(version));
+                drop(apps);
                 for queue in replaced.into_iter().flatten() {
                     queue.close();
                 }
@@ -261,11 +272,11 @@ impl Dispatcher {
 
     /// Stops serving `app`: its instances finish what is queued and run `on-worker-stop`.
     pub fn remove(&self, app: &str) {
-        let removed = self
-            .apps
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(app);
+        let mut apps = self.apps.write().unwrap_or_else(|e| e.into_inner());
+        let removed = apps.remove(app);
+        // Under the lock: an event that finds the app gone is handed back after this.
+        self.announce(app, None);
+        drop(apps);
         for queue in removed.into_iter().flatten() {
             queue.close();
         }
@@ -284,23 +295,57 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
-    /// Counts and logs an event no plugin will see: the 1st, 2nd, 4th, 8th … per app and
-    /// reason, so a problem is visible without flooding the log.
-    fn dropped(&self, app: &str, reason: &'static str) {
-        crate::metrics::event_dropped(reason);
-        let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
-        let count = dropped.entry((app.to_owned(), reason)).or_default();
-        *count += 1;
-        if count.is_power_of_two() {
-            match reason {
-                "no_plugin" => {
-                    tracing::warn!(%app, dropped = *count, "no plugin for this app; events dropped")
+    /// Sets the version of `app` in the list the links announce (`None`: not served).
+    fn announce(&self, app: &str, version: Option<&str>) {
+        self.served.send_if_modified(|served| {
+            let at = served.iter().position(|s| s.name == app);
+            match (at, version) {
+                (Some(at), Some(version)) if served[at].version == version => false,
+                (Some(at), Some(version)) => {
+                    served[at].version = version.to_owned();
+                    true
                 }
-                _ => {
-                    tracing::warn!(%app, dropped = *count, "an instance queue is full ({INSTANCE_QUEUE} events or {INSTANCE_QUEUE_BYTES} bytes); events dropped")
+                (None, Some(version)) => {
+                    served.push(ServedApp {
+                        name: app.to_owned(),
+                        version: version.to_owned(),
+                    });
+                    true
                 }
+                (Some(at), None) => {
+                    served.remove(at);
+                    true
+                }
+                (None, None) => false,
             }
+        });
+    }
+
+    /// Hands `event` back to its gateway: no app of this host takes it. Logged (not counted
+    /// as dropped: it runs elsewhere), as it means a gateway routed on an old list.
+    fn give_back(&self, event: Incoming) {
+        let app = event.listener.app.clone();
+        event.give_back();
+        if let Some(count) = self.tally(&app, "returned") {
+            tracing::info!(%app, returned = count, "no plugin for this app (any more); events handed back to their gateway");
         }
+    }
+
+    /// Counts and logs an event no plugin will see because an instance queue is full.
+    fn dropped(&self, app: &str) {
+        crate::metrics::event_dropped("queue_full");
+        if let Some(count) = self.tally(app, "queue_full") {
+            tracing::warn!(%app, dropped = count, "an instance queue is full ({INSTANCE_QUEUE} events or {INSTANCE_QUEUE_BYTES} bytes); events dropped");
+        }
+    }
+
+    /// Counts one more event of `app` that went `how`; the count when it is worth a log line
+    /// (the 1st, 2nd, 4th, 8th …), so a problem is visible without flooding the log.
+    fn tally(&self, app: &str, how: &'static str) -> Option<u64> {
+        let mut tallies = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        let count = tallies.entry((app.to_owned(), how)).or_default();
+        *count += 1;
+        count.is_power_of_two().then_some(*count)
     }
 }
 
@@ -312,16 +357,23 @@ impl EventSink for Dispatcher {
         let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
         let Some((app, instances)) = apps.get_key_value(&event.listener.app) else {
             drop(apps);
-            self.dropped(&event.listener.app, "no_plugin");
+            self.give_back(event);
             return;
         };
         let slot = self.hasher.hash_one(event.client.id) as usize % instances.len();
         match instances[slot].push(event) {
             Ok(()) => {}
-            Err(Refused::Full) => self.dropped(app, "queue_full"),
-            // Removed or replaced while this event was on its way.
-            Err(Refused::Closed) => self.dropped(app, "no_plugin"),
+            Err(Refused::Full) => self.dropped(app),
+            // Stopping while this event was on its way.
+            Err(Refused::Closed(event)) => {
+                drop(apps);
+                self.give_back(*event);
+            }
         }
+    }
+
+    fn apps(&self) -> Option<watch::Receiver<Vec<ServedApp>>> {
+        Some(self.served.subscribe())
     }
 }
 
@@ -532,11 +584,11 @@ mod tests {
     fn a_full_queue_refuses_events_but_not_closes() {
         let queue = InstanceQueue::default();
         queue.lock().events = INSTANCE_QUEUE;
-        assert_eq!(queue.push(event(1, "x")).err(), Some(Refused::Full));
+        assert!(matches!(queue.push(event(1, "x")), Err(Refused::Full)));
         let mut close = event(1, "");
         close.kind = EventKind::Close;
         assert!(queue.push(close).is_ok());
         queue.close();
-        assert_eq!(queue.push(event(1, "x")).err(), Some(Refused::Closed));
+        assert!(matches!(queue.push(event(1, "x")), Err(Refused::Closed(_))));
     }
 }

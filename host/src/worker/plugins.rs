@@ -235,7 +235,9 @@ impl PluginDir {
         metrics::plugin_installed(&self.worker, app, code.version(), instances.len());
         self.running
             .insert(app.to_owned(), (code.version().to_owned(), grants));
-        self.dispatcher.install(app, instances).await;
+        self.dispatcher
+            .install(app, code.version(), instances)
+            .await;
     }
 
     fn apps_on_disk(&self) -> Vec<String> {

@@ -66,9 +66,10 @@ async fn a_daemon_is_inspected_reloaded_restarted_and_stopped_by_its_config_file
             &gateway["connections"],
             &gateway["groups"],
             &gateway["uids"],
-            &gateway["links"]
+            &gateway["links"],
+            &gateway["serving"]
         ],
-        ["2", "1", "1", "1"],
+        ["2", "1", "1", "1", "1"],
         "{screen}"
     );
     let worker = row(&roles, "role", "worker");

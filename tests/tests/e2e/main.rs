@@ -8,6 +8,8 @@
 //! [`in_own_process`].
 
 mod admin;
+mod app_routing;
+mod bind_advertise;
 mod chat_browser;
 mod cli;
 mod client_js;

@@ -90,6 +90,8 @@ pub struct GatewayStatus {
     pub uids: usize,
     /// Worker hosts linked.
     pub worker_links: usize,
+    /// Worker hosts linked that serve its app.
+    pub serving_links: usize,
 }
 
 /// The worker host.

@@ -222,6 +222,7 @@ impl Control {
                         groups: now.state.groups,
                         uids: now.state.uids,
                         worker_links: now.worker_links,
+                        serving_links: now.serving_links,
                     }
                 })
                 .collect(),
