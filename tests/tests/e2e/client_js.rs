@@ -46,8 +46,7 @@ async fn a_full_queue_hands_the_message_to_the_overflow_callback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_heartbeat_is_answered_or_ignored_as_configured() {
     let test = "client_js::the_heartbeat_is_answered_or_ignored_as_configured";
-    let heartbeat =
-        "ping_interval = \"1s\"\nping_not_response_limit = 1\nping_data = \"ping\"\n";
+    let heartbeat = "ping_interval = \"1s\"\nping_not_response_limit = 1\nping_data = \"ping\"\n";
     scenario_with("heartbeat", test, heartbeat, &[]).await;
 }
 
