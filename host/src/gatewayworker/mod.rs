@@ -1,0 +1,16 @@
+//! GatewayWorker compatibility: wasmgate speaking GatewayWorker's own wire protocols
+//! (reference `gatewayworker.md` §9), so that PHP BusinessWorkers and PHP backends using
+//! GatewayClient keep working, unchanged, against wasmgate's register and gateways.
+//!
+//! It sits above the roles: it translates GatewayWorker's formats into wasmgate's operations
+//! and membership and adds no state or operation of its own. The process starts its
+//! listeners beside the roles they serve.
+//!
+//! # Layout
+//! - [`php_serial`]: the subset of PHP's `serialize()` format that sessions and query replies
+//!   use, decoded under hard limits;
+//! - [`session`]: a wasmgate session as a serialized PHP `$_SESSION` and back, losing
+//!   nothing PHP stored.
+
+pub mod php_serial;
+pub mod session;
