@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -277,6 +277,36 @@ pub struct RegisterConfig {
     /// Address to listen on for gateways and worker hosts; keep it on a private network.
     #[serde(default = "default_register")]
     pub listen: SocketAddr,
+    /// Also speak GatewayWorker's register protocol (newline-JSON) on this address, for PHP
+    /// Gateways, BusinessWorkers and GatewayClient; off when absent. Their `secretKey` must
+    /// be the cluster's `secret`. Keep it on a private network: keys travel in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gatewayworker_listen: Option<SocketAddr>,
+    /// How long a connection to `gatewayworker_listen` may stay without sending
+    /// `gateway_connect` or `worker_connect` with the right key before it is closed
+    /// (GatewayWorker's "Register auth timeout", 10 s). Above 0.
+    #[serde(
+        default = "default_gatewayworker_auth_timeout",
+        with = "humantime_serde"
+    )]
+    pub gatewayworker_auth_timeout: Duration,
+    /// The longest line `gatewayworker_listen` reads; a longer one closes its connection
+    /// (GatewayWorker's lines are a few hundred bytes). At least 1 KiB.
+    #[serde(default = "default_gatewayworker_max_line")]
+    pub gatewayworker_max_line: ByteSize,
+}
+
+impl RegisterConfig {
+    /// Rejects register settings that cannot work.
+    fn check(&self) -> Result<(), String> {
+        if self.gatewayworker_auth_timeout.is_zero() {
+            return Err("`gatewayworker_auth_timeout` must be above 0".into());
+        }
+        if self.gatewayworker_max_line < ByteSize::kib(1) {
+            return Err("`gatewayworker_max_line` must be at least 1KiB".into());
+        }
+        Ok(())
+    }
 }
 
 /// One `[[gateway]]`: a client listener, its internal port and its limits.
@@ -305,6 +335,12 @@ pub struct GatewayConfig {
     /// The internal (worker-facing) port; 0 picks a free one.
     #[serde(default)]
     pub internal_port: u16,
+    /// The address of this gateway's GatewayWorker-compatible internal port, where PHP
+    /// BusinessWorkers and GatewayClient reach it; the register lists it to them
+    /// (`[register] gatewayworker_listen`). Off when absent. Not served yet: today the
+    /// address is only announced (issue 17, item 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gatewayworker_internal: Option<SocketAddrV4>,
     /// The register(s) to announce this gateway to; by default the one this file's
     /// `[register]` listens on (else 127.0.0.1:1236). Needed only when the register runs
     /// from another file.
@@ -1055,6 +1091,11 @@ impl Config {
         {
             return Some(format!("[register] listen = \"{}\"", register.listen));
         }
+        if let Some(listen) = self.register.as_ref().and_then(|r| r.gatewayworker_listen)
+            && !listen.ip().is_loopback()
+        {
+            return Some(format!("[register] gatewayworker_listen = \"{listen}\""));
+        }
         for gateway in &self.gateway {
             if !gateway.lan_ip.is_loopback() {
                 return Some(format!(
@@ -1082,6 +1123,9 @@ impl ConfigFile {
             return Err(invalid("secret".into())(
                 "give `secret` or `secret_file`, not both".into(),
             ));
+        }
+        if let Some(register) = &self.register {
+            register.check().map_err(invalid("register".into()))?;
         }
         for gateway in &self.gateway {
             gateway
@@ -1175,6 +1219,14 @@ impl ConfigFile {
 
 fn default_register() -> SocketAddr {
     DEFAULT_REGISTER.parse().expect("valid default")
+}
+
+fn default_gatewayworker_auth_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_gatewayworker_max_line() -> ByteSize {
+    ByteSize::kib(64)
 }
 
 fn default_lan_ip() -> Ipv4Addr {

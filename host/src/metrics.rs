@@ -46,6 +46,8 @@ static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
 static LINKS_CLOSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static HTTP_CUT_OFF: LazyLock<Family<HttpLabels, Counter>> = LazyLock::new(Family::default);
 static CONTROL_REFUSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
+static GATEWAYWORKER_REGISTER_REFUSED: LazyLock<Family<ReasonLabels, Counter>> =
+    LazyLock::new(Family::default);
 static DATA_CALLS: LazyLock<Family<DataLabels, Counter>> = LazyLock::new(Family::default);
 static DATA_CALL_SECONDS: LazyLock<DataTimings> =
     LazyLock::new(|| Family::new_with_constructor(call_buckets));
@@ -251,6 +253,20 @@ pub fn control_refused(reason: ControlRefusal) {
 pub fn controls_refused(reason: ControlRefusal) -> u64 {
     let reason = reason.label();
     CONTROL_REFUSED
+        .get(&ReasonLabels { reason })
+        .map_or(0, |c| c.get())
+}
+
+/// Counts a connection the GatewayWorker-compatible register listener closed, by `reason`.
+pub fn gatewayworker_register_refused(reason: &'static str) {
+    GATEWAYWORKER_REGISTER_REFUSED
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+}
+
+/// Connections the GatewayWorker-compatible register listener closed so far for `reason`.
+pub fn gatewayworker_register_refusals(reason: &'static str) -> u64 {
+    GATEWAYWORKER_REGISTER_REFUSED
         .get(&ReasonLabels { reason })
         .map_or(0, |c| c.get())
 }
@@ -620,6 +636,11 @@ pub fn register(r: &mut Registry) {
         "control_refused",
         "Peers the control socket refused, by reason (other_user, unknown_peer)",
         CONTROL_REFUSED.clone(),
+    );
+    r.register(
+        "gatewayworker_register_refused",
+        "Connections the GatewayWorker-compatible register listener closed, by reason (auth_timeout, wrong_secret, no_address, bad_request, unknown_event, line_too_long)",
+        GATEWAYWORKER_REGISTER_REFUSED.clone(),
     );
     r.register(
         "plugin_calls",

@@ -10,7 +10,13 @@
 //! - [`php_serial`]: the subset of PHP's `serialize()` format that sessions and query replies
 //!   use, decoded under hard limits;
 //! - [`session`]: a wasmgate session as a serialized PHP `$_SESSION` and back, losing
-//!   nothing PHP stored.
+//!   nothing PHP stored;
+//! - [`packet`]: GatewayProtocol, the 28-byte-header packets of a gateway's internal port,
+//!   and the length-prefixed query replies;
+//! - [`register`]: the register's GatewayWorker listener (`gatewayworker_listen`), over the
+//!   register's own directory of gateways.
 
+pub mod packet;
 pub mod php_serial;
+pub mod register;
 pub mod session;

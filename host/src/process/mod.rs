@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, GrantTable};
 use crate::gateway::BoundGateway;
+use crate::gatewayworker;
 use crate::local::LocalGateways;
 use crate::push::BoundPush;
 use crate::register;
@@ -269,7 +270,26 @@ pub async fn run(
             .await
             .with_context(|| format!("register: cannot listen on {}", register.listen))?;
         tracing::info!(listen = %register.listen, "register listening");
-        roles.spawn(register::run(listener, secret.clone(), shutdown.clone()));
+        let directory = register::Directory::default();
+        if let Some(listen) = register.gatewayworker_listen {
+            let listener = TcpListener::bind(listen).await.with_context(|| {
+                format!("register: cannot listen on {listen} (gatewayworker_listen)")
+            })?;
+            tracing::info!(%listen, "register listening for GatewayWorker (PHP) members");
+            roles.spawn(gatewayworker::register::run(
+                listener,
+                directory.clone(),
+                secret.clone(),
+                register.clone(),
+                shutdown.clone(),
+            ));
+        }
+        roles.spawn(register::run(
+            listener,
+            directory,
+            secret.clone(),
+            shutdown.clone(),
+        ));
     }
     for gateway in config.gateway {
         let (name, listen, app) = (

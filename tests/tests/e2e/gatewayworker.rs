@@ -1,0 +1,246 @@
+//! GatewayWorker compatibility, against doubles written from the reference's §9: the
+//! register's newline-JSON listener (`gatewayworker_listen`) as PHP BusinessWorkers,
+//! GatewayClient and PHP Gateways use it, with a native WebSocket client as the bystander
+//! whose replies must keep arriving.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::timeout;
+use wasmgate_tests::client::TestClient;
+use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, connect_ws, free_port};
+use wasmgate_tests::plugins;
+
+use crate::{BIN, QUIET};
+
+/// How long a double waits for a line, a close or a list it expects.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A PHP member of the register, speaking newline-JSON (reference §9.3).
+struct PhpMember {
+    lines: BufReader<OwnedReadHalf>,
+    write: OwnedWriteHalf,
+}
+
+impl PhpMember {
+    /// Connects to the register's GatewayWorker listener once it listens.
+    async fn connect(port: u16) -> Self {
+        for _ in 0..2400 {
+            if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await {
+                let (read, write) = stream.into_split();
+                return Self {
+                    lines: BufReader::new(read),
+                    write,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the register never listened on {port}");
+    }
+
+    /// Sends one line, as GatewayWorker builds it.
+    async fn send(&mut self, line: &str) {
+        self.write
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// `worker_connect` with `secret`, as BusinessWorker and GatewayClient send it.
+    async fn worker_connect(&mut self, secret: &str) {
+        let line = format!(r#"{{"event":"worker_connect","secret_key":"{secret}"}}"#);
+        self.send(&line).await;
+    }
+
+    /// The next line; `None` once the register closed the connection.
+    async fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        let read = timeout(WAIT, self.lines.read_line(&mut line))
+            .await
+            .expect("the register neither sent a line nor closed in time");
+        match read {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line),
+        }
+    }
+
+    /// Reads `broadcast_addresses` lines until one lists exactly `ports` on 127.0.0.1.
+    async fn wait_for_addresses(&mut self, ports: &[u16]) {
+        let mut ports = ports.to_vec();
+        ports.sort_unstable();
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let expected = format!(
+            "{{\"event\":\"broadcast_addresses\",\"addresses\":{}}}\n",
+            serde_json::to_string(&addresses).unwrap()
+        );
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            let line = self.line().await.expect("the register closed a worker");
+            if line == expected {
+                return;
+            }
+            seen.push(line);
+        }
+        panic!("never got {expected:?}; got {seen:?}");
+    }
+
+    /// Asserts that the register closes the connection without a line.
+    async fn assert_closed_silently(&mut self) {
+        assert_eq!(self.line().await, None, "the register answered");
+    }
+}
+
+/// A node with every role: the register with its GatewayWorker listener on `compat`
+/// (`extra` keys added to `[register]`), a WebSocket gateway on `ws` of the `commands` app
+/// announcing a GatewayWorker port `internal`, and a worker host.
+fn node(plugins: &PluginsDir, compat: u16, ws: u16, internal: u16, extra: &str) -> (Node, u16) {
+    let register = free_port();
+    let dir = plugins.path();
+    let node = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n\
+             [register]\nlisten = \"127.0.0.1:{register}\"\n\
+             gatewayworker_listen = \"127.0.0.1:{compat}\"\n{extra}\n\
+             [[gateway]]\nlisten = \"ws://127.0.0.1:{ws}\"\napp = \"commands\"\n\
+             gatewayworker_internal = \"127.0.0.1:{internal}\"\n\
+             [worker]\nplugins = {dir:?}\ninstances = 1\n"
+        ),
+    );
+    (node, register)
+}
+
+/// A connected client that a worker host answers, with nothing left to read.
+async fn bystander(port: u16) -> TestClient {
+    let mut client = connect_ws(port).await;
+    client.ask_until("echo ready", "ready").await;
+    // The asks the gateway held for a worker host are answered too: let them all arrive.
+    while client.recv_within(QUIET).await.is_ok() {}
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn php_workers_get_the_gatewayworker_ports_and_follow_the_gateways() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (compat, ws, internal) = (free_port(), free_port(), free_port());
+    let (_node, register) = node(&plugins, compat, ws, internal, "");
+    let mut bystander = bystander(ws).await;
+
+    // A wrong key is closed without a word, as GatewayWorker's register does.
+    let mut wrong = PhpMember::connect(compat).await;
+    wrong.worker_connect("not the secret").await;
+    wrong.assert_closed_silently().await;
+    let mut keyless = PhpMember::connect(compat).await;
+    keyless.send(r#"{"event":"worker_connect"}"#).await;
+    keyless.assert_closed_silently().await;
+
+    // The right key: the list of GatewayWorker ports, first line (GatewayClient reads one).
+    let mut worker = PhpMember::connect(compat).await;
+    worker.worker_connect(SECRET).await;
+    worker.wait_for_addresses(&[internal]).await;
+    worker.send(r#"{"event":"ping"}"#).await;
+    assert_eq!(bystander.ask("echo 1").await, "1");
+
+    // A wasmgate gateway joins from another process, then a PHP Gateway: both listed.
+    let (ws2, internal2) = (free_port(), free_port());
+    let other = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{ws2}\"\n\
+             app = \"commands\"\nregister = \"127.0.0.1:{register}\"\n\
+             gatewayworker_internal = \"127.0.0.1:{internal2}\"\n"
+        ),
+    );
+    worker.wait_for_addresses(&[internal, internal2]).await;
+    let php_port = free_port();
+    let mut php_gateway = PhpMember::connect(compat).await;
+    php_gateway
+        .send(&format!(
+            r#"{{"event":"gateway_connect","address":"127.0.0.1:{php_port}","secret_key":"{SECRET}"}}"#
+        ))
+        .await;
+    worker
+        .wait_for_addresses(&[internal, internal2, php_port])
+        .await;
+    // The register never answers a gateway.
+    php_gateway.send(r#"{"event":"ping"}"#).await;
+    assert_eq!(bystander.ask("echo 2").await, "2");
+
+    // A GatewayClient asking now gets the whole list at once.
+    let mut client = PhpMember::connect(compat).await;
+    client.worker_connect(SECRET).await;
+    client
+        .wait_for_addresses(&[internal, internal2, php_port])
+        .await;
+
+    // Each leaves the list when its connection ends.
+    drop(php_gateway);
+    worker.wait_for_addresses(&[internal, internal2]).await;
+    other.kill().await;
+    worker.wait_for_addresses(&[internal]).await;
+    assert_eq!(bystander.ask("echo 3").await, "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_do_not_authenticate_are_closed() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (compat, ws, internal) = (free_port(), free_port(), free_port());
+    let auth = Duration::from_secs(1);
+    let (node, _) = node(
+        &plugins,
+        compat,
+        ws,
+        internal,
+        "gatewayworker_auth_timeout = \"1s\"\ngatewayworker_max_line = \"1KiB\"",
+    );
+    let mut bystander = bystander(ws).await;
+    // A member that authenticated stays past the timeout.
+    let mut worker = PhpMember::connect(compat).await;
+    worker.worker_connect(SECRET).await;
+    worker.wait_for_addresses(&[internal]).await;
+
+    // Silence (a TCP probe) and pings alone are both cut at the auth timeout.
+    let started = Instant::now();
+    let mut silent = PhpMember::connect(compat).await;
+    let mut pinging = PhpMember::connect(compat).await;
+    pinging.send(r#"{"event":"ping"}"#).await;
+    silent.assert_closed_silently().await;
+    pinging.assert_closed_silently().await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= auth - Duration::from_millis(100),
+        "closed after {waited:?}, before the auth timeout"
+    );
+    node.wait_for_line(&["Register auth timeout"]).await;
+
+    // A bad request gets GatewayWorker's error line, then the close; an unknown event and an
+    // overlong line are closed.
+    let mut bad = PhpMember::connect(compat).await;
+    bad.send("not json").await;
+    assert_eq!(
+        bad.line().await.as_deref(),
+        Some("Bad request for Register service\n")
+    );
+    bad.assert_closed_silently().await;
+    let mut unknown = PhpMember::connect(compat).await;
+    unknown.send(r#"{"event":"subscribe"}"#).await;
+    unknown.assert_closed_silently().await;
+    let mut long = PhpMember::connect(compat).await;
+    long.send(&"x".repeat(2048)).await;
+    long.assert_closed_silently().await;
+
+    // The authenticated worker is still there, and still told of changes.
+    worker.send(r#"{"event":"ping"}"#).await;
+    let php_port = free_port();
+    let mut php_gateway = PhpMember::connect(compat).await;
+    php_gateway
+        .send(&format!(
+            r#"{{"event":"gateway_connect","address":"127.0.0.1:{php_port}","secret_key":"{SECRET}"}}"#
+        ))
+        .await;
+    worker.wait_for_addresses(&[internal, php_port]).await;
+    assert_eq!(bystander.ask("echo still").await, "still");
+}
