@@ -1573,6 +1573,50 @@ mod tests {
     }
 
     #[test]
+    fn gatewayworker_keys_parse_and_bad_ones_are_named() {
+        let c = parse(
+            "[register]\ngatewayworker_listen = \"10.0.0.5:1236\"\n\
+             [[gateway]]\nlisten = \"ws://127.0.0.1:1\"\napp = \"a\"\n\
+             gatewayworker_internal = \"127.0.0.1:2300\"\n",
+        );
+        let c = c.unwrap();
+        let r = c.register.as_ref().unwrap();
+        assert_eq!(
+            r.gatewayworker_listen,
+            Some("10.0.0.5:1236".parse().unwrap())
+        );
+        assert_eq!(r.gatewayworker_auth_timeout, Duration::from_secs(10));
+        assert_eq!(r.gatewayworker_max_line, ByteSize::kib(64));
+        assert_eq!(
+            c.gateway[0].gatewayworker_internal,
+            Some("127.0.0.1:2300".parse().unwrap())
+        );
+        // Keys travel in clear on it: off loopback, no start without a secret.
+        assert_eq!(
+            c.off_loopback().as_deref(),
+            Some("[register] gatewayworker_listen = \"10.0.0.5:1236\"")
+        );
+        assert_eq!(
+            parse("[register]\n")
+                .unwrap()
+                .register
+                .unwrap()
+                .gatewayworker_listen,
+            None
+        );
+        for (keys, named) in [
+            (
+                "gatewayworker_auth_timeout = \"0s\"",
+                "gatewayworker_auth_timeout",
+            ),
+            ("gatewayworker_max_line = 100", "gatewayworker_max_line"),
+        ] {
+            let err = parse(&format!("[register]\n{keys}\n")).unwrap_err();
+            assert!(err.contains(named), "{keys}: {err}");
+        }
+    }
+
+    #[test]
     fn kv_grants_and_caps_parse_and_bad_ones_are_named() {
         let w = parse(
             "[worker]\n[worker.grants.a]\nkv = \"embedded\"\n\

@@ -28,16 +28,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::sleep;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::RegisterConfig;
 use crate::metrics;
-use crate::register::{Directory, DirectoryEntry, ListWatch, Listing, next_list};
-
-/// The pause after a failed `accept` (e.g. out of file descriptors), so that the listener
-/// does not spin while the condition lasts.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+use crate::register::{Directory, DirectoryEntry, ListWatch, Listing, next_list, serve_each};
 
 /// The line GatewayWorker's register sends before closing a connection that sent no event.
 const BAD_REQUEST: &str = "Bad request for Register service";
@@ -108,50 +103,39 @@ pub async fn run(
     config: RegisterConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let connections = TaskTracker::new();
     let max_line = usize::try_from(config.gatewayworker_max_line.as_u64()).unwrap_or(usize::MAX);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    warn!(%error, "gatewayworker register cannot accept a connection");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = sleep(ACCEPT_RETRY) => continue,
-                    }
-                }
-            },
-        };
-        let connection = Connection {
-            directory: directory.clone(),
-            secret: secret.clone(),
-            auth_timeout: config.gatewayworker_auth_timeout,
-            max_line,
-            peer,
-        };
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            match connection.serve(stream, &shutdown).await {
-                Ok(()) => debug!(%peer, "gatewayworker register connection closed"),
-                Err(refusal) => {
-                    if let Some(reason) = refusal.reason() {
-                        metrics::gatewayworker_register_refused(reason);
-                    }
-                    match refusal {
-                        Refusal::AuthTimeout(_) => {
-                            info!(%peer, "gatewayworker register: {refusal}")
+    serve_each(
+        listener,
+        "gatewayworker register",
+        &shutdown,
+        |stream, peer| {
+            let connection = Connection {
+                directory: directory.clone(),
+                secret: secret.clone(),
+                auth_timeout: config.gatewayworker_auth_timeout,
+                max_line,
+                peer,
+            };
+            let shutdown = shutdown.clone();
+            async move {
+                match connection.serve(stream, &shutdown).await {
+                    Ok(()) => debug!(%peer, "gatewayworker register connection closed"),
+                    Err(refusal) => {
+                        if let Some(reason) = refusal.reason() {
+                            metrics::gatewayworker_register_refused(reason);
                         }
-                        _ => warn!(%peer, "gatewayworker register: {refusal}; closed"),
+                        match refusal {
+                            Refusal::AuthTimeout(_) => {
+                                info!(%peer, "gatewayworker register: {refusal}");
+                            }
+                            _ => warn!(%peer, "gatewayworker register: {refusal}; closed"),
+                        }
                     }
                 }
             }
-        });
-    }
-    drop(listener);
-    connections.close();
-    connections.wait().await;
+        },
+    )
+    .await;
     Ok(())
 }
 

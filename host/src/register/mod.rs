@@ -32,4 +32,4 @@ mod server;
 mod tests;
 
 pub use member::{Announce, spawn_registration};
-pub use server::{Directory, DirectoryEntry, ListWatch, Listing, next_list, run};
+pub use server::{Directory, DirectoryEntry, ListWatch, Listing, next_list, run, serve_each};

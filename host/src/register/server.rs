@@ -5,7 +5,7 @@
 //! Worker links watch the table and get the whole list again after every change.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,23 +135,9 @@ pub(super) async fn run_with(
     timing: Timing,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let links = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    warn!(%error, "register cannot accept a connection");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = sleep(ACCEPT_RETRY) => continue,
-                    }
-                }
-            },
-        };
+    serve_each(listener, "register", &shutdown, |stream, peer| {
         let (secret, table, shutdown) = (secret.clone(), table.clone(), shutdown.clone());
-        links.spawn(async move {
+        async move {
             match serve_member(stream, &secret, &table, timing, &shutdown).await {
                 Ok(()) => debug!(%peer, "register link closed"),
                 Err(LinkError::Handshake(error)) if error.is_quiet() => {
@@ -159,12 +145,44 @@ pub(super) async fn run_with(
                 }
                 Err(error) => warn!(%peer, %error, "register link dropped"),
             }
-        });
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// Accepts connections on `listener` until `shutdown`, serving each in a task of its own
+/// (`serve`, which logs its own end), then waits for those tasks. `what` names the listener
+/// in the warning about a failed `accept`, after which it pauses instead of spinning.
+pub async fn serve_each<F, Fut>(
+    listener: TcpListener,
+    what: &'static str,
+    shutdown: &CancellationToken,
+    mut serve: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let tasks = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!(%error, "{what} cannot accept a connection");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = sleep(ACCEPT_RETRY) => continue,
+                    }
+                }
+            },
+        };
+        tasks.spawn(serve(stream, peer));
     }
     drop(listener);
-    links.close();
-    links.wait().await;
-    Ok(())
+    tasks.close();
+    tasks.wait().await;
 }
 
 /// Serves one member's link: answers pings, records a gateway's address for as long as the

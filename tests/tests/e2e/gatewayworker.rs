@@ -54,6 +54,17 @@ impl PhpMember {
         self.send(&line).await;
     }
 
+    /// A PHP Gateway announcing `127.0.0.1:port`, as Gateway's `registerAddress` link does.
+    async fn gateway_connect(register: u16, port: u16) -> Self {
+        let mut gateway = Self::connect(register).await;
+        let address = format!("127.0.0.1:{port}");
+        let line = format!(
+            r#"{{"event":"gateway_connect","address":"{address}","secret_key":"{SECRET}"}}"#
+        );
+        gateway.send(&line).await;
+        gateway
+    }
+
     /// The next line; `None` once the register closed the connection.
     async fn line(&mut self) -> Option<String> {
         let mut line = String::new();
@@ -156,12 +167,7 @@ async fn php_workers_get_the_gatewayworker_ports_and_follow_the_gateways() {
     );
     worker.wait_for_addresses(&[internal, internal2]).await;
     let php_port = free_port();
-    let mut php_gateway = PhpMember::connect(compat).await;
-    php_gateway
-        .send(&format!(
-            r#"{{"event":"gateway_connect","address":"127.0.0.1:{php_port}","secret_key":"{SECRET}"}}"#
-        ))
-        .await;
+    let mut php_gateway = PhpMember::gateway_connect(compat, php_port).await;
     worker
         .wait_for_addresses(&[internal, internal2, php_port])
         .await;
@@ -235,12 +241,7 @@ async fn connections_that_do_not_authenticate_are_closed() {
     // The authenticated worker is still there, and still told of changes.
     worker.send(r#"{"event":"ping"}"#).await;
     let php_port = free_port();
-    let mut php_gateway = PhpMember::connect(compat).await;
-    php_gateway
-        .send(&format!(
-            r#"{{"event":"gateway_connect","address":"127.0.0.1:{php_port}","secret_key":"{SECRET}"}}"#
-        ))
-        .await;
+    let _php_gateway = PhpMember::gateway_connect(compat, php_port).await;
     worker.wait_for_addresses(&[internal, php_port]).await;
     assert_eq!(bystander.ask("echo still").await, "still");
 }
