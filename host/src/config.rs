@@ -337,10 +337,15 @@ pub struct GatewayConfig {
     pub internal_port: u16,
     /// The address of this gateway's GatewayWorker-compatible internal port, where PHP
     /// BusinessWorkers and GatewayClient reach it; the register lists it to them
-    /// (`[register] gatewayworker_listen`). Off when absent. Not served yet: today the
-    /// address is only announced (issue 17, item 3).
+    /// (`[register] gatewayworker_listen`). Off when absent. Its first packet must be
+    /// `CMD_GATEWAY_CLIENT_CONNECT` with the cluster's `secret`, within `handshake_timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gatewayworker_internal: Option<SocketAddrV4>,
+    /// The largest packet `gatewayworker_internal` reads (Workerman's 10 MiB by default); a
+    /// connection declaring a larger one is closed before anything is allocated for it. At
+    /// least 1 KiB.
+    #[serde(default = "default_gatewayworker_max_packet")]
+    pub gatewayworker_max_packet: ByteSize,
     /// The register(s) to announce this gateway to; by default the one this file's
     /// `[register]` listens on (else 127.0.0.1:1236). Needed only when the register runs
     /// from another file.
@@ -435,6 +440,9 @@ impl GatewayConfig {
 
     /// Rejects gateway settings that parse but contradict each other.
     fn check(&self) -> Result<(), String> {
+        if self.gatewayworker_max_packet < ByteSize::kib(1) {
+            return Err("`gatewayworker_max_packet` must be at least 1KiB".into());
+        }
         let wss = self.listen.protocol == Protocol::Wss;
         if wss && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return Err("a wss:// listener needs `tls_cert` and `tls_key`".into());
@@ -1223,6 +1231,10 @@ fn default_register() -> SocketAddr {
 
 fn default_gatewayworker_auth_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_gatewayworker_max_packet() -> ByteSize {
+    ByteSize::mib(10)
 }
 
 fn default_gatewayworker_max_line() -> ByteSize {

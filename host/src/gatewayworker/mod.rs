@@ -13,9 +13,12 @@
 //!   nothing PHP stored;
 //! - [`packet`]: GatewayProtocol, the 28-byte-header packets of a gateway's internal port,
 //!   and the length-prefixed query replies;
+//! - [`gateway`]: a gateway's GatewayWorker-compatible internal port
+//!   (`gatewayworker_internal`), executing GatewayClient's commands as operations of the table;
 //! - [`register`]: the register's GatewayWorker listener (`gatewayworker_listen`), over the
 //!   register's own directory of gateways.
 
+pub mod gateway;
 pub mod packet;
 pub mod php_serial;
 pub mod register;

@@ -297,7 +297,25 @@ pub async fn run(
             gateway.listen.to_string(),
             gateway.app.clone(),
         );
+        let compatible = gateway.gatewayworker_internal;
+        let settings = gatewayworker::gateway::PortSettings {
+            secret: secret.clone(),
+            auth_timeout: gateway.handshake_timeout,
+            max_packet: usize::try_from(gateway.gatewayworker_max_packet.as_u64())
+                .unwrap_or(usize::MAX),
+        };
         let bound = BoundGateway::bind(gateway, secret.clone()).await?;
+        if let Some(address) = compatible {
+            let listener = TcpListener::bind(address).await.with_context(|| {
+                format!("gateway {name}: cannot listen on {address} (gatewayworker_internal)")
+            })?;
+            roles.spawn(gatewayworker::gateway::run(
+                listener,
+                bound.gateway(),
+                settings,
+                shutdown.clone(),
+            ));
+        }
         local_gateways.insert(bound.internal_addr());
         running.gateways.push(RunningGateway {
             name,

@@ -1,11 +1,12 @@
 //! GatewayWorker compatibility, against doubles written from the reference's §9: the
 //! register's newline-JSON listener (`gatewayworker_listen`) as PHP BusinessWorkers,
-//! GatewayClient and PHP Gateways use it, with a native WebSocket client as the bystander
-//! whose replies must keep arriving.
+//! GatewayClient and PHP Gateways use it, and a gateway's GatewayProtocol port
+//! (`gatewayworker_internal`) as GatewayClient pushes to it; a native WebSocket client is
+//! the bystander whose replies must keep arriving.
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::timeout;
@@ -125,7 +126,7 @@ fn node(plugins: &PluginsDir, compat: u16, ws: u16, internal: u16, extra: &str) 
 }
 
 /// A connected client that a worker host answers, with nothing left to read.
-async fn bystander(port: u16) -> TestClient {
+async fn answered_client(port: u16) -> TestClient {
     let mut client = connect_ws(port).await;
     client.ask_until("echo ready", "ready").await;
     // The asks the gateway held for a worker host are answered too: let them all arrive.
@@ -138,7 +139,7 @@ async fn php_workers_get_the_gatewayworker_ports_and_follow_the_gateways() {
     let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
     let (compat, ws, internal) = (free_port(), free_port(), free_port());
     let (_node, register) = node(&plugins, compat, ws, internal, "");
-    let mut bystander = bystander(ws).await;
+    let mut bystander = answered_client(ws).await;
 
     // A wrong key is closed without a word, as GatewayWorker's register does.
     let mut wrong = PhpMember::connect(compat).await;
@@ -202,7 +203,7 @@ async fn connections_that_do_not_authenticate_are_closed() {
         internal,
         "gatewayworker_auth_timeout = \"1s\"\ngatewayworker_max_line = \"1KiB\"",
     );
-    let mut bystander = bystander(ws).await;
+    let mut bystander = answered_client(ws).await;
     // A member that authenticated stays past the timeout.
     let mut worker = PhpMember::connect(compat).await;
     worker.worker_connect(SECRET).await;
@@ -244,4 +245,98 @@ async fn connections_that_do_not_authenticate_are_closed() {
     let _php_gateway = PhpMember::gateway_connect(compat, php_port).await;
     worker.wait_for_addresses(&[internal, php_port]).await;
     assert_eq!(bystander.ask("echo still").await, "still");
+}
+
+/// A GatewayProtocol packet as `GatewayProtocol::encode` packs it (`pack("NCNnNnNCnN")`,
+/// reference §9.1), towards a gateway: its own ip and port 0, the client's unknown.
+fn packet(cmd: u8, connection_id: u32, flag: u8, ext_data: &[u8], body: &[u8]) -> Vec<u8> {
+    let len = 28 + ext_data.len() + body.len();
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+    out.push(cmd);
+    out.extend_from_slice(&[0; 12]); // local_ip, local_port, client_ip, client_port
+    out.extend_from_slice(&connection_id.to_be_bytes());
+    out.push(flag);
+    out.extend_from_slice(&[0; 2]); // gateway_port
+    out.extend_from_slice(&u32::try_from(ext_data.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(ext_data);
+    out.extend_from_slice(body);
+    out
+}
+
+/// GatewayClient's authorisation packet (`CMD_GATEWAY_CLIENT_CONNECT`, 202).
+fn authorise(secret: &str) -> Vec<u8> {
+    let body = format!(r#"{{"secret_key":"{secret}"}}"#);
+    packet(202, 0, 1, b"", body.as_bytes())
+}
+
+/// The connection id a client id ends with (reference §5).
+async fn connection_id(client: &mut TestClient) -> u32 {
+    let id = client.ask("whoami").await;
+    u32::from_str_radix(&id[12..], 16).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_client_commands_reach_the_clients() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (compat, ws, internal) = (free_port(), free_port(), free_port());
+    let (_node, _) = node(&plugins, compat, ws, internal, "");
+    let mut bystander = answered_client(ws).await;
+    let mut target = answered_client(ws).await;
+    let id = connection_id(&mut target).await;
+
+    // A wrong key closes the connection before any command runs.
+    let mut wrong = TcpStream::connect(("127.0.0.1", internal)).await.unwrap();
+    let mut sent = authorise("not the secret");
+    sent.extend(packet(5, id, 1, b"", b"never"));
+    wrong.write_all(&sent).await.unwrap();
+    let mut rest = Vec::new();
+    // Closed (a reset, with unread input, is a close too), and nothing answered.
+    let _ = timeout(WAIT, wrong.read_to_end(&mut rest))
+        .await
+        .expect("the port did not close the connection");
+    assert!(rest.is_empty(), "the port answered {rest:?}");
+
+    // One GatewayClient request buffer: the 202 packet, then the commands (§9.4).
+    let mut php = TcpStream::connect(("127.0.0.1", internal)).await.unwrap();
+    let mut sent = authorise(SECRET);
+    sent.extend(packet(5, id, 1, b"", b"to you"));
+    sent.extend(packet(20, id, 1, b"room", b""));
+    sent.extend(packet(12, id, 1, b"u7", b""));
+    php.write_all(&sent).await.unwrap();
+    assert_eq!(target.recv().await, "to you");
+    php.write_all(&packet(
+        22,
+        0,
+        1,
+        br#"{"group":["room"],"exclude":null}"#,
+        b"to room",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(target.recv().await, "to room");
+    php.write_all(&packet(14, 0, 1, br#"["u7"]"#, b"to u7"))
+        .await
+        .unwrap();
+    assert_eq!(target.recv().await, "to u7");
+    // To all but the target: only the bystander gets it.
+    let exclude = format!(r#"{{"exclude":{{"{id}":{id}}}}}"#);
+    php.write_all(&packet(6, 0, 1, exclude.as_bytes(), b"not you"))
+        .await
+        .unwrap();
+    assert_eq!(bystander.recv().await, "not you");
+    // A query: the reply is a u32 length, then the PHP-serialized answer.
+    php.write_all(&packet(11, id, 1, b"", b"")).await.unwrap();
+    let mut answer = [0u8; 8];
+    timeout(WAIT, php.read_exact(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&answer, b"\x00\x00\x00\x04i:1;");
+    target.assert_silent(QUIET).await;
+    assert_eq!(bystander.ask("echo still").await, "still");
+    // A kick with PHP's `null` message (serialized, flag 0) closes the target.
+    php.write_all(&packet(7, id, 0, b"", b"N;")).await.unwrap();
+    target.assert_closed().await;
+    assert_eq!(bystander.ask("echo after").await, "after");
 }
