@@ -4,10 +4,14 @@
 //! own state, as an internal link's command is. A command about a connection names it by its
 //! `connection_id` on this gateway.
 //!
-//! Not yet: `CMD_WORKER_CONNECT` (PHP BusinessWorkers) and the queries other than
-//! `CMD_IS_ONLINE`; an unknown or unsupported code is logged and ignored, as GatewayWorker
-//! does. The raw flag (`FLAG_NOT_CALL_ENCODE`) is not honoured: the body goes through the
-//! client's protocol like any message.
+//! Sessions cross as [`super::session`] converts them. Queries answered so far:
+//! `CMD_IS_ONLINE` and `CMD_GET_SESSION_BY_CLIENT_ID`.
+//!
+//! Not yet: `CMD_WORKER_CONNECT` (PHP BusinessWorkers) and the other queries; an unknown or
+//! unsupported code is logged and ignored, as GatewayWorker does. The raw flag
+//! (`FLAG_NOT_CALL_ENCODE`) is not honoured: the body goes through the client's protocol like
+//! any message. `CMD_UPDATE_SESSION` merges key by key, not recursively: a nested array
+//! (kept opaque) is replaced whole.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +28,10 @@ use tracing::{debug, warn};
 
 use super::packet::{FLAG_BODY_IS_SCALAR, Packet, PacketCodec, PacketError, cmd, reply};
 use super::php_serial::{self, Limits, Value};
+use super::session;
 use crate::client_id::ClientId;
 use crate::gateway::Gateway;
+use crate::metrics;
 use crate::ops::{Command, Query, Reply};
 use crate::register::serve_each;
 
@@ -41,6 +47,18 @@ pub enum PortError {
     /// A packet that is not GatewayProtocol, or a socket failure.
     #[error(transparent)]
     Packet(#[from] PacketError),
+}
+
+impl PortError {
+    /// Its `reason` label, or none for a socket failure (not a refusal).
+    fn reason(&self) -> Option<&'static str> {
+        Some(match self {
+            PortError::NotAuthorised(_) => "not_authorised",
+            PortError::AuthTimeout(_) => "auth_timeout",
+            PortError::Packet(PacketError::Io(_)) => return None,
+            PortError::Packet(_) => "bad_packet",
+        })
+    }
 }
 
 /// What a port needs besides its listener and gateway.
@@ -70,7 +88,12 @@ pub async fn run(
             };
             match served {
                 Ok(()) => debug!(%peer, "gatewayworker port: connection closed"),
-                Err(error) => warn!(%peer, "gatewayworker port: {error}; closed"),
+                Err(error) => {
+                    if let Some(reason) = error.reason() {
+                        metrics::gatewayworker_refused("gateway", reason);
+                    }
+                    warn!(%peer, "gatewayworker port: {error}; closed");
+                }
             }
         }
     })
@@ -190,6 +213,30 @@ fn execute(gateway: &Gateway, packet: Packet) -> Option<Bytes> {
                 data: payload(&packet)?,
                 exclude: connections(gateway, &options["exclude"]),
             }
+        }
+        cmd::SET_SESSION | cmd::UPDATE_SESSION => {
+            let session = match session::from_php(&packet.ext_data, Limits::DEFAULT) {
+                Ok(session) => session,
+                Err(error) => {
+                    debug!(%error, "gatewayworker port: a session that is not PHP's, ignored");
+                    return None;
+                }
+            };
+            if packet.cmd == cmd::SET_SESSION {
+                Command::SetSession { client, session }
+            } else {
+                Command::UpdateSession {
+                    client,
+                    changes: session,
+                }
+            }
+        }
+        cmd::GET_SESSION_BY_CLIENT_ID => {
+            let serialized = match gateway.state.answer(&Query::SessionOf(client)) {
+                Reply::Session(Some(session)) => session::to_php(&session),
+                _ => php_serial::encode(&Value::Null),
+            };
+            return reply(&serialized).ok();
         }
         cmd::IS_ONLINE => {
             let online = matches!(

@@ -37,7 +37,7 @@ use crate::register::{Directory, DirectoryEntry, ListWatch, Listing, next_list, 
 /// The line GatewayWorker's register sends before closing a connection that sent no event.
 const BAD_REQUEST: &str = "Bad request for Register service";
 
-/// Why a connection was closed; each is counted in `gatewayworker_register_refused`.
+/// Why a connection was closed; each is counted in `gatewayworker_refused{listener="register"}`.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     /// Nothing authenticated it within `gatewayworker_auth_timeout`.
@@ -122,7 +122,7 @@ pub async fn run(
                     Ok(()) => debug!(%peer, "gatewayworker register connection closed"),
                     Err(refusal) => {
                         if let Some(reason) = refusal.reason() {
-                            metrics::gatewayworker_register_refused(reason);
+                            metrics::gatewayworker_refused("register", reason);
                         }
                         match refusal {
                             Refusal::AuthTimeout(_) => {

@@ -333,6 +333,27 @@ async fn gateway_client_commands_reach_the_clients() {
         .unwrap()
         .unwrap();
     assert_eq!(&answer, b"\x00\x00\x00\x04i:1;");
+    // Sessions: PHP's serialized arrays in, the stored session out (203), a plugin reads it.
+    let session = br#"a:2:{s:4:"name";s:5:"alice";s:3:"age";i:30;}"#;
+    php.write_all(&packet(204, id, 1, session, b""))
+        .await
+        .unwrap();
+    php.write_all(&packet(9, id, 1, br#"a:1:{s:4:"name";s:3:"bob";}"#, b""))
+        .await
+        .unwrap();
+    php.write_all(&packet(203, id, 1, b"", b"")).await.unwrap();
+    let stored = br#"a:2:{s:3:"age";i:30;s:4:"name";s:3:"bob";}"#;
+    let mut answer = vec![0u8; 4 + stored.len()];
+    timeout(WAIT, php.read_exact(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &answer[..4],
+        &u32::try_from(stored.len()).unwrap().to_be_bytes()
+    );
+    assert_eq!(&answer[4..], stored);
+    assert_eq!(target.ask("get name").await, "value name bob");
     target.assert_silent(QUIET).await;
     assert_eq!(bystander.ask("echo still").await, "still");
     // A kick with PHP's `null` message (serialized, flag 0) closes the target.
