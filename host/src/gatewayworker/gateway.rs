@@ -10,8 +10,9 @@
 //! Not yet: `CMD_WORKER_CONNECT` (PHP BusinessWorkers) and the other queries; an unknown or
 //! unsupported code is logged and ignored, as GatewayWorker does. The raw flag
 //! (`FLAG_NOT_CALL_ENCODE`) is not honoured: the body goes through the client's protocol like
-//! any message. `CMD_UPDATE_SESSION` merges key by key, not recursively: a nested array
-//! (kept opaque) is replaced whole.
+//! any message. `CMD_UPDATE_SESSION` merges recursively as PHP does: the keys it names are
+//! computed from the stored session, then applied as one key-by-key update, so a plugin's
+//! write to another key in between is kept (one to the same key, in between, is overwritten).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +33,7 @@ use super::session;
 use crate::client_id::ClientId;
 use crate::gateway::Gateway;
 use crate::metrics;
-use crate::ops::{Command, Query, Reply};
+use crate::ops::{Command, Query, Reply, Session};
 use crate::register::serve_each;
 
 /// Why a connection to the port was closed.
@@ -215,19 +216,22 @@ fn execute(gateway: &Gateway, packet: Packet) -> Option<Bytes> {
             }
         }
         cmd::SET_SESSION | cmd::UPDATE_SESSION => {
-            let session = match session::from_php(&packet.ext_data, Limits::DEFAULT) {
-                Ok(session) => session,
+            let converted = if packet.cmd == cmd::SET_SESSION {
+                session::from_php(&packet.ext_data, Limits::DEFAULT)
+                    .map(|session| Command::SetSession { client, session })
+            } else {
+                let stored = match gateway.state.answer(&Query::SessionOf(client)) {
+                    Reply::Session(Some(stored)) => stored,
+                    _ => Session::new(),
+                };
+                session::merge_update(&stored, &packet.ext_data, Limits::DEFAULT)
+                    .map(|changes| Command::UpdateSession { client, changes })
+            };
+            match converted {
+                Ok(command) => command,
                 Err(error) => {
                     debug!(%error, "gatewayworker port: a session that is not PHP's, ignored");
                     return None;
-                }
-            };
-            if packet.cmd == cmd::SET_SESSION {
-                Command::SetSession { client, session }
-            } else {
-                Command::UpdateSession {
-                    client,
-                    changes: session,
                 }
             }
         }

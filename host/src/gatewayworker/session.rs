@@ -78,6 +78,56 @@ pub fn to_entries(session: &Session) -> Vec<(Key, Value)> {
         .collect()
 }
 
+/// The changes GatewayWorker's `CMD_UPDATE_SESSION` makes to `stored` with the serialized
+/// array `update`, key by key: PHP's `array_replace_recursive`, so a key whose stored and new
+/// values are both arrays gets the two merged (recursively), any other key the new value.
+/// Applied as a key-by-key update, only the keys `update` names are touched.
+pub fn merge_update(
+    stored: &Session,
+    update: &[u8],
+    limits: Limits,
+) -> Result<Session, SessionError> {
+    let changes = match php_serial::decode(update, limits)? {
+        Value::Array(entries) => entries,
+        Value::Null => Vec::new(),
+        _ => return Err(SessionError::NotAnArray),
+    };
+    let merged = changes
+        .into_iter()
+        .map(|(key, value)| {
+            let name = match &key {
+                Key::Int(i) => i.to_string(),
+                Key::Str(s) => {
+                    String::from_utf8(s.clone()).map_err(|_| SessionError::KeyNotUtf8)?
+                }
+            };
+            let value = match (stored.get(&name).map(|old| to_value(old)), value) {
+                (Some(Value::Array(old)), Value::Array(new)) => Value::Array(replace(old, new)),
+                (_, value) => value,
+            };
+            Ok((key, value))
+        })
+        .collect::<Result<Vec<_>, SessionError>>()?;
+    from_entries(merged)
+}
+
+/// `array_replace_recursive` on two arrays: `old`'s order, `new`'s keys replacing or added
+/// at the end, arrays under one key merged.
+fn replace(mut old: Vec<(Key, Value)>, new: Vec<(Key, Value)>) -> Vec<(Key, Value)> {
+    for (key, value) in new {
+        match old.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, slot)) => {
+                *slot = match (std::mem::replace(slot, Value::Null), value) {
+                    (Value::Array(a), Value::Array(b)) => Value::Array(replace(a, b)),
+                    (_, value) => value,
+                }
+            }
+            None => old.push((key, value)),
+        }
+    }
+    old
+}
+
 /// One session value as a string: itself if it is a UTF-8 string that reads back as itself,
 /// else opaque.
 fn to_string(value: Value) -> String {
@@ -133,6 +183,30 @@ mod tests {
         assert_eq!(
             to_php(&session),
             b"a:4:{i:7;i:42;s:3:\"bin\";s:1:\"\xff\";s:4:\"name\";s:5:\"alice\";s:4:\"tags\";a:1:{i:0;s:1:\"x\";}}"
+        );
+    }
+
+    #[test]
+    fn an_update_merges_arrays_recursively_as_php_does() {
+        let stored = from_php(
+            br#"a:3:{s:4:"name";s:5:"alice";s:5:"prefs";a:2:{s:5:"theme";s:4:"dark";s:4:"tabs";a:1:{i:0;s:1:"a";}}s:1:"n";i:1;}"#,
+            Limits::DEFAULT,
+        )
+        .unwrap();
+        let update = br#"a:3:{s:5:"prefs";a:2:{s:4:"tabs";a:1:{i:1;s:1:"b";}s:4:"lang";s:2:"fr";}s:1:"n";a:0:{}s:3:"new";b:1;}"#;
+        let changes = merge_update(&stored, update, Limits::DEFAULT).unwrap();
+        // Only the keys the update names; `name` is left alone.
+        assert_eq!(changes.keys().collect::<Vec<_>>(), ["n", "new", "prefs"]);
+        assert_eq!(
+            changes["prefs"],
+            "\0php:a:3:{s:5:\"theme\";s:4:\"dark\";s:4:\"tabs\";a:2:{i:0;s:1:\"a\";i:1;s:1:\"b\";}s:4:\"lang\";s:2:\"fr\";}"
+        );
+        // An array over a scalar replaces it; a scalar over anything replaces it.
+        assert_eq!(changes["n"], "\0php:a:0:{}");
+        assert_eq!(changes["new"], "\0php:b:1;");
+        assert_eq!(
+            merge_update(&stored, b"i:1;", Limits::DEFAULT),
+            Err(SessionError::NotAnArray)
         );
     }
 

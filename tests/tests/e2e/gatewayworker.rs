@@ -334,15 +334,16 @@ async fn gateway_client_commands_reach_the_clients() {
         .unwrap();
     assert_eq!(&answer, b"\x00\x00\x00\x04i:1;");
     // Sessions: PHP's serialized arrays in, the stored session out (203), a plugin reads it.
-    let session = br#"a:2:{s:4:"name";s:5:"alice";s:3:"age";i:30;}"#;
+    let session = br#"a:3:{s:4:"name";s:5:"alice";s:3:"age";i:30;s:4:"tags";a:1:{i:0;s:1:"x";}}"#;
     php.write_all(&packet(204, id, 1, session, b""))
         .await
         .unwrap();
-    php.write_all(&packet(9, id, 1, br#"a:1:{s:4:"name";s:3:"bob";}"#, b""))
-        .await
-        .unwrap();
+    let update = br#"a:2:{s:4:"name";s:3:"bob";s:4:"tags";a:1:{i:1;s:1:"y";}}"#;
+    php.write_all(&packet(9, id, 1, update, b"")).await.unwrap();
     php.write_all(&packet(203, id, 1, b"", b"")).await.unwrap();
-    let stored = br#"a:2:{s:3:"age";i:30;s:4:"name";s:3:"bob";}"#;
+    // In wasmgate's key order; `tags` merged recursively, as PHP's gateway merges.
+    let stored =
+        br#"a:3:{s:3:"age";i:30;s:4:"name";s:3:"bob";s:4:"tags";a:2:{i:0;s:1:"x";i:1;s:1:"y";}}"#;
     let mut answer = vec![0u8; 4 + stored.len()];
     timeout(WAIT, php.read_exact(&mut answer))
         .await
