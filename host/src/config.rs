@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -311,6 +311,36 @@ pub struct RegisterConfig {
     /// Address to listen on for gateways and worker hosts; keep it on a private network.
     #[serde(default = "default_register")]
     pub listen: SocketAddr,
+    /// Also speak GatewayWorker's register protocol (newline-JSON) on this address, for PHP
+    /// Gateways, BusinessWorkers and GatewayClient; off when absent. Their `secretKey` must
+    /// be the cluster's `secret`. Keep it on a private network: keys travel in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gatewayworker_listen: Option<SocketAddr>,
+    /// How long a connection to `gatewayworker_listen` may stay without sending
+    /// `gateway_connect` or `worker_connect` with the right key before it is closed
+    /// (GatewayWorker's "Register auth timeout", 10 s). Above 0.
+    #[serde(
+        default = "default_gatewayworker_auth_timeout",
+        with = "humantime_serde"
+    )]
+    pub gatewayworker_auth_timeout: Duration,
+    /// The longest line `gatewayworker_listen` reads; a longer one closes its connection
+    /// (GatewayWorker's lines are a few hundred bytes). At least 1 KiB.
+    #[serde(default = "default_gatewayworker_max_line")]
+    pub gatewayworker_max_line: ByteSize,
+}
+
+impl RegisterConfig {
+    /// Rejects register settings that cannot work.
+    fn check(&self) -> Result<(), String> {
+        if self.gatewayworker_auth_timeout.is_zero() {
+            return Err("`gatewayworker_auth_timeout` must be above 0".into());
+        }
+        if self.gatewayworker_max_line < ByteSize::kib(1) {
+            return Err("`gatewayworker_max_line` must be at least 1KiB".into());
+        }
+        Ok(())
+    }
 }
 
 /// One `[[gateway]]`: a client listener, its internal port and its limits.
@@ -350,6 +380,17 @@ pub struct GatewayConfig {
     /// address is refused, as nobody can dial it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<Advertise>,
+    /// The address of this gateway's GatewayWorker-compatible internal port, where PHP
+    /// BusinessWorkers and GatewayClient reach it; the register lists it to them
+    /// (`[register] gatewayworker_listen`). Off when absent. Its first packet must be
+    /// `CMD_GATEWAY_CLIENT_CONNECT` with the cluster's `secret`, within `handshake_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gatewayworker_internal: Option<SocketAddrV4>,
+    /// The largest packet `gatewayworker_internal` reads (Workerman's 10 MiB by default); a
+    /// connection declaring a larger one is closed before anything is allocated for it. At
+    /// least 1 KiB.
+    #[serde(default = "default_gatewayworker_max_packet")]
+    pub gatewayworker_max_packet: ByteSize,
     /// The register(s) to announce this gateway to; by default the one this file's
     /// `[register]` listens on (else 127.0.0.1:1236). Needed only when the register runs
     /// from another file.
@@ -458,6 +499,9 @@ impl GatewayConfig {
                  reachable address"
                     .into(),
             );
+        }
+        if self.gatewayworker_max_packet < ByteSize::kib(1) {
+            return Err("`gatewayworker_max_packet` must be at least 1KiB".into());
         }
         let wss = self.listen.protocol == Protocol::Wss;
         if wss && (self.tls_cert.is_none() || self.tls_key.is_none()) {
@@ -1201,6 +1245,11 @@ impl Config {
         {
             return Some(format!("[register] listen = \"{}\"", register.listen));
         }
+        if let Some(listen) = self.register.as_ref().and_then(|r| r.gatewayworker_listen)
+            && !listen.ip().is_loopback()
+        {
+            return Some(format!("[register] gatewayworker_listen = \"{listen}\""));
+        }
         for gateway in &self.gateway {
             if !gateway.lan_ip.is_loopback() {
                 return Some(format!(
@@ -1241,6 +1290,9 @@ impl ConfigFile {
             return Err(invalid("secret".into())(
                 "give `secret` or `secret_file`, not both".into(),
             ));
+        }
+        if let Some(register) = &self.register {
+            register.check().map_err(invalid("register".into()))?;
         }
         for gateway in &self.gateway {
             gateway
@@ -1343,6 +1395,18 @@ impl ConfigFile {
 
 fn default_register() -> SocketAddr {
     DEFAULT_REGISTER.parse().expect("valid default")
+}
+
+fn default_gatewayworker_auth_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_gatewayworker_max_packet() -> ByteSize {
+    ByteSize::mib(10)
+}
+
+fn default_gatewayworker_max_line() -> ByteSize {
+    ByteSize::kib(64)
 }
 
 fn default_lan_ip() -> Ipv4Addr {
@@ -1728,6 +1792,50 @@ mod tests {
             ("max_http_requests = 0", "max_http_requests"),
         ] {
             let err = parse(&format!("[worker]\n{keys}\n")).unwrap_err();
+            assert!(err.contains(named), "{keys}: {err}");
+        }
+    }
+
+    #[test]
+    fn gatewayworker_keys_parse_and_bad_ones_are_named() {
+        let c = parse(
+            "[register]\ngatewayworker_listen = \"10.0.0.5:1236\"\n\
+             [[gateway]]\nlisten = \"ws://127.0.0.1:1\"\napp = \"a\"\n\
+             gatewayworker_internal = \"127.0.0.1:2300\"\n",
+        );
+        let c = c.unwrap();
+        let r = c.register.as_ref().unwrap();
+        assert_eq!(
+            r.gatewayworker_listen,
+            Some("10.0.0.5:1236".parse().unwrap())
+        );
+        assert_eq!(r.gatewayworker_auth_timeout, Duration::from_secs(10));
+        assert_eq!(r.gatewayworker_max_line, ByteSize::kib(64));
+        assert_eq!(
+            c.gateway[0].gatewayworker_internal,
+            Some("127.0.0.1:2300".parse().unwrap())
+        );
+        // Keys travel in clear on it: off loopback, no start without a secret.
+        assert_eq!(
+            c.off_loopback().as_deref(),
+            Some("[register] gatewayworker_listen = \"10.0.0.5:1236\"")
+        );
+        assert_eq!(
+            parse("[register]\n")
+                .unwrap()
+                .register
+                .unwrap()
+                .gatewayworker_listen,
+            None
+        );
+        for (keys, named) in [
+            (
+                "gatewayworker_auth_timeout = \"0s\"",
+                "gatewayworker_auth_timeout",
+            ),
+            ("gatewayworker_max_line = 100", "gatewayworker_max_line"),
+        ] {
+            let err = parse(&format!("[register]\n{keys}\n")).unwrap_err();
             assert!(err.contains(named), "{keys}: {err}");
         }
     }

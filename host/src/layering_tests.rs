@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["local", "register"],
     &["links"],
     &["gateway", "worker", "push", "web", "admin"],
+    &["gatewayworker"],
     &["process"],
     &["cli"],
 ];

@@ -22,6 +22,8 @@
 //! - [`register`]: discovery: tells worker hosts where the gateways are; off the data path.
 //! - [`push`]: pushing from other applications: the HTTP push API and the Rust [`push::PushClient`].
 //! - [`http_listener`]: the bounds every HTTP listener keeps (`[http]`).
+//! - [`gatewayworker`]: GatewayWorker's own wire formats, so PHP BusinessWorkers and
+//!   GatewayClient work against wasmgate.
 //! - [`web`]: a static-file HTTP server for pages that talk to the gateways (the chat demo's).
 //! - [`admin`]: the admin page: the whole cluster as this process's links see it.
 
@@ -30,6 +32,7 @@ pub mod cli;
 pub mod client_id;
 pub mod config;
 pub mod gateway;
+pub mod gatewayworker;
 pub mod http_listener;
 pub mod lazy_timeout;
 pub mod links;

@@ -45,8 +45,10 @@ static CLIENTS_UNROUTED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new
 static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
     LazyLock::new(Family::default);
 static LINKS_CLOSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
-static HTTP_CUT_OFF: LazyLock<Family<HttpLabels, Counter>> = LazyLock::new(Family::default);
+static HTTP_CUT_OFF: LazyLock<Family<ListenerLabels, Counter>> = LazyLock::new(Family::default);
 static CONTROL_REFUSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
+static GATEWAYWORKER_REFUSED: LazyLock<Family<ListenerLabels, Counter>> =
+    LazyLock::new(Family::default);
 static DATA_CALLS: LazyLock<Family<DataLabels, Counter>> = LazyLock::new(Family::default);
 static DATA_CALL_SECONDS: LazyLock<DataTimings> =
     LazyLock::new(|| Family::new_with_constructor(call_buckets));
@@ -196,8 +198,10 @@ struct RoleLabels {
     role: &'static str,
 }
 
+/// A listener and why it cut someone off: the HTTP listeners' cut-offs, GatewayWorker
+/// listeners' refusals.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HttpLabels {
+struct ListenerLabels {
     listener: &'static str,
     reason: &'static str,
 }
@@ -230,7 +234,7 @@ impl HttpCutOff {
 /// cut off.
 pub fn http_cut_off(listener: &'static str, reason: HttpCutOff, n: u64) {
     HTTP_CUT_OFF
-        .get_or_create(&HttpLabels {
+        .get_or_create(&ListenerLabels {
             listener,
             reason: reason.label(),
         })
@@ -269,6 +273,14 @@ pub fn controls_refused(reason: ControlRefusal) -> u64 {
     CONTROL_REFUSED
         .get(&ReasonLabels { reason })
         .map_or(0, |c| c.get())
+}
+
+/// Counts a connection a GatewayWorker-compatible `listener` (`register`, `gateway`) closed,
+/// by `reason`.
+pub fn gatewayworker_refused(listener: &'static str, reason: &'static str) {
+    GATEWAYWORKER_REFUSED
+        .get_or_create(&ListenerLabels { listener, reason })
+        .inc();
 }
 
 /// Counts a link to a gateway opened (`change` 1) or closed (-1) by a `role` of this process
@@ -688,6 +700,11 @@ pub fn register(r: &mut Registry) {
         "control_refused",
         "Peers the control socket refused, by reason (other_user, unknown_peer)",
         CONTROL_REFUSED.clone(),
+    );
+    r.register(
+        "gatewayworker_refused",
+        "Connections GatewayWorker-compatible listeners closed, by listener (register, gateway) and reason (register: auth_timeout, wrong_secret, no_address, bad_request, unknown_event, line_too_long; gateway: auth_timeout, not_authorised, bad_packet)",
+        GATEWAYWORKER_REFUSED.clone(),
     );
     r.register(
         "plugin_calls",

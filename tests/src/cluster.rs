@@ -151,6 +151,7 @@ impl Cluster {
         let register = listener.local_addr().unwrap();
         roles.spawn(wasmgate::register::run(
             listener,
+            Default::default(),
             secret.clone(),
             shutdown.clone(),
         ));

@@ -151,7 +151,10 @@ impl BoundGateway {
         let _registration = register::spawn_registration(
             self.config.register.clone(),
             self.gateway.secret.clone(),
-            register::Announce::Gateway(address),
+            register::Announce::Gateway {
+                internal: address,
+                gatewayworker: self.config.gatewayworker_internal,
+            },
             shutdown.clone(),
         );
         // Links outlive the clients: each closing client's close event must still reach its

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::BoundAdmin;
 use crate::config::{Config, ConfigError, GrantTable};
 use crate::gateway::BoundGateway;
+use crate::gatewayworker;
 use crate::local::LocalGateways;
 use crate::ops::GatewayApi;
 use crate::push::{BoundPush, PushClient};
@@ -287,7 +288,26 @@ pub async fn run(
             .await
             .with_context(|| format!("register: cannot listen on {}", register.listen))?;
         tracing::info!(listen = %register.listen, "register listening");
-        roles.spawn(register::run(listener, secret.clone(), shutdown.clone()));
+        let directory = register::Directory::default();
+        if let Some(listen) = register.gatewayworker_listen {
+            let listener = TcpListener::bind(listen).await.with_context(|| {
+                format!("register: cannot listen on {listen} (gatewayworker_listen)")
+            })?;
+            tracing::info!(%listen, "register listening for GatewayWorker (PHP) members");
+            roles.spawn(gatewayworker::register::run(
+                listener,
+                directory.clone(),
+                secret.clone(),
+                register.clone(),
+                shutdown.clone(),
+            ));
+        }
+        roles.spawn(register::run(
+            listener,
+            directory,
+            secret.clone(),
+            shutdown.clone(),
+        ));
     }
     for gateway in config.gateway {
         let (name, listen, app) = (
@@ -295,7 +315,25 @@ pub async fn run(
             gateway.listen.to_string(),
             gateway.app.clone(),
         );
+        let compatible = gateway.gatewayworker_internal;
+        let settings = gatewayworker::gateway::PortSettings {
+            secret: secret.clone(),
+            auth_timeout: gateway.handshake_timeout,
+            max_packet: usize::try_from(gateway.gatewayworker_max_packet.as_u64())
+                .unwrap_or(usize::MAX),
+        };
         let bound = BoundGateway::bind(gateway, secret.clone()).await?;
+        if let Some(address) = compatible {
+            let listener = TcpListener::bind(address).await.with_context(|| {
+                format!("gateway {name}: cannot listen on {address} (gatewayworker_internal)")
+            })?;
+            roles.spawn(gatewayworker::gateway::run(
+                listener,
+                bound.gateway(),
+                settings,
+                shutdown.clone(),
+            ));
+        }
         local_gateways.insert(bound.internal_addr());
         running.gateways.push(RunningGateway {
             name,

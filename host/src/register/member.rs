@@ -40,8 +40,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// What a registering process is, and so what it tells the registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Announce {
-    /// A gateway that worker hosts reach at this internal address; it gets no list.
-    Gateway(SocketAddrV4),
+    /// A gateway; it gets no list.
+    Gateway {
+        /// Where worker hosts reach it.
+        internal: SocketAddrV4,
+        /// Where PHP BusinessWorkers and GatewayClient reach it, if they may.
+        gatewayworker: Option<SocketAddrV4>,
+    },
     /// A worker host, which wants the gateway list.
     Worker,
     /// A push client, which wants the gateway list but runs no plugins.
@@ -52,7 +57,7 @@ impl Announce {
     /// The role it claims in the handshake.
     fn role(self) -> Peer {
         match self {
-            Announce::Gateway(_) => Peer::Gateway,
+            Announce::Gateway { .. } => Peer::Gateway,
             Announce::Worker => Peer::Worker,
             Announce::Client => Peer::Client,
         }
@@ -61,7 +66,13 @@ impl Announce {
     /// Its first message after the handshake.
     fn message(self) -> ToRegister {
         match self {
-            Announce::Gateway(address) => ToRegister::Gateway { address },
+            Announce::Gateway {
+                internal,
+                gatewayworker,
+            } => ToRegister::Gateway {
+                address: internal,
+                gatewayworker,
+            },
             Announce::Worker | Announce::Client => ToRegister::Worker,
         }
     }

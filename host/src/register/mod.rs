@@ -8,7 +8,8 @@
 //! register with every one, so one register down changes nothing.
 //!
 //! Both ends live here:
-//! - [`server`]: the register itself, [`run`];
+//! - [`server`]: the register itself, [`run`], and its [`Directory`] of gateways (which the
+//!   register's GatewayWorker listener, `crate::gatewayworker::register`, shares);
 //! - [`member`]: what a gateway, a worker host or a push client runs to stay registered,
 //!   [`spawn_registration`];
 //! - [`merge`]: how a member turns the lists of several registers into one;
@@ -31,4 +32,4 @@ mod server;
 mod tests;
 
 pub use member::{Announce, spawn_registration};
-pub use server::run;
+pub use server::{Directory, DirectoryEntry, ListWatch, Listing, next_list, run, serve_each};

@@ -1,11 +1,11 @@
 //! The register: a table of the gateways' internal addresses, served to whoever asks.
 //!
-//! A gateway's address stays listed exactly as long as one of its links announcing it lives,
+//! A gateway stays listed exactly as long as one of its links announcing it lives,
 //! so a gateway that stops, crashes or goes silent leaves the list without having to say so.
 //! Worker links watch the table and get the whole list again after every change.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddrV4;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,107 +24,120 @@ use crate::wire::{FromRegister, LinkError, Peer, ToRegister, accept_handshake};
 /// does not spin while the condition lasts.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// The gateway addresses the register knows, each with the number of live links announcing
-/// it: a restarted gateway may announce again before its old link is found dead, and the
-/// address must stay listed until both are gone. Worker links watch it; an update wakes them
-/// only when the set of addresses changes.
-#[derive(Clone)]
-struct GatewayTable(watch::Sender<BTreeMap<SocketAddrV4, usize>>);
+/// One gateway as the register lists it: where worker hosts reach it and, if it speaks
+/// GatewayWorker's protocol, where PHP BusinessWorkers and GatewayClient do. A gateway of
+/// GatewayWorker itself (registered through `crate::gatewayworker`) has only the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Listing {
+    /// The internal (worker-facing) address of a wasmgate gateway.
+    pub internal: Option<SocketAddrV4>,
+    /// The address of its GatewayWorker-compatible internal port.
+    pub gatewayworker: Option<SocketAddrV4>,
+}
 
-impl GatewayTable {
-    fn new() -> Self {
+/// The gateways the register knows, each with the number of live links announcing it: a
+/// restarted gateway may announce again before its old link is found dead, and it must stay
+/// listed until both are gone. Both listeners of a register (its own and GatewayWorker's)
+/// share one; their members watch it and get the list again after every change.
+#[derive(Clone)]
+pub struct Directory(watch::Sender<BTreeMap<Listing, usize>>);
+
+impl Default for Directory {
+    fn default() -> Self {
         Self(watch::Sender::new(BTreeMap::new()))
     }
+}
 
-    /// Counts one more link announcing `address`, until the returned entry is dropped.
-    fn add(&self, address: SocketAddrV4) -> GatewayEntry {
+impl Directory {
+    /// Counts one more link announcing `listing`, until the returned entry is dropped.
+    pub fn add(&self, listing: Listing) -> DirectoryEntry {
         self.0.send_if_modified(|table| {
-            let links = table.entry(address).or_insert(0);
+            let links = table.entry(listing).or_insert(0);
             *links += 1;
             *links == 1
         });
-        info!(%address, "gateway registered");
-        GatewayEntry {
+        info!(?listing, "gateway registered");
+        DirectoryEntry {
             table: self.clone(),
-            address,
+            listing,
         }
     }
 
-    /// A view of the table that reports a first change at once.
-    fn subscribe(&self) -> watch::Receiver<BTreeMap<SocketAddrV4, usize>> {
-        let mut receiver = self.0.subscribe();
-        receiver.mark_changed();
-        receiver
+    /// A view of the list of `pick`'s address of each gateway, which gives a first list
+    /// at once.
+    pub fn watch(&self, pick: fn(&Listing) -> Option<SocketAddrV4>) -> ListWatch {
+        let mut table = self.0.subscribe();
+        table.mark_changed();
+        ListWatch {
+            table,
+            pick,
+            sent: None,
+        }
     }
 }
 
-/// One link's announcement of a gateway address; dropping it (the link ended, however) takes
-/// the announcement back.
-struct GatewayEntry {
-    /// The table it counts in.
-    table: GatewayTable,
-    /// The announced address.
-    address: SocketAddrV4,
+impl DirectoryEntry {
+    /// The gateway it announces.
+    pub fn listing(&self) -> Listing {
+        self.listing
+    }
 }
 
-impl Drop for GatewayEntry {
+/// One link's announcement of a gateway; dropping it (the link ended, however) takes the
+/// announcement back.
+pub struct DirectoryEntry {
+    /// The table it counts in.
+    table: Directory,
+    /// The announced gateway.
+    listing: Listing,
+}
+
+impl Drop for DirectoryEntry {
     fn drop(&mut self) {
-        let address = self.address;
+        let listing = self.listing;
         let removed = self.table.0.send_if_modified(|table| {
-            let Some(links) = table.get_mut(&address) else {
+            let Some(links) = table.get_mut(&listing) else {
                 return false;
             };
             *links -= 1;
             if *links == 0 {
-                table.remove(&address);
+                table.remove(&listing);
                 true
             } else {
                 false
             }
         });
         if removed {
-            info!(%address, "gateway unregistered");
+            info!(?listing, "gateway unregistered");
         }
     }
 }
 
-/// Runs a register on `listener` until `shutdown` is cancelled, then closes every link.
+/// Runs a register on `listener`, listing gateways in `directory`, until `shutdown` is
+/// cancelled, then closes every link.
 ///
 /// Each link is served by its own task; one peer's failure (bad secret, garbage, silence, not
 /// reading) ends that link only. Never fails today; the `Result` matches the other roles.
 pub async fn run(
     listener: TcpListener,
+    directory: Directory,
     secret: Arc<[u8]>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    run_with(listener, secret, Timing::DEFAULT, shutdown).await
+    run_with(listener, directory, secret, Timing::DEFAULT, shutdown).await
 }
 
 /// [`run`] with the given clocks.
 pub(super) async fn run_with(
     listener: TcpListener,
+    table: Directory,
     secret: Arc<[u8]>,
     timing: Timing,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let table = GatewayTable::new();
-    let links = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    warn!(%error, "register cannot accept a connection");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = sleep(ACCEPT_RETRY) => continue,
-                    }
-                }
-            },
-        };
+    serve_each(listener, "register", &shutdown, |stream, peer| {
         let (secret, table, shutdown) = (secret.clone(), table.clone(), shutdown.clone());
-        links.spawn(async move {
+        async move {
             match serve_member(stream, &secret, &table, timing, &shutdown).await {
                 Ok(()) => debug!(%peer, "register link closed"),
                 Err(LinkError::Handshake(error)) if error.is_quiet() => {
@@ -132,12 +145,44 @@ pub(super) async fn run_with(
                 }
                 Err(error) => warn!(%peer, %error, "register link dropped"),
             }
-        });
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// Accepts connections on `listener` until `shutdown`, serving each in a task of its own
+/// (`serve`, which logs its own end), then waits for those tasks. `what` names the listener
+/// in the warning about a failed `accept`, after which it pauses instead of spinning.
+pub async fn serve_each<F, Fut>(
+    listener: TcpListener,
+    what: &'static str,
+    shutdown: &CancellationToken,
+    mut serve: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let tasks = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!(%error, "{what} cannot accept a connection");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = sleep(ACCEPT_RETRY) => continue,
+                    }
+                }
+            },
+        };
+        tasks.spawn(serve(stream, peer));
     }
     drop(listener);
-    links.close();
-    links.wait().await;
-    Ok(())
+    tasks.close();
+    tasks.wait().await;
 }
 
 /// Serves one member's link: answers pings, records a gateway's address for as long as the
@@ -145,15 +190,15 @@ pub(super) async fn run_with(
 async fn serve_member(
     stream: TcpStream,
     secret: &[u8],
-    table: &GatewayTable,
+    table: &Directory,
     timing: Timing,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
     let (mut reader, mut writer) = frame(stream);
     let role = accept_handshake(&mut reader, &mut writer, secret).await?;
     let mut writer = LinkWriter::spawn(writer);
-    let mut gateway: Option<GatewayEntry> = None;
-    let mut watched: Option<watch::Receiver<BTreeMap<SocketAddrV4, usize>>> = None;
+    let mut gateway: Option<DirectoryEntry> = None;
+    let mut watched: Option<ListWatch> = None;
     let silence = timing.silence();
     let mut deadline = pin!(sleep(silence));
     loop {
@@ -169,18 +214,22 @@ async fn serve_member(
                 deadline.as_mut().reset(Instant::now() + silence);
                 match message {
                     ToRegister::Ping => writer.push(FromRegister::Pong)?,
-                    ToRegister::Gateway { address } => {
+                    ToRegister::Gateway { address, gatewayworker } => {
                         if role != Peer::Gateway {
                             return Err(LinkError::NotAGateway(role));
                         }
-                        if gateway.as_ref().map(|entry| entry.address) != Some(address) {
-                            gateway = Some(table.add(address));
+                        let listing = Listing {
+                            internal: Some(address),
+                            gatewayworker,
+                        };
+                        if gateway.as_ref().map(|entry| entry.listing) != Some(listing) {
+                            gateway = Some(table.add(listing));
                         }
                     }
                     ToRegister::Worker => {
                         if watched.is_none() {
                             info!(?role, "member registered for the gateway list");
-                            watched = Some(table.subscribe());
+                            watched = Some(table.watch(|listing| listing.internal));
                         }
                     }
                 }
@@ -189,15 +238,43 @@ async fn serve_member(
     }
 }
 
-/// The next version of the gateway list a worker link watches; never completes for a link
-/// that watches nothing.
-async fn next_list(
-    watched: &mut Option<watch::Receiver<BTreeMap<SocketAddrV4, usize>>>,
-) -> Vec<SocketAddrV4> {
-    if let Some(receiver) = watched
-        && receiver.changed().await.is_ok()
-    {
-        return receiver.borrow_and_update().keys().copied().collect();
+/// A member's view of the directory: one address of each listed gateway, and the list it
+/// was last given, so that a change it does not see (another port) gives it nothing.
+pub struct ListWatch {
+    /// The directory.
+    table: watch::Receiver<BTreeMap<Listing, usize>>,
+    /// Which address of a listing this member wants.
+    pick: fn(&Listing) -> Option<SocketAddrV4>,
+    /// The list last given.
+    sent: Option<Vec<SocketAddrV4>>,
+}
+
+impl ListWatch {
+    /// The next list to give (the first at once), sorted and without repeats; never
+    /// completes once the directory is gone.
+    pub async fn next(&mut self) -> Vec<SocketAddrV4> {
+        while self.table.changed().await.is_ok() {
+            let list: BTreeSet<SocketAddrV4> = self
+                .table
+                .borrow_and_update()
+                .keys()
+                .filter_map(self.pick)
+                .collect();
+            let list: Vec<SocketAddrV4> = list.into_iter().collect();
+            if self.sent.as_ref() != Some(&list) {
+                self.sent = Some(list.clone());
+                return list;
+            }
+        }
+        std::future::pending().await
     }
-    std::future::pending().await
+}
+
+/// The next list for a link that may watch the directory; never completes for one that
+/// does not.
+pub async fn next_list(watched: &mut Option<ListWatch>) -> Vec<SocketAddrV4> {
+    match watched {
+        Some(watched) => watched.next().await,
+        None => std::future::pending().await,
+    }
 }

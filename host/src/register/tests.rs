@@ -44,6 +44,14 @@ fn gateway(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), port)
 }
 
+/// A gateway announcing `gateway(port)`, without a GatewayWorker port.
+fn announce_gateway(port: u16) -> Announce {
+    Announce::Gateway {
+        internal: gateway(port),
+        gatewayworker: None,
+    }
+}
+
 fn list(addresses: &[SocketAddrV4]) -> BTreeSet<SocketAddrV4> {
     addresses.iter().copied().collect()
 }
@@ -63,7 +71,13 @@ impl TestRegister {
         let listener = TcpListener::bind(address).await.unwrap();
         let address = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run_with(listener, secret(), QUICK, stop.clone()));
+        let task = tokio::spawn(run_with(
+            listener,
+            Default::default(),
+            secret(),
+            QUICK,
+            stop.clone(),
+        ));
         Self {
             address,
             stop,
@@ -146,10 +160,10 @@ async fn worker_sees_gateways_registered_before_and_after_it() {
     let register = TestRegister::start().await;
     let stop = CancellationToken::new();
     let _stop_all = stop.clone().drop_guard();
-    enroll(&[&register], Announce::Gateway(gateway(1)), &stop);
+    enroll(&[&register], announce_gateway(1), &stop);
     let mut worker = enroll(&[&register], Announce::Worker, &stop);
     wait_for(&mut worker, &[gateway(1)]).await;
-    enroll(&[&register], Announce::Gateway(gateway(2)), &stop);
+    enroll(&[&register], announce_gateway(2), &stop);
     wait_for(&mut worker, &[gateway(1), gateway(2)]).await;
     // A second announcement of a known address changes nothing; its departure neither.
     let (mut reader, mut writer) = raw_link(register.address, SECRET, Peer::Gateway)
@@ -158,6 +172,7 @@ async fn worker_sees_gateways_registered_before_and_after_it() {
     writer
         .feed(&ToRegister::Gateway {
             address: gateway(2),
+            gatewayworker: None,
         })
         .unwrap();
     writer.send(&ToRegister::Ping).await.unwrap();
@@ -168,7 +183,7 @@ async fn worker_sees_gateways_registered_before_and_after_it() {
     let mut client = enroll(&[&register], Announce::Client, &stop);
     wait_for(&mut client, &[gateway(1), gateway(2)]).await;
     drop((reader, writer));
-    enroll(&[&register], Announce::Gateway(gateway(3)), &stop);
+    enroll(&[&register], announce_gateway(3), &stop);
     wait_for_list(
         &mut worker,
         list(&[gateway(1), gateway(2), gateway(3)]),
@@ -183,8 +198,8 @@ async fn stopped_gateway_disappears() {
     let stop = CancellationToken::new();
     let _stop_all = stop.clone().drop_guard();
     let leaving = CancellationToken::new();
-    enroll(&[&register], Announce::Gateway(gateway(1)), &leaving);
-    enroll(&[&register], Announce::Gateway(gateway(2)), &stop);
+    enroll(&[&register], announce_gateway(1), &leaving);
+    enroll(&[&register], announce_gateway(2), &stop);
     let mut worker = enroll(&[&register], Announce::Worker, &stop);
     wait_for(&mut worker, &[gateway(1), gateway(2)]).await;
     leaving.cancel();
@@ -203,6 +218,7 @@ async fn silent_gateway_is_dropped_and_pings_are_answered() {
     writer
         .feed(&ToRegister::Gateway {
             address: gateway(1),
+            gatewayworker: None,
         })
         .unwrap();
     writer.send(&ToRegister::Ping).await.unwrap();
@@ -224,13 +240,13 @@ async fn one_register_down_changes_nothing() {
     let _stop_all = stop.clone().drop_guard();
     let mut worker = enroll(&[&a, &b], Announce::Worker, &stop);
     // Gateway 1 is known to B only; gateway 0 to A only, so that A's death is visible.
-    enroll(&[&b], Announce::Gateway(gateway(1)), &stop);
-    enroll(&[&a], Announce::Gateway(gateway(0)), &stop);
+    enroll(&[&b], announce_gateway(1), &stop);
+    enroll(&[&a], announce_gateway(0), &stop);
     wait_for(&mut worker, &[gateway(0), gateway(1)]).await;
     a.kill().await;
     let keeps_gateway_1 = |l: &BTreeSet<SocketAddrV4>| l.contains(&gateway(1));
     wait_for_list(&mut worker, list(&[gateway(1)]), keeps_gateway_1).await;
-    enroll(&[&b], Announce::Gateway(gateway(2)), &stop);
+    enroll(&[&b], announce_gateway(2), &stop);
     wait_for_list(
         &mut worker,
         list(&[gateway(1), gateway(2)]),
@@ -257,13 +273,13 @@ async fn members_come_back_after_a_register_restart() {
         slow_to_settle,
         stop.clone(),
     );
-    enroll(&[&first], Announce::Gateway(gateway(1)), &stop);
+    enroll(&[&first], announce_gateway(1), &stop);
     wait_for(&mut worker, &[gateway(1)]).await;
     first.kill().await;
     // The restarted register knows no gateway until they re-register; the worker must
     // not forget gateway 1 meanwhile.
     let second = TestRegister::start_on(address).await;
-    enroll(&[&second], Announce::Gateway(gateway(2)), &stop);
+    enroll(&[&second], announce_gateway(2), &stop);
     let keeps_gateway_1 = |l: &BTreeSet<SocketAddrV4>| l.contains(&gateway(1));
     wait_for_list(
         &mut worker,
@@ -292,7 +308,7 @@ async fn wrong_secret_is_refused() {
         QUICK,
         stop.clone(),
     );
-    enroll(&[&register], Announce::Gateway(gateway(1)), &stop);
+    enroll(&[&register], announce_gateway(1), &stop);
     let mut worker = enroll(&[&register], Announce::Worker, &stop);
     wait_for(&mut worker, &[gateway(1)]).await;
     // Absence cannot be awaited; give the intruder a few retries' worth of time.
@@ -310,7 +326,7 @@ async fn malformed_input_closes_only_that_link() {
     let stop = CancellationToken::new();
     let _stop_all = stop.clone().drop_guard();
     let mut worker = enroll(&[&register], Announce::Worker, &stop);
-    enroll(&[&register], Announce::Gateway(gateway(1)), &stop);
+    enroll(&[&register], announce_gateway(1), &stop);
     wait_for(&mut worker, &[gateway(1)]).await;
 
     // Garbage after a good handshake.
@@ -349,7 +365,7 @@ async fn malformed_input_closes_only_that_link() {
     );
 
     // The worker's link was not disturbed.
-    enroll(&[&register], Announce::Gateway(gateway(2)), &stop);
+    enroll(&[&register], announce_gateway(2), &stop);
     wait_for(&mut worker, &[gateway(1), gateway(2)]).await;
 }
 

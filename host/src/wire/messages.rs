@@ -20,6 +20,9 @@ pub enum ToRegister {
     Gateway {
         /// The gateway's internal (worker-facing) address.
         address: SocketAddrV4,
+        /// Where PHP BusinessWorkers and GatewayClient reach it (`gatewayworker_internal`),
+        /// if it speaks GatewayWorker's protocol.
+        gatewayworker: Option<SocketAddrV4>,
     },
     /// "I am a worker host (or a push client); tell me where the gateways are."
     Worker,

@@ -368,7 +368,12 @@ impl Delisting {
         for stop in [first_register.clone(), shutdown.clone()] {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             registers.push(listener.local_addr().unwrap());
-            tokio::spawn(wasmgate::register::run(listener, secret.clone(), stop));
+            tokio::spawn(wasmgate::register::run(
+                listener,
+                Default::default(),
+                secret.clone(),
+                stop,
+            ));
         }
         let local = LocalGateways::default();
         let mut gateways = Vec::new();

@@ -17,6 +17,7 @@ mod conformance;
 mod data_http;
 mod data_kv;
 mod data_sql;
+mod gatewayworker;
 mod heartbeat;
 mod hostile_clients;
 mod hostile_http;

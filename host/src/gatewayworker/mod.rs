@@ -1,0 +1,25 @@
+//! GatewayWorker compatibility: wasmgate speaking GatewayWorker's own wire protocols
+//! (reference `gatewayworker.md` §9), so that PHP BusinessWorkers and PHP backends using
+//! GatewayClient keep working, unchanged, against wasmgate's register and gateways.
+//!
+//! It sits above the roles: it translates GatewayWorker's formats into wasmgate's operations
+//! and membership and adds no state or operation of its own. The process starts its
+//! listeners beside the roles they serve.
+//!
+//! # Layout
+//! - [`php_serial`]: the subset of PHP's `serialize()` format that sessions and query replies
+//!   use, decoded under hard limits;
+//! - [`session`]: a wasmgate session as a serialized PHP `$_SESSION` and back, losing
+//!   nothing PHP stored;
+//! - [`packet`]: GatewayProtocol, the 28-byte-header packets of a gateway's internal port,
+//!   and the length-prefixed query replies;
+//! - [`gateway`]: a gateway's GatewayWorker-compatible internal port
+//!   (`gatewayworker_internal`), executing GatewayClient's commands as operations of the table;
+//! - [`register`]: the register's GatewayWorker listener (`gatewayworker_listen`), over the
+//!   register's own directory of gateways.
+
+pub mod gateway;
+pub mod packet;
+pub mod php_serial;
+pub mod register;
+pub mod session;

@@ -1,0 +1,364 @@
+//! GatewayWorker compatibility, against doubles written from the reference's §9: the
+//! register's newline-JSON listener (`gatewayworker_listen`) as PHP BusinessWorkers,
+//! GatewayClient and PHP Gateways use it, and a gateway's GatewayProtocol port
+//! (`gatewayworker_internal`) as GatewayClient pushes to it; a native WebSocket client is
+//! the bystander whose replies must keep arriving.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::timeout;
+use wasmgate_tests::client::TestClient;
+use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, connect_ws, free_port};
+use wasmgate_tests::plugins;
+
+use crate::{BIN, QUIET};
+
+/// How long a double waits for a line, a close or a list it expects.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A PHP member of the register, speaking newline-JSON (reference §9.3).
+struct PhpMember {
+    lines: BufReader<OwnedReadHalf>,
+    write: OwnedWriteHalf,
+}
+
+impl PhpMember {
+    /// Connects to the register's GatewayWorker listener once it listens.
+    async fn connect(port: u16) -> Self {
+        for _ in 0..2400 {
+            if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await {
+                let (read, write) = stream.into_split();
+                return Self {
+                    lines: BufReader::new(read),
+                    write,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the register never listened on {port}");
+    }
+
+    /// Sends one line, as GatewayWorker builds it.
+    async fn send(&mut self, line: &str) {
+        self.write
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// `worker_connect` with `secret`, as BusinessWorker and GatewayClient send it.
+    async fn worker_connect(&mut self, secret: &str) {
+        let line = format!(r#"{{"event":"worker_connect","secret_key":"{secret}"}}"#);
+        self.send(&line).await;
+    }
+
+    /// A PHP Gateway announcing `127.0.0.1:port`, as Gateway's `registerAddress` link does.
+    async fn gateway_connect(register: u16, port: u16) -> Self {
+        let mut gateway = Self::connect(register).await;
+        let address = format!("127.0.0.1:{port}");
+        let line = format!(
+            r#"{{"event":"gateway_connect","address":"{address}","secret_key":"{SECRET}"}}"#
+        );
+        gateway.send(&line).await;
+        gateway
+    }
+
+    /// The next line; `None` once the register closed the connection.
+    async fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        let read = timeout(WAIT, self.lines.read_line(&mut line))
+            .await
+            .expect("the register neither sent a line nor closed in time");
+        match read {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line),
+        }
+    }
+
+    /// Reads `broadcast_addresses` lines until one lists exactly `ports` on 127.0.0.1.
+    async fn wait_for_addresses(&mut self, ports: &[u16]) {
+        let mut ports = ports.to_vec();
+        ports.sort_unstable();
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let expected = format!(
+            "{{\"event\":\"broadcast_addresses\",\"addresses\":{}}}\n",
+            serde_json::to_string(&addresses).unwrap()
+        );
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            let line = self.line().await.expect("the register closed a worker");
+            if line == expected {
+                return;
+            }
+            seen.push(line);
+        }
+        panic!("never got {expected:?}; got {seen:?}");
+    }
+
+    /// Asserts that the register closes the connection without a line.
+    async fn assert_closed_silently(&mut self) {
+        assert_eq!(self.line().await, None, "the register answered");
+    }
+}
+
+/// A node with every role: the register with its GatewayWorker listener on `compat`
+/// (`extra` keys added to `[register]`), a WebSocket gateway on `ws` of the `commands` app
+/// announcing a GatewayWorker port `internal`, and a worker host.
+fn node(plugins: &PluginsDir, compat: u16, ws: u16, internal: u16, extra: &str) -> (Node, u16) {
+    let register = free_port();
+    let dir = plugins.path();
+    let node = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n\
+             [register]\nlisten = \"127.0.0.1:{register}\"\n\
+             gatewayworker_listen = \"127.0.0.1:{compat}\"\n{extra}\n\
+             [[gateway]]\nlisten = \"ws://127.0.0.1:{ws}\"\napp = \"commands\"\n\
+             gatewayworker_internal = \"127.0.0.1:{internal}\"\n\
+             [worker]\nplugins = {dir:?}\ninstances = 1\n"
+        ),
+    );
+    (node, register)
+}
+
+/// A connected client that a worker host answers, with nothing left to read.
+async fn answered_client(port: u16) -> TestClient {
+    let mut client = connect_ws(port).await;
+    client.ask_until("echo ready", "ready").await;
+    // The asks the gateway held for a worker host are answered too: let them all arrive.
+    while client.recv_within(QUIET).await.is_ok() {}
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn php_workers_get_the_gatewayworker_ports_and_follow_the_gateways() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (compat, ws, internal) = (free_port(), free_port(), free_port());
+    let (_node, register) = node(&plugins, compat, ws, internal, "");
+    let mut bystander = answered_client(ws).await;
+
+    // A wrong key is closed without a word, as GatewayWorker's register does.
+    let mut wrong = PhpMember::connect(compat).await;
+    wrong.worker_connect("not the secret").await;
+    wrong.assert_closed_silently().await;
+    let mut keyless = PhpMember::connect(compat).await;
+    keyless.send(r#"{"event":"worker_connect"}"#).await;
+    keyless.assert_closed_silently().await;
+
+    // The right key: the list of GatewayWorker ports, first line (GatewayClient reads one).
+    let mut worker = PhpMember::connect(compat).await;
+    worker.worker_connect(SECRET).await;
+    worker.wait_for_addresses(&[internal]).await;
+    worker.send(r#"{"event":"ping"}"#).await;
+    assert_eq!(bystander.ask("echo 1").await, "1");
+
+    // A wasmgate gateway joins from another process, then a PHP Gateway: both listed.
+    let (ws2, internal2) = (free_port(), free_port());
+    let other = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{ws2}\"\n\
+             app = \"commands\"\nregister = \"127.0.0.1:{register}\"\n\
+             gatewayworker_internal = \"127.0.0.1:{internal2}\"\n"
+        ),
+    );
+    worker.wait_for_addresses(&[internal, internal2]).await;
+    let php_port = free_port();
+    let mut php_gateway = PhpMember::gateway_connect(compat, php_port).await;
+    worker
+        .wait_for_addresses(&[internal, internal2, php_port])
+        .await;
+    // The register never answers a gateway.
+    php_gateway.send(r#"{"event":"ping"}"#).await;
+    assert_eq!(bystander.ask("echo 2").await, "2");
+
+    // A GatewayClient asking now gets the whole list at once.
+    let mut client = PhpMember::connect(compat).await;
+    client.worker_connect(SECRET).await;
+    client
+        .wait_for_addresses(&[internal, internal2, php_port])
+        .await;
+
+    // Each leaves the list when its connection ends.
+    drop(php_gateway);
+    worker.wait_for_addresses(&[internal, internal2]).await;
+    other.kill().await;
+    worker.wait_for_addresses(&[internal]).await;
+    assert_eq!(bystander.ask("echo 3").await, "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_do_not_authenticate_are_closed() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (compat, ws, internal) = (free_port(), free_port(), free_port());
+    let auth = Duration::from_secs(1);
+    let (node, _) = node(
+        &plugins,
+        compat,
+        ws,
+        internal,
+        "gatewayworker_auth_timeout = \"1s\"\ngatewayworker_max_line = \"1KiB\"",
+    );
+    let mut bystander = answered_client(ws).await;
+    // A member that authenticated stays past the timeout.
+    let mut worker = PhpMember::connect(compat).await;
+    worker.worker_connect(SECRET).await;
+    worker.wait_for_addresses(&[internal]).await;
+
+    // Silence (a TCP probe) and pings alone are both cut at the auth timeout.
+    let started = Instant::now();
+    let mut silent = PhpMember::connect(compat).await;
+    let mut pinging = PhpMember::connect(compat).await;
+    pinging.send(r#"{"event":"ping"}"#).await;
+    silent.assert_closed_silently().await;
+    pinging.assert_closed_silently().await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= auth - Duration::from_millis(100),
+        "closed after {waited:?}, before the auth timeout"
+    );
+    node.wait_for_line(&["Register auth timeout"]).await;
+
+    // A bad request gets GatewayWorker's error line, then the close; an unknown event and an
+    // overlong line are closed.
+    let mut bad = PhpMember::connect(compat).await;
+    bad.send("not json").await;
+    assert_eq!(
+        bad.line().await.as_deref(),
+        Some("Bad request for Register service\n")
+    );
+    bad.assert_closed_silently().await;
+    let mut unknown = PhpMember::connect(compat).await;
+    unknown.send(r#"{"event":"subscribe"}"#).await;
+    unknown.assert_closed_silently().await;
+    let mut long = PhpMember::connect(compat).await;
+    long.send(&"x".repeat(2048)).await;
+    long.assert_closed_silently().await;
+
+    // The authenticated worker is still there, and still told of changes.
+    worker.send(r#"{"event":"ping"}"#).await;
+    let php_port = free_port();
+    let _php_gateway = PhpMember::gateway_connect(compat, php_port).await;
+    worker.wait_for_addresses(&[internal, php_port]).await;
+    assert_eq!(bystander.ask("echo still").await, "still");
+}
+
+/// A GatewayProtocol packet as `GatewayProtocol::encode` packs it (`pack("NCNnNnNCnN")`,
+/// reference §9.1), towards a gateway: its own ip and port 0, the client's unknown.
+fn packet(cmd: u8, connection_id: u32, flag: u8, ext_data: &[u8], body: &[u8]) -> Vec<u8> {
+    let len = 28 + ext_data.len() + body.len();
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+    out.push(cmd);
+    out.extend_from_slice(&[0; 12]); // local_ip, local_port, client_ip, client_port
+    out.extend_from_slice(&connection_id.to_be_bytes());
+    out.push(flag);
+    out.extend_from_slice(&[0; 2]); // gateway_port
+    out.extend_from_slice(&u32::try_from(ext_data.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(ext_data);
+    out.extend_from_slice(body);
+    out
+}
+
+/// GatewayClient's authorisation packet (`CMD_GATEWAY_CLIENT_CONNECT`, 202).
+fn authorise(secret: &str) -> Vec<u8> {
+    let body = format!(r#"{{"secret_key":"{secret}"}}"#);
+    packet(202, 0, 1, b"", body.as_bytes())
+}
+
+/// The connection id a client id ends with (reference §5).
+async fn connection_id(client: &mut TestClient) -> u32 {
+    let id = client.ask("whoami").await;
+    u32::from_str_radix(&id[12..], 16).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_client_commands_reach_the_clients() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (compat, ws, internal) = (free_port(), free_port(), free_port());
+    let (_node, _) = node(&plugins, compat, ws, internal, "");
+    let mut bystander = answered_client(ws).await;
+    let mut target = answered_client(ws).await;
+    let id = connection_id(&mut target).await;
+
+    // A wrong key closes the connection before any command runs.
+    let mut wrong = TcpStream::connect(("127.0.0.1", internal)).await.unwrap();
+    let mut sent = authorise("not the secret");
+    sent.extend(packet(5, id, 1, b"", b"never"));
+    wrong.write_all(&sent).await.unwrap();
+    let mut rest = Vec::new();
+    // Closed (a reset, with unread input, is a close too), and nothing answered.
+    let _ = timeout(WAIT, wrong.read_to_end(&mut rest))
+        .await
+        .expect("the port did not close the connection");
+    assert!(rest.is_empty(), "the port answered {rest:?}");
+
+    // One GatewayClient request buffer: the 202 packet, then the commands (§9.4).
+    let mut php = TcpStream::connect(("127.0.0.1", internal)).await.unwrap();
+    let mut sent = authorise(SECRET);
+    sent.extend(packet(5, id, 1, b"", b"to you"));
+    sent.extend(packet(20, id, 1, b"room", b""));
+    sent.extend(packet(12, id, 1, b"u7", b""));
+    php.write_all(&sent).await.unwrap();
+    assert_eq!(target.recv().await, "to you");
+    php.write_all(&packet(
+        22,
+        0,
+        1,
+        br#"{"group":["room"],"exclude":null}"#,
+        b"to room",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(target.recv().await, "to room");
+    php.write_all(&packet(14, 0, 1, br#"["u7"]"#, b"to u7"))
+        .await
+        .unwrap();
+    assert_eq!(target.recv().await, "to u7");
+    // To all but the target: only the bystander gets it.
+    let exclude = format!(r#"{{"exclude":{{"{id}":{id}}}}}"#);
+    php.write_all(&packet(6, 0, 1, exclude.as_bytes(), b"not you"))
+        .await
+        .unwrap();
+    assert_eq!(bystander.recv().await, "not you");
+    // A query: the reply is a u32 length, then the PHP-serialized answer.
+    php.write_all(&packet(11, id, 1, b"", b"")).await.unwrap();
+    let mut answer = [0u8; 8];
+    timeout(WAIT, php.read_exact(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&answer, b"\x00\x00\x00\x04i:1;");
+    // Sessions: PHP's serialized arrays in, the stored session out (203), a plugin reads it.
+    let session = br#"a:3:{s:4:"name";s:5:"alice";s:3:"age";i:30;s:4:"tags";a:1:{i:0;s:1:"x";}}"#;
+    php.write_all(&packet(204, id, 1, session, b""))
+        .await
+        .unwrap();
+    let update = br#"a:2:{s:4:"name";s:3:"bob";s:4:"tags";a:1:{i:1;s:1:"y";}}"#;
+    php.write_all(&packet(9, id, 1, update, b"")).await.unwrap();
+    php.write_all(&packet(203, id, 1, b"", b"")).await.unwrap();
+    // In wasmgate's key order; `tags` merged recursively, as PHP's gateway merges.
+    let stored =
+        br#"a:3:{s:3:"age";i:30;s:4:"name";s:3:"bob";s:4:"tags";a:2:{i:0;s:1:"x";i:1;s:1:"y";}}"#;
+    let mut answer = vec![0u8; 4 + stored.len()];
+    timeout(WAIT, php.read_exact(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &answer[..4],
+        &u32::try_from(stored.len()).unwrap().to_be_bytes()
+    );
+    assert_eq!(&answer[4..], stored);
+    assert_eq!(target.ask("get name").await, "value name bob");
+    target.assert_silent(QUIET).await;
+    assert_eq!(bystander.ask("echo still").await, "still");
+    // A kick with PHP's `null` message (serialized, flag 0) closes the target.
+    php.write_all(&packet(7, id, 0, b"", b"N;")).await.unwrap();
+    target.assert_closed().await;
+    assert_eq!(bystander.ask("echo after").await, "after");
+}
