@@ -369,8 +369,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_panicking_client_task_leaves_no_ghost_client() {
+    /// What a listener's connections share, and its gateway state.
+    fn shared() -> (ConnShared, Arc<GatewayState>) {
         let counters = Arc::new(Counters::default());
         let address = "127.0.0.1:2300".parse().unwrap();
         let limits = ClientLimits { max_groups: 8 };
@@ -389,6 +389,12 @@ mod tests {
             idle_timeout: Duration::ZERO,
             counters,
         };
+        (shared, state)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_client_task_leaves_no_ghost_client() {
+        let (shared, state) = shared();
         let inbound = futures_util::stream::pending::<Result<Bytes, ReadError>>();
         let remote = "127.0.0.1:1".parse().unwrap();
         let task = tokio::spawn(serve(shared, remote, inbound, PanickingSink, None));
@@ -404,5 +410,27 @@ mod tests {
             .expect("the task ended");
         assert!(ended.unwrap_err().is_panic());
         assert_eq!(state.client_count(), 0, "no ghost left counted");
+    }
+
+    /// What a connection holds while idle, before its protocol's buffers (measured by
+    /// `wasmgate-bench idle`): its task's future, its entry in the state, its empty outbox.
+    /// Sizes of the test build, where futures are larger than in a release build; a change
+    /// that makes them grow past the budget must say why.
+    #[test]
+    fn an_idle_connection_fits_its_budget() {
+        const BUDGET: usize = 4096;
+        let (shared, _) = shared();
+        let inbound: Pin<Box<dyn Stream<Item = Result<Bytes, ReadError>> + Send>> =
+            Box::pin(futures_util::stream::pending());
+        let outbound: Pin<Box<dyn Sink<Outbound, Error = std::io::Error> + Send>> =
+            Box::pin(futures_util::sink::drain().sink_map_err(|never| match never {}));
+        let remote = "127.0.0.1:1".parse().unwrap();
+        let task = std::mem::size_of_val(&serve(shared, remote, inbound, outbound, None));
+        let entry = crate::gateway::state::CLIENT_ENTRY_SIZE;
+        let outbox = crate::gateway::outbox::EMPTY_OUTBOX_SIZE;
+        assert!(
+            task + entry + outbox <= BUDGET,
+            "task {task} + state entry {entry} + outbox {outbox} bytes, over {BUDGET}"
+        );
     }
 }

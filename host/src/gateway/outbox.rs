@@ -259,6 +259,10 @@ impl Shared {
     }
 }
 
+/// What an empty outbox allocates, for the per-connection budget test.
+#[cfg(test)]
+pub(crate) const EMPTY_OUTBOX_SIZE: usize = std::mem::size_of::<Shared>();
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -506,6 +506,10 @@ fn remove_member(index: &mut HashMap<String, HashSet<u32>>, key: &str, member: u
     }
 }
 
+/// What one client's entry in the state costs in place, for the per-connection budget test.
+#[cfg(test)]
+pub(crate) const CLIENT_ENTRY_SIZE: usize = std::mem::size_of::<ClientEntry>();
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
