@@ -286,20 +286,24 @@ mod tests {
         assert_eq!(rx.try_recv(), None);
     }
 
-    /// Holds `rx`'s writer waiting on a full socket until the returned sender is dropped.
-    fn socket_full(rx: &Arc<OutboxReader>) -> tokio::sync::oneshot::Sender<()> {
+    /// An outbox of `budget` whose writer waits on a full socket until the returned sender
+    /// is dropped.
+    async fn socket_full(
+        budget: usize,
+    ) -> (Outbox, Arc<OutboxReader>, tokio::sync::oneshot::Sender<()>) {
+        let (tx, rx) = outbox(budget);
+        let rx = Arc::new(rx);
         let (unblock, blocked) = tokio::sync::oneshot::channel::<()>();
-        let rx = rx.clone();
-        tokio::spawn(async move { rx.writing(blocked).await });
-        unblock
+        let writer = rx.clone();
+        tokio::spawn(async move { writer.writing(blocked).await });
+        // The writer's first poll finds the socket full.
+        tokio::task::yield_now().await;
+        (tx, rx, unblock)
     }
 
     #[tokio::test]
     async fn a_push_over_budget_kills_as_slow_reader_and_later_pushes_fail() {
-        let (tx, rx) = outbox(ITEM_COST + 100);
-        let rx = Arc::new(rx);
-        let _blocked = socket_full(&rx);
-        tokio::task::yield_now().await;
+        let (tx, rx, _blocked) = socket_full(ITEM_COST + 100).await;
         assert!(tx.push(data(100)));
         assert!(!tx.push(data(1)));
         assert_eq!(rx.killed().await, Kill::SlowReader);
@@ -324,10 +328,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_writer_no_longer_waiting_on_the_socket_is_not_slow() {
-        let (tx, rx) = outbox(ITEM_COST + 100);
-        let rx = Arc::new(rx);
-        let unblock = socket_full(&rx);
-        tokio::task::yield_now().await;
+        let (tx, rx, unblock) = socket_full(ITEM_COST + 100).await;
         drop(unblock);
         // The writer leaves `writing` once the socket takes its write.
         while rx.0.socket_full.load(Ordering::Acquire) {
@@ -342,10 +343,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_queue_takes_one_message_larger_than_the_budget() {
-        let (tx, rx) = outbox(ITEM_COST + 100);
-        let rx = Arc::new(rx);
-        let _blocked = socket_full(&rx);
-        tokio::task::yield_now().await;
+        let (tx, rx, _blocked) = socket_full(ITEM_COST + 100).await;
         assert!(tx.push(data(1000)), "a client that keeps up gets it");
         assert_eq!(rx.recv().await, data(1000));
         assert!(tx.push(data(1000)));
@@ -355,10 +353,7 @@ mod tests {
 
     #[tokio::test]
     async fn empty_messages_still_cost() {
-        let (tx, rx) = outbox(10 * ITEM_COST);
-        let rx = Arc::new(rx);
-        let _blocked = socket_full(&rx);
-        tokio::task::yield_now().await;
+        let (tx, rx, _blocked) = socket_full(10 * ITEM_COST).await;
         for _ in 0..10 {
             assert!(tx.push(data(0)));
         }

@@ -35,6 +35,19 @@ pub struct Listing {
     pub gatewayworker: Option<SocketAddrV4>,
 }
 
+/// The addresses as the log names a gateway: `address=10.0.0.7:2900`, with
+/// ` (gatewayworker 10.0.0.7:2300)` when it has that port too.
+impl std::fmt::Display for Listing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.internal, self.gatewayworker) {
+            (Some(internal), Some(php)) => write!(f, "{internal} (gatewayworker {php})"),
+            (Some(internal), None) => write!(f, "{internal}"),
+            (None, Some(php)) => write!(f, "gatewayworker {php}"),
+            (None, None) => f.write_str("none"),
+        }
+    }
+}
+
 /// The gateways the register knows, each with the number of live links announcing it: a
 /// restarted gateway may announce again before its old link is found dead, and it must stay
 /// listed until both are gone. Both listeners of a register (its own and GatewayWorker's)
@@ -56,7 +69,7 @@ impl Directory {
             *links += 1;
             *links == 1
         });
-        info!(?listing, "gateway registered");
+        info!(address = %listing, "gateway registered");
         DirectoryEntry {
             table: self.clone(),
             listing,
@@ -108,7 +121,7 @@ impl Drop for DirectoryEntry {
             }
         });
         if removed {
-            info!(?listing, "gateway unregistered");
+            info!(address = %listing, "gateway unregistered");
         }
     }
 }
