@@ -128,6 +128,49 @@ pub fn status(label: &str, s: &Status) -> String {
         }
     }
 
+    if let Some(cluster) = &s.cluster {
+        rule(&mut out, "CLUSTER GATEWAYS (as they answered)");
+        let mut gateways =
+            Table::new(&["internal", "apps", "connections", "groups", "uids", "links"]);
+        for g in &cluster.gateways {
+            // A listener as `app:port`, the port its clients connect to.
+            let listeners: Vec<String> = g
+                .listeners
+                .iter()
+                .map(|l| format!("{}:{}", l.app, l.port))
+                .collect();
+            let listeners = if listeners.is_empty() {
+                "-".to_owned()
+            } else {
+                listeners.join(",")
+            };
+            gateways.row([
+                &g.address.to_string(),
+                &listeners,
+                &g.clients.to_string(),
+                &g.groups.to_string(),
+                &g.uids.to_string(),
+                &g.worker_links.to_string(),
+            ]);
+        }
+        gateways.render(&mut out);
+        rule(&mut out, "CLUSTER WORKER HOSTS (as they reported)");
+        let mut workers = Table::new(&["worker", "plugin", "version", "instances", "faults"]);
+        for w in &cluster.workers {
+            for p in &w.plugins {
+                let f = &p.faults;
+                workers.row([
+                    &w.name,
+                    &p.plugin,
+                    &p.version,
+                    &p.instances.to_string(),
+                    &(f.trap + f.timeout + f.memory_limit).to_string(),
+                ]);
+            }
+        }
+        workers.render(&mut out);
+    }
+
     rule(&mut out, "TRAFFIC");
     let t = &s.traffic;
     let mut traffic = Table::new(&[

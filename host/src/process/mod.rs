@@ -266,6 +266,7 @@ pub async fn run(
         started: SystemTime::now(),
         register: config.register.as_ref().map(|r| r.listen),
         gateways: Vec::new(),
+        cluster: None,
         worker: config
             .worker
             .as_ref()
@@ -349,6 +350,7 @@ pub async fn run(
         let start_timeout = worker.start_timeout;
         let worker = WorkerHost::new(worker, secret.clone(), local.clone())?;
         ready = Some((worker.ready(local_gateways), start_timeout));
+        running.cluster = Some(GatewayApi::new(worker.gateways()));
         if let Some(push) = push {
             roles.spawn(push.serve(worker.gateways(), config.http.clone(), shutdown.clone()));
         }

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::GrantTable;
 use crate::gateway::Gateway;
+use crate::ops::GatewayApi;
 
 /// What a process runs, as its operators see it (`status`, `connections`, `/metrics`).
 pub struct Running {
@@ -23,6 +24,9 @@ pub struct Running {
     pub worker: Option<RunningWorker>,
     /// Its HTTP endpoints (`/metrics`, the push API, the web pages, the admin page): name and URL.
     pub endpoints: Vec<(&'static str, String)>,
+    /// What `status` asks the whole cluster through: the worker host's links to every
+    /// gateway, when this process runs one.
+    pub cluster: Option<GatewayApi>,
 }
 
 /// A gateway of this process.

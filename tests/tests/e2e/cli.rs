@@ -8,7 +8,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use wasmgate_tests::client::TestClient;
-use wasmgate_tests::cluster::{SECRET, free_port};
+use wasmgate_tests::cluster::{Node, SECRET, connect_ws, free_port};
 use wasmgate_tests::daemon::{Daemon, alive, signal, wasmgate};
 use wasmgate_tests::http_server::HttpServer;
 use wasmgate_tests::polyglot::{self, Language};
@@ -220,6 +220,53 @@ async fn status_shows_refused_plugin_versions_and_why() {
 
 /// A configuration with every role: the register on port `r`, a WebSocket gateway on `g`
 /// serving `commands`, a worker host with one instance per plugin in `plugins/`.
+/// `status` on a node with a worker host shows every gateway of the cluster, another
+/// process's too, with its clients, and every worker host's plugins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_whole_cluster() {
+    let (r, g) = (free_port(), free_port());
+    let (daemon, started) =
+        Daemon::start(BIN, &every_role(r, g), &[("commands", plugins::COMMANDS)]).await;
+    assert!(started.status.success(), "{started:?}");
+    let other = free_port();
+    let _elsewhere = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{other}\"\n\
+             app = \"commands\"\nregister = \"127.0.0.1:{r}\"\n"
+        ),
+    );
+    let mut there = connect_ws(other).await;
+    assert_eq!(there.ask("join far").await, "joined far");
+    let mut here = TestClient::ws(format!("127.0.0.1:{g}").parse().unwrap(), "/")
+        .await
+        .unwrap();
+    assert_eq!(here.ask("echo here").await, "here");
+
+    let app_there = format!("commands:{other}");
+    let screen = status_until(&daemon, |s| {
+        s.contains(" CLUSTER GATEWAYS")
+            && table(s, "CLUSTER GATEWAYS")
+                .iter()
+                .any(|g| g["apps"] == app_there && g["connections"] == "1")
+    })
+    .await;
+    let gateways = table(&screen, "CLUSTER GATEWAYS");
+    assert_eq!(gateways.len(), 2, "{screen}");
+    let far = row(&gateways, "apps", &app_there);
+    assert_eq!([&far["groups"], &far["links"]], ["1", "1"], "{screen}");
+    let near = row(&gateways, "apps", &format!("commands:{g}"));
+    assert_eq!(near["connections"], "1", "{screen}");
+    let workers = table(&screen, "CLUSTER WORKER HOSTS");
+    assert_eq!(
+        row(&workers, "plugin", "commands")["faults"],
+        "0",
+        "{screen}"
+    );
+    assert_eq!(there.ask("echo still").await, "still");
+    assert!(daemon.run(&["stop"]).await.status.success());
+}
+
 fn every_role(r: u16, g: u16) -> String {
     format!(
         "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n\

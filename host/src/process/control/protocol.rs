@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ops::ClusterView;
+
 /// Longest the command line waits for an answer, and the server for a request.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -69,6 +71,10 @@ pub struct Status {
     pub refused: Vec<RefusedPlugin>,
     /// Client traffic.
     pub traffic: Traffic,
+    /// Every gateway and worker host of the cluster, as the gateways answered through this
+    /// process's worker host (none without one, or when no gateway answered in time).
+    #[serde(default)]
+    pub cluster: Option<ClusterView>,
 }
 
 /// One gateway.

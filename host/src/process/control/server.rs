@@ -18,10 +18,15 @@ use super::protocol::{
 };
 use crate::config::{GrantTable, KvGrant, SqlBackend};
 use crate::metrics;
+use crate::ops::ClusterView;
 use crate::process::running::Running;
 use crate::wire::handshake::Peer;
 use crate::worker::kv;
 use crate::worker::sql::sqlite;
+
+/// Longest `status` waits for the cluster's answer: a silent gateway is given up after a
+/// second (the queries' own bound), so this is only a backstop.
+const CLUSTER_WAIT: Duration = Duration::from_secs(2);
 
 /// How often the traffic counters are sampled for the rates `status` shows.
 const RATE_SAMPLE: Duration = Duration::from_secs(1);
@@ -160,6 +165,11 @@ impl Control {
         }
         let request = serde_json::from_str::<Request>(&line);
         let response = match request {
+            Ok(Request::Status) => {
+                let mut status = self.status();
+                status.cluster = self.cluster().await;
+                Response::Status(Box::new(status))
+            }
             Ok(request) => self.respond(request),
             Err(e) => Response::Error(format!("not a request: {e}")),
         };
@@ -189,6 +199,21 @@ impl Control {
             Request::Stop => Response::Stopping {
                 pid: std::process::id(),
             },
+        }
+    }
+
+    /// The cluster as the gateways answer it, within [`CLUSTER_WAIT`]; none without a worker
+    /// host's links, or when none answered.
+    async fn cluster(&self) -> Option<ClusterView> {
+        let api = self.running.cluster.as_ref()?;
+        match tokio::time::timeout(CLUSTER_WAIT, api.cluster()).await {
+            Ok(Ok(view)) if !view.gateways.is_empty() => Some(view),
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => {
+                tracing::debug!("status: the cluster did not answer: {e}");
+                None
+            }
+            Err(_) => None,
         }
     }
 
@@ -267,6 +292,7 @@ impl Control {
                 messages_out_per_sec: out_rate,
                 events_per_sec: event_rate,
             },
+            cluster: None,
         }
     }
 
