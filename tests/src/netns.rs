@@ -83,6 +83,14 @@ impl SimulatedHosts {
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
+        // What the test will do on a host, tried once: a process started there, and a
+        // thread entering it. A sandbox may allow making namespaces but not using them.
+        let first = hosts.hosts[0].clone();
+        ip(&["netns", "exec", &first.netns, "true"])?;
+        std::thread::spawn(move || first.enter())
+            .join()
+            .expect("the probe thread")
+            .map_err(|e| Skip::new(format!("cannot enter a network namespace: {e}")))?;
         Ok(hosts)
     }
 
@@ -126,16 +134,24 @@ pub struct HostThread {
 }
 
 impl Host {
+    /// Moves the calling thread into this host's network namespace.
+    fn enter(&self) -> std::io::Result<()> {
+        let netns = std::fs::File::open(format!("/var/run/netns/{}", self.netns))?;
+        // SAFETY: `setns` on this thread only, with a namespace descriptor we hold open.
+        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Starts a thread in this host's namespace.
     pub fn thread(&self) -> HostThread {
-        let netns = std::fs::File::open(format!("/var/run/netns/{}", self.netns))
-            .unwrap_or_else(|e| panic!("opening namespace {}: {e}", self.netns));
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let host = self.clone();
         let thread = std::thread::spawn(move || {
-            // SAFETY: `setns` on this thread only, with a namespace descriptor we hold open.
-            let entered = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+            host.enter()
+                .unwrap_or_else(|e| panic!("entering namespace {}: {e}", host.netns));
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
