@@ -165,12 +165,7 @@ impl Control {
         }
         let request = serde_json::from_str::<Request>(&line);
         let response = match request {
-            Ok(Request::Status) => {
-                let mut status = self.status();
-                status.cluster = self.cluster().await;
-                Response::Status(Box::new(status))
-            }
-            Ok(request) => self.respond(request),
+            Ok(request) => self.respond(request).await,
             Err(e) => Response::Error(format!("not a request: {e}")),
         };
         let mut answer = serde_json::to_vec(&response).expect("responses serialise");
@@ -183,9 +178,13 @@ impl Control {
         }
     }
 
-    fn respond(&self, request: Request) -> Response {
+    async fn respond(&self, request: Request) -> Response {
         match request {
-            Request::Status => Response::Status(Box::new(self.status())),
+            Request::Status => {
+                let mut status = self.status();
+                status.cluster = self.cluster().await;
+                Response::Status(Box::new(status))
+            }
             Request::Connections => Response::Connections(self.connections()),
             Request::Reload if self.running.worker.is_none() => {
                 Response::Error("this process runs no worker host: nothing to reload".into())
