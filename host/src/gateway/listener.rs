@@ -10,16 +10,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite;
+use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::task::TaskTracker;
 
 use super::conn::{self, ConnShared};
 use super::counters::Counters;
-use super::protocol::{self, frame::Frames, text::Lines, ws};
+use super::outbox::Outbound;
+use super::protocol::{self, ReadError, frame::Frames, text::Lines, ws};
 
 /// The protocol a listener speaks, with what it needs to speak it.
 pub enum Transport {
@@ -148,32 +151,54 @@ async fn accept(
         // state, kept for the connection's life, so no protocol pays for another's.
         let max = config.max_message_size;
         match &config.transport {
-            Transport::Text => clients.spawn(async move {
-                let (r, w) = socket.into_split();
-                let (inbound, outbound) = protocol::framed(r, w, Lines::new(max));
-                conn::serve(shared, remote, inbound, outbound, None).await;
-                drop(slots);
-            }),
-            Transport::Frame => clients.spawn(async move {
-                let (r, w) = socket.into_split();
-                let (inbound, outbound) = protocol::framed(r, w, Frames::new(max));
-                conn::serve(shared, remote, inbound, outbound, None).await;
-                drop(slots);
-            }),
-            Transport::Ws => clients.spawn(async move {
+            Transport::Text => holding(
+                clients,
+                slots,
+                framed(socket, Lines::new(max), shared, remote),
+            ),
+            Transport::Frame => holding(
+                clients,
+                slots,
+                framed(socket, Frames::new(max), shared, remote),
+            ),
+            Transport::Ws => holding(clients, slots, async move {
                 websocket(async { Ok(socket) }, remote, &config, shared).await;
-                drop(slots);
             }),
-            Transport::Wss(_) => clients.spawn(async move {
-                let Transport::Wss(tls) = &config.transport else {
-                    unreachable!("matched above")
-                };
-                let secured = async { tls.accept(socket).await.map_err(AcceptError::Tls) };
-                websocket(secured, remote, &config, shared).await;
-                drop(slots);
-            }),
-        };
+            Transport::Wss(tls) => {
+                let tls = tls.clone();
+                holding(clients, slots, async move {
+                    let secured = async { tls.accept(socket).await.map_err(AcceptError::Tls) };
+                    websocket(secured, remote, &config, shared).await;
+                })
+            }
+        }
     }
+}
+
+/// Runs `connection` as a task of its own that gives back the listener's `slots` when it ends.
+fn holding(
+    clients: &TaskTracker,
+    slots: (OwnedSemaphorePermit, IpSlot),
+    connection: impl Future<Output = ()> + Send + 'static,
+) {
+    clients.spawn(async move {
+        connection.await;
+        drop(slots);
+    });
+}
+
+/// Serves a client of a length-delimited protocol (`text`, `frame`) spoken with `codec`.
+async fn framed<C>(socket: TcpStream, codec: C, shared: ConnShared, remote: SocketAddr)
+where
+    C: Decoder<Item = Bytes, Error = ReadError>
+        + Encoder<Outbound, Error = std::io::Error>
+        + Clone
+        + Send
+        + 'static,
+{
+    let (r, w) = socket.into_split();
+    let (inbound, outbound) = protocol::framed(r, w, codec);
+    conn::serve(shared, remote, inbound, outbound, None).await;
 }
 
 /// The connections each IP address holds, for `max_connections_per_ip`.
