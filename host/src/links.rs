@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::client_id::{ClientId, ClientMap};
-use crate::local::{LinkReader, LocalGateways};
+use crate::local::{DirectCommands, LinkReader, LocalGateways};
 use crate::ops::{
     Command, CommandFuture, Gateways, PluginReport, Query, QueryFuture, Reply, Unreachable,
     WorkerReport,
@@ -199,6 +199,9 @@ async fn send_acks(
             return;
         }
     }
+    // Swapped with the shared map rather than taken from it, so that neither side allocates
+    // and grows a fresh map for every batch.
+    let mut taken = ClientMap::default();
     loop {
         // `changed` marks what it saw as seen: remembered here, as `has_changed` will not.
         let mut announce = false;
@@ -210,9 +213,11 @@ async fn send_acks(
             () = acks.now.notified() => {}
             () = apps_changed(&mut apps) => announce = true,
         }
-        let mut pending =
-            std::mem::take(&mut *acks.pending.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_iter();
+        std::mem::swap(
+            &mut taken,
+            &mut *acks.pending.lock().unwrap_or_else(|e| e.into_inner()),
+        );
+        let mut pending = taken.drain();
         let returned =
             std::mem::take(&mut *acks.returned.lock().unwrap_or_else(|e| e.into_inner()));
         if let Some(apps) = &mut apps
@@ -282,11 +287,31 @@ impl EventSink for NoEvents {
 /// One gateway link.
 struct GatewayLink {
     queue: LinkSender<ToGateway>,
+    /// In-process, where commands run without the queue.
+    direct: Option<Arc<dyn DirectCommands>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     /// Over TCP, to a gateway of another process (else in-process).
     remote: bool,
     /// The gateway answered [`ToGateway::Leaving`]: nothing it sent is left to run.
     left: watch::Sender<bool>,
+}
+
+impl GatewayLink {
+    /// Sends `command` (of `weight` bytes framed), or runs it at once on a gateway of this
+    /// process; false if the link is gone.
+    async fn command(&self, command: Command, weight: usize) -> bool {
+        match &self.direct {
+            Some(direct) => {
+                direct.execute(command);
+                true
+            }
+            None => self
+                .queue
+                .send_weighing(ToGateway::Command(command), weight)
+                .await
+                .is_ok(),
+        }
+    }
 }
 
 /// Every gateway this worker host (or push client) is linked to.
@@ -478,7 +503,12 @@ impl GatewayLinks {
         let dial = async {
             Ok::<_, LinkError>(
                 match self.local.dial(addr, self.role, self.queue_bytes).await {
-                    Some((queue, inbound)) => (queue, LinkReader::Local(inbound), None),
+                    Some(local) => (
+                        local.queue,
+                        LinkReader::Local(local.inbound),
+                        Some(local.commands),
+                        None,
+                    ),
                     None => {
                         let socket = TcpStream::connect(addr).await.map_err(LinkError::Connect)?;
                         socket.set_nodelay(true).map_err(LinkError::Connect)?;
@@ -497,17 +527,18 @@ impl GatewayLinks {
                         let stall = self.ping_interval * SILENT_INTERVALS;
                         let writing =
                             AbortOnDropHandle::new(tokio::spawn(writer.forward(outgoing, stall)));
-                        (queue, LinkReader::Tcp(reader), Some(writing))
+                        (queue, LinkReader::Tcp(reader), None, Some(writing))
                     }
                 },
             )
         };
-        let (queue, mut reader, writing) = tokio::select! {
+        let (queue, mut reader, direct, writing) = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             linked = dial => linked?,
         };
         let link = Arc::new(GatewayLink {
             queue: queue.clone(),
+            direct,
             pending: Mutex::new(HashMap::new()),
             remote: writing.is_some(),
             left: watch::channel(false).0,
@@ -743,21 +774,12 @@ impl Gateways for GatewayLinks {
             // Per-client commands (the common case) have one target: move it, copy only for
             // the others.
             let last = targets.pop().ok_or(unreachable)?;
-            let mut queued = false;
+            let mut sent = false;
             for (_, link) in targets {
-                queued |= link
-                    .queue
-                    .send_weighing(ToGateway::Command(command.clone()), weight)
-                    .await
-                    .is_ok();
+                sent |= link.command(command.clone(), weight).await;
             }
-            queued |= last
-                .1
-                .queue
-                .send_weighing(ToGateway::Command(command), weight)
-                .await
-                .is_ok();
-            if queued { Ok(()) } else { Err(unreachable) }
+            sent |= last.1.command(command, weight).await;
+            if sent { Ok(()) } else { Err(unreachable) }
         })
     }
 

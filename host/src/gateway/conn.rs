@@ -85,7 +85,6 @@ pub async fn serve<R, W>(
     };
     let end = tokio::select! {
         kill = queue.killed() => killed(&shared, id, kill),
-        _ = shared.shutdown.cancelled() => End::Close(Close::GoingAway),
         end = write(&mut outbound, &queue) => end,
         end = read(&mut link, &mut inbound, &outbox, handshake) => end,
     };
@@ -147,14 +146,18 @@ impl Drop for Registered<'_> {
 }
 
 fn killed(shared: &ConnShared, id: ClientId, kill: Kill) -> End {
-    if kill == Kill::SlowReader {
-        let n = Counters::bump(&shared.counters.slow_readers);
-        tracing::info!(
-            client = %id,
-            send_buffer = shared.send_buffer,
-            slow_readers = n,
-            "client disconnected: it fell send_buffer behind"
-        );
+    match kill {
+        Kill::Stopping => return End::Close(Close::GoingAway),
+        Kill::SlowReader => {
+            let n = Counters::bump(&shared.counters.slow_readers);
+            tracing::info!(
+                client = %id,
+                send_buffer = shared.send_buffer,
+                slow_readers = n,
+                "client disconnected: it fell send_buffer behind"
+            );
+        }
+        Kill::Destroyed => {}
     }
     End::Drop
 }

@@ -76,6 +76,7 @@ enum AcceptError {
 pub async fn serve(listener: TcpListener, config: ListenerConfig, shared: ConnShared) {
     let clients = TaskTracker::new();
     accept(listener, config, &shared, &clients).await;
+    shared.state.stop_clients();
     clients.close();
     if tokio::time::timeout(CLOSE_ALL_GRACE, clients.wait())
         .await

@@ -140,7 +140,7 @@ impl BoundGateway {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let address = self.internal_addr();
-        let local_links = local.offer(address);
+        let local_links = local.offer(address, self.gateway.state.clone());
         tracing::info!(
             gateway = %self.config.name(),
             listen = %self.config.listen,

@@ -26,10 +26,11 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// What a budget charges per queued message on top of its payload: the queue slot and the
 /// payload's handle.
@@ -103,6 +104,8 @@ pub enum Kill {
     /// Its queue would have exceeded `send_buffer` while its socket was full: it does not
     /// read fast enough.
     SlowReader,
+    /// The gateway is stopping: the connection ends with a going-away close, not a drop.
+    Stopping,
 }
 
 struct Queue {
@@ -117,7 +120,10 @@ struct Shared {
     /// Set while the connection task waits for the socket to take a write.
     socket_full: AtomicBool,
     ready: Notify,
-    kill: CancellationToken,
+    /// Wakes the connection task waiting in [`OutboxReader::killed`]: a waker, not a
+    /// cancellation token, as the task polls that wait each time it wakes for anything, and
+    /// a token's check takes a lock.
+    kill: AtomicWaker,
     /// 0 until killed, then `1 + Kill as u8` of the first kill.
     killed: AtomicU8,
 }
@@ -139,7 +145,7 @@ pub fn outbox(budget: usize) -> (Outbox, OutboxReader) {
         budget,
         socket_full: AtomicBool::new(false),
         ready: Notify::new(),
-        kill: CancellationToken::new(),
+        kill: AtomicWaker::new(),
         killed: AtomicU8::new(0),
     });
     (Outbox(shared.clone()), OutboxReader(shared))
@@ -189,12 +195,17 @@ impl Outbox {
         self.kill(Kill::Destroyed);
     }
 
+    /// Ends the connection because the gateway stops, discarding what is queued.
+    pub fn stop(&self) {
+        self.kill(Kill::Stopping);
+    }
+
     fn kill(&self, why: Kill) {
         let _ =
             self.0
                 .killed
                 .compare_exchange(0, 1 + why as u8, Ordering::AcqRel, Ordering::Acquire);
-        self.0.kill.cancel();
+        self.0.kill.wake();
     }
 }
 
@@ -244,11 +255,21 @@ impl OutboxReader {
 
     /// Resolves once the connection is killed, with the first reason.
     pub async fn killed(&self) -> Kill {
-        self.0.kill.cancelled().await;
-        match self.0.killed.load(Ordering::Acquire) {
-            2 => Kill::SlowReader,
-            _ => Kill::Destroyed,
-        }
+        let killed = || match self.0.killed.load(Ordering::Acquire) {
+            0 => None,
+            2 => Some(Kill::SlowReader),
+            3 => Some(Kill::Stopping),
+            _ => Some(Kill::Destroyed),
+        };
+        std::future::poll_fn(|cx| {
+            if let Some(kill) = killed() {
+                return Poll::Ready(kill);
+            }
+            self.0.kill.register(cx.waker());
+            // A kill between the first look and the registration woke nobody: look again.
+            killed().map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
     }
 }
 

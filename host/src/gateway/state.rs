@@ -21,7 +21,8 @@ use bytes::Bytes;
 
 use super::counters::Counters;
 use super::outbox::{Close, Outbound, Outbox};
-use crate::client_id::ClientId;
+use crate::client_id::{ClientHasher, ClientId};
+use crate::local::DirectCommands;
 use crate::ops::{
     ClusterView, Command, GatewayView, GroupMembers, Query, Reply, Session, check_name,
     check_session_bytes, session_bytes, session_bytes_after,
@@ -43,13 +44,35 @@ struct ClientEntry {
     warned: bool,
 }
 
+impl DirectCommands for GatewayState {
+    fn execute(&self, command: Command) {
+        GatewayState::execute(self, command);
+    }
+}
+
+/// Client indexes of this gateway, sorted and distinct: lists from commands are short, so a
+/// sorted vector beats hashing them into a set per command.
+struct LocalIndexes(Vec<u32>);
+
+impl LocalIndexes {
+    fn contains(&self, index: &u32) -> bool {
+        self.0.binary_search(index).is_ok()
+    }
+}
+
 #[derive(Default)]
 struct Clients {
     next_index: u32,
-    by_index: HashMap<u32, ClientEntry>,
-    groups: HashMap<String, HashSet<u32>>,
-    uids: HashMap<String, HashSet<u32>>,
+    /// Set by [`GatewayState::stop_clients`].
+    stopping: bool,
+    /// Looked up on every event and command: indexes are the gateway's own, so a fast hash.
+    by_index: HashMap<u32, ClientEntry, ClientHasher>,
+    groups: HashMap<String, Members>,
+    uids: HashMap<String, Members>,
 }
+
+/// The indexes of a group's or uid's members.
+type Members = HashSet<u32, ClientHasher>;
 
 /// What one client may hold in a gateway's state, beside the API's own limits on names and
 /// sessions.
@@ -101,6 +124,10 @@ impl GatewayState {
                 break c.next_index;
             }
         };
+        // A client that arrives while the gateway stops is stopped as it comes.
+        if c.stopping {
+            outbox.stop();
+        }
         c.by_index.insert(
             index,
             ClientEntry {
@@ -116,6 +143,17 @@ impl GatewayState {
             },
         );
         ClientId::new(self.address, index)
+    }
+
+    /// Ends every client's connection with a going-away close, and every later one's as it
+    /// is added: the gateway is stopping. Through the outboxes, which the connection tasks
+    /// watch anyway, so that a running connection watches no gateway-wide signal.
+    pub fn stop_clients(&self) {
+        let mut c = self.lock();
+        c.stopping = true;
+        for entry in c.by_index.values() {
+            entry.outbox.stop();
+        }
     }
 
     /// The context to send with an event of `client`; none if it is gone.
@@ -158,7 +196,7 @@ impl GatewayState {
             }
             Command::SendToClients { clients, data } => {
                 let targets = self.local_indexes(&clients);
-                c.send_to(targets.into_iter(), &data);
+                c.send_to(targets.0.into_iter(), &data);
             }
             Command::CloseClient { client, farewell } => {
                 if let Some(e) = self.entry(c, client) {
@@ -244,14 +282,23 @@ impl GatewayState {
                 exclude,
             } => {
                 let exclude = self.local_indexes(&exclude);
-                let targets: BTreeSet<u32> = groups
-                    .iter()
-                    .filter_map(|g| c.groups.get(g))
-                    .flatten()
-                    .filter(|i| !exclude.contains(i))
-                    .copied()
-                    .collect();
-                c.send_to(targets.into_iter(), &data);
+                let members = |g| c.groups.get(g).into_iter().flatten().copied();
+                match groups.as_slice() {
+                    // One group's members are distinct already: no set to build for a
+                    // broadcast to thousands.
+                    [group] => {
+                        let targets = members(group).filter(|i| !exclude.contains(i));
+                        c.send_to(targets, &data);
+                    }
+                    _ => {
+                        let targets: BTreeSet<u32> = groups
+                            .iter()
+                            .flat_map(members)
+                            .filter(|i| !exclude.contains(i))
+                            .collect();
+                        c.send_to(targets.into_iter(), &data);
+                    }
+                }
             }
             Command::SetSession { client, session } => {
                 let Some(e) = self.entry(c, client) else {
@@ -312,7 +359,7 @@ impl GatewayState {
                         let n = if g.is_empty() {
                             c.by_index.len()
                         } else {
-                            c.groups.get(g).map_or(0, HashSet::len)
+                            c.groups.get(g).map_or(0, Members::len)
                         };
                         (g.clone(), n as u32)
                     })
@@ -399,15 +446,20 @@ impl GatewayState {
         ClientId::new(self.address, index)
     }
 
-    fn ids(&self, members: Option<&HashSet<u32>>) -> Vec<ClientId> {
+    fn ids(&self, members: Option<&Members>) -> Vec<ClientId> {
         members.into_iter().flatten().map(|i| self.id(*i)).collect()
     }
 
-    fn local_indexes(&self, ids: &[ClientId]) -> HashSet<u32> {
-        ids.iter()
+    /// The indexes of the ids that are this gateway's, each once.
+    fn local_indexes(&self, ids: &[ClientId]) -> LocalIndexes {
+        let mut indexes: Vec<u32> = ids
+            .iter()
             .filter(|id| id.gateway == self.address)
             .map(|id| id.index)
-            .collect()
+            .collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        LocalIndexes(indexes)
     }
 
     fn entry<'a>(&self, c: &'a mut Clients, id: ClientId) -> Option<&'a mut ClientEntry> {
@@ -476,7 +528,7 @@ impl Clients {
         }
     }
 
-    fn uids_of(&self, members: Option<&HashSet<u32>>) -> Vec<String> {
+    fn uids_of(&self, members: Option<&Members>) -> Vec<String> {
         let uids: BTreeSet<&String> = members
             .into_iter()
             .flatten()
@@ -497,7 +549,7 @@ fn context_of(id: ClientId, e: &ClientEntry) -> ClientContext {
     }
 }
 
-fn remove_member(index: &mut HashMap<String, HashSet<u32>>, key: &str, member: u32) {
+fn remove_member(index: &mut HashMap<String, Members>, key: &str, member: u32) {
     if let Some(members) = index.get_mut(key) {
         members.remove(&member);
         if members.is_empty() {

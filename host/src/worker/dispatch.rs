@@ -31,6 +31,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{Notify, watch};
@@ -509,10 +510,10 @@ async fn handle(
 /// wasmtime lowers the record into the guest from owned values.
 fn wit_client(context: &ClientContext, listener: &str, port: u16, session: &Session) -> Client {
     Client {
-        id: context.id.to_string(),
-        remote_addr: context.remote.ip().to_string(),
+        id: context.id.to_hex(),
+        remote_addr: ip_text(context.remote.ip()),
         remote_port: context.remote.port(),
-        gateway_addr: context.id.gateway.ip().to_string(),
+        gateway_addr: ip_text(IpAddr::V4(*context.id.gateway.ip())),
         gateway_port: port,
         listener: listener.to_owned(),
         uid: context.uid.clone(),
@@ -521,6 +522,28 @@ fn wit_client(context: &ClientContext, listener: &str, port: u16, session: &Sess
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     }
+}
+
+/// An address as text. IPv4 is written out by hand: every event carries two addresses to the
+/// plugin, and `Display`'s formatting machinery showed in the per-message profile.
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -533,6 +556,20 @@ mod tests {
     use crate::client_id::ClientId;
     use crate::links::Done;
     use crate::wire::messages::ListenerInfo;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "127.0.0.1",
+            "::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
 
     fn event(client: u32, text: &'static str) -> Incoming {
         let id = ClientId::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1), client);
