@@ -1024,19 +1024,20 @@ impl Live {
                 .map(|()| None),
             Call::Timer(id) => events.call_on_timer(&mut *store, id).await.map(|()| None),
             // A version without `presence` is announced as such and sent none: nothing to do.
-            Call::UidOnline(uid, client) => match &self.presence {
-                Some(presence) => presence
-                    .call_on_uid_online(&mut *store, uid, &client.record)
-                    .await
-                    .map(|()| None),
+            Call::UidOnline(uid, client) | Call::UidOffline(uid, client) => match &self.presence {
                 None => Ok(None),
-            },
-            Call::UidOffline(uid, client) => match &self.presence {
-                Some(presence) => presence
-                    .call_on_uid_offline(&mut *store, uid, &client.record)
-                    .await
-                    .map(|()| None),
-                None => Ok(None),
+                Some(presence) => {
+                    let called = if matches!(call, Call::UidOnline(..)) {
+                        presence
+                            .call_on_uid_online(&mut *store, uid, &client.record)
+                            .await
+                    } else {
+                        presence
+                            .call_on_uid_offline(&mut *store, uid, &client.record)
+                            .await
+                    };
+                    called.map(|()| None)
+                }
             },
         };
         let session = self.store.data_mut().api.end_event();
