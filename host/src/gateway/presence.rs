@@ -60,7 +60,7 @@ pub async fn report(
         for (uid, client) in marked {
             let held = state.holds(&uid);
             let owner = router.presence_owner(listener, &uid);
-            let before = reported.remove(&uid).filter(|r| !r.link.queue.is_closed());
+            let before = reported.remove(&uid).filter(|r| !r.link.is_gone());
             let report = |link: &Arc<WorkerLink>, change| {
                 let message = ToWorker::Presence {
                     listener,

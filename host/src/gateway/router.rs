@@ -76,6 +76,8 @@ pub struct WorkerLink {
     host: AtomicU64,
     /// Whether the app of each listener exports `presence` there, by listener index.
     presence: Box<[AtomicBool]>,
+    /// The link was removed (it ended or failed), though its queue may still be flushing.
+    gone: AtomicBool,
 }
 
 impl WorkerLink {
@@ -140,12 +142,18 @@ impl WorkerLink {
     /// Whether the host may decide presence for the app of `listener`: linked, not leaving,
     /// and running that app with `presence`.
     fn decides_presence(&self, listener: u16) -> bool {
-        !self.queue.is_closed()
+        !self.is_gone()
             && !self.is_leaving()
             && self
                 .presence
                 .get(usize::from(listener))
                 .is_some_and(|p| p.load(Ordering::SeqCst))
+    }
+
+    /// Whether the link ended: what was reported on it is forgotten there (or lost with its
+    /// host). A leaving host's link is not gone until it closes.
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::SeqCst) || self.queue.is_closed()
     }
 
     /// Whether this is the same link as `other`.
@@ -178,6 +186,7 @@ impl WorkerLink {
     }
 
     fn close(&self) {
+        self.gone.store(true, Ordering::SeqCst);
         let windows = std::mem::take(&mut *self.windows.lock().unwrap_or_else(|e| e.into_inner()));
         for window in windows.into_values() {
             window.close();
@@ -310,6 +319,7 @@ impl Router {
             changed: watch::channel(()).0,
             host: AtomicU64::new(0),
             presence: self.apps.iter().map(|_| AtomicBool::new(false)).collect(),
+            gone: AtomicBool::new(false),
         });
         let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
         links.push(link.clone());
