@@ -7,8 +7,9 @@
 //! ([`Router::presence_owner`]), one reported and no longer held goes `Offline` to the host it
 //! was reported to, and one whose owner changed moves silently (`Release` there, `Hold` to the
 //! new owner). A change of the linked hosts marks every reported uid again. A report whose
-//! link has closed counts as not made: that host has forgotten this gateway's uids, and
-//! another (or the same, linked again) is told `Online`.
+//! link ended ([`WorkerLink::is_gone`], even while its queue still flushes) counts as not
+//! made: that host has forgotten this gateway's uids, or is lost, and another (or the same,
+//! linked again) is told `Online`. A leaving host's link is not gone: its uids move silently.
 //!
 //! Nothing runs unless a linked host wants presence for the app: until then the state marks
 //! nothing.
