@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use wasmgate::config::Protocol;
+use wasmgate::ops::{Command, Query, Reply};
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{Cluster, Node, PluginsDir, SECRET, connect_ws, free_port};
 use wasmgate_tests::plugins;
@@ -98,7 +99,17 @@ async fn an_app_without_the_presence_export_makes_its_gateways_track_nothing() {
     assert!(!gateway.router.wants_presence(0));
     let mut client = connect_ws(cluster.gateways[0].client_addr.port()).await;
     assert_eq!(client.ask("hello").await, "hello");
+    // The echo plugin binds nothing: bind its client to a uid as the push API would.
+    let Reply::Clients(ids) = gateway.state.answer(&Query::ClientsOfGroup(String::new())) else {
+        panic!("every client is in the group \"\"");
+    };
+    let uid = "ada".to_owned();
+    gateway.state.execute(Command::BindUid {
+        client: ids[0],
+        uid,
+    });
     assert!(gateway.state.take_marked().is_empty());
+    assert_eq!(client.ask("hello again").await, "hello again");
     cluster.stop().await;
 }
 
