@@ -49,6 +49,23 @@ pub mod bindings {
     });
 }
 
+/// The bindings of the optional `presence` export (`world presence-callbacks`), generated
+/// apart from [`bindings`] so that a plugin exports them only when it asks
+/// ([`export_presence!`]).
+#[allow(
+    missing_docs,
+    reason = "generated from wit/; the WIT doc comments carry over where the WIT has them"
+)]
+pub mod presence_bindings {
+    wit_bindgen::generate!({
+        world: "presence-callbacks",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_presence",
+        with: { "wasmgate:plugin/types@0.2.0": crate::bindings::wasmgate::plugin::types },
+    });
+}
+
 pub mod http;
 #[cfg(feature = "json")]
 pub mod json;
@@ -128,6 +145,46 @@ impl<P: Plugin> Guest for P {
     fn on_worker_stop() {
         <P as Plugin>::on_worker_stop()
     }
+}
+
+/// Told when a uid gets its first connection in the cluster and when its last one closes
+/// (WIT `presence`). Optional: implement it and call [`export_presence!`] beside [`export!`];
+/// a plugin that does not is sent nothing about presence.
+///
+/// Each transition is told once, to one instance of one worker host, while the cluster is
+/// stable; when a worker host is lost its uids may be told online again (see the WIT).
+pub trait Presence {
+    /// `uid` got its first connection in the cluster: `client`, whose binding did it.
+    fn on_uid_online(uid: String, client: Client);
+
+    /// `uid`'s last connection is gone: `client` is the one whose unbinding or close did it.
+    fn on_uid_offline(uid: String, client: Client);
+}
+
+impl<P: Presence> presence_bindings::exports::wasmgate::plugin::presence::Guest for P {
+    fn on_uid_online(uid: String, client: Client) {
+        <P as Presence>::on_uid_online(uid, client)
+    }
+
+    fn on_uid_offline(uid: String, client: Client) {
+        <P as Presence>::on_uid_offline(uid, client)
+    }
+}
+
+/// Exports a [`Presence`] implementation as the component's `presence`, beside the
+/// [`export!`] of its [`Plugin`]: `export_presence!(MyPlugin);`. Native builds export
+/// nothing, as [`export!`].
+#[macro_export]
+macro_rules! export_presence {
+    ($plugin:ident) => {
+        #[cfg(target_family = "wasm")]
+        $crate::presence_bindings::export_presence!($plugin with_types_in $crate::presence_bindings);
+        #[cfg(not(target_family = "wasm"))]
+        const _: () = {
+            const fn is_presence<P: $crate::Presence>() {}
+            is_presence::<$plugin>();
+        };
+    };
 }
 
 /// Exports a [`Plugin`] implementation as the component's `events`: `export!(MyPlugin);`.

@@ -42,7 +42,7 @@ use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter, WireError, check_frame};
 use crate::wire::handshake::{self, Peer};
 use crate::wire::messages::{
-    ClientContext, EventKind, ListenerInfo, ServedApp, ToGateway, ToWorker,
+    ClientContext, EventKind, ListenerInfo, PresenceChange, ServedApp, ToGateway, ToWorker,
 };
 use crate::wire::queue::{self, LinkSender, Towards};
 
@@ -115,8 +115,8 @@ impl Incoming {
 }
 
 impl Done {
-    /// An acknowledgement that goes nowhere, for events made up in tests.
-    #[cfg(test)]
+    /// An acknowledgement that goes nowhere, for events no gateway waits for: presence
+    /// callbacks, which the worker host makes, and events made up in tests.
     pub fn detached(client: ClientId) -> Self {
         Self {
             client,
@@ -188,14 +188,16 @@ struct Acks {
 /// order acknowledgements, events handed back, apps, and sent in the reverse order: a `Done`
 /// taken was dropped after its event was handed back, and an event handed back for want of
 /// its app was handed back after the app left the list.
-async fn send_acks(
-    acks: Arc<Acks>,
-    queue: LinkSender<ToGateway>,
-    mut apps: Option<watch::Receiver<Vec<ServedApp>>>,
-) {
+async fn send_acks(acks: Arc<Acks>, queue: LinkSender<ToGateway>, served: Option<Served>) {
+    let host = served.as_ref().map_or(0, |s| s.host);
+    let mut apps = served.map(|s| s.apps);
     if let Some(apps) = &mut apps {
         let first = apps.borrow_and_update().clone();
-        if queue.send(ToGateway::Apps(first)).await.is_err() {
+        if queue
+            .send(ToGateway::Apps { host, apps: first })
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -224,7 +226,11 @@ async fn send_acks(
             && (announce || apps.has_changed().unwrap_or(false))
         {
             let now = apps.borrow_and_update().clone();
-            if queue.send(ToGateway::Apps(now)).await.is_err() {
+            if queue
+                .send(ToGateway::Apps { host, apps: now })
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -260,6 +266,15 @@ async fn apps_changed(apps: &mut Option<watch::Receiver<Vec<ServedApp>>>) {
     }
 }
 
+/// What a worker host announces on every link.
+pub struct Served {
+    /// Its id, drawn at start: gateways rank hosts by it to pick the one that decides a
+    /// uid's presence.
+    pub host: u64,
+    /// The apps it serves, with their versions, as they change.
+    pub apps: watch::Receiver<Vec<ServedApp>>,
+}
+
 /// Where links deliver client events: the worker host's dispatcher.
 pub trait EventSink: Send + Sync + 'static {
     /// Takes one event without waiting: a link's reader calls it, and must go on reading
@@ -270,7 +285,20 @@ pub trait EventSink: Send + Sync + 'static {
 
     /// The apps served, which every link announces to its gateway; `None` for a consumer
     /// that gateways route no client to.
-    fn apps(&self) -> Option<watch::Receiver<Vec<ServedApp>>>;
+    fn apps(&self) -> Option<Served>;
+
+    /// Gateway `gateway` reports a change in its holding of `uid` on `listener`, without
+    /// waiting, as [`Self::deliver`].
+    fn presence(
+        &self,
+        gateway: SocketAddrV4,
+        listener: Arc<ListenerInfo>,
+        uid: String,
+        change: PresenceChange,
+    );
+
+    /// The link to `gateway` ended: what it reported of its uids no longer holds.
+    fn unlinked(&self, gateway: SocketAddrV4);
 }
 
 /// A push client takes no events: gateways only route clients to worker hosts.
@@ -279,9 +307,13 @@ pub struct NoEvents;
 impl EventSink for NoEvents {
     fn deliver(&self, _: Incoming) {}
 
-    fn apps(&self) -> Option<watch::Receiver<Vec<ServedApp>>> {
+    fn apps(&self) -> Option<Served> {
         None
     }
+
+    fn presence(&self, _: SocketAddrV4, _: Arc<ListenerInfo>, _: String, _: PresenceChange) {}
+
+    fn unlinked(&self, _: SocketAddrV4) {}
 }
 
 /// One gateway link.
@@ -466,6 +498,7 @@ impl GatewayLinks {
         loop {
             let result = self.link(addr, events.clone(), &stop, &shutdown).await;
             self.drop_link(addr);
+            events.unlinked(addr);
             if stop.is_cancelled() {
                 if !shutdown.is_cancelled() {
                     tracing::info!(gateway = %addr, "gateway no longer listed by the registers: unlinked");
@@ -566,6 +599,7 @@ impl GatewayLinks {
         });
         let read = read_loop(
             &mut reader,
+            addr,
             &link,
             &queue,
             &acks,
@@ -643,6 +677,7 @@ impl GatewayLinks {
 
 async fn read_loop<S: EventSink>(
     reader: &mut LinkReader<ToWorker>,
+    gateway: SocketAddrV4,
     link: &GatewayLink,
     queue: &LinkSender<ToGateway>,
     acks: &Arc<Acks>,
@@ -677,6 +712,9 @@ async fn read_loop<S: EventSink>(
                 kind,
                 ack_now,
             } => {
+                if matches!(kind, EventKind::UidOnline(_) | EventKind::UidOffline(_)) {
+                    return Err(LinkError::PresenceEvent);
+                }
                 let listener = listeners
                     .get(usize::from(client.listener))
                     .cloned()
@@ -709,6 +747,17 @@ async fn read_loop<S: EventSink>(
             ToWorker::Pong => {}
             ToWorker::Left => {
                 link.left.send_replace(true);
+            }
+            ToWorker::Presence {
+                listener,
+                uid,
+                change,
+            } => {
+                let listener = listeners
+                    .get(usize::from(listener))
+                    .cloned()
+                    .ok_or(LinkError::UnknownListener(listener))?;
+                events.presence(gateway, listener, uid, change);
             }
         }
     }

@@ -2,9 +2,14 @@
 //! and private messages, spoken as one JSON object per WebSocket message (see README.md).
 //!
 //! The plugin keeps no state of its own. A logged-in client's nickname and room are in its
-//! session, its room membership is the gateway group `room:<name>`, the online list is asked
-//! of the gateways whenever it changes, and each room's history is in the SQL database the host
-//! keeps for the app ([`history`]). So any instance can serve any event, and a hot reload,
+//! session, its room membership is the gateway group `room:<name>` and the uid
+//! `<room>/<nickname>`, the online list is asked of the gateways whenever it changes, and each
+//! room's history is in the SQL database the host keeps for the app ([`history`]).
+//!
+//! Departures come from presence ([`Presence::on_uid_offline`]): whether a member closed,
+//! left, moved to another room or its gateway was lost, the uid it held goes offline once in
+//! the cluster, and that is when the room hears it left. Arrivals are announced by the login
+//! itself, which sends the newcomer the list too. So any instance can serve any event, and a hot reload,
 //! a trapped instance or a second worker host loses nothing; a restart of the server loses
 //! the sessions, not the history.
 
@@ -12,7 +17,7 @@ mod history;
 
 use history::Said;
 use serde::{Deserialize, Serialize};
-use wasmgate_sdk::{Client, GatewayError, Plugin, gateway, json, log};
+use wasmgate_sdk::{Client, GatewayError, Plugin, Presence, gateway, json, log};
 
 struct Chat;
 
@@ -38,16 +43,31 @@ impl Plugin for Chat {
             send(&client.id, &Event::Error { text: &text });
         }
     }
+}
 
-    fn on_close(client: Client) {
+wasmgate_sdk::export!(Chat);
+
+/// A member's uid (`<room>/<nickname>`) goes offline when its client closes, leaves, logs in
+/// elsewhere or is lost with its gateway: told here once, wherever the client was.
+impl Presence for Chat {
+    fn on_uid_online(_uid: String, _client: Client) {}
+
+    fn on_uid_offline(uid: String, client: Client) {
         // The gateway has already taken the client out of its room's group.
-        if let Some(me) = Member::of(&client) {
-            announce_departure(&me, &client.id);
+        if let Some((room, name)) = uid.split_once('/') {
+            let me = Member {
+                user: User {
+                    id: client.id,
+                    name: name.into(),
+                },
+                room: room.into(),
+            };
+            announce_departure(&me);
         }
     }
 }
 
-wasmgate_sdk::export!(Chat);
+wasmgate_sdk::export_presence!(Chat);
 
 /// What a client may ask, as `{"type": "login", ...}`.
 #[derive(Debug, PartialEq, Eq, Deserialize)]
@@ -188,9 +208,9 @@ fn login(client: &Client, name: &str, room: &str) -> Result<(), String> {
             "{name} is already in #{room}: pick another nickname"
         ));
     }
+    // Its old uid goes offline when the new one is bound: the old room hears it left then.
     if let Some(before) = Member::of(client) {
         gateway::leave_group(&client.id, &group(&before.room)).map_err(failed)?;
-        announce_departure(&before, &client.id);
     }
     let me = User {
         id: client.id.clone(),
@@ -201,6 +221,7 @@ fn login(client: &Client, name: &str, room: &str) -> Result<(), String> {
         &[(NAME.into(), name.into()), (ROOM.into(), room.into())],
     )
     .map_err(failed)?;
+    gateway::bind_uid(&client.id, &member_uid(room, name)).map_err(failed)?;
     let users = with(others, &me);
     let text = match users.len() {
         1 => format!("Welcome to #{room}, {name}! You are the first one here."),
@@ -296,8 +317,9 @@ fn whisper(client: &Client, to: &str, text: &str) -> Result<(), String> {
 fn leave(client: &Client) -> Result<(), String> {
     let me = logged_in(client)?;
     gateway::leave_group(&client.id, &group(&me.room)).map_err(failed)?;
+    // Unbound first: the room hears of the departure from presence.
+    gateway::unbind_uid(&client.id, &member_uid(&me.room, &me.user.name)).map_err(failed)?;
     gateway::set_session(&client.id, &[]).map_err(failed)?;
-    announce_departure(&me, &client.id);
     Ok(())
 }
 
@@ -305,17 +327,25 @@ fn logged_in(client: &Client) -> Result<Member, String> {
     Member::of(client).ok_or_else(|| "log in first".into())
 }
 
+/// A member's uid: rooms have no `/`, so the nickname is what follows the first one.
+fn member_uid(room: &str, name: &str) -> String {
+    format!("{room}/{name}")
+}
+
 /// Tells `me`'s room that `me` left, with the new online list.
-fn announce_departure(me: &Member, id: &str) {
-    to_room(&me.room, &Event::Leave { user: &me.user }, id);
-    match members(&me.room, id) {
+fn announce_departure(me: &Member) {
+    to_room(&me.room, &Event::Leave { user: &me.user }, &me.user.id);
+    // Its gateway let go of the uid after the client left the group (one callback's commands
+    // reach a gateway in order): nobody to leave out. A client that moved to a new nickname in
+    // the same room is listed under the new one.
+    match members(&me.room, "") {
         Ok(users) => to_room(
             &me.room,
             &Event::Users {
                 room: &me.room,
                 users: &users,
             },
-            id,
+            "",
         ),
         Err(e) => log::warn(format!("no online list for #{}: {e}", me.room)),
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use wasmgate_sdk::kv::{self, Bucket};
 use wasmgate_sdk::sql::{self, Connection};
 
-use wasmgate_sdk::{Client, GatewayError, Plugin, WebsocketRequest, gateway, http};
+use wasmgate_sdk::{Client, GatewayError, Plugin, Presence, WebsocketRequest, gateway, http};
 
 struct Commands;
 
@@ -54,6 +54,27 @@ impl Plugin for Commands {
 }
 
 wasmgate_sdk::export!(Commands);
+
+/// The group told of every presence transition, so that a client can watch them by joining it.
+const PRESENCE_GROUP: &str = "presence";
+
+/// Tells [`PRESENCE_GROUP`] `online <uid> <client-id>` and `offline <uid> <client-id>`.
+impl Presence for Commands {
+    fn on_uid_online(uid: String, client: Client) {
+        tell_presence("online", &uid, &client);
+    }
+
+    fn on_uid_offline(uid: String, client: Client) {
+        tell_presence("offline", &uid, &client);
+    }
+}
+
+wasmgate_sdk::export_presence!(Commands);
+
+fn tell_presence(what: &str, uid: &str, client: &Client) {
+    let line = format!("{what} {uid} {}", client.id);
+    let _ = gateway::send_to_group(&[PRESENCE_GROUP.into()], line.as_bytes(), &[]);
+}
 
 /// One parsed command, borrowing from the message.
 #[derive(Debug, PartialEq, Eq)]

@@ -68,6 +68,19 @@ fn report(found: &Inspection, package: &str) -> String {
             out,
             "  missing:  the export {events}, which every plugin needs"
         );
+    } else if found
+        .exports
+        .contains(&format!("{name}/presence@{version}"))
+    {
+        let _ = writeln!(
+            out,
+            "  presence: exported: told when uids come online and go offline"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  presence: not exported (optional): told nothing about uids"
+        );
     }
     let _ = writeln!(out, "  imports:  {}", list(&found.imports));
     match &found.refused {

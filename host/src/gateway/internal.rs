@@ -260,14 +260,14 @@ async fn read_loop(
                     gateway.router.done(link, done);
                 }
             }
-            Some(ToGateway::Apps(apps)) => {
+            Some(ToGateway::Apps { host, apps }) => {
                 if let Some(link) = routed {
                     let served: Vec<String> = apps
                         .iter()
                         .map(|a| format!("{}@{}", a.name, a.version))
                         .collect();
                     tracing::info!(link = link.id, apps = %served.join(", "), "worker host serves these apps");
-                    gateway.router.announce(link, &apps);
+                    gateway.router.announce(link, host, &apps);
                 }
             }
             Some(ToGateway::Returned { client, kind }) => {

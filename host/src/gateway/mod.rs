@@ -7,6 +7,7 @@
 //!   [`outbox`] (each client's byte-bounded queue) and [`heartbeat`]; [`counters`]: how
 //!   often each limit cut a client off.
 //! - [`router`]: which worker host gets a client's events.
+//! - [`presence`]: reports uid transitions to the worker host that decides each uid's presence.
 //! - [`internal`]: the listener worker hosts link to.
 //! - [`Gateway`]: what every task of a gateway shares.
 
@@ -16,6 +17,7 @@ pub mod heartbeat;
 pub mod internal;
 pub mod listener;
 pub mod outbox;
+pub mod presence;
 pub mod protocol;
 pub mod router;
 mod shared;
@@ -169,6 +171,13 @@ impl BoundGateway {
             self.config.link_ping_interval,
             byte_count(self.config.link_queue_bytes),
         ));
+        let stop_presence = CancellationToken::new();
+        let presence = tokio::spawn(presence::report(
+            self.gateway.state.clone(),
+            self.gateway.router.clone(),
+            0,
+            stop_presence.clone(),
+        ));
         let config = &self.config;
         let ping = Bytes::from(config.ping_data.clone().into_bytes());
         let shared = conn::ConnShared {
@@ -200,6 +209,9 @@ impl BoundGateway {
             handshake_timeout: config.handshake_timeout,
         };
         listener::serve(self.clients, accept, shared).await;
+        // The closes' uid transitions go out before the links close, as their close events.
+        stop_presence.cancel();
+        let _ = presence.await;
         local.withdraw(address);
         close_links.cancel();
         let _ = internal.await;

@@ -72,6 +72,12 @@ pub struct WorkerLink {
     /// Marked when the host's apps change or it hands an event back: its bound clients look
     /// whether they must move.
     changed: watch::Sender<()>,
+    /// The worker host's id, as it announced it: ranks it for deciding uids' presence.
+    host: AtomicU64,
+    /// Whether the app of each listener exports `presence` there, by listener index.
+    presence: Box<[AtomicBool]>,
+    /// The link was removed (it ended or failed), though its queue may still be flushing.
+    gone: AtomicBool,
 }
 
 impl WorkerLink {
@@ -133,6 +139,28 @@ impl WorkerLink {
         taken
     }
 
+    /// Whether the host may decide presence for the app of `listener`: linked, not leaving,
+    /// and running that app with `presence`.
+    fn decides_presence(&self, listener: u16) -> bool {
+        !self.is_gone()
+            && !self.is_leaving()
+            && self
+                .presence
+                .get(usize::from(listener))
+                .is_some_and(|p| p.load(Ordering::SeqCst))
+    }
+
+    /// Whether the link ended: what was reported on it is forgotten there (or lost with its
+    /// host). A leaving host's link is not gone until it closes.
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::SeqCst) || self.queue.is_closed()
+    }
+
+    /// Whether this is the same link as `other`.
+    pub fn is(&self, other: &WorkerLink) -> bool {
+        self.id == other.id
+    }
+
     fn is_leaving(&self) -> bool {
         self.leaving.load(Ordering::SeqCst)
     }
@@ -158,6 +186,7 @@ impl WorkerLink {
     }
 
     fn close(&self) {
+        self.gone.store(true, Ordering::SeqCst);
         let windows = std::mem::take(&mut *self.windows.lock().unwrap_or_else(|e| e.into_inner()));
         for window in windows.into_values() {
             window.close();
@@ -288,6 +317,9 @@ impl Router {
             returned: Mutex::default(),
             returning: AtomicUsize::new(0),
             changed: watch::channel(()).0,
+            host: AtomicU64::new(0),
+            presence: self.apps.iter().map(|_| AtomicBool::new(false)).collect(),
+            gone: AtomicBool::new(false),
         });
         let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
         links.push(link.clone());
@@ -311,11 +343,15 @@ impl Router {
         link.answer_leaving();
     }
 
-    /// The worker host of `link` serves `apps` now: clients of those apps may be routed to
-    /// it, and those of other apps bound to it move.
-    pub fn announce(&self, link: &WorkerLink, apps: &[ServedApp]) {
-        for (serves, app) in link.serves.iter().zip(&self.apps) {
-            serves.store(apps.iter().any(|a| a.name == *app), Ordering::SeqCst);
+    /// The worker host of `link` (whose id is `host`) serves `apps` now: clients of those
+    /// apps may be routed to it, and those of other apps bound to it move.
+    pub fn announce(&self, link: &WorkerLink, host: u64, apps: &[ServedApp]) {
+        link.host.store(host, Ordering::SeqCst);
+        let listeners = link.serves.iter().zip(link.presence.iter()).zip(&self.apps);
+        for ((serves, presence), app) in listeners {
+            let served = apps.iter().find(|a| a.name == *app);
+            serves.store(served.is_some(), Ordering::SeqCst);
+            presence.store(served.is_some_and(|a| a.presence), Ordering::SeqCst);
         }
         link.changed.send_replace(());
         self.count.send_modify(|_| {});
@@ -347,6 +383,31 @@ impl Router {
             .filter_map(|(client, events)| link.done(client, events))
             .collect();
         self.resend(orphans);
+    }
+
+    /// The linked worker host that decides the presence of `uid` in the app of `listener`:
+    /// of those that run it with `presence` and are not leaving, the one a hash of its id and
+    /// the uid ranks first (rendezvous hashing), so that every gateway picks the same one
+    /// and a host coming or going moves only its own share of uids.
+    pub fn presence_owner(&self, listener: u16, uid: &str) -> Option<Arc<WorkerLink>> {
+        let app = self.apps.get(usize::from(listener))?;
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        links
+            .iter()
+            .filter(|l| l.decides_presence(listener))
+            .max_by_key(|l| rank(l.host.load(Ordering::SeqCst), app, uid))
+            .cloned()
+    }
+
+    /// Whether some linked worker host wants presence for the app of `listener`.
+    pub fn wants_presence(&self, listener: u16) -> bool {
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        links.iter().any(|l| l.decides_presence(listener))
+    }
+
+    /// Marked whenever a link comes, goes, or its host's apps change.
+    pub fn changes(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
     }
 
     /// The number of linked worker hosts that serve the app of some listener.
@@ -582,6 +643,20 @@ impl Router {
     }
 }
 
+/// A host's rank for a uid: the same in every gateway process (SHA-256, not a seeded hash).
+fn rank(host: u64, app: &str, uid: &str) -> [u8; 8] {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(host.to_le_bytes())
+        .chain_update(app.as_bytes())
+        .chain_update([0])
+        .chain_update(uid.as_bytes())
+        .finalize();
+    let mut rank = [0; 8];
+    rank.copy_from_slice(&digest[..8]);
+    rank
+}
+
 fn is_close(event: &ToWorker) -> bool {
     matches!(
         event,
@@ -672,6 +747,7 @@ mod tests {
         let served = [ServedApp {
             name: "app".into(),
             version: "v1".into(),
+            presence: false,
         }];
         let link = || {
             let (queue, events) =
@@ -679,17 +755,17 @@ mod tests {
             (router.add(queue), events)
         };
         let (unserving, mut nothing) = link();
-        router.announce(&unserving, &[]);
+        router.announce(&unserving, 1, &[]);
         let (first, mut first_events) = link();
-        router.announce(&first, &served);
+        router.announce(&first, 2, &served);
         let mut binding = Binding::default();
         router.forward(&mut binding, message("1")).await.unwrap();
         router.forward(&mut binding, message("2")).await.unwrap();
         assert_eq!(text(first_events.try_recv().unwrap()), "1");
 
         let (second, mut second_events) = link();
-        router.announce(&second, &served);
-        router.announce(&first, &[]);
+        router.announce(&second, 3, &served);
+        router.announce(&first, 2, &[]);
         let ToWorker::Event { client, kind, .. } = first_events.try_recv().unwrap() else {
             unreachable!()
         };

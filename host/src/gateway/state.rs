@@ -15,9 +15,11 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tokio::sync::Notify;
 
 use super::counters::Counters;
 use super::outbox::{Close, Outbound, Outbox};
@@ -69,6 +71,10 @@ struct Clients {
     by_index: HashMap<u32, ClientEntry, ClientHasher>,
     groups: HashMap<String, Members>,
     uids: HashMap<String, Members>,
+    /// Uids whose local set of clients went from empty to not or back since the presence
+    /// task last looked, with the client that did it; kept only while a linked worker host
+    /// wants presence for this gateway's app. Bounded by the uids bound and released.
+    dirty: HashMap<String, ClientContext>,
 }
 
 /// The indexes of a group's or uid's members.
@@ -88,6 +94,10 @@ pub struct GatewayState {
     limits: ClientLimits,
     counters: Arc<Counters>,
     clients: Mutex<Clients>,
+    /// Whether uid transitions are tracked for the presence task (`gateway::presence`).
+    presence: AtomicBool,
+    /// Wakes the presence task when a uid is marked.
+    marked: Notify,
 }
 
 impl GatewayState {
@@ -106,6 +116,8 @@ impl GatewayState {
             limits,
             counters,
             clients: Mutex::new(clients),
+            presence: AtomicBool::new(false),
+            marked: Notify::new(),
         }
     }
 
@@ -169,10 +181,62 @@ impl GatewayState {
         for group in &entry.groups {
             remove_member(&mut c.groups, group, client.index);
         }
+        let context = context_of(client, &entry);
         if let Some(uid) = &entry.uid {
             remove_member(&mut c.uids, uid, client.index);
+            self.mark_if_released(&mut c, uid, &context);
         }
-        Some(context_of(client, &entry))
+        Some(context)
+    }
+
+    /// Starts or stops tracking uid transitions for the presence task; starting marks every
+    /// uid held (a host that just started to want presence is told of each).
+    pub fn track_presence(&self, on: bool) {
+        if self.presence.swap(on, Ordering::SeqCst) == on {
+            return;
+        }
+        let mut c = self.lock();
+        if !on {
+            c.dirty = HashMap::new();
+            return;
+        }
+        let Clients {
+            by_index,
+            uids,
+            dirty,
+            ..
+        } = &mut *c;
+        for (uid, members) in uids.iter() {
+            let held_by = members.iter().find_map(|i| by_index.get_key_value(i));
+            if let Some((index, e)) = held_by {
+                dirty.insert(uid.clone(), context_of(self.id(*index), e));
+            }
+        }
+        drop(c);
+        self.marked.notify_one();
+    }
+
+    /// The uids marked since the last call, each with the client that last changed it.
+    pub fn take_marked(&self) -> HashMap<String, ClientContext> {
+        std::mem::take(&mut self.lock().dirty)
+    }
+
+    /// Waits until a uid is marked (returns at once if one was marked since the last wait).
+    pub async fn marked(&self) {
+        self.marked.notified().await;
+    }
+
+    /// Whether some client of this gateway is bound to `uid`.
+    pub fn holds(&self, uid: &str) -> bool {
+        self.lock().uids.contains_key(uid)
+    }
+
+    /// Marks `uid` if it is tracked and no client holds it any more.
+    fn mark_if_released(&self, c: &mut Clients, uid: &str, by: &ClientContext) {
+        if self.presence.load(Ordering::Relaxed) && !c.uids.contains_key(uid) {
+            c.dirty.insert(uid.to_owned(), by.clone());
+            self.marked.notify_one();
+        }
     }
 
     /// The number of connected clients.
@@ -221,18 +285,40 @@ impl GatewayState {
                     let counter = &self.counters.names_refused;
                     return self.refuse(e, client, counter, "bind_uid", &why);
                 }
-                if let Some(old) = e.uid.replace(uid.clone()) {
+                let old = e.uid.replace(uid.clone());
+                // Only what presence needs: a context, if it is tracked at all.
+                let context = self
+                    .presence
+                    .load(Ordering::Relaxed)
+                    .then(|| context_of(client, e));
+                if let Some(old) = old {
                     remove_member(&mut c.uids, &old, client.index);
+                    if let Some(context) = &context {
+                        self.mark_if_released(c, &old, context);
+                    }
                 }
-                c.uids.entry(uid).or_default().insert(client.index);
+                let members = c.uids.entry(uid.clone()).or_default();
+                let first = members.is_empty();
+                members.insert(client.index);
+                if let (true, Some(context)) = (first, context) {
+                    c.dirty.insert(uid, context);
+                    self.marked.notify_one();
+                }
             }
             Command::UnbindUid { client, uid } => {
                 let Some(e) = self.entry(c, client) else {
                     return;
                 };
                 if e.uid.as_deref() == Some(uid.as_str()) {
+                    let context = self
+                        .presence
+                        .load(Ordering::Relaxed)
+                        .then(|| context_of(client, e));
                     e.uid = None;
                     remove_member(&mut c.uids, &uid, client.index);
+                    if let Some(context) = context {
+                        self.mark_if_released(c, &uid, &context);
+                    }
                 }
             }
             Command::SendToUid { uids, data } => {

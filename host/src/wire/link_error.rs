@@ -34,6 +34,9 @@ pub enum LinkError {
     /// A client event named a listener the gateway never announced.
     #[error("an event names listener {0}, which the gateway did not announce")]
     UnknownListener(u16),
+    /// A gateway sent a presence callback as a client event: only a worker host makes those.
+    #[error("a client event carries a presence callback, which only a worker host makes")]
+    PresenceEvent,
 }
 
 /// A link's queue whose other end is gone: the link is closing.
@@ -53,7 +56,9 @@ impl LinkError {
             LinkError::Closed => "closed",
             LinkError::Silent(_) => "silent",
             LinkError::Backlogged(_) => "write_timeout",
-            LinkError::NotAGateway(_) | LinkError::UnknownListener(_) => "bad_frame",
+            LinkError::NotAGateway(_)
+            | LinkError::UnknownListener(_)
+            | LinkError::PresenceEvent => "bad_frame",
         }
     }
 

@@ -59,6 +59,8 @@ pub struct ServedApp {
     pub name: String,
     /// The version of it the host runs.
     pub version: String,
+    /// Whether that version exports `presence`: only then do gateways report the app's uids.
+    pub presence: bool,
 }
 
 /// Who a client is and what its gateway knows of it, sent with each of its events.
@@ -102,6 +104,27 @@ pub enum EventKind {
     Message(Bytes),
     /// It is gone.
     Close,
+    /// `on-uid-online` of this uid, with the client whose binding made it online. Made by the
+    /// worker host that decides the uid's presence from the gateways' [`PresenceChange`]s,
+    /// never sent: a link that carries one is refused.
+    UidOnline(String),
+    /// `on-uid-offline` of this uid, as [`EventKind::UidOnline`].
+    UidOffline(String),
+}
+
+/// A change in which uids a gateway holds, for one app (its listener), sent to the worker host
+/// that decides the uid's presence (see ARCHITECTURE.md, "Presence").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PresenceChange {
+    /// The gateway's first client bound to the uid: this one.
+    Online(ClientContext),
+    /// The gateway's last client bound to the uid left it: this one.
+    Offline(ClientContext),
+    /// The gateway holds the uid (bound by this client) and reported it to another host
+    /// before: count it here, no callback.
+    Hold(ClientContext),
+    /// The uid is now decided by another host: forget this gateway's holding, no callback.
+    Release,
 }
 
 /// Gateway → worker host.
@@ -133,6 +156,15 @@ pub enum ToWorker {
     /// Answer to [`ToGateway::Leaving`], once every event the gateway sent on this link is
     /// done: nothing more will come.
     Left,
+    /// The gateway's holding of `uid` changed; the receiver decides the uid's presence.
+    Presence {
+        /// The listener (so the app) of the clients.
+        listener: u16,
+        /// The uid.
+        uid: String,
+        /// What changed.
+        change: PresenceChange,
+    },
 }
 
 /// Worker host (or push client) → gateway.
@@ -162,7 +194,13 @@ pub enum ToGateway {
     Report(WorkerReport),
     /// Every app the worker host serves now: sent first on each link and again whenever its
     /// plugin set changes. A gateway routes a client only to hosts that serve its app.
-    Apps(Vec<ServedApp>),
+    Apps {
+        /// The worker host's id, drawn at its start: gateways rank hosts by it to agree on
+        /// which one decides a uid's presence.
+        host: u64,
+        /// The apps.
+        apps: Vec<ServedApp>,
+    },
     /// An event the worker host did not run because it does not serve the client's app (an
     /// unload raced the event): the gateway sends it to a host that does, ahead of the
     /// client's later events. It was sent before the event's `Done`.

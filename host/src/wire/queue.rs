@@ -64,6 +64,7 @@ fn event_bytes(kind: &EventKind) -> usize {
                     .map(|(n, v)| n.len() + v.len())
                     .sum::<usize>()
         }
+        EventKind::UidOnline(uid) | EventKind::UidOffline(uid) => uid.len(),
         EventKind::Connect | EventKind::Close => 0,
     }
 }

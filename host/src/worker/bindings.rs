@@ -25,3 +25,16 @@ wasmtime::component::bindgen!({
 pub use self::wasmgate::plugin::types::{
     Client, GatewayError, Level, Session, WebsocketRequest, WorkerInfo,
 };
+
+/// The optional `presence` export (`world presence-callbacks`), rendered apart from `plugin`
+/// so that a component without it still loads: the runtime looks it up per component.
+pub mod presence {
+    wasmtime::component::bindgen!({
+        world: "presence-callbacks",
+        path: "../wit",
+        exports: { default: async },
+        with: { "wasmgate:plugin/types": crate::worker::bindings::wasmgate::plugin::types },
+    });
+
+    pub use self::exports::wasmgate::plugin::presence::{Guest, GuestIndices};
+}

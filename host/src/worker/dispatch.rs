@@ -37,13 +37,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{Notify, watch};
 use tokio_util::task::TaskTracker;
 
+use std::net::SocketAddrV4;
+
 use super::bindings::{Client, WebsocketRequest};
 use super::host_api::SessionChange;
+use super::presence::{PresenceBook, Transition};
 use super::runtime::{Call, EventClient, PluginInstance};
 use crate::client_id::{ClientHasher, ClientMap};
-use crate::links::{EventSink, Incoming};
+use crate::links::{Done, EventSink, Incoming, Served};
 use crate::ops::{Command, Gateways, Session};
-use crate::wire::messages::{ClientContext, EventKind, ServedApp};
+use crate::wire::messages::{ClientContext, EventKind, ListenerInfo, PresenceChange, ServedApp};
 
 /// Events one instance may have waiting; more are dropped.
 const INSTANCE_QUEUE: usize = 16 * 1024;
@@ -62,7 +65,7 @@ enum Work {
     Event(Incoming),
     /// Continue with this new version's instance; the current one finishes first and runs
     /// `on-worker-stop`.
-    Swap(PluginInstance),
+    Swap(Box<PluginInstance>),
     /// Nothing queued yet.
     Idle,
     /// The queue is closed and empty: the instance stops.
@@ -184,7 +187,7 @@ impl InstanceQueue {
                 return Work::Event(event);
             }
             if let Some(instance) = state.rounds.pop_front().and_then(|round| round.swap) {
-                return Work::Swap(instance);
+                return Work::Swap(Box::new(instance));
             }
         }
         if state.closed { Work::Done } else { Work::Idle }
@@ -214,11 +217,16 @@ pub struct Dispatcher {
     drivers: TaskTracker,
     /// Events dropped or handed back, per app and reason, for the log.
     dropped: Mutex<HashMap<(String, &'static str), u64>>,
+    /// This worker host's id, announced with its apps.
+    host: u64,
+    /// The uids whose presence this host decides.
+    presence: PresenceBook,
 }
 
 impl Dispatcher {
-    /// A dispatcher with no apps yet; instances reach the gateways through `gateways`.
-    pub fn new(gateways: Arc<dyn Gateways>) -> Arc<Self> {
+    /// A dispatcher with no apps yet, of worker host `host` (its id); instances reach the
+    /// gateways through `gateways`.
+    pub fn new(gateways: Arc<dyn Gateways>, host: u64) -> Arc<Self> {
         Arc::new(Self {
             apps: RwLock::new(HashMap::new()),
             served: watch::channel(Vec::new()).0,
@@ -226,12 +234,18 @@ impl Dispatcher {
             hasher: ClientHasher::default(),
             drivers: TaskTracker::new(),
             dropped: Mutex::new(HashMap::new()),
+            host,
+            presence: PresenceBook::default(),
         })
     }
 
     /// Serves `app` at `version` with `instances` from now on. A running version finishes
     /// the events already queued for it, then runs `on-worker-stop`.
     pub async fn install(&self, app: &str, version: &str, instances: Vec<PluginInstance>) {
+        let presence = instances
+            .first()
+            .is_some_and(|i| i.code().exports_presence());
+        let version = Some((version, presence));
         let running = self
             .apps
             .read()
@@ -244,7 +258,7 @@ impl Dispatcher {
                 for (driver, instance) in drivers.iter().zip(instances) {
                     driver.push_swap(instance);
                 }
-                self.announce(app, Some(version));
+                self.announce(app, version);
             }
             None => {
                 let drivers = instances
@@ -262,7 +276,7 @@ impl Dispatcher {
                     .retain(|(dropped_app, _), _| dropped_app != app);
                 let mut apps = self.apps.write().unwrap_or_else(|e| e.into_inner());
                 let replaced = apps.insert(app.to_owned(), drivers);
-                self.announce(app, Some(version));
+                self.announce(app, version);
                 drop(apps);
                 for queue in replaced.into_iter().flatten() {
                     queue.close();
@@ -296,20 +310,27 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
-    /// Sets the version of `app` in the list the links announce (`None`: not served).
-    fn announce(&self, app: &str, version: Option<&str>) {
+    /// Sets the version of `app` in the list the links announce, and whether it exports
+    /// `presence` (`None`: not served).
+    fn announce(&self, app: &str, version: Option<(&str, bool)>) {
         self.served.send_if_modified(|served| {
             let at = served.iter().position(|s| s.name == app);
             match (at, version) {
-                (Some(at), Some(version)) if served[at].version == version => false,
-                (Some(at), Some(version)) => {
+                (Some(at), Some((version, presence)))
+                    if served[at].version == version && served[at].presence == presence =>
+                {
+                    false
+                }
+                (Some(at), Some((version, presence))) => {
                     served[at].version = version.to_owned();
+                    served[at].presence = presence;
                     true
                 }
-                (None, Some(version)) => {
+                (None, Some((version, presence))) => {
                     served.push(ServedApp {
                         name: app.to_owned(),
                         version: version.to_owned(),
+                        presence,
                     });
                     true
                 }
@@ -373,8 +394,53 @@ impl EventSink for Dispatcher {
         }
     }
 
-    fn apps(&self) -> Option<watch::Receiver<Vec<ServedApp>>> {
-        Some(self.served.subscribe())
+    fn apps(&self) -> Option<Served> {
+        Some(Served {
+            host: self.host,
+            apps: self.served.subscribe(),
+        })
+    }
+
+    fn presence(
+        &self,
+        gateway: SocketAddrV4,
+        listener: Arc<ListenerInfo>,
+        uid: String,
+        change: PresenceChange,
+    ) {
+        if let Some(transition) = self.presence.change(gateway, listener, uid, change) {
+            self.fire(transition);
+        }
+    }
+
+    fn unlinked(&self, gateway: SocketAddrV4) {
+        for transition in self.presence.unlinked(gateway) {
+            self.fire(transition);
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Queues a presence callback on the instance of the client that made it, behind that
+    /// client's events; no gateway waits for it.
+    fn fire(&self, transition: Transition) {
+        let Transition {
+            uid,
+            online,
+            listener,
+            client,
+        } = transition;
+        tracing::debug!(app = %listener.app, %uid, online, client = %client.id, "presence");
+        let kind = match online {
+            true => EventKind::UidOnline(uid),
+            false => EventKind::UidOffline(uid),
+        };
+        self.deliver(Incoming {
+            done: Done::detached(client.id),
+            listener,
+            client,
+            kind,
+        });
     }
 }
 
@@ -411,7 +477,7 @@ async fn drive(
             next = queue.next() => match next {
                 Work::Event(event) => handle(&mut instance, &mut sessions, &*gateways, event).await,
                 Work::Swap(new) => {
-                    let mut old = std::mem::replace(&mut instance, new);
+                    let mut old = std::mem::replace(&mut instance, *new);
                     old.stop().await;
                 }
                 Work::Idle | Work::Done => break,
@@ -438,6 +504,20 @@ async fn handle(
         done: _done,
     } = event;
     let id = context.id;
+    // Not the client's own event: its session is only read, and no write is tracked.
+    if let EventKind::UidOnline(uid) | EventKind::UidOffline(uid) = &kind {
+        let client = EventClient {
+            record: wit_client(&context, &listener.name, listener.port, &context.session),
+            id,
+            session: context.session.clone(),
+        };
+        let call = match &kind {
+            EventKind::UidOnline(_) => Call::UidOnline(uid, &client),
+            _ => Call::UidOffline(uid, &client),
+        };
+        let _ = instance.call(call).await;
+        return;
+    }
     let track = sessions
         .remove(&id)
         .filter(|t| context.session_version < t.base_version + t.writes);
@@ -497,6 +577,7 @@ async fn handle(
             let _ = instance.call(Call::Close(&client)).await;
             return;
         }
+        EventKind::UidOnline(_) | EventKind::UidOffline(_) => unreachable!("handled above"),
     };
     if let Ok(outcome) = outcome {
         track.apply(outcome.session);

@@ -17,6 +17,7 @@ pub mod host_api;
 pub mod kv;
 pub mod outbound_http;
 pub mod plugins;
+pub mod presence;
 pub mod runtime;
 pub mod sql;
 pub mod timers;
@@ -115,7 +116,7 @@ impl WorkerHost {
         let worker_id = rand::random::<u64>();
         let name = config.name.clone();
         links.report_with(Arc::new(move || report(worker_id, &name)));
-        let dispatcher = Dispatcher::new(links.clone());
+        let dispatcher = Dispatcher::new(links.clone(), worker_id);
         Ok(Self {
             config,
             secret,

@@ -29,7 +29,7 @@ use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::wasi::keyvalue as kv_wit;
 use super::bindings::wasmgate::plugin as plugin_wit;
-use super::bindings::{Client, Plugin, PluginPre, WebsocketRequest, WorkerInfo};
+use super::bindings::{Client, Plugin, PluginIndices, WebsocketRequest, WorkerInfo, presence};
 use super::guest_output::{GuestOutput, LogBudget, Stream};
 use super::host_api::{HostApi, SessionChange};
 use super::kv::{KvLimits, KvState, Stores};
@@ -337,14 +337,14 @@ impl Runtime {
         component_header(bytes)?;
         let digest = hex::encode(Sha256::digest(bytes));
         let (component, from_cache) = self.compile(name, bytes, &digest)?;
-        let pre = self.link(&component)?;
+        let linked = self.link(&component)?;
         let name: Arc<str> = name.into();
         Ok(Arc::new(PluginCode {
             log: Arc::new(LogBudget::new(name.clone(), self.limits.log_rate)),
             name,
             version: digest[..12].to_owned(),
             from_cache,
-            pre,
+            linked,
         }))
     }
 
@@ -363,13 +363,20 @@ impl Runtime {
         })
     }
 
-    /// Links `component` against the host's imports and finds the world's exports in it.
-    fn link(&self, component: &Component) -> Result<PluginPre<PluginState>, LoadError> {
+    /// Links `component` against the host's imports and finds the world's exports in it,
+    /// and the optional `presence` export.
+    fn link(&self, component: &Component) -> Result<Linked, LoadError> {
         let pre = self
             .linker
             .instantiate_pre(component)
             .map_err(LoadError::WrongWorld)?;
-        PluginPre::new(pre).map_err(LoadError::WrongWorld)
+        let indices = PluginIndices::new(&pre).map_err(LoadError::WrongWorld)?;
+        let presence = presence::GuestIndices::new(&pre).ok();
+        Ok(Linked {
+            pre,
+            indices,
+            presence,
+        })
     }
 
     /// The component for `bytes`, from the cache when it holds one; says which it was.
@@ -634,7 +641,15 @@ pub struct PluginCode {
     log: Arc<LogBudget>,
     version: String,
     from_cache: bool,
-    pre: PluginPre<PluginState>,
+    linked: Linked,
+}
+
+/// A component linked against the host, with where its exports are.
+struct Linked {
+    pre: wasmtime::component::InstancePre<PluginState>,
+    indices: PluginIndices,
+    /// `None`: the component does not export `presence`.
+    presence: Option<presence::GuestIndices>,
 }
 
 impl PluginCode {
@@ -651,6 +666,11 @@ impl PluginCode {
     /// Whether the compiled code came from the cache rather than the compiler.
     pub fn from_cache(&self) -> bool {
         self.from_cache
+    }
+
+    /// Whether it exports `presence` (`on-uid-online`, `on-uid-offline`).
+    pub fn exports_presence(&self) -> bool {
+        self.linked.presence.is_some()
     }
 }
 
@@ -692,6 +712,10 @@ pub enum Call<'a> {
     Close(&'a EventClient),
     /// `on-timer`.
     Timer(u64),
+    /// `on-uid-online`: the uid, and the client whose binding made it online.
+    UidOnline(&'a str, &'a EventClient),
+    /// `on-uid-offline`: the uid, and the client whose unbinding or close made it offline.
+    UidOffline(&'a str, &'a EventClient),
 }
 
 impl Call<'_> {
@@ -703,16 +727,20 @@ impl Call<'_> {
             Call::Message(..) => "on-message",
             Call::Close(_) => "on-close",
             Call::Timer(_) => "on-timer",
+            Call::UidOnline(..) => "on-uid-online",
+            Call::UidOffline(..) => "on-uid-offline",
         }
     }
 
+    /// The client whose session the callback reads and writes as its own: presence
+    /// callbacks get a client record, but the event is not that client's own.
     fn client(&self) -> Option<&EventClient> {
         match self {
             Call::Connect(c)
             | Call::WebsocketConnect(c, _)
             | Call::Message(c, _)
             | Call::Close(c) => Some(c),
-            Call::Timer(_) => None,
+            Call::Timer(_) | Call::UidOnline(..) | Call::UidOffline(..) => None,
         }
     }
 }
@@ -745,6 +773,7 @@ pub struct PluginInstance {
 struct Live {
     store: Store<PluginState>,
     plugin: Plugin,
+    presence: Option<presence::Guest>,
     timers_fired: mpsc::Receiver<u64>,
 }
 
@@ -914,7 +943,7 @@ impl PluginInstance {
         );
         let state = PluginState::new(&self.code, api, sql, kv, self.limits, &self.grants)
             .map_err(|e| CallError::Grant(format!("{e:#}")))?;
-        let mut store = Store::new(self.code.pre.engine(), state);
+        let mut store = Store::new(self.code.linked.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
         let budget = self.limits.process_timeout;
         store.epoch_deadline_callback(move |ctx| {
@@ -929,8 +958,19 @@ impl PluginInstance {
         store.data_mut().call_started = Instant::now();
         store.set_epoch_deadline(1);
         let start = "on-worker-start";
-        let instantiated = self.code.pre.instantiate_async(&mut store).await;
-        let plugin = instantiated.map_err(|e| classify(e, start, store.data(), self.limits))?;
+        let linked = &self.code.linked;
+        let instantiated = async {
+            let instance = linked.pre.instantiate_async(&mut store).await?;
+            let plugin = linked.indices.load(&mut store, &instance)?;
+            let presence = match &linked.presence {
+                Some(indices) => Some(indices.load(&mut store, &instance)?),
+                None => None,
+            };
+            wasmtime::Result::Ok((plugin, presence))
+        };
+        let (plugin, presence) = instantiated
+            .await
+            .map_err(|e| classify(e, start, store.data(), self.limits))?;
         let info = WorkerInfo {
             app: self.code.name.to_string(),
             version: self.code.version.clone(),
@@ -947,6 +987,7 @@ impl PluginInstance {
         Ok(Live {
             store,
             plugin,
+            presence,
             timers_fired,
         })
     }
@@ -982,6 +1023,22 @@ impl Live {
                 .await
                 .map(|()| None),
             Call::Timer(id) => events.call_on_timer(&mut *store, id).await.map(|()| None),
+            // A version without `presence` is announced as such and sent none: nothing to do.
+            Call::UidOnline(uid, client) | Call::UidOffline(uid, client) => match &self.presence {
+                None => Ok(None),
+                Some(presence) => {
+                    let called = if matches!(call, Call::UidOnline(..)) {
+                        presence
+                            .call_on_uid_online(&mut *store, uid, &client.record)
+                            .await
+                    } else {
+                        presence
+                            .call_on_uid_offline(&mut *store, uid, &client.record)
+                            .await
+                    };
+                    called.map(|()| None)
+                }
+            },
         };
         let session = self.store.data_mut().api.end_event();
         match result {

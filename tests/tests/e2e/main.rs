@@ -29,6 +29,7 @@ mod limits;
 mod metrics;
 mod plugins_built;
 mod polyglot_reload;
+mod presence;
 mod protocol;
 mod protocols;
 mod push;
