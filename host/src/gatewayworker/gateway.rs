@@ -1,5 +1,6 @@
-//! A gateway's GatewayWorker-compatible internal port (`gatewayworker_internal`), first
-//! step: GatewayClient's connections (`CMD_GATEWAY_CLIENT_CONNECT`) and the commands it sends,
+//! A gateway's internal port speaking GatewayWorker's protocol (`gatewayworker = true`): the
+//! port hands over each connection that opens with a GatewayProtocol packet, so PHP code
+//! dials the address inside a client id. GatewayClient's connections (`CMD_GATEWAY_CLIENT_CONNECT`) and the commands it sends,
 //! each turned into the [`Command`] of the table of operations and executed by the gateway's
 //! own state, as an internal link's command is. A command about a connection names it by its
 //! `connection_id` on this gateway.
@@ -21,10 +22,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::time::timeout;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Framed, FramedParts};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::packet::{FLAG_BODY_IS_SCALAR, Packet, PacketCodec, PacketError, cmd, reply};
@@ -32,9 +34,9 @@ use super::php_serial::{self, Limits, Value};
 use super::session;
 use crate::client_id::ClientId;
 use crate::gateway::Gateway;
+use crate::gateway::internal::Foreign;
 use crate::metrics;
 use crate::ops::{Command, Query, Reply, Session};
-use crate::register::serve_each;
 
 /// Why a connection to the port was closed.
 #[derive(Debug, thiserror::Error)]
@@ -72,20 +74,30 @@ pub struct PortSettings {
     pub max_packet: usize,
 }
 
-/// Serves the GatewayWorker port of `gateway` on `listener` until `shutdown`.
+/// Serves the GatewayProtocol connections the gateway's internal port hands over
+/// (`foreign`) until `shutdown`.
 pub async fn run(
-    listener: TcpListener,
+    mut foreign: mpsc::Receiver<Foreign>,
     gateway: Arc<Gateway>,
     settings: PortSettings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    serve_each(listener, "gatewayworker port", &shutdown, |stream, peer| {
+    let tasks = TaskTracker::new();
+    loop {
+        let handed = tokio::select! {
+            () = shutdown.cancelled() => break,
+            handed = foreign.recv() => match handed {
+                Some(handed) => handed,
+                None => break,
+            },
+        };
         let (gateway, settings, shutdown) = (gateway.clone(), settings.clone(), shutdown.clone());
-        async move {
+        tasks.spawn(async move {
+            let peer = handed.peer;
             let served = tokio::select! {
                 () = shutdown.cancelled() => Ok(()),
-                served = serve(stream, &gateway, &settings) => served,
+                served = serve(handed, &gateway, &settings) => served,
             };
             match served {
                 Ok(()) => debug!(%peer, "gatewayworker port: connection closed"),
@@ -96,14 +108,15 @@ pub async fn run(
                     warn!(%peer, "gatewayworker port: {error}; closed");
                 }
             }
-        }
-    })
-    .await;
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
     Ok(())
 }
 
 async fn serve(
-    stream: TcpStream,
+    handed: Foreign,
     gateway: &Gateway,
     settings: &PortSettings,
 ) -> Result<(), PortError> {
@@ -111,7 +124,9 @@ async fn serve(
         max_packet: settings.max_packet,
     };
     let auth_timeout = settings.auth_timeout;
-    let mut packets = Framed::new(stream, codec);
+    let mut parts = FramedParts::new::<&Packet>(handed.stream, codec);
+    parts.read_buf.extend_from_slice(&handed.opening);
+    let mut packets = Framed::from_parts(parts);
     let first = timeout(auth_timeout, packets.next())
         .await
         .map_err(|_| PortError::AuthTimeout(auth_timeout))?;

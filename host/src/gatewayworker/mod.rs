@@ -13,8 +13,9 @@
 //!   nothing PHP stored;
 //! - [`packet`]: GatewayProtocol, the 28-byte-header packets of a gateway's internal port,
 //!   and the length-prefixed query replies;
-//! - [`gateway`]: a gateway's GatewayWorker-compatible internal port
-//!   (`gatewayworker_internal`), executing GatewayClient's commands as operations of the table;
+//! - [`gateway`]: GatewayProtocol on a gateway's internal port (`gatewayworker = true`, the
+//!   connections the port hands over), executing GatewayClient's commands as operations of
+//!   the table;
 //! - [`register`]: the register's GatewayWorker listener (`gatewayworker_listen`), over the
 //!   register's own directory of gateways.
 

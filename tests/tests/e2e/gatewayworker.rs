@@ -1,8 +1,8 @@
 //! GatewayWorker compatibility, against doubles written from the reference's §9: the
 //! register's newline-JSON listener (`gatewayworker_listen`) as PHP BusinessWorkers,
-//! GatewayClient and PHP Gateways use it, and a gateway's GatewayProtocol port
-//! (`gatewayworker_internal`) as GatewayClient pushes to it; a native WebSocket client is
-//! the bystander whose replies must keep arriving.
+//! GatewayClient and PHP Gateways use it, and a gateway's internal port speaking
+//! GatewayProtocol (`gatewayworker = true`) as GatewayClient pushes to it; a native WebSocket
+//! client is the bystander whose replies must keep arriving.
 
 use std::time::{Duration, Instant};
 
@@ -107,10 +107,16 @@ impl PhpMember {
 
 /// A node with every role: the register with its GatewayWorker listener on `compat`
 /// (`extra` keys added to `[register]`), a WebSocket gateway on `ws` of the `commands` app
-/// announcing a GatewayWorker port `internal`, and a worker host.
+/// whose internal port `internal` speaks GatewayProtocol too, and a worker host.
 fn node(plugins: &PluginsDir, compat: u16, ws: u16, internal: u16, extra: &str) -> (Node, u16) {
-    let register = free_port();
     let dir = plugins.path();
+    let worker = format!("[worker]\nplugins = {dir:?}\ninstances = 1\n");
+    node_with(compat, ws, internal, extra, &worker)
+}
+
+/// [`node`] with `worker` as its worker host's section (or none, when empty).
+fn node_with(compat: u16, ws: u16, internal: u16, extra: &str, worker: &str) -> (Node, u16) {
+    let register = free_port();
     let node = Node::start(
         BIN,
         &format!(
@@ -118,8 +124,8 @@ fn node(plugins: &PluginsDir, compat: u16, ws: u16, internal: u16, extra: &str) 
              [register]\nlisten = \"127.0.0.1:{register}\"\n\
              gatewayworker_listen = \"127.0.0.1:{compat}\"\n{extra}\n\
              [[gateway]]\nlisten = \"ws://127.0.0.1:{ws}\"\napp = \"commands\"\n\
-             gatewayworker_internal = \"127.0.0.1:{internal}\"\n\
-             [worker]\nplugins = {dir:?}\ninstances = 1\n"
+             internal_port = {internal}\ngatewayworker = true\n\
+             {worker}"
         ),
     );
     (node, register)
@@ -163,7 +169,7 @@ async fn php_workers_get_the_gatewayworker_ports_and_follow_the_gateways() {
         &format!(
             "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{ws2}\"\n\
              app = \"commands\"\nregister = \"127.0.0.1:{register}\"\n\
-             gatewayworker_internal = \"127.0.0.1:{internal2}\"\n"
+             internal_port = {internal2}\ngatewayworker = true\n"
         ),
     );
     worker.wait_for_addresses(&[internal, internal2]).await;
@@ -361,4 +367,58 @@ async fn gateway_client_commands_reach_the_clients() {
     php.write_all(&packet(7, id, 0, b"", b"N;")).await.unwrap();
     target.assert_closed().await;
     assert_eq!(bystander.ask("echo after").await, "after");
+}
+
+/// The gateway address and connection a client id holds (reference §5): what GatewayClient
+/// decodes to know where to send.
+fn decode_client_id(id: &str) -> (std::net::SocketAddrV4, u32) {
+    assert_eq!(id.len(), 20, "{id:?} is not a client id");
+    let bytes: Vec<u8> = (0..10)
+        .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let ip = std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]);
+    let port = u16::from_be_bytes([bytes[4], bytes[5]]);
+    let connection = u32::from_be_bytes([bytes[6], bytes[7], bytes[8], bytes[9]]);
+    (std::net::SocketAddrV4::new(ip, port), connection)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_client_sends_to_the_address_inside_a_client_id_beside_a_worker_hosts_link() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (compat, ws, internal) = (free_port(), free_port(), free_port());
+    // The worker host runs in another process: its link to the gateway is TCP, to the same
+    // internal port the PHP side dials.
+    let (_gateway, register) = node_with(compat, ws, internal, "", "");
+    let dir = plugins.path();
+    let _worker = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[worker]\nplugins = {dir:?}\ninstances = 1\n\
+             register = \"127.0.0.1:{register}\"\n"
+        ),
+    );
+    let mut bystander = answered_client(ws).await;
+    let mut target = answered_client(ws).await;
+    let (address, connection) = decode_client_id(&target.ask("whoami").await);
+
+    // The register lists that same address to PHP members.
+    let mut lookup = PhpMember::connect(compat).await;
+    lookup.worker_connect(SECRET).await;
+    lookup.wait_for_addresses(&[address.port()]).await;
+
+    // GatewayClient's `sendToClient($client_id, …)`: one request buffer to the decoded address.
+    let mut php = TcpStream::connect(address).await.unwrap();
+    let mut sent = authorise(SECRET);
+    sent.extend(packet(5, connection, 1, b"", b"found you"));
+    php.write_all(&sent).await.unwrap();
+    assert_eq!(target.recv().await, "found you");
+    assert_eq!(bystander.ask("echo native").await, "native");
+    // A second GatewayClient request on a fresh socket, while the first is still open.
+    let mut again = TcpStream::connect(address).await.unwrap();
+    let mut sent = authorise(SECRET);
+    sent.extend(packet(5, connection, 1, b"", b"and again"));
+    again.write_all(&sent).await.unwrap();
+    assert_eq!(target.recv().await, "and again");
+    target.assert_silent(QUIET).await;
+    assert_eq!(bystander.ask("echo still").await, "still");
 }
