@@ -16,11 +16,13 @@
 //! - [`gateway`]: GatewayProtocol on a gateway's internal port (`gatewayworker = true`, the
 //!   connections the port hands over), executing GatewayClient's commands as operations of
 //!   the table;
+//! - [`raw`]: the raw flag's bodies, read back into the client protocol's messages;
 //! - [`register`]: the register's GatewayWorker listener (`gatewayworker_listen`), over the
 //!   register's own directory of gateways.
 
 pub mod gateway;
 pub mod packet;
 pub mod php_serial;
+pub mod raw;
 pub mod register;
 pub mod session;

@@ -326,6 +326,7 @@ pub async fn run(
             auth_timeout: gateway.handshake_timeout,
             max_packet: usize::try_from(gateway.gatewayworker_max_packet.as_u64())
                 .unwrap_or(usize::MAX),
+            protocol: gateway.listen.protocol,
         };
         let mut bound = BoundGateway::bind(gateway, secret.clone()).await?;
         if compatible {

@@ -422,3 +422,147 @@ async fn gateway_client_sends_to_the_address_inside_a_client_id_beside_a_worker_
     target.assert_silent(QUIET).await;
     assert_eq!(bystander.ask("echo still").await, "still");
 }
+
+/// One query's reply (reference §9.1): a u32 big-endian length, then the PHP-serialized
+/// value, which is returned as text.
+async fn reply_to(php: &mut TcpStream, query: Vec<u8>) -> String {
+    php.write_all(&query).await.unwrap();
+    let mut len = [0u8; 4];
+    timeout(WAIT, php.read_exact(&mut len))
+        .await
+        .expect("no reply in time")
+        .unwrap();
+    let len = u32::from_be_bytes(len) as usize;
+    assert!(len < 1 << 20, "a reply of {len} bytes");
+    let mut body = vec![0u8; len];
+    timeout(WAIT, php.read_exact(&mut body))
+        .await
+        .expect("the reply was cut short")
+        .unwrap();
+    String::from_utf8(body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_client_queries_are_answered_in_gatewayworkers_format() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (compat, ws, internal) = (free_port(), free_port(), free_port());
+    let (node, _) = node(&plugins, compat, ws, internal, "");
+    let mut bystander = answered_client(ws).await;
+    let by = connection_id(&mut bystander).await;
+    let mut a_client = answered_client(ws).await;
+    let a = connection_id(&mut a_client).await;
+    let mut b_client = answered_client(ws).await;
+    let b = connection_id(&mut b_client).await;
+    assert!(by < a && a < b, "connection ids in connection order");
+
+    let mut php = TcpStream::connect(("127.0.0.1", internal)).await.unwrap();
+    let session = br#"a:1:{s:4:"name";s:5:"alice";}"#;
+    let mut sent = authorise(SECRET);
+    for (cmd, id, ext) in [
+        (20, a, &b"room"[..]),
+        (20, a, b"5"),
+        (12, a, b"u7"),
+        (20, b, b"room"),
+        (12, b, b"42"),
+        (204, a, session),
+    ] {
+        sent.extend(packet(cmd, id, 1, ext, b""));
+    }
+    php.write_all(&sent).await.unwrap();
+    let a_session = format!(
+        "s:{}:\"{}\";",
+        session.len(),
+        std::str::from_utf8(session).unwrap()
+    );
+
+    // 24: one group's count; '' counts every client.
+    assert_eq!(
+        reply_to(&mut php, packet(24, 0, 1, b"room", b"")).await,
+        "i:2;"
+    );
+    assert_eq!(reply_to(&mut php, packet(24, 0, 1, b"", b"")).await, "i:3;");
+    // 28: counts by group, keyed as PHP keys them ("5" is the integer 5).
+    assert_eq!(
+        reply_to(&mut php, packet(28, 0, 1, br#"["room","5","none"]"#, b"")).await,
+        r#"a:3:{s:4:"room";i:2;i:5;i:1;s:4:"none";i:0;}"#
+    );
+    // 15 and 16: the connection ids bound to uids.
+    assert_eq!(
+        reply_to(&mut php, packet(15, 0, 1, b"u7", b"")).await,
+        format!("a:1:{{i:0;i:{a};}}")
+    );
+    assert_eq!(
+        reply_to(&mut php, packet(15, 0, 1, b"nobody", b"")).await,
+        "a:0:{}"
+    );
+    assert_eq!(
+        reply_to(&mut php, packet(16, 0, 1, br#"["u7",42,"x"]"#, b"")).await,
+        format!(r#"a:3:{{s:2:"u7";a:1:{{i:0;i:{a};}}i:42;a:1:{{i:0;i:{b};}}s:1:"x";a:0:{{}}}}"#)
+    );
+    // 26: the groups with members.
+    assert_eq!(
+        reply_to(&mut php, packet(26, 0, 1, b"", b"")).await,
+        r#"a:2:{i:0;i:5;i:1;s:4:"room";}"#
+    );
+    // 23 and 10: sessions as the gateway holds them, '' for none.
+    assert_eq!(
+        reply_to(&mut php, packet(23, 0, 1, b"room", b"")).await,
+        format!(r#"a:2:{{i:{a};{a_session}i:{b};s:0:"";}}"#)
+    );
+    assert_eq!(
+        reply_to(&mut php, packet(23, 0, 1, b"", b"")).await,
+        "a:0:{}"
+    );
+    assert_eq!(
+        reply_to(&mut php, packet(10, 0, 1, b"", b"")).await,
+        format!(r#"a:3:{{i:{by};s:0:"";i:{a};{a_session}i:{b};s:0:"";}}"#)
+    );
+    // 25: CMD_SELECT, the conditions OR-ed.
+    let select = br#"{"fields":["uid","groups","session"],"where":{"groups":["5"]}}"#;
+    assert_eq!(
+        reply_to(&mut php, packet(25, 0, 1, select, b"")).await,
+        format!(
+            r#"a:1:{{i:{a};a:3:{{s:3:"uid";s:2:"u7";s:6:"groups";a:2:{{i:5;s:1:"5";s:4:"room";s:4:"room";}}s:7:"session";{a_session}}}}}"#
+        )
+    );
+    let select = format!(r#"{{"fields":["uid"],"where":{{"uid":["42"],"connection_id":[{by}]}}}}"#);
+    assert_eq!(
+        reply_to(&mut php, packet(25, 0, 1, select.as_bytes(), b"")).await,
+        format!(r#"a:2:{{i:{by};a:1:{{s:3:"uid";N;}}i:{b};a:1:{{s:3:"uid";s:2:"42";}}}}"#)
+    );
+    let select = br#"{"fields":["groups"],"where":null}"#;
+    assert_eq!(
+        reply_to(&mut php, packet(25, 0, 1, select, b"")).await,
+        format!(
+            r#"a:3:{{i:{by};a:1:{{s:6:"groups";N;}}i:{a};a:1:{{s:6:"groups";a:2:{{i:5;s:1:"5";s:4:"room";s:4:"room";}}}}i:{b};a:1:{{s:6:"groups";a:1:{{s:4:"room";s:4:"room";}}}}}}"#
+        )
+    );
+    assert_eq!(bystander.ask("echo still").await, "still");
+
+    // The raw flag: two WebSocket frames PHP encoded itself arrive as two messages.
+    php.write_all(&packet(5, a, 3, b"", b"\x81\x02hi\x81\x02yo"))
+        .await
+        .unwrap();
+    assert_eq!(a_client.recv().await, "hi");
+    assert_eq!(a_client.recv().await, "yo");
+    php.write_all(&packet(
+        22,
+        0,
+        3,
+        br#"{"group":["room"],"exclude":null}"#,
+        b"\x81\x03all",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(a_client.recv().await, "all");
+    assert_eq!(b_client.recv().await, "all");
+    // A raw body that is not whole frames is refused, logged and counted; nothing is sent.
+    php.write_all(&packet(5, a, 3, b"", b"\x81\x05hi"))
+        .await
+        .unwrap();
+    node.wait_for_line(&["a raw send refused"]).await;
+    assert_eq!(reply_to(&mut php, packet(11, a, 1, b"", b"")).await, "i:1;");
+    a_client.assert_silent(QUIET).await;
+    b_client.assert_silent(QUIET).await;
+    assert_eq!(bystander.ask("echo after").await, "after");
+}
