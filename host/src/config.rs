@@ -360,7 +360,9 @@ pub struct GatewayConfig {
     /// `wss` only: the certificate's private key, a PEM file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
-    /// The app (plugin name) this listener's clients talk to.
+    /// The app (plugin name) this listener's clients talk to; `"php:NAME"` hands them to the
+    /// PHP BusinessWorkers whose `name` is NAME, linked to the internal port with
+    /// `gatewayworker = true`.
     pub app: String,
     /// The address worker hosts use to reach this gateway; part of every client id. Must be
     /// reachable from the worker hosts: the host's LAN address in a multi-machine setup.
@@ -480,6 +482,10 @@ pub struct GatewayConfig {
     pub no_worker_hold: Duration,
 }
 
+/// The app prefix of listeners that PHP BusinessWorkers serve: `app = "php:NAME"` is served
+/// by the BusinessWorkers whose `name` is NAME.
+pub const PHP_APP_PREFIX: &str = "php:";
+
 impl GatewayConfig {
     /// Where the internal listener binds: `internal_bind`, else `lan_ip`.
     pub fn internal_bind(&self) -> IpAddr {
@@ -505,6 +511,12 @@ impl GatewayConfig {
         }
         if self.gatewayworker_max_packet < ByteSize::kib(1) {
             return Err("`gatewayworker_max_packet` must be at least 1KiB".into());
+        }
+        if self.app.starts_with(PHP_APP_PREFIX) && !self.gatewayworker {
+            return Err(format!(
+                "`app = \"{}\"` is served by PHP BusinessWorkers: it needs `gatewayworker = true`",
+                self.app
+            ));
         }
         let wss = self.listen.protocol == Protocol::Wss;
         if wss && (self.tls_cert.is_none() || self.tls_key.is_none()) {
@@ -1815,6 +1827,9 @@ mod tests {
         assert_eq!(r.gatewayworker_auth_timeout, Duration::from_secs(10));
         assert_eq!(r.gatewayworker_max_line, ByteSize::kib(64));
         assert!(c.gateway[0].gatewayworker);
+        let err = parse("[[gateway]]\nlisten = \"ws://127.0.0.1:1\"\napp = \"php:events\"\n")
+            .unwrap_err();
+        assert!(err.contains("gatewayworker = true"), "{err}");
         // Keys travel in clear on it: off loopback, no start without a secret.
         assert_eq!(
             c.off_loopback().as_deref(),

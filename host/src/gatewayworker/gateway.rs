@@ -34,7 +34,7 @@ use super::packet::{
     FLAG_BODY_IS_SCALAR, FLAG_NOT_CALL_ENCODE, Packet, PacketCodec, PacketError, cmd, reply,
 };
 use super::php_serial::{self, Key, Limits, Value};
-use super::{raw, session};
+use super::{business, raw, session};
 use crate::client_id::ClientId;
 use crate::config::Protocol;
 use crate::gateway::Gateway;
@@ -51,6 +51,9 @@ pub enum PortError {
     /// Nothing arrived within the gateway's `handshake_timeout`.
     #[error("no authorisation within {0:?}")]
     AuthTimeout(Duration),
+    /// A BusinessWorker read nothing for this long.
+    #[error("the worker read nothing for {0:?}")]
+    Stalled(Duration),
     /// A packet that is not GatewayProtocol, or a socket failure.
     #[error(transparent)]
     Packet(#[from] PacketError),
@@ -62,6 +65,7 @@ impl PortError {
         Some(match self {
             PortError::NotAuthorised(_) => "not_authorised",
             PortError::AuthTimeout(_) => "auth_timeout",
+            PortError::Stalled(_) => "stalled",
             PortError::Packet(PacketError::Io(_)) => return None,
             PortError::Packet(_) => "bad_packet",
         })
@@ -78,6 +82,8 @@ pub struct PortSettings {
     pub max_packet: usize,
     /// The gateway's client protocol, which raw sends are framed in.
     pub protocol: Protocol,
+    /// How BusinessWorkers' links are served.
+    pub link: business::LinkSettings,
 }
 
 /// Serves the GatewayProtocol connections the gateway's internal port hands over
@@ -139,7 +145,16 @@ async fn serve(
     let Some(first) = first.transpose()? else {
         return Ok(());
     };
-    authorise(&first, &settings.secret)?;
+    if let Peer::Worker { name } = authorise(&first, &settings.secret)? {
+        let protocol = settings.protocol;
+        let run = |packet| execute(gateway, protocol, packet);
+        return business::serve(packets, gateway, &settings.link, &name, run)
+            .await
+            .map_err(|end| match end {
+                business::LinkEnd::Stalled(waited) => PortError::Stalled(waited),
+                business::LinkEnd::Packet(error) => PortError::Packet(error),
+            });
+    }
     while let Some(packet) = packets.next().await.transpose()? {
         // Replies are not packets: they go to the socket beside the codec, which never
         // writes (nothing is sent to a GatewayClient but replies).
@@ -154,10 +169,24 @@ async fn serve(
     Ok(())
 }
 
-/// GatewayWorker's check: the first packet is 202 with `{"secret_key": …}` equal to the key.
-fn authorise(packet: &Packet, secret: &[u8]) -> Result<(), PortError> {
-    if packet.cmd != cmd::GATEWAY_CLIENT_CONNECT {
-        return Err(PortError::NotAuthorised("the first packet is not 202"));
+/// Who authorised a connection.
+enum Peer {
+    /// GatewayClient (or a BusinessWorker's query socket): commands and queries.
+    Client,
+    /// A BusinessWorker: client events too, for the listeners of app `php:<name>`.
+    Worker {
+        /// Its `name`, the first part of its `worker_key`.
+        name: String,
+    },
+}
+
+/// GatewayWorker's check: the first packet is 202 (GatewayClient) or 200 (a BusinessWorker)
+/// with `{"secret_key": …}` equal to the key.
+fn authorise(packet: &Packet, secret: &[u8]) -> Result<Peer, PortError> {
+    if packet.cmd != cmd::GATEWAY_CLIENT_CONNECT && packet.cmd != cmd::WORKER_CONNECT {
+        return Err(PortError::NotAuthorised(
+            "the first packet is neither 200 nor 202",
+        ));
     }
     let body: serde_json::Value = serde_json::from_slice(&packet.body)
         .map_err(|_| PortError::NotAuthorised("its body is not JSON"))?;
@@ -165,10 +194,22 @@ fn authorise(packet: &Packet, secret: &[u8]) -> Result<(), PortError> {
         .get("secret_key")
         .and_then(serde_json::Value::as_str)
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(secret)) {
-        Ok(())
-    } else {
-        Err(PortError::NotAuthorised("key does not match"))
+    if !bool::from(given.as_bytes().ct_eq(secret)) {
+        return Err(PortError::NotAuthorised("key does not match"));
+    }
+    if packet.cmd == cmd::GATEWAY_CLIENT_CONNECT {
+        return Ok(Peer::Client);
+    }
+    // `name:id`; the name may hold a colon, the id does not.
+    let key = body.get("worker_key").and_then(serde_json::Value::as_str);
+    let name = key
+        .and_then(|key| key.rsplit_once(':'))
+        .map(|(name, _)| name);
+    match name {
+        Some(name) if !name.is_empty() => Ok(Peer::Worker {
+            name: name.to_owned(),
+        }),
+        _ => Err(PortError::NotAuthorised("no worker_key \"name:id\"")),
     }
 }
 
@@ -336,7 +377,7 @@ fn answer(gateway: &Gateway, packet: &Packet) -> Option<Vec<u8>> {
         cmd::BATCH_GET_CLIENT_COUNT_BY_GROUP => {
             let groups: Vec<String> = ext_list().into_iter().filter(|g| !g.is_empty()).collect();
             match ask(Query::GroupCounts(groups)) {
-                Reply::GroupCounts(counts) => keyed(
+                Reply::GroupCounts(counts) => Value::keyed(
                     counts
                         .into_iter()
                         .map(|(group, n)| (group, Value::Int(i64::from(n)))),
@@ -353,7 +394,7 @@ fn answer(gateway: &Gateway, packet: &Packet) -> Option<Vec<u8>> {
             _ => Value::Array(vec![]),
         },
         cmd::BATCH_GET_CLIENT_ID_BY_UID => match ask(Query::ClientsOfUids(ext_list())) {
-            Reply::ClientsOfUids(found) => keyed(
+            Reply::ClientsOfUids(found) => Value::keyed(
                 found
                     .into_iter()
                     .map(|(uid, clients)| (uid, list(connection_ids(&clients)))),
@@ -451,7 +492,7 @@ fn select(gateway: &Gateway, ext_data: &[u8]) -> Value {
                 "groups" => match groups_of.get_mut(&index) {
                     Some(groups) => {
                         groups.sort_unstable();
-                        keyed(
+                        Value::keyed(
                             groups
                                 .iter()
                                 .map(|g| (g.clone(), Value::Str(g.clone().into_bytes()))),
@@ -507,20 +548,6 @@ fn list(values: impl IntoIterator<Item = Value>) -> Value {
             .map(|(value, at)| (Key::Int(at), value))
             .collect(),
     )
-}
-
-/// A PHP array keyed by names, as PHP keys them (`"5"` becomes 5); a name given twice keeps
-/// its first place and its last value, as PHP's assignment does.
-fn keyed(entries: impl IntoIterator<Item = (String, Value)>) -> Value {
-    let mut out: Vec<(Key, Value)> = Vec::new();
-    for (name, value) in entries {
-        let key = Key::from_bytes(name.as_bytes());
-        match out.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => out.push((key, value)),
-        }
-    }
-    Value::Array(out)
 }
 
 /// What to send to a client: a scalar body as it is, a serialized string as its bytes, any

@@ -327,6 +327,11 @@ pub async fn run(
             max_packet: usize::try_from(gateway.gatewayworker_max_packet.as_u64())
                 .unwrap_or(usize::MAX),
             protocol: gateway.listen.protocol,
+            link: gatewayworker::business::LinkSettings {
+                ping_interval: gateway.link_ping_interval,
+                queue_bytes: usize::try_from(gateway.link_queue_bytes.as_u64())
+                    .unwrap_or(usize::MAX),
+            },
         };
         let mut bound = BoundGateway::bind(gateway, secret.clone()).await?;
         if compatible {

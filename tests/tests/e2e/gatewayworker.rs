@@ -566,3 +566,213 @@ async fn gateway_client_queries_are_answered_in_gatewayworkers_format() {
     b_client.assert_silent(QUIET).await;
     assert_eq!(bystander.ask("echo after").await, "after");
 }
+
+/// A GatewayProtocol packet as a BusinessWorker reads it (reference §9.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Event {
+    cmd: u8,
+    local: std::net::SocketAddrV4,
+    client: std::net::SocketAddrV4,
+    connection_id: u32,
+    flag: u8,
+    gateway_port: u16,
+    ext_data: Vec<u8>,
+    body: Vec<u8>,
+    /// The whole packet as it came.
+    bytes: Vec<u8>,
+}
+
+/// A PHP BusinessWorker, from the spec: it links to a gateway with `CMD_WORKER_CONNECT` and
+/// reads the events the gateway routes to it.
+struct PhpWorker {
+    stream: TcpStream,
+    pings: usize,
+}
+
+impl PhpWorker {
+    /// Links to `address` as worker `key` ("name:id").
+    async fn link(address: std::net::SocketAddrV4, key: &str) -> Self {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        let body = format!(r#"{{"worker_key":"{key}","secret_key":"{SECRET}"}}"#);
+        stream
+            .write_all(&packet(200, 0, 1, b"", body.as_bytes()))
+            .await
+            .unwrap();
+        Self { stream, pings: 0 }
+    }
+
+    /// The next packet, `CMD_PING` included.
+    async fn packet(&mut self) -> Event {
+        let mut header = [0u8; 28];
+        timeout(WAIT, self.stream.read_exact(&mut header))
+            .await
+            .expect("no packet in time")
+            .expect("the gateway closed the worker's link");
+        let u32_at = |at: usize| u32::from_be_bytes(header[at..at + 4].try_into().unwrap());
+        let u16_at = |at: usize| u16::from_be_bytes(header[at..at + 2].try_into().unwrap());
+        let len = u32_at(0) as usize;
+        let ext_len = u32_at(24) as usize;
+        assert!(
+            (28..1 << 20).contains(&len) && ext_len <= len - 28,
+            "{header:?}"
+        );
+        let mut rest = vec![0u8; len - 28];
+        timeout(WAIT, self.stream.read_exact(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        let addr = |ip: u32, port: u16| std::net::SocketAddrV4::new(ip.into(), port);
+        Event {
+            cmd: header[4],
+            local: addr(u32_at(5), u16_at(9)),
+            client: addr(u32_at(11), u16_at(15)),
+            connection_id: u32_at(17),
+            flag: header[21],
+            gateway_port: u16_at(22),
+            ext_data: rest[..ext_len].to_vec(),
+            body: rest[ext_len..].to_vec(),
+            bytes: [&header[..], &rest].concat(),
+        }
+    }
+
+    /// The next client event; `CMD_PING`s on the way are counted, and checked byte for byte.
+    async fn event(&mut self) -> Event {
+        loop {
+            let packet = self.packet().await;
+            if packet.cmd != 201 {
+                return packet;
+            }
+            self.count_ping(&packet);
+        }
+    }
+
+    /// Checks a `CMD_PING` byte for byte (every field zero but cmd and flag 1) and counts it.
+    fn count_ping(&mut self, packet: &Event) {
+        let mut ping = vec![0, 0, 0, 28, 201];
+        ping.extend_from_slice(&[0; 16]);
+        ping.push(1);
+        ping.extend_from_slice(&[0; 6]);
+        assert_eq!(packet.bytes, ping, "CMD_PING");
+        self.pings += 1;
+    }
+
+    /// Sends one packet, as `Lib\Gateway` does on the worker's link.
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+}
+
+/// An event packet as GatewayWorker's gateway builds it (reference §9.1, §9.2).
+fn event_bytes(event: &Event, cmd: u8, flag: u8, ext_data: &[u8], body: &[u8]) -> Vec<u8> {
+    let len = 28 + ext_data.len() + body.len();
+    let mut out = u32::try_from(len).unwrap().to_be_bytes().to_vec();
+    out.push(cmd);
+    out.extend_from_slice(&event.local.ip().octets());
+    out.extend_from_slice(&event.local.port().to_be_bytes());
+    out.extend_from_slice(&event.client.ip().octets());
+    out.extend_from_slice(&event.client.port().to_be_bytes());
+    out.extend_from_slice(&event.connection_id.to_be_bytes());
+    out.push(flag);
+    out.extend_from_slice(&event.gateway_port.to_be_bytes());
+    out.extend_from_slice(&u32::try_from(ext_data.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(ext_data);
+    out.extend_from_slice(body);
+    out
+}
+
+/// A node whose register lists two gateways to PHP members: `wasm` serving the `commands`
+/// app with a worker host, and `php` whose app `php:events` PHP BusinessWorkers named
+/// `events` serve. Returns the node and the two internal ports (wasm's, php's).
+fn mixed_node(plugins: &PluginsDir, compat: u16, wasm: u16, php: u16) -> (Node, u16, u16) {
+    let (register, wasm_internal, php_internal) = (free_port(), free_port(), free_port());
+    let dir = plugins.path();
+    let node = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n\
+             [register]\nlisten = \"127.0.0.1:{register}\"\n\
+             gatewayworker_listen = \"127.0.0.1:{compat}\"\n\
+             [[gateway]]\nlisten = \"ws://127.0.0.1:{wasm}\"\napp = \"commands\"\n\
+             internal_port = {wasm_internal}\ngatewayworker = true\n\
+             [[gateway]]\nlisten = \"ws://127.0.0.1:{php}\"\napp = \"php:events\"\n\
+             internal_port = {php_internal}\ngatewayworker = true\n\
+             link_ping_interval = \"200ms\"\n\
+             [worker]\nplugins = {dir:?}\ninstances = 1\n"
+        ),
+    );
+    (node, wasm_internal, php_internal)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_php_business_worker_serves_its_listener_beside_a_wasm_app() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (compat, wasm, php) = (free_port(), free_port(), free_port());
+    let (_node, wasm_internal, php_internal) = mixed_node(&plugins, compat, wasm, php);
+    let mut bystander = answered_client(wasm).await;
+
+    // The BusinessWorker finds the gateways through the register, as PHP's does.
+    let mut register = PhpMember::connect(compat).await;
+    register.worker_connect(SECRET).await;
+    register
+        .wait_for_addresses(&[wasm_internal, php_internal])
+        .await;
+    let gateway = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, php_internal);
+    let mut worker = PhpWorker::link(gateway, "events:0").await;
+
+    // A WebSocket client of the PHP app: CMD_ON_CONNECT, then CMD_ON_WEBSOCKET_CONNECT with
+    // the handshake serialized; both carry the client's and the gateway's addresses.
+    let mut client = connect_ws(php).await;
+    let connect = worker.event().await;
+    assert_eq!(connect.cmd, 1);
+    assert_eq!(connect.local, gateway);
+    assert_eq!(*connect.client.ip(), std::net::Ipv4Addr::LOCALHOST);
+    assert_eq!(connect.gateway_port, php);
+    assert_eq!(connect.bytes, event_bytes(&connect, 1, 1, b"", b""));
+    let handshake = worker.event().await;
+    assert_eq!(handshake.cmd, 205);
+    let body = String::from_utf8(handshake.body.clone()).unwrap();
+    assert!(
+        body.starts_with(r#"a:3:{s:3:"get";a:0:{}s:6:"server";a:"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(r#"s:11:"SERVER_PORT";i:{php};"#)),
+        "{body}"
+    );
+    assert_eq!(
+        handshake.bytes,
+        event_bytes(&connect, 205, 0, b"", &handshake.body)
+    );
+    let id = connect.connection_id;
+
+    // A message: CMD_ON_MESSAGE; the worker answers the current client and writes its
+    // session back, as BusinessWorker does after a handler changed `$_SESSION`.
+    client.send("hello").await.unwrap();
+    let message = worker.event().await;
+    assert_eq!(message.bytes, event_bytes(&connect, 3, 1, b"", b"hello"));
+    let session = br#"a:1:{s:4:"seen";s:1:"1";}"#;
+    let mut answer = packet(5, id, 1, b"", b"you said hello");
+    answer.extend(packet(204, id, 1, session, b""));
+    worker.send(&answer).await;
+    assert_eq!(client.recv().await, "you said hello");
+    assert_eq!(bystander.ask("echo wasm").await, "wasm");
+    // The next event carries the session the worker wrote.
+    client.send("again").await.unwrap();
+    let message = worker.event().await;
+    assert_eq!(
+        message.bytes,
+        event_bytes(&connect, 3, 1, session, b"again")
+    );
+
+    // Keep-alives arrive every link_ping_interval.
+    while worker.pings < 2 {
+        let packet = worker.packet().await;
+        worker.count_ping(&packet);
+    }
+
+    // The client leaves: CMD_ON_CLOSE with the session at close time.
+    drop(client);
+    let close = worker.event().await;
+    assert_eq!(close.bytes, event_bytes(&connect, 4, 1, session, b""));
+    assert_eq!(bystander.ask("echo still").await, "still");
+}
