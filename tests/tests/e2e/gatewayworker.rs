@@ -776,3 +776,60 @@ async fn a_php_business_worker_serves_its_listener_beside_a_wasm_app() {
     assert_eq!(close.bytes, event_bytes(&connect, 4, 1, session, b""));
     assert_eq!(bystander.ask("echo still").await, "still");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_spanning_a_wasm_app_and_a_php_app_gets_each_send_once_from_either_side() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (compat, wasm, php) = (free_port(), free_port(), free_port());
+    let (_node, wasm_internal, php_internal) = mixed_node(&plugins, compat, wasm, php);
+    let mut bystander = answered_client(wasm).await;
+    let mut wasm_member = answered_client(wasm).await;
+    assert_eq!(wasm_member.ask("join room").await, "joined room");
+
+    // The BusinessWorker links to every gateway the register lists, as PHP's does.
+    let mut register = PhpMember::connect(compat).await;
+    register.worker_connect(SECRET).await;
+    register
+        .wait_for_addresses(&[wasm_internal, php_internal])
+        .await;
+    let at = |port| std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port);
+    let mut worker = PhpWorker::link(at(php_internal), "events:0").await;
+    let mut to_wasm_gateway = PhpWorker::link(at(wasm_internal), "events:0").await;
+
+    // A client of the PHP app; its worker puts it in the group and binds a uid.
+    let mut php_member = connect_ws(php).await;
+    let connect = worker.event().await;
+    assert_eq!(connect.cmd, 1);
+    let id = connect.connection_id;
+    let mut joined = packet(20, id, 1, b"room", b"");
+    joined.extend(packet(12, id, 1, b"alice", b""));
+    worker.send(&joined).await;
+    assert_eq!(worker.event().await.cmd, 205);
+    // Its next event comes after the join on the same link: the group is whole now.
+    php_member.send("ready").await.unwrap();
+    assert_eq!(worker.event().await.body, b"ready");
+
+    // From the PHP side: `Gateway::sendToGroup('room', …)` goes to every linked gateway.
+    let group = packet(
+        22,
+        0,
+        1,
+        br#"{"group":["room"],"exclude":null}"#,
+        b"from php",
+    );
+    worker.send(&group).await;
+    to_wasm_gateway.send(&group).await;
+    assert_eq!(wasm_member.recv().await, "from php");
+    assert_eq!(php_member.recv().await, "from php");
+    // From the wasm side: a plugin's send-to-group reaches the PHP app's client too.
+    wasm_member.send("pub room from wasm").await.unwrap();
+    assert_eq!(wasm_member.recv().await, "from wasm");
+    assert_eq!(php_member.recv().await, "from wasm");
+    // A uid bound by PHP is one a plugin can send to.
+    bystander.send("touid alice to alice").await.unwrap();
+    assert_eq!(php_member.recv().await, "to alice");
+    // Exactly once: nothing else arrives anywhere.
+    wasm_member.assert_silent(QUIET).await;
+    php_member.assert_silent(QUIET).await;
+    assert_eq!(bystander.ask("echo still").await, "still");
+}
