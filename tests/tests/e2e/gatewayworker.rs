@@ -270,6 +270,11 @@ fn packet(cmd: u8, connection_id: u32, flag: u8, ext_data: &[u8], body: &[u8]) -
     out
 }
 
+/// `sendToGroup('room', body)` (`CMD_SEND_TO_GROUP`, nobody excluded) with header `flag`.
+fn to_room(flag: u8, body: &[u8]) -> Vec<u8> {
+    packet(22, 0, flag, br#"{"group":["room"],"exclude":null}"#, body)
+}
+
 /// GatewayClient's authorisation packet (`CMD_GATEWAY_CLIENT_CONNECT`, 202).
 fn authorise(secret: &str) -> Vec<u8> {
     let body = format!(r#"{{"secret_key":"{secret}"}}"#);
@@ -311,15 +316,7 @@ async fn gateway_client_commands_reach_the_clients() {
     sent.extend(packet(12, id, 1, b"u7", b""));
     php.write_all(&sent).await.unwrap();
     assert_eq!(target.recv().await, "to you");
-    php.write_all(&packet(
-        22,
-        0,
-        1,
-        br#"{"group":["room"],"exclude":null}"#,
-        b"to room",
-    ))
-    .await
-    .unwrap();
+    php.write_all(&to_room(1, b"to room")).await.unwrap();
     assert_eq!(target.recv().await, "to room");
     php.write_all(&packet(14, 0, 1, br#"["u7"]"#, b"to u7"))
         .await
@@ -545,15 +542,7 @@ async fn gateway_client_queries_are_answered_in_gatewayworkers_format() {
         .unwrap();
     assert_eq!(a_client.recv().await, "hi");
     assert_eq!(a_client.recv().await, "yo");
-    php.write_all(&packet(
-        22,
-        0,
-        3,
-        br#"{"group":["room"],"exclude":null}"#,
-        b"\x81\x03all",
-    ))
-    .await
-    .unwrap();
+    php.write_all(&to_room(3, b"\x81\x03all")).await.unwrap();
     assert_eq!(a_client.recv().await, "all");
     assert_eq!(b_client.recv().await, "all");
     // A raw body that is not whole frames is refused, logged and counted; nothing is sent.
@@ -810,13 +799,7 @@ async fn a_group_spanning_a_wasm_app_and_a_php_app_gets_each_send_once_from_eith
     assert_eq!(worker.event().await.body, b"ready");
 
     // From the PHP side: `Gateway::sendToGroup('room', …)` goes to every linked gateway.
-    let group = packet(
-        22,
-        0,
-        1,
-        br#"{"group":["room"],"exclude":null}"#,
-        b"from php",
-    );
+    let group = to_room(1, b"from php");
     worker.send(&group).await;
     to_wasm_gateway.send(&group).await;
     assert_eq!(wasm_member.recv().await, "from php");
