@@ -816,3 +816,40 @@ async fn a_group_spanning_a_wasm_app_and_a_php_app_gets_each_send_once_from_eith
     php_member.assert_silent(QUIET).await;
     assert_eq!(bystander.ask("echo still").await, "still");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_business_worker_that_reads_nothing_is_dropped() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (compat, wasm, php) = (free_port(), free_port(), free_port());
+    let (node, _, php_internal) = mixed_node(&plugins, compat, wasm, php);
+    let mut bystander = answered_client(wasm).await;
+
+    // A worker that links, then never reads: a small receive buffer, so the gateway's writes
+    // block once its own buffer is full.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket
+        .connect(([127, 0, 0, 1], php_internal).into())
+        .await
+        .unwrap();
+    let body = format!(r#"{{"worker_key":"events:0","secret_key":"{SECRET}"}}"#);
+    stuck
+        .write_all(&packet(200, 0, 1, b"", body.as_bytes()))
+        .await
+        .unwrap();
+    // A client of the PHP app sends more than the socket buffers can hold.
+    let mut client = connect_ws(php).await;
+    let big = "x".repeat(512 * 1024);
+    for _ in 0..32 {
+        if client.send(&big).await.is_err() {
+            break;
+        }
+    }
+    // Three link_ping_intervals (200 ms) without a read: the link is closed and counted.
+    node.wait_for_line(&["the worker read nothing for"]).await;
+    let mut rest = Vec::new();
+    let _ = timeout(WAIT, stuck.read_to_end(&mut rest))
+        .await
+        .expect("the gateway kept the stalled worker's link");
+    assert_eq!(bystander.ask("echo still").await, "still");
+}
