@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -360,7 +360,9 @@ pub struct GatewayConfig {
     /// `wss` only: the certificate's private key, a PEM file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
-    /// The app (plugin name) this listener's clients talk to.
+    /// The app (plugin name) this listener's clients talk to; `"php:NAME"` hands them to the
+    /// PHP BusinessWorkers whose `name` is NAME, linked to the internal port with
+    /// `gatewayworker = true`.
     pub app: String,
     /// The address worker hosts use to reach this gateway; part of every client id. Must be
     /// reachable from the worker hosts: the host's LAN address in a multi-machine setup.
@@ -380,13 +382,16 @@ pub struct GatewayConfig {
     /// address is refused, as nobody can dial it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<Advertise>,
-    /// The address of this gateway's GatewayWorker-compatible internal port, where PHP
-    /// BusinessWorkers and GatewayClient reach it; the register lists it to them
-    /// (`[register] gatewayworker_listen`). Off when absent. Its first packet must be
-    /// `CMD_GATEWAY_CLIENT_CONNECT` with the cluster's `secret`, within `handshake_timeout`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gatewayworker_internal: Option<SocketAddrV4>,
-    /// The largest packet `gatewayworker_internal` reads (Workerman's 10 MiB by default); a
+    /// Whether the internal port also speaks GatewayWorker's GatewayProtocol, for PHP
+    /// BusinessWorkers and GatewayClient: a connection that opens with a GatewayProtocol
+    /// packet instead of wasmgate's handshake is served as GatewayWorker's gateway serves it,
+    /// on the same address, so the address inside every client id is the one PHP code
+    /// dials. The register lists it to PHP members (`[register] gatewayworker_listen`). Off
+    /// by default. The first packet must carry the cluster's `secret` within
+    /// `handshake_timeout`.
+    #[serde(default)]
+    pub gatewayworker: bool,
+    /// The largest GatewayProtocol packet the internal port reads (Workerman's 10 MiB by default); a
     /// connection declaring a larger one is closed before anything is allocated for it. At
     /// least 1 KiB.
     #[serde(default = "default_gatewayworker_max_packet")]
@@ -477,6 +482,10 @@ pub struct GatewayConfig {
     pub no_worker_hold: Duration,
 }
 
+/// The app prefix of listeners that PHP BusinessWorkers serve: `app = "php:NAME"` is served
+/// by the BusinessWorkers whose `name` is NAME.
+pub const PHP_APP_PREFIX: &str = "php:";
+
 impl GatewayConfig {
     /// Where the internal listener binds: `internal_bind`, else `lan_ip`.
     pub fn internal_bind(&self) -> IpAddr {
@@ -502,6 +511,12 @@ impl GatewayConfig {
         }
         if self.gatewayworker_max_packet < ByteSize::kib(1) {
             return Err("`gatewayworker_max_packet` must be at least 1KiB".into());
+        }
+        if self.app.starts_with(PHP_APP_PREFIX) && !self.gatewayworker {
+            return Err(format!(
+                "`app = \"{}\"` is served by PHP BusinessWorkers: it needs `gatewayworker = true`",
+                self.app
+            ));
         }
         let wss = self.listen.protocol == Protocol::Wss;
         if wss && (self.tls_cert.is_none() || self.tls_key.is_none()) {
@@ -1801,7 +1816,7 @@ mod tests {
         let c = parse(
             "[register]\ngatewayworker_listen = \"10.0.0.5:1236\"\n\
              [[gateway]]\nlisten = \"ws://127.0.0.1:1\"\napp = \"a\"\n\
-             gatewayworker_internal = \"127.0.0.1:2300\"\n",
+             gatewayworker = true\n",
         );
         let c = c.unwrap();
         let r = c.register.as_ref().unwrap();
@@ -1811,10 +1826,10 @@ mod tests {
         );
         assert_eq!(r.gatewayworker_auth_timeout, Duration::from_secs(10));
         assert_eq!(r.gatewayworker_max_line, ByteSize::kib(64));
-        assert_eq!(
-            c.gateway[0].gatewayworker_internal,
-            Some("127.0.0.1:2300".parse().unwrap())
-        );
+        assert!(c.gateway[0].gatewayworker);
+        let err = parse("[[gateway]]\nlisten = \"ws://127.0.0.1:1\"\napp = \"php:events\"\n")
+            .unwrap_err();
+        assert!(err.contains("gatewayworker = true"), "{err}");
         // Keys travel in clear on it: off loopback, no start without a secret.
         assert_eq!(
             c.off_loopback().as_deref(),

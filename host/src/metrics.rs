@@ -276,7 +276,7 @@ pub fn controls_refused(reason: ControlRefusal) -> u64 {
 }
 
 /// Counts a connection a GatewayWorker-compatible `listener` (`register`, `gateway`) closed,
-/// by `reason`.
+/// or a packet it refused, by `reason`.
 pub fn gatewayworker_refused(listener: &'static str, reason: &'static str) {
     GATEWAYWORKER_REFUSED
         .get_or_create(&ListenerLabels { listener, reason })
@@ -703,7 +703,7 @@ pub fn register(r: &mut Registry) {
     );
     r.register(
         "gatewayworker_refused",
-        "Connections GatewayWorker-compatible listeners closed, by listener (register, gateway) and reason (register: auth_timeout, wrong_secret, no_address, bad_request, unknown_event, line_too_long; gateway: auth_timeout, not_authorised, bad_packet)",
+        "Connections GatewayWorker-compatible listeners closed and packets they refused, by listener (register, gateway) and reason (register: auth_timeout, wrong_secret, no_address, bad_request, unknown_event, line_too_long; gateway: auth_timeout, not_authorised, bad_packet, stalled, bad_raw)",
         GATEWAYWORKER_REFUSED.clone(),
     );
     r.register(

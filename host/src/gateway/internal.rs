@@ -11,10 +11,17 @@
 //! for as long (the writer's timeout, and the timeout on queueing a reply). A dropped worker
 //! host's clients re-bind to another on their next event. A worker host's announcements of
 //! its apps and the events it hands back go to the router, in the order they arrive.
+//!
+//! The port can speak a second protocol: a connection whose first bytes are not wasmgate's
+//! handshake ([`handshake::is_opening`]) is handed, with those bytes, to whoever serves
+//! [`Foreign`] connections (GatewayWorker's GatewayProtocol, above the roles), so that the
+//! address inside a client id is the one PHP code dials.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
@@ -26,7 +33,7 @@ use super::shared::Gateway;
 use crate::local::{LinkReader, LocalLink};
 use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter};
-use crate::wire::handshake::{self, Peer};
+use crate::wire::handshake::{self, HANDSHAKE_TIMEOUT, HandshakeError, OPENING, Peer};
 use crate::wire::messages::{ToGateway, ToWorker};
 use crate::wire::queue::{self, LinkSender, Towards};
 
@@ -44,6 +51,28 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest a closing link may take to write what is queued on it.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
+/// A connection to the internal port that opened with another protocol than wasmgate's
+/// handshake, handed over with the bytes read to tell them apart.
+#[derive(Debug)]
+pub struct Foreign {
+    /// The socket, after `opening`.
+    pub stream: TcpStream,
+    /// The first bytes the peer sent.
+    pub opening: [u8; OPENING],
+    /// Who connected.
+    pub peer: SocketAddr,
+}
+
+/// What the internal listener does besides wasmgate's links.
+pub struct InternalSettings {
+    /// How often each link is pinged.
+    pub ping_interval: Duration,
+    /// Bytes queued on each link towards a worker host.
+    pub queue_bytes: usize,
+    /// Where connections of another protocol go; without it, they fail the handshake.
+    pub foreign: Option<mpsc::Sender<Foreign>>,
+}
+
 /// Accepts links, over TCP and from worker hosts of this process, until `shutdown`; then, once
 /// `close` fires (when the gateway's clients are gone and their close events queued), flushes
 /// and closes every link and returns.
@@ -53,9 +82,13 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: CancellationToken,
     close: CancellationToken,
-    ping_interval: Duration,
-    queue_bytes: usize,
+    settings: InternalSettings,
 ) {
+    let InternalSettings {
+        ping_interval,
+        queue_bytes,
+        foreign,
+    } = settings;
     let links = TaskTracker::new();
     // Failed accepts in a row: logged once per burst, not once per retry.
     let mut failing = 0u64;
@@ -84,8 +117,15 @@ pub async fn serve(
         }
         let gateway = gateway.clone();
         let close = close.clone();
+        let foreign = foreign.clone();
         links.spawn(async move {
-            let (role, result) = tcp_link(socket, gateway, close, ping_interval, queue_bytes).await;
+            let (role, result) = match sort(socket, peer, foreign.as_ref()).await {
+                Ok(Some((socket, opening))) => {
+                    tcp_link(socket, &opening, gateway, close, ping_interval, queue_bytes).await
+                }
+                Ok(None) => return,
+                Err(e) => (None, Err(e.into())),
+            };
             let role = role.map_or("unauthenticated peer", Peer::name);
             match result {
                 Ok(()) => {
@@ -106,9 +146,42 @@ pub async fn serve(
     links.wait().await;
 }
 
-/// Serves one link over TCP; says who the peer was (once authenticated) and why it ended.
+/// Reads a connection's first bytes and hands it to `foreign` if they are not wasmgate's
+/// handshake (`None`); otherwise gives it back with them, for the handshake.
+async fn sort(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    foreign: Option<&mpsc::Sender<Foreign>>,
+) -> Result<Option<(TcpStream, [u8; OPENING])>, HandshakeError> {
+    let mut opening = [0; OPENING];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, socket.read_exact(&mut opening)).await {
+        Err(_) => return Err(HandshakeError::Timeout),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(HandshakeError::Closed);
+        }
+        Ok(Err(e)) => return Err(HandshakeError::Wire(e.into())),
+        Ok(Ok(_)) => {}
+    }
+    match foreign {
+        Some(foreign) if !handshake::is_opening(&opening) => {
+            let handed = Foreign {
+                stream: socket,
+                opening,
+                peer,
+            };
+            // Its server only spawns a task per connection; gone, it is stopping.
+            let _ = foreign.send(handed).await;
+            Ok(None)
+        }
+        _ => Ok(Some((socket, opening))),
+    }
+}
+
+/// Serves one link over TCP, `opening` already read off it; says who the peer was (once
+/// authenticated) and why it ended.
 async fn tcp_link(
     socket: TcpStream,
+    opening: &[u8; OPENING],
     gateway: Arc<Gateway>,
     close: CancellationToken,
     ping_interval: Duration,
@@ -118,7 +191,7 @@ async fn tcp_link(
         return (None, Err(LinkError::Connect(e)));
     }
     let (reader, writer) = socket.into_split();
-    let mut reader = FrameReader::new(reader);
+    let mut reader = FrameReader::new(reader).after(opening);
     let mut writer = FrameWriter::new(writer);
     let role = match handshake::accept_handshake(&mut reader, &mut writer, &gateway.secret).await {
         Ok(role) => role,

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Advertise, GatewayConfig, Protocol};
@@ -48,6 +49,7 @@ pub struct BoundGateway {
     clients: TcpListener,
     internal: TcpListener,
     transport: Transport,
+    foreign: Option<mpsc::Sender<internal::Foreign>>,
 }
 
 impl BoundGateway {
@@ -115,7 +117,14 @@ impl BoundGateway {
             clients,
             internal,
             transport,
+            foreign: None,
         })
+    }
+
+    /// Hands the internal port's connections that do not open with wasmgate's handshake to
+    /// `foreign` (GatewayWorker's protocol, with `gatewayworker = true`).
+    pub fn serve_foreign(&mut self, foreign: mpsc::Sender<internal::Foreign>) {
+        self.foreign = Some(foreign);
     }
 
     /// The client-facing address.
@@ -155,7 +164,7 @@ impl BoundGateway {
             self.gateway.secret.clone(),
             register::Announce::Gateway {
                 internal: address,
-                gatewayworker: self.config.gatewayworker_internal,
+                gatewayworker: self.config.gatewayworker.then_some(address),
             },
             shutdown.clone(),
         );
@@ -168,8 +177,11 @@ impl BoundGateway {
             self.gateway.clone(),
             shutdown.clone(),
             close_links.clone(),
-            self.config.link_ping_interval,
-            byte_count(self.config.link_queue_bytes),
+            internal::InternalSettings {
+                ping_interval: self.config.link_ping_interval,
+                queue_bytes: byte_count(self.config.link_queue_bytes),
+                foreign: self.foreign,
+            },
         ));
         let stop_presence = CancellationToken::new();
         let presence = tokio::spawn(presence::report(

@@ -13,13 +13,19 @@
 //!   nothing PHP stored;
 //! - [`packet`]: GatewayProtocol, the 28-byte-header packets of a gateway's internal port,
 //!   and the length-prefixed query replies;
-//! - [`gateway`]: a gateway's GatewayWorker-compatible internal port
-//!   (`gatewayworker_internal`), executing GatewayClient's commands as operations of the table;
+//! - [`gateway`]: GatewayProtocol on a gateway's internal port (`gatewayworker = true`, the
+//!   connections the port hands over), executing GatewayClient's commands as operations of
+//!   the table;
+//! - [`raw`]: the raw flag's bodies, read back into the client protocol's messages;
+//! - [`business`]: PHP BusinessWorkers' links (`CMD_WORKER_CONNECT`): the client events of
+//!   the listeners of app `php:<name>`, routed by the gateway's own router;
 //! - [`register`]: the register's GatewayWorker listener (`gatewayworker_listen`), over the
 //!   register's own directory of gateways.
 
+pub mod business;
 pub mod gateway;
 pub mod packet;
 pub mod php_serial;
+pub mod raw;
 pub mod register;
 pub mod session;

@@ -34,6 +34,26 @@ pub enum Value {
     Array(Vec<(Key, Value)>),
 }
 
+impl Value {
+    /// A PHP array keyed by names, as PHP keys them (`"5"` becomes 5); a name given twice keeps
+    /// its first place and its last value, as PHP's assignment does.
+    pub fn keyed(entries: impl IntoIterator<Item = (String, Value)>) -> Value {
+        let mut out: Vec<(Key, Value)> = Vec::new();
+        let mut at = HashMap::new();
+        for (name, value) in entries {
+            let key = Key::from_bytes(name.as_bytes());
+            match at.get(&key) {
+                Some(&slot) => out[slot] = (key, value),
+                None => {
+                    at.insert(key.clone(), out.len());
+                    out.push((key, value));
+                }
+            }
+        }
+        Value::Array(out)
+    }
+}
+
 /// An array key: PHP stores a string that reads as a canonical integer as that integer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Key {

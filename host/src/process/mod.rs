@@ -47,6 +47,10 @@ use control::ControlSocket;
 use pid_file::PidFile;
 pub use running::{Running, RunningGateway, RunningWorker};
 
+/// GatewayProtocol connections a gateway's internal port has handed over and its
+/// GatewayWorker server has not yet taken (it only spawns a task for each).
+const FOREIGN_QUEUE: usize = 64;
+
 /// A role a process can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -316,20 +320,25 @@ pub async fn run(
             gateway.listen.to_string(),
             gateway.app.clone(),
         );
-        let compatible = gateway.gatewayworker_internal;
+        let compatible = gateway.gatewayworker;
         let settings = gatewayworker::gateway::PortSettings {
             secret: secret.clone(),
             auth_timeout: gateway.handshake_timeout,
             max_packet: usize::try_from(gateway.gatewayworker_max_packet.as_u64())
                 .unwrap_or(usize::MAX),
+            protocol: gateway.listen.protocol,
+            link: gatewayworker::business::LinkSettings {
+                ping_interval: gateway.link_ping_interval,
+                queue_bytes: usize::try_from(gateway.link_queue_bytes.as_u64())
+                    .unwrap_or(usize::MAX),
+            },
         };
-        let bound = BoundGateway::bind(gateway, secret.clone()).await?;
-        if let Some(address) = compatible {
-            let listener = TcpListener::bind(address).await.with_context(|| {
-                format!("gateway {name}: cannot listen on {address} (gatewayworker_internal)")
-            })?;
+        let mut bound = BoundGateway::bind(gateway, secret.clone()).await?;
+        if compatible {
+            let (handed, foreign) = tokio::sync::mpsc::channel(FOREIGN_QUEUE);
+            bound.serve_foreign(handed);
             roles.spawn(gatewayworker::gateway::run(
-                listener,
+                foreign,
                 bound.gateway(),
                 settings,
                 shutdown.clone(),

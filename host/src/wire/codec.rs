@@ -142,6 +142,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The same reader, with `read` (bytes already taken off the socket, to tell protocols
+    /// apart) ahead of whatever the socket gives next.
+    pub fn after(mut self, read: &[u8]) -> Self {
+        self.buffer.extend_from_slice(read);
+        self
+    }
+
     /// The largest payload this reader accepts.
     pub fn max_frame(&self) -> usize {
         self.max_frame

@@ -48,6 +48,18 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// anything else (an HTTP request sent to an internal port, say) fails on its length prefix.
 const HANDSHAKE_MAX_FRAME: usize = 128;
 
+/// Bytes of a link's start that tell wasmgate's handshake from another protocol on the same
+/// port: the frame's length and the first byte of its message.
+pub const OPENING: usize = 5;
+
+/// Whether a link opens with wasmgate's handshake: a frame within the handshake's limit
+/// whose message is `Hello` (postcard's variant tag 0, frozen with `Hello`'s layout).
+/// GatewayWorker's packets differ in that byte: it is their command code, never 0.
+pub fn is_opening(start: &[u8; OPENING]) -> bool {
+    let len = u32::from_be_bytes([start[0], start[1], start[2], start[3]]);
+    usize::try_from(len).is_ok_and(|len| len <= HANDSHAKE_MAX_FRAME) && start[4] == 0
+}
+
 /// Domain separation for the acceptor's proof.
 const ACCEPTOR_LABEL: &[u8] = b"wasmgate-server";
 
@@ -388,6 +400,32 @@ mod tests {
             connect_handshake(&mut cr, &mut cw, connector_secret, Peer::Worker),
             accept_handshake(&mut ar, &mut aw, acceptor_secret),
         )
+    }
+
+    #[tokio::test]
+    async fn a_hello_is_told_from_a_gatewayworker_packet_by_its_opening() {
+        let (a, mut b) = duplex(4096);
+        let mut writer = FrameWriter::new(a);
+        let hello = ToAcceptor::Hello {
+            version: PROTOCOL_VERSION,
+            role: Peer::Worker,
+            nonce: [7; 32],
+        };
+        writer.send(&hello).await.unwrap();
+        let mut start = [0; OPENING];
+        tokio::io::AsyncReadExt::read_exact(&mut b, &mut start)
+            .await
+            .unwrap();
+        assert!(is_opening(&start), "{start:?}");
+        // The rest of the frame still reads as the Hello once the opening is put back.
+        drop(writer);
+        let mut reader = FrameReader::new(b).after(&start);
+        assert_eq!(reader.recv::<ToAcceptor>().await.unwrap(), Some(hello));
+        // GatewayWorker's first packets: 202 and 200 (reference §9.4), 28 bytes and a body.
+        assert!(!is_opening(&[0, 0, 0, 50, 202]));
+        assert!(!is_opening(&[0, 0, 0, 60, 200]));
+        // A frame over the handshake's limit is not a handshake either.
+        assert!(!is_opening(&[0, 0, 1, 0, 0]));
     }
 
     #[tokio::test]

@@ -20,8 +20,8 @@ pub enum ToRegister {
     Gateway {
         /// The gateway's internal (worker-facing) address.
         address: SocketAddrV4,
-        /// Where PHP BusinessWorkers and GatewayClient reach it (`gatewayworker_internal`),
-        /// if it speaks GatewayWorker's protocol.
+        /// Where PHP BusinessWorkers and GatewayClient reach it, if it speaks GatewayWorker's
+        /// protocol (`gatewayworker = true`: `address` itself, so that client ids hold it).
         gatewayworker: Option<SocketAddrV4>,
     },
     /// "I am a worker host (or a push client); tell me where the gateways are."
