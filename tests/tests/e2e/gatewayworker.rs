@@ -853,3 +853,139 @@ async fn a_business_worker_that_reads_nothing_is_dropped() {
         .expect("the gateway kept the stalled worker's link");
     assert_eq!(bystander.ask("echo still").await, "still");
 }
+
+/// Where a composer `vendor` directory with GatewayWorker (`workerman/gateway-worker`, and
+/// optionally `workerman/gatewayclient`) is found for the interop test; its sources are not
+/// ours to ship.
+const GATEWAYWORKER_VENDOR: &str = "WASMGATE_GATEWAYWORKER_VENDOR";
+
+/// What the interop test needs: `php` on PATH and GatewayWorker's sources.
+fn php_and_gatewayworker() -> Result<std::path::PathBuf, wasmgate_tests::tools::Skip> {
+    use wasmgate_tests::tools::Skip;
+    let php = std::process::Command::new("php").arg("--version").output();
+    if !php.is_ok_and(|out| out.status.success()) {
+        return Err(Skip::new("no `php` on PATH"));
+    }
+    let vendor = std::env::var_os(GATEWAYWORKER_VENDOR)
+        .map(std::path::PathBuf::from)
+        .ok_or_else(|| {
+            Skip::new(format!(
+                "{GATEWAYWORKER_VENDOR} names no composer vendor directory with GatewayWorker"
+            ))
+        })?;
+    if !vendor.join("autoload.php").is_file() {
+        return Err(Skip::new(format!(
+            "{GATEWAYWORKER_VENDOR}: no autoload.php in {}",
+            vendor.display()
+        )));
+    }
+    Ok(vendor)
+}
+
+/// A PHP process, stopped (its whole process group: Workerman forks) when dropped.
+struct PhpProcess(std::process::Child);
+
+impl PhpProcess {
+    fn start(dir: &std::path::Path, script: &str) -> Self {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new("php")
+            .arg(script)
+            .arg("start")
+            .current_dir(dir)
+            .process_group(0)
+            .spawn()
+            .expect("php starts");
+        Self(child)
+    }
+}
+
+impl Drop for PhpProcess {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs a real PHP BusinessWorker (GatewayWorker's own code, with a small `Events` class)
+/// against wasmgate's register and gateway, and a real GatewayClient push; skipped loudly
+/// where PHP or GatewayWorker's sources are missing (they are not shipped with wasmgate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_php_business_worker_and_gateway_client_work_unchanged() {
+    let test = "gatewayworker::a_real_php_business_worker_and_gateway_client_work_unchanged";
+    let Some(vendor) = wasmgate_tests::tools::or_skip(php_and_gatewayworker(), test) else {
+        return;
+    };
+    let (register, compat, ws, internal) = (free_port(), free_port(), free_port(), free_port());
+    let _node = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n\
+             [register]\nlisten = \"127.0.0.1:{register}\"\n\
+             gatewayworker_listen = \"127.0.0.1:{compat}\"\n\
+             [[gateway]]\nlisten = \"ws://127.0.0.1:{ws}\"\napp = \"php:events\"\n\
+             internal_port = {internal}\ngatewayworker = true\n"
+        ),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let autoload = vendor.join("autoload.php");
+    // The Events class is the one a GatewayWorker user writes; nothing in it knows wasmgate.
+    let worker = format!(
+        "<?php\n\
+         require {autoload:?};\n\
+         use Workerman\\Worker;\n\
+         use GatewayWorker\\BusinessWorker;\n\
+         use GatewayWorker\\Lib\\Gateway;\n\
+         class Events {{\n\
+             public static function onMessage($client_id, $message) {{\n\
+                 $_SESSION['seen'] = ($_SESSION['seen'] ?? 0) + 1;\n\
+                 Gateway::sendToCurrentClient(\"php:$message:\" . $_SESSION['seen']);\n\
+             }}\n\
+         }}\n\
+         $worker = new BusinessWorker();\n\
+         $worker->name = 'events';\n\
+         $worker->count = 1;\n\
+         $worker->registerAddress = '127.0.0.1:{compat}';\n\
+         $worker->secretKey = '{SECRET}';\n\
+         $worker->eventHandler = 'Events';\n\
+         Worker::$pidFile = __DIR__ . '/worker.pid';\n\
+         Worker::$logFile = __DIR__ . '/worker.log';\n\
+         Worker::runAll();\n"
+    );
+    std::fs::write(dir.path().join("worker.php"), worker).expect("write worker.php");
+    let _worker = PhpProcess::start(dir.path(), "worker.php");
+
+    // Held until the BusinessWorker links, then answered by it, with its session kept.
+    let mut client = connect_ws(ws).await;
+    client.ask_until("hi", "php:hi:1").await;
+    assert_eq!(client.ask("again").await.split(':').next_back(), Some("2"));
+
+    // A PHP backend pushes through the register, as it does to GatewayWorker.
+    let push = format!(
+        "<?php\n\
+         require {autoload:?};\n\
+         $gateway = class_exists('GatewayClient\\\\Gateway') ? 'GatewayClient\\\\Gateway' : 'GatewayWorker\\\\Lib\\\\Gateway';\n\
+         $gateway::$registerAddress = '127.0.0.1:{compat}';\n\
+         $gateway::$secretKey = '{SECRET}';\n\
+         $gateway::sendToAll('pushed');\n\
+         echo $gateway::getAllClientIdCount(), \"\\n\";\n"
+    );
+    std::fs::write(dir.path().join("push.php"), push).expect("write push.php");
+    let pushed = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || {
+            std::process::Command::new("php")
+                .arg("push.php")
+                .current_dir(dir)
+                .output()
+                .expect("php runs")
+        }
+    })
+    .await
+    .expect("push script");
+    assert!(pushed.status.success(), "{pushed:?}");
+    assert_eq!(String::from_utf8_lossy(&pushed.stdout).trim(), "1");
+    assert_eq!(client.recv().await, "pushed");
+}
