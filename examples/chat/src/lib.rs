@@ -3,15 +3,16 @@
 //!
 //! The plugin keeps no state of its own. A logged-in client's nickname and room are in its
 //! session, its room membership is the gateway group `room:<name>` and the uid
-//! `<room>/<nickname>`, the online list is asked of the gateways whenever it changes, and each
-//! room's history is in the SQL database the host keeps for the app ([`history`]).
+//! `<room>/<nickname>`, the online list is asked of the gateways once per login (for the
+//! newcomer; the others hear `join` and `leave`), and each room's history is in the SQL
+//! database the host keeps for the app ([`history`]).
 //!
 //! Departures come from presence ([`Presence::on_uid_offline`]): whether a member closed,
 //! left, moved to another room or its gateway was lost, the uid it held goes offline once in
-//! the cluster, and that is when the room hears it left. Arrivals are announced by the login
-//! itself, which sends the newcomer the list too. So any instance can serve any event, and a hot reload,
-//! a trapped instance or a second worker host loses nothing; a restart of the server loses
-//! the sessions, not the history.
+//! the cluster, and that is when the room hears it left; nobody rescans the room's sessions for
+//! it. Arrivals are announced by the login itself, which sends the newcomer the list. So any
+//! instance can serve any event, and a hot reload, a trapped instance or a second worker host
+//! loses nothing; a restart of the server loses the sessions, not the history.
 
 mod history;
 
@@ -98,11 +99,13 @@ enum Event<'a> {
     /// To a client that logged in, right after `welcome` and before any live message: the
     /// room's last messages, oldest first. Not sent when the history database fails.
     History { room: &'a str, messages: &'a [Said] },
-    /// To the whole room whenever someone enters or leaves: everyone in it, sorted by name.
+    /// To a client that logged in: everyone in the room, sorted by name. From then on the
+    /// page keeps the list itself from `join` and `leave`.
     Users { room: &'a str, users: &'a [User] },
-    /// To the room: `user` entered.
+    /// To the room: `user` entered (add it to the list).
     Join { user: &'a User },
-    /// To the room: `user` left (or closed the connection).
+    /// To the room: `user` left or closed the connection (drop it from the list; a member who
+    /// logged in again under a new nickname keeps its id, so the name tells which entry).
     Leave { user: &'a User },
     /// A room message.
     Say { from: &'a User, text: &'a str },
@@ -253,14 +256,14 @@ fn login(client: &Client, name: &str, room: &str) -> Result<(), String> {
         Err(e) => log::warn(format!("no history for #{room}: {}", sql_error(&e))),
     }
     gateway::join_group(&client.id, &group(room)).map_err(failed)?;
+    // The room reads it in the join; only the newcomer needs the whole list.
     to_room(room, &Event::Join { user: &me }, &client.id);
-    to_room(
-        room,
+    send(
+        &client.id,
         &Event::Users {
             room,
             users: &users,
         },
-        "",
     );
     log::info(format!("{name} joined #{room}"));
     Ok(())
@@ -332,23 +335,10 @@ fn member_uid(room: &str, name: &str) -> String {
     format!("{room}/{name}")
 }
 
-/// Tells `me`'s room that `me` left, with the new online list.
+/// Tells `me`'s room that `me` left: its members drop `me` from their lists. No list is read
+/// again: presence says once in the cluster who left.
 fn announce_departure(me: &Member) {
     to_room(&me.room, &Event::Leave { user: &me.user }, &me.user.id);
-    // Its gateway let go of the uid after the client left the group (one callback's commands
-    // reach a gateway in order): nobody to leave out. A client that moved to a new nickname in
-    // the same room is listed under the new one.
-    match members(&me.room, "") {
-        Ok(users) => to_room(
-            &me.room,
-            &Event::Users {
-                room: &me.room,
-                users: &users,
-            },
-            "",
-        ),
-        Err(e) => log::warn(format!("no online list for #{}: {e}", me.room)),
-    }
 }
 
 /// Everyone in `room` as the gateways see it, except the client `except` (whose own change

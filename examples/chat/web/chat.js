@@ -15,7 +15,7 @@ const wsUrl =
   `ws://${location.hostname || '127.0.0.1'}:7272`;
 
 /** Who this page is once logged in, and whom the next message goes to (null: the room). */
-const state = { me: null, room: null, whisperTo: null };
+const state = { me: null, room: null, whisperTo: null, users: [] };
 
 const client = new WasmgateClient(wsUrl);
 
@@ -43,6 +43,35 @@ client.on('message', ({ detail }) => {
   (handlers[event.type] ?? (() => {}))(event);
 });
 
+function same(a, b) {
+  return a.id === b.id && a.name === b.name;
+}
+
+/** Shows `state.users`, sorted by name as the server sorts them (ignoring case). */
+function showUsers() {
+  const users = [...state.users].sort((a, b) => {
+    const [x, y] = [a.name.toLowerCase(), b.name.toLowerCase()];
+    return x < y ? -1 : x > y ? 1 : 0;
+  });
+  $('count').textContent = `(${users.length})`;
+  $('users').replaceChildren(
+    ...users.map((user) => {
+      const item = document.createElement('li');
+      item.textContent = user.name;
+      item.dataset.id = user.id;
+      if (user.id === state.me?.id) item.classList.add('me');
+      item.addEventListener('click', () => {
+        if (user.id !== state.me?.id) setWhisperTo(user);
+      });
+      return item;
+    }),
+  );
+  // Whispering to someone who left makes no sense any more.
+  if (state.whisperTo && !users.some((u) => u.id === state.whisperTo.id)) {
+    setWhisperTo(null);
+  }
+}
+
 const handlers = {
   hello(event) {
     $('hello').textContent = event.text;
@@ -54,6 +83,7 @@ const handlers = {
   welcome(event) {
     state.me = event.you;
     state.room = event.room;
+    state.users = [];
     $('login').hidden = true;
     $('chat').hidden = false;
     $('room-title').textContent = `#${event.room}`;
@@ -64,23 +94,8 @@ const handlers = {
   },
   users(event) {
     if (event.room !== state.room) return;
-    $('count').textContent = `(${event.users.length})`;
-    $('users').replaceChildren(
-      ...event.users.map((user) => {
-        const item = document.createElement('li');
-        item.textContent = user.name;
-        item.dataset.id = user.id;
-        if (user.id === state.me?.id) item.classList.add('me');
-        item.addEventListener('click', () => {
-          if (user.id !== state.me?.id) setWhisperTo(user);
-        });
-        return item;
-      }),
-    );
-    // Whispering to someone who left makes no sense any more.
-    if (state.whisperTo && !event.users.some((u) => u.id === state.whisperTo.id)) {
-      setWhisperTo(null);
-    }
+    state.users = event.users;
+    showUsers();
   },
   history(event) {
     // It comes right after the welcome: older lines go above it, marked as history.
@@ -93,9 +108,14 @@ const handlers = {
   },
   join(event) {
     addLine('system', `${event.user.name} joined`);
+    state.users = [...state.users.filter((u) => !same(u, event.user)), event.user];
+    showUsers();
   },
   leave(event) {
     addLine('system', `${event.user.name} left`);
+    // By id and name: someone who logged in again under a new nickname keeps the id.
+    state.users = state.users.filter((u) => !same(u, event.user));
+    showUsers();
   },
   say(event) {
     addLine('say', event.text, event.from.name);

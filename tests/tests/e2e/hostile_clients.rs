@@ -239,7 +239,15 @@ async fn a_handshake_from_an_origin_not_allowed_is_refused_with_403() {
             Ok(_) => panic!("{origin:?} was let in"),
         }
     }
-    assert_eq!(count(&gateway.gateway.counters.origins_refused), 2);
+    // The 403 goes out before the gateway counts it: wait for the count, then check it.
+    let refused = &gateway.gateway.counters.origins_refused;
+    let counted = async {
+        while count(refused) < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), counted).await;
+    assert_eq!(count(refused), 2);
     assert_eq!(gateway.gateway.state.client_count(), 1);
     assert_eq!(bystander.ask("echo after").await, "after");
     cluster.stop().await;
