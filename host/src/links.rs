@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::client_id::{ClientId, ClientMap};
-use crate::local::{DirectCommands, LinkReader, LocalGateways};
+use crate::local::{LinkReader, LocalGateways};
 use crate::ops::{
     Command, CommandFuture, Gateways, PluginReport, Query, QueryFuture, Reply, Unreachable,
     WorkerReport,
@@ -319,8 +319,6 @@ impl EventSink for NoEvents {
 /// One gateway link.
 struct GatewayLink {
     queue: LinkSender<ToGateway>,
-    /// In-process, where commands run without the queue.
-    direct: Option<Arc<dyn DirectCommands>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     /// Over TCP, to a gateway of another process (else in-process).
     remote: bool,
@@ -329,20 +327,12 @@ struct GatewayLink {
 }
 
 impl GatewayLink {
-    /// Sends `command` (of `weight` bytes framed), or runs it at once on a gateway of this
-    /// process; false if the link is gone.
+    /// Queues `command` (of `weight` bytes framed); false if the link is gone.
     async fn command(&self, command: Command, weight: usize) -> bool {
-        match &self.direct {
-            Some(direct) => {
-                direct.execute(command);
-                true
-            }
-            None => self
-                .queue
-                .send_weighing(ToGateway::Command(command), weight)
-                .await
-                .is_ok(),
-        }
+        self.queue
+            .send_weighing(ToGateway::Command(command), weight)
+            .await
+            .is_ok()
     }
 }
 
@@ -536,12 +526,7 @@ impl GatewayLinks {
         let dial = async {
             Ok::<_, LinkError>(
                 match self.local.dial(addr, self.role, self.queue_bytes).await {
-                    Some(local) => (
-                        local.queue,
-                        LinkReader::Local(local.inbound),
-                        Some(local.commands),
-                        None,
-                    ),
+                    Some((queue, inbound)) => (queue, LinkReader::Local(inbound), None),
                     None => {
                         let socket = TcpStream::connect(addr).await.map_err(LinkError::Connect)?;
                         socket.set_nodelay(true).map_err(LinkError::Connect)?;
@@ -560,18 +545,17 @@ impl GatewayLinks {
                         let stall = self.ping_interval * SILENT_INTERVALS;
                         let writing =
                             AbortOnDropHandle::new(tokio::spawn(writer.forward(outgoing, stall)));
-                        (queue, LinkReader::Tcp(reader), None, Some(writing))
+                        (queue, LinkReader::Tcp(reader), Some(writing))
                     }
                 },
             )
         };
-        let (queue, mut reader, direct, writing) = tokio::select! {
+        let (queue, mut reader, writing) = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             linked = dial => linked?,
         };
         let link = Arc::new(GatewayLink {
             queue: queue.clone(),
-            direct,
             pending: Mutex::new(HashMap::new()),
             remote: writing.is_some(),
             left: watch::channel(false).0,

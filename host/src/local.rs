@@ -6,12 +6,6 @@
 //! does not need to do to talk to itself: encoding, system calls, and the handshake (both ends
 //! were given the secret by the same configuration). Registers still see every gateway and
 //! worker host, so the rest of the cluster cannot tell the difference.
-//!
-//! One message takes a shorter path: a command ([`ToGateway::Command`]) runs on the gateway's
-//! state at once, in the task that sends it ([`DirectCommands`]), instead of waking the
-//! gateway's link task for each one. Order holds: a worker host's commands ran before anything
-//! it queues after them (the acknowledgement of their event among it), and the plugin waits
-//! for each command as before.
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -21,7 +15,6 @@ use serde::de::DeserializeOwned;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ops::Command;
 use crate::wire::codec::{FrameReader, WireError};
 use crate::wire::handshake::Peer;
 use crate::wire::messages::{ToGateway, ToWorker};
@@ -40,44 +33,16 @@ pub struct LocalLink {
     pub accepted: oneshot::Sender<LinkReceiver<ToWorker>>,
 }
 
-/// Runs a gateway's commands at once, in the caller's task (see the module doc).
-pub trait DirectCommands: Send + Sync {
-    /// Executes `command` on the gateway's clients.
-    fn execute(&self, command: Command);
-}
-
-/// An in-process link as its worker host (or push client) holds it.
-pub struct LocalDial {
-    /// What the worker host queues for the gateway.
-    pub queue: LinkSender<ToGateway>,
-    /// What the gateway sends.
-    pub inbound: LinkReceiver<ToWorker>,
-    /// Where the worker host's commands run.
-    pub commands: Arc<dyn DirectCommands>,
-}
-
-/// A gateway's offer of in-process links.
-#[derive(Clone)]
-struct Offer {
-    requests: mpsc::Sender<LocalLink>,
-    commands: Arc<dyn DirectCommands>,
-}
-
 /// The gateways of this process that accept in-process links, by internal address.
 #[derive(Clone, Default)]
-pub struct LocalGateways(Arc<Mutex<HashMap<SocketAddrV4, Offer>>>);
+pub struct LocalGateways(Arc<Mutex<HashMap<SocketAddrV4, mpsc::Sender<LocalLink>>>>);
 
 impl LocalGateways {
-    /// Makes the gateway at `address` reachable in-process, running linked commands on
-    /// `commands`; its link requests arrive on the returned channel until
-    /// [`withdraw`](Self::withdraw).
-    pub fn offer(
-        &self,
-        address: SocketAddrV4,
-        commands: Arc<dyn DirectCommands>,
-    ) -> mpsc::Receiver<LocalLink> {
-        let (requests, rx) = mpsc::channel(16);
-        self.lock().insert(address, Offer { requests, commands });
+    /// Makes the gateway at `address` reachable in-process; its link requests arrive on the
+    /// returned channel until [`withdraw`](Self::withdraw).
+    pub fn offer(&self, address: SocketAddrV4) -> mpsc::Receiver<LocalLink> {
+        let (tx, rx) = mpsc::channel(16);
+        self.lock().insert(address, tx);
         rx
     }
 
@@ -86,14 +51,19 @@ impl LocalGateways {
         self.lock().remove(&address);
     }
 
-    /// Links to the gateway at `address` if it runs in this process, with a queue of at most
-    /// `bytes` towards it. `None` means "not here, use the network".
-    pub async fn dial(&self, address: SocketAddrV4, role: Peer, bytes: usize) -> Option<LocalDial> {
+    /// Links to the gateway at `address` if it runs in this process: returns the sender for
+    /// what the worker host sends (a queue of at most `bytes`) and the receiver for what the
+    /// gateway sends. `None` means "not here, use the network".
+    pub async fn dial(
+        &self,
+        address: SocketAddrV4,
+        role: Peer,
+        bytes: usize,
+    ) -> Option<(LinkSender<ToGateway>, LinkReceiver<ToWorker>)> {
         let gateway = self.lock().get(&address).cloned()?;
-        let (queue, inbound) = queue::channel(LOCAL_QUEUE, bytes, Towards::Gateway);
+        let (to_gateway, inbound) = queue::channel(LOCAL_QUEUE, bytes, Towards::Gateway);
         let (accepted, answer) = oneshot::channel();
         gateway
-            .requests
             .send(LocalLink {
                 role,
                 inbound,
@@ -101,14 +71,11 @@ impl LocalGateways {
             })
             .await
             .ok()?;
-        Some(LocalDial {
-            queue,
-            inbound: answer.await.ok()?,
-            commands: gateway.commands,
-        })
+        let from_gateway = answer.await.ok()?;
+        Some((to_gateway, from_gateway))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddrV4, Offer>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddrV4, mpsc::Sender<LocalLink>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

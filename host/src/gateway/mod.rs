@@ -151,7 +151,7 @@ impl BoundGateway {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let address = self.internal_addr();
-        let local_links = local.offer(address, self.gateway.state.clone());
+        let local_links = local.offer(address);
         tracing::info!(
             gateway = %self.config.name(),
             listen = %self.config.listen,

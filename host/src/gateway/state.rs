@@ -24,7 +24,6 @@ use tokio::sync::Notify;
 use super::counters::Counters;
 use super::outbox::{Close, Outbound, Outbox};
 use crate::client_id::{ClientHasher, ClientId};
-use crate::local::DirectCommands;
 use crate::ops::{
     ClusterView, Command, GatewayView, GroupMembers, Query, Reply, Session, check_name,
     check_session_bytes, session_bytes, session_bytes_after,
@@ -44,12 +43,6 @@ struct ClientEntry {
     session_version: u64,
     /// Whether a refused command of this client was logged yet.
     warned: bool,
-}
-
-impl DirectCommands for GatewayState {
-    fn execute(&self, command: Command) {
-        GatewayState::execute(self, command);
-    }
 }
 
 /// Client indexes of this gateway, sorted and distinct: lists from commands are short, so a
