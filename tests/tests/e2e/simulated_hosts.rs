@@ -92,17 +92,20 @@ async fn broadcasts_seen(client: &mut TestClient, last: usize) -> [Vec<usize>; 2
     seen
 }
 
-/// Whether one publisher's messages as a survivor saw them are in order, none twice, all of
-/// the first ones and all from shortly after the loss on, and what is missing one run before
-/// that: the events the lost host held.
+/// Whether one publisher's messages as a survivor saw them are in order, none twice, all from
+/// shortly after the loss on, and what is missing one run before that, no longer than the
+/// publisher's window: the events the lost host held (a gateway hands a host at most
+/// `max_events_in_flight` of one client's events; how far behind the host ran when it died
+/// depends on the machine's load).
 fn held_by_the_lost_host_at_most(seen: &[usize]) -> bool {
     // 200 ms of the stream after the kill: by then the loss is seen and routed around.
     const SETTLED: usize = BEFORE_LOSS + 20;
+    // `max_events_in_flight`'s default, which the test's gateways keep.
+    const WINDOW: usize = 64;
     let ordered = seen.windows(2).all(|w| w[0] < w[1]);
     let missing: Vec<usize> = (0..MESSAGES).filter(|n| !seen.contains(n)).collect();
     let one_run = missing.windows(2).all(|w| w[1] == w[0] + 1);
-    let early = BEFORE_LOSS / 4;
-    ordered && one_run && missing.iter().all(|&n| (early..SETTLED).contains(&n))
+    ordered && one_run && missing.len() <= WINDOW && missing.iter().all(|&n| n < SETTLED)
 }
 
 /// Register mesh, three hosts, host B killed (SIGKILL) while a group broadcast runs: every
