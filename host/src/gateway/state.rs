@@ -45,11 +45,19 @@ struct ClientEntry {
     warned: bool,
 }
 
-/// Client indexes of this gateway, sorted and distinct: lists from commands are short, so a
-/// sorted vector beats hashing them into a set per command.
-struct LocalIndexes(Vec<u32>);
+/// Client indexes of this gateway, sorted and distinct: a sorted vector beats hashing a
+/// command's short lists into a set, or a broadcast's thousands into a tree, and delivers in
+/// the order the clients connected.
+struct Indexes(Vec<u32>);
 
-impl LocalIndexes {
+impl Indexes {
+    fn distinct(indexes: impl Iterator<Item = u32>) -> Self {
+        let mut indexes: Vec<u32> = indexes.collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        Self(indexes)
+    }
+
     fn contains(&self, index: &u32) -> bool {
         self.0.binary_search(index).is_ok()
     }
@@ -315,13 +323,9 @@ impl GatewayState {
                 }
             }
             Command::SendToUid { uids, data } => {
-                let targets: BTreeSet<u32> = uids
-                    .iter()
-                    .filter_map(|u| c.uids.get(u))
-                    .flatten()
-                    .copied()
-                    .collect();
-                c.send_to(targets.into_iter(), &data);
+                let targets =
+                    Indexes::distinct(uids.iter().filter_map(|u| c.uids.get(u)).flatten().copied());
+                c.send_to(targets.0.into_iter(), &data);
             }
             Command::JoinGroup { client, group } => {
                 let Some(e) = self.entry(c, client) else {
@@ -361,18 +365,15 @@ impl GatewayState {
                 exclude,
             } => {
                 let exclude = self.local_indexes(&exclude);
-                // Members in index order, each once: a sorted vector, not a tree, for a
-                // broadcast to thousands; delivered in the order the clients connected.
-                let mut targets: Vec<u32> = groups
-                    .iter()
-                    .filter_map(|g| c.groups.get(g))
-                    .flatten()
-                    .filter(|i| !exclude.contains(i))
-                    .copied()
-                    .collect();
-                targets.sort_unstable();
-                targets.dedup();
-                c.send_to(targets.into_iter(), &data);
+                let targets = Indexes::distinct(
+                    groups
+                        .iter()
+                        .filter_map(|g| c.groups.get(g))
+                        .flatten()
+                        .filter(|i| !exclude.contains(i))
+                        .copied(),
+                );
+                c.send_to(targets.0.into_iter(), &data);
             }
             Command::SetSession { client, session } => {
                 let Some(e) = self.entry(c, client) else {
@@ -525,15 +526,12 @@ impl GatewayState {
     }
 
     /// The indexes of the ids that are this gateway's, each once.
-    fn local_indexes(&self, ids: &[ClientId]) -> LocalIndexes {
-        let mut indexes: Vec<u32> = ids
-            .iter()
-            .filter(|id| id.gateway == self.address)
-            .map(|id| id.index)
-            .collect();
-        indexes.sort_unstable();
-        indexes.dedup();
-        LocalIndexes(indexes)
+    fn local_indexes(&self, ids: &[ClientId]) -> Indexes {
+        Indexes::distinct(
+            ids.iter()
+                .filter(|id| id.gateway == self.address)
+                .map(|id| id.index),
+        )
     }
 
     fn entry<'a>(&self, c: &'a mut Clients, id: ClientId) -> Option<&'a mut ClientEntry> {

@@ -71,12 +71,19 @@ fn text(body: &Bytes, out: &mut Messages) -> Result<(), RawError> {
     Ok(())
 }
 
+/// The `N` bytes of `body` at `at`, or `Truncated` where it ends first.
+fn bytes_at<const N: usize>(body: &[u8], at: usize) -> Result<[u8; N], RawError> {
+    at.checked_add(N)
+        .and_then(|end| body.get(at..end))
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or(RawError::Truncated)
+}
+
 /// Frame: a 4-byte big-endian total length (header included), then the payload.
 fn frames(body: &Bytes, out: &mut Messages) -> Result<(), RawError> {
     let mut at = 0;
     while at < body.len() {
-        let header = body.get(at..at + 4).ok_or(RawError::Truncated)?;
-        let len = u32::from_be_bytes(header.try_into().expect("4 bytes")) as usize;
+        let len = u32::from_be_bytes(bytes_at(body, at)?) as usize;
         if len < 4 {
             return Err(RawError::BadLength);
         }
@@ -104,14 +111,14 @@ fn websocket(body: &Bytes, out: &mut Messages) -> Result<(), RawError> {
         at += 2;
         let len = match head[1] & 0x7f {
             126 => {
-                let bytes = body.get(at..at + 2).ok_or(RawError::Truncated)?;
+                let len = u16::from_be_bytes(bytes_at(body, at)?);
                 at += 2;
-                u64::from(u16::from_be_bytes(bytes.try_into().expect("2 bytes")))
+                u64::from(len)
             }
             127 => {
-                let bytes = body.get(at..at + 8).ok_or(RawError::Truncated)?;
+                let len = u64::from_be_bytes(bytes_at(body, at)?);
                 at += 8;
-                u64::from_be_bytes(bytes.try_into().expect("8 bytes"))
+                len
             }
             short => u64::from(short),
         };
@@ -128,7 +135,9 @@ fn websocket(body: &Bytes, out: &mut Messages) -> Result<(), RawError> {
             (0, Some(joined)) => {
                 joined.extend_from_slice(&payload);
                 if fin {
-                    out.push(Bytes::from(fragments.take().expect("some")))?;
+                    let whole = std::mem::take(joined);
+                    fragments = None;
+                    out.push(Bytes::from(whole))?;
                 }
             }
             (8..=10, _) => {}
