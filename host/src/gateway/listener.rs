@@ -268,11 +268,16 @@ async fn websocket<S>(
     // A task's allocation is sized for its largest state, kept for the connection's whole
     // life: boxing the handshake (TLS and upgrade buffers) frees it once the client is in,
     // and boxing the connection keeps the two from adding up.
-    let accepted = tokio::time::timeout(config.handshake_timeout, Box::pin(handshake))
+    // The refused socket is closed only when `handshake` drops, after the refusal is counted:
+    // whoever sees the close sees the counter too.
+    let mut handshake = Box::pin(tokio::time::timeout(config.handshake_timeout, handshake));
+    let accepted = handshake
+        .as_mut()
         .await
         .unwrap_or(Err(AcceptError::TimedOut(config.handshake_timeout)));
     match accepted {
         Ok((inbound, outbound, request)) => {
+            drop(handshake);
             Box::pin(conn::serve(
                 shared,
                 remote,
