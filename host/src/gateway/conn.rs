@@ -13,14 +13,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::counters::Counters;
 use super::heartbeat::{Beat, Heartbeat, HeartbeatConfig};
 use super::outbox::{Close, Kill, Outbound, Outbox, OutboxReader, outbox};
-use super::protocol::ReadError;
+use super::protocol::{Inbound, ReadError};
 use super::router::{Binding, Router, Unrouted};
 use super::state::GatewayState;
 use crate::client_id::ClientId;
@@ -72,7 +71,7 @@ pub async fn serve<R, W>(
     mut outbound: W,
     handshake: Option<WebSocketRequest>,
 ) where
-    R: Stream<Item = Result<Bytes, ReadError>> + Unpin,
+    R: Stream<Item = Result<Inbound, ReadError>> + Unpin,
     W: Sink<Outbound> + Unpin,
 {
     let (outbox, queue) = outbox(shared.send_buffer);
@@ -170,7 +169,7 @@ async fn read<R>(
     handshake: Option<WebSocketRequest>,
 ) -> End
 where
-    R: Stream<Item = Result<Bytes, ReadError>> + Unpin,
+    R: Stream<Item = Result<Inbound, ReadError>> + Unpin,
 {
     let mut heartbeat = Heartbeat::start(&link.shared.heartbeat);
     let idle_timeout = link.shared.idle_timeout;
@@ -225,7 +224,7 @@ where
                 }
             }
             message = inbound.next() => match message {
-                Some(Ok(data)) => {
+                Some(Ok(Inbound::Message(data))) => {
                     heartbeat.heard();
                     if !idle_timeout.is_zero() {
                         last_message = tokio::time::Instant::now();
@@ -235,6 +234,12 @@ where
                         return End::Done;
                     }
                 }
+                // Over budget, the push kills the connection: a client that pings without
+                // reading fills only its own queue.
+                Some(Ok(Inbound::Ping(data))) => {
+                    outbox.push(Outbound::Pong(data));
+                }
+                Some(Ok(Inbound::Close)) => return End::Close(Close::Normal(None)),
                 Some(Err(e)) => return read_failed(link, e),
                 None => return End::Done,
             },
@@ -344,6 +349,8 @@ mod tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
+    use bytes::Bytes;
+
     use super::*;
     use crate::gateway::heartbeat::Ping;
     use crate::gateway::state::ClientLimits;
@@ -398,7 +405,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_client_task_leaves_no_ghost_client() {
         let (shared, state) = shared();
-        let inbound = futures_util::stream::pending::<Result<Bytes, ReadError>>();
+        let inbound = futures_util::stream::pending::<Result<Inbound, ReadError>>();
         let remote = "127.0.0.1:1".parse().unwrap();
         let task = tokio::spawn(serve(shared, remote, inbound, PanickingSink, None));
         while state.client_count() == 0 {
@@ -423,7 +430,7 @@ mod tests {
     fn an_idle_connection_fits_its_budget() {
         const BUDGET: usize = 4096;
         let (shared, _) = shared();
-        let inbound: Pin<Box<dyn Stream<Item = Result<Bytes, ReadError>> + Send>> =
+        let inbound: Pin<Box<dyn Stream<Item = Result<Inbound, ReadError>> + Send>> =
             Box::pin(futures_util::stream::pending());
         let outbound: Pin<Box<dyn Sink<Outbound, Error = std::io::Error> + Send>> =
             Box::pin(futures_util::sink::drain().sink_map_err(|never| match never {}));

@@ -10,19 +10,20 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_rustls::server::TlsStream;
 use tokio_util::task::TaskTracker;
 
 use super::conn::{self, ConnShared};
 use super::counters::Counters;
-use super::outbox::Outbound;
-use super::protocol::{self, ReadError, frame::Frames, text::Lines, ws};
+use super::protocol::reader::MessageReader;
+use super::protocol::writer::MessageWriter;
+use super::protocol::ws::{self, WsFraming};
+use super::protocol::{Framing, frame::Frames, text::Lines};
 
 /// The protocol a listener speaks, with what it needs to speak it.
 pub enum Transport {
@@ -63,7 +64,7 @@ enum AcceptError {
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
     #[error("WebSocket handshake failed: {0}")]
-    WebSocket(tungstenite::Error),
+    WebSocket(ws::HandshakeError),
     #[error("WebSocket handshake refused with 403: origin {0:?} is not in allowed_origins")]
     Origin(Option<String>),
     #[error("handshake not completed within handshake_timeout ({0:?})")]
@@ -188,18 +189,51 @@ fn holding(
     });
 }
 
-/// Serves a client of a length-delimited protocol (`text`, `frame`) spoken with `codec`.
-async fn framed<C>(socket: TcpStream, codec: C, shared: ConnShared, remote: SocketAddr)
-where
-    C: Decoder<Item = Bytes, Error = ReadError>
-        + Encoder<Outbound, Error = std::io::Error>
-        + Clone
-        + Send
-        + 'static,
-{
-    let (r, w) = socket.into_split();
-    let (inbound, outbound) = protocol::framed(r, w, codec);
+/// Serves a client of a length-delimited protocol (`text`, `frame`) spoken with `framing`.
+async fn framed<F: Framing + Send>(
+    mut socket: TcpStream,
+    framing: F,
+    shared: ConnShared,
+    remote: SocketAddr,
+) {
+    let (r, w) = socket.halves();
+    let inbound = MessageReader::new(r, framing.clone(), BytesMut::new());
+    let outbound = MessageWriter::new(w, framing);
     conn::serve(shared, remote, inbound, outbound, None).await;
+}
+
+/// A stream whose reading and writing sides a connection uses at once.
+trait Halves: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The reading side.
+    type Read<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    /// The writing side.
+    type Write<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+    /// Both sides, borrowed.
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
+}
+
+/// TCP's sides are the socket itself, split for free.
+impl Halves for TcpStream {
+    type Read<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Write<'a> = tokio::net::tcp::WriteHalf<'a>;
+
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        self.split()
+    }
+}
+
+/// TLS's sides share one session state, behind tokio's lock.
+impl Halves for TlsStream<TcpStream> {
+    type Read<'a> = tokio::io::ReadHalf<&'a mut Self>;
+    type Write<'a> = tokio::io::WriteHalf<&'a mut Self>;
+
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        tokio::io::split(self)
+    }
 }
 
 /// The connections each IP address holds, for `max_connections_per_ip`.
@@ -248,43 +282,43 @@ impl Drop for IpSlot {
 }
 
 /// Upgrades the stream `transport` yields to WebSocket and serves the client.
-async fn websocket<S>(
+async fn websocket<S: Halves>(
     transport: impl Future<Output = Result<S, AcceptError>>,
     remote: SocketAddr,
     config: &ListenerConfig,
     shared: ConnShared,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     let handshake = async {
-        let stream = transport.await?;
-        ws::accept(stream, config.max_message_size, &config.allowed_origins)
+        let mut stream = transport.await?;
+        let (request, rest) = ws::accept(&mut stream, &config.allowed_origins)
             .await
             .map_err(|e| match e {
                 ws::HandshakeError::Origin(origin) => AcceptError::Origin(origin),
-                ws::HandshakeError::WebSocket(e) => AcceptError::WebSocket(e),
-            })
+                e => AcceptError::WebSocket(e),
+            })?;
+        Ok((stream, request, rest))
     };
     // A task's allocation is sized for its largest state, kept for the connection's whole
     // life: boxing the handshake (TLS and upgrade buffers) frees it once the client is in,
-    // and boxing the connection keeps the two from adding up.
-    // The refused socket is closed only when `handshake` drops, after the refusal is counted:
-    // whoever sees the close sees the counter too.
+    // and boxing the connection keeps the two from adding up. The refused socket is closed
+    // only when `handshake` drops, after the refusal is counted: whoever sees the close sees
+    // the counter too.
     let mut handshake = Box::pin(tokio::time::timeout(config.handshake_timeout, handshake));
     let accepted = handshake
         .as_mut()
         .await
         .unwrap_or(Err(AcceptError::TimedOut(config.handshake_timeout)));
     match accepted {
-        Ok((inbound, outbound, request)) => {
+        Ok((mut stream, request, rest)) => {
             drop(handshake);
-            Box::pin(conn::serve(
-                shared,
-                remote,
-                inbound,
-                outbound,
-                Some(request),
-            ))
+            let max = config.max_message_size;
+            Box::pin(async move {
+                let (r, w) = stream.halves();
+                let framing = WsFraming::new(max);
+                let inbound = MessageReader::new(r, framing.clone(), rest);
+                let outbound = MessageWriter::new(w, framing);
+                conn::serve(shared, remote, inbound, outbound, Some(request)).await;
+            })
             .await;
         }
         Err(e @ AcceptError::Origin(_)) => {

@@ -50,6 +50,8 @@ pub enum Outbound {
     /// A WebSocket ping frame with this payload (the heartbeat); other protocols have none
     /// and write nothing.
     Ping(Bytes),
+    /// A WebSocket pong frame, the answer to a client's ping.
+    Pong(Bytes),
     /// Close the connection once what was queued before is written.
     Close(Close),
 }
@@ -154,7 +156,7 @@ pub fn outbox(budget: usize) -> (Outbox, OutboxReader) {
 fn cost(message: &Outbound) -> usize {
     ITEM_COST
         + match message {
-            Outbound::Data(data) | Outbound::Ping(data) => data.len(),
+            Outbound::Data(data) | Outbound::Ping(data) | Outbound::Pong(data) => data.len(),
             Outbound::Close(Close::Normal(farewell)) => farewell.as_ref().map_or(0, Bytes::len),
             Outbound::Close(_) => 0,
         }

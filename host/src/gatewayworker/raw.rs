@@ -10,6 +10,7 @@
 use bytes::Bytes;
 
 use crate::config::Protocol;
+use crate::gateway::protocol::ws::FrameHeader;
 
 /// Most messages one raw body may hold: PHP batches a few frames into one write; a body of
 /// thousands of empty lines must not become thousands of allocations.
@@ -103,26 +104,14 @@ fn websocket(body: &Bytes, out: &mut Messages) -> Result<(), RawError> {
     let mut fragments: Option<Vec<u8>> = None;
     let mut at = 0;
     while at < body.len() {
-        let head = body.get(at..at + 2).ok_or(RawError::Truncated)?;
-        let (fin, opcode) = (head[0] & 0x80 != 0, head[0] & 0x0f);
-        if head[0] & 0x70 != 0 || head[1] & 0x80 != 0 {
-            return Err(RawError::BadFrame);
-        }
-        at += 2;
-        let len = match head[1] & 0x7f {
-            126 => {
-                let len = u16::from_be_bytes(bytes_at(body, at)?);
-                at += 2;
-                u64::from(len)
-            }
-            127 => {
-                let len = u64::from_be_bytes(bytes_at(body, at)?);
-                at += 8;
-                len
-            }
-            short => u64::from(short),
+        let header = match FrameHeader::parse(&body[at..]) {
+            Ok(Some(header)) if header.mask.is_none() => header,
+            Ok(Some(_)) | Err(_) => return Err(RawError::BadFrame),
+            Ok(None) => return Err(RawError::Truncated),
         };
-        let end = usize::try_from(len)
+        at += header.size;
+        let (fin, opcode) = (header.fin, header.opcode);
+        let end = usize::try_from(header.len)
             .ok()
             .and_then(|len| at.checked_add(len))
             .filter(|end| *end <= body.len())

@@ -7,17 +7,13 @@
 //! alone reserves little: the buffer grows with the bytes that really arrive, so connections
 //! that announce large frames and send nothing more do not pin `max_message_size` each.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder};
+use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{ReadError, payload};
+use super::{Decoded, Framing, Inbound, ReadError, payload};
 use crate::gateway::outbox::Outbound;
 
 /// The length prefix's size.
 const PREFIX: usize = 4;
-
-/// Most a frame's announced length reserves ahead of the bytes received.
-const READ_AHEAD: usize = 64 * 1024;
 
 /// Length-prefixed messages, each at most `max` bytes of payload.
 #[derive(Debug, Clone, Copy)]
@@ -34,15 +30,12 @@ impl Frames {
     }
 }
 
-impl Decoder for Frames {
-    type Item = Bytes;
-    type Error = ReadError;
-
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, ReadError> {
-        let Some(prefix) = buf.get(..PREFIX) else {
-            return Ok(None);
+impl Framing for Frames {
+    fn decode(&mut self, buf: &[u8]) -> Result<Decoded, ReadError> {
+        let Some(prefix) = buf.first_chunk::<PREFIX>() else {
+            return Ok(Decoded::Incomplete);
         };
-        let total = u32::from_be_bytes(prefix.try_into().expect("four bytes")) as usize;
+        let total = u32::from_be_bytes(*prefix) as usize;
         let Some(len) = total.checked_sub(PREFIX) else {
             return Err(ReadError::Malformed(format!(
                 "frame length {total} is shorter than its own 4-byte prefix"
@@ -51,19 +44,16 @@ impl Decoder for Frames {
         if len > self.max {
             return Err(ReadError::TooLarge(self.max));
         }
-        if buf.len() < total {
-            buf.reserve((total - buf.len()).min(READ_AHEAD));
-            return Ok(None);
-        }
-        buf.advance(PREFIX);
-        Ok(Some(buf.split_to(len).freeze()))
+        let Some(data) = buf.get(PREFIX..total) else {
+            return Ok(Decoded::Incomplete);
+        };
+        Ok(Decoded::Item(
+            total,
+            Inbound::Message(Bytes::copy_from_slice(data)),
+        ))
     }
-}
 
-impl Encoder<Outbound> for Frames {
-    type Error = std::io::Error;
-
-    fn encode(&mut self, item: Outbound, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+    fn encode(&self, item: Outbound, dst: &mut BytesMut) -> std::io::Result<()> {
         let Some(data) = payload(item) else {
             return Ok(());
         };
@@ -83,31 +73,27 @@ impl Encoder<Outbound> for Frames {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::protocol::decode_next;
+
+    fn message(codec: &mut Frames, buf: &mut BytesMut) -> Option<Bytes> {
+        match decode_next(codec, buf).unwrap()? {
+            Inbound::Message(m) => Some(m),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn decodes_split_and_joined_frames() {
         let mut codec = Frames::new(16);
         let mut buf = BytesMut::from(&b"\0\0"[..]);
-        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(message(&mut codec, &mut buf).is_none());
         buf.extend_from_slice(b"\0\x06h");
-        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(message(&mut codec, &mut buf).is_none());
         buf.extend_from_slice(b"i\0\0\0\x04\0\0\0\x07abc");
-        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "hi");
-        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "");
-        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "abc");
+        assert_eq!(message(&mut codec, &mut buf).unwrap(), "hi");
+        assert_eq!(message(&mut codec, &mut buf).unwrap(), "");
+        assert_eq!(message(&mut codec, &mut buf).unwrap(), "abc");
         assert!(buf.is_empty());
-    }
-
-    #[test]
-    fn a_large_announced_frame_reserves_only_what_arrives() {
-        let mut codec = Frames::new(16 << 20);
-        let mut buf = BytesMut::from(&(16u32 << 20).to_be_bytes()[..]);
-        assert!(codec.decode(&mut buf).unwrap().is_none());
-        assert!(
-            buf.capacity() <= 2 * READ_AHEAD,
-            "{} reserved",
-            buf.capacity()
-        );
     }
 
     #[test]
@@ -124,12 +110,12 @@ mod tests {
         let mut codec = Frames::new(4);
         let mut buf = BytesMut::from(&b"\0\0\0\x09"[..]);
         assert!(matches!(
-            codec.decode(&mut buf),
+            decode_next(&mut codec, &mut buf),
             Err(ReadError::TooLarge(4))
         ));
         let mut buf = BytesMut::from(&b"\0\0\0\x03"[..]);
         assert!(matches!(
-            codec.decode(&mut buf),
+            decode_next(&mut codec, &mut buf),
             Err(ReadError::Malformed(_))
         ));
     }

@@ -1,16 +1,21 @@
-//! Client protocols: each turns a socket into a stream of inbound messages and a sink of
-//! [`Outbound`] items for [`super::conn::serve`], which knows nothing of the protocol.
+//! Client protocols: each is a [`Framing`] (how messages are cut from a client's bytes and put
+//! on them), and [`reader::MessageReader`] / [`writer::MessageWriter`] turn a socket and a
+//! framing into the stream of inbound messages and the sink of [`Outbound`] items that
+//! [`super::conn::serve`] works with, knowing nothing of the protocol.
 //!
-//! The length-delimited protocols (`text`, `frame`) are `tokio_util` codecs; `ws` wraps
-//! tungstenite; `tls` is the transport under `wss`.
+//! The framings are our own, not a WebSocket library's or tokio-util's codecs, for memory:
+//! those keep a read buffer (and a write buffer) per connection for its whole life, and most
+//! connections are idle most of the time. Here a connection holds bytes only while a message
+//! is unfinished or unwritten (see the reader's and writer's module docs).
 
 pub mod frame;
+pub mod reader;
 pub mod text;
 pub mod tls;
+pub mod writer;
 pub mod ws;
 
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::outbox::{Close, Outbound};
 
@@ -38,28 +43,67 @@ impl ReadError {
     }
 }
 
-/// Initial read buffer per connection; larger messages grow it. tokio-util's default (8 KiB)
-/// is paid by every idle connection.
-const READ_BUFFER: usize = 1024;
+/// What a client sent, as its connection sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A message.
+    Message(Bytes),
+    /// A WebSocket ping, to be answered with a pong carrying the same bytes.
+    Ping(Bytes),
+    /// A WebSocket close: the client is leaving.
+    Close,
+}
 
-/// Splits a socket into inbound messages and an outbound sink that share one codec.
-pub fn framed<R, W, C>(reader: R, writer: W, codec: C) -> (FramedRead<R, C>, FramedWrite<W, C>)
-where
-    R: AsyncRead,
-    W: AsyncWrite,
-    C: Decoder<Error = ReadError> + Encoder<Outbound, Error = std::io::Error> + Clone,
-{
-    (
-        FramedRead::with_capacity(reader, codec.clone(), READ_BUFFER),
-        FramedWrite::new(writer, codec),
-    )
+/// What [`Framing::decode`] found at the start of a client's bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A whole item, and how many bytes it took.
+    Item(usize, Inbound),
+    /// This many bytes carry nothing for the connection (a pong, a fragment of a message
+    /// still unfinished).
+    Skipped(usize),
+    /// Not enough bytes for the next item.
+    Incomplete,
+}
+
+/// A client protocol's framing: how items are cut from its bytes and put on them.
+pub trait Framing: Clone + Unpin {
+    /// Decodes the item at the start of `buf`. State carried across calls (how far a line
+    /// was searched, a fragmented message) refers to bytes at `buf`'s start, which the caller
+    /// passes again, with more after them, until they are consumed.
+    fn decode(&mut self, buf: &[u8]) -> Result<Decoded, ReadError>;
+
+    /// Appends the bytes of `item` to `dst` (nothing for an item the protocol cannot carry).
+    fn encode(&self, item: Outbound, dst: &mut BytesMut) -> std::io::Result<()>;
+}
+
+/// Takes the next item off `buf`, if it holds a whole one; `buf` is given back (left
+/// unallocated) once all of it is consumed.
+pub fn decode_next<F: Framing>(
+    framing: &mut F,
+    buf: &mut BytesMut,
+) -> Result<Option<Inbound>, ReadError> {
+    loop {
+        let (used, item) = match framing.decode(buf)? {
+            Decoded::Item(used, item) => (used, Some(item)),
+            Decoded::Skipped(used) => (used, None),
+            Decoded::Incomplete => return Ok(None),
+        };
+        buf.advance(used);
+        if buf.is_empty() {
+            *buf = BytesMut::new();
+        }
+        if item.is_some() {
+            return Ok(item);
+        }
+    }
 }
 
 /// The bytes an outbound item puts on a length-delimited protocol: data and a farewell are
-/// messages; pings and close reasons have no encoding there.
-fn payload(item: Outbound) -> Option<bytes::Bytes> {
+/// messages; pings, pongs and close reasons have no encoding there.
+fn payload(item: Outbound) -> Option<Bytes> {
     match item {
         Outbound::Data(data) | Outbound::Close(Close::Normal(Some(data))) => Some(data),
-        Outbound::Ping(_) | Outbound::Close(_) => None,
+        Outbound::Ping(_) | Outbound::Pong(_) | Outbound::Close(_) => None,
     }
 }

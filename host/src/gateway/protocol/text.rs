@@ -5,10 +5,9 @@
 //! line was already scanned, so a client trickling a long line a byte at a time costs linear
 //! work, not a rescan of the whole buffer per read.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder};
+use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{ReadError, payload};
+use super::{Decoded, Framing, Inbound, ReadError, payload};
 use crate::gateway::outbox::Outbound;
 
 /// Newline-delimited messages, each at most `max` bytes.
@@ -29,11 +28,8 @@ impl Lines {
     }
 }
 
-impl Decoder for Lines {
-    type Item = Bytes;
-    type Error = ReadError;
-
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, ReadError> {
+impl Framing for Lines {
+    fn decode(&mut self, buf: &[u8]) -> Result<Decoded, ReadError> {
         let from = self.scanned.min(buf.len());
         let Some(found) = buf[from..].iter().position(|&b| b == b'\n') else {
             self.scanned = buf.len();
@@ -41,7 +37,7 @@ impl Decoder for Lines {
             if buf.len() > self.max + 1 {
                 return Err(ReadError::TooLarge(self.max));
             }
-            return Ok(None);
+            return Ok(Decoded::Incomplete);
         };
         let end = from + found;
         self.scanned = 0;
@@ -52,16 +48,11 @@ impl Decoder for Lines {
         if len > self.max {
             return Err(ReadError::TooLarge(self.max));
         }
-        let line = buf.split_to(end).freeze().slice(..len);
-        buf.advance(1);
-        Ok(Some(line))
+        let line = Bytes::copy_from_slice(&buf[..len]);
+        Ok(Decoded::Item(end + 1, Inbound::Message(line)))
     }
-}
 
-impl Encoder<Outbound> for Lines {
-    type Error = std::io::Error;
-
-    fn encode(&mut self, item: Outbound, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+    fn encode(&self, item: Outbound, dst: &mut BytesMut) -> std::io::Result<()> {
         if let Some(data) = payload(item) {
             dst.reserve(data.len() + 1);
             dst.put_slice(&data);
@@ -74,16 +65,24 @@ impl Encoder<Outbound> for Lines {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::protocol::decode_next;
+
+    fn line(codec: &mut Lines, buf: &mut BytesMut) -> Option<Bytes> {
+        match decode_next(codec, buf).unwrap()? {
+            Inbound::Message(m) => Some(m),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn splits_lines_and_strips_cr() {
         let mut codec = Lines::new(16);
         let mut buf = BytesMut::from(&b"one\r\ntwo\nthr"[..]);
-        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "one");
-        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "two");
-        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert_eq!(line(&mut codec, &mut buf).unwrap(), "one");
+        assert_eq!(line(&mut codec, &mut buf).unwrap(), "two");
+        assert!(line(&mut codec, &mut buf).is_none());
         buf.extend_from_slice(b"ee\n");
-        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "three");
+        assert_eq!(line(&mut codec, &mut buf).unwrap(), "three");
     }
 
     #[test]
@@ -95,15 +94,15 @@ mod tests {
             buf.extend_from_slice(b"x");
             // What this call searches: everything past what earlier calls searched.
             examined += buf.len() - codec.scanned;
-            assert!(codec.decode(&mut buf).unwrap().is_none());
+            assert!(line(&mut codec, &mut buf).is_none());
         }
         buf.extend_from_slice(b"\nnext");
         examined += buf.len() - codec.scanned;
-        assert_eq!(codec.decode(&mut buf).unwrap().unwrap().len(), 100_000);
+        assert_eq!(line(&mut codec, &mut buf).unwrap().len(), 100_000);
         assert!(examined <= 100_000 + 5, "{examined} bytes examined");
         assert_eq!(codec.scanned, 0, "the next line is searched from its start");
         buf.extend_from_slice(b"\n");
-        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "next");
+        assert_eq!(line(&mut codec, &mut buf).unwrap(), "next");
     }
 
     #[test]
@@ -111,7 +110,7 @@ mod tests {
         let mut codec = Lines::new(4);
         let mut buf = BytesMut::from(&b"123456"[..]);
         assert!(matches!(
-            codec.decode(&mut buf),
+            decode_next(&mut codec, &mut buf),
             Err(ReadError::TooLarge(4))
         ));
     }
@@ -122,11 +121,11 @@ mod tests {
     fn the_limit_counts_the_line_without_its_terminator() {
         let mut codec = Lines::new(4);
         let mut buf = BytesMut::from(&b"1234\r\n1234\n"[..]);
-        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "1234");
-        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "1234");
+        assert_eq!(line(&mut codec, &mut buf).unwrap(), "1234");
+        assert_eq!(line(&mut codec, &mut buf).unwrap(), "1234");
         let mut buf = BytesMut::from(&b"12345\n"[..]);
         assert!(matches!(
-            codec.decode(&mut buf),
+            decode_next(&mut codec, &mut buf),
             Err(ReadError::TooLarge(4))
         ));
     }
