@@ -10,10 +10,12 @@
 //! costs one write.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::counters::Counters;
@@ -175,10 +177,10 @@ where
     let idle_timeout = link.shared.idle_timeout;
     // Armed once per timeout, not per message (a timer-wheel update per message showed in
     // the profile): a message only notes its time, and an expiry that finds a newer message
-    // re-arms from it.
-    let idle = tokio::time::sleep(idle_timeout);
-    tokio::pin!(idle);
-    let mut last_message = tokio::time::Instant::now();
+    // re-arms from it. Boxed, and only when there is a timeout: a timer's bytes would
+    // otherwise be held by every connection.
+    let mut idle = (!idle_timeout.is_zero()).then(|| Box::pin(tokio::time::sleep(idle_timeout)));
+    let mut last_message = Instant::now();
     // A WebSocket client's `on-connect` runs on the worker host only once
     // `on-websocket-connect` has accepted it.
     let first = match handshake {
@@ -202,10 +204,12 @@ where
                     return End::Drop;
                 }
             },
-            () = &mut idle, if !idle_timeout.is_zero() => {
+            () = expired(&mut idle) => {
                 let deadline = last_message + idle_timeout;
-                if deadline > tokio::time::Instant::now() {
-                    idle.as_mut().reset(deadline);
+                if deadline > Instant::now() {
+                    if let Some(timer) = idle.as_mut() {
+                        timer.as_mut().reset(deadline);
+                    }
                     continue;
                 }
                 let n = Counters::bump(&link.shared.counters.idle_timeouts);
@@ -227,7 +231,7 @@ where
                 Some(Ok(Inbound::Message(data))) => {
                     heartbeat.heard();
                     if !idle_timeout.is_zero() {
-                        last_message = tokio::time::Instant::now();
+                        last_message = Instant::now();
                     }
                     crate::metrics::message_received(data.len());
                     if !link.event(EventKind::Message(data)).await {
@@ -244,6 +248,14 @@ where
                 None => return End::Done,
             },
         }
+    }
+}
+
+/// Resolves when `timer` expires; never without a timer.
+async fn expired(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -316,17 +328,22 @@ impl ClientLink<'_> {
             kind,
             ack_now: false,
         };
-        self.shared.router.forward(&mut self.binding, event).await
+        // Boxed: the router's future is most of a connection's, and a connection spends its
+        // life idle, not forwarding; an allocation per event costs less than its bytes held
+        // by every idle client.
+        Box::pin(self.shared.router.forward(&mut self.binding, event)).await
     }
 
     /// Moves the client to a worker host that serves its app; false if none took it in
     /// time (the client is then closed).
     async fn reroute(&mut self) -> bool {
         let shared = self.shared;
-        let moved = shared
-            .router
-            .reroute(&mut self.binding, self.id, shared.listener)
-            .await;
+        let moved = Box::pin(
+            shared
+                .router
+                .reroute(&mut self.binding, self.id, shared.listener),
+        )
+        .await;
         self.routed(moved)
     }
 
@@ -349,10 +366,13 @@ mod tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
-    use bytes::Bytes;
+    use bytes::{Bytes, BytesMut};
 
     use super::*;
     use crate::gateway::heartbeat::Ping;
+    use crate::gateway::protocol::reader::MessageReader;
+    use crate::gateway::protocol::writer::MessageWriter;
+    use crate::gateway::protocol::ws::WsFraming;
     use crate::gateway::state::ClientLimits;
     use crate::ops::Command;
 
@@ -422,18 +442,17 @@ mod tests {
         assert_eq!(state.client_count(), 0, "no ghost left counted");
     }
 
-    /// What a connection holds while idle, before its protocol's buffers (measured by
-    /// `wasmgate-bench idle`): its task's future, its entry in the state, its empty outbox.
-    /// Sizes of the test build, where futures are larger than in a release build; a change
-    /// that makes them grow past the budget must say why.
+    /// What a connection holds while idle (measured by `wasmgate-bench idle`): its task's
+    /// future with a WebSocket reader and writer in it, its entry in the state, its empty
+    /// outbox. Sizes of the test build, where futures are larger than in a release build; a
+    /// change that makes them grow past the budget must say why.
     #[test]
     fn an_idle_connection_fits_its_budget() {
-        const BUDGET: usize = 4096;
+        const BUDGET: usize = 2560;
         let (shared, _) = shared();
-        let inbound: Pin<Box<dyn Stream<Item = Result<Inbound, ReadError>> + Send>> =
-            Box::pin(futures_util::stream::pending());
-        let outbound: Pin<Box<dyn Sink<Outbound, Error = std::io::Error> + Send>> =
-            Box::pin(futures_util::sink::drain().sink_map_err(|never| match never {}));
+        let framing = WsFraming::new(1024);
+        let inbound = MessageReader::new(tokio::io::empty(), framing.clone(), BytesMut::new());
+        let outbound = MessageWriter::new(tokio::io::sink(), framing);
         let remote = "127.0.0.1:1".parse().unwrap();
         let task = std::mem::size_of_val(&serve(shared, remote, inbound, outbound, None));
         let entry = crate::gateway::state::CLIENT_ENTRY_SIZE;
