@@ -1,6 +1,7 @@
 //! Every client protocol end to end — `ws`, `wss` (a self-signed certificate made here with
 //! rcgen), `text` and `frame` — feeding one app, and the WebSocket handshake reaching
-//! `on-websocket-connect`, which may refuse the client.
+//! `on-websocket-connect`, which may refuse the client; the gateway answering a WebSocket
+//! client's pings, fragments and close.
 
 use std::time::Duration;
 
@@ -172,5 +173,79 @@ async fn the_websocket_handshake_reaches_on_websocket_connect_which_may_refuse()
     );
     let mut secure = TestClient::wss(wss, "/s", tls.cert.clone()).await.unwrap();
     assert_eq!(secure.ask("session ws.path").await, "/s");
+    cluster.stop().await;
+}
+
+/// A client frame as RFC 6455 wants it: masked (with a fixed key: the test needs no secrecy).
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let key = [0x12, 0x34, 0x56, 0x78];
+    let mut out = vec![first, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+/// Reads one unmasked server frame with a short payload: its first byte and payload.
+async fn server_frame(socket: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0; 2];
+    socket.read_exact(&mut head).await.unwrap();
+    assert!(head[1] < 126, "a short, unmasked frame: {head:?}");
+    let mut payload = vec![0; usize::from(head[1])];
+    socket.read_exact(&mut payload).await.unwrap();
+    (head[0], payload)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_pings_fragments_and_closes_are_answered_by_the_gateway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = Cluster::start_with(
+        ("commands", plugins::COMMANDS),
+        &["listen = \"ws://127.0.0.1:0\"".into()],
+        1,
+        1,
+    )
+    .await;
+    let addr = cluster.gateways[0].client_addr;
+    let mut bystander = TestClient::ws(addr, "/").await.unwrap();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The upgrade and the first frames in one write: bytes after the request are frames.
+    let mut hello = format!(
+        "GET /raw HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes();
+    hello.extend(masked(0x01, b"ec")); // text, not final
+    hello.extend(masked(0x89, b"p")); // a ping between fragments
+    hello.extend(masked(0x80, b"ho whole")); // the last fragment
+    socket.write_all(&hello).await.unwrap();
+    let mut response = Vec::new();
+    while !response.ends_with(b"\r\n\r\n") {
+        response.push(socket.read_u8().await.unwrap());
+    }
+    let response = String::from_utf8(response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 101"), "{response}");
+    assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    assert_eq!(
+        server_frame(&mut socket).await,
+        (0x8a, b"p".to_vec()),
+        "pong"
+    );
+    assert_eq!(server_frame(&mut socket).await, (0x81, b"whole".to_vec()));
+    assert_eq!(bystander.ask("echo meanwhile").await, "meanwhile");
+    socket
+        .write_all(&masked(0x88, &1000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    let (first, payload) = server_frame(&mut socket).await;
+    assert_eq!((first, &payload[..2]), (0x88, &1000u16.to_be_bytes()[..]));
+    let eof = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut [0; 8])).await;
+    assert_eq!(
+        eof.unwrap().unwrap(),
+        0,
+        "the gateway closes after its close frame"
+    );
+    assert_eq!(bystander.ask("echo after").await, "after");
     cluster.stop().await;
 }
