@@ -419,6 +419,14 @@ pub struct GatewayConfig {
     /// 125 bytes) instead of as a message.
     #[serde(default)]
     pub ping_frame: bool,
+    /// Bind the client listener with `SO_REUSEPORT` (Linux), so that several wasmgate
+    /// processes, each a gateway of its own (its own internal port and client ids), share
+    /// one client port and the kernel spreads new connections over them: more clients per
+    /// machine than one process's descriptor limit allows, and every core busy. Every
+    /// process on the port must set it. Off by default: a second process on a port is
+    /// then refused at start, which catches a port typed twice.
+    #[serde(default)]
+    pub reuse_port: bool,
     /// Most clients this listener holds at once. A connection over it is closed as soon as
     /// it is accepted; the clients already connected are not affected.
     #[serde(default = "default_max_connections")]

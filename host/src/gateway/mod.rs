@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bytes::Bytes;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -71,8 +71,7 @@ impl BoundGateway {
                 )
             }
         };
-        let clients = TcpListener::bind(config.listen.addr)
-            .await
+        let clients = listen(config.listen.addr, config.reuse_port)
             .with_context(|| format!("gateway {name}: cannot listen on {}", config.listen))?;
         let internal = TcpListener::bind((config.internal_bind(), config.internal_port))
             .await
@@ -248,4 +247,23 @@ async fn resolve(advertise: &Advertise, port: u16) -> anyhow::Result<SocketAddrV
 
 fn byte_count(size: bytesize::ByteSize) -> usize {
     usize::try_from(size.as_u64()).unwrap_or(usize::MAX)
+}
+
+/// Queued connections a client listener lets the kernel hold before it accepts them: a
+/// reconnect storm after a restart arrives at once.
+const CLIENT_BACKLOG: u32 = 1024;
+
+/// The client listener on `addr`, sharing the port with other processes when `reuse_port`.
+fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // What std's bind sets too: a restarted gateway rebinds while old sockets linger.
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(CLIENT_BACKLOG)
 }

@@ -34,6 +34,7 @@ mod protocol;
 mod protocols;
 mod push;
 mod push_load;
+mod reuse_port;
 mod runtime;
 mod scaffold;
 mod shutdown;
