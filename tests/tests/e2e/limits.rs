@@ -147,7 +147,8 @@ const TICK: Duration = Duration::from_millis(100);
 
 /// How much the process may grow while the slow client is connected and dropped. It holds the
 /// whole cluster and its clients; the slow client alone may pin `send_buffer` (1 MiB) plus
-/// the WebSocket write buffer (128 KiB) in the gateway. Without the limit, its queue would
+/// what its writer encoded and could not write (64 KiB and one message) in the gateway.
+/// Without the limit, its queue would
 /// grow by the whole broadcast, 30 MiB over the measured phase.
 const RSS_GROWTH_BOUND: u64 = 16 << 20;
 
