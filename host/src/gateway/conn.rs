@@ -67,11 +67,11 @@ enum End {
 
 /// Serves one client until it leaves, is closed, or the gateway stops.
 pub async fn serve<R, W>(
-    shared: ConnShared,
+    shared: Arc<ConnShared>,
     remote: SocketAddr,
     mut inbound: R,
     mut outbound: W,
-    handshake: Option<WebSocketRequest>,
+    handshake: Option<Box<WebSocketRequest>>,
 ) where
     R: Stream<Item = Result<Inbound, ReadError>> + Unpin,
     W: Sink<Outbound> + Unpin,
@@ -99,7 +99,7 @@ pub async fn serve<R, W>(
             }
             let _ = outbound.close().await;
         };
-        let _ = tokio::time::timeout(CLOSE_GRACE, farewell).await;
+        let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, farewell)).await;
     }
     drop(outbound);
     if let Some(last) = last {
@@ -168,7 +168,7 @@ async fn read<R>(
     link: &mut ClientLink<'_>,
     inbound: &mut R,
     outbox: &Outbox,
-    handshake: Option<WebSocketRequest>,
+    handshake: Option<Box<WebSocketRequest>>,
 ) -> End
 where
     R: Stream<Item = Result<Inbound, ReadError>> + Unpin,
@@ -184,7 +184,7 @@ where
     // A WebSocket client's `on-connect` runs on the worker host only once
     // `on-websocket-connect` has accepted it.
     let first = match handshake {
-        Some(request) => EventKind::WebSocketConnect(request),
+        Some(request) => EventKind::WebSocketConnect(*request),
         None => EventKind::Connect,
     };
     if !link.event(first).await {
@@ -282,7 +282,10 @@ async fn write<W: Sink<Outbound> + Unpin>(outbound: &mut W, queue: &OutboxReader
             if let Outbound::Close(close) = message {
                 // Flush what came before; the close itself is written once the client has
                 // left the state (see `serve`).
-                let _ = tokio::time::timeout(CLOSE_GRACE, outbound.flush()).await;
+                // Boxed, as the other rare waits: its timer would otherwise sit in every
+                // connection's future.
+                let flushed = Box::pin(tokio::time::timeout(CLOSE_GRACE, outbound.flush()));
+                let _ = flushed.await;
                 return End::Close(close);
             }
             if let Outbound::Data(data) = &message {
@@ -309,29 +312,40 @@ struct ClientLink<'a> {
     binding: Binding,
 }
 
-impl ClientLink<'_> {
+impl<'a> ClientLink<'a> {
     /// Forwards an event with the client's current context; false if the client is gone or
-    /// no worker host could take it (the client is then closed).
-    async fn event(&mut self, kind: EventKind) -> bool {
-        match self.shared.state.context(self.id) {
-            Some(client) => {
-                let sent = self.send(client, kind).await;
-                self.routed(sent)
+    /// no worker host could take it (the client is then closed). Not an `async fn`: the
+    /// event is moved into the boxed forward before anything waits, so a connection's
+    /// future holds neither the event nor the router's future.
+    fn event(&mut self, kind: EventKind) -> impl Future<Output = bool> + '_ {
+        let id = self.id;
+        let forward = self
+            .shared
+            .state
+            .context(id)
+            .map(|client| self.send(client, kind));
+        async move {
+            match forward {
+                Some(forward) => routed(id, forward.await),
+                None => false,
             }
-            None => false,
         }
     }
 
-    async fn send(&mut self, client: ClientContext, kind: EventKind) -> Result<(), Unrouted> {
+    /// The boxed forward of one event: the router's future is most of what a connection
+    /// would hold, and a connection spends its life idle, not forwarding; an allocation per
+    /// event costs less than its bytes held by every idle client.
+    fn send(
+        &mut self,
+        client: ClientContext,
+        kind: EventKind,
+    ) -> Pin<Box<impl Future<Output = Result<(), Unrouted>> + use<'a, '_>>> {
         let event = ToWorker::Event {
             client,
             kind,
             ack_now: false,
         };
-        // Boxed: the router's future is most of a connection's, and a connection spends its
-        // life idle, not forwarding; an allocation per event costs less than its bytes held
-        // by every idle client.
-        Box::pin(self.shared.router.forward(&mut self.binding, event)).await
+        Box::pin(self.shared.router.forward(&mut self.binding, event))
     }
 
     /// Moves the client to a worker host that serves its app; false if none took it in
@@ -344,19 +358,19 @@ impl ClientLink<'_> {
                 .reroute(&mut self.binding, self.id, shared.listener),
         )
         .await;
-        self.routed(moved)
+        routed(self.id, moved)
     }
+}
 
-    /// Whether the client's events have a worker host; one that has none is counted and
-    /// logged, and is to be closed.
-    fn routed(&self, routed: Result<(), Unrouted>) -> bool {
-        match routed {
-            Ok(()) => true,
-            Err(e) => {
-                crate::metrics::client_unrouted(e.reason());
-                tracing::warn!(client = %self.id, reason = e.reason(), "closing client after no_worker_hold: {e}");
-                false
-            }
+/// Whether the events of client `id` have a worker host; one that has none is counted and
+/// logged, and is to be closed.
+fn routed(id: ClientId, routed: Result<(), Unrouted>) -> bool {
+    match routed {
+        Ok(()) => true,
+        Err(e) => {
+            crate::metrics::client_unrouted(e.reason());
+            tracing::warn!(client = %id, reason = e.reason(), "closing client after no_worker_hold: {e}");
+            false
         }
     }
 }
@@ -427,7 +441,13 @@ mod tests {
         let (shared, state) = shared();
         let inbound = futures_util::stream::pending::<Result<Inbound, ReadError>>();
         let remote = "127.0.0.1:1".parse().unwrap();
-        let task = tokio::spawn(serve(shared, remote, inbound, PanickingSink, None));
+        let task = tokio::spawn(serve(
+            Arc::new(shared),
+            remote,
+            inbound,
+            PanickingSink,
+            None,
+        ));
         while state.client_count() == 0 {
             tokio::task::yield_now().await;
         }
@@ -448,13 +468,13 @@ mod tests {
     /// change that makes them grow past the budget must say why.
     #[test]
     fn an_idle_connection_fits_its_budget() {
-        const BUDGET: usize = 2560;
+        const BUDGET: usize = 2048;
         let (shared, _) = shared();
         let framing = WsFraming::new(1024);
         let inbound = MessageReader::new(tokio::io::empty(), framing.clone(), BytesMut::new());
         let outbound = MessageWriter::new(tokio::io::sink(), framing);
         let remote = "127.0.0.1:1".parse().unwrap();
-        let task = std::mem::size_of_val(&serve(shared, remote, inbound, outbound, None));
+        let task = std::mem::size_of_val(&serve(Arc::new(shared), remote, inbound, outbound, None));
         let entry = crate::gateway::state::CLIENT_ENTRY_SIZE;
         let outbox = crate::gateway::outbox::EMPTY_OUTBOX_SIZE;
         assert!(

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use super::protocol::reader::MessageReader;
 use super::protocol::writer::MessageWriter;
 use super::protocol::ws::{self, WsFraming};
 use super::protocol::{Framing, frame::Frames, text::Lines};
+use crate::wire::messages::WebSocketRequest;
 
 /// The protocol a listener speaks, with what it needs to speak it.
 pub enum Transport {
@@ -75,6 +77,7 @@ enum AcceptError {
 /// WebSocket 1001 "going away", and its worker host its close event), for at most
 /// [`CLOSE_ALL_GRACE`].
 pub async fn serve(listener: TcpListener, config: ListenerConfig, shared: ConnShared) {
+    let shared = Arc::new(shared);
     let clients = TaskTracker::new();
     accept(listener, config, &shared, &clients).await;
     shared.state.stop_clients();
@@ -93,7 +96,7 @@ pub async fn serve(listener: TcpListener, config: ListenerConfig, shared: ConnSh
 async fn accept(
     listener: TcpListener,
     config: ListenerConfig,
-    shared: &ConnShared,
+    shared: &Arc<ConnShared>,
     clients: &TaskTracker,
 ) {
     // Taken before a client is served and held until it is gone. Refusing on accept (rather
@@ -163,15 +166,15 @@ async fn accept(
                 slots,
                 framed(socket, Frames::new(max), shared, remote),
             ),
-            Transport::Ws => holding(clients, slots, async move {
-                websocket(async { Ok(socket) }, remote, &config, shared).await;
-            }),
+            Transport::Ws => {
+                let handshake = handshake(async { Ok(socket) }, config.clone());
+                holding(clients, slots, websocket(handshake, remote, config, shared));
+            }
             Transport::Wss(tls) => {
                 let tls = tls.clone();
-                holding(clients, slots, async move {
-                    let secured = async { tls.accept(socket).await.map_err(AcceptError::Tls) };
-                    websocket(secured, remote, &config, shared).await;
-                })
+                let secured = async move { tls.accept(socket).await.map_err(AcceptError::Tls) };
+                let handshake = handshake(secured, config.clone());
+                holding(clients, slots, websocket(handshake, remote, config, shared));
             }
         }
     }
@@ -193,7 +196,7 @@ fn holding(
 async fn framed<F: Framing + Send>(
     mut socket: TcpStream,
     framing: F,
-    shared: ConnShared,
+    shared: Arc<ConnShared>,
     remote: SocketAddr,
 ) {
     let (r, w) = socket.halves();
@@ -281,45 +284,54 @@ impl Drop for IpSlot {
     }
 }
 
-/// Upgrades the stream `transport` yields to WebSocket and serves the client.
-async fn websocket<S: Halves>(
-    transport: impl Future<Output = Result<S, AcceptError>>,
-    remote: SocketAddr,
-    config: &ListenerConfig,
-    shared: ConnShared,
-) {
-    let handshake = async {
-        let mut stream = transport.await?;
-        let (request, rest) = ws::accept(&mut stream, &config.allowed_origins)
+/// What a WebSocket handshake yields: the stream, the upgrade request, the bytes read past it.
+type Accepted<S> = (S, WebSocketRequest, BytesMut);
+
+/// The TLS and WebSocket handshakes on the stream `transport` yields, bounded by
+/// `handshake_timeout`, boxed by a plain function: a task's allocation is sized for its
+/// future's largest state and kept for the connection's whole life, so the handshake's
+/// state (TLS and upgrade buffers) lives in a box of its own, freed once the client is in.
+/// (Built inside an `async fn`, even a boxed future can leave its size in the caller's.)
+fn handshake<S: Halves>(
+    transport: impl Future<Output = Result<S, AcceptError>> + Send + 'static,
+    config: Arc<ListenerConfig>,
+) -> Pin<Box<impl Future<Output = Result<Accepted<S>, AcceptError>> + Send>> {
+    Box::pin(async move {
+        let timeout = config.handshake_timeout;
+        let upgrade = async {
+            let mut stream = transport.await?;
+            let (request, rest) = ws::accept(&mut stream, &config.allowed_origins)
+                .await
+                .map_err(|e| match e {
+                    ws::HandshakeError::Origin(origin) => AcceptError::Origin(origin),
+                    e => AcceptError::WebSocket(e),
+                })?;
+            Ok((stream, request, rest))
+        };
+        tokio::time::timeout(timeout, upgrade)
             .await
-            .map_err(|e| match e {
-                ws::HandshakeError::Origin(origin) => AcceptError::Origin(origin),
-                e => AcceptError::WebSocket(e),
-            })?;
-        Ok((stream, request, rest))
-    };
-    // A task's allocation is sized for its largest state, kept for the connection's whole
-    // life: boxing the handshake (TLS and upgrade buffers) frees it once the client is in,
-    // and boxing the connection keeps the two from adding up. The refused socket is closed
-    // only when `handshake` drops, after the refusal is counted: whoever sees the close sees
-    // the counter too.
-    let mut handshake = Box::pin(tokio::time::timeout(config.handshake_timeout, handshake));
-    let accepted = handshake
-        .as_mut()
-        .await
-        .unwrap_or(Err(AcceptError::TimedOut(config.handshake_timeout)));
-    match accepted {
+            .unwrap_or(Err(AcceptError::TimedOut(timeout)))
+    })
+}
+
+/// Completes `handshake` and serves the client. The refused socket is closed only when
+/// `handshake` drops, after the refusal is counted: whoever sees the close sees the counter
+/// too.
+async fn websocket<S: Halves>(
+    mut handshake: Pin<Box<impl Future<Output = Result<Accepted<S>, AcceptError>>>>,
+    remote: SocketAddr,
+    config: Arc<ListenerConfig>,
+    shared: Arc<ConnShared>,
+) {
+    match handshake.as_mut().await {
         Ok((mut stream, request, rest)) => {
             drop(handshake);
-            let max = config.max_message_size;
-            Box::pin(async move {
-                let (r, w) = stream.halves();
-                let framing = WsFraming::new(max);
-                let inbound = MessageReader::new(r, framing.clone(), rest);
-                let outbound = MessageWriter::new(w, framing);
-                conn::serve(shared, remote, inbound, outbound, Some(request)).await;
-            })
-            .await;
+            let (r, w) = stream.halves();
+            let framing = WsFraming::new(config.max_message_size);
+            let inbound = MessageReader::new(r, framing.clone(), rest);
+            let outbound = MessageWriter::new(w, framing);
+            let request = Some(Box::new(request));
+            conn::serve(shared, remote, inbound, outbound, request).await;
         }
         Err(e @ AcceptError::Origin(_)) => {
             let refused = Counters::bump(&shared.counters.origins_refused);
