@@ -75,6 +75,9 @@ struct ConfigFile {
     /// allows one connection.
     #[serde(default)]
     http: HttpConfig,
+    /// Run every internal link of this process (register, gateway, worker host, push
+    /// client) over mutually authenticated TLS; plaintext when absent.
+    internal_tls: Option<InternalTlsConfig>,
 }
 
 /// What a process runs with (the resolved stage): checked, every path absolute or relative to
@@ -110,6 +113,48 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// The bounds of every HTTP listener.
     pub http: HttpConfig,
+    /// TLS on internal links, if configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internal_tls: Option<InternalTlsConfig>,
+}
+
+/// `[internal_tls]`: TLS with mutual certificates on every internal link (register, gateway,
+/// worker host, push client), beside the shared-secret handshake, which still runs inside it.
+/// Every node of a cluster needs the section, or none: a TLS node refuses plaintext peers
+/// and a plaintext node refuses TLS ones.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InternalTlsConfig {
+    /// The cluster's certificate authority (PEM): a peer is accepted only with a
+    /// certificate it signed, whichever end dialled.
+    pub ca: PathBuf,
+    /// This node's certificate chain (PEM), signed by `ca`, presented both when it accepts
+    /// a link and when it dials one; it must name `server_name` (a DNS subject alt name).
+    pub cert: PathBuf,
+    /// The private key of `cert` (PEM).
+    pub key: PathBuf,
+    /// The name a dialler checks in the certificate of the node it reached, whatever address
+    /// it dialled (peers dial addresses, which NAT and `advertise` make unreliable in a
+    /// certificate); the same for every node of a cluster. Default `wasmgate`.
+    #[serde(default = "default_tls_server_name")]
+    pub server_name: String,
+}
+
+impl InternalTlsConfig {
+    /// Rejects a server name no certificate can carry.
+    fn check(&self) -> Result<(), String> {
+        if tokio_rustls::rustls::pki_types::DnsName::try_from(self.server_name.as_str()).is_err() {
+            return Err(format!(
+                "`server_name = \"{}\"` is not a DNS name",
+                self.server_name
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_tls_server_name() -> String {
+    "wasmgate".into()
 }
 
 /// `[http]`: the bounds every HTTP listener of the process (`[push]`, `[web]`, `[metrics]`)
@@ -1319,6 +1364,25 @@ impl ConfigFile {
         }
         check_log_filter(&self.log.level).map_err(invalid("log.level".into()))?;
         self.http.check().map_err(invalid("http".into()))?;
+        if let Some(tls) = &self.internal_tls {
+            tls.check().map_err(invalid("internal_tls".into()))?;
+            // GatewayWorker's PHP processes speak plain TCP: a port that takes them would be
+            // a plaintext way into a TLS cluster.
+            if let Some(g) = self.gateway.iter().find(|g| g.gatewayworker) {
+                return Err(invalid(format!("gateway {}", g.listen))(
+                    "`gatewayworker = true` cannot run with [internal_tls]: PHP's GatewayProtocol is plain TCP".into(),
+                ));
+            }
+            if self
+                .register
+                .as_ref()
+                .is_some_and(|r| r.gatewayworker_listen.is_some())
+            {
+                return Err(invalid("register".into())(
+                    "`gatewayworker_listen` cannot run with [internal_tls]: PHP's register protocol is plain TCP".into(),
+                ));
+            }
+        }
         if let Some(push) = &self.push {
             if self.worker.is_none() {
                 return Err(invalid("push".into())(
@@ -1375,6 +1439,12 @@ impl ConfigFile {
         }
         let mut web = self.web;
         web.iter_mut().for_each(|w| place(&mut w.root));
+        let mut internal_tls = self.internal_tls;
+        if let Some(tls) = &mut internal_tls {
+            [&mut tls.ca, &mut tls.cert, &mut tls.key]
+                .into_iter()
+                .for_each(place);
+        }
         let stem = file
             .file_stem()
             .map_or_else(|| "wasmgate".into(), |s| s.to_string_lossy());
@@ -1404,6 +1474,7 @@ impl ConfigFile {
             web,
             admin: self.admin,
             http: self.http,
+            internal_tls,
         }
     }
 }

@@ -45,6 +45,8 @@ static CLIENTS_UNROUTED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new
 static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
     LazyLock::new(Family::default);
 static LINKS_CLOSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
+static INTERNAL_TLS_REFUSED: LazyLock<Family<ReasonLabels, Counter>> =
+    LazyLock::new(Family::default);
 static HTTP_CUT_OFF: LazyLock<Family<ListenerLabels, Counter>> = LazyLock::new(Family::default);
 static CONTROL_REFUSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static GATEWAYWORKER_REFUSED: LazyLock<Family<ListenerLabels, Counter>> =
@@ -191,6 +193,14 @@ pub fn links_closed(reason: &'static str) -> u64 {
     LINKS_CLOSED
         .get(&ReasonLabels { reason })
         .map_or(0, |c| c.get())
+}
+
+/// Counts an internal connection whose TLS layer refused the peer (or was refused), by
+/// `reason`, on the end that saw it.
+pub fn internal_tls_refused(reason: &'static str) {
+    INTERNAL_TLS_REFUSED
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -690,6 +700,11 @@ pub fn register(r: &mut Registry) {
         "links_closed",
         "Internal links between gateways and worker hosts or push clients that ended, by reason (closed, silent, write_timeout, bad_frame, io, handshake)",
         LINKS_CLOSED.clone(),
+    );
+    r.register(
+        "internal_tls_refused",
+        "Internal connections (register, gateway, worker host, push client) whose TLS layer refused the peer or was refused, by reason (plaintext_peer, tls_peer, handshake, timeout)",
+        INTERNAL_TLS_REFUSED.clone(),
     );
     r.register(
         "http_cut_off",

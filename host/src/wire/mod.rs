@@ -14,5 +14,5 @@ pub mod queue;
 
 pub use codec::{FrameReader, FrameWriter, MAX_FRAME, WireError};
 pub use handshake::{HandshakeError, PROTOCOL_VERSION, Peer, accept_handshake, connect_handshake};
-pub use link_error::LinkError;
+pub use link_error::{LinkError, TlsRefusal};
 pub use messages::{FromRegister, ToGateway, ToRegister, ToWorker};
