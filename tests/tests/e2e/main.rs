@@ -25,6 +25,7 @@ mod hostile_links;
 mod hostile_plugins;
 mod hot_reload;
 mod internal_links;
+mod internal_tls;
 mod limits;
 mod metrics;
 mod plugins_built;

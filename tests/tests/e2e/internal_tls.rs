@@ -1,0 +1,210 @@
+//! Internal links over TLS with mutual certificates (`[internal_tls]`), with real processes: a
+//! register, two gateways and a worker host, each with a certificate of a CA made here, serve
+//! clients end to end; a peer whose certificate another CA signed, or that speaks plaintext,
+//! is refused, named in the log and counted, while the bystander's replies keep arriving.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use wasmgate::config::InternalTlsConfig;
+use wasmgate::transport::Trust;
+use wasmgate::wire::{FrameReader, FrameWriter};
+use wasmgate::wire::{Peer, connect_handshake};
+use wasmgate_tests::cluster::{Node, PluginsDir, free_port};
+use wasmgate_tests::plugins;
+use wasmgate_tests::prometheus::scrape;
+
+use crate::BIN;
+use crate::bind_advertise::client;
+
+/// Long enough for internal addresses off loopback; these stay on it, but a real cluster's
+/// secret is what the test should look like.
+const SECRET: &str = "a-secret-of-at-least-16-bytes";
+
+/// A certificate authority made for one test.
+struct Authority(CertifiedIssuer<'static, KeyPair>);
+
+impl Authority {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        Self(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
+    }
+
+    /// Writes `<name>.ca.pem`, `<name>.pem` and `<name>.key` into `dir`: this CA and a node
+    /// certificate it signed for the cluster's default server name.
+    fn node(&self, dir: &Path, name: &str) -> InternalTlsConfig {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["wasmgate".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &self.0).unwrap();
+        let files = InternalTlsConfig {
+            ca: dir.join(format!("{name}.ca.pem")),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+            server_name: "wasmgate".into(),
+        };
+        std::fs::write(&files.ca, self.0.pem()).unwrap();
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        files
+    }
+}
+
+/// The `[internal_tls]` section naming `files`.
+fn section(files: &InternalTlsConfig) -> String {
+    format!(
+        "[internal_tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        files.ca, files.cert, files.key
+    )
+}
+
+/// A worker host serving the `commands` plugin, registered at port `r`, with `tls`.
+fn worker(plugins: &Path, r: u16, name: &str, tls: &str) -> String {
+    format!(
+        "secret = \"{SECRET}\"\n[worker]\nname = \"{name}\"\nplugins = {plugins:?}\ninstances = 1\n\
+         register = \"127.0.0.1:{r}\"\n{tls}"
+    )
+}
+
+/// Links to the gateway at `internal` as a worker host would, with `trust`; the error if the
+/// link is refused.
+async fn link(trust: &Trust, internal: SocketAddr) -> Result<(), String> {
+    let (reader, writer) = trust
+        .dial(internal)
+        .await
+        .map_err(|e| e.to_string())?
+        .split();
+    let (mut reader, mut writer) = (FrameReader::new(reader), FrameWriter::new(writer));
+    connect_handshake(&mut reader, &mut writer, trust.secret(), Peer::Worker)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_serves_clients_and_refuses_foreign_certificates_and_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::new();
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (r, g, bystander_port, internal, metrics) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let register = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n{}",
+            section(&ca.node(dir.path(), "register"))
+        ),
+    );
+    let gateway = |port: u16, keys: &str, name: &str| {
+        format!(
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{port}\"\n\
+             app = \"commands\"\nregister = \"127.0.0.1:{r}\"\n{keys}\n{}",
+            section(&ca.node(dir.path(), name))
+        )
+    };
+    let tested = Node::start(
+        BIN,
+        &gateway(
+            g,
+            &format!("internal_port = {internal}\n[metrics]\nlisten = \"127.0.0.1:{metrics}\""),
+            "gateway",
+        ),
+    );
+    let _bystander_gateway = Node::start(BIN, &gateway(bystander_port, "", "bystander"));
+    let _worker = Node::start(
+        BIN,
+        &worker(
+            plugins.path(),
+            r,
+            "w",
+            &section(&ca.node(dir.path(), "worker")),
+        ),
+    );
+
+    // End to end over TLS: register, gateways and worker host all refuse plaintext, so a
+    // reply proves every link is TLS.
+    let mut bystander = client(bystander_port).await;
+    assert_eq!(bystander.ask("echo before").await, "before");
+    let mut c = client(g).await;
+    assert_eq!(c.ask("echo over tls").await, "over tls");
+
+    // A certificate of another CA, though the peer trusts ours and knows the secret: the
+    // gateway refuses it (and so does the register, for a worker host that tries).
+    let rogue = Authority::new().node(dir.path(), "rogue");
+    let rogue = InternalTlsConfig {
+        ca: ca.node(dir.path(), "rogue-trusts").ca,
+        ..rogue
+    };
+    let rogue_trust = Trust::load(SECRET.as_bytes().into(), Some(&rogue)).unwrap();
+    let internal_addr = SocketAddr::from(([127, 0, 0, 1], internal));
+    let refused = link(&rogue_trust, internal_addr).await;
+    assert!(refused.is_err(), "a foreign certificate linked");
+    tested
+        .wait_for_line(&["internal link closed", "TLS handshake failed"])
+        .await;
+    let rogue_worker = Node::start(BIN, &worker(plugins.path(), r, "rogue", &section(&rogue)));
+    register
+        .wait_for_line(&["register link dropped", "TLS handshake failed"])
+        .await;
+    rogue_worker.wait_for_line(&["cannot register"]).await;
+    assert_eq!(bystander.ask("echo during").await, "during");
+
+    // Plaintext, with the right secret: refused, with the reason on the TLS end.
+    let plain = Trust::plain(SECRET.as_bytes().into());
+    assert!(
+        link(&plain, internal_addr).await.is_err(),
+        "plaintext linked"
+    );
+    tested
+        .wait_for_line(&["internal link closed", "the peer speaks plaintext"])
+        .await;
+    let _plain_worker = Node::start(BIN, &worker(plugins.path(), r, "plain", ""));
+    register
+        .wait_for_line(&["register link dropped", "the peer speaks plaintext"])
+        .await;
+
+    let counted = scrape(SocketAddr::from(([127, 0, 0, 1], metrics))).await;
+    let refusals = |reason| {
+        counted
+            .value("wasmgate_internal_tls_refused_total", &[("reason", reason)])
+            .unwrap_or(0.0)
+    };
+    assert!(refusals("handshake") >= 1.0, "{counted:?}");
+    assert!(refusals("plaintext_peer") >= 1.0, "{counted:?}");
+    assert_eq!(bystander.ask("echo after").await, "after");
+    assert_eq!(c.ask("echo still").await, "still");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_node_refuses_a_tls_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (r, g) = (free_port(), free_port());
+    let register = Node::start(
+        BIN,
+        &format!("secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n"),
+    );
+    let _gateway = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\n\
+             app = \"commands\"\nregister = \"127.0.0.1:{r}\"\n"
+        ),
+    );
+    let _worker = Node::start(BIN, &worker(plugins.path(), r, "w", ""));
+    let mut bystander = client(g).await;
+    assert_eq!(bystander.ask("echo before").await, "before");
+
+    let files = Authority::new().node(dir.path(), "tls");
+    let tls_worker = Node::start(BIN, &worker(plugins.path(), r, "tls", &section(&files)));
+    register
+        .wait_for_line(&["register link dropped", "the peer opened TLS"])
+        .await;
+    tls_worker.wait_for_line(&["cannot register"]).await;
+    assert_eq!(bystander.ask("echo after").await, "after");
+}
