@@ -771,9 +771,13 @@ fn merge_answers(
         merged = merged.merge(reply).map_err(|_| Unreachable::NoGateway)?;
     }
     if !silent.is_empty() {
+        // Counted and flagged to the caller; at debug only, since a frozen gateway would
+        // otherwise log once per query.
+        crate::metrics::QUERIES_PARTIAL.inc();
+        crate::ops::partial::report_missing(silent.iter().map(|(addr, _)| *addr));
         let silent: Vec<String> = silent.iter().map(|(addr, _)| addr.to_string()).collect();
-        tracing::warn!(
-            "query answered by {} of {total} gateways; silent for {QUERY_TIMEOUT:?}: {}",
+        tracing::debug!(
+            "partial answer: query answered by {} of {total} gateways; silent for {QUERY_TIMEOUT:?}: {}",
             total - silent.len(),
             silent.join(", ")
         );
@@ -880,6 +884,7 @@ mod tests {
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || sink.clone())
             .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
             .finish();
         let replies = vec![
             (gateway(2300), Some(Reply::Clients(vec![]))),

@@ -29,6 +29,8 @@ use prometheus_client::registry::{Registry, Unit};
 pub static CONNECTIONS_OPENED: LazyLock<Counter> = LazyLock::new(Counter::default);
 /// Client connections ended, for any reason.
 pub static CONNECTIONS_CLOSED: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Cluster-wide queries answered without some gateway (silent past the query's bound).
+pub static QUERIES_PARTIAL: LazyLock<Counter> = LazyLock::new(Counter::default);
 
 static MESSAGES_RECEIVED: LazyLock<Counter> = LazyLock::new(Counter::default);
 static RECEIVED_BYTES: LazyLock<Counter> = LazyLock::new(Counter::default);
@@ -644,7 +646,12 @@ fn plugin_table() -> std::sync::MutexGuard<'static, BTreeMap<(String, String), P
 
 /// Registers every counter and histogram of the process in `r`.
 pub fn register(r: &mut Registry) {
-    let counters: [(&str, &str, &LazyLock<Counter>); 4] = [
+    let counters: [(&str, &str, &LazyLock<Counter>); 5] = [
+        (
+            "queries_partial",
+            "Cluster-wide queries answered without some gateway, silent past the query's bound",
+            &QUERIES_PARTIAL,
+        ),
         (
             "connections_opened",
             "Client connections accepted",
@@ -698,7 +705,7 @@ pub fn register(r: &mut Registry) {
     );
     r.register(
         "links_closed",
-        "Internal links between gateways and worker hosts or push clients that ended, by reason (closed, silent, write_timeout, bad_frame, io, handshake)",
+        "Internal links between gateways and worker hosts or push clients that ended, by reason (closed, silent, write_timeout, bad_frame, io, handshake, tls)",
         LINKS_CLOSED.clone(),
     );
     r.register(

@@ -28,6 +28,7 @@ mod internal_links;
 mod internal_tls;
 mod limits;
 mod metrics;
+mod partial_queries;
 mod plugins_built;
 mod polyglot_reload;
 mod presence;
