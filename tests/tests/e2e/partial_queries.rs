@@ -1,6 +1,6 @@
 //! A cluster-wide query that misses a gateway says so: with two gateways in processes of their
-//! own, one frozen with SIGSTOP, a count through the push API returns within its bound, flagged
-//! partial and naming the frozen gateway, while the other gateway's client keeps its echoes;
+//! own, one frozen with SIGSTOP, a count through the push API and through a plugin returns
+//! within its bound, flagged partial and naming the frozen gateway, while the other gateway's client keeps its echoes;
 //! once thawed, the answer is whole again.
 
 use std::time::{Duration, Instant};
@@ -76,9 +76,17 @@ async fn a_count_missing_a_frozen_gateway_is_flagged_partial_and_names_it() {
     );
     assert!(took < ANSWER_WITHIN, "the count took {took:?}");
     assert_eq!(bystander.ask("echo while frozen").await, "while frozen");
+    // The same through a plugin: `answers.missing-gateways` after `get-all-client-count`.
+    let asked = Instant::now();
+    assert_eq!(
+        bystander.ask("total").await,
+        format!("total 1 partial {missing}")
+    );
+    assert!(asked.elapsed() < ANSWER_WITHIN, "{:?}", asked.elapsed());
 
     frozen.signal("CONT").await;
     assert_eq!(count(push).await.0, whole);
+    assert_eq!(bystander.ask("total").await, "total 2");
     assert_eq!(bystander.ask("echo after").await, "after");
     assert_eq!(held.ask("echo thawed").await, "thawed");
 }
