@@ -286,7 +286,15 @@ impl AsyncRead for LinkRead {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             LinkRead::Plain(r) => Pin::new(r).poll_read(cx, buf),
-            LinkRead::Tls(r) => Pin::new(r).poll_read(cx, buf),
+            // A peer that stops (or dies) closes its socket without TLS's close_notify; read
+            // as an end of stream, as in the clear. Frames are length-prefixed, so a stream
+            // cut mid-frame is still an error (`FrameReader`), and truncation gains nothing.
+            LinkRead::Tls(r) => match Pin::new(r).poll_read(cx, buf) {
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    Poll::Ready(Ok(()))
+                }
+                other => other,
+            },
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use wasmgate::config::InternalTlsConfig;
@@ -65,6 +66,34 @@ fn worker(plugins: &Path, r: u16, name: &str, tls: &str) -> String {
         "secret = \"{SECRET}\"\n[worker]\nname = \"{name}\"\nplugins = {plugins:?}\ninstances = 1\n\
          register = \"127.0.0.1:{r}\"\n{tls}"
     )
+}
+
+/// Opens TLS to the gateway at `internal`, trusting the CA in `ca` but presenting no
+/// certificate, and runs the handshake over it; the error if the link is refused.
+async fn link_without_certificate(ca: &Path, internal: SocketAddr) -> Result<(), String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(internal).await.unwrap();
+    let name = ServerName::try_from("wasmgate").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (reader, writer) = tokio::io::split(tls);
+    let (mut reader, mut writer) = (FrameReader::new(reader), FrameWriter::new(writer));
+    connect_handshake(&mut reader, &mut writer, SECRET.as_bytes(), Peer::Worker)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Links to the gateway at `internal` as a worker host would, with `trust`; the error if the
@@ -133,6 +162,15 @@ async fn a_tls_cluster_serves_clients_and_refuses_foreign_certificates_and_plain
     let mut c = client(g).await;
     assert_eq!(c.ask("echo over tls").await, "over tls");
 
+    // No certificate at all, though the peer trusts our CA and knows the secret.
+    let cluster_ca = ca.node(dir.path(), "no-cert").ca;
+    let internal_addr = SocketAddr::from(([127, 0, 0, 1], internal));
+    let refused = link_without_certificate(&cluster_ca, internal_addr).await;
+    assert!(refused.is_err(), "a peer without a certificate linked");
+    tested
+        .wait_for_line(&["internal link closed", "peer sent no certificates"])
+        .await;
+
     // A certificate of another CA, though the peer trusts ours and knows the secret: the
     // gateway refuses it (and so does the register, for a worker host that tries).
     let rogue = Authority::new().node(dir.path(), "rogue");
@@ -141,11 +179,14 @@ async fn a_tls_cluster_serves_clients_and_refuses_foreign_certificates_and_plain
         ..rogue
     };
     let rogue_trust = Trust::load(SECRET.as_bytes().into(), Some(&rogue)).unwrap();
-    let internal_addr = SocketAddr::from(([127, 0, 0, 1], internal));
     let refused = link(&rogue_trust, internal_addr).await;
     assert!(refused.is_err(), "a foreign certificate linked");
     tested
-        .wait_for_line(&["internal link closed", "TLS handshake failed"])
+        .wait_for_line(&[
+            "internal link closed",
+            "TLS handshake failed",
+            "invalid peer certificate",
+        ])
         .await;
     let rogue_worker = Node::start(BIN, &worker(plugins.path(), r, "rogue", &section(&rogue)));
     register
