@@ -1815,6 +1815,41 @@ mod tests {
     }
 
     #[test]
+    fn internal_tls_is_placed_checked_and_refused_beside_gatewayworker() {
+        let tls = "[internal_tls]\nca = \"tls/ca.pem\"\ncert = \"/pki/n.pem\"\nkey = \"n.key\"\n";
+        let c = Config::from_toml(
+            &format!("[register]\n{tls}"),
+            Path::new("/etc/wg/prod.toml"),
+        )
+        .unwrap();
+        let t = c.internal_tls.unwrap();
+        assert_eq!(t.ca, Path::new("/etc/wg/tls/ca.pem"));
+        assert_eq!(t.cert, Path::new("/pki/n.pem"), "absolute stays");
+        assert_eq!(t.key, Path::new("/etc/wg/n.key"));
+        assert_eq!(t.server_name, "wasmgate");
+
+        let named = parse(&format!("[register]\n{tls}server_name = \"not a name\"\n"));
+        let err = named.unwrap_err();
+        assert!(
+            err.contains("internal_tls") && err.contains("not a DNS name"),
+            "{err}"
+        );
+        let missing = parse("[register]\n[internal_tls]\nca = \"ca.pem\"\n").unwrap_err();
+        assert!(missing.contains("cert"), "{missing}");
+
+        let php_gateway = parse(&format!(
+            "[[gateway]]\nlisten = \"ws://127.0.0.1:1\"\napp = \"a\"\ngatewayworker = true\n{tls}"
+        ))
+        .unwrap_err();
+        assert!(php_gateway.contains("`gatewayworker = true` cannot run with [internal_tls]"));
+        let php_register = parse(&format!(
+            "[register]\ngatewayworker_listen = \"127.0.0.1:1237\"\n{tls}"
+        ))
+        .unwrap_err();
+        assert!(php_register.contains("`gatewayworker_listen` cannot run with [internal_tls]"));
+    }
+
+    #[test]
     fn relative_paths_start_beside_the_config_file() {
         let c = Config::from_toml(
             "[control]\npid_file = \"run/x.pid\"\n[worker]\nplugins = \"apps\"\n\
