@@ -96,6 +96,17 @@ async fn link_without_certificate(ca: &Path, internal: SocketAddr) -> Result<(),
         .map_err(|e| e.to_string())
 }
 
+/// Starts a worker host with `config` that `register` refuses, logging `reason`; returns it
+/// once both ends said so.
+async fn refused_worker(register: &Node, config: &str, reason: &str) -> Node {
+    let worker = Node::start(BIN, config);
+    register
+        .wait_for_line(&["register link dropped", reason])
+        .await;
+    worker.wait_for_line(&["cannot register"]).await;
+    worker
+}
+
 /// Links to the gateway at `internal` as a worker host would, with `trust`; the error if the
 /// link is refused.
 async fn link(trust: &Trust, internal: SocketAddr) -> Result<(), String> {
@@ -188,11 +199,13 @@ async fn a_tls_cluster_serves_clients_and_refuses_foreign_certificates_and_plain
             "invalid peer certificate",
         ])
         .await;
-    let rogue_worker = Node::start(BIN, &worker(plugins.path(), r, "rogue", &section(&rogue)));
-    register
-        .wait_for_line(&["register link dropped", "TLS handshake failed"])
-        .await;
-    rogue_worker.wait_for_line(&["cannot register"]).await;
+    let rogue = section(&rogue);
+    let _rogue = refused_worker(
+        &register,
+        &worker(plugins.path(), r, "rogue", &rogue),
+        "TLS handshake failed",
+    )
+    .await;
     assert_eq!(bystander.ask("echo during").await, "during");
 
     // Plaintext, with the right secret: refused, with the reason on the TLS end.
@@ -204,10 +217,8 @@ async fn a_tls_cluster_serves_clients_and_refuses_foreign_certificates_and_plain
     tested
         .wait_for_line(&["internal link closed", "the peer speaks plaintext"])
         .await;
-    let _plain_worker = Node::start(BIN, &worker(plugins.path(), r, "plain", ""));
-    register
-        .wait_for_line(&["register link dropped", "the peer speaks plaintext"])
-        .await;
+    let plain_worker = worker(plugins.path(), r, "plain", "");
+    let _plain = refused_worker(&register, &plain_worker, "the peer speaks plaintext").await;
 
     let counted = scrape(SocketAddr::from(([127, 0, 0, 1], metrics))).await;
     let refusals = |reason| {
@@ -249,11 +260,8 @@ async fn a_plaintext_node_refuses_a_tls_peer() {
     let mut bystander = client(g).await;
     assert_eq!(bystander.ask("echo before").await, "before");
 
-    let files = Authority::new().node(dir.path(), "tls");
-    let tls_worker = Node::start(BIN, &worker(plugins.path(), r, "tls", &section(&files)));
-    register
-        .wait_for_line(&["register link dropped", "the peer opened TLS"])
-        .await;
-    tls_worker.wait_for_line(&["cannot register"]).await;
+    let files = section(&Authority::new().node(dir.path(), "tls"));
+    let tls_worker = worker(plugins.path(), r, "tls", &files);
+    let _tls = refused_worker(&register, &tls_worker, "the peer opened TLS").await;
     assert_eq!(bystander.ask("echo after").await, "after");
 }
