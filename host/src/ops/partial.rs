@@ -2,7 +2,7 @@
 //! answered in time is flagged partial, never silently short.
 //!
 //! The flag travels beside the answer, not in it: every edge's rendering of an operation is
-//! generated from one body in the table ([`super::gateway_operations`]), so the port reports
+//! generated from one body in the table (`gateway_operations!`), so the port reports
 //! the gateways it missed ([`report_missing`]) to the task asking, and the edge that wants the
 //! flag (the push API) runs the operation within [`gathering`]. Outside it a report is dropped.
 

@@ -45,7 +45,9 @@ pub enum ConnectError {
 ///
 /// Cheap to clone; the links it opened close when the last clone is dropped. Commands (sends,
 /// closes, group, uid and session changes) return once queued to the gateway(s), not once
-/// delivered, in the order they were made. Queries wait at most one second for the gateways.
+/// delivered, in the order they were made. Queries wait at most one second for the gateways;
+/// run one within [`crate::ops::partial::gathering`] to learn which gateways its answer
+/// missed.
 ///
 /// ```no_run
 /// use wasmgate::push::PushClient;
