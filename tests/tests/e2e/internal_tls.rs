@@ -1,7 +1,8 @@
 //! Internal links over TLS with mutual certificates (`[internal_tls]`), with real processes: a
 //! register, two gateways and a worker host, each with a certificate of a CA made here, serve
-//! clients end to end; a peer whose certificate another CA signed, or that speaks plaintext,
-//! is refused, named in the log and counted, while the bystander's replies keep arriving.
+//! clients end to end, and so does a push client of this process; a peer with no certificate,
+//! one another CA signed, or that speaks plaintext, is refused, named in the log and counted,
+//! while the bystander's replies keep arriving; a plaintext node refuses a TLS peer.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use wasmgate::config::InternalTlsConfig;
+use wasmgate::push::PushClient;
 use wasmgate::transport::Trust;
 use wasmgate::wire::{FrameReader, FrameWriter};
 use wasmgate::wire::{Peer, connect_handshake};
@@ -22,6 +24,9 @@ use crate::bind_advertise::client;
 /// Long enough for internal addresses off loopback; these stay on it, but a real cluster's
 /// secret is what the test should look like.
 const SECRET: &str = "a-secret-of-at-least-16-bytes";
+
+/// How long a push client waits for every gateway to link.
+const CONNECT_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A certificate authority made for one test.
 struct Authority(CertifiedIssuer<'static, KeyPair>);
@@ -172,6 +177,26 @@ async fn a_tls_cluster_serves_clients_and_refuses_foreign_certificates_and_plain
     assert_eq!(bystander.ask("echo before").await, "before");
     let mut c = client(g).await;
     assert_eq!(c.ask("echo over tls").await, "over tls");
+
+    // A push client (a backend) finds the gateways through the register and links to them,
+    // all over TLS with a certificate of its own.
+    let backend = Trust::load(
+        SECRET.as_bytes().into(),
+        Some(&ca.node(dir.path(), "backend")),
+    );
+    let register_at = SocketAddr::from(([127, 0, 0, 1], r));
+    let push = PushClient::connect_trusting(vec![register_at], backend.unwrap(), CONNECT_WITHIN)
+        .await
+        .expect("a push client over TLS links");
+    assert_eq!(push.get_all_client_count().await.unwrap(), 2);
+    let id = c.ask("whoami").await;
+    push.send_to_client(
+        id.parse::<wasmgate::client_id::ClientId>().unwrap(),
+        "pushed over tls",
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.recv().await, "pushed over tls");
 
     // No certificate at all, though the peer trusts our CA and knows the secret.
     let cluster_ca = ca.node(dir.path(), "no-cert").ca;
