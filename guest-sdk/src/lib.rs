@@ -19,6 +19,9 @@
 //! - [`gateway`]: sends, closes, uids, groups and sessions, GatewayWorker's `Lib\Gateway` call
 //!   for call. Every call returns `Result<_, GatewayError>`: sends are fire-and-forget (`Ok`
 //!   means queued), and an argument that can never be valid (an empty group) is refused.
+//! - [`answers`]: which gateways the latest cluster-wide query missed
+//!   ([`answers::missing_gateways`]), so a count or list some gateway did not answer in time is
+//!   known to be partial.
 //! - [`timers`]: intervals and timeouts that fire [`Plugin::on_timer`].
 //! - [`log`]: levelled lines in the host's log, tagged with the plugin's name.
 //! - [`kv`]: key-value storage (`wasi:keyvalue`), where the app is granted it.
@@ -75,6 +78,7 @@ mod session;
 pub mod sql;
 
 use bindings::exports::wasmgate::plugin::events::Guest;
+pub use bindings::wasmgate::plugin::answers;
 pub use bindings::wasmgate::plugin::gateway;
 pub use bindings::wasmgate::plugin::timers;
 pub use bindings::wasmgate::plugin::timers::TimerId;

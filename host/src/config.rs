@@ -75,6 +75,9 @@ struct ConfigFile {
     /// allows one connection.
     #[serde(default)]
     http: HttpConfig,
+    /// Run every internal link of this process (register, gateway, worker host, push
+    /// client) over mutually authenticated TLS; plaintext when absent.
+    internal_tls: Option<InternalTlsConfig>,
 }
 
 /// What a process runs with (the resolved stage): checked, every path absolute or relative to
@@ -110,6 +113,48 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// The bounds of every HTTP listener.
     pub http: HttpConfig,
+    /// TLS on internal links, if configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internal_tls: Option<InternalTlsConfig>,
+}
+
+/// `[internal_tls]`: TLS with mutual certificates on every internal link (register, gateway,
+/// worker host, push client), beside the shared-secret handshake, which still runs inside it.
+/// Every node of a cluster needs the section, or none: a TLS node refuses plaintext peers
+/// and a plaintext node refuses TLS ones.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InternalTlsConfig {
+    /// The cluster's certificate authority (PEM): a peer is accepted only with a
+    /// certificate it signed, whichever end dialled.
+    pub ca: PathBuf,
+    /// This node's certificate chain (PEM), signed by `ca`, presented both when it accepts
+    /// a link and when it dials one; it must name `server_name` (a DNS subject alt name).
+    pub cert: PathBuf,
+    /// The private key of `cert` (PEM).
+    pub key: PathBuf,
+    /// The name a dialler checks in the certificate of the node it reached, whatever address
+    /// it dialled (peers dial addresses, which NAT and `advertise` make unreliable in a
+    /// certificate); the same for every node of a cluster. Default `wasmgate`.
+    #[serde(default = "default_tls_server_name")]
+    pub server_name: String,
+}
+
+impl InternalTlsConfig {
+    /// Rejects a server name no certificate can carry.
+    fn check(&self) -> Result<(), String> {
+        if tokio_rustls::rustls::pki_types::DnsName::try_from(self.server_name.as_str()).is_err() {
+            return Err(format!(
+                "`server_name = \"{}\"` is not a DNS name",
+                self.server_name
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_tls_server_name() -> String {
+    "wasmgate".into()
 }
 
 /// `[http]`: the bounds every HTTP listener of the process (`[push]`, `[web]`, `[metrics]`)
@@ -1327,6 +1372,25 @@ impl ConfigFile {
         }
         check_log_filter(&self.log.level).map_err(invalid("log.level".into()))?;
         self.http.check().map_err(invalid("http".into()))?;
+        if let Some(tls) = &self.internal_tls {
+            tls.check().map_err(invalid("internal_tls".into()))?;
+            // GatewayWorker's PHP processes speak plain TCP: a port that takes them would be
+            // a plaintext way into a TLS cluster.
+            if let Some(g) = self.gateway.iter().find(|g| g.gatewayworker) {
+                return Err(invalid(format!("gateway {}", g.listen))(
+                    "`gatewayworker = true` cannot run with [internal_tls]: PHP's GatewayProtocol is plain TCP".into(),
+                ));
+            }
+            if self
+                .register
+                .as_ref()
+                .is_some_and(|r| r.gatewayworker_listen.is_some())
+            {
+                return Err(invalid("register".into())(
+                    "`gatewayworker_listen` cannot run with [internal_tls]: PHP's register protocol is plain TCP".into(),
+                ));
+            }
+        }
         if let Some(push) = &self.push {
             if self.worker.is_none() {
                 return Err(invalid("push".into())(
@@ -1383,6 +1447,12 @@ impl ConfigFile {
         }
         let mut web = self.web;
         web.iter_mut().for_each(|w| place(&mut w.root));
+        let mut internal_tls = self.internal_tls;
+        if let Some(tls) = &mut internal_tls {
+            [&mut tls.ca, &mut tls.cert, &mut tls.key]
+                .into_iter()
+                .for_each(place);
+        }
         let stem = file
             .file_stem()
             .map_or_else(|| "wasmgate".into(), |s| s.to_string_lossy());
@@ -1412,6 +1482,7 @@ impl ConfigFile {
             web,
             admin: self.admin,
             http: self.http,
+            internal_tls,
         }
     }
 }
@@ -1749,6 +1820,41 @@ mod tests {
         assert_eq!(c.worker.unwrap().register, [here]);
         let alone = parse("[worker]\n").unwrap().worker.unwrap();
         assert_eq!(alone.register, [default_register()]);
+    }
+
+    #[test]
+    fn internal_tls_is_placed_checked_and_refused_beside_gatewayworker() {
+        let tls = "[internal_tls]\nca = \"tls/ca.pem\"\ncert = \"/pki/n.pem\"\nkey = \"n.key\"\n";
+        let c = Config::from_toml(
+            &format!("[register]\n{tls}"),
+            Path::new("/etc/wg/prod.toml"),
+        )
+        .unwrap();
+        let t = c.internal_tls.unwrap();
+        assert_eq!(t.ca, Path::new("/etc/wg/tls/ca.pem"));
+        assert_eq!(t.cert, Path::new("/pki/n.pem"), "absolute stays");
+        assert_eq!(t.key, Path::new("/etc/wg/n.key"));
+        assert_eq!(t.server_name, "wasmgate");
+
+        let named = parse(&format!("[register]\n{tls}server_name = \"not a name\"\n"));
+        let err = named.unwrap_err();
+        assert!(
+            err.contains("internal_tls") && err.contains("not a DNS name"),
+            "{err}"
+        );
+        let missing = parse("[register]\n[internal_tls]\nca = \"ca.pem\"\n").unwrap_err();
+        assert!(missing.contains("cert"), "{missing}");
+
+        let php_gateway = parse(&format!(
+            "[[gateway]]\nlisten = \"ws://127.0.0.1:1\"\napp = \"a\"\ngatewayworker = true\n{tls}"
+        ))
+        .unwrap_err();
+        assert!(php_gateway.contains("`gatewayworker = true` cannot run with [internal_tls]"));
+        let php_register = parse(&format!(
+            "[register]\ngatewayworker_listen = \"127.0.0.1:1237\"\n{tls}"
+        ))
+        .unwrap_err();
+        assert!(php_register.contains("`gatewayworker_listen` cannot run with [internal_tls]"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["client_id", "metrics", "lazy_timeout"],
     &["ops", "config"],
     &["wire", "http_listener"],
+    &["transport"],
     &["local", "register"],
     &["links"],
     &["gateway", "worker", "push", "web", "admin"],

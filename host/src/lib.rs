@@ -18,7 +18,8 @@
 //!   line; [`metrics`]: counters and histograms.
 //! - [`wire`]: the internal links' protocol: frame codec, secret handshake, messages;
 //!   [`local`]: the same links as channels when both ends share a process; [`links`]: a worker
-//!   host's or push client's links to every gateway.
+//!   host's or push client's links to every gateway; [`transport`]: where those links are
+//!   dialled and accepted, in the clear or over TLS (`[internal_tls]`).
 //! - [`register`]: discovery: tells worker hosts where the gateways are; off the data path.
 //! - [`push`]: pushing from other applications: the HTTP push API and the Rust [`push::PushClient`].
 //! - [`http_listener`]: the bounds every HTTP listener keeps (`[http]`).
@@ -42,6 +43,7 @@ pub mod ops;
 pub mod process;
 pub mod push;
 pub mod register;
+pub mod transport;
 pub mod web;
 pub mod wire;
 pub mod worker;

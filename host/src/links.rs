@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +37,7 @@ use crate::ops::{
     Command, CommandFuture, Gateways, PluginReport, Query, QueryFuture, Reply, Unreachable,
     WorkerReport,
 };
+use crate::transport::Trust;
 use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter, WireError, check_frame};
 use crate::wire::handshake::{self, Peer};
@@ -338,7 +338,7 @@ impl GatewayLink {
 
 /// Every gateway this worker host (or push client) is linked to.
 pub struct GatewayLinks {
-    secret: Arc<[u8]>,
+    trust: Trust,
     local: LocalGateways,
     role: Peer,
     links: RwLock<HashMap<SocketAddrV4, Arc<GatewayLink>>>,
@@ -360,7 +360,7 @@ impl GatewayLinks {
     /// link pings every `ping_interval` and queues at most `queue_bytes` for its gateway.
     /// Nothing is dialled until [`start`](Self::start).
     pub fn new(
-        secret: Arc<[u8]>,
+        trust: Trust,
         role: Peer,
         local: LocalGateways,
         ping_interval: Duration,
@@ -369,7 +369,7 @@ impl GatewayLinks {
         Arc::new(Self {
             ping_interval,
             queue_bytes,
-            secret,
+            trust,
             local,
             role,
             links: RwLock::new(HashMap::new()),
@@ -528,18 +528,12 @@ impl GatewayLinks {
                 match self.local.dial(addr, self.role, self.queue_bytes).await {
                     Some((queue, inbound)) => (queue, LinkReader::Local(inbound), None),
                     None => {
-                        let socket = TcpStream::connect(addr).await.map_err(LinkError::Connect)?;
-                        socket.set_nodelay(true).map_err(LinkError::Connect)?;
-                        let (reader, writer) = socket.into_split();
+                        let (reader, writer) = self.trust.dial(addr.into()).await?.split();
                         let mut reader = FrameReader::new(reader);
                         let mut writer = FrameWriter::new(writer);
-                        handshake::connect_handshake(
-                            &mut reader,
-                            &mut writer,
-                            &self.secret,
-                            self.role,
-                        )
-                        .await?;
+                        let secret = self.trust.secret();
+                        handshake::connect_handshake(&mut reader, &mut writer, secret, self.role)
+                            .await?;
                         let (queue, outgoing) =
                             queue::channel(LINK_QUEUE, self.queue_bytes, Towards::Gateway);
                         let stall = self.ping_interval * SILENT_INTERVALS;
@@ -777,9 +771,13 @@ fn merge_answers(
         merged = merged.merge(reply).map_err(|_| Unreachable::NoGateway)?;
     }
     if !silent.is_empty() {
+        // Counted and flagged to the caller; at debug only, since a frozen gateway would
+        // otherwise log once per query.
+        crate::metrics::QUERIES_PARTIAL.inc();
+        crate::ops::partial::report_missing(silent.iter().map(|(addr, _)| *addr));
         let silent: Vec<String> = silent.iter().map(|(addr, _)| addr.to_string()).collect();
-        tracing::warn!(
-            "query answered by {} of {total} gateways; silent for {QUERY_TIMEOUT:?}: {}",
+        tracing::debug!(
+            "partial answer: query answered by {} of {total} gateways; silent for {QUERY_TIMEOUT:?}: {}",
             total - silent.len(),
             silent.join(", ")
         );
@@ -886,6 +884,7 @@ mod tests {
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || sink.clone())
             .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
             .finish();
         let replies = vec![
             (gateway(2300), Some(Reply::Clients(vec![]))),

@@ -12,9 +12,9 @@ use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::transport::LinkRead;
 use crate::wire::codec::{FrameReader, WireError};
 use crate::wire::handshake::Peer;
 use crate::wire::messages::{ToGateway, ToWorker};
@@ -84,7 +84,7 @@ impl LocalGateways {
 /// a link does not care which it is.
 pub enum LinkReader<M> {
     /// Frames from a socket.
-    Tcp(FrameReader<OwnedReadHalf>),
+    Tcp(FrameReader<LinkRead>),
     /// Messages from a worker host or gateway of this process.
     Local(LinkReceiver<M>),
 }

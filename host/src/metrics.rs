@@ -29,6 +29,8 @@ use prometheus_client::registry::{Registry, Unit};
 pub static CONNECTIONS_OPENED: LazyLock<Counter> = LazyLock::new(Counter::default);
 /// Client connections ended, for any reason.
 pub static CONNECTIONS_CLOSED: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Cluster-wide queries answered without some gateway (silent past the query's bound).
+pub static QUERIES_PARTIAL: LazyLock<Counter> = LazyLock::new(Counter::default);
 
 static MESSAGES_RECEIVED: LazyLock<Counter> = LazyLock::new(Counter::default);
 static RECEIVED_BYTES: LazyLock<Counter> = LazyLock::new(Counter::default);
@@ -45,6 +47,8 @@ static CLIENTS_UNROUTED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new
 static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
     LazyLock::new(Family::default);
 static LINKS_CLOSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
+static INTERNAL_TLS_REFUSED: LazyLock<Family<ReasonLabels, Counter>> =
+    LazyLock::new(Family::default);
 static HTTP_CUT_OFF: LazyLock<Family<ListenerLabels, Counter>> = LazyLock::new(Family::default);
 static CONTROL_REFUSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static GATEWAYWORKER_REFUSED: LazyLock<Family<ListenerLabels, Counter>> =
@@ -191,6 +195,14 @@ pub fn links_closed(reason: &'static str) -> u64 {
     LINKS_CLOSED
         .get(&ReasonLabels { reason })
         .map_or(0, |c| c.get())
+}
+
+/// Counts an internal connection whose TLS layer refused the peer (or was refused), by
+/// `reason`, on the end that saw it.
+pub fn internal_tls_refused(reason: &'static str) {
+    INTERNAL_TLS_REFUSED
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -634,7 +646,12 @@ fn plugin_table() -> std::sync::MutexGuard<'static, BTreeMap<(String, String), P
 
 /// Registers every counter and histogram of the process in `r`.
 pub fn register(r: &mut Registry) {
-    let counters: [(&str, &str, &LazyLock<Counter>); 4] = [
+    let counters: [(&str, &str, &LazyLock<Counter>); 5] = [
+        (
+            "queries_partial",
+            "Cluster-wide queries answered without some gateway, silent past the query's bound",
+            &QUERIES_PARTIAL,
+        ),
         (
             "connections_opened",
             "Client connections accepted",
@@ -688,8 +705,13 @@ pub fn register(r: &mut Registry) {
     );
     r.register(
         "links_closed",
-        "Internal links between gateways and worker hosts or push clients that ended, by reason (closed, silent, write_timeout, bad_frame, io, handshake)",
+        "Internal links between gateways and worker hosts or push clients that ended, by reason (closed, silent, write_timeout, bad_frame, io, handshake, tls)",
         LINKS_CLOSED.clone(),
+    );
+    r.register(
+        "internal_tls_refused",
+        "Internal connections (register, gateway, worker host, push client) whose TLS layer refused the peer or was refused, by reason (plaintext_peer, tls_peer, handshake, timeout)",
+        INTERNAL_TLS_REFUSED.clone(),
     );
     r.register(
         "http_cut_off",

@@ -142,7 +142,7 @@ impl Cluster {
         let plugins = PluginsDir::with(&[app]);
         let data = tempfile::tempdir().expect("temp dir");
         let shutdown = CancellationToken::new();
-        let secret: Arc<[u8]> = SECRET.as_bytes().into();
+        let secret = wasmgate::transport::Trust::plain(SECRET.as_bytes().into());
         // Worker hosts link to the gateways through channels, as in `wasmgate start`; the
         // process tests cover the TCP links.
         let local = LocalGateways::default();

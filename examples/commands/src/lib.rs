@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use wasmgate_sdk::kv::{self, Bucket};
 use wasmgate_sdk::sql::{self, Connection};
 
-use wasmgate_sdk::{Client, GatewayError, Plugin, Presence, WebsocketRequest, gateway, http};
+use wasmgate_sdk::{
+    Client, GatewayError, Plugin, Presence, WebsocketRequest, answers, gateway, http,
+};
 
 struct Commands;
 
@@ -116,6 +118,7 @@ enum Command<'a> {
     Fetch(&'a str),
     /// `None`: an unknown op or a count out of range, answered with the usage line.
     Cost(Option<Cost>),
+    Total,
 }
 
 /// Every command, in README order: [`parse`] looks the word up here, [`run`] carries it out.
@@ -142,6 +145,7 @@ const COMMANDS: &[Row] = &[
     Row { usage: "incr <key>",            shape: Shape::Word,        build: |a| Command::Incr(a.word) },
     Row { usage: "fetch <url>",           shape: Shape::Word,        build: |a| Command::Fetch(a.word) },
     Row { usage: "cost <op> <n>",         shape: Shape::TwoWords,    build: |a| Command::Cost(Cost::parse(a.word, a.second)) },
+    Row { usage: "total",                 shape: Shape::Nothing,     build: |_| Command::Total },
 ];
 
 /// The key-value bucket the `kv*` and `incr` commands use.
@@ -289,6 +293,14 @@ fn run(client: &Client, command: Command<'_>) -> Option<Vec<u8>> {
         Command::Count(group) => {
             gateway::get_client_count_by_group(group).map(|n| Some(format!("count {group} {n}")))
         }
+        Command::Total => gateway::get_all_client_count().map(|n| {
+            let missing = answers::missing_gateways();
+            Some(if missing.is_empty() {
+                format!("total {n}")
+            } else {
+                format!("total {n} partial {}", missing.join(" "))
+            })
+        }),
         Command::Set { key, value } => {
             gateway::update_session(me, &[(key.into(), value.into())]).map(|()| Some("ok".into()))
         }

@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use super::router::WorkerLink;
 use super::shared::Gateway;
 use crate::local::{LinkReader, LocalLink};
+use crate::transport::Stream;
 use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter};
 use crate::wire::handshake::{self, HANDSHAKE_TIMEOUT, HandshakeError, OPENING, Peer};
@@ -119,12 +120,12 @@ pub async fn serve(
         let close = close.clone();
         let foreign = foreign.clone();
         links.spawn(async move {
-            let (role, result) = match sort(socket, peer, foreign.as_ref()).await {
-                Ok(Some((socket, opening))) => {
-                    tcp_link(socket, &opening, gateway, close, ping_interval, queue_bytes).await
+            let (role, result) = match open(socket, peer, &gateway, foreign.as_ref()).await {
+                Ok(Some((stream, opening))) => {
+                    tcp_link(stream, &opening, gateway, close, ping_interval, queue_bytes).await
                 }
                 Ok(None) => return,
-                Err(e) => (None, Err(e.into())),
+                Err(e) => (None, Err(e)),
             };
             let role = role.map_or("unauthenticated peer", Peer::name);
             match result {
@@ -146,57 +147,62 @@ pub async fn serve(
     links.wait().await;
 }
 
-/// Reads a connection's first bytes and hands it to `foreign` if they are not wasmgate's
-/// handshake (`None`); otherwise gives it back with them, for the handshake.
-async fn sort(
-    mut socket: TcpStream,
+/// Takes a connection through the links' transport (TLS, if configured), reads its first
+/// bytes and hands it to `foreign` if they are not wasmgate's handshake (`None`); otherwise
+/// gives it back with them, for the handshake.
+async fn open(
+    socket: TcpStream,
     peer: SocketAddr,
+    gateway: &Gateway,
     foreign: Option<&mpsc::Sender<Foreign>>,
-) -> Result<Option<(TcpStream, [u8; OPENING])>, HandshakeError> {
+) -> Result<Option<(Stream, [u8; OPENING])>, LinkError> {
+    let mut stream = gateway.trust.accept(socket).await?;
     let mut opening = [0; OPENING];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, socket.read_exact(&mut opening)).await {
-        Err(_) => return Err(HandshakeError::Timeout),
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut opening)).await {
+        Err(_) => return Err(HandshakeError::Timeout.into()),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(HandshakeError::Closed);
+            return Err(HandshakeError::Closed.into());
         }
-        Ok(Err(e)) => return Err(HandshakeError::Wire(e.into())),
+        Ok(Err(e)) => return Err(HandshakeError::Wire(e.into()).into()),
         Ok(Ok(_)) => {}
     }
-    match foreign {
-        Some(foreign) if !handshake::is_opening(&opening) => {
-            let handed = Foreign {
-                stream: socket,
-                opening,
-                peer,
-            };
-            // Its server only spawns a task per connection; gone, it is stopping.
-            let _ = foreign.send(handed).await;
-            Ok(None)
-        }
-        _ => Ok(Some((socket, opening))),
-    }
+    let Some(foreign) = foreign.filter(|_| !handshake::is_opening(&opening)) else {
+        return Ok(Some((stream, opening)));
+    };
+    // GatewayWorker's port is refused with TLS when the configuration is read, so its
+    // connections are always in the clear.
+    let stream = match stream.into_plain() {
+        Ok(stream) => stream,
+        Err(stream) => return Ok(Some((stream, opening))),
+    };
+    let handed = Foreign {
+        stream,
+        opening,
+        peer,
+    };
+    // Its server only spawns a task per connection; gone, it is stopping.
+    let _ = foreign.send(handed).await;
+    Ok(None)
 }
 
 /// Serves one link over TCP, `opening` already read off it; says who the peer was (once
 /// authenticated) and why it ended.
 async fn tcp_link(
-    socket: TcpStream,
+    stream: Stream,
     opening: &[u8; OPENING],
     gateway: Arc<Gateway>,
     close: CancellationToken,
     ping_interval: Duration,
     queue_bytes: usize,
 ) -> (Option<Peer>, Result<(), LinkError>) {
-    if let Err(e) = socket.set_nodelay(true) {
-        return (None, Err(LinkError::Connect(e)));
-    }
-    let (reader, writer) = socket.into_split();
+    let (reader, writer) = stream.split();
     let mut reader = FrameReader::new(reader).after(opening);
     let mut writer = FrameWriter::new(writer);
-    let role = match handshake::accept_handshake(&mut reader, &mut writer, &gateway.secret).await {
-        Ok(role) => role,
-        Err(e) => return (None, Err(e.into())),
-    };
+    let role =
+        match handshake::accept_handshake(&mut reader, &mut writer, gateway.trust.secret()).await {
+            Ok(role) => role,
+            Err(e) => return (None, Err(e.into())),
+        };
     let (queue, outgoing) = queue::channel(LINK_QUEUE, queue_bytes, Towards::Worker);
     let mut writing = tokio::spawn(writer.forward(outgoing, ping_interval * SILENT_INTERVALS));
     let serving = serve_link(

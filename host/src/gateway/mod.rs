@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Advertise, GatewayConfig, Protocol};
 use crate::local::LocalGateways;
 use crate::register;
+use crate::transport::Trust;
 use crate::wire::messages::ListenerInfo;
 use heartbeat::{HeartbeatConfig, Ping};
 use listener::{ListenerConfig, Transport};
@@ -55,7 +56,7 @@ pub struct BoundGateway {
 impl BoundGateway {
     /// Binds the client listener and the internal listener, and loads the TLS certificate
     /// of a `wss` listener.
-    pub async fn bind(config: GatewayConfig, secret: Arc<[u8]>) -> anyhow::Result<Self> {
+    pub async fn bind(config: GatewayConfig, trust: Trust) -> anyhow::Result<Self> {
         let name = config.name();
         let transport = match config.listen.protocol {
             Protocol::Ws => Transport::Ws,
@@ -106,7 +107,7 @@ impl BoundGateway {
                 listeners.iter().map(|l| l.app.clone()).collect(),
             )),
             listeners,
-            secret,
+            trust,
             counters,
             reports: Default::default(),
         });
@@ -160,7 +161,7 @@ impl BoundGateway {
         );
         let _registration = register::spawn_registration(
             self.config.register.clone(),
-            self.gateway.secret.clone(),
+            self.gateway.trust.clone(),
             register::Announce::Gateway {
                 internal: address,
                 gatewayworker: self.config.gatewayworker.then_some(address),

@@ -1,5 +1,5 @@
 //! What every task of one gateway shares: its state, its worker-host links, its listeners,
-//! the secret, its limit counters and the worker hosts' latest plugin reports; and the
+//! the secret (and TLS) of its links, its limit counters and the worker hosts' latest plugin reports; and the
 //! snapshot operators read of it.
 
 use std::collections::HashMap;
@@ -9,6 +9,7 @@ use super::counters::Counters;
 use super::router::Router;
 use super::state::{GatewayState, StateSummary};
 use crate::ops::{ListenerView, Query, Reply, WorkerReport};
+use crate::transport::Trust;
 use crate::wire::messages::ListenerInfo;
 
 /// A running gateway's shared parts.
@@ -19,8 +20,8 @@ pub struct Gateway {
     pub router: Arc<Router>,
     /// The listeners announced to worker hosts.
     pub listeners: Vec<ListenerInfo>,
-    /// The cluster secret.
-    pub secret: Arc<[u8]>,
+    /// How internal links prove themselves: the cluster secret, and TLS if configured.
+    pub trust: Trust,
     /// How often its limits cut clients off.
     pub counters: Arc<Counters>,
     /// The latest plugin report of each linked worker host, by link: kept only while the

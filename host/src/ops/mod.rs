@@ -8,13 +8,15 @@
 //! operation cannot mean different things on different paths.
 //!
 //! Commands are fire-and-forget. Queries are answered by every gateway they are sent to, and
-//! the answers are combined with [`Reply::merge`].
+//! the answers are combined with [`Reply::merge`]; an answer some gateway missed is flagged
+//! through [`partial`].
 
 mod api;
 mod args;
 mod cluster;
 mod command;
 mod error;
+pub mod partial;
 mod port;
 mod query;
 

@@ -41,6 +41,7 @@ use crate::local::LocalGateways;
 use crate::ops::GatewayApi;
 use crate::push::{BoundPush, PushClient};
 use crate::register;
+use crate::transport::Trust;
 use crate::web::BoundWeb;
 use crate::worker::WorkerHost;
 use control::ControlSocket;
@@ -216,6 +217,10 @@ pub async fn run(
     let started = config.clone();
     tracing::info!("cluster secret from {}", secret.origin);
     let secret: Arc<[u8]> = secret.bytes.into();
+    let trust = Trust::load(secret.clone(), config.internal_tls.as_ref())?;
+    if trust.is_tls() {
+        tracing::info!("internal links over TLS ([internal_tls])");
+    }
     let control = ControlSocket::bind(&config.control.socket)?;
     let _pid_file = PidFile::create(&config.control.pid_file)?;
     let metrics_listener = match &config.metrics {
@@ -310,7 +315,7 @@ pub async fn run(
         roles.spawn(register::run(
             listener,
             directory,
-            secret.clone(),
+            trust.clone(),
             shutdown.clone(),
         ));
     }
@@ -333,7 +338,7 @@ pub async fn run(
                     .unwrap_or(usize::MAX),
             },
         };
-        let mut bound = BoundGateway::bind(gateway, secret.clone()).await?;
+        let mut bound = BoundGateway::bind(gateway, trust.clone()).await?;
         if compatible {
             let (handed, foreign) = tokio::sync::mpsc::channel(FOREIGN_QUEUE);
             bound.serve_foreign(handed);
@@ -357,7 +362,7 @@ pub async fn run(
     let mut admin = admin;
     if let (Some(worker), Some((grants, granted))) = (config.worker, grants) {
         let start_timeout = worker.start_timeout;
-        let worker = WorkerHost::new(worker, secret.clone(), local.clone())?;
+        let worker = WorkerHost::new(worker, trust.clone(), local.clone())?;
         ready = Some((worker.ready(local_gateways), start_timeout));
         running.cluster = Some(GatewayApi::new(worker.gateways()));
         if let Some(push) = push {
@@ -375,7 +380,7 @@ pub async fn run(
         roles.spawn(worker.run(granted, workers_stop.clone()));
     }
     if let Some(admin) = admin {
-        let client = PushClient::link(admin_registers, &*secret);
+        let client = PushClient::link(admin_registers, trust.clone());
         let (limits, shutdown) = (config.http.clone(), shutdown.clone());
         roles.spawn(async move {
             let api = GatewayApi::clone(&client);

@@ -20,6 +20,7 @@ use crate::links::{DEFAULT_PING_INTERVAL, DEFAULT_QUEUE_BYTES, GatewayLinks, NoE
 use crate::local::LocalGateways;
 use crate::ops::{GatewayApi, Gateways};
 use crate::register::{self, Announce};
+use crate::transport::Trust;
 use crate::wire::handshake::Peer;
 
 /// How long [`PushClient::connect`] waits for the gateways by default: GatewayClient's 5 s.
@@ -44,7 +45,9 @@ pub enum ConnectError {
 ///
 /// Cheap to clone; the links it opened close when the last clone is dropped. Commands (sends,
 /// closes, group, uid and session changes) return once queued to the gateway(s), not once
-/// delivered, in the order they were made. Queries wait at most one second for the gateways.
+/// delivered, in the order they were made. Queries wait at most one second for the gateways;
+/// run one within [`crate::ops::partial::gathering`] to learn which gateways its answer
+/// missed.
 ///
 /// ```no_run
 /// use wasmgate::push::PushClient;
@@ -90,10 +93,20 @@ impl PushClient {
         secret: impl AsRef<[u8]>,
         timeout: Duration,
     ) -> Result<Self, ConnectError> {
+        Self::connect_trusting(registers, Trust::plain(secret.as_ref().into()), timeout).await
+    }
+
+    /// [`connect_within`](Self::connect_within) with links that prove `trust`: the cluster
+    /// secret and, if the cluster runs `[internal_tls]`, a certificate of its CA.
+    pub async fn connect_trusting(
+        registers: Vec<SocketAddr>,
+        trust: Trust,
+        timeout: Duration,
+    ) -> Result<Self, ConnectError> {
         if registers.is_empty() {
             return Err(ConnectError::NoRegister);
         }
-        let (client, listed, linked) = Self::start(registers, secret.as_ref().into());
+        let (client, listed, linked) = Self::start(registers, trust);
         let all = wait_until(listed, linked.clone(), |listed, linked| {
             !listed.is_empty() && listed.is_subset(linked)
         });
@@ -107,15 +120,15 @@ impl PushClient {
     /// Links as [`connect`](Self::connect) does, without waiting: each gateway is linked as
     /// the registers list it (what a process without a worker host serves the admin page
     /// over). Must be called within a tokio runtime.
-    pub fn link(registers: Vec<SocketAddr>, secret: impl AsRef<[u8]>) -> Self {
-        Self::start(registers, secret.as_ref().into()).0
+    pub fn link(registers: Vec<SocketAddr>, trust: Trust) -> Self {
+        Self::start(registers, trust).0
     }
 
     /// Starts the registration and the links; returns the client with the gateways listed
     /// and those linked.
     fn start(
         registers: Vec<SocketAddr>,
-        secret: Arc<[u8]>,
+        trust: Trust,
     ) -> (
         Self,
         watch::Receiver<BTreeSet<SocketAddrV4>>,
@@ -123,10 +136,10 @@ impl PushClient {
     ) {
         let stop = CancellationToken::new();
         let listed =
-            register::spawn_registration(registers, secret.clone(), Announce::Client, stop.clone());
+            register::spawn_registration(registers, trust.clone(), Announce::Client, stop.clone());
         // A push client runs no gateway, so every link is a network link.
         let links = GatewayLinks::new(
-            secret,
+            trust,
             Peer::Client,
             LocalGateways::default(),
             DEFAULT_PING_INTERVAL,

@@ -25,7 +25,9 @@ use serde_json::{Map, Value};
 
 use crate::client_id::ClientId;
 use crate::http_listener;
-use crate::ops::{Excluded, GatewayApi, Name, OpError, Session, Unreachable, gateway_operations};
+use crate::ops::{
+    Excluded, GatewayApi, Name, OpError, Session, Unreachable, gateway_operations, partial,
+};
 
 /// The OpenAPI 3.1 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -65,8 +67,13 @@ macro_rules! http_routes {
             ) -> Result<Response, ApiError> {
                 $(let $arg = <$ty as FromJson>::take(&mut fields, stringify!($arg))?;)*
                 refuse_unknown(&mut fields)?;
-                let result = api.$name($($arg),*).await?;
-                Ok(json(StatusCode::OK, &Answer { result }))
+                let (result, missing) = partial::gathering(api.$name($($arg),*)).await;
+                let answer = Answer {
+                    result: result?,
+                    partial: !missing.is_empty(),
+                    missing_gateways: missing.iter().map(ToString::to_string).collect(),
+                };
+                Ok(json(StatusCode::OK, &answer))
             }
         )*
     };
@@ -212,10 +219,15 @@ impl<S: Send + Sync> FromRequest<S> for Fields {
 
 // ---- Answers ----------------------------------------------------------------------------------
 
-/// A successful answer; commands answer `{"result": null}` once queued.
+/// A successful answer; commands answer `{"result": null}` once queued. A query some gateway
+/// did not answer in time says so (`"partial": true`) and names those gateways.
 #[derive(Serialize)]
 struct Answer<T> {
     result: T,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    partial: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    missing_gateways: Vec<String>,
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> Response {

@@ -8,12 +8,11 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::merge::SETTLE;
+use crate::transport::{LinkRead, LinkWrite, Stream};
 use crate::wire::{FrameReader, FrameWriter, LinkError, WireError};
 
 /// How often a member pings each register.
@@ -63,7 +62,7 @@ pub(super) struct LinkWriter<M> {
 
 impl<M: Serialize + Send + 'static> LinkWriter<M> {
     /// Starts the writer task of a link.
-    pub(super) fn spawn(writer: FrameWriter<OwnedWriteHalf>) -> Self {
+    pub(super) fn spawn(writer: FrameWriter<LinkWrite>) -> Self {
         let (queue, messages) = mpsc::channel(LINK_QUEUE);
         let task = AbortOnDropHandle::new(tokio::spawn(
             writer.forward(messages, PING_INTERVAL * SILENT_INTERVALS),
@@ -92,12 +91,7 @@ impl<M: Serialize + Send + 'static> LinkWriter<M> {
 }
 
 /// Splits a connected stream into the two framed halves of a link.
-pub(super) fn frame(
-    stream: TcpStream,
-) -> (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>) {
-    // Register messages are tiny and latency matters more than packet count; the writer
-    // task batches on its own.
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
+pub(super) fn frame(stream: Stream) -> (FrameReader<LinkRead>, FrameWriter<LinkWrite>) {
+    let (reader, writer) = stream.split();
     (FrameReader::new(reader), FrameWriter::new(writer))
 }

@@ -6,23 +6,20 @@
 //! links are merged by [`super::merge`].
 
 use std::collections::BTreeSet;
-use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, timeout};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::link::{LinkWriter, Timing, frame};
 use super::merge::{MergedLists, Report};
-use crate::wire::handshake::HANDSHAKE_TIMEOUT;
+use crate::transport::{LinkRead, LinkWrite, Trust};
 use crate::wire::{
     FrameReader, FrameWriter, FromRegister, LinkError, Peer, ToRegister, connect_handshake,
 };
@@ -81,7 +78,7 @@ impl Announce {
 /// Registers this process with every register in `registers` and keeps it registered until
 /// `shutdown` is cancelled, then closes the links (which unregisters a gateway).
 ///
-/// Each register gets its own task: it connects, authenticates with `secret`, announces
+/// Each register gets its own task: it connects, authenticates with `trust`, announces
 /// `announce`, pings, and reconnects with jittered exponential backoff (100 ms doubling to
 /// 2 s) whenever the register is down or the link fails. The returned channel carries the
 /// gateway set merged from every register (see [`MergedLists`]); it stays empty for a
@@ -89,17 +86,17 @@ impl Announce {
 /// tokio runtime.
 pub fn spawn_registration(
     registers: Vec<SocketAddr>,
-    secret: Arc<[u8]>,
+    trust: Trust,
     announce: Announce,
     shutdown: CancellationToken,
 ) -> watch::Receiver<BTreeSet<SocketAddrV4>> {
-    spawn_registration_with(registers, secret, announce, Timing::DEFAULT, shutdown)
+    spawn_registration_with(registers, trust, announce, Timing::DEFAULT, shutdown)
 }
 
 /// [`spawn_registration`] with the given clocks.
 pub(super) fn spawn_registration_with(
     registers: Vec<SocketAddr>,
-    secret: Arc<[u8]>,
+    trust: Trust,
     announce: Announce,
     timing: Timing,
     shutdown: CancellationToken,
@@ -110,7 +107,7 @@ pub(super) fn spawn_registration_with(
         let member = Member {
             register,
             index,
-            secret: secret.clone(),
+            trust: trust.clone(),
             announce,
             timing,
             lists: lists.clone(),
@@ -126,8 +123,8 @@ struct Member {
     register: SocketAddr,
     /// The register's slot in `lists`.
     index: usize,
-    /// The cluster's shared secret.
-    secret: Arc<[u8]>,
+    /// How links prove themselves: the cluster's secret, and TLS if configured.
+    trust: Trust,
     /// What this process is.
     announce: Announce,
     /// The link's clocks.
@@ -191,15 +188,11 @@ impl Member {
     }
 
     /// Opens and authenticates a link to the register.
-    async fn connect(
-        &self,
-    ) -> Result<(FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>), LinkError> {
-        let stream = match timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(self.register)).await {
-            Ok(connected) => connected.map_err(LinkError::Connect)?,
-            Err(_) => return Err(LinkError::Connect(io::ErrorKind::TimedOut.into())),
-        };
+    async fn connect(&self) -> Result<(FrameReader<LinkRead>, FrameWriter<LinkWrite>), LinkError> {
+        let stream = self.trust.dial(self.register).await?;
         let (mut reader, mut writer) = frame(stream);
-        connect_handshake(&mut reader, &mut writer, &self.secret, self.announce.role()).await?;
+        let (secret, role) = (self.trust.secret(), self.announce.role());
+        connect_handshake(&mut reader, &mut writer, secret, role).await?;
         Ok((reader, writer))
     }
 
@@ -207,8 +200,8 @@ impl Member {
     /// fails or `shutdown` (`Ok`).
     async fn serve(
         &self,
-        mut reader: FrameReader<OwnedReadHalf>,
-        writer: FrameWriter<OwnedWriteHalf>,
+        mut reader: FrameReader<LinkRead>,
+        writer: FrameWriter<LinkWrite>,
         shutdown: &CancellationToken,
     ) -> Result<(), LinkError> {
         let mut writer = LinkWriter::spawn(writer);

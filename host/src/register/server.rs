@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::pin::pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -18,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::link::{LinkWriter, Timing, frame};
+use crate::transport::Trust;
 use crate::wire::{FromRegister, LinkError, Peer, ToRegister, accept_handshake};
 
 /// The pause after a failed `accept` (e.g. out of file descriptors), so that the register
@@ -134,24 +134,24 @@ impl Drop for DirectoryEntry {
 pub async fn run(
     listener: TcpListener,
     directory: Directory,
-    secret: Arc<[u8]>,
+    trust: Trust,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    run_with(listener, directory, secret, Timing::DEFAULT, shutdown).await
+    run_with(listener, directory, trust, Timing::DEFAULT, shutdown).await
 }
 
 /// [`run`] with the given clocks.
 pub(super) async fn run_with(
     listener: TcpListener,
     table: Directory,
-    secret: Arc<[u8]>,
+    trust: Trust,
     timing: Timing,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     serve_each(listener, "register", &shutdown, |stream, peer| {
-        let (secret, table, shutdown) = (secret.clone(), table.clone(), shutdown.clone());
+        let (trust, table, shutdown) = (trust.clone(), table.clone(), shutdown.clone());
         async move {
-            match serve_member(stream, &secret, &table, timing, &shutdown).await {
+            match serve_member(stream, &trust, &table, timing, &shutdown).await {
                 Ok(()) => debug!(%peer, "register link closed"),
                 Err(LinkError::Handshake(error)) if error.is_quiet() => {
                     debug!(%peer, %error, "register link dropped during the handshake");
@@ -202,13 +202,13 @@ pub async fn serve_each<F, Fut>(
 /// link lives, and keeps a worker host's list up to date.
 async fn serve_member(
     stream: TcpStream,
-    secret: &[u8],
+    trust: &Trust,
     table: &Directory,
     timing: Timing,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
-    let (mut reader, mut writer) = frame(stream);
-    let role = accept_handshake(&mut reader, &mut writer, secret).await?;
+    let (mut reader, mut writer) = frame(trust.accept(stream).await?);
+    let role = accept_handshake(&mut reader, &mut writer, trust.secret()).await?;
     let mut writer = LinkWriter::spawn(writer);
     let mut gateway: Option<DirectoryEntry> = None;
     let mut watched: Option<ListWatch> = None;

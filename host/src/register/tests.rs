@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -19,6 +18,7 @@ use super::link::{Timing, frame};
 use super::member::spawn_registration_with;
 use super::merge::{MergedLists, Report};
 use super::server::run_with;
+use crate::transport::{LinkRead, LinkWrite, Stream, Trust};
 use crate::wire::{
     FrameReader, FrameWriter, FromRegister, HandshakeError, Peer, ToRegister, accept_handshake,
     connect_handshake,
@@ -36,8 +36,8 @@ const WAIT: Duration = Duration::from_secs(10);
 
 const SECRET: &[u8] = b"cluster secret";
 
-fn secret() -> Arc<[u8]> {
-    Arc::from(SECRET)
+fn secret() -> Trust {
+    Trust::plain(Arc::from(SECRET))
 }
 
 fn gateway(port: u16) -> SocketAddrV4 {
@@ -134,7 +134,7 @@ async fn wait_for(
     wait_for_list(gateways, list(expected), |_| true).await;
 }
 
-type RawLink = (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>);
+type RawLink = (FrameReader<LinkRead>, FrameWriter<LinkWrite>);
 
 /// A hand-driven link to a register.
 async fn raw_link(
@@ -142,13 +142,13 @@ async fn raw_link(
     secret: &[u8],
     role: Peer,
 ) -> Result<RawLink, HandshakeError> {
-    let (mut reader, mut writer) = frame(TcpStream::connect(address).await.unwrap());
+    let (mut reader, mut writer) = frame(Stream::Plain(TcpStream::connect(address).await.unwrap()));
     connect_handshake(&mut reader, &mut writer, secret, role).await?;
     Ok((reader, writer))
 }
 
 /// Waits until the register closes a hand-driven link.
-async fn closed_by_peer(reader: &mut FrameReader<OwnedReadHalf>) {
+async fn closed_by_peer(reader: &mut FrameReader<LinkRead>) {
     let next = timeout(WAIT, reader.recv::<FromRegister>())
         .await
         .expect("link still open");
@@ -303,7 +303,7 @@ async fn wrong_secret_is_refused() {
     let _stop_all = stop.clone().drop_guard();
     let mut intruder = spawn_registration_with(
         vec![register.address],
-        Arc::from(&b"not the secret"[..]),
+        Trust::plain(Arc::from(&b"not the secret"[..])),
         Announce::Worker,
         QUICK,
         stop.clone(),
@@ -330,10 +330,8 @@ async fn malformed_input_closes_only_that_link() {
     wait_for(&mut worker, &[gateway(1)]).await;
 
     // Garbage after a good handshake.
-    let (read_half, mut write_half) = TcpStream::connect(register.address)
-        .await
-        .unwrap()
-        .into_split();
+    let (read_half, mut write_half) =
+        Stream::Plain(TcpStream::connect(register.address).await.unwrap()).split();
     let mut reader = FrameReader::new(read_half);
     connect_handshake(
         &mut reader,
@@ -380,7 +378,7 @@ async fn a_silent_register_is_left_and_retried() {
             let (stream, _) = listener.accept().await.unwrap();
             let accepted = accepted.clone();
             tokio::spawn(async move {
-                let (mut reader, mut writer) = frame(stream);
+                let (mut reader, mut writer) = frame(Stream::Plain(stream));
                 accept_handshake(&mut reader, &mut writer, SECRET)
                     .await
                     .unwrap();

@@ -25,7 +25,7 @@
 //! each one as an error and floods its log).
 //!
 //! The handshake authenticates the two ends; it does not encrypt or sign the traffic after it.
-//! Internal ports still belong on a private network.
+//! Without `[internal_tls]` (`crate::transport`), internal ports belong on a private network.
 //!
 //! Compatibility: the layout of `Hello` and of the acceptor's answer to it is
 //! frozen across protocol versions, so that peers of any two versions can always read each

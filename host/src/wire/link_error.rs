@@ -37,6 +37,40 @@ pub enum LinkError {
     /// A gateway sent a presence callback as a client event: only a worker host makes those.
     #[error("a client event carries a presence callback, which only a worker host makes")]
     PresenceEvent,
+    /// TLS on the link was refused or failed, on either end.
+    #[error(transparent)]
+    Tls(#[from] TlsRefusal),
+}
+
+/// Why a link's TLS layer refused the peer: the two ends disagree on TLS, or the peer's
+/// certificate (or ours, to the peer) was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsRefusal {
+    /// This end requires TLS (`[internal_tls]`) and the peer spoke plaintext.
+    #[error("the peer speaks plaintext, but internal links here require TLS ([internal_tls])")]
+    PlaintextPeer,
+    /// This end is plaintext and the peer opened TLS.
+    #[error("the peer opened TLS, but internal links here are plaintext (no [internal_tls])")]
+    TlsPeer,
+    /// The TLS handshake failed: a certificate not signed by the cluster's CA, none at all,
+    /// a wrong server name, or a peer that closed the connection during it.
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+    /// The TLS handshake did not finish in time.
+    #[error("the TLS handshake did not finish within {0:?}")]
+    Timeout(Duration),
+}
+
+impl TlsRefusal {
+    /// A short, bounded name for the metric of refused TLS links.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TlsRefusal::PlaintextPeer => "plaintext_peer",
+            TlsRefusal::TlsPeer => "tls_peer",
+            TlsRefusal::Handshake(_) => "handshake",
+            TlsRefusal::Timeout(_) => "timeout",
+        }
+    }
 }
 
 /// A link's queue whose other end is gone: the link is closing.
@@ -59,6 +93,7 @@ impl LinkError {
             LinkError::NotAGateway(_)
             | LinkError::UnknownListener(_)
             | LinkError::PresenceEvent => "bad_frame",
+            LinkError::Tls(_) => "tls",
         }
     }
 

@@ -1,4 +1,6 @@
-//! The imports a plugin calls: `gateway`, `timers` and `log`, implemented on [`HostApi`].
+//! The imports a plugin calls: `gateway`, `answers`, `timers` and `log`, implemented on
+//! [`HostApi`]. `answers.missing-gateways` reports what [`partial`] gathered during the
+//! instance's latest `gateway` call.
 //!
 //! The `gateway` imports are generated from the table of operations
 //! ([`crate::ops::gateway_operations`]): each import converts its WIT arguments, runs the
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::bindings::wasmgate::plugin::{gateway, log, timers, types};
+use super::bindings::wasmgate::plugin::{answers, gateway, log, timers, types};
 use super::bindings::{GatewayError, Level};
 use super::guest_output::LogBudget;
 use super::timers::{Timers, TooManyTimers};
@@ -25,7 +27,7 @@ use crate::client_id::ClientId;
 use crate::metrics;
 use crate::ops::{
     Command, CommandFuture, Excluded, GatewayApi, Gateways, Keyed, Name, OpError, Query,
-    QueryFuture, Reply, Session, check_session_bytes, gateway_operations, session_bytes,
+    QueryFuture, Reply, Session, check_session_bytes, gateway_operations, partial, session_bytes,
     session_bytes_after,
 };
 
@@ -34,6 +36,8 @@ pub struct HostApi {
     pub(super) plugin: Arc<str>,
     api: GatewayApi,
     view: Arc<SessionView>,
+    /// The gateways the latest `gateway` call did not hear from (`answers.missing-gateways`).
+    missing: Vec<String>,
     pub(super) timers: Timers,
     log: Arc<LogBudget>,
 }
@@ -64,6 +68,7 @@ impl HostApi {
             plugin,
             api: GatewayApi::new(view.clone()),
             view,
+            missing: Vec::new(),
             timers,
             log,
         }
@@ -338,7 +343,8 @@ macro_rules! wit_imports {
                     &mut self
                     $(, $arg: <$ty as FromWit>::Wit)*
                 ) -> Result<<$ret as IntoWit>::Wit, GatewayError> {
-                    let result = self.api.$name($($arg),*).await;
+                    let (result, missing) = partial::gathering(self.api.$name($($arg),*)).await;
+                    self.missing = missing.iter().map(ToString::to_string).collect();
                     self.answer(stringify!($name), result)
                 }
             )*
@@ -349,6 +355,12 @@ macro_rules! wit_imports {
 gateway_operations!(wit_imports);
 
 impl types::Host for HostApi {}
+
+impl answers::Host for HostApi {
+    async fn missing_gateways(&mut self) -> Vec<String> {
+        self.missing.clone()
+    }
+}
 
 impl HostApi {
     /// A timer past `max_timers` traps the instance: counted, and logged with its trap.

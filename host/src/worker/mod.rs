@@ -40,6 +40,7 @@ use crate::local::LocalGateways;
 use crate::metrics;
 use crate::ops::{FaultCounts, FaultReport, Gateways, PluginReport, WorkerReport};
 use crate::register;
+use crate::transport::Trust;
 use crate::wire::handshake::Peer;
 use dispatch::Dispatcher;
 use outbound_http::HttpLimits;
@@ -66,7 +67,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(15);
 /// hand its links to the push API before anything is served.
 pub struct WorkerHost {
     config: WorkerConfig,
-    secret: Arc<[u8]>,
+    trust: Trust,
     runtime: Arc<Runtime>,
     links: Arc<GatewayLinks>,
     dispatcher: Arc<Dispatcher>,
@@ -77,11 +78,7 @@ pub struct WorkerHost {
 impl WorkerHost {
     /// Sets up the wasm runtime and the (not yet dialled) links to the gateways; those of
     /// this process are reached through `local`.
-    pub fn new(
-        config: WorkerConfig,
-        secret: Arc<[u8]>,
-        local: LocalGateways,
-    ) -> anyhow::Result<Self> {
+    pub fn new(config: WorkerConfig, trust: Trust, local: LocalGateways) -> anyhow::Result<Self> {
         let mut runtime = Runtime::new(Limits {
             process_timeout: config.process_timeout,
             memory_limit: config.memory_limit.as_u64() as usize,
@@ -107,7 +104,7 @@ impl WorkerHost {
                 },
             );
         let links = GatewayLinks::new(
-            secret.clone(),
+            trust.clone(),
             Peer::Worker,
             local,
             config.link_ping_interval,
@@ -119,7 +116,7 @@ impl WorkerHost {
         let dispatcher = Dispatcher::new(links.clone(), worker_id);
         Ok(Self {
             config,
-            secret,
+            trust,
             runtime: Arc::new(runtime),
             links,
             dispatcher,
@@ -161,7 +158,7 @@ impl WorkerHost {
     ) -> anyhow::Result<()> {
         let Self {
             config,
-            secret,
+            trust,
             runtime,
             links,
             dispatcher,
@@ -177,7 +174,7 @@ impl WorkerHost {
         tokio::spawn(plugins.watch(reload, watching));
         let gateways = register::spawn_registration(
             config.register.clone(),
-            secret,
+            trust,
             register::Announce::Worker,
             shutdown.clone(),
         );

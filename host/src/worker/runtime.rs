@@ -273,6 +273,7 @@ impl Runtime {
         let api: fn(&mut PluginState) -> &mut HostApi = |s| &mut s.api;
         plugin_wit::types::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
         plugin_wit::gateway::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
+        plugin_wit::answers::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
         plugin_wit::timers::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
         plugin_wit::log::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
         super::sql::add_to_linker(&mut linker, |s| SqlCtx::new(&mut s.sql, &mut s.table))?;

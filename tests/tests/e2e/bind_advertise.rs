@@ -62,7 +62,7 @@ async fn served_through(keys: &str, advertised: &str) {
 
 /// A WebSocket client of the gateway on `port`, connected once it listens and a worker host
 /// answers it (bounded).
-async fn client(port: u16) -> TestClient {
+pub(crate) async fn client(port: u16) -> TestClient {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     for _ in 0..400 {
         if let Ok(mut c) = TestClient::ws(addr, "/").await

@@ -342,7 +342,7 @@ struct Delisting {
 impl Delisting {
     async fn start(in_process: bool) -> Self {
         let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
-        let secret: Arc<[u8]> = SECRET.as_bytes().into();
+        let secret = wasmgate::transport::Trust::plain(SECRET.as_bytes().into());
         let shutdown = CancellationToken::new();
         let first_register = shutdown.child_token();
         let mut registers = Vec::new();

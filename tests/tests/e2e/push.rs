@@ -566,7 +566,7 @@ async fn post_to(push: u16, operation: &str, body: Value) -> (StatusCode, Value)
 /// A gateway that stops answering, then is gone, is named in what the push API answers about
 /// its clients, while the other gateway's clients are served as before: a query about one of
 /// its clients waits at most one second and names it; an all-gateway query answers for the
-/// others and the worker host's log names the silent one; once it is gone its clients are
+/// others, flagged partial, naming the silent one; once it is gone its clients are
 /// offline, and binding one of them is a 404 naming the gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_or_gone_gateway_is_named() {
@@ -574,7 +574,7 @@ async fn a_silent_or_gone_gateway_is_named() {
     let (register, a, push) = (free_port(), free_port(), free_port());
     let (b, b_internal) = (free_port(), free_port());
     let register_at = format!("register = \"127.0.0.1:{register}\"");
-    let main = Node::start(
+    let _main = Node::start(
         BIN,
         &format!(
             "secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{register}\"\n\
@@ -602,9 +602,8 @@ async fn a_silent_or_gone_gateway_is_named() {
 
     other.signal("STOP").await;
     let (status, answer) = post_to(push, "get_all_client_count", json!({})).await;
-    assert_eq!((status, answer), (StatusCode::OK, json!({"result": 1})));
-    main.wait_for_line(&["answered by 1 of 2 gateways", &gone])
-        .await;
+    let partial = json!({"result": 1, "partial": true, "missing_gateways": [gone]});
+    assert_eq!((status, answer), (StatusCode::OK, partial));
     let asked = std::time::Instant::now();
     let (status, answer) = post_to(push, "is_online", json!({"client_id": doomed_id})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
