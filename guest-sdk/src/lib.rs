@@ -75,6 +75,7 @@ mod session;
 pub mod sql;
 
 use bindings::exports::wasmgate::plugin::events::Guest;
+pub use bindings::wasmgate::plugin::event_info::current_event;
 pub use bindings::wasmgate::plugin::gateway;
 pub use bindings::wasmgate::plugin::timers;
 pub use bindings::wasmgate::plugin::timers::TimerId;

@@ -82,6 +82,7 @@ pub async fn serve<R, W>(
         shared: &shared,
         id,
         binding: Binding::default(),
+        events: 0,
     };
     let end = tokio::select! {
         kill = queue.killed() => killed(&shared, id, kill),
@@ -290,6 +291,8 @@ struct ClientLink<'a> {
     shared: &'a ConnShared,
     id: ClientId,
     binding: Binding,
+    /// Events forwarded so far: the next one is numbered one more.
+    events: u64,
 }
 
 impl ClientLink<'_> {
@@ -305,7 +308,9 @@ impl ClientLink<'_> {
         }
     }
 
-    async fn send(&mut self, client: ClientContext, kind: EventKind) -> Result<(), Unrouted> {
+    async fn send(&mut self, mut client: ClientContext, kind: EventKind) -> Result<(), Unrouted> {
+        self.events += 1;
+        client.event = self.events;
         let event = ToWorker::Event {
             client,
             kind,

@@ -510,6 +510,7 @@ async fn handle(
             record: wit_client(&context, &listener.name, listener.port, &context.session),
             id,
             session: context.session.clone(),
+            event: None,
         };
         let call = match &kind {
             EventKind::UidOnline(_) => Call::UidOnline(uid, &client),
@@ -529,6 +530,7 @@ async fn handle(
         record: wit_client(&context, &listener.name, listener.port, &session),
         id,
         session,
+        event: Some(context.event).filter(|&n| n > 0),
     };
     let mut track = track.unwrap_or(SessionTrack {
         base_version: context.session_version,
@@ -667,6 +669,7 @@ mod tests {
                 uid: None,
                 session: Arc::default(),
                 session_version: 0,
+                event: 0,
             },
             kind: EventKind::Message(Bytes::from_static(text.as_bytes())),
             done: Done::detached(id),

@@ -26,6 +26,8 @@
 //! - `env <NAME>` → the environment variable's value, or `unset`: shows what the host granted.
 //! - `read <path>` → the file's contents, or `error <why>`: likewise for preopened directories.
 //! - `session <key>` → the value of that key in the client's session, or `unset`.
+//! - `event <payload>` → `event <n> <payload>`: the event's number (`event-info`), so a test
+//!   can tell an event sent again after a lost worker host from a new one.
 //!
 //! `on-websocket-connect` refuses a client whose query string holds `reject=<reason>`, with
 //! that reason (taken as is, not percent-decoded); crashes deciding for `crash=trap` (a panic),
@@ -182,6 +184,10 @@ impl Plugin for Misbehave {
             },
             b"flood" => flood(arg),
             b"instance" => format!("calls {calls}").into_bytes(),
+            b"event" => {
+                let number = wasmgate_sdk::current_event().unwrap_or(0);
+                [format!("event {number} ").as_bytes(), arg].concat()
+            }
             b"env" => std::env::var(String::from_utf8_lossy(arg).as_ref())
                 .unwrap_or_else(|_| "unset".into())
                 .into_bytes(),
