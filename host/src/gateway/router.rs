@@ -350,20 +350,16 @@ impl Router {
     /// handed back first, then the others sent after them); those of a client whose
     /// connection ended are sent in the background. Only the first call for a link does so.
     pub fn lost(self: &Arc<Self>, link: &WorkerLink) {
-        let unacked = {
-            let mut unacked = link.unacked.lock().unwrap_or_else(|e| e.into_inner());
-            // Under the lock `forward` checks it under: an event is either taken here or
-            // sent elsewhere.
-            if link.gone.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            std::mem::take(&mut *unacked)
-        };
-        link.close();
-        self.unlist(link.id);
+        let mut unacked = link.unacked.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock `forward` checks it under, and with each client's events put where
+        // it looks first before anyone can see the link gone: an event is either taken here
+        // or sent elsewhere after these.
+        if link.gone.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let mut resent = 0;
         let mut orphans = Vec::new();
-        for (client, unfinished) in unacked {
+        for (client, unfinished) in std::mem::take(&mut *unacked) {
             let mut events = link.take_returned(client).unwrap_or_default();
             // A handed-back event is done or among the unfinished: not sent twice.
             let after = events.last().map_or(0, event_number);
@@ -377,6 +373,9 @@ impl Router {
                 link.returning.fetch_add(1, Ordering::SeqCst);
             }
         }
+        drop(unacked);
+        link.close();
+        self.unlist(link.id);
         // Wakes the clients bound there, idle ones too: their events must not wait for them.
         link.changed.send_replace(());
         if resent > 0 {
@@ -603,8 +602,10 @@ impl Router {
         let Some(bound) = binding.0.take_if(|b| b.displaced(listener)) else {
             return Ok(());
         };
-        // A closed window means that host is gone: nothing to wait for.
-        if !bound.link.queue.is_closed() {
+        if bound.link.queue.is_closed() || bound.window.is_closed() {
+            // That host is gone: what it held goes first, whoever sees the loss first.
+            self.lost(&bound.link);
+        } else {
             let _ = bound.window.acquire_many(self.window).await;
         }
         let link = bound.link.clone();

@@ -22,7 +22,7 @@ use wasmgate_tests::plugins;
 use crate::BIN;
 
 /// The links' ping interval in the process tests: a frozen peer is dropped within three.
-const PING: Duration = Duration::from_millis(300);
+pub(crate) const PING: Duration = Duration::from_millis(300);
 
 /// Asks `question` and returns how long the answer took; fails if it never comes.
 async fn timed_ask(client: &mut TestClient, question: &str, expected: &str) -> Duration {
@@ -71,7 +71,7 @@ async fn a_flooding_client_does_not_delay_a_bystander() {
     cluster.stop().await;
 }
 
-fn register(port: u16) -> Node {
+pub(crate) fn register(port: u16) -> Node {
     Node::start(
         BIN,
         &format!("secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{port}\"\n"),
@@ -84,7 +84,7 @@ fn gateway(port: u16, register: u16) -> Node {
 }
 
 /// A gateway of `app` on `port`, registering at `register`, with `extra` keys in its section.
-fn gateway_of(app: &str, port: u16, register: u16, extra: &str) -> Node {
+pub(crate) fn gateway_of(app: &str, port: u16, register: u16, extra: &str) -> Node {
     Node::start(
         BIN,
         &format!(
@@ -95,11 +95,11 @@ fn gateway_of(app: &str, port: u16, register: u16, extra: &str) -> Node {
 }
 
 /// The key that makes a role's links ping every [`PING`].
-fn pinging() -> String {
+pub(crate) fn pinging() -> String {
     format!("link_ping_interval = \"{}ms\"", PING.as_millis())
 }
 
-fn worker(name: &str, plugins: &Path, register: u16) -> Node {
+pub(crate) fn worker(name: &str, plugins: &Path, register: u16) -> Node {
     Node::start(
         BIN,
         &format!(
@@ -111,7 +111,7 @@ fn worker(name: &str, plugins: &Path, register: u16) -> Node {
 }
 
 /// Connects once the gateway listens, and returns once a worker host answers.
-async fn client(port: u16) -> TestClient {
+pub(crate) async fn client(port: u16) -> TestClient {
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     for _ in 0..400 {
         if let Ok(mut c) = TestClient::ws(addr, "/").await {

@@ -26,6 +26,7 @@ mod hostile_plugins;
 mod hot_reload;
 mod internal_links;
 mod limits;
+mod lost_peers;
 mod metrics;
 mod plugins_built;
 mod polyglot_reload;
