@@ -677,7 +677,8 @@ pub struct WorkerConfig {
     /// How long a gateway's link may stay down (not linked again) before the worker host
     /// declares the gateway lost and runs `on-close` for each of its clients whose events
     /// ran here: their connections went with it. A gateway back within it (restarted,
-    /// frozen for a moment) keeps its clients. At least `link_ping_interval`.
+    /// frozen for a moment) keeps its clients. Counted from when the link dropped (a silent
+    /// gateway is dropped after three `link_ping_interval`s). At least 1 s.
     #[serde(default = "default_gateway_lost_after", with = "humantime_serde")]
     pub gateway_lost_after: Duration,
     /// Longest a start waits for the plugins present at start to load and for the gateways
@@ -723,8 +724,8 @@ impl WorkerConfig {
         if self.link_ping_interval < Duration::from_millis(10) {
             return Err("`link_ping_interval` must be at least 10ms".into());
         }
-        if self.gateway_lost_after < self.link_ping_interval {
-            return Err("`gateway_lost_after` must be at least `link_ping_interval`".into());
+        if self.gateway_lost_after < Duration::from_secs(1) {
+            return Err("`gateway_lost_after` must be at least 1s".into());
         }
         if self.max_timers == 0 {
             return Err("`max_timers` must be at least 1".into());

@@ -793,17 +793,22 @@ mod tests {
         }
     }
 
+    /// What a host serving `app` announces.
+    fn served() -> [ServedApp; 1] {
+        [ServedApp {
+            name: "app".into(),
+            version: "v1".into(),
+            presence: false,
+        }]
+    }
+
     /// A host that drops the client's app hands an event back: the client's next event goes
     /// to a host that serves the app, after the one handed back; a host that never announced
     /// the app gets nothing.
     #[tokio::test]
     async fn a_client_moves_with_its_handed_back_events_first() {
         let router = Arc::new(Router::new(4, Duration::from_secs(5), vec!["app".into()]));
-        let served = [ServedApp {
-            name: "app".into(),
-            version: "v1".into(),
-            presence: false,
-        }];
+        let served = served();
         let link = || {
             let (queue, events) =
                 crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
@@ -851,11 +856,7 @@ mod tests {
     #[tokio::test]
     async fn a_lost_hosts_unfinished_events_go_first_to_the_next() {
         let router = Arc::new(Router::new(8, Duration::from_secs(5), vec!["app".into()]));
-        let served = [ServedApp {
-            name: "app".into(),
-            version: "v1".into(),
-            presence: false,
-        }];
+        let served = served();
         let (queue, mut lost_events) =
             crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
         let doomed = router.add(queue);

@@ -10,7 +10,7 @@ use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, free_port};
 use wasmgate_tests::plugins;
 
 use crate::BIN;
-use crate::hostile_links::{client, gateway_of, pinging, register, worker};
+use crate::hostile_links::{MisbehaveGateway, client, gateway_of, pinging, register, worker};
 
 /// Events a client sends while its worker host is frozen, then killed.
 const HELD: usize = 20;
@@ -23,11 +23,8 @@ const RESENT_WITHIN: Duration = Duration::from_secs(10);
 /// Before this, the gateway kept only close events, and these were lost with the host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_hosts_unfinished_events_run_on_another() {
-    let plugins = PluginsDir::with(&[("misbehave", plugins::MISBEHAVE)]);
-    let r = free_port();
-    let _register = register(r);
-    let g = free_port();
-    let _gateway = gateway_of("misbehave", g, r, &pinging());
+    let cluster = MisbehaveGateway::start();
+    let (plugins, r, g) = (&cluster.plugins, cluster.register, cluster.port);
     let doomed = worker("w1", plugins.path(), r);
     doomed.wait_for_line(&["linked to gateway"]).await;
     // The only host: the publisher is bound to it.
