@@ -32,6 +32,11 @@ const CLIENTS_PER_GATEWAY: usize = 1_000;
 const BEFORE_LOSS: usize = 40;
 const MESSAGES: usize = 120;
 
+/// Probing publishers per surviving gateway: with least-connections binding, five clients of
+/// one gateway in a row cover its three worker-host links, so at least one is bound to B's
+/// worker host (the group publishers above may be, or not).
+const PROBERS_PER_GATEWAY: usize = 5;
+
 /// How long the survivors may take to see the whole broadcast.
 const DELIVERY: Duration = Duration::from_secs(20);
 
@@ -86,6 +91,25 @@ async fn broadcasts_seen(client: &mut TestClient, last: usize) -> [Vec<usize>; 2
             let (from, n) = message.split_at(1);
             let n: usize = n.parse().unwrap_or_else(|_| panic!("{message:?}"));
             seen[usize::from(from == "c")].push(n);
+        }
+    };
+    let _ = tokio::time::timeout(DELIVERY, reading).await;
+    seen
+}
+
+/// Reads the probers' messages (`q<k>-<n>`) until every one of `probers` sent its `last`;
+/// what arrived from each, in order.
+async fn probes_seen(client: &mut TestClient, probers: usize, last: usize) -> Vec<Vec<usize>> {
+    let mut seen = vec![Vec::new(); probers];
+    let reading = async {
+        while seen.iter().any(|s| s.last() != Some(&last)) {
+            let message = client.recv().await;
+            let parsed = message.strip_prefix('q').and_then(|rest| {
+                let (k, n) = rest.split_once('-')?;
+                Some((k.parse::<usize>().ok()?, n.parse::<usize>().ok()?))
+            });
+            let (k, n) = parsed.unwrap_or_else(|| panic!("{message:?}"));
+            seen[k].push(n);
         }
     };
     let _ = tokio::time::timeout(DELIVERY, reading).await;
@@ -154,6 +178,30 @@ async fn register_mesh_survives_the_loss_of_a_host_under_load() {
     // (B's, maybe) varies from run to run.
     let to_a = SocketAddr::new(a.addr.into(), GATEWAY_PORT);
     let to_c = SocketAddr::new(c.addr.into(), GATEWAY_PORT);
+    // Two watchers of the probes, one on each surviving gateway, and the probers.
+    let mut watchers = Vec::new();
+    let mut probers = Vec::new();
+    for gateway in [to_a, to_c] {
+        let watcher = outside
+            .run(async move {
+                let mut watcher = TestClient::ws(gateway, "/").await.expect("connect");
+                assert_eq!(watcher.ask("join probes").await, "joined probes");
+                watcher
+            })
+            .await;
+        watchers.push(watcher);
+        for _ in 0..PROBERS_PER_GATEWAY {
+            let prober = outside
+                .run(async move {
+                    let mut prober = TestClient::ws(gateway, "/").await.expect("connect");
+                    // Its first event binds it to a worker host.
+                    assert_eq!(prober.ask("echo bound").await, "bound");
+                    prober
+                })
+                .await;
+            probers.push(prober);
+        }
+    }
     let mut publishers = Vec::new();
     for (name, gateway) in [("a", to_a), ("c", to_c)] {
         let publisher = outside
@@ -171,8 +219,21 @@ async fn register_mesh_survives_the_loss_of_a_host_under_load() {
                 .await
                 .unwrap();
         }
+        for (k, prober) in probers.iter_mut().enumerate() {
+            prober.send(&format!("pub probes q{k}-{n}")).await.unwrap();
+        }
         // Pacing: the loss falls in the middle of a steady stream, not after a burst.
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (i, watcher) in watchers.iter_mut().enumerate() {
+        let seen = probes_seen(watcher, probers.len(), MESSAGES - 1).await;
+        for (k, seen) in seen.iter().enumerate() {
+            assert!(
+                complete_but_for_repeats_across_the_loss(seen),
+                "watcher {i} saw prober {k}'s messages with one missing, out of order or \
+                 repeated beyond what the lost host had run: {seen:?}"
+            );
+        }
     }
     for (host, clients) in [("A", &mut on_a), ("C", &mut on_c)] {
         for (i, client) in clients.iter_mut().enumerate() {
