@@ -79,6 +79,7 @@ pub mod sql;
 
 use bindings::exports::wasmgate::plugin::events::Guest;
 pub use bindings::wasmgate::plugin::answers;
+pub use bindings::wasmgate::plugin::event_info::current_event;
 pub use bindings::wasmgate::plugin::gateway;
 pub use bindings::wasmgate::plugin::timers;
 pub use bindings::wasmgate::plugin::timers::TimerId;

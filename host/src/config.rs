@@ -727,6 +727,13 @@ pub struct WorkerConfig {
     /// three intervals, or that reads nothing for as long, is dropped and re-dialled.
     #[serde(default = "default_link_ping_interval", with = "humantime_serde")]
     pub link_ping_interval: Duration,
+    /// How long a gateway's link may stay down (not linked again) before the worker host
+    /// declares the gateway lost and runs `on-close` for each of its clients whose events
+    /// ran here: their connections went with it. A gateway back within it (restarted,
+    /// frozen for a moment) keeps its clients. Counted from when the link dropped (a silent
+    /// gateway is dropped after three `link_ping_interval`s). At least 1 s.
+    #[serde(default = "default_gateway_lost_after", with = "humantime_serde")]
+    pub gateway_lost_after: Duration,
     /// Longest a start waits for the plugins present at start to load and for the gateways
     /// of this process to be linked before it reports ready anyway (`start -d` returns,
     /// `READY=1`), with a warning: a cold Python or JavaScript plugin compiles for seconds.
@@ -769,6 +776,9 @@ impl WorkerConfig {
         }
         if self.link_ping_interval < Duration::from_millis(10) {
             return Err("`link_ping_interval` must be at least 10ms".into());
+        }
+        if self.gateway_lost_after < Duration::from_secs(1) {
+            return Err("`gateway_lost_after` must be at least 1s".into());
         }
         if self.max_timers == 0 {
             return Err("`max_timers` must be at least 1".into());
@@ -1537,6 +1547,11 @@ fn default_max_events_in_flight() -> u32 {
 
 fn default_link_queue_bytes() -> ByteSize {
     ByteSize::mib(64)
+}
+
+fn default_gateway_lost_after() -> Duration {
+    // Three of the default `link_ping_interval`s: as long as a silent link takes to drop.
+    Duration::from_secs(15)
 }
 
 fn default_link_ping_interval() -> Duration {

@@ -299,6 +299,11 @@ pub trait EventSink: Send + Sync + 'static {
 
     /// The link to `gateway` ended: what it reported of its uids no longer holds.
     fn unlinked(&self, gateway: SocketAddrV4);
+
+    /// `gateway` is lost: unlinked for the grace given to [`GatewayLinks::new`] and not
+    /// linked again. Its clients' connections went with it; no close event of theirs will
+    /// come.
+    fn gateway_lost(&self, gateway: SocketAddrV4);
 }
 
 /// A push client takes no events: gateways only route clients to worker hosts.
@@ -314,6 +319,8 @@ impl EventSink for NoEvents {
     fn presence(&self, _: SocketAddrV4, _: Arc<ListenerInfo>, _: String, _: PresenceChange) {}
 
     fn unlinked(&self, _: SocketAddrV4) {}
+
+    fn gateway_lost(&self, _: SocketAddrV4) {}
 }
 
 /// One gateway link.
@@ -346,6 +353,11 @@ pub struct GatewayLinks {
     linked: watch::Sender<BTreeSet<SocketAddrV4>>,
     ping_interval: Duration,
     queue_bytes: usize,
+    /// How long a gateway may stay unlinked before it is declared lost.
+    lost_after: Duration,
+    /// How many times each gateway was linked: a gateway linked again since its link ended
+    /// is not lost.
+    linkings: Mutex<HashMap<SocketAddrV4, u64>>,
     /// The tasks that keep the links, so that a stop can wait for them.
     tasks: TaskTracker,
     /// [`Self::leave`] was called: a link made from now on says so at once.
@@ -357,7 +369,8 @@ pub struct GatewayLinks {
 impl GatewayLinks {
     /// Links for a worker host (which takes client events) or a push client (which does
     /// not); gateways in `local` are reached through channels, the others over TCP. Each
-    /// link pings every `ping_interval` and queues at most `queue_bytes` for its gateway.
+    /// link pings every `ping_interval` and queues at most `queue_bytes` for its gateway; a
+    /// gateway unlinked for `lost_after` is lost ([`EventSink::gateway_lost`]).
     /// Nothing is dialled until [`start`](Self::start).
     pub fn new(
         trust: Trust,
@@ -365,11 +378,14 @@ impl GatewayLinks {
         local: LocalGateways,
         ping_interval: Duration,
         queue_bytes: usize,
+        lost_after: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             ping_interval,
             queue_bytes,
             trust,
+            lost_after,
+            linkings: Mutex::default(),
             local,
             role,
             links: RwLock::new(HashMap::new()),
@@ -487,7 +503,9 @@ impl GatewayLinks {
         let mut backoff = Duration::from_millis(100);
         loop {
             let result = self.link(addr, events.clone(), &stop, &shutdown).await;
-            self.drop_link(addr);
+            if self.drop_link(addr) && !shutdown.is_cancelled() {
+                self.declare_lost_unless_back(addr, events.clone(), shutdown.clone());
+            }
             events.unlinked(addr);
             if stop.is_cancelled() {
                 if !shutdown.is_cancelled() {
@@ -564,6 +582,12 @@ impl GatewayLinks {
         self.linked.send_modify(|l| {
             l.insert(addr);
         });
+        *self
+            .linkings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(addr)
+            .or_default() += 1;
         tracing::info!(gateway = %addr, in_process = writing.is_none(), "linked to gateway");
         crate::metrics::gateway_link(self.role.name(), 1);
         let acks = Arc::new(Acks::default());
@@ -612,7 +636,37 @@ impl GatewayLinks {
         }
     }
 
-    fn drop_link(&self, addr: SocketAddrV4) {
+    /// Declares `addr` lost ([`EventSink::gateway_lost`]) once it has stayed unlinked for
+    /// `lost_after`, in the background: a gateway restarted, or frozen for a moment, links
+    /// again before that and keeps its clients.
+    fn declare_lost_unless_back<S: EventSink>(
+        self: &Arc<Self>,
+        addr: SocketAddrV4,
+        events: Arc<S>,
+        shutdown: CancellationToken,
+    ) {
+        let linkings = self.linkings(addr);
+        let links = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                () = tokio::time::sleep(links.lost_after) => {}
+            }
+            if links.linkings(addr) == linkings {
+                tracing::warn!(gateway = %addr, lost_after = ?links.lost_after, "gateway lost: not linked again within lost_after");
+                events.gateway_lost(addr);
+            }
+        });
+    }
+
+    /// How many times `addr` was linked so far.
+    fn linkings(&self, addr: SocketAddrV4) -> u64 {
+        let linkings = self.linkings.lock().unwrap_or_else(|e| e.into_inner());
+        linkings.get(&addr).copied().unwrap_or(0)
+    }
+
+    /// Forgets the link to `addr`; whether there was one.
+    fn drop_link(&self, addr: SocketAddrV4) -> bool {
         let removed = self
             .links
             .write()
@@ -624,6 +678,7 @@ impl GatewayLinks {
                 l.remove(&addr);
             });
         }
+        removed.is_some()
     }
 
     fn all_links(&self) -> Vec<Arc<GatewayLink>> {

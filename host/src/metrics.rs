@@ -43,6 +43,8 @@ static PLUGIN_RELOADS: LazyLock<Family<ReloadLabels, Counter>> = LazyLock::new(F
 static PLUGIN_LIMITS: LazyLock<Family<LimitLabels, Counter>> = LazyLock::new(Family::default);
 static LINKS_TO_GATEWAYS: LazyLock<Family<RoleLabels, Gauge>> = LazyLock::new(Family::default);
 static EVENTS_DROPPED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
+static EVENTS_RESENT: LazyLock<Counter> = LazyLock::new(Counter::default);
+static LOST_GATEWAY_CLOSES: LazyLock<Counter> = LazyLock::new(Counter::default);
 static CLIENTS_UNROUTED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
     LazyLock::new(Family::default);
@@ -154,6 +156,17 @@ pub fn events_dropped(reason: &'static str) -> u64 {
     EVENTS_DROPPED
         .get(&ReasonLabels { reason })
         .map_or(0, |c| c.get())
+}
+
+/// Counts client events a gateway sent again to another worker host because the link to
+/// the one holding them was lost before it finished them.
+pub fn events_resent(events: usize) {
+    EVENTS_RESENT.inc_by(events as u64);
+}
+
+/// Counts an `on-close` a worker host ran for a client of a gateway that was lost.
+pub fn lost_gateway_close() {
+    LOST_GATEWAY_CLOSES.inc();
 }
 
 /// Counts a client closed because no worker host took its events within `no_worker_hold`,
@@ -692,6 +705,16 @@ pub fn register(r: &mut Registry) {
         "events_dropped",
         "Client events no plugin saw, by reason (queue_full, no_worker, app_unserved, too_large)",
         EVENTS_DROPPED.clone(),
+    );
+    r.register(
+        "events_resent",
+        "Client events a gateway sent again to another worker host because the link to the one holding them was lost",
+        EVENTS_RESENT.clone(),
+    );
+    r.register(
+        "lost_gateway_closes",
+        "on-close callbacks a worker host queued for clients of a gateway it declared lost",
+        LOST_GATEWAY_CLOSES.clone(),
     );
     r.register(
         "clients_unrouted",

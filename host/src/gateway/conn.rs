@@ -83,6 +83,7 @@ pub async fn serve<R, W>(
         shared: &shared,
         id,
         binding: Binding::default(),
+        events: 0,
     };
     let end = tokio::select! {
         kill = queue.killed() => killed(&shared, id, kill),
@@ -310,6 +311,8 @@ struct ClientLink<'a> {
     shared: &'a ConnShared,
     id: ClientId,
     binding: Binding,
+    /// Events forwarded so far: the next one is numbered one more.
+    events: u64,
 }
 
 impl<'a> ClientLink<'a> {
@@ -337,9 +340,11 @@ impl<'a> ClientLink<'a> {
     /// event costs less than its bytes held by every idle client.
     fn send(
         &mut self,
-        client: ClientContext,
+        mut client: ClientContext,
         kind: EventKind,
     ) -> Pin<Box<impl Future<Output = Result<(), Unrouted>> + use<'a, '_>>> {
+        self.events += 1;
+        client.event = self.events;
         let event = ToWorker::Event {
             client,
             kind,

@@ -288,11 +288,12 @@ async fn serve_link(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&link.id);
-        gateway.router.remove(&link);
-        // On a stop, the link closes after its close events were flushed to the worker host,
-        // which runs them; otherwise they may be lost with it.
-        if !close.is_cancelled() {
-            gateway.router.resend_closes(&link);
+        // On a stop, the link closes after its events were flushed to the worker host, which
+        // runs them; otherwise those it had not finished may be lost with it.
+        if close.is_cancelled() {
+            gateway.router.remove(&link);
+        } else {
+            gateway.router.lost(&link);
         }
     }
     result

@@ -27,11 +27,17 @@
 //! done, so its order holds across the move; when nothing sent to it is left unrun, the
 //! gateway answers `Left` and the host may close its link without losing an event.
 //!
-//! A client's close event is remembered until the worker host is done with it (and with
-//! every event before it); if the link goes away first, the close goes to another worker
-//! host ([`Router::resend_closes`]), so `on-close` runs at least once for every client, and
-//! twice if the link died after the callback ran but before its acknowledgement arrived.
+//! Every event sent is remembered until the worker host is done with it (it ran, or was
+//! handed back or dropped there): at most a window's worth per client, which the window lets
+//! be in flight anyway. If the link goes away first ([`Router::lost`]), each client's
+//! unfinished events go to the host it moves to, in order and ahead of its new ones, so none
+//! is lost with a worker host; one that ran there but whose acknowledgement did not come
+//! back runs twice, with the same event number ([`ClientContext::event`]) for the plugin to
+//! tell. A client whose connection already ended gets its last events (its close among them)
+//! sent in the background, so `on-close` runs at least once for every client.
 
+use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -52,9 +58,9 @@ pub struct WorkerLink {
     bound: AtomicUsize,
     /// The windows of the clients bound to this link.
     windows: Mutex<ClientMap<Arc<Semaphore>>>,
-    /// Close events sent and not yet done, with how many of the client's events (the close
-    /// included) the worker host has still to finish.
-    closes: Mutex<ClientMap<(u32, ToWorker)>>,
+    /// The events sent and not yet done, by client, in the order sent: at most a window's
+    /// worth each. Another host gets them if this link is lost ([`Router::lost`]).
+    unacked: Mutex<ClientMap<VecDeque<ToWorker>>>,
     /// Each client's window size on this link.
     window: u32,
     /// The worker host is leaving ([`Router::retire`]).
@@ -81,27 +87,31 @@ pub struct WorkerLink {
 }
 
 impl WorkerLink {
-    /// Gives back `events` slots of `client`'s window (the worker host is done with them).
-    /// Once a client's close event is done, returns the events of it that were handed back
-    /// (its close among them if it was): its connection is gone, someone else must send them.
+    /// Gives back `events` slots of `client`'s window (the worker host is done with its
+    /// oldest `events` events: one client's run in the order sent). Once a client's close
+    /// event is done, returns the events of it that were handed back (its close among them if
+    /// it was): its connection is gone, someone else must send them.
     fn done(&self, client: ClientId, events: u32) -> Option<Vec<ToWorker>> {
-        // Under the closes lock, as a close's count of events in flight is taken, so that the
-        // two agree on which events it includes.
-        let mut closes = self.closes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(window) = windows.get(&client) {
             window.add_permits(events as usize);
         }
         drop(windows);
-        let mut orphans = None;
-        if let Some((outstanding, _)) = closes.get_mut(&client) {
-            *outstanding = outstanding.saturating_sub(events);
-            if *outstanding == 0 {
-                closes.remove(&client);
-                orphans = self.take_returned(client);
+        let mut closed = false;
+        if let Entry::Occupied(mut sent) = unacked.entry(client) {
+            let finished = sent.get().len().min(events as usize);
+            closed = sent.get_mut().drain(..finished).any(|e| is_close(&e));
+            if sent.get().is_empty() {
+                sent.remove();
             }
         }
-        drop(closes);
+        drop(unacked);
+        let orphans = if closed {
+            self.take_returned(client)
+        } else {
+            None
+        };
         self.answer_leaving();
         orphans
     }
@@ -309,7 +319,7 @@ impl Router {
             queue,
             bound: AtomicUsize::new(0),
             windows: Mutex::default(),
-            closes: Mutex::default(),
+            unacked: Mutex::default(),
             window: self.window,
             leaving: AtomicBool::new(false),
             left: AtomicBool::new(false),
@@ -327,11 +337,56 @@ impl Router {
         link
     }
 
-    /// Removes a link; clients bound to it are re-bound on their next event, and a client
+    /// Removes a link whose worker host has everything sent to it (the gateway stops and
+    /// flushed it); clients bound to it are re-bound on their next event, and a client
     /// waiting on its window there re-binds at once.
     pub fn remove(&self, link: &WorkerLink) {
         link.close();
         self.unlist(link.id);
+    }
+
+    /// Removes a link that was lost with what it held: each client's events not done there
+    /// go to the host the client moves to, in order, ahead of its new events (those the host
+    /// handed back first, then the others sent after them); those of a client whose
+    /// connection ended are sent in the background. Only the first call for a link does so.
+    pub fn lost(self: &Arc<Self>, link: &WorkerLink) {
+        let mut unacked = link.unacked.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock `forward` checks it under, and with each client's events put where
+        // it looks first before anyone can see the link gone: an event is either taken here
+        // or sent elsewhere after these.
+        if link.gone.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let mut resent = 0;
+        let mut orphans = Vec::new();
+        for (client, unfinished) in std::mem::take(&mut *unacked) {
+            let mut events = link.take_returned(client).unwrap_or_default();
+            // A handed-back event is done or among the unfinished: not sent twice.
+            let after = events.last().map_or(0, event_number);
+            events.extend(unfinished.into_iter().filter(|e| event_number(e) > after));
+            resent += events.len();
+            if events.last().is_some_and(is_close) {
+                orphans.push(events);
+            } else {
+                let mut returned = link.returned.lock().unwrap_or_else(|e| e.into_inner());
+                returned.insert(client, events);
+                link.returning.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        drop(unacked);
+        link.close();
+        self.unlist(link.id);
+        // Wakes the clients bound there, idle ones too: their events must not wait for them.
+        link.changed.send_replace(());
+        if resent > 0 {
+            crate::metrics::events_resent(resent);
+            tracing::warn!(
+                link = link.id,
+                events = resent,
+                "a worker-host link was lost with events unfinished: sending them to another"
+            );
+        }
+        self.resend(orphans);
     }
 
     /// A worker host is leaving: no client is bound to `link` any more, and those bound to
@@ -444,7 +499,11 @@ impl Router {
     /// Sends `client`'s event to its bound worker host, binding it first if needed, once its
     /// window has room. An event too large for an internal frame is dropped alone (a close
     /// event goes without the session that made it too large).
-    pub async fn forward(&self, binding: &mut Binding, message: ToWorker) -> Result<(), Unrouted> {
+    pub async fn forward(
+        self: &Arc<Self>,
+        binding: &mut Binding,
+        message: ToWorker,
+    ) -> Result<(), Unrouted> {
         let Some(mut message) = fit(message) else {
             return Ok(());
         };
@@ -474,31 +533,41 @@ impl Router {
                 link.answer_leaving();
                 continue;
             }
-            let ToWorker::Event { kind, ack_now, .. } = &mut message else {
+            let ToWorker::Event { ack_now, .. } = &mut message else {
                 unreachable!("only client events are routed")
             };
             // A client that used up half its window waits on this acknowledgement soon.
             *ack_now = window.available_permits() * 2 < self.window as usize;
+            let number = event_number(&message);
             // Remembered before it is sent, so that no acknowledgement can overtake it.
-            let close = *kind == EventKind::Close;
-            if close {
-                let in_flight = self.window - window.available_permits() as u32;
-                link.closes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(client, (in_flight, message.clone()));
+            {
+                let mut unacked = link.unacked.lock().unwrap_or_else(|e| e.into_inner());
+                if link.gone.load(Ordering::SeqCst) {
+                    // Lost meanwhile: the client moves, with what the link held first.
+                    continue;
+                }
+                unacked
+                    .entry(client)
+                    .or_default()
+                    .push_back(message.clone());
             }
             match link.queue.send(message).await {
                 Ok(()) => return Ok(()),
                 // The link closed while we waited: re-bind and try the next one.
                 Err(SendError(m)) => {
-                    if close {
-                        link.closes
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&client);
+                    let mut unacked = link.unacked.lock().unwrap_or_else(|e| e.into_inner());
+                    let ours = unacked.get_mut(&client).and_then(|sent| {
+                        sent.pop_back_if(|e| event_number(e) == number)
+                            .map(|_| sent.is_empty())
+                    });
+                    match ours {
+                        Some(true) => drop(unacked.remove(&client)),
+                        Some(false) => {}
+                        // Taken by `lost`, with the client's others: it goes with them.
+                        None => return Ok(()),
                     }
-                    self.remove(link);
+                    drop(unacked);
+                    self.lost(link);
                     message = m;
                 }
             }
@@ -509,7 +578,7 @@ impl Router {
     /// of `listener`, with the events its old host handed back, waiting for one up to the
     /// hold; an error means none took it, and the client is to be closed.
     pub async fn reroute(
-        &self,
+        self: &Arc<Self>,
         binding: &mut Binding,
         client: ClientId,
         listener: u16,
@@ -525,7 +594,7 @@ impl Router {
     /// events that host handed back on (to the host it binds to next), so that its order
     /// holds across the move.
     async fn leave_if_displaced(
-        &self,
+        self: &Arc<Self>,
         binding: &mut Binding,
         client: ClientId,
         listener: u16,
@@ -533,8 +602,10 @@ impl Router {
         let Some(bound) = binding.0.take_if(|b| b.displaced(listener)) else {
             return Ok(());
         };
-        // A closed window means that host is gone: nothing to wait for.
-        if !bound.link.queue.is_closed() {
+        if bound.link.queue.is_closed() || bound.window.is_closed() {
+            // That host is gone: what it held goes first, whoever sees the loss first.
+            self.lost(&bound.link);
+        } else {
             let _ = bound.window.acquire_many(self.window).await;
         }
         let link = bound.link.clone();
@@ -546,31 +617,6 @@ impl Router {
             Box::pin(self.forward(binding, event)).await?;
         }
         Ok(())
-    }
-
-    /// Sends the close events `link` (gone) had not finished to other worker hosts, in the
-    /// background, each after the events of its client the host had handed back; each
-    /// waits for a host as any event does.
-    pub fn resend_closes(self: &Arc<Self>, link: &WorkerLink) {
-        let closes: Vec<_> =
-            std::mem::take(&mut *link.closes.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_iter()
-                .map(|(client, (_, close))| {
-                    let mut events = link.take_returned(client).unwrap_or_default();
-                    // A close handed back is already among them.
-                    if !events.last().is_some_and(is_close) {
-                        events.push(close);
-                    }
-                    events
-                })
-                .collect();
-        if !closes.is_empty() {
-            tracing::warn!(
-                clients = closes.len(),
-                "a worker-host link ended with close events unfinished: sending them to another"
-            );
-        }
-        self.resend(closes);
     }
 
     /// Sends the last events of clients whose connections are gone to other worker hosts,
@@ -657,6 +703,14 @@ fn rank(host: u64, app: &str, uid: &str) -> [u8; 8] {
     rank
 }
 
+/// The number of a client event ([`ClientContext::event`]); 0 for anything else.
+fn event_number(event: &ToWorker) -> u64 {
+    match event {
+        ToWorker::Event { client, .. } => client.event,
+        _ => 0,
+    }
+}
+
 fn is_close(event: &ToWorker) -> bool {
     matches!(
         event,
@@ -715,6 +769,7 @@ mod tests {
                 uid: None,
                 session: Arc::default(),
                 session_version: 0,
+                event: 0,
             },
             kind,
             ack_now: false,
@@ -738,17 +793,22 @@ mod tests {
         }
     }
 
+    /// What a host serving `app` announces.
+    fn served() -> [ServedApp; 1] {
+        [ServedApp {
+            name: "app".into(),
+            version: "v1".into(),
+            presence: false,
+        }]
+    }
+
     /// A host that drops the client's app hands an event back: the client's next event goes
     /// to a host that serves the app, after the one handed back; a host that never announced
     /// the app gets nothing.
     #[tokio::test]
     async fn a_client_moves_with_its_handed_back_events_first() {
-        let router = Router::new(4, Duration::from_secs(5), vec!["app".into()]);
-        let served = [ServedApp {
-            name: "app".into(),
-            version: "v1".into(),
-            presence: false,
-        }];
+        let router = Arc::new(Router::new(4, Duration::from_secs(5), vec!["app".into()]));
+        let served = served();
         let link = || {
             let (queue, events) =
                 crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
@@ -771,7 +831,6 @@ mod tests {
         };
         let id = client.id;
         router.returned(&first, client, kind);
-        let router = Arc::new(router);
         router.done(&first, vec![(id, 2)]);
         tokio::time::timeout(Duration::from_secs(5), binding.displaced(0))
             .await
@@ -783,11 +842,61 @@ mod tests {
         assert!(nothing.try_recv().is_err());
     }
 
+    /// Message `text`, numbered `event` as its client's gateway numbers it.
+    fn numbered(text: &'static str, event: u64) -> ToWorker {
+        let mut message = message(text);
+        if let ToWorker::Event { client, .. } = &mut message {
+            client.event = event;
+        }
+        message
+    }
+
+    /// A lost link's events not done go, in order, to the host the client moves to, ahead of
+    /// its next event; those done there are not sent again.
+    #[tokio::test]
+    async fn a_lost_hosts_unfinished_events_go_first_to_the_next() {
+        let router = Arc::new(Router::new(8, Duration::from_secs(5), vec!["app".into()]));
+        let served = served();
+        let (queue, mut lost_events) =
+            crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
+        let doomed = router.add(queue);
+        router.announce(&doomed, 1, &served);
+        let mut binding = Binding::default();
+        for (n, text) in ["1", "2", "3"].into_iter().enumerate() {
+            router
+                .forward(&mut binding, numbered(text, n as u64 + 1))
+                .await
+                .unwrap();
+        }
+        let ToWorker::Event { client, .. } = lost_events.try_recv().unwrap() else {
+            unreachable!()
+        };
+        router.done(&doomed, vec![(client.id, 1)]);
+
+        let (queue, mut next_events) =
+            crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
+        let next = router.add(queue);
+        router.announce(&next, 2, &served);
+        router.lost(&doomed);
+        tokio::time::timeout(Duration::from_secs(5), binding.displaced(0))
+            .await
+            .expect("the client is told to move");
+        router.reroute(&mut binding, client.id, 0).await.unwrap();
+        router
+            .forward(&mut binding, numbered("4", 4))
+            .await
+            .unwrap();
+        let got: Vec<String> = std::iter::from_fn(|| next_events.try_recv().ok())
+            .map(text)
+            .collect();
+        assert_eq!(got, ["2", "3", "4"]);
+    }
+
     /// Until a first worker host links, an event waits [`STARTING_HOLD`]; once one has
     /// linked and gone, only `hold`.
     #[tokio::test(start_paused = true)]
     async fn a_starting_cluster_is_waited_for_longer() {
-        let router = Router::new(4, Duration::from_secs(5), vec!["app".into()]);
+        let router = Arc::new(Router::new(4, Duration::from_secs(5), vec!["app".into()]));
         let started = tokio::time::Instant::now();
         let waited = router.forward(&mut Binding::default(), event()).await;
         assert!(waited.is_err());

@@ -618,6 +618,7 @@ fn context_of(id: ClientId, e: &ClientEntry) -> ClientContext {
         uid: e.uid.clone(),
         session: e.session.clone(),
         session_version: e.session_version,
+        event: 0,
     }
 }
 

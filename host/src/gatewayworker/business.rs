@@ -121,7 +121,7 @@ pub async fn serve(
 }
 
 /// A BusinessWorker's place in the router, given up when its link ends however it ends: its
-/// clients' close events not yet written go to another worker.
+/// clients' events not yet written go to another worker.
 struct Linked {
     router: Arc<Router>,
     link: Arc<WorkerLink>,
@@ -129,8 +129,7 @@ struct Linked {
 
 impl Drop for Linked {
     fn drop(&mut self) {
-        self.router.remove(&self.link);
-        self.router.resend_closes(&self.link);
+        self.router.lost(&self.link);
     }
 }
 
@@ -323,6 +322,7 @@ mod tests {
             uid: None,
             session: Arc::new(session),
             session_version: 0,
+            event: 0,
         }
     }
 

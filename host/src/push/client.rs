@@ -16,7 +16,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::links::{DEFAULT_PING_INTERVAL, DEFAULT_QUEUE_BYTES, GatewayLinks, NoEvents};
+use crate::links::{
+    DEFAULT_PING_INTERVAL, DEFAULT_QUEUE_BYTES, GatewayLinks, NoEvents, SILENT_INTERVALS,
+};
 use crate::local::LocalGateways;
 use crate::ops::{GatewayApi, Gateways};
 use crate::register::{self, Announce};
@@ -144,6 +146,8 @@ impl PushClient {
             LocalGateways::default(),
             DEFAULT_PING_INTERVAL,
             DEFAULT_QUEUE_BYTES,
+            // Takes no events: nothing to do for a lost gateway.
+            DEFAULT_PING_INTERVAL * SILENT_INTERVALS,
         );
         links.start(listed.clone(), Arc::new(NoEvents), stop.clone());
         let linked = links.linked();

@@ -79,6 +79,10 @@ pub struct ClientContext {
     /// How many session changes the gateway has applied to this client so far; lets a worker
     /// host tell whether its own in-flight changes are already included in `session`.
     pub session_version: u64,
+    /// The event's number among the client's events at its gateway: 1 for its first, one
+    /// more for each next, kept when the event is sent again (after a lost worker host), so
+    /// that a plugin can tell a repeat; 0 in a context that is not an event's own.
+    pub event: u64,
 }
 
 /// The WebSocket upgrade request of a client.

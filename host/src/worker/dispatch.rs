@@ -40,6 +40,7 @@ use tokio_util::task::TaskTracker;
 use std::net::SocketAddrV4;
 
 use super::bindings::{Client, WebsocketRequest};
+use super::clients_seen::ClientsSeen;
 use super::host_api::SessionChange;
 use super::presence::{PresenceBook, Transition};
 use super::runtime::{Call, EventClient, PluginInstance};
@@ -66,13 +67,23 @@ enum Work {
     /// Continue with this new version's instance; the current one finishes first and runs
     /// `on-worker-stop`.
     Swap(Box<PluginInstance>),
+    /// This gateway was declared lost: run `on-close` for the clients of it seen here.
+    GatewayLost(SocketAddrV4),
     /// Nothing queued yet.
     Idle,
     /// The queue is closed and empty: the instance stops.
     Done,
 }
 
-/// One round of turns: the clients with events queued before the next swap.
+/// What ends a round of turns, once every event queued before it ran.
+enum RoundEnd {
+    /// The version that takes over.
+    Swap(Box<PluginInstance>),
+    /// A gateway declared lost.
+    GatewayLost(SocketAddrV4),
+}
+
+/// One round of turns: the clients with events queued before the next swap (or lost gateway).
 #[derive(Default)]
 struct Round {
     /// The next event of each client that has any, in turn order: a client appears once.
@@ -81,8 +92,8 @@ struct Round {
     /// empty, and an empty `VecDeque` allocates nothing: the common event costs no
     /// allocation.
     behind: ClientMap<VecDeque<Incoming>>,
-    /// The version that takes over once this round is empty.
-    swap: Option<PluginInstance>,
+    /// What follows once this round is empty.
+    end: Option<RoundEnd>,
 }
 
 #[derive(Default)]
@@ -137,7 +148,7 @@ impl InstanceQueue {
         }
         state.events += 1;
         state.bytes += cost;
-        if state.rounds.back().is_none_or(|r| r.swap.is_some()) {
+        if state.rounds.back().is_none_or(|r| r.end.is_some()) {
             state.rounds.push_back(Round::default());
         }
         let round = state.rounds.back_mut().expect("pushed above");
@@ -153,12 +164,13 @@ impl InstanceQueue {
         Ok(())
     }
 
-    fn push_swap(&self, instance: PluginInstance) {
+    /// Ends the current round of turns with `end`: it comes after every event queued so far.
+    fn push_end(&self, end: RoundEnd) {
         let mut state = self.lock();
         match state.rounds.back_mut() {
-            Some(round) if round.swap.is_none() => round.swap = Some(instance),
+            Some(round) if round.end.is_none() => round.end = Some(end),
             _ => state.rounds.push_back(Round {
-                swap: Some(instance),
+                end: Some(end),
                 ..Round::default()
             }),
         }
@@ -186,8 +198,10 @@ impl InstanceQueue {
                 state.bytes -= cost(&event);
                 return Work::Event(event);
             }
-            if let Some(instance) = state.rounds.pop_front().and_then(|round| round.swap) {
-                return Work::Swap(Box::new(instance));
+            match state.rounds.pop_front().and_then(|round| round.end) {
+                Some(RoundEnd::Swap(instance)) => return Work::Swap(instance),
+                Some(RoundEnd::GatewayLost(gateway)) => return Work::GatewayLost(gateway),
+                None => {}
             }
         }
         if state.closed { Work::Done } else { Work::Idle }
@@ -256,7 +270,7 @@ impl Dispatcher {
         match running {
             Some(drivers) => {
                 for (driver, instance) in drivers.iter().zip(instances) {
-                    driver.push_swap(instance);
+                    driver.push_end(RoundEnd::Swap(Box::new(instance)));
                 }
                 self.announce(app, version);
             }
@@ -418,6 +432,13 @@ impl EventSink for Dispatcher {
             self.fire(transition);
         }
     }
+
+    fn gateway_lost(&self, gateway: SocketAddrV4) {
+        let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
+        for queue in apps.values().flatten() {
+            queue.push_end(RoundEnd::GatewayLost(gateway));
+        }
+    }
 }
 
 impl Dispatcher {
@@ -470,12 +491,17 @@ async fn drive(
     gateways: Arc<dyn Gateways>,
 ) {
     let mut sessions: ClientMap<SessionTrack> = ClientMap::default();
+    let mut seen = ClientsSeen::default();
     loop {
         // `next` takes work off the queue only in the poll that returns it, so the branch
         // that loses the race loses nothing.
         tokio::select! {
             next = queue.next() => match next {
-                Work::Event(event) => handle(&mut instance, &mut sessions, &*gateways, event).await,
+                Work::Event(event) => {
+                    seen.saw(&event.listener, &event.client, &event.kind);
+                    handle(&mut instance, &mut sessions, &*gateways, event).await;
+                }
+                Work::GatewayLost(gateway) => close_lost(&mut instance, &mut seen, gateway).await,
                 Work::Swap(new) => {
                     let mut old = std::mem::replace(&mut instance, *new);
                     old.stop().await;
@@ -488,6 +514,32 @@ async fn drive(
         }
     }
     instance.stop().await;
+}
+
+/// Runs `on-close` for each client of the lost `gateway` whose events ran on this instance
+/// and whose close it did not see: nobody else will.
+async fn close_lost(instance: &mut PluginInstance, seen: &mut ClientsSeen, gateway: SocketAddrV4) {
+    let clients = seen.take(gateway);
+    if clients.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        plugin = instance.code().name(),
+        %gateway,
+        clients = clients.len(),
+        "gateway lost: running on-close for its clients seen here"
+    );
+    let session = Session::default();
+    for (listener, context) in clients {
+        let client = EventClient {
+            record: wit_client(&context, &listener.name, listener.port, &session),
+            id: context.id,
+            session: Arc::default(),
+            event: None,
+        };
+        crate::metrics::lost_gateway_close();
+        let _ = instance.call(Call::Close(&client)).await;
+    }
 }
 
 async fn handle(
@@ -510,6 +562,7 @@ async fn handle(
             record: wit_client(&context, &listener.name, listener.port, &context.session),
             id,
             session: context.session.clone(),
+            event: None,
         };
         let call = match &kind {
             EventKind::UidOnline(_) => Call::UidOnline(uid, &client),
@@ -529,6 +582,7 @@ async fn handle(
         record: wit_client(&context, &listener.name, listener.port, &session),
         id,
         session,
+        event: Some(context.event).filter(|&n| n > 0),
     };
     let mut track = track.unwrap_or(SessionTrack {
         base_version: context.session_version,
@@ -667,6 +721,7 @@ mod tests {
                 uid: None,
                 session: Arc::default(),
                 session_version: 0,
+                event: 0,
             },
             kind: EventKind::Message(Bytes::from_static(text.as_bytes())),
             done: Done::detached(id),

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::bindings::wasmgate::plugin::{answers, gateway, log, timers, types};
+use super::bindings::wasmgate::plugin::{answers, event_info, gateway, log, timers, types};
 use super::bindings::{GatewayError, Level};
 use super::guest_output::LogBudget;
 use super::timers::{Timers, TooManyTimers};
@@ -40,6 +40,8 @@ pub struct HostApi {
     missing: Vec<String>,
     pub(super) timers: Timers,
     log: Arc<LogBudget>,
+    /// The number of the client event running, if one is.
+    event: Option<u64>,
 }
 
 /// How a callback changed the session of the client it was about.
@@ -71,20 +73,29 @@ impl HostApi {
             missing: Vec::new(),
             timers,
             log,
+            event: None,
         }
     }
 
-    /// Marks the start of an event about client `id`, whose session is `session`.
-    pub(super) fn begin_client_event(&mut self, id: ClientId, session: Arc<Session>) {
+    /// Marks the start of an event about client `id`, whose session is `session`, numbered
+    /// `event` by its gateway (none for one the worker host made).
+    pub(super) fn begin_client_event(
+        &mut self,
+        id: ClientId,
+        session: Arc<Session>,
+        event: Option<u64>,
+    ) {
         *self.view.current() = Some(CurrentClient {
             id,
             session,
             writes: 0,
         });
+        self.event = event;
     }
 
     /// Marks the end of any event; says how the plugin changed the current client's session.
     pub(super) fn end_event(&mut self) -> Option<SessionChange> {
+        self.event = None;
         self.view
             .current()
             .take()
@@ -387,6 +398,12 @@ impl timers::Host for HostApi {
 
     async fn cancel(&mut self, id: u64) {
         self.timers.cancel(id);
+    }
+}
+
+impl event_info::Host for HostApi {
+    async fn current_event(&mut self) -> Option<u64> {
+        self.event
     }
 }
 

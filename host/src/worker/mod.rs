@@ -11,6 +11,7 @@
 //! - [`outbound_http`]: `wasi:http/outgoing-handler`, to the origins an app is granted.
 
 mod bindings;
+mod clients_seen;
 pub mod dispatch;
 pub mod guest_output;
 pub mod host_api;
@@ -109,6 +110,7 @@ impl WorkerHost {
             local,
             config.link_ping_interval,
             usize::try_from(config.link_queue_bytes.as_u64()).unwrap_or(usize::MAX),
+            config.gateway_lost_after,
         );
         let worker_id = rand::random::<u64>();
         let name = config.name.clone();

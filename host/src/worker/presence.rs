@@ -134,6 +134,7 @@ mod tests {
             uid: Some("u".into()),
             session: Arc::default(),
             session_version: 0,
+            event: 0,
         }
     }
 

@@ -276,6 +276,7 @@ impl Runtime {
         plugin_wit::answers::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
         plugin_wit::timers::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
         plugin_wit::log::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
+        plugin_wit::event_info::add_to_linker::<PluginState, HasSelf<HostApi>>(&mut linker, api)?;
         super::sql::add_to_linker(&mut linker, |s| SqlCtx::new(&mut s.sql, &mut s.table))?;
         let kv: fn(&mut PluginState) -> &mut KvState = |s| &mut s.kv;
         kv_wit::store::add_to_linker::<PluginState, HasSelf<KvState>>(&mut linker, kv)?;
@@ -685,6 +686,9 @@ pub struct EventClient {
     pub id: ClientId,
     /// Its session, the same as the record's.
     pub session: Arc<Session>,
+    /// The event's number at its gateway (`ClientContext::event`); none for an event the
+    /// worker host made.
+    pub event: Option<u64>,
 }
 
 impl TryFrom<Client> for EventClient {
@@ -696,6 +700,7 @@ impl TryFrom<Client> for EventClient {
             id: record.id.parse()?,
             session: Arc::new(record.session.iter().cloned().collect()),
             record,
+            event: None,
         })
     }
 }
@@ -1000,7 +1005,7 @@ impl Live {
         if let Some(client) = call.client() {
             state
                 .api
-                .begin_client_event(client.id, client.session.clone());
+                .begin_client_event(client.id, client.session.clone(), client.event);
         }
         state.call_started = Instant::now();
         self.store.set_epoch_deadline(1);

@@ -22,7 +22,7 @@ use wasmgate_tests::plugins;
 use crate::BIN;
 
 /// The links' ping interval in the process tests: a frozen peer is dropped within three.
-const PING: Duration = Duration::from_millis(300);
+pub(crate) const PING: Duration = Duration::from_millis(300);
 
 /// Asks `question` and returns how long the answer took; fails if it never comes.
 async fn timed_ask(client: &mut TestClient, question: &str, expected: &str) -> Duration {
@@ -71,7 +71,7 @@ async fn a_flooding_client_does_not_delay_a_bystander() {
     cluster.stop().await;
 }
 
-fn register(port: u16) -> Node {
+pub(crate) fn register(port: u16) -> Node {
     Node::start(
         BIN,
         &format!("secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{port}\"\n"),
@@ -84,7 +84,7 @@ fn gateway(port: u16, register: u16) -> Node {
 }
 
 /// A gateway of `app` on `port`, registering at `register`, with `extra` keys in its section.
-fn gateway_of(app: &str, port: u16, register: u16, extra: &str) -> Node {
+pub(crate) fn gateway_of(app: &str, port: u16, register: u16, extra: &str) -> Node {
     Node::start(
         BIN,
         &format!(
@@ -95,11 +95,11 @@ fn gateway_of(app: &str, port: u16, register: u16, extra: &str) -> Node {
 }
 
 /// The key that makes a role's links ping every [`PING`].
-fn pinging() -> String {
+pub(crate) fn pinging() -> String {
     format!("link_ping_interval = \"{}ms\"", PING.as_millis())
 }
 
-fn worker(name: &str, plugins: &Path, register: u16) -> Node {
+pub(crate) fn worker(name: &str, plugins: &Path, register: u16) -> Node {
     Node::start(
         BIN,
         &format!(
@@ -110,8 +110,35 @@ fn worker(name: &str, plugins: &Path, register: u16) -> Node {
     )
 }
 
+/// A register and a gateway of the `misbehave` app pinging every [`PING`], for worker hosts
+/// to link to; stopped on drop.
+pub(crate) struct MisbehaveGateway {
+    /// The plugins directory worker hosts load.
+    pub plugins: PluginsDir,
+    /// The register's port.
+    pub register: u16,
+    /// The gateway's client port.
+    pub port: u16,
+    _nodes: [Node; 2],
+}
+
+impl MisbehaveGateway {
+    pub(crate) fn start() -> Self {
+        let plugins = PluginsDir::with(&[("misbehave", plugins::MISBEHAVE)]);
+        let (r, g) = (free_port(), free_port());
+        let register = register(r);
+        let gateway = gateway_of("misbehave", g, r, &pinging());
+        Self {
+            plugins,
+            register: r,
+            port: g,
+            _nodes: [register, gateway],
+        }
+    }
+}
+
 /// Connects once the gateway listens, and returns once a worker host answers.
-async fn client(port: u16) -> TestClient {
+pub(crate) async fn client(port: u16) -> TestClient {
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     for _ in 0..400 {
         if let Ok(mut c) = TestClient::ws(addr, "/").await {
@@ -255,11 +282,8 @@ async fn a_session_stream_past_the_limits_fails_the_writes_not_the_link() {
 /// presence, whose reports a lost host takes with it: ARCHITECTURE.md, "Presence".)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_hosts_clients_get_on_close_from_another() {
-    let plugins = PluginsDir::with(&[("misbehave", plugins::MISBEHAVE)]);
-    let r = free_port();
-    let _register = register(r);
-    let g = free_port();
-    let _gateway = gateway_of("misbehave", g, r, &pinging());
+    let cluster = MisbehaveGateway::start();
+    let (plugins, r, g) = (&cluster.plugins, cluster.register, cluster.port);
     let doomed = worker("w1", plugins.path(), r);
     let w2 = worker("w2", plugins.path(), r);
     doomed.wait_for_line(&["linked to gateway"]).await;

@@ -32,6 +32,11 @@ const CLIENTS_PER_GATEWAY: usize = 1_000;
 const BEFORE_LOSS: usize = 40;
 const MESSAGES: usize = 120;
 
+/// Probing publishers per surviving gateway: with least-connections binding, five clients of
+/// one gateway in a row cover its three worker-host links, so at least one is bound to B's
+/// worker host (the group publishers above may be, or not).
+const PROBERS_PER_GATEWAY: usize = 5;
+
 /// How long the survivors may take to see the whole broadcast.
 const DELIVERY: Duration = Duration::from_secs(20);
 
@@ -92,31 +97,53 @@ async fn broadcasts_seen(client: &mut TestClient, last: usize) -> [Vec<usize>; 2
     seen
 }
 
-/// Whether one publisher's messages as a survivor saw them are in order, none twice, all from
-/// shortly after the loss on, and what is missing one run before that, no longer than the
-/// publisher's window: the events the lost host held (a gateway hands a host at most
-/// `max_events_in_flight` of one client's events; how far behind the host ran when it died
-/// depends on the machine's load).
-fn held_by_the_lost_host_at_most(seen: &[usize]) -> bool {
+/// Reads the probers' messages (`q<k>-<n>`) until every one of `probers` sent its `last`;
+/// what arrived from each, in order.
+async fn probes_seen(client: &mut TestClient, probers: usize, last: usize) -> Vec<Vec<usize>> {
+    let mut seen = vec![Vec::new(); probers];
+    let reading = async {
+        while seen.iter().any(|s| s.last() != Some(&last)) {
+            let message = client.recv().await;
+            let parsed = message.strip_prefix('q').and_then(|rest| {
+                let (k, n) = rest.split_once('-')?;
+                Some((k.parse::<usize>().ok()?, n.parse::<usize>().ok()?))
+            });
+            let (k, n) = parsed.unwrap_or_else(|| panic!("{message:?}"));
+            seen[k].push(n);
+        }
+    };
+    let _ = tokio::time::timeout(DELIVERY, reading).await;
+    seen
+}
+
+/// Whether one publisher's messages as a survivor saw them are all there, in order, repeated
+/// only as a lost host allows: its gateway sends the events the host had not finished to
+/// another, and those it ran but had not yet acknowledged run twice. So at most one run of
+/// repeats, no longer than the publisher's window (a gateway hands a host at most
+/// `max_events_in_flight` of one client's events), of messages from around the loss.
+fn complete_but_for_repeats_across_the_loss(seen: &[usize]) -> bool {
     // 200 ms of the stream after the kill: by then the loss is seen and routed around.
     const SETTLED: usize = BEFORE_LOSS + 20;
     // `max_events_in_flight`'s default, which the test's gateways keep.
     const WINDOW: usize = 64;
-    let ordered = seen.windows(2).all(|w| w[0] < w[1]);
-    let missing: Vec<usize> = (0..MESSAGES).filter(|n| !seen.contains(n)).collect();
-    let one_run = missing.windows(2).all(|w| w[1] == w[0] + 1);
-    ordered && one_run && missing.len() <= WINDOW && missing.iter().all(|&n| n < SETTLED)
+    let mut next = 0;
+    let mut repeats = Vec::new();
+    for &n in seen {
+        match n.cmp(&next) {
+            std::cmp::Ordering::Equal => next += 1,
+            std::cmp::Ordering::Less => repeats.push(n),
+            std::cmp::Ordering::Greater => return false,
+        }
+    }
+    let one_run = repeats.windows(2).all(|w| w[1] == w[0] + 1);
+    next == MESSAGES && one_run && repeats.len() <= WINDOW && repeats.iter().all(|&n| n < SETTLED)
 }
 
 /// Register mesh, three hosts, host B killed (SIGKILL) while a group broadcast runs: every
-/// client of A and C keeps its connection and receives the group messages once each, in
-/// order, all of those published once the loss was seen; B's clients lose their connection,
-/// reconnect to A or C and are served.
-///
-/// Not yet what issue 15 asks: a publisher whose events ran on B's worker host loses the ones
-/// B held when it died (a run of messages just before the loss). A gateway keeps no copy of
-/// an event once a host took it; re-sending it elsewhere would deliver twice what B had
-/// already sent out.
+/// client of A and C keeps its connection and receives every group message, in order; a
+/// publisher whose events ran on B's worker host loses none of them (its gateway sends what B
+/// had not finished to another host), and sees again at most the run B had sent out but not
+/// acknowledged. B's clients lose their connection, reconnect to A or C and are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_mesh_survives_the_loss_of_a_host_under_load() {
     let test = "simulated_hosts::register_mesh_survives_the_loss_of_a_host_under_load";
@@ -151,6 +178,30 @@ async fn register_mesh_survives_the_loss_of_a_host_under_load() {
     // (B's, maybe) varies from run to run.
     let to_a = SocketAddr::new(a.addr.into(), GATEWAY_PORT);
     let to_c = SocketAddr::new(c.addr.into(), GATEWAY_PORT);
+    // Two watchers of the probes, one on each surviving gateway, and the probers.
+    let mut watchers = Vec::new();
+    let mut probers = Vec::new();
+    for gateway in [to_a, to_c] {
+        let watcher = outside
+            .run(async move {
+                let mut watcher = TestClient::ws(gateway, "/").await.expect("connect");
+                assert_eq!(watcher.ask("join probes").await, "joined probes");
+                watcher
+            })
+            .await;
+        watchers.push(watcher);
+        for _ in 0..PROBERS_PER_GATEWAY {
+            let prober = outside
+                .run(async move {
+                    let mut prober = TestClient::ws(gateway, "/").await.expect("connect");
+                    // Its first event binds it to a worker host.
+                    assert_eq!(prober.ask("echo bound").await, "bound");
+                    prober
+                })
+                .await;
+            probers.push(prober);
+        }
+    }
     let mut publishers = Vec::new();
     for (name, gateway) in [("a", to_a), ("c", to_c)] {
         let publisher = outside
@@ -168,15 +219,29 @@ async fn register_mesh_survives_the_loss_of_a_host_under_load() {
                 .await
                 .unwrap();
         }
+        for (k, prober) in probers.iter_mut().enumerate() {
+            prober.send(&format!("pub probes q{k}-{n}")).await.unwrap();
+        }
         // Pacing: the loss falls in the middle of a steady stream, not after a burst.
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (i, watcher) in watchers.iter_mut().enumerate() {
+        let seen = probes_seen(watcher, probers.len(), MESSAGES - 1).await;
+        for (k, seen) in seen.iter().enumerate() {
+            assert!(
+                complete_but_for_repeats_across_the_loss(seen),
+                "watcher {i} saw prober {k}'s messages with one missing, out of order or \
+                 repeated beyond what the lost host had run: {seen:?}"
+            );
+        }
     }
     for (host, clients) in [("A", &mut on_a), ("C", &mut on_c)] {
         for (i, client) in clients.iter_mut().enumerate() {
             for seen in broadcasts_seen(client, MESSAGES - 1).await {
                 assert!(
-                    held_by_the_lost_host_at_most(&seen),
-                    "client {i} of host {host} got a broadcast twice, out of order or with                      more missing than the lost host held: {seen:?}"
+                    complete_but_for_repeats_across_the_loss(&seen),
+                    "client {i} of host {host} missed a broadcast, or got one out of order or \
+                     twice beyond what the lost host had run: {seen:?}"
                 );
             }
         }

@@ -26,6 +26,11 @@
 //! - `env <NAME>` → the environment variable's value, or `unset`: shows what the host granted.
 //! - `read <path>` → the file's contents, or `error <why>`: likewise for preopened directories.
 //! - `session <key>` → the value of that key in the client's session, or `unset`.
+//! - `whoami` → the client's id.
+//! - `watch` → joins group `watchers`, then `watching`: `on-close` tells that group
+//!   `closed <client-id>`, so a test on another gateway sees every `on-close` run.
+//! - `event <payload>` → `event <n> <payload>`: the event's number (`event-info`), so a test
+//!   can tell an event sent again after a lost worker host from a new one.
 //!
 //! `on-websocket-connect` refuses a client whose query string holds `reject=<reason>`, with
 //! that reason (taken as is, not percent-decoded); crashes deciding for `crash=trap` (a panic),
@@ -56,6 +61,9 @@ static CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// Resources this instance holds on purpose (`resources <n>`).
 static HELD: Mutex<Vec<Pollable>> = Mutex::new(Vec::new());
+
+/// The group `watch` joins, told of every `on-close`.
+const WATCHERS: &str = "watchers";
 
 /// The `ticker` app's interval.
 const TICK_MS: u32 = 100;
@@ -122,6 +130,8 @@ impl Plugin for Misbehave {
 
     fn on_close(client: Client) {
         log::info(format!("on-close {}", client.id));
+        let closed = format!("closed {}", client.id);
+        let _ = gateway::send_to_group(&[WATCHERS.to_owned()], closed.as_bytes(), &[]);
     }
 
     fn on_timer(_id: TimerId) {
@@ -182,6 +192,15 @@ impl Plugin for Misbehave {
             },
             b"flood" => flood(arg),
             b"instance" => format!("calls {calls}").into_bytes(),
+            b"whoami" => client.id.clone().into_bytes(),
+            b"watch" => match gateway::join_group(&client.id, WATCHERS) {
+                Ok(()) => b"watching".to_vec(),
+                Err(e) => format!("error {e:?}").into_bytes(),
+            },
+            b"event" => {
+                let number = wasmgate_sdk::current_event().unwrap_or(0);
+                [format!("event {number} ").as_bytes(), arg].concat()
+            }
             b"env" => std::env::var(String::from_utf8_lossy(arg).as_ref())
                 .unwrap_or_else(|_| "unset".into())
                 .into_bytes(),
