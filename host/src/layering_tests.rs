@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["client_id", "metrics", "lazy_timeout"],
     &["ops", "config"],
     &["wire", "http_listener"],
-    &["local", "register"],
+    &["local", "register", "nats"],
     &["links"],
     &["gateway", "worker", "push", "web", "admin"],
     &["gatewayworker"],

@@ -45,6 +45,9 @@ static CLIENTS_UNROUTED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new
 static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
     LazyLock::new(Family::default);
 static LINKS_CLOSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
+static NATS_COMMANDS_FAILED: LazyLock<Family<ReasonLabels, Counter>> =
+    LazyLock::new(Family::default);
+static NATS_CONNECTED: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 static HTTP_CUT_OFF: LazyLock<Family<ListenerLabels, Counter>> = LazyLock::new(Family::default);
 static CONTROL_REFUSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static GATEWAYWORKER_REFUSED: LazyLock<Family<ListenerLabels, Counter>> =
@@ -191,6 +194,26 @@ pub fn links_closed(reason: &'static str) -> u64 {
     LINKS_CLOSED
         .get(&ReasonLabels { reason })
         .map_or(0, |c| c.get())
+}
+
+/// Counts a command a worker host or push client could not publish on NATS, by `reason`
+/// (`disconnected`, `publish`, `too_large`, `encoding`); its caller got `unreachable`.
+pub fn nats_command_failed(reason: &'static str) {
+    NATS_COMMANDS_FAILED
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+}
+
+/// Commands not published on NATS so far for `reason`.
+pub fn nats_commands_failed(reason: &'static str) -> u64 {
+    NATS_COMMANDS_FAILED
+        .get(&ReasonLabels { reason })
+        .map_or(0, |c| c.get())
+}
+
+/// Records whether the process's NATS connection is up.
+pub fn nats_connected(up: bool) {
+    NATS_CONNECTED.set(i64::from(up));
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -690,6 +713,16 @@ pub fn register(r: &mut Registry) {
         "links_closed",
         "Internal links between gateways and worker hosts or push clients that ended, by reason (closed, silent, write_timeout, bad_frame, io, handshake)",
         LINKS_CLOSED.clone(),
+    );
+    r.register(
+        "nats_commands_failed",
+        "Commands a worker host or push client could not publish on NATS (the caller got unreachable), by reason (disconnected, publish, too_large, encoding)",
+        NATS_COMMANDS_FAILED.clone(),
+    );
+    r.register(
+        "nats_connected",
+        "1 while the process's NATS connection ([cluster] nats) is up, else 0",
+        NATS_CONNECTED.clone(),
     );
     r.register(
         "http_cut_off",

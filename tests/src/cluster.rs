@@ -168,7 +168,7 @@ impl Cluster {
                 internal_addr: bound.internal_addr(),
                 gateway: bound.gateway(),
             });
-            roles.spawn(bound.run(local.clone(), shutdown.clone()));
+            roles.spawn(bound.run(local.clone(), None, shutdown.clone()));
         }
         let push = push.map(|keys| {
             let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -187,7 +187,7 @@ impl Cluster {
                 instances,
                 worker,
             );
-            let worker = WorkerHost::new(config, secret.clone(), local.clone()).unwrap();
+            let worker = WorkerHost::new(config, secret.clone(), local.clone(), None).unwrap();
             if let (0, Some(push)) = (i, &push) {
                 let push = BoundPush::bind(push).await.unwrap();
                 roles.spawn(push.serve(worker.gateways(), Default::default(), shutdown.clone()));

@@ -18,6 +18,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::links::{DEFAULT_PING_INTERVAL, DEFAULT_QUEUE_BYTES, GatewayLinks, NoEvents};
 use crate::local::LocalGateways;
+use crate::nats::{Nats, discovery, publish::NatsGateways};
 use crate::ops::{GatewayApi, Gateways};
 use crate::register::{self, Announce};
 use crate::wire::handshake::Peer;
@@ -93,7 +94,8 @@ impl PushClient {
         if registers.is_empty() {
             return Err(ConnectError::NoRegister);
         }
-        let (client, listed, linked) = Self::start(registers, secret.as_ref().into());
+        let (client, listed, linked) =
+            Self::start(Finder::Registers(registers), secret.as_ref().into());
         let all = wait_until(listed, linked.clone(), |listed, linked| {
             !listed.is_empty() && listed.is_subset(linked)
         });
@@ -108,13 +110,19 @@ impl PushClient {
     /// the registers list it (what a process without a worker host serves the admin page
     /// over). Must be called within a tokio runtime.
     pub fn link(registers: Vec<SocketAddr>, secret: impl AsRef<[u8]>) -> Self {
-        Self::start(registers, secret.as_ref().into()).0
+        Self::start(Finder::Registers(registers), secret.as_ref().into()).0
     }
 
-    /// Starts the registration and the links; returns the client with the gateways listed
-    /// and those linked.
+    /// Links as [`link`](Self::link) does, finding the gateways through `nats` and
+    /// publishing commands there (`[cluster] nats`); queries go over the links.
+    pub fn link_nats(nats: Nats, secret: impl AsRef<[u8]>) -> Self {
+        Self::start(Finder::Nats(nats), secret.as_ref().into()).0
+    }
+
+    /// Starts the registration (or the following of NATS announcements) and the links;
+    /// returns the client with the gateways listed and those linked.
     fn start(
-        registers: Vec<SocketAddr>,
+        finder: Finder,
         secret: Arc<[u8]>,
     ) -> (
         Self,
@@ -122,8 +130,18 @@ impl PushClient {
         watch::Receiver<BTreeSet<SocketAddrV4>>,
     ) {
         let stop = CancellationToken::new();
-        let listed =
-            register::spawn_registration(registers, secret.clone(), Announce::Client, stop.clone());
+        let (listed, nats) = match finder {
+            Finder::Registers(registers) => (
+                register::spawn_registration(
+                    registers,
+                    secret.clone(),
+                    Announce::Client,
+                    stop.clone(),
+                ),
+                None,
+            ),
+            Finder::Nats(nats) => (discovery::follow(nats.clone(), stop.clone()), Some(nats)),
+        };
         // A push client runs no gateway, so every link is a network link.
         let links = GatewayLinks::new(
             secret,
@@ -134,8 +152,12 @@ impl PushClient {
         );
         links.start(listed.clone(), Arc::new(NoEvents), stop.clone());
         let linked = links.linked();
+        let gateways: Arc<dyn Gateways> = match nats {
+            Some(nats) => NatsGateways::new(nats, links),
+            None => links,
+        };
         let client = Self {
-            api: GatewayApi::new(links),
+            api: GatewayApi::new(gateways),
             links: Some(Arc::new(stop.drop_guard())),
         };
         (client, listed, linked)
@@ -148,6 +170,14 @@ impl PushClient {
             links: None,
         }
     }
+}
+
+/// Where a push client finds the gateways.
+enum Finder {
+    /// The registers' lists.
+    Registers(Vec<SocketAddr>),
+    /// The gateways' announcements on NATS.
+    Nats(Nats),
 }
 
 impl Deref for PushClient {
