@@ -38,46 +38,24 @@ struct Subscribed {
 pub async fn serve(gateway: Arc<Gateway>, nats: Nats, shutdown: CancellationToken) {
     let subjects = nats.subjects();
     let own = subjects.gateway(gateway.state.address());
-    let mut streams: SelectAll<BoxStream<'static, async_nats::Message>> = SelectAll::new();
+    let mut subs = Subscriptions {
+        streams: SelectAll::new(),
+        held: HashMap::new(),
+    };
     for subject in [subjects.all(), own] {
-        match subscribe(&nats, subject.clone(), shutdown.clone()).await {
-            Some(stream) => streams.push(stream),
+        match subscribe(&nats, subject, shutdown.clone()).await {
+            Some(stream) => subs.streams.push(stream),
             None => return,
         }
     }
     gateway.state.track_membership();
-    let mut held: HashMap<String, Subscribed> = HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             () = gateway.state.membership_marked() => {
-                for (name, now) in gateway.state.take_membership() {
-                    let subject = match &name {
-                        Held::Group(g) => subjects.group(g),
-                        Held::Uid(u) => subjects.uid(u),
-                    };
-                    if now {
-                        if let Some(s) = held.get_mut(&subject) {
-                            s.names.insert(name);
-                            continue;
-                        }
-                        let stop = shutdown.child_token();
-                        let Some(stream) = subscribe(&nats, subject.clone(), stop.clone()).await else {
-                            continue;
-                        };
-                        streams.push(stream);
-                        let names = HashSet::from([name]);
-                        held.insert(subject, Subscribed { names, stop });
-                    } else if let Some(s) = held.get_mut(&subject) {
-                        s.names.remove(&name);
-                        if s.names.is_empty() {
-                            s.stop.cancel();
-                            held.remove(&subject);
-                        }
-                    }
-                }
+                subs.follow(&gateway, &nats, &shutdown).await;
             }
-            Some(message) = streams.next() => {
+            Some(message) = subs.streams.next() => {
                 Counters::bump(&gateway.counters.nats_commands);
                 let command: Command = match postcard::from_bytes(&message.payload) {
                     Ok(command) => command,
@@ -86,11 +64,54 @@ pub async fn serve(gateway: Arc<Gateway>, nats: Nats, shutdown: CancellationToke
                         continue;
                     }
                 };
-                let first = subjects.first_held(&command, |s| held.contains_key(s));
+                let first = subjects.first_held(&command, |s| subs.held.contains_key(s));
                 if first.is_some_and(|first| first != message.subject.as_str()) {
                     continue;
                 }
                 gateway.state.execute(command);
+                // Before the next command: a join's subscription is on its way to NATS before
+                // anything that follows the join (the member's reply, say) is delivered.
+                subs.follow(&gateway, &nats, &shutdown).await;
+            }
+        }
+    }
+}
+
+/// Every subscription of the gateway, read as one stream.
+struct Subscriptions {
+    streams: SelectAll<BoxStream<'static, async_nats::Message>>,
+    /// The group and uid subscriptions, by subject.
+    held: HashMap<String, Subscribed>,
+}
+
+impl Subscriptions {
+    /// Subscribes to the groups and uids the state marked as newly held, and unsubscribes
+    /// from those it marked as released.
+    async fn follow(&mut self, gateway: &Gateway, nats: &Nats, shutdown: &CancellationToken) {
+        let subjects = nats.subjects();
+        for (name, now) in gateway.state.take_membership() {
+            let subject = match &name {
+                Held::Group(g) => subjects.group(g),
+                Held::Uid(u) => subjects.uid(u),
+            };
+            if now {
+                if let Some(s) = self.held.get_mut(&subject) {
+                    s.names.insert(name);
+                    continue;
+                }
+                let stop = shutdown.child_token();
+                let Some(stream) = subscribe(nats, subject.clone(), stop.clone()).await else {
+                    continue;
+                };
+                self.streams.push(stream);
+                let names = HashSet::from([name]);
+                self.held.insert(subject, Subscribed { names, stop });
+            } else if let Some(s) = self.held.get_mut(&subject) {
+                s.names.remove(&name);
+                if s.names.is_empty() {
+                    s.stop.cancel();
+                    self.held.remove(&subject);
+                }
             }
         }
     }

@@ -27,6 +27,7 @@ mod hot_reload;
 mod internal_links;
 mod limits;
 mod metrics;
+mod nats_cluster;
 mod plugins_built;
 mod polyglot_reload;
 mod presence;
