@@ -38,8 +38,13 @@ impl NatsCluster {
     /// Starts three nodes (`binary`: [`crate::tools::nats_server`]) routed to each other, and
     /// waits (bounded) until each accepts clients and sees its two routes.
     pub async fn start(binary: PathBuf) -> Result<Self, Skip> {
+        Self::start_with(binary, 3, &[]).await
+    }
+
+    /// Starts `count` nodes as [`Self::start`] does, each also given `extra` arguments (TLS).
+    pub async fn start_with(binary: PathBuf, count: usize, extra: &[&str]) -> Result<Self, Skip> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..count).map(|_| free_port()).collect();
         let route_urls: Vec<String> = routes
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
@@ -67,8 +72,6 @@ impl NatsCluster {
                 "wgtest",
                 "--cluster",
                 &format!("nats://127.0.0.1:{route}"),
-                "--routes",
-                &others.join(","),
                 "--user",
                 USER,
                 "--pass",
@@ -76,11 +79,16 @@ impl NatsCluster {
                 "-l",
                 log.to_str().expect("a UTF-8 temp path"),
             ];
+            let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            if !others.is_empty() {
+                args.extend(["--routes".to_owned(), others.join(",")]);
+            }
+            args.extend(extra.iter().map(|a| a.to_string()));
             nodes.push(NatsNode {
                 child: None,
                 port,
                 monitor,
-                args: args.iter().map(|a| a.to_string()).collect(),
+                args,
             });
         }
         let mut cluster = Self {
@@ -91,7 +99,7 @@ impl NatsCluster {
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i);
         }
-        cluster.wait_until_routed(2).await;
+        cluster.wait_until_routed(count - 1).await;
         Ok(cluster)
     }
 
@@ -116,7 +124,7 @@ impl NatsCluster {
                 self.spawn(i);
             }
         }
-        self.wait_until_routed(2).await;
+        self.wait_until_routed(self.nodes.len() - 1).await;
     }
 
     /// Waits (bounded) until every node accepts clients and has `routes` routes.

@@ -136,6 +136,26 @@ async fn each_once(clients: &mut [&mut TestClient], what: &str) {
     }
 }
 
+/// Has `sender` send to group `g` until every one of `members` receives a send (bounded),
+/// then drains what else arrived: after NATS trouble, sends fail until connections are back.
+async fn arrives_again(sender: &mut TestClient, members: &mut [&mut TestClient]) {
+    let mut n = 0;
+    'arrived: loop {
+        n += 1;
+        assert!(n < 40, "group sends never arrived again");
+        sender.send(&format!("pub g probe{n}")).await.unwrap();
+        for x in members.iter_mut() {
+            if x.recv_within(Duration::from_millis(500)).await.is_err() {
+                continue 'arrived;
+            }
+        }
+        break;
+    }
+    for x in members.iter_mut() {
+        while x.recv_within(QUIET).await.is_ok() {}
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_gateways_on_three_nats_nodes_fan_out_only_to_gateways_with_members() {
     let test =
@@ -233,24 +253,7 @@ async fn killing_a_nats_node_keeps_clients_served_and_group_sends_arriving() {
     served(&mut bystander, "bystander-after-kill").await;
     served(&mut b, "b-after-kill").await;
     // Sends made while a connection moves fail (`unreachable`); once moved, they arrive.
-    let mut n = 0;
-    'arrived: loop {
-        n += 1;
-        assert!(
-            n < 40,
-            "group sends never arrived again after a NATS node died"
-        );
-        bystander.send(&format!("pub g probe{n}")).await.unwrap();
-        for x in [&mut a, &mut b, &mut c] {
-            if x.recv_within(Duration::from_millis(500)).await.is_err() {
-                continue 'arrived;
-            }
-        }
-        break;
-    }
-    for x in [&mut a, &mut b, &mut c] {
-        while x.recv_within(QUIET).await.is_ok() {}
-    }
+    arrives_again(&mut bystander, &mut [&mut a, &mut b, &mut c]).await;
     bystander.send("pub g after").await.unwrap();
     each_once(&mut [&mut a, &mut b, &mut c], "after").await;
     served(&mut bystander, "bystander-at-end").await;
@@ -311,24 +314,83 @@ async fn commands_fail_while_nats_is_down_and_subscriptions_return_with_it() {
     // NATS back: the connections return and the gateways' subscriptions with them.
     d.nats.restart().await;
     served(&mut bystander, "bystander-after-outage").await;
-    let mut n = 0;
-    'arrived: loop {
-        n += 1;
-        assert!(
-            n < 40,
-            "group sends never arrived again after NATS came back"
-        );
-        bystander.send(&format!("pub g probe{n}")).await.unwrap();
-        for x in [&mut a, &mut c] {
-            if x.recv_within(Duration::from_millis(500)).await.is_err() {
-                continue 'arrived;
-            }
-        }
-        break;
-    }
-    for x in [&mut a, &mut c] {
-        while x.recv_within(QUIET).await.is_ok() {}
-    }
+    arrives_again(&mut bystander, &mut [&mut a, &mut c]).await;
     bystander.send("pub g after").await.unwrap();
     each_once(&mut [&mut a, &mut c], "after").await;
+}
+
+/// A CA, and a server certificate (for 127.0.0.1) and client certificate it signed, as PEM
+/// files in `dir`: `ca.pem`, `server.pem`/`server.key`, `client.pem`/`client.key`.
+fn certificates(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    for (name, purpose) in [
+        ("server", ExtendedKeyUsagePurpose::ServerAuth),
+        ("client", ExtendedKeyUsagePurpose::ClientAuth),
+    ] {
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        params.extended_key_usages = vec![purpose];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_travel_over_nats_with_tls_and_client_certificates() {
+    let test = "nats_cluster::commands_travel_over_nats_with_tls_and_client_certificates";
+    let binary = tokio::task::spawn_blocking(tools::nats_server)
+        .await
+        .unwrap();
+    let Some(binary) = tools::or_skip(binary, test) else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path());
+    let file = |name: &str| certs.path().join(name).to_str().unwrap().to_owned();
+    let tls = [
+        "--tlsverify".to_owned(),
+        "--tlscert".to_owned(),
+        file("server.pem"),
+        "--tlskey".to_owned(),
+        file("server.key"),
+        "--tlscacert".to_owned(),
+        file("ca.pem"),
+    ];
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let Some(nats) = tools::or_skip(NatsCluster::start_with(binary, 1, &tls).await, test) else {
+        return;
+    };
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let port = free_port();
+    let url = nats.url(0).replace("nats://", "tls://");
+    let _node = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[cluster]\nnats = [\"{url}\"]\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
+             tls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n\
+             [[gateway]]\nlisten = \"ws://127.0.0.1:{port}\"\napp = \"commands\"\n\
+             [worker]\nplugins = {:?}\ninstances = 1\n",
+            file("ca.pem"),
+            file("client.pem"),
+            file("client.key"),
+            plugins.path()
+        ),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut member = wasmgate_tests::cluster::connect_ws(port).await;
+    // Every reply is a command over NATS: an answer proves the TLS connection.
+    served(&mut member, "over-tls").await;
+    let mut sender = TestClient::ws(addr, "/").await.unwrap();
+    served(&mut sender, "sender-ready").await;
+    assert_eq!(member.ask("join g").await, "joined g");
+    sender.send("pub g secured").await.unwrap();
+    each_once(&mut [&mut member], "secured").await;
 }
