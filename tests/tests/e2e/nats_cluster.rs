@@ -8,6 +8,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use wasmgate::config::ClusterConfig;
+use wasmgate::nats::Nats;
+use wasmgate::push::PushClient;
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, free_port};
 use wasmgate_tests::nats::{NatsCluster, PASSWORD, USER};
@@ -97,6 +100,30 @@ impl Deployment {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("gateway {i} never accepted a client");
+    }
+
+    /// A push client on NATS node 0, once a command goes through (bounded).
+    async fn push_client(&self) -> PushClient {
+        let config = ClusterConfig {
+            nats: vec![self.nats.url(0)],
+            name: "wasmgate".into(),
+            user: Some(USER.into()),
+            password: Some(PASSWORD.into()),
+            token: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        };
+        let nats = Nats::connect(&config).await.unwrap();
+        let push = PushClient::link_nats(nats, SECRET);
+        for _ in 0..100 {
+            // Nobody is bound to this uid: the probe reaches no client.
+            if push.send_to_uid(&["nobody"], "probe").await.is_ok() {
+                return push;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("a push client never reached NATS");
     }
 
     /// Commands gateway `i` has received over NATS so far.
@@ -197,6 +224,15 @@ async fn three_gateways_on_three_nats_nodes_fan_out_only_to_gateways_with_member
     each_once(&mut [&mut a1, &mut b1, &mut c1], "everywhere").await;
     a2.assert_silent(QUIET).await;
     assert_eq!(by_b.ask("echo still").await, "still");
+
+    // A push client of its own on NATS: a send naming two groups reaches a client in both
+    // once (a1 is in `local` and `spread`; gateway A receives it on two subjects).
+    let push = d.push_client().await;
+    push.send_to_group(&["local", "spread"], "two-groups", &[])
+        .await
+        .unwrap();
+    each_once(&mut [&mut a1, &mut a2, &mut b1, &mut c1], "two-groups").await;
+    by_a.assert_silent(QUIET).await;
 
     // A uid bound on A and C: B receives nothing for it.
     assert_eq!(a2.ask("bind u1").await, "bound u1");
