@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Advertise, GatewayConfig, Protocol};
 use crate::local::LocalGateways;
-use crate::nats::{Nats, discovery};
+use crate::nats::Nats;
 use crate::register;
 use crate::wire::messages::ListenerInfo;
 use heartbeat::{HeartbeatConfig, Ping};
@@ -176,11 +176,8 @@ impl BoundGateway {
             )
         });
         let nats_stop = CancellationToken::new();
-        let nats_tasks = nats.map(|nats| {
-            let announcing = discovery::announce(nats.clone(), address, nats_stop.clone());
-            let commands = nats::serve(self.gateway.clone(), nats, nats_stop.clone());
-            [tokio::spawn(announcing), tokio::spawn(commands)]
-        });
+        let nats_task = nats
+            .map(|nats| tokio::spawn(nats::serve(self.gateway.clone(), nats, nats_stop.clone())));
         // Links outlive the clients: each closing client's close event must still reach its
         // worker host.
         let close_links = CancellationToken::new();
@@ -236,7 +233,7 @@ impl BoundGateway {
         listener::serve(self.clients, accept, shared).await;
         // Worker hosts forget this gateway at once instead of after three periods.
         nats_stop.cancel();
-        for task in nats_tasks.into_iter().flatten() {
+        if let Some(task) = nats_task {
             let _ = task.await;
         }
         // The closes' uid transitions go out before the links close, as their close events.

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::Gateway;
 use super::counters::Counters;
 use super::state::Held;
-use crate::nats::Nats;
+use crate::nats::{Nats, discovery};
 use crate::ops::Command;
 
 /// A subscription the gateway holds for its groups or uids, and the names it holds it for
@@ -34,7 +34,10 @@ struct Subscribed {
     stop: CancellationToken,
 }
 
-/// Takes commands from NATS for `gateway` until `shutdown`.
+/// Takes commands from NATS for `gateway` until `shutdown`, and announces the gateway once
+/// it is subscribed to its own subject: a worker host that links on the announcement and
+/// answers a client at once finds the subscription there (NATS handles one connection's
+/// subscriptions and publications in order).
 pub async fn serve(gateway: Arc<Gateway>, nats: Nats, shutdown: CancellationToken) {
     let subjects = nats.subjects();
     let own = subjects.gateway(gateway.state.address());
@@ -49,11 +52,24 @@ pub async fn serve(gateway: Arc<Gateway>, nats: Nats, shutdown: CancellationToke
         }
     }
     gateway.state.track_membership();
+    let announcing = discovery::announce(nats.clone(), gateway.state.address(), shutdown.clone());
+    tokio::join!(announcing, take_commands(&gateway, &nats, subs, &shutdown));
+}
+
+/// Executes the commands that arrive on `subs`, following the state's membership, until
+/// `shutdown`.
+async fn take_commands(
+    gateway: &Gateway,
+    nats: &Nats,
+    mut subs: Subscriptions,
+    shutdown: &CancellationToken,
+) {
+    let subjects = nats.subjects();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             () = gateway.state.membership_marked() => {
-                subs.follow(&gateway, &nats, &shutdown).await;
+                subs.follow(gateway, nats, shutdown).await;
             }
             Some(message) = subs.streams.next() => {
                 Counters::bump(&gateway.counters.nats_commands);
@@ -71,7 +87,7 @@ pub async fn serve(gateway: Arc<Gateway>, nats: Nats, shutdown: CancellationToke
                 gateway.state.execute(command);
                 // Before the next command: a join's subscription is on its way to NATS before
                 // anything that follows the join (the member's reply, say) is delivered.
-                subs.follow(&gateway, &nats, &shutdown).await;
+                subs.follow(gateway, nats, shutdown).await;
             }
         }
     }

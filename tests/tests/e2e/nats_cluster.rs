@@ -12,7 +12,7 @@ use wasmgate::config::ClusterConfig;
 use wasmgate::nats::Nats;
 use wasmgate::push::PushClient;
 use wasmgate_tests::client::TestClient;
-use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, free_port};
+use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, quiet_port};
 use wasmgate_tests::nats::{NatsCluster, PASSWORD, USER};
 use wasmgate_tests::prometheus::scrape;
 use wasmgate_tests::{plugins, tools};
@@ -21,7 +21,7 @@ use crate::{BIN, QUIET};
 
 /// A gateway process.
 struct Gateway {
-    _node: Node,
+    node: Node,
     port: u16,
     metrics: SocketAddr,
     name: String,
@@ -54,7 +54,7 @@ async fn deploy(test: &str) -> Option<Deployment> {
     let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
     let gateways = (0..3)
         .map(|i| {
-            let (port, metrics) = (free_port(), free_port());
+            let (port, metrics) = (quiet_port(), quiet_port());
             let name = format!("g{i}");
             let node = Node::start(
                 BIN,
@@ -64,7 +64,7 @@ async fn deploy(test: &str) -> Option<Deployment> {
                 ),
             );
             let metrics = SocketAddr::from(([127, 0, 0, 1], metrics));
-            Gateway { _node: node, port, metrics, name }
+            Gateway { node, port, metrics, name }
         })
         .collect();
     let workers = (0..2).map(|j| worker(&nats, j, plugins.path())).collect();
@@ -77,7 +77,7 @@ async fn deploy(test: &str) -> Option<Deployment> {
 }
 
 fn worker(nats: &NatsCluster, j: usize, plugins: &Path) -> (Node, SocketAddr) {
-    let metrics = free_port();
+    let metrics = quiet_port();
     let node = Node::start(
         BIN,
         &format!(
@@ -99,7 +99,10 @@ impl Deployment {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("gateway {i} never accepted a client");
+        panic!(
+            "gateway {i} never accepted a client; its log:\n{}",
+            self.gateways[i].node.logs()
+        );
     }
 
     /// A push client on NATS node 0, once a command goes through (bounded).
@@ -405,7 +408,7 @@ async fn commands_travel_over_nats_with_tls_and_client_certificates() {
         return;
     };
     let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
-    let port = free_port();
+    let port = quiet_port();
     let url = nats.url(0).replace("nats://", "tls://");
     let _node = Node::start(
         BIN,
