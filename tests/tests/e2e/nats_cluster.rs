@@ -190,7 +190,7 @@ async fn arrives_again(sender: &mut TestClient, members: &mut [&mut TestClient])
 async fn three_gateways_on_three_nats_nodes_fan_out_only_to_gateways_with_members() {
     let test =
         "nats_cluster::three_gateways_on_three_nats_nodes_fan_out_only_to_gateways_with_members";
-    let Some(d) = deploy(test).await else {
+    let Some(mut d) = deploy(test).await else {
         return;
     };
     // Served on every gateway, with no register anywhere.
@@ -271,6 +271,25 @@ async fn three_gateways_on_three_nats_nodes_fan_out_only_to_gateways_with_member
         b_before,
         "gateway B stayed subscribed to a group it left"
     );
+
+    // A gateway killed without a word is forgotten after 3 silent periods; the others serve on.
+    let c = d.gateways.remove(2);
+    let internal = c.node.logs();
+    c.node.kill().await;
+    let internal = internal
+        .lines()
+        .find(|l| l.contains("gateway listening"))
+        .and_then(|l| l.split("internal=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("gateway C logged its internal address")
+        .to_owned();
+    for (worker, _) in &d.workers {
+        worker
+            .wait_for_line(&["not heard for", "forgotten", &internal])
+            .await;
+    }
+    assert_eq!(by_a.ask("echo after-c").await, "after-c");
+    assert_eq!(by_b.ask("echo after-c").await, "after-c");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
