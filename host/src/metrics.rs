@@ -204,13 +204,6 @@ pub fn nats_command_failed(reason: &'static str) {
         .inc();
 }
 
-/// Commands not published on NATS so far for `reason`.
-pub fn nats_commands_failed(reason: &'static str) -> u64 {
-    NATS_COMMANDS_FAILED
-        .get(&ReasonLabels { reason })
-        .map_or(0, |c| c.get())
-}
-
 /// Records whether the process's NATS connection is up.
 pub fn nats_connected(up: bool) {
     NATS_CONNECTED.set(i64::from(up));
