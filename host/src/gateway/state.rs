@@ -741,6 +741,66 @@ mod tests {
         all.into_iter().find(|c| c.id == id).unwrap().groups
     }
 
+    /// The marks taken now, sorted, as `(name, held)` with a `g:` or `u:` prefix.
+    fn marks(s: &GatewayState) -> Vec<(String, bool)> {
+        let mut marks: Vec<_> = s
+            .take_membership()
+            .into_iter()
+            .map(|(held, now)| match held {
+                Held::Group(g) => (format!("g:{g}"), now),
+                Held::Uid(u) => (format!("u:{u}"), now),
+            })
+            .collect();
+        marks.sort();
+        marks
+    }
+
+    #[test]
+    fn only_the_first_member_and_the_last_one_leaving_mark_a_group_or_uid() {
+        let s = state(8);
+        let (a, b) = (client(&s), client(&s));
+        let join = |c, g: &str| Command::JoinGroup {
+            client: c,
+            group: g.into(),
+        };
+        s.execute(join(a, "before"));
+        assert_eq!(marks(&s), [], "nothing is kept before tracking starts");
+        s.track_membership();
+        assert_eq!(marks(&s), [("g:before".into(), true)]);
+        s.execute(join(a, "g"));
+        s.execute(join(b, "g"));
+        let bind = |c, u: &str| Command::BindUid {
+            client: c,
+            uid: u.into(),
+        };
+        s.execute(bind(a, "u"));
+        s.execute(bind(b, "u"));
+        assert_eq!(marks(&s), [("g:g".into(), true), ("u:u".into(), true)]);
+        s.execute(Command::LeaveGroup {
+            client: a,
+            group: "g".into(),
+        });
+        s.execute(bind(a, "v"));
+        assert_eq!(
+            marks(&s),
+            [("u:v".into(), true)],
+            "others still hold g and u"
+        );
+        s.remove(b);
+        assert_eq!(marks(&s), [("g:g".into(), false), ("u:u".into(), false)]);
+        s.execute(Command::Ungroup {
+            group: "before".into(),
+        });
+        s.execute(Command::UnbindUid {
+            client: a,
+            uid: "v".into(),
+        });
+        assert_eq!(
+            marks(&s),
+            [("g:before".into(), false), ("u:v".into(), false)]
+        );
+    }
+
     #[test]
     fn ids_do_not_restart_at_one_with_each_run() {
         let firsts: BTreeSet<u32> = (0..4).map(|_| client(&state(1)).index).collect();
