@@ -19,9 +19,11 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+pub mod cluster;
 pub mod outbound;
 pub mod secret;
 
+pub use cluster::ClusterConfig;
 pub use outbound::OutboundOrigin;
 pub use secret::{Secret, SecretError, SecretSource};
 
@@ -49,6 +51,8 @@ struct ConfigFile {
     secret_file: Option<PathBuf>,
     /// Run a register.
     register: Option<RegisterConfig>,
+    /// Use NATS as the cluster engine instead of the register mesh.
+    cluster: Option<ClusterConfig>,
     /// Run one gateway per entry.
     #[serde(default)]
     gateway: Vec<GatewayConfig>,
@@ -90,6 +94,9 @@ pub struct Config {
     /// The register, if this process runs one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub register: Option<RegisterConfig>,
+    /// The NATS cluster, when it is the engine (then no role uses a register).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
     /// One gateway per entry.
     pub gateway: Vec<GatewayConfig>,
     /// The worker host, if this process runs one.
@@ -1372,6 +1379,17 @@ impl ConfigFile {
         if let Some(register) = &self.register {
             register.check().map_err(invalid("register".into()))?;
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.check().map_err(invalid("cluster".into()))?;
+            let registers = self.register.is_some()
+                || self.gateway.iter().any(|g| !g.register.is_empty())
+                || self.worker.iter().any(|w| !w.register.is_empty());
+            if registers {
+                return Err(invalid("cluster".into())(
+                    "with `nats` the cluster needs no register: remove [register] and every `register` key".into(),
+                ));
+            }
+        }
         for gateway in &self.gateway {
             gateway
                 .check()
@@ -1434,6 +1452,12 @@ impl ConfigFile {
             };
             SocketAddr::new(ip, r.listen.port())
         })];
+        // With NATS as the engine no role uses a register, so none is filled in.
+        let registers = if self.cluster.is_some() {
+            Vec::new()
+        } else {
+            registers
+        };
         let mut gateway = self.gateway;
         for g in &mut gateway {
             if g.register.is_empty() {
@@ -1463,6 +1487,14 @@ impl ConfigFile {
                 .into_iter()
                 .for_each(place);
         }
+        let mut cluster = self.cluster;
+        if let Some(c) = &mut cluster {
+            c.tls_ca
+                .iter_mut()
+                .chain(c.tls_cert.iter_mut())
+                .chain(c.tls_key.iter_mut())
+                .for_each(place);
+        }
         let stem = file
             .file_stem()
             .map_or_else(|| "wasmgate".into(), |s| s.to_string_lossy());
@@ -1477,6 +1509,7 @@ impl ConfigFile {
         Config {
             secret,
             register: self.register,
+            cluster,
             gateway,
             worker,
             control: ControlConfig {
@@ -2312,5 +2345,42 @@ mod tests {
     fn bad_listen_urls_say_why() {
         let err = parse("[[gateway]]\nlisten = \"udp://1.2.3.4:5\"\napp = \"a\"\n").unwrap_err();
         assert!(err.contains("unknown protocol `udp`"), "{err}");
+    }
+
+    #[test]
+    fn nats_replaces_the_register_and_refuses_half_settings() {
+        let base = "[cluster]\nnats = [\"nats://127.0.0.1:4222\"]\n";
+        let c = parse(&format!(
+            "{base}tls_ca = \"ca.pem\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:1\"\napp = \"a\"\n[worker]\n"
+        ))
+        .unwrap();
+        let cluster = c.cluster.as_ref().unwrap();
+        assert_eq!(cluster.name, "wasmgate");
+        assert!(cluster.tls_required());
+        assert_eq!(cluster.tls_ca.as_deref(), Some(Path::new("ca.pem")));
+        assert!(c.gateway[0].register.is_empty());
+        assert!(c.worker.unwrap().register.is_empty());
+        for (extra, says) in [
+            ("[register]\n", "needs no register"),
+            (
+                "[worker]\nregister = \"127.0.0.1:1\"\n",
+                "needs no register",
+            ),
+            ("name = \"a.b\"\n", "`name`"),
+            ("user = \"u\"\n", "`user` needs `password`"),
+            (
+                "token = \"t\"\nuser = \"u\"\npassword = \"p\"\n",
+                "not both",
+            ),
+            ("tls_cert = \"c.pem\"\n", "go together"),
+            ("servers = []\n", "unknown field"),
+        ] {
+            let err = parse(&format!("{base}{extra}")).unwrap_err();
+            assert!(err.contains(says), "{extra:?}: {err}");
+        }
+        let err = parse("[cluster]\nnats = [\"http://x:1\"]\n").unwrap_err();
+        assert!(err.contains("not a nats://"), "{err}");
+        let err = parse("[cluster]\nnats = []\n").unwrap_err();
+        assert!(err.contains("at least one"), "{err}");
     }
 }

@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["ops", "config"],
     &["wire", "http_listener"],
     &["transport"],
-    &["local", "register"],
+    &["local", "register", "nats"],
     &["links"],
     &["gateway", "worker", "push", "web", "admin"],
     &["gatewayworker"],

@@ -21,6 +21,8 @@
 //!   host's or push client's links to every gateway; [`transport`]: where those links are
 //!   dialled and accepted, in the clear or over TLS (`[internal_tls]`).
 //! - [`register`]: discovery: tells worker hosts where the gateways are; off the data path.
+//! - [`nats`]: NATS as the cluster engine instead (`[cluster] nats`): discovery by
+//!   announcements, commands published only where their recipients are.
 //! - [`push`]: pushing from other applications: the HTTP push API and the Rust [`push::PushClient`].
 //! - [`http_listener`]: the bounds every HTTP listener keeps (`[http]`).
 //! - [`gatewayworker`]: GatewayWorker's own wire formats, so PHP BusinessWorkers and
@@ -39,6 +41,7 @@ pub mod lazy_timeout;
 pub mod links;
 pub mod local;
 pub mod metrics;
+pub mod nats;
 pub mod ops;
 pub mod process;
 pub mod push;

@@ -51,6 +51,9 @@ static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
 static LINKS_CLOSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static INTERNAL_TLS_REFUSED: LazyLock<Family<ReasonLabels, Counter>> =
     LazyLock::new(Family::default);
+static NATS_COMMANDS_FAILED: LazyLock<Family<ReasonLabels, Counter>> =
+    LazyLock::new(Family::default);
+static NATS_CONNECTED: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 static HTTP_CUT_OFF: LazyLock<Family<ListenerLabels, Counter>> = LazyLock::new(Family::default);
 static CONTROL_REFUSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static GATEWAYWORKER_REFUSED: LazyLock<Family<ListenerLabels, Counter>> =
@@ -216,6 +219,19 @@ pub fn internal_tls_refused(reason: &'static str) {
     INTERNAL_TLS_REFUSED
         .get_or_create(&ReasonLabels { reason })
         .inc();
+}
+
+/// Counts a command a worker host or push client could not publish on NATS, by `reason`
+/// (`disconnected`, `publish`, `too_large`, `encoding`); its caller got `unreachable`.
+pub fn nats_command_failed(reason: &'static str) {
+    NATS_COMMANDS_FAILED
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+}
+
+/// Records whether the process's NATS connection is up.
+pub fn nats_connected(up: bool) {
+    NATS_CONNECTED.set(i64::from(up));
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -735,6 +751,16 @@ pub fn register(r: &mut Registry) {
         "internal_tls_refused",
         "Internal connections (register, gateway, worker host, push client) whose TLS layer refused the peer or was refused, by reason (plaintext_peer, tls_peer, handshake, timeout)",
         INTERNAL_TLS_REFUSED.clone(),
+    );
+    r.register(
+        "nats_commands_failed",
+        "Commands a worker host or push client could not publish on NATS (the caller got unreachable), by reason (disconnected, publish, too_large, encoding)",
+        NATS_COMMANDS_FAILED.clone(),
+    );
+    r.register(
+        "nats_connected",
+        "1 while the process's NATS connection ([cluster] nats) is up, else 0",
+        NATS_CONNECTED.clone(),
     );
     r.register(
         "http_cut_off",

@@ -168,7 +168,7 @@ impl Cluster {
                 internal_addr: bound.internal_addr(),
                 gateway: bound.gateway(),
             });
-            roles.spawn(bound.run(local.clone(), shutdown.clone()));
+            roles.spawn(bound.run(local.clone(), None, shutdown.clone()));
         }
         let push = push.map(|keys| {
             let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -187,7 +187,7 @@ impl Cluster {
                 instances,
                 worker,
             );
-            let worker = WorkerHost::new(config, secret.clone(), local.clone()).unwrap();
+            let worker = WorkerHost::new(config, secret.clone(), local.clone(), None).unwrap();
             if let (0, Some(push)) = (i, &push) {
                 let push = BoundPush::bind(push).await.unwrap();
                 roles.spawn(push.serve(worker.gateways(), Default::default(), shutdown.clone()));
@@ -285,6 +285,27 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A free loopback port below the kernel's ephemeral range (32768 up on Linux): no outgoing
+/// connection and no listener on port 0 takes it between the test's choice and a process's
+/// bind, or while a server that was killed is down before it restarts on it, as may happen
+/// to a [`free_port`] when many processes run. Each test process counts up from its own
+/// start (by pid), skipping ports that are taken.
+pub fn quiet_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 10_000;
+    const SPAN: u16 = 22_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + (start.wrapping_add(offset) % SPAN);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {}", FIRST + SPAN);
 }
 
 /// A `wasmgate start` process, killed on drop; its log goes to a temporary file.

@@ -8,6 +8,7 @@ pub mod client;
 pub mod cluster;
 pub mod daemon;
 pub mod http_server;
+pub mod nats;
 pub mod netns;
 pub mod polyglot;
 pub mod postgres;

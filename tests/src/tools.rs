@@ -228,6 +228,15 @@ pub fn redis_server() -> Result<PathBuf, Skip> {
     )
 }
 
+/// Debian's `nats-server` (2.9), installed with apt-get when missing; its path.
+pub fn nats_server() -> Result<PathBuf, Skip> {
+    apt_install(
+        Path::new("/usr/sbin/nats-server"),
+        "nats-server",
+        &["install", "-y", "--no-install-recommends", "nats-server"],
+    )
+}
+
 /// `program` if it is installed, else what `apt-get <install>` (as root, after an update)
 /// puts there.
 fn apt_install(program: &Path, what: &str, install: &[&str]) -> Result<PathBuf, Skip> {

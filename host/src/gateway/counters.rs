@@ -31,6 +31,9 @@ pub struct Counters {
     /// Group joins and uid bindings refused for a name over its limit (only a peer that
     /// skips the checks at the call sends one).
     pub names_refused: AtomicU64,
+    /// Commands received over NATS (`[cluster] nats`), whether or not they concerned a
+    /// client here: what membership-aware fan-out keeps at zero on a gateway without members.
+    pub nats_commands: AtomicU64,
 }
 
 impl Counters {

@@ -9,6 +9,7 @@
 //! - [`router`]: which worker host gets a client's events.
 //! - [`presence`]: reports uid transitions to the worker host that decides each uid's presence.
 //! - [`internal`]: the listener worker hosts link to.
+//! - [`nats`]: commands from NATS, subscribed by what the gateway holds (`[cluster] nats`).
 //! - [`Gateway`]: what every task of a gateway shares.
 
 pub mod conn;
@@ -16,6 +17,7 @@ pub mod counters;
 pub mod heartbeat;
 pub mod internal;
 pub mod listener;
+pub mod nats;
 pub mod outbox;
 pub mod presence;
 pub mod protocol;
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Advertise, GatewayConfig, Protocol};
 use crate::local::LocalGateways;
+use crate::nats::Nats;
 use crate::register;
 use crate::transport::Trust;
 use crate::wire::messages::ListenerInfo;
@@ -144,10 +147,12 @@ impl BoundGateway {
 
     /// Serves clients and worker hosts until `shutdown`, then closes every client (WebSocket
     /// 1001), sends their close events, and flushes and closes the links. Worker hosts of this
-    /// process that share `local` link through channels instead of sockets.
+    /// process that share `local` link through channels instead of sockets. With `nats`, the
+    /// gateway announces itself and takes commands there instead of registering.
     pub async fn run(
         self,
         local: LocalGateways,
+        nats: Option<Nats>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let address = self.internal_addr();
@@ -159,15 +164,20 @@ impl BoundGateway {
             app = %self.config.app,
             "gateway listening"
         );
-        let _registration = register::spawn_registration(
-            self.config.register.clone(),
-            self.gateway.trust.clone(),
-            register::Announce::Gateway {
-                internal: address,
-                gatewayworker: self.config.gatewayworker.then_some(address),
-            },
-            shutdown.clone(),
-        );
+        let _registration = nats.is_none().then(|| {
+            register::spawn_registration(
+                self.config.register.clone(),
+                self.gateway.trust.clone(),
+                register::Announce::Gateway {
+                    internal: address,
+                    gatewayworker: self.config.gatewayworker.then_some(address),
+                },
+                shutdown.clone(),
+            )
+        });
+        let nats_stop = CancellationToken::new();
+        let nats_task = nats
+            .map(|nats| tokio::spawn(nats::serve(self.gateway.clone(), nats, nats_stop.clone())));
         // Links outlive the clients: each closing client's close event must still reach its
         // worker host.
         let close_links = CancellationToken::new();
@@ -221,6 +231,11 @@ impl BoundGateway {
             handshake_timeout: config.handshake_timeout,
         };
         listener::serve(self.clients, accept, shared).await;
+        // Worker hosts forget this gateway at once instead of after three periods.
+        nats_stop.cancel();
+        if let Some(task) = nats_task {
+            let _ = task.await;
+        }
         // The closes' uid transitions go out before the links close, as their close events.
         stop_presence.cancel();
         let _ = presence.await;

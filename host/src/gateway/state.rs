@@ -76,6 +76,20 @@ struct Clients {
     /// task last looked, with the client that did it; kept only while a linked worker host
     /// wants presence for this gateway's app. Bounded by the uids bound and released.
     dirty: HashMap<String, ClientContext>,
+    /// Groups and uids whose local holding (some member, or none) may have changed since
+    /// the NATS task last looked; kept only when NATS is the engine (`gateway::nats`), which
+    /// subscribes to the subjects of what the gateway holds. Bounded by the names held and
+    /// released.
+    membership: Option<HashSet<Held>>,
+}
+
+/// A group or uid name, as the NATS task subscribes to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Held {
+    /// A group.
+    Group(String),
+    /// A uid.
+    Uid(String),
 }
 
 /// The indexes of a group's or uid's members.
@@ -99,6 +113,8 @@ pub struct GatewayState {
     presence: AtomicBool,
     /// Wakes the presence task when a uid is marked.
     marked: Notify,
+    /// Wakes the NATS task when a group or uid is held or released.
+    membership_marked: Notify,
 }
 
 impl GatewayState {
@@ -119,6 +135,7 @@ impl GatewayState {
             clients: Mutex::new(clients),
             presence: AtomicBool::new(false),
             marked: Notify::new(),
+            membership_marked: Notify::new(),
         }
     }
 
@@ -180,11 +197,15 @@ impl GatewayState {
         let mut c = self.lock();
         let entry = c.by_index.remove(&client.index)?;
         for group in &entry.groups {
-            remove_member(&mut c.groups, group, client.index);
+            if remove_member(&mut c.groups, group, client.index) {
+                self.touch(&mut c, || Held::Group(group.clone()));
+            }
         }
         let context = context_of(client, &entry);
         if let Some(uid) = &entry.uid {
-            remove_member(&mut c.uids, uid, client.index);
+            if remove_member(&mut c.uids, uid, client.index) {
+                self.touch(&mut c, || Held::Uid(uid.clone()));
+            }
             self.mark_if_released(&mut c, uid, &context);
         }
         Some(context)
@@ -215,6 +236,49 @@ impl GatewayState {
         }
         drop(c);
         self.marked.notify_one();
+    }
+
+    /// Starts keeping the groups and uids whose local holding changes, for the NATS task;
+    /// marks every one held now, so that the task subscribes to them all.
+    pub fn track_membership(&self) {
+        let mut c = self.lock();
+        let held = c.groups.keys().cloned().map(Held::Group);
+        let held = held.chain(c.uids.keys().cloned().map(Held::Uid)).collect();
+        c.membership = Some(held);
+        drop(c);
+        self.membership_marked.notify_one();
+    }
+
+    /// The groups and uids marked since the last call, each with whether some client of
+    /// this gateway holds it now.
+    pub fn take_membership(&self) -> Vec<(Held, bool)> {
+        let mut c = self.lock();
+        let Some(marked) = c.membership.as_mut().map(std::mem::take) else {
+            return Vec::new();
+        };
+        marked
+            .into_iter()
+            .map(|held| {
+                let now = match &held {
+                    Held::Group(g) => c.groups.contains_key(g),
+                    Held::Uid(u) => c.uids.contains_key(u),
+                };
+                (held, now)
+            })
+            .collect()
+    }
+
+    /// Waits until a group or uid is marked (at once if one was since the last wait).
+    pub async fn membership_marked(&self) {
+        self.membership_marked.notified().await;
+    }
+
+    /// Marks the group or uid `held` makes if membership is tracked.
+    fn touch(&self, c: &mut Clients, held: impl FnOnce() -> Held) {
+        if let Some(marked) = &mut c.membership {
+            marked.insert(held());
+            self.membership_marked.notify_one();
+        }
     }
 
     /// The uids marked since the last call, each with the client that last changed it.
@@ -293,7 +357,9 @@ impl GatewayState {
                     .load(Ordering::Relaxed)
                     .then(|| context_of(client, e));
                 if let Some(old) = old {
-                    remove_member(&mut c.uids, &old, client.index);
+                    if remove_member(&mut c.uids, &old, client.index) {
+                        self.touch(c, || Held::Uid(old.clone()));
+                    }
                     if let Some(context) = &context {
                         self.mark_if_released(c, &old, context);
                     }
@@ -301,6 +367,9 @@ impl GatewayState {
                 let members = c.uids.entry(uid.clone()).or_default();
                 let first = members.is_empty();
                 members.insert(client.index);
+                if first {
+                    self.touch(c, || Held::Uid(uid.clone()));
+                }
                 if let (true, Some(context)) = (first, context) {
                     c.dirty.insert(uid, context);
                     self.marked.notify_one();
@@ -316,7 +385,9 @@ impl GatewayState {
                         .load(Ordering::Relaxed)
                         .then(|| context_of(client, e));
                     e.uid = None;
-                    remove_member(&mut c.uids, &uid, client.index);
+                    if remove_member(&mut c.uids, &uid, client.index) {
+                        self.touch(c, || Held::Uid(uid.clone()));
+                    }
                     if let Some(context) = context {
                         self.mark_if_released(c, &uid, &context);
                     }
@@ -342,22 +413,31 @@ impl GatewayState {
                     return self.refuse(e, client, counter, "join_group", &why);
                 }
                 e.groups.insert(group.clone());
-                c.groups.entry(group).or_default().insert(client.index);
+                let members = c.groups.entry(group.clone()).or_default();
+                let first = members.is_empty();
+                members.insert(client.index);
+                if first {
+                    self.touch(c, || Held::Group(group));
+                }
             }
             Command::LeaveGroup { client, group } => {
                 let Some(e) = self.entry(c, client) else {
                     return;
                 };
-                if e.groups.remove(&group) {
-                    remove_member(&mut c.groups, &group, client.index);
+                if e.groups.remove(&group) && remove_member(&mut c.groups, &group, client.index) {
+                    self.touch(c, || Held::Group(group));
                 }
             }
             Command::Ungroup { group } => {
-                for index in c.groups.remove(&group).unwrap_or_default() {
+                let Some(members) = c.groups.remove(&group) else {
+                    return;
+                };
+                for index in members {
                     if let Some(e) = c.by_index.get_mut(&index) {
                         e.groups.remove(&group);
                     }
                 }
+                self.touch(c, || Held::Group(group));
             }
             Command::SendToGroup {
                 groups,
@@ -622,13 +702,17 @@ fn context_of(id: ClientId, e: &ClientEntry) -> ClientContext {
     }
 }
 
-fn remove_member(index: &mut HashMap<String, Members>, key: &str, member: u32) {
-    if let Some(members) = index.get_mut(key) {
-        members.remove(&member);
-        if members.is_empty() {
-            index.remove(key);
-        }
+/// Takes `member` out of `key`'s members; true if that left `key` without any.
+fn remove_member(index: &mut HashMap<String, Members>, key: &str, member: u32) -> bool {
+    let Some(members) = index.get_mut(key) else {
+        return false;
+    };
+    members.remove(&member);
+    let emptied = members.is_empty();
+    if emptied {
+        index.remove(key);
     }
+    emptied
 }
 
 /// What one client's entry in the state costs in place, for the per-connection budget test.
@@ -656,6 +740,66 @@ mod tests {
     fn groups(state: &GatewayState, id: ClientId) -> Vec<String> {
         let all = state.clients();
         all.into_iter().find(|c| c.id == id).unwrap().groups
+    }
+
+    /// The marks taken now, sorted, as `(name, held)` with a `g:` or `u:` prefix.
+    fn marks(s: &GatewayState) -> Vec<(String, bool)> {
+        let mut marks: Vec<_> = s
+            .take_membership()
+            .into_iter()
+            .map(|(held, now)| match held {
+                Held::Group(g) => (format!("g:{g}"), now),
+                Held::Uid(u) => (format!("u:{u}"), now),
+            })
+            .collect();
+        marks.sort();
+        marks
+    }
+
+    #[test]
+    fn only_the_first_member_and_the_last_one_leaving_mark_a_group_or_uid() {
+        let s = state(8);
+        let (a, b) = (client(&s), client(&s));
+        let join = |c, g: &str| Command::JoinGroup {
+            client: c,
+            group: g.into(),
+        };
+        s.execute(join(a, "before"));
+        assert_eq!(marks(&s), [], "nothing is kept before tracking starts");
+        s.track_membership();
+        assert_eq!(marks(&s), [("g:before".into(), true)]);
+        s.execute(join(a, "g"));
+        s.execute(join(b, "g"));
+        let bind = |c, u: &str| Command::BindUid {
+            client: c,
+            uid: u.into(),
+        };
+        s.execute(bind(a, "u"));
+        s.execute(bind(b, "u"));
+        assert_eq!(marks(&s), [("g:g".into(), true), ("u:u".into(), true)]);
+        s.execute(Command::LeaveGroup {
+            client: a,
+            group: "g".into(),
+        });
+        s.execute(bind(a, "v"));
+        assert_eq!(
+            marks(&s),
+            [("u:v".into(), true)],
+            "others still hold g and u"
+        );
+        s.remove(b);
+        assert_eq!(marks(&s), [("g:g".into(), false), ("u:u".into(), false)]);
+        s.execute(Command::Ungroup {
+            group: "before".into(),
+        });
+        s.execute(Command::UnbindUid {
+            client: a,
+            uid: "v".into(),
+        });
+        assert_eq!(
+            marks(&s),
+            [("g:before".into(), false), ("u:v".into(), false)]
+        );
     }
 
     #[test]

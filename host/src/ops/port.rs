@@ -44,4 +44,7 @@ pub enum Unreachable {
     /// The client's gateway is linked but did not answer the query in time.
     #[error("the client's gateway {0} did not answer in time")]
     Silent(SocketAddrV4),
+    /// NATS carries commands (`[cluster] nats`) and its connection is down.
+    #[error("the NATS connection is down")]
+    Nats,
 }

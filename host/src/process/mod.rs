@@ -38,6 +38,7 @@ use crate::config::{Config, ConfigError, GrantTable};
 use crate::gateway::BoundGateway;
 use crate::gatewayworker;
 use crate::local::LocalGateways;
+use crate::nats::Nats;
 use crate::ops::GatewayApi;
 use crate::push::{BoundPush, PushClient};
 use crate::register;
@@ -288,6 +289,12 @@ pub async fn run(
                 grants: granted.clone(),
             }),
     };
+    // One NATS connection for every role of the process, so that what its worker host
+    // publishes stays in order.
+    let nats = match &config.cluster {
+        Some(cluster) => Some(Nats::connect(cluster).await?),
+        None => None,
+    };
     let local = LocalGateways::default();
     let mut local_gateways = BTreeSet::new();
     let mut roles = JoinSet::new();
@@ -356,13 +363,13 @@ pub async fn run(
             app,
             gateway: bound.gateway(),
         });
-        gateways.spawn(bound.run(local.clone(), shutdown.clone()));
+        gateways.spawn(bound.run(local.clone(), nats.clone(), shutdown.clone()));
     }
     let mut ready = None;
     let mut admin = admin;
     if let (Some(worker), Some((grants, granted))) = (config.worker, grants) {
         let start_timeout = worker.start_timeout;
-        let worker = WorkerHost::new(worker, trust.clone(), local.clone())?;
+        let worker = WorkerHost::new(worker, trust.clone(), local.clone(), nats.clone())?;
         ready = Some((worker.ready(local_gateways), start_timeout));
         running.cluster = Some(GatewayApi::new(worker.gateways()));
         if let Some(push) = push {
@@ -380,7 +387,10 @@ pub async fn run(
         roles.spawn(worker.run(granted, workers_stop.clone()));
     }
     if let Some(admin) = admin {
-        let client = PushClient::link(admin_registers, trust.clone());
+        let client = match &nats {
+            Some(nats) => PushClient::link_nats(nats.clone(), trust.clone()),
+            None => PushClient::link(admin_registers, trust.clone()),
+        };
         let (limits, shutdown) = (config.http.clone(), shutdown.clone());
         roles.spawn(async move {
             let api = GatewayApi::clone(&client);

@@ -153,7 +153,7 @@ const GATEWAY_GAUGES: [GatewayGauge; 5] = [
 
 type GatewayLimit = (&'static str, &'static str, fn(&Counters) -> &AtomicU64);
 
-const GATEWAY_LIMITS: [GatewayLimit; 11] = [
+const GATEWAY_LIMITS: [GatewayLimit; 12] = [
     (
         "connections_refused",
         "Connections closed on accept at max_connections, by gateway.",
@@ -208,6 +208,11 @@ const GATEWAY_LIMITS: [GatewayLimit; 11] = [
         "names_refused",
         "Group joins and uid bindings refused for a name over 256 bytes, by gateway.",
         |c| &c.names_refused,
+    ),
+    (
+        "nats_commands_received",
+        "Commands received over NATS ([cluster] nats), by gateway: zero on a gateway that holds no member of what was sent.",
+        |c| &c.nats_commands,
     ),
 ];
 

@@ -20,6 +20,7 @@ use crate::links::{
     DEFAULT_PING_INTERVAL, DEFAULT_QUEUE_BYTES, GatewayLinks, NoEvents, SILENT_INTERVALS,
 };
 use crate::local::LocalGateways;
+use crate::nats::{Nats, discovery, publish::NatsGateways};
 use crate::ops::{GatewayApi, Gateways};
 use crate::register::{self, Announce};
 use crate::transport::Trust;
@@ -108,7 +109,7 @@ impl PushClient {
         if registers.is_empty() {
             return Err(ConnectError::NoRegister);
         }
-        let (client, listed, linked) = Self::start(registers, trust);
+        let (client, listed, linked) = Self::start(Finder::Registers(registers), trust);
         let all = wait_until(listed, linked.clone(), |listed, linked| {
             !listed.is_empty() && listed.is_subset(linked)
         });
@@ -123,13 +124,19 @@ impl PushClient {
     /// the registers list it (what a process without a worker host serves the admin page
     /// over). Must be called within a tokio runtime.
     pub fn link(registers: Vec<SocketAddr>, trust: Trust) -> Self {
-        Self::start(registers, trust).0
+        Self::start(Finder::Registers(registers), trust).0
     }
 
-    /// Starts the registration and the links; returns the client with the gateways listed
-    /// and those linked.
+    /// Links as [`link`](Self::link) does, finding the gateways through `nats` and
+    /// publishing commands there (`[cluster] nats`); queries go over the links.
+    pub fn link_nats(nats: Nats, trust: Trust) -> Self {
+        Self::start(Finder::Nats(nats), trust).0
+    }
+
+    /// Starts the registration (or the following of NATS announcements) and the links;
+    /// returns the client with the gateways listed and those linked.
     fn start(
-        registers: Vec<SocketAddr>,
+        finder: Finder,
         trust: Trust,
     ) -> (
         Self,
@@ -137,8 +144,18 @@ impl PushClient {
         watch::Receiver<BTreeSet<SocketAddrV4>>,
     ) {
         let stop = CancellationToken::new();
-        let listed =
-            register::spawn_registration(registers, trust.clone(), Announce::Client, stop.clone());
+        let (listed, nats) = match finder {
+            Finder::Registers(registers) => (
+                register::spawn_registration(
+                    registers,
+                    trust.clone(),
+                    Announce::Client,
+                    stop.clone(),
+                ),
+                None,
+            ),
+            Finder::Nats(nats) => (discovery::follow(nats.clone(), stop.clone()), Some(nats)),
+        };
         // A push client runs no gateway, so every link is a network link.
         let links = GatewayLinks::new(
             trust,
@@ -151,8 +168,12 @@ impl PushClient {
         );
         links.start(listed.clone(), Arc::new(NoEvents), stop.clone());
         let linked = links.linked();
+        let gateways: Arc<dyn Gateways> = match nats {
+            Some(nats) => NatsGateways::new(nats, links),
+            None => links,
+        };
         let client = Self {
-            api: GatewayApi::new(links),
+            api: GatewayApi::new(gateways),
             links: Some(Arc::new(stop.drop_guard())),
         };
         (client, listed, linked)
@@ -165,6 +186,14 @@ impl PushClient {
             links: None,
         }
     }
+}
+
+/// Where a push client finds the gateways.
+enum Finder {
+    /// The registers' lists.
+    Registers(Vec<SocketAddr>),
+    /// The gateways' announcements on NATS.
+    Nats(Nats),
 }
 
 impl Deref for PushClient {

@@ -39,6 +39,7 @@ use crate::config::{GrantTable, WorkerConfig};
 use crate::links::GatewayLinks;
 use crate::local::LocalGateways;
 use crate::metrics;
+use crate::nats::{Nats, discovery, publish::NatsGateways};
 use crate::ops::{FaultCounts, FaultReport, Gateways, PluginReport, WorkerReport};
 use crate::register;
 use crate::transport::Trust;
@@ -71,6 +72,10 @@ pub struct WorkerHost {
     trust: Trust,
     runtime: Arc<Runtime>,
     links: Arc<GatewayLinks>,
+    /// What plugins' operations go through: the links, or NATS for commands.
+    gateways: Arc<dyn Gateways>,
+    /// Where gateways are found and commands go, when NATS is the engine.
+    nats: Option<Nats>,
     dispatcher: Arc<Dispatcher>,
     /// Set once the plugins present at start are loaded.
     loaded: watch::Sender<bool>,
@@ -78,8 +83,14 @@ pub struct WorkerHost {
 
 impl WorkerHost {
     /// Sets up the wasm runtime and the (not yet dialled) links to the gateways; those of
-    /// this process are reached through `local`.
-    pub fn new(config: WorkerConfig, trust: Trust, local: LocalGateways) -> anyhow::Result<Self> {
+    /// this process are reached through `local`. With `nats`, gateways are found there and
+    /// commands published there; otherwise through the register.
+    pub fn new(
+        config: WorkerConfig,
+        trust: Trust,
+        local: LocalGateways,
+        nats: Option<Nats>,
+    ) -> anyhow::Result<Self> {
         let mut runtime = Runtime::new(Limits {
             process_timeout: config.process_timeout,
             memory_limit: config.memory_limit.as_u64() as usize,
@@ -115,12 +126,18 @@ impl WorkerHost {
         let worker_id = rand::random::<u64>();
         let name = config.name.clone();
         links.report_with(Arc::new(move || report(worker_id, &name)));
-        let dispatcher = Dispatcher::new(links.clone(), worker_id);
+        let gateways: Arc<dyn Gateways> = match &nats {
+            Some(nats) => NatsGateways::new(nats.clone(), links.clone()),
+            None => links.clone(),
+        };
+        let dispatcher = Dispatcher::new(gateways.clone(), worker_id);
         Ok(Self {
             config,
             trust,
             runtime: Arc::new(runtime),
             links,
+            gateways,
+            nats,
             dispatcher,
             loaded: watch::channel(false).0,
         })
@@ -145,9 +162,9 @@ impl WorkerHost {
         }
     }
 
-    /// The worker host's links to every gateway, as the gateway-operations port.
+    /// The worker host's way to every gateway, as the gateway-operations port.
     pub fn gateways(&self) -> Arc<dyn Gateways> {
-        self.links.clone()
+        self.gateways.clone()
     }
 
     /// Runs until `shutdown`: loads the plugins (again, with the grants sent, whenever
@@ -163,23 +180,28 @@ impl WorkerHost {
             trust,
             runtime,
             links,
+            gateways,
+            nats,
             dispatcher,
             loaded,
         } = self;
         let worker: Arc<str> = config.name.clone().into();
-        let mut plugins = PluginDir::new(&config, runtime, links.clone(), dispatcher.clone());
+        let mut plugins = PluginDir::new(&config, runtime, gateways, dispatcher.clone());
         // Load the plugins before linking to gateways, so that no early event finds its app
         // missing.
         plugins.scan().await;
         loaded.send_replace(true);
         let watching = shutdown.child_token();
         tokio::spawn(plugins.watch(reload, watching));
-        let gateways = register::spawn_registration(
-            config.register.clone(),
-            trust,
-            register::Announce::Worker,
-            shutdown.clone(),
-        );
+        let gateways = match nats {
+            Some(nats) => discovery::follow(nats, shutdown.clone()),
+            None => register::spawn_registration(
+                config.register.clone(),
+                trust.clone(),
+                register::Announce::Worker,
+                shutdown.clone(),
+            ),
+        };
         let links_stop = CancellationToken::new();
         links.start(gateways, dispatcher.clone(), links_stop.clone());
         tracing::info!(worker = %worker, plugins = %config.plugins.display(), "worker host started");

@@ -391,7 +391,7 @@ impl Delisting {
                 .await
                 .unwrap();
             gateways.push((bound.client_addr(), bound.gateway()));
-            tokio::spawn(bound.run(local.clone(), shutdown.clone()));
+            tokio::spawn(bound.run(local.clone(), None, shutdown.clone()));
         }
         let cache = wasmgate_tests::tools::workspace()
             .join("target")
@@ -407,7 +407,7 @@ impl Delisting {
         } else {
             LocalGateways::default()
         };
-        let worker = WorkerHost::new(config.worker.unwrap(), secret, worker_local).unwrap();
+        let worker = WorkerHost::new(config.worker.unwrap(), secret, worker_local, None).unwrap();
         let (_, grants) = tokio::sync::watch::channel(Arc::new(worker.grants().clone()));
         tokio::spawn(worker.run(grants, shutdown.clone()));
         for (_, gateway) in &gateways {

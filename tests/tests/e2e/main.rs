@@ -29,6 +29,7 @@ mod internal_tls;
 mod limits;
 mod lost_peers;
 mod metrics;
+mod nats_cluster;
 mod partial_queries;
 mod plugins_built;
 mod polyglot_reload;

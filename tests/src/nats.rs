@@ -1,0 +1,197 @@
+//! A real NATS cluster for the NATS-engine tests: three Debian `nats-server`s (installed
+//! through [`crate::tools::nats_server`]) on free loopback ports, routed to each other, with
+//! a user and password, in a temporary directory, killed when dropped.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use crate::cluster::quiet_port;
+use crate::tools::Skip;
+
+/// The user every node of a [`NatsCluster`] requires.
+pub const USER: &str = "wg";
+/// That user's password.
+pub const PASSWORD: &str = "nats-test-password";
+
+/// One `nats-server` of the cluster.
+struct NatsNode {
+    child: Option<Child>,
+    port: u16,
+    monitor: u16,
+    /// Its arguments, to start it again on the same ports.
+    args: Vec<String>,
+}
+
+/// Three `nats-server`s in one NATS cluster.
+pub struct NatsCluster {
+    binary: PathBuf,
+    nodes: Vec<NatsNode>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts three nodes (`binary`: [`crate::tools::nats_server`]) routed to each other, and
+    /// waits (bounded) until each accepts clients and sees its two routes.
+    pub async fn start(binary: PathBuf) -> Result<Self, Skip> {
+        Self::start_with(binary, 3, &[]).await
+    }
+
+    /// Starts `count` nodes as [`Self::start`] does, each also given `extra` arguments (TLS).
+    pub async fn start_with(binary: PathBuf, count: usize, extra: &[&str]) -> Result<Self, Skip> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let routes: Vec<u16> = (0..count).map(|_| quiet_port()).collect();
+        let route_urls: Vec<String> = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let (port, monitor) = (quiet_port(), quiet_port());
+            let others: Vec<&str> = route_urls
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, u)| u.as_str())
+                .collect();
+            let log = dir.path().join(format!("n{i}.log"));
+            let args = [
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-m",
+                &monitor.to_string(),
+                "-n",
+                &format!("n{i}"),
+                "--cluster_name",
+                "wgtest",
+                "--cluster",
+                &format!("nats://127.0.0.1:{route}"),
+                "--user",
+                USER,
+                "--pass",
+                PASSWORD,
+                "-l",
+                log.to_str().expect("a UTF-8 temp path"),
+            ];
+            let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            if !others.is_empty() {
+                args.extend(["--routes".to_owned(), others.join(",")]);
+            }
+            args.extend(extra.iter().map(|a| a.to_string()));
+            nodes.push(NatsNode {
+                child: None,
+                port,
+                monitor,
+                args,
+            });
+        }
+        let mut cluster = Self {
+            binary,
+            nodes,
+            _dir: dir,
+        };
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn(i);
+        }
+        cluster.wait_until_routed(count - 1).await;
+        Ok(cluster)
+    }
+
+    /// Starts node `i` (again) on its ports.
+    fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let child = Command::new(&self.binary)
+            .args(&node.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting nats-server");
+        node.child = Some(child);
+    }
+
+    /// Starts every node that was killed, and waits (bounded) until the cluster is whole.
+    pub async fn restart(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_none() {
+                self.spawn(i);
+            }
+        }
+        self.wait_until_routed(self.nodes.len() - 1).await;
+    }
+
+    /// Waits (bounded) until every node accepts clients and has `routes` routes.
+    async fn wait_until_routed(&self, routes: usize) {
+        for node in &self.nodes {
+            let ready = async {
+                while !(answers(node.port).await && routes_up(node.monitor).await >= routes) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(20), ready)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("nats-server on port {} never formed its cluster", node.port)
+                });
+        }
+    }
+
+    /// The client URL of node `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    /// Kills node `i` (SIGKILL) and waits for it: its clients must move to the others.
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// Whether a NATS server on `port` greets a new connection with its `INFO` line now.
+async fn answers(port: u16) -> bool {
+    let greet = async {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).await.ok()?;
+        Some(line.starts_with("INFO "))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), greet).await,
+        Ok(Some(true))
+    )
+}
+
+/// How many routes the server whose monitoring port is `monitor` has now (0 if it does not
+/// answer).
+async fn routes_up(monitor: u16) -> usize {
+    let ask = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", monitor)).await.ok()?;
+        stream
+            .write_all(b"GET /routez HTTP/1.1\r\nHost: nats\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.ok()?;
+        let at = body.find("\"num_routes\":")? + "\"num_routes\":".len();
+        let digits: String = body[at..]
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(1), ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+}
