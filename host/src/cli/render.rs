@@ -153,6 +153,11 @@ pub fn status(label: &str, s: &Status) -> String {
                 &g.worker_links.to_string(),
             ]);
         }
+        if cluster.gateways.len() > 1 {
+            // Groups and uids may span gateways: only connections add up.
+            let clients: u64 = cluster.gateways.iter().map(|g| u64::from(g.clients)).sum();
+            gateways.row(["total", "-", &clients.to_string(), "-", "-", "-"]);
+        }
         gateways.render(&mut out);
         rule(&mut out, "CLUSTER WORKER HOSTS (as they reported)");
         let mut workers = Table::new(&["worker", "plugin", "version", "instances", "faults"]);

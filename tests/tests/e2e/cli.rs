@@ -221,7 +221,7 @@ async fn status_shows_refused_plugin_versions_and_why() {
 /// A configuration with every role: the register on port `r`, a WebSocket gateway on `g`
 /// serving `commands`, a worker host with one instance per plugin in `plugins/`.
 /// `status` on a node with a worker host shows every gateway of the cluster, another
-/// process's too, with its clients, and every worker host's plugins.
+/// process's too, with its clients and their total, and every worker host's plugins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_the_whole_cluster() {
     let (r, g) = (free_port(), free_port());
@@ -252,7 +252,8 @@ async fn status_shows_the_whole_cluster() {
     })
     .await;
     let gateways = table(&screen, "CLUSTER GATEWAYS");
-    assert_eq!(gateways.len(), 2, "{screen}");
+    assert_eq!(gateways.len(), 3, "two gateways and their total: {screen}");
+    assert_eq!(row(&gateways, "internal", "total")["connections"], "2", "{screen}");
     let far = row(&gateways, "apps", &app_there);
     assert_eq!([&far["groups"], &far["links"]], ["1", "1"], "{screen}");
     let near = row(&gateways, "apps", &format!("commands:{g}"));
