@@ -253,7 +253,11 @@ async fn status_shows_the_whole_cluster() {
     .await;
     let gateways = table(&screen, "CLUSTER GATEWAYS");
     assert_eq!(gateways.len(), 3, "two gateways and their total: {screen}");
-    assert_eq!(row(&gateways, "internal", "total")["connections"], "2", "{screen}");
+    assert_eq!(
+        row(&gateways, "internal", "total")["connections"],
+        "2",
+        "{screen}"
+    );
     let far = row(&gateways, "apps", &app_there);
     assert_eq!([&far["groups"], &far["links"]], ["1", "1"], "{screen}");
     let near = row(&gateways, "apps", &format!("commands:{g}"));
