@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -167,74 +169,73 @@ async fn accept(
                 framed(socket, Frames::new(max), shared, remote),
             ),
             Transport::Ws => {
-                let handshake = handshake(async { Ok(socket) }, config.clone());
-                holding(clients, slots, websocket(handshake, remote, config, shared));
+                let handshake =
+                    handshake(async { Ok(socket) }, config.clone(), shared.clone(), remote);
+                holding(clients, slots, websocket(handshake, remote, max, shared));
             }
             Transport::Wss(tls) => {
                 let tls = tls.clone();
                 let secured = async move { tls.accept(socket).await.map_err(AcceptError::Tls) };
-                let handshake = handshake(secured, config.clone());
-                holding(clients, slots, websocket(handshake, remote, config, shared));
+                let handshake = handshake(secured, config.clone(), shared.clone(), remote);
+                holding(clients, slots, websocket(handshake, remote, max, shared));
             }
         }
     }
 }
 
 /// Runs `connection` as a task of its own that gives back the listener's `slots` when it ends.
+///
+/// The connection futures here are put together by plain functions and combinators, not
+/// `async` blocks that await them: a generator that awaits a future it was given or built
+/// keeps room for it twice (the value and the awaited copy), and a task's allocation is
+/// kept for the connection's whole life.
 fn holding(
     clients: &TaskTracker,
     slots: (OwnedSemaphorePermit, IpSlot),
     connection: impl Future<Output = ()> + Send + 'static,
 ) {
-    clients.spawn(async move {
-        connection.await;
-        drop(slots);
-    });
+    clients.spawn(connection.map(move |()| drop(slots)));
 }
 
 /// Serves a client of a length-delimited protocol (`text`, `frame`) spoken with `framing`.
-async fn framed<F: Framing + Send>(
-    mut socket: TcpStream,
+fn framed<F: Framing + Send + 'static>(
+    socket: TcpStream,
     framing: F,
     shared: Arc<ConnShared>,
     remote: SocketAddr,
-) {
-    let (r, w) = socket.halves();
+) -> impl Future<Output = ()> + Send {
+    let (r, w) = socket.into_split();
     let inbound = MessageReader::new(r, framing.clone(), BytesMut::new());
     let outbound = MessageWriter::new(w, framing);
-    conn::serve(shared, remote, inbound, outbound, None).await;
+    conn::serve(shared, remote, inbound, outbound, None)
 }
 
 /// A stream whose reading and writing sides a connection uses at once.
-trait Halves: AsyncRead + AsyncWrite + Unpin + Send {
+trait Halves: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The reading side.
-    type Read<'a>: AsyncRead + Unpin + Send
-    where
-        Self: 'a;
+    type Read: AsyncRead + Unpin + Send + 'static;
     /// The writing side.
-    type Write<'a>: AsyncWrite + Unpin + Send
-    where
-        Self: 'a;
-    /// Both sides, borrowed.
-    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    /// Both sides.
+    fn halves(self) -> (Self::Read, Self::Write);
 }
 
-/// TCP's sides are the socket itself, split for free.
+/// TCP's sides share the socket by reference count.
 impl Halves for TcpStream {
-    type Read<'a> = tokio::net::tcp::ReadHalf<'a>;
-    type Write<'a> = tokio::net::tcp::WriteHalf<'a>;
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
 
-    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
-        self.split()
+    fn halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
     }
 }
 
 /// TLS's sides share one session state, behind tokio's lock.
 impl Halves for TlsStream<TcpStream> {
-    type Read<'a> = tokio::io::ReadHalf<&'a mut Self>;
-    type Write<'a> = tokio::io::WriteHalf<&'a mut Self>;
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
 
-    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+    fn halves(self) -> (Self::Read, Self::Write) {
         tokio::io::split(self)
     }
 }
@@ -288,58 +289,79 @@ impl Drop for IpSlot {
 type Accepted<S> = (S, WebSocketRequest, BytesMut);
 
 /// The TLS and WebSocket handshakes on the stream `transport` yields, bounded by
-/// `handshake_timeout`, boxed by a plain function: a task's allocation is sized for its
-/// future's largest state and kept for the connection's whole life, so the handshake's
-/// state (TLS and upgrade buffers) lives in a box of its own, freed once the client is in.
-/// (Built inside an `async fn`, even a boxed future can leave its size in the caller's.)
+/// `handshake_timeout`; none if the client was refused (counted and logged). Boxed by a
+/// plain function: a task's allocation is sized for its future's largest state and kept for
+/// the connection's whole life, so the handshake's state (TLS and upgrade buffers) lives in
+/// a box of its own, freed once the client is in.
+///
+/// A refusal is counted while the refused socket is still held, so that whoever sees the
+/// socket close sees the counter too.
 fn handshake<S: Halves>(
     transport: impl Future<Output = Result<S, AcceptError>> + Send + 'static,
     config: Arc<ListenerConfig>,
-) -> Pin<Box<impl Future<Output = Result<Accepted<S>, AcceptError>> + Send>> {
+    shared: Arc<ConnShared>,
+    remote: SocketAddr,
+) -> Pin<Box<impl Future<Output = Option<Accepted<S>>> + Send>> {
     Box::pin(async move {
         let timeout = config.handshake_timeout;
         let upgrade = async {
-            let mut stream = transport.await?;
-            let (request, rest) = ws::accept(&mut stream, &config.allowed_origins)
+            let mut stream = transport
                 .await
-                .map_err(|e| match e {
-                    ws::HandshakeError::Origin(origin) => AcceptError::Origin(origin),
-                    e => AcceptError::WebSocket(e),
-                })?;
-            Ok((stream, request, rest))
+                .inspect_err(|e| refused(&shared, remote, e))
+                .ok()?;
+            match ws::accept(&mut stream, &config.allowed_origins).await {
+                Ok((request, rest)) => Some((stream, request, rest)),
+                Err(e) => {
+                    let e = match e {
+                        ws::HandshakeError::Origin(origin) => AcceptError::Origin(origin),
+                        e => AcceptError::WebSocket(e),
+                    };
+                    refused(&shared, remote, &e);
+                    None
+                }
+            }
         };
-        tokio::time::timeout(timeout, upgrade)
-            .await
-            .unwrap_or(Err(AcceptError::TimedOut(timeout)))
+        let mut upgrade = std::pin::pin!(tokio::time::timeout(timeout, upgrade));
+        match upgrade.as_mut().await {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                refused(&shared, remote, &AcceptError::TimedOut(timeout));
+                None
+            }
+        }
     })
 }
 
-/// Completes `handshake` and serves the client. The refused socket is closed only when
-/// `handshake` drops, after the refusal is counted: whoever sees the close sees the counter
-/// too.
-async fn websocket<S: Halves>(
-    mut handshake: Pin<Box<impl Future<Output = Result<Accepted<S>, AcceptError>>>>,
+/// Serves the client once `handshake` let it in.
+fn websocket<S: Halves>(
+    handshake: Pin<Box<impl Future<Output = Option<Accepted<S>>> + Send + 'static>>,
     remote: SocketAddr,
-    config: Arc<ListenerConfig>,
+    max_message_size: usize,
     shared: Arc<ConnShared>,
-) {
-    match handshake.as_mut().await {
-        Ok((mut stream, request, rest)) => {
-            drop(handshake);
+) -> impl Future<Output = ()> + Send {
+    handshake.then(move |accepted| match accepted {
+        Some((stream, request, rest)) => {
             let (r, w) = stream.halves();
-            let framing = WsFraming::new(config.max_message_size);
+            let framing = WsFraming::new(max_message_size);
             let inbound = MessageReader::new(r, framing.clone(), rest);
             let outbound = MessageWriter::new(w, framing);
             let request = Some(Box::new(request));
-            conn::serve(shared, remote, inbound, outbound, request).await;
+            Either::Left(conn::serve(shared, remote, inbound, outbound, request))
         }
-        Err(e @ AcceptError::Origin(_)) => {
+        None => Either::Right(std::future::ready(())),
+    })
+}
+
+/// Counts and logs a client that never got past its handshakes.
+fn refused(shared: &ConnShared, remote: SocketAddr, e: &AcceptError) {
+    match e {
+        AcceptError::Origin(_) => {
             let refused = Counters::bump(&shared.counters.origins_refused);
             if refused.is_power_of_two() {
                 tracing::warn!(%remote, refused, "{e}");
             }
         }
-        Err(e) => {
+        e => {
             Counters::bump(&shared.counters.failed_handshakes);
             tracing::debug!(%remote, "{e}");
         }
