@@ -515,9 +515,12 @@ impl Router {
             self.leave_if_displaced(binding, client, listener).await?;
             let bound = match binding.0.take() {
                 Some(bound) => bound,
-                None => self.bind(client, listener).await.inspect_err(|e| {
-                    crate::metrics::event_dropped(e.reason());
-                })?,
+                // Boxed as a move is (see `leave_if_displaced`): once per client and move.
+                None => Box::pin(self.bind(client, listener))
+                    .await
+                    .inspect_err(|e| {
+                        crate::metrics::event_dropped(e.reason());
+                    })?,
             };
             // Borrowed from the binding, not cloned: this runs for every client event.
             let Bound { window, link, .. } = binding.0.insert(bound);
@@ -602,6 +605,19 @@ impl Router {
         let Some(bound) = binding.0.take_if(|b| b.displaced(listener)) else {
             return Ok(());
         };
+        // Boxed: a move is rare, and its waits would otherwise be part of every event's
+        // forward (which is boxed per event: past about a kilobyte an allocation leaves the
+        // allocator's fast path).
+        Box::pin(self.leave(binding, bound, client)).await
+    }
+
+    /// Moves the client off the host it is bound to (see [`Self::leave_if_displaced`]).
+    async fn leave(
+        self: &Arc<Self>,
+        binding: &mut Binding,
+        bound: Bound,
+        client: ClientId,
+    ) -> Result<(), Unrouted> {
         if bound.link.queue.is_closed() || bound.window.is_closed() {
             // That host is gone: what it held goes first, whoever sees the loss first.
             self.lost(&bound.link);

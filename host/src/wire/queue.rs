@@ -176,17 +176,25 @@ impl<M: Weigh> LinkSender<M> {
     /// from [`check_frame`](super::codec::check_frame)).
     pub async fn send_weighing(&self, message: M, weight: usize) -> Result<(), SendError<M>> {
         let weight = self.clamped(weight);
-        // The common case, a queue with room, without the cost of a select.
-        let bytes = match self.bytes.clone().try_acquire_many_owned(weight) {
-            Ok(permit) => permit,
-            Err(TryAcquireError::Closed) => return Err(SendError(message)),
-            Err(TryAcquireError::NoPermits) => tokio::select! {
-                permit = self.bytes.clone().acquire_many_owned(weight) => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return Err(SendError(message)),
-                },
-                () = self.tx.closed() => return Err(SendError(message)),
+        // The common case, a queue with room, with nothing to wait for.
+        let message = match self.try_send_clamped(message, weight) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(message)) => return Err(SendError(message)),
+            Err(TrySendError::Full(message)) => message,
+        };
+        // Boxed: waiting for room is rare, and its futures would otherwise make every send's
+        // (and every event's forward) future several times larger.
+        Box::pin(self.send_waiting(message, weight)).await
+    }
+
+    /// Queues `message` once the queue has room for `weight` bytes of it.
+    async fn send_waiting(&self, message: M, weight: u32) -> Result<(), SendError<M>> {
+        let bytes = tokio::select! {
+            permit = self.bytes.clone().acquire_many_owned(weight) => match permit {
+                Ok(permit) => permit,
+                Err(_) => return Err(SendError(message)),
             },
+            () = self.tx.closed() => return Err(SendError(message)),
         };
         self.tx
             .send(Weighed {
@@ -199,12 +207,18 @@ impl<M: Weigh> LinkSender<M> {
 
     /// Queues `message` if the queue has room for it now.
     pub fn try_send(&self, message: M) -> Result<(), TrySendError<M>> {
+        let weight = self.clamped(message.weight());
+        self.try_send_clamped(message, weight)
+    }
+
+    fn try_send_clamped(&self, message: M, weight: u32) -> Result<(), TrySendError<M>> {
         if self.tx.is_closed() {
             return Err(TrySendError::Closed(message));
         }
-        let weight = self.clamped(message.weight());
-        let Ok(bytes) = self.bytes.clone().try_acquire_many_owned(weight) else {
-            return Err(TrySendError::Full(message));
+        let bytes = match self.bytes.clone().try_acquire_many_owned(weight) {
+            Ok(bytes) => bytes,
+            Err(TryAcquireError::Closed) => return Err(TrySendError::Closed(message)),
+            Err(TryAcquireError::NoPermits) => return Err(TrySendError::Full(message)),
         };
         self.tx
             .try_send(Weighed {
