@@ -603,6 +603,7 @@ mod tests {
             ),
             (b"get nick", Command::Get("nick")),
             (b"whoami", Command::WhoAmI),
+            (b"total", Command::Total),
             (
                 b"kick 7f00000122b800000001",
                 Command::Kick("7f00000122b800000001"),
