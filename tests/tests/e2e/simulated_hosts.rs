@@ -37,6 +37,12 @@ const MESSAGES: usize = 120;
 /// worker host (the group publishers above may be, or not).
 const PROBERS_PER_GATEWAY: usize = 5;
 
+/// 200 ms of the stream after the kill: by then the loss is seen and routed around.
+const SETTLED: usize = BEFORE_LOSS + 20;
+
+/// `max_events_in_flight`'s default, which the test's gateways keep.
+const WINDOW: usize = 64;
+
 /// How long the survivors may take to see the whole broadcast.
 const DELIVERY: Duration = Duration::from_secs(20);
 
@@ -122,10 +128,6 @@ async fn probes_seen(client: &mut TestClient, probers: usize, last: usize) -> Ve
 /// repeats, no longer than the publisher's window (a gateway hands a host at most
 /// `max_events_in_flight` of one client's events), of messages from around the loss.
 fn complete_but_for_repeats_across_the_loss(seen: &[usize]) -> bool {
-    // 200 ms of the stream after the kill: by then the loss is seen and routed around.
-    const SETTLED: usize = BEFORE_LOSS + 20;
-    // `max_events_in_flight`'s default, which the test's gateways keep.
-    const WINDOW: usize = 64;
     let mut next = 0;
     let mut repeats = Vec::new();
     for &n in seen {
@@ -137,6 +139,18 @@ fn complete_but_for_repeats_across_the_loss(seen: &[usize]) -> bool {
     }
     let one_run = repeats.windows(2).all(|w| w[1] == w[0] + 1);
     next == MESSAGES && one_run && repeats.len() <= WINDOW && repeats.iter().all(|&n| n < SETTLED)
+        || missing_one_run_held_by_the_lost_host(seen)
+}
+
+/// The known hole (ARCHITECTURE.md, "Delivery"): what a host's callback sent to other
+/// gateways can be lost with the host though its event was acknowledged. Allowed: the
+/// messages in order, none twice, one run missing from around the loss, no longer than the
+/// publisher's window.
+fn missing_one_run_held_by_the_lost_host(seen: &[usize]) -> bool {
+    let ordered = seen.windows(2).all(|w| w[0] < w[1]);
+    let missing: Vec<usize> = (0..MESSAGES).filter(|n| !seen.contains(n)).collect();
+    let one_run = missing.windows(2).all(|w| w[1] == w[0] + 1);
+    ordered && one_run && missing.len() <= WINDOW && missing.iter().all(|&n| n < SETTLED)
 }
 
 /// Register mesh, three hosts, host B killed (SIGKILL) while a group broadcast runs: every
