@@ -77,26 +77,34 @@ pub trait Framing: Clone + Unpin {
     fn encode(&self, item: Outbound, dst: &mut BytesMut) -> std::io::Result<()>;
 }
 
+/// Decodes from the start of `buf` past anything skipped: how many bytes that used, and the
+/// item, if `buf` holds a whole one.
+pub fn decode_from<F: Framing>(
+    framing: &mut F,
+    buf: &[u8],
+) -> Result<(usize, Option<Inbound>), ReadError> {
+    let mut at = 0;
+    loop {
+        match framing.decode(&buf[at..])? {
+            Decoded::Item(used, item) => return Ok((at + used, Some(item))),
+            Decoded::Skipped(used) => at += used,
+            Decoded::Incomplete => return Ok((at, None)),
+        }
+    }
+}
+
 /// Takes the next item off `buf`, if it holds a whole one; `buf` is given back (left
 /// unallocated) once all of it is consumed.
 pub fn decode_next<F: Framing>(
     framing: &mut F,
     buf: &mut BytesMut,
 ) -> Result<Option<Inbound>, ReadError> {
-    loop {
-        let (used, item) = match framing.decode(buf)? {
-            Decoded::Item(used, item) => (used, Some(item)),
-            Decoded::Skipped(used) => (used, None),
-            Decoded::Incomplete => return Ok(None),
-        };
-        buf.advance(used);
-        if buf.is_empty() {
-            *buf = BytesMut::new();
-        }
-        if item.is_some() {
-            return Ok(item);
-        }
+    let (used, item) = decode_from(framing, buf)?;
+    buf.advance(used);
+    if buf.is_empty() {
+        *buf = BytesMut::new();
     }
+    Ok(item)
 }
 
 /// The bytes an outbound item puts on a length-delimited protocol: data and a farewell are

@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use futures_util::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::{Decoded, Framing, Inbound, ReadError, decode_next};
+use super::{Framing, Inbound, ReadError, decode_from, decode_next};
 
 /// The per-thread scratch a read with nothing pending goes into.
 const SCRATCH: usize = 16 * 1024;
@@ -59,17 +59,7 @@ impl<R: AsyncRead + Unpin, F: Framing> MessageReader<R, F> {
                 self.eof = true;
                 return Poll::Ready(Ok(None));
             }
-            let mut at = 0;
-            let item = loop {
-                match self.framing.decode(&read[at..])? {
-                    Decoded::Item(used, item) => {
-                        at += used;
-                        break Some(item);
-                    }
-                    Decoded::Skipped(used) => at += used,
-                    Decoded::Incomplete => break None,
-                }
-            };
+            let (at, item) = decode_from(&mut self.framing, read)?;
             self.pending.extend_from_slice(&read[at..]);
             Poll::Ready(Ok(item))
         })
