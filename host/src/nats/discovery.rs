@@ -45,8 +45,17 @@ enum Announcement {
 pub async fn announce(nats: Nats, internal: SocketAddrV4, shutdown: CancellationToken) {
     let subjects = nats.subjects();
     let (nodes, client) = (subjects.nodes(), nats.client().clone());
-    let encode = |a: Announcement| postcard::to_allocvec(&a).expect("an announcement encodes");
-    let here = bytes::Bytes::from(encode(Announcement::Gateway { internal }));
+    let encode = |a: Announcement| postcard::to_allocvec(&a);
+    let (here, leaving) = match (
+        encode(Announcement::Gateway { internal }),
+        encode(Announcement::Leaving { internal }),
+    ) {
+        (Ok(here), Ok(leaving)) => (bytes::Bytes::from(here), leaving),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("NATS: cannot encode this gateway's announcement: {e}");
+            return;
+        }
+    };
     let mut hello = match client.subscribe(subjects.hello()).await {
         Ok(hello) => Some(hello),
         Err(e) => {
@@ -69,7 +78,6 @@ pub async fn announce(nats: Nats, internal: SocketAddrV4, shutdown: Cancellation
             tracing::debug!("NATS: announcement not sent: {e}");
         }
     }
-    let leaving = encode(Announcement::Leaving { internal });
     let _ = client.publish(nodes, leaving.into()).await;
     let _ = client.flush().await;
 }
