@@ -278,21 +278,12 @@ pub async fn connect_ws(port: u16) -> TestClient {
     panic!("the gateway on port {port} never accepted a client");
 }
 
-/// A free loopback port (bound and released; good enough for tests that start processes).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A free loopback port below the kernel's ephemeral range (32768 up on Linux): no outgoing
 /// connection and no listener on port 0 takes it between the test's choice and a process's
-/// bind, or while a server that was killed is down before it restarts on it, as may happen
-/// to a [`free_port`] when many processes run. Each test process counts up from its own
-/// start (by pid), skipping ports that are taken.
-pub fn quiet_port() -> u16 {
+/// bind, or while a server that was killed is down before it restarts on it, as happened to
+/// ports taken from the ephemeral range when many processes ran. Each test process counts up
+/// from its own start (by pid), never handing out a port twice, skipping ports that are taken.
+pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     const FIRST: u16 = 10_000;
     const SPAN: u16 = 22_000;

@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::cluster::quiet_port;
+use crate::cluster::free_port;
 use crate::tools::Skip;
 
 /// The user every node of a [`NatsCluster`] requires.
@@ -44,14 +44,14 @@ impl NatsCluster {
     /// Starts `count` nodes as [`Self::start`] does, each also given `extra` arguments (TLS).
     pub async fn start_with(binary: PathBuf, count: usize, extra: &[&str]) -> Result<Self, Skip> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let routes: Vec<u16> = (0..count).map(|_| quiet_port()).collect();
+        let routes: Vec<u16> = (0..count).map(|_| free_port()).collect();
         let route_urls: Vec<String> = routes
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect();
         let mut nodes = Vec::new();
         for (i, route) in routes.iter().enumerate() {
-            let (port, monitor) = (quiet_port(), quiet_port());
+            let (port, monitor) = (free_port(), free_port());
             let others: Vec<&str> = route_urls
                 .iter()
                 .enumerate()

@@ -13,7 +13,7 @@ use wasmgate::nats::Nats;
 use wasmgate::push::PushClient;
 use wasmgate::transport::Trust;
 use wasmgate_tests::client::TestClient;
-use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, quiet_port};
+use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, free_port};
 use wasmgate_tests::nats::{NatsCluster, PASSWORD, USER};
 use wasmgate_tests::prometheus::scrape;
 use wasmgate_tests::{plugins, tools};
@@ -55,7 +55,7 @@ async fn deploy(test: &str) -> Option<Deployment> {
     let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
     let gateways = (0..3)
         .map(|i| {
-            let (port, metrics) = (quiet_port(), quiet_port());
+            let (port, metrics) = (free_port(), free_port());
             let name = format!("g{i}");
             let node = Node::start(
                 BIN,
@@ -78,7 +78,7 @@ async fn deploy(test: &str) -> Option<Deployment> {
 }
 
 fn worker(nats: &NatsCluster, j: usize, plugins: &Path) -> (Node, SocketAddr) {
-    let metrics = quiet_port();
+    let metrics = free_port();
     let node = Node::start(
         BIN,
         &format!(
@@ -428,7 +428,7 @@ async fn commands_travel_over_nats_with_tls_and_client_certificates() {
         return;
     };
     let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
-    let port = quiet_port();
+    let port = free_port();
     let url = nats.url(0).replace("nats://", "tls://");
     let _node = Node::start(
         BIN,
