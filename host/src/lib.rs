@@ -10,7 +10,7 @@
 //! # Layout
 //! - [`client_id`]: the cluster-wide client id, which says which gateway holds the client.
 //! - [`ops`]: every gateway operation as data (commands, queries, replies).
-//! - [`worker`]: the worker host: the wasm runtime, the plugins, the links to gateways.
+//! - [`worker`]: the worker host: the wasm runtime, the plugins, dispatch of events to them.
 //! - [`gateway`]: the gateway: client connections, groups, uids, sessions.
 //! - [`config`]: the configuration file.
 //! - [`process`]: runs the configured roles in one process, with what belongs to the whole
@@ -24,7 +24,8 @@
 //! - [`nats`]: NATS as the cluster engine instead (`[cluster] nats`): discovery by
 //!   announcements, commands published only where their recipients are.
 //! - [`push`]: pushing from other applications: the HTTP push API and the Rust [`push::PushClient`].
-//! - [`http_listener`]: the bounds every HTTP listener keeps (`[http]`).
+//! - [`http_listener`]: the bounds every HTTP listener keeps (`[http]`); [`lazy_timeout`]:
+//!   timeouts that arm no timer for work done in its first poll.
 //! - [`gatewayworker`]: GatewayWorker's own wire formats, so PHP BusinessWorkers and
 //!   GatewayClient work against wasmgate.
 //! - [`web`]: a static-file HTTP server for pages that talk to the gateways (the chat demo's).

@@ -68,7 +68,7 @@ enum AcceptError {
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
     #[error("WebSocket handshake failed: {0}")]
-    WebSocket(ws::HandshakeError),
+    WebSocket(ws::UpgradeError),
     #[error("WebSocket handshake refused with 403: origin {0:?} is not in allowed_origins")]
     Origin(Option<String>),
     #[error("handshake not completed within handshake_timeout ({0:?})")]
@@ -313,7 +313,7 @@ fn handshake<S: Halves>(
                 Ok((request, rest)) => Some((stream, request, rest)),
                 Err(e) => {
                     let e = match e {
-                        ws::HandshakeError::Origin(origin) => AcceptError::Origin(origin),
+                        ws::UpgradeError::Origin(origin) => AcceptError::Origin(origin),
                         e => AcceptError::WebSocket(e),
                     };
                     refused(&shared, remote, &e);

@@ -145,7 +145,7 @@ async fn serve(
     let Some(first) = first.transpose()? else {
         return Ok(());
     };
-    if let Peer::Worker { name } = authorise(&first, &settings.secret)? {
+    if let PortPeer::Worker { name } = authorise(&first, &settings.secret)? {
         let protocol = settings.protocol;
         let run = |packet| execute(gateway, protocol, packet);
         return business::serve(packets, gateway, &settings.link, &name, run)
@@ -170,7 +170,7 @@ async fn serve(
 }
 
 /// Who authorised a connection.
-enum Peer {
+enum PortPeer {
     /// GatewayClient (or a BusinessWorker's query socket): commands and queries.
     Client,
     /// A BusinessWorker: client events too, for the listeners of app `php:<name>`.
@@ -182,7 +182,7 @@ enum Peer {
 
 /// GatewayWorker's check: the first packet is 202 (GatewayClient) or 200 (a BusinessWorker)
 /// with `{"secret_key": …}` equal to the key.
-fn authorise(packet: &Packet, secret: &[u8]) -> Result<Peer, PortError> {
+fn authorise(packet: &Packet, secret: &[u8]) -> Result<PortPeer, PortError> {
     if packet.cmd != cmd::GATEWAY_CLIENT_CONNECT && packet.cmd != cmd::WORKER_CONNECT {
         return Err(PortError::NotAuthorised(
             "the first packet is neither 200 nor 202",
@@ -198,7 +198,7 @@ fn authorise(packet: &Packet, secret: &[u8]) -> Result<Peer, PortError> {
         return Err(PortError::NotAuthorised("key does not match"));
     }
     if packet.cmd == cmd::GATEWAY_CLIENT_CONNECT {
-        return Ok(Peer::Client);
+        return Ok(PortPeer::Client);
     }
     // `name:id`; the name may hold a colon, the id does not.
     let key = body.get("worker_key").and_then(serde_json::Value::as_str);
@@ -206,7 +206,7 @@ fn authorise(packet: &Packet, secret: &[u8]) -> Result<Peer, PortError> {
         .and_then(|key| key.rsplit_once(':'))
         .map(|(name, _)| name);
     match name {
-        Some(name) if !name.is_empty() => Ok(Peer::Worker {
+        Some(name) if !name.is_empty() => Ok(PortPeer::Worker {
             name: name.to_owned(),
         }),
         _ => Err(PortError::NotAuthorised("no worker_key \"name:id\"")),

@@ -40,7 +40,7 @@ const OP_PONG: u8 = 0xa;
 
 /// Why a WebSocket handshake did not complete.
 #[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
+pub enum UpgradeError {
     /// The request's `Origin` (this one, or none) is not in `allowed_origins`: refused with 403.
     #[error("origin {0:?} is not allowed")]
     Origin(Option<String>),
@@ -59,7 +59,7 @@ pub enum HandshakeError {
 pub async fn accept<S>(
     socket: &mut S,
     allowed_origins: &[String],
-) -> Result<(WebSocketRequest, BytesMut), HandshakeError>
+) -> Result<(WebSocketRequest, BytesMut), UpgradeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -73,7 +73,7 @@ where
             Ok(Some(found)) => break found,
             Ok(None) if buf.len() < MAX_REQUEST => {}
             Ok(None) => {
-                return refuse(socket, HandshakeError::BadRequest("request too large")).await;
+                return refuse(socket, UpgradeError::BadRequest("request too large")).await;
             }
             Err(e) => return refuse(socket, e).await,
         }
@@ -90,13 +90,13 @@ where
 }
 
 /// Answers a refused handshake with its status, then fails with `error`.
-async fn refuse<S, T>(socket: &mut S, error: HandshakeError) -> Result<T, HandshakeError>
+async fn refuse<S, T>(socket: &mut S, error: UpgradeError) -> Result<T, UpgradeError>
 where
     S: AsyncWrite + Unpin,
 {
     let status = match &error {
-        HandshakeError::Origin(_) => "403 Forbidden",
-        HandshakeError::BadRequest(VERSION) => "426 Upgrade Required\r\nSec-WebSocket-Version: 13",
+        UpgradeError::Origin(_) => "403 Forbidden",
+        UpgradeError::BadRequest(VERSION) => "426 Upgrade Required\r\nSec-WebSocket-Version: 13",
         _ => "400 Bad Request",
     };
     let response = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
@@ -119,19 +119,19 @@ struct Upgrade {
 }
 
 /// The upgrade request at the start of `buf`, once it is whole.
-fn upgrade(buf: &[u8], allowed_origins: &[String]) -> Result<Option<Upgrade>, HandshakeError> {
+fn upgrade(buf: &[u8], allowed_origins: &[String]) -> Result<Option<Upgrade>, UpgradeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let used = match request.parse(buf) {
         Ok(httparse::Status::Complete(used)) => used,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(HandshakeError::BadRequest("too many headers"));
+            return Err(UpgradeError::BadRequest("too many headers"));
         }
-        Err(_) => return Err(HandshakeError::BadRequest("malformed HTTP request")),
+        Err(_) => return Err(UpgradeError::BadRequest("malformed HTTP request")),
     };
     if request.method != Some("GET") || request.version != Some(1) {
-        return Err(HandshakeError::BadRequest("not an HTTP/1.1 GET"));
+        return Err(UpgradeError::BadRequest("not an HTTP/1.1 GET"));
     }
     let header = |name: &str| {
         request
@@ -144,13 +144,13 @@ fn upgrade(buf: &[u8], allowed_origins: &[String]) -> Result<Option<Upgrade>, Ha
         header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
     if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
-        return Err(HandshakeError::BadRequest("no Upgrade: websocket"));
+        return Err(UpgradeError::BadRequest("no Upgrade: websocket"));
     }
     if header("sec-websocket-version").as_deref().map(str::trim) != Some("13") {
-        return Err(HandshakeError::BadRequest(VERSION));
+        return Err(UpgradeError::BadRequest(VERSION));
     }
     let Some(key) = header("sec-websocket-key") else {
-        return Err(HandshakeError::BadRequest("no Sec-WebSocket-Key"));
+        return Err(UpgradeError::BadRequest("no Sec-WebSocket-Key"));
     };
     if !allowed_origins.is_empty() {
         let origin = header("origin");
@@ -158,14 +158,14 @@ fn upgrade(buf: &[u8], allowed_origins: &[String]) -> Result<Option<Upgrade>, Ha
             .as_deref()
             .is_some_and(|o| allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
         if !allowed {
-            return Err(HandshakeError::Origin(origin));
+            return Err(UpgradeError::Origin(origin));
         }
     }
     let target: http::Uri = request
         .path
         .unwrap_or_default()
         .parse()
-        .map_err(|_| HandshakeError::BadRequest("malformed request target"))?;
+        .map_err(|_| UpgradeError::BadRequest("malformed request target"))?;
     let request = WebSocketRequest {
         path: target.path().to_owned(),
         query: target.query().unwrap_or_default().to_owned(),
@@ -541,12 +541,12 @@ mod tests {
         assert!(upgrade(&request[..40], &[]).unwrap().is_none());
         assert!(matches!(
             upgrade(request, &["https://b".into()]),
-            Err(HandshakeError::Origin(Some(o))) if o == "https://a"
+            Err(UpgradeError::Origin(Some(o))) if o == "https://a"
         ));
         let plain = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
         assert!(matches!(
             upgrade(plain, &[]),
-            Err(HandshakeError::BadRequest(_))
+            Err(UpgradeError::BadRequest(_))
         ));
     }
 
