@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::{Either, Ready, ready};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -335,14 +336,18 @@ impl<'a> ClientLink<'a> {
         }
     }
 
-    /// The boxed forward of one event: the router's future is most of what a connection
-    /// would hold, and a connection spends its life idle, not forwarding; an allocation per
-    /// event costs less than its bytes held by every idle client.
+    /// Forwards one event: at once when the router can ([`Router::try_forward`]), else
+    /// boxed. The router's future is most of what a connection would hold, and a connection
+    /// spends its life idle, not forwarding; an allocation per waiting event costs less than
+    /// its bytes held by every idle client.
     fn send(
         &mut self,
         mut client: ClientContext,
         kind: EventKind,
-    ) -> Pin<Box<impl Future<Output = Result<(), Unrouted>> + use<'a, '_>>> {
+    ) -> Either<
+        Ready<Result<(), Unrouted>>,
+        Pin<Box<impl Future<Output = Result<(), Unrouted>> + use<'a, '_>>>,
+    > {
         self.events += 1;
         client.event = self.events;
         let event = ToWorker::Event {
@@ -350,7 +355,11 @@ impl<'a> ClientLink<'a> {
             kind,
             ack_now: false,
         };
-        Box::pin(self.shared.router.forward(&mut self.binding, event))
+        let router = &self.shared.router;
+        match router.try_forward(&mut self.binding, event) {
+            Ok(()) => Either::Left(ready(Ok(()))),
+            Err(event) => Either::Right(Box::pin(router.forward(&mut self.binding, event))),
+        }
     }
 
     /// Moves the client to a worker host that serves its app; false if none took it in

@@ -496,6 +496,41 @@ impl Router {
         self.len() == 0
     }
 
+    /// Sends `message` as [`Self::forward`] would, if that needs no wait: the client is bound
+    /// to a host that serves its app and neither its window nor the link's queue is full.
+    /// This is nearly every event of a client that is served, and it costs no future; any
+    /// other case gives the event back for `forward`.
+    pub fn try_forward(&self, binding: &mut Binding, message: ToWorker) -> Result<(), ToWorker> {
+        let ToWorker::Event { client, .. } = &message else {
+            return Err(message);
+        };
+        let (client, listener) = (client.id, client.listener);
+        let Some(bound) = binding.0.as_ref().filter(|b| !b.displaced(listener)) else {
+            return Err(message);
+        };
+        let Ok(slot) = bound.window.try_acquire() else {
+            return Err(message);
+        };
+        let Some(mut message) = fit(message) else {
+            return Ok(());
+        };
+        let ToWorker::Event { ack_now, .. } = &mut message else {
+            unreachable!("only client events are routed")
+        };
+        *ack_now = bound.window.available_permits() * 2 < self.window as usize;
+        let link = &bound.link;
+        // Held across the send, so that no acknowledgement can overtake the copy kept.
+        let mut unacked = link.unacked.lock().unwrap_or_else(|e| e.into_inner());
+        if link.gone.load(Ordering::SeqCst) {
+            return Err(message);
+        }
+        let kept = message.clone();
+        link.queue.try_send(message).map_err(|e| e.into_inner())?;
+        slot.forget();
+        unacked.entry(client).or_default().push_back(kept);
+        Ok(())
+    }
+
     /// Sends `client`'s event to its bound worker host, binding it first if needed, once its
     /// window has room. An event too large for an internal frame is dropped alone (a close
     /// event goes without the session that made it too large).
@@ -906,6 +941,35 @@ mod tests {
             .map(text)
             .collect();
         assert_eq!(got, ["2", "3", "4"]);
+    }
+
+    /// A bound client's event goes at once while its window has room; one that would wait
+    /// (not bound yet, window full) is given back whole, and goes once the window opens.
+    #[tokio::test]
+    async fn an_event_that_needs_no_wait_is_sent_at_once_and_others_are_given_back() {
+        let router = Arc::new(Router::new(2, Duration::from_secs(5), vec!["app".into()]));
+        let (queue, mut events) =
+            crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
+        let link = router.add(queue);
+        router.announce(&link, 1, &served());
+        let mut binding = Binding::default();
+        let unbound = router.try_forward(&mut binding, numbered("1", 1));
+        let first = unbound.expect_err("a client not bound yet waits for a host");
+        router.forward(&mut binding, first).await.unwrap();
+        router
+            .try_forward(&mut binding, numbered("2", 2))
+            .expect("room in the window");
+        let full = router.try_forward(&mut binding, numbered("3", 3));
+        let third = full.expect_err("the window of 2 is full");
+        let ToWorker::Event { client, .. } = events.try_recv().unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(text(events.try_recv().unwrap()), "2");
+        router.done(&link, vec![(client.id, 1)]);
+        router
+            .try_forward(&mut binding, third)
+            .expect("room again once one is done");
+        assert_eq!(text(events.try_recv().unwrap()), "3");
     }
 
     /// Until a first worker host links, an event waits [`STARTING_HOLD`]; once one has
