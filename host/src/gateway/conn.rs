@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::{Either, Ready, ready};
+use futures_util::future::{Either, ready};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -344,10 +344,7 @@ impl<'a> ClientLink<'a> {
         &mut self,
         mut client: ClientContext,
         kind: EventKind,
-    ) -> Either<
-        Ready<Result<(), Unrouted>>,
-        Pin<Box<impl Future<Output = Result<(), Unrouted>> + use<'a, '_>>>,
-    > {
+    ) -> impl Future<Output = Result<(), Unrouted>> + use<'a, '_> {
         self.events += 1;
         client.event = self.events;
         let event = ToWorker::Event {

@@ -500,6 +500,10 @@ impl Router {
     /// to a host that serves its app and neither its window nor the link's queue is full.
     /// This is nearly every event of a client that is served, and it costs no future; any
     /// other case gives the event back for `forward`.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the event given back is the one taken: it moves either way"
+    )]
     pub fn try_forward(&self, binding: &mut Binding, message: ToWorker) -> Result<(), ToWorker> {
         let ToWorker::Event { client, .. } = &message else {
             return Err(message);
