@@ -13,8 +13,11 @@
 //! the stored session, then applied as one key-by-key update, so a plugin's write to another
 //! key in between is kept (one to the same key, in between, is overwritten).
 //!
-//! Not yet: `CMD_WORKER_CONNECT` (PHP BusinessWorkers); an unknown or unsupported code is
-//! logged and ignored, as GatewayWorker does.
+//! A connection that opens with `CMD_WORKER_CONNECT` is a PHP BusinessWorker's link, served
+//! by [`super::business`]: client events go to it and its packets run as these commands do.
+//! A session that does not convert (not a PHP array, or a key that is not UTF-8) is refused
+//! whole, logged and counted, the connection kept; an unknown code is logged and ignored, as
+//! GatewayWorker does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -327,7 +330,8 @@ fn execute(gateway: &Gateway, protocol: Protocol, packet: Packet) -> Option<Byte
             match converted {
                 Ok(command) => vec![command],
                 Err(error) => {
-                    debug!(%error, "gatewayworker port: a session that is not PHP's, ignored");
+                    metrics::gatewayworker_refused("gateway", "bad_session");
+                    warn!(%error, cmd = packet.cmd, "gatewayworker port: a session refused");
                     return None;
                 }
             }
