@@ -774,7 +774,7 @@ pub fn register(r: &mut Registry) {
     );
     r.register(
         "gatewayworker_refused",
-        "Connections GatewayWorker-compatible listeners closed and packets they refused, by listener (register, gateway) and reason (register: auth_timeout, wrong_secret, no_address, bad_request, unknown_event, line_too_long; gateway: auth_timeout, not_authorised, bad_packet, stalled, bad_raw)",
+        "Connections GatewayWorker-compatible listeners closed and packets they refused, by listener (register, gateway) and reason (register: auth_timeout, wrong_secret, no_address, bad_request, unknown_event, line_too_long; gateway: auth_timeout, not_authorised, bad_packet, stalled, bad_raw, bad_session)",
         GATEWAYWORKER_REFUSED.clone(),
     );
     r.register(

@@ -13,9 +13,13 @@
 //! the stored session, then applied as one key-by-key update, so a plugin's write to another
 //! key in between is kept (one to the same key, in between, is overwritten).
 //!
-//! Not yet: `CMD_WORKER_CONNECT` (PHP BusinessWorkers); an unknown or unsupported code is
-//! logged and ignored, as GatewayWorker does.
+//! A connection that opens with `CMD_WORKER_CONNECT` is a PHP BusinessWorker's link, served
+//! by [`super::business`]: client events go to it and its packets run as these commands do.
+//! A session that does not convert (not a PHP array, or a key that is not UTF-8) is refused
+//! whole, logged and counted, the connection kept; an unknown code is logged and ignored, as
+//! GatewayWorker does.
 
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -245,10 +249,12 @@ fn execute(gateway: &Gateway, protocol: Protocol, packet: Packet) -> Option<Byte
         cmd::SEND_TO_ALL => {
             let options: serde_json::Value =
                 serde_json::from_slice(&packet.ext_data).unwrap_or_default();
-            let targets = options.get("connections").map(|t| connections(gateway, t));
+            let targets = options
+                .get("connections")
+                .map(|t| connections(gateway.state.address(), t));
             let exclude = options
                 .get("exclude")
-                .map(|e| connections(gateway, e))
+                .map(|e| connections(gateway.state.address(), e))
                 .unwrap_or_default();
             messages()
                 .into_iter()
@@ -278,7 +284,7 @@ fn execute(gateway: &Gateway, protocol: Protocol, packet: Packet) -> Option<Byte
             let options: serde_json::Value =
                 serde_json::from_slice(&packet.ext_data).unwrap_or_default();
             let groups = names(&options["group"]);
-            let exclude = connections(gateway, &options["exclude"]);
+            let exclude = connections(gateway.state.address(), &options["exclude"]);
             messages()
                 .into_iter()
                 .map(|data| Command::SendToGroup {
@@ -327,7 +333,8 @@ fn execute(gateway: &Gateway, protocol: Protocol, packet: Packet) -> Option<Byte
             match converted {
                 Ok(command) => vec![command],
                 Err(error) => {
-                    debug!(%error, "gatewayworker port: a session that is not PHP's, ignored");
+                    metrics::gatewayworker_refused("gateway", "bad_session");
+                    warn!(%error, cmd = packet.cmd, "gatewayworker port: a session refused");
                     return None;
                 }
             }
@@ -448,7 +455,7 @@ fn select(gateway: &Gateway, ext_data: &[u8]) -> Value {
                         .flat_map(|g| clients_of(ask(Query::ClientsOfGroup(g))))
                         .collect(),
                     "uid" => clients_of(ask(Query::ClientsOfUids(names(items)))),
-                    "connection_id" => connections(gateway, items)
+                    "connection_id" => connections(gateway.state.address(), items)
                         .into_iter()
                         .filter(|c| matches!(ask(Query::IsOnline(*c)), Reply::Online(true)))
                         .collect(),
@@ -564,8 +571,7 @@ fn payload(packet: &Packet) -> Option<Bytes> {
 }
 
 /// The clients of this gateway a JSON `{id: id}` map or `[id, …]` list names.
-fn connections(gateway: &Gateway, ids: &serde_json::Value) -> Vec<ClientId> {
-    let address = gateway.state.address();
+fn connections(address: SocketAddrV4, ids: &serde_json::Value) -> Vec<ClientId> {
     let id = |v: &serde_json::Value| match v {
         serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
         serde_json::Value::String(s) => s.parse().ok(),
@@ -593,4 +599,83 @@ fn names(list: &serde_json::Value) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn with_body(cmd: u8, body: &str) -> Packet {
+        Packet {
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            ..Packet::new(cmd)
+        }
+    }
+
+    #[test]
+    fn only_200_or_202_with_the_key_authorise() {
+        let secret = b"s3cret";
+        let client = with_body(cmd::GATEWAY_CLIENT_CONNECT, r#"{"secret_key":"s3cret"}"#);
+        assert!(matches!(authorise(&client, secret), Ok(Peer::Client)));
+        // The name is all but the last `:id`; it may hold a colon itself.
+        let worker = with_body(
+            cmd::WORKER_CONNECT,
+            r#"{"worker_key":"chat:a:3","secret_key":"s3cret"}"#,
+        );
+        assert!(
+            matches!(authorise(&worker, secret), Ok(Peer::Worker { name }) if name == "chat:a")
+        );
+        for refused in [
+            with_body(cmd::GATEWAY_CLIENT_CONNECT, r#"{"secret_key":"wrong"}"#),
+            with_body(cmd::GATEWAY_CLIENT_CONNECT, r#"{}"#),
+            with_body(cmd::GATEWAY_CLIENT_CONNECT, "not json"),
+            with_body(cmd::WORKER_CONNECT, r#"{"secret_key":"s3cret"}"#),
+            with_body(
+                cmd::WORKER_CONNECT,
+                r#"{"worker_key":":0","secret_key":"s3cret"}"#,
+            ),
+            with_body(cmd::SEND_TO_ALL, r#"{"secret_key":"s3cret"}"#),
+        ] {
+            assert!(
+                matches!(
+                    authorise(&refused, secret),
+                    Err(PortError::NotAuthorised(_))
+                ),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_is_sent_as_php_meant_it() {
+        let scalar = Packet {
+            flag: FLAG_BODY_IS_SCALAR,
+            ..with_body(cmd::SEND_TO_ONE, "N;")
+        };
+        assert_eq!(payload(&scalar).as_deref(), Some(&b"N;"[..]));
+        let serialized = |body| payload(&with_body(cmd::KICK, body));
+        assert_eq!(serialized("N;"), None, "a kick's null message is none");
+        assert_eq!(serialized(r#"s:3:"bye";"#).as_deref(), Some(&b"bye"[..]));
+        // Any other value goes as its serialization, as GatewayWorker's encoder would get it.
+        let array = r#"a:1:{i:0;s:1:"x";}"#;
+        assert_eq!(serialized(array).as_deref(), Some(array.as_bytes()));
+    }
+
+    #[test]
+    fn targets_come_from_maps_lists_and_numbers() {
+        let at = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2300);
+        let indexes = |ids| -> Vec<u32> { connections(at, &ids).iter().map(|c| c.index).collect() };
+        let mut from_map = indexes(json!({"7": 7, "9": 9, "x": 1}));
+        from_map.sort_unstable();
+        assert_eq!(from_map, [7, 9]);
+        assert_eq!(indexes(json!([3, "4", -1, "y", 4_294_967_296_u64])), [3, 4]);
+        assert!(indexes(json!(null)).is_empty());
+        assert!(connections(at, &json!([5])).iter().all(|c| c.gateway == at));
+        assert_eq!(names(&json!(["u7", 42, null, ["x"]])), ["u7", "42"]);
+        assert!(names(&json!("u7")).is_empty());
+    }
 }

@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, connect_ws, free_port};
 use wasmgate_tests::plugins;
@@ -554,6 +555,155 @@ async fn gateway_client_queries_are_answered_in_gatewayworkers_format() {
     a_client.assert_silent(QUIET).await;
     b_client.assert_silent(QUIET).await;
     assert_eq!(bystander.ask("echo after").await, "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_client_group_uid_session_and_close_commands_take_effect() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let (compat, ws, internal, metrics) = (free_port(), free_port(), free_port(), free_port());
+    let scraped = format!("\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"");
+    let (node, _) = node(&plugins, compat, ws, internal, &scraped);
+    let mut bystander = answered_client(ws).await;
+    let mut a_client = answered_client(ws).await;
+    let a = connection_id(&mut a_client).await;
+    let mut b_client = answered_client(ws).await;
+    let b = connection_id(&mut b_client).await;
+    let mut php = TcpStream::connect(("127.0.0.1", internal)).await.unwrap();
+    let mut sent = authorise(SECRET);
+    for (cmd, id, ext) in [(20, a, &b"room"[..]), (20, b, b"room"), (12, a, b"u7")] {
+        sent.extend(packet(cmd, id, 1, ext, b""));
+    }
+    php.write_all(&sent).await.unwrap();
+    assert_eq!(
+        reply_to(&mut php, packet(24, 0, 1, b"room", b"")).await,
+        "i:2;"
+    );
+
+    // 6 with `''` (`sendToAll`): everyone; in its `{"connections":…}` form (with a client
+    // list): those only.
+    php.write_all(&packet(6, 0, 1, b"", b"everyone"))
+        .await
+        .unwrap();
+    for client in [&mut bystander, &mut a_client, &mut b_client] {
+        assert_eq!(client.recv().await, "everyone");
+    }
+    let only_a = format!(r#"{{"connections":{{"{a}":{a}}}}}"#);
+    php.write_all(&packet(6, 0, 1, only_a.as_bytes(), b"only a"))
+        .await
+        .unwrap();
+    assert_eq!(a_client.recv().await, "only a");
+    // 22 with an exclude map: the group but the excluded.
+    let not_a = format!(r#"{{"group":["room"],"exclude":{{"{a}":{a}}}}}"#);
+    php.write_all(&packet(22, 0, 1, not_a.as_bytes(), b"room but a"))
+        .await
+        .unwrap();
+    assert_eq!(b_client.recv().await, "room but a");
+    a_client.assert_silent(QUIET).await;
+    bystander.assert_silent(QUIET).await;
+
+    // 21: a leaves the room; the count and a send to the room say so.
+    php.write_all(&packet(21, a, 1, b"room", b""))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply_to(&mut php, packet(24, 0, 1, b"room", b"")).await,
+        "i:1;"
+    );
+    php.write_all(&to_room(1, b"room without a")).await.unwrap();
+    assert_eq!(b_client.recv().await, "room without a");
+    // 13: GatewayWorker ignores its uid; wasmgate unbinds only the uid named (migrating.md).
+    php.write_all(&packet(13, a, 1, b"other", b""))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply_to(&mut php, packet(15, 0, 1, b"u7", b"")).await,
+        format!("a:1:{{i:0;i:{a};}}")
+    );
+    php.write_all(&packet(13, a, 1, b"u7", b"")).await.unwrap();
+    assert_eq!(
+        reply_to(&mut php, packet(15, 0, 1, b"u7", b"")).await,
+        "a:0:{}"
+    );
+    php.write_all(&packet(14, 0, 1, br#"["u7"]"#, b"to u7"))
+        .await
+        .unwrap();
+    // 27: the group is gone, for everyone in it.
+    php.write_all(&packet(27, 0, 1, b"room", b""))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply_to(&mut php, packet(26, 0, 1, b"", b"")).await,
+        "a:0:{}"
+    );
+    php.write_all(&to_room(1, b"no room")).await.unwrap();
+    assert_eq!(
+        reply_to(&mut php, packet(24, 0, 1, b"room", b"")).await,
+        "i:0;"
+    );
+    a_client.assert_silent(QUIET).await;
+    b_client.assert_silent(QUIET).await;
+    assert_eq!(bystander.ask("echo groups").await, "groups");
+
+    // 203: serialized null for a client the gateway does not hold, an empty array for one
+    // without a session, the session itself otherwise.
+    assert_eq!(
+        reply_to(&mut php, packet(203, 0xffff_fff0, 1, b"", b"")).await,
+        "N;"
+    );
+    assert_eq!(
+        reply_to(&mut php, packet(203, b, 1, b"", b"")).await,
+        "a:0:{}"
+    );
+    let session = br#"a:1:{s:4:"name";s:5:"alice";}"#;
+    php.write_all(&packet(204, a, 1, session, b""))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply_to(&mut php, packet(203, a, 1, b"", b""))
+            .await
+            .as_bytes(),
+        session
+    );
+    // A session with a key that is not UTF-8 is refused whole, visibly, set or update.
+    let bad_key = b"a:1:{s:1:\"\xff\";s:1:\"x\";}";
+    php.write_all(&packet(204, a, 1, bad_key, b""))
+        .await
+        .unwrap();
+    php.write_all(&packet(9, a, 1, bad_key, b"")).await.unwrap();
+    assert_eq!(
+        reply_to(&mut php, packet(203, a, 1, b"", b""))
+            .await
+            .as_bytes(),
+        session
+    );
+    node.wait_for_line(&["WARN", "a session refused"]).await;
+    let counted = wasmgate_tests::prometheus::scrape(([127, 0, 0, 1], metrics).into()).await;
+    let refused = [("listener", "gateway"), ("reason", "bad_session")];
+    assert_eq!(
+        counted.count("wasmgate_gatewayworker_refused_total", &refused),
+        2.0
+    );
+
+    // An unknown code (2 and 17 are unused, 99 was never one) is ignored, the connection
+    // kept: the next query is answered.
+    for code in [2, 17, 99] {
+        php.write_all(&packet(code, a, 1, b"", b"unknown"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(reply_to(&mut php, packet(11, a, 1, b"", b"")).await, "i:1;");
+    a_client.assert_silent(QUIET).await;
+
+    // 7 with a goodbye: the message, then a normal close.
+    php.write_all(&packet(7, a, 1, b"", b"bye")).await.unwrap();
+    assert_eq!(a_client.recv().await, "bye");
+    let close = a_client.close_frame().await.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Normal);
+    // 8: closed at once, without a close frame.
+    php.write_all(&packet(8, b, 1, b"", b"")).await.unwrap();
+    assert_eq!(b_client.close_frame().await, None);
+    assert_eq!(reply_to(&mut php, packet(11, b, 1, b"", b"")).await, "i:0;");
+    assert_eq!(bystander.ask("echo still").await, "still");
 }
 
 /// A GatewayProtocol packet as a BusinessWorker reads it (reference §9.1).
