@@ -9,8 +9,11 @@
 //! the gateway as it is, which decides what an empty group or uid means: a refused operation
 //! is answered `error invalid-argument <why>`.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
+use wasmgate_sdk::bindings::wasi::keyvalue::atomics::{self, Cas, CasError};
 use wasmgate_sdk::kv::{self, Bucket};
 use wasmgate_sdk::sql::{self, Connection};
 
@@ -41,6 +44,10 @@ impl Plugin for Commands {
             let announce = format!("connected {}", client.id);
             let _ = gateway::send_to_group(&[group.into()], announce.as_bytes(), &[]);
         }
+    }
+
+    fn on_close(client: Client) {
+        READS.with_borrow_mut(|reads| reads.remove(&client.id));
     }
 
     fn on_message(client: Client, data: Vec<u8>) {
@@ -115,6 +122,15 @@ enum Command<'a> {
     },
     KvGet(&'a str),
     Incr(&'a str),
+    KvRead(&'a str),
+    KvSwap {
+        key: &'a str,
+        value: &'a [u8],
+    },
+    /// `key=value` pairs separated by spaces, each checked by [`parse`].
+    KvSetMany(&'a str),
+    /// Keys separated by spaces.
+    KvGetMany(&'a str),
     Fetch(&'a str),
     /// `None`: an unknown op or a count out of range, answered with the usage line.
     Cost(Option<Cost>),
@@ -143,6 +159,10 @@ const COMMANDS: &[Row] = &[
     Row { usage: "kvset <key> <value>",   shape: Shape::WordPayload, build: |a| Command::KvSet { key: a.word, value: a.payload } },
     Row { usage: "kvget <key>",           shape: Shape::Word,        build: |a| Command::KvGet(a.word) },
     Row { usage: "incr <key>",            shape: Shape::Word,        build: |a| Command::Incr(a.word) },
+    Row { usage: "kvread <key>",          shape: Shape::Word,        build: |a| Command::KvRead(a.word) },
+    Row { usage: "kvswap <key> <value>",  shape: Shape::WordPayload, build: |a| Command::KvSwap { key: a.word, value: a.payload } },
+    Row { usage: "kvsetmany <key>=<value> …", shape: Shape::Word,    build: |a| Command::KvSetMany(a.word) },
+    Row { usage: "kvgetmany <key> …",     shape: Shape::Word,        build: |a| Command::KvGetMany(a.word) },
     Row { usage: "fetch <url>",           shape: Shape::Word,        build: |a| Command::Fetch(a.word) },
     Row { usage: "cost <op> <n>",         shape: Shape::TwoWords,    build: |a| Command::Cost(Cost::parse(a.word, a.second)) },
     Row { usage: "total",                 shape: Shape::Nothing,     build: |_| Command::Total },
@@ -250,6 +270,9 @@ fn parse(message: &[u8]) -> Result<Command<'_>, ParseError> {
     let args = row.shape.split(rest).ok_or(ParseError::Usage(row.usage))?;
     match (row.build)(args) {
         Command::Cost(None) => Err(ParseError::Usage(row.usage)),
+        Command::KvSetMany(pairs) if pairs.split(' ').any(|pair| !pair.contains('=')) => {
+            Err(ParseError::Usage(row.usage))
+        }
         command => Ok(command),
     }
 }
@@ -313,9 +336,15 @@ fn run(client: &Client, command: Command<'_>) -> Option<Vec<u8>> {
         Command::SqlPut { key, value } => return Some(sql_reply(sql_put(key, value)).into()),
         Command::SqlGet(key) => return Some(sql_reply(sql_get(key)).into()),
         Command::SqlSlow => return Some(sql_reply(sql_slow()).into()),
-        Command::KvSet { .. } | Command::KvGet(_) | Command::Incr(_) => {
+        Command::KvSet { .. }
+        | Command::KvGet(_)
+        | Command::Incr(_)
+        | Command::KvSetMany(_)
+        | Command::KvGetMany(_) => {
             unreachable!("run_kv answers the key-value commands")
         }
+        Command::KvRead(key) => return Some(kv_read(me, key)),
+        Command::KvSwap { key, value } => return Some(kv_swap(me, key, value)),
         Command::Fetch(url) => return Some(fetch(url)),
         Command::Cost(Some(cost)) => return Some(cost.measure(me)),
         Command::Cost(None) => unreachable!("parse refuses a cost it cannot run"),
@@ -401,9 +430,97 @@ fn run_kv(command: &Command<'_>) -> Option<Result<Vec<u8>, kv::Error>> {
         Command::Incr(key) => Bucket::open(BUCKET)
             .and_then(|b| b.increment(key, 1))
             .map(|n| format!("incr {key} {n}").into_bytes()),
+        Command::KvSetMany(pairs) => {
+            let pairs: Vec<(String, Vec<u8>)> = pairs
+                .split(' ')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect();
+            Bucket::open(BUCKET)
+                .and_then(|b| b.set_many(&pairs))
+                .map(|()| b"ok".to_vec())
+        }
+        Command::KvGetMany(keys) => {
+            let keys: Vec<String> = keys.split(' ').map(String::from).collect();
+            Bucket::open(BUCKET)
+                .and_then(|b| b.get_many(&keys))
+                .map(|values| {
+                    let mut reply = b"values".to_vec();
+                    for (key, value) in keys.iter().zip(values) {
+                        reply.push(b' ');
+                        reply.extend_from_slice(key.as_bytes());
+                        if let Some(value) = value {
+                            reply.push(b'=');
+                            reply.extend_from_slice(&value);
+                        }
+                    }
+                    reply
+                })
+        }
         _ => return None,
     };
     Some(reply)
+}
+
+thread_local! {
+    /// Each client's last `kvread`: its key and the compare-and-swap handle holding the
+    /// value read, which the client's next `kvswap` of that key swaps. A client's events
+    /// always run on the same instance, so the handle waits here between them.
+    static READS: RefCell<HashMap<String, (String, Cas)>> = RefCell::new(HashMap::new());
+}
+
+/// `kvread <key>`: reads `key` through a compare-and-swap handle kept for `me`; `read <key>
+/// <value>`, or `none`.
+fn kv_read(me: &str, key: &str) -> Vec<u8> {
+    let read = Bucket::open(BUCKET).and_then(|b| {
+        let cas = Cas::new(b.inner(), key)?;
+        Ok((cas.current()?, cas))
+    });
+    match read {
+        Ok((current, cas)) => {
+            READS.with_borrow_mut(|reads| reads.insert(me.into(), (key.into(), cas)));
+            match current {
+                Some(value) => [format!("read {key} ").as_bytes(), &value].concat(),
+                None => b"none".to_vec(),
+            }
+        }
+        Err(error) => format!("error kv {}", kv_reason(&error)).into_bytes(),
+    }
+}
+
+/// `kvswap <key> <value>`: writes `value` if `key` still holds what `me`'s `kvread` of it
+/// read: `swapped <key>`. If another write came in between, nothing is written and the
+/// answer is `cas-failed <key> <value now>` (`cas-failed <key>` if it is gone); the fresh
+/// read is kept, so a second `kvswap` writes over it.
+fn kv_swap(me: &str, key: &str, value: &[u8]) -> Vec<u8> {
+    let held = READS.with_borrow_mut(|reads| match reads.remove(me) {
+        Some((read, cas)) if read == key => Some(cas),
+        Some(other) => {
+            reads.insert(me.into(), other);
+            None
+        }
+        None => None,
+    });
+    let Some(cas) = held else {
+        return format!("error kv no kvread of {key} to swap").into_bytes();
+    };
+    match atomics::swap(cas, value) {
+        Ok(()) => format!("swapped {key}").into_bytes(),
+        Err(CasError::CasFailed(fresh)) => {
+            let mut reply = format!("cas-failed {key}").into_bytes();
+            match fresh.current() {
+                Ok(Some(now)) => {
+                    reply.push(b' ');
+                    reply.extend_from_slice(&now);
+                }
+                Ok(None) => {}
+                Err(error) => return format!("error kv {}", kv_reason(&error)).into_bytes(),
+            }
+            READS.with_borrow_mut(|reads| reads.insert(me.into(), (key.into(), fresh)));
+            reply
+        }
+        Err(CasError::StoreError(error)) => format!("error kv {}", kv_reason(&error)).into_bytes(),
+    }
 }
 
 /// The `<reason>` of an `error kv <reason>` reply, in the WIT's words.
@@ -626,6 +743,19 @@ mod tests {
             ),
             (b"kvget k", Command::KvGet("k")),
             (b"incr hits", Command::Incr("hits")),
+            (b"kvread k", Command::KvRead("k")),
+            (
+                b"kvswap k a \xff",
+                Command::KvSwap {
+                    key: "k",
+                    value: b"a \xff",
+                },
+            ),
+            (
+                b"kvsetmany a=1 b= c=x=y",
+                Command::KvSetMany("a=1 b= c=x=y"),
+            ),
+            (b"kvgetmany a b c", Command::KvGetMany("a b c")),
             (
                 b"fetch http://127.0.0.1:8080/x",
                 Command::Fetch("http://127.0.0.1:8080/x"),
@@ -683,6 +813,10 @@ mod tests {
             Err(ParseError::Usage("set <key> <value>"))
         );
         assert_eq!(parse(b"whoami now"), Err(ParseError::Usage("whoami")));
+        let set_many = Err(ParseError::Usage("kvsetmany <key>=<value> …"));
+        assert_eq!(parse(b"kvsetmany a=1 b"), set_many);
+        assert_eq!(parse(b"kvsetmany a=1  b=2"), set_many);
+        assert_eq!(parse(b"kvsetmany"), set_many);
     }
 
     #[test]

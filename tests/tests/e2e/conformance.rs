@@ -254,9 +254,10 @@ async fn replies_and_parsing(ws: &mut TestClient, text: &mut TestClient) {
     }
 }
 
-/// `sqlput` / `sqlget` on the embedded SQLite `main`: rows written by one client (and
-/// instance) are read by others; values keep their spaces and non-ASCII text.
-async fn sql(a: &mut TestClient, b: &mut TestClient, c: &mut TestClient) {
+/// `sqlput` / `sqlget` on the database `main`, starting empty: rows written by one client (and
+/// instance) are read by others; values keep their spaces and non-ASCII text. The suite grants
+/// `main` as the embedded SQLite; `data_sql` runs this section against PostgreSQL.
+pub(crate) async fn sql(a: &mut TestClient, b: &mut TestClient, c: &mut TestClient) {
     assert_eq!(a.ask("sqlget greeting").await, "none");
     assert_eq!(
         a.ask("sqlput greeting hello world").await,

@@ -3,8 +3,10 @@
 //! against a real `redis-server` (installed by the test through apt, started on a
 //! free loopback port; skipped loudly where it cannot be installed), an app without the grant,
 //! values over the cap, the embedded store across a restart of a real process, and a Redis
-//! server that dies under a running app. Every test keeps a bystander whose replies must keep
-//! arriving.
+//! server that dies under a running app; the atomics' compare-and-swap and the batch calls
+//! (the Rust plugin's `kvread`/`kvswap`, `kvsetmany`/`kvgetmany`) against Redis and the
+//! embedded store, the latter in a real process whose `/metrics` counts each call. Every test
+//! keeps a bystander whose replies must keep arriving.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,7 @@ use wasmgate::metrics;
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{Cluster, Node, SECRET, connect_ws, free_port};
 use wasmgate_tests::polyglot::{self, Language};
+use wasmgate_tests::prometheus::{Scrape, scrape};
 use wasmgate_tests::redis::RedisServer;
 use wasmgate_tests::{plugins, tools};
 
@@ -278,4 +281,139 @@ async fn a_call_to_a_frozen_server_is_cut_at_process_timeout_and_the_store_recov
     assert_eq!(plugin.ask("kvget k").await, "value k after");
     assert_eq!(bystander.ask("echo still here").await, "still here");
     cluster.stop().await;
+}
+
+/// Compare-and-swap (`kvread`, then `kvswap`) and the batch calls (`kvsetmany`, `kvgetmany`)
+/// of the Rust plugin on an empty store: a swap over the value read writes; a write by another
+/// client in between fails it, writes nothing and hands back the value now there, over which
+/// a second swap writes. `a` and `b` may run on different instances.
+async fn atomics_and_batch(a: &mut TestClient, b: &mut TestClient, bystander: &mut TestClient) {
+    assert_eq!(a.ask("kvread slot").await, "none");
+    assert_eq!(a.ask("kvswap slot first").await, "swapped slot");
+    assert_eq!(b.ask("kvget slot").await, "value slot first");
+    assert_eq!(a.ask("kvread slot").await, "read slot first");
+    assert_eq!(a.ask("kvswap slot second").await, "swapped slot");
+    assert_eq!(b.ask("kvget slot").await, "value slot second");
+
+    assert_eq!(a.ask("kvread slot").await, "read slot second");
+    assert_eq!(b.ask("kvset slot theirs").await, "ok");
+    assert_eq!(a.ask("kvswap slot mine").await, "cas-failed slot theirs");
+    assert_eq!(
+        b.ask("kvget slot").await,
+        "value slot theirs",
+        "nothing written"
+    );
+    assert_eq!(bystander.ask("echo still here").await, "still here");
+    assert_eq!(a.ask("kvswap slot mine").await, "swapped slot");
+    assert_eq!(b.ask("kvget slot").await, "value slot mine");
+    // A swap is spent: there is nothing left to swap until the next read.
+    assert_eq!(
+        a.ask("kvswap slot again").await,
+        "error kv no kvread of slot to swap"
+    );
+
+    // Read as absent, then created by someone else; read as empty, then rewritten.
+    assert_eq!(a.ask("kvread fresh").await, "none");
+    assert_eq!(b.ask("kvset fresh x").await, "ok");
+    assert_eq!(a.ask("kvswap fresh y").await, "cas-failed fresh x");
+    assert_eq!(b.ask("kvset empty ").await, "ok");
+    assert_eq!(a.ask("kvread empty").await, "read empty ");
+    assert_eq!(
+        a.ask_bytes(b"kvswap empty \xff\x00").await,
+        b"swapped empty"
+    );
+    assert_eq!(b.ask_bytes(b"kvget empty").await, b"value empty \xff\x00");
+    assert_eq!(a.ask_bytes(b"kvread empty").await, b"read empty \xff\x00");
+    assert_eq!(b.ask("kvset empty ").await, "ok");
+    assert_eq!(a.ask("kvswap empty z").await, "cas-failed empty ");
+    assert_eq!(b.ask("kvget empty").await, "value empty ");
+
+    assert_eq!(a.ask("kvsetmany b1=one b2= b3=x=y").await, "ok");
+    assert_eq!(
+        b.ask("kvgetmany b1 missing b2 b3 slot").await,
+        "values b1=one missing b2= b3=x=y slot=mine"
+    );
+    assert_eq!(b.ask("kvget b3").await, "value b3 x=y");
+    assert_eq!(bystander.ask("echo still here").await, "still here");
+    assert_eq!(a.ask("kvsetmany b1=two b4=four").await, "ok");
+    assert_eq!(b.ask("kvgetmany b1 b4").await, "values b1=two b4=four");
+    assert_eq!(
+        a.ask("kvsetmany b1").await,
+        "error usage: kvsetmany <key>=<value> …"
+    );
+    assert_eq!(
+        b.ask("kvget b1").await,
+        "value b1 two",
+        "a refused batch writes nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atomics_and_batch_against_redis() {
+    let Some(server) = redis("data_kv::atomics_and_batch_against_redis").await else {
+        return;
+    };
+    let app = "kvcas";
+    let grant = format!("[worker.grants.{app}]\nkv = \"{}\"\n", server.url());
+    let cluster = cluster(app, &grant).await;
+    let (mut a, mut b) = clients(&cluster).await;
+    let mut bystander = TestClient::ws(cluster.gateways[0].client_addr, "/")
+        .await
+        .unwrap();
+    atomics_and_batch(&mut a, &mut b, &mut bystander).await;
+    cluster.stop().await;
+}
+
+/// The app `kv`'s calls to `interface` with `outcome` in a scrape.
+fn data_calls(scrape: &Scrape, interface: &str, outcome: &str) -> f64 {
+    let labels = [
+        ("app", "kv"),
+        ("interface", interface),
+        ("outcome", outcome),
+    ];
+    scrape.count("wasmgate_data_calls_total", &labels)
+}
+
+/// How many of the app `kv`'s `interface` calls `data_call_duration_seconds` timed.
+fn data_calls_timed(scrape: &Scrape, interface: &str) -> f64 {
+    let labels = [("app", "kv"), ("interface", interface)];
+    scrape.count("wasmgate_data_call_duration_seconds_count", &labels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atomics_and_batch_on_the_embedded_store_each_call_counted() {
+    let plugins = wasmgate_tests::cluster::PluginsDir::with(&[("kv", plugins::COMMANDS)]);
+    let data = tempfile::tempdir().unwrap();
+    let (port, metrics) = (free_port(), free_port());
+    let config = format!(
+        "{}sql = {{ main = \"sqlite\" }}\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+        node_config(plugins.path(), data.path(), port)
+    );
+    let _node = Node::start(BIN, &config);
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{metrics}").parse().unwrap();
+    let mut a = connect_ws(port).await;
+    let mut b = connect_ws(port).await;
+    let mut bystander = connect_ws(port).await;
+    atomics_and_batch(&mut a, &mut b, &mut bystander).await;
+
+    // Each host call is counted once, by outcome, and timed: a failed swap is an answer
+    // (`ok`), an increment of text an `error`; every command opens its bucket or database.
+    let before = scrape(metrics).await;
+    assert_eq!(a.ask("kvread m").await, "none"); // open, cas.new, current
+    assert_eq!(b.ask("kvset m theirs").await, "ok"); // open, set
+    assert_eq!(a.ask("kvswap m mine").await, "cas-failed m theirs"); // swap, current
+    assert!(a.ask("incr m").await.starts_with("error kv ")); // open, increment (error)
+    assert_eq!(a.ask("sqlput k v").await, "stored k"); // open, create, insert
+    assert_eq!(b.ask("sqlget k").await, "sqlvalue k v"); // open, create, select
+    assert_eq!(bystander.ask("echo still here").await, "still here");
+    let after = scrape(metrics).await;
+    let delta = |f: &dyn Fn(&Scrape) -> f64| f(&after) - f(&before);
+    assert_eq!(delta(&|s| data_calls(s, "kv", "ok")), 8.0);
+    assert_eq!(delta(&|s| data_calls(s, "kv", "error")), 1.0);
+    assert_eq!(delta(&|s| data_calls_timed(s, "kv")), 9.0);
+    assert_eq!(delta(&|s| data_calls(s, "sql", "ok")), 6.0);
+    assert_eq!(delta(&|s| data_calls_timed(s, "sql")), 6.0);
+    for outcome in ["denied", "timeout", "too_large"] {
+        assert_eq!(delta(&|s| data_calls(s, "kv", outcome)), 0.0, "{outcome}");
+    }
 }

@@ -1,8 +1,10 @@
 //! `wasmgate:plugin/sql` end to end, through the reference plugin's `sqlput`, `sqlget` and
 //! `sqlslow`: a denial without a grant, a slow statement cut at `process_timeout` (SQLite and
 //! PostgreSQL) with the next event served, and a real PostgreSQL server (Debian's, started
-//! by the test; skipped loudly where it cannot be installed), also while it is down. Every
-//! test keeps a bystander client whose replies must keep arriving.
+//! by the test; skipped loudly where it cannot be installed), also while it is down; and the
+//! conformance suite's `sql` section against PostgreSQL for the Rust, Python and JavaScript
+//! builds of the reference plugin. Every test keeps a bystander client whose replies must
+//! keep arriving.
 
 use std::time::{Duration, Instant};
 
@@ -10,8 +12,11 @@ use wasmgate::config::Protocol;
 use wasmgate::metrics;
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::Cluster;
+use wasmgate_tests::polyglot::{self, Language};
 use wasmgate_tests::postgres::Postgres;
 use wasmgate_tests::{plugins, tools};
+
+use crate::conformance;
 
 /// A one-instance cluster of the reference plugin with `worker` added to `[worker]`; two
 /// clients on the same instance: the one under test and a bystander.
@@ -141,5 +146,66 @@ async fn postgres_stores_rows_and_a_server_down_is_an_error() {
     assert_eq!(bystander.ask("echo still here").await, "still here");
     assert!(a.ask("sqlput k v").await.starts_with("error sql "));
     assert!(metrics::data_calls("commands", "sql", "error") > errors);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_against_postgres_rust() {
+    let test = "data_sql::conformance_against_postgres_rust";
+    conformance_against_postgres(plugins::COMMANDS, test).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_against_postgres_python() {
+    let test = "data_sql::conformance_against_postgres_python";
+    polyglot_against_postgres(Language::Python, test).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_against_postgres_javascript() {
+    let test = "data_sql::conformance_against_postgres_javascript";
+    polyglot_against_postgres(Language::JavaScript, test).await;
+}
+
+async fn polyglot_against_postgres(language: Language, test: &str) {
+    let built = tokio::task::spawn_blocking(move || polyglot::commands(language))
+        .await
+        .unwrap();
+    if let Some(plugin) = tools::or_skip(built, test) {
+        conformance_against_postgres(plugin.to_str().unwrap(), test).await;
+    }
+}
+
+/// The conformance suite's `sql` section for one build of the reference plugin, its `main`
+/// a fresh PostgreSQL server; the rows it wrote are then read back with `psql`.
+async fn conformance_against_postgres(plugin: &str, test: &str) {
+    let started = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let Some(pg) = tools::or_skip(started, test) else {
+        return;
+    };
+    let grant = format!(
+        "[worker.grants.commands]\nsql = {{ main = {:?} }}\n",
+        pg.url()
+    );
+    let gateways = [Protocol::Ws, Protocol::Text];
+    let cluster = Cluster::start_with_worker(("commands", plugin), &gateways, 1, 2, &grant).await;
+    let ws = cluster.gateways[0].client_addr;
+    let mut a = TestClient::ws(ws, "/").await.unwrap();
+    let mut b = TestClient::text(cluster.gateways[1].client_addr)
+        .await
+        .unwrap();
+    let mut c = TestClient::ws(ws, "/").await.unwrap();
+    let mut bystander = TestClient::ws(ws, "/").await.unwrap();
+    conformance::sql(&mut a, &mut b, &mut c).await;
+    assert_eq!(bystander.ask("echo still here").await, "still here");
+    let rows = tokio::task::spawn_blocking(move || {
+        pg.query("select k || '=' || v from commands_kv order by k")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        rows, "greeting=héllo 🌍\nother=x",
+        "the rows are in PostgreSQL"
+    );
     cluster.stop().await;
 }
