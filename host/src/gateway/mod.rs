@@ -113,6 +113,7 @@ impl BoundGateway {
             trust,
             counters,
             reports: Default::default(),
+            registers: register::RegisterReach::new(config.register.clone()),
         });
         Ok(Self {
             config,
@@ -166,7 +167,7 @@ impl BoundGateway {
         );
         let _registration = nats.is_none().then(|| {
             register::spawn_registration(
-                self.config.register.clone(),
+                self.gateway.registers.clone(),
                 self.gateway.trust.clone(),
                 register::Announce::Gateway {
                     internal: address,

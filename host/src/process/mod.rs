@@ -277,17 +277,8 @@ pub async fn run(
         register: config.register.as_ref().map(|r| r.listen),
         gateways: Vec::new(),
         cluster: None,
-        worker: config
-            .worker
-            .as_ref()
-            .zip(grants.as_ref())
-            .map(|(w, (_, granted))| RunningWorker {
-                name: w.name.clone(),
-                plugins: w.plugins.clone(),
-                memory_limit: w.memory_limit.as_u64(),
-                data: w.data.clone(),
-                grants: granted.clone(),
-            }),
+        // Filled in once the worker host is set up.
+        worker: None,
     };
     // One NATS connection for every role of the process, so that what its worker host
     // publishes stays in order.
@@ -369,7 +360,21 @@ pub async fn run(
     let mut admin = admin;
     if let (Some(worker), Some((grants, granted))) = (config.worker, grants) {
         let start_timeout = worker.start_timeout;
+        let (name, plugins, memory_limit, data) = (
+            worker.name.clone(),
+            worker.plugins.clone(),
+            worker.memory_limit.as_u64(),
+            worker.data.clone(),
+        );
         let worker = WorkerHost::new(worker, trust.clone(), local.clone(), nats.clone())?;
+        running.worker = Some(RunningWorker {
+            name,
+            plugins,
+            memory_limit,
+            data,
+            grants: granted.clone(),
+            registers: worker.registers(),
+        });
         ready = Some((worker.ready(local_gateways), start_timeout));
         running.cluster = Some(GatewayApi::new(worker.gateways()));
         if let Some(push) = push {

@@ -41,7 +41,7 @@ use crate::local::LocalGateways;
 use crate::metrics;
 use crate::nats::{Nats, discovery, publish::NatsGateways};
 use crate::ops::{FaultCounts, FaultReport, Gateways, PluginReport, WorkerReport};
-use crate::register;
+use crate::register::{self, RegisterReach};
 use crate::transport::Trust;
 use crate::wire::handshake::Peer;
 use dispatch::Dispatcher;
@@ -79,6 +79,8 @@ pub struct WorkerHost {
     dispatcher: Arc<Dispatcher>,
     /// Set once the plugins present at start are loaded.
     loaded: watch::Sender<bool>,
+    /// Which of its registers are linked.
+    registers: RegisterReach,
 }
 
 impl WorkerHost {
@@ -131,6 +133,7 @@ impl WorkerHost {
             None => links.clone(),
         };
         let dispatcher = Dispatcher::new(gateways.clone(), worker_id);
+        let registers = RegisterReach::new(config.register.clone());
         Ok(Self {
             config,
             trust,
@@ -140,6 +143,7 @@ impl WorkerHost {
             nats,
             dispatcher,
             loaded: watch::channel(false).0,
+            registers,
         })
     }
 
@@ -160,6 +164,11 @@ impl WorkerHost {
             let _ = loaded.wait_for(|loaded| *loaded).await;
             let _ = linked.wait_for(|linked| gateways.is_subset(linked)).await;
         }
+    }
+
+    /// Which of its registers are linked (none is dialled with NATS as the engine).
+    pub fn registers(&self) -> RegisterReach {
+        self.registers.clone()
     }
 
     /// The worker host's way to every gateway, as the gateway-operations port.
@@ -184,6 +193,7 @@ impl WorkerHost {
             nats,
             dispatcher,
             loaded,
+            registers,
         } = self;
         let worker: Arc<str> = config.name.clone().into();
         let mut plugins = PluginDir::new(&config, runtime, gateways, dispatcher.clone());
@@ -196,7 +206,7 @@ impl WorkerHost {
         let gateways = match nats {
             Some(nats) => discovery::follow(nats, shutdown.clone()),
             None => register::spawn_registration(
-                config.register.clone(),
+                registers,
                 trust.clone(),
                 register::Announce::Worker,
                 shutdown.clone(),
