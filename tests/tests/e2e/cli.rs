@@ -668,6 +668,12 @@ async fn status_shows_a_register_nobody_listens_on() {
     };
     assert_eq!(errors.len(), 2, "one per role: {errors:?}");
     assert!(errors.iter().all(|e| e.contains(&register)), "{errors:?}");
+    // Without a register the worker host never finds its own gateway: the start said so.
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("waiting for gateways of this process not linked yet"),
+        "{log}"
+    );
 
     let _register = Node::start(
         BIN,
