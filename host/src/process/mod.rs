@@ -348,6 +348,8 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    // Early clients wait for this process's worker host as long as its start does.
+    let worker_start = config.worker.as_ref().map(|w| w.start_timeout);
     for gateway in config.gateway {
         let (name, listen, app) = (
             gateway.name(),
@@ -367,7 +369,7 @@ pub async fn run(
                     .unwrap_or(usize::MAX),
             },
         };
-        let mut bound = BoundGateway::bind(gateway, trust.clone()).await?;
+        let mut bound = BoundGateway::bind(gateway, trust.clone(), worker_start).await?;
         if compatible {
             let (handed, foreign) = tokio::sync::mpsc::channel(FOREIGN_QUEUE);
             bound.serve_foreign(handed);
