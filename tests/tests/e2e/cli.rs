@@ -614,14 +614,15 @@ async fn roles_use_the_register_of_their_file() {
 /// seconds); once a register listens there, the rows go and the gateway serves.
 #[tokio::test]
 async fn status_shows_a_register_nobody_listens_on() {
-    let (r, g) = (free_port(), free_port());
+    let (r, g, m) = (free_port(), free_port(), free_port());
     let register = format!("127.0.0.1:{r}");
     let config = format!(
         "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\n\
          app = \"commands\"\nregister = \"{register}\"\n\
          [worker]\nplugins = \"plugins\"\ninstances = 1\nregister = \"{register}\"\n\
-         start_timeout = \"1s\"\n"
+         start_timeout = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:{m}\"\n"
     );
+    let metrics = format!("127.0.0.1:{m}").parse().unwrap();
     let (daemon, started) = Daemon::start(BIN, &config, &[("commands", plugins::COMMANDS)]).await;
     assert!(started.status.success(), "{started:?}");
     let screen = status_until(&daemon, |s| {
@@ -668,6 +669,12 @@ async fn status_shows_a_register_nobody_listens_on() {
     };
     assert_eq!(errors.len(), 2, "one per role: {errors:?}");
     assert!(errors.iter().all(|e| e.contains(&register)), "{errors:?}");
+    let during = scrape(metrics).await;
+    for role in ["gateway", "worker"] {
+        let labels = [("role", role)];
+        assert_eq!(during.count("wasmgate_registers_unreachable", &labels), 1.0);
+        assert!(during.count("wasmgate_register_outage_seconds", &labels) >= 5.0);
+    }
     // Without a register the worker host never finds its own gateway: the start said so.
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
@@ -680,6 +687,9 @@ async fn status_shows_a_register_nobody_listens_on() {
         &format!("secret = \"{SECRET}\"\n[register]\nlisten = \"{register}\"\n"),
     );
     status_until(&daemon, |s| !s.contains(" REGISTERS UNREACHABLE")).await;
+    let after = scrape(metrics).await;
+    assert_eq!(after.count("wasmgate_registers_unreachable", &[]), 0.0);
+    assert_eq!(after.count("wasmgate_register_outage_seconds", &[]), 0.0);
     let mut client = TestClient::ws(format!("127.0.0.1:{g}").parse().unwrap(), "/")
         .await
         .unwrap();
