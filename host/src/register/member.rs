@@ -144,6 +144,9 @@ impl Member {
     async fn stay_registered(self, shutdown: CancellationToken) {
         let register = self.register;
         let mut backoff = BACKOFF_MIN;
+        // Warn once per outage of this register, not on every retry; while another register
+        // is linked, nothing is lost but redundancy.
+        let mut warned = false;
         loop {
             let attempt = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -151,6 +154,7 @@ impl Member {
             };
             match attempt {
                 Ok((reader, writer)) => {
+                    warned = false;
                     if self.reach.linked(self.index) {
                         info!(%register, "linked to register: a register is reachable again");
                     } else {
@@ -171,10 +175,10 @@ impl Member {
                     }
                 }
                 Err(error) => {
-                    // Warn once per outage of this register, not on every retry; while
-                    // another register is linked, nothing is lost but redundancy.
-                    if self.reach.down(self.index) {
+                    self.reach.down(self.index);
+                    if !warned {
                         warn!(%register, %error, "cannot register; retrying in the background");
+                        warned = true;
                     } else {
                         debug!(%register, %error, "still cannot register");
                     }

@@ -70,14 +70,12 @@ impl RegisterReach {
         std::mem::take(&mut state.escalated)
     }
 
-    /// Register `index` could not be reached, or its link was lost; true when it was
-    /// reachable until now (the start of its outage).
-    pub(super) fn down(&self, index: usize) -> bool {
-        let mut state = self.state();
-        let since = &mut state.registers[index].1;
-        let started = since.is_none();
-        since.get_or_insert_with(Instant::now);
-        started
+    /// Register `index` could not be reached, or its link was lost: unreachable since now,
+    /// unless it already was.
+    pub(super) fn down(&self, index: usize) {
+        self.state().registers[index]
+            .1
+            .get_or_insert_with(Instant::now);
     }
 
     /// The unreachable registers, once no register has been reachable for `after` and this
@@ -153,13 +151,18 @@ mod tests {
     async fn an_outage_escalates_only_when_no_register_is_reachable() {
         let reach = two();
         assert_eq!(reach.report(), ReachReport::default());
-        assert!(reach.down(0));
-        assert!(!reach.down(0), "the outage started once");
+        reach.down(0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        reach.down(0);
         assert!(!reach.linked(1));
         tokio::time::advance(Duration::from_secs(10)).await;
         let report = reach.report();
         assert_eq!(report.addresses(), "127.0.0.1:1236");
-        assert_eq!(report.unreachable[0].down_for, Duration::from_secs(10));
+        assert_eq!(
+            report.unreachable[0].down_for,
+            Duration::from_secs(11),
+            "since its first failure"
+        );
         assert_eq!(report.none_reachable_for, None, "the other is linked");
         assert_eq!(reach.escalate(Duration::from_secs(5)), None);
 
