@@ -538,6 +538,8 @@ pub struct GatewayConfig {
     /// linked host does (none is linked, or none has the app's plugin), before the client is
     /// closed, logged and counted (`clients_unrouted_total`, reason `no_worker` or
     /// `app_unserved`). Also how long a client whose host dropped its app waits for another.
+    /// Before a first worker host ever linked, clients wait longer: the `start_timeout` of
+    /// the worker host in the same process, or 60 s without one.
     #[serde(default = "default_no_worker_hold", with = "humantime_serde")]
     pub no_worker_hold: Duration,
 }
@@ -743,7 +745,9 @@ pub struct WorkerConfig {
     pub gateway_lost_after: Duration,
     /// Longest a start waits for the plugins present at start to load and for the gateways
     /// of this process to be linked before it reports ready anyway (`start -d` returns,
-    /// `READY=1`), with a warning: a cold Python or JavaScript plugin compiles for seconds.
+    /// `READY=1`), with a warning naming what is still awaited: a cold Python or JavaScript
+    /// plugin compiles for seconds. The gateways of the same process hold early clients
+    /// this long for a first worker host.
     #[serde(default = "default_start_timeout", with = "humantime_serde")]
     pub start_timeout: Duration,
     /// Bytes queued on each link towards a gateway (plugins' commands and queries) before

@@ -364,6 +364,8 @@ pub struct GatewayLinks {
     leaving: AtomicBool,
     /// A worker host's plugin report, sent on every link; none for a push client.
     reporter: OnceLock<Reporter>,
+    /// When a partial answer was last logged.
+    partial_log: Arc<PartialLog>,
 }
 
 impl GatewayLinks {
@@ -394,6 +396,7 @@ impl GatewayLinks {
             tasks: TaskTracker::new(),
             leaving: AtomicBool::new(false),
             reporter: OnceLock::new(),
+            partial_log: Arc::default(),
         })
     }
 
@@ -806,12 +809,41 @@ fn fits<M: serde::Serialize>(message: &M) -> Result<usize, Unreachable> {
     })
 }
 
+/// How often at most a partial answer is logged: a frozen gateway makes every query
+/// partial, and a line a second says so without flooding the log.
+const PARTIAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// When a partial answer was last logged, and how many went unlogged since.
+#[derive(Debug, Default)]
+struct PartialLog(Mutex<Option<(tokio::time::Instant, u64)>>);
+
+impl PartialLog {
+    /// Whether to log a partial answer now: `Some` with how many went unlogged before it,
+    /// at most once per [`PARTIAL_LOG_EVERY`].
+    fn due(&self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *last {
+            Some((at, unlogged)) if now.duration_since(*at) < PARTIAL_LOG_EVERY => {
+                *unlogged += 1;
+                None
+            }
+            _ => {
+                let unlogged = last.map_or(0, |(_, unlogged)| unlogged);
+                *last = Some((now, 0));
+                Some(unlogged)
+            }
+        }
+    }
+}
+
 /// Merges the answers to a query asked of the gateways in `replies` (`None`: silent until
-/// [`QUERY_TIMEOUT`]). Some answers make an answer; the silent gateways are logged by address,
-/// so an operator knows which one to look at.
+/// [`QUERY_TIMEOUT`]). Some answers make an answer; the silent gateways are logged by address
+/// (at most once a second, through `log`), so an operator knows which one to look at.
 fn merge_answers(
     target: Option<ClientId>,
     replies: Vec<(SocketAddrV4, Option<Reply>)>,
+    log: &PartialLog,
 ) -> Result<Reply, Unreachable> {
     let total = replies.len();
     let (answered, silent): (Vec<_>, Vec<_>) = replies.into_iter().partition(|(_, r)| r.is_some());
@@ -826,16 +858,19 @@ fn merge_answers(
         merged = merged.merge(reply).map_err(|_| Unreachable::NoGateway)?;
     }
     if !silent.is_empty() {
-        // Counted and flagged to the caller; at debug only, since a frozen gateway would
-        // otherwise log once per query.
+        // Counted and flagged to the caller every time; logged at most once a second, since a
+        // frozen gateway would otherwise log once per query.
         crate::metrics::QUERIES_PARTIAL.inc();
         crate::ops::partial::report_missing(silent.iter().map(|(addr, _)| *addr));
-        let silent: Vec<String> = silent.iter().map(|(addr, _)| addr.to_string()).collect();
-        tracing::debug!(
-            "partial answer: query answered by {} of {total} gateways; silent for {QUERY_TIMEOUT:?}: {}",
-            total - silent.len(),
-            silent.join(", ")
-        );
+        if let Some(unlogged) = log.due() {
+            let silent: Vec<String> = silent.iter().map(|(addr, _)| addr.to_string()).collect();
+            tracing::warn!(
+                partial_answers_since_last_line = unlogged,
+                "partial answer: query answered by {} of {total} gateways; silent for {QUERY_TIMEOUT:?}: {}",
+                total - silent.len(),
+                silent.join(", ")
+            );
+        }
     }
     Ok(merged)
 }
@@ -877,6 +912,7 @@ impl Gateways for GatewayLinks {
             .map(|(addr, link)| (self.next_query.fetch_add(1, Ordering::Relaxed), addr, link))
             .collect();
         let checked = fits(&query);
+        let partial_log = self.partial_log.clone();
         Box::pin(async move {
             let weight = checked?;
             let asks = asks.into_iter().map(|(id, addr, link)| {
@@ -904,7 +940,7 @@ impl Gateways for GatewayLinks {
                 }
             });
             let replies = futures_util::future::join_all(asks).await;
-            merge_answers(target, replies)
+            merge_answers(target, replies, &partial_log)
         })
     }
 }
@@ -932,27 +968,42 @@ mod tests {
         SocketAddrV4::new([127, 0, 0, 1].into(), port)
     }
 
-    #[test]
-    fn a_partial_answer_names_the_silent_gateways() {
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_answer_names_the_silent_gateways_at_most_once_a_second() {
         let logs = Captured::default();
         let sink = logs.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || sink.clone())
             .with_ansi(false)
-            .with_max_level(tracing::Level::DEBUG)
+            .with_max_level(tracing::Level::WARN)
             .finish();
-        let replies = vec![
-            (gateway(2300), Some(Reply::Clients(vec![]))),
-            (gateway(2301), None),
-            (gateway(2302), Some(Reply::Clients(vec![]))),
-            (gateway(2303), None),
-        ];
-        let merged = tracing::subscriber::with_default(subscriber, || merge_answers(None, replies));
-        assert_eq!(merged, Ok(Reply::Clients(vec![])));
+        let replies = || {
+            vec![
+                (gateway(2300), Some(Reply::Clients(vec![]))),
+                (gateway(2301), None),
+                (gateway(2302), Some(Reply::Clients(vec![]))),
+                (gateway(2303), None),
+            ]
+        };
+        let log = PartialLog::default();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        for _ in 0..3 {
+            let merged = merge_answers(None, replies(), &log);
+            assert_eq!(merged, Ok(Reply::Clients(vec![])));
+        }
+        tokio::time::advance(PARTIAL_LOG_EVERY).await;
+        merge_answers(None, replies(), &log).unwrap();
         let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = logs.lines().collect();
+        assert_eq!(lines.len(), 2, "once, then once a second later: {logs}");
         assert!(
-            logs.contains("answered by 2 of 4 gateways")
-                && logs.contains("127.0.0.1:2301, 127.0.0.1:2303"),
+            lines.iter().all(|l| l.contains("WARN")
+                && l.contains("answered by 2 of 4 gateways")
+                && l.contains("127.0.0.1:2301, 127.0.0.1:2303")),
+            "{logs}"
+        );
+        assert!(
+            lines[1].contains("partial_answers_since_last_line=2"),
             "{logs}"
         );
     }
@@ -960,10 +1011,17 @@ mod tests {
     #[test]
     fn a_query_nobody_answered_names_the_clients_gateway() {
         let client = ClientId::new(gateway(2300), 7);
-        let silent = merge_answers(Some(client), vec![(gateway(2300), None)]);
+        let silent = merge_answers(
+            Some(client),
+            vec![(gateway(2300), None)],
+            &PartialLog::default(),
+        );
         assert_eq!(silent, Err(Unreachable::Silent(gateway(2300))));
-        let unlinked = merge_answers(Some(client), vec![]);
+        let unlinked = merge_answers(Some(client), vec![], &PartialLog::default());
         assert_eq!(unlinked, Err(Unreachable::NotLinked(gateway(2300))));
-        assert_eq!(merge_answers(None, vec![]), Err(Unreachable::NoGateway));
+        assert_eq!(
+            merge_answers(None, vec![], &PartialLog::default()),
+            Err(Unreachable::NoGateway)
+        );
     }
 }

@@ -162,7 +162,9 @@ impl Cluster {
                 app.0
             ));
             let gateway: GatewayConfig = config.gateway.remove(0);
-            let bound = BoundGateway::bind(gateway, secret.clone()).await.unwrap();
+            let bound = BoundGateway::bind(gateway, secret.clone(), None)
+                .await
+                .unwrap();
             handles.push(GatewayHandle {
                 client_addr: bound.client_addr(),
                 internal_addr: bound.internal_addr(),

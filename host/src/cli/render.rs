@@ -69,6 +69,7 @@ pub fn status(label: &str, s: &Status) -> String {
         roles.row([name.as_str(), name, url, "-", "-", "-", "-", "-", "-"]);
     }
     roles.render(&mut out);
+    register_outages(&mut out, s);
 
     rule(&mut out, "PLUGINS");
     if s.plugins.is_empty() {
@@ -201,6 +202,38 @@ pub fn status(label: &str, s: &Status) -> String {
     traffic.render(&mut out);
     rule(&mut out, "");
     out
+}
+
+/// The registers each role cannot reach, if any: a role that reaches none of them cannot
+/// find (or be found by) members that start or move.
+fn register_outages(out: &mut String, s: &Status) {
+    let gateways = s
+        .gateways
+        .iter()
+        .map(|g| ("gateway", &g.name, &g.registers));
+    let worker = s.worker.iter().map(|w| ("worker", &w.name, &w.registers));
+    let mut table = Table::new(&[
+        "role",
+        "name",
+        "register",
+        "unreachable_for",
+        "none_reachable",
+    ]);
+    let mut any = false;
+    for (role, name, reach) in gateways.chain(worker) {
+        for u in &reach.unreachable {
+            any = true;
+            let cut_off = match reach.none_reachable_secs {
+                Some(secs) => format!("yes_for_{secs}s"),
+                None => "no".to_owned(),
+            };
+            table.row([role, name, &u.register, &format!("{}s", u.secs), &cut_off]);
+        }
+    }
+    if any {
+        rule(out, "REGISTERS UNREACHABLE");
+        table.render(out);
+    }
 }
 
 /// The `connections` screen.

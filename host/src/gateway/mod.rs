@@ -27,6 +27,7 @@ pub mod state;
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -58,8 +59,13 @@ pub struct BoundGateway {
 
 impl BoundGateway {
     /// Binds the client listener and the internal listener, and loads the TLS certificate
-    /// of a `wss` listener.
-    pub async fn bind(config: GatewayConfig, trust: Trust) -> anyhow::Result<Self> {
+    /// of a `wss` listener. `worker_start` is the `start_timeout` of the worker host of the
+    /// same process, if any: early clients are held that long for a first worker host.
+    pub async fn bind(
+        config: GatewayConfig,
+        trust: Trust,
+        worker_start: Option<Duration>,
+    ) -> anyhow::Result<Self> {
         let name = config.name();
         let transport = match config.listen.protocol {
             Protocol::Ws => Transport::Ws,
@@ -98,21 +104,26 @@ impl BoundGateway {
             app: config.app.clone(),
             port: clients.local_addr()?.port(),
         }];
+        let mut router = Router::new(
+            config.max_events_in_flight,
+            config.no_worker_hold,
+            listeners.iter().map(|l| l.app.clone()).collect(),
+        );
+        if let Some(start_timeout) = worker_start {
+            router = router.with_starting_hold(start_timeout);
+        }
         let counters = Arc::new(counters::Counters::default());
         let limits = state::ClientLimits {
             max_groups: config.max_groups_per_client,
         };
         let gateway = Arc::new(Gateway {
             state: Arc::new(GatewayState::new(address, limits, counters.clone())),
-            router: Arc::new(Router::new(
-                config.max_events_in_flight,
-                config.no_worker_hold,
-                listeners.iter().map(|l| l.app.clone()).collect(),
-            )),
+            router: Arc::new(router),
             listeners,
             trust,
             counters,
             reports: Default::default(),
+            registers: register::RegisterReach::new(config.register.clone()),
         });
         Ok(Self {
             config,
@@ -166,7 +177,7 @@ impl BoundGateway {
         );
         let _registration = nats.is_none().then(|| {
             register::spawn_registration(
-                self.config.register.clone(),
+                self.gateway.registers.clone(),
                 self.gateway.trust.clone(),
                 register::Announce::Gateway {
                     internal: address,

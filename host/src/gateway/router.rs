@@ -7,8 +7,9 @@
 //! client is re-bound on its next event. While no linked worker host serves the app (all are
 //! restarting, or none has its plugin) an event waits up to `no_worker_hold` for one instead
 //! of being dropped; before the first worker host ever linked (the cluster is starting, its
-//! plugins may be compiling) up to [`STARTING_HOLD`], if that is longer. Past the wait the
-//! client is closed ([`Unrouted`]).
+//! plugins may be compiling) up to [`STARTING_HOLD`] (or the `start_timeout` of the worker
+//! host in the gateway's process, [`Router::with_starting_hold`]), if that is longer. Past
+//! the wait the client is closed ([`Unrouted`]).
 //!
 //! A host that stops serving a client's app displaces the client ([`Binding::displaced`]):
 //! once its events there are done the client moves to a host that serves the app, or is held
@@ -206,7 +207,8 @@ impl WorkerLink {
 
 /// Longest an event waits for the first worker host this gateway ever links: as long as a
 /// worker host's default `start_timeout`, since a cold Python or JavaScript plugin compiles
-/// for seconds before its host links.
+/// for seconds before its host links. A gateway whose process runs a worker host waits that
+/// host's own `start_timeout` instead.
 pub const STARTING_HOLD: Duration = Duration::from_secs(60);
 
 /// The worker-host links of one gateway.
@@ -220,6 +222,8 @@ pub struct Router {
     apps: Vec<String>,
     window: u32,
     hold: Duration,
+    /// How long an event waits before any worker host ever linked (if longer than `hold`).
+    starting_hold: Duration,
 }
 
 /// No worker host took a client's event within the hold: the client is closed.
@@ -308,6 +312,17 @@ impl Router {
             apps,
             window,
             hold,
+            starting_hold: STARTING_HOLD,
+        }
+    }
+
+    /// This router, holding events before a first worker host links for `starting` instead
+    /// of [`STARTING_HOLD`]: the `start_timeout` of the worker host of the same process, which
+    /// is what its start waits for.
+    pub fn with_starting_hold(self, starting: Duration) -> Self {
+        Self {
+            starting_hold: starting,
+            ..self
         }
     }
 
@@ -723,7 +738,7 @@ impl Router {
         };
         // Link ids start at 1: none handed out yet means none ever linked.
         let hold = match self.next_id.load(Ordering::Relaxed) {
-            1 => self.hold.max(STARTING_HOLD),
+            1 => self.hold.max(self.starting_hold),
             _ => self.hold,
         };
         tokio::time::timeout(hold, pick).await.map_err(|_| {
@@ -994,5 +1009,21 @@ mod tests {
         let waited = router.forward(&mut Binding::default(), event()).await;
         assert!(waited.is_err());
         assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    /// Beside a worker host whose `start_timeout` is given, a starting cluster is waited for
+    /// that long, longer or shorter than [`STARTING_HOLD`], but never less than `hold`.
+    #[tokio::test(start_paused = true)]
+    async fn a_starting_cluster_is_waited_for_as_long_as_its_start_timeout() {
+        for (start_timeout, waited_for) in [(150, 150), (20, 20), (2, 5)] {
+            let router = Arc::new(
+                Router::new(4, Duration::from_secs(5), vec!["app".into()])
+                    .with_starting_hold(Duration::from_secs(start_timeout)),
+            );
+            let started = tokio::time::Instant::now();
+            let waited = router.forward(&mut Binding::default(), event()).await;
+            assert_eq!(waited.err(), Some(Unrouted::NoWorker));
+            assert_eq!(started.elapsed(), Duration::from_secs(waited_for));
+        }
     }
 }

@@ -9,6 +9,7 @@ use super::counters::Counters;
 use super::router::Router;
 use super::state::{GatewayState, StateSummary};
 use crate::ops::{ListenerView, Query, Reply, WorkerReport};
+use crate::register::RegisterReach;
 use crate::transport::Trust;
 use crate::wire::messages::ListenerInfo;
 
@@ -27,6 +28,8 @@ pub struct Gateway {
     /// The latest plugin report of each linked worker host, by link: kept only while the
     /// link lasts, so a gone worker host leaves the admin page with its link.
     pub reports: Mutex<HashMap<u64, WorkerReport>>,
+    /// Which of the registers it announces itself to are linked.
+    pub registers: RegisterReach,
 }
 
 impl Gateway {

@@ -44,7 +44,7 @@ use crate::push::{BoundPush, PushClient};
 use crate::register;
 use crate::transport::Trust;
 use crate::web::BoundWeb;
-use crate::worker::WorkerHost;
+use crate::worker::{Startup, Waiting, WorkerHost};
 use control::ControlSocket;
 use pid_file::PidFile;
 pub use running::{Running, RunningGateway, RunningWorker};
@@ -183,23 +183,54 @@ async fn stop_in_order(
 }
 
 /// Tells a service manager `READY=1` once the worker host (if any) serves, or after its
-/// `start_timeout` with a warning; at once for a process without one. Listeners are bound
-/// before: clients that connect meanwhile wait (`no_worker_hold`), they are not refused.
+/// `start_timeout` with a warning naming what it still waits for; at once for a process
+/// without one. Listeners are bound before: clients that connect meanwhile wait
+/// (`no_worker_hold`), they are not refused.
 async fn announce_ready(
-    worker: Option<(impl Future<Output = ()>, Duration)>,
+    worker: Option<(Startup, Duration)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    if let Some((serving, start_timeout)) = worker {
+    if let Some((mut startup, start_timeout)) = worker {
         tokio::select! {
-            () = serving => tracing::info!("worker host serving: plugins loaded, gateways linked"),
+            () = startup.serving() => tracing::info!("worker host serving: plugins loaded, gateways linked"),
             () = tokio::time::sleep(start_timeout) => tracing::warn!(
-                "ready after start_timeout ({start_timeout:?}) although the worker host does not serve yet (plugins still loading, or gateways of this process not linked)"
+                "{}", start_timeout_warning(start_timeout, &startup.waiting())
             ),
             () = shutdown.cancelled() => return Ok(()),
         }
     }
     notify::notify("READY=1");
     Ok(())
+}
+
+/// The warning for a start that reports ready after `start_timeout`: the plugins still
+/// loading and the gateways not linked by name, so the operator knows what to look at.
+fn start_timeout_warning(start_timeout: Duration, waiting: &Waiting) -> String {
+    let mut still = Vec::new();
+    match &waiting.loading {
+        None => still.push("the plugins directory is still being read".to_owned()),
+        Some(loading) if !loading.is_empty() => {
+            still.push(format!("plugins still loading: {}", loading.join(", ")))
+        }
+        Some(_) => {}
+    }
+    if !waiting.unlinked.is_empty() {
+        let unlinked: Vec<String> = waiting.unlinked.iter().map(|g| g.to_string()).collect();
+        still.push(format!(
+            "gateways of this process not linked yet: {} (is the register reachable?)",
+            unlinked.join(", ")
+        ));
+    }
+    if still.is_empty() {
+        // Both came true at the same moment as the timeout.
+        return format!(
+            "ready after start_timeout ({start_timeout:?}), just as the worker host came to serve"
+        );
+    }
+    format!(
+        "ready after start_timeout ({start_timeout:?}) although the worker host does not serve yet; waiting for {}",
+        still.join("; ")
+    )
 }
 
 /// Binds every listener of `config`, then serves until `shutdown`. Binding first means a
@@ -277,17 +308,8 @@ pub async fn run(
         register: config.register.as_ref().map(|r| r.listen),
         gateways: Vec::new(),
         cluster: None,
-        worker: config
-            .worker
-            .as_ref()
-            .zip(grants.as_ref())
-            .map(|(w, (_, granted))| RunningWorker {
-                name: w.name.clone(),
-                plugins: w.plugins.clone(),
-                memory_limit: w.memory_limit.as_u64(),
-                data: w.data.clone(),
-                grants: granted.clone(),
-            }),
+        // Filled in once the worker host is set up.
+        worker: None,
     };
     // One NATS connection for every role of the process, so that what its worker host
     // publishes stays in order.
@@ -326,6 +348,8 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    // Early clients wait for this process's worker host as long as its start does.
+    let worker_start = config.worker.as_ref().map(|w| w.start_timeout);
     for gateway in config.gateway {
         let (name, listen, app) = (
             gateway.name(),
@@ -345,7 +369,7 @@ pub async fn run(
                     .unwrap_or(usize::MAX),
             },
         };
-        let mut bound = BoundGateway::bind(gateway, trust.clone()).await?;
+        let mut bound = BoundGateway::bind(gateway, trust.clone(), worker_start).await?;
         if compatible {
             let (handed, foreign) = tokio::sync::mpsc::channel(FOREIGN_QUEUE);
             bound.serve_foreign(handed);
@@ -369,8 +393,22 @@ pub async fn run(
     let mut admin = admin;
     if let (Some(worker), Some((grants, granted))) = (config.worker, grants) {
         let start_timeout = worker.start_timeout;
+        let (name, plugins, memory_limit, data) = (
+            worker.name.clone(),
+            worker.plugins.clone(),
+            worker.memory_limit.as_u64(),
+            worker.data.clone(),
+        );
         let worker = WorkerHost::new(worker, trust.clone(), local.clone(), nats.clone())?;
-        ready = Some((worker.ready(local_gateways), start_timeout));
+        running.worker = Some(RunningWorker {
+            name,
+            plugins,
+            memory_limit,
+            data,
+            grants: granted.clone(),
+            registers: worker.registers(),
+        });
+        ready = Some((worker.startup(local_gateways), start_timeout));
         running.cluster = Some(GatewayApi::new(worker.gateways()));
         if let Some(push) = push {
             roles.spawn(push.serve(worker.gateways(), config.http.clone(), shutdown.clone()));
@@ -424,4 +462,45 @@ pub async fn run(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_timeout_warning_names_what_is_still_awaited() {
+        let waiting = Waiting {
+            loading: Some(vec!["chat".into(), "game".into()]),
+            unlinked: vec!["127.0.0.1:2900".parse().unwrap()],
+        };
+        let warning = start_timeout_warning(Duration::from_secs(60), &waiting);
+        assert!(warning.contains("(60s)"), "{warning}");
+        assert!(
+            warning.contains("plugins still loading: chat, game"),
+            "{warning}"
+        );
+        assert!(
+            warning.contains("not linked yet: 127.0.0.1:2900"),
+            "{warning}"
+        );
+
+        let listing = Waiting {
+            loading: None,
+            unlinked: Vec::new(),
+        };
+        let warning = start_timeout_warning(Duration::from_secs(1), &listing);
+        assert!(
+            warning.contains("directory is still being read"),
+            "{warning}"
+        );
+        assert!(!warning.contains("gateways"), "{warning}");
+
+        let linking = Waiting {
+            loading: Some(Vec::new()),
+            unlinked: vec!["127.0.0.1:2900".parse().unwrap()],
+        };
+        let warning = start_timeout_warning(Duration::from_secs(1), &linking);
+        assert!(!warning.contains("plugins"), "{warning}");
+    }
 }

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::config::GrantTable;
 use crate::gateway::Gateway;
 use crate::ops::GatewayApi;
+use crate::register::RegisterReach;
 
 /// What a process runs, as its operators see it (`status`, `connections`, `/metrics`).
 pub struct Running {
@@ -53,4 +54,6 @@ pub struct RunningWorker {
     pub data: PathBuf,
     /// Its apps' grants, as the last reload left them.
     pub grants: watch::Receiver<Arc<GrantTable>>,
+    /// Which of its registers are linked (none is dialled with NATS as the engine).
+    pub registers: RegisterReach,
 }

@@ -97,6 +97,41 @@ impl Collector for States {
                 .encode(m.encode_family(&[("towards", towards.label())])?)?;
         }
 
+        // Each role that registers: its registers unreachable now, and how long it has
+        // reached none (0 while one is linked), the case its log reports as an error.
+        let reaches: Vec<(&str, &str, crate::register::ReachReport)> = running
+            .gateways
+            .iter()
+            .map(|g| ("gateway", g.name.as_str(), g.gateway.registers.report()))
+            .chain(
+                running
+                    .worker
+                    .iter()
+                    .map(|w| ("worker", w.name.as_str(), w.registers.report())),
+            )
+            .collect();
+        let mut m = encoder.encode_descriptor(
+            "registers_unreachable",
+            "Registers each role (role, name) cannot reach now.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (role, name, report) in &reaches {
+            ConstGauge::new(report.unreachable.len() as i64)
+                .encode(m.encode_family(&[("role", *role), ("name", *name)])?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "register_outage",
+            "How long each role (role, name) has reached none of its registers; 0 while one is linked.",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for (role, name, report) in &reaches {
+            let secs = report.none_reachable_for.unwrap_or_default().as_secs();
+            ConstGauge::new(secs as i64)
+                .encode(m.encode_family(&[("role", *role), ("name", *name)])?)?;
+        }
+
         let mut m = encoder.encode_descriptor(
             "plugin_loaded_timestamp",
             "When the serving version of each plugin was installed, in seconds since the Unix epoch.",

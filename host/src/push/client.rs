@@ -147,7 +147,7 @@ impl PushClient {
         let (listed, nats) = match finder {
             Finder::Registers(registers) => (
                 register::spawn_registration(
-                    registers,
+                    register::RegisterReach::new(registers),
                     trust.clone(),
                     Announce::Client,
                     stop.clone(),

@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use super::link::{LinkWriter, Timing, frame};
 use super::merge::{MergedLists, Report};
+use super::reach::RegisterReach;
 use crate::transport::{LinkRead, LinkWrite, Trust};
 use crate::wire::{
     FrameReader, FrameWriter, FromRegister, LinkError, Peer, ToRegister, connect_handshake,
@@ -27,7 +28,7 @@ use crate::wire::{
 /// The first delay before reconnecting to a register; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 
-/// How long a register may stay unreachable before the warning becomes an error.
+/// How long no register may be reachable before the warning becomes an error.
 const OUTAGE_ERROR: Duration = Duration::from_secs(5);
 
 /// The longest delay between two attempts to reach a register, so that a member is back
@@ -75,8 +76,9 @@ impl Announce {
     }
 }
 
-/// Registers this process with every register in `registers` and keeps it registered until
-/// `shutdown` is cancelled, then closes the links (which unregisters a gateway).
+/// Registers this process with every register of `reach` and keeps it registered until
+/// `shutdown` is cancelled, then closes the links (which unregisters a gateway); `reach`
+/// follows which registers are linked.
 ///
 /// Each register gets its own task: it connects, authenticates with `trust`, announces
 /// `announce`, pings, and reconnects with jittered exponential backoff (100 ms doubling to
@@ -85,22 +87,23 @@ impl Announce {
 /// gateway, and its sender is gone once every task has stopped. Must be called from within a
 /// tokio runtime.
 pub fn spawn_registration(
-    registers: Vec<SocketAddr>,
+    reach: RegisterReach,
     trust: Trust,
     announce: Announce,
     shutdown: CancellationToken,
 ) -> watch::Receiver<BTreeSet<SocketAddrV4>> {
-    spawn_registration_with(registers, trust, announce, Timing::DEFAULT, shutdown)
+    spawn_registration_with(reach, trust, announce, Timing::DEFAULT, shutdown)
 }
 
 /// [`spawn_registration`] with the given clocks.
 pub(super) fn spawn_registration_with(
-    registers: Vec<SocketAddr>,
+    reach: RegisterReach,
     trust: Trust,
     announce: Announce,
     timing: Timing,
     shutdown: CancellationToken,
 ) -> watch::Receiver<BTreeSet<SocketAddrV4>> {
+    let registers = reach.addresses();
     let lists = Arc::new(MergedLists::new(registers.len()));
     let gateways = lists.subscribe();
     for (index, register) in registers.into_iter().enumerate() {
@@ -111,6 +114,7 @@ pub(super) fn spawn_registration_with(
             announce,
             timing,
             lists: lists.clone(),
+            reach: reach.clone(),
         };
         tokio::spawn(member.stay_registered(shutdown.clone()));
     }
@@ -131,6 +135,8 @@ struct Member {
     timing: Timing,
     /// Where the register's list goes.
     lists: Arc<MergedLists>,
+    /// Which of the member's registers are linked, this one's link among them.
+    reach: RegisterReach,
 }
 
 impl Member {
@@ -138,9 +144,9 @@ impl Member {
     async fn stay_registered(self, shutdown: CancellationToken) {
         let register = self.register;
         let mut backoff = BACKOFF_MIN;
-        // Warn once per outage, not on every retry; an outage that lasts is an error: until
-        // it ends this role cannot find (or be found by) the rest of the cluster.
-        let mut outage: Option<(Instant, bool)> = None;
+        // Warn once per outage of this register, not on every retry; while another register
+        // is linked, nothing is lost but redundancy.
+        let mut warned = false;
         loop {
             let attempt = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -148,8 +154,12 @@ impl Member {
             };
             match attempt {
                 Ok((reader, writer)) => {
-                    info!(%register, "linked to register");
-                    outage = None;
+                    warned = false;
+                    if self.reach.linked(self.index) {
+                        info!(%register, "linked to register: a register is reachable again");
+                    } else {
+                        info!(%register, "linked to register");
+                    }
                     let up = Instant::now();
                     let outcome = self.serve(reader, writer, &shutdown).await;
                     self.lists.report(self.index, Report::Down);
@@ -157,26 +167,31 @@ impl Member {
                         Ok(()) => return,
                         Err(error) => info!(%register, %error, "link to register lost"),
                     }
+                    self.reach.down(self.index);
                     // A link that held for a while means the register is healthy: come back
                     // fast. One that failed at once must not turn into a tight loop.
                     if up.elapsed() >= BACKOFF_MAX {
                         backoff = BACKOFF_MIN;
                     }
                 }
-                Err(error) => match &mut outage {
-                    None => {
+                Err(error) => {
+                    self.reach.down(self.index);
+                    if !warned {
                         warn!(%register, %error, "cannot register; retrying in the background");
-                        outage = Some((Instant::now(), false));
+                        warned = true;
+                    } else {
+                        debug!(%register, %error, "still cannot register");
                     }
-                    Some((since, escalated @ false)) if since.elapsed() >= OUTAGE_ERROR => {
+                    // With no register at all, this role cannot find (or be found by) the
+                    // rest of the cluster: an error, once per outage, from whichever link
+                    // notices first.
+                    if let Some(outage) = self.reach.escalate(OUTAGE_ERROR) {
                         error!(
-                            %register, %error,
+                            registers = %outage.addresses(), %error,
                             "no register reachable for {OUTAGE_ERROR:?}: check `[register] listen` and this role's `register`; still retrying"
                         );
-                        *escalated = true;
                     }
-                    Some(_) => debug!(%register, %error, "still cannot register"),
-                },
+                }
             }
             let delay = rand::rng().random_range(backoff / 2..=backoff);
             tokio::select! {

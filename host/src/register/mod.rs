@@ -13,6 +13,8 @@
 //! - [`member`]: what a gateway, a worker host or a push client runs to stay registered,
 //!   [`spawn_registration`];
 //! - [`merge`]: how a member turns the lists of several registers into one;
+//! - [`reach`]: which of its registers a member is linked to ([`RegisterReach`]), for
+//!   `status` and the outage error;
 //! - [`link`]: what both ends of a register link share (clocks, the writer task, errors).
 //!
 //! What differs from GatewayWorker's register, on purpose:
@@ -27,9 +29,11 @@
 mod link;
 mod member;
 mod merge;
+mod reach;
 mod server;
 #[cfg(test)]
 mod tests;
 
 pub use member::{Announce, spawn_registration};
+pub use reach::{ReachReport, RegisterReach, Unreachable};
 pub use server::{Directory, DirectoryEntry, ListWatch, Listing, next_list, run, serve_each};

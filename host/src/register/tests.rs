@@ -13,11 +13,11 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::Announce;
 use super::link::{Timing, frame};
 use super::member::spawn_registration_with;
 use super::merge::{MergedLists, Report};
 use super::server::run_with;
+use super::{Announce, RegisterReach};
 use crate::transport::{LinkRead, LinkWrite, Stream, Trust};
 use crate::wire::{
     FrameReader, FrameWriter, FromRegister, HandshakeError, Peer, ToRegister, accept_handshake,
@@ -99,7 +99,13 @@ fn enroll(
     stop: &CancellationToken,
 ) -> watch::Receiver<BTreeSet<SocketAddrV4>> {
     let addresses = registers.iter().map(|r| r.address).collect();
-    spawn_registration_with(addresses, secret(), announce, QUICK, stop.clone())
+    spawn_registration_with(
+        RegisterReach::new(addresses),
+        secret(),
+        announce,
+        QUICK,
+        stop.clone(),
+    )
 }
 
 /// Waits until the list is `expected`, checking `invariant` on every version seen.
@@ -267,7 +273,7 @@ async fn members_come_back_after_a_register_restart() {
         ..QUICK
     };
     let mut worker = spawn_registration_with(
-        vec![address],
+        RegisterReach::new(vec![address]),
         secret(),
         Announce::Worker,
         slow_to_settle,
@@ -302,7 +308,7 @@ async fn wrong_secret_is_refused() {
     let stop = CancellationToken::new();
     let _stop_all = stop.clone().drop_guard();
     let mut intruder = spawn_registration_with(
-        vec![register.address],
+        RegisterReach::new(vec![register.address]),
         Trust::plain(Arc::from(&b"not the secret"[..])),
         Announce::Worker,
         QUICK,
@@ -390,7 +396,7 @@ async fn a_silent_register_is_left_and_retried() {
     let stop = CancellationToken::new();
     let _stop_all = stop.clone().drop_guard();
     spawn_registration_with(
-        vec![address],
+        RegisterReach::new(vec![address]),
         secret(),
         Announce::Worker,
         QUICK,

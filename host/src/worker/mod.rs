@@ -41,7 +41,7 @@ use crate::local::LocalGateways;
 use crate::metrics;
 use crate::nats::{Nats, discovery, publish::NatsGateways};
 use crate::ops::{FaultCounts, FaultReport, Gateways, PluginReport, WorkerReport};
-use crate::register;
+use crate::register::{self, RegisterReach};
 use crate::transport::Trust;
 use crate::wire::handshake::Peer;
 use dispatch::Dispatcher;
@@ -77,8 +77,10 @@ pub struct WorkerHost {
     /// Where gateways are found and commands go, when NATS is the engine.
     nats: Option<Nats>,
     dispatcher: Arc<Dispatcher>,
-    /// Set once the plugins present at start are loaded.
-    loaded: watch::Sender<bool>,
+    /// The plugins present at start not loaded yet; `None` until the directory is listed.
+    loading: watch::Sender<Option<BTreeSet<String>>>,
+    /// Which of its registers are linked.
+    registers: RegisterReach,
 }
 
 impl WorkerHost {
@@ -131,6 +133,7 @@ impl WorkerHost {
             None => links.clone(),
         };
         let dispatcher = Dispatcher::new(gateways.clone(), worker_id);
+        let registers = RegisterReach::new(config.register.clone());
         Ok(Self {
             config,
             trust,
@@ -139,7 +142,8 @@ impl WorkerHost {
             gateways,
             nats,
             dispatcher,
-            loaded: watch::channel(false).0,
+            loading: watch::channel(None).0,
+            registers,
         })
     }
 
@@ -148,18 +152,19 @@ impl WorkerHost {
         &self.config.grants
     }
 
-    /// Resolves once the worker host serves: the plugins present at start are loaded and
-    /// every gateway in `gateways` (those of this process) is linked.
-    pub fn ready(
-        &self,
-        gateways: BTreeSet<SocketAddrV4>,
-    ) -> impl Future<Output = ()> + Send + 'static {
-        let mut loaded = self.loaded.subscribe();
-        let mut linked = self.links.linked();
-        async move {
-            let _ = loaded.wait_for(|loaded| *loaded).await;
-            let _ = linked.wait_for(|linked| gateways.is_subset(linked)).await;
+    /// What its start waits for: the plugins present at start, and every gateway in
+    /// `gateways` (those of this process) linked.
+    pub fn startup(&self, gateways: BTreeSet<SocketAddrV4>) -> Startup {
+        Startup {
+            loading: self.loading.subscribe(),
+            linked: self.links.linked(),
+            gateways,
         }
+    }
+
+    /// Which of its registers are linked (none is dialled with NATS as the engine).
+    pub fn registers(&self) -> RegisterReach {
+        self.registers.clone()
     }
 
     /// The worker host's way to every gateway, as the gateway-operations port.
@@ -183,20 +188,20 @@ impl WorkerHost {
             gateways,
             nats,
             dispatcher,
-            loaded,
+            loading,
+            registers,
         } = self;
         let worker: Arc<str> = config.name.clone().into();
         let mut plugins = PluginDir::new(&config, runtime, gateways, dispatcher.clone());
         // Load the plugins before linking to gateways, so that no early event finds its app
         // missing.
-        plugins.scan().await;
-        loaded.send_replace(true);
+        plugins.scan(&loading).await;
         let watching = shutdown.child_token();
         tokio::spawn(plugins.watch(reload, watching));
         let gateways = match nats {
             Some(nats) => discovery::follow(nats, shutdown.clone()),
             None => register::spawn_registration(
-                config.register.clone(),
+                registers,
                 trust.clone(),
                 register::Announce::Worker,
                 shutdown.clone(),
@@ -226,6 +231,51 @@ impl WorkerHost {
             tracing::warn!("plugin instances still busy after {DRAIN_GRACE:?}; abandoned");
         }
         Ok(())
+    }
+}
+
+/// A worker host's start, watched until it serves.
+pub struct Startup {
+    loading: watch::Receiver<Option<BTreeSet<String>>>,
+    linked: watch::Receiver<BTreeSet<SocketAddrV4>>,
+    gateways: BTreeSet<SocketAddrV4>,
+}
+
+/// What a start still waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// The plugins present at start not loaded yet; `None` while the directory is being read.
+    pub loading: Option<Vec<String>>,
+    /// The gateways of this process not linked yet.
+    pub unlinked: Vec<SocketAddrV4>,
+}
+
+impl Startup {
+    /// Resolves once the worker host serves: the plugins present at start are loaded and
+    /// every gateway of this process is linked.
+    pub async fn serving(&mut self) {
+        let _ = self
+            .loading
+            .wait_for(|left| left.as_ref().is_some_and(BTreeSet::is_empty))
+            .await;
+        let gateways = &self.gateways;
+        let _ = self
+            .linked
+            .wait_for(|linked| gateways.is_subset(linked))
+            .await;
+    }
+
+    /// What it still waits for now.
+    pub fn waiting(&self) -> Waiting {
+        let linked = self.linked.borrow();
+        Waiting {
+            loading: self
+                .loading
+                .borrow()
+                .as_ref()
+                .map(|left| left.iter().cloned().collect()),
+            unlinked: self.gateways.difference(&linked).copied().collect(),
+        }
     }
 }
 

@@ -15,7 +15,7 @@
 //! Compiling runs on the blocking pool; with the runtime's cache, an unchanged file (after a
 //! restart, or a forced reload) costs no compile.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -94,10 +94,17 @@ impl PluginDir {
         }
     }
 
-    /// Loads every app in the directory.
-    pub async fn scan(&mut self) {
-        for app in self.apps_on_disk() {
+    /// Loads every app in the directory; `loading` holds the apps listed and not yet loaded.
+    pub async fn scan(&mut self, loading: &watch::Sender<Option<BTreeSet<String>>>) {
+        let apps = self.apps_on_disk();
+        loading.send_replace(Some(apps.iter().cloned().collect()));
+        for app in apps {
             self.sync(&app).await;
+            loading.send_modify(|left| {
+                left.iter_mut().for_each(|left| {
+                    left.remove(&app);
+                })
+            });
         }
         if self.running.is_empty() {
             tracing::warn!(dir = %self.dir.display(), "no plugins loaded yet; watching the directory");

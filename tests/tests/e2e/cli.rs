@@ -609,6 +609,95 @@ async fn roles_use_the_register_of_their_file() {
     assert_eq!(client.ask("echo served").await, "served");
 }
 
+/// Roles that reach none of their registers say so: `status` lists the unreachable register
+/// in each role's rows (and `--json`), the log has an error naming it (not before a few
+/// seconds); once a register listens there, the rows go and the gateway serves.
+#[tokio::test]
+async fn status_shows_a_register_nobody_listens_on() {
+    let (r, g, m) = (free_port(), free_port(), free_port());
+    let register = format!("127.0.0.1:{r}");
+    let config = format!(
+        "secret = \"{SECRET}\"\n[[gateway]]\nlisten = \"ws://127.0.0.1:{g}\"\n\
+         app = \"commands\"\nregister = \"{register}\"\n\
+         [worker]\nplugins = \"plugins\"\ninstances = 1\nregister = \"{register}\"\n\
+         start_timeout = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:{m}\"\n"
+    );
+    let metrics = format!("127.0.0.1:{m}").parse().unwrap();
+    let (daemon, started) = Daemon::start(BIN, &config, &[("commands", plugins::COMMANDS)]).await;
+    assert!(started.status.success(), "{started:?}");
+    let screen = status_until(&daemon, |s| {
+        s.contains(" REGISTERS UNREACHABLE")
+            && table(s, "REGISTERS UNREACHABLE").iter().all(|o| {
+                o["none_reachable"].starts_with("yes_for_") && o["none_reachable"] != "yes_for_0s"
+            })
+    })
+    .await;
+    let outages = table(&screen, "REGISTERS UNREACHABLE");
+    assert_eq!(outages.len(), 2, "{screen}");
+    for role in ["gateway", "worker"] {
+        assert_eq!(
+            row(&outages, "role", role)["register"],
+            register,
+            "{screen}"
+        );
+    }
+    let json = daemon.run(&["status", "--json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        json["gateways"][0]["registers"]["unreachable"][0]["register"], register,
+        "{json}"
+    );
+    assert!(
+        json["worker"]["registers"]["none_reachable_secs"].as_u64() >= Some(1),
+        "{json}"
+    );
+
+    // The error comes once no register has been reachable for 5 s, naming it.
+    let log_path = daemon.dir().join("wasmgate.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let errors = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let errors: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("ERROR") && l.contains("no register reachable"))
+            .map(str::to_owned)
+            .collect();
+        if errors.len() >= 2 || Instant::now() > deadline {
+            break errors;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(errors.len(), 2, "one per role: {errors:?}");
+    assert!(errors.iter().all(|e| e.contains(&register)), "{errors:?}");
+    let during = scrape(metrics).await;
+    for role in ["gateway", "worker"] {
+        let labels = [("role", role)];
+        assert_eq!(during.count("wasmgate_registers_unreachable", &labels), 1.0);
+        assert!(during.count("wasmgate_register_outage_seconds", &labels) >= 5.0);
+    }
+    // Without a register the worker host never finds its own gateway: the start said so.
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("waiting for gateways of this process not linked yet"),
+        "{log}"
+    );
+
+    let _register = Node::start(
+        BIN,
+        &format!("secret = \"{SECRET}\"\n[register]\nlisten = \"{register}\"\n"),
+    );
+    status_until(&daemon, |s| !s.contains(" REGISTERS UNREACHABLE")).await;
+    let after = scrape(metrics).await;
+    assert_eq!(after.count("wasmgate_registers_unreachable", &[]), 0.0);
+    assert_eq!(after.count("wasmgate_register_outage_seconds", &[]), 0.0);
+    let mut client = TestClient::ws(format!("127.0.0.1:{g}").parse().unwrap(), "/")
+        .await
+        .unwrap();
+    assert_eq!(client.ask("echo found").await, "found");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("a register is reachable again"), "{log}");
+}
+
 /// Waits, boundedly, until `plugin`'s reloads with `outcome` reach `count`: nothing outside
 /// the process says when a reload is done except this counter.
 async fn reloads_reach(metrics_port: u16, plugin: &str, outcome: &str, count: f64) {

@@ -400,7 +400,7 @@ impl Delisting {
                 "[[gateway]]\nname = \"gw{i}\"\nlisten = \"ws://127.0.0.1:0\"\napp = \"commands\"\n\
                  register = \"{register}\"\n"
             ));
-            let bound = BoundGateway::bind(config.gateway.remove(0), secret.clone())
+            let bound = BoundGateway::bind(config.gateway.remove(0), secret.clone(), None)
                 .await
                 .unwrap();
             gateways.push((bound.client_addr(), bound.gateway()));

@@ -98,6 +98,9 @@ pub struct GatewayStatus {
     pub worker_links: usize,
     /// Worker hosts linked that serve its app.
     pub serving_links: usize,
+    /// The registers it announces itself to and cannot reach now.
+    #[serde(default)]
+    pub registers: RegisterReachStatus,
 }
 
 /// The worker host.
@@ -116,6 +119,28 @@ pub struct WorkerStatus {
     /// The key-value stores and databases granted to its apps, as granted now.
     #[serde(default)]
     pub data: Vec<DataStatus>,
+    /// The registers it learns the gateways from and cannot reach now.
+    #[serde(default)]
+    pub registers: RegisterReachStatus,
+}
+
+/// Which of a role's registers it cannot reach.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterReachStatus {
+    /// Each register it cannot reach now.
+    pub unreachable: Vec<UnreachableRegister>,
+    /// How long, in seconds, it has reached none of its registers (so cannot find or be found
+    /// by new members); `None` while one is linked.
+    pub none_reachable_secs: Option<u64>,
+}
+
+/// A register a role cannot reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreachableRegister {
+    /// Its address.
+    pub register: String,
+    /// For how long, in seconds.
+    pub secs: u64,
 }
 
 /// One store or database granted to an app: where its data lives, and who else sees it.

@@ -13,13 +13,15 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{
-    Connection, DataStatus, GatewayStatus, MAX_REQUEST, PluginStatus, RefusedPlugin, Request,
-    Response, Status, TIMEOUT, Traffic, WorkerStatus,
+    Connection, DataStatus, GatewayStatus, MAX_REQUEST, PluginStatus, RefusedPlugin,
+    RegisterReachStatus, Request, Response, Status, TIMEOUT, Traffic, UnreachableRegister,
+    WorkerStatus,
 };
 use crate::config::{GrantTable, KvGrant, SqlBackend};
 use crate::metrics;
 use crate::ops::ClusterView;
 use crate::process::running::Running;
+use crate::register::RegisterReach;
 use crate::wire::handshake::Peer;
 use crate::worker::kv;
 use crate::worker::sql::sqlite;
@@ -247,6 +249,7 @@ impl Control {
                         uids: now.state.uids,
                         worker_links: now.worker_links,
                         serving_links: now.serving_links,
+                        registers: reach_status(&g.gateway.registers),
                     }
                 })
                 .collect(),
@@ -260,6 +263,7 @@ impl Control {
                     .map(|p| p.instances as u64 * w.memory_limit * 2)
                     .sum(),
                 data: granted_data(&w.grants.borrow(), &w.data),
+                registers: reach_status(&w.registers),
             }),
             plugins: metrics::plugins()
                 .into_iter()
@@ -308,6 +312,22 @@ impl Control {
         }
         all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         all
+    }
+}
+
+/// The registers `reach` cannot reach now, as `status` shows them.
+fn reach_status(reach: &RegisterReach) -> RegisterReachStatus {
+    let report = reach.report();
+    RegisterReachStatus {
+        unreachable: report
+            .unreachable
+            .iter()
+            .map(|u| UnreachableRegister {
+                register: u.register.to_string(),
+                secs: u.down_for.as_secs(),
+            })
+            .collect(),
+        none_reachable_secs: report.none_reachable_for.map(|d| d.as_secs()),
     }
 }
 
