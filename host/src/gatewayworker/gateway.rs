@@ -620,14 +620,14 @@ mod tests {
     fn only_200_or_202_with_the_key_authorise() {
         let secret = b"s3cret";
         let client = with_body(cmd::GATEWAY_CLIENT_CONNECT, r#"{"secret_key":"s3cret"}"#);
-        assert!(matches!(authorise(&client, secret), Ok(Peer::Client)));
+        assert!(matches!(authorise(&client, secret), Ok(PortPeer::Client)));
         // The name is all but the last `:id`; it may hold a colon itself.
         let worker = with_body(
             cmd::WORKER_CONNECT,
             r#"{"worker_key":"chat:a:3","secret_key":"s3cret"}"#,
         );
         assert!(
-            matches!(authorise(&worker, secret), Ok(Peer::Worker { name }) if name == "chat:a")
+            matches!(authorise(&worker, secret), Ok(PortPeer::Worker { name }) if name == "chat:a")
         );
         for refused in [
             with_body(cmd::GATEWAY_CLIENT_CONNECT, r#"{"secret_key":"wrong"}"#),
