@@ -18,6 +18,16 @@ pub enum Lang {
     Js,
 }
 
+impl std::fmt::Display for Lang {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Lang::Rust => "Rust",
+            Lang::Python => "Python",
+            Lang::Js => "JavaScript",
+        })
+    }
+}
+
 /// One file of a project: its path in the project, its template, whether it is a script.
 type Template = (&'static str, &'static str, bool);
 
@@ -195,7 +205,7 @@ pub fn run(name: &str, lang: Lang, dir: Option<&Path>, sdk: Option<&Path>) -> an
         }
     }
     println!(
-        "created {} ({lang:?} plugin `{name}` for {package})\n\
+        "created {} ({lang} plugin `{name}` for {package})\n\
          next:  cd {} && ./build.sh && wasmgate start\n\
          then:  a WebSocket client on ws://127.0.0.1:7272 gets back what it sends",
         dir.display(),
