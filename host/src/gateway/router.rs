@@ -37,12 +37,12 @@
 //! tell. A client whose connection already ended gets its last events (its close among them)
 //! sent in the background, so `on-close` runs at least once for every client.
 
-use std::collections::VecDeque;
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use tokio::sync::{Semaphore, watch};
 
 use crate::client_id::{ClientId, ClientMap};
@@ -50,6 +50,10 @@ use crate::wire::codec::check_frame;
 use crate::wire::messages::{ClientContext, EventKind, ServedApp, ToWorker};
 use crate::wire::queue::{LinkSender, SendError, TrySendError};
 
+/// A client's events sent on a link and not yet done, oldest first. Inline while there is
+/// one, as there mostly is (a client that waits for each answer), so that keeping it costs
+/// no allocation per event.
+type Sent = SmallVec<[ToWorker; 1]>;
 /// One linked worker host, as the router sees it.
 pub struct WorkerLink {
     /// Unique among this gateway's links.
@@ -61,7 +65,7 @@ pub struct WorkerLink {
     windows: Mutex<ClientMap<Arc<Semaphore>>>,
     /// The events sent and not yet done, by client, in the order sent: at most a window's
     /// worth each. Another host gets them if this link is lost ([`Router::lost`]).
-    unacked: Mutex<ClientMap<VecDeque<ToWorker>>>,
+    unacked: Mutex<ClientMap<Sent>>,
     /// Each client's window size on this link.
     window: u32,
     /// The worker host is leaving ([`Router::retire`]).
@@ -546,7 +550,7 @@ impl Router {
         let kept = message.clone();
         link.queue.try_send(message).map_err(|e| e.into_inner())?;
         slot.forget();
-        unacked.entry(client).or_default().push_back(kept);
+        unacked.entry(client).or_default().push(kept);
         Ok(())
     }
 
@@ -603,10 +607,7 @@ impl Router {
                     // Lost meanwhile: the client moves, with what the link held first.
                     continue;
                 }
-                unacked
-                    .entry(client)
-                    .or_default()
-                    .push_back(message.clone());
+                unacked.entry(client).or_default().push(message.clone());
             }
             match link.queue.send(message).await {
                 Ok(()) => return Ok(()),
@@ -614,8 +615,11 @@ impl Router {
                 Err(SendError(m)) => {
                     let mut unacked = link.unacked.lock().unwrap_or_else(|e| e.into_inner());
                     let ours = unacked.get_mut(&client).and_then(|sent| {
-                        sent.pop_back_if(|e| event_number(e) == number)
-                            .map(|_| sent.is_empty())
+                        let last = sent.last().is_some_and(|e| event_number(e) == number);
+                        last.then(|| {
+                            sent.pop();
+                            sent.is_empty()
+                        })
                     });
                     match ours {
                         Some(true) => drop(unacked.remove(&client)),

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
-use crate::client_id::{ClientId, ClientMap};
+use crate::client_id::{ClientHasher, ClientId, ClientMap};
 use crate::wire::messages::{ClientContext, EventKind, ListenerInfo};
 
 /// What is kept of one client: enough for the record its `on-close` receives.
@@ -26,9 +26,10 @@ struct Seen {
     uid: Option<String>,
 }
 
-/// The clients an instance ran events of and has not seen close, by gateway.
+/// The clients an instance ran events of and has not seen close, by gateway (hashed as
+/// client ids are: this map is touched by every event).
 #[derive(Default)]
-pub struct ClientsSeen(HashMap<SocketAddrV4, ClientMap<Seen>>);
+pub struct ClientsSeen(HashMap<SocketAddrV4, ClientMap<Seen>, ClientHasher>);
 
 impl ClientsSeen {
     /// Notes an event of `client` about to run: remembered until its close.

@@ -60,6 +60,9 @@ const INSTANCE_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// session is shared with the gateway's table (in-process) or decoded once per event.
 const EVENT_OVERHEAD: usize = 256;
 
+/// Most clients' worth of room an emptied round keeps for the next events.
+const KEPT_ROUND: usize = 64;
+
 /// What an instance driver is asked to do next.
 enum Work {
     /// Run a client event.
@@ -185,7 +188,11 @@ impl InstanceQueue {
 
     fn pop(&self) -> Work {
         let mut state = self.lock();
-        while let Some(round) = state.rounds.front_mut() {
+        loop {
+            let last = state.rounds.len() == 1;
+            let Some(round) = state.rounds.front_mut() else {
+                break;
+            };
             if let Some(event) = round.turns.pop_front() {
                 let client = event.client.id;
                 match round.behind.get_mut(&client).and_then(VecDeque::pop_front) {
@@ -197,6 +204,16 @@ impl InstanceQueue {
                 state.events -= 1;
                 state.bytes -= cost(&event);
                 return Work::Event(event);
+            }
+            // The last round, drained and open, stays for the next events: an instance that
+            // keeps up empties its queue at every event, and a new round would allocate its
+            // tables again each time. One grown by a burst goes, to give its memory back.
+            if last
+                && round.end.is_none()
+                && round.turns.capacity() <= KEPT_ROUND
+                && round.behind.capacity() <= KEPT_ROUND
+            {
+                break;
             }
             match state.rounds.pop_front().and_then(|round| round.end) {
                 Some(RoundEnd::Swap(instance)) => return Work::Swap(instance),
@@ -751,6 +768,36 @@ mod tests {
         assert_eq!(popped(&queue), ["a1", "b1", "c1", "a2", "b2", "a3"]);
         assert_eq!(queue.lock().events, 0);
         assert_eq!(queue.lock().bytes, 0);
+    }
+
+    /// A queue that empties keeps its round and its room for the next events, and what
+    /// ends the round still comes after them; a round grown past [`KEPT_ROUND`] clients is
+    /// let go.
+    #[test]
+    fn an_emptied_queue_keeps_its_round_until_a_burst_grew_it() {
+        let queue = InstanceQueue::default();
+        queue.push(event(1, "a1")).unwrap();
+        assert_eq!(popped(&queue), ["a1"]);
+        assert!(matches!(queue.pop(), Work::Idle));
+        assert_eq!(queue.lock().rounds.len(), 1, "the drained round is kept");
+        queue.push(event(2, "b1")).unwrap();
+        queue.push_end(RoundEnd::GatewayLost(SocketAddrV4::new(
+            Ipv4Addr::LOCALHOST,
+            9,
+        )));
+        queue.push(event(1, "a2")).unwrap();
+        assert!(matches!(queue.pop(), Work::Event(e) if e.client.id.index == 2));
+        assert!(matches!(queue.pop(), Work::GatewayLost(_)));
+        assert_eq!(popped(&queue), ["a2"]);
+
+        for client in 0..=KEPT_ROUND as u32 * 2 {
+            queue.push(event(client, "burst")).unwrap();
+        }
+        assert_eq!(popped(&queue).len(), KEPT_ROUND * 2 + 1);
+        assert!(
+            queue.lock().rounds.is_empty(),
+            "a burst's round gives its memory back"
+        );
     }
 
     #[test]
