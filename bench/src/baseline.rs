@@ -12,13 +12,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt, future};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
@@ -48,6 +49,22 @@ pub enum WsLib {
     /// what other clients send (`pub`, `all`, `touid`) — enough for `echo`, `connect` and
     /// `idle`, not for `fanout`.
     Fastwebsockets,
+}
+
+/// Queued connections the listener lets the kernel hold: what `TcpListener::bind` (mio)
+/// asks for, and wasmgate's gateway too.
+const BACKLOG: u32 = 1024;
+
+/// The baseline's listener on `addr`, set up as `TcpListener::bind` does, and sharing the
+/// port with other processes (`SO_REUSEPORT`) when `reuse_port`.
+pub fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Serves clients on `listener` until the process ends.

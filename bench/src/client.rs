@@ -143,15 +143,17 @@ impl Client {
     }
 
     /// Drops the buffers and waits until the server closes the connection, so that an idle
-    /// client costs its process little more than its socket.
-    pub async fn hold(self) -> io::Result<()> {
+    /// client costs its process little more than its socket; calls `heard` each time
+    /// `marker` goes by in what the server sends.
+    pub async fn hold(self, marker: &'static [u8], mut heard: impl FnMut()) -> io::Result<()> {
         let Self { stream, .. } = self;
+        let mut watch = Marker::new(marker);
         loop {
             stream.readable().await?;
             let mut probe = [0; 64];
             match stream.try_read(&mut probe) {
                 Ok(0) => return Ok(()),
-                Ok(_) => {}
+                Ok(n) => (0..watch.feed(&probe[..n])).for_each(|_| heard()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
@@ -192,6 +194,41 @@ impl Client {
                 }
             },
         }
+    }
+}
+
+/// Finds a marker in a byte stream read in pieces, keeping only how much of it the last
+/// piece ended with. The marker's first byte must occur nowhere else in it: then a mismatch
+/// can only restart the match at the byte that broke it.
+struct Marker {
+    marker: &'static [u8],
+    matched: usize,
+}
+
+impl Marker {
+    fn new(marker: &'static [u8]) -> Self {
+        debug_assert!(
+            marker.first().is_some_and(|m| !marker[1..].contains(m)),
+            "a marker's first byte must be unique in it"
+        );
+        Self { marker, matched: 0 }
+    }
+
+    /// How many times the marker ends in `piece`.
+    fn feed(&mut self, piece: &[u8]) -> usize {
+        let mut found = 0;
+        for &b in piece {
+            if b == self.marker[self.matched] {
+                self.matched += 1;
+            } else {
+                self.matched = usize::from(b == self.marker[0]);
+            }
+            if self.matched == self.marker.len() {
+                found += 1;
+                self.matched = 0;
+            }
+        }
+        found
     }
 }
 
@@ -242,7 +279,20 @@ fn broken(why: &str) -> io::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::frame_length;
+    use super::{Marker, frame_length};
+
+    #[test]
+    fn a_marker_is_found_across_pieces() {
+        let mut watch = Marker::new(b"bcast");
+        assert_eq!(watch.feed(b"\x81\x05bc"), 0);
+        assert_eq!(watch.feed(b"ast\x81\x05bbcast"), 2);
+        assert_eq!(watch.feed(b"bcas"), 0);
+        assert_eq!(
+            watch.feed(b"bcast"),
+            1,
+            "a broken match restarts at its last byte"
+        );
+    }
 
     #[test]
     fn frame_lengths() {

@@ -41,7 +41,7 @@ use scenario::idle::Idle;
 use scenario::reload::Reload;
 use scenario::{Setup, compare};
 use stats::Comparison;
-use target::Layout;
+use target::{Layout, Listeners, Server};
 
 #[derive(Parser)]
 #[command(
@@ -77,7 +77,7 @@ struct Common {
 }
 
 impl Common {
-    fn setup(&self, listeners: usize) -> Setup {
+    fn setup(&self, listeners: Listeners) -> Setup {
         Setup {
             proto: self.proto,
             layout: self.layout,
@@ -139,8 +139,12 @@ enum Command {
         #[arg(long, default_value_t = 19_000)]
         connections: usize,
         /// Server processes (gateways, or baseline processes) sharing them.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, visible_alias = "gateways", default_value_t = 1)]
         listeners: usize,
+        /// All server processes on one port (`SO_REUSEPORT`, `reuse_port = true`) instead
+        /// of one port each; the kernel spreads the connections over them.
+        #[arg(long)]
+        reuse_port: bool,
         /// Most connections per helper client process.
         #[arg(long, default_value_t = 15_000)]
         per_process: usize,
@@ -181,7 +185,7 @@ enum Command {
         /// Measured seconds per run.
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
-        /// Connections of the large idle run (over 6 gateway processes); 0 skips it.
+        /// Connections of the large idle run (6 gateway processes on one port); 0 skips it.
         #[arg(long, default_value_t = 100_000)]
         idle_total: usize,
         /// Where to write the chart.
@@ -197,6 +201,9 @@ enum Command {
         proto: Proto,
         #[arg(long, value_enum, default_value = "tungstenite")]
         ws_lib: WsLib,
+        /// Shares the port with other processes (`SO_REUSEPORT`).
+        #[arg(long)]
+        reuse_port: bool,
     },
     /// Holds idle connections (used by `idle`).
     #[command(hide = true)]
@@ -236,8 +243,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             listen,
             proto,
             ws_lib,
+            reuse_port,
         } => {
-            let listener = tokio::net::TcpListener::bind(listen).await?;
+            let listener = baseline::listen(listen, reuse_port)?;
             return Ok(baseline::serve(listener, proto, ws_lib).await?);
         }
         Command::IdleClients {
@@ -270,8 +278,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             common,
             connections,
             listeners,
+            reuse_port,
             per_process,
-        } => idle(&common, connections, listeners, per_process).await?,
+        } => {
+            let listeners = Listeners {
+                count: listeners,
+                reuse_port,
+            };
+            idle(&common, connections, listeners, per_process).await?
+        }
         Command::Reload { common, clients } => reload(&common, clients).await?,
         Command::Sweep {
             common,
@@ -290,7 +305,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn echo(common: &Common, clients: usize, payload: usize) -> anyhow::Result<Vec<Comparison>> {
-    let setup = common.setup(1);
+    let setup = common.setup(Listeners::separate(1));
     let params = Echo {
         clients,
         payload,
@@ -310,7 +325,7 @@ async fn fanout(
     window: usize,
     payload: usize,
 ) -> anyhow::Result<Vec<Comparison>> {
-    let setup = common.setup(1);
+    let setup = common.setup(Listeners::separate(1));
     let params = Fanout {
         members,
         window,
@@ -326,7 +341,7 @@ async fn fanout(
 }
 
 async fn connect(common: &Common, concurrency: usize) -> anyhow::Result<Vec<Comparison>> {
-    let setup = common.setup(1);
+    let setup = common.setup(Listeners::separate(1));
     let params = Connect {
         concurrency,
         warmup: common.warmup(),
@@ -342,7 +357,7 @@ async fn connect(common: &Common, concurrency: usize) -> anyhow::Result<Vec<Comp
 async fn idle(
     common: &Common,
     connections: usize,
-    listeners: usize,
+    listeners: Listeners,
     per_process: usize,
 ) -> anyhow::Result<Vec<Comparison>> {
     let setup = common.setup(listeners);
@@ -350,18 +365,28 @@ async fn idle(
         connections,
         per_process,
     };
+    let ports = if listeners.reuse_port {
+        " on one port"
+    } else {
+        ""
+    };
     let name = format!(
-        "idle {} {connections} conns / {listeners} procs",
-        setup.label()
+        "idle {} {connections} conns / {} procs{ports}",
+        setup.label(),
+        listeners.count
     );
-    compare(&name, &setup, async |running, _| {
-        params.run(running, setup.proto).await
+    compare(&name, &setup, async |running, server| {
+        // Separate baseline processes share nothing, so a send-to-all reaches only the
+        // clients of the process the sender landed on: the broadcast is measured for
+        // wasmgate, and for the baseline only when it is one process.
+        let broadcast = matches!(server, Server::Wasmgate(_)) || listeners.count == 1;
+        params.run(&name, running, setup.proto, broadcast).await
     })
     .await
 }
 
 async fn reload(common: &Common, clients: usize) -> anyhow::Result<Vec<Comparison>> {
-    let setup = common.setup(1);
+    let setup = common.setup(Listeners::separate(1));
     let params = Reload {
         clients,
         payload: 64,
@@ -397,7 +422,7 @@ async fn sweep(
     }
     let title = format!(
         "echo, {}, 64-byte payload: wasmgate vs native baseline",
-        common.setup(1).label()
+        common.setup(Listeners::separate(1)).label()
     );
     std::fs::write(svg, chart::svg(&title, &points))?;
     eprintln!("chart written to {}", svg.display());
@@ -439,9 +464,16 @@ async fn all(
     );
     keep("fanout", fanout(&ws, 10_000, 8, 64).await);
     keep("connect", connect(&ws, 32).await);
-    keep("idle", idle(&ws, 19_000, 1, 15_000).await);
+    keep(
+        "idle",
+        idle(&ws, 19_000, Listeners::separate(1), 15_000).await,
+    );
     if idle_total > 0 {
-        keep("idle", idle(&split, idle_total, 6, 15_000).await);
+        let shared = Listeners {
+            count: 6,
+            reuse_port: true,
+        };
+        keep("idle", idle(&split, idle_total, shared, 15_000).await);
     }
     keep("reload", reload(&ws, 50).await);
     keep("sweep", sweep(&ws, &[1, 10, 100, 1000], svg).await);

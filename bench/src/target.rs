@@ -57,9 +57,29 @@ impl Server {
     }
 }
 
+/// How many processes accept clients, and whether they share one port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listeners {
+    /// Client listeners: gateways, or baseline processes.
+    pub count: usize,
+    /// All of them on one port with `SO_REUSEPORT` (the kernel spreads connections over
+    /// them) rather than each on a port of its own.
+    pub reuse_port: bool,
+}
+
+impl Listeners {
+    /// `count` listeners, each on a port of its own.
+    pub fn separate(count: usize) -> Self {
+        Self {
+            count,
+            reuse_port: false,
+        }
+    }
+}
+
 /// A server running in child processes; they are killed when this is dropped.
 pub struct Running {
-    /// Where clients connect: one address per gateway (or baseline process).
+    /// Where clients connect: one address per listener, or the one they share.
     pub addrs: Vec<SocketAddr>,
     /// The processes that hold client connections, whose memory [`Running::rss`] sums.
     holders: Vec<u32>,
@@ -69,29 +89,36 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts `server` with `listeners` client listeners speaking `proto`, and returns once
-    /// each one answers an `echo`.
-    pub async fn start(server: Server, proto: Proto, listeners: usize) -> anyhow::Result<Self> {
+    /// Starts `server` with `listeners` speaking `proto`, and returns once each one answers
+    /// (on a shared port: once every process listens, and for wasmgate, every gateway
+    /// answers).
+    pub async fn start(server: Server, proto: Proto, listeners: Listeners) -> anyhow::Result<Self> {
         Self::launch(server, proto, listeners, "").await
     }
 
     /// Starts wasmgate, every role in one process and one gateway speaking `proto`, with
     /// `grants` (`[worker.grants.<app>]` tables) added to its configuration.
     pub async fn granted(proto: Proto, grants: &str) -> anyhow::Result<Self> {
-        Self::launch(Server::Wasmgate(Layout::Single), proto, 1, grants).await
+        let one = Listeners::separate(1);
+        Self::launch(Server::Wasmgate(Layout::Single), proto, one, grants).await
     }
 
     /// [`Running::start`], with `grants` for a wasmgate server.
     async fn launch(
         server: Server,
         proto: Proto,
-        listeners: usize,
+        listeners: Listeners,
         grants: &str,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("wasmgate-bench")
             .tempdir()?;
-        let addrs: Vec<SocketAddr> = (0..listeners)
+        let ports = if listeners.reuse_port {
+            1
+        } else {
+            listeners.count
+        };
+        let addrs: Vec<SocketAddr> = (0..ports)
             .map(|_| free_port().map(|p| SocketAddr::from(([127, 0, 0, 1], p))))
             .collect::<anyhow::Result<_>>()?;
         let mut running = Self {
@@ -103,9 +130,9 @@ impl Running {
         match server {
             Server::Baseline(lib) => {
                 let lib = lib.to_possible_value().expect("no skipped variants");
-                for i in 0..listeners {
-                    let addr = running.addrs[i].to_string();
-                    let args = [
+                for i in 0..listeners.count {
+                    let addr = running.addrs[i % ports].to_string();
+                    let mut args = vec![
                         "baseline",
                         "--listen",
                         &addr,
@@ -114,11 +141,16 @@ impl Running {
                         "--ws-lib",
                         lib.get_name(),
                     ];
+                    if listeners.reuse_port {
+                        args.push("--reuse-port");
+                    }
                     let pid = running.spawn(&format!("baseline{i}"), None, &args)?;
                     running.holders.push(pid);
                 }
             }
-            Server::Wasmgate(layout) => running.start_wasmgate(layout, proto, grants)?,
+            Server::Wasmgate(layout) => {
+                running.start_wasmgate(layout, proto, listeners, grants)?;
+            }
         }
         for &addr in &running.addrs {
             if let Err(e) = ready(addr, proto).await {
@@ -129,10 +161,26 @@ impl Running {
                 );
             }
         }
+        if listeners.reuse_port {
+            let addr = running.addrs[0];
+            let shared = match server {
+                Server::Baseline(_) => all_listening(addr, listeners.count).await,
+                Server::Wasmgate(_) => all_gateways_answer(addr, proto, listeners.count).await,
+            };
+            if let Err(e) = shared {
+                bail!("{} at {addr}: {e:#}\n{}", server.name(), running.logs());
+            }
+        }
         Ok(running)
     }
 
-    fn start_wasmgate(&mut self, layout: Layout, proto: Proto, grants: &str) -> anyhow::Result<()> {
+    fn start_wasmgate(
+        &mut self,
+        layout: Layout,
+        proto: Proto,
+        listeners: Listeners,
+        grants: &str,
+    ) -> anyhow::Result<()> {
         let plugins = self.plugins();
         std::fs::create_dir(&plugins)?;
         std::fs::copy(
@@ -143,16 +191,15 @@ impl Running {
         let register = format!("127.0.0.1:{}", free_port()?);
         let sections = Sections {
             register: format!("[register]\nlisten = \"{register}\"\n"),
-            gateways: self
-                .addrs
-                .iter()
-                .enumerate()
-                .map(|(i, addr)| {
+            gateways: (0..listeners.count)
+                .map(|i| {
+                    let addr = self.addrs[i % self.addrs.len()];
                     format!(
                         "[[gateway]]\nname = \"gw{i}\"\nlisten = \"{}://{addr}\"\napp = \"{APP}\"\n\
                          register = \"{register}\"\nmax_connections = 1000000\n\
-                         max_connections_per_ip = 0\n",
-                        proto.scheme()
+                         max_connections_per_ip = 0\nreuse_port = {}\n",
+                        proto.scheme(),
+                        listeners.reuse_port,
                     )
                 })
                 .collect(),
@@ -226,6 +273,46 @@ impl Running {
         self.holders.iter().map(|&pid| rss(pid)).sum()
     }
 
+    /// The established client connections each process that holds them has, from
+    /// `/proc/net/tcp` and the sockets among each process's descriptors.
+    pub fn connections(&self) -> anyhow::Result<Vec<usize>> {
+        const ESTABLISHED: &str = "01";
+        let ports: Vec<String> = self
+            .addrs
+            .iter()
+            .map(|a| format!(":{:04X}", a.port()))
+            .collect();
+        let table = std::fs::read_to_string("/proc/net/tcp")?;
+        let clients: std::collections::HashSet<&str> = table
+            .lines()
+            .skip(1)
+            .filter_map(|row| {
+                let fields: Vec<&str> = row.split_whitespace().collect();
+                let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+                let ours = ports.iter().any(|p| local.ends_with(p.as_str()));
+                (ours && *state == ESTABLISHED).then_some(*inode)
+            })
+            .collect();
+        self.holders
+            .iter()
+            .map(|&pid| {
+                let mut held = 0;
+                for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+                    // A descriptor closed meanwhile has no link left to read.
+                    let Ok(link) = std::fs::read_link(fd?.path()) else {
+                        continue;
+                    };
+                    let link = link.to_string_lossy();
+                    let inode = link
+                        .strip_prefix("socket:[")
+                        .and_then(|l| l.strip_suffix(']'));
+                    held += usize::from(inode.is_some_and(|i| clients.contains(i)));
+                }
+                Ok(held)
+            })
+            .collect()
+    }
+
     /// A function that reads the CPU time (user and system) every process of the server has
     /// used so far; it owns what it needs, so a task can sample while the run goes on.
     pub fn cpu_sampler(&self) -> impl Fn() -> anyhow::Result<Duration> + Send + 'static {
@@ -282,6 +369,66 @@ async fn ready(addr: SocketAddr, proto: Proto) -> anyhow::Result<()> {
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// Waits until `count` sockets listen on `addr`: on a shared port the kernel spreads
+/// connections only over the processes already listening.
+async fn all_listening(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let found = listening_on(addr.port())?;
+        if found >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{found} of {count} processes listen after {READY_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The IPv4 sockets listening on `port`, from `/proc/net/tcp` (one row per `SO_REUSEPORT`
+/// socket).
+fn listening_on(port: u16) -> anyhow::Result<usize> {
+    const LISTEN: &str = "0A";
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    let local = format!(":{port:04X}");
+    Ok(table
+        .lines()
+        .skip(1)
+        .filter(|row| {
+            let mut fields = row.split_whitespace().skip(1);
+            let address = fields.next().unwrap_or_default();
+            let state = fields.nth(1).unwrap_or_default();
+            address.ends_with(&local) && state == LISTEN
+        })
+        .count())
+}
+
+/// Waits until clients connecting to the shared `addr` have met each of wasmgate's `count`
+/// gateways there, each answering a `whoami`: the kernel picks the gateway, so clients keep
+/// coming until every gateway part of a client id has been seen.
+async fn all_gateways_answer(addr: SocketAddr, proto: Proto, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < count {
+        let attempt = async {
+            let mut client = Client::connect(addr, proto, None).await?;
+            client.send(b"whoami").await?;
+            client.recv().await
+        };
+        if let Ok(Ok(id)) = tokio::time::timeout(Duration::from_millis(500), attempt).await {
+            // A client id starts with its gateway's internal address, 12 hex digits.
+            seen.insert(id.get(..12).unwrap_or_default().to_vec());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {count} gateways answered within {READY_TIMEOUT:?}",
+                seen.len()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A free loopback port: bound, then released for a child to bind.

@@ -100,6 +100,36 @@ fn connect() {
 fn idle_over_several_helper_processes() {
     let table = bench(&["idle", "--connections", "40", "--per-process", "15"]);
     assert!(row(&table, "bytes/conn")[3].parse::<f64>().is_ok());
+    assert_eq!(row(&table, "answered broadcast")[3..5], ["40", "40"]);
+}
+
+/// Two gateway processes on one port: the kernel's spread adds up to every connection, and
+/// the broadcast reaches them all, whichever process holds them. The baseline's processes
+/// share nothing, so it has no broadcast row.
+#[test]
+fn idle_over_gateway_processes_on_one_port() {
+    let table = bench(&[
+        "idle",
+        "--connections",
+        "40",
+        "--per-process",
+        "15",
+        "--gateways",
+        "2",
+        "--reuse-port",
+        "--layout",
+        "split",
+    ]);
+    assert_eq!(row(&table, "server processes")[3..5], ["2", "2"]);
+    for server in [3, 4] {
+        let held = |metric| row(&table, metric)[server].parse::<usize>().unwrap();
+        assert_eq!(
+            held("conns in busiest proc") + held("conns in least busy"),
+            40,
+            "{table}"
+        );
+    }
+    assert_eq!(row(&table, "answered broadcast")[3..5], ["40", "—"]);
 }
 
 #[test]

@@ -21,7 +21,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use crate::baseline::WsLib;
 use crate::client::{Client, Proto};
 use crate::stats::{Comparison, Figure};
-use crate::target::{Layout, Running, Server};
+use crate::target::{Layout, Listeners, Running, Server};
 
 /// Longest a client waits for an answer before the run fails: the tool stops by itself
 /// even when the server under test stops answering.
@@ -39,7 +39,7 @@ pub struct Setup {
     /// wasmgate's process layout.
     pub layout: Layout,
     /// Client listeners (gateways, or baseline processes).
-    pub listeners: usize,
+    pub listeners: Listeners,
     /// Runs per server; the median is reported.
     pub runs: usize,
     /// The baseline's WebSocket library.
