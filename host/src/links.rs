@@ -1271,6 +1271,153 @@ mod tests {
         );
     }
 
+    /// A link to a gateway of another process, with the receiving end of its queue.
+    fn remote_link(
+        passed: &Arc<watch::Sender<()>>,
+    ) -> (Arc<GatewayLink>, queue::LinkReceiver<ToGateway>) {
+        let (queue, outgoing) = queue::channel(64, 1 << 20, Towards::Gateway);
+        let link = Arc::new(GatewayLink {
+            queue,
+            pending: Mutex::default(),
+            remote: true,
+            left: watch::channel(false).0,
+            marks: Some(Arc::new(Marks::new(passed.clone()))),
+        });
+        (link, outgoing)
+    }
+
+    fn done(client: ClientId, acks: &Arc<Acks>) -> Done {
+        Done {
+            client,
+            now: false,
+            acks: acks.clone(),
+            noted: Vec::new(),
+        }
+    }
+
+    fn pending(acks: &Acks) -> Vec<(ClientId, u32)> {
+        let mut pending: Vec<_> = acks.pending.lock().unwrap().drain().collect();
+        pending.sort();
+        pending
+    }
+
+    fn marks(link: &GatewayLink) -> &Arc<Marks> {
+        link.marks.as_ref().unwrap()
+    }
+
+    fn send_to(client: ClientId) -> Command {
+        Command::SendToClients {
+            clients: vec![client],
+            data: bytes::Bytes::from_static(b"hello"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_done_waits_until_the_other_gateway_echoes_a_mark_queued_after_the_commands() {
+        let passed = Arc::new(watch::channel(()).0);
+        let (own, _own_queue) = remote_link(&passed);
+        let (other, mut other_queue) = remote_link(&passed);
+        let _marker = AbortOnDropHandle::new(tokio::spawn(send_marks(
+            marks(&other).clone(),
+            other.queue.clone(),
+        )));
+        let acks = Arc::new(Acks::new(own.marks.clone()));
+        let client = ClientId::new(gateway(2300), 1);
+        let member = ClientId::new(gateway(2301), 1);
+        done(client, &acks)
+            .after(async {
+                // Sent to its own gateway too: that link needs no mark, its `Done` follows.
+                for link in [&own, &other] {
+                    note(&[(gateway(2301), link.clone())]);
+                    assert!(link.command(send_to(member), 64).await);
+                }
+            })
+            .await;
+        acks.release();
+        assert!(
+            pending(&acks).is_empty(),
+            "parked until the mark comes back"
+        );
+        assert_eq!(acks.parked.load(Ordering::Acquire), 1);
+        assert!(matches!(
+            other_queue.recv().await,
+            Some(ToGateway::Command(_))
+        ));
+        assert_eq!(other_queue.recv().await, Some(ToGateway::Mark(1)));
+        marks(&other).echo(1);
+        acks.release();
+        assert_eq!(pending(&acks), vec![(client, 1)]);
+        assert_eq!(acks.parked.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lost_link_releases_the_dones_waiting_for_it() {
+        let passed = Arc::new(watch::channel(()).0);
+        let (own, _own_queue) = remote_link(&passed);
+        let (other, _other_queue) = remote_link(&passed);
+        let acks = Arc::new(Acks::new(own.marks.clone()));
+        let client = ClientId::new(gateway(2300), 1);
+        let mut first = done(client, &acks);
+        first.noted = vec![(marks(&other).clone(), 0)];
+        drop(first);
+        acks.release();
+        assert!(pending(&acks).is_empty());
+        drop(EndMarks(marks(&other).clone()));
+        acks.release();
+        assert_eq!(pending(&acks), vec![(client, 1)]);
+        // Commands noted on an ended link park nothing.
+        let mut late = done(client, &acks);
+        late.noted = vec![(marks(&other).clone(), 0)];
+        drop(late);
+        assert_eq!(pending(&acks), vec![(client, 1)]);
+        assert_eq!(acks.parked.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn a_later_done_of_the_client_waits_behind_a_parked_one_and_other_clients_pass() {
+        let passed = Arc::new(watch::channel(()).0);
+        let (own, _own_queue) = remote_link(&passed);
+        let (slow, _slow_queue) = remote_link(&passed);
+        let (quick, _quick_queue) = remote_link(&passed);
+        let acks = Arc::new(Acks::new(own.marks.clone()));
+        let held = ClientId::new(gateway(2300), 1);
+        let other = ClientId::new(gateway(2300), 2);
+        let mut first = done(held, &acks);
+        first.noted = vec![(marks(&slow).clone(), 0)];
+        drop(first);
+        // Waits for nothing of its own, and still not before the first.
+        drop(done(held, &acks));
+        let mut third = done(held, &acks);
+        third.noted = vec![(marks(&quick).clone(), 0)];
+        drop(third);
+        drop(done(other, &acks));
+        let mut fourth = done(other, &acks);
+        fourth.noted = vec![(marks(&quick).clone(), 0)];
+        drop(fourth);
+        marks(&quick).echo(1);
+        acks.release();
+        assert_eq!(pending(&acks), vec![(other, 2)], "the held client's wait");
+        marks(&slow).echo(1);
+        acks.release();
+        assert_eq!(pending(&acks), vec![(held, 3)]);
+        assert_eq!(acks.parked.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn an_event_of_a_gateway_in_process_is_acknowledged_at_once() {
+        let passed = Arc::new(watch::channel(()).0);
+        let (other, _other_queue) = remote_link(&passed);
+        let acks = Arc::new(Acks::new(None));
+        let client = ClientId::new(gateway(2300), 1);
+        done(client, &acks)
+            .after(async {
+                note(&[(gateway(2301), other.clone())]);
+                assert!(other.command(send_to(client), 64).await);
+            })
+            .await;
+        assert_eq!(pending(&acks), vec![(client, 1)]);
+    }
+
     #[test]
     fn a_query_nobody_answered_names_the_clients_gateway() {
         let client = ClientId::new(gateway(2300), 7);
