@@ -95,10 +95,8 @@ pub struct Done {
     client: ClientId,
     /// The gateway asked for this acknowledgement at once ([`ToWorker::Event`]'s `ack_now`).
     now: bool,
-    acks: Arc<Acks>,
-    /// The links of other processes the callback sent commands to, each with the mark to
-    /// wait for (asked when the `Done` drops).
-    noted: Vec<(Arc<Marks>, u64)>,
+    /// Taken when the acknowledgement is made (so at most once).
+    acks: Option<Arc<Acks>>,
 }
 
 tokio::task_local! {
@@ -119,9 +117,10 @@ impl Incoming {
         let Incoming {
             client, kind, done, ..
         } = self;
-        let mut returned = done.acks.returned.lock().unwrap_or_else(|e| e.into_inner());
-        returned.push((client, kind));
-        drop(returned);
+        if let Some(acks) = &done.acks {
+            let mut returned = acks.returned.lock().unwrap_or_else(|e| e.into_inner());
+            returned.push((client, kind));
+        }
         // Dropped only now, so that whoever takes this acknowledgement finds the event too.
         drop(done);
     }
@@ -134,8 +133,7 @@ impl Done {
         Self {
             client,
             now: false,
-            acks: Arc::default(),
-            noted: Vec::new(),
+            acks: None,
         }
     }
 
@@ -144,7 +142,7 @@ impl Done {
     /// or its link ended). An event from a gateway of this process is acknowledged at once:
     /// that gateway and its client die with the process, whatever was sent elsewhere.
     pub async fn after<F: Future>(mut self, work: F) -> F::Output {
-        if self.acks.marks.is_none() {
+        if self.acks.as_ref().is_none_or(|acks| acks.marks.is_none()) {
             return work.await;
         }
         let (output, noted) = NOTED
@@ -153,39 +151,47 @@ impl Done {
                 (output, NOTED.with(RefCell::take))
             })
             .await;
-        self.noted = noted;
+        self.acknowledge(noted);
         output
     }
-}
 
-impl Drop for Done {
-    fn drop(&mut self) {
-        let own = self.acks.marks.as_ref();
-        let mut waits = std::mem::take(&mut self.noted);
+    /// Acknowledges the event once the gateways of `noted` (links with a mark each, asked
+    /// for here) have confirmed what was sent to them, and after its client's parked ones.
+    fn acknowledge(&mut self, mut noted: Vec<(Arc<Marks>, u64)>) {
+        let Some(acks) = self.acks.take() else {
+            return;
+        };
+        let own = acks.marks.as_ref();
         // The callback's commands are queued by now (host imports await the queue), so a
         // mark asked for now follows them on each link.
-        waits.retain_mut(|(marks, mark)| {
+        noted.retain_mut(|(marks, mark)| {
             if own.is_some_and(|own| Arc::ptr_eq(own, marks)) || marks.ended() {
                 return false;
             }
             *mark = marks.ask();
             true
         });
-        if (!waits.is_empty() || self.acks.parked.load(Ordering::Acquire) > 0)
-            && self.acks.park(self.client, waits)
+        if (!noted.is_empty() || acks.parked.load(Ordering::Acquire) > 0)
+            && acks.park(self.client, noted)
         {
             // Wakes the sender, which from now on also waits for marks to come back.
-            self.acks.ready.notify_one();
+            acks.ready.notify_one();
             return;
         }
-        let mut pending = self.acks.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = acks.pending.lock().unwrap_or_else(|e| e.into_inner());
         *pending.entry(self.client).or_default() += 1;
         drop(pending);
         if self.now {
-            self.acks.now.notify_one();
+            acks.now.notify_one();
         } else {
-            self.acks.ready.notify_one();
+            acks.ready.notify_one();
         }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.acknowledge(Vec::new());
     }
 }
 
@@ -1014,8 +1020,7 @@ async fn read_loop<S: EventSink>(
                 let done = Done {
                     client: client.id,
                     now: ack_now,
-                    acks: acks.clone(),
-                    noted: Vec::new(),
+                    acks: Some(acks.clone()),
                 };
                 events.deliver(Incoming {
                     listener,
@@ -1290,8 +1295,7 @@ mod tests {
         Done {
             client,
             now: false,
-            acks: acks.clone(),
-            noted: Vec::new(),
+            acks: Some(acks.clone()),
         }
     }
 
@@ -1357,18 +1361,14 @@ mod tests {
         let (other, _other_queue) = remote_link(&passed);
         let acks = Arc::new(Acks::new(own.marks.clone()));
         let client = ClientId::new(gateway(2300), 1);
-        let mut first = done(client, &acks);
-        first.noted = vec![(marks(&other).clone(), 0)];
-        drop(first);
+        done(client, &acks).acknowledge(vec![(marks(&other).clone(), 0)]);
         acks.release();
         assert!(pending(&acks).is_empty());
         drop(EndMarks(marks(&other).clone()));
         acks.release();
         assert_eq!(pending(&acks), vec![(client, 1)]);
         // Commands noted on an ended link park nothing.
-        let mut late = done(client, &acks);
-        late.noted = vec![(marks(&other).clone(), 0)];
-        drop(late);
+        done(client, &acks).acknowledge(vec![(marks(&other).clone(), 0)]);
         assert_eq!(pending(&acks), vec![(client, 1)]);
         assert_eq!(acks.parked.load(Ordering::Acquire), 0);
     }
@@ -1382,18 +1382,12 @@ mod tests {
         let acks = Arc::new(Acks::new(own.marks.clone()));
         let held = ClientId::new(gateway(2300), 1);
         let other = ClientId::new(gateway(2300), 2);
-        let mut first = done(held, &acks);
-        first.noted = vec![(marks(&slow).clone(), 0)];
-        drop(first);
+        done(held, &acks).acknowledge(vec![(marks(&slow).clone(), 0)]);
         // Waits for nothing of its own, and still not before the first.
         drop(done(held, &acks));
-        let mut third = done(held, &acks);
-        third.noted = vec![(marks(&quick).clone(), 0)];
-        drop(third);
+        done(held, &acks).acknowledge(vec![(marks(&quick).clone(), 0)]);
         drop(done(other, &acks));
-        let mut fourth = done(other, &acks);
-        fourth.noted = vec![(marks(&quick).clone(), 0)];
-        drop(fourth);
+        done(other, &acks).acknowledge(vec![(marks(&quick).clone(), 0)]);
         marks(&quick).echo(1);
         acks.release();
         assert_eq!(pending(&acks), vec![(other, 2)], "the held client's wait");
