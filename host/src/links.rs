@@ -21,7 +21,7 @@
 //! handed back before its `Done`.
 //!
 //! An event's `Done` never reaches its gateway before the commands its callback sent to other
-//! gateways reach theirs ([`Done::after`], [`Marks`]; ARCHITECTURE.md, "Delivery"): otherwise
+//! gateways reach theirs ([`Done::after`], and the links' marks; ARCHITECTURE.md, "Delivery"): otherwise
 //! a host killed in between would have the event acknowledged and those commands lost.
 
 use std::cell::RefCell;
