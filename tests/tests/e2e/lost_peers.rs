@@ -146,7 +146,7 @@ const PUBLISHED: usize = 64;
 /// The size of each message published.
 const PUBLISHED_BYTES: usize = 384 * 1024;
 
-/// A worker host (or gateway) process with `[metrics]` on `metrics`, linking every 5 s
+/// A worker host process with `[metrics]` on `metrics`, its links pinging every 5 s
 /// (the default: a gateway frozen for a second keeps its links).
 fn worker_with_metrics(name: &str, plugins: &PluginsDir, register: u16, metrics: u16) -> Node {
     Node::start(
@@ -183,7 +183,7 @@ fn published(message: &str) -> usize {
 /// events A re-sends to W2 publish again), and a bystander on A is served throughout. Before
 /// this, W1 acknowledged each event to A as soon as it ran, while its commands to B still sat
 /// in its link queue: the test killed W1 once every message had run (its `Done`s at A), and
-/// B never got what was queued.
+/// B never got what was queued (54 of the 64 messages, run before the change).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_hosts_commands_to_a_frozen_gateway_are_not_lost() {
     let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
