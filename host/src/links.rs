@@ -19,10 +19,15 @@
 //! ([`Incoming::give_back`]). Both travel with the acknowledgements, in an order the gateway
 //! relies on: an announcement before the events handed back because of it, and an event
 //! handed back before its `Done`.
+//!
+//! An event's `Done` never reaches its gateway before the commands its callback sent to other
+//! gateways reach theirs ([`Done::after`], and the links' marks; ARCHITECTURE.md, "Delivery"): otherwise
+//! a host killed in between would have the event acknowledged and those commands lost.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -84,13 +89,19 @@ pub struct Incoming {
 }
 
 /// One event in flight; dropping it acknowledges the event to its gateway, which then lets
-/// the client send another. Held until the event's callback returns, or dropped with the
-/// event.
+/// the client send another. Held until the event's callback returns ([`Done::after`]), or
+/// dropped with the event.
 pub struct Done {
     client: ClientId,
     /// The gateway asked for this acknowledgement at once ([`ToWorker::Event`]'s `ack_now`).
     now: bool,
-    acks: Arc<Acks>,
+    /// Taken when the acknowledgement is made (so at most once).
+    acks: Option<Arc<Acks>>,
+}
+
+tokio::task_local! {
+    /// The links over TCP the commands of the running callback went to ([`Done::after`]).
+    static NOTED: RefCell<Vec<(Arc<Marks>, u64)>>;
 }
 
 impl std::fmt::Debug for Done {
@@ -106,9 +117,10 @@ impl Incoming {
         let Incoming {
             client, kind, done, ..
         } = self;
-        let mut returned = done.acks.returned.lock().unwrap_or_else(|e| e.into_inner());
-        returned.push((client, kind));
-        drop(returned);
+        if let Some(acks) = &done.acks {
+            let mut returned = acks.returned.lock().unwrap_or_else(|e| e.into_inner());
+            returned.push((client, kind));
+        }
         // Dropped only now, so that whoever takes this acknowledgement finds the event too.
         drop(done);
     }
@@ -121,22 +133,160 @@ impl Done {
         Self {
             client,
             now: false,
-            acks: Arc::default(),
+            acks: None,
+        }
+    }
+
+    /// Runs `work`, the event's callback, then acknowledges the event once every command it
+    /// sent to a gateway of another process has reached that gateway (its mark came back,
+    /// or its link ended). An event from a gateway of this process is acknowledged at once:
+    /// that gateway and its client die with the process, whatever was sent elsewhere.
+    pub async fn after<F: Future>(mut self, work: F) -> F::Output {
+        if self.acks.as_ref().is_none_or(|acks| acks.marks.is_none()) {
+            return work.await;
+        }
+        let (output, noted) = NOTED
+            .scope(RefCell::default(), async {
+                let output = work.await;
+                (output, NOTED.with(RefCell::take))
+            })
+            .await;
+        self.acknowledge(noted);
+        output
+    }
+
+    /// Acknowledges the event once the gateways of `noted` (links with a mark each, asked
+    /// for here) have confirmed what was sent to them, and after its client's parked ones.
+    fn acknowledge(&mut self, mut noted: Vec<(Arc<Marks>, u64)>) {
+        let Some(acks) = self.acks.take() else {
+            return;
+        };
+        let own = acks.marks.as_ref();
+        // The callback's commands are queued by now (host imports await the queue), so a
+        // mark asked for now follows them on each link.
+        noted.retain_mut(|(marks, mark)| {
+            if own.is_some_and(|own| Arc::ptr_eq(own, marks)) || marks.ended() {
+                return false;
+            }
+            *mark = marks.ask();
+            true
+        });
+        if (!noted.is_empty() || acks.parked.load(Ordering::Acquire) > 0)
+            && acks.park(self.client, noted)
+        {
+            // Wakes the sender, which from now on also waits for marks to come back.
+            acks.ready.notify_one();
+            return;
+        }
+        let mut pending = acks.pending.lock().unwrap_or_else(|e| e.into_inner());
+        *pending.entry(self.client).or_default() += 1;
+        drop(pending);
+        if self.now {
+            acks.now.notify_one();
+        } else {
+            acks.ready.notify_one();
         }
     }
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
-        let mut pending = self.acks.pending.lock().unwrap_or_else(|e| e.into_inner());
-        *pending.entry(self.client).or_default() += 1;
-        drop(pending);
-        if self.now {
-            self.acks.now.notify_one();
-        } else {
-            self.acks.ready.notify_one();
+        self.acknowledge(Vec::new());
+    }
+}
+
+/// The marks of a link to a gateway of another process. A worker host that must know that a
+/// gateway has received the commands it queued on the link so far asks for a mark
+/// ([`Marks::ask`]); the link's marker ([`send_marks`]) then queues [`ToGateway::Mark`], behind
+/// those commands, and the gateway answers [`ToWorker::Marked`] when it reads it.
+struct Marks {
+    /// The number of the mark the marker queues next.
+    next: AtomicU64,
+    /// The highest mark the gateway answered.
+    echoed: AtomicU64,
+    /// The link ended: nothing it was sent will be confirmed, and nobody can deliver it.
+    ended: AtomicBool,
+    /// A mark was asked for.
+    wanted: Notify,
+    /// Told whenever a mark comes back or a link ends, to every link's acknowledgements.
+    passed: Arc<watch::Sender<()>>,
+}
+
+impl Marks {
+    fn new(passed: Arc<watch::Sender<()>>) -> Self {
+        Self {
+            next: AtomicU64::new(1),
+            echoed: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+            wanted: Notify::new(),
+            passed,
         }
     }
+
+    /// The mark whose answer shows that everything queued on the link until now arrived; the
+    /// marker queues it after this call.
+    fn ask(&self) -> u64 {
+        let mark = self.next.load(Ordering::SeqCst);
+        self.wanted.notify_one();
+        mark
+    }
+
+    /// Whether the gateway answered `mark`, or the link ended.
+    fn passed(&self, mark: u64) -> bool {
+        self.echoed.load(Ordering::Acquire) >= mark || self.ended()
+    }
+
+    fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// The gateway answered `mark`.
+    fn echo(&self, mark: u64) {
+        self.echoed.fetch_max(mark, Ordering::AcqRel);
+        self.passed.send_replace(());
+    }
+
+    /// The link ended: what waits for it waits no more.
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.passed.send_replace(());
+    }
+}
+
+/// Ends a link's [`Marks`] when the link is over, however it ends.
+struct EndMarks(Arc<Marks>);
+
+impl Drop for EndMarks {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// Queues the marks asked for on a link, in its own task: a mark asked for while one is
+/// being queued waits for the next, so one mark serves every acknowledgement parked at once.
+async fn send_marks(marks: Arc<Marks>, queue: LinkSender<ToGateway>) {
+    loop {
+        marks.wanted.notified().await;
+        // Lets the acknowledgements dropped at the same moment ask for this mark too.
+        tokio::task::yield_now().await;
+        let mark = marks.next.fetch_add(1, Ordering::SeqCst);
+        if queue.send(ToGateway::Mark(mark)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Notes, for the acknowledgement of the running callback ([`Done::after`]), the links of
+/// other processes a command goes to; each once per callback, so no allocation per command.
+fn note(targets: &[(SocketAddrV4, Arc<GatewayLink>)]) {
+    let _ = NOTED.try_with(|noted| {
+        let mut noted = noted.borrow_mut();
+        for marks in targets.iter().filter_map(|(_, link)| link.marks.as_ref()) {
+            if !noted.iter().any(|(known, _)| Arc::ptr_eq(known, marks)) {
+                noted.push((marks.clone(), 0));
+            }
+        }
+    });
 }
 
 /// How often a worker host looks whether its plugin report changed: soon enough that an
@@ -166,8 +316,9 @@ async fn send_reports(reporter: Reporter, queue: LinkSender<ToGateway>) {
     }
 }
 
-/// The acknowledgements of one link not yet sent, by client (bounded by its clients), and the
-/// events handed back before them (bounded by the clients' windows).
+/// The acknowledgements of one link not yet sent, by client (bounded by its clients), the
+/// events handed back before them (bounded by the clients' windows), and those parked until
+/// other gateways confirm their callbacks' commands (bounded by the clients' windows too).
 #[derive(Default)]
 struct Acks {
     pending: Mutex<ClientMap<u32>>,
@@ -176,6 +327,88 @@ struct Acks {
     ready: Notify,
     /// One is asked for at once.
     now: Notify,
+    /// The link's own marks; none in-process (nor for a detached `Done`): nothing is parked
+    /// then.
+    marks: Option<Arc<Marks>>,
+    parking: Mutex<Parking>,
+    /// How many are parked: the common case, none, is read without the lock.
+    parked: AtomicUsize,
+}
+
+/// Acknowledgements waiting for marks, in the order their events finished.
+#[derive(Default)]
+struct Parking {
+    queue: VecDeque<Parked>,
+    /// How many of each client's are parked: a later one of the client parks behind them.
+    by_client: ClientMap<u32>,
+    /// The clients passed over in a release (kept to reuse its room).
+    blocked: ClientMap<()>,
+}
+
+/// One acknowledgement waiting for marks.
+struct Parked {
+    client: ClientId,
+    /// Each link with the mark it waits for; none when it only waits behind its client's.
+    waits: Vec<(Arc<Marks>, u64)>,
+}
+
+impl Acks {
+    fn new(marks: Option<Arc<Marks>>) -> Self {
+        Self {
+            marks,
+            ..Self::default()
+        }
+    }
+
+    /// Parks `client`'s acknowledgement until every mark of `waits` passed and its client's
+    /// earlier parked ones are released; false (not parked) if it has nothing to wait for.
+    fn park(&self, client: ClientId, waits: Vec<(Arc<Marks>, u64)>) -> bool {
+        let mut parking = self.parking.lock().unwrap_or_else(|e| e.into_inner());
+        if waits.is_empty() && !parking.by_client.contains_key(&client) {
+            return false;
+        }
+        parking.queue.push_back(Parked { client, waits });
+        *parking.by_client.entry(client).or_default() += 1;
+        self.parked.fetch_add(1, Ordering::AcqRel);
+        crate::metrics::ack_parked();
+        true
+    }
+
+    /// Moves to `pending` every parked acknowledgement whose marks passed and whose client
+    /// has none parked before it.
+    fn release(&self) {
+        if self.parked.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut parking = self.parking.lock().unwrap_or_else(|e| e.into_inner());
+        let Parking {
+            queue,
+            by_client,
+            blocked,
+        } = &mut *parking;
+        blocked.clear();
+        let before = queue.len();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        queue.retain(|parked| {
+            if blocked.contains_key(&parked.client) {
+                return true;
+            }
+            if !parked.waits.iter().all(|(marks, mark)| marks.passed(*mark)) {
+                blocked.insert(parked.client, ());
+                return true;
+            }
+            *pending.entry(parked.client).or_default() += 1;
+            if let Some(left) = by_client.get_mut(&parked.client) {
+                *left -= 1;
+                if *left == 0 {
+                    by_client.remove(&parked.client);
+                }
+            }
+            false
+        });
+        self.parked
+            .fetch_sub(before - queue.len(), Ordering::AcqRel);
+    }
 }
 
 /// Sends the acknowledgements of a link, batched; its own task, so that a full link queue
@@ -188,7 +421,12 @@ struct Acks {
 /// order acknowledgements, events handed back, apps, and sent in the reverse order: a `Done`
 /// taken was dropped after its event was handed back, and an event handed back for want of
 /// its app was handed back after the app left the list.
-async fn send_acks(acks: Arc<Acks>, queue: LinkSender<ToGateway>, served: Option<Served>) {
+async fn send_acks(
+    acks: Arc<Acks>,
+    queue: LinkSender<ToGateway>,
+    served: Option<Served>,
+    mut passed: watch::Receiver<()>,
+) {
     let host = served.as_ref().map_or(0, |s| s.host);
     let mut apps = served.map(|s| s.apps);
     if let Some(apps) = &mut apps {
@@ -214,7 +452,10 @@ async fn send_acks(acks: Arc<Acks>, queue: LinkSender<ToGateway>, served: Option
             },
             () = acks.now.notified() => {}
             () = apps_changed(&mut apps) => announce = true,
+            // Only while some are parked: a parking wakes `ready` to enable this.
+            () = marks_passed(&mut passed), if acks.parked.load(Ordering::Acquire) > 0 => {}
         }
+        acks.release();
         std::mem::swap(
             &mut taken,
             &mut *acks.pending.lock().unwrap_or_else(|e| e.into_inner()),
@@ -252,6 +493,13 @@ async fn send_acks(acks: Arc<Acks>, queue: LinkSender<ToGateway>, served: Option
                 return;
             }
         }
+    }
+}
+
+/// Resolves when a mark came back or a link ended (never once the links are gone).
+async fn marks_passed(passed: &mut watch::Receiver<()>) {
+    if passed.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -331,6 +579,8 @@ struct GatewayLink {
     remote: bool,
     /// The gateway answered [`ToGateway::Leaving`]: nothing it sent is left to run.
     left: watch::Sender<bool>,
+    /// Its marks, over TCP only: a gateway of this process needs no confirmation.
+    marks: Option<Arc<Marks>>,
 }
 
 impl GatewayLink {
@@ -366,6 +616,8 @@ pub struct GatewayLinks {
     reporter: OnceLock<Reporter>,
     /// When a partial answer was last logged.
     partial_log: Arc<PartialLog>,
+    /// Told when a mark comes back or a link ends ([`Marks`]).
+    passed: Arc<watch::Sender<()>>,
 }
 
 impl GatewayLinks {
@@ -397,6 +649,7 @@ impl GatewayLinks {
             leaving: AtomicBool::new(false),
             reporter: OnceLock::new(),
             partial_log: Arc::default(),
+            passed: Arc::new(watch::channel(()).0),
         })
     }
 
@@ -569,11 +822,19 @@ impl GatewayLinks {
             _ = stop.cancelled() => return Ok(()),
             linked = dial => linked?,
         };
+        let marks = writing
+            .is_some()
+            .then(|| Arc::new(Marks::new(self.passed.clone())));
+        let _end_marks = marks.clone().map(EndMarks);
+        let _marking = marks
+            .clone()
+            .map(|marks| AbortOnDropHandle::new(tokio::spawn(send_marks(marks, queue.clone()))));
         let link = Arc::new(GatewayLink {
             queue: queue.clone(),
             pending: Mutex::new(HashMap::new()),
             remote: writing.is_some(),
             left: watch::channel(false).0,
+            marks: marks.clone(),
         });
         if link.remote && self.leaving.load(Ordering::SeqCst) {
             let _ = queue.try_send(ToGateway::Leaving);
@@ -593,11 +854,12 @@ impl GatewayLinks {
             .or_default() += 1;
         tracing::info!(gateway = %addr, in_process = writing.is_none(), "linked to gateway");
         crate::metrics::gateway_link(self.role.name(), 1);
-        let acks = Arc::new(Acks::default());
+        let acks = Arc::new(Acks::new(marks));
         let _acking = AbortOnDropHandle::new(tokio::spawn(send_acks(
             acks.clone(),
             queue.clone(),
             events.apps(),
+            self.passed.subscribe(),
         )));
         let _reporting = self.reporter.get().map(|reporter| {
             AbortOnDropHandle::new(tokio::spawn(send_reports(reporter.clone(), queue.clone())))
@@ -758,7 +1020,7 @@ async fn read_loop<S: EventSink>(
                 let done = Done {
                     client: client.id,
                     now: ack_now,
-                    acks: acks.clone(),
+                    acks: Some(acks.clone()),
                 };
                 events.deliver(Incoming {
                     listener,
@@ -783,6 +1045,11 @@ async fn read_loop<S: EventSink>(
             ToWorker::Pong => {}
             ToWorker::Left => {
                 link.left.send_replace(true);
+            }
+            ToWorker::Marked(mark) => {
+                if let Some(marks) = &link.marks {
+                    marks.echo(mark);
+                }
             }
             ToWorker::Presence {
                 listener,
@@ -888,6 +1155,7 @@ impl Gateways for GatewayLinks {
     fn command(&self, command: Command) -> CommandFuture {
         let target = command.target();
         let mut targets = self.targets(target);
+        note(&targets);
         let checked = fits(&command);
         Box::pin(async move {
             let weight = checked?;
@@ -1006,6 +1274,142 @@ mod tests {
             lines[1].contains("partial_answers_since_last_line=2"),
             "{logs}"
         );
+    }
+
+    /// A link to a gateway of another process, with the receiving end of its queue.
+    fn remote_link(
+        passed: &Arc<watch::Sender<()>>,
+    ) -> (Arc<GatewayLink>, queue::LinkReceiver<ToGateway>) {
+        let (queue, outgoing) = queue::channel(64, 1 << 20, Towards::Gateway);
+        let link = Arc::new(GatewayLink {
+            queue,
+            pending: Mutex::default(),
+            remote: true,
+            left: watch::channel(false).0,
+            marks: Some(Arc::new(Marks::new(passed.clone()))),
+        });
+        (link, outgoing)
+    }
+
+    fn done(client: ClientId, acks: &Arc<Acks>) -> Done {
+        Done {
+            client,
+            now: false,
+            acks: Some(acks.clone()),
+        }
+    }
+
+    fn pending(acks: &Acks) -> Vec<(ClientId, u32)> {
+        let mut pending: Vec<_> = acks.pending.lock().unwrap().drain().collect();
+        pending.sort();
+        pending
+    }
+
+    fn marks(link: &GatewayLink) -> &Arc<Marks> {
+        link.marks.as_ref().unwrap()
+    }
+
+    fn send_to(client: ClientId) -> Command {
+        Command::SendToClients {
+            clients: vec![client],
+            data: bytes::Bytes::from_static(b"hello"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_done_waits_until_the_other_gateway_echoes_a_mark_queued_after_the_commands() {
+        let passed = Arc::new(watch::channel(()).0);
+        let (own, _own_queue) = remote_link(&passed);
+        let (other, mut other_queue) = remote_link(&passed);
+        let _marker = AbortOnDropHandle::new(tokio::spawn(send_marks(
+            marks(&other).clone(),
+            other.queue.clone(),
+        )));
+        let acks = Arc::new(Acks::new(own.marks.clone()));
+        let client = ClientId::new(gateway(2300), 1);
+        let member = ClientId::new(gateway(2301), 1);
+        done(client, &acks)
+            .after(async {
+                // Sent to its own gateway too: that link needs no mark, its `Done` follows.
+                for link in [&own, &other] {
+                    note(&[(gateway(2301), link.clone())]);
+                    assert!(link.command(send_to(member), 64).await);
+                }
+            })
+            .await;
+        acks.release();
+        assert!(
+            pending(&acks).is_empty(),
+            "parked until the mark comes back"
+        );
+        assert_eq!(acks.parked.load(Ordering::Acquire), 1);
+        assert!(matches!(
+            other_queue.recv().await,
+            Some(ToGateway::Command(_))
+        ));
+        assert_eq!(other_queue.recv().await, Some(ToGateway::Mark(1)));
+        marks(&other).echo(1);
+        acks.release();
+        assert_eq!(pending(&acks), vec![(client, 1)]);
+        assert_eq!(acks.parked.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lost_link_releases_the_dones_waiting_for_it() {
+        let passed = Arc::new(watch::channel(()).0);
+        let (own, _own_queue) = remote_link(&passed);
+        let (other, _other_queue) = remote_link(&passed);
+        let acks = Arc::new(Acks::new(own.marks.clone()));
+        let client = ClientId::new(gateway(2300), 1);
+        done(client, &acks).acknowledge(vec![(marks(&other).clone(), 0)]);
+        acks.release();
+        assert!(pending(&acks).is_empty());
+        drop(EndMarks(marks(&other).clone()));
+        acks.release();
+        assert_eq!(pending(&acks), vec![(client, 1)]);
+        // Commands noted on an ended link park nothing.
+        done(client, &acks).acknowledge(vec![(marks(&other).clone(), 0)]);
+        assert_eq!(pending(&acks), vec![(client, 1)]);
+        assert_eq!(acks.parked.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn a_later_done_of_the_client_waits_behind_a_parked_one_and_other_clients_pass() {
+        let passed = Arc::new(watch::channel(()).0);
+        let (own, _own_queue) = remote_link(&passed);
+        let (slow, _slow_queue) = remote_link(&passed);
+        let (quick, _quick_queue) = remote_link(&passed);
+        let acks = Arc::new(Acks::new(own.marks.clone()));
+        let held = ClientId::new(gateway(2300), 1);
+        let other = ClientId::new(gateway(2300), 2);
+        done(held, &acks).acknowledge(vec![(marks(&slow).clone(), 0)]);
+        // Waits for nothing of its own, and still not before the first.
+        drop(done(held, &acks));
+        done(held, &acks).acknowledge(vec![(marks(&quick).clone(), 0)]);
+        drop(done(other, &acks));
+        done(other, &acks).acknowledge(vec![(marks(&quick).clone(), 0)]);
+        marks(&quick).echo(1);
+        acks.release();
+        assert_eq!(pending(&acks), vec![(other, 2)], "the held client's wait");
+        marks(&slow).echo(1);
+        acks.release();
+        assert_eq!(pending(&acks), vec![(held, 3)]);
+        assert_eq!(acks.parked.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn an_event_of_a_gateway_in_process_is_acknowledged_at_once() {
+        let passed = Arc::new(watch::channel(()).0);
+        let (other, _other_queue) = remote_link(&passed);
+        let acks = Arc::new(Acks::new(None));
+        let client = ClientId::new(gateway(2300), 1);
+        done(client, &acks)
+            .after(async {
+                note(&[(gateway(2301), other.clone())]);
+                assert!(other.command(send_to(client), 64).await);
+            })
+            .await;
+        assert_eq!(pending(&acks), vec![(client, 1)]);
     }
 
     #[test]

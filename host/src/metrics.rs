@@ -44,6 +44,7 @@ static PLUGIN_LIMITS: LazyLock<Family<LimitLabels, Counter>> = LazyLock::new(Fam
 static LINKS_TO_GATEWAYS: LazyLock<Family<RoleLabels, Gauge>> = LazyLock::new(Family::default);
 static EVENTS_DROPPED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static EVENTS_RESENT: LazyLock<Counter> = LazyLock::new(Counter::default);
+static ACKS_PARKED: LazyLock<Counter> = LazyLock::new(Counter::default);
 static LOST_GATEWAY_CLOSES: LazyLock<Counter> = LazyLock::new(Counter::default);
 static CLIENTS_UNROUTED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
@@ -165,6 +166,12 @@ pub fn events_dropped(reason: &'static str) -> u64 {
 /// the one holding them was lost before it finished them.
 pub fn events_resent(events: usize) {
     EVENTS_RESENT.inc_by(events as u64);
+}
+
+/// Counts an event acknowledgement a worker host held back until other gateways confirmed
+/// the commands its callback sent them (or behind an earlier one of its client).
+pub fn ack_parked() {
+    ACKS_PARKED.inc();
 }
 
 /// Counts an `on-close` a worker host ran for a client of a gateway that was lost.
@@ -726,6 +733,11 @@ pub fn register(r: &mut Registry) {
         "events_resent",
         "Client events a gateway sent again to another worker host because the link to the one holding them was lost",
         EVENTS_RESENT.clone(),
+    );
+    r.register(
+        "acks_parked",
+        "Event acknowledgements a worker host held back until the other gateways its callback sent commands to confirmed them",
+        ACKS_PARKED.clone(),
     );
     r.register(
         "lost_gateway_closes",

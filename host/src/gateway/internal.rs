@@ -367,6 +367,12 @@ async fn read_loop(
                     gateway.router.retire(link);
                 }
             }
+            Some(ToGateway::Mark(n)) => {
+                // Never dropped: the worker host holds acknowledgements until it comes.
+                tokio::time::timeout(stall, queue.send(ToWorker::Marked(n)))
+                    .await
+                    .map_err(|_| LinkError::Backlogged(LINK_QUEUE))??;
+            }
             Some(ToGateway::Pong) => {}
             Some(ToGateway::Report(report)) => {
                 if let Some(link) = routed {

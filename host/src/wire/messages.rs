@@ -169,6 +169,9 @@ pub enum ToWorker {
         /// What changed.
         change: PresenceChange,
     },
+    /// Answer to [`ToGateway::Mark`] `n`, sent when the gateway read it: every command the
+    /// worker host sent before it on this link was received and run.
+    Marked(u64),
 }
 
 /// Worker host (or push client) → gateway.
@@ -214,4 +217,8 @@ pub enum ToGateway {
         /// What happened.
         kind: EventKind,
     },
+    /// Answer with [`ToWorker::Marked`] `n` once read: the worker host waits for it before
+    /// acknowledging events whose callbacks sent commands before it on this link (their
+    /// `Done` goes to another gateway, and must not get there first).
+    Mark(u64),
 }

@@ -36,7 +36,7 @@ impl Weigh for ToWorker {
                 let uid = client.uid.as_ref().map_or(0, String::len);
                 OVERHEAD + session + uid + event_bytes(kind)
             }
-            ToWorker::Ping | ToWorker::Pong | ToWorker::Left => OVERHEAD,
+            ToWorker::Ping | ToWorker::Pong | ToWorker::Left | ToWorker::Marked(_) => OVERHEAD,
             other => encoded(other),
         }
     }
@@ -45,7 +45,7 @@ impl Weigh for ToWorker {
 impl Weigh for ToGateway {
     fn weight(&self) -> usize {
         match self {
-            ToGateway::Ping | ToGateway::Pong | ToGateway::Leaving => OVERHEAD,
+            ToGateway::Ping | ToGateway::Pong | ToGateway::Leaving | ToGateway::Mark(_) => OVERHEAD,
             ToGateway::Done(acks) => OVERHEAD + acks.len() * 16,
             other => encoded(other),
         }

@@ -565,13 +565,28 @@ async fn handle(
     gateways: &dyn Gateways,
     event: Incoming,
 ) {
-    // `_done` acknowledges the event to its gateway once the callback is over.
     let Incoming {
         listener,
         client: context,
         kind,
-        done: _done,
+        done,
     } = event;
+    // Acknowledged to its gateway once the callback is over and its commands reached theirs.
+    done.after(run_event(
+        instance, sessions, gateways, &listener, context, kind,
+    ))
+    .await;
+}
+
+/// Runs the callback of one event.
+async fn run_event(
+    instance: &mut PluginInstance,
+    sessions: &mut ClientMap<SessionTrack>,
+    gateways: &dyn Gateways,
+    listener: &ListenerInfo,
+    context: ClientContext,
+    kind: EventKind,
+) {
     let id = context.id;
     // Not the client's own event: its session is only read, and no write is tracked.
     if let EventKind::UidOnline(uid) | EventKind::UidOffline(uid) = &kind {

@@ -1,13 +1,17 @@
 //! Nothing lost with a peer (issue 12 item 13, issue 15): the events a killed worker host held
-//! run on another host, in order and numbered as before, and the clients of a killed gateway
-//! get their `on-close` on a worker host, while a bystander client keeps being served. Real
-//! processes, killed with SIGKILL.
+//! run on another host, in order and numbered as before, what their callbacks sent to other
+//! gateways is not lost with it, and the clients of a killed gateway get their `on-close` on a
+//! worker host, while a bystander client keeps being served. Real processes, killed with
+//! SIGKILL.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, free_port};
 use wasmgate_tests::plugins;
+use wasmgate_tests::prometheus::scrape;
 
 use crate::BIN;
 use crate::hostile_links::{MisbehaveGateway, client, gateway_of, pinging, register, worker};
@@ -131,4 +135,142 @@ async fn a_killed_gateways_clients_get_on_close_on_a_worker_host() {
     let expected: HashSet<String> = on_b.into_iter().map(|(_, id)| id).collect();
     assert_eq!(closed, expected);
     host.wait_for_line(&["gateway lost"]).await;
+}
+
+/// Messages published while gateway B is frozen, of [`PUBLISHED_BYTES`] each: 24 MiB in all,
+/// far more than the kernel holds for a loopback socket (its send buffer, at most 4 MiB here,
+/// and what B's receive buffer took), so most of what the worker host sends B is still in its
+/// own link queue when it is killed.
+const PUBLISHED: usize = 64;
+
+/// The size of each message published.
+const PUBLISHED_BYTES: usize = 384 * 1024;
+
+/// A worker host process with `[metrics]` on `metrics`, its links pinging every 5 s
+/// (the default: a gateway frozen for a second keeps its links).
+fn worker_with_metrics(name: &str, plugins: &PluginsDir, register: u16, metrics: u16) -> Node {
+    Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[worker]\n\
+             name = \"{name}\"\nplugins = {:?}\ninstances = 1\nregister = \"127.0.0.1:{register}\"\n",
+            plugins.path()
+        ),
+    )
+}
+
+/// Waits (bounded) until `node` has linked to `gateways` gateways.
+async fn linked_to(node: &Node, gateways: usize) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while node.logs().matches("linked to gateway").count() < gateways {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not linked to {gateways} gateways:\n{}", node.logs()));
+}
+
+/// The number of a published message (`NNN <padding>`), checking that it arrived whole.
+fn published(message: &str) -> usize {
+    assert_eq!(message.len(), 4 + PUBLISHED_BYTES, "a message cut short");
+    message[..3].parse().expect("a published message")
+}
+
+/// Register mesh; gateways A and B, worker host W1 serving every client, W2 linked too. The
+/// publisher on A publishes to a group with a member on each gateway while B is frozen
+/// (SIGSTOP), so W1's commands to B stay unconfirmed; W1 is killed (SIGKILL) once its first
+/// events ran, then B thawed: the member on B receives every message (repeats allowed: the
+/// events A re-sends to W2 publish again), and a bystander on A is served throughout. Before
+/// this, W1 acknowledged each event to A as soon as it ran, while its commands to B still sat
+/// in its link queue: the test killed W1 once every message had run (its `Done`s at A), and
+/// B never got what was queued (54 of the 64 messages, run before the change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_hosts_commands_to_a_frozen_gateway_are_not_lost() {
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    let r = free_port();
+    let _register = register(r);
+    let (ga, gb) = (free_port(), free_port());
+    // Outboxes that take every message of the test in a burst.
+    let outbox = "send_buffer = \"256MiB\"";
+    let _a = gateway_of(
+        "commands",
+        ga,
+        r,
+        &format!("{outbox}\nmax_events_in_flight = 4"),
+    );
+    let b = gateway_of("commands", gb, r, outbox);
+    let metrics = free_port();
+    let doomed = worker_with_metrics("w1", &plugins, r, metrics);
+    // The only host so far: every client is bound to it.
+    let mut watcher = client(ga).await;
+    assert_eq!(watcher.ask("join g").await, "joined g");
+    let mut member = client(gb).await;
+    assert_eq!(member.ask("join g").await, "joined g");
+    let mut bystander = client(ga).await;
+    let mut publisher = client(ga).await;
+    let heir = worker_with_metrics("w2", &plugins, r, free_port());
+    linked_to(&heir, 2).await;
+
+    b.signal("STOP").await;
+    // Its own task: A stops reading the publisher while its window is full.
+    let publishing = tokio::spawn(async move {
+        let padding = "x".repeat(PUBLISHED_BYTES);
+        for n in 0..PUBLISHED {
+            publisher
+                .send(&format!("pub g {n:03} {padding}"))
+                .await
+                .unwrap();
+        }
+        publisher
+    });
+    // W1 runs the first events (the watcher on A hears them). Killed once one of its
+    // acknowledgements waits for B, or, where none waits, once every message ran.
+    let mut ran = HashSet::new();
+    let metrics: SocketAddr = ([127, 0, 0, 1], metrics).into();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Ok(message) = watcher.recv_within(Duration::from_millis(100)).await {
+                ran.insert(published(&message));
+            }
+            if ran.len() == PUBLISHED {
+                return;
+            }
+            let parked = scrape(metrics)
+                .await
+                .count("wasmgate_acks_parked_total", &[]);
+            if !ran.is_empty() && parked > 0.0 {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("W1 ran the publisher's events");
+    assert_eq!(bystander.ask("echo frozen").await, "frozen");
+    doomed.kill().await;
+    b.signal("CONT").await;
+
+    let mut received = HashSet::new();
+    while received.len() < PUBLISHED {
+        match member.recv_within(Duration::from_secs(20)).await {
+            Ok(message) => received.insert(published(&message)),
+            Err(_) => break,
+        };
+    }
+    let missing: Vec<_> = (0..PUBLISHED).filter(|n| !received.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the member on B never received {missing:?}"
+    );
+    let _publisher: TestClient = tokio::time::timeout(Duration::from_secs(30), publishing)
+        .await
+        .expect("the publisher's messages were all taken")
+        .unwrap();
+    // Its last event ran on W1 maybe unacknowledged: then it runs again on W2 first.
+    bystander.send("echo still").await.unwrap();
+    let mut reply = bystander.recv().await;
+    if reply == "frozen" {
+        reply = bystander.recv().await;
+    }
+    assert_eq!(reply, "still");
+    drop(heir);
 }
