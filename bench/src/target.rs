@@ -38,6 +38,17 @@ pub enum Layout {
     Split,
 }
 
+/// What carries commands from the worker host to the gateways of a cluster run
+/// (`fanout --gateways`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// A register, and a link from the worker host to every gateway: every group send
+    /// reaches every gateway.
+    Mesh,
+    /// A local `nats-server`: a group send reaches only the gateways holding a member.
+    Nats,
+}
+
 /// A server to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Server {
@@ -61,6 +72,8 @@ impl Server {
 pub struct Running {
     /// Where clients connect: one address per gateway (or baseline process).
     pub addrs: Vec<SocketAddr>,
+    /// Each gateway's `/metrics`, in the order of `addrs`: only in a cluster run.
+    pub metrics: Vec<SocketAddr>,
     /// The processes that hold client connections, whose memory [`Running::rss`] sums.
     holders: Vec<u32>,
     children: Vec<Child>,
@@ -72,21 +85,31 @@ impl Running {
     /// Starts `server` with `listeners` client listeners speaking `proto`, and returns once
     /// each one answers an `echo`.
     pub async fn start(server: Server, proto: Proto, listeners: usize) -> anyhow::Result<Self> {
-        Self::launch(server, proto, listeners, "").await
+        Self::launch(server, proto, listeners, "", None).await
+    }
+
+    /// Starts wasmgate as a cluster: `gateways` gateway processes, each with `/metrics`, and
+    /// one worker host process, linked by `engine` (a register process, or a `nats-server`
+    /// found by [`nats_server`]).
+    pub async fn cluster(proto: Proto, gateways: usize, engine: Engine) -> anyhow::Result<Self> {
+        let server = Server::Wasmgate(Layout::Split);
+        Self::launch(server, proto, gateways, "", Some(engine)).await
     }
 
     /// Starts wasmgate, every role in one process and one gateway speaking `proto`, with
     /// `grants` (`[worker.grants.<app>]` tables) added to its configuration.
     pub async fn granted(proto: Proto, grants: &str) -> anyhow::Result<Self> {
-        Self::launch(Server::Wasmgate(Layout::Single), proto, 1, grants).await
+        Self::launch(Server::Wasmgate(Layout::Single), proto, 1, grants, None).await
     }
 
-    /// [`Running::start`], with `grants` for a wasmgate server.
+    /// [`Running::start`], with `grants` for a wasmgate server, as a cluster linked by
+    /// `engine` if given.
     async fn launch(
         server: Server,
         proto: Proto,
         listeners: usize,
         grants: &str,
+        engine: Option<Engine>,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("wasmgate-bench")
@@ -96,6 +119,7 @@ impl Running {
             .collect::<anyhow::Result<_>>()?;
         let mut running = Self {
             addrs,
+            metrics: Vec::new(),
             holders: Vec::new(),
             children: Vec::new(),
             dir,
@@ -114,11 +138,14 @@ impl Running {
                         "--ws-lib",
                         lib.get_name(),
                     ];
-                    let pid = running.spawn(&format!("baseline{i}"), None, &args)?;
+                    let pid = running.spawn(&format!("baseline{i}"), Program::Itself, &args)?;
                     running.holders.push(pid);
                 }
             }
-            Server::Wasmgate(layout) => running.start_wasmgate(layout, proto, grants)?,
+            Server::Wasmgate(layout) => match engine {
+                None => running.start_wasmgate(layout, proto, grants)?,
+                Some(engine) => running.start_cluster(proto, engine)?,
+            },
         }
         for &addr in &running.addrs {
             if let Err(e) = ready(addr, proto).await {
@@ -133,30 +160,13 @@ impl Running {
     }
 
     fn start_wasmgate(&mut self, layout: Layout, proto: Proto, grants: &str) -> anyhow::Result<()> {
-        let plugins = self.plugins();
-        std::fs::create_dir(&plugins)?;
-        std::fs::copy(
-            wasmgate_tests::plugins::COMMANDS,
-            plugins.join(format!("{APP}.wasm")),
-        )
-        .context("copying the reference plugin")?;
+        let plugins = self.install_plugin()?;
         let register = format!("127.0.0.1:{}", free_port()?);
+        let linked = format!("register = \"{register}\"\n");
         let sections = Sections {
             register: format!("[register]\nlisten = \"{register}\"\n"),
-            gateways: self
-                .addrs
-                .iter()
-                .enumerate()
-                .map(|(i, addr)| {
-                    format!(
-                        "[[gateway]]\nname = \"gw{i}\"\nlisten = \"{}://{addr}\"\napp = \"{APP}\"\n\
-                         register = \"{register}\"\nmax_connections = 1000000\n\
-                         max_connections_per_ip = 0\n",
-                        proto.scheme()
-                    )
-                })
-                .collect(),
-            worker: format!("[worker]\nregister = \"{register}\"\nplugins = {plugins:?}\n{grants}"),
+            gateways: self.gateway_sections(proto, &linked),
+            worker: format!("[worker]\n{linked}plugins = {plugins:?}\n{grants}"),
         };
         match layout {
             Layout::Single => {
@@ -178,6 +188,77 @@ impl Running {
         Ok(())
     }
 
+    /// Creates the plugins directory with the reference plugin in it, and returns it.
+    fn install_plugin(&self) -> anyhow::Result<PathBuf> {
+        let plugins = self.plugins();
+        std::fs::create_dir(&plugins)?;
+        std::fs::copy(
+            wasmgate_tests::plugins::COMMANDS,
+            plugins.join(format!("{APP}.wasm")),
+        )
+        .context("copying the reference plugin")?;
+        Ok(plugins)
+    }
+
+    /// The `[[gateway]]` sections of `self.addrs`, each with `linked` (how it finds worker
+    /// hosts) added.
+    fn gateway_sections(&self, proto: Proto, linked: &str) -> Vec<String> {
+        self.addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                format!(
+                    "[[gateway]]\nname = \"gw{i}\"\nlisten = \"{}://{addr}\"\napp = \"{APP}\"\n\
+                     {linked}max_connections = 1000000\nmax_connections_per_ip = 0\n",
+                    proto.scheme()
+                )
+            })
+            .collect()
+    }
+
+    /// Starts a cluster run: each gateway in a process of its own with `/metrics`, one worker
+    /// host process, and a register or a `nats-server` linking them.
+    fn start_cluster(&mut self, proto: Proto, engine: Engine) -> anyhow::Result<()> {
+        let plugins = self.install_plugin()?;
+        // What every process's configuration adds: where the register is, or NATS.
+        let (linked, shared) = match engine {
+            Engine::Mesh => {
+                let register = format!("127.0.0.1:{}", free_port()?);
+                self.wasmgate(
+                    "register",
+                    [&format!("[register]\nlisten = \"{register}\"\n")],
+                )?;
+                (format!("register = \"{register}\"\n"), String::new())
+            }
+            Engine::Nats => {
+                let url = self.start_nats()?;
+                (String::new(), format!("[cluster]\nnats = [\"{url}\"]\n"))
+            }
+        };
+        for (i, gateway) in self.gateway_sections(proto, &linked).iter().enumerate() {
+            let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            self.metrics.push(metrics);
+            let own = format!("[metrics]\nlisten = \"{metrics}\"\n");
+            let pid = self.wasmgate(&format!("gateway{i}"), [&shared, gateway, &own])?;
+            self.holders.push(pid);
+        }
+        let worker = format!("[worker]\n{linked}plugins = {plugins:?}\n");
+        self.wasmgate("worker", [&shared, &worker])?;
+        Ok(())
+    }
+
+    /// Starts a one-node `nats-server` on loopback, its log in this run's directory, and
+    /// returns its URL.
+    fn start_nats(&mut self) -> anyhow::Result<String> {
+        let binary = nats_server().context("no nats-server")?;
+        let port = free_port()?.to_string();
+        let log = self.dir.path().join("nats-server.log");
+        let log = log.to_string_lossy().into_owned();
+        let args = ["-a", "127.0.0.1", "-p", &port, "-l", &log];
+        self.spawn("nats-server-output", Program::Other(&binary), &args)?;
+        Ok(format!("nats://127.0.0.1:{port}"))
+    }
+
     /// Starts `wasmgate start` with a configuration made of `sections`.
     fn wasmgate<'a>(
         &mut self,
@@ -189,17 +270,21 @@ impl Running {
         let file = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&file, config)?;
         let file = file.to_string_lossy().into_owned();
-        self.spawn(name, Some(WASMGATE), &["start", "-c", &file])
+        self.spawn(name, Program::Wasmgate, &["start", "-c", &file])
     }
 
-    /// Starts this binary (under the process name `arg0`, if given) with `args`, its
-    /// output going to `name.log`.
-    fn spawn(&mut self, name: &str, arg0: Option<&str>, args: &[&str]) -> anyhow::Result<u32> {
+    /// Starts `program` with `args`, its output going to `name.log`.
+    fn spawn(&mut self, name: &str, program: Program, args: &[&str]) -> anyhow::Result<u32> {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log")))?;
-        let mut command = std::process::Command::new(std::env::current_exe()?);
-        if let Some(arg0) = arg0 {
-            command.arg0(arg0);
-        }
+        let mut command = match program {
+            Program::Itself => std::process::Command::new(std::env::current_exe()?),
+            Program::Wasmgate => {
+                let mut command = std::process::Command::new(std::env::current_exe()?);
+                command.arg0(WASMGATE);
+                command
+            }
+            Program::Other(path) => std::process::Command::new(path),
+        };
         command
             .args(args)
             .env("RUST_LOG", "warn")
@@ -256,6 +341,26 @@ impl Running {
             let _ = child.kill().await;
         }
     }
+}
+
+/// What a child process runs.
+#[derive(Debug, Clone, Copy)]
+enum Program<'a> {
+    /// This binary, as the bench's helper commands.
+    Itself,
+    /// This binary under the name `wasmgate`: wasmgate's own command line.
+    Wasmgate,
+    /// Another program (`nats-server`).
+    Other(&'a Path),
+}
+
+/// Where `nats-server` is: on `PATH`, or where Debian's package puts it.
+pub fn nats_server() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
 }
 
 /// The configuration sections of one wasmgate cluster.

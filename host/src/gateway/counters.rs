@@ -34,6 +34,9 @@ pub struct Counters {
     /// Commands received over NATS (`[cluster] nats`), whether or not they concerned a
     /// client here: what membership-aware fan-out keeps at zero on a gateway without members.
     pub nats_commands: AtomicU64,
+    /// Commands received over worker-host and push-client links: in register-mesh mode every
+    /// gateway receives every group, uid and all-clients send, members or not.
+    pub link_commands: AtomicU64,
 }
 
 impl Counters {
