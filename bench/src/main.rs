@@ -410,7 +410,7 @@ async fn fanout_cluster(
     );
     let mut runs = Vec::new();
     for run in 1..=common.runs {
-        let running = Running::cluster(common.proto, gateways, engine).await?;
+        let running = start_cluster(common.proto, gateways, engine).await?;
         let figures = match params.run(&running, common.proto).await {
             Ok(f) => f,
             Err(e) => {
@@ -556,6 +556,24 @@ async fn all(
     keep("reload", reload(&ws, 50).await);
     keep("sweep", sweep(&ws, &[1, 10, 100, 1000], svg).await);
     Ok(rows)
+}
+
+/// [`Running::cluster`], tried up to three times: a port picked free for a child can be
+/// taken by one of the previous run's connections before the child binds it.
+async fn start_cluster(proto: Proto, gateways: usize, engine: Engine) -> anyhow::Result<Running> {
+    let mut attempt = 1;
+    loop {
+        match Running::cluster(proto, gateways, engine).await {
+            Ok(running) => return Ok(running),
+            Err(e) if attempt < 3 => {
+                let first = format!("{e:#}");
+                let first = first.lines().next().unwrap_or_default();
+                eprintln!("cluster start failed, trying again: {first}");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The CPU model and core count, for the report.

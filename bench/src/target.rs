@@ -156,6 +156,15 @@ impl Running {
                 );
             }
         }
+        // A child that could not bind a port picked free for it (taken in between) exits,
+        // while something else may answer on its port.
+        let exited = running
+            .children
+            .iter_mut()
+            .find_map(|child| child.try_wait().ok().flatten());
+        if let Some(status) = exited {
+            bail!("a server process exited ({status})\n{}", running.logs());
+        }
         Ok(running)
     }
 

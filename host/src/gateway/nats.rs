@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::StreamExt;
 use futures_util::stream::{BoxStream, SelectAll};
@@ -25,6 +26,31 @@ use super::counters::Counters;
 use super::state::Held;
 use crate::nats::{Nats, discovery};
 use crate::ops::Command;
+
+/// How many group and uid subjects the gateway is subscribed to now (besides `all` and its
+/// own), for `status`.
+#[derive(Debug, Default)]
+pub struct HeldSubjects {
+    groups: AtomicUsize,
+    uids: AtomicUsize,
+}
+
+impl HeldSubjects {
+    /// The group subjects and the uid subjects held now.
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.groups.load(Ordering::Relaxed),
+            self.uids.load(Ordering::Relaxed),
+        )
+    }
+
+    fn of(&self, name: &Held) -> &AtomicUsize {
+        match name {
+            Held::Group(_) => &self.groups,
+            Held::Uid(_) => &self.uids,
+        }
+    }
+}
 
 /// A subscription the gateway holds for its groups or uids, and the names it holds it for
 /// (names whose hashes collide share a subject).
@@ -120,11 +146,19 @@ impl Subscriptions {
                     continue;
                 };
                 self.streams.push(stream);
+                gateway
+                    .nats_subjects
+                    .of(&name)
+                    .fetch_add(1, Ordering::Relaxed);
                 let names = HashSet::from([name]);
                 self.held.insert(subject, Subscribed { names, stop });
             } else if let Some(s) = self.held.get_mut(&subject) {
                 s.names.remove(&name);
                 if s.names.is_empty() {
+                    gateway
+                        .nats_subjects
+                        .of(&name)
+                        .fetch_sub(1, Ordering::Relaxed);
                     s.stop.cancel();
                     self.held.remove(&subject);
                 }
