@@ -22,33 +22,16 @@ use futures_util::stream::{BoxStream, SelectAll};
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
-use super::counters::Counters;
+use super::counters::{Counters, HeldSubjects};
 use super::state::Held;
 use crate::nats::{Nats, discovery};
 use crate::ops::Command;
 
-/// How many group and uid subjects the gateway is subscribed to now (besides `all` and its
-/// own), for `status`.
-#[derive(Debug, Default)]
-pub struct HeldSubjects {
-    groups: AtomicUsize,
-    uids: AtomicUsize,
-}
-
-impl HeldSubjects {
-    /// The group subjects and the uid subjects held now.
-    pub fn counts(&self) -> (usize, usize) {
-        (
-            self.groups.load(Ordering::Relaxed),
-            self.uids.load(Ordering::Relaxed),
-        )
-    }
-
-    fn of(&self, name: &Held) -> &AtomicUsize {
-        match name {
-            Held::Group(_) => &self.groups,
-            Held::Uid(_) => &self.uids,
-        }
+/// The count in `held` of `name`'s kind of subject.
+fn held_of<'a>(held: &'a HeldSubjects, name: &Held) -> &'a AtomicUsize {
+    match name {
+        Held::Group(_) => &held.groups,
+        Held::Uid(_) => &held.uids,
     }
 }
 
@@ -146,19 +129,13 @@ impl Subscriptions {
                     continue;
                 };
                 self.streams.push(stream);
-                gateway
-                    .nats_subjects
-                    .of(&name)
-                    .fetch_add(1, Ordering::Relaxed);
+                held_of(&gateway.nats_subjects, &name).fetch_add(1, Ordering::Relaxed);
                 let names = HashSet::from([name]);
                 self.held.insert(subject, Subscribed { names, stop });
             } else if let Some(s) = self.held.get_mut(&subject) {
                 s.names.remove(&name);
                 if s.names.is_empty() {
-                    gateway
-                        .nats_subjects
-                        .of(&name)
-                        .fetch_sub(1, Ordering::Relaxed);
+                    held_of(&gateway.nats_subjects, &name).fetch_sub(1, Ordering::Relaxed);
                     s.stop.cancel();
                     self.held.remove(&subject);
                 }

@@ -5,8 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::counters::Counters;
-use super::nats::HeldSubjects;
+use super::counters::{Counters, HeldSubjects};
 use super::router::Router;
 use super::state::{GatewayState, StateSummary};
 use crate::ops::{ListenerView, Query, Reply, WorkerReport};
