@@ -36,12 +36,12 @@ use client::Proto;
 use scenario::connect::Connect;
 use scenario::cost::Cost;
 use scenario::echo::Echo;
-use scenario::fanout::Fanout;
+use scenario::fanout::{Fanout, Spread};
 use scenario::idle::Idle;
 use scenario::reload::Reload;
 use scenario::{Setup, compare};
 use stats::Comparison;
-use target::{Layout, Listeners, Server};
+use target::{Engine, Layout, Listeners, Running, Server};
 
 #[derive(Parser)]
 #[command(
@@ -96,6 +96,27 @@ impl Common {
     }
 }
 
+/// The cluster a `fanout` run measures: several gateway processes and one worker host.
+#[derive(Args, Debug, Clone, Copy)]
+struct ClusterArgs {
+    /// Gateway processes (each with `/metrics`); more than 1 makes it a cluster run.
+    #[arg(long, default_value_t = 1)]
+    gateways: usize,
+    /// What carries commands to the gateways; `nats` makes it a cluster run, with a local
+    /// `nats-server` (skipped, said why, when there is none).
+    #[arg(long, value_enum, default_value = "mesh")]
+    engine: Engine,
+    /// Members on every gateway, or all on the first.
+    #[arg(long, value_enum, default_value = "all")]
+    spread: Spread,
+}
+
+impl ClusterArgs {
+    fn is_cluster(&self) -> bool {
+        self.gateways > 1 || self.engine == Engine::Nats
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Closed-loop `echo` round trips → msgs/s and latency.
@@ -109,10 +130,14 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         payload: usize,
     },
-    /// One publisher, M group members → deliveries/s and delivery latency.
+    /// One publisher, M group members → deliveries/s and delivery latency; with
+    /// `--gateways` or `--engine nats`, a cluster run (no baseline) that also reports the
+    /// commands each gateway received.
     Fanout {
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Group members.
         #[arg(long, default_value_t = 10_000)]
         members: usize,
@@ -266,10 +291,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => echo(&common, clients, payload).await?,
         Command::Fanout {
             common,
+            cluster,
             members,
             window,
             payload,
-        } => fanout(&common, members, window, payload).await?,
+        } if cluster.is_cluster() => {
+            fanout_cluster(&common, cluster, members, window, payload).await?
+        }
+        Command::Fanout {
+            common,
+            cluster,
+            members,
+            window,
+            payload,
+        } => {
+            let spread = cluster.spread;
+            fanout(&common, members, window, payload, spread).await?
+        }
         Command::Connect {
             common,
             concurrency,
@@ -324,12 +362,14 @@ async fn fanout(
     members: usize,
     window: usize,
     payload: usize,
+    spread: Spread,
 ) -> anyhow::Result<Vec<Comparison>> {
     let setup = common.setup(Listeners::separate(1));
     let params = Fanout {
         members,
         window,
         payload,
+        spread,
         warmup: common.warmup(),
         duration: common.duration(),
     };
@@ -338,6 +378,76 @@ async fn fanout(
         params.run(running, setup.proto).await
     })
     .await
+}
+
+/// `fanout` against a cluster of `cluster.gateways` gateway processes linked by
+/// `cluster.engine`: wasmgate alone (a baseline has no cluster to compare with), the
+/// engines compared by running this once per engine.
+async fn fanout_cluster(
+    common: &Common,
+    cluster: ClusterArgs,
+    members: usize,
+    window: usize,
+    payload: usize,
+) -> anyhow::Result<Vec<Comparison>> {
+    let ClusterArgs {
+        gateways,
+        engine,
+        spread,
+    } = cluster;
+    anyhow::ensure!(gateways > 0, "--gateways must be at least 1");
+    if engine == Engine::Nats && target::nats_server().is_none() {
+        eprintln!(
+            "fanout --engine nats skipped: no nats-server on PATH or in /usr/sbin \
+             (Debian: apt-get install nats-server)"
+        );
+        return Ok(Vec::new());
+    }
+    let params = Fanout {
+        members,
+        window,
+        payload,
+        spread,
+        warmup: common.warmup(),
+        duration: common.duration(),
+    };
+    let engine_name = match engine {
+        Engine::Mesh => "mesh",
+        Engine::Nats => "nats",
+    };
+    let spread_name = match spread {
+        Spread::All => "spread",
+        Spread::One => "on gw0",
+    };
+    let name = format!(
+        "fanout {} {gateways} gw {engine_name} {members} members {spread_name}",
+        common.proto.scheme()
+    );
+    let mut runs = Vec::new();
+    for run in 1..=common.runs {
+        let running = start_cluster(common.proto, gateways, engine).await?;
+        let figures = match params.run(&running, common.proto).await {
+            Ok(f) => f,
+            Err(e) => {
+                let logs = running.logs();
+                running.stop().await;
+                return Err(e.context(format!("{name}: run {run}\n{logs}")));
+            }
+        };
+        running.stop().await;
+        let shown: Vec<String> = figures
+            .iter()
+            .map(|f| format!("{} {:.1}", f.metric, f.value))
+            .collect();
+        eprintln!("{name}: run {run}: {}", shown.join(", "));
+        runs.push(figures);
+    }
+    let mut rows = Comparison::pair(&name, &runs, &[]);
+    // The targets are ratios to the baseline, which a cluster run has none of.
+    for row in &mut rows {
+        row.target = None;
+    }
+    Ok(rows)
 }
 
 async fn connect(common: &Common, concurrency: usize) -> anyhow::Result<Vec<Comparison>> {
@@ -462,7 +572,7 @@ async fn all(
         "echo",
         echo(&common(Proto::Text, Layout::Single), 100, 64).await,
     );
-    keep("fanout", fanout(&ws, 10_000, 8, 64).await);
+    keep("fanout", fanout(&ws, 10_000, 8, 64, Spread::All).await);
     keep("connect", connect(&ws, 32).await);
     keep(
         "idle",
@@ -478,6 +588,24 @@ async fn all(
     keep("reload", reload(&ws, 50).await);
     keep("sweep", sweep(&ws, &[1, 10, 100, 1000], svg).await);
     Ok(rows)
+}
+
+/// [`Running::cluster`], tried up to three times: a port picked free for a child can be
+/// taken by one of the previous run's connections before the child binds it.
+async fn start_cluster(proto: Proto, gateways: usize, engine: Engine) -> anyhow::Result<Running> {
+    let mut attempt = 1;
+    loop {
+        match Running::cluster(proto, gateways, engine).await {
+            Ok(running) => return Ok(running),
+            Err(e) if attempt < 3 => {
+                let first = format!("{e:#}");
+                let first = first.lines().next().unwrap_or_default();
+                eprintln!("cluster start failed, trying again: {first}");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The CPU model and core count, for the report.

@@ -38,6 +38,17 @@ pub enum Layout {
     Split,
 }
 
+/// What carries commands from the worker host to the gateways of a cluster run
+/// (`fanout --gateways`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// A register, and a link from the worker host to every gateway: every group send
+    /// reaches every gateway.
+    Mesh,
+    /// A local `nats-server`: a group send reaches only the gateways holding a member.
+    Nats,
+}
+
 /// A server to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Server {
@@ -81,6 +92,8 @@ impl Listeners {
 pub struct Running {
     /// Where clients connect: one address per listener, or the one they share.
     pub addrs: Vec<SocketAddr>,
+    /// Each gateway's `/metrics`, in the order of `addrs`: only in a cluster run.
+    pub metrics: Vec<SocketAddr>,
     /// The processes that hold client connections, whose memory [`Running::rss`] sums.
     holders: Vec<u32>,
     children: Vec<Child>,
@@ -93,22 +106,33 @@ impl Running {
     /// (on a shared port: once every process listens, and for wasmgate, every gateway
     /// answers).
     pub async fn start(server: Server, proto: Proto, listeners: Listeners) -> anyhow::Result<Self> {
-        Self::launch(server, proto, listeners, "").await
+        Self::launch(server, proto, listeners, "", None).await
+    }
+
+    /// Starts wasmgate as a cluster: `gateways` gateway processes, each with `/metrics`, and
+    /// one worker host process, linked by `engine` (a register process, or a `nats-server`
+    /// found by [`nats_server`]).
+    pub async fn cluster(proto: Proto, gateways: usize, engine: Engine) -> anyhow::Result<Self> {
+        let server = Server::Wasmgate(Layout::Split);
+        let listeners = Listeners::separate(gateways);
+        Self::launch(server, proto, listeners, "", Some(engine)).await
     }
 
     /// Starts wasmgate, every role in one process and one gateway speaking `proto`, with
     /// `grants` (`[worker.grants.<app>]` tables) added to its configuration.
     pub async fn granted(proto: Proto, grants: &str) -> anyhow::Result<Self> {
         let one = Listeners::separate(1);
-        Self::launch(Server::Wasmgate(Layout::Single), proto, one, grants).await
+        Self::launch(Server::Wasmgate(Layout::Single), proto, one, grants, None).await
     }
 
-    /// [`Running::start`], with `grants` for a wasmgate server.
+    /// [`Running::start`], with `grants` for a wasmgate server, as a cluster linked by
+    /// `engine` if given.
     async fn launch(
         server: Server,
         proto: Proto,
         listeners: Listeners,
         grants: &str,
+        engine: Option<Engine>,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("wasmgate-bench")
@@ -123,6 +147,7 @@ impl Running {
             .collect::<anyhow::Result<_>>()?;
         let mut running = Self {
             addrs,
+            metrics: Vec::new(),
             holders: Vec::new(),
             children: Vec::new(),
             dir,
@@ -144,13 +169,14 @@ impl Running {
                     if listeners.reuse_port {
                         args.push("--reuse-port");
                     }
-                    let pid = running.spawn(&format!("baseline{i}"), None, &args)?;
+                    let pid = running.spawn(&format!("baseline{i}"), Program::Itself, &args)?;
                     running.holders.push(pid);
                 }
             }
-            Server::Wasmgate(layout) => {
-                running.start_wasmgate(layout, proto, listeners, grants)?;
-            }
+            Server::Wasmgate(layout) => match engine {
+                None => running.start_wasmgate(layout, proto, listeners, grants)?,
+                Some(engine) => running.start_cluster(proto, listeners, engine)?,
+            },
         }
         for &addr in &running.addrs {
             if let Err(e) = ready(addr, proto).await {
@@ -160,6 +186,15 @@ impl Running {
                     running.logs()
                 );
             }
+        }
+        // A child that could not bind a port picked free for it (taken in between) exits,
+        // while something else may answer on its port.
+        let exited = running
+            .children
+            .iter_mut()
+            .find_map(|child| child.try_wait().ok().flatten());
+        if let Some(status) = exited {
+            bail!("a server process exited ({status})\n{}", running.logs());
         }
         if listeners.reuse_port {
             let addr = running.addrs[0];
@@ -181,29 +216,13 @@ impl Running {
         listeners: Listeners,
         grants: &str,
     ) -> anyhow::Result<()> {
-        let plugins = self.plugins();
-        std::fs::create_dir(&plugins)?;
-        std::fs::copy(
-            wasmgate_tests::plugins::COMMANDS,
-            plugins.join(format!("{APP}.wasm")),
-        )
-        .context("copying the reference plugin")?;
+        let plugins = self.install_plugin()?;
         let register = format!("127.0.0.1:{}", free_port()?);
+        let linked = format!("register = \"{register}\"\n");
         let sections = Sections {
             register: format!("[register]\nlisten = \"{register}\"\n"),
-            gateways: (0..listeners.count)
-                .map(|i| {
-                    let addr = self.addrs[i % self.addrs.len()];
-                    format!(
-                        "[[gateway]]\nname = \"gw{i}\"\nlisten = \"{}://{addr}\"\napp = \"{APP}\"\n\
-                         register = \"{register}\"\nmax_connections = 1000000\n\
-                         max_connections_per_ip = 0\nreuse_port = {}\n",
-                        proto.scheme(),
-                        listeners.reuse_port,
-                    )
-                })
-                .collect(),
-            worker: format!("[worker]\nregister = \"{register}\"\nplugins = {plugins:?}\n{grants}"),
+            gateways: self.gateway_sections(proto, listeners, &linked),
+            worker: format!("[worker]\n{linked}plugins = {plugins:?}\n{grants}"),
         };
         match layout {
             Layout::Single => {
@@ -225,6 +244,84 @@ impl Running {
         Ok(())
     }
 
+    /// Creates the plugins directory with the reference plugin in it, and returns it.
+    fn install_plugin(&self) -> anyhow::Result<PathBuf> {
+        let plugins = self.plugins();
+        std::fs::create_dir(&plugins)?;
+        std::fs::copy(
+            wasmgate_tests::plugins::COMMANDS,
+            plugins.join(format!("{APP}.wasm")),
+        )
+        .context("copying the reference plugin")?;
+        Ok(plugins)
+    }
+
+    /// The `[[gateway]]` sections of `listeners` on `self.addrs` (sharing the one address
+    /// when they share a port), each with `linked` (how it finds worker hosts) added.
+    fn gateway_sections(&self, proto: Proto, listeners: Listeners, linked: &str) -> Vec<String> {
+        (0..listeners.count)
+            .map(|i| {
+                let addr = self.addrs[i % self.addrs.len()];
+                format!(
+                    "[[gateway]]\nname = \"gw{i}\"\nlisten = \"{}://{addr}\"\napp = \"{APP}\"\n\
+                     {linked}max_connections = 1000000\nmax_connections_per_ip = 0\n\
+                     reuse_port = {}\n",
+                    proto.scheme(),
+                    listeners.reuse_port,
+                )
+            })
+            .collect()
+    }
+
+    /// Starts a cluster run: each gateway in a process of its own with `/metrics`, one worker
+    /// host process, and a register or a `nats-server` linking them.
+    fn start_cluster(
+        &mut self,
+        proto: Proto,
+        listeners: Listeners,
+        engine: Engine,
+    ) -> anyhow::Result<()> {
+        let plugins = self.install_plugin()?;
+        // What every process's configuration adds: where the register is, or NATS.
+        let (linked, shared) = match engine {
+            Engine::Mesh => {
+                let register = format!("127.0.0.1:{}", free_port()?);
+                self.wasmgate(
+                    "register",
+                    [&format!("[register]\nlisten = \"{register}\"\n")],
+                )?;
+                (format!("register = \"{register}\"\n"), String::new())
+            }
+            Engine::Nats => {
+                let url = self.start_nats()?;
+                (String::new(), format!("[cluster]\nnats = [\"{url}\"]\n"))
+            }
+        };
+        let gateways = self.gateway_sections(proto, listeners, &linked);
+        for (i, gateway) in gateways.iter().enumerate() {
+            let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            self.metrics.push(metrics);
+            let own = format!("[metrics]\nlisten = \"{metrics}\"\n");
+            let pid = self.wasmgate(&format!("gateway{i}"), [&shared, gateway, &own])?;
+            self.holders.push(pid);
+        }
+        let worker = format!("[worker]\n{linked}plugins = {plugins:?}\n");
+        self.wasmgate("worker", [&shared, &worker])?;
+        Ok(())
+    }
+
+    /// Starts a one-node `nats-server` on loopback, its log in this run's directory, and
+    /// returns its URL.
+    fn start_nats(&mut self) -> anyhow::Result<String> {
+        let binary = nats_server().context("no nats-server")?;
+        let port = free_port()?.to_string();
+        let log = self.dir.path().join("nats-server.log");
+        let log = log.to_string_lossy().into_owned();
+        let args = ["-a", "127.0.0.1", "-p", &port, "-l", &log];
+        self.spawn("nats-server-output", Program::Other(&binary), &args)?;
+        Ok(format!("nats://127.0.0.1:{port}"))
+    }
+
     /// Starts `wasmgate start` with a configuration made of `sections`.
     fn wasmgate<'a>(
         &mut self,
@@ -236,17 +333,21 @@ impl Running {
         let file = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&file, config)?;
         let file = file.to_string_lossy().into_owned();
-        self.spawn(name, Some(WASMGATE), &["start", "-c", &file])
+        self.spawn(name, Program::Wasmgate, &["start", "-c", &file])
     }
 
-    /// Starts this binary (under the process name `arg0`, if given) with `args`, its
-    /// output going to `name.log`.
-    fn spawn(&mut self, name: &str, arg0: Option<&str>, args: &[&str]) -> anyhow::Result<u32> {
+    /// Starts `program` with `args`, its output going to `name.log`.
+    fn spawn(&mut self, name: &str, program: Program, args: &[&str]) -> anyhow::Result<u32> {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log")))?;
-        let mut command = std::process::Command::new(std::env::current_exe()?);
-        if let Some(arg0) = arg0 {
-            command.arg0(arg0);
-        }
+        let mut command = match program {
+            Program::Itself => std::process::Command::new(std::env::current_exe()?),
+            Program::Wasmgate => {
+                let mut command = std::process::Command::new(std::env::current_exe()?);
+                command.arg0(WASMGATE);
+                command
+            }
+            Program::Other(path) => std::process::Command::new(path),
+        };
         command
             .args(args)
             .env("RUST_LOG", "warn")
@@ -343,6 +444,26 @@ impl Running {
             let _ = child.kill().await;
         }
     }
+}
+
+/// What a child process runs.
+#[derive(Debug, Clone, Copy)]
+enum Program<'a> {
+    /// This binary, as the bench's helper commands.
+    Itself,
+    /// This binary under the name `wasmgate`: wasmgate's own command line.
+    Wasmgate,
+    /// Another program (`nats-server`).
+    Other(&'a Path),
+}
+
+/// Where `nats-server` is: on `PATH`, or where Debian's package puts it.
+pub fn nats_server() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
 }
 
 /// The configuration sections of one wasmgate cluster.

@@ -91,6 +91,56 @@ fn fanout() {
     );
 }
 
+/// The wasmgate figure of `metric` in a table without a baseline.
+fn alone(table: &str, metric: &str) -> f64 {
+    let cells = row(table, metric);
+    assert_eq!(
+        cells[4], "—",
+        "{metric}: no baseline in a cluster run: {cells:?}"
+    );
+    cells[3]
+        .parse()
+        .unwrap_or_else(|_| panic!("{metric}: {cells:?}"))
+}
+
+/// Members all on gateway 0 of three: in register-mesh mode every gateway still receives
+/// each broadcast, with NATS the two empty gateways receive nothing.
+#[test]
+fn fanout_over_three_gateways_mesh_and_nats() {
+    let cluster = |engine| {
+        bench(&[
+            "fanout",
+            "--members",
+            "6",
+            "--window",
+            "2",
+            "--gateways",
+            "3",
+            "--engine",
+            engine,
+            "--spread",
+            "one",
+        ])
+    };
+    let mesh = cluster("mesh");
+    assert!(alone(&mesh, "deliveries/s") > 0.0, "{mesh}");
+    for gw in 0..3 {
+        let received = alone(&mesh, &format!("gw{gw} commands in/s"));
+        assert!(received > 0.0, "mesh: gw{gw} received nothing\n{mesh}");
+    }
+    if let Err(skip) = wasmgate_tests::tools::nats_server() {
+        skip.report("smoke::fanout_over_three_gateways_mesh_and_nats (nats)");
+        return;
+    }
+    let nats = cluster("nats");
+    assert!(alone(&nats, "deliveries/s") > 0.0, "{nats}");
+    assert!(alone(&nats, "gw0 commands in/s") > 0.0, "{nats}");
+    for gw in 1..3 {
+        let received = alone(&nats, &format!("gw{gw} commands in/s"));
+        assert_eq!(received, 0.0, "nats: gw{gw} holds no member\n{nats}");
+    }
+}
+
 #[test]
 fn connect() {
     compared(&bench(&["connect", "--concurrency", "2"]), "conns/s");

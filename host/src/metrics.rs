@@ -55,6 +55,7 @@ static INTERNAL_TLS_REFUSED: LazyLock<Family<ReasonLabels, Counter>> =
 static NATS_COMMANDS_FAILED: LazyLock<Family<ReasonLabels, Counter>> =
     LazyLock::new(Family::default);
 static NATS_CONNECTED: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+static NATS_COMMANDS_PUBLISHED: LazyLock<Counter> = LazyLock::new(Counter::default);
 static HTTP_CUT_OFF: LazyLock<Family<ListenerLabels, Counter>> = LazyLock::new(Family::default);
 static CONTROL_REFUSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static GATEWAYWORKER_REFUSED: LazyLock<Family<ListenerLabels, Counter>> =
@@ -234,6 +235,16 @@ pub fn nats_command_failed(reason: &'static str) {
     NATS_COMMANDS_FAILED
         .get_or_create(&ReasonLabels { reason })
         .inc();
+}
+
+/// Counts a command a worker host or push client published on NATS (once per subject).
+pub fn nats_command_published() {
+    NATS_COMMANDS_PUBLISHED.inc();
+}
+
+/// Commands published on NATS so far by this process.
+pub fn nats_commands_published() -> u64 {
+    NATS_COMMANDS_PUBLISHED.get()
 }
 
 /// Records whether the process's NATS connection is up.
@@ -768,6 +779,11 @@ pub fn register(r: &mut Registry) {
         "nats_commands_failed",
         "Commands a worker host or push client could not publish on NATS (the caller got unreachable), by reason (disconnected, publish, too_large, encoding)",
         NATS_COMMANDS_FAILED.clone(),
+    );
+    r.register(
+        "nats_commands_published",
+        "Commands a worker host or push client published on NATS ([cluster] nats), once per subject",
+        NATS_COMMANDS_PUBLISHED.clone(),
     );
     r.register(
         "nats_connected",

@@ -2,7 +2,7 @@
 //! ephemeral ports) or as separate OS processes running the real command ([`Node`]).
 
 use std::net::{SocketAddr, SocketAddrV4};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -307,7 +307,7 @@ pub struct Node {
     log: tempfile::NamedTempFile,
     /// Holds the configuration file and what the server puts beside it (control socket,
     /// pid file), so a killed node leaves nothing behind.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Node {
@@ -341,11 +341,7 @@ impl Node {
             .kill_on_drop(true)
             .spawn()
             .expect("starting wasmgate");
-        Self {
-            child,
-            log,
-            _dir: dir,
-        }
+        Self { child, log, dir }
     }
 
     /// Every role in one process (`binary` as for [`Node::start`]), loading `plugins` with
@@ -362,6 +358,11 @@ impl Node {
             ),
         );
         (node, g)
+    }
+
+    /// Its configuration file, for the commands that talk to it (`status -c`).
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("wasmgate.toml")
     }
 
     /// The process id, e.g. to send it a signal.

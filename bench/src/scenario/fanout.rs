@@ -6,7 +6,14 @@
 //! whether a server keeps up; an open loop would fill the send queues until the server cuts
 //! members off as slow readers. Each payload carries its sequence number and the time it was
 //! sent, so a member knows the latency and which broadcast it completes.
+//!
+//! Against a cluster run (`--gateways`, [`Running::cluster`]) the members are spread over
+//! every gateway or all on the first ([`Spread`]), and each gateway's `/metrics` tells how
+//! many commands it received in the window, over worker-host links or over NATS: in
+//! register-mesh mode every gateway receives every broadcast, in NATS mode only the gateways
+//! holding a member do.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +34,15 @@ const GROUP: &str = "bench";
 /// Broadcasts tracked at once; more than any sensible window.
 const RING: usize = 1024;
 
+/// Where the members connect in a run with several gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Spread {
+    /// Round-robin over every gateway.
+    All,
+    /// All on the first gateway (with the publisher): the others hold no member.
+    One,
+}
+
 /// The parameters of a `fanout` run.
 #[derive(Debug, Clone, Copy)]
 pub struct Fanout {
@@ -36,6 +52,8 @@ pub struct Fanout {
     pub window: usize,
     /// Payload bytes per broadcast (at least 26: sequence number and timestamp).
     pub payload: usize,
+    /// Where the members connect.
+    pub spread: Spread,
     /// Unmeasured time first.
     pub warmup: Duration,
     /// Measured time.
@@ -68,7 +86,11 @@ impl Fanout {
     /// One run against `running`.
     pub async fn run(&self, running: &Running, proto: Proto) -> anyhow::Result<Vec<Figure>> {
         ensure!(self.window < RING, "the window must be below {RING}");
-        let mut members = connect_all(&running.addrs, proto, self.members, None).await?;
+        let addrs = match self.spread {
+            Spread::All => &running.addrs[..],
+            Spread::One => &running.addrs[..1],
+        };
+        let mut members = connect_all(addrs, proto, self.members, None).await?;
         let mut joins = JoinSet::new();
         for mut member in members.drain(..) {
             joins.spawn(async move {
@@ -94,6 +116,7 @@ impl Fanout {
         let origin = Instant::now();
         let window = Window::after(self.warmup, self.duration);
         let cpu = window.cpu_of(running);
+        let commands = commands_received(running.metrics.clone(), window);
         let mut tasks = JoinSet::new();
         for mut member in members {
             let progress = progress.clone();
@@ -118,13 +141,53 @@ impl Fanout {
         publish(publisher, &progress, self, window, origin).await?;
         let (delivered, latency) = gather(tasks).await?;
         let cpu = cpu.await??;
+        let commands = commands.await?;
         let mut figures = vec![
             Figure::new("deliveries/s", delivered as f64 / window.seconds()).target("≥ 0.8×"),
             cpu_per("delivery", cpu, delivered),
         ];
         figures.extend(stats::latencies(&latency, None));
+        if !commands.is_empty() {
+            let broadcasts = delivered as f64 / self.members as f64;
+            figures.push(Figure::new("broadcasts/s", broadcasts / window.seconds()));
+            for (i, received) in commands.into_iter().enumerate() {
+                figures.push(Figure::new(
+                    format!("gw{i} commands in/s"),
+                    received / window.seconds(),
+                ));
+            }
+        }
         Ok(figures)
     }
+}
+
+/// How many commands each gateway whose `/metrics` is at `metrics` received inside `window`,
+/// over worker-host links and over NATS, read from its counters at both ends; in a task of
+/// its own, like [`Window::cpu_of`].
+fn commands_received(
+    metrics: Vec<SocketAddr>,
+    window: Window,
+) -> tokio::task::JoinHandle<Vec<f64>> {
+    async fn read(metrics: &[SocketAddr]) -> Vec<f64> {
+        let mut counts = Vec::new();
+        for (i, &addr) in metrics.iter().enumerate() {
+            let scrape = wasmgate_tests::prometheus::scrape(addr).await;
+            let gateway = format!("gw{i}");
+            let label = [("gateway", gateway.as_str())];
+            counts.push(
+                scrape.count("wasmgate_link_commands_received_total", &label)
+                    + scrape.count("wasmgate_nats_commands_received_total", &label),
+            );
+        }
+        counts
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep_until(window.start.into()).await;
+        let before = read(&metrics).await;
+        tokio::time::sleep_until(window.end.into()).await;
+        let after = read(&metrics).await;
+        after.iter().zip(&before).map(|(a, b)| a - b).collect()
+    })
 }
 
 /// Publishes broadcasts until the window ends, never more than `window` ahead of the

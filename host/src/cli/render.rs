@@ -70,6 +70,7 @@ pub fn status(label: &str, s: &Status) -> String {
     }
     roles.render(&mut out);
     register_outages(&mut out, s);
+    nats(&mut out, s);
 
     rule(&mut out, "PLUGINS");
     if s.plugins.is_empty() {
@@ -233,6 +234,49 @@ fn register_outages(out: &mut String, s: &Status) {
     if any {
         rule(out, "REGISTERS UNREACHABLE");
         table.render(out);
+    }
+}
+
+/// The NATS connection, with `[cluster] nats`: whether commands can flow now, and what each
+/// gateway holds on it.
+fn nats(out: &mut String, s: &Status) {
+    let Some(n) = &s.nats else {
+        return;
+    };
+    rule(out, "NATS");
+    let held_for = SystemTime::now()
+        .duration_since(UNIX_EPOCH + Duration::from_secs(n.since))
+        .unwrap_or_default();
+    let mut table = Table::new(&[
+        "state",
+        "since",
+        "for",
+        "server",
+        "connects",
+        "published",
+        "servers",
+    ]);
+    table.row([
+        &n.state,
+        &timestamp(n.since),
+        &format!("{}s", held_for.as_secs()),
+        n.server.as_deref().unwrap_or("-"),
+        &n.connects.to_string(),
+        &n.commands_published.to_string(),
+        &n.servers.join(","),
+    ]);
+    table.render(out);
+    if !n.gateways.is_empty() {
+        let mut gateways = Table::new(&["gateway", "group_subjects", "uid_subjects", "received"]);
+        for g in &n.gateways {
+            gateways.row([
+                &g.name,
+                &g.group_subjects.to_string(),
+                &g.uid_subjects.to_string(),
+                &g.commands_received.to_string(),
+            ]);
+        }
+        gateways.render(out);
     }
 }
 

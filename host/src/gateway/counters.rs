@@ -1,8 +1,8 @@
 //! How often a gateway's limits cut clients off or refuse what they ask: one counter per
 //! limit, shared by the listener, the connections and the state, read by `status` and the
-//! metrics scrape.
+//! metrics scrape; and the subjects the gateway holds on NATS.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// How often the gateway's limits cut clients off, for `status` and metrics.
 #[derive(Debug, Default)]
@@ -34,11 +34,34 @@ pub struct Counters {
     /// Commands received over NATS (`[cluster] nats`), whether or not they concerned a
     /// client here: what membership-aware fan-out keeps at zero on a gateway without members.
     pub nats_commands: AtomicU64,
+    /// Commands received over worker-host and push-client links: in register-mesh mode every
+    /// gateway receives every group, uid and all-clients send, members or not.
+    pub link_commands: AtomicU64,
 }
 
 impl Counters {
     /// Adds one to `counter` and returns the new count.
     pub fn bump(counter: &AtomicU64) -> u64 {
         counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// How many group and uid subjects a gateway is subscribed to on NATS now (besides `all` and
+/// its own), kept by `gateway::nats` and read by `status`.
+#[derive(Debug, Default)]
+pub struct HeldSubjects {
+    /// Group subjects.
+    pub groups: AtomicUsize,
+    /// Uid subjects.
+    pub uids: AtomicUsize,
+}
+
+impl HeldSubjects {
+    /// The group subjects and the uid subjects held now.
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.groups.load(Ordering::Relaxed),
+            self.uids.load(Ordering::Relaxed),
+        )
     }
 }

@@ -28,6 +28,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::counters::Counters;
 use super::router::WorkerLink;
 use super::shared::Gateway;
 use crate::local::{LinkReader, LocalLink};
@@ -328,7 +329,10 @@ async fn read_loop(
         silent = 0;
         match message {
             None => return Ok(()),
-            Some(ToGateway::Command(command)) => gateway.state.execute(command),
+            Some(ToGateway::Command(command)) => {
+                Counters::bump(&gateway.counters.link_commands);
+                gateway.state.execute(command);
+            }
             Some(ToGateway::Query { id, query }) => {
                 let reply = gateway.answer(&query);
                 tokio::time::timeout(stall, queue.send(ToWorker::Reply { id, reply }))

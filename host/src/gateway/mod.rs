@@ -124,6 +124,7 @@ impl BoundGateway {
             counters,
             reports: Default::default(),
             registers: register::RegisterReach::new(config.register.clone()),
+            nats_subjects: Default::default(),
         });
         Ok(Self {
             config,

@@ -15,16 +15,25 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::StreamExt;
 use futures_util::stream::{BoxStream, SelectAll};
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
-use super::counters::Counters;
+use super::counters::{Counters, HeldSubjects};
 use super::state::Held;
 use crate::nats::{Nats, discovery};
 use crate::ops::Command;
+
+/// The count in `held` of `name`'s kind of subject.
+fn held_of<'a>(held: &'a HeldSubjects, name: &Held) -> &'a AtomicUsize {
+    match name {
+        Held::Group(_) => &held.groups,
+        Held::Uid(_) => &held.uids,
+    }
+}
 
 /// A subscription the gateway holds for its groups or uids, and the names it holds it for
 /// (names whose hashes collide share a subject).
@@ -120,11 +129,13 @@ impl Subscriptions {
                     continue;
                 };
                 self.streams.push(stream);
+                held_of(&gateway.nats_subjects, &name).fetch_add(1, Ordering::Relaxed);
                 let names = HashSet::from([name]);
                 self.held.insert(subject, Subscribed { names, stop });
             } else if let Some(s) = self.held.get_mut(&subject) {
                 s.names.remove(&name);
                 if s.names.is_empty() {
+                    held_of(&gateway.nats_subjects, &name).fetch_sub(1, Ordering::Relaxed);
                     s.stop.cancel();
                     self.held.remove(&subject);
                 }

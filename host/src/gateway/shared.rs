@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::counters::Counters;
+use super::counters::{Counters, HeldSubjects};
 use super::router::Router;
 use super::state::{GatewayState, StateSummary};
 use crate::ops::{ListenerView, Query, Reply, WorkerReport};
@@ -30,6 +30,8 @@ pub struct Gateway {
     pub reports: Mutex<HashMap<u64, WorkerReport>>,
     /// Which of the registers it announces itself to are linked.
     pub registers: RegisterReach,
+    /// The group and uid subjects it holds on NATS (none without `[cluster] nats`).
+    pub nats_subjects: HeldSubjects,
 }
 
 impl Gateway {

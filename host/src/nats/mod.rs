@@ -15,8 +15,9 @@ pub mod discovery;
 pub mod publish;
 pub mod subjects;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use async_nats::connection::State;
 
@@ -40,6 +41,47 @@ pub enum NatsError {
 pub struct Nats {
     client: async_nats::Client,
     subjects: Arc<Subjects>,
+    /// The servers configured (`[cluster] nats`), as written.
+    servers: Arc<[String]>,
+    /// When the connection last changed state (connected, lost), or was set up.
+    changed: Arc<Mutex<SystemTime>>,
+}
+
+/// Where the connection stands, as the client library reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Not connected yet since the process started: the servers are being tried.
+    Connecting,
+    /// Connected to a server.
+    Connected,
+    /// Lost, and being retried in the background on every known server.
+    Disconnected,
+}
+
+impl Link {
+    /// The word `status` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Link::Connecting => "connecting",
+            Link::Connected => "connected",
+            Link::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// The connection's state at one moment, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsReport {
+    /// The servers configured, as written.
+    pub servers: Vec<String>,
+    /// Connected, or not.
+    pub link: Link,
+    /// When it last changed state (or was set up, before any change).
+    pub since: SystemTime,
+    /// The server it is connected to (`host:port`, and the server's name), while connected.
+    pub server: Option<String>,
+    /// Connections made so far: the first, then each reconnection.
+    pub connects: u64,
 }
 
 impl Nats {
@@ -47,21 +89,31 @@ impl Nats {
     /// that is down at start is retried in the background, as after a disconnection, so
     /// a process starts whatever the state of NATS; commands fail until it is connected.
     pub async fn connect(config: &ClusterConfig) -> Result<Self, NatsError> {
+        let changed = Arc::new(Mutex::new(SystemTime::now()));
+        let noted = changed.clone();
         let mut options = async_nats::ConnectOptions::new()
             .name("wasmgate")
             .ping_interval(PING_INTERVAL)
             .retry_on_initial_connect()
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => {
-                        crate::metrics::nats_connected(true);
-                        tracing::info!("NATS connected");
+            .event_callback(move |event| {
+                let noted = noted.clone();
+                async move {
+                    let note = || {
+                        *noted.lock().unwrap_or_else(PoisonError::into_inner) = SystemTime::now();
+                    };
+                    match event {
+                        async_nats::Event::Connected => {
+                            note();
+                            crate::metrics::nats_connected(true);
+                            tracing::info!("NATS connected");
+                        }
+                        async_nats::Event::Disconnected => {
+                            note();
+                            crate::metrics::nats_connected(false);
+                            tracing::warn!("NATS disconnected: commands fail until it is back");
+                        }
+                        other => tracing::warn!("NATS: {other}"),
                     }
-                    async_nats::Event::Disconnected => {
-                        crate::metrics::nats_connected(false);
-                        tracing::warn!("NATS disconnected: commands fail until it is back");
-                    }
-                    other => tracing::warn!("NATS: {other}"),
                 }
             });
         if let (Some(user), Some(password)) = (&config.user, &config.password) {
@@ -82,7 +134,31 @@ impl Nats {
         Ok(Self {
             client,
             subjects: Arc::new(Subjects::new(&config.name)),
+            servers: config.nats.clone().into(),
+            changed,
         })
+    }
+
+    /// The connection's state now, for `status`.
+    pub fn report(&self) -> NatsReport {
+        let link = match self.client.connection_state() {
+            State::Pending => Link::Connecting,
+            State::Connected => Link::Connected,
+            State::Disconnected => Link::Disconnected,
+        };
+        // The library keeps the last server's INFO after a disconnection: shown only while
+        // it is the server in use.
+        let server = (link == Link::Connected).then(|| {
+            let info = self.client.server_info();
+            format!("{}:{} ({})", info.host, info.port, info.server_name)
+        });
+        NatsReport {
+            servers: self.servers.to_vec(),
+            link,
+            since: *self.changed.lock().unwrap_or_else(PoisonError::into_inner),
+            server,
+            connects: self.client.statistics().connects.load(Ordering::Relaxed),
+        }
     }
 
     /// The client, to publish and subscribe with.

@@ -75,6 +75,7 @@ impl Gateways for NatsGateways {
                     tracing::warn!("NATS: a command was not published: {e}");
                     return Err(Unreachable::Nats);
                 }
+                crate::metrics::nats_command_published();
             }
             Ok(())
         })

@@ -310,6 +310,7 @@ pub async fn run(
         cluster: None,
         // Filled in once the worker host is set up.
         worker: None,
+        nats: None,
     };
     // One NATS connection for every role of the process, so that what its worker host
     // publishes stays in order.
@@ -317,6 +318,7 @@ pub async fn run(
         Some(cluster) => Some(Nats::connect(cluster).await?),
         None => None,
     };
+    running.nats = nats.clone();
     let local = LocalGateways::default();
     let mut local_gateways = BTreeSet::new();
     let mut roles = JoinSet::new();

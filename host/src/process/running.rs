@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::GrantTable;
 use crate::gateway::Gateway;
+use crate::nats::Nats;
 use crate::ops::GatewayApi;
 use crate::register::RegisterReach;
 
@@ -28,6 +29,8 @@ pub struct Running {
     /// What `status` asks the whole cluster through: the worker host's links to every
     /// gateway, when this process runs one.
     pub cluster: Option<GatewayApi>,
+    /// The NATS connection its roles share, with `[cluster] nats`.
+    pub nats: Option<Nats>,
 }
 
 /// A gateway of this process.

@@ -188,7 +188,7 @@ const GATEWAY_GAUGES: [GatewayGauge; 5] = [
 
 type GatewayLimit = (&'static str, &'static str, fn(&Counters) -> &AtomicU64);
 
-const GATEWAY_LIMITS: [GatewayLimit; 12] = [
+const GATEWAY_LIMITS: [GatewayLimit; 13] = [
     (
         "connections_refused",
         "Connections closed on accept at max_connections, by gateway.",
@@ -248,6 +248,11 @@ const GATEWAY_LIMITS: [GatewayLimit; 12] = [
         "nats_commands_received",
         "Commands received over NATS ([cluster] nats), by gateway: zero on a gateway that holds no member of what was sent.",
         |c| &c.nats_commands,
+    ),
+    (
+        "link_commands_received",
+        "Commands received over worker-host and push-client links, by gateway: in register-mesh mode every gateway gets every group, uid and all-clients send.",
+        |c| &c.link_commands,
     ),
 ];
 

@@ -453,3 +453,132 @@ async fn commands_travel_over_nats_with_tls_and_client_certificates() {
     sender.send("pub g secured").await.unwrap();
     each_once(&mut [&mut member], "secured").await;
 }
+
+/// `wasmgate status` (`--json` if `json`) of `node`, bounded.
+async fn status(node: &Node, json: bool) -> String {
+    let mut command = tokio::process::Command::new(BIN);
+    command.arg("status");
+    if json {
+        command.arg("--json");
+    }
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        command.arg("-c").arg(node.config_file()).output(),
+    )
+    .await
+    .expect("status did not answer")
+    .expect("status runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The `nats` part of `node`'s `status --json`.
+async fn nats_status(node: &Node) -> serde_json::Value {
+    let status: serde_json::Value = serde_json::from_str(&status(node, true).await).unwrap();
+    status["nats"].clone()
+}
+
+/// Polls `node`'s NATS status (bounded) until `done` says yes, and returns it.
+async fn nats_status_until(
+    node: &Node,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..200 {
+        last = nats_status(node).await;
+        if done(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("status never showed {what}; last: {last:#}");
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_nats_connection_its_subscriptions_and_its_loss() {
+    let test = "nats_cluster::status_shows_the_nats_connection_its_subscriptions_and_its_loss";
+    let Some(mut d) = deploy(test).await else {
+        return;
+    };
+    let mut a = d.client(0).await;
+    let mut bystander = d.client(1).await;
+    assert_eq!(a.ask("join g").await, "joined g");
+    assert_eq!(a.ask("bind alice").await, "bound alice");
+    bystander.send("pub g hello").await.unwrap();
+    assert_eq!(a.recv().await, "hello");
+
+    // Gateway A, configured with NATS node 0 only, is connected to it and holds one group
+    // and one uid subject; what reached it is counted.
+    let url0 = d.nats.url(0);
+    let port0 = url0.rsplit(':').next().unwrap().to_owned();
+    let g0 = &d.gateways[0].node;
+    let nats = nats_status(g0).await;
+    assert_eq!(nats["state"], "connected", "{nats:#}");
+    assert_eq!(nats["servers"], serde_json::json!([url0]), "{nats:#}");
+    let server = nats["server"].as_str().unwrap();
+    assert!(
+        server.starts_with(&format!("127.0.0.1:{port0}")),
+        "{nats:#}"
+    );
+    assert_eq!(nats["connects"], 1, "{nats:#}");
+    let gateway = &nats["gateways"][0];
+    assert_eq!(gateway["name"], "g0", "{nats:#}");
+    assert_eq!(gateway["group_subjects"], 1, "{nats:#}");
+    assert_eq!(gateway["uid_subjects"], 1, "{nats:#}");
+    assert!(
+        gateway["commands_received"].as_u64().unwrap() >= 1,
+        "{nats:#}"
+    );
+    let mut published = 0;
+    for (worker, _) in &d.workers {
+        let nats = nats_status(worker).await;
+        assert_eq!(nats["state"], "connected", "{nats:#}");
+        assert_eq!(nats["gateways"], serde_json::json!([]), "{nats:#}");
+        published += nats["commands_published"].as_u64().unwrap();
+    }
+    assert!(published >= 1, "the worker hosts published nothing");
+    let screen = status(g0, false).await;
+    let section = screen
+        .split_once("NATS")
+        .unwrap_or_else(|| panic!("no NATS section:\n{screen}"))
+        .1;
+    let mut lines = section.lines().skip(1);
+    assert!(lines.next().unwrap().starts_with("state"), "{screen}");
+    assert!(lines.next().unwrap().starts_with("connected "), "{screen}");
+
+    // Its server killed, it moves to another node of the cluster, and says so.
+    d.nats.kill(0).await;
+    let moved = nats_status_until(g0, "a reconnection to another node", |n| {
+        n["state"] == "connected" && n["connects"] == 2
+    })
+    .await;
+    let server = moved["server"].as_str().unwrap();
+    assert!(
+        !server.starts_with(&format!("127.0.0.1:{port0}")),
+        "{moved:#}"
+    );
+    served(&mut bystander, "bystander-after-kill").await;
+    served(&mut a, "a-after-kill").await;
+
+    // Every node killed: disconnected since then, retried in the background.
+    let before = unix_now();
+    d.nats.kill(1).await;
+    d.nats.kill(2).await;
+    let down = nats_status_until(g0, "disconnected", |n| n["state"] == "disconnected").await;
+    assert!(down["since"].as_u64().unwrap() >= before, "{down:#}");
+    assert_eq!(down["server"], serde_json::Value::Null, "{down:#}");
+
+    // Back: connected again, and clients served.
+    d.nats.restart().await;
+    nats_status_until(g0, "connected again", |n| n["state"] == "connected").await;
+    served(&mut bystander, "bystander-at-end").await;
+    served(&mut a, "a-at-end").await;
+}

@@ -75,6 +75,44 @@ pub struct Status {
     /// process's worker host (none without one, or when no gateway answered in time).
     #[serde(default)]
     pub cluster: Option<ClusterView>,
+    /// Its NATS connection, when the process runs with `[cluster] nats`.
+    #[serde(default)]
+    pub nats: Option<NatsStatus>,
+}
+
+/// A process's NATS connection (`[cluster] nats`), shared by its roles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatsStatus {
+    /// The servers configured, as written.
+    pub servers: Vec<String>,
+    /// `connecting` (never connected yet), `connected`, or `disconnected` (retried in the
+    /// background on every server it knows).
+    pub state: String,
+    /// When it entered that state (or the process started, before any change), in seconds
+    /// since the Unix epoch.
+    pub since: u64,
+    /// The server it is connected to, `host:port (name)`, while connected.
+    pub server: Option<String>,
+    /// Connections made so far: the first, then each reconnection.
+    pub connects: u64,
+    /// Commands its worker host or push client published, once per subject.
+    pub commands_published: u64,
+    /// Its gateways' subscriptions and what reached them.
+    pub gateways: Vec<NatsGatewayStatus>,
+}
+
+/// What one gateway holds on NATS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatsGatewayStatus {
+    /// The gateway's name.
+    pub name: String,
+    /// Group subjects it is subscribed to (one per group with a member here, but for hash
+    /// collisions).
+    pub group_subjects: usize,
+    /// Uid subjects it is subscribed to.
+    pub uid_subjects: usize,
+    /// Commands received over NATS.
+    pub commands_received: u64,
 }
 
 /// One gateway.

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,12 +14,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{
-    Connection, DataStatus, GatewayStatus, MAX_REQUEST, PluginStatus, RefusedPlugin,
-    RegisterReachStatus, Request, Response, Status, TIMEOUT, Traffic, UnreachableRegister,
-    WorkerStatus,
+    Connection, DataStatus, GatewayStatus, MAX_REQUEST, NatsGatewayStatus, NatsStatus,
+    PluginStatus, RefusedPlugin, RegisterReachStatus, Request, Response, Status, TIMEOUT, Traffic,
+    UnreachableRegister, WorkerStatus,
 };
 use crate::config::{GrantTable, KvGrant, SqlBackend};
 use crate::metrics;
+use crate::nats::Nats;
 use crate::ops::ClusterView;
 use crate::process::running::Running;
 use crate::register::RegisterReach;
@@ -296,6 +298,34 @@ impl Control {
                 events_per_sec: event_rate,
             },
             cluster: None,
+            nats: running.nats.as_ref().map(|nats| self.nats(nats)),
+        }
+    }
+
+    /// The NATS connection and what the gateways hold on it.
+    fn nats(&self, nats: &Nats) -> NatsStatus {
+        let report = nats.report();
+        NatsStatus {
+            servers: report.servers,
+            state: report.link.name().to_owned(),
+            since: metrics::unix_seconds(report.since) as u64,
+            server: report.server,
+            connects: report.connects,
+            commands_published: metrics::nats_commands_published(),
+            gateways: self
+                .running
+                .gateways
+                .iter()
+                .map(|g| {
+                    let (group_subjects, uid_subjects) = g.gateway.nats_subjects.counts();
+                    NatsGatewayStatus {
+                        name: g.name.clone(),
+                        group_subjects,
+                        uid_subjects,
+                        commands_received: g.gateway.counters.nats_commands.load(Ordering::Relaxed),
+                    }
+                })
+                .collect(),
         }
     }
 
