@@ -94,6 +94,18 @@ impl Common {
     fn duration(&self) -> Duration {
         Duration::from_secs_f64(self.duration)
     }
+
+    /// A `fanout` with these timings.
+    fn fanout(&self, members: usize, window: usize, payload: usize, spread: Spread) -> Fanout {
+        Fanout {
+            members,
+            window,
+            payload,
+            spread,
+            warmup: self.warmup(),
+            duration: self.duration(),
+        }
+    }
 }
 
 /// The cluster a `fanout` run measures: several gateway processes and one worker host.
@@ -365,14 +377,7 @@ async fn fanout(
     spread: Spread,
 ) -> anyhow::Result<Vec<Comparison>> {
     let setup = common.setup(Listeners::separate(1));
-    let params = Fanout {
-        members,
-        window,
-        payload,
-        spread,
-        warmup: common.warmup(),
-        duration: common.duration(),
-    };
+    let params = common.fanout(members, window, payload, spread);
     let name = format!("fanout {} {members} members", setup.label());
     compare(&name, &setup, async |running, _| {
         params.run(running, setup.proto).await
@@ -403,14 +408,7 @@ async fn fanout_cluster(
         );
         return Ok(Vec::new());
     }
-    let params = Fanout {
-        members,
-        window,
-        payload,
-        spread,
-        warmup: common.warmup(),
-        duration: common.duration(),
-    };
+    let params = common.fanout(members, window, payload, spread);
     let engine_name = match engine {
         Engine::Mesh => "mesh",
         Engine::Nats => "nats",
