@@ -60,19 +60,38 @@ impl ControlSocket {
             }
             Err(_) => {}
         }
-        // Created owner-only: a chmod after the bind would leave a window in which anyone
-        // could connect. The umask is the process's, so it is put back at once; a file
-        // another thread creates meanwhile only comes out stricter.
-        let umask = rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(path);
-        rustix::process::umask(umask);
-        let listener = bound
+        let listener = bind_private(path)
             .with_context(|| format!("cannot create the control socket {}", path.display()))?;
         Ok(Self {
             listener,
             path: path.to_owned(),
         })
     }
+}
+
+/// Binds a socket at `path` that is owner-only from its first moment: bound in a private
+/// staging directory, made 0600 there, then renamed into place. A chmod after a bind in place
+/// would leave a window in which anyone could connect; a umask would be the whole process's,
+/// and a directory another thread creates meanwhile would lose its execute bit.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let staging = parent.join(format!(".{name}.{}.staging", std::process::id()));
+    // Left by a process of this pid that died in between: ours to remove.
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let staged = staging.join("socket");
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
 }
 
 /// Whether a peer running as `peer` may control a server running as `own`: only its own
@@ -458,28 +477,39 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wasmgate-mode-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("x.sock");
-        // The kernel queues an attribute change for any chmod after the bind: a socket made
-        // owner-only that way was open to everyone in between, whatever its final mode.
+        // The kernel queues an event for every way a file appears in or changes in the
+        // directory: a socket bound there and made owner-only by a chmod after the bind was
+        // open to everyone in between, whatever its final mode.
         let watch = inotify::init(inotify::CreateFlags::NONBLOCK).unwrap();
         inotify::add_watch(
             &watch,
             &dir,
-            inotify::WatchFlags::CREATE | inotify::WatchFlags::ATTRIB,
+            inotify::WatchFlags::CREATE
+                | inotify::WatchFlags::ATTRIB
+                | inotify::WatchFlags::MOVED_TO,
         )
         .unwrap();
-        let before = rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o022));
         let socket = ControlSocket::bind(&path).unwrap();
-        let restored = rustix::process::umask(before);
-        assert_eq!(restored.bits(), 0o022, "the umask is put back");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let mut buffer = [std::mem::MaybeUninit::uninit(); 1024];
         let mut events = inotify::Reader::new(&watch, &mut buffer);
         let mut seen = Vec::new();
         while let Ok(event) = events.next() {
-            seen.push(event.events());
+            if event.file_name().is_some_and(|n| n.to_bytes() == b"x.sock") {
+                seen.push(event.events());
+            }
         }
-        assert_eq!(seen, [inotify::ReadFlags::CREATE], "created, never changed");
+        assert_eq!(
+            seen,
+            [inotify::ReadFlags::MOVED_TO],
+            "moved in whole, never changed"
+        );
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["x.sock"], "the staging directory is gone");
         drop(socket);
         std::fs::remove_dir_all(&dir).unwrap();
     }
