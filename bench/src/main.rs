@@ -51,6 +51,10 @@ use target::{Engine, Layout, Listeners, Running, Server};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Threads of this tool's runtime (the load client); the default is one per core.
+    /// Servers under test are child processes and keep their own defaults.
+    #[arg(long, global = true)]
+    client_threads: Option<usize>,
 }
 
 /// What every scenario command takes.
@@ -262,7 +266,13 @@ fn main() -> ExitCode {
         return wasmgate::cli::main();
     }
     let cli = Cli::parse();
-    let done = tokio::runtime::Runtime::new()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.client_threads {
+        runtime.worker_threads(threads);
+    }
+    let done = runtime
+        .enable_all()
+        .build()
         .map_err(anyhow::Error::from)
         .and_then(|runtime| runtime.block_on(run(cli.command)));
     match done {
@@ -537,7 +547,7 @@ async fn sweep(
     Ok(rows)
 }
 
-/// The suite behind BENCHMARKS.md: issue 8's targets, each measured against the baseline.
+/// The suite behind BENCHMARKS.md: issue 14's targets, each measured against the baseline.
 async fn all(
     runs: usize,
     duration: f64,
@@ -572,10 +582,13 @@ async fn all(
     );
     keep("fanout", fanout(&ws, 10_000, 8, 64, Spread::All).await);
     keep("connect", connect(&ws, 32).await);
-    keep(
-        "idle",
-        idle(&ws, 19_000, Listeners::separate(1), 15_000).await,
-    );
+    for proto in [Proto::Ws, Proto::Text] {
+        let single = common(proto, Layout::Single);
+        keep(
+            "idle",
+            idle(&single, 19_000, Listeners::separate(1), 15_000).await,
+        );
+    }
     if idle_total > 0 {
         let shared = Listeners {
             count: 6,

@@ -27,7 +27,7 @@ pub struct Figure {
     pub metric: String,
     /// Its value.
     pub value: f64,
-    /// The target from issue 8, as a ratio or an absolute bound, if there is one.
+    /// The target from issue 14 (issue 8's where 14 set none), as a ratio or an absolute bound, if there is one.
     pub target: Option<&'static str>,
 }
 

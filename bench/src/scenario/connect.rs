@@ -11,7 +11,7 @@ use anyhow::{Context, ensure};
 use tokio::task::JoinSet;
 
 use super::echo::gather;
-use super::{REPLY_TIMEOUT, Window, answer};
+use super::{REPLY_TIMEOUT, Window, answer, cpu_per};
 use crate::client::{Client, Proto};
 use crate::stats::{self, Figure};
 use crate::target::Running;
@@ -31,6 +31,7 @@ impl Connect {
     /// One run against `running`.
     pub async fn run(&self, running: &Running, proto: Proto) -> anyhow::Result<Vec<Figure>> {
         let window = Window::after(self.warmup, self.duration);
+        let cpu = window.cpu_of(running);
         let mut tasks = JoinSet::new();
         for i in 0..self.concurrency {
             let addr = running.addrs[i % running.addrs.len()];
@@ -59,8 +60,10 @@ impl Connect {
             });
         }
         let (connected, latency) = gather(tasks).await?;
+        let cpu = cpu.await??;
         let mut figures =
-            vec![Figure::new("conns/s", connected as f64 / window.seconds()).target("≥ 0.8×")];
+            vec![Figure::new("conns/s", connected as f64 / window.seconds()).target("≥ 1.0×")];
+        figures.extend(cpu_per("conn", cpu, connected, None));
         figures.extend(stats::latencies(&latency, None));
         Ok(figures)
     }

@@ -93,7 +93,10 @@ impl Idle {
         let held = running.connections()?;
         let per_connection = after.saturating_sub(before) as f64 / self.connections as f64;
         let mut figures = vec![
-            Figure::new("bytes/conn", per_connection).target("≤ 2048 B"),
+            Figure::new("bytes/conn", per_connection).target(match proto {
+                Proto::Ws => "≤ 2048 B",
+                Proto::Text => "≤ 1024 B",
+            }),
             Figure::new("RSS MiB", after as f64 / (1024.0 * 1024.0)),
         ];
         if held.len() > 1 {

@@ -21,7 +21,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use crate::baseline::WsLib;
 use crate::client::{Client, Proto};
 use crate::stats::{Comparison, Figure};
-use crate::target::{Layout, Listeners, Running, Server};
+use crate::target::{Layout, Listeners, Running, Server, cpu_time};
 
 /// Longest a client waits for an answer before the run fails: the tool stops by itself
 /// even when the server under test stops answering.
@@ -151,26 +151,47 @@ impl Window {
         (self.end - self.start).as_secs_f64()
     }
 
-    /// Measures the CPU time `running`'s processes use inside the window, in a task of its
-    /// own: the server's cost, which unlike throughput does not depend on how much CPU the
-    /// load client and the rest of a shared machine leave it.
-    pub fn cpu_of(self, running: &Running) -> tokio::task::JoinHandle<anyhow::Result<Duration>> {
-        let sample = running.cpu_sampler();
+    /// Measures the CPU time `running`'s processes and this tool use inside the window, in a
+    /// task of its own: the server's cost, which unlike throughput does not depend on how much
+    /// CPU the load client and the rest of a shared machine leave it, and the client's, which
+    /// shows whether the client or the server bounds a run.
+    pub fn cpu_of(self, running: &Running) -> tokio::task::JoinHandle<anyhow::Result<Cpu>> {
+        let server = running.cpu_sampler();
+        let client = || cpu_time(std::process::id());
         tokio::spawn(async move {
             tokio::time::sleep_until(self.start.into()).await;
-            let before = sample()?;
+            let before = Cpu {
+                server: server()?,
+                client: client()?,
+            };
             tokio::time::sleep_until(self.end.into()).await;
-            Ok(sample()? - before)
+            Ok(Cpu {
+                server: server()? - before.server,
+                client: client()? - before.client,
+            })
         })
     }
 }
 
-/// Server CPU microseconds per unit of work (message, delivery) in a window, as a figure.
-pub fn cpu_per(unit: &str, cpu: Duration, count: u64) -> Figure {
-    Figure::new(
-        format!("server CPU µs/{unit}"),
-        cpu.as_secs_f64() * 1e6 / count.max(1) as f64,
-    )
+/// CPU time spent inside a [`Window`].
+#[derive(Debug, Clone, Copy)]
+pub struct Cpu {
+    /// By the server's processes.
+    pub server: Duration,
+    /// By this tool: the load client.
+    pub client: Duration,
+}
+
+/// Server and client CPU microseconds per unit of work (message, delivery, connection) in a
+/// window, as two figures; `target` is the server's.
+pub fn cpu_per(unit: &str, cpu: Cpu, count: u64, target: Option<&'static str>) -> [Figure; 2] {
+    let micros = |d: Duration| d.as_secs_f64() * 1e6 / count.max(1) as f64;
+    let mut server = Figure::new(format!("server CPU µs/{unit}"), micros(cpu.server));
+    server.target = target;
+    [
+        server,
+        Figure::new(format!("client CPU µs/{unit}"), micros(cpu.client)),
+    ]
 }
 
 /// `prefix` followed by `payload` bytes of filler: a message whose payload has the size a
