@@ -58,7 +58,10 @@ fn compared(table: &str, metric: &str) {
 
 #[test]
 fn echo_over_websocket_and_text() {
-    compared(&bench(&["echo", "--clients", "4"]), "msgs/s");
+    let ws = bench(&["echo", "--clients", "4"]);
+    for metric in ["msgs/s", "server CPU µs/msg", "client CPU µs/msg"] {
+        compared(&ws, metric);
+    }
     compared(
         &bench(&[
             "echo",
@@ -143,7 +146,9 @@ fn fanout_over_three_gateways_mesh_and_nats() {
 
 #[test]
 fn connect() {
-    compared(&bench(&["connect", "--concurrency", "2"]), "conns/s");
+    let table = bench(&["connect", "--concurrency", "2"]);
+    compared(&table, "conns/s");
+    compared(&table, "server CPU µs/conn");
 }
 
 #[test]
