@@ -47,7 +47,8 @@ use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter, WireError, check_frame};
 use crate::wire::handshake::{self, Peer};
 use crate::wire::messages::{
-    ClientContext, EventKind, ListenerInfo, PresenceChange, ServedApp, ToGateway, ToWorker,
+    ClientContext, EventKind, KeptClient, ListenerInfo, PresenceChange, ServedApp, ToGateway,
+    ToWorker,
 };
 use crate::wire::queue::{self, LinkSender, Towards};
 
@@ -548,6 +549,14 @@ pub trait EventSink: Send + Sync + 'static {
     /// The link to `gateway` ended: what it reported of its uids no longer holds.
     fn unlinked(&self, gateway: SocketAddrV4);
 
+    /// A link to `gateway`, at its run `run` (drawn at its start), began with `listeners`:
+    /// it tells afresh which of its clients this host keeps.
+    fn linked(&self, gateway: SocketAddrV4, run: u64, listeners: &[Arc<ListenerInfo>]);
+
+    /// `gateway` makes this host the keeper of the clients of `keep` (or tells their new
+    /// uid), and no longer of those of `forget`; their listeners were checked.
+    fn keep(&self, gateway: SocketAddrV4, keep: Vec<KeptClient>, forget: Vec<ClientId>);
+
     /// `gateway` is lost: unlinked for the grace given to [`GatewayLinks::new`] and not
     /// linked again. Its clients' connections went with it; no close event of theirs will
     /// come.
@@ -567,6 +576,10 @@ impl EventSink for NoEvents {
     fn presence(&self, _: SocketAddrV4, _: Arc<ListenerInfo>, _: String, _: PresenceChange) {}
 
     fn unlinked(&self, _: SocketAddrV4) {}
+
+    fn linked(&self, _: SocketAddrV4, _: u64, _: &[Arc<ListenerInfo>]) {}
+
+    fn keep(&self, _: SocketAddrV4, _: Vec<KeptClient>, _: Vec<ClientId>) {}
 
     fn gateway_lost(&self, _: SocketAddrV4) {}
 }
@@ -983,6 +996,8 @@ async fn read_loop<S: EventSink>(
     ping_interval: Duration,
 ) -> Result<(), LinkError> {
     let mut listeners: Vec<Arc<ListenerInfo>> = Vec::new();
+    // The gateway's run, once its listeners came.
+    let mut run = None;
     let mut ping = tokio::time::interval(ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut silent = 0;
@@ -1004,7 +1019,15 @@ async fn read_loop<S: EventSink>(
             return Ok(());
         };
         match message {
-            ToWorker::Listeners(list) => listeners = list.into_iter().map(Arc::new).collect(),
+            ToWorker::Listeners {
+                run: now,
+                listeners: list,
+            } => {
+                listeners = list.into_iter().map(Arc::new).collect();
+                if run.replace(now) != Some(now) {
+                    events.linked(gateway, now, &listeners);
+                }
+            }
             ToWorker::Event {
                 client,
                 kind,
@@ -1061,6 +1084,15 @@ async fn read_loop<S: EventSink>(
                     .cloned()
                     .ok_or(LinkError::UnknownListener(listener))?;
                 events.presence(gateway, listener, uid, change);
+            }
+            ToWorker::Keep { keep, forget } => {
+                if let Some(unknown) = keep
+                    .iter()
+                    .find(|c| usize::from(c.listener) >= listeners.len())
+                {
+                    return Err(LinkError::UnknownListener(unknown.listener));
+                }
+                events.keep(gateway, keep, forget);
             }
         }
     }

@@ -46,6 +46,8 @@ static EVENTS_DROPPED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(F
 static EVENTS_RESENT: LazyLock<Counter> = LazyLock::new(Counter::default);
 static ACKS_PARKED: LazyLock<Counter> = LazyLock::new(Counter::default);
 static LOST_GATEWAY_CLOSES: LazyLock<Counter> = LazyLock::new(Counter::default);
+static CLIENTS_KEPT: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+static KEEPER_MOVES: LazyLock<Counter> = LazyLock::new(Counter::default);
 static CLIENTS_UNROUTED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static LINK_MESSAGES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
     LazyLock::new(Family::default);
@@ -178,6 +180,23 @@ pub fn ack_parked() {
 /// Counts an `on-close` a worker host ran for a client of a gateway that was lost.
 pub fn lost_gateway_close() {
     LOST_GATEWAY_CLOSES.inc();
+}
+
+/// Adds `change` to the clients this worker host keeps (it runs their `on-close` if their
+/// gateway is lost).
+pub fn clients_kept(change: i64) {
+    CLIENTS_KEPT.inc_by(change);
+}
+
+/// The clients this worker host keeps now.
+pub fn kept_clients() -> i64 {
+    CLIENTS_KEPT.get()
+}
+
+/// Counts a client a gateway told to another keeper because the worker hosts that may keep
+/// it changed.
+pub fn keeper_moved() {
+    KEEPER_MOVES.inc();
 }
 
 /// Counts a client closed because no worker host took its events within `no_worker_hold`,
@@ -754,6 +773,16 @@ pub fn register(r: &mut Registry) {
         "lost_gateway_closes",
         "on-close callbacks a worker host queued for clients of a gateway it declared lost",
         LOST_GATEWAY_CLOSES.clone(),
+    );
+    r.register(
+        "clients_kept",
+        "Clients of gateways this worker host keeps: it runs their on-close if their gateway is lost",
+        CLIENTS_KEPT.clone(),
+    );
+    r.register(
+        "keeper_moves",
+        "Clients a gateway told to another keeper because the worker hosts that may keep them changed",
+        KEEPER_MOVES.clone(),
     );
     r.register(
         "clients_unrouted",

@@ -192,6 +192,9 @@ where
     if !link.event(first).await {
         return End::Done;
     }
+    // Its `on-connect` is on its way: from now on a keeper runs its `on-close` if this
+    // gateway is lost.
+    link.shared.state.keep(link.id);
     loop {
         tokio::select! {
             beat = heartbeat.tick() => match beat {

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::counters::Counters;
-use super::router::WorkerLink;
+use super::router::{Place, WorkerLink};
 use super::shared::Gateway;
 use crate::local::{LinkReader, LocalLink};
 use crate::transport::Stream;
@@ -120,10 +120,23 @@ pub async fn serve(
         let gateway = gateway.clone();
         let close = close.clone();
         let foreign = foreign.clone();
+        // A socket without a local address is failing: whatever the place, it ends soon.
+        let place = socket.local_addr().map_or(Place::Elsewhere, |local| {
+            Place::of_peer(peer.ip(), local.ip())
+        });
         links.spawn(async move {
             let (role, result) = match open(socket, peer, &gateway, foreign.as_ref()).await {
                 Ok(Some((stream, opening))) => {
-                    tcp_link(stream, &opening, gateway, close, ping_interval, queue_bytes).await
+                    tcp_link(
+                        stream,
+                        &opening,
+                        gateway,
+                        close,
+                        place,
+                        ping_interval,
+                        queue_bytes,
+                    )
+                    .await
                 }
                 Ok(None) => return,
                 Err(e) => (None, Err(e)),
@@ -193,6 +206,7 @@ async fn tcp_link(
     opening: &[u8; OPENING],
     gateway: Arc<Gateway>,
     close: CancellationToken,
+    place: Place,
     ping_interval: Duration,
     queue_bytes: usize,
 ) -> (Option<Peer>, Result<(), LinkError>) {
@@ -210,6 +224,7 @@ async fn tcp_link(
         LinkReader::Tcp(reader),
         queue,
         role,
+        Some(place),
         &gateway,
         &close,
         ping_interval,
@@ -248,6 +263,7 @@ async fn local_link(
         LinkReader::Local(link.inbound),
         queue,
         link.role,
+        None,
         &gateway,
         &close,
         ping_interval,
@@ -260,20 +276,25 @@ async fn local_link(
 }
 
 /// Serves an authenticated link: announces the listeners, routes client events to it (if
-/// the peer is a worker host), and executes what it sends until it closes.
+/// the peer is a worker host, at `place` if it may keep clients: `None` in-process), and
+/// executes what it sends until it closes.
 async fn serve_link(
     mut reader: LinkReader<ToGateway>,
     queue: LinkSender<ToWorker>,
     role: Peer,
+    place: Option<Place>,
     gateway: &Gateway,
     close: &CancellationToken,
     ping_interval: Duration,
 ) -> Result<(), LinkError> {
     queue
-        .send(ToWorker::Listeners(gateway.listeners.clone()))
+        .send(ToWorker::Listeners {
+            run: gateway.run,
+            listeners: gateway.listeners.clone(),
+        })
         .await?;
     // Push clients only send commands and queries; only worker hosts take client events.
-    let routed = (role == Peer::Worker).then(|| gateway.router.add(queue.clone()));
+    let routed = (role == Peer::Worker).then(|| gateway.router.add(queue.clone(), place));
     let result = read_loop(
         &mut reader,
         gateway,

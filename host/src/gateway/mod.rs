@@ -8,6 +8,8 @@
 //!   often each limit cut a client off.
 //! - [`router`]: which worker host gets a client's events.
 //! - [`presence`]: reports uid transitions to the worker host that decides each uid's presence.
+//! - [`keepers`]: tells each client's keeper of it, the worker host that runs its `on-close`
+//!   if this gateway is lost.
 //! - [`internal`]: the listener worker hosts link to.
 //! - [`nats`]: commands from NATS, subscribed by what the gateway holds (`[cluster] nats`).
 //! - [`Gateway`]: what every task of a gateway shares.
@@ -16,6 +18,7 @@ pub mod conn;
 pub mod counters;
 pub mod heartbeat;
 pub mod internal;
+pub mod keepers;
 pub mod listener;
 pub mod nats;
 pub mod outbox;
@@ -125,6 +128,7 @@ impl BoundGateway {
             reports: Default::default(),
             registers: register::RegisterReach::new(config.register.clone()),
             nats_subjects: Default::default(),
+            run: rand::random(),
         });
         Ok(Self {
             config,
@@ -212,6 +216,11 @@ impl BoundGateway {
             0,
             stop_presence.clone(),
         ));
+        let keepers = tokio::spawn(keepers::tell(
+            self.gateway.state.clone(),
+            self.gateway.router.clone(),
+            stop_presence.clone(),
+        ));
         let config = &self.config;
         let ping = Bytes::from(config.ping_data.clone().into_bytes());
         let shared = conn::ConnShared {
@@ -248,9 +257,11 @@ impl BoundGateway {
         if let Some(task) = nats_task {
             let _ = task.await;
         }
-        // The closes' uid transitions go out before the links close, as their close events.
+        // The closes' uid transitions and their keepers' notes go out before the links close,
+        // as their close events.
         stop_presence.cancel();
         let _ = presence.await;
+        let _ = keepers.await;
         local.withdraw(address);
         close_links.cancel();
         let _ = internal.await;

@@ -38,6 +38,8 @@
 //! sent in the background, so `on-close` runs at least once for every client.
 
 use std::collections::hash_map::Entry;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -45,7 +47,7 @@ use std::time::Duration;
 use smallvec::SmallVec;
 use tokio::sync::{Semaphore, watch};
 
-use crate::client_id::{ClientId, ClientMap};
+use crate::client_id::{ClientHasher, ClientId, ClientMap};
 use crate::wire::codec::check_frame;
 use crate::wire::messages::{ClientContext, EventKind, ServedApp, ToWorker};
 use crate::wire::queue::{LinkSender, SendError, TrySendError};
@@ -89,6 +91,36 @@ pub struct WorkerLink {
     presence: Box<[AtomicBool]>,
     /// The link was removed (it ended or failed), though its queue may still be flushing.
     gone: AtomicBool,
+    /// Where the worker host runs, if it may keep clients: not a PHP BusinessWorker, which
+    /// runs no `on-close` for a lost gateway, nor a host in the gateway's own process, which
+    /// would be lost with it.
+    place: Option<Place>,
+}
+
+/// Where a worker host of another process runs, seen from the gateway: a client's keeper
+/// (see [`Keepers`]) is picked as far from the gateway as a host serving its app is, so that
+/// it outlives the gateway's machine. Ordered nearest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Place {
+    /// On the gateway's machine: its link comes from loopback, or from the very address it
+    /// reached (a host that dials its own machine's address is routed from it).
+    Machine,
+    /// Anywhere else.
+    Elsewhere,
+}
+
+impl Place {
+    /// Where the peer of a link over TCP runs, from the link's two ends. Behind NAT a host
+    /// elsewhere may look near (it is then picked only after the others), never the reverse
+    /// unless its own machine's address is translated.
+    pub fn of_peer(peer: IpAddr, local: IpAddr) -> Self {
+        let peer = peer.to_canonical();
+        if peer.is_loopback() || peer == local.to_canonical() {
+            Self::Machine
+        } else {
+            Self::Elsewhere
+        }
+    }
 }
 
 impl WorkerLink {
@@ -165,6 +197,12 @@ impl WorkerLink {
                 .is_some_and(|p| p.load(Ordering::SeqCst))
     }
 
+    /// Whether the host may keep clients of `listener`: a wasmgate worker host, linked, not
+    /// leaving, serving that listener's app.
+    fn keeps(&self, listener: u16) -> bool {
+        self.place.is_some() && !self.is_gone() && !self.is_leaving() && self.serves(listener)
+    }
+
     /// Whether the link ended: what was reported on it is forgotten there (or lost with its
     /// host). A leaving host's link is not gone until it closes.
     pub fn is_gone(&self) -> bool {
@@ -228,6 +266,9 @@ pub struct Router {
     hold: Duration,
     /// How long an event waits before any worker host ever linked (if longer than `hold`).
     starting_hold: Duration,
+    /// Ranks hosts for keeping clients: seeded per gateway, as only this gateway picks the
+    /// keepers of its clients.
+    keep_hasher: ClientHasher,
 }
 
 /// No worker host took a client's event within the hold: the client is closed.
@@ -317,6 +358,7 @@ impl Router {
             window,
             hold,
             starting_hold: STARTING_HOLD,
+            keep_hasher: ClientHasher::default(),
         }
     }
 
@@ -330,9 +372,10 @@ impl Router {
         }
     }
 
-    /// Adds a link whose outbound queue is `queue`; no client is routed to it before its
-    /// host announces its apps.
-    pub fn add(&self, queue: LinkSender<ToWorker>) -> Arc<WorkerLink> {
+    /// Adds a link whose outbound queue is `queue`, to a worker host at `place` (`None`: one
+    /// that may keep no clients, see [`Keepers`]); no client is routed to it before its host
+    /// announces its apps.
+    pub fn add(&self, queue: LinkSender<ToWorker>, place: Option<Place>) -> Arc<WorkerLink> {
         let link = Arc::new(WorkerLink {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             queue,
@@ -349,6 +392,7 @@ impl Router {
             host: AtomicU64::new(0),
             presence: self.apps.iter().map(|_| AtomicBool::new(false)).collect(),
             gone: AtomicBool::new(false),
+            place,
         });
         let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
         links.push(link.clone());
@@ -471,6 +515,24 @@ impl Router {
             .filter(|l| l.decides_presence(listener))
             .max_by_key(|l| rank(l.host.load(Ordering::SeqCst), app, uid))
             .cloned()
+    }
+
+    /// The hosts that may keep clients now, by listener: of those serving the listener's app,
+    /// the ones at the farthest [`Place`] any is at.
+    pub fn keepers(&self) -> Keepers {
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        let by_listener = (0..self.apps.len())
+            .map(|listener| {
+                let listener = u16::try_from(listener).unwrap_or(u16::MAX);
+                let able = || links.iter().filter(move |l| l.keeps(listener));
+                let farthest = able().filter_map(|l| l.place).max();
+                able().filter(|l| l.place == farthest).cloned().collect()
+            })
+            .collect();
+        Keepers {
+            by_listener,
+            hasher: self.keep_hasher.clone(),
+        }
     }
 
     /// Whether some linked worker host wants presence for the app of `listener`.
@@ -763,6 +825,48 @@ impl Router {
     }
 }
 
+/// The worker hosts that may keep this gateway's clients at one moment ([`Router::keepers`]).
+///
+/// A client's *keeper* is the one worker host told of its connection (id, address, listener,
+/// uid), which runs its `on-close` if the gateway is lost (ARCHITECTURE.md, "Delivery"). It is
+/// picked by rendezvous hashing of the client's id and the hosts' ids among the hosts serving
+/// its app at the farthest place from the gateway, so that a host joining or leaving moves
+/// only its own share of clients, and a host on another machine keeps them when there is one.
+/// A host in the gateway's own process keeps none: it would be lost with the gateway.
+#[derive(Clone)]
+pub struct Keepers {
+    by_listener: Vec<Vec<Arc<WorkerLink>>>,
+    hasher: ClientHasher,
+}
+
+impl Keepers {
+    /// The keeper of `client` of `listener`, if any host may keep it. Of two links of one
+    /// host (one about to be found gone), the newer.
+    pub fn pick(&self, listener: u16, client: ClientId) -> Option<&Arc<WorkerLink>> {
+        let links = self.by_listener.get(usize::from(listener))?;
+        links.iter().max_by_key(|l| {
+            let host = l.host.load(Ordering::SeqCst);
+            (self.hasher.hash_one((host, client)), l.id)
+        })
+    }
+}
+
+/// Equal when the same links may keep the clients of each listener: then no client's keeper
+/// changed.
+impl PartialEq for Keepers {
+    fn eq(&self, other: &Self) -> bool {
+        let same = |a: &Vec<Arc<WorkerLink>>, b: &Vec<Arc<WorkerLink>>| {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.is(b))
+        };
+        self.by_listener.len() == other.by_listener.len()
+            && self
+                .by_listener
+                .iter()
+                .zip(&other.by_listener)
+                .all(|(a, b)| same(a, b))
+    }
+}
+
 /// A host's rank for a uid: the same in every gateway process (SHA-256, not a seeded hash).
 fn rank(host: u64, app: &str, uid: &str) -> [u8; 8] {
     use sha2::{Digest, Sha256};
@@ -886,7 +990,7 @@ mod tests {
         let link = || {
             let (queue, events) =
                 crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
-            (router.add(queue), events)
+            (router.add(queue, Some(Place::Elsewhere)), events)
         };
         let (unserving, mut nothing) = link();
         router.announce(&unserving, 1, &[]);
@@ -933,7 +1037,7 @@ mod tests {
         let served = served();
         let (queue, mut lost_events) =
             crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
-        let doomed = router.add(queue);
+        let doomed = router.add(queue, Some(Place::Elsewhere));
         router.announce(&doomed, 1, &served);
         let mut binding = Binding::default();
         for (n, text) in ["1", "2", "3"].into_iter().enumerate() {
@@ -949,7 +1053,7 @@ mod tests {
 
         let (queue, mut next_events) =
             crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
-        let next = router.add(queue);
+        let next = router.add(queue, Some(Place::Elsewhere));
         router.announce(&next, 2, &served);
         router.lost(&doomed);
         tokio::time::timeout(Duration::from_secs(5), binding.displaced(0))
@@ -973,7 +1077,7 @@ mod tests {
         let router = Arc::new(Router::new(2, Duration::from_secs(5), vec!["app".into()]));
         let (queue, mut events) =
             crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
-        let link = router.add(queue);
+        let link = router.add(queue, Some(Place::Elsewhere));
         router.announce(&link, 1, &served());
         let mut binding = Binding::default();
         let unbound = router.try_forward(&mut binding, numbered("1", 1));
@@ -1007,7 +1111,7 @@ mod tests {
 
         let (queue, _events) =
             crate::wire::queue::channel(4, 1 << 20, crate::wire::queue::Towards::Worker);
-        let link = router.add(queue);
+        let link = router.add(queue, Some(Place::Elsewhere));
         router.remove(&link);
         let started = tokio::time::Instant::now();
         let waited = router.forward(&mut Binding::default(), event()).await;

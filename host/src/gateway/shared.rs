@@ -32,6 +32,9 @@ pub struct Gateway {
     pub registers: RegisterReach,
     /// The group and uid subjects it holds on NATS (none without `[cluster] nats`).
     pub nats_subjects: HeldSubjects,
+    /// Drawn at its start, told to worker hosts with the listeners: a host that kept clients
+    /// of an earlier run at this address learns that they are gone.
+    pub run: u64,
 }
 
 impl Gateway {

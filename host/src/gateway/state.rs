@@ -28,7 +28,7 @@ use crate::ops::{
     ClusterView, Command, GatewayView, GroupMembers, Query, Reply, Session, check_name,
     check_session_bytes, session_bytes, session_bytes_after,
 };
-use crate::wire::messages::ClientContext;
+use crate::wire::messages::{ClientContext, KeptClient};
 
 struct ClientEntry {
     remote: SocketAddr,
@@ -43,6 +43,9 @@ struct ClientEntry {
     session_version: u64,
     /// Whether a refused command of this client was logged yet.
     warned: bool,
+    /// Whether its keeper is told of it (its first event is on its way): from then on its
+    /// changes are marked for the keepers' task.
+    kept: bool,
 }
 
 /// Client indexes of this gateway, sorted and distinct: a sorted vector beats hashing a
@@ -81,6 +84,9 @@ struct Clients {
     /// subscribes to the subjects of what the gateway holds. Bounded by the names held and
     /// released.
     membership: Option<HashSet<Held>>,
+    /// Kept clients (see [`GatewayState::keep`]) whose keeper must hear of them since the
+    /// keepers' task last looked: connected, uid changed, or gone. Bounded by the clients.
+    keeping: HashSet<u32, ClientHasher>,
 }
 
 /// A group or uid name, as the NATS task subscribes to it.
@@ -115,6 +121,8 @@ pub struct GatewayState {
     marked: Notify,
     /// Wakes the NATS task when a group or uid is held or released.
     membership_marked: Notify,
+    /// Wakes the keepers' task (`gateway::keepers`) when a kept client is marked.
+    keeping_marked: Notify,
 }
 
 impl GatewayState {
@@ -136,6 +144,7 @@ impl GatewayState {
             presence: AtomicBool::new(false),
             marked: Notify::new(),
             membership_marked: Notify::new(),
+            keeping_marked: Notify::new(),
         }
     }
 
@@ -170,6 +179,7 @@ impl GatewayState {
                 session_bytes: 0,
                 session_version: 0,
                 warned: false,
+                kept: false,
             },
         );
         ClientId::new(self.address, index)
@@ -202,6 +212,9 @@ impl GatewayState {
             }
         }
         let context = context_of(client, &entry);
+        if entry.kept {
+            self.mark_kept(&mut c, client.index);
+        }
         if let Some(uid) = &entry.uid {
             if remove_member(&mut c.uids, uid, client.index) {
                 self.touch(&mut c, || Held::Uid(uid.clone()));
@@ -296,6 +309,54 @@ impl GatewayState {
         self.lock().uids.contains_key(uid)
     }
 
+    /// Has the keepers' task tell `client`'s keeper of it, and of its changes until it goes;
+    /// called once its first event is on its way to a worker host, so that a client whose
+    /// `on-connect` never left the gateway gets no `on-close` from a keeper either.
+    pub fn keep(&self, client: ClientId) {
+        let mut c = self.lock();
+        let Some(e) = self.entry(&mut c, client) else {
+            return;
+        };
+        e.kept = true;
+        self.mark_kept(&mut c, client.index);
+    }
+
+    fn mark_kept(&self, c: &mut Clients, index: u32) {
+        if c.keeping.insert(index) && c.keeping.len() == 1 {
+            self.keeping_marked.notify_one();
+        }
+    }
+
+    /// The kept clients marked since the last call, each as its keeper holds it, or `None`
+    /// if it is gone.
+    pub fn take_keeping(&self) -> Vec<(ClientId, Option<KeptClient>)> {
+        let mut c = self.lock();
+        let marked = std::mem::take(&mut c.keeping);
+        marked
+            .into_iter()
+            .map(|index| {
+                (
+                    self.id(index),
+                    c.by_index.get(&index).map(|e| kept_of(self.id(index), e)),
+                )
+            })
+            .collect()
+    }
+
+    /// `clients` as their keepers hold them, those still here.
+    pub fn kept(&self, clients: &[ClientId]) -> Vec<KeptClient> {
+        let c = self.lock();
+        clients
+            .iter()
+            .filter_map(|id| Some(kept_of(*id, c.by_index.get(&id.index)?)))
+            .collect()
+    }
+
+    /// Waits until a kept client is marked (at once if one was since the last wait).
+    pub async fn keeping_marked(&self) {
+        self.keeping_marked.notified().await;
+    }
+
     /// Marks `uid` if it is tracked and no client holds it any more.
     fn mark_if_released(&self, c: &mut Clients, uid: &str, by: &ClientContext) {
         if self.presence.load(Ordering::Relaxed) && !c.uids.contains_key(uid) {
@@ -351,11 +412,15 @@ impl GatewayState {
                     return self.refuse(e, client, counter, "bind_uid", &why);
                 }
                 let old = e.uid.replace(uid.clone());
+                let kept = e.kept && old.as_ref() != Some(&uid);
                 // Only what presence needs: a context, if it is tracked at all.
                 let context = self
                     .presence
                     .load(Ordering::Relaxed)
                     .then(|| context_of(client, e));
+                if kept {
+                    self.mark_kept(c, client.index);
+                }
                 if let Some(old) = old {
                     if remove_member(&mut c.uids, &old, client.index) {
                         self.touch(c, || Held::Uid(old.clone()));
@@ -385,6 +450,9 @@ impl GatewayState {
                         .load(Ordering::Relaxed)
                         .then(|| context_of(client, e));
                     e.uid = None;
+                    if e.kept {
+                        self.mark_kept(c, client.index);
+                    }
                     if remove_member(&mut c.uids, &uid, client.index) {
                         self.touch(c, || Held::Uid(uid.clone()));
                     }
@@ -699,6 +767,15 @@ fn context_of(id: ClientId, e: &ClientEntry) -> ClientContext {
         session: e.session.clone(),
         session_version: e.session_version,
         event: 0,
+    }
+}
+
+fn kept_of(id: ClientId, e: &ClientEntry) -> KeptClient {
+    KeptClient {
+        id,
+        remote: e.remote,
+        listener: e.listener,
+        uid: e.uid.clone(),
     }
 }
 

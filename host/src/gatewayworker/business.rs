@@ -84,7 +84,8 @@ pub async fn serve(
     let (queue, events) = queue::channel(LINK_QUEUE, settings.queue_bytes, Towards::Worker);
     let linked = Linked {
         router: gateway.router.clone(),
-        link: gateway.router.add(queue),
+        // A PHP worker runs no `on-close` for a lost gateway's clients: it keeps none.
+        link: gateway.router.add(queue, None),
     };
     let app = format!("{PHP_APP_PREFIX}{name}");
     let served = ServedApp {

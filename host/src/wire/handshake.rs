@@ -65,7 +65,7 @@ const ACCEPTOR_LABEL: &[u8] = b"wasmgate-server";
 
 /// The internal protocol's version, exchanged in the handshake; peers of different versions
 /// refuse each other with a message naming both versions.
-pub const PROTOCOL_VERSION: u8 = 6;
+pub const PROTOCOL_VERSION: u8 = 7;
 
 /// Domain separation for the connector's proof.
 const CONNECTOR_LABEL: &[u8] = b"wasmgate-client";

@@ -135,7 +135,13 @@ pub enum PresenceChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToWorker {
     /// The gateway's listeners; sent first, and again if they change.
-    Listeners(Vec<ListenerInfo>),
+    Listeners {
+        /// Drawn by the gateway at its start: a worker host that kept clients of an earlier
+        /// run of the same address knows, when this differs, that they are gone.
+        run: u64,
+        /// The listeners, which events and kept clients name by index.
+        listeners: Vec<ListenerInfo>,
+    },
     /// A client event.
     Event {
         /// The client.
@@ -172,6 +178,30 @@ pub enum ToWorker {
     /// Answer to [`ToGateway::Mark`] `n`, sent when the gateway read it: every command the
     /// worker host sent before it on this link was received and run.
     Marked(u64),
+    /// The receiver is now the keeper of the clients of `keep` (or they changed: their uid),
+    /// and no longer of those of `forget` (they closed, or moved to another keeper): it runs
+    /// the `on-close` of those it keeps if this gateway is lost (ARCHITECTURE.md, "Delivery").
+    /// A link's first ones (after [`ToWorker::Listeners`]) tell everything it keeps afresh.
+    Keep {
+        /// Clients to keep, or whose uid changed.
+        keep: Vec<KeptClient>,
+        /// Clients to forget.
+        forget: Vec<ClientId>,
+    },
+}
+
+/// A client as its keeper holds it: what its `on-close` is told if its gateway is lost (no
+/// session: the gateway takes it along).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptClient {
+    /// The client's id.
+    pub id: ClientId,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// Index into the gateway's [`ListenerInfo`] list.
+    pub listener: u16,
+    /// Its bound uid.
+    pub uid: Option<String>,
 }
 
 /// Worker host (or push client) → gateway.

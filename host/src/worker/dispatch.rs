@@ -40,14 +40,16 @@ use tokio_util::task::TaskTracker;
 use std::net::SocketAddrV4;
 
 use super::bindings::{Client, WebsocketRequest};
-use super::clients_seen::ClientsSeen;
 use super::host_api::SessionChange;
+use super::kept::{KeptClients, Owed};
 use super::presence::{PresenceBook, Transition};
 use super::runtime::{Call, EventClient, PluginInstance};
-use crate::client_id::{ClientHasher, ClientMap};
+use crate::client_id::{ClientHasher, ClientId, ClientMap};
 use crate::links::{Done, EventSink, Incoming, Served};
 use crate::ops::{Command, Gateways, Session};
-use crate::wire::messages::{ClientContext, EventKind, ListenerInfo, PresenceChange, ServedApp};
+use crate::wire::messages::{
+    ClientContext, EventKind, KeptClient, ListenerInfo, PresenceChange, ServedApp,
+};
 
 /// Events one instance may have waiting; more are dropped.
 const INSTANCE_QUEUE: usize = 16 * 1024;
@@ -70,23 +72,13 @@ enum Work {
     /// Continue with this new version's instance; the current one finishes first and runs
     /// `on-worker-stop`.
     Swap(Box<PluginInstance>),
-    /// This gateway was declared lost: run `on-close` for the clients of it seen here.
-    GatewayLost(SocketAddrV4),
     /// Nothing queued yet.
     Idle,
     /// The queue is closed and empty: the instance stops.
     Done,
 }
 
-/// What ends a round of turns, once every event queued before it ran.
-enum RoundEnd {
-    /// The version that takes over.
-    Swap(Box<PluginInstance>),
-    /// A gateway declared lost.
-    GatewayLost(SocketAddrV4),
-}
-
-/// One round of turns: the clients with events queued before the next swap (or lost gateway).
+/// One round of turns: the clients with events queued before the next swap.
 #[derive(Default)]
 struct Round {
     /// The next event of each client that has any, in turn order: a client appears once.
@@ -95,8 +87,8 @@ struct Round {
     /// empty, and an empty `VecDeque` allocates nothing: the common event costs no
     /// allocation.
     behind: ClientMap<VecDeque<Incoming>>,
-    /// What follows once this round is empty.
-    end: Option<RoundEnd>,
+    /// The version that takes over once this round is empty.
+    swap: Option<Box<PluginInstance>>,
 }
 
 #[derive(Default)]
@@ -151,7 +143,7 @@ impl InstanceQueue {
         }
         state.events += 1;
         state.bytes += cost;
-        if state.rounds.back().is_none_or(|r| r.end.is_some()) {
+        if state.rounds.back().is_none_or(|r| r.swap.is_some()) {
             state.rounds.push_back(Round::default());
         }
         let round = state.rounds.back_mut().expect("pushed above");
@@ -167,13 +159,14 @@ impl InstanceQueue {
         Ok(())
     }
 
-    /// Ends the current round of turns with `end`: it comes after every event queued so far.
-    fn push_end(&self, end: RoundEnd) {
+    /// Ends the current round of turns with a swap to `instance`: it comes after every event
+    /// queued so far.
+    fn push_swap(&self, instance: Box<PluginInstance>) {
         let mut state = self.lock();
         match state.rounds.back_mut() {
-            Some(round) if round.end.is_none() => round.end = Some(end),
+            Some(round) if round.swap.is_none() => round.swap = Some(instance),
             _ => state.rounds.push_back(Round {
-                end: Some(end),
+                swap: Some(instance),
                 ..Round::default()
             }),
         }
@@ -209,16 +202,14 @@ impl InstanceQueue {
             // keeps up empties its queue at every event, and a new round would allocate its
             // tables again each time. One grown by a burst goes, to give its memory back.
             if last
-                && round.end.is_none()
+                && round.swap.is_none()
                 && round.turns.capacity() <= KEPT_ROUND
                 && round.behind.capacity() <= KEPT_ROUND
             {
                 break;
             }
-            match state.rounds.pop_front().and_then(|round| round.end) {
-                Some(RoundEnd::Swap(instance)) => return Work::Swap(instance),
-                Some(RoundEnd::GatewayLost(gateway)) => return Work::GatewayLost(gateway),
-                None => {}
+            if let Some(instance) = state.rounds.pop_front().and_then(|round| round.swap) {
+                return Work::Swap(instance);
             }
         }
         if state.closed { Work::Done } else { Work::Idle }
@@ -252,6 +243,8 @@ pub struct Dispatcher {
     host: u64,
     /// The uids whose presence this host decides.
     presence: PresenceBook,
+    /// The clients this host keeps: it runs their `on-close` if their gateway is lost.
+    kept: KeptClients,
 }
 
 impl Dispatcher {
@@ -267,6 +260,7 @@ impl Dispatcher {
             dropped: Mutex::new(HashMap::new()),
             host,
             presence: PresenceBook::default(),
+            kept: KeptClients::default(),
         })
     }
 
@@ -287,7 +281,7 @@ impl Dispatcher {
         match running {
             Some(drivers) => {
                 for (driver, instance) in drivers.iter().zip(instances) {
-                    driver.push_end(RoundEnd::Swap(Box::new(instance)));
+                    driver.push_swap(Box::new(instance));
                 }
                 self.announce(app, version);
             }
@@ -450,15 +444,50 @@ impl EventSink for Dispatcher {
         }
     }
 
+    fn linked(&self, gateway: SocketAddrV4, run: u64, listeners: &[Arc<ListenerInfo>]) {
+        let owed = self.kept.linked(gateway, run, listeners);
+        if !owed.is_empty() {
+            tracing::warn!(
+                %gateway,
+                clients = owed.len(),
+                "gateway restarted: running on-close for the clients of its previous run kept here"
+            );
+            self.close_owed(owed);
+        }
+    }
+
+    fn keep(&self, gateway: SocketAddrV4, keep: Vec<KeptClient>, forget: Vec<ClientId>) {
+        self.kept.keep(gateway, keep, forget);
+    }
+
     fn gateway_lost(&self, gateway: SocketAddrV4) {
-        let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
-        for queue in apps.values().flatten() {
-            queue.push_end(RoundEnd::GatewayLost(gateway));
+        let owed = self.kept.lost(gateway);
+        if !owed.is_empty() {
+            tracing::warn!(
+                %gateway,
+                clients = owed.len(),
+                "gateway lost: running on-close for its clients kept here"
+            );
+            self.close_owed(owed);
         }
     }
 }
 
 impl Dispatcher {
+    /// Queues the `on-close` of clients whose gateway is gone, each on its client's instance
+    /// behind its events there; no gateway waits for them.
+    fn close_owed(&self, owed: Vec<Owed>) {
+        for (listener, client) in owed {
+            crate::metrics::lost_gateway_close();
+            self.deliver(Incoming {
+                done: Done::detached(client.id),
+                listener,
+                client,
+                kind: EventKind::Close,
+            });
+        }
+    }
+
     /// Queues a presence callback on the instance of the client that made it, behind that
     /// client's events; no gateway waits for it.
     fn fire(&self, transition: Transition) {
@@ -508,17 +537,14 @@ async fn drive(
     gateways: Arc<dyn Gateways>,
 ) {
     let mut sessions: ClientMap<SessionTrack> = ClientMap::default();
-    let mut seen = ClientsSeen::default();
     loop {
         // `next` takes work off the queue only in the poll that returns it, so the branch
         // that loses the race loses nothing.
         tokio::select! {
             next = queue.next() => match next {
                 Work::Event(event) => {
-                    seen.saw(&event.listener, &event.client, &event.kind);
                     handle(&mut instance, &mut sessions, &*gateways, event).await;
                 }
-                Work::GatewayLost(gateway) => close_lost(&mut instance, &mut seen, gateway).await,
                 Work::Swap(new) => {
                     let mut old = std::mem::replace(&mut instance, *new);
                     old.stop().await;
@@ -531,32 +557,6 @@ async fn drive(
         }
     }
     instance.stop().await;
-}
-
-/// Runs `on-close` for each client of the lost `gateway` whose events ran on this instance
-/// and whose close it did not see: nobody else will.
-async fn close_lost(instance: &mut PluginInstance, seen: &mut ClientsSeen, gateway: SocketAddrV4) {
-    let clients = seen.take(gateway);
-    if clients.is_empty() {
-        return;
-    }
-    tracing::warn!(
-        plugin = instance.code().name(),
-        %gateway,
-        clients = clients.len(),
-        "gateway lost: running on-close for its clients seen here"
-    );
-    let session = Session::default();
-    for (listener, context) in clients {
-        let client = EventClient {
-            record: wit_client(&context, &listener.name, listener.port, &session),
-            id: context.id,
-            session: Arc::default(),
-            event: None,
-        };
-        crate::metrics::lost_gateway_close();
-        let _ = instance.call(Call::Close(&client)).await;
-    }
 }
 
 async fn handle(
@@ -785,9 +785,8 @@ mod tests {
         assert_eq!(queue.lock().bytes, 0);
     }
 
-    /// A queue that empties keeps its round and its room for the next events, and what
-    /// ends the round still comes after them; a round grown past [`KEPT_ROUND`] clients is
-    /// let go.
+    /// A queue that empties keeps its round and its room for the next events; a round grown
+    /// past [`KEPT_ROUND`] clients is let go.
     #[test]
     fn an_emptied_queue_keeps_its_round_until_a_burst_grew_it() {
         let queue = InstanceQueue::default();
@@ -796,14 +795,9 @@ mod tests {
         assert!(matches!(queue.pop(), Work::Idle));
         assert_eq!(queue.lock().rounds.len(), 1, "the drained round is kept");
         queue.push(event(2, "b1")).unwrap();
-        queue.push_end(RoundEnd::GatewayLost(SocketAddrV4::new(
-            Ipv4Addr::LOCALHOST,
-            9,
-        )));
         queue.push(event(1, "a2")).unwrap();
-        assert!(matches!(queue.pop(), Work::Event(e) if e.client.id.index == 2));
-        assert!(matches!(queue.pop(), Work::GatewayLost(_)));
-        assert_eq!(popped(&queue), ["a2"]);
+        assert_eq!(queue.lock().rounds.len(), 1, "the kept round takes them");
+        assert_eq!(popped(&queue), ["b1", "a2"]);
 
         for client in 0..=KEPT_ROUND as u32 * 2 {
             queue.push(event(client, "burst")).unwrap();

@@ -11,10 +11,10 @@
 //! - [`outbound_http`]: `wasi:http/outgoing-handler`, to the origins an app is granted.
 
 mod bindings;
-mod clients_seen;
 pub mod dispatch;
 pub mod guest_output;
 pub mod host_api;
+mod kept;
 pub mod kv;
 pub mod outbound_http;
 pub mod plugins;

@@ -27,6 +27,7 @@ mod hot_reload;
 mod internal_links;
 mod internal_tls;
 mod limits;
+mod lost_machines;
 mod lost_peers;
 mod metrics;
 mod nats_cluster;
