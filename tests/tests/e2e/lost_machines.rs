@@ -87,8 +87,9 @@ impl Machine {
     }
 }
 
-/// A worker-host process alone, as [`Machine`]'s, with `/metrics` on the address returned.
-fn worker(register: u16, plugins: &Path) -> (Node, SocketAddr) {
+/// A worker-host process alone, as [`Machine`]'s but declaring a gateway lost after
+/// `lost_after`, with `/metrics` on the address returned.
+fn worker(register: u16, plugins: &Path, lost_after: Duration) -> (Node, SocketAddr) {
     let metrics = free_port();
     let node = Node::start(
         BIN,
@@ -97,7 +98,7 @@ fn worker(register: u16, plugins: &Path) -> (Node, SocketAddr) {
              register = \"127.0.0.1:{register}\"\n{}\ngateway_lost_after = \"{}s\"\n\
              [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
             pinging(),
-            LOST_AFTER.as_secs()
+            lost_after.as_secs()
         ),
     );
     (node, ([127, 0, 0, 1], metrics).into())
@@ -230,7 +231,7 @@ async fn a_lost_keepers_clients_are_told_to_the_next_and_closed_with_their_gatew
     let (ga, gg) = (free_port(), free_port());
     let _a = gateway_of("misbehave", ga, r, &pinging());
     let g = gateway_of("misbehave", gg, r, &pinging());
-    let (w1, w1_metrics) = worker(r, plugins.path());
+    let (w1, w1_metrics) = worker(r, plugins.path(), LOST_AFTER);
     linked_to(&w1, 2).await;
     let mut watcher = client(ga).await;
     assert_eq!(watcher.ask("watch").await, "watching");
@@ -238,7 +239,7 @@ async fn a_lost_keepers_clients_are_told_to_the_next_and_closed_with_their_gatew
     let doomed = clients_of(gg, DOOMED).await;
     keeping(&[w1_metrics], DOOMED + 2).await;
 
-    let (w2, w2_metrics) = worker(r, plugins.path());
+    let (w2, w2_metrics) = worker(r, plugins.path(), LOST_AFTER);
     linked_to(&w2, 2).await;
     w1.kill().await;
     keeping(&[w2_metrics], DOOMED + 2).await;
@@ -246,5 +247,43 @@ async fn a_lost_keepers_clients_are_told_to_the_next_and_closed_with_their_gatew
     g.kill().await;
     each_closed_once(&mut watcher, &mut bystander, doomed).await;
     w2.wait_for_line(&["gateway lost", "running on-close"])
+        .await;
+}
+
+/// Register mesh; gateway A (the watcher's and the bystander's) beside the register, gateway
+/// G on a fixed internal port, one worker host that declares a gateway lost only after a
+/// minute. G is killed and started again at the same addresses: when it links, the worker
+/// host runs `on-close` for the clients of G's first run, once each, long before the minute is
+/// over, and the new run's client is served. Before runs were told, they got none until the
+/// minute passed, if ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restarted_within_the_grace_has_its_previous_clients_closed() {
+    const GRACE: Duration = Duration::from_secs(60);
+    let plugins = PluginsDir::with(&[("misbehave", plugins::MISBEHAVE)]);
+    let r = free_port();
+    let _register = register(r);
+    let (ga, gg, internal) = (free_port(), free_port(), free_port());
+    let _a = gateway_of("misbehave", ga, r, &pinging());
+    let g_keys = format!("{}\ninternal_port = {internal}", pinging());
+    let g = gateway_of("misbehave", gg, r, &g_keys);
+    let (host, metrics) = worker(r, plugins.path(), GRACE);
+    linked_to(&host, 2).await;
+    let mut watcher = client(ga).await;
+    assert_eq!(watcher.ask("watch").await, "watching");
+    let mut bystander = client(ga).await;
+    let doomed = clients_of(gg, DOOMED).await;
+    keeping(&[metrics], DOOMED + 2).await;
+
+    g.kill().await;
+    let _g = gateway_of("misbehave", gg, r, &g_keys);
+    let mut next = client(gg).await;
+    tokio::time::timeout(
+        GRACE / 2,
+        each_closed_once(&mut watcher, &mut bystander, doomed),
+    )
+    .await
+    .expect("the first run's clients closed as the gateway linked again");
+    assert_eq!(next.ask("echo next run").await, "next run");
+    host.wait_for_line(&["gateway restarted", "running on-close"])
         .await;
 }

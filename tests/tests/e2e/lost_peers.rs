@@ -70,8 +70,9 @@ const ON_B: usize = 3;
 /// Register mesh; gateways A and B, one worker host declaring a gateway lost after
 /// [`LOST_AFTER`]. B frozen (SIGSTOP) long enough for its link to drop, then thawed within
 /// the grace: its clients keep their connections and nobody's `on-close` runs. B killed
-/// (SIGKILL): each of its clients' `on-close` runs on the worker host, which a watcher on A
-/// hears, while a bystander on A keeps being served. Before this, no `on-close` ran for them.
+/// (SIGKILL): each of its clients' `on-close` runs on the worker host, once (it is their
+/// keeper), which a watcher on A hears, while a bystander on A keeps being served. Before
+/// this, no `on-close` ran for them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_gateways_clients_get_on_close_on_a_worker_host() {
     let plugins = PluginsDir::with(&[("misbehave", plugins::MISBEHAVE)]);
@@ -124,7 +125,7 @@ async fn a_killed_gateways_clients_get_on_close_on_a_worker_host() {
         while closed.len() < ON_B {
             let told = watcher.recv().await;
             let id = told.strip_prefix("closed ").expect("only closes are told");
-            closed.insert(id.to_owned());
+            assert!(closed.insert(id.to_owned()), "on-close ran twice for {id}");
             assert_eq!(bystander.ask("echo still").await, "still");
         }
     })
@@ -134,6 +135,8 @@ async fn a_killed_gateways_clients_get_on_close_on_a_worker_host() {
     });
     let expected: HashSet<String> = on_b.into_iter().map(|(_, id)| id).collect();
     assert_eq!(closed, expected);
+    // Once each: nobody else kept them.
+    watcher.assert_silent(LOST_AFTER).await;
     host.wait_for_line(&["gateway lost"]).await;
 }
 
