@@ -35,6 +35,16 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
+    /// [`Self::start`] with Debian's `nats-server`, installed if need be; `None` after
+    /// reporting `test` as skipped where either cannot be had.
+    pub async fn start_or_skip(test: &str) -> Option<Self> {
+        let binary = tokio::task::spawn_blocking(crate::tools::nats_server)
+            .await
+            .expect("the installing thread ended");
+        let binary = crate::tools::or_skip(binary, test)?;
+        crate::tools::or_skip(Self::start(binary).await, test)
+    }
+
     /// Starts three nodes (`binary`: [`crate::tools::nats_server`]) routed to each other, and
     /// waits (bounded) until each accepts clients and sees its two routes.
     pub async fn start(binary: PathBuf) -> Result<Self, Skip> {

@@ -446,14 +446,7 @@ impl EventSink for Dispatcher {
 
     fn linked(&self, gateway: SocketAddrV4, run: u64, listeners: &[Arc<ListenerInfo>]) {
         let owed = self.kept.linked(gateway, run, listeners);
-        if !owed.is_empty() {
-            tracing::warn!(
-                %gateway,
-                clients = owed.len(),
-                "gateway restarted: running on-close for the clients of its previous run kept here"
-            );
-            self.close_owed(owed);
-        }
+        self.close_owed(gateway, owed, "gateway restarted");
     }
 
     fn keep(&self, gateway: SocketAddrV4, keep: Vec<KeptClient>, forget: Vec<ClientId>) {
@@ -462,21 +455,22 @@ impl EventSink for Dispatcher {
 
     fn gateway_lost(&self, gateway: SocketAddrV4) {
         let owed = self.kept.lost(gateway);
-        if !owed.is_empty() {
-            tracing::warn!(
-                %gateway,
-                clients = owed.len(),
-                "gateway lost: running on-close for its clients kept here"
-            );
-            self.close_owed(owed);
-        }
+        self.close_owed(gateway, owed, "gateway lost");
     }
 }
 
 impl Dispatcher {
-    /// Queues the `on-close` of clients whose gateway is gone, each on its client's instance
-    /// behind its events there; no gateway waits for them.
-    fn close_owed(&self, owed: Vec<Owed>) {
+    /// Queues the `on-close` of the clients kept of `gateway`, gone (`why`), each on its
+    /// client's instance behind its events there; no gateway waits for them.
+    fn close_owed(&self, gateway: SocketAddrV4, owed: Vec<Owed>, why: &str) {
+        if owed.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            %gateway,
+            clients = owed.len(),
+            "{why}: running on-close for its clients kept here"
+        );
         for (listener, client) in owed {
             crate::metrics::lost_gateway_close();
             self.deliver(Incoming {

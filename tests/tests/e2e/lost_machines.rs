@@ -5,19 +5,18 @@
 //! killed with SIGKILL; a watcher client on a surviving gateway hears every `on-close` (the
 //! misbehave plugin's `watch`), and a bystander there keeps being served.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, free_port};
 use wasmgate_tests::nats::{NatsCluster, PASSWORD, USER};
+use wasmgate_tests::plugins;
 use wasmgate_tests::prometheus::scrape;
-use wasmgate_tests::{plugins, tools};
 
+use crate::BIN;
 use crate::hostile_links::{client, gateway_of, pinging, register};
-use crate::{BIN, QUIET};
+use crate::lost_peers::{Watched, clients_of, linked_to};
 
 /// How long a worker host waits for a gateway whose link is down before declaring it lost.
 const LOST_AFTER: Duration = Duration::from_secs(3);
@@ -104,17 +103,6 @@ fn worker(register: u16, plugins: &Path, lost_after: Duration) -> (Node, SocketA
     (node, ([127, 0, 0, 1], metrics).into())
 }
 
-/// Waits (bounded) until `node` has linked to `gateways` gateways.
-async fn linked_to(node: &Node, gateways: usize) {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while node.logs().matches("linked to gateway").count() < gateways {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("not linked to {gateways} gateways:\n{}", node.logs()));
-}
-
 /// Waits (bounded) until the worker hosts scraped at `metrics` keep `clients` clients in all.
 async fn keeping(metrics: &[SocketAddr], clients: usize) {
     let mut kept = 0.0;
@@ -131,41 +119,38 @@ async fn keeping(metrics: &[SocketAddr], clients: usize) {
     panic!("the worker hosts keep {kept} clients, not {clients}");
 }
 
-/// `count` clients of the gateway on `port`, with their ids.
-async fn clients_of(port: u16, count: usize) -> Vec<(TestClient, String)> {
-    let mut clients = Vec::new();
-    for _ in 0..count {
-        let mut c = client(port).await;
-        let id = c.ask("whoami").await;
-        clients.push((c, id));
-    }
-    clients
+/// A register mesh for worker hosts to link to: the register, gateway A (the watcher's and
+/// the bystander's) and gateway G (the doomed clients', with `g_keys` in its section).
+struct Mesh {
+    register: u16,
+    a: u16,
+    g: u16,
+    g_keys: String,
+    _nodes: [Node; 2],
 }
 
-/// Waits until `watcher` heard `closed <id>` once for each client of `doomed`, each within
-/// [`LOST_AFTER`] four times over, the bystander answering after each; then that nothing more
-/// comes: one `on-close` per client.
-async fn each_closed_once(
-    watcher: &mut TestClient,
-    bystander: &mut TestClient,
-    doomed: Vec<(TestClient, String)>,
-) {
-    let expected: HashSet<String> = doomed.into_iter().map(|(_, id)| id).collect();
-    let mut closed = HashSet::new();
-    while closed.len() < expected.len() {
-        let told = watcher
-            .recv_within(LOST_AFTER * 4)
-            .await
-            .unwrap_or_else(|_| {
-                let missing: Vec<_> = expected.difference(&closed).collect();
-                panic!("no on-close ran for {missing:?}")
-            });
-        let id = told.strip_prefix("closed ").expect("only closes are told");
-        assert!(closed.insert(id.to_owned()), "on-close ran twice for {id}");
-        assert_eq!(bystander.ask("echo still").await, "still");
+impl Mesh {
+    /// The mesh, and G's process.
+    fn start(g_keys: String) -> (Self, Node) {
+        let r = free_port();
+        let register = register(r);
+        let (a, g) = (free_port(), free_port());
+        let a_node = gateway_of("misbehave", a, r, &pinging());
+        let g_node = gateway_of("misbehave", g, r, &g_keys);
+        let mesh = Self {
+            register: r,
+            a,
+            g,
+            g_keys,
+            _nodes: [register, a_node],
+        };
+        (mesh, g_node)
     }
-    assert_eq!(closed, expected);
-    watcher.assert_silent(QUIET * 4).await;
+
+    /// G started again, at the same addresses.
+    fn restart_g(&self) -> Node {
+        gateway_of("misbehave", self.g, self.register, &self.g_keys)
+    }
 }
 
 /// Machines A and B, each one process with a gateway and a worker host; B's clients are
@@ -180,16 +165,14 @@ async fn a_lost_machines_clients_get_on_close_elsewhere(engine: Engine) {
     let b = Machine::start(&engine, 1, plugins.path());
     linked_to(&a.node, 2).await;
     linked_to(&b.node, 2).await;
-    let mut watcher = client(a.port).await;
-    assert_eq!(watcher.ask("watch").await, "watching");
-    let mut bystander = client(a.port).await;
+    let mut watched = Watched::on(a.port).await;
     let doomed = clients_of(b.port, DOOMED).await;
     // Each host keeps the other machine's clients.
     keeping(&[a.metrics], DOOMED).await;
     keeping(&[b.metrics], 2).await;
 
     b.node.kill().await;
-    each_closed_once(&mut watcher, &mut bystander, doomed).await;
+    watched.each_closed_once(doomed, LOST_AFTER * 4).await;
     a.node
         .wait_for_line(&["gateway lost", "running on-close"])
         .await;
@@ -206,13 +189,7 @@ async fn a_lost_machines_clients_get_on_close_on_another_in_the_register_mesh() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_machines_clients_get_on_close_on_another_with_nats() {
     let test = "lost_machines::a_lost_machines_clients_get_on_close_on_another_with_nats";
-    let binary = tokio::task::spawn_blocking(tools::nats_server)
-        .await
-        .unwrap();
-    let Some(binary) = tools::or_skip(binary, test) else {
-        return;
-    };
-    let Some(nats) = tools::or_skip(NatsCluster::start(binary).await, test) else {
+    let Some(nats) = NatsCluster::start_or_skip(test).await else {
         return;
     };
     a_lost_machines_clients_get_on_close_elsewhere(Engine::Nats(nats)).await;
@@ -226,26 +203,20 @@ async fn a_lost_machines_clients_get_on_close_on_another_with_nats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_keepers_clients_are_told_to_the_next_and_closed_with_their_gateway() {
     let plugins = PluginsDir::with(&[("misbehave", plugins::MISBEHAVE)]);
-    let r = free_port();
-    let _register = register(r);
-    let (ga, gg) = (free_port(), free_port());
-    let _a = gateway_of("misbehave", ga, r, &pinging());
-    let g = gateway_of("misbehave", gg, r, &pinging());
-    let (w1, w1_metrics) = worker(r, plugins.path(), LOST_AFTER);
+    let (mesh, g) = Mesh::start(pinging());
+    let (w1, w1_metrics) = worker(mesh.register, plugins.path(), LOST_AFTER);
     linked_to(&w1, 2).await;
-    let mut watcher = client(ga).await;
-    assert_eq!(watcher.ask("watch").await, "watching");
-    let mut bystander = client(ga).await;
-    let doomed = clients_of(gg, DOOMED).await;
+    let mut watched = Watched::on(mesh.a).await;
+    let doomed = clients_of(mesh.g, DOOMED).await;
     keeping(&[w1_metrics], DOOMED + 2).await;
 
-    let (w2, w2_metrics) = worker(r, plugins.path(), LOST_AFTER);
+    let (w2, w2_metrics) = worker(mesh.register, plugins.path(), LOST_AFTER);
     linked_to(&w2, 2).await;
     w1.kill().await;
     keeping(&[w2_metrics], DOOMED + 2).await;
 
     g.kill().await;
-    each_closed_once(&mut watcher, &mut bystander, doomed).await;
+    watched.each_closed_once(doomed, LOST_AFTER * 4).await;
     w2.wait_for_line(&["gateway lost", "running on-close"])
         .await;
 }
@@ -260,29 +231,21 @@ async fn a_lost_keepers_clients_are_told_to_the_next_and_closed_with_their_gatew
 async fn a_gateway_restarted_within_the_grace_has_its_previous_clients_closed() {
     const GRACE: Duration = Duration::from_secs(60);
     let plugins = PluginsDir::with(&[("misbehave", plugins::MISBEHAVE)]);
-    let r = free_port();
-    let _register = register(r);
-    let (ga, gg, internal) = (free_port(), free_port(), free_port());
-    let _a = gateway_of("misbehave", ga, r, &pinging());
-    let g_keys = format!("{}\ninternal_port = {internal}", pinging());
-    let g = gateway_of("misbehave", gg, r, &g_keys);
-    let (host, metrics) = worker(r, plugins.path(), GRACE);
+    let g_keys = format!("{}\ninternal_port = {}", pinging(), free_port());
+    let (mesh, g) = Mesh::start(g_keys);
+    let (host, metrics) = worker(mesh.register, plugins.path(), GRACE);
     linked_to(&host, 2).await;
-    let mut watcher = client(ga).await;
-    assert_eq!(watcher.ask("watch").await, "watching");
-    let mut bystander = client(ga).await;
-    let doomed = clients_of(gg, DOOMED).await;
+    let mut watched = Watched::on(mesh.a).await;
+    let doomed = clients_of(mesh.g, DOOMED).await;
     keeping(&[metrics], DOOMED + 2).await;
 
     g.kill().await;
-    let _g = gateway_of("misbehave", gg, r, &g_keys);
-    let mut next = client(gg).await;
-    tokio::time::timeout(
-        GRACE / 2,
-        each_closed_once(&mut watcher, &mut bystander, doomed),
-    )
-    .await
-    .expect("the first run's clients closed as the gateway linked again");
+    let _g = mesh.restart_g();
+    let mut next = client(mesh.g).await;
+    // Well within the grace: what is waited for is the link, not the loss.
+    tokio::time::timeout(GRACE / 2, watched.each_closed_once(doomed, GRACE / 4))
+        .await
+        .expect("the first run's clients closed as the gateway linked again");
     assert_eq!(next.ask("echo next run").await, "next run");
     host.wait_for_line(&["gateway restarted", "running on-close"])
         .await;

@@ -13,8 +13,8 @@ use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, free_port};
 use wasmgate_tests::plugins;
 use wasmgate_tests::prometheus::scrape;
 
-use crate::BIN;
 use crate::hostile_links::{MisbehaveGateway, client, gateway_of, pinging, register, worker};
+use crate::{BIN, QUIET};
 
 /// Events a client sends while its worker host is frozen, then killed.
 const HELD: usize = 20;
@@ -91,15 +91,8 @@ async fn a_killed_gateways_clients_get_on_close_on_a_worker_host() {
             LOST_AFTER.as_secs()
         ),
     );
-    let mut watcher = client(ga).await;
-    assert_eq!(watcher.ask("watch").await, "watching");
-    let mut bystander = client(ga).await;
-    let mut on_b = Vec::new();
-    for _ in 0..ON_B {
-        let mut c = client(gb).await;
-        let id = c.ask("whoami").await;
-        on_b.push((c, id));
-    }
+    let mut watched = Watched::on(ga).await;
+    let mut on_b = clients_of(gb, ON_B).await;
 
     // Frozen past three pings, so the worker host drops its link, and back within the grace.
     let links_to_b = || host.logs().matches("linked to gateway").count();
@@ -117,26 +110,11 @@ async fn a_killed_gateways_clients_get_on_close_on_a_worker_host() {
     for (c, id) in &mut on_b {
         assert_eq!(c.ask("echo alive").await, "alive", "client {id} of B");
     }
-    watcher.assert_silent(LOST_AFTER * 2).await;
+    watched.watcher.assert_silent(LOST_AFTER * 2).await;
 
     b.kill().await;
-    let mut closed = HashSet::new();
-    tokio::time::timeout(LOST_AFTER * 4, async {
-        while closed.len() < ON_B {
-            let told = watcher.recv().await;
-            let id = told.strip_prefix("closed ").expect("only closes are told");
-            assert!(closed.insert(id.to_owned()), "on-close ran twice for {id}");
-            assert_eq!(bystander.ask("echo still").await, "still");
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!("on-close ran for {closed:?} of {ON_B} clients of the lost gateway")
-    });
-    let expected: HashSet<String> = on_b.into_iter().map(|(_, id)| id).collect();
-    assert_eq!(closed, expected);
     // Once each: nobody else kept them.
-    watcher.assert_silent(LOST_AFTER).await;
+    watched.each_closed_once(on_b, LOST_AFTER * 4).await;
     host.wait_for_line(&["gateway lost"]).await;
 }
 
@@ -162,8 +140,59 @@ fn worker_with_metrics(name: &str, plugins: &PluginsDir, register: u16, metrics:
     )
 }
 
+/// A watcher, told of every `on-close` (the misbehave plugin's `watch`), and a bystander, which
+/// must stay served: two clients of one gateway.
+pub(crate) struct Watched {
+    /// The watcher.
+    pub watcher: TestClient,
+    bystander: TestClient,
+}
+
+impl Watched {
+    /// The two, on the gateway whose client port is `port`.
+    pub(crate) async fn on(port: u16) -> Self {
+        let mut watcher = client(port).await;
+        assert_eq!(watcher.ask("watch").await, "watching");
+        let bystander = client(port).await;
+        Self { watcher, bystander }
+    }
+
+    /// Waits until the watcher heard `closed <id>` once for each of `doomed`, each within
+    /// `wait`, the bystander answering after each; then that nothing more comes for a while:
+    /// one `on-close` per client.
+    pub(crate) async fn each_closed_once(
+        &mut self,
+        doomed: Vec<(TestClient, String)>,
+        wait: Duration,
+    ) {
+        let expected: HashSet<String> = doomed.into_iter().map(|(_, id)| id).collect();
+        let mut closed = HashSet::new();
+        while closed.len() < expected.len() {
+            let told = self.watcher.recv_within(wait).await.unwrap_or_else(|_| {
+                let missing: Vec<_> = expected.difference(&closed).collect();
+                panic!("no on-close ran for {missing:?}")
+            });
+            let id = told.strip_prefix("closed ").expect("only closes are told");
+            assert!(closed.insert(id.to_owned()), "on-close ran twice for {id}");
+            assert_eq!(self.bystander.ask("echo still").await, "still");
+        }
+        self.watcher.assert_silent(QUIET * 4).await;
+    }
+}
+
+/// `count` clients of the gateway whose client port is `port`, each with its id.
+pub(crate) async fn clients_of(port: u16, count: usize) -> Vec<(TestClient, String)> {
+    let mut clients = Vec::new();
+    for _ in 0..count {
+        let mut c = client(port).await;
+        let id = c.ask("whoami").await;
+        clients.push((c, id));
+    }
+    clients
+}
+
 /// Waits (bounded) until `node` has linked to `gateways` gateways.
-async fn linked_to(node: &Node, gateways: usize) {
+pub(crate) async fn linked_to(node: &Node, gateways: usize) {
     tokio::time::timeout(Duration::from_secs(30), async {
         while node.logs().matches("linked to gateway").count() < gateways {
             tokio::time::sleep(Duration::from_millis(20)).await;

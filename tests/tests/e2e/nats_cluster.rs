@@ -47,11 +47,7 @@ fn cluster_section(nats: &NatsCluster, i: usize) -> String {
 
 /// Starts the deployment, or `None` after reporting `test` as skipped (no `nats-server`).
 async fn deploy(test: &str) -> Option<Deployment> {
-    let binary = tokio::task::spawn_blocking(tools::nats_server)
-        .await
-        .unwrap();
-    let binary = tools::or_skip(binary, test)?;
-    let nats = tools::or_skip(NatsCluster::start(binary).await, test)?;
+    let nats = NatsCluster::start_or_skip(test).await?;
     let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
     let gateways = (0..3)
         .map(|i| {
