@@ -21,8 +21,8 @@
 //! what is marked by then (the closes of a stopping gateway) before the links close, so that
 //! no keeper takes a gateway that stopped for one that was lost.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +34,11 @@ use crate::wire::messages::{KeptClient, ToWorker};
 /// Most clients one message tells of (each list), so that it stays a small frame.
 const KEEP_BATCH: usize = 1024;
 
+/// How long a pass waits, once something is marked, for more to share its messages: connects
+/// and closes come one by one, and a message each would cost a frame and a wake-up at both
+/// ends. Short next to `gateway_lost_after`, so a keeper is told long before it could matter.
+const KEEP_DELAY: Duration = Duration::from_millis(10);
+
 /// Tells keepers of this gateway's clients until `stop`, then tells what is marked by then
 /// and returns.
 pub async fn tell(state: Arc<GatewayState>, router: Arc<Router>, stop: CancellationToken) {
@@ -41,15 +46,29 @@ pub async fn tell(state: Arc<GatewayState>, router: Arc<Router>, stop: Cancellat
     let mut told = Told::default();
     let mut keepers = router.keepers();
     loop {
+        // `changed` marks what it saw as seen: remembered here, as `has_changed` will not.
+        let mut links_changed = false;
         let stopping = tokio::select! {
-            () = state.keeping_marked() => false,
+            () = state.keeping_marked() => tokio::select! {
+                () = tokio::time::sleep(KEEP_DELAY) => false,
+                () = stop.cancelled() => true,
+            },
             // The sender lives in the router, which this task holds.
-            _ = changes.changed() => false,
+            _ = changes.changed() => {
+                links_changed = true;
+                false
+            }
             () = stop.cancelled() => true,
         };
-        let now = router.keepers();
-        let hosts_changed = now != keepers;
-        keepers = now;
+        // Looked at in every pass, so that no client is placed by a stale list; computed only
+        // when the links changed, which a pass for a connect or a close seldom sees.
+        let mut hosts_changed = false;
+        if links_changed || changes.has_changed().unwrap_or(false) {
+            changes.borrow_and_update();
+            let now = router.keepers();
+            hosts_changed = now != keepers;
+            keepers = now;
+        }
         let mut notes = Notes::default();
         for (id, kept) in state.take_keeping() {
             match kept {
@@ -143,17 +162,24 @@ struct Note {
     forget: Vec<ClientId>,
 }
 
-/// What one pass tells, by link.
+/// What one pass tells, by link (a few: a search beats hashing).
 #[derive(Default)]
-struct Notes(HashMap<u64, Note>);
+struct Notes(Vec<Note>);
 
 impl Notes {
     fn to(&mut self, link: &Arc<WorkerLink>) -> &mut Note {
-        self.0.entry(link.id).or_insert_with(|| Note {
-            link: link.clone(),
-            keep: Vec::new(),
-            forget: Vec::new(),
-        })
+        let at = match self.0.iter().position(|n| n.link.is(link)) {
+            Some(at) => at,
+            None => {
+                self.0.push(Note {
+                    link: link.clone(),
+                    keep: Vec::new(),
+                    forget: Vec::new(),
+                });
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[at]
     }
 
     fn keep(&mut self, link: &Arc<WorkerLink>, kept: KeptClient) {
@@ -167,7 +193,7 @@ impl Notes {
     /// Queues the notes on their links, in batches; a link that closed meanwhile is a change
     /// of hosts, which the next pass answers.
     async fn send(self) {
-        for note in self.0.into_values() {
+        for note in self.0 {
             let (mut keep, mut forget) = (note.keep.into_iter(), note.forget.into_iter());
             loop {
                 let keep: Vec<_> = keep.by_ref().take(KEEP_BATCH).collect();
@@ -193,7 +219,6 @@ impl Notes {
 mod tests {
     use std::collections::BTreeSet;
     use std::net::SocketAddrV4;
-    use std::time::Duration;
 
     use super::*;
     use crate::gateway::counters::Counters;
@@ -225,36 +250,38 @@ mod tests {
         (link, receiver)
     }
 
-    /// Lets the task run until the `queues` were told `keeps` clients to keep and `forgets` to
-    /// forget in all, and then nothing more.
+    /// What the `queues` are told until nothing more comes for a second of the test's paused
+    /// clock (which moves only while every task waits), checked to be `keeps` clients to keep
+    /// and `forgets` to forget in all.
     async fn read(
         queues: &mut [&mut LinkReceiver<ToWorker>],
         keeps: usize,
         forgets: usize,
     ) -> Heard {
-        let mut notes: Heard = vec![Default::default(); queues.len()];
-        let total = |notes: &Heard| {
-            let keeps = notes.iter().map(|(k, _)| k.len()).sum::<usize>();
-            (keeps, notes.iter().map(|(_, f)| f.len()).sum::<usize>())
-        };
-        // The task runs whenever this test yields: a pass tells everything at once.
-        for _ in 0..10_000 {
-            for (queue, (keep, forget)) in queues.iter_mut().zip(&mut notes) {
-                while let Ok(message) = queue.try_recv() {
-                    let ToWorker::Keep { keep: k, forget: f } = message else {
-                        panic!("only keeping is told: {message:?}");
-                    };
-                    keep.extend(k.into_iter().map(|c| c.id));
-                    forget.extend(f);
-                }
-            }
-            if total(&notes) > (keeps, forgets) {
+        let mut heard: Heard = vec![Default::default(); queues.len()];
+        loop {
+            let next = futures_util::future::select_all(
+                queues
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, queue)| Box::pin(async move { (i, queue.recv().await) })),
+            );
+            let Ok(((i, message), ..)) = tokio::time::timeout(Duration::from_secs(1), next).await
+            else {
                 break;
-            }
-            tokio::task::yield_now().await;
+            };
+            let Some(ToWorker::Keep { keep, forget }) = message else {
+                panic!("only keeping is told: {message:?}");
+            };
+            heard[i].0.extend(keep.into_iter().map(|c| c.id));
+            heard[i].1.extend(forget);
         }
-        assert_eq!(total(&notes), (keeps, forgets), "{notes:?}");
-        notes
+        let told = |f: fn(&(Vec<ClientId>, BTreeSet<ClientId>)) -> usize| {
+            heard.iter().map(f).sum::<usize>()
+        };
+        let total = (told(|(k, _)| k.len()), told(|(_, f)| f.len()));
+        assert_eq!(total, (keeps, forgets), "{heard:?}");
+        heard
     }
 
     /// The clients each link was told to keep, as sets.
@@ -270,7 +297,7 @@ mod tests {
     /// as they were, and the lost one is told nothing. A uid change is told to the keeper,
     /// a close makes it forget, a client whose first event did not leave is told to nobody,
     /// and a PHP worker never keeps.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn each_client_has_one_keeper_off_the_gateways_machine_when_there_is_one() {
         let router = Arc::new(Router::new(4, Duration::from_secs(5), vec!["app".into()]));
         let address = SocketAddrV4::new([127, 0, 0, 1].into(), 2300);
