@@ -18,7 +18,9 @@
 //! and whenever that changes, and hand back an event whose app it does not serve
 //! ([`Incoming::give_back`]). Both travel with the acknowledgements, in an order the gateway
 //! relies on: an announcement before the events handed back because of it, and an event
-//! handed back before its `Done`.
+//! handed back before its `Done`. The other way, they hand the worker host the clients each
+//! gateway makes it keep ([`EventSink::keep`]), each link starting afresh
+//! ([`EventSink::linked`]), and tell it when a gateway is lost ([`EventSink::gateway_lost`]).
 //!
 //! An event's `Done` never reaches its gateway before the commands its callback sent to other
 //! gateways reach theirs ([`Done::after`], and the links' marks; ARCHITECTURE.md, "Delivery"): otherwise

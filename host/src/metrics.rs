@@ -188,11 +188,6 @@ pub fn clients_kept(change: i64) {
     CLIENTS_KEPT.inc_by(change);
 }
 
-/// The clients this worker host keeps now.
-pub fn kept_clients() -> i64 {
-    CLIENTS_KEPT.get()
-}
-
 /// Counts a client a gateway told to another keeper because the worker hosts that may keep
 /// it changed.
 pub fn keeper_moved() {

@@ -17,9 +17,8 @@
 //! A client that no host may keep stays with the one it was told to, if any, until one may;
 //! so in a process that runs its gateway and its only worker host, nothing is told at all.
 //! What this task remembers of a client is the link it was told to: tens of bytes. At a stop
-//! it tells
-//! what is marked by then (the closes of a stopping gateway) before the links close, so that
-//! no keeper takes a gateway that stopped for one that was lost.
+//! it tells what is marked by then (the closes of a stopping gateway) before the links close,
+//! so that no keeper takes a gateway that stopped for one that was lost.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -833,7 +833,6 @@ impl Router {
 /// its app at the farthest place from the gateway, so that a host joining or leaving moves
 /// only its own share of clients, and a host on another machine keeps them when there is one.
 /// A host in the gateway's own process keeps none: it would be lost with the gateway.
-#[derive(Clone)]
 pub struct Keepers {
     by_listener: Vec<Vec<Arc<WorkerLink>>>,
     hasher: ClientHasher,

@@ -536,9 +536,7 @@ async fn drive(
         // that loses the race loses nothing.
         tokio::select! {
             next = queue.next() => match next {
-                Work::Event(event) => {
-                    handle(&mut instance, &mut sessions, &*gateways, event).await;
-                }
+                Work::Event(event) => handle(&mut instance, &mut sessions, &*gateways, event).await,
                 Work::Swap(new) => {
                     let mut old = std::mem::replace(&mut instance, *new);
                     old.stop().await;
