@@ -1098,6 +1098,23 @@ mod tests {
         assert_eq!(text(events.try_recv().unwrap()), "3");
     }
 
+    /// A link from loopback, or from the address it reached, comes from the gateway's
+    /// machine, IPv4 written as IPv6 included; one from another address does not.
+    #[test]
+    fn a_link_from_the_address_it_reached_or_loopback_is_on_the_gateways_machine() {
+        let place =
+            |peer: &str, local: &str| Place::of_peer(peer.parse().unwrap(), local.parse().unwrap());
+        assert_eq!(place("127.0.0.1", "198.18.0.2"), Place::Machine);
+        assert_eq!(place("::1", "::"), Place::Machine);
+        assert_eq!(place("198.18.0.2", "198.18.0.2"), Place::Machine);
+        assert_eq!(place("::ffff:198.18.0.2", "198.18.0.2"), Place::Machine);
+        assert_eq!(place("198.18.0.1", "198.18.0.2"), Place::Elsewhere);
+        assert_eq!(
+            place("::ffff:198.18.0.1", "::ffff:198.18.0.2"),
+            Place::Elsewhere
+        );
+    }
+
     /// Until a first worker host links, an event waits [`STARTING_HOLD`]; once one has
     /// linked and gone, only `hold`.
     #[tokio::test(start_paused = true)]
