@@ -23,10 +23,10 @@
 //! ([`EventSink::linked`]), and tell it when a gateway is lost ([`EventSink::gateway_lost`]).
 //!
 //! An event's `Done` never reaches its gateway before the commands its callback sent to other
-//! gateways reach theirs ([`Done::after`], and the links' marks; ARCHITECTURE.md, "Delivery"): otherwise
-//! a host killed in between would have the event acknowledged and those commands lost.
+//! gateways reach theirs, or its NATS server ([`Done::after`], and the marks of
+//! [`crate::ops::marks`]; ARCHITECTURE.md, "Delivery"): otherwise a host killed in between
+//! would have the event acknowledged and those commands lost.
 
-use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -40,6 +40,7 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::client_id::{ClientId, ClientMap};
 use crate::local::{LinkReader, LocalGateways};
+use crate::ops::marks::{self, Marks, Noted};
 use crate::ops::{
     Command, CommandFuture, Gateways, PluginReport, Query, QueryFuture, Reply, Unreachable,
     WorkerReport,
@@ -102,11 +103,6 @@ pub struct Done {
     acks: Option<Arc<Acks>>,
 }
 
-tokio::task_local! {
-    /// The links over TCP the commands of the running callback went to ([`Done::after`]).
-    static NOTED: RefCell<Vec<(Arc<Marks>, u64)>>;
-}
-
 impl std::fmt::Debug for Done {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Done").field(&self.client).finish()
@@ -142,25 +138,21 @@ impl Done {
 
     /// Runs `work`, the event's callback, then acknowledges the event once every command it
     /// sent to a gateway of another process has reached that gateway (its mark came back,
-    /// or its link ended). An event from a gateway of this process is acknowledged at once:
-    /// that gateway and its client die with the process, whatever was sent elsewhere.
+    /// or its link ended), and every command it published on NATS has reached the NATS
+    /// server. An event from a gateway of this process is acknowledged at once: that gateway
+    /// and its client die with the process, whatever was sent elsewhere.
     pub async fn after<F: Future>(mut self, work: F) -> F::Output {
         if self.acks.as_ref().is_none_or(|acks| acks.marks.is_none()) {
             return work.await;
         }
-        let (output, noted) = NOTED
-            .scope(RefCell::default(), async {
-                let output = work.await;
-                (output, NOTED.with(RefCell::take))
-            })
-            .await;
+        let (output, noted) = marks::noting(work).await;
         self.acknowledge(noted);
         output
     }
 
     /// Acknowledges the event once the gateways of `noted` (links with a mark each, asked
     /// for here) have confirmed what was sent to them, and after its client's parked ones.
-    fn acknowledge(&mut self, mut noted: Vec<(Arc<Marks>, u64)>) {
+    fn acknowledge(&mut self, mut noted: Noted) {
         let Some(acks) = self.acks.take() else {
             return;
         };
@@ -198,64 +190,6 @@ impl Drop for Done {
     }
 }
 
-/// The marks of a link to a gateway of another process. A worker host that must know that a
-/// gateway has received the commands it queued on the link so far asks for a mark
-/// ([`Marks::ask`]); the link's marker ([`send_marks`]) then queues [`ToGateway::Mark`], behind
-/// those commands, and the gateway answers [`ToWorker::Marked`] when it reads it.
-struct Marks {
-    /// The number of the mark the marker queues next.
-    next: AtomicU64,
-    /// The highest mark the gateway answered.
-    echoed: AtomicU64,
-    /// The link ended: nothing it was sent will be confirmed, and nobody can deliver it.
-    ended: AtomicBool,
-    /// A mark was asked for.
-    wanted: Notify,
-    /// Told whenever a mark comes back or a link ends, to every link's acknowledgements.
-    passed: Arc<watch::Sender<()>>,
-}
-
-impl Marks {
-    fn new(passed: Arc<watch::Sender<()>>) -> Self {
-        Self {
-            next: AtomicU64::new(1),
-            echoed: AtomicU64::new(0),
-            ended: AtomicBool::new(false),
-            wanted: Notify::new(),
-            passed,
-        }
-    }
-
-    /// The mark whose answer shows that everything queued on the link until now arrived; the
-    /// marker queues it after this call.
-    fn ask(&self) -> u64 {
-        let mark = self.next.load(Ordering::SeqCst);
-        self.wanted.notify_one();
-        mark
-    }
-
-    /// Whether the gateway answered `mark`, or the link ended.
-    fn passed(&self, mark: u64) -> bool {
-        self.echoed.load(Ordering::Acquire) >= mark || self.ended()
-    }
-
-    fn ended(&self) -> bool {
-        self.ended.load(Ordering::Acquire)
-    }
-
-    /// The gateway answered `mark`.
-    fn echo(&self, mark: u64) {
-        self.echoed.fetch_max(mark, Ordering::AcqRel);
-        self.passed.send_replace(());
-    }
-
-    /// The link ended: what waits for it waits no more.
-    fn end(&self) {
-        self.ended.store(true, Ordering::Release);
-        self.passed.send_replace(());
-    }
-}
-
 /// Ends a link's [`Marks`] when the link is over, however it ends.
 struct EndMarks(Arc<Marks>);
 
@@ -269,10 +203,10 @@ impl Drop for EndMarks {
 /// being queued waits for the next, so one mark serves every acknowledgement parked at once.
 async fn send_marks(marks: Arc<Marks>, queue: LinkSender<ToGateway>) {
     loop {
-        marks.wanted.notified().await;
+        marks.wanted().await;
         // Lets the acknowledgements dropped at the same moment ask for this mark too.
         tokio::task::yield_now().await;
-        let mark = marks.next.fetch_add(1, Ordering::SeqCst);
+        let mark = marks.take();
         if queue.send(ToGateway::Mark(mark)).await.is_err() {
             return;
         }
@@ -280,16 +214,11 @@ async fn send_marks(marks: Arc<Marks>, queue: LinkSender<ToGateway>) {
 }
 
 /// Notes, for the acknowledgement of the running callback ([`Done::after`]), the links of
-/// other processes a command goes to; each once per callback, so no allocation per command.
+/// other processes a command goes to.
 fn note(targets: &[(SocketAddrV4, Arc<GatewayLink>)]) {
-    let _ = NOTED.try_with(|noted| {
-        let mut noted = noted.borrow_mut();
-        for marks in targets.iter().filter_map(|(_, link)| link.marks.as_ref()) {
-            if !noted.iter().any(|(known, _)| Arc::ptr_eq(known, marks)) {
-                noted.push((marks.clone(), 0));
-            }
-        }
-    });
+    for marks in targets.iter().filter_map(|(_, link)| link.marks.as_ref()) {
+        marks::note(marks);
+    }
 }
 
 /// How often a worker host looks whether its plugin report changed: soon enough that an
@@ -351,8 +280,8 @@ struct Parking {
 /// One acknowledgement waiting for marks.
 struct Parked {
     client: ClientId,
-    /// Each link with the mark it waits for; none when it only waits behind its client's.
-    waits: Vec<(Arc<Marks>, u64)>,
+    /// Each path with the mark it waits for; none when it only waits behind its client's.
+    waits: Noted,
 }
 
 impl Acks {
@@ -365,7 +294,7 @@ impl Acks {
 
     /// Parks `client`'s acknowledgement until every mark of `waits` passed and its client's
     /// earlier parked ones are released; false (not parked) if it has nothing to wait for.
-    fn park(&self, client: ClientId, waits: Vec<(Arc<Marks>, u64)>) -> bool {
+    fn park(&self, client: ClientId, waits: Noted) -> bool {
         let mut parking = self.parking.lock().unwrap_or_else(|e| e.into_inner());
         if waits.is_empty() && !parking.by_client.contains_key(&client) {
             return false;
@@ -719,6 +648,12 @@ impl GatewayLinks {
     pub async fn stopped(&self, grace: Duration) -> bool {
         self.tasks.close();
         tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+
+    /// The marks of another path this worker host's commands take (NATS): an event whose
+    /// callback sent on it is acknowledged on these links once a mark of it comes back too.
+    pub fn other_path(&self) -> Arc<Marks> {
+        Arc::new(Marks::new(self.passed.clone()))
     }
 
     /// The gateways currently linked (handshake done), as a watch.

@@ -58,6 +58,7 @@ static NATS_COMMANDS_FAILED: LazyLock<Family<ReasonLabels, Counter>> =
     LazyLock::new(Family::default);
 static NATS_CONNECTED: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 static NATS_COMMANDS_PUBLISHED: LazyLock<Counter> = LazyLock::new(Counter::default);
+static NATS_MARKS_PUBLISHED: LazyLock<Counter> = LazyLock::new(Counter::default);
 static HTTP_CUT_OFF: LazyLock<Family<ListenerLabels, Counter>> = LazyLock::new(Family::default);
 static CONTROL_REFUSED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
 static GATEWAYWORKER_REFUSED: LazyLock<Family<ListenerLabels, Counter>> =
@@ -259,6 +260,12 @@ pub fn nats_command_published() {
 /// Commands published on NATS so far by this process.
 pub fn nats_commands_published() -> u64 {
     NATS_COMMANDS_PUBLISHED.get()
+}
+
+/// Counts a mark a worker host published on NATS to learn that the server has its commands
+/// (one answers every acknowledgement parked while it travels).
+pub fn nats_mark_published() {
+    NATS_MARKS_PUBLISHED.inc();
 }
 
 /// Records whether the process's NATS connection is up.
@@ -808,6 +815,11 @@ pub fn register(r: &mut Registry) {
         "nats_commands_published",
         "Commands a worker host or push client published on NATS ([cluster] nats), once per subject",
         NATS_COMMANDS_PUBLISHED.clone(),
+    );
+    r.register(
+        "nats_marks_published",
+        "Marks a worker host published to itself over NATS so that the acknowledgements of events whose callbacks published commands wait until the server has them",
+        NATS_MARKS_PUBLISHED.clone(),
     );
     r.register(
         "nats_connected",

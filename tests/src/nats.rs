@@ -158,6 +158,13 @@ impl NatsCluster {
         format!("nats://127.0.0.1:{}", self.nodes[i].port)
     }
 
+    /// Sends `signal` to node `i`: `STOP` freezes it (what its clients send waits, unread,
+    /// until `CONT`).
+    pub async fn signal(&self, i: usize, signal: &str) {
+        let node = self.nodes[i].child.as_ref().expect("the node runs");
+        crate::daemon::signal(node.id().expect("the node runs"), signal).await;
+    }
+
     /// Kills node `i` (SIGKILL) and waits for it: its clients must move to the others.
     pub async fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {

@@ -7,10 +7,13 @@
 //!   follow the announcements instead of a register's list.
 //! - [`publish`]: [`publish::NatsGateways`], the gateway-operations port that sends commands
 //!   over NATS and queries over the direct links.
+//! - `confirm`: the marks a worker host publishes to itself, whose return proves that the
+//!   server has its commands (an event's acknowledgement waits for it).
 //!
 //! The gateway's side of commands (subscribing to what it holds, executing what arrives) is
 //! a role's business: `gateway::nats`.
 
+mod confirm;
 pub mod discovery;
 pub mod publish;
 pub mod subjects;

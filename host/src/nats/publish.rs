@@ -6,13 +6,19 @@
 //! Commands are not queued while the connection is down: each fails at once with
 //! [`Unreachable::Nats`], counted (`nats_commands_failed_total`) and logged when the outage
 //! starts, so a caller learns it instead of its messages waiting in a buffer of unknown fate.
+//!
+//! A worker host's commands are noted on its NATS marks ([`crate::ops::marks`]), so that the
+//! acknowledgement of the event whose callback published them waits until the NATS server
+//! has them ([`super::confirm`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::Nats;
+use crate::ops::marks::{self, Marks};
 use crate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Unreachable};
 
 /// Commands over NATS, queries over `links`.
@@ -21,15 +27,25 @@ pub struct NatsGateways {
     links: Arc<dyn Gateways>,
     /// A command failed since the connection was last seen up: the outage was logged.
     failing: AtomicBool,
+    /// The marks that confirm what was published, and the task that publishes them; none
+    /// for a push client, which has no acknowledgement to hold.
+    confirming: Option<(Arc<Marks>, AbortOnDropHandle<()>)>,
 }
 
 impl NatsGateways {
-    /// Publishes commands on `nats` and asks queries over `links`.
-    pub fn new(nats: Nats, links: Arc<dyn Gateways>) -> Arc<Self> {
+    /// Publishes commands on `nats` and asks queries over `links`. With `marks` (a worker
+    /// host's), what is published is confirmed by the NATS server on them; must then be
+    /// called within a tokio runtime.
+    pub fn new(nats: Nats, links: Arc<dyn Gateways>, marks: Option<Arc<Marks>>) -> Arc<Self> {
+        let confirming = marks.map(|marks| {
+            let task = tokio::spawn(super::confirm::confirm(nats.clone(), marks.clone()));
+            (marks, AbortOnDropHandle::new(task))
+        });
         Arc::new(Self {
             nats,
             links,
             failing: AtomicBool::new(false),
+            confirming,
         })
     }
 
@@ -63,6 +79,9 @@ impl Gateways for NatsGateways {
             Ok(payload) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("NATS reachable again: commands flow");
+                }
+                if let Some((marks, _)) = &self.confirming {
+                    marks::note(marks);
                 }
                 Ok(payload)
             }

@@ -47,6 +47,12 @@ impl Subjects {
         format!("{}.gw.{a:02x}{b:02x}{c:02x}{d:02x}{port:04x}", self.prefix)
     }
 
+    /// Where the process drawing `id` sends its marks to itself (`nats::confirm`): nobody
+    /// else subscribes.
+    pub fn marks(&self, id: u64) -> String {
+        format!("{}.mark.{id:016x}", self.prefix)
+    }
+
     /// Commands for the members of group `name`, wherever they are.
     pub fn group(&self, name: &str) -> String {
         format!("{}.group.{}", self.prefix, hash(name))

@@ -9,13 +9,15 @@
 //!
 //! Commands are fire-and-forget. Queries are answered by every gateway they are sent to, and
 //! the answers are combined with [`Reply::merge`]; an answer some gateway missed is flagged
-//! through [`partial`].
+//! through [`partial`]. The acknowledgement of a client event waits until the commands its
+//! callback sent have arrived where they went ([`marks`]).
 
 mod api;
 mod args;
 mod cluster;
 mod command;
 mod error;
+pub mod marks;
 pub mod partial;
 mod port;
 mod query;

@@ -169,7 +169,8 @@ impl PushClient {
         links.start(listed.clone(), Arc::new(NoEvents), stop.clone());
         let linked = links.linked();
         let gateways: Arc<dyn Gateways> = match nats {
-            Some(nats) => NatsGateways::new(nats, links),
+            // Nothing waits for its commands to be confirmed: it acknowledges no event.
+            Some(nats) => NatsGateways::new(nats, links, None),
             None => links,
         };
         let client = Self {

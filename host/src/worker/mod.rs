@@ -129,7 +129,7 @@ impl WorkerHost {
         let name = config.name.clone();
         links.report_with(Arc::new(move || report(worker_id, &name)));
         let gateways: Arc<dyn Gateways> = match &nats {
-            Some(nats) => NatsGateways::new(nats.clone(), links.clone()),
+            Some(nats) => NatsGateways::new(nats.clone(), links.clone(), Some(links.other_path())),
             None => links.clone(),
         };
         let dispatcher = Dispatcher::new(gateways.clone(), worker_id);

@@ -118,11 +118,11 @@ async fn a_killed_gateways_clients_get_on_close_on_a_worker_host() {
     host.wait_for_line(&["gateway lost"]).await;
 }
 
-/// Messages published while gateway B is frozen, of [`PUBLISHED_BYTES`] each: 24 MiB in all,
-/// far more than the kernel holds for a loopback socket (its send buffer, at most 4 MiB here,
-/// and what B's receive buffer took), so most of what the worker host sends B is still in its
-/// own link queue when it is killed.
-const PUBLISHED: usize = 64;
+/// Messages published while their way out of the worker host is stalled, of
+/// [`PUBLISHED_BYTES`] each: 24 MiB in all, far more than the kernel holds for a loopback
+/// socket (its send buffer, at most 4 MiB here, and what the stalled peer's receive buffer
+/// took), so most of what the worker host sends is still in its own buffers when it is killed.
+pub(crate) const PUBLISHED: usize = 64;
 
 /// The size of each message published.
 const PUBLISHED_BYTES: usize = 384 * 1024;
@@ -208,6 +208,35 @@ fn published(message: &str) -> usize {
     message[..3].parse().expect("a published message")
 }
 
+/// Has `publisher` publish [`PUBLISHED`] messages to group `g` in a task of its own (its
+/// gateway stops reading it while its window is full), which gives it back at the end.
+pub(crate) fn publish_all(mut publisher: TestClient) -> tokio::task::JoinHandle<TestClient> {
+    tokio::spawn(async move {
+        let padding = "x".repeat(PUBLISHED_BYTES);
+        for n in 0..PUBLISHED {
+            publisher
+                .send(&format!("pub g {n:03} {padding}"))
+                .await
+                .unwrap();
+        }
+        publisher
+    })
+}
+
+/// Reads `member` until it has every published message (repeats allowed) or stays silent
+/// for 20 s, and asserts that none is missing.
+pub(crate) async fn received_all(member: &mut TestClient) {
+    let mut received = HashSet::new();
+    while received.len() < PUBLISHED {
+        match member.recv_within(Duration::from_secs(20)).await {
+            Ok(message) => received.insert(published(&message)),
+            Err(_) => break,
+        };
+    }
+    let missing: Vec<_> = (0..PUBLISHED).filter(|n| !received.contains(n)).collect();
+    assert!(missing.is_empty(), "the member never received {missing:?}");
+}
+
 /// Register mesh; gateways A and B, worker host W1 serving every client, W2 linked too. The
 /// publisher on A publishes to a group with a member on each gateway while B is frozen
 /// (SIGSTOP), so W1's commands to B stay unconfirmed; W1 is killed (SIGKILL) once its first
@@ -239,22 +268,12 @@ async fn a_killed_worker_hosts_commands_to_a_frozen_gateway_are_not_lost() {
     let mut member = client(gb).await;
     assert_eq!(member.ask("join g").await, "joined g");
     let mut bystander = client(ga).await;
-    let mut publisher = client(ga).await;
+    let publisher = client(ga).await;
     let heir = worker_with_metrics("w2", &plugins, r, free_port());
     linked_to(&heir, 2).await;
 
     b.signal("STOP").await;
-    // Its own task: A stops reading the publisher while its window is full.
-    let publishing = tokio::spawn(async move {
-        let padding = "x".repeat(PUBLISHED_BYTES);
-        for n in 0..PUBLISHED {
-            publisher
-                .send(&format!("pub g {n:03} {padding}"))
-                .await
-                .unwrap();
-        }
-        publisher
-    });
+    let publishing = publish_all(publisher);
     // W1 runs the first events (the watcher on A hears them). Killed once one of its
     // acknowledgements waits for B, or, where none waits, once every message ran.
     let mut ran = HashSet::new();
@@ -281,18 +300,7 @@ async fn a_killed_worker_hosts_commands_to_a_frozen_gateway_are_not_lost() {
     doomed.kill().await;
     b.signal("CONT").await;
 
-    let mut received = HashSet::new();
-    while received.len() < PUBLISHED {
-        match member.recv_within(Duration::from_secs(20)).await {
-            Ok(message) => received.insert(published(&message)),
-            Err(_) => break,
-        };
-    }
-    let missing: Vec<_> = (0..PUBLISHED).filter(|n| !received.contains(n)).collect();
-    assert!(
-        missing.is_empty(),
-        "the member on B never received {missing:?}"
-    );
+    received_all(&mut member).await;
     let _publisher: TestClient = tokio::time::timeout(Duration::from_secs(30), publishing)
         .await
         .expect("the publisher's messages were all taken")

@@ -18,6 +18,7 @@ use wasmgate_tests::nats::{NatsCluster, PASSWORD, USER};
 use wasmgate_tests::prometheus::scrape;
 use wasmgate_tests::{plugins, tools};
 
+use crate::lost_peers::{PUBLISHED, linked_to, publish_all, received_all};
 use crate::{BIN, QUIET};
 
 /// A gateway process.
@@ -49,21 +50,7 @@ fn cluster_section(nats: &NatsCluster, i: usize) -> String {
 async fn deploy(test: &str) -> Option<Deployment> {
     let nats = NatsCluster::start_or_skip(test).await?;
     let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
-    let gateways = (0..3)
-        .map(|i| {
-            let (port, metrics) = (free_port(), free_port());
-            let name = format!("g{i}");
-            let node = Node::start(
-                BIN,
-                &format!(
-                    "secret = \"{SECRET}\"\n{}[[gateway]]\nname = \"{name}\"\nlisten = \"ws://127.0.0.1:{port}\"\napp = \"commands\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
-                    cluster_section(&nats, i)
-                ),
-            );
-            let metrics = SocketAddr::from(([127, 0, 0, 1], metrics));
-            Gateway { node, port, metrics, name }
-        })
-        .collect();
+    let gateways = (0..3).map(|i| gateway(&nats, i, i, "")).collect();
     let workers = (0..2).map(|j| worker(&nats, j, plugins.path())).collect();
     Some(Deployment {
         nats,
@@ -73,6 +60,27 @@ async fn deploy(test: &str) -> Option<Deployment> {
     })
 }
 
+/// Gateway `g<i>` on NATS node `node`, with `/metrics` and the listener keys `extra`.
+fn gateway(nats: &NatsCluster, i: usize, node: usize, extra: &str) -> Gateway {
+    let (port, metrics) = (free_port(), free_port());
+    let name = format!("g{i}");
+    let node = Node::start(
+        BIN,
+        &format!(
+            "secret = \"{SECRET}\"\n{}[[gateway]]\nname = \"{name}\"\nlisten = \"ws://127.0.0.1:{port}\"\napp = \"commands\"\n{extra}\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+            cluster_section(nats, node)
+        ),
+    );
+    let metrics = SocketAddr::from(([127, 0, 0, 1], metrics));
+    Gateway {
+        node,
+        port,
+        metrics,
+        name,
+    }
+}
+
+/// Worker host `w<j>` on NATS node `j`, with `/metrics`.
 fn worker(nats: &NatsCluster, j: usize, plugins: &Path) -> (Node, SocketAddr) {
     let metrics = free_port();
     let node = Node::start(
@@ -85,21 +93,27 @@ fn worker(nats: &NatsCluster, j: usize, plugins: &Path) -> (Node, SocketAddr) {
     (node, SocketAddr::from(([127, 0, 0, 1], metrics)))
 }
 
+/// A client of `gateway`, returned once a worker host answers it.
+async fn client_of(gateway: &Gateway) -> TestClient {
+    let addr = SocketAddr::from(([127, 0, 0, 1], gateway.port));
+    for _ in 0..600 {
+        if let Ok(mut c) = TestClient::ws(addr, "/").await {
+            served(&mut c, "ready").await;
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "gateway {} never accepted a client; its log:\n{}",
+        gateway.name,
+        gateway.node.logs()
+    );
+}
+
 impl Deployment {
     /// A client of gateway `i`, returned once a worker host answers it.
     async fn client(&self, i: usize) -> TestClient {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.gateways[i].port));
-        for _ in 0..600 {
-            if let Ok(mut c) = TestClient::ws(addr, "/").await {
-                served(&mut c, "ready").await;
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "gateway {i} never accepted a client; its log:\n{}",
-            self.gateways[i].node.logs()
-        );
+        client_of(&self.gateways[i]).await
     }
 
     /// A push client on NATS node 0, once a command goes through (bounded).
@@ -372,6 +386,68 @@ async fn commands_fail_while_nats_is_down_and_subscriptions_return_with_it() {
     arrives_again(&mut bystander, &mut [&mut a, &mut c]).await;
     bystander.send("pub g after").await.unwrap();
     each_once(&mut [&mut a, &mut c], "after").await;
+}
+
+/// NATS mode; gateway A on NATS node 0, gateway B on node 2, worker host W1 on node 1 serving
+/// every client, W2 on node 0 linked too. The publisher on A publishes to a group whose member
+/// is on B while node 1 is frozen (SIGSTOP), so what W1 publishes waits in its NATS client's
+/// buffers and socket; W1 is killed (SIGKILL) once one of its acknowledgements waits for NATS
+/// (or, where none waits, once every message ran on it), then node 1 is thawed: the member
+/// receives every message (repeats allowed: the events A re-sends to W2 publish again), and a
+/// bystander on A, served by W2, is served throughout. Before the acknowledgements waited for
+/// NATS, W1 acknowledged every event as soon as it ran, and the member never received what
+/// was still in W1's buffers when it died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_hosts_commands_on_their_way_to_nats_are_not_lost() {
+    let test = "nats_cluster::a_killed_worker_hosts_commands_on_their_way_to_nats_are_not_lost";
+    let Some(nats) = NatsCluster::start_or_skip(test).await else {
+        return;
+    };
+    let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
+    // Outboxes that take every message of the test in a burst.
+    let outbox = "send_buffer = \"256MiB\"";
+    let a = gateway(&nats, 0, 0, &format!("{outbox}\nmax_events_in_flight = 4"));
+    let b = gateway(&nats, 1, 2, outbox);
+    let (doomed, metrics) = worker(&nats, 1, plugins.path());
+    // The only host so far: every client is bound to it.
+    let mut member = client_of(&b).await;
+    assert_eq!(member.ask("join g").await, "joined g");
+    let publisher = client_of(&a).await;
+    let heir = worker(&nats, 0, plugins.path());
+    linked_to(&heir.0, 2).await;
+    // W2 has fewer clients on A: the bystander is bound to it.
+    let mut bystander = client_of(&a).await;
+    let calls = |scrape: &wasmgate_tests::prometheus::Scrape| {
+        let messages = [("plugin", "commands"), ("event", "on-message")];
+        scrape.count("wasmgate_plugin_calls_total", &messages)
+    };
+    let before = calls(&scrape(metrics).await);
+
+    nats.signal(1, "STOP").await;
+    let publishing = publish_all(publisher);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let now = scrape(metrics).await;
+            let ran = calls(&now) - before;
+            let parked = now.count("wasmgate_acks_parked_total", &[]);
+            if ran >= PUBLISHED as f64 || (ran > 0.0 && parked > 0.0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("W1 ran the publisher's events");
+    assert_eq!(bystander.ask("echo frozen").await, "frozen");
+    doomed.kill().await;
+    nats.signal(1, "CONT").await;
+
+    received_all(&mut member).await;
+    tokio::time::timeout(Duration::from_secs(30), publishing)
+        .await
+        .expect("the publisher's messages were all taken")
+        .unwrap();
+    assert_eq!(bystander.ask("echo still").await, "still");
 }
 
 /// A CA, and a server certificate (for 127.0.0.1) and client certificate it signed, as PEM
