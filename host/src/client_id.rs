@@ -3,15 +3,48 @@
 //!
 //! The layout is GatewayWorker's: the owning gateway's internal IPv4 address (4 bytes), its
 //! internal port (2 bytes) and a per-gateway connection index (4 bytes), printed as 20 lowercase
-//! hex characters. Keeping the layout means ids look familiar to GatewayWorker users and a
-//! worker host routes a per-client command by decoding the id alone.
+//! hex characters. Keeping the layout means ids look familiar to GatewayWorker users, PHP code
+//! decodes them, and a worker host routes a per-client command by decoding the id alone.
+//!
+//! A gateway that advertises an IPv6 address has no 4 bytes to put there: its ids carry a
+//! *tag* instead, 28 bits of SHA-256 of its address in 240.0.0.0/4, a range no gateway may
+//! advertise (config refuses it), so a tag is never mistaken for an address. [`gateway_key`]
+//! gives the 6 bytes for any advertised address; a peer maps them back to the address through
+//! the gateway list it already has (ARCHITECTURE.md, "Bind address vs advertised address").
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+/// The 6 bytes client ids give the gateway advertising `internal`: the address itself for
+/// IPv4 (or an IPv4-mapped IPv6 address), else the address's tag ([`is_tag`]) with the port.
+pub fn gateway_key(internal: SocketAddr) -> SocketAddrV4 {
+    let ip = match internal.ip().to_canonical() {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(ip) => {
+            let digest = Sha256::digest(ip.octets());
+            let bits = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+            Ipv4Addr::from(TAGS | (bits & !TAG_MASK))
+        }
+    };
+    SocketAddrV4::new(ip, internal.port())
+}
+
+/// The range tags are drawn from, 240.0.0.0/4 ("reserved for future use": no host has it).
+const TAGS: u32 = 0xf000_0000;
+
+/// The bits of an address that say it is in [`TAGS`].
+const TAG_MASK: u32 = 0xf000_0000;
+
+/// Whether `ip` is in 240.0.0.0/4, where the tags of IPv6 gateways live: no gateway may
+/// advertise such an address.
+pub fn is_tag(ip: Ipv4Addr) -> bool {
+    u32::from(ip) & TAG_MASK == TAGS
+}
 
 /// How the per-event maps keyed by [`ClientId`] hash: ids are made by gateways, not chosen by
 /// clients, so a fast seeded hash does, where SipHash showed in the per-message profile.
@@ -24,7 +57,8 @@ pub type ClientMap<V> = HashMap<ClientId, V, ClientHasher>;
 /// fields on the internal links.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId {
-    /// The internal (worker-facing) address of the gateway holding the client.
+    /// The gateway holding the client: its internal (worker-facing) address, or for a
+    /// gateway advertising IPv6 its tag and port ([`gateway_key`]).
     pub gateway: SocketAddrV4,
     /// The connection's index on that gateway.
     pub index: u32,
@@ -136,6 +170,24 @@ mod tests {
             let id = ClientId::new(SocketAddrV4::new(Ipv4Addr::from(ip), port), index);
             assert_eq!(id.to_hex(), format!("{ip:08x}{port:04x}{index:08x}"));
         }
+    }
+
+    #[test]
+    fn an_ipv4_gateway_is_its_own_key_and_an_ipv6_one_gets_a_stable_tag() {
+        let v4: SocketAddr = "10.1.2.3:2900".parse().unwrap();
+        assert_eq!(gateway_key(v4), "10.1.2.3:2900".parse().unwrap());
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:2900".parse().unwrap();
+        assert_eq!(gateway_key(mapped), "10.1.2.3:2900".parse().unwrap());
+        // Every peer, of every version, must derive the same tag: frozen here.
+        let v6: SocketAddr = "[::1]:2900".parse().unwrap();
+        let key = gateway_key(v6);
+        assert!(is_tag(*key.ip()) && key.port() == 2900, "{key}");
+        assert_eq!(key, "252.60.205.16:2900".parse().unwrap());
+        assert_eq!(ClientId::new(key, 8).to_hex(), "fc3ccd100b5400000008");
+        let other: SocketAddr = "[fd00::1]:2900".parse().unwrap();
+        assert_ne!(gateway_key(other), key);
+        assert!(!is_tag(Ipv4Addr::new(239, 255, 255, 255)));
+        assert!(is_tag(Ipv4Addr::new(255, 255, 255, 255)));
     }
 
     #[test]

@@ -429,9 +429,10 @@ pub struct GatewayConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_bind: Option<IpAddr>,
     /// The internal address the register hands worker hosts, instead of `lan_ip` and the
-    /// bound port: `"host"` or `"host:port"` (a port mapped by NAT), a name resolved once at
-    /// start. It must resolve to an IPv4 address, which every client id embeds; a wildcard
-    /// address is refused, as nobody can dial it.
+    /// bound port: `"host"` or `"host:port"` (a port mapped by NAT), `"[v6]:port"`, or a name
+    /// resolved once at start (to an IPv4 address if it has one). An IPv4 address is what its
+    /// client ids embed; an IPv6 one's ids embed a tag of it (`client_id::gateway_key`). A
+    /// wildcard address is refused, as nobody can dial it, and so is 240.0.0.0/4, the tags'.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<Advertise>,
     /// Whether the internal port also speaks GatewayWorker's GatewayProtocol, for PHP
@@ -568,6 +569,24 @@ impl GatewayConfig {
                 "`lan_ip` is the address worker hosts dial, not a wildcard: to listen on every \
                  interface set `internal_bind = \"0.0.0.0\"` and `lan_ip` or `advertise` to a \
                  reachable address"
+                    .into(),
+            );
+        }
+        if crate::client_id::is_tag(self.lan_ip) {
+            return Err(
+                "`lan_ip` is in 240.0.0.0/4, which client ids use for the tags of IPv6 gateways"
+                    .into(),
+            );
+        }
+        let advertised_v6 = self
+            .advertise
+            .as_ref()
+            .and_then(|a| a.host.parse::<IpAddr>().ok())
+            .is_some_and(|ip| ip.to_canonical().is_ipv6());
+        if self.gatewayworker && advertised_v6 {
+            return Err(
+                "`gatewayworker = true` needs an IPv4 `advertise`: GatewayWorker's client ids \
+                 and gateway lists hold IPv4 addresses"
                     .into(),
             );
         }
@@ -1092,8 +1111,8 @@ impl Protocol {
     }
 }
 
-/// A gateway's advertised internal address (`advertise`): a host name or IPv4 address, and
-/// the port if it is not the bound one.
+/// A gateway's advertised internal address (`advertise`): a host name, an IPv4 or an IPv6
+/// address, and the port if it is not the bound one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Advertise {
@@ -1133,23 +1152,24 @@ impl FromStr for Advertise {
                 _ => (s, None),
             },
         };
-        if let Ok(ip) = host.parse::<IpAddr>() {
+        let ip = host.parse::<IpAddr>().ok();
+        if let Some(ip) = ip {
             if ip.is_unspecified() {
                 return Err(format!(
                     "`{s}` is a wildcard address, which nobody can dial: advertise the address \
                      worker hosts reach this gateway on"
                 ));
             }
-            if ip.is_ipv6() {
+            if let IpAddr::V4(v4) = ip.to_canonical()
+                && crate::client_id::is_tag(v4)
+            {
                 return Err(format!(
-                    "`{s}`: client ids embed an IPv4 address, so a gateway advertises an IPv4 \
-                     address or a name that resolves to one (it may still bind IPv6 with \
-                     `internal_bind`)"
+                    "`{s}` is in 240.0.0.0/4, which client ids use for the tags of IPv6 gateways"
                 ));
             }
         }
         let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
-        if host.is_empty() || !host.chars().all(valid) {
+        if ip.is_none() && (host.is_empty() || !host.chars().all(valid)) {
             return Err(format!(
                 "`{s}` is not a host name or address, e.g. `gw1.internal:4000`"
             ));
@@ -1172,6 +1192,7 @@ impl TryFrom<String> for Advertise {
 impl From<Advertise> for String {
     fn from(advertise: Advertise) -> String {
         match advertise.port {
+            Some(port) if advertise.host.contains(':') => format!("[{}]:{port}", advertise.host),
             Some(port) => format!("{}:{port}", advertise.host),
             None => advertise.host,
         }
@@ -1777,10 +1798,26 @@ mod tests {
         );
         let g = gateway("internal_bind = \"0.0.0.0\"\nadvertise = \"10.1.2.3\"").unwrap();
         assert_eq!(g.advertise.unwrap().port, None);
+        for (text, host, port) in [
+            ("[fd00::5]:4000", "fd00::5", Some(4000)),
+            ("[fd00::5]", "fd00::5", None),
+            ("fd00::5", "fd00::5", None),
+        ] {
+            let g = gateway(&format!("internal_bind = \"::\"\nadvertise = \"{text}\"")).unwrap();
+            let advertise = g.advertise.unwrap();
+            assert_eq!((advertise.host.as_str(), advertise.port), (host, port));
+            let again: Advertise = String::from(advertise.clone()).parse().unwrap();
+            assert_eq!(again, advertise, "{text} round-trips");
+        }
         for (keys, says) in [
             ("lan_ip = \"0.0.0.0\"", "not a wildcard"),
             ("advertise = \"0.0.0.0\"", "wildcard address"),
-            ("advertise = \"[::1]:4000\"", "IPv4"),
+            ("advertise = \"240.0.0.1\"", "240.0.0.0/4"),
+            ("lan_ip = \"250.1.2.3\"", "240.0.0.0/4"),
+            (
+                "advertise = \"[fd00::5]:4000\"\ngatewayworker = true",
+                "needs an IPv4",
+            ),
             ("advertise = \"gw:0\"", "port"),
             ("advertise = \"gw one\"", "not a host name"),
         ] {

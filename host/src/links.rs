@@ -3,8 +3,9 @@
 //!
 //! The set of gateways comes from the register(s); a link is opened to each new address and
 //! closed when the address leaves the list, and a dropped link is re-dialled with backoff while
-//! its gateway is listed. Commands about one client go to the gateway its id names; everything
-//! else goes to every linked gateway. Queries carry an id, are answered on the same link, and
+//! its gateway is listed. Commands about one client go to the gateway its id names (by key,
+//! `client_id::gateway_key`: the address for IPv4, a tag for IPv6, mapped back here from the
+//! list); everything else goes to every linked gateway. Queries carry an id, are answered on the same link, and
 //! are merged with [`Reply::merge`] after at most [`QUERY_TIMEOUT`].
 //!
 //! A link's reader never waits on the worker host: events go to the [`EventSink`] without
@@ -27,8 +28,9 @@
 //! [`crate::ops::marks`]; ARCHITECTURE.md, "Delivery"): otherwise a host killed in between
 //! would have the event acknowledged and those commands lost.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -38,7 +40,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
-use crate::client_id::{ClientId, ClientMap};
+use crate::client_id::{self, ClientId, ClientMap};
 use crate::local::{LinkReader, LocalGateways};
 use crate::ops::marks::{self, Marks, Noted};
 use crate::ops::{
@@ -215,7 +217,7 @@ async fn send_marks(marks: Arc<Marks>, queue: LinkSender<ToGateway>) {
 
 /// Notes, for the acknowledgement of the running callback ([`Done::after`]), the links of
 /// other processes a command goes to.
-fn note(targets: &[(SocketAddrV4, Arc<GatewayLink>)]) {
+fn note(targets: &[(SocketAddr, Arc<GatewayLink>)]) {
     for marks in targets.iter().filter_map(|(_, link)| link.marks.as_ref()) {
         marks::note(marks);
     }
@@ -515,8 +517,35 @@ impl EventSink for NoEvents {
     fn gateway_lost(&self, _: SocketAddrV4) {}
 }
 
+/// Which of the `listed` gateways to link: one per key (`client_id::gateway_key`), since a
+/// client id names its gateway by key alone. Two addresses with one key (IPv6 tags that
+/// collide on one port) cannot both be reached by id: the one already linked (`linked`)
+/// keeps it, else the lowest; each refused address is returned with the one holding its key.
+fn admit(
+    listed: &BTreeSet<SocketAddr>,
+    linked: impl Fn(&SocketAddr) -> bool,
+) -> (BTreeSet<SocketAddr>, Vec<(SocketAddr, SocketAddr)>) {
+    let mut holders: HashMap<SocketAddrV4, SocketAddr> = HashMap::new();
+    let mut refused = Vec::new();
+    let (first, then): (Vec<&SocketAddr>, Vec<&SocketAddr>) =
+        listed.iter().partition(|addr| linked(addr));
+    for &addr in first.into_iter().chain(then) {
+        match holders.entry(client_id::gateway_key(addr)) {
+            Entry::Vacant(free) => {
+                free.insert(addr);
+            }
+            Entry::Occupied(held) => {
+                refused.push((addr, *held.get()));
+            }
+        }
+    }
+    (holders.into_values().collect(), refused)
+}
+
 /// One gateway link.
 struct GatewayLink {
+    /// The gateway's advertised address, which it was dialled at.
+    address: SocketAddr,
     queue: LinkSender<ToGateway>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     /// Over TCP, to a gateway of another process (else in-process).
@@ -542,16 +571,17 @@ pub struct GatewayLinks {
     trust: Trust,
     local: LocalGateways,
     role: Peer,
+    /// By the gateway's key (`client_id::gateway_key`): what client ids name.
     links: RwLock<HashMap<SocketAddrV4, Arc<GatewayLink>>>,
     next_query: AtomicU64,
-    linked: watch::Sender<BTreeSet<SocketAddrV4>>,
+    linked: watch::Sender<BTreeSet<SocketAddr>>,
     ping_interval: Duration,
     queue_bytes: usize,
     /// How long a gateway may stay unlinked before it is declared lost.
     lost_after: Duration,
     /// How many times each gateway was linked: a gateway linked again since its link ended
     /// is not lost.
-    linkings: Mutex<HashMap<SocketAddrV4, u64>>,
+    linkings: Mutex<HashMap<SocketAddr, u64>>,
     /// The tasks that keep the links, so that a stop can wait for them.
     tasks: TaskTracker,
     /// [`Self::leave`] was called: a link made from now on says so at once.
@@ -635,7 +665,7 @@ impl GatewayLinks {
     /// gateway marks once it has sent the close events of its clients ([`Self::stopped`]).
     pub fn start<S: EventSink>(
         self: &Arc<Self>,
-        gateways: watch::Receiver<BTreeSet<SocketAddrV4>>,
+        gateways: watch::Receiver<BTreeSet<SocketAddr>>,
         events: Arc<S>,
         shutdown: CancellationToken,
     ) {
@@ -657,19 +687,34 @@ impl GatewayLinks {
     }
 
     /// The gateways currently linked (handshake done), as a watch.
-    pub fn linked(&self) -> watch::Receiver<BTreeSet<SocketAddrV4>> {
+    pub fn linked(&self) -> watch::Receiver<BTreeSet<SocketAddr>> {
         self.linked.subscribe()
     }
 
     async fn follow<S: EventSink>(
         self: Arc<Self>,
-        mut gateways: watch::Receiver<BTreeSet<SocketAddrV4>>,
+        mut gateways: watch::Receiver<BTreeSet<SocketAddr>>,
         events: Arc<S>,
         shutdown: CancellationToken,
     ) {
-        let mut dialling: HashMap<SocketAddrV4, CancellationToken> = HashMap::new();
+        let mut dialling: HashMap<SocketAddr, CancellationToken> = HashMap::new();
+        let mut refused: BTreeSet<SocketAddr> = BTreeSet::new();
         loop {
-            let wanted = gateways.borrow_and_update().clone();
+            let listed = gateways.borrow_and_update().clone();
+            let (wanted, colliding) = admit(&listed, |addr| dialling.contains_key(addr));
+            for (addr, holder) in &colliding {
+                if !refused.contains(addr) {
+                    tracing::error!(
+                        gateway = %addr,
+                        linked = %holder,
+                        key = %client_id::gateway_key(*addr),
+                        "two gateways would hand out the same client ids (their IPv6 addresses' \
+                         tags collide on one port): this one is not linked; give one of them \
+                         another internal port"
+                    );
+                }
+            }
+            refused = colliding.into_iter().map(|(addr, _)| addr).collect();
             dialling.retain(|addr, stop| {
                 let keep = wanted.contains(addr);
                 if !keep {
@@ -701,7 +746,7 @@ impl GatewayLinks {
     /// backoff after failures.
     async fn keep_linked<S: EventSink>(
         self: Arc<Self>,
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         events: Arc<S>,
         stop: CancellationToken,
         shutdown: CancellationToken,
@@ -712,7 +757,7 @@ impl GatewayLinks {
             if self.drop_link(addr) && !shutdown.is_cancelled() {
                 self.declare_lost_unless_back(addr, events.clone(), shutdown.clone());
             }
-            events.unlinked(addr);
+            events.unlinked(client_id::gateway_key(addr));
             if stop.is_cancelled() {
                 if !shutdown.is_cancelled() {
                     tracing::info!(gateway = %addr, "gateway no longer listed by the registers: unlinked");
@@ -742,7 +787,7 @@ impl GatewayLinks {
     /// link in-process is read to its end instead.
     async fn link<S: EventSink>(
         &self,
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         events: Arc<S>,
         stop: &CancellationToken,
         shutdown: &CancellationToken,
@@ -752,7 +797,7 @@ impl GatewayLinks {
                 match self.local.dial(addr, self.role, self.queue_bytes).await {
                     Some((queue, inbound)) => (queue, LinkReader::Local(inbound), None),
                     None => {
-                        let (reader, writer) = self.trust.dial(addr.into()).await?.split();
+                        let (reader, writer) = self.trust.dial(addr).await?.split();
                         let mut reader = FrameReader::new(reader);
                         let mut writer = FrameWriter::new(writer);
                         let secret = self.trust.secret();
@@ -780,6 +825,7 @@ impl GatewayLinks {
             .clone()
             .map(|marks| AbortOnDropHandle::new(tokio::spawn(send_marks(marks, queue.clone()))));
         let link = Arc::new(GatewayLink {
+            address: addr,
             queue: queue.clone(),
             pending: Mutex::new(HashMap::new()),
             remote: writing.is_some(),
@@ -792,7 +838,7 @@ impl GatewayLinks {
         self.links
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(addr, link.clone());
+            .insert(client_id::gateway_key(addr), link.clone());
         self.linked.send_modify(|l| {
             l.insert(addr);
         });
@@ -816,7 +862,7 @@ impl GatewayLinks {
         });
         let read = read_loop(
             &mut reader,
-            addr,
+            client_id::gateway_key(addr),
             &link,
             &queue,
             &acks,
@@ -856,7 +902,7 @@ impl GatewayLinks {
     /// again before that and keeps its clients.
     fn declare_lost_unless_back<S: EventSink>(
         self: &Arc<Self>,
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         events: Arc<S>,
         shutdown: CancellationToken,
     ) {
@@ -869,24 +915,24 @@ impl GatewayLinks {
             }
             if links.linkings(addr) == linkings {
                 tracing::warn!(gateway = %addr, lost_after = ?links.lost_after, "gateway lost: not linked again within lost_after");
-                events.gateway_lost(addr);
+                events.gateway_lost(client_id::gateway_key(addr));
             }
         });
     }
 
     /// How many times `addr` was linked so far.
-    fn linkings(&self, addr: SocketAddrV4) -> u64 {
+    fn linkings(&self, addr: SocketAddr) -> u64 {
         let linkings = self.linkings.lock().unwrap_or_else(|e| e.into_inner());
         linkings.get(&addr).copied().unwrap_or(0)
     }
 
     /// Forgets the link to `addr`; whether there was one.
-    fn drop_link(&self, addr: SocketAddrV4) -> bool {
+    fn drop_link(&self, addr: SocketAddr) -> bool {
         let removed = self
             .links
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&addr);
+            .remove(&client_id::gateway_key(addr));
         if removed.is_some() {
             crate::metrics::gateway_link(self.role.name(), -1);
             self.linked.send_modify(|l| {
@@ -907,17 +953,17 @@ impl GatewayLinks {
 
     /// The links a message goes to, with their gateways' addresses: the one its target names,
     /// or all.
-    fn targets(&self, target: Option<ClientId>) -> Vec<(SocketAddrV4, Arc<GatewayLink>)> {
+    fn targets(&self, target: Option<ClientId>) -> Vec<(SocketAddr, Arc<GatewayLink>)> {
         let links = self.links.read().unwrap_or_else(|e| e.into_inner());
         match target {
             Some(client) => links
                 .get(&client.gateway)
-                .map(|link| (client.gateway, link.clone()))
+                .map(|link| (link.address, link.clone()))
                 .into_iter()
                 .collect(),
             None => links
-                .iter()
-                .map(|(addr, link)| (*addr, link.clone()))
+                .values()
+                .map(|link| (link.address, link.clone()))
                 .collect(),
         }
     }
@@ -1078,7 +1124,7 @@ impl PartialLog {
 /// (at most once a second, through `log`), so an operator knows which one to look at.
 fn merge_answers(
     target: Option<ClientId>,
-    replies: Vec<(SocketAddrV4, Option<Reply>)>,
+    replies: Vec<(SocketAddr, Option<Reply>)>,
     log: &PartialLog,
 ) -> Result<Reply, Unreachable> {
     let total = replies.len();
@@ -1205,6 +1251,10 @@ mod tests {
         SocketAddrV4::new([127, 0, 0, 1].into(), port)
     }
 
+    fn address(port: u16) -> SocketAddr {
+        gateway(port).into()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_partial_answer_names_the_silent_gateways_at_most_once_a_second() {
         let logs = Captured::default();
@@ -1216,10 +1266,10 @@ mod tests {
             .finish();
         let replies = || {
             vec![
-                (gateway(2300), Some(Reply::Clients(vec![]))),
-                (gateway(2301), None),
-                (gateway(2302), Some(Reply::Clients(vec![]))),
-                (gateway(2303), None),
+                (address(2300), Some(Reply::Clients(vec![]))),
+                (address(2301), None),
+                (address(2302), Some(Reply::Clients(vec![]))),
+                (address(2303), None),
             ]
         };
         let log = PartialLog::default();
@@ -1251,6 +1301,7 @@ mod tests {
     ) -> (Arc<GatewayLink>, queue::LinkReceiver<ToGateway>) {
         let (queue, outgoing) = queue::channel(64, 1 << 20, Towards::Gateway);
         let link = Arc::new(GatewayLink {
+            address: address(2301),
             queue,
             pending: Mutex::default(),
             remote: true,
@@ -1301,7 +1352,7 @@ mod tests {
             .after(async {
                 // Sent to its own gateway too: that link needs no mark, its `Done` follows.
                 for link in [&own, &other] {
-                    note(&[(gateway(2301), link.clone())]);
+                    note(&[(address(2301), link.clone())]);
                     assert!(link.command(send_to(member), 64).await);
                 }
             })
@@ -1374,11 +1425,40 @@ mod tests {
         let client = ClientId::new(gateway(2300), 1);
         done(client, &acks)
             .after(async {
-                note(&[(gateway(2301), other.clone())]);
+                note(&[(address(2301), other.clone())]);
                 assert!(other.command(send_to(client), 64).await);
             })
             .await;
         assert_eq!(pending(&acks), vec![(client, 1)]);
+    }
+
+    /// Two IPv6 addresses whose tags collide on one port, found by search (28 bits of tag:
+    /// a pair turns up within some tens of thousands of addresses).
+    fn colliding_pair() -> (SocketAddr, SocketAddr) {
+        let mut seen = HashMap::new();
+        for n in 1u128.. {
+            let addr = SocketAddr::from((std::net::Ipv6Addr::from(0xfd00_u128 << 112 | n), 2900));
+            if let Some(earlier) = seen.insert(client_id::gateway_key(addr), addr) {
+                return (earlier, addr);
+            }
+        }
+        unreachable!("the search ends at the first collision")
+    }
+
+    #[test]
+    fn of_two_gateways_with_one_key_only_one_is_linked() {
+        let (a, b) = colliding_pair();
+        let v4: SocketAddr = "10.0.0.1:2900".parse().unwrap();
+        let bystander: SocketAddr = "[fd00::1:0:0]:2900".parse().unwrap();
+        let listed = BTreeSet::from([a, b, v4, bystander]);
+        let (low, high) = (a.min(b), a.max(b));
+        let (wanted, refused) = admit(&listed, |_| false);
+        assert_eq!(wanted, BTreeSet::from([low, v4, bystander]));
+        assert_eq!(refused, vec![(high, low)]);
+        // The one linked keeps its key, whichever sorts first.
+        let (wanted, refused) = admit(&listed, |addr| *addr == high);
+        assert_eq!(wanted, BTreeSet::from([high, v4, bystander]));
+        assert_eq!(refused, vec![(low, high)]);
     }
 
     #[test]
@@ -1386,10 +1466,10 @@ mod tests {
         let client = ClientId::new(gateway(2300), 7);
         let silent = merge_answers(
             Some(client),
-            vec![(gateway(2300), None)],
+            vec![(address(2300), None)],
             &PartialLog::default(),
         );
-        assert_eq!(silent, Err(Unreachable::Silent(gateway(2300))));
+        assert_eq!(silent, Err(Unreachable::Silent(address(2300))));
         let unlinked = merge_answers(Some(client), vec![], &PartialLog::default());
         assert_eq!(unlinked, Err(Unreachable::NotLinked(gateway(2300))));
         assert_eq!(

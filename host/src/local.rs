@@ -8,7 +8,7 @@
 //! worker host, so the rest of the cluster cannot tell the difference.
 
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
@@ -35,19 +35,19 @@ pub struct LocalLink {
 
 /// The gateways of this process that accept in-process links, by internal address.
 #[derive(Clone, Default)]
-pub struct LocalGateways(Arc<Mutex<HashMap<SocketAddrV4, mpsc::Sender<LocalLink>>>>);
+pub struct LocalGateways(Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<LocalLink>>>>);
 
 impl LocalGateways {
     /// Makes the gateway at `address` reachable in-process; its link requests arrive on the
     /// returned channel until [`withdraw`](Self::withdraw).
-    pub fn offer(&self, address: SocketAddrV4) -> mpsc::Receiver<LocalLink> {
+    pub fn offer(&self, address: SocketAddr) -> mpsc::Receiver<LocalLink> {
         let (tx, rx) = mpsc::channel(16);
         self.lock().insert(address, tx);
         rx
     }
 
     /// Stops offering in-process links to the gateway at `address`.
-    pub fn withdraw(&self, address: SocketAddrV4) {
+    pub fn withdraw(&self, address: SocketAddr) {
         self.lock().remove(&address);
     }
 
@@ -56,7 +56,7 @@ impl LocalGateways {
     /// gateway sends. `None` means "not here, use the network".
     pub async fn dial(
         &self,
-        address: SocketAddrV4,
+        address: SocketAddr,
         role: Peer,
         bytes: usize,
     ) -> Option<(LinkSender<ToGateway>, LinkReceiver<ToWorker>)> {
@@ -75,7 +75,7 @@ impl LocalGateways {
         Some((to_gateway, from_gateway))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddrV4, mpsc::Sender<LocalLink>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, mpsc::Sender<LocalLink>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -88,7 +88,7 @@ pub(crate) fn reply_to(query: Query) -> Reply {
 fn cluster_view(id: ClientId) -> ClusterView {
     ClusterView {
         gateways: vec![GatewayView {
-            address: id.gateway,
+            address: id.gateway.into(),
             listeners: vec![ListenerView {
                 name: "ws".into(),
                 app: "chat".into(),

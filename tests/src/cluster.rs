@@ -1,7 +1,7 @@
 //! Clusters for end-to-end tests: in-process ([`Cluster`], every role on 127.0.0.1 with
 //! ephemeral ports) or as separate OS processes running the real command ([`Node`]).
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -55,7 +55,7 @@ pub struct GatewayHandle {
     /// Where clients connect.
     pub client_addr: SocketAddr,
     /// Where worker hosts link.
-    pub internal_addr: SocketAddrV4,
+    pub internal_addr: SocketAddr,
     /// Its state and links.
     pub gateway: Arc<Gateway>,
 }

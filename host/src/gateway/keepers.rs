@@ -302,7 +302,7 @@ mod tests {
         let address = SocketAddrV4::new([127, 0, 0, 1].into(), 2300);
         let limits = ClientLimits { max_groups: 8 };
         let state = Arc::new(GatewayState::new(
-            address,
+            address.into(),
             limits,
             Arc::new(Counters::default()),
         ));

@@ -28,7 +28,7 @@ pub mod router;
 mod shared;
 pub mod state;
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::client_id;
 use crate::config::{Advertise, GatewayConfig, Protocol};
 use crate::local::LocalGateways;
 use crate::nats::Nats;
@@ -100,8 +101,15 @@ impl BoundGateway {
             Some(advertise) => resolve(advertise, port)
                 .await
                 .with_context(|| format!("gateway {name}: advertise = {:?}", advertise.host))?,
-            None => SocketAddrV4::new(config.lan_ip, port),
+            None => SocketAddr::from((config.lan_ip, port)),
         };
+        if config.gatewayworker && address.is_ipv6() {
+            anyhow::bail!(
+                "gateway {name}: advertises the IPv6 address {address}, but gatewayworker = true \
+                 needs an IPv4 one (GatewayWorker's client ids and gateway lists hold IPv4 \
+                 addresses)"
+            );
+        }
         let listeners = vec![ListenerInfo {
             name,
             app: config.app.clone(),
@@ -151,9 +159,9 @@ impl BoundGateway {
         self.clients.local_addr().expect("bound")
     }
 
-    /// The internal address worker hosts use.
-    pub fn internal_addr(&self) -> SocketAddrV4 {
-        self.gateway.state.address()
+    /// The internal address worker hosts use (the advertised one).
+    pub fn internal_addr(&self) -> SocketAddr {
+        self.gateway.state.internal()
     }
 
     /// The shared parts, for inspection.
@@ -186,7 +194,11 @@ impl BoundGateway {
                 self.gateway.trust.clone(),
                 register::Announce::Gateway {
                     internal: address,
-                    gatewayworker: self.config.gatewayworker.then_some(address),
+                    // An IPv4 address (checked at bind): its own key.
+                    gatewayworker: self
+                        .config
+                        .gatewayworker
+                        .then(|| self.gateway.state.address()),
                 },
                 shutdown.clone(),
             )
@@ -270,18 +282,28 @@ impl BoundGateway {
 }
 
 /// A configured size as a byte count, saturating where `usize` is narrower.
-/// The IPv4 address `advertise` names (a name is resolved now, once), with its port or the
-/// bound `port`.
-async fn resolve(advertise: &Advertise, port: u16) -> anyhow::Result<SocketAddrV4> {
+/// The address `advertise` names (a name is resolved now, once), with its port or the bound
+/// `port`: an IPv4 one if the name has any (its client ids then hold it, as GatewayWorker's
+/// do), else an IPv6 one.
+async fn resolve(advertise: &Advertise, port: u16) -> anyhow::Result<SocketAddr> {
     let port = advertise.port.unwrap_or(port);
-    let found = tokio::net::lookup_host((advertise.host.as_str(), port)).await?;
-    let mut found = found.filter_map(|a| match a {
-        SocketAddr::V4(v4) if !v4.ip().is_unspecified() => Some(v4),
-        _ => None,
-    });
-    found
-        .next()
-        .context("it resolves to no IPv4 address (client ids embed one)")
+    let found: Vec<SocketAddr> = tokio::net::lookup_host((advertise.host.as_str(), port))
+        .await?
+        .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+        .filter(|a| !a.ip().is_unspecified())
+        .collect();
+    let address = found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| found.first())
+        .copied()
+        .context("it resolves to no address")?;
+    match address {
+        SocketAddr::V4(v4) if client_id::is_tag(*v4.ip()) => anyhow::bail!(
+            "it resolves to {v4}, in 240.0.0.0/4, which client ids use for IPv6 gateways' tags"
+        ),
+        _ => Ok(address),
+    }
 }
 
 fn byte_count(size: bytesize::ByteSize) -> usize {

@@ -61,7 +61,7 @@ pub async fn serve(gateway: Arc<Gateway>, nats: Nats, shutdown: CancellationToke
         }
     }
     gateway.state.track_membership();
-    let announcing = discovery::announce(nats.clone(), gateway.state.address(), shutdown.clone());
+    let announcing = discovery::announce(nats.clone(), gateway.state.internal(), shutdown.clone());
     tokio::join!(announcing, take_commands(&gateway, &nats, subs, &shutdown));
 }
 

@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 
 use super::counters::Counters;
 use super::outbox::{Close, Outbound, Outbox};
-use crate::client_id::{ClientHasher, ClientId};
+use crate::client_id::{self, ClientHasher, ClientId};
 use crate::ops::{
     ClusterView, Command, GatewayView, GroupMembers, Query, Reply, Session, check_name,
     check_session_bytes, session_bytes, session_bytes_after,
@@ -111,6 +111,9 @@ pub struct ClientLimits {
 
 /// The clients of one gateway and everything attached to them.
 pub struct GatewayState {
+    /// The advertised internal address.
+    internal: SocketAddr,
+    /// What client ids hold of it ([`client_id::gateway_key`]).
     address: SocketAddrV4,
     limits: ClientLimits,
     counters: Arc<Counters>,
@@ -126,10 +129,10 @@ pub struct GatewayState {
 }
 
 impl GatewayState {
-    /// Empty state for the gateway whose internal address is `address` (it is part of every
-    /// client id it hands out), holding clients to `limits` and counting refusals in
-    /// `counters`.
-    pub fn new(address: SocketAddrV4, limits: ClientLimits, counters: Arc<Counters>) -> Self {
+    /// Empty state for the gateway whose advertised internal address is `internal` (its key
+    /// is part of every client id it hands out), holding clients to `limits` and counting
+    /// refusals in `counters`.
+    pub fn new(internal: SocketAddr, limits: ClientLimits, counters: Arc<Counters>) -> Self {
         // A restarted gateway keeps its address, so indexes restarting at 1 would hand a new
         // user the id a backend still holds for someone who left: start anywhere instead.
         let clients = Clients {
@@ -137,7 +140,8 @@ impl GatewayState {
             ..Clients::default()
         };
         Self {
-            address,
+            internal,
+            address: client_id::gateway_key(internal),
             limits,
             counters,
             clients: Mutex::new(clients),
@@ -148,9 +152,15 @@ impl GatewayState {
         }
     }
 
-    /// The gateway's internal address.
+    /// The gateway as its client ids name it: its internal IPv4 address, or its IPv6
+    /// address's tag ([`client_id::gateway_key`]).
     pub fn address(&self) -> SocketAddrV4 {
         self.address
+    }
+
+    /// The gateway's advertised internal address, where worker hosts reach it.
+    pub fn internal(&self) -> SocketAddr {
+        self.internal
     }
 
     /// Adds a client and returns its id. Indexes start at a random one per run, wrap, and
@@ -626,7 +636,7 @@ impl GatewayState {
                 let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
                 Reply::Cluster(ClusterView {
                     gateways: vec![GatewayView {
-                        address: self.address,
+                        address: self.internal,
                         listeners: Vec::new(),
                         clients: count(c.by_index.len()),
                         groups: count(c.groups.len()),

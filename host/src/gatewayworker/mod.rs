@@ -6,6 +6,11 @@
 //! and membership and adds no state or operation of its own. The process starts its
 //! listeners beside the roles they serve.
 //!
+//! It is IPv4 only, as GatewayWorker is: PHP decodes an IPv4 address from every client id and
+//! reads `IPv4:port` lists, so a gateway advertising IPv6 (whose ids hold a tag, not its
+//! address) cannot have `gatewayworker = true`, and only IPv4 GatewayWorker addresses are
+//! listed to PHP members.
+//!
 //! # Layout
 //! - [`php_serial`]: the subset of PHP's `serialize()` format that sessions and query replies
 //!   use, decoded under hard limits;

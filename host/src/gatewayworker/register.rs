@@ -223,7 +223,10 @@ impl Connection {
                 self.check_secret(&message)?;
                 if member.worker.is_none() {
                     debug!(peer = %self.peer, "PHP worker registered for the gateway list");
-                    member.worker = Some(self.directory.watch(|listing| listing.gatewayworker));
+                    member.worker = Some(
+                        self.directory
+                            .watch(|listing| listing.gatewayworker.map(SocketAddr::V4)),
+                    );
                 }
                 Ok(())
             }

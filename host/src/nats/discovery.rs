@@ -1,5 +1,5 @@
 //! Finding the gateways through NATS instead of a register: each gateway publishes its
-//! internal address on `wg.<name>.nodes` every [`PERIOD`] (and at once when a starting node
+//! internal address on `wg.<name>.nodes.v<protocol>` every [`PERIOD`] (and at once when a starting node
 //! says `hello`); worker hosts and push clients keep the set of gateways heard within
 //! [`MISSED_PERIODS`] periods, the same set a register would list, and link to each as today.
 //!
@@ -8,7 +8,7 @@
 //! outage is not the loss of every gateway; the direct links say whether a gateway is alive).
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -25,24 +25,25 @@ pub const PERIOD: Duration = Duration::from_secs(1);
 /// Periods without an announcement after which a gateway is forgotten.
 pub const MISSED_PERIODS: u32 = 3;
 
-/// What a gateway publishes on `wg.<name>.nodes`.
+/// What a gateway publishes on `wg.<name>.nodes.v<protocol>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Announcement {
-    /// It serves at `internal` (where worker hosts link, and the address in its client ids).
+    /// It serves at `internal` (where worker hosts link; its client ids hold its key,
+    /// `client_id::gateway_key`).
     Gateway {
         /// Its advertised internal address.
-        internal: SocketAddrV4,
+        internal: SocketAddr,
     },
     /// It is stopping: forget it now rather than after [`MISSED_PERIODS`].
     Leaving {
         /// Its advertised internal address.
-        internal: SocketAddrV4,
+        internal: SocketAddr,
     },
 }
 
 /// Announces the gateway at `internal` every [`PERIOD`] and whenever a node says `hello`,
 /// until `shutdown`; then says it is leaving.
-pub async fn announce(nats: Nats, internal: SocketAddrV4, shutdown: CancellationToken) {
+pub async fn announce(nats: Nats, internal: SocketAddr, shutdown: CancellationToken) {
     let subjects = nats.subjects();
     let (nodes, client) = (subjects.nodes(), nats.client().clone());
     let encode = |a: Announcement| postcard::to_allocvec(&a);
@@ -84,7 +85,7 @@ pub async fn announce(nats: Nats, internal: SocketAddrV4, shutdown: Cancellation
 
 /// Follows the gateways' announcements until `shutdown`: the set of gateways heard within
 /// [`MISSED_PERIODS`] periods, as a watch (what the register's list is in the mesh).
-pub fn follow(nats: Nats, shutdown: CancellationToken) -> watch::Receiver<BTreeSet<SocketAddrV4>> {
+pub fn follow(nats: Nats, shutdown: CancellationToken) -> watch::Receiver<BTreeSet<SocketAddr>> {
     let (set, gateways) = watch::channel(BTreeSet::new());
     tokio::spawn(async move {
         tokio::select! {
@@ -95,7 +96,7 @@ pub fn follow(nats: Nats, shutdown: CancellationToken) -> watch::Receiver<BTreeS
     gateways
 }
 
-async fn keep_following(nats: Nats, set: watch::Sender<BTreeSet<SocketAddrV4>>) {
+async fn keep_following(nats: Nats, set: watch::Sender<BTreeSet<SocketAddr>>) {
     let client = nats.client().clone();
     let mut nodes = loop {
         match client.subscribe(nats.subjects().nodes()).await {
@@ -111,7 +112,7 @@ async fn keep_following(nats: Nats, set: watch::Sender<BTreeSet<SocketAddrV4>>) 
         .publish(nats.subjects().hello(), bytes::Bytes::new())
         .await;
     let forget_after = PERIOD * MISSED_PERIODS;
-    let mut heard: HashMap<SocketAddrV4, Instant> = HashMap::new();
+    let mut heard: HashMap<SocketAddr, Instant> = HashMap::new();
     let mut connected_since = nats.is_connected().then(Instant::now);
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -10,6 +10,7 @@ use std::net::SocketAddrV4;
 use sha2::{Digest, Sha256};
 
 use crate::ops::Command;
+use crate::wire::PROTOCOL_VERSION;
 
 /// The subject names of one deployment.
 #[derive(Debug)]
@@ -25,9 +26,11 @@ impl Subjects {
         }
     }
 
-    /// Where gateways announce themselves.
+    /// Where gateways announce themselves: one subject per internal protocol version, so a
+    /// process hears only the gateways it can link to, and never misreads an announcement
+    /// of another version's layout during a rolling upgrade.
     pub fn nodes(&self) -> String {
-        format!("{}.nodes", self.prefix)
+        format!("{}.nodes.v{PROTOCOL_VERSION}", self.prefix)
     }
 
     /// Where a starting node asks every gateway to announce itself at once.

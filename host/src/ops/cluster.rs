@@ -9,7 +9,7 @@
 //! faults each), and sent only when it changed.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,8 +26,9 @@ pub struct ClusterView {
 /// One gateway's figures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayView {
-    /// Its internal address, which every client id it issues starts with.
-    pub address: SocketAddrV4,
+    /// Its advertised internal address (an IPv4 one is what every client id it issues
+    /// starts with; an IPv6 one's ids start with its tag).
+    pub address: SocketAddr,
     /// Its client listeners.
     pub listeners: Vec<ListenerView>,
     /// Connected clients.
@@ -143,7 +144,7 @@ mod tests {
     #[test]
     fn each_worker_host_once_with_its_latest_report() {
         let gateway = |port| GatewayView {
-            address: SocketAddrV4::new([127, 0, 0, 1].into(), port),
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
             listeners: Vec::new(),
             clients: 1,
             groups: 0,

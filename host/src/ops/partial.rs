@@ -8,15 +8,15 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 tokio::task_local! {
-    static MISSING: RefCell<BTreeSet<SocketAddrV4>>;
+    static MISSING: RefCell<BTreeSet<SocketAddr>>;
 }
 
 /// Runs `operation` and returns its output with the gateways any of its queries missed
 /// (sorted, each once; empty when every answer was whole).
-pub async fn gathering<F: Future>(operation: F) -> (F::Output, Vec<SocketAddrV4>) {
+pub async fn gathering<F: Future>(operation: F) -> (F::Output, Vec<SocketAddr>) {
     MISSING
         .scope(RefCell::default(), async {
             let output = operation.await;
@@ -28,7 +28,7 @@ pub async fn gathering<F: Future>(operation: F) -> (F::Output, Vec<SocketAddrV4>
 
 /// Notes that a query of the current task was answered without `gateways` (silent past the
 /// bound); a no-op for a task not [`gathering`].
-pub fn report_missing(gateways: impl IntoIterator<Item = SocketAddrV4>) {
+pub fn report_missing(gateways: impl IntoIterator<Item = SocketAddr>) {
     let _ = MISSING.try_with(|m| m.borrow_mut().extend(gateways));
 }
 
@@ -38,8 +38,8 @@ mod tests {
 
     #[tokio::test]
     async fn missing_gateways_reach_the_gatherer_only() {
-        let a: SocketAddrV4 = "10.0.0.1:2900".parse().unwrap();
-        let b: SocketAddrV4 = "10.0.0.2:2900".parse().unwrap();
+        let a: SocketAddr = "10.0.0.1:2900".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:2900".parse().unwrap();
         report_missing([a]);
         let ((), missing) = gathering(async {
             report_missing([b, a]);

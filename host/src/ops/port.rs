@@ -5,7 +5,7 @@
 //! ([`crate::links::GatewayLinks`]); tests pass a recording double. Callers above the port
 //! never see a socket, and the transports below it never see an argument to validate.
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::pin::Pin;
 
 use super::command::Command;
@@ -38,12 +38,12 @@ pub enum Unreachable {
     #[error("no gateway reachable")]
     NoGateway,
     /// The client's gateway is not linked: it is gone (stopped, or the id is from before its
-    /// restart), or not linked yet.
+    /// restart), or not linked yet. Named as the id names it: an IPv6 gateway by its tag.
     #[error("the client's gateway {0} is not linked")]
     NotLinked(SocketAddrV4),
-    /// The client's gateway is linked but did not answer the query in time.
+    /// The client's gateway is linked but did not answer the query in time (its address).
     #[error("the client's gateway {0} did not answer in time")]
-    Silent(SocketAddrV4),
+    Silent(SocketAddr),
     /// NATS carries commands (`[cluster] nats`) and its connection is down.
     #[error("the NATS connection is down")]
     Nats,

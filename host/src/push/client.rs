@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,8 +140,8 @@ impl PushClient {
         trust: Trust,
     ) -> (
         Self,
-        watch::Receiver<BTreeSet<SocketAddrV4>>,
-        watch::Receiver<BTreeSet<SocketAddrV4>>,
+        watch::Receiver<BTreeSet<SocketAddr>>,
+        watch::Receiver<BTreeSet<SocketAddr>>,
     ) {
         let stop = CancellationToken::new();
         let (listed, nats) = match finder {
@@ -207,9 +207,9 @@ impl Deref for PushClient {
 
 /// Waits until `ready(listed, linked)` holds for the two watches.
 async fn wait_until(
-    mut listed: watch::Receiver<BTreeSet<SocketAddrV4>>,
-    mut linked: watch::Receiver<BTreeSet<SocketAddrV4>>,
-    ready: impl Fn(&BTreeSet<SocketAddrV4>, &BTreeSet<SocketAddrV4>) -> bool,
+    mut listed: watch::Receiver<BTreeSet<SocketAddr>>,
+    mut linked: watch::Receiver<BTreeSet<SocketAddr>>,
+    ready: impl Fn(&BTreeSet<SocketAddr>, &BTreeSet<SocketAddr>) -> bool,
 ) {
     loop {
         if ready(&listed.borrow_and_update(), &linked.borrow_and_update()) {

@@ -41,7 +41,7 @@ pub enum Announce {
     /// A gateway; it gets no list.
     Gateway {
         /// Where worker hosts reach it.
-        internal: SocketAddrV4,
+        internal: SocketAddr,
         /// Where PHP BusinessWorkers and GatewayClient reach it, if they may.
         gatewayworker: Option<SocketAddrV4>,
     },
@@ -91,7 +91,7 @@ pub fn spawn_registration(
     trust: Trust,
     announce: Announce,
     shutdown: CancellationToken,
-) -> watch::Receiver<BTreeSet<SocketAddrV4>> {
+) -> watch::Receiver<BTreeSet<SocketAddr>> {
     spawn_registration_with(reach, trust, announce, Timing::DEFAULT, shutdown)
 }
 
@@ -102,7 +102,7 @@ pub(super) fn spawn_registration_with(
     announce: Announce,
     timing: Timing,
     shutdown: CancellationToken,
-) -> watch::Receiver<BTreeSet<SocketAddrV4>> {
+) -> watch::Receiver<BTreeSet<SocketAddr>> {
     let registers = reach.addresses();
     let lists = Arc::new(MergedLists::new(registers.len()));
     let gateways = lists.subscribe();
@@ -228,7 +228,7 @@ impl Member {
         let mut deadline = pin!(sleep(silence));
         let mut settling = pin!(sleep(self.timing.settle));
         let mut settled = false;
-        let mut latest: Option<BTreeSet<SocketAddrV4>> = None;
+        let mut latest: Option<BTreeSet<SocketAddr>> = None;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -248,7 +248,7 @@ impl Member {
                     deadline.as_mut().reset(Instant::now() + silence);
                     match message {
                         FromRegister::Gateways(list) => {
-                            let list: BTreeSet<SocketAddrV4> = list.into_iter().collect();
+                            let list: BTreeSet<SocketAddr> = list.into_iter().collect();
                             let report = if settled {
                                 Report::Settled(list)
                             } else {

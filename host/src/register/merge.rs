@@ -6,7 +6,7 @@
 //! set kept while none is linked) keep such disagreement from dropping gateways that serve.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -25,9 +25,9 @@ pub(super) enum Report {
     Down,
     /// Its latest list, but the link is younger than [`SETTLE`]: it may add gateways, not
     /// remove them.
-    Fresh(BTreeSet<SocketAddrV4>),
+    Fresh(BTreeSet<SocketAddr>),
     /// Its latest list, authoritative.
-    Settled(BTreeSet<SocketAddrV4>),
+    Settled(BTreeSet<SocketAddr>),
 }
 
 /// The gateway lists reported by each register a member is linked to, merged into the one
@@ -42,7 +42,7 @@ pub(super) struct MergedLists {
     /// Per register, by index.
     reports: Mutex<Vec<Report>>,
     /// Where the merged set is published.
-    merged: watch::Sender<BTreeSet<SocketAddrV4>>,
+    merged: watch::Sender<BTreeSet<SocketAddr>>,
 }
 
 impl MergedLists {
@@ -55,7 +55,7 @@ impl MergedLists {
     }
 
     /// A view of the merged set.
-    pub(super) fn subscribe(&self) -> watch::Receiver<BTreeSet<SocketAddrV4>> {
+    pub(super) fn subscribe(&self) -> watch::Receiver<BTreeSet<SocketAddr>> {
         self.merged.subscribe()
     }
 

@@ -29,9 +29,10 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// GatewayWorker itself (registered through `crate::gatewayworker`) has only the second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Listing {
-    /// The internal (worker-facing) address of a wasmgate gateway.
-    pub internal: Option<SocketAddrV4>,
-    /// The address of its GatewayWorker-compatible internal port.
+    /// The advertised internal (worker-facing) address of a wasmgate gateway.
+    pub internal: Option<SocketAddr>,
+    /// The address of its GatewayWorker-compatible internal port (IPv4, as GatewayWorker's
+    /// ids are).
     pub gatewayworker: Option<SocketAddrV4>,
 }
 
@@ -78,7 +79,7 @@ impl Directory {
 
     /// A view of the list of `pick`'s address of each gateway, which gives a first list
     /// at once.
-    pub fn watch(&self, pick: fn(&Listing) -> Option<SocketAddrV4>) -> ListWatch {
+    pub fn watch(&self, pick: fn(&Listing) -> Option<SocketAddr>) -> ListWatch {
         let mut table = self.0.subscribe();
         table.mark_changed();
         ListWatch {
@@ -257,23 +258,23 @@ pub struct ListWatch {
     /// The directory.
     table: watch::Receiver<BTreeMap<Listing, usize>>,
     /// Which address of a listing this member wants.
-    pick: fn(&Listing) -> Option<SocketAddrV4>,
+    pick: fn(&Listing) -> Option<SocketAddr>,
     /// The list last given.
-    sent: Option<Vec<SocketAddrV4>>,
+    sent: Option<Vec<SocketAddr>>,
 }
 
 impl ListWatch {
     /// The next list to give (the first at once), sorted and without repeats; never
     /// completes once the directory is gone.
-    pub async fn next(&mut self) -> Vec<SocketAddrV4> {
+    pub async fn next(&mut self) -> Vec<SocketAddr> {
         while self.table.changed().await.is_ok() {
-            let list: BTreeSet<SocketAddrV4> = self
+            let list: BTreeSet<SocketAddr> = self
                 .table
                 .borrow_and_update()
                 .keys()
                 .filter_map(self.pick)
                 .collect();
-            let list: Vec<SocketAddrV4> = list.into_iter().collect();
+            let list: Vec<SocketAddr> = list.into_iter().collect();
             if self.sent.as_ref() != Some(&list) {
                 self.sent = Some(list.clone());
                 return list;
@@ -285,7 +286,7 @@ impl ListWatch {
 
 /// The next list for a link that may watch the directory; never completes for one that
 /// does not.
-pub async fn next_list(watched: &mut Option<ListWatch>) -> Vec<SocketAddrV4> {
+pub async fn next_list(watched: &mut Option<ListWatch>) -> Vec<SocketAddr> {
     match watched {
         Some(watched) => watched.next().await,
         None => std::future::pending().await,

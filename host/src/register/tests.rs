@@ -1,7 +1,7 @@
 //! The register and its members together over loopback, and the merge rules on their own.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,8 +40,8 @@ fn secret() -> Trust {
     Trust::plain(Arc::from(SECRET))
 }
 
-fn gateway(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), port)
+fn gateway(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), port))
 }
 
 /// A gateway announcing `gateway(port)`, without a GatewayWorker port.
@@ -52,7 +52,7 @@ fn announce_gateway(port: u16) -> Announce {
     }
 }
 
-fn list(addresses: &[SocketAddrV4]) -> BTreeSet<SocketAddrV4> {
+fn list(addresses: &[SocketAddr]) -> BTreeSet<SocketAddr> {
     addresses.iter().copied().collect()
 }
 
@@ -97,7 +97,7 @@ fn enroll(
     registers: &[&TestRegister],
     announce: Announce,
     stop: &CancellationToken,
-) -> watch::Receiver<BTreeSet<SocketAddrV4>> {
+) -> watch::Receiver<BTreeSet<SocketAddr>> {
     let addresses = registers.iter().map(|r| r.address).collect();
     spawn_registration_with(
         RegisterReach::new(addresses),
@@ -110,9 +110,9 @@ fn enroll(
 
 /// Waits until the list is `expected`, checking `invariant` on every version seen.
 async fn wait_for_list(
-    gateways: &mut watch::Receiver<BTreeSet<SocketAddrV4>>,
-    expected: BTreeSet<SocketAddrV4>,
-    invariant: impl Fn(&BTreeSet<SocketAddrV4>) -> bool,
+    gateways: &mut watch::Receiver<BTreeSet<SocketAddr>>,
+    expected: BTreeSet<SocketAddr>,
+    invariant: impl Fn(&BTreeSet<SocketAddr>) -> bool,
 ) {
     let arrived = match timeout(
         WAIT,
@@ -133,10 +133,7 @@ async fn wait_for_list(
     );
 }
 
-async fn wait_for(
-    gateways: &mut watch::Receiver<BTreeSet<SocketAddrV4>>,
-    expected: &[SocketAddrV4],
-) {
+async fn wait_for(gateways: &mut watch::Receiver<BTreeSet<SocketAddr>>, expected: &[SocketAddr]) {
     wait_for_list(gateways, list(expected), |_| true).await;
 }
 
@@ -250,7 +247,7 @@ async fn one_register_down_changes_nothing() {
     enroll(&[&a], announce_gateway(0), &stop);
     wait_for(&mut worker, &[gateway(0), gateway(1)]).await;
     a.kill().await;
-    let keeps_gateway_1 = |l: &BTreeSet<SocketAddrV4>| l.contains(&gateway(1));
+    let keeps_gateway_1 = |l: &BTreeSet<SocketAddr>| l.contains(&gateway(1));
     wait_for_list(&mut worker, list(&[gateway(1)]), keeps_gateway_1).await;
     enroll(&[&b], announce_gateway(2), &stop);
     wait_for_list(
@@ -286,7 +283,7 @@ async fn members_come_back_after_a_register_restart() {
     // not forget gateway 1 meanwhile.
     let second = TestRegister::start_on(address).await;
     enroll(&[&second], announce_gateway(2), &stop);
-    let keeps_gateway_1 = |l: &BTreeSet<SocketAddrV4>| l.contains(&gateway(1));
+    let keeps_gateway_1 = |l: &BTreeSet<SocketAddr>| l.contains(&gateway(1));
     wait_for_list(
         &mut worker,
         list(&[gateway(1), gateway(2)]),

@@ -64,8 +64,8 @@ pub fn is_opening(start: &[u8; OPENING]) -> bool {
 const ACCEPTOR_LABEL: &[u8] = b"wasmgate-server";
 
 /// The internal protocol's version, exchanged in the handshake; peers of different versions
-/// refuse each other with a message naming both versions.
-pub const PROTOCOL_VERSION: u8 = 7;
+/// refuse each other with a message naming both versions (8: gateway addresses may be IPv6).
+pub const PROTOCOL_VERSION: u8 = 8;
 
 /// Domain separation for the connector's proof.
 const CONNECTOR_LABEL: &[u8] = b"wasmgate-client";

@@ -18,10 +18,11 @@ use crate::ops::{Command, Query, Reply, Session, WorkerReport};
 pub enum ToRegister {
     /// "I am a gateway; worker hosts reach me at `address`."
     Gateway {
-        /// The gateway's internal (worker-facing) address.
-        address: SocketAddrV4,
+        /// The gateway's advertised internal (worker-facing) address, IPv4 or IPv6.
+        address: SocketAddr,
         /// Where PHP BusinessWorkers and GatewayClient reach it, if it speaks GatewayWorker's
-        /// protocol (`gatewayworker = true`: `address` itself, so that client ids hold it).
+        /// protocol (`gatewayworker = true`: `address` itself, so that client ids hold it;
+        /// IPv4 only, as GatewayWorker's ids and lists are).
         gatewayworker: Option<SocketAddrV4>,
     },
     /// "I am a worker host (or a push client); tell me where the gateways are."
@@ -35,7 +36,7 @@ pub enum ToRegister {
 pub enum FromRegister {
     /// The complete current list of gateway addresses (sent to worker hosts on registration
     /// and after every change).
-    Gateways(Vec<SocketAddrV4>),
+    Gateways(Vec<SocketAddr>),
     /// Answer to [`ToRegister::Ping`].
     Pong,
 }

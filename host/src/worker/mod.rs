@@ -24,7 +24,7 @@ pub mod sql;
 pub mod timers;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,7 +154,7 @@ impl WorkerHost {
 
     /// What its start waits for: the plugins present at start, and every gateway in
     /// `gateways` (those of this process) linked.
-    pub fn startup(&self, gateways: BTreeSet<SocketAddrV4>) -> Startup {
+    pub fn startup(&self, gateways: BTreeSet<SocketAddr>) -> Startup {
         Startup {
             loading: self.loading.subscribe(),
             linked: self.links.linked(),
@@ -237,8 +237,8 @@ impl WorkerHost {
 /// A worker host's start, watched until it serves.
 pub struct Startup {
     loading: watch::Receiver<Option<BTreeSet<String>>>,
-    linked: watch::Receiver<BTreeSet<SocketAddrV4>>,
-    gateways: BTreeSet<SocketAddrV4>,
+    linked: watch::Receiver<BTreeSet<SocketAddr>>,
+    gateways: BTreeSet<SocketAddr>,
 }
 
 /// What a start still waits for.
@@ -247,7 +247,7 @@ pub struct Waiting {
     /// The plugins present at start not loaded yet; `None` while the directory is being read.
     pub loading: Option<Vec<String>>,
     /// The gateways of this process not linked yet.
-    pub unlinked: Vec<SocketAddrV4>,
+    pub unlinked: Vec<SocketAddr>,
 }
 
 impl Startup {

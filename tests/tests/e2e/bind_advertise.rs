@@ -1,10 +1,12 @@
 //! A gateway that binds its internal listener to every interface (as in a container or behind
-//! NAT) and advertises the address its peers dial: worker hosts find it through the register
-//! and serve its clients, while a gateway configured as before keeps serving beside it.
+//! NAT) and advertises the address its peers dial, IPv6 included: worker hosts find it through
+//! the register and serve its clients, while a gateway configured as before keeps serving
+//! beside it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use wasmgate::client_id::{ClientId, gateway_key, is_tag};
 use wasmgate_tests::client::TestClient;
 use wasmgate_tests::cluster::{Node, PluginsDir, free_port};
 use wasmgate_tests::plugins;
@@ -15,10 +17,20 @@ use crate::BIN;
 /// Long enough for internal addresses off loopback (a wildcard bind is one).
 const SECRET: &str = "a-secret-of-at-least-16-bytes";
 
+/// What [`served_through`] started, running until dropped.
+struct Served {
+    /// A client of the gateway under test, served.
+    client: TestClient,
+    /// A client of the plain gateway beside it, served.
+    bystander: TestClient,
+    _nodes: [Node; 4],
+    _plugins: PluginsDir,
+}
+
 /// Starts a register, a gateway whose internal listener has `keys` (besides its defaults), a
 /// plain gateway beside it (the bystander's), and a worker host; checks that both gateways'
 /// clients are served and that the register handed out `advertised`.
-async fn served_through(keys: &str, advertised: &str) {
+async fn served_through(keys: &str, advertised: &str) -> Served {
     let plugins = PluginsDir::with(&[("commands", plugins::COMMANDS)]);
     let (r, g, plain) = (free_port(), free_port(), free_port());
     let gateway = |port: u16, keys: &str| {
@@ -32,7 +44,7 @@ async fn served_through(keys: &str, advertised: &str) {
         &format!("secret = \"{SECRET}\"\n[register]\nlisten = \"127.0.0.1:{r}\"\n"),
     );
     let tested = Node::start(BIN, &gateway(g, keys));
-    let _plain = Node::start(BIN, &gateway(plain, ""));
+    let plain_gateway = Node::start(BIN, &gateway(plain, ""));
     let worker = Node::start(
         BIN,
         &format!(
@@ -58,6 +70,12 @@ async fn served_through(keys: &str, advertised: &str) {
         "through the advertised address"
     );
     assert_eq!(bystander.ask("echo after").await, "after");
+    Served {
+        client: c,
+        bystander,
+        _nodes: [register, tested, plain_gateway, worker],
+        _plugins: plugins,
+    }
 }
 
 /// A WebSocket client of the gateway on `port`, connected once it listens and a worker host
@@ -102,4 +120,45 @@ async fn a_gateway_bound_to_every_ipv6_interface_is_reached_at_its_advertised_po
         &format!("127.0.0.1:{port}"),
     )
     .await;
+}
+
+/// A gateway on IPv6 loopback, advertising `[::1]:port`, beside an IPv4 gateway: the register
+/// lists the IPv6 address and the worker host links to it there; its clients' ids are still
+/// 20 hex characters, holding the address's tag (in 240.0.0.0/4) where an IPv4 gateway's hold
+/// its address, so every reply (a command by id) reaches them through the tag; and a command
+/// about one of them sent by a client of the IPv4 gateway (`kick <id>`) reaches it too, while
+/// the bystander's ids keep GatewayWorker's layout. Before IPv6 could be advertised, the
+/// configuration was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_advertising_ipv6_serves_clients_whose_ids_carry_its_tag() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        Skip::new("no IPv6 loopback").report(
+            "bind_advertise::a_gateway_advertising_ipv6_serves_clients_whose_ids_carry_its_tag",
+        );
+        return;
+    }
+    let port = free_port();
+    let advertised = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    let Served {
+        client: mut on_v6,
+        mut bystander,
+        _nodes,
+        _plugins,
+    } = served_through(
+        &format!("internal_bind = \"::1\"\ninternal_port = {port}\nadvertise = \"{advertised}\""),
+        &advertised.to_string(),
+    )
+    .await;
+    let key = gateway_key(advertised);
+    assert!(is_tag(*key.ip()), "{key}");
+    let id: ClientId = on_v6.ask("whoami").await.parse().unwrap();
+    assert_eq!(id.gateway, key, "{id}");
+    let bystander_id: ClientId = bystander.ask("whoami").await.parse().unwrap();
+    assert!(
+        bystander_id.to_string().starts_with("7f000001"),
+        "{bystander_id}"
+    );
+    bystander.send(&format!("kick {id}")).await.unwrap();
+    on_v6.assert_closed().await;
+    assert_eq!(bystander.ask("echo still").await, "still");
 }

@@ -264,7 +264,7 @@ impl Control {
                         name: g.name.clone(),
                         listen: g.listen.clone(),
                         app: g.app.clone(),
-                        internal: g.gateway.state.address().to_string(),
+                        internal: g.gateway.state.internal().to_string(),
                         connections: now.state.clients,
                         groups: now.state.groups,
                         uids: now.state.uids,
