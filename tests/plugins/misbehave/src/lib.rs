@@ -31,6 +31,9 @@
 //!   `closed <client-id>`, so a test on another gateway sees every `on-close` run.
 //! - `event <payload>` → `event <n> <payload>`: the event's number (`event-info`), so a test
 //!   can tell an event sent again after a lost worker host from a new one.
+//! - `join <group>` → `joined <group>`; `pub <group> <payload>` sends the payload to the group
+//!   and answers nothing (or the error): with `watch`, one app serves a cluster test whose
+//!   clients are a group's members and whose `on-close` runs are watched.
 //!
 //! `on-websocket-connect` refuses a client whose query string holds `reject=<reason>`, with
 //! that reason (taken as is, not percent-decoded); crashes deciding for `crash=trap` (a panic),
@@ -197,6 +200,17 @@ impl Plugin for Misbehave {
                 Ok(()) => b"watching".to_vec(),
                 Err(e) => format!("error {e:?}").into_bytes(),
             },
+            b"join" => match std::str::from_utf8(arg) {
+                Ok(group) => match gateway::join_group(&client.id, group) {
+                    Ok(()) => format!("joined {group}").into_bytes(),
+                    Err(e) => format!("error {e:?}").into_bytes(),
+                },
+                Err(_) => b"error usage: join <group>".to_vec(),
+            },
+            b"pub" => match published(arg) {
+                Ok(()) => return,
+                Err(why) => why.into_bytes(),
+            },
             b"event" => {
                 let number = wasmgate_sdk::current_event().unwrap_or(0);
                 [format!("event {number} ").as_bytes(), arg].concat()
@@ -219,6 +233,15 @@ impl Plugin for Misbehave {
 }
 
 wasmgate_sdk::export!(Misbehave);
+
+/// `pub <group> <payload>`: sends `payload` to `group`; what to answer if that failed.
+fn published(arg: &[u8]) -> Result<(), String> {
+    let usage = || "error usage: pub <group> <payload>".to_owned();
+    let space = arg.iter().position(|&b| b == b' ').ok_or_else(usage)?;
+    let group = std::str::from_utf8(&arg[..space]).map_err(|_| usage())?;
+    gateway::send_to_group(&[group.to_owned()], &arg[space + 1..], &[])
+        .map_err(|e| format!("error {e:?}"))
+}
 
 /// Loops forever; `black_box` keeps the optimiser from proving the loop side-effect free.
 fn spin() -> ! {
