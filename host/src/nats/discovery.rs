@@ -22,8 +22,13 @@ use super::Nats;
 /// How often a gateway announces itself.
 pub const PERIOD: Duration = Duration::from_secs(1);
 
-/// Periods without an announcement after which a gateway is forgotten.
-pub const MISSED_PERIODS: u32 = 3;
+/// Periods without an announcement after which a gateway is forgotten: 15 s, as long as a
+/// link's own silence check waits (three pings of 5 s). Forgetting a gateway cuts its links,
+/// live or not, and a process busy for seconds (a fan-out to tens of thousands of clients on
+/// a loaded machine) announces, and hears announcements, late without being gone; a gateway
+/// that really died is found by its links long before (they re-send, and `on-close` follows
+/// `gateway_lost_after`), so forgetting it later costs only a few dials.
+pub const MISSED_PERIODS: u32 = 15;
 
 /// What a gateway publishes on `wg.<name>.nodes.v<protocol>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -283,7 +283,7 @@ async fn three_gateways_on_three_nats_nodes_fan_out_only_to_gateways_with_member
         "gateway B stayed subscribed to a group it left"
     );
 
-    // A gateway killed without a word is forgotten after 3 silent periods; the others serve on.
+    // A gateway killed without a word is forgotten after 15 silent periods; the others serve on.
     let c = d.gateways.remove(2);
     let internal = c.node.logs();
     c.node.kill().await;
