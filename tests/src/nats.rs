@@ -1,7 +1,9 @@
 //! A real NATS cluster for the NATS-engine tests: three Debian `nats-server`s (installed
-//! through [`crate::tools::nats_server`]) on free loopback ports, routed to each other, with
-//! a user and password, in a temporary directory, killed when dropped.
+//! through [`crate::tools::nats_server`]) on free loopback ports, or one on each of some
+//! simulated hosts ([`crate::netns`]), routed to each other, with a user and password, in a
+//! temporary directory, killed when dropped.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use crate::cluster::free_port;
+use crate::netns::{Host, HostThread};
 use crate::tools::Skip;
 
 /// The user every node of a [`NatsCluster`] requires.
@@ -21,8 +24,12 @@ pub const PASSWORD: &str = "nats-test-password";
 /// One `nats-server` of the cluster.
 struct NatsNode {
     child: Option<Child>,
-    port: u16,
-    monitor: u16,
+    /// Where it takes clients.
+    port: SocketAddr,
+    /// Its monitoring endpoint.
+    monitor: SocketAddr,
+    /// The simulated host it runs on, if not on loopback.
+    netns: Option<String>,
     /// Its arguments, to start it again on the same ports.
     args: Vec<String>,
 }
@@ -31,6 +38,8 @@ struct NatsNode {
 pub struct NatsCluster {
     binary: PathBuf,
     nodes: Vec<NatsNode>,
+    /// A thread on the first node's simulated host, whence the nodes are seen to be up.
+    probe: Option<HostThread>,
     _dir: tempfile::TempDir,
 }
 
@@ -38,11 +47,22 @@ impl NatsCluster {
     /// [`Self::start`] with Debian's `nats-server`, installed if need be; `None` after
     /// reporting `test` as skipped where either cannot be had.
     pub async fn start_or_skip(test: &str) -> Option<Self> {
+        let binary = Self::binary_or_skip(test).await?;
+        crate::tools::or_skip(Self::start(binary).await, test)
+    }
+
+    /// [`Self::start_on`] `hosts` as [`Self::start_or_skip`] starts on loopback.
+    pub async fn start_on_or_skip(hosts: &[Host], test: &str) -> Option<Self> {
+        let binary = Self::binary_or_skip(test).await?;
+        crate::tools::or_skip(Self::start_on(binary, hosts).await, test)
+    }
+
+    /// Debian's `nats-server`, installed if need be; `None` after reporting `test` as skipped.
+    async fn binary_or_skip(test: &str) -> Option<PathBuf> {
         let binary = tokio::task::spawn_blocking(crate::tools::nats_server)
             .await
             .expect("the installing thread ended");
-        let binary = crate::tools::or_skip(binary, test)?;
-        crate::tools::or_skip(Self::start(binary).await, test)
+        crate::tools::or_skip(binary, test)
     }
 
     /// Starts three nodes (`binary`: [`crate::tools::nats_server`]) routed to each other, and
@@ -53,15 +73,36 @@ impl NatsCluster {
 
     /// Starts `count` nodes as [`Self::start`] does, each also given `extra` arguments (TLS).
     pub async fn start_with(binary: PathBuf, count: usize, extra: &[&str]) -> Result<Self, Skip> {
+        Self::launch(binary, &vec![None; count], extra).await
+    }
+
+    /// Starts one node on each of `hosts`, on its address, as [`Self::start`] does on
+    /// loopback: a NATS cluster spread over simulated machines.
+    pub async fn start_on(binary: PathBuf, hosts: &[Host]) -> Result<Self, Skip> {
+        let places: Vec<Option<&Host>> = hosts.iter().map(Some).collect();
+        Self::launch(binary, &places, &[]).await
+    }
+
+    /// Starts a node at each of `places` (a simulated host, or loopback for `None`).
+    async fn launch(
+        binary: PathBuf,
+        places: &[Option<&Host>],
+        extra: &[&str],
+    ) -> Result<Self, Skip> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let routes: Vec<u16> = (0..count).map(|_| free_port()).collect();
-        let route_urls: Vec<String> = routes
+        let addrs: Vec<Ipv4Addr> = places
             .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .map(|host| host.map_or(Ipv4Addr::LOCALHOST, |h| h.addr))
+            .collect();
+        let routes: Vec<u16> = places.iter().map(|_| free_port()).collect();
+        let route_urls: Vec<String> = addrs
+            .iter()
+            .zip(&routes)
+            .map(|(addr, port)| format!("nats://{addr}:{port}"))
             .collect();
         let mut nodes = Vec::new();
-        for (i, route) in routes.iter().enumerate() {
-            let (port, monitor) = (free_port(), free_port());
+        for (i, (route, host)) in routes.iter().zip(places).enumerate() {
+            let (addr, port, monitor) = (addrs[i], free_port(), free_port());
             let others: Vec<&str> = route_urls
                 .iter()
                 .enumerate()
@@ -71,7 +112,7 @@ impl NatsCluster {
             let log = dir.path().join(format!("n{i}.log"));
             let args = [
                 "-a",
-                "127.0.0.1",
+                &addr.to_string(),
                 "-p",
                 &port.to_string(),
                 "-m",
@@ -81,7 +122,7 @@ impl NatsCluster {
                 "--cluster_name",
                 "wgtest",
                 "--cluster",
-                &format!("nats://127.0.0.1:{route}"),
+                &format!("nats://{addr}:{route}"),
                 "--user",
                 USER,
                 "--pass",
@@ -96,27 +137,37 @@ impl NatsCluster {
             args.extend(extra.iter().map(|a| a.to_string()));
             nodes.push(NatsNode {
                 child: None,
-                port,
-                monitor,
+                port: SocketAddr::from((addr, port)),
+                monitor: SocketAddr::from((addr, monitor)),
+                netns: host.map(|h| h.netns.clone()),
                 args,
             });
         }
         let mut cluster = Self {
             binary,
             nodes,
+            probe: places.first().copied().flatten().map(Host::thread),
             _dir: dir,
         };
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i);
         }
-        cluster.wait_until_routed(count - 1).await;
+        cluster.wait_until_routed(places.len() - 1).await;
         Ok(cluster)
     }
 
-    /// Starts node `i` (again) on its ports.
+    /// Starts node `i` (again) on its ports, on its simulated host if it has one.
     fn spawn(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let child = Command::new(&self.binary)
+        let mut command = match &node.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .args(&node.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -140,22 +191,24 @@ impl NatsCluster {
     /// Waits (bounded) until every node accepts clients and has `routes` routes.
     async fn wait_until_routed(&self, routes: usize) {
         for node in &self.nodes {
-            let ready = async {
-                while !(answers(node.port).await && routes_up(node.monitor).await >= routes) {
+            let (port, monitor) = (node.port, node.monitor);
+            let ready = async move {
+                while !(answers(port).await && routes_up(monitor).await >= routes) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             };
-            tokio::time::timeout(Duration::from_secs(20), ready)
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("nats-server on port {} never formed its cluster", node.port)
-                });
+            let ready = tokio::time::timeout(Duration::from_secs(20), ready);
+            let formed = match &self.probe {
+                Some(probe) => probe.run(ready).await,
+                None => ready.await,
+            };
+            formed.unwrap_or_else(|_| panic!("nats-server at {port} never formed its cluster"));
         }
     }
 
     /// The client URL of node `i`.
     pub fn url(&self, i: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.nodes[i].port)
+        format!("nats://{}", self.nodes[i].port)
     }
 
     /// Sends `signal` to node `i`: `STOP` freezes it (what its clients send waits, unread,
@@ -173,10 +226,10 @@ impl NatsCluster {
     }
 }
 
-/// Whether a NATS server on `port` greets a new connection with its `INFO` line now.
-async fn answers(port: u16) -> bool {
+/// Whether a NATS server at `addr` greets a new connection with its `INFO` line now.
+async fn answers(addr: SocketAddr) -> bool {
     let greet = async {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let stream = TcpStream::connect(addr).await.ok()?;
         let mut line = String::new();
         BufReader::new(stream).read_line(&mut line).await.ok()?;
         Some(line.starts_with("INFO "))
@@ -187,11 +240,11 @@ async fn answers(port: u16) -> bool {
     )
 }
 
-/// How many routes the server whose monitoring port is `monitor` has now (0 if it does not
-/// answer).
-async fn routes_up(monitor: u16) -> usize {
+/// How many routes the server whose monitoring endpoint is `monitor` has now (0 if it does
+/// not answer).
+async fn routes_up(monitor: SocketAddr) -> usize {
     let ask = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", monitor)).await.ok()?;
+        let mut stream = TcpStream::connect(monitor).await.ok()?;
         stream
             .write_all(b"GET /routez HTTP/1.1\r\nHost: nats\r\nConnection: close\r\n\r\n")
             .await

@@ -12,6 +12,7 @@
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::process::Command;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::tools::Skip;
 
@@ -19,7 +20,12 @@ use crate::tools::Skip;
 pub struct SimulatedHosts {
     switch: String,
     hosts: Vec<Host>,
+    /// The last byte of the next address [`SimulatedHosts::add_address`] gives out.
+    next_extra: AtomicU8,
 }
+
+/// Hosts are 198.18.0.1 up to this, exclusive; the addresses added to them follow.
+const FIRST_EXTRA: u8 = 128;
 
 /// One simulated host: a network namespace with one address on the shared bridge.
 #[derive(Debug, Clone)]
@@ -33,15 +39,22 @@ pub struct Host {
 impl SimulatedHosts {
     /// Creates `count` hosts, 198.18.0.1 onwards, each reaching every other.
     pub fn create(count: usize) -> Result<Self, Skip> {
-        assert!(count < 250, "one /24 of simulated hosts");
+        assert!(
+            count < usize::from(FIRST_EXTRA),
+            "hosts take the low half of one /24"
+        );
         if !crate::tools::is_root() {
             return Err(Skip::new("network namespaces need root"));
         }
-        // Unique per test process, and short: interface names hold at most 15 bytes.
-        let prefix = format!("wg{}", std::process::id() % 100_000);
+        // Unique per test process and per set in it (tests run side by side), and short:
+        // interface names hold at most 15 bytes.
+        static SETS: AtomicU8 = AtomicU8::new(0);
+        let set = SETS.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("wg{}x{set}", std::process::id() % 100_000);
         let mut hosts = Self {
             switch: format!("{prefix}sw"),
             hosts: Vec::new(),
+            next_extra: AtomicU8::new(FIRST_EXTRA),
         };
         ip(&["netns", "add", &hosts.switch])?;
         let switch = hosts.switch.clone();
@@ -97,6 +110,48 @@ impl SimulatedHosts {
     /// The hosts, in address order.
     pub fn hosts(&self) -> &[Host] {
         &self.hosts
+    }
+
+    /// Gives `host` one more address on the bridge (198.18.0.128 onwards): each source address
+    /// has ephemeral ports of its own, about 28,000.
+    pub fn add_address(&self, host: &Host) -> Ipv4Addr {
+        let last = self.next_extra.fetch_add(1, Ordering::Relaxed);
+        assert!(last < 255, "the /24 of simulated hosts is full");
+        let addr = Ipv4Addr::new(198, 18, 0, last);
+        let added = ip(&[
+            "-n",
+            &host.netns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        added.unwrap_or_else(|e| panic!("adding {addr} to {}: {e}", host.netns));
+        addr
+    }
+
+    /// SIGKILLs every process running on `host` (in its namespace), as when the machine dies;
+    /// returns how many there were.
+    pub fn kill_everything_on(&self, host: &Host) -> usize {
+        let listed = Command::new("ip")
+            .args(["netns", "pids", &host.netns])
+            .output()
+            .unwrap_or_else(|e| panic!("`ip netns pids {}`: {e}", host.netns));
+        assert!(listed.status.success(), "`ip netns pids`: {listed:?}");
+        let me = std::process::id();
+        let pids: Vec<u32> = String::from_utf8_lossy(&listed.stdout)
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .filter(|&pid| pid != me)
+            .collect();
+        for &pid in &pids {
+            let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+            // SAFETY: a plain syscall on a pid `ip` just listed; one that ended meanwhile is
+            // not an error worth reporting (ESRCH).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        pids.len()
     }
 }
 
