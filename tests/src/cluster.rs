@@ -317,10 +317,13 @@ impl Node {
         Self::spawn(Command::new(binary), config)
     }
 
-    /// Starts it as [`Node::start`] does, on the simulated host `host`.
+    /// Starts it as [`Node::start`] does, on the simulated host `host`, with its descriptor
+    /// limit raised to the hard limit: a node there may hold tens of thousands of clients.
     pub fn start_on(host: &Host, binary: &str, config: &str) -> Self {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &host.netns, binary]);
+        // SAFETY: between fork and exec the closure makes two system calls, no allocation.
+        unsafe { command.pre_exec(crate::tools::raise_descriptor_limit) };
         Self::spawn(command, config)
     }
 

@@ -6,7 +6,9 @@
 
 pub mod client;
 pub mod cluster;
+pub mod crowd;
 pub mod daemon;
+pub mod delivery;
 pub mod http_server;
 pub mod nats;
 pub mod netns;

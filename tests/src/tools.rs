@@ -318,3 +318,42 @@ pub fn is_root() -> bool {
         .output()
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
+
+/// Whether a process here may hold `needed` descriptors: its hard limit, up to which
+/// [`raise_descriptor_limit`] raises it; why not, if not.
+pub fn descriptor_limit_allows(needed: u64) -> Result<(), Skip> {
+    let hard = descriptor_limit()
+        .map_err(|e| Skip::new(format!("getrlimit: {e}")))?
+        .rlim_max;
+    if hard < needed {
+        return Err(Skip::new(format!(
+            "{needed} descriptors per process are needed, the hard limit is {hard}"
+        )));
+    }
+    Ok(())
+}
+
+/// Raises the calling process's open-descriptor limit to its hard limit. Two system calls
+/// and no allocation: a child may make them between fork and exec.
+pub fn raise_descriptor_limit() -> std::io::Result<()> {
+    let mut limit = descriptor_limit()?;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: a plain system call on a struct of the right type.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The calling process's open-descriptor limits.
+fn descriptor_limit() -> std::io::Result<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a plain system call writing a struct of the right type.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(limit)
+}
