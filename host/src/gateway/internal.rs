@@ -220,22 +220,26 @@ async fn tcp_link(
         };
     let (queue, outgoing) = queue::channel(LINK_QUEUE, queue_bytes, Towards::Worker);
     let mut writing = tokio::spawn(writer.forward(outgoing, ping_interval * SILENT_INTERVALS));
-    let serving = serve_link(
-        LinkReader::Tcp(reader),
+    let written = async {
+        Err(match (&mut writing).await {
+            Ok(Err(e)) => LinkError::Wire(e),
+            Ok(Ok(())) | Err(_) => LinkError::Closed,
+        })
+    };
+    let ends = Ends {
+        reader: LinkReader::Tcp(reader),
+        written,
+    };
+    let result = serve_link(
+        ends,
         queue,
         role,
         Some(place),
         &gateway,
         &close,
         ping_interval,
-    );
-    let result = tokio::select! {
-        result = serving => result,
-        written = &mut writing => Err(match written {
-            Ok(Err(e)) => LinkError::Wire(e),
-            Ok(Ok(())) | Err(_) => LinkError::Closed,
-        }),
-    };
+    )
+    .await;
     // The writer ends once every sender is gone, having written what was queued; client
     // bindings of a link that failed may still hold one, so it is cut after a grace.
     if !writing.is_finished()
@@ -259,8 +263,13 @@ async fn local_link(
     if link.accepted.send(outgoing).is_err() {
         return;
     }
+    let ends = Ends {
+        reader: LinkReader::Local(link.inbound),
+        // Its other half is a channel the worker host reads, which ends with the link.
+        written: std::future::pending(),
+    };
     if let Err(e) = serve_link(
-        LinkReader::Local(link.inbound),
+        ends,
         queue,
         link.role,
         None,
@@ -275,11 +284,22 @@ async fn local_link(
     }
 }
 
+/// A link's two ends as [`serve_link`] takes them.
+struct Ends<W> {
+    /// What the peer sends.
+    reader: LinkReader<ToGateway>,
+    /// Resolves when the writer to the peer ended (with why); never for an in-process link.
+    written: W,
+}
+
 /// Serves an authenticated link: announces the listeners, routes client events to it (if
 /// the peer is a worker host, at `place` if it may keep clients: `None` in-process), and
-/// executes what it sends until it closes.
+/// executes what it sends until it closes, or until its writer ends. Either way a worker
+/// host's link then leaves the router, which sends the events it had not finished to
+/// another: a writer that fails first (a reset seen on a write, a stalled write) must not
+/// leave them waiting for each client's next event.
 async fn serve_link(
-    mut reader: LinkReader<ToGateway>,
+    ends: Ends<impl Future<Output = Result<(), LinkError>>>,
     queue: LinkSender<ToWorker>,
     role: Peer,
     place: Option<Place>,
@@ -287,6 +307,10 @@ async fn serve_link(
     close: &CancellationToken,
     ping_interval: Duration,
 ) -> Result<(), LinkError> {
+    let Ends {
+        mut reader,
+        written,
+    } = ends;
     queue
         .send(ToWorker::Listeners {
             run: gateway.run,
@@ -295,15 +319,18 @@ async fn serve_link(
         .await?;
     // Push clients only send commands and queries; only worker hosts take client events.
     let routed = (role == Peer::Worker).then(|| gateway.router.add(queue.clone(), place));
-    let result = read_loop(
+    let reading = read_loop(
         &mut reader,
         gateway,
         &queue,
         routed.as_deref(),
         close,
         ping_interval,
-    )
-    .await;
+    );
+    let result = tokio::select! {
+        result = reading => result,
+        result = written => result,
+    };
     if let Some(link) = routed {
         gateway
             .reports

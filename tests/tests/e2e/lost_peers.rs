@@ -1,15 +1,20 @@
 //! Nothing lost with a peer (issue 12 item 13, issue 15): the events a killed worker host held
-//! run on another host, in order and numbered as before, what their callbacks sent to other
-//! gateways is not lost with it, and the clients of a killed gateway get their `on-close` on a
-//! worker host, while a bystander client keeps being served. Real processes, killed with
-//! SIGKILL.
+//! run on another host, in order and numbered as before, also when it is the gateway's writes
+//! that find the host gone, what their callbacks sent to other gateways is not lost with it,
+//! and the clients of a killed gateway get their `on-close` on a worker host, while a
+//! bystander client keeps being served. Real processes, killed with SIGKILL.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::net::TcpSocket;
+use tokio::net::tcp::OwnedReadHalf;
+use wasmgate::wire::codec::{FrameReader, FrameWriter};
+use wasmgate::wire::handshake::{Peer, connect_handshake};
+use wasmgate::wire::messages::{ServedApp, ToGateway};
 use wasmgate_tests::client::TestClient;
-use wasmgate_tests::cluster::{Node, PluginsDir, SECRET, free_port};
+use wasmgate_tests::cluster::{Cluster, Node, PluginsDir, SECRET, free_port};
 use wasmgate_tests::plugins;
 use wasmgate_tests::prometheus::scrape;
 
@@ -313,4 +318,114 @@ async fn a_killed_worker_hosts_commands_to_a_frozen_gateway_are_not_lost() {
     }
     assert_eq!(reply, "still");
     drop(heir);
+}
+
+/// Clients bound to the worker host that stops reading, and the big messages each sends it.
+const STALLED_CLIENTS: usize = 2;
+const STALLED_MESSAGES: usize = 40;
+
+/// Each message's payload: together, several times what the kernel buffers between the
+/// gateway and that host hold (4 MiB of send buffer at most on Linux by default).
+const STALLED_BYTES: usize = 100 * 1024;
+
+/// A worker host that stops reading its link but keeps pinging: the gateway's writes to it
+/// stall and its writer gives up (after three `link_ping_interval`s) while its reader still
+/// hears the pings. The link is lost all the same: the events the host held run on another
+/// host, in order, though their clients send nothing more. Before, only the reader's end took
+/// a link out of the router: when the writer failed first (a reset seen on a write, as when a
+/// machine dies under load), a client bound there waited for its own next event, which an
+/// idle client never sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_host_whose_writes_stall_is_lost_and_its_events_run_on_another() {
+    let table = "listen = \"ws://127.0.0.1:0\"\nlink_ping_interval = \"200ms\"".to_owned();
+    let cluster = Cluster::start_with(("commands", plugins::COMMANDS), &[table], 1, 1).await;
+    let gateway = &cluster.gateways[0];
+    let _stalled = StalledWorker::link(gateway.internal_addr, "commands").await;
+    tokio::time::timeout(RESENT_WITHIN, gateway.gateway.router.wait_for_links(2))
+        .await
+        .expect("the stalled host never linked");
+    // Clients go to the host with fewer: one whose probe stays unanswered is bound there.
+    let mut stalled = Vec::new();
+    let mut bystanders = Vec::new();
+    for _ in 0..4 * STALLED_CLIENTS {
+        let mut c = TestClient::ws(gateway.client_addr, "/").await.unwrap();
+        c.send("echo probe").await.unwrap();
+        match c.recv_within(QUIET).await {
+            Ok(reply) => {
+                assert_eq!(reply, "probe");
+                bystanders.push(c);
+            }
+            Err(_) if stalled.len() < STALLED_CLIENTS => stalled.push(c),
+            Err(_) => {}
+        }
+    }
+    assert_eq!(stalled.len(), STALLED_CLIENTS, "clients bound to the host");
+    let payload = |i: usize| format!("{i:03}{}", "x".repeat(STALLED_BYTES));
+    for c in &mut stalled {
+        for i in 0..STALLED_MESSAGES {
+            c.send(&format!("echo {}", payload(i))).await.unwrap();
+        }
+    }
+    for (k, c) in stalled.iter_mut().enumerate() {
+        let probe = c.recv_within(RESENT_WITHIN).await;
+        assert_eq!(
+            probe.as_deref(),
+            Ok("probe"),
+            "client {k}'s events stayed with the host whose link stalled"
+        );
+        for i in 0..STALLED_MESSAGES {
+            let reply = c.recv_within(RESENT_WITHIN).await;
+            assert!(
+                reply.as_deref() == Ok(payload(i).as_str()),
+                "client {k}'s message {i} was lost, repeated or out of order"
+            );
+        }
+    }
+    for b in &mut bystanders {
+        assert_eq!(b.ask("echo still").await, "still");
+    }
+}
+
+/// A worker host's side of a link, over TCP, that serves `app` as far as the gateway can
+/// tell, pings every 50 ms and never reads: what the gateway writes piles up in the kernel
+/// buffers (its receive buffer is the smallest the kernel allows).
+struct StalledWorker {
+    _reader: FrameReader<OwnedReadHalf>,
+    pinging: tokio::task::JoinHandle<()>,
+}
+
+impl StalledWorker {
+    async fn link(gateway: SocketAddr, app: &str) -> Self {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(1).unwrap();
+        let (reader, writer) = socket.connect(gateway).await.unwrap().into_split();
+        let (mut reader, mut writer) = (FrameReader::new(reader), FrameWriter::new(writer));
+        connect_handshake(&mut reader, &mut writer, SECRET.as_bytes(), Peer::Worker)
+            .await
+            .unwrap();
+        let apps = vec![ServedApp {
+            name: app.to_owned(),
+            version: "stalled".to_owned(),
+            presence: false,
+        }];
+        writer
+            .send(&ToGateway::Apps { host: 1, apps })
+            .await
+            .unwrap();
+        let pinging = tokio::spawn(async move {
+            while writer.send(&ToGateway::Ping).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Self {
+            _reader: reader,
+            pinging,
+        }
+    }
+}
+
+impl Drop for StalledWorker {
+    fn drop(&mut self) {
+        self.pinging.abort();
+    }
 }
