@@ -52,6 +52,9 @@ use std::time::Duration;
 /// The real command, for the tests that run it as its own process.
 const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-node");
 
+/// The helper that holds thousands of clients for the cluster tests (`wasmgate_tests::crowd`).
+const CROWD: &str = env!("CARGO_BIN_EXE_crowd");
+
 /// How long a client must stay silent to show that a message was not sent to it.
 const QUIET: Duration = Duration::from_millis(300);
 
