@@ -1,28 +1,39 @@
 //! One client connection, whatever its protocol: registers the client, forwards its events
 //! to its worker host, runs its heartbeat, and writes what the gateway queues for it.
 //!
-//! A protocol module turns the socket into a stream of inbound messages and a sink of
-//! [`Outbound`] items; everything else (ids, events, the outbox, the heartbeat, closing) is
-//! here, once. The task runs a reader and a writer side by side and stops both when either
-//! ends, when its outbox is killed (destroy, slow reader) or when the gateway stops. So a
-//! client that stops reading blocks only its own writer, and a kill still ends it at once.
-//! Queued messages are fed to the sink in a batch and flushed once, so a burst of broadcasts
-//! costs one write.
+//! A connection is one hand-written future, [`Connection`], owning the client's socket
+//! ([`ClientStream`]: one owner, no split halves). Whenever anything wakes it, it looks at
+//! each of its concerns in turn: a kill (destroy, slow reader, the gateway stopping), the
+//! outbox (queued messages fed to the socket in a batch and flushed once, so a burst of
+//! broadcasts costs one write), the socket (items read and forwarded as events), one timer
+//! for the heartbeat and `idle_timeout` together, and the router's word that the client must
+//! move. It is written out by hand rather than as `async` code raced by `select!` for memory:
+//! a connection spends its life idle, holding its task's bytes, and a generator keeps every
+//! branch's future and every await point's locals side by side (about 1.6 KB), where this
+//! struct holds only what lasts between wake-ups. The rare waits (an event waiting for room
+//! at its worker host, a move, the last words to a leaving client) are boxed while they last.
+//!
+//! A client that stops reading blocks only its own writes, and a kill still ends it at once.
+//! While an event waits for its worker host, the connection stops reading (a flood slows the
+//! flooder) and stops its heartbeat, but keeps writing.
 
+use std::future::Future;
+use std::mem;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::future::{Either, ready};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::counters::Counters;
 use super::heartbeat::{Beat, Heartbeat, HeartbeatConfig};
-use super::outbox::{Close, Kill, Outbound, Outbox, OutboxReader, outbox};
-use super::protocol::{Inbound, ReadError};
+use super::outbox::{Close, Kill, Outbound, OutboxReader, outbox};
+use super::protocol::stream::ClientStream;
+use super::protocol::{Framing, Inbound, ReadError};
 use super::router::{Binding, Router, Unrouted};
 use super::state::GatewayState;
 use crate::client_id::ClientId;
@@ -30,6 +41,9 @@ use crate::wire::messages::{ClientContext, EventKind, ToWorker, WebSocketRequest
 
 /// Most queued messages written in one batch before flushing.
 const WRITE_BATCH: usize = 64;
+
+/// Encoded bytes past which a batch is written before more messages are taken.
+const WRITE_CHUNK: usize = 64 * 1024;
 
 /// Longest the last words to a leaving client (a close frame, the socket's shutdown) may take:
 /// a client that does not read them must not keep its task alive.
@@ -66,84 +80,387 @@ enum End {
     Drop,
 }
 
-/// Serves one client until it leaves, is closed, or the gateway stops.
-pub async fn serve<R, W>(
+/// An event or a move waiting for the router, with the client's binding, given back once
+/// it is done.
+type Waiting = Pin<Box<dyn Future<Output = (Binding, Result<(), Unrouted>)> + Send>>;
+
+/// Where the reading side is.
+enum Reading {
+    /// The first event is not sent yet: `connect`, or `websocket-connect` with the upgrade
+    /// request (a WebSocket client's `on-connect` runs on the worker host only once
+    /// `on-websocket-connect` has accepted it).
+    Start(Option<Box<WebSocketRequest>>),
+    /// The first event waits for the router: reading waits with it.
+    First(Waiting),
+    /// Reading the socket.
+    Read,
+    /// An event or a move waits for the router: reading waits with it.
+    Wait(Waiting),
+}
+
+/// A close the writer took from the outbox: what was queued before it is written first.
+struct Closing {
+    close: Close,
+    grace: Pin<Box<Sleep>>,
+}
+
+/// A connection that ended and left the gateway's state.
+struct Ending {
+    /// Its last words (what is unwritten, a close frame, the socket's shutdown), bounded by
+    /// [`CLOSE_GRACE`]; none once said, or for a connection dropped without them.
+    farewell: Option<Pin<Box<Sleep>>>,
+    /// Then its close event on its way to its worker host.
+    leave: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+/// One client's connection: a future that serves it until it leaves, is closed, or the
+/// gateway stops. Registered in the gateway's state when made, and removed from it however it
+/// ends: a panic in its task drops it, and leaves no ghost client counted.
+pub struct Connection<S, F> {
     shared: Arc<ConnShared>,
-    remote: SocketAddr,
-    mut inbound: R,
-    mut outbound: W,
-    handshake: Option<Box<WebSocketRequest>>,
-) where
-    R: Stream<Item = Result<Inbound, ReadError>> + Unpin,
-    W: Sink<Outbound> + Unpin,
-{
-    let (outbox, queue) = outbox(shared.send_buffer);
-    let registered = Registered::add(&shared, remote, outbox.clone());
-    let id = registered.id;
-    let mut link = ClientLink {
-        shared: &shared,
-        id,
-        binding: Binding::default(),
-        events: 0,
-    };
-    let end = tokio::select! {
-        kill = queue.killed() => killed(&shared, id, kill),
-        end = write(&mut outbound, &queue) => end,
-        end = read(&mut link, &mut inbound, &outbox, handshake) => end,
-    };
-    // Leave the state before the socket closes, so whoever sees the close sees the client
-    // gone from its groups and uid too.
-    let last = registered.remove();
-    if !matches!(end, End::Drop) {
-        let farewell = async {
-            if let End::Close(close) = end {
-                let _ = outbound.send(Outbound::Close(close)).await;
-            }
-            let _ = outbound.close().await;
-        };
-        let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, farewell)).await;
-    }
-    drop(outbound);
-    if let Some(last) = last {
-        // A close no worker host took is counted as a dropped event; the client is gone.
-        if let Err(e) = link.send(last, EventKind::Close).await {
-            tracing::debug!(client = %id, "close event not delivered: {e}");
-        }
-    }
+    /// None once the socket is closed.
+    stream: Option<ClientStream<S, F>>,
+    queue: OutboxReader,
+    link: ClientLink,
+    reading: Reading,
+    heartbeat: Heartbeat,
+    /// When the client last sent a complete message (kept only with an `idle_timeout`).
+    last_message: Instant,
+    /// The heartbeat's next tick or the `idle_timeout`, whichever is first; none when both
+    /// are off. Boxed, as a timer is twice the size of everything else an idle connection
+    /// needs for its heartbeat.
+    timer: Option<Pin<Box<Sleep>>>,
+    closing: Option<Box<Closing>>,
+    /// Set once the connection ended; until then, the client is in the state.
+    ending: Option<Box<Ending>>,
+    /// Reading queued a message of the connection's own (a pong, a ping): write it before
+    /// waiting.
+    queued_own: bool,
 }
 
-/// A client's entry in the gateway's state, removed when the connection ends however it
-/// ends: a panic in its task unwinds through this and leaves no ghost client counted.
-struct Registered<'a> {
-    state: &'a GatewayState,
-    id: ClientId,
-    removed: bool,
-}
-
-impl<'a> Registered<'a> {
-    fn add(shared: &'a ConnShared, remote: SocketAddr, outbox: Outbox) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
+    /// Registers a client connected from `remote` on `stream`; `handshake` is its WebSocket
+    /// upgrade request, if it made one.
+    pub fn new(
+        shared: Arc<ConnShared>,
+        remote: SocketAddr,
+        stream: ClientStream<S, F>,
+        handshake: Option<Box<WebSocketRequest>>,
+    ) -> Self {
+        let (outbox, queue) = outbox(shared.send_buffer);
         let id = shared.state.add(remote, shared.listener, outbox);
         crate::metrics::CONNECTIONS_OPENED.inc();
-        Self {
-            state: &shared.state,
-            id,
-            removed: false,
+        let now = Instant::now();
+        let mut connection = Self {
+            heartbeat: Heartbeat::start(&shared.heartbeat, now),
+            shared,
+            stream: Some(stream),
+            queue,
+            link: ClientLink {
+                id,
+                binding: Binding::default(),
+                events: 0,
+            },
+            reading: Reading::Start(handshake),
+            last_message: now,
+            timer: None,
+            closing: None,
+            ending: None,
+            queued_own: false,
+        };
+        connection.timer = connection
+            .next_deadline()
+            .map(|deadline| Box::pin(tokio::time::sleep_until(deadline)));
+        connection
+    }
+
+    /// Serves the client until the connection is to end: how it ends.
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        // Registered before looking: a push or a kill after the look wakes the task.
+        self.queue.register(cx.waker());
+        loop {
+            if let Some(kill) = self.queue.killed() {
+                return Poll::Ready(killed(&self.shared, self.link.id, kill));
+            }
+            if let Poll::Ready(end) = self.poll_write(cx) {
+                return Poll::Ready(end);
+            }
+            if let Poll::Ready(end) = self.poll_read(cx) {
+                return Poll::Ready(end);
+            }
+            if !mem::take(&mut self.queued_own) {
+                return Poll::Pending;
+            }
         }
     }
 
-    /// Removes the client; its last context, for its close event.
-    fn remove(mut self) -> Option<ClientContext> {
-        self.removed = true;
+    /// Writes queued messages in batches until the outbox is empty or the socket full; ready
+    /// once a queued close has what came before it written, or the socket failed.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        let Some(stream) = &mut self.stream else {
+            return Poll::Pending;
+        };
+        loop {
+            if stream.unwritten() == 0 && self.closing.is_none() {
+                let mut taken = 0;
+                while taken < WRITE_BATCH && stream.unwritten() < WRITE_CHUNK {
+                    let Some(message) = self.queue.try_recv() else {
+                        break;
+                    };
+                    match message {
+                        Outbound::Close(close) => {
+                            // The close itself is written once the client has left the state
+                            // (see `end`).
+                            let grace = Box::pin(tokio::time::sleep(CLOSE_GRACE));
+                            self.closing = Some(Box::new(Closing { close, grace }));
+                            break;
+                        }
+                        Outbound::Data(ref data) => crate::metrics::message_sent(data.len()),
+                        Outbound::Ping(_) | Outbound::Pong(_) => {}
+                    }
+                    if stream.encode(message).is_err() {
+                        return Poll::Ready(End::Done);
+                    }
+                    taken += 1;
+                }
+                if taken == 0 && self.closing.is_none() {
+                    return Poll::Pending;
+                }
+            }
+            match stream.poll_write_out(cx) {
+                Poll::Ready(written) => {
+                    self.queue.socket_full(false);
+                    if let Some(closing) = self.closing.take() {
+                        return Poll::Ready(End::Close(closing.close));
+                    }
+                    if written.is_err() {
+                        return Poll::Ready(End::Done);
+                    }
+                }
+                Poll::Pending => {
+                    self.queue.socket_full(true);
+                    let late = |c: &mut Box<Closing>| c.grace.as_mut().poll(cx).is_ready();
+                    if let Some(closing) = self.closing.take_if(late) {
+                        return Poll::Ready(End::Close(closing.close));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Reads the client's items and forwards its events until the socket or the router makes
+    /// it wait; also runs the heartbeat and `idle_timeout` and moves a displaced client.
+    /// Ready once the connection is to end.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        // The heartbeat, the timeout and a move are looked at once per wake-up and after each
+        // wait, not per item: they are rare, and each wakes the task itself.
+        let mut looked = false;
+        loop {
+            match &mut self.reading {
+                Reading::Start(request) => {
+                    let first = match request.take() {
+                        Some(request) => EventKind::WebSocketConnect(*request),
+                        None => EventKind::Connect,
+                    };
+                    self.reading = Reading::Read;
+                    if let Some(end) = self.event(first) {
+                        return Poll::Ready(end);
+                    }
+                    match mem::replace(&mut self.reading, Reading::Read) {
+                        Reading::Wait(waiting) => self.reading = Reading::First(waiting),
+                        _ => self.sent_first(),
+                    }
+                    continue;
+                }
+                Reading::First(waiting) | Reading::Wait(waiting) => {
+                    let (binding, routed) = ready!(waiting.as_mut().poll(cx));
+                    let first = matches!(self.reading, Reading::First(_));
+                    self.reading = Reading::Read;
+                    self.link.binding = binding;
+                    if !self.link.routed(routed) {
+                        return Poll::Ready(End::Done);
+                    }
+                    if first {
+                        self.sent_first();
+                    }
+                    looked = false;
+                    continue;
+                }
+                Reading::Read => {}
+            }
+            if !looked {
+                looked = true;
+                if let Poll::Ready(end) = self.poll_timer(cx) {
+                    return Poll::Ready(end);
+                }
+                // Its worker host dropped its app or handed its events back: move now, so
+                // that a client of an app nobody serves is closed even if it sends nothing
+                // more.
+                let listener = self.shared.listener;
+                if self.link.binding.poll_displaced(listener, cx).is_ready() {
+                    self.reading = Reading::Wait(self.link.reroute(&self.shared));
+                    continue;
+                }
+            }
+            let Some(stream) = &mut self.stream else {
+                return Poll::Pending;
+            };
+            match ready!(stream.poll_next(cx)) {
+                Some(Ok(Inbound::Message(data))) => {
+                    self.heartbeat.heard();
+                    if !self.shared.idle_timeout.is_zero() {
+                        self.last_message = Instant::now();
+                    }
+                    crate::metrics::message_received(data.len());
+                    if let Some(end) = self.event(EventKind::Message(data)) {
+                        return Poll::Ready(end);
+                    }
+                }
+                // Over budget, the push kills the connection: a client that pings without
+                // reading fills only its own queue.
+                Some(Ok(Inbound::Ping(data))) => self.queue_own(Outbound::Pong(data)),
+                Some(Ok(Inbound::Close)) => return Poll::Ready(End::Close(Close::Normal(None))),
+                Some(Err(e)) => return Poll::Ready(read_failed(self.link.id, &self.shared, e)),
+                None => return Poll::Ready(End::Done),
+            }
+        }
+    }
+
+    /// Forwards an event with the client's current context; the end if the client is gone
+    /// from the state. One the router cannot take at once waits in [`Reading::Wait`].
+    fn event(&mut self, kind: EventKind) -> Option<End> {
+        let Some(client) = self.shared.state.context(self.link.id) else {
+            return Some(End::Done);
+        };
+        if let Some(waiting) = self.link.send(&self.shared, client, kind) {
+            self.reading = Reading::Wait(waiting);
+        }
+        None
+    }
+
+    /// The client's first event is on its way (its `on-connect`): from now on a keeper runs
+    /// its `on-close` if this gateway is lost.
+    fn sent_first(&self) {
+        self.shared.state.keep(self.link.id);
+    }
+
+    /// Runs the heartbeat's ticks and the `idle_timeout` as they fall due; ready if either
+    /// ends the connection.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        loop {
+            let Some(timer) = &mut self.timer else {
+                return Poll::Pending;
+            };
+            ready!(timer.as_mut().poll(cx));
+            let now = Instant::now().max(timer.deadline());
+            match self.heartbeat.tick(&self.shared.heartbeat, now) {
+                None | Some(Beat::Wait) => {}
+                // Over budget, the push kills the connection: the next look sees it.
+                Some(Beat::Send(ping)) => self.queue_own(ping),
+                Some(Beat::Destroy) => {
+                    Counters::bump(&self.shared.counters.heartbeat_timeouts);
+                    tracing::debug!(client = %self.link.id, "client silent past ping_not_response_limit");
+                    return Poll::Ready(End::Drop);
+                }
+            }
+            let idle_timeout = self.shared.idle_timeout;
+            if !idle_timeout.is_zero() && self.last_message + idle_timeout <= now {
+                let n = Counters::bump(&self.shared.counters.idle_timeouts);
+                tracing::debug!(
+                    client = %self.link.id,
+                    idle_timeouts = n,
+                    "client sent no complete message within idle_timeout ({idle_timeout:?})"
+                );
+                return Poll::Ready(End::Drop);
+            }
+            if let (Some(deadline), Some(timer)) = (self.next_deadline(), &mut self.timer) {
+                timer.as_mut().reset(deadline);
+            }
+        }
+    }
+
+    /// When the timer must next wake the connection. The `idle_timeout` is armed from the
+    /// last message only when the timer fires, not per message (a timer-wheel update per
+    /// message showed in the profile): an expiry that finds a newer message re-arms from it.
+    fn next_deadline(&self) -> Option<Instant> {
+        let idle_timeout = self.shared.idle_timeout;
+        let idle = (!idle_timeout.is_zero()).then(|| self.last_message + idle_timeout);
+        match (self.heartbeat.next(), idle) {
+            (Some(tick), Some(idle)) => Some(tick.min(idle)),
+            (tick, idle) => tick.or(idle),
+        }
+    }
+
+    /// Queues a message of the connection's own, written before it next waits.
+    fn queue_own(&mut self, message: Outbound) {
+        self.queue.push(message);
+        self.queued_own = true;
+    }
+
+    /// Ends the connection: it leaves the state before its socket closes, so whoever sees
+    /// the close sees the client gone from its groups and uid too; then its last words, then
+    /// its close event.
+    fn end(&mut self, end: End) {
+        let last = self.shared.state.remove(self.link.id);
         crate::metrics::CONNECTIONS_CLOSED.inc();
-        self.state.remove(self.id)
+        self.closing = None;
+        self.timer = None;
+        let farewell = match end {
+            End::Drop => {
+                self.stream = None;
+                None
+            }
+            End::Close(close) => {
+                if let Some(stream) = &mut self.stream {
+                    let _ = stream.encode(Outbound::Close(close));
+                }
+                Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)))
+            }
+            End::Done => Some(Box::pin(tokio::time::sleep(CLOSE_GRACE))),
+        };
+        let waiting = match mem::replace(&mut self.reading, Reading::Read) {
+            Reading::First(waiting) | Reading::Wait(waiting) => Some(waiting),
+            Reading::Start(_) | Reading::Read => None,
+        };
+        let leave = self.link.leave(&self.shared, waiting, last);
+        self.ending = Some(Box::new(Ending { farewell, leave }));
     }
 }
 
-impl Drop for Registered<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Future for Connection<S, F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.ending.is_none() {
+            let end = ready!(this.poll_serve(cx));
+            this.end(end);
+        }
+        let Some(ending) = &mut this.ending else {
+            unreachable!("the connection ended above");
+        };
+        if let Some(grace) = &mut ending.farewell {
+            let said = grace.as_mut().poll(cx).is_ready()
+                || this
+                    .stream
+                    .as_mut()
+                    .is_none_or(|stream| stream.poll_shutdown(cx).is_ready());
+            if !said {
+                return Poll::Pending;
+            }
+            ending.farewell = None;
+            this.stream = None;
+        }
+        ending.leave.as_mut().poll(cx)
+    }
+}
+
+impl<S, F> Drop for Connection<S, F> {
     fn drop(&mut self) {
-        if !self.removed {
+        if self.ending.is_none() {
             crate::metrics::CONNECTIONS_CLOSED.inc();
-            self.state.remove(self.id);
+            self.shared.state.remove(self.link.id);
         }
     }
 }
@@ -165,189 +482,40 @@ fn killed(shared: &ConnShared, id: ClientId, kill: Kill) -> End {
     End::Drop
 }
 
-/// Forwards the client's events and runs its heartbeat until the connection should end.
-async fn read<R>(
-    link: &mut ClientLink<'_>,
-    inbound: &mut R,
-    outbox: &Outbox,
-    handshake: Option<Box<WebSocketRequest>>,
-) -> End
-where
-    R: Stream<Item = Result<Inbound, ReadError>> + Unpin,
-{
-    let mut heartbeat = Heartbeat::start(&link.shared.heartbeat);
-    let idle_timeout = link.shared.idle_timeout;
-    // Armed once per timeout, not per message (a timer-wheel update per message showed in
-    // the profile): a message only notes its time, and an expiry that finds a newer message
-    // re-arms from it. Boxed, and only when there is a timeout: a timer's bytes would
-    // otherwise be held by every connection.
-    let mut idle = (!idle_timeout.is_zero()).then(|| Box::pin(tokio::time::sleep(idle_timeout)));
-    let mut last_message = Instant::now();
-    // A WebSocket client's `on-connect` runs on the worker host only once
-    // `on-websocket-connect` has accepted it.
-    let first = match handshake {
-        Some(request) => EventKind::WebSocketConnect(*request),
-        None => EventKind::Connect,
-    };
-    if !link.event(first).await {
-        return End::Done;
-    }
-    // Its `on-connect` is on its way: from now on a keeper runs its `on-close` if this
-    // gateway is lost.
-    link.shared.state.keep(link.id);
-    loop {
-        tokio::select! {
-            beat = heartbeat.tick() => match beat {
-                Beat::Wait => {}
-                // Over budget, the push kills the connection: the caller sees it.
-                Beat::Send(ping) => {
-                    outbox.push(ping);
-                }
-                Beat::Destroy => {
-                    Counters::bump(&link.shared.counters.heartbeat_timeouts);
-                    tracing::debug!(client = %link.id, "client silent past ping_not_response_limit");
-                    return End::Drop;
-                }
-            },
-            () = expired(&mut idle) => {
-                let deadline = last_message + idle_timeout;
-                if deadline > Instant::now() {
-                    if let Some(timer) = idle.as_mut() {
-                        timer.as_mut().reset(deadline);
-                    }
-                    continue;
-                }
-                let n = Counters::bump(&link.shared.counters.idle_timeouts);
-                tracing::debug!(
-                    client = %link.id,
-                    idle_timeouts = n,
-                    "client sent no complete message within idle_timeout ({idle_timeout:?})"
-                );
-                return End::Drop;
-            }
-            // Its worker host dropped its app or handed its events back: move now, so that a
-            // client of an app nobody serves is closed even if it sends nothing more.
-            () = link.binding.displaced(link.shared.listener) => {
-                if !link.reroute().await {
-                    return End::Done;
-                }
-            }
-            message = inbound.next() => match message {
-                Some(Ok(Inbound::Message(data))) => {
-                    heartbeat.heard();
-                    if !idle_timeout.is_zero() {
-                        last_message = Instant::now();
-                    }
-                    crate::metrics::message_received(data.len());
-                    if !link.event(EventKind::Message(data)).await {
-                        return End::Done;
-                    }
-                }
-                // Over budget, the push kills the connection: a client that pings without
-                // reading fills only its own queue.
-                Some(Ok(Inbound::Ping(data))) => {
-                    outbox.push(Outbound::Pong(data));
-                }
-                Some(Ok(Inbound::Close)) => return End::Close(Close::Normal(None)),
-                Some(Err(e)) => return read_failed(link, e),
-                None => return End::Done,
-            },
-        }
-    }
-}
-
-/// Resolves when `timer` expires; never without a timer.
-async fn expired(timer: &mut Option<Pin<Box<Sleep>>>) {
-    match timer {
-        Some(timer) => timer.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-fn read_failed(link: &ClientLink<'_>, e: ReadError) -> End {
+fn read_failed(id: ClientId, shared: &ConnShared, e: ReadError) -> End {
     match e.close() {
         Some(close) => {
-            Counters::bump(&link.shared.counters.oversized);
-            tracing::info!(client = %link.id, "closing client: {e}");
+            Counters::bump(&shared.counters.oversized);
+            tracing::info!(client = %id, "closing client: {e}");
             End::Close(close)
         }
         None => {
-            tracing::debug!(client = %link.id, "read failed: {e}");
+            tracing::debug!(client = %id, "read failed: {e}");
             End::Done
         }
     }
 }
 
-/// Writes queued messages in batches until a close is queued or the socket fails.
-async fn write<W: Sink<Outbound> + Unpin>(outbound: &mut W, queue: &OutboxReader) -> End {
-    loop {
-        let mut next = Some(queue.recv().await);
-        let mut written = 0;
-        while let Some(message) = next.take() {
-            if let Outbound::Close(close) = message {
-                // Flush what came before; the close itself is written once the client has
-                // left the state (see `serve`).
-                // Boxed, as the other rare waits: its timer would otherwise sit in every
-                // connection's future.
-                let flushed = Box::pin(tokio::time::timeout(CLOSE_GRACE, outbound.flush()));
-                let _ = flushed.await;
-                return End::Close(close);
-            }
-            if let Outbound::Data(data) = &message {
-                crate::metrics::message_sent(data.len());
-            }
-            if queue.writing(outbound.feed(message)).await.is_err() {
-                return End::Done;
-            }
-            written += 1;
-            if written < WRITE_BATCH {
-                next = queue.try_recv();
-            }
-        }
-        if queue.writing(outbound.flush()).await.is_err() {
-            return End::Done;
-        }
-    }
-}
-
 /// A client's path to its worker host.
-struct ClientLink<'a> {
-    shared: &'a ConnShared,
+struct ClientLink {
     id: ClientId,
+    /// Taken by an event or a move while it waits for the router, given back after.
     binding: Binding,
     /// Events forwarded so far: the next one is numbered one more.
     events: u64,
 }
 
-impl<'a> ClientLink<'a> {
-    /// Forwards an event with the client's current context; false if the client is gone or
-    /// no worker host could take it (the client is then closed). Not an `async fn`: the
-    /// event is moved into the boxed forward before anything waits, so a connection's
-    /// future holds neither the event nor the router's future.
-    fn event(&mut self, kind: EventKind) -> impl Future<Output = bool> + '_ {
-        let id = self.id;
-        let forward = self
-            .shared
-            .state
-            .context(id)
-            .map(|client| self.send(client, kind));
-        async move {
-            match forward {
-                Some(forward) => routed(id, forward.await),
-                None => false,
-            }
-        }
-    }
-
-    /// Forwards one event: at once when the router can ([`Router::try_forward`]), else
-    /// boxed. The router's future is most of what a connection would hold, and a connection
-    /// spends its life idle, not forwarding; an allocation per waiting event costs less than
-    /// its bytes held by every idle client.
+impl ClientLink {
+    /// Forwards one event: at once when the router can ([`Router::try_forward`]), else the
+    /// wait, boxed with the binding. The router's future is most of what a connection would
+    /// hold, and a connection spends its life idle, not forwarding; an allocation per waiting
+    /// event costs less than its bytes held by every idle client.
     fn send(
         &mut self,
+        shared: &ConnShared,
         mut client: ClientContext,
         kind: EventKind,
-    ) -> impl Future<Output = Result<(), Unrouted>> + use<'a, '_> {
+    ) -> Option<Waiting> {
         self.events += 1;
         client.event = self.events;
         let event = ToWorker::Event {
@@ -355,37 +523,69 @@ impl<'a> ClientLink<'a> {
             kind,
             ack_now: false,
         };
-        let router = &self.shared.router;
-        match router.try_forward(&mut self.binding, event) {
-            Ok(()) => Either::Left(ready(Ok(()))),
-            Err(event) => Either::Right(Box::pin(router.forward(&mut self.binding, event))),
+        let event = shared.router.try_forward(&mut self.binding, event).err()?;
+        let router = shared.router.clone();
+        let mut binding = mem::take(&mut self.binding);
+        Some(Box::pin(async move {
+            let forwarded = router.forward(&mut binding, event).await;
+            (binding, forwarded)
+        }))
+    }
+
+    /// Moves the client to a worker host that serves its app (see [`Router::reroute`]).
+    fn reroute(&mut self, shared: &ConnShared) -> Waiting {
+        let (router, id, listener) = (shared.router.clone(), self.id, shared.listener);
+        let mut binding = mem::take(&mut self.binding);
+        Box::pin(async move {
+            let moved = router.reroute(&mut binding, id, listener).await;
+            (binding, moved)
+        })
+    }
+
+    /// Whether the client's events have a worker host; one that has none is counted and
+    /// logged, and is to be closed.
+    fn routed(&self, routed: Result<(), Unrouted>) -> bool {
+        match routed {
+            Ok(()) => true,
+            Err(e) => {
+                crate::metrics::client_unrouted(e.reason());
+                tracing::warn!(client = %self.id, reason = e.reason(), "closing client after no_worker_hold: {e}");
+                false
+            }
         }
     }
 
-    /// Moves the client to a worker host that serves its app; false if none took it in
-    /// time (the client is then closed).
-    async fn reroute(&mut self) -> bool {
-        let shared = self.shared;
-        let moved = Box::pin(
-            shared
-                .router
-                .reroute(&mut self.binding, self.id, shared.listener),
-        )
-        .await;
-        routed(self.id, moved)
-    }
-}
-
-/// Whether the events of client `id` have a worker host; one that has none is counted and
-/// logged, and is to be closed.
-fn routed(id: ClientId, routed: Result<(), Unrouted>) -> bool {
-    match routed {
-        Ok(()) => true,
-        Err(e) => {
-            crate::metrics::client_unrouted(e.reason());
-            tracing::warn!(client = %id, reason = e.reason(), "closing client after no_worker_hold: {e}");
-            false
-        }
+    /// The close event of a connection that ended, `last` its client's last context, sent
+    /// once an event still `waiting` for the router went (so that it keeps its binding and
+    /// its order). A close no worker host took is counted as a dropped event; the client is
+    /// gone.
+    fn leave(
+        &mut self,
+        shared: &Arc<ConnShared>,
+        waiting: Option<Waiting>,
+        last: Option<ClientContext>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let shared = shared.clone();
+        let mut link = ClientLink {
+            id: self.id,
+            binding: mem::take(&mut self.binding),
+            events: self.events,
+        };
+        Box::pin(async move {
+            if let Some(waiting) = waiting {
+                link.binding = waiting.await.0;
+            }
+            let Some(last) = last else {
+                return;
+            };
+            let sent = match link.send(&shared, last, EventKind::Close) {
+                Some(waiting) => waiting.await.1,
+                None => Ok(()),
+            };
+            if let Err(e) = sent {
+                tracing::debug!(client = %link.id, "close event not delivered: {e}");
+            }
+        })
     }
 }
 
@@ -395,34 +595,44 @@ mod tests {
     use std::task::{Context, Poll};
 
     use bytes::{Bytes, BytesMut};
+    use tokio::io::ReadBuf;
+    use tokio::net::TcpStream;
 
     use super::*;
     use crate::gateway::heartbeat::Ping;
-    use crate::gateway::protocol::reader::MessageReader;
-    use crate::gateway::protocol::writer::MessageWriter;
+    use crate::gateway::protocol::text::Lines;
     use crate::gateway::protocol::ws::WsFraming;
     use crate::gateway::state::ClientLimits;
     use crate::ops::Command;
 
-    /// A socket whose first write panics, as a bug in a client task would.
-    struct PanickingSink;
+    /// A socket that never has anything to read and whose first write panics, as a bug in a
+    /// client task would.
+    struct PanickingSocket;
 
-    impl Sink<Outbound> for PanickingSink {
-        type Error = std::io::Error;
-
-        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
+    impl AsyncRead for PanickingSocket {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Pending
         }
+    }
 
-        fn start_send(self: Pin<&mut Self>, _: Outbound) -> Result<(), Self::Error> {
+    impl AsyncWrite for PanickingSocket {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
             panic!("a bug while writing");
         }
 
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
         }
 
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
         }
     }
@@ -453,18 +663,11 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_client_task_leaves_no_ghost_client() {
         let (shared, state) = shared();
-        let inbound = futures_util::stream::pending::<Result<Inbound, ReadError>>();
         let remote = "127.0.0.1:1".parse().unwrap();
-        let task = tokio::spawn(serve(
-            Arc::new(shared),
-            remote,
-            inbound,
-            PanickingSink,
-            None,
-        ));
-        while state.client_count() == 0 {
-            tokio::task::yield_now().await;
-        }
+        let stream = ClientStream::new(PanickingSocket, Lines::new(1024), BytesMut::new());
+        let connection = Connection::new(Arc::new(shared), remote, stream, None);
+        assert_eq!(state.client_count(), 1, "registered when made");
+        let task = tokio::spawn(connection);
         state.execute(Command::SendToAll {
             data: Bytes::from_static(b"hi"),
             exclude: vec![],
@@ -477,23 +680,24 @@ mod tests {
     }
 
     /// What a connection holds while idle (measured by `wasmgate-bench idle`): its task's
-    /// future with a WebSocket reader and writer in it, its entry in the state, its empty
-    /// outbox. Sizes of the test build, where futures are larger than in a release build; a
-    /// change that makes them grow past the budget must say why.
+    /// future, a [`Connection`] on a TCP socket, its entry in the state and its empty outbox.
+    /// The connection holds only what lasts between wake-ups: the socket (32 bytes: tokio's
+    /// registration handle and the descriptor), the framing's settings and a fragmented
+    /// message's place, the empty read and write buffers, the binding to its worker host, the
+    /// heartbeat's count and next tick, and a pointer for each rare wait. A change that makes
+    /// it grow past the budget must say why.
     #[test]
     fn an_idle_connection_fits_its_budget() {
         const BUDGET: usize = 2048;
-        let (shared, _) = shared();
-        let framing = WsFraming::new(1024);
-        let inbound = MessageReader::new(tokio::io::empty(), framing.clone(), BytesMut::new());
-        let outbound = MessageWriter::new(tokio::io::sink(), framing);
-        let remote = "127.0.0.1:1".parse().unwrap();
-        let task = std::mem::size_of_val(&serve(Arc::new(shared), remote, inbound, outbound, None));
+        let ws = std::mem::size_of::<Connection<TcpStream, WsFraming>>();
+        let text = std::mem::size_of::<Connection<TcpStream, Lines>>();
         let entry = crate::gateway::state::CLIENT_ENTRY_SIZE;
         let outbox = crate::gateway::outbox::EMPTY_OUTBOX_SIZE;
-        assert!(
-            task + entry + outbox <= BUDGET,
-            "task {task} + state entry {entry} + outbox {outbox} bytes, over {BUDGET}"
-        );
+        for (protocol, task) in [("ws", ws), ("text", text)] {
+            assert!(
+                task + entry + outbox <= BUDGET,
+                "{protocol}: task {task} + state entry {entry} + outbox {outbox} bytes, over {BUDGET}"
+            );
+        }
     }
 }

@@ -18,9 +18,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::Instant;
 
 use super::outbox::Outbound;
+
+/// How late a tick may run and the next still keep the schedule; a later one moves it (as
+/// tokio's `MissedTickBehavior::Delay` does past the same margin).
+const LATE: Duration = Duration::from_millis(5);
 
 /// What the heartbeat sends, if anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,28 +59,22 @@ pub enum Beat {
     Destroy,
 }
 
-/// One connection's heartbeat.
+/// One connection's heartbeat: its count and when it next ticks. The connection keeps the
+/// timer (one for its heartbeat and its `idle_timeout` together) and the listener the
+/// settings, so this is all a connection holds for it.
 pub struct Heartbeat {
-    config: HeartbeatConfig,
     /// Ticks since the client last spoke, starting at −1 as in GatewayWorker.
     silent: i64,
-    timer: Option<Interval>,
+    /// When the next tick is due; none when the heartbeat is off.
+    next: Option<Instant>,
 }
 
 impl Heartbeat {
-    /// A heartbeat whose first tick is one period from now; none when the interval is zero.
-    pub fn start(config: &HeartbeatConfig) -> Self {
-        let timer = config.period().map(|period| {
-            let mut timer = tokio::time::interval_at(Instant::now() + period, period);
-            // A late tick (a loaded machine) must not be followed by a burst that would
-            // destroy a client for the gateway's delay.
-            timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            timer
-        });
+    /// A heartbeat whose first tick is one period after `now`; off when the interval is zero.
+    pub fn start(config: &HeartbeatConfig, now: Instant) -> Self {
         Self {
-            config: config.clone(),
             silent: -1,
-            timer,
+            next: config.period().map(|period| now + period),
         }
     }
 
@@ -85,19 +83,25 @@ impl Heartbeat {
         self.silent = -1;
     }
 
-    /// Waits for the next tick and says what to do; never resolves when the heartbeat is off.
-    pub async fn tick(&mut self) -> Beat {
-        match &mut self.timer {
-            Some(timer) => {
-                timer.tick().await;
-                self.beat()
-            }
-            None => std::future::pending().await,
-        }
+    /// When the next tick is due; never when the heartbeat is off.
+    pub fn next(&self) -> Option<Instant> {
+        self.next
     }
 
-    fn beat(&mut self) -> Beat {
-        let limit = i64::from(self.config.limit);
+    /// Runs the tick due by `now`, if one is, and says what to do. The next tick is due one
+    /// period after this one, or one period after `now` if this one ran late: a late tick (a
+    /// loaded machine) must not be followed by a burst that would destroy a client for the
+    /// gateway's delay.
+    pub fn tick(&mut self, config: &HeartbeatConfig, now: Instant) -> Option<Beat> {
+        let due = self.next.filter(|due| *due <= now)?;
+        let period = config.period()?;
+        let late = now.saturating_duration_since(due) > LATE;
+        self.next = Some(if late { now + period } else { due + period });
+        Some(self.beat(config))
+    }
+
+    fn beat(&mut self, config: &HeartbeatConfig) -> Beat {
+        let limit = i64::from(config.limit);
         if limit > 0 && self.silent >= 2 * limit {
             return Beat::Destroy;
         }
@@ -105,7 +109,7 @@ impl Heartbeat {
         if self.silent == 0 || (limit > 0 && self.silent % 2 == 1) {
             return Beat::Wait;
         }
-        match &self.config.ping {
+        match &config.ping {
             Ping::Silent => Beat::Wait,
             Ping::Data(data) => Beat::Send(Outbound::Data(data.clone())),
             Ping::Frame(data) => Beat::Send(Outbound::Ping(data.clone())),
@@ -130,20 +134,26 @@ impl HeartbeatConfig {
 mod tests {
     use super::*;
 
-    fn heartbeat(limit: u32, ping: Ping) -> Heartbeat {
-        Heartbeat {
-            config: HeartbeatConfig {
-                interval: Duration::from_secs(10),
-                limit,
-                ping,
-            },
-            silent: -1,
-            timer: None,
+    /// A heartbeat with its settings, ticked by hand.
+    struct Ticked(Heartbeat, HeartbeatConfig);
+
+    impl Ticked {
+        fn heard(&mut self) {
+            self.0.heard();
         }
     }
 
-    fn beats(h: &mut Heartbeat, n: usize) -> Vec<Beat> {
-        (0..n).map(|_| h.beat()).collect()
+    fn heartbeat(limit: u32, ping: Ping) -> Ticked {
+        let config = HeartbeatConfig {
+            interval: Duration::from_secs(10),
+            limit,
+            ping,
+        };
+        Ticked(Heartbeat::start(&config, Instant::now()), config)
+    }
+
+    fn beats(h: &mut Ticked, n: usize) -> Vec<Beat> {
+        (0..n).map(|_| h.0.beat(&h.1)).collect()
     }
 
     const DATA: Bytes = Bytes::from_static(b"ping");
@@ -210,19 +220,56 @@ mod tests {
         assert_eq!(config(10, 2).period(), Some(Duration::from_secs(5)));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn ticks_start_one_period_after_the_start() {
+    #[test]
+    fn ticks_start_one_period_after_the_start_and_keep_their_schedule() {
         let config = HeartbeatConfig {
             interval: Duration::from_secs(10),
             limit: 1,
             ping: Ping::Silent,
         };
         let started = Instant::now();
-        let mut h = Heartbeat::start(&config);
-        let mut last = Beat::Wait;
-        while last != Beat::Destroy {
-            last = h.tick().await;
+        let mut h = Heartbeat::start(&config, started);
+        let half = Duration::from_secs(5);
+        assert_eq!(h.next(), Some(started + half));
+        assert_eq!(h.tick(&config, started + half / 2), None, "not due yet");
+        let mut destroyed = None;
+        while destroyed.is_none() {
+            let due = h.next().unwrap();
+            // A tick a millisecond late keeps the schedule.
+            let beat = h.tick(&config, due + Duration::from_millis(1)).unwrap();
+            destroyed = (beat == Beat::Destroy).then_some(due);
         }
-        assert_eq!(started.elapsed(), Duration::from_secs(20));
+        assert_eq!(
+            destroyed,
+            Some(started + 4 * half),
+            "limit 1: at 2 intervals"
+        );
+    }
+
+    #[test]
+    fn a_late_tick_moves_the_next_one_period_past_it() {
+        let config = HeartbeatConfig {
+            interval: Duration::from_secs(10),
+            limit: 0,
+            ping: Ping::Silent,
+        };
+        let started = Instant::now();
+        let mut h = Heartbeat::start(&config, started);
+        let late = started + Duration::from_secs(25);
+        assert_eq!(h.tick(&config, late), Some(Beat::Wait));
+        assert_eq!(h.next(), Some(late + Duration::from_secs(10)), "no burst");
+    }
+
+    #[test]
+    fn an_interval_of_zero_never_ticks() {
+        let config = HeartbeatConfig {
+            interval: Duration::ZERO,
+            limit: 1,
+            ping: Ping::Silent,
+        };
+        let started = Instant::now();
+        let mut h = Heartbeat::start(&config, started);
+        assert_eq!(h.next(), None);
+        assert_eq!(h.tick(&config, started + Duration::from_secs(3600)), None);
     }
 }

@@ -1,8 +1,8 @@
 //! The client-facing listener: accepts connections, enforces `max_connections` and
 //! `max_connections_per_ip`, completes the protocol's handshake within `handshake_timeout`
 //! (refusing an `Origin` not in `allowed_origins`), and hands each client to
-//! [`super::conn::serve`] in a task of its own, so one client's failure never reaches the
-//! accept loop.
+//! a [`super::conn::Connection`] in a task of its own, so one client's failure never reaches
+//! the accept loop.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,13 +18,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_util::task::TaskTracker;
 
-use super::conn::{self, ConnShared};
+use super::conn::{ConnShared, Connection};
 use super::counters::Counters;
-use super::protocol::reader::MessageReader;
-use super::protocol::writer::MessageWriter;
+use super::protocol::stream::ClientStream;
 use super::protocol::ws::{self, WsFraming};
 use super::protocol::{Framing, frame::Frames, text::Lines};
 use crate::wire::messages::WebSocketRequest;
@@ -203,41 +201,9 @@ fn framed<F: Framing + Send + 'static>(
     framing: F,
     shared: Arc<ConnShared>,
     remote: SocketAddr,
-) -> impl Future<Output = ()> + Send {
-    let (r, w) = socket.into_split();
-    let inbound = MessageReader::new(r, framing.clone(), BytesMut::new());
-    let outbound = MessageWriter::new(w, framing);
-    conn::serve(shared, remote, inbound, outbound, None)
-}
-
-/// A stream whose reading and writing sides a connection uses at once.
-trait Halves: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// The reading side.
-    type Read: AsyncRead + Unpin + Send + 'static;
-    /// The writing side.
-    type Write: AsyncWrite + Unpin + Send + 'static;
-    /// Both sides.
-    fn halves(self) -> (Self::Read, Self::Write);
-}
-
-/// TCP's sides share the socket by reference count.
-impl Halves for TcpStream {
-    type Read = tokio::net::tcp::OwnedReadHalf;
-    type Write = tokio::net::tcp::OwnedWriteHalf;
-
-    fn halves(self) -> (Self::Read, Self::Write) {
-        self.into_split()
-    }
-}
-
-/// TLS's sides share one session state, behind tokio's lock.
-impl Halves for TlsStream<TcpStream> {
-    type Read = tokio::io::ReadHalf<Self>;
-    type Write = tokio::io::WriteHalf<Self>;
-
-    fn halves(self) -> (Self::Read, Self::Write) {
-        tokio::io::split(self)
-    }
+) -> Connection<TcpStream, F> {
+    let stream = ClientStream::new(socket, framing, BytesMut::new());
+    Connection::new(shared, remote, stream, None)
 }
 
 /// The connections each IP address holds, for `max_connections_per_ip`.
@@ -296,7 +262,7 @@ type Accepted<S> = (S, WebSocketRequest, BytesMut);
 ///
 /// A refusal is counted while the refused socket is still held, so that whoever sees the
 /// socket close sees the counter too.
-fn handshake<S: Halves>(
+fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     transport: impl Future<Output = Result<S, AcceptError>> + Send + 'static,
     config: Arc<ListenerConfig>,
     shared: Arc<ConnShared>,
@@ -333,7 +299,7 @@ fn handshake<S: Halves>(
 }
 
 /// Serves the client once `handshake` let it in.
-fn websocket<S: Halves>(
+fn websocket<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     handshake: Pin<Box<impl Future<Output = Option<Accepted<S>>> + Send + 'static>>,
     remote: SocketAddr,
     max_message_size: usize,
@@ -341,12 +307,9 @@ fn websocket<S: Halves>(
 ) -> impl Future<Output = ()> + Send {
     handshake.then(move |accepted| match accepted {
         Some((stream, request, rest)) => {
-            let (r, w) = stream.halves();
-            let framing = WsFraming::new(max_message_size);
-            let inbound = MessageReader::new(r, framing.clone(), rest);
-            let outbound = MessageWriter::new(w, framing);
+            let stream = ClientStream::new(stream, WsFraming::new(max_message_size), rest);
             let request = Some(Box::new(request));
-            Either::Left(conn::serve(shared, remote, inbound, outbound, request))
+            Either::Left(Connection::new(shared, remote, stream, request))
         }
         None => Either::Right(std::future::ready(())),
     })

@@ -23,14 +23,12 @@
 //! client whose socket is full, one budget.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::Waker;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use tokio::sync::Notify;
 
 /// What a budget charges per queued message on top of its payload: the queue slot and the
 /// payload's handle.
@@ -38,9 +36,6 @@ pub const ITEM_COST: usize = 64;
 
 /// How many budgets a queue may hold while its writer has not found the socket full.
 pub const UNWRITTEN_FACTOR: usize = 4;
-
-/// Queue capacity kept after a burst drains; a larger buffer is given back.
-const KEEP_CAPACITY: usize = 64;
 
 /// What a client's connection task is asked to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,20 +116,20 @@ struct Shared {
     budget: usize,
     /// Set while the connection task waits for the socket to take a write.
     socket_full: AtomicBool,
-    ready: Notify,
-    /// Wakes the connection task waiting in [`OutboxReader::killed`]: a waker, not a
-    /// cancellation token, as the task polls that wait each time it wakes for anything, and
-    /// a token's check takes a lock.
-    kill: AtomicWaker,
+    /// The connection task, woken by a push and by a kill: one task reads the queue, so one
+    /// waker does, where a `Notify` and a cancellation token each kept a waiter list (and a
+    /// token's check takes a lock).
+    waker: AtomicWaker,
     /// 0 until killed, then `1 + Kill as u8` of the first kill.
     killed: AtomicU8,
 }
 
-/// The sending side, held by the gateway state (and cloned by the connection for its pings).
+/// The sending side, held by the gateway state.
 #[derive(Clone)]
 pub struct Outbox(Arc<Shared>);
 
-/// The receiving side, owned by the connection task.
+/// The receiving side, owned by the connection task (which also queues its own pings and
+/// pongs through it).
 pub struct OutboxReader(Arc<Shared>);
 
 /// A queue for one client holding at most `budget` bytes (see the module doc for what counts).
@@ -146,8 +141,7 @@ pub fn outbox(budget: usize) -> (Outbox, OutboxReader) {
         }),
         budget,
         socket_full: AtomicBool::new(false),
-        ready: Notify::new(),
-        kill: AtomicWaker::new(),
+        waker: AtomicWaker::new(),
         killed: AtomicU8::new(0),
     });
     (Outbox(shared.clone()), OutboxReader(shared))
@@ -167,19 +161,80 @@ impl Outbox {
     /// socket is full (or [`UNWRITTEN_FACTOR`] budgets in any case) kills the client as a
     /// slow reader instead, unless it is empty. Returns whether the message was queued.
     pub fn push(&self, message: Outbound) -> bool {
-        // The atomic, not the token: `is_cancelled` takes a lock, and a broadcast asks this
-        // once per member.
-        if self.0.killed.load(Ordering::Acquire) != 0 {
+        self.0.push(message)
+    }
+
+    /// Drops the connection at once, discarding what is queued.
+    pub fn destroy(&self) {
+        self.0.kill(Kill::Destroyed);
+    }
+
+    /// Ends the connection because the gateway stops, discarding what is queued.
+    pub fn stop(&self) {
+        self.0.kill(Kill::Stopping);
+    }
+}
+
+impl OutboxReader {
+    /// Wakes `waker` at the next push or kill; registered before looking
+    /// ([`Self::try_recv`], [`Self::killed`]), so that none between the look and the wait is
+    /// missed.
+    pub fn register(&self, waker: &Waker) {
+        self.0.waker.register(waker);
+    }
+
+    /// The next queued message, if one is there. A queue drained empty gives its buffer
+    /// back: most clients are idle most of the time, and it would hold the capacity of the
+    /// largest burst it ever took.
+    pub fn try_recv(&self) -> Option<Outbound> {
+        let mut queue = self.0.lock();
+        let message = queue.items.pop_front()?;
+        queue.cost -= cost(&message);
+        if queue.items.is_empty() {
+            queue.items = VecDeque::new();
+        }
+        Some(message)
+    }
+
+    /// Why the connection was killed, if it was: the first reason.
+    pub fn killed(&self) -> Option<Kill> {
+        match self.0.killed.load(Ordering::Acquire) {
+            0 => None,
+            2 => Some(Kill::SlowReader),
+            3 => Some(Kill::Stopping),
+            _ => Some(Kill::Destroyed),
+        }
+    }
+
+    /// Notes whether the connection task waits for the socket to take a write: only then is
+    /// a queue over its budget a slow reader's.
+    pub fn socket_full(&self, full: bool) {
+        // Stored only when it changes: the pushers on other threads read this line.
+        if self.0.socket_full.load(Ordering::Relaxed) != full {
+            self.0.socket_full.store(full, Ordering::Release);
+        }
+    }
+
+    /// Queues the connection's own message (a heartbeat ping, a pong), as [`Outbox::push`].
+    pub fn push(&self, message: Outbound) -> bool {
+        self.0.push(message)
+    }
+}
+
+impl Shared {
+    fn push(&self, message: Outbound) -> bool {
+        // The atomic, not a lock: a broadcast asks this once per member.
+        if self.killed.load(Ordering::Acquire) != 0 {
             return false;
         }
         let cost = cost(&message);
         {
-            let mut queue = self.0.lock();
+            let mut queue = self.lock();
             let after = queue.cost + cost;
             if !queue.items.is_empty()
-                && after > self.0.budget
-                && (self.0.socket_full.load(Ordering::Acquire)
-                    || after > self.0.budget.saturating_mul(UNWRITTEN_FACTOR))
+                && after > self.budget
+                && (self.socket_full.load(Ordering::Acquire)
+                    || after > self.budget.saturating_mul(UNWRITTEN_FACTOR))
             {
                 drop(queue);
                 self.kill(Kill::SlowReader);
@@ -188,94 +243,18 @@ impl Outbox {
             queue.cost += cost;
             queue.items.push_back(message);
         }
-        self.0.ready.notify_one();
+        self.waker.wake();
         true
     }
 
-    /// Drops the connection at once, discarding what is queued.
-    pub fn destroy(&self) {
-        self.kill(Kill::Destroyed);
-    }
-
-    /// Ends the connection because the gateway stops, discarding what is queued.
-    pub fn stop(&self) {
-        self.kill(Kill::Stopping);
-    }
-
     fn kill(&self, why: Kill) {
-        let _ =
-            self.0
-                .killed
-                .compare_exchange(0, 1 + why as u8, Ordering::AcqRel, Ordering::Acquire);
-        self.0.kill.wake();
-    }
-}
-
-impl OutboxReader {
-    /// The next queued message, waiting for one.
-    pub async fn recv(&self) -> Outbound {
-        loop {
-            if let Some(message) = self.try_recv() {
-                return message;
-            }
-            // `notify_one` keeps a permit when nobody waits, so a push between the check
-            // above and this wait is not lost.
-            self.0.ready.notified().await;
-        }
+        let first = 1 + why as u8;
+        let _ = self
+            .killed
+            .compare_exchange(0, first, Ordering::AcqRel, Ordering::Acquire);
+        self.waker.wake();
     }
 
-    /// The next queued message, if one is there.
-    pub fn try_recv(&self) -> Option<Outbound> {
-        let mut queue = self.0.lock();
-        let message = queue.items.pop_front()?;
-        queue.cost -= cost(&message);
-        if queue.items.is_empty() && queue.items.capacity() > KEEP_CAPACITY {
-            queue.items.shrink_to(KEEP_CAPACITY);
-        }
-        Some(message)
-    }
-
-    /// Runs `write`, a write of queued messages to the client's socket, noting while it
-    /// waits for the socket: only then is a queue over its budget a slow reader's.
-    pub async fn writing<F: Future>(&self, write: F) -> F::Output {
-        let mut write = std::pin::pin!(write);
-        let mut waited = false;
-        let output = std::future::poll_fn(|cx| {
-            let poll = write.as_mut().poll(cx);
-            if poll.is_pending() && !waited {
-                waited = true;
-                self.0.socket_full.store(true, Ordering::Release);
-            }
-            poll
-        })
-        .await;
-        if waited {
-            self.0.socket_full.store(false, Ordering::Release);
-        }
-        output
-    }
-
-    /// Resolves once the connection is killed, with the first reason.
-    pub async fn killed(&self) -> Kill {
-        let killed = || match self.0.killed.load(Ordering::Acquire) {
-            0 => None,
-            2 => Some(Kill::SlowReader),
-            3 => Some(Kill::Stopping),
-            _ => Some(Kill::Destroyed),
-        };
-        std::future::poll_fn(|cx| {
-            if let Some(kill) = killed() {
-                return Poll::Ready(kill);
-            }
-            self.0.kill.register(cx.waker());
-            // A kill between the first look and the registration woke nobody: look again.
-            killed().map_or(Poll::Pending, Poll::Ready)
-        })
-        .await
-    }
-}
-
-impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         // The queue is consistent between statements, so a panic elsewhere cannot corrupt it.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
@@ -294,12 +273,12 @@ mod tests {
         Outbound::Data(Bytes::from(vec![b'x'; n]))
     }
 
-    #[tokio::test]
-    async fn delivers_in_order_and_frees_budget_as_it_drains() {
+    #[test]
+    fn delivers_in_order_and_frees_budget_as_it_drains() {
         let (tx, rx) = outbox(2 * (ITEM_COST + 100));
         assert!(tx.push(data(100)));
         assert!(tx.push(data(100)));
-        assert_eq!(rx.recv().await, data(100));
+        assert_eq!(rx.try_recv(), Some(data(100)));
         assert!(
             tx.push(data(100)),
             "draining one message makes room for one"
@@ -307,56 +286,50 @@ mod tests {
         assert_eq!(rx.try_recv(), Some(data(100)));
         assert_eq!(rx.try_recv(), Some(data(100)));
         assert_eq!(rx.try_recv(), None);
+        assert_eq!(
+            rx.0.lock().items.capacity(),
+            0,
+            "drained empty, it holds nothing"
+        );
     }
 
-    /// An outbox of `budget` whose writer waits on a full socket until the returned sender
-    /// is dropped.
-    async fn socket_full(
-        budget: usize,
-    ) -> (Outbox, Arc<OutboxReader>, tokio::sync::oneshot::Sender<()>) {
+    /// An outbox of `budget` whose writer waits on a full socket.
+    fn socket_full(budget: usize) -> (Outbox, OutboxReader) {
         let (tx, rx) = outbox(budget);
-        let rx = Arc::new(rx);
-        let (unblock, blocked) = tokio::sync::oneshot::channel::<()>();
-        let writer = rx.clone();
-        tokio::spawn(async move { writer.writing(blocked).await });
-        // The writer's first poll finds the socket full.
-        tokio::task::yield_now().await;
-        (tx, rx, unblock)
+        rx.socket_full(true);
+        (tx, rx)
     }
 
-    #[tokio::test]
-    async fn a_push_over_budget_kills_as_slow_reader_and_later_pushes_fail() {
-        let (tx, rx, _blocked) = socket_full(ITEM_COST + 100).await;
+    #[test]
+    fn a_push_over_budget_kills_as_slow_reader_and_later_pushes_fail() {
+        let (tx, rx) = socket_full(ITEM_COST + 100);
         assert!(tx.push(data(100)));
         assert!(!tx.push(data(1)));
-        assert_eq!(rx.killed().await, Kill::SlowReader);
+        assert_eq!(rx.killed(), Some(Kill::SlowReader));
         tx.destroy();
         assert_eq!(
-            rx.killed().await,
-            Kill::SlowReader,
+            rx.killed(),
+            Some(Kill::SlowReader),
             "the first reason stays"
         );
         assert!(!tx.push(data(1)));
+        assert!(!rx.push(data(1)), "nor does the connection's own");
     }
 
-    #[tokio::test]
-    async fn a_queue_whose_writer_has_not_run_grows_to_its_factor_then_kills() {
+    #[test]
+    fn a_queue_whose_writer_has_not_run_grows_to_its_factor_then_kills() {
         let (tx, rx) = outbox(ITEM_COST + 100);
         for _ in 0..UNWRITTEN_FACTOR {
             assert!(tx.push(data(100)), "a busy gateway keeps a reading client");
         }
         assert!(!tx.push(data(1)), "memory stays bounded all the same");
-        assert_eq!(rx.killed().await, Kill::SlowReader);
+        assert_eq!(rx.killed(), Some(Kill::SlowReader));
     }
 
-    #[tokio::test]
-    async fn a_writer_no_longer_waiting_on_the_socket_is_not_slow() {
-        let (tx, rx, unblock) = socket_full(ITEM_COST + 100).await;
-        drop(unblock);
-        // The writer leaves `writing` once the socket takes its write.
-        while rx.0.socket_full.load(Ordering::Acquire) {
-            tokio::task::yield_now().await;
-        }
+    #[test]
+    fn a_writer_no_longer_waiting_on_the_socket_is_not_slow() {
+        let (tx, rx) = socket_full(ITEM_COST + 100);
+        rx.socket_full(false);
         assert!(tx.push(data(100)));
         assert!(
             tx.push(data(100)),
@@ -364,31 +337,48 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn an_empty_queue_takes_one_message_larger_than_the_budget() {
-        let (tx, rx, _blocked) = socket_full(ITEM_COST + 100).await;
+    #[test]
+    fn an_empty_queue_takes_one_message_larger_than_the_budget() {
+        let (tx, rx) = socket_full(ITEM_COST + 100);
         assert!(tx.push(data(1000)), "a client that keeps up gets it");
-        assert_eq!(rx.recv().await, data(1000));
+        assert_eq!(rx.try_recv(), Some(data(1000)));
         assert!(tx.push(data(1000)));
         assert!(!tx.push(data(1)), "behind by one large message is full");
-        assert_eq!(rx.killed().await, Kill::SlowReader);
+        assert_eq!(rx.killed(), Some(Kill::SlowReader));
     }
 
-    #[tokio::test]
-    async fn empty_messages_still_cost() {
-        let (tx, rx, _blocked) = socket_full(10 * ITEM_COST).await;
+    #[test]
+    fn empty_messages_still_cost() {
+        let (tx, rx) = socket_full(10 * ITEM_COST);
         for _ in 0..10 {
             assert!(tx.push(data(0)));
         }
         assert!(!tx.push(data(0)));
-        assert_eq!(rx.killed().await, Kill::SlowReader);
+        assert_eq!(rx.killed(), Some(Kill::SlowReader));
     }
 
-    #[tokio::test]
-    async fn destroy_is_reported_as_such() {
+    /// The one registered waker hears both a push and a kill.
+    #[test]
+    fn a_push_and_a_kill_wake_the_connection() {
         let (tx, rx) = outbox(1024);
+        let woken = Arc::new(Woken::default());
+        let waker = Waker::from(woken.clone());
+        rx.register(&waker);
+        assert!(tx.push(data(1)));
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        rx.register(&waker);
         tx.destroy();
-        assert_eq!(rx.killed().await, Kill::Destroyed);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 2);
+        assert_eq!(rx.killed(), Some(Kill::Destroyed));
+    }
+
+    #[derive(Default)]
+    struct Woken(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! host in the gateway's process, [`Router::with_starting_hold`]), if that is longer. Past
 //! the wait the client is closed ([`Unrouted`]).
 //!
-//! A host that stops serving a client's app displaces the client ([`Binding::displaced`]):
+//! A host that stops serving a client's app displaces the client ([`Binding::poll_displaced`]):
 //! once its events there are done the client moves to a host that serves the app, or is held
 //! and closed as above. An event that reached the host after the app left it is handed back
 //! ([`Router::returned`]) and goes to the new host ahead of the client's later events; the
@@ -42,8 +42,10 @@ use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use smallvec::SmallVec;
 use tokio::sync::{Semaphore, watch};
 
@@ -64,7 +66,7 @@ pub struct WorkerLink {
     pub queue: LinkSender<ToWorker>,
     bound: AtomicUsize,
     /// The windows of the clients bound to this link.
-    windows: Mutex<ClientMap<Arc<Semaphore>>>,
+    windows: Mutex<ClientMap<Arc<Window>>>,
     /// The events sent and not yet done, by client, in the order sent: at most a window's
     /// worth each. Another host gets them if this link is lost ([`Router::lost`]).
     unacked: Mutex<ClientMap<Sent>>,
@@ -82,9 +84,6 @@ pub struct WorkerLink {
     returned: Mutex<ClientMap<Vec<ToWorker>>>,
     /// Clients with events in `returned`, which spares every event a lock.
     returning: AtomicUsize,
-    /// Marked when the host's apps change or it hands an event back: its bound clients look
-    /// whether they must move.
-    changed: watch::Sender<()>,
     /// The worker host's id, as it announced it: ranks it for deciding uids' presence.
     host: AtomicU64,
     /// Whether the app of each listener exports `presence` there, by listener index.
@@ -132,7 +131,7 @@ impl WorkerLink {
         let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(window) = windows.get(&client) {
-            window.add_permits(events as usize);
+            window.slots.add_permits(events as usize);
         }
         drop(windows);
         let mut closed = false;
@@ -223,7 +222,7 @@ impl WorkerLink {
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         windows
             .values()
-            .map(|w| (self.window as usize).saturating_sub(w.available_permits()))
+            .map(|w| (self.window as usize).saturating_sub(w.slots.available_permits()))
             .sum()
     }
 
@@ -238,11 +237,41 @@ impl WorkerLink {
         }
     }
 
-    fn close(&self) {
+    /// Marks the link gone and closes the windows of the clients bound to it; returns them.
+    fn close(&self) -> Vec<Arc<Window>> {
         self.gone.store(true, Ordering::SeqCst);
         let windows = std::mem::take(&mut *self.windows.lock().unwrap_or_else(|e| e.into_inner()));
-        for window in windows.into_values() {
-            window.close();
+        let windows: Vec<_> = windows.into_values().collect();
+        for window in &windows {
+            window.slots.close();
+        }
+        windows
+    }
+
+    /// Wakes the connections of the clients bound here, idle ones too, to look whether they
+    /// must move.
+    fn wake_bound(&self) {
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        for window in windows.values() {
+            window.mover.wake();
+        }
+    }
+}
+
+/// A client's window on its link: the slots of its events in flight, and its connection,
+/// woken when the link changes.
+struct Window {
+    slots: Semaphore,
+    /// The connection waiting in [`Binding::poll_displaced`]: a waker registered on each poll
+    /// rather than a watch receiver's future, which a connection would hold all its life.
+    mover: AtomicWaker,
+}
+
+impl Window {
+    fn new(slots: u32) -> Self {
+        Self {
+            slots: Semaphore::new(slots as usize),
+            mover: AtomicWaker::new(),
         }
     }
 }
@@ -299,9 +328,7 @@ pub struct Binding(Option<Bound>);
 struct Bound {
     link: Arc<WorkerLink>,
     client: ClientId,
-    window: Arc<Semaphore>,
-    /// Follows the link's `changed`.
-    changed: watch::Receiver<()>,
+    window: Arc<Window>,
 }
 
 impl Bound {
@@ -310,24 +337,26 @@ impl Bound {
     fn displaced(&self, listener: u16) -> bool {
         self.link.is_leaving()
             || self.link.queue.is_closed()
-            || self.window.is_closed()
+            || self.window.slots.is_closed()
             || !self.link.serves(listener)
             || self.link.has_returned(self.client)
     }
 }
 
 impl Binding {
-    /// Resolves once the client must move from its worker host (see [`Router::reroute`]):
-    /// the host stopped serving the app of `listener` or handed back events of it. Never
-    /// while the client is not bound.
-    pub async fn displaced(&mut self, listener: u16) {
-        let Some(bound) = &mut self.0 else {
-            return std::future::pending().await;
+    /// Ready once the client must move from its worker host (see [`Router::reroute`]): the
+    /// host stopped serving the app of `listener`, handed back events of it, or its link was
+    /// lost. Never while the client is not bound.
+    pub fn poll_displaced(&self, listener: u16, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(bound) = &self.0 else {
+            return Poll::Pending;
         };
-        while !bound.displaced(listener) {
-            if bound.changed.changed().await.is_err() {
-                return std::future::pending().await;
-            }
+        // Registered before looking: a change after the look wakes the task.
+        bound.window.mover.register(cx.waker());
+        if bound.displaced(listener) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 }
@@ -388,7 +417,6 @@ impl Router {
             serves: self.apps.iter().map(|_| AtomicBool::new(false)).collect(),
             returned: Mutex::default(),
             returning: AtomicUsize::new(0),
-            changed: watch::channel(()).0,
             host: AtomicU64::new(0),
             presence: self.apps.iter().map(|_| AtomicBool::new(false)).collect(),
             gone: AtomicBool::new(false),
@@ -437,10 +465,12 @@ impl Router {
             }
         }
         drop(unacked);
-        link.close();
+        let windows = link.close();
         self.unlist(link.id);
         // Wakes the clients bound there, idle ones too: their events must not wait for them.
-        link.changed.send_replace(());
+        for window in windows {
+            window.mover.wake();
+        }
         if resent > 0 {
             crate::metrics::events_resent(resent);
             tracing::warn!(
@@ -471,7 +501,7 @@ impl Router {
             serves.store(served.is_some(), Ordering::SeqCst);
             presence.store(served.is_some_and(|a| a.presence), Ordering::SeqCst);
         }
-        link.changed.send_replace(());
+        link.wake_bound();
         self.count.send_modify(|_| {});
     }
 
@@ -491,7 +521,11 @@ impl Router {
         }
         events.push(event);
         drop(returned);
-        link.changed.send_replace(());
+        // Only that client's move changes.
+        let windows = link.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = windows.get(&id) {
+            window.mover.wake();
+        }
     }
 
     /// The worker host of `link` is done with these events (see [`WorkerLink::done`]).
@@ -593,7 +627,7 @@ impl Router {
         let Some(bound) = binding.0.as_ref().filter(|b| !b.displaced(listener)) else {
             return Err(message);
         };
-        let Ok(slot) = bound.window.try_acquire() else {
+        let Ok(slot) = bound.window.slots.try_acquire() else {
             return Err(message);
         };
         let Some(mut message) = fit(message) else {
@@ -602,7 +636,7 @@ impl Router {
         let ToWorker::Event { ack_now, .. } = &mut message else {
             unreachable!("only client events are routed")
         };
-        *ack_now = bound.window.available_permits() * 2 < self.window as usize;
+        *ack_now = bound.window.slots.available_permits() * 2 < self.window as usize;
         let link = &bound.link;
         // Held across the send, so that no acknowledgement can overtake the copy kept.
         let mut unacked = link.unacked.lock().unwrap_or_else(|e| e.into_inner());
@@ -645,14 +679,14 @@ impl Router {
             // Borrowed from the binding, not cloned: this runs for every client event.
             let Bound { window, link, .. } = binding.0.insert(bound);
             // A closed window: the link went away while we waited; re-bind.
-            let Ok(slot) = window.acquire().await else {
+            let Ok(slot) = window.slots.acquire().await else {
                 continue;
             };
             slot.forget();
             // Checked after the slot is taken, as `retire` marks before counting the slots:
             // either this event counts as in flight there, or it goes elsewhere.
             if link.is_leaving() || !link.serves(listener) {
-                window.add_permits(1);
+                window.slots.add_permits(1);
                 link.answer_leaving();
                 continue;
             }
@@ -660,7 +694,7 @@ impl Router {
                 unreachable!("only client events are routed")
             };
             // A client that used up half its window waits on this acknowledgement soon.
-            *ack_now = window.available_permits() * 2 < self.window as usize;
+            *ack_now = window.slots.available_permits() * 2 < self.window as usize;
             let number = event_number(&message);
             // Remembered before it is sent, so that no acknowledgement can overtake it.
             {
@@ -697,7 +731,7 @@ impl Router {
         }
     }
 
-    /// Moves a displaced client ([`Binding::displaced`]) to a worker host that serves the app
+    /// Moves a displaced client ([`Binding::poll_displaced`]) to a worker host that serves the app
     /// of `listener`, with the events its old host handed back, waiting for one up to the
     /// hold; an error means none took it, and the client is to be closed.
     pub async fn reroute(
@@ -738,11 +772,11 @@ impl Router {
         bound: Bound,
         client: ClientId,
     ) -> Result<(), Unrouted> {
-        if bound.link.queue.is_closed() || bound.window.is_closed() {
+        if bound.link.queue.is_closed() || bound.window.slots.is_closed() {
             // That host is gone: what it held goes first, whoever sees the loss first.
             self.lost(&bound.link);
         } else {
-            let _ = bound.window.acquire_many(self.window).await;
+            let _ = bound.window.slots.acquire_many(self.window).await;
         }
         let link = bound.link.clone();
         drop(bound);
@@ -777,13 +811,12 @@ impl Router {
     async fn bind(&self, client: ClientId, listener: u16) -> Result<Bound, Unrouted> {
         let link = self.pick(listener).await?;
         link.bound.fetch_add(1, Ordering::Relaxed);
-        let window = Arc::new(Semaphore::new(self.window as usize));
+        let window = Arc::new(Window::new(self.window));
         link.windows
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(client, window.clone());
         Ok(Bound {
-            changed: link.changed.subscribe(),
             link,
             client,
             window,
@@ -1009,9 +1042,12 @@ mod tests {
         let id = client.id;
         router.returned(&first, client, kind);
         router.done(&first, vec![(id, 2)]);
-        tokio::time::timeout(Duration::from_secs(5), binding.displaced(0))
-            .await
-            .expect("the client is told to move");
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| binding.poll_displaced(0, cx)),
+        )
+        .await
+        .expect("the client is told to move");
         router.forward(&mut binding, message("3")).await.unwrap();
         assert_eq!(text(second_events.try_recv().unwrap()), "2");
         assert_eq!(text(second_events.try_recv().unwrap()), "3");
@@ -1055,9 +1091,12 @@ mod tests {
         let next = router.add(queue, Some(Place::Elsewhere));
         router.announce(&next, 2, &served);
         router.lost(&doomed);
-        tokio::time::timeout(Duration::from_secs(5), binding.displaced(0))
-            .await
-            .expect("the client is told to move");
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| binding.poll_displaced(0, cx)),
+        )
+        .await
+        .expect("the client is told to move");
         router.reroute(&mut binding, client.id, 0).await.unwrap();
         router
             .forward(&mut binding, numbered("4", 4))

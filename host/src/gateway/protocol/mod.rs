@@ -1,18 +1,17 @@
 //! Client protocols: each is a [`Framing`] (how messages are cut from a client's bytes and put
-//! on them), and [`reader::MessageReader`] / [`writer::MessageWriter`] turn a socket and a
-//! framing into the stream of inbound messages and the sink of [`Outbound`] items that
-//! [`super::conn::serve`] works with, knowing nothing of the protocol.
+//! on them), and [`stream::ClientStream`] puts a socket and a framing together into the
+//! inbound items and outbound [`Outbound`] items that [`super::conn::Connection`] works with,
+//! knowing nothing of the protocol.
 //!
 //! The framings are our own, not a WebSocket library's or tokio-util's codecs, for memory:
 //! those keep a read buffer (and a write buffer) per connection for its whole life, and most
 //! connections are idle most of the time. Here a connection holds bytes only while a message
-//! is unfinished or unwritten (see the reader's and writer's module docs).
+//! is unfinished or unwritten (see [`stream`]'s module doc).
 
 pub mod frame;
-pub mod reader;
+pub mod stream;
 pub mod text;
 pub mod tls;
-pub mod writer;
 pub mod ws;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -67,7 +66,7 @@ pub enum Decoded {
 }
 
 /// A client protocol's framing: how items are cut from its bytes and put on them.
-pub trait Framing: Clone + Unpin {
+pub trait Framing: Unpin {
     /// Decodes the item at the start of `buf`. State carried across calls (how far a line
     /// was searched, a fragmented message) refers to bytes at `buf`'s start, which the caller
     /// passes again, with more after them, until they are consumed.

@@ -10,9 +10,9 @@
 //!
 //! Written here rather than taken from tungstenite, which wasmgate used before, for memory:
 //! a library's connection keeps its read and write buffers (1 KiB and more) for the
-//! connection's whole life, where [`super::reader`] and [`super::writer`] keep none while it
-//! idles. The handshake's HTTP request is parsed by `httparse`, and the accept key derived
-//! by tungstenite's `derive_accept_key`.
+//! connection's whole life, where [`super::stream`] keeps none while it idles. The
+//! handshake's HTTP request is parsed by `httparse`, and the accept key derived by
+//! tungstenite's `derive_accept_key`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
