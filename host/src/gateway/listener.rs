@@ -1,13 +1,14 @@
 //! The client-facing listener: accepts connections, enforces `max_connections` and
 //! `max_connections_per_ip`, completes the protocol's handshake within `handshake_timeout`
-//! (refusing an `Origin` not in `allowed_origins`), and hands each client to
-//! a [`super::conn::Connection`] in a task of its own, so one client's failure never reaches
-//! the accept loop.
+//! (refusing an `Origin` not in `allowed_origins`), and hands each client to a
+//! [`super::conn::Connection`] in a task of its own, so one client's failure never reaches the
+//! accept loop.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,9 +17,8 @@ use futures_util::FutureExt;
 use futures_util::future::Either;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::task::TaskTracker;
 
 use super::conn::{ConnShared, Connection};
 use super::counters::Counters;
@@ -78,16 +78,21 @@ enum AcceptError {
 /// [`CLOSE_ALL_GRACE`].
 pub async fn serve(listener: TcpListener, config: ListenerConfig, shared: ConnShared) {
     let shared = Arc::new(shared);
-    let clients = TaskTracker::new();
-    accept(listener, config, &shared, &clients).await;
+    let admission = Arc::new(Admission {
+        max: config.max_connections,
+        max_per_ip: config.max_connections_per_ip,
+        held: AtomicUsize::new(0),
+        per_ip: Mutex::default(),
+        emptied: Notify::new(),
+    });
+    accept(listener, config, &shared, &admission).await;
     shared.state.stop_clients();
-    clients.close();
-    if tokio::time::timeout(CLOSE_ALL_GRACE, clients.wait())
+    if tokio::time::timeout(CLOSE_ALL_GRACE, admission.emptied())
         .await
         .is_err()
     {
         tracing::warn!(
-            left = clients.len(),
+            left = admission.held.load(Ordering::Acquire),
             "clients still closing after {CLOSE_ALL_GRACE:?}; stopping anyway"
         );
     }
@@ -97,16 +102,8 @@ async fn accept(
     listener: TcpListener,
     config: ListenerConfig,
     shared: &Arc<ConnShared>,
-    clients: &TaskTracker,
+    admission: &Arc<Admission>,
 ) {
-    // Taken before a client is served and held until it is gone. Refusing on accept (rather
-    // than not accepting) gives the refused client an immediate close instead of a hang in
-    // the backlog, and never touches the clients already connected.
-    let slots = Arc::new(Semaphore::new(config.max_connections));
-    let per_ip = Arc::new(PerIp {
-        max: config.max_connections_per_ip,
-        held: Mutex::default(),
-    });
     let config = Arc::new(config);
     loop {
         let (socket, remote) = tokio::select! {
@@ -121,78 +118,73 @@ async fn accept(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            let refused = Counters::bump(&shared.counters.refused);
-            // The 1st, 2nd, 4th, 8th … so a flood is visible without flooding the log.
-            if refused.is_power_of_two() {
-                tracing::warn!(
-                    %remote,
-                    max_connections = config.max_connections,
-                    refused,
-                    "connection refused: the listener is full"
-                );
+        let place = match admission.admit(remote.ip()) {
+            Ok(place) => place,
+            Err(Full::Listener) => {
+                let refused = Counters::bump(&shared.counters.refused);
+                // The 1st, 2nd, 4th, 8th … so a flood is visible without flooding the log.
+                if refused.is_power_of_two() {
+                    tracing::warn!(
+                        %remote,
+                        max_connections = config.max_connections,
+                        refused,
+                        "connection refused: the listener is full"
+                    );
+                }
+                drop(socket);
+                continue;
             }
-            drop(socket);
-            continue;
-        };
-        let Some(ip_slot) = per_ip.take(remote.ip()) else {
-            let refused = Counters::bump(&shared.counters.refused_per_ip);
-            if refused.is_power_of_two() {
-                tracing::warn!(
-                    %remote,
-                    max_connections_per_ip = config.max_connections_per_ip,
-                    refused,
-                    "connection refused: its address holds max_connections_per_ip \
-                     (behind a reverse proxy, set it to 0)"
-                );
+            Err(Full::Address) => {
+                let refused = Counters::bump(&shared.counters.refused_per_ip);
+                if refused.is_power_of_two() {
+                    tracing::warn!(
+                        %remote,
+                        max_connections_per_ip = config.max_connections_per_ip,
+                        refused,
+                        "connection refused: its address holds max_connections_per_ip \
+                         (behind a reverse proxy, set it to 0)"
+                    );
+                }
+                drop(socket);
+                continue;
             }
-            drop(socket);
-            continue;
         };
         let _ = socket.set_nodelay(true);
         let (shared, config) = (shared.clone(), config.clone());
-        let slots = (slot, ip_slot);
         // One spawn per protocol: a task's allocation is sized for its future's largest
         // state, kept for the connection's life, so no protocol pays for another's.
         let max = config.max_message_size;
         match &config.transport {
-            Transport::Text => holding(
-                clients,
-                slots,
-                framed(socket, Lines::new(max), shared, remote),
-            ),
-            Transport::Frame => holding(
-                clients,
-                slots,
-                framed(socket, Frames::new(max), shared, remote),
-            ),
+            Transport::Text => holding(place, framed(socket, Lines::new(max), shared, remote)),
+            Transport::Frame => holding(place, framed(socket, Frames::new(max), shared, remote)),
             Transport::Ws => {
                 let handshake =
                     handshake(async { Ok(socket) }, config.clone(), shared.clone(), remote);
-                holding(clients, slots, websocket(handshake, remote, max, shared));
+                holding(place, websocket(handshake, remote, max, shared));
             }
             Transport::Wss(tls) => {
                 let tls = tls.clone();
                 let secured = async move { tls.accept(socket).await.map_err(AcceptError::Tls) };
                 let handshake = handshake(secured, config.clone(), shared.clone(), remote);
-                holding(clients, slots, websocket(handshake, remote, max, shared));
+                holding(place, websocket(handshake, remote, max, shared));
             }
         }
     }
 }
 
-/// Runs `connection` as a task of its own that gives back the listener's `slots` when it ends.
+/// Runs `connection` as a task of its own that gives back its `place` when it ends.
+fn holding(place: Place, connection: impl Future<Output = ()> + Send + 'static) {
+    tokio::spawn(held(place, connection));
+}
+
+/// The future a client's task runs: `connection`, then its `place` given back.
 ///
 /// The connection futures here are put together by plain functions and combinators, not
 /// `async` blocks that await them: a generator that awaits a future it was given or built
 /// keeps room for it twice (the value and the awaited copy), and a task's allocation is
 /// kept for the connection's whole life.
-fn holding(
-    clients: &TaskTracker,
-    slots: (OwnedSemaphorePermit, IpSlot),
-    connection: impl Future<Output = ()> + Send + 'static,
-) {
-    clients.spawn(connection.map(move |()| drop(slots)));
+fn held(place: Place, connection: impl Future<Output = ()>) -> impl Future<Output = ()> {
+    connection.map(move |()| drop(place))
 }
 
 /// Serves a client of a length-delimited protocol (`text`, `frame`) spoken with `framing`.
@@ -206,48 +198,95 @@ fn framed<F: Framing + Send + 'static>(
     Connection::new(shared, remote, stream, None)
 }
 
-/// The connections each IP address holds, for `max_connections_per_ip`.
-struct PerIp {
+/// The connections a listener holds, under `max_connections` and `max_connections_per_ip`:
+/// a place is taken on accept, before a client is served, and given back when its task ends
+/// (so the listener's stop waits for the places, not for a task set of its own). Refusing on
+/// accept (rather than not accepting) gives the refused client an immediate close instead of
+/// a hang in the backlog, and never touches the clients already connected.
+struct Admission {
     max: usize,
-    held: Mutex<HashMap<IpAddr, usize>>,
+    /// 0: no cap per address.
+    max_per_ip: usize,
+    /// Places taken.
+    held: AtomicUsize,
+    /// Places taken by each address, while there is a cap per address.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Woken when the last place is given back.
+    emptied: Notify,
 }
 
-/// One connection's place in its address's count, given back when dropped.
-struct IpSlot {
-    per_ip: Arc<PerIp>,
+/// Why a connection was refused on accept.
+enum Full {
+    /// The listener holds `max_connections`.
+    Listener,
+    /// The connection's address holds `max_connections_per_ip`.
+    Address,
+}
+
+/// One connection's place, given back when dropped. Held in its task, so kept small: every
+/// idle connection pays for it.
+struct Place {
+    admission: Arc<Admission>,
     ip: IpAddr,
 }
 
-impl PerIp {
-    /// A place for one more connection from `ip`, if it holds fewer than the cap.
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
-        if self.max > 0 {
-            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            let n = held.entry(ip).or_default();
-            if *n >= self.max {
-                return None;
+impl Admission {
+    /// A place for one more connection from `ip`, if neither cap is reached.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Place, Full> {
+        if self.held.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.give_back();
+            return Err(Full::Listener);
+        }
+        if self.max_per_ip > 0 {
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let n = per_ip.entry(ip).or_default();
+            if *n >= self.max_per_ip {
+                drop(per_ip);
+                self.give_back();
+                return Err(Full::Address);
             }
             *n += 1;
         }
-        Some(IpSlot {
-            per_ip: self.clone(),
+        Ok(Place {
+            admission: self.clone(),
             ip,
         })
     }
+
+    fn give_back(&self) {
+        if self.held.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    /// Resolves once every place is given back.
+    async fn emptied(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            let mut emptied = std::pin::pin!(emptied);
+            // Enabled before looking: a last place given back after the look wakes it.
+            emptied.as_mut().enable();
+            if self.held.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            emptied.await;
+        }
+    }
 }
 
-impl Drop for IpSlot {
+impl Drop for Place {
     fn drop(&mut self) {
-        if self.per_ip.max == 0 {
-            return;
-        }
-        let mut held = self.per_ip.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = held.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.ip);
+        let admission = &self.admission;
+        if admission.max_per_ip > 0 {
+            let mut per_ip = admission.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = per_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&self.ip);
+                }
             }
         }
+        admission.give_back();
     }
 }
 
@@ -328,5 +367,93 @@ fn refused(shared: &ConnShared, remote: SocketAddr, e: &AcceptError) {
             Counters::bump(&shared.counters.failed_handshakes);
             tracing::debug!(%remote, "{e}");
         }
+    }
+}
+
+/// The size of the future a client's task runs, by protocol (`ws`, `text`): what the task of
+/// every idle connection holds, for the per-connection budget test.
+#[cfg(test)]
+pub(super) async fn task_sizes(shared: Arc<ConnShared>) -> [(&'static str, usize); 2] {
+    let admission = Arc::new(Admission {
+        max: 2,
+        max_per_ip: 0,
+        held: AtomicUsize::new(0),
+        per_ip: Mutex::default(),
+        emptied: Notify::new(),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let remote = listener.local_addr().unwrap();
+    let _client = TcpStream::connect(remote).await.unwrap();
+    let (socket, _) = listener.accept().await.unwrap();
+    let place = || admission.admit(remote.ip()).ok().unwrap();
+    let text = held(
+        place(),
+        framed(socket, Lines::new(1024), shared.clone(), remote),
+    );
+    let config = Arc::new(ListenerConfig {
+        transport: Transport::Ws,
+        max_connections: 2,
+        max_connections_per_ip: 0,
+        allowed_origins: Vec::new(),
+        max_message_size: 1024,
+        handshake_timeout: Duration::from_secs(1),
+    });
+    let transport = std::future::pending::<Result<TcpStream, AcceptError>>();
+    let handshake = handshake(transport, config, shared.clone(), remote);
+    let ws = held(place(), websocket(handshake, remote, 1024, shared));
+    [
+        ("ws", std::mem::size_of_val(&ws)),
+        ("text", std::mem::size_of_val(&text)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(max: usize, max_per_ip: usize) -> Arc<Admission> {
+        Arc::new(Admission {
+            max,
+            max_per_ip,
+            held: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
+            emptied: Notify::new(),
+        })
+    }
+
+    #[test]
+    fn places_are_refused_past_either_cap_and_given_back_when_dropped() {
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let admission = admission(2, 1);
+        let first = admission.admit(a).ok().expect("room");
+        assert!(matches!(admission.admit(a), Err(Full::Address)));
+        let bystander = admission.admit(b).ok().expect("another address has room");
+        assert!(matches!(admission.admit(b), Err(Full::Listener)));
+        drop(first);
+        assert!(admission.admit(a).is_ok(), "the place came back");
+        drop(bystander);
+        assert_eq!(
+            admission.held.load(Ordering::Acquire),
+            0,
+            "refusals hold nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stopping_listener_waits_for_the_last_place() {
+        let admission = admission(4, 0);
+        let ip = "10.0.0.1".parse().unwrap();
+        let places = [admission.admit(ip).ok(), admission.admit(ip).ok()];
+        let emptied = admission.clone();
+        let waiting = tokio::spawn(async move { emptied.emptied().await });
+        let [first, second] = places;
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one client is still closing");
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the last place")
+            .unwrap();
     }
 }

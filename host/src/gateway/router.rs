@@ -261,6 +261,8 @@ impl WorkerLink {
 /// A client's window on its link: the slots of its events in flight, and its connection,
 /// woken when the link changes.
 struct Window {
+    /// The client; kept here rather than in its [`Bound`], which every idle connection holds.
+    client: ClientId,
     slots: Semaphore,
     /// The connection waiting in [`Binding::poll_displaced`]: a waker registered on each poll
     /// rather than a watch receiver's future, which a connection would hold all its life.
@@ -268,8 +270,9 @@ struct Window {
 }
 
 impl Window {
-    fn new(slots: u32) -> Self {
+    fn new(client: ClientId, slots: u32) -> Self {
         Self {
+            client,
             slots: Semaphore::new(slots as usize),
             mover: AtomicWaker::new(),
         }
@@ -327,7 +330,6 @@ pub struct Binding(Option<Bound>);
 
 struct Bound {
     link: Arc<WorkerLink>,
-    client: ClientId,
     window: Arc<Window>,
 }
 
@@ -339,7 +341,7 @@ impl Bound {
             || self.link.queue.is_closed()
             || self.window.slots.is_closed()
             || !self.link.serves(listener)
-            || self.link.has_returned(self.client)
+            || self.link.has_returned(self.window.client)
     }
 }
 
@@ -366,10 +368,10 @@ impl Drop for Bound {
         self.link.bound.fetch_sub(1, Ordering::Relaxed);
         let mut windows = self.link.windows.lock().unwrap_or_else(|e| e.into_inner());
         if windows
-            .get(&self.client)
+            .get(&self.window.client)
             .is_some_and(|w| Arc::ptr_eq(w, &self.window))
         {
-            windows.remove(&self.client);
+            windows.remove(&self.window.client);
         }
     }
 }
@@ -811,16 +813,12 @@ impl Router {
     async fn bind(&self, client: ClientId, listener: u16) -> Result<Bound, Unrouted> {
         let link = self.pick(listener).await?;
         link.bound.fetch_add(1, Ordering::Relaxed);
-        let window = Arc::new(Window::new(self.window));
+        let window = Arc::new(Window::new(client, self.window));
         link.windows
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(client, window.clone());
-        Ok(Bound {
-            link,
-            client,
-            window,
-        })
+        Ok(Bound { link, window })
     }
 
     async fn pick(&self, listener: u16) -> Result<Arc<WorkerLink>, Unrouted> {

@@ -71,6 +71,9 @@ struct Clients {
     next_index: u32,
     /// Set by [`GatewayState::stop_clients`].
     stopping: bool,
+    /// The session every client starts with, shared until one is written: an allocation
+    /// per client otherwise, held by every idle one.
+    empty_session: Arc<Session>,
     /// Looked up on every event and command: indexes are the gateway's own, so a fast hash.
     by_index: HashMap<u32, ClientEntry, ClientHasher>,
     groups: HashMap<String, Members>,
@@ -177,6 +180,7 @@ impl GatewayState {
         if c.stopping {
             outbox.stop();
         }
+        let session = c.empty_session.clone();
         c.by_index.insert(
             index,
             ClientEntry {
@@ -185,7 +189,7 @@ impl GatewayState {
                 outbox,
                 uid: None,
                 groups: BTreeSet::new(),
-                session: Arc::default(),
+                session,
                 session_bytes: 0,
                 session_version: 0,
                 warned: false,

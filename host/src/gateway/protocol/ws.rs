@@ -254,8 +254,9 @@ impl FrameHeader {
 #[derive(Debug, Clone)]
 pub struct WsFraming {
     max: usize,
-    /// The message whose fragments are arriving: its opcode and the payload so far.
-    fragments: Option<(u8, BytesMut)>,
+    /// The message whose fragments are arriving: its opcode and the payload so far. Boxed:
+    /// fragmented messages are rare, and every idle connection would hold its room.
+    fragments: Option<Box<(u8, BytesMut)>>,
 }
 
 impl WsFraming {
@@ -294,7 +295,7 @@ impl Framing for WsFraming {
         if control && (!header.fin || header.len > MAX_CONTROL) {
             return Err(malformed("a fragmented or oversized control frame"));
         }
-        let so_far = self.fragments.as_ref().map_or(0, |(_, f)| f.len());
+        let so_far = self.fragments.as_ref().map_or(0, |f| f.1.len());
         let too_large = usize::try_from(header.len)
             .ok()
             .and_then(|len| len.checked_add(so_far))
@@ -310,7 +311,7 @@ impl Framing for WsFraming {
         let mut payload = BytesMut::with_capacity(masked.len());
         payload.put_slice(masked);
         unmask(&mut payload, mask);
-        let item = match (header.opcode, self.fragments.as_mut()) {
+        let item = match (header.opcode, self.fragments.as_deref_mut()) {
             (OP_PING, _) => Inbound::Ping(payload.freeze()),
             (OP_PONG, _) => return Ok(Decoded::Skipped(end)),
             (OP_CLOSE, _) => Inbound::Close,
@@ -318,7 +319,7 @@ impl Framing for WsFraming {
                 Self::message(header.opcode, payload.freeze())?
             }
             (OP_TEXT | OP_BINARY, None) => {
-                self.fragments = Some((header.opcode, payload));
+                self.fragments = Some(Box::new((header.opcode, payload)));
                 return Ok(Decoded::Skipped(end));
             }
             (OP_CONTINUATION, Some((_, joined))) => {
@@ -326,7 +327,7 @@ impl Framing for WsFraming {
                 if !header.fin {
                     return Ok(Decoded::Skipped(end));
                 }
-                let (opcode, whole) = self.fragments.take().unwrap_or_default();
+                let (opcode, whole) = self.fragments.take().map(|f| *f).unwrap_or_default();
                 Self::message(opcode, whole.freeze())?
             }
             _ => return Err(malformed("an unexpected WebSocket opcode")),
