@@ -134,6 +134,15 @@ impl HeartbeatConfig {
 mod tests {
     use super::*;
 
+    /// Settings of `interval_secs` and `limit` that ping silently.
+    fn silent(interval_secs: u64, limit: u32) -> HeartbeatConfig {
+        HeartbeatConfig {
+            interval: Duration::from_secs(interval_secs),
+            limit,
+            ping: Ping::Silent,
+        }
+    }
+
     /// A heartbeat with its settings, ticked by hand.
     struct Ticked(Heartbeat, HeartbeatConfig);
 
@@ -210,23 +219,14 @@ mod tests {
 
     #[test]
     fn periods_follow_gatewayworker() {
-        let config = |secs, limit| HeartbeatConfig {
-            interval: Duration::from_secs(secs),
-            limit,
-            ping: Ping::Silent,
-        };
-        assert_eq!(config(0, 1).period(), None);
-        assert_eq!(config(10, 0).period(), Some(Duration::from_secs(10)));
-        assert_eq!(config(10, 2).period(), Some(Duration::from_secs(5)));
+        assert_eq!(silent(0, 1).period(), None);
+        assert_eq!(silent(10, 0).period(), Some(Duration::from_secs(10)));
+        assert_eq!(silent(10, 2).period(), Some(Duration::from_secs(5)));
     }
 
     #[test]
     fn ticks_start_one_period_after_the_start_and_keep_their_schedule() {
-        let config = HeartbeatConfig {
-            interval: Duration::from_secs(10),
-            limit: 1,
-            ping: Ping::Silent,
-        };
+        let config = silent(10, 1);
         let started = Instant::now();
         let mut h = Heartbeat::start(&config, started);
         let half = Duration::from_secs(5);
@@ -248,11 +248,7 @@ mod tests {
 
     #[test]
     fn a_late_tick_moves_the_next_one_period_past_it() {
-        let config = HeartbeatConfig {
-            interval: Duration::from_secs(10),
-            limit: 0,
-            ping: Ping::Silent,
-        };
+        let config = silent(10, 0);
         let started = Instant::now();
         let mut h = Heartbeat::start(&config, started);
         let late = started + Duration::from_secs(25);
@@ -262,11 +258,7 @@ mod tests {
 
     #[test]
     fn an_interval_of_zero_never_ticks() {
-        let config = HeartbeatConfig {
-            interval: Duration::ZERO,
-            limit: 1,
-            ping: Ping::Silent,
-        };
+        let config = silent(0, 1);
         let started = Instant::now();
         let mut h = Heartbeat::start(&config, started);
         assert_eq!(h.next(), None);
