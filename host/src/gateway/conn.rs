@@ -687,7 +687,7 @@ mod tests {
     /// outbox (88 bytes).
     ///
     /// The future (256 bytes for `ws` and `text` alike) is a [`Connection`] (224 bytes on a
-    /// TCP socket) with the listener's place for the client and, for a WebSocket, the
+    /// TCP socket) with the listener's seat for the client and, for a WebSocket, the
     /// handshake's combinators around it. The connection holds only what lasts between
     /// wake-ups: the socket (40 bytes: tokio's registration and the descriptor), the
     /// framing's settings, one pointer for any bytes unread or unwritten, the binding to its

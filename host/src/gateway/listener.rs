@@ -118,8 +118,8 @@ async fn accept(
                 }
             },
         };
-        let place = match admission.admit(remote.ip()) {
-            Ok(place) => place,
+        let seat = match admission.admit(remote.ip()) {
+            Ok(seat) => seat,
             Err(Full::Listener) => {
                 let refused = Counters::bump(&shared.counters.refused);
                 // The 1st, 2nd, 4th, 8th … so a flood is visible without flooding the log.
@@ -155,36 +155,36 @@ async fn accept(
         // state, kept for the connection's life, so no protocol pays for another's.
         let max = config.max_message_size;
         match &config.transport {
-            Transport::Text => holding(place, framed(socket, Lines::new(max), shared, remote)),
-            Transport::Frame => holding(place, framed(socket, Frames::new(max), shared, remote)),
+            Transport::Text => holding(seat, framed(socket, Lines::new(max), shared, remote)),
+            Transport::Frame => holding(seat, framed(socket, Frames::new(max), shared, remote)),
             Transport::Ws => {
                 let handshake =
                     handshake(async { Ok(socket) }, config.clone(), shared.clone(), remote);
-                holding(place, websocket(handshake, remote, max, shared));
+                holding(seat, websocket(handshake, remote, max, shared));
             }
             Transport::Wss(tls) => {
                 let tls = tls.clone();
                 let secured = async move { tls.accept(socket).await.map_err(AcceptError::Tls) };
                 let handshake = handshake(secured, config.clone(), shared.clone(), remote);
-                holding(place, websocket(handshake, remote, max, shared));
+                holding(seat, websocket(handshake, remote, max, shared));
             }
         }
     }
 }
 
-/// Runs `connection` as a task of its own that gives back its `place` when it ends.
-fn holding(place: Place, connection: impl Future<Output = ()> + Send + 'static) {
-    tokio::spawn(held(place, connection));
+/// Runs `connection` as a task of its own that gives back its `seat` when it ends.
+fn holding(seat: Seat, connection: impl Future<Output = ()> + Send + 'static) {
+    tokio::spawn(held(seat, connection));
 }
 
-/// The future a client's task runs: `connection`, then its `place` given back.
+/// The future a client's task runs: `connection`, then its `seat` given back.
 ///
 /// The connection futures here are put together by plain functions and combinators, not
 /// `async` blocks that await them: a generator that awaits a future it was given or built
 /// keeps room for it twice (the value and the awaited copy), and a task's allocation is
 /// kept for the connection's whole life.
-fn held(place: Place, connection: impl Future<Output = ()>) -> impl Future<Output = ()> {
-    connection.map(move |()| drop(place))
+fn held(seat: Seat, connection: impl Future<Output = ()>) -> impl Future<Output = ()> {
+    connection.map(move |()| drop(seat))
 }
 
 /// Serves a client of a length-delimited protocol (`text`, `frame`) spoken with `framing`.
@@ -199,19 +199,19 @@ fn framed<F: Framing + Send + 'static>(
 }
 
 /// The connections a listener holds, under `max_connections` and `max_connections_per_ip`:
-/// a place is taken on accept, before a client is served, and given back when its task ends
-/// (so the listener's stop waits for the places, not for a task set of its own). Refusing on
+/// a seat is taken on accept, before a client is served, and given back when its task ends
+/// (so the listener's stop waits for the seats, not for a task set of its own). Refusing on
 /// accept (rather than not accepting) gives the refused client an immediate close instead of
 /// a hang in the backlog, and never touches the clients already connected.
 struct Admission {
     max: usize,
     /// 0: no cap per address.
     max_per_ip: usize,
-    /// Places taken.
+    /// Seats taken.
     held: AtomicUsize,
-    /// Places taken by each address, while there is a cap per address.
+    /// Seats taken by each address, while there is a cap per address.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Woken when the last place is given back.
+    /// Woken when the last seat is given back.
     emptied: Notify,
 }
 
@@ -223,16 +223,16 @@ enum Full {
     Address,
 }
 
-/// One connection's place, given back when dropped. Held in its task, so kept small: every
+/// One connection's seat, given back when dropped. Held in its task, so kept small: every
 /// idle connection pays for it.
-struct Place {
+struct Seat {
     admission: Arc<Admission>,
     ip: IpAddr,
 }
 
 impl Admission {
-    /// A place for one more connection from `ip`, if neither cap is reached.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Place, Full> {
+    /// A seat for one more connection from `ip`, if neither cap is reached.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Seat, Full> {
         if self.held.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.give_back();
             return Err(Full::Listener);
@@ -247,7 +247,7 @@ impl Admission {
             }
             *n += 1;
         }
-        Ok(Place {
+        Ok(Seat {
             admission: self.clone(),
             ip,
         })
@@ -259,12 +259,12 @@ impl Admission {
         }
     }
 
-    /// Resolves once every place is given back.
+    /// Resolves once every seat is given back.
     async fn emptied(&self) {
         loop {
             let emptied = self.emptied.notified();
             let mut emptied = std::pin::pin!(emptied);
-            // Enabled before looking: a last place given back after the look wakes it.
+            // Enabled before looking: a last seat given back after the look wakes it.
             emptied.as_mut().enable();
             if self.held.load(Ordering::Acquire) == 0 {
                 return;
@@ -274,7 +274,7 @@ impl Admission {
     }
 }
 
-impl Drop for Place {
+impl Drop for Seat {
     fn drop(&mut self) {
         let admission = &self.admission;
         if admission.max_per_ip > 0 {
@@ -385,9 +385,9 @@ pub(super) async fn task_sizes(shared: Arc<ConnShared>) -> [(&'static str, usize
     let remote = listener.local_addr().unwrap();
     let _client = TcpStream::connect(remote).await.unwrap();
     let (socket, _) = listener.accept().await.unwrap();
-    let place = || admission.admit(remote.ip()).ok().unwrap();
+    let seat = || admission.admit(remote.ip()).ok().unwrap();
     let text = held(
-        place(),
+        seat(),
         framed(socket, Lines::new(1024), shared.clone(), remote),
     );
     let config = Arc::new(ListenerConfig {
@@ -400,7 +400,7 @@ pub(super) async fn task_sizes(shared: Arc<ConnShared>) -> [(&'static str, usize
     });
     let transport = std::future::pending::<Result<TcpStream, AcceptError>>();
     let handshake = handshake(transport, config, shared.clone(), remote);
-    let ws = held(place(), websocket(handshake, remote, 1024, shared));
+    let ws = held(seat(), websocket(handshake, remote, 1024, shared));
     [
         ("ws", std::mem::size_of_val(&ws)),
         ("text", std::mem::size_of_val(&text)),
@@ -430,7 +430,7 @@ mod tests {
         let bystander = admission.admit(b).ok().expect("another address has room");
         assert!(matches!(admission.admit(b), Err(Full::Listener)));
         drop(first);
-        assert!(admission.admit(a).is_ok(), "the place came back");
+        assert!(admission.admit(a).is_ok(), "the seat came back");
         drop(bystander);
         assert_eq!(
             admission.held.load(Ordering::Acquire),
@@ -443,17 +443,17 @@ mod tests {
     async fn a_stopping_listener_waits_for_the_last_place() {
         let admission = admission(4, 0);
         let ip = "10.0.0.1".parse().unwrap();
-        let places = [admission.admit(ip).ok(), admission.admit(ip).ok()];
+        let seats = [admission.admit(ip).ok(), admission.admit(ip).ok()];
         let emptied = admission.clone();
         let waiting = tokio::spawn(async move { emptied.emptied().await });
-        let [first, second] = places;
+        let [first, second] = seats;
         drop(first);
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "one client is still closing");
         drop(second);
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
-            .expect("woken by the last place")
+            .expect("woken by the last seat")
             .unwrap();
     }
 }
