@@ -124,11 +124,12 @@ pub struct Connection<S, F> {
     link: ClientLink,
     reading: Reading,
     heartbeat: Heartbeat,
-    /// When the client last sent a complete message (kept only with an `idle_timeout`).
+    /// When the client last sent a complete message (kept up to date only with an
+    /// `idle_timeout`).
     last_message: Instant,
     /// The heartbeat's next tick or the `idle_timeout`, whichever is first; none when both
-    /// are off. Boxed, as a timer is twice the size of everything else an idle connection
-    /// needs for its heartbeat.
+    /// are off. Boxed, and only when either is on: a timer (112 bytes) would otherwise be held
+    /// by every connection.
     timer: Option<Pin<Box<Sleep>>>,
     closing: Option<Box<Closing>>,
     /// Set once the connection ended; until then, the client is in the state.
