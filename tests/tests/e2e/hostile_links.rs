@@ -360,8 +360,10 @@ async fn looping_events_hold_up_other_clients_for_one_timeout_at_most() {
     // the instance ahead of the bystander's event, which is what made it wait for all three.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let took = timed_ask(&mut bystander, "echo me", "me").await;
+    // Behind all three loops it would wait three timeouts; one timeout plus a restart of
+    // the instance is what it may wait, with room for a loaded machine's scheduling.
     assert!(
-        took < timeout * 2,
+        took < timeout * 5 / 2,
         "the bystander waited {took:?} behind another client's loops (process_timeout {timeout:?})"
     );
 }
