@@ -9,6 +9,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -104,31 +105,7 @@ impl Client {
 
     /// Sends one message.
     pub async fn send(&mut self, message: &[u8]) -> io::Result<()> {
-        self.output.clear();
-        match self.proto {
-            Proto::Text => {
-                self.output.extend_from_slice(message);
-                self.output.push(b'\n');
-            }
-            Proto::Ws => {
-                // FIN + text frame; the payload is UTF-8 in every scenario.
-                self.output.push(0x81);
-                let len = message.len();
-                if len < 126 {
-                    self.output.push(0x80 | len as u8);
-                } else if let Ok(len) = u16::try_from(len) {
-                    self.output.push(0x80 | 126);
-                    self.output.extend_from_slice(&len.to_be_bytes());
-                } else {
-                    self.output.push(0x80 | 127);
-                    self.output.extend_from_slice(&(len as u64).to_be_bytes());
-                }
-                self.output.extend_from_slice(&self.mask);
-                let mask = self.mask;
-                self.output
-                    .extend(message.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-            }
-        }
+        encode(self.proto, self.mask, message, &mut self.output);
         self.stream.write_all(&self.output).await
     }
 
@@ -170,29 +147,100 @@ impl Client {
 
     /// Takes one whole message off the input, if there is one.
     fn parse(&mut self) -> io::Result<Option<Bytes>> {
-        match self.proto {
-            Proto::Text => Ok(self.input.iter().position(|&b| b == b'\n').map(|end| {
-                let line = self.input.split_to(end).freeze();
-                self.input.advance(1);
-                line
-            })),
-            Proto::Ws => loop {
-                let Some((header, len)) = frame_length(&self.input) else {
-                    return Ok(None);
-                };
-                if self.input.len() < header + len {
-                    return Ok(None);
-                }
-                let (fin, opcode) = (self.input[0] & 0x80 != 0, self.input[0] & 0x0f);
-                self.input.advance(header);
-                let payload = self.input.split_to(len).freeze();
-                match opcode {
-                    1 | 2 if fin => return Ok(Some(payload)),
-                    8 => return Err(io::ErrorKind::ConnectionReset.into()),
-                    9 | 10 => continue,
-                    _ => return Err(broken("fragmented or unknown frame")),
-                }
-            },
+        while let Some(unit) = next_unit(self.proto, &self.input)? {
+            let data = self.input.split_to(unit.used).freeze();
+            if let Some(payload) = unit.payload {
+                return Ok(Some(data.slice(payload)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Hands the connection over to a [`crate::driver`] thread: the socket, left non-blocking
+    /// and no longer registered with tokio, and whatever was read past the last message.
+    pub fn detach(self) -> io::Result<Detached> {
+        Ok(Detached {
+            stream: self.stream.into_std()?,
+            proto: self.proto,
+            mask: self.mask,
+            input: self.input.to_vec(),
+        })
+    }
+}
+
+/// A connected client taken out of tokio, for an event loop of its own.
+pub struct Detached {
+    /// The non-blocking socket.
+    pub stream: std::net::TcpStream,
+    /// Its protocol.
+    pub proto: Proto,
+    /// Its masking key.
+    pub mask: [u8; 4],
+    /// Bytes read and not yet taken as messages.
+    pub input: Vec<u8>,
+}
+
+/// What [`next_unit`] takes off the front of a server's byte stream.
+pub struct Unit {
+    /// Bytes it spans.
+    pub used: usize,
+    /// Where its message is; none for a ping or pong, which are skipped.
+    pub payload: Option<Range<usize>>,
+}
+
+/// The first whole frame (or line) of `input`, if there is one; a close frame is an error.
+pub fn next_unit(proto: Proto, input: &[u8]) -> io::Result<Option<Unit>> {
+    if proto == Proto::Text {
+        return Ok(input.iter().position(|&b| b == b'\n').map(|end| Unit {
+            used: end + 1,
+            payload: Some(0..end),
+        }));
+    }
+    let Some((header, len)) = frame_length(input) else {
+        return Ok(None);
+    };
+    let used = header + len;
+    if input.len() < used {
+        return Ok(None);
+    }
+    let (fin, opcode) = (input[0] & 0x80 != 0, input[0] & 0x0f);
+    match opcode {
+        1 | 2 if fin => Ok(Some(Unit {
+            used,
+            payload: Some(header..used),
+        })),
+        8 => Err(io::ErrorKind::ConnectionReset.into()),
+        9 | 10 => Ok(Some(Unit {
+            used,
+            payload: None,
+        })),
+        _ => Err(broken("fragmented or unknown frame")),
+    }
+}
+
+/// Writes `message` into `out` (cleared first) as `proto` frames it: a line, or a masked
+/// WebSocket text frame (the payload is UTF-8 in every scenario).
+pub fn encode(proto: Proto, mask: [u8; 4], message: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    match proto {
+        Proto::Text => {
+            out.extend_from_slice(message);
+            out.push(b'\n');
+        }
+        Proto::Ws => {
+            out.push(0x81);
+            let len = message.len();
+            if len < 126 {
+                out.push(0x80 | len as u8);
+            } else if let Ok(len) = u16::try_from(len) {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&len.to_be_bytes());
+            } else {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+            out.extend_from_slice(&mask);
+            out.extend(message.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         }
     }
 }

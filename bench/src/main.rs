@@ -2,7 +2,8 @@
 //! the same run, and print each figure with its ratio to the baseline (see BENCHMARKS.md).
 //!
 //! # Layout
-//! - [`client`]: the lean load client (WebSocket or text lines), one per simulated user.
+//! - [`client`]: the load client's connections (WebSocket or text lines), one per simulated
+//!   user; [`driver`]: the event loops that drive many of them per thread.
 //! - [`baseline`]: the native baseline server: the reference protocol, no wasm, no hops.
 //! - [`target`]: starts the servers under test as child processes.
 //! - [`scenario`]: `echo`, `fanout`, `connect`, `idle`, `reload`, and the loop that runs
@@ -20,6 +21,7 @@
 mod baseline;
 mod chart;
 mod client;
+mod driver;
 mod scenario;
 mod stats;
 mod target;
@@ -51,10 +53,6 @@ use target::{Engine, Layout, Listeners, Running, Server};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Threads of this tool's runtime (the load client); the default is one per core.
-    /// Servers under test are child processes and keep their own defaults.
-    #[arg(long, global = true)]
-    client_threads: Option<usize>,
 }
 
 /// What every scenario command takes.
@@ -78,7 +76,14 @@ struct Common {
     /// The WebSocket library of the baseline.
     #[arg(long, value_enum, default_value = "tungstenite")]
     baseline_ws: WsLib,
+    /// Event-loop threads of the load client in `echo` and `fanout` (see `driver.rs`).
+    #[arg(long, default_value_t = CLIENT_THREADS)]
+    client_threads: usize,
 }
+
+/// One loop: on two shared cores it keeps the client's share small and batches the most
+/// readiness events per wait (see BENCHMARKS.md, "A lean load client").
+const CLIENT_THREADS: usize = 1;
 
 impl Common {
     fn setup(&self, listeners: Listeners) -> Setup {
@@ -108,6 +113,7 @@ impl Common {
             spread,
             warmup: self.warmup(),
             duration: self.duration(),
+            threads: self.client_threads,
         }
     }
 }
@@ -266,11 +272,7 @@ fn main() -> ExitCode {
         return wasmgate::cli::main();
     }
     let cli = Cli::parse();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = cli.client_threads {
-        runtime.worker_threads(threads);
-    }
-    let done = runtime
+    let done = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
@@ -371,6 +373,7 @@ async fn echo(common: &Common, clients: usize, payload: usize) -> anyhow::Result
         payload,
         warmup: common.warmup(),
         duration: common.duration(),
+        threads: common.client_threads,
     };
     let name = format!("echo {} {clients} clients", setup.label());
     compare(&name, &setup, async |running, _| {
@@ -561,6 +564,7 @@ async fn all(
         duration,
         warmup: 1.0,
         baseline_ws: WsLib::Tungstenite,
+        client_threads: CLIENT_THREADS,
     };
     eprintln!("machine: {}", machine());
     let ws = common(Proto::Ws, Layout::Single);

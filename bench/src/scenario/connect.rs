@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use tokio::task::JoinSet;
 
-use super::echo::gather;
 use super::{REPLY_TIMEOUT, Window, answer, cpu_per};
 use crate::client::{Client, Proto};
-use crate::stats::{self, Figure};
+use crate::stats::{self, Figure, Histogram};
 use crate::target::Running;
 
 /// The parameters of a `connect` run.
@@ -67,4 +66,18 @@ impl Connect {
         figures.extend(stats::latencies(&latency, None));
         Ok(figures)
     }
+}
+
+/// Sums the counts and merges the histograms of every client task.
+pub async fn gather(
+    mut tasks: JoinSet<anyhow::Result<(u64, Histogram)>>,
+) -> anyhow::Result<(u64, Histogram)> {
+    let mut total = 0;
+    let mut merged = stats::histogram();
+    while let Some(done) = tasks.join_next().await {
+        let (n, h) = done??;
+        total += n;
+        merged.add(&h)?;
+    }
+    Ok((total, merged))
 }

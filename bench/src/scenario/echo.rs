@@ -1,13 +1,13 @@
 //! `echo`: C clients in a closed loop, each sending `echo <payload>` and waiting for the
 //! payload to come back before sending again → messages per second and round-trip latency.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use tokio::task::JoinSet;
 
-use super::{Window, answer, connect_all, cpu_per, padded};
+use super::{Window, connect_all, cpu_per, padded};
 use crate::client::Proto;
+use crate::driver::{self, Handler, Out};
 use crate::stats::{self, Figure, Histogram};
 use crate::target::{Layout, Running};
 
@@ -22,6 +22,52 @@ pub struct Echo {
     pub warmup: Duration,
     /// Measured time.
     pub duration: Duration,
+    /// The client's event loops.
+    pub threads: usize,
+}
+
+/// One event loop's clients: each sends the message again as soon as its answer is back.
+struct Loop {
+    message: Vec<u8>,
+    payload: usize,
+    window: Window,
+    /// When each connection sent its message in flight.
+    sent: Vec<Instant>,
+    answered: u64,
+    latency: Histogram,
+}
+
+impl Loop {
+    fn send(&mut self, conn: usize, out: &mut Out<'_>) -> anyhow::Result<()> {
+        self.sent[conn] = Instant::now();
+        Ok(out.send(&self.message)?)
+    }
+}
+
+impl Handler for Loop {
+    fn start(&mut self, conn: usize, out: &mut Out<'_>) -> anyhow::Result<()> {
+        self.send(conn, out)
+    }
+
+    fn message(
+        &mut self,
+        conn: usize,
+        payload: &[u8],
+        now: Instant,
+        out: &mut Out<'_>,
+    ) -> anyhow::Result<()> {
+        ensure!(
+            payload.len() == self.payload,
+            "a reply of {} bytes",
+            payload.len()
+        );
+        let sent = self.sent[conn];
+        if self.window.contains(sent) {
+            self.answered += 1;
+            stats::record(&mut self.latency, (now - sent).as_micros() as u64);
+        }
+        self.send(conn, out)
+    }
 }
 
 impl Echo {
@@ -33,33 +79,24 @@ impl Echo {
         layout: Layout,
     ) -> anyhow::Result<Vec<Figure>> {
         let clients = connect_all(&running.addrs, proto, self.clients, None).await?;
-        let message = padded("echo ", self.payload);
-        let payload = self.payload;
         let window = Window::after(self.warmup, self.duration);
         let cpu = window.cpu_of(running);
-        let mut tasks = JoinSet::new();
-        for mut client in clients {
-            let message = message.clone();
-            tasks.spawn(async move {
-                let mut latency = stats::histogram();
-                let mut answered = 0u64;
-                loop {
-                    let sent = std::time::Instant::now();
-                    if sent >= window.end {
-                        break;
-                    }
-                    client.send(&message).await?;
-                    let reply = answer(&mut client).await?;
-                    ensure!(reply.len() == payload, "a reply of {} bytes", reply.len());
-                    if window.contains(sent) {
-                        answered += 1;
-                        stats::record(&mut latency, sent.elapsed().as_micros() as u64);
-                    }
-                }
-                Ok::<_, anyhow::Error>((answered, latency))
-            });
+        let message = padded("echo ", self.payload);
+        let loops = driver::drive(clients, self.threads, window.end, |conns| Loop {
+            message: message.clone(),
+            payload: self.payload,
+            window,
+            sent: vec![window.start; conns],
+            answered: 0,
+            latency: stats::histogram(),
+        })
+        .await?;
+        let mut answered = 0;
+        let mut latency = stats::histogram();
+        for done in loops {
+            answered += done.answered;
+            latency.add(&done.latency)?;
         }
-        let (answered, latency) = gather(tasks).await?;
         let cpu = cpu.await??;
         // Issue 14's targets; its CPU target is for the single process.
         let (throughput, cpu_target) = match layout {
@@ -72,18 +109,4 @@ impl Echo {
         figures.extend(stats::latencies(&latency, Some("≤ 2×")));
         Ok(figures)
     }
-}
-
-/// Sums the counts and merges the histograms of every client task.
-pub async fn gather(
-    mut tasks: JoinSet<anyhow::Result<(u64, Histogram)>>,
-) -> anyhow::Result<(u64, Histogram)> {
-    let mut total = 0;
-    let mut merged = stats::histogram();
-    while let Some(done) = tasks.join_next().await {
-        let (n, h) = done??;
-        total += n;
-        merged.add(&h)?;
-    }
-    Ok((total, merged))
 }

@@ -22,10 +22,10 @@ use anyhow::{Context, bail, ensure};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use super::echo::gather;
 use super::{REPLY_TIMEOUT, Window, answer, connect_all, cpu_per};
 use crate::client::{Client, Proto};
-use crate::stats::{self, Figure};
+use crate::driver::{self, Handler, Out};
+use crate::stats::{self, Figure, Histogram};
 use crate::target::Running;
 
 /// The group every member joins.
@@ -58,6 +58,40 @@ pub struct Fanout {
     pub warmup: Duration,
     /// Measured time.
     pub duration: Duration,
+    /// The client's event loops.
+    pub threads: usize,
+}
+
+/// One event loop's members.
+struct Member {
+    progress: Arc<Progress>,
+    window: Window,
+    origin: Instant,
+    delivered: u64,
+    latency: Histogram,
+}
+
+impl Handler for Member {
+    fn start(&mut self, _: usize, _: &mut Out<'_>) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn message(
+        &mut self,
+        _: usize,
+        payload: &[u8],
+        now: Instant,
+        _: &mut Out<'_>,
+    ) -> anyhow::Result<()> {
+        let (seq, sent) = stamp(payload)?;
+        self.progress.received(seq);
+        if self.window.contains(now) {
+            self.delivered += 1;
+            let micros = (now - self.origin).as_micros() as u64;
+            stats::record(&mut self.latency, micros.saturating_sub(sent));
+        }
+        Ok(())
+    }
 }
 
 /// How far the members have got, shared by them and the publisher.
@@ -117,29 +151,22 @@ impl Fanout {
         let window = Window::after(self.warmup, self.duration);
         let cpu = window.cpu_of(running);
         let commands = commands_received(running.metrics.clone(), window);
-        let mut tasks = JoinSet::new();
-        for mut member in members {
-            let progress = progress.clone();
-            tasks.spawn(async move {
-                let mut latency = stats::histogram();
-                let mut delivered = 0u64;
-                while let Ok(message) =
-                    tokio::time::timeout_at(window.end.into(), member.recv()).await
-                {
-                    let now = Instant::now();
-                    let (seq, sent) = stamp(&message?)?;
-                    progress.received(seq);
-                    if window.contains(now) {
-                        delivered += 1;
-                        let micros = (now - origin).as_micros() as u64;
-                        stats::record(&mut latency, micros.saturating_sub(sent));
-                    }
-                }
-                Ok((delivered, latency))
-            });
+        let loops = driver::drive(members, self.threads, window.end, |_| Member {
+            progress: progress.clone(),
+            window,
+            origin,
+            delivered: 0,
+            latency: stats::histogram(),
+        });
+        let (published, loops) =
+            tokio::join!(publish(publisher, &progress, self, window, origin), loops);
+        published?;
+        let mut delivered = 0;
+        let mut latency = stats::histogram();
+        for done in loops? {
+            delivered += done.delivered;
+            latency.add(&done.latency)?;
         }
-        publish(publisher, &progress, self, window, origin).await?;
-        let (delivered, latency) = gather(tasks).await?;
         let cpu = cpu.await??;
         let commands = commands.await?;
         let mut figures =
