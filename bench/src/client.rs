@@ -37,7 +37,7 @@ impl Proto {
 
 /// The upgrade request every WebSocket client sends; the key is the RFC 6455 example, since
 /// the server's answer to it is not checked (a load tool trusts the server it starts).
-const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+pub const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
 Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
 Sec-WebSocket-Version: 13\r\n\r\n";
 
@@ -87,20 +87,13 @@ impl Client {
 
     async fn upgrade(&mut self) -> io::Result<()> {
         self.stream.write_all(UPGRADE).await?;
-        let end = loop {
-            if let Some(i) = self.input.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if self.input.len() > MAX_HANDSHAKE {
-                return Err(broken("handshake answer too long"));
+        loop {
+            if let Some(end) = upgraded(&self.input)? {
+                self.input.advance(end);
+                return Ok(());
             }
             self.fill().await?;
-        };
-        if !self.input.starts_with(b"HTTP/1.1 101") {
-            return Err(broken("upgrade refused"));
         }
-        self.input.advance(end);
-        Ok(())
     }
 
     /// Sends one message.
@@ -178,6 +171,21 @@ pub struct Detached {
     pub mask: [u8; 4],
     /// Bytes read and not yet taken as messages.
     pub input: Vec<u8>,
+}
+
+/// Where the server's answer to [`UPGRADE`] ends in `input`, once it is whole; an error
+/// when it is a refusal or too long to be an answer.
+pub fn upgraded(input: &[u8]) -> io::Result<Option<usize>> {
+    let Some(end) = input.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if input.len() > MAX_HANDSHAKE {
+            return Err(broken("handshake answer too long"));
+        }
+        return Ok(None);
+    };
+    if !input.starts_with(b"HTTP/1.1 101") {
+        return Err(broken("upgrade refused"));
+    }
+    Ok(Some(end + 4))
 }
 
 /// What [`next_unit`] takes off the front of a server's byte stream.

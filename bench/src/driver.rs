@@ -173,10 +173,10 @@ fn run<H: Handler>(mut conns: Vec<Conn>, mut handler: H, until: Instant) -> anyh
             if event.is_writable() {
                 conn.flush()?;
             }
-            if event.is_readable() || event.is_read_closed() {
-                if receive(i, conn, &mut scratch, &mut frame, &mut handler)? {
-                    heard = Instant::now();
-                }
+            if (event.is_readable() || event.is_read_closed())
+                && receive(i, conn, &mut scratch, &mut frame, &mut handler)?
+            {
+                heard = Instant::now();
             }
         }
     }

@@ -76,7 +76,8 @@ struct Common {
     /// The WebSocket library of the baseline.
     #[arg(long, value_enum, default_value = "tungstenite")]
     baseline_ws: WsLib,
-    /// Event-loop threads of the load client in `echo` and `fanout` (see `driver.rs`).
+    /// Event-loop threads of the load client in `echo`, `fanout` and `connect` (see
+    /// `driver.rs`).
     #[arg(long, default_value_t = CLIENT_THREADS)]
     client_threads: usize,
 }
@@ -467,6 +468,7 @@ async fn connect(common: &Common, concurrency: usize) -> anyhow::Result<Vec<Comp
         concurrency,
         warmup: common.warmup(),
         duration: common.duration(),
+        threads: common.client_threads,
     };
     let name = format!("connect {} {concurrency} at once", setup.label());
     compare(&name, &setup, async |running, _| {
