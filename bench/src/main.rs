@@ -77,14 +77,10 @@ struct Common {
     #[arg(long, value_enum, default_value = "tungstenite")]
     baseline_ws: WsLib,
     /// Event-loop threads of the load client in `echo`, `fanout` and `connect` (see
-    /// `driver.rs`).
-    #[arg(long, default_value_t = CLIENT_THREADS)]
-    client_threads: usize,
+    /// `driver.rs`); the default is one per core, so that no single core caps the client.
+    #[arg(long)]
+    client_threads: Option<usize>,
 }
-
-/// One loop: on two shared cores it keeps the client's share small and batches the most
-/// readiness events per wait (see BENCHMARKS.md, "A lean load client").
-const CLIENT_THREADS: usize = 1;
 
 impl Common {
     fn setup(&self, listeners: Listeners) -> Setup {
@@ -95,6 +91,12 @@ impl Common {
             runs: self.runs,
             ws_lib: self.baseline_ws,
         }
+    }
+
+    /// The load client's event loops.
+    fn client_threads(&self) -> usize {
+        self.client_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
     fn warmup(&self) -> Duration {
@@ -114,7 +116,7 @@ impl Common {
             spread,
             warmup: self.warmup(),
             duration: self.duration(),
-            threads: self.client_threads,
+            threads: self.client_threads(),
         }
     }
 }
@@ -374,7 +376,7 @@ async fn echo(common: &Common, clients: usize, payload: usize) -> anyhow::Result
         payload,
         warmup: common.warmup(),
         duration: common.duration(),
-        threads: common.client_threads,
+        threads: common.client_threads(),
     };
     let name = format!("echo {} {clients} clients", setup.label());
     compare(&name, &setup, async |running, _| {
@@ -468,7 +470,7 @@ async fn connect(common: &Common, concurrency: usize) -> anyhow::Result<Vec<Comp
         concurrency,
         warmup: common.warmup(),
         duration: common.duration(),
-        threads: common.client_threads,
+        threads: common.client_threads(),
     };
     let name = format!("connect {} {concurrency} at once", setup.label());
     compare(&name, &setup, async |running, _| {
@@ -566,7 +568,7 @@ async fn all(
         duration,
         warmup: 1.0,
         baseline_ws: WsLib::Tungstenite,
-        client_threads: CLIENT_THREADS,
+        client_threads: None,
     };
     eprintln!("machine: {}", machine());
     let ws = common(Proto::Ws, Layout::Single);
