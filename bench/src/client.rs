@@ -5,7 +5,9 @@
 //! spends is a cycle the server does not get, and that would pull every ratio towards 1. It
 //! speaks just enough WebSocket for the reference protocol: a fixed upgrade request, masked
 //! text frames out, unfragmented frames in; pings and pongs are skipped, a close ends the
-//! connection.
+//! connection. [`Client`] connects and runs the scenarios that are not about throughput;
+//! the measured loops of `echo`, `fanout` and `connect` run on [`crate::driver`]'s event
+//! loops with this module's framing ([`encode`], [`next_unit`], [`upgraded`]).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

@@ -249,3 +249,75 @@ fn receive<H: Handler>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Answers each of `rounds` client frames of `sent` bytes with a server frame of
+    /// `reply`, written one byte at a time so that every frame reaches the client in pieces.
+    async fn trickling_server(listener: tokio::net::TcpListener, sent: usize, reply: &[u8]) {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        socket.set_nodelay(true).unwrap();
+        let mut request = Vec::new();
+        while !request.ends_with(b"\r\n\r\n") {
+            request.push(socket.read_u8().await.unwrap());
+        }
+        socket
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            .await
+            .unwrap();
+        let mut frame = vec![0x81, reply.len() as u8];
+        frame.extend_from_slice(reply);
+        let mut incoming = vec![0; sent];
+        while socket.read_exact(&mut incoming).await.is_ok() {
+            for &b in &frame {
+                if socket.write_all(&[b]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends `ask` again for each answer, and keeps the answers.
+    struct Asker {
+        answers: Vec<Vec<u8>>,
+    }
+
+    impl Handler for Asker {
+        fn start(&mut self, _: usize, out: &mut Out<'_>) -> anyhow::Result<()> {
+            Ok(out.send(b"ask")?)
+        }
+
+        fn message(
+            &mut self,
+            _: usize,
+            payload: &[u8],
+            _: Instant,
+            out: &mut Out<'_>,
+        ) -> anyhow::Result<()> {
+            self.answers.push(payload.to_vec());
+            Ok(out.send(b"ask")?)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_arriving_in_pieces_come_out_whole() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A masked "ask": 2 header bytes, 4 of key, 3 of payload.
+        let server = tokio::spawn(trickling_server(listener, 9, b"the answer"));
+        let client = Client::connect(addr, Proto::Ws, None).await.unwrap();
+        let until = Instant::now() + Duration::from_millis(300);
+        let done = drive(vec![client], 1, until, |_| Asker {
+            answers: Vec::new(),
+        })
+        .await
+        .unwrap();
+        server.abort();
+        let answers = &done[0].answers;
+        assert!(answers.len() >= 3, "only {} answers", answers.len());
+        assert!(answers.iter().all(|a| a == b"the answer"), "{answers:?}");
+    }
+}
