@@ -8,7 +8,8 @@
 //! a bounded queue per client for what other clients send it (a broadcast clones one
 //! `Bytes` into each queue; the client's task writes a batch and flushes once). WebSocket is
 //! tokio-tungstenite with a 1 KiB initial read buffer, as in wasmgate's gateway, or another
-//! library ([`WsLib`]) to compare them.
+//! library ([`WsLib`]); by default the cheapest one per message that serves the scenario
+//! ([`WsLib::cheapest`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -49,6 +50,24 @@ pub enum WsLib {
     /// what other clients send (`pub`, `all`, `touid`) — enough for `echo`, `connect` and
     /// `idle`, not for `fanout`.
     Fastwebsockets,
+}
+
+impl WsLib {
+    /// The baseline's library when none is asked for: the one that costs least per message
+    /// among those that serve the scenario. With a load client that is not the bottleneck,
+    /// fastwebsockets answered `echo` with 10–17 % less CPU per message than
+    /// tokio-tungstenite and tokio-websockets, and more messages per second (BENCHMARKS.md,
+    /// "A lean load client"), so it is the baseline wherever answers are all a scenario
+    /// needs. Where the baseline must deliver what clients send each other (`fanout`, the
+    /// `idle` broadcast), tokio-tungstenite: fastwebsockets cannot, and tungstenite also
+    /// holds the least per idle connection of the three.
+    pub fn cheapest(delivers: bool) -> Self {
+        if delivers {
+            WsLib::Tungstenite
+        } else {
+            WsLib::Fastwebsockets
+        }
+    }
 }
 
 /// Queued connections the listener lets the kernel hold: what `TcpListener::bind` (mio)

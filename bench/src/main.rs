@@ -73,9 +73,11 @@ struct Common {
     /// Unmeasured seconds before.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
-    /// The WebSocket library of the baseline.
-    #[arg(long, value_enum, default_value = "tungstenite")]
-    baseline_ws: WsLib,
+    /// The WebSocket library of the baseline; the default is the cheapest one that serves
+    /// the scenario: fastwebsockets for `echo`, `connect`, `reload` and `sweep`,
+    /// tokio-tungstenite for `fanout` and `idle` (see `WsLib::answering`).
+    #[arg(long, value_enum)]
+    baseline_ws: Option<WsLib>,
     /// Event-loop threads of the load client in `echo`, `fanout` and `connect` (see
     /// `driver.rs`); the default is one per core, so that no single core caps the client.
     #[arg(long)]
@@ -83,13 +85,15 @@ struct Common {
 }
 
 impl Common {
-    fn setup(&self, listeners: Listeners) -> Setup {
+    /// The setup of a scenario whose baseline needs to deliver what clients send each
+    /// other (`delivers`), or only to answer.
+    fn setup(&self, listeners: Listeners, delivers: bool) -> Setup {
         Setup {
             proto: self.proto,
             layout: self.layout,
             listeners,
             runs: self.runs,
-            ws_lib: self.baseline_ws,
+            ws_lib: self.baseline_ws.unwrap_or(WsLib::cheapest(delivers)),
         }
     }
 
@@ -370,7 +374,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn echo(common: &Common, clients: usize, payload: usize) -> anyhow::Result<Vec<Comparison>> {
-    let setup = common.setup(Listeners::separate(1));
+    let setup = common.setup(Listeners::separate(1), false);
     let params = Echo {
         clients,
         payload,
@@ -392,7 +396,7 @@ async fn fanout(
     payload: usize,
     spread: Spread,
 ) -> anyhow::Result<Vec<Comparison>> {
-    let setup = common.setup(Listeners::separate(1));
+    let setup = common.setup(Listeners::separate(1), true);
     let params = common.fanout(members, window, payload, spread);
     let name = format!("fanout {} {members} members", setup.label());
     compare(&name, &setup, async |running, _| {
@@ -465,7 +469,7 @@ async fn fanout_cluster(
 }
 
 async fn connect(common: &Common, concurrency: usize) -> anyhow::Result<Vec<Comparison>> {
-    let setup = common.setup(Listeners::separate(1));
+    let setup = common.setup(Listeners::separate(1), false);
     let params = Connect {
         concurrency,
         warmup: common.warmup(),
@@ -485,7 +489,7 @@ async fn idle(
     listeners: Listeners,
     per_process: usize,
 ) -> anyhow::Result<Vec<Comparison>> {
-    let setup = common.setup(listeners);
+    let setup = common.setup(listeners, true);
     let params = Idle {
         connections,
         per_process,
@@ -511,7 +515,7 @@ async fn idle(
 }
 
 async fn reload(common: &Common, clients: usize) -> anyhow::Result<Vec<Comparison>> {
-    let setup = common.setup(Listeners::separate(1));
+    let setup = common.setup(Listeners::separate(1), false);
     let params = Reload {
         clients,
         payload: 64,
@@ -547,7 +551,7 @@ async fn sweep(
     }
     let title = format!(
         "echo, {}, 64-byte payload: wasmgate vs native baseline",
-        common.setup(Listeners::separate(1)).label()
+        common.setup(Listeners::separate(1), false).label()
     );
     std::fs::write(svg, chart::svg(&title, &points))?;
     eprintln!("chart written to {}", svg.display());
@@ -567,7 +571,7 @@ async fn all(
         runs,
         duration,
         warmup: 1.0,
-        baseline_ws: WsLib::Tungstenite,
+        baseline_ws: None,
         client_threads: None,
     };
     eprintln!("machine: {}", machine());
