@@ -78,7 +78,7 @@ fn echo_over_websocket_and_text() {
 
 #[test]
 fn echo_against_the_other_websocket_libraries() {
-    for lib in ["tokio-websockets", "fastwebsockets"] {
+    for lib in ["tungstenite", "tokio-websockets"] {
         compared(
             &bench(&["echo", "--clients", "4", "--baseline-ws", lib]),
             "msgs/s",
