@@ -78,6 +78,7 @@ fn echo_over_websocket_and_text() {
 
 #[test]
 fn echo_against_the_other_websocket_libraries() {
+    // The default `echo` baseline is fastwebsockets (`WsLib::cheapest`).
     for lib in ["tungstenite", "tokio-websockets"] {
         compared(
             &bench(&["echo", "--clients", "4", "--baseline-ws", lib]),
