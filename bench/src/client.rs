@@ -337,7 +337,7 @@ fn broken(why: &str) -> io::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::{Marker, frame_length};
+    use super::{Marker, Proto, frame_length, next_unit, upgraded};
 
     #[test]
     fn a_marker_is_found_across_pieces() {
@@ -361,5 +361,30 @@ mod tests {
         let mut long = vec![0x82, 127];
         long.extend_from_slice(&70_000u64.to_be_bytes());
         assert_eq!(frame_length(&long), Some((10, 70_000)));
+    }
+
+    #[test]
+    fn units_of_a_server_stream() {
+        let unit = |proto, input: &[u8]| {
+            next_unit(proto, input)
+                .unwrap()
+                .map(|u| (u.used, u.payload))
+        };
+        assert_eq!(unit(Proto::Ws, b"\x81\x02hi\x81"), Some((4, Some(2..4))));
+        assert_eq!(unit(Proto::Ws, b"\x89\x01p\x81\x02hi"), Some((3, None)));
+        assert_eq!(unit(Proto::Ws, b"\x81\x05hi"), None);
+        assert!(next_unit(Proto::Ws, b"\x88\x00").is_err());
+        assert!(next_unit(Proto::Ws, b"\x01\x02hi").is_err(), "a fragment");
+        assert_eq!(unit(Proto::Text, b"hi\nthere"), Some((3, Some(0..2))));
+        assert_eq!(unit(Proto::Text, b"hi"), None);
+    }
+
+    #[test]
+    fn upgrade_answers() {
+        let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81";
+        assert_eq!(upgraded(answer).unwrap(), Some(answer.len() - 1));
+        assert_eq!(upgraded(&answer[..20]).unwrap(), None);
+        assert!(upgraded(b"HTTP/1.1 400 Bad Request\r\n\r\n").is_err());
+        assert!(upgraded(&[b'x'; 9000]).is_err(), "too long");
     }
 }
