@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::client_id::{self, ClientId, ClientMap};
-use crate::local::{Execute, LinkReader, LocalGateways};
+use crate::local::{LinkReader, LocalGateways};
 use crate::ops::marks::{self, Marks, Noted};
 use crate::ops::{
     Command, CommandFuture, Gateways, PluginReport, Query, QueryFuture, Reply, Unreachable,
@@ -548,36 +548,21 @@ struct GatewayLink {
     address: SocketAddr,
     queue: LinkSender<ToGateway>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    /// Over TCP, to a gateway of another process (else in-process).
+    remote: bool,
     /// The gateway answered [`ToGateway::Leaving`]: nothing it sent is left to run.
     left: watch::Sender<bool>,
     /// Its marks, over TCP only: a gateway of this process needs no confirmation.
     marks: Option<Arc<Marks>>,
-    /// A gateway of this process, which runs commands as they are sent; none over TCP.
-    commands: Option<Arc<dyn Execute>>,
 }
 
 impl GatewayLink {
-    /// Over TCP, to a gateway of another process.
-    fn remote(&self) -> bool {
-        self.commands.is_none()
-    }
-
-    /// Queues `command` (of `weight` bytes framed), or runs it on a gateway of this process;
-    /// false if the link is gone.
+    /// Queues `command` (of `weight` bytes framed); false if the link is gone.
     async fn command(&self, command: Command, weight: usize) -> bool {
-        match &self.commands {
-            // The gateway drops its end of the queue when the link ends.
-            Some(_) if self.queue.is_closed() => false,
-            Some(gateway) => {
-                gateway.execute(command);
-                true
-            }
-            None => self
-                .queue
-                .send_weighing(ToGateway::Command(command), weight)
-                .await
-                .is_ok(),
-        }
+        self.queue
+            .send_weighing(ToGateway::Command(command), weight)
+            .await
+            .is_ok()
     }
 }
 
@@ -657,11 +642,7 @@ impl GatewayLinks {
     /// send their clients' close events here, so their links are left as they are.
     pub async fn leave(&self, grace: Duration) -> bool {
         self.leaving.store(true, Ordering::SeqCst);
-        let remote: Vec<_> = self
-            .all_links()
-            .into_iter()
-            .filter(|l| l.remote())
-            .collect();
+        let remote: Vec<_> = self.all_links().into_iter().filter(|l| l.remote).collect();
         let all_left = remote.iter().map(|link| async move {
             let mut left = link.left.subscribe();
             tokio::select! {
@@ -814,12 +795,7 @@ impl GatewayLinks {
         let dial = async {
             Ok::<_, LinkError>(
                 match self.local.dial(addr, self.role, self.queue_bytes).await {
-                    Some((queue, accepted)) => (
-                        queue,
-                        LinkReader::Local(accepted.outbound),
-                        Some(accepted.commands),
-                        None,
-                    ),
+                    Some((queue, inbound)) => (queue, LinkReader::Local(inbound), None),
                     None => {
                         let (reader, writer) = self.trust.dial(addr).await?.split();
                         let mut reader = FrameReader::new(reader);
@@ -832,12 +808,12 @@ impl GatewayLinks {
                         let stall = self.ping_interval * SILENT_INTERVALS;
                         let writing =
                             AbortOnDropHandle::new(tokio::spawn(writer.forward(outgoing, stall)));
-                        (queue, LinkReader::Tcp(reader), None, Some(writing))
+                        (queue, LinkReader::Tcp(reader), Some(writing))
                     }
                 },
             )
         };
-        let (queue, mut reader, commands, writing) = tokio::select! {
+        let (queue, mut reader, writing) = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             linked = dial => linked?,
         };
@@ -852,11 +828,11 @@ impl GatewayLinks {
             address: addr,
             queue: queue.clone(),
             pending: Mutex::new(HashMap::new()),
+            remote: writing.is_some(),
             left: watch::channel(false).0,
             marks: marks.clone(),
-            commands,
         });
-        if link.remote() && self.leaving.load(Ordering::SeqCst) {
+        if link.remote && self.leaving.load(Ordering::SeqCst) {
             let _ = queue.try_send(ToGateway::Leaving);
         }
         self.links
@@ -1328,9 +1304,9 @@ mod tests {
             address: address(2301),
             queue,
             pending: Mutex::default(),
+            remote: true,
             left: watch::channel(false).0,
             marks: Some(Arc::new(Marks::new(passed.clone()))),
-            commands: None,
         });
         (link, outgoing)
     }

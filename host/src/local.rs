@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ops::Command;
 use crate::transport::LinkRead;
 use crate::wire::codec::{FrameReader, WireError};
 use crate::wire::handshake::Peer;
@@ -24,28 +23,14 @@ use crate::wire::queue::{self, LinkReceiver, LinkSender, Towards};
 /// Messages an in-process link may have queued in each direction.
 pub const LOCAL_QUEUE: usize = 16 * 1024;
 
-/// A gateway of this process, running the commands its in-process links send.
-pub trait Execute: Send + Sync {
-    /// Runs `command` now, as the gateway runs one it reads off a link.
-    fn execute(&self, command: Command);
-}
-
-/// What a gateway hands back to a worker host of its own process that links to it.
-pub struct Accepted {
-    /// Where the gateway sends events and replies.
-    pub outbound: LinkReceiver<ToWorker>,
-    /// Where the worker host's commands run.
-    pub commands: Arc<dyn Execute>,
-}
-
 /// A link request a gateway receives from a worker host of its own process.
 pub struct LocalLink {
     /// Who is linking.
     pub role: Peer,
-    /// What the worker host sends, commands aside.
+    /// What the worker host sends.
     pub inbound: LinkReceiver<ToGateway>,
-    /// Answered when the gateway takes the link.
-    pub accepted: oneshot::Sender<Accepted>,
+    /// Where the gateway sends events and replies; handed back to the worker host.
+    pub accepted: oneshot::Sender<LinkReceiver<ToWorker>>,
 }
 
 /// The gateways of this process that accept in-process links, by internal address.
@@ -67,14 +52,14 @@ impl LocalGateways {
     }
 
     /// Links to the gateway at `address` if it runs in this process: returns the sender for
-    /// what the worker host sends but commands (a queue of at most `bytes`) and what the
-    /// gateway handed back. `None` means "not here, use the network".
+    /// what the worker host sends (a queue of at most `bytes`) and the receiver for what the
+    /// gateway sends. `None` means "not here, use the network".
     pub async fn dial(
         &self,
         address: SocketAddr,
         role: Peer,
         bytes: usize,
-    ) -> Option<(LinkSender<ToGateway>, Accepted)> {
+    ) -> Option<(LinkSender<ToGateway>, LinkReceiver<ToWorker>)> {
         let gateway = self.lock().get(&address).cloned()?;
         let (to_gateway, inbound) = queue::channel(LOCAL_QUEUE, bytes, Towards::Gateway);
         let (accepted, answer) = oneshot::channel();
@@ -86,8 +71,8 @@ impl LocalGateways {
             })
             .await
             .ok()?;
-        let accepted = answer.await.ok()?;
-        Some((to_gateway, accepted))
+        let from_gateway = answer.await.ok()?;
+        Some((to_gateway, from_gateway))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, mpsc::Sender<LocalLink>>> {

@@ -1,8 +1,7 @@
 //! The gateway's internal listener: worker hosts (and push clients) link here.
 //!
 //! A link starts with the authenticated handshake (links from worker hosts of this process
-//! arrive as channels instead, and their commands run on the gateway as they are sent, see
-//! [`crate::local`]), then the gateway announces its listeners.
+//! arrive as channels instead, see [`crate::local`]), then the gateway announces its listeners.
 //! From then on the gateway sends client events and query replies, and executes the commands
 //! and answers the queries it receives, in the order they arrive. A link that fails the
 //! handshake or sends a malformed frame is closed; other links and all clients carry on.
@@ -29,9 +28,10 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::counters::Counters;
 use super::router::{Place, WorkerLink};
 use super::shared::Gateway;
-use crate::local::{Accepted, Execute, LinkReader, LocalLink};
+use crate::local::{LinkReader, LocalLink};
 use crate::transport::Stream;
 use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter};
@@ -259,12 +259,8 @@ async fn local_link(
     ping_interval: Duration,
     queue_bytes: usize,
 ) {
-    let (queue, outbound) = queue::channel(LINK_QUEUE, queue_bytes, Towards::Worker);
-    let accepted = Accepted {
-        outbound,
-        commands: gateway.clone(),
-    };
-    if link.accepted.send(accepted).is_err() {
+    let (queue, outgoing) = queue::channel(LINK_QUEUE, queue_bytes, Towards::Worker);
+    if link.accepted.send(outgoing).is_err() {
         return;
     }
     let ends = Ends {
@@ -381,7 +377,10 @@ async fn read_loop(
         silent = 0;
         match message {
             None => return Ok(()),
-            Some(ToGateway::Command(command)) => gateway.execute(command),
+            Some(ToGateway::Command(command)) => {
+                Counters::bump(&gateway.counters.link_commands);
+                gateway.state.execute(command);
+            }
             Some(ToGateway::Query { id, query }) => {
                 let reply = gateway.answer(&query);
                 tokio::time::timeout(stall, queue.send(ToWorker::Reply { id, reply }))
@@ -434,72 +433,5 @@ async fn read_loop(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-    use std::path::Path;
-
-    use bytes::Bytes;
-    use tokio::sync::watch;
-
-    use super::super::BoundGateway;
-    use super::super::outbox::{Outbound, outbox};
-    use super::*;
-    use crate::config::Config;
-    use crate::links::{DEFAULT_PING_INTERVAL, DEFAULT_QUEUE_BYTES, GatewayLinks, NoEvents};
-    use crate::local::LocalGateways;
-    use crate::ops::{Command, Gateways};
-    use crate::transport::Trust;
-
-    /// On one thread the gateway's link reader cannot run between the command's send and
-    /// the look at the outbox: the message is there only if the send ran the command.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_command_to_a_gateway_of_this_process_has_run_when_its_send_returns() {
-        let config = Config::from_toml(
-            "[[gateway]]\nlisten = \"ws://127.0.0.1:0\"\napp = \"a\"\n",
-            Path::new("wasmgate.toml"),
-        )
-        .unwrap();
-        let trust = Trust::plain(Arc::from(&b"0123456789abcdef"[..]));
-        let gateway_config = config.gateway.into_iter().next().unwrap();
-        let bound = BoundGateway::bind(gateway_config, trust.clone(), None)
-            .await
-            .unwrap();
-        let address = bound.internal_addr();
-        let gateway = bound.gateway();
-        let local = LocalGateways::default();
-        let stop = CancellationToken::new();
-        tokio::spawn(bound.run(local.clone(), None, stop.clone()));
-
-        let (client_outbox, client) = outbox(1 << 20);
-        let id = gateway
-            .state
-            .add("127.0.0.1:9".parse().unwrap(), 0, client_outbox);
-        let links = GatewayLinks::new(
-            trust,
-            Peer::Client,
-            local,
-            DEFAULT_PING_INTERVAL,
-            DEFAULT_QUEUE_BYTES,
-            DEFAULT_PING_INTERVAL,
-        );
-        let (_listed, gateways) = watch::channel(BTreeSet::from([address]));
-        links.start(gateways, Arc::new(NoEvents), stop.clone());
-        let mut linked = links.linked();
-        linked.wait_for(|l| l.contains(&address)).await.unwrap();
-
-        let send = |data: &'static str| Command::SendToClients {
-            clients: vec![id],
-            data: Bytes::from_static(data.as_bytes()),
-        };
-        links.command(send("now")).await.unwrap();
-        assert!(
-            matches!(client.try_recv(), Some(Outbound::Data(d)) if d == "now"),
-            "the command waits for the gateway's link reader"
-        );
-        stop.cancel();
     }
 }

@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::counters::{Counters, HeldSubjects};
 use super::router::Router;
 use super::state::{GatewayState, StateSummary};
-use crate::local::Execute;
-use crate::ops::{Command, ListenerView, Query, Reply, WorkerReport};
+use crate::ops::{ListenerView, Query, Reply, WorkerReport};
 use crate::register::RegisterReach;
 use crate::transport::Trust;
 use crate::wire::messages::ListenerInfo;
@@ -36,13 +35,6 @@ pub struct Gateway {
     /// Drawn at its start, told to worker hosts with the listeners: a host that kept clients
     /// of an earlier run at this address learns that they are gone.
     pub run: u64,
-}
-
-impl Execute for Gateway {
-    fn execute(&self, command: Command) {
-        Counters::bump(&self.counters.link_commands);
-        self.state.execute(command);
-    }
 }
 
 impl Gateway {
