@@ -74,20 +74,41 @@ async fn ask_until(client: &mut TestClient, question: &str, expected: &str) {
 
 /// Sends `echo` until answered. Events a dying worker host had not acknowledged as done are
 /// re-sent to the next one (at least once), so the replies and broadcasts of this client's
-/// earlier events may arrive again first: they are skipped, and only the answer counts.
+/// earlier events may arrive again first: they are skipped, and only the answer counts. Each
+/// attempt is numbered, and once one is answered the earlier attempts still on their way are
+/// awaited too (a few seconds at most), so that a late answer does not arrive where the
+/// caller expects its next reply.
 async fn served(client: &mut TestClient, what: &str) {
-    for _ in 0..20 {
+    let tag = format!("{what}#");
+    let mut outstanding = 0;
+    let mut answered = false;
+    for attempt in 0..20 {
         client
-            .send(&format!("echo {what}"))
+            .send(&format!("echo {tag}{attempt}"))
             .await
             .expect("the connection is still open");
+        outstanding += 1;
         while let Ok(reply) = client.recv_within(Duration::from_secs(1)).await {
-            if reply == what {
-                return;
+            if reply.starts_with(&tag) {
+                outstanding -= 1;
+                answered = true;
+                break;
             }
         }
+        if answered {
+            break;
+        }
     }
-    panic!("{what:?} was never answered");
+    assert!(answered, "{what:?} was never answered");
+    let late = tokio::time::Instant::now() + Duration::from_secs(5);
+    while outstanding > 0 {
+        let left = late.saturating_duration_since(tokio::time::Instant::now());
+        match client.recv_within(left).await {
+            Ok(reply) if reply.starts_with(&tag) => outstanding -= 1,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
