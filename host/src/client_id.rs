@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, Hash};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::str::FromStr;
 
@@ -52,6 +53,22 @@ pub type ClientHasher = foldhash::fast::RandomState;
 
 /// A map keyed by client id on a per-event path.
 pub type ClientMap<V> = HashMap<ClientId, V, ClientHasher>;
+
+/// Tables of clients smaller than this many slots are left as they are: a few kilobytes at
+/// most, and a map that a handful of busy clients fill and empty would otherwise be shrunk
+/// and grown again and again.
+const SHRINK_FLOOR: usize = 64;
+
+/// Gives back most of a map of clients' table once it holds under an eighth of what it can,
+/// called after a removal: such a map grows for the peak of a connect burst, and a hash map
+/// never shrinks on its own. Amortized like growing: a shrink to twice the length is paid for
+/// by the removals since the map last held that much, and the next one waits for a quarter
+/// of that.
+pub fn shrink_if_sparse<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
+    if map.capacity() > SHRINK_FLOOR && map.len() < map.capacity() / 8 {
+        map.shrink_to((map.len() * 2).max(SHRINK_FLOOR));
+    }
+}
 
 /// A client connection's cluster-wide id: its 20 hex characters in JSON, 10 bytes' worth of
 /// fields on the internal links.

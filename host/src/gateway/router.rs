@@ -49,7 +49,7 @@ use futures_util::task::AtomicWaker;
 use smallvec::SmallVec;
 use tokio::sync::{Semaphore, watch};
 
-use crate::client_id::{ClientHasher, ClientId, ClientMap};
+use crate::client_id::{ClientHasher, ClientId, ClientMap, shrink_if_sparse};
 use crate::wire::codec::check_frame;
 use crate::wire::messages::{ClientContext, EventKind, ServedApp, ToWorker};
 use crate::wire::queue::{LinkSender, SendError, TrySendError};
@@ -140,6 +140,7 @@ impl WorkerLink {
             closed = sent.get_mut().drain(..finished).any(|e| is_close(&e));
             if sent.get().is_empty() {
                 sent.remove();
+                shrink_if_sparse(&mut unacked);
             }
         }
         drop(unacked);
@@ -372,6 +373,7 @@ impl Drop for Bound {
             .is_some_and(|w| Arc::ptr_eq(w, &self.window))
         {
             windows.remove(&self.window.client);
+            shrink_if_sparse(&mut windows);
         }
     }
 }
@@ -720,7 +722,10 @@ impl Router {
                         })
                     });
                     match ours {
-                        Some(true) => drop(unacked.remove(&client)),
+                        Some(true) => {
+                            unacked.remove(&client);
+                            shrink_if_sparse(&mut unacked);
+                        }
                         Some(false) => {}
                         // Taken by `lost`, with the client's others: it goes with them.
                         None => return Ok(()),
