@@ -14,9 +14,9 @@
 //! and logged at WARN once per client.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -30,10 +30,27 @@ use crate::ops::{
 };
 use crate::wire::messages::{ClientContext, KeptClient};
 
+/// One client. A gateway holds tens of thousands, mostly idle, in a hash table whose slots
+/// are sized by this entry: what every client has is inline; what only some acquire (a uid,
+/// groups, a written session, an address other than IPv4) is in [`More`], boxed on first need.
 struct ClientEntry {
-    remote: SocketAddr,
-    listener: u16,
     outbox: Outbox,
+    more: Option<Box<More>>,
+    /// Its address if IPv4, as nearly every client's is; any other is `more`'s.
+    v4: Option<SocketAddrV4>,
+    listener: u16,
+    /// Whether a refused command of this client was logged yet.
+    warned: bool,
+    /// Whether its keeper is told of it (its first event is on its way): from then on its
+    /// changes are marked for the keepers' task.
+    kept: bool,
+}
+
+/// What a client holds beyond what every client has; kept once made, so that the session's
+/// version never restarts.
+struct More {
+    /// Its address, if not IPv4.
+    v6: Option<SocketAddrV6>,
     uid: Option<String>,
     groups: BTreeSet<String>,
     /// Shared with the events in flight; a write copies it only while one still holds it.
@@ -41,11 +58,66 @@ struct ClientEntry {
     /// What `session` counts against [`crate::ops::MAX_SESSION_BYTES`].
     session_bytes: usize,
     session_version: u64,
-    /// Whether a refused command of this client was logged yet.
-    warned: bool,
-    /// Whether its keeper is told of it (its first event is on its way): from then on its
-    /// changes are marked for the keepers' task.
-    kept: bool,
+}
+
+/// The session every client starts with, shared until one is written: an allocation per
+/// client otherwise, held by every idle one.
+static EMPTY_SESSION: LazyLock<Arc<Session>> = LazyLock::new(Arc::default);
+
+impl ClientEntry {
+    fn new(remote: SocketAddr, listener: u16, outbox: Outbox) -> Self {
+        let (v4, more) = match remote {
+            SocketAddr::V4(v4) => (Some(v4), None),
+            SocketAddr::V6(v6) => (None, Some(More::boxed(Some(v6)))),
+        };
+        Self {
+            outbox,
+            more,
+            v4,
+            listener,
+            warned: false,
+            kept: false,
+        }
+    }
+
+    fn remote(&self) -> SocketAddr {
+        match (self.v4, self.more.as_ref().and_then(|m| m.v6)) {
+            (Some(v4), _) => SocketAddr::V4(v4),
+            (None, Some(v6)) => SocketAddr::V6(v6),
+            // Not made: an entry without an IPv4 address is made with `more` holding the other.
+            (None, None) => SocketAddr::from(([0; 16], 0)),
+        }
+    }
+
+    /// What it holds beyond every client, made now if it was not yet.
+    fn more(&mut self) -> &mut More {
+        self.more.get_or_insert_with(|| More::boxed(None))
+    }
+
+    fn uid(&self) -> Option<&String> {
+        self.more.as_ref()?.uid.as_ref()
+    }
+
+    fn groups(&self) -> impl Iterator<Item = &String> {
+        self.more.iter().flat_map(|m| &m.groups)
+    }
+
+    fn session(&self) -> &Arc<Session> {
+        self.more.as_ref().map_or(&EMPTY_SESSION, |m| &m.session)
+    }
+}
+
+impl More {
+    fn boxed(v6: Option<SocketAddrV6>) -> Box<Self> {
+        Box::new(Self {
+            v6,
+            uid: None,
+            groups: BTreeSet::new(),
+            session: EMPTY_SESSION.clone(),
+            session_bytes: 0,
+            session_version: 0,
+        })
+    }
 }
 
 /// Client indexes of this gateway, sorted and distinct: a sorted vector beats hashing a
@@ -71,9 +143,6 @@ struct Clients {
     next_index: u32,
     /// Set by [`GatewayState::stop_clients`].
     stopping: bool,
-    /// The session every client starts with, shared until one is written: an allocation
-    /// per client otherwise, held by every idle one.
-    empty_session: Arc<Session>,
     /// Looked up on every event and command: indexes are the gateway's own, so a fast hash.
     by_index: HashMap<u32, ClientEntry, ClientHasher>,
     groups: HashMap<String, Members>,
@@ -180,22 +249,8 @@ impl GatewayState {
         if c.stopping {
             outbox.stop();
         }
-        let session = c.empty_session.clone();
-        c.by_index.insert(
-            index,
-            ClientEntry {
-                remote,
-                listener,
-                outbox,
-                uid: None,
-                groups: BTreeSet::new(),
-                session,
-                session_bytes: 0,
-                session_version: 0,
-                warned: false,
-                kept: false,
-            },
-        );
+        c.by_index
+            .insert(index, ClientEntry::new(remote, listener, outbox));
         ClientId::new(self.address, index)
     }
 
@@ -220,7 +275,8 @@ impl GatewayState {
     pub fn remove(&self, client: ClientId) -> Option<ClientContext> {
         let mut c = self.lock();
         let entry = c.by_index.remove(&client.index)?;
-        for group in &entry.groups {
+        client_id::shrink_if_sparse(&mut c.by_index);
+        for group in entry.groups() {
             if remove_member(&mut c.groups, group, client.index) {
                 self.touch(&mut c, || Held::Group(group.clone()));
             }
@@ -229,7 +285,7 @@ impl GatewayState {
         if entry.kept {
             self.mark_kept(&mut c, client.index);
         }
-        if let Some(uid) = &entry.uid {
+        if let Some(uid) = entry.uid() {
             if remove_member(&mut c.uids, uid, client.index) {
                 self.touch(&mut c, || Held::Uid(uid.clone()));
             }
@@ -425,7 +481,7 @@ impl GatewayState {
                     let counter = &self.counters.names_refused;
                     return self.refuse(e, client, counter, "bind_uid", &why);
                 }
-                let old = e.uid.replace(uid.clone());
+                let old = e.more().uid.replace(uid.clone());
                 let kept = e.kept && old.as_ref() != Some(&uid);
                 // Only what presence needs: a context, if it is tracked at all.
                 let context = self
@@ -458,12 +514,12 @@ impl GatewayState {
                 let Some(e) = self.entry(c, client) else {
                     return;
                 };
-                if e.uid.as_deref() == Some(uid.as_str()) {
+                if e.uid() == Some(&uid) {
                     let context = self
                         .presence
                         .load(Ordering::Relaxed)
                         .then(|| context_of(client, e));
-                    e.uid = None;
+                    e.more().uid = None;
                     if e.kept {
                         self.mark_kept(c, client.index);
                     }
@@ -489,12 +545,14 @@ impl GatewayState {
                     return self.refuse(e, client, counter, "join_group", &why);
                 }
                 let max = self.limits.max_groups;
-                if e.groups.len() >= max && !e.groups.contains(&group) {
+                let groups = e.more.as_ref().map(|m| &m.groups);
+                let member = groups.is_some_and(|g| g.contains(&group));
+                if groups.map_or(0, BTreeSet::len) >= max && !member {
                     let why = format!("already in max_groups_per_client ({max}) groups");
                     let counter = &self.counters.groups_refused;
                     return self.refuse(e, client, counter, "join_group", &why);
                 }
-                e.groups.insert(group.clone());
+                e.more().groups.insert(group.clone());
                 let members = c.groups.entry(group.clone()).or_default();
                 let first = members.is_empty();
                 members.insert(client.index);
@@ -506,7 +564,8 @@ impl GatewayState {
                 let Some(e) = self.entry(c, client) else {
                     return;
                 };
-                if e.groups.remove(&group) && remove_member(&mut c.groups, &group, client.index) {
+                let left = e.more.as_mut().is_some_and(|m| m.groups.remove(&group));
+                if left && remove_member(&mut c.groups, &group, client.index) {
                     self.touch(c, || Held::Group(group));
                 }
             }
@@ -515,8 +574,8 @@ impl GatewayState {
                     return;
                 };
                 for index in members {
-                    if let Some(e) = c.by_index.get_mut(&index) {
-                        e.groups.remove(&group);
+                    if let Some(more) = c.by_index.get_mut(&index).and_then(|e| e.more.as_mut()) {
+                        more.groups.remove(&group);
                     }
                 }
                 self.touch(c, || Held::Group(group));
@@ -546,22 +605,25 @@ impl GatewayState {
                     let counter = &self.counters.sessions_refused;
                     return self.refuse(e, client, counter, "set_session", &why);
                 }
-                e.session = Arc::new(session);
-                e.session_bytes = bytes;
-                e.session_version += 1;
+                let more = e.more();
+                more.session = Arc::new(session);
+                more.session_bytes = bytes;
+                more.session_version += 1;
             }
             Command::UpdateSession { client, changes } => {
                 let Some(e) = self.entry(c, client) else {
                     return;
                 };
-                let bytes = session_bytes_after(&e.session, e.session_bytes, &changes);
+                let more = e.more();
+                let bytes = session_bytes_after(&more.session, more.session_bytes, &changes);
                 if let Err(why) = check_session_bytes(bytes) {
                     let counter = &self.counters.sessions_refused;
                     return self.refuse(e, client, counter, "update_session", &why);
                 }
-                Arc::make_mut(&mut e.session).extend(changes);
-                e.session_bytes = bytes;
-                e.session_version += 1;
+                let more = e.more();
+                Arc::make_mut(&mut more.session).extend(changes);
+                more.session_bytes = bytes;
+                more.session_version += 1;
             }
         }
     }
@@ -576,8 +638,8 @@ impl GatewayState {
         };
         match query {
             Query::IsOnline(id) => Reply::Online(local(id).is_some()),
-            Query::UidOf(id) => Reply::Uid(local(id).and_then(|e| e.uid.clone())),
-            Query::SessionOf(id) => Reply::Session(local(id).map(|e| Session::clone(&e.session))),
+            Query::UidOf(id) => Reply::Uid(local(id).and_then(|e| e.uid().cloned())),
+            Query::SessionOf(id) => Reply::Session(local(id).map(|e| Session::clone(e.session()))),
             Query::UidsOnline(uids) => Reply::UidsOnline(
                 uids.iter()
                     .map(|u| (u.clone(), c.uids.contains_key(u)))
@@ -610,7 +672,7 @@ impl GatewayState {
                 let session_of = |i: &u32| {
                     c.by_index
                         .get(i)
-                        .map(|e| (self.id(*i), Session::clone(&e.session)))
+                        .map(|e| (self.id(*i), Session::clone(e.session())))
                 };
                 Reply::Sessions(if g.is_empty() {
                     c.by_index.keys().filter_map(session_of).collect()
@@ -721,9 +783,9 @@ impl GatewayState {
             .iter()
             .map(|(index, e)| ClientSummary {
                 id: self.id(*index),
-                remote: e.remote,
-                uid: e.uid.clone(),
-                groups: e.groups.iter().cloned().collect(),
+                remote: e.remote(),
+                uid: e.uid().cloned(),
+                groups: e.groups().cloned().collect(),
             })
             .collect()
     }
@@ -766,7 +828,7 @@ impl Clients {
         let uids: BTreeSet<&String> = members
             .into_iter()
             .flatten()
-            .filter_map(|i| self.by_index.get(i)?.uid.as_ref())
+            .filter_map(|i| self.by_index.get(i)?.uid())
             .collect();
         uids.into_iter().cloned().collect()
     }
@@ -775,11 +837,11 @@ impl Clients {
 fn context_of(id: ClientId, e: &ClientEntry) -> ClientContext {
     ClientContext {
         id,
-        remote: e.remote,
+        remote: e.remote(),
         listener: e.listener,
-        uid: e.uid.clone(),
-        session: e.session.clone(),
-        session_version: e.session_version,
+        uid: e.uid().cloned(),
+        session: e.session().clone(),
+        session_version: e.more.as_ref().map_or(0, |m| m.session_version),
         event: 0,
     }
 }
@@ -787,9 +849,9 @@ fn context_of(id: ClientId, e: &ClientEntry) -> ClientContext {
 fn kept_of(id: ClientId, e: &ClientEntry) -> KeptClient {
     KeptClient {
         id,
-        remote: e.remote,
+        remote: e.remote(),
         listener: e.listener,
-        uid: e.uid.clone(),
+        uid: e.uid().cloned(),
     }
 }
 
@@ -806,9 +868,10 @@ fn remove_member(index: &mut HashMap<String, Members>, key: &str, member: u32) -
     emptied
 }
 
-/// What one client's entry in the state costs in place, for the per-connection budget test.
+/// What one client's slot in the state's table costs (its index and its entry), for the
+/// per-connection budget test.
 #[cfg(test)]
-pub(crate) const CLIENT_ENTRY_SIZE: usize = std::mem::size_of::<ClientEntry>();
+pub(crate) const CLIENT_SLOT_SIZE: usize = std::mem::size_of::<(u32, ClientEntry)>();
 
 #[cfg(test)]
 mod tests {
