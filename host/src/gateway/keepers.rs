@@ -20,6 +20,7 @@
 //! it tells what is marked by then (the closes of a stopping gateway) before the links close,
 //! so that no keeper takes a gateway that stopped for one that was lost.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::router::{Keepers, Router, WorkerLink};
 use super::state::GatewayState;
-use crate::client_id::{ClientId, ClientMap};
+use crate::client_id::{ClientHasher, ClientId, shrink_if_sparse};
 use crate::wire::messages::{KeptClient, ToWorker};
 
 /// Most clients one message tells of (each list), so that it stays a small frame.
@@ -76,7 +77,7 @@ pub async fn tell(state: Arc<GatewayState>, router: Arc<Router>, stop: Cancellat
             }
         }
         if hosts_changed {
-            let moved = told.moved(&keepers);
+            let moved = told.moved(&keepers, &state.kept_ids());
             for kept in state.kept(&moved) {
                 told.place(&keepers, kept, false, &mut notes);
             }
@@ -88,29 +89,26 @@ pub async fn tell(state: Arc<GatewayState>, router: Arc<Router>, stop: Cancellat
     }
 }
 
-/// The keeper each kept client was told to (`None`: none yet, no host may keep it), by
-/// listener.
+/// The keeper each kept client was told to, by client index (all are this gateway's). A
+/// client no host could keep when it was told of is not here: the hosts changing looks for
+/// those in the state, so that a process whose only worker host keeps nothing remembers
+/// nothing per client.
 #[derive(Default)]
-struct Told(Vec<ClientMap<Option<Arc<WorkerLink>>>>);
+struct Told(HashMap<u32, Arc<WorkerLink>, ClientHasher>);
 
 impl Told {
     /// Tells `kept`'s keeper of it if it changed (`changed`: the client is new, or its uid
     /// changed), or if its keeper did, in which case the old one forgets it.
     fn place(&mut self, keepers: &Keepers, kept: KeptClient, changed: bool, notes: &mut Notes) {
-        let listener = usize::from(kept.listener);
-        if self.0.len() <= listener {
-            self.0.resize_with(listener + 1, ClientMap::default);
-        }
-        let told = &mut self.0[listener];
         let Some(keeper) = keepers.pick(kept.listener, kept.id) else {
             // No host may keep it now: the one told before, if any, hears of the change.
-            let before = told.entry(kept.id).or_default();
-            if let Some(before) = before.as_ref().filter(|l| changed && !l.is_gone()) {
+            let before = self.0.get(&kept.id.index);
+            if let Some(before) = before.filter(|l| changed && !l.is_gone()) {
                 notes.keep(before, kept);
             }
             return;
         };
-        match told.insert(kept.id, Some(keeper.clone())).flatten() {
+        match self.0.insert(kept.id.index, keeper.clone()) {
             Some(before) if before.is(keeper) => {
                 if changed {
                     notes.keep(keeper, kept);
@@ -129,28 +127,23 @@ impl Told {
 
     /// `client` is gone: the keeper it was told to forgets it.
     fn gone(&mut self, client: ClientId, notes: &mut Notes) {
-        for told in &mut self.0 {
-            if let Some(before) = told.remove(&client) {
-                if let Some(before) = before.filter(|l| !l.is_gone()) {
-                    notes.forget(&before, client);
-                }
-                return;
+        if let Some(before) = self.0.remove(&client.index) {
+            if !before.is_gone() {
+                notes.forget(&before, client);
             }
+            shrink_if_sparse(&mut self.0);
         }
     }
 
-    /// The clients whose keeper is not the one they were told to (or who have one now).
-    fn moved(&self, keepers: &Keepers) -> Vec<ClientId> {
-        let mut moved = Vec::new();
-        for (listener, told) in self.0.iter().enumerate() {
-            let listener = u16::try_from(listener).unwrap_or(u16::MAX);
-            moved.extend(told.iter().filter_map(|(id, before)| {
-                let keeper = keepers.pick(listener, *id)?;
-                let same = before.as_ref().is_some_and(|b| b.is(keeper));
-                (!same).then_some(*id)
-            }));
-        }
-        moved
+    /// Of the `kept` clients (with their listeners), those whose keeper is not the one they
+    /// were told to, or who have one now and had none.
+    fn moved(&self, keepers: &Keepers, kept: &[(ClientId, u16)]) -> Vec<ClientId> {
+        let moved = kept.iter().filter_map(|&(id, listener)| {
+            let keeper = keepers.pick(listener, id)?;
+            let same = self.0.get(&id.index).is_some_and(|b| b.is(keeper));
+            (!same).then_some(id)
+        });
+        moved.collect()
     }
 }
 

@@ -422,6 +422,14 @@ impl GatewayState {
             .collect()
     }
 
+    /// Every kept client, with its listener: what the keepers' task places anew when the
+    /// hosts that may keep change.
+    pub fn kept_ids(&self) -> Vec<(ClientId, u16)> {
+        let c = self.lock();
+        let kept = c.by_index.iter().filter(|(_, e)| e.kept);
+        kept.map(|(i, e)| (self.id(*i), e.listener)).collect()
+    }
+
     /// Waits until a kept client is marked (at once if one was since the last wait).
     pub async fn keeping_marked(&self) {
         self.keeping_marked.notified().await;
