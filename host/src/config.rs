@@ -2167,6 +2167,8 @@ mod tests {
             ("idle_timeout = \"10ms\"", "idle_timeout"),
             ("allowed_origins = [\"https://a\"]", "allowed_origins"),
             ("max_groups_per_client = 0", "max_groups_per_client"),
+            ("max_events_in_flight = 0", "max_events_in_flight"),
+            ("max_events_in_flight = 1073741824", "max_events_in_flight"),
         ] {
             let err = parse(&format!(
                 "[[gateway]]\nlisten = \"text://127.0.0.1:1\"\napp = \"a\"\n{extra}\n"

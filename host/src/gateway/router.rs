@@ -1266,6 +1266,49 @@ mod tests {
         assert_eq!(text(events.try_recv().unwrap()), "3");
     }
 
+    /// An event that finds its client's window full waits until the worker host is done
+    /// with one, and is then sent; a host acknowledging more than it was sent does not widen
+    /// the window.
+    #[tokio::test]
+    async fn a_full_window_waits_for_a_done_and_never_grows_past_its_size() {
+        let router = Arc::new(Router::new(2, Duration::from_secs(5), vec!["app".into()]));
+        let (queue, mut events) =
+            crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
+        let link = router.add(queue, Some(Place::Elsewhere));
+        router.announce(&link, 1, &served());
+        let mut binding = Binding::default();
+        router.forward(&mut binding, numbered("1", 1)).await.unwrap();
+        router.forward(&mut binding, numbered("2", 2)).await.unwrap();
+        let ToWorker::Event { client, .. } = events.try_recv().unwrap() else {
+            unreachable!()
+        };
+        let third = {
+            let router = router.clone();
+            tokio::spawn(async move {
+                router.forward(&mut binding, numbered("3", 3)).await.unwrap();
+                binding
+            })
+        };
+        assert_eq!(text(events.try_recv().unwrap()), "2");
+        tokio::task::yield_now().await;
+        assert!(events.try_recv().is_err(), "the window of 2 is full");
+        router.done(&link, vec![(client.id, 1)]);
+        let mut binding = tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("a done wakes the waiting event")
+            .unwrap();
+        assert_eq!(text(events.try_recv().unwrap()), "3");
+
+        router.done(&link, vec![(client.id, 100)]);
+        for n in 4..6 {
+            router
+                .try_forward(&mut binding, numbered("more", n))
+                .expect("the window is free again");
+        }
+        let over = router.try_forward(&mut binding, numbered("over", 6));
+        assert!(over.is_err(), "still a window of 2");
+    }
+
     /// A link from loopback, or from the address it reached, comes from the gateway's
     /// machine, IPv4 written as IPv6 included; one from another address does not.
     #[test]
