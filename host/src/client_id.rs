@@ -12,7 +12,7 @@
 //! gives the 6 bytes for any advertised address; a peer maps them back to the address through
 //! the gateway list it already has (ARCHITECTURE.md, "Bind address vs advertised address").
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -59,14 +59,53 @@ pub type ClientMap<V> = HashMap<ClientId, V, ClientHasher>;
 /// and grown again and again.
 const SHRINK_FLOOR: usize = 64;
 
-/// Gives back most of a map of clients' table once it holds under an eighth of what it can,
-/// called after a removal: such a map grows for the peak of a connect burst, and a hash map
-/// never shrinks on its own. Amortized like growing: a shrink to twice the length is paid for
-/// by the removals since the map last held that much, and the next one waits for a quarter
-/// of that.
-pub fn shrink_if_sparse<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
-    if map.capacity() > SHRINK_FLOOR && map.len() < map.capacity() / 8 {
-        map.shrink_to((map.len() * 2).max(SHRINK_FLOOR));
+/// Gives back most of a table of clients once it holds under an eighth of what it can,
+/// called after a removal: such a table grows for the peak of a connect burst, and a hash
+/// table never shrinks on its own. Amortized like growing: a shrink to twice the length is
+/// paid for by the removals since the table last held that much, and the next one waits for
+/// a quarter of that.
+pub fn shrink_if_sparse(table: &mut impl Table) {
+    let (len, capacity) = (table.len(), table.capacity());
+    if capacity > SHRINK_FLOOR && len < capacity / 8 {
+        table.shrink_to((len * 2).max(SHRINK_FLOOR));
+    }
+}
+
+/// A hash table [`shrink_if_sparse`] shrinks: a map or a set.
+pub trait Table {
+    /// Its entries.
+    fn len(&self) -> usize;
+    /// The entries it holds before it grows.
+    fn capacity(&self) -> usize;
+    /// Shrinks it to hold at least `min` entries.
+    fn shrink_to(&mut self, min: usize);
+}
+
+impl<K: Eq + Hash, V, S: BuildHasher> Table for HashMap<K, V, S> {
+    fn len(&self) -> usize {
+        HashMap::len(self)
+    }
+
+    fn capacity(&self) -> usize {
+        HashMap::capacity(self)
+    }
+
+    fn shrink_to(&mut self, min: usize) {
+        HashMap::shrink_to(self, min);
+    }
+}
+
+impl<T: Eq + Hash, S: BuildHasher> Table for HashSet<T, S> {
+    fn len(&self) -> usize {
+        HashSet::len(self)
+    }
+
+    fn capacity(&self) -> usize {
+        HashSet::capacity(self)
+    }
+
+    fn shrink_to(&mut self, min: usize) {
+        HashSet::shrink_to(self, min);
     }
 }
 

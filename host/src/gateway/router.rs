@@ -37,8 +37,10 @@
 //! tell. A client whose connection already ended gets its last events (its close among them)
 //! sent in the background, so `on-close` runs at least once for every client.
 
+use std::borrow::Borrow;
+use std::collections::HashSet;
 use std::collections::hash_map::Entry;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -66,7 +68,7 @@ pub struct WorkerLink {
     pub queue: LinkSender<ToWorker>,
     bound: AtomicUsize,
     /// The windows of the clients bound to this link.
-    windows: Mutex<ClientMap<Arc<Window>>>,
+    windows: Mutex<Windows>,
     /// The events sent and not yet done, by client, in the order sent: at most a window's
     /// worth each. Another host gets them if this link is lost ([`Router::lost`]).
     unacked: Mutex<ClientMap<Sent>>,
@@ -131,7 +133,7 @@ impl WorkerLink {
         let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(window) = windows.get(&client) {
-            window.give(events, self.window);
+            window.0.give(events, self.window);
         }
         drop(windows);
         let mut closed = false;
@@ -140,7 +142,7 @@ impl WorkerLink {
             closed = sent.get_mut().drain(..finished).any(|e| is_close(&e));
             if sent.get().is_empty() {
                 sent.remove();
-                shrink_if_sparse(&mut unacked);
+                shrink_if_sparse(&mut *unacked);
             }
         }
         drop(unacked);
@@ -222,8 +224,8 @@ impl WorkerLink {
     fn in_flight(&self) -> usize {
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         windows
-            .values()
-            .map(|w| self.window.saturating_sub(w.free()) as usize)
+            .iter()
+            .map(|w| self.window.saturating_sub(w.0.free()) as usize)
             .sum()
     }
 
@@ -242,7 +244,7 @@ impl WorkerLink {
     fn close(&self) -> Vec<Arc<Window>> {
         self.gone.store(true, Ordering::SeqCst);
         let windows = std::mem::take(&mut *self.windows.lock().unwrap_or_else(|e| e.into_inner()));
-        let windows: Vec<_> = windows.into_values().collect();
+        let windows: Vec<_> = windows.into_iter().map(|w| w.0).collect();
         for window in &windows {
             window.close();
         }
@@ -253,8 +255,8 @@ impl WorkerLink {
     /// must move.
     fn wake_bound(&self) {
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        for window in windows.values() {
-            window.mover.wake();
+        for window in windows.iter() {
+            window.0.mover.wake();
         }
     }
 }
@@ -274,6 +276,33 @@ struct Window {
     /// on each poll rather than a watch receiver's future, which a connection would hold all
     /// its life.
     mover: AtomicWaker,
+}
+
+/// The windows of a link's clients, found by client: a set of pointers (8 bytes a slot) where
+/// a map would hold each client's id beside its window's pointer (24), for every bound client.
+type Windows = HashSet<ByClient, ClientHasher>;
+
+/// A window as its link's [`Windows`] hold it: equal to and found by its client.
+struct ByClient(Arc<Window>);
+
+impl PartialEq for ByClient {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.client == other.0.client
+    }
+}
+
+impl Eq for ByClient {}
+
+impl Hash for ByClient {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.client.hash(state);
+    }
+}
+
+impl Borrow<ClientId> for ByClient {
+    fn borrow(&self) -> &ClientId {
+        &self.0.client
+    }
 }
 
 /// Set in [`Window::slots`] once the link went away: no slot is taken any more.
@@ -495,10 +524,10 @@ impl Drop for Bound {
         let mut windows = self.link.windows.lock().unwrap_or_else(|e| e.into_inner());
         if windows
             .get(&self.window.client)
-            .is_some_and(|w| Arc::ptr_eq(w, &self.window))
+            .is_some_and(|w| Arc::ptr_eq(&w.0, &self.window))
         {
             windows.remove(&self.window.client);
-            shrink_if_sparse(&mut windows);
+            shrink_if_sparse(&mut *windows);
         }
     }
 }
@@ -654,7 +683,7 @@ impl Router {
         // Only that client's move changes.
         let windows = link.windows.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(window) = windows.get(&id) {
-            window.mover.wake();
+            window.0.mover.wake();
         }
     }
 
@@ -809,7 +838,10 @@ impl Router {
             // Borrowed from the binding, not cloned: this runs for every client event.
             let Bound { window, link, .. } = binding.0.insert(bound);
             // A closed window: the link went away while we waited; re-bind.
-            if std::future::poll_fn(|cx| window.poll_take(1, cx)).await.is_err() {
+            if std::future::poll_fn(|cx| window.poll_take(1, cx))
+                .await
+                .is_err()
+            {
                 continue;
             }
             // Checked after the slot is taken, as `retire` marks before counting the slots:
@@ -849,7 +881,7 @@ impl Router {
                     match ours {
                         Some(true) => {
                             unacked.remove(&client);
-                            shrink_if_sparse(&mut unacked);
+                            shrink_if_sparse(&mut *unacked);
                         }
                         Some(false) => {}
                         // Taken by `lost`, with the client's others: it goes with them.
@@ -948,7 +980,7 @@ impl Router {
         link.windows
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(client, window.clone());
+            .replace(ByClient(window.clone()));
         Ok(Bound { link, window })
     }
 
@@ -1277,15 +1309,24 @@ mod tests {
         let link = router.add(queue, Some(Place::Elsewhere));
         router.announce(&link, 1, &served());
         let mut binding = Binding::default();
-        router.forward(&mut binding, numbered("1", 1)).await.unwrap();
-        router.forward(&mut binding, numbered("2", 2)).await.unwrap();
+        router
+            .forward(&mut binding, numbered("1", 1))
+            .await
+            .unwrap();
+        router
+            .forward(&mut binding, numbered("2", 2))
+            .await
+            .unwrap();
         let ToWorker::Event { client, .. } = events.try_recv().unwrap() else {
             unreachable!()
         };
         let third = {
             let router = router.clone();
             tokio::spawn(async move {
-                router.forward(&mut binding, numbered("3", 3)).await.unwrap();
+                router
+                    .forward(&mut binding, numbered("3", 3))
+                    .await
+                    .unwrap();
                 binding
             })
         };
