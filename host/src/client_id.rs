@@ -65,7 +65,7 @@ const SHRINK_FLOOR: usize = 64;
 /// paid for by the removals since the table last held that much, and the next one waits for
 /// a quarter of that.
 pub fn shrink_if_sparse(table: &mut impl Table) {
-    let (len, capacity) = (table.len(), table.capacity());
+    let (len, capacity) = table.sizes();
     if capacity > SHRINK_FLOOR && len < capacity / 8 {
         table.shrink_to((len * 2).max(SHRINK_FLOOR));
     }
@@ -73,21 +73,15 @@ pub fn shrink_if_sparse(table: &mut impl Table) {
 
 /// A hash table [`shrink_if_sparse`] shrinks: a map or a set.
 pub trait Table {
-    /// Its entries.
-    fn len(&self) -> usize;
-    /// The entries it holds before it grows.
-    fn capacity(&self) -> usize;
+    /// Its entries, and how many it holds before it grows.
+    fn sizes(&self) -> (usize, usize);
     /// Shrinks it to hold at least `min` entries.
     fn shrink_to(&mut self, min: usize);
 }
 
 impl<K: Eq + Hash, V, S: BuildHasher> Table for HashMap<K, V, S> {
-    fn len(&self) -> usize {
-        HashMap::len(self)
-    }
-
-    fn capacity(&self) -> usize {
-        HashMap::capacity(self)
+    fn sizes(&self) -> (usize, usize) {
+        (self.len(), self.capacity())
     }
 
     fn shrink_to(&mut self, min: usize) {
@@ -96,12 +90,8 @@ impl<K: Eq + Hash, V, S: BuildHasher> Table for HashMap<K, V, S> {
 }
 
 impl<T: Eq + Hash, S: BuildHasher> Table for HashSet<T, S> {
-    fn len(&self) -> usize {
-        HashSet::len(self)
-    }
-
-    fn capacity(&self) -> usize {
-        HashSet::capacity(self)
+    fn sizes(&self) -> (usize, usize) {
+        (self.len(), self.capacity())
     }
 
     fn shrink_to(&mut self, min: usize) {

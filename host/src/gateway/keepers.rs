@@ -353,4 +353,38 @@ mod tests {
         task.await.unwrap();
         assert!(php.try_recv().is_err(), "a PHP worker keeps nothing");
     }
+
+    /// Clients kept while no host may keep them (the process's own worker host keeps none)
+    /// are told to the first host that may, once it links; one gone meanwhile is not.
+    #[tokio::test(start_paused = true)]
+    async fn clients_no_host_could_keep_are_told_to_the_first_that_can() {
+        let router = Arc::new(Router::new(4, Duration::from_secs(5), vec!["app".into()]));
+        let address = SocketAddrV4::new([127, 0, 0, 1].into(), 2300);
+        let limits = ClientLimits { max_groups: 8 };
+        let state = Arc::new(GatewayState::new(
+            address.into(),
+            limits,
+            Arc::new(Counters::default()),
+        ));
+        let (_own, mut own) = host(&router, None, 1);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(tell(state.clone(), router.clone(), stop.clone()));
+        let remote = "127.0.0.1:5".parse().unwrap();
+        let clients: Vec<ClientId> = (0..3)
+            .map(|_| {
+                let id = state.add(remote, 0, outbox(1024).0);
+                state.keep(id);
+                id
+            })
+            .collect();
+        read(&mut [&mut own], 0, 0).await;
+        state.remove(clients[0]);
+        read(&mut [&mut own], 0, 0).await;
+
+        let (_far, mut far) = host(&router, Some(Place::Elsewhere), 2);
+        let told = read(&mut [&mut own, &mut far], 2, 0).await;
+        assert_eq!(kept(&told)[1], clients[1..].iter().copied().collect());
+        stop.cancel();
+        task.await.unwrap();
+    }
 }

@@ -241,6 +241,10 @@ impl WorkerLink {
     }
 
     /// Marks the link gone and closes the windows of the clients bound to it; returns them.
+    #[expect(
+        clippy::mutable_key_type,
+        reason = "a window hashes and compares by its client, which never changes"
+    )]
     fn close(&self) -> Vec<Arc<Window>> {
         self.gone.store(true, Ordering::SeqCst);
         let windows = std::mem::take(&mut *self.windows.lock().unwrap_or_else(|e| e.into_inner()));
