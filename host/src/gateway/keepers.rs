@@ -242,6 +242,27 @@ mod tests {
         (link, receiver)
     }
 
+    /// A gateway's router (for one app) and state.
+    fn gateway() -> (Arc<Router>, Arc<GatewayState>) {
+        let router = Arc::new(Router::new(4, Duration::from_secs(5), vec!["app".into()]));
+        let address = SocketAddrV4::new([127, 0, 0, 1].into(), 2300);
+        let limits = ClientLimits { max_groups: 8 };
+        let counters = Arc::new(Counters::default());
+        let state = Arc::new(GatewayState::new(address.into(), limits, counters));
+        (router, state)
+    }
+
+    /// `n` clients added to `state` whose first event left: their keepers are to be told.
+    fn kept_clients(state: &GatewayState, n: usize) -> Vec<ClientId> {
+        let remote = "127.0.0.1:5".parse().unwrap();
+        let add = || {
+            let id = state.add(remote, 0, outbox(1024).0);
+            state.keep(id);
+            id
+        };
+        std::iter::repeat_with(add).take(n).collect()
+    }
+
     /// What the `queues` are told until nothing more comes for a second of the test's paused
     /// clock (which moves only while every task waits), checked to be `keeps` clients to keep
     /// and `forgets` to forget in all.
@@ -291,27 +312,14 @@ mod tests {
     /// and a PHP worker never keeps.
     #[tokio::test(start_paused = true)]
     async fn each_client_has_one_keeper_off_the_gateways_machine_when_there_is_one() {
-        let router = Arc::new(Router::new(4, Duration::from_secs(5), vec!["app".into()]));
-        let address = SocketAddrV4::new([127, 0, 0, 1].into(), 2300);
-        let limits = ClientLimits { max_groups: 8 };
-        let state = Arc::new(GatewayState::new(
-            address.into(),
-            limits,
-            Arc::new(Counters::default()),
-        ));
+        let (router, state) = gateway();
         let (_php, mut php) = host(&router, None, 0);
         let (_w1, mut near1) = host(&router, Some(Place::Machine), 1);
         let (_w2, mut near2) = host(&router, Some(Place::Machine), 2);
         let stop = CancellationToken::new();
         let task = tokio::spawn(tell(state.clone(), router.clone(), stop.clone()));
         let remote = "127.0.0.1:5".parse().unwrap();
-        let clients: Vec<ClientId> = (0..40)
-            .map(|_| {
-                let id = state.add(remote, 0, outbox(1024).0);
-                state.keep(id);
-                id
-            })
-            .collect();
+        let clients = kept_clients(&state, 40);
         let unkept = state.add(remote, 0, outbox(1024).0);
         let all: BTreeSet<ClientId> = clients.iter().copied().collect();
 
@@ -358,25 +366,11 @@ mod tests {
     /// are told to the first host that may, once it links; one gone meanwhile is not.
     #[tokio::test(start_paused = true)]
     async fn clients_no_host_could_keep_are_told_to_the_first_that_can() {
-        let router = Arc::new(Router::new(4, Duration::from_secs(5), vec!["app".into()]));
-        let address = SocketAddrV4::new([127, 0, 0, 1].into(), 2300);
-        let limits = ClientLimits { max_groups: 8 };
-        let state = Arc::new(GatewayState::new(
-            address.into(),
-            limits,
-            Arc::new(Counters::default()),
-        ));
+        let (router, state) = gateway();
         let (_own, mut own) = host(&router, None, 1);
         let stop = CancellationToken::new();
         let task = tokio::spawn(tell(state.clone(), router.clone(), stop.clone()));
-        let remote = "127.0.0.1:5".parse().unwrap();
-        let clients: Vec<ClientId> = (0..3)
-            .map(|_| {
-                let id = state.add(remote, 0, outbox(1024).0);
-                state.keep(id);
-                id
-            })
-            .collect();
+        let clients = kept_clients(&state, 3);
         read(&mut [&mut own], 0, 0).await;
         state.remove(clients[0]);
         read(&mut [&mut own], 0, 0).await;

@@ -1273,15 +1273,22 @@ mod tests {
         assert_eq!(got, ["2", "3", "4"]);
     }
 
+    /// A worker host linked to `router` from elsewhere, serving its app, and what the
+    /// gateway sends it.
+    fn serving(router: &Router) -> (Arc<WorkerLink>, crate::wire::queue::LinkReceiver<ToWorker>) {
+        let (queue, events) =
+            crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
+        let link = router.add(queue, Some(Place::Elsewhere));
+        router.announce(&link, 1, &served());
+        (link, events)
+    }
+
     /// A bound client's event goes at once while its window has room; one that would wait
     /// (not bound yet, window full) is given back whole, and goes once the window opens.
     #[tokio::test]
     async fn an_event_that_needs_no_wait_is_sent_at_once_and_others_are_given_back() {
         let router = Arc::new(Router::new(2, Duration::from_secs(5), vec!["app".into()]));
-        let (queue, mut events) =
-            crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
-        let link = router.add(queue, Some(Place::Elsewhere));
-        router.announce(&link, 1, &served());
+        let (link, mut events) = serving(&router);
         let mut binding = Binding::default();
         let unbound = router.try_forward(&mut binding, numbered("1", 1));
         let first = unbound.expect_err("a client not bound yet waits for a host");
@@ -1308,10 +1315,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_window_waits_for_a_done_and_never_grows_past_its_size() {
         let router = Arc::new(Router::new(2, Duration::from_secs(5), vec!["app".into()]));
-        let (queue, mut events) =
-            crate::wire::queue::channel(16, 1 << 20, crate::wire::queue::Towards::Worker);
-        let link = router.add(queue, Some(Place::Elsewhere));
-        router.announce(&link, 1, &served());
+        let (link, mut events) = serving(&router);
         let mut binding = Binding::default();
         router
             .forward(&mut binding, numbered("1", 1))
