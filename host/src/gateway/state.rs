@@ -964,6 +964,23 @@ mod tests {
         );
     }
 
+    /// An address other than IPv4 is kept whole beside the entry, scope and mapped IPv4
+    /// included, and an IPv4 one inline.
+    #[test]
+    fn every_clients_address_is_kept_as_it_came() {
+        let s = state(8);
+        for remote in [
+            "127.0.0.1:1",
+            "[::1]:2",
+            "[fe80::1%7]:3",
+            "[::ffff:10.0.0.1]:4",
+        ] {
+            let remote: SocketAddr = remote.parse().unwrap();
+            let id = s.add(remote, 0, outbox(1024).0);
+            assert_eq!(s.context(id).unwrap().remote, remote);
+        }
+    }
+
     #[test]
     fn ids_do_not_restart_at_one_with_each_run() {
         let firsts: BTreeSet<u32> = (0..4).map(|_| client(&state(1)).index).collect();
