@@ -42,14 +42,14 @@ use std::collections::HashSet;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use smallvec::SmallVec;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::client_id::{ClientHasher, ClientId, ClientMap, shrink_if_sparse};
 use crate::wire::codec::check_frame;
@@ -133,7 +133,7 @@ impl WorkerLink {
         let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(window) = windows.get(&client) {
-            window.0.give(events, self.window);
+            window.0.slots.add_permits(events as usize);
         }
         drop(windows);
         let mut closed = false;
@@ -225,7 +225,7 @@ impl WorkerLink {
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         windows
             .iter()
-            .map(|w| self.window.saturating_sub(w.0.free()) as usize)
+            .map(|w| (self.window as usize).saturating_sub(w.0.slots.available_permits()))
             .sum()
     }
 
@@ -250,7 +250,7 @@ impl WorkerLink {
         let windows = std::mem::take(&mut *self.windows.lock().unwrap_or_else(|e| e.into_inner()));
         let windows: Vec<_> = windows.into_iter().map(|w| w.0).collect();
         for window in &windows {
-            window.close();
+            window.slots.close();
         }
         windows
     }
@@ -265,21 +265,25 @@ impl WorkerLink {
     }
 }
 
-/// A client's window on its link: its free slots for events in flight, and its connection,
-/// woken when the link changes and, while it waits for slots, when some come back.
-///
-/// One atomic word rather than a semaphore, which kept a lock and a list of waiters: only the
-/// task that holds the client's binding ever waits on a window, and it waits with the waker
-/// it registers for a move anyway.
+/// A client's window on its link: the slots of its events in flight, and its connection,
+/// woken when the link changes.
 struct Window {
     /// The client; kept here rather than in its [`Bound`], which every idle connection holds.
     client: ClientId,
-    /// The free slots (below [`WAITING`]), and the flags [`WAITING`] and [`CLOSED`].
-    slots: AtomicU32,
-    /// The connection waiting in [`Binding::poll_displaced`] or for slots: a waker registered
-    /// on each poll rather than a watch receiver's future, which a connection would hold all
-    /// its life.
+    slots: Semaphore,
+    /// The connection waiting in [`Binding::poll_displaced`]: a waker registered on each poll
+    /// rather than a watch receiver's future, which a connection would hold all its life.
     mover: AtomicWaker,
+}
+
+impl Window {
+    fn new(client: ClientId, slots: u32) -> Self {
+        Self {
+            client,
+            slots: Semaphore::new(slots as usize),
+            mover: AtomicWaker::new(),
+        }
+    }
 }
 
 /// The windows of a link's clients, found by client: a set of pointers (8 bytes a slot) where
@@ -306,135 +310,6 @@ impl Hash for ByClient {
 impl Borrow<ClientId> for ByClient {
     fn borrow(&self) -> &ClientId {
         &self.0.client
-    }
-}
-
-/// Set in [`Window::slots`] once the link went away: no slot is taken any more.
-const CLOSED: u32 = 1 << 31;
-/// Set in [`Window::slots`] while the connection waits for slots: only then does a slot
-/// coming back wake it.
-const WAITING: u32 = 1 << 30;
-/// The largest window: what the flags leave of the word, as the configuration bounds
-/// `max_events_in_flight`.
-const MAX_WINDOW: u32 = crate::config::MAX_EVENTS_IN_FLIGHT;
-const _: () = assert!(MAX_WINDOW < WAITING, "the slots must not reach the flags");
-
-/// How a look for free slots went.
-enum Take {
-    Taken,
-    Short,
-    Closed,
-}
-
-/// The window was closed: its link went away.
-struct Closed;
-
-impl Window {
-    fn new(client: ClientId, slots: u32) -> Self {
-        Self {
-            client,
-            slots: AtomicU32::new(slots),
-            mover: AtomicWaker::new(),
-        }
-    }
-
-    fn free(&self) -> u32 {
-        self.slots.load(Ordering::Acquire) & MAX_WINDOW
-    }
-
-    fn is_closed(&self) -> bool {
-        self.slots.load(Ordering::Acquire) & CLOSED != 0
-    }
-
-    /// Takes `n` slots if they are free and the window is open; a take ends a wait.
-    fn take(&self, n: u32) -> Take {
-        let mut slots = self.slots.load(Ordering::Acquire);
-        loop {
-            if slots & CLOSED != 0 {
-                return Take::Closed;
-            }
-            if slots & MAX_WINDOW < n {
-                return Take::Short;
-            }
-            let taken = (slots - n) & !WAITING;
-            match self.slots.compare_exchange_weak(
-                slots,
-                taken,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Take::Taken,
-                Err(now) => slots = now,
-            }
-        }
-    }
-
-    /// One slot if one is free, given back unless kept ([`Slot::keep`]); `size` is the
-    /// window's.
-    fn try_take(&self, size: u32) -> Option<Slot<'_>> {
-        matches!(self.take(1), Take::Taken).then_some(Slot { window: self, size })
-    }
-
-    /// Ready once `n` slots are taken, or with an error once the window is closed.
-    fn poll_take(&self, n: u32, cx: &mut Context<'_>) -> Poll<Result<(), Closed>> {
-        match self.take(n) {
-            Take::Taken => return Poll::Ready(Ok(())),
-            Take::Closed => return Poll::Ready(Err(Closed)),
-            Take::Short => {}
-        }
-        // Registered, then marked, then looked at again: a slot given back after the mark
-        // wakes this task, one given back before it is seen by the second look.
-        self.mover.register(cx.waker());
-        self.slots.fetch_or(WAITING, Ordering::AcqRel);
-        match self.take(n) {
-            Take::Taken => Poll::Ready(Ok(())),
-            Take::Closed => Poll::Ready(Err(Closed)),
-            Take::Short => Poll::Pending,
-        }
-    }
-
-    /// Gives back `n` slots of a window of `size`, never past its size (a worker host that
-    /// acknowledges more than it was sent cannot widen it); wakes the connection if it waits.
-    fn give(&self, n: u32, size: u32) {
-        let update = |slots: u32| {
-            let free = (slots & MAX_WINDOW).saturating_add(n).min(size);
-            Some(free | (slots & CLOSED))
-        };
-        // The update always gives a value: `fetch_update` cannot fail, both arms are the
-        // word before.
-        let (Ok(before) | Err(before)) =
-            self.slots
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, update);
-        if before & WAITING != 0 {
-            self.mover.wake();
-        }
-    }
-
-    /// Closes the window: its link went away. A connection waiting for slots is woken, to
-    /// bind elsewhere.
-    fn close(&self) {
-        if self.slots.fetch_or(CLOSED, Ordering::AcqRel) & WAITING != 0 {
-            self.mover.wake();
-        }
-    }
-}
-
-/// A slot taken from a window, given back if dropped before it is kept.
-struct Slot<'a> {
-    window: &'a Window,
-    size: u32,
-}
-
-impl Slot<'_> {
-    /// Keeps the slot: its event is sent, and the worker host's `Done` gives it back.
-    fn keep(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.window.give(1, self.size);
     }
 }
 
@@ -498,7 +373,7 @@ impl Bound {
     fn displaced(&self, listener: u16) -> bool {
         self.link.is_leaving()
             || self.link.queue.is_closed()
-            || self.window.is_closed()
+            || self.window.slots.is_closed()
             || !self.link.serves(listener)
             || self.link.has_returned(self.window.client)
     }
@@ -546,8 +421,7 @@ impl Router {
             next_id: AtomicU64::new(1),
             count: watch::channel(0).0,
             apps,
-            // The configuration refuses more.
-            window: window.min(MAX_WINDOW),
+            window,
             hold,
             starting_hold: STARTING_HOLD,
             keep_hasher: ClientHasher::default(),
@@ -790,7 +664,7 @@ impl Router {
         let Some(bound) = binding.0.as_ref().filter(|b| !b.displaced(listener)) else {
             return Err(message);
         };
-        let Some(slot) = bound.window.try_take(self.window) else {
+        let Ok(slot) = bound.window.slots.try_acquire() else {
             return Err(message);
         };
         let Some(mut message) = fit(message) else {
@@ -799,7 +673,7 @@ impl Router {
         let ToWorker::Event { ack_now, .. } = &mut message else {
             unreachable!("only client events are routed")
         };
-        *ack_now = bound.window.free() < self.window - self.window / 2;
+        *ack_now = bound.window.slots.available_permits() * 2 < self.window as usize;
         let link = &bound.link;
         // Held across the send, so that no acknowledgement can overtake the copy kept.
         let mut unacked = link.unacked.lock().unwrap_or_else(|e| e.into_inner());
@@ -808,7 +682,7 @@ impl Router {
         }
         let kept = message.clone();
         link.queue.try_send(message).map_err(|e| e.into_inner())?;
-        slot.keep();
+        slot.forget();
         unacked.entry(client).or_default().push(kept);
         Ok(())
     }
@@ -842,16 +716,14 @@ impl Router {
             // Borrowed from the binding, not cloned: this runs for every client event.
             let Bound { window, link, .. } = binding.0.insert(bound);
             // A closed window: the link went away while we waited; re-bind.
-            if std::future::poll_fn(|cx| window.poll_take(1, cx))
-                .await
-                .is_err()
-            {
+            let Ok(slot) = window.slots.acquire().await else {
                 continue;
-            }
+            };
+            slot.forget();
             // Checked after the slot is taken, as `retire` marks before counting the slots:
             // either this event counts as in flight there, or it goes elsewhere.
             if link.is_leaving() || !link.serves(listener) {
-                window.give(1, self.window);
+                window.slots.add_permits(1);
                 link.answer_leaving();
                 continue;
             }
@@ -859,7 +731,7 @@ impl Router {
                 unreachable!("only client events are routed")
             };
             // A client that used up half its window waits on this acknowledgement soon.
-            *ack_now = window.free() < self.window - self.window / 2;
+            *ack_now = window.slots.available_permits() * 2 < self.window as usize;
             let number = event_number(&message);
             // Remembered before it is sent, so that no acknowledgement can overtake it.
             {
@@ -940,12 +812,11 @@ impl Router {
         bound: Bound,
         client: ClientId,
     ) -> Result<(), Unrouted> {
-        if bound.link.queue.is_closed() || bound.window.is_closed() {
+        if bound.link.queue.is_closed() || bound.window.slots.is_closed() {
             // That host is gone: what it held goes first, whoever sees the loss first.
             self.lost(&bound.link);
         } else {
-            let all = std::future::poll_fn(|cx| bound.window.poll_take(self.window, cx));
-            let _ = all.await;
+            let _ = bound.window.slots.acquire_many(self.window).await;
         }
         let link = bound.link.clone();
         drop(bound);
@@ -1307,55 +1178,6 @@ mod tests {
             .try_forward(&mut binding, third)
             .expect("room again once one is done");
         assert_eq!(text(events.try_recv().unwrap()), "3");
-    }
-
-    /// An event that finds its client's window full waits until the worker host is done
-    /// with one, and is then sent; a host acknowledging more than it was sent does not widen
-    /// the window.
-    #[tokio::test]
-    async fn a_full_window_waits_for_a_done_and_never_grows_past_its_size() {
-        let router = Arc::new(Router::new(2, Duration::from_secs(5), vec!["app".into()]));
-        let (link, mut events) = serving(&router);
-        let mut binding = Binding::default();
-        router
-            .forward(&mut binding, numbered("1", 1))
-            .await
-            .unwrap();
-        router
-            .forward(&mut binding, numbered("2", 2))
-            .await
-            .unwrap();
-        let ToWorker::Event { client, .. } = events.try_recv().unwrap() else {
-            unreachable!()
-        };
-        let third = {
-            let router = router.clone();
-            tokio::spawn(async move {
-                router
-                    .forward(&mut binding, numbered("3", 3))
-                    .await
-                    .unwrap();
-                binding
-            })
-        };
-        assert_eq!(text(events.try_recv().unwrap()), "2");
-        tokio::task::yield_now().await;
-        assert!(events.try_recv().is_err(), "the window of 2 is full");
-        router.done(&link, vec![(client.id, 1)]);
-        let mut binding = tokio::time::timeout(Duration::from_secs(5), third)
-            .await
-            .expect("a done wakes the waiting event")
-            .unwrap();
-        assert_eq!(text(events.try_recv().unwrap()), "3");
-
-        router.done(&link, vec![(client.id, 100)]);
-        for n in 4..6 {
-            router
-                .try_forward(&mut binding, numbered("more", n))
-                .expect("the window is free again");
-        }
-        let over = router.try_forward(&mut binding, numbered("over", 6));
-        assert!(over.is_err(), "still a window of 2");
     }
 
     /// A link from loopback, or from the address it reached, comes from the gateway's
