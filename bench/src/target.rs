@@ -222,7 +222,7 @@ impl Running {
         let sections = Sections {
             register: format!("[register]\nlisten = \"{register}\"\n"),
             gateways: self.gateway_sections(proto, listeners, &linked),
-            worker: format!("[worker]\n{linked}plugins = {plugins:?}\n{grants}"),
+            worker: self.worker_section(&linked, &plugins, grants),
         };
         match layout {
             Layout::Single => {
@@ -254,6 +254,15 @@ impl Running {
         )
         .context("copying the reference plugin")?;
         Ok(plugins)
+    }
+
+    /// The `[worker]` section: `linked` (how it finds gateways), the plugins directory,
+    /// `extra` keys, and a compile cache of this run's own, so that a plugin this run never
+    /// compiled is compiled when it loads (a cold reload is cold, whatever earlier runs cached
+    /// in the user's cache directory).
+    fn worker_section(&self, linked: &str, plugins: &Path, extra: &str) -> String {
+        let cache = self.dir.path().join("compile-cache");
+        format!("[worker]\n{linked}plugins = {plugins:?}\ncache = {cache:?}\n{extra}")
     }
 
     /// The `[[gateway]]` sections of `listeners` on `self.addrs` (sharing the one address
@@ -305,7 +314,7 @@ impl Running {
             let pid = self.wasmgate(&format!("gateway{i}"), [&shared, gateway, &own])?;
             self.holders.push(pid);
         }
-        let worker = format!("[worker]\n{linked}plugins = {plugins:?}\n");
+        let worker = self.worker_section(&linked, &plugins, "");
         self.wasmgate("worker", [&shared, &worker])?;
         Ok(())
     }
