@@ -120,31 +120,8 @@ async fn accept(
         };
         let seat = match admission.admit(remote.ip()) {
             Ok(seat) => seat,
-            Err(Full::Listener) => {
-                let refused = Counters::bump(&shared.counters.refused);
-                // The 1st, 2nd, 4th, 8th … so a flood is visible without flooding the log.
-                if refused.is_power_of_two() {
-                    tracing::warn!(
-                        %remote,
-                        max_connections = config.max_connections,
-                        refused,
-                        "connection refused: the listener is full"
-                    );
-                }
-                drop(socket);
-                continue;
-            }
-            Err(Full::Address) => {
-                let refused = Counters::bump(&shared.counters.refused_per_ip);
-                if refused.is_power_of_two() {
-                    tracing::warn!(
-                        %remote,
-                        max_connections_per_ip = config.max_connections_per_ip,
-                        refused,
-                        "connection refused: its address holds max_connections_per_ip \
-                         (behind a reverse proxy, set it to 0)"
-                    );
-                }
+            Err(full) => {
+                turned_away(&shared.counters, &config, remote, full);
                 drop(socket);
                 continue;
             }
@@ -169,6 +146,34 @@ async fn accept(
                 holding(seat, websocket(handshake, remote, max, shared));
             }
         }
+    }
+}
+
+/// Counts a connection refused on accept, and logs the 1st, 2nd, 4th, 8th … of each kind,
+/// so that a flood is visible without flooding the log.
+fn turned_away(counters: &Counters, config: &ListenerConfig, remote: SocketAddr, full: Full) {
+    let counter = match full {
+        Full::Listener => &counters.refused,
+        Full::Address => &counters.refused_per_ip,
+    };
+    let refused = Counters::bump(counter);
+    if !refused.is_power_of_two() {
+        return;
+    }
+    match full {
+        Full::Listener => tracing::warn!(
+            %remote,
+            max_connections = config.max_connections,
+            refused,
+            "connection refused: the listener is full"
+        ),
+        Full::Address => tracing::warn!(
+            %remote,
+            max_connections_per_ip = config.max_connections_per_ip,
+            refused,
+            "connection refused: its address holds max_connections_per_ip \
+             (behind a reverse proxy, set it to 0)"
+        ),
     }
 }
 
