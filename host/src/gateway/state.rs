@@ -105,6 +105,14 @@ impl ClientEntry {
     fn session(&self) -> &Arc<Session> {
         self.more.as_ref().map_or(&EMPTY_SESSION, |m| &m.session)
     }
+
+    fn session_bytes(&self) -> usize {
+        self.more.as_ref().map_or(0, |m| m.session_bytes)
+    }
+
+    fn session_version(&self) -> u64 {
+        self.more.as_ref().map_or(0, |m| m.session_version)
+    }
 }
 
 impl More {
@@ -622,8 +630,8 @@ impl GatewayState {
                 let Some(e) = self.entry(c, client) else {
                     return;
                 };
-                let more = e.more();
-                let bytes = session_bytes_after(&more.session, more.session_bytes, &changes);
+                // Looked at before `more()`: a refused update makes nothing.
+                let bytes = session_bytes_after(e.session(), e.session_bytes(), &changes);
                 if let Err(why) = check_session_bytes(bytes) {
                     let counter = &self.counters.sessions_refused;
                     return self.refuse(e, client, counter, "update_session", &why);
@@ -849,7 +857,7 @@ fn context_of(id: ClientId, e: &ClientEntry) -> ClientContext {
         listener: e.listener,
         uid: e.uid().cloned(),
         session: e.session().clone(),
-        session_version: e.more.as_ref().map_or(0, |m| m.session_version),
+        session_version: e.session_version(),
         event: 0,
     }
 }
