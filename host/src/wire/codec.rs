@@ -289,10 +289,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     ) -> Result<(), WireError> {
         while let Some(first) = queue.recv().await {
             self.feed_or_drop(&first)?;
-            while self.buffer.len() < BATCH_BYTES
-                && let Some(next) = queue.try_next()
-            {
-                self.feed_or_drop(&next)?;
+            if self.feed_queued(&mut queue)? == 0 {
+                // Woken by one message while its senders run on other threads: one turn of
+                // the scheduler lets the messages they are about to send join this write,
+                // where a write each would cost a system call and a wake-up of the peer.
+                tokio::task::yield_now().await;
+                self.feed_queued(&mut queue)?;
             }
             let deadline = tokio::time::Instant::now() + write_timeout;
             crate::lazy_timeout::until(deadline, self.flush())
@@ -303,6 +305,21 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             }
         }
         Ok(())
+    }
+
+    /// Feeds what `queue` holds now, up to a batch's bytes; returns how many messages.
+    fn feed_queued<M: Serialize, Q: Outgoing<M>>(
+        &mut self,
+        queue: &mut Q,
+    ) -> Result<usize, WireError> {
+        let mut fed = 0;
+        while self.buffer.len() < BATCH_BYTES
+            && let Some(next) = queue.try_next()
+        {
+            self.feed_or_drop(&next)?;
+            fed += 1;
+        }
+        Ok(fed)
     }
 
     fn feed_or_drop<M: Serialize>(&mut self, message: &M) -> Result<(), WireError> {
@@ -434,6 +451,56 @@ mod tests {
         for sample in samples() {
             assert_eq!(reader.recv::<Sample>().await.unwrap(), Some(sample));
         }
+    }
+
+    /// A sink that records the length of each write it is given.
+    struct WriteLog(std::sync::Arc<std::sync::Mutex<Vec<usize>>>);
+
+    impl AsyncWrite for WriteLog {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.0.lock().unwrap().push(buf.len());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_sent_just_after_the_one_that_woke_the_writer_share_its_write() {
+        let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel(8);
+        let writer = FrameWriter::new(WriteLog(writes.clone()));
+        let writing = tokio::spawn(writer.forward(rx, Duration::from_secs(5)));
+        let mut samples = samples().into_iter();
+        tx.send(samples.next().unwrap()).await.unwrap();
+        // The writer runs now, with one message queued; the rest come before its next turn.
+        tokio::task::yield_now().await;
+        for sample in samples {
+            tx.send(sample).await.unwrap();
+        }
+        drop(tx);
+        writing.await.unwrap().unwrap();
+        assert_eq!(
+            writes.lock().unwrap().len(),
+            1,
+            "one write for every message"
+        );
     }
 
     #[tokio::test]
