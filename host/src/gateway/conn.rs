@@ -740,7 +740,8 @@ mod tests {
         let (shared, state) = shared();
         let remote: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let stream = ClientStream::new(PanickingSocket, Lines::new(1024), BytesMut::new());
-        let seat = shared.admission.admit(remote.ip()).ok().unwrap();
+        let admission = shared.admission.clone();
+        let seat = admission.admit(remote.ip()).ok().unwrap();
         let connection = Connection::new(Arc::new(shared), seat, remote, stream, None);
         assert_eq!(state.client_count(), 1, "registered when made");
         let task = tokio::spawn(connection);
@@ -753,6 +754,7 @@ mod tests {
             .expect("the task ended");
         assert!(ended.unwrap_err().is_panic());
         assert_eq!(state.client_count(), 0, "no ghost left counted");
+        assert_eq!(admission.held(), 0, "its seat given back");
     }
 
     /// What a connection holds while idle (measured by `wasmgate-bench idle`): its task's
