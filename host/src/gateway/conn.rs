@@ -19,7 +19,7 @@
 
 use std::future::Future;
 use std::mem;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{Admission, Seat};
 use super::counters::Counters;
 use super::heartbeat::{Beat, Heartbeat, HeartbeatConfig};
 use super::outbox::{Close, Kill, Outbound, OutboxReader, outbox};
@@ -68,6 +69,8 @@ pub struct ConnShared {
     pub idle_timeout: Duration,
     /// Where limits that cut clients off are counted.
     pub counters: Arc<Counters>,
+    /// The listener's seats: a connection gives back its own when it ends.
+    pub admission: Arc<Admission>,
 }
 
 /// How a connection ends.
@@ -96,6 +99,8 @@ enum Reading {
     Read,
     /// An event or a move waits for the router: reading waits with it.
     Wait(Waiting),
+    /// The connection ended: nothing more is read.
+    Ended(Box<Ending>),
 }
 
 /// A close the writer took from the outbox: what was queued before it is written first.
@@ -111,68 +116,84 @@ struct Ending {
     farewell: Option<Pin<Box<Sleep>>>,
     /// Then its close event on its way to its worker host.
     leave: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The client's address, which its seat is given back with: the state no longer has it.
+    ip: Option<IpAddr>,
+}
+
+pin_project_lite::pin_project! {
+    /// The heartbeat and `idle_timeout` of a connection with either on: their one timer and
+    /// what it times. Boxed, and made only when either is on: its bytes (152) would otherwise
+    /// be held by every connection.
+    struct Timer {
+        #[pin]
+        sleep: Sleep,
+        heartbeat: Heartbeat,
+        // When the client last sent a complete message (kept up to date only with an
+        // `idle_timeout`).
+        last_message: Instant,
+    }
 }
 
 /// One client's connection: a future that serves it until it leaves, is closed, or the
 /// gateway stops. Registered in the gateway's state when made, and removed from it however it
-/// ends: a panic in its task drops it, and leaves no ghost client counted.
+/// ends: a panic in its task drops it, and leaves no ghost client counted. It holds its
+/// listener's seat for the client, and gives it back when dropped.
 pub struct Connection<S, F> {
     shared: Arc<ConnShared>,
     /// None once the socket is closed.
     stream: Option<ClientStream<S, F>>,
     queue: OutboxReader,
     link: ClientLink,
+    /// [`Reading::Ended`] once the connection ended; until then, the client is in the state.
     reading: Reading,
-    heartbeat: Heartbeat,
-    /// When the client last sent a complete message (kept up to date only with an
-    /// `idle_timeout`).
-    last_message: Instant,
-    /// The heartbeat's next tick or the `idle_timeout`, whichever is first; none when both
-    /// are off. Boxed, and only when either is on: a timer (112 bytes) would otherwise be held
-    /// by every connection.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// Wakes the connection for the heartbeat's next tick or the `idle_timeout`, whichever is
+    /// first; none when both are off.
+    timer: Option<Pin<Box<Timer>>>,
     closing: Option<Box<Closing>>,
-    /// Set once the connection ended; until then, the client is in the state.
-    ending: Option<Box<Ending>>,
-    /// Reading queued a message of the connection's own (a pong, a ping): write it before
-    /// waiting.
-    queued_own: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
-    /// Registers a client connected from `remote` on `stream`; `handshake` is its WebSocket
-    /// upgrade request, if it made one.
+    /// Registers a client connected from `remote` on `stream`, taking over its `seat`;
+    /// `handshake` is its WebSocket upgrade request, if it made one.
     pub fn new(
         shared: Arc<ConnShared>,
+        seat: Seat,
         remote: SocketAddr,
         stream: ClientStream<S, F>,
         handshake: Option<Box<WebSocketRequest>>,
     ) -> Self {
         let (outbox, queue) = outbox(shared.send_buffer);
         let id = shared.state.add(remote, shared.listener, outbox);
+        // Given back when the connection drops, with the address the state keeps.
+        seat.hand_over();
         crate::metrics::CONNECTIONS_OPENED.inc();
         let now = Instant::now();
-        let mut connection = Self {
-            heartbeat: Heartbeat::start(&shared.heartbeat, now),
+        let heartbeat = Heartbeat::start(&shared.heartbeat, now);
+        let timer = next_deadline(&heartbeat, now, shared.idle_timeout).map(|deadline| {
+            Box::pin(Timer {
+                sleep: tokio::time::sleep_until(deadline),
+                heartbeat,
+                last_message: now,
+            })
+        });
+        Self {
             shared,
             stream: Some(stream),
             queue,
             link: ClientLink {
-                id,
+                index: id.index,
                 binding: Binding::default(),
                 events: 0,
             },
             reading: Reading::Start(handshake),
-            last_message: now,
-            timer: None,
+            timer,
             closing: None,
-            ending: None,
-            queued_own: false,
-        };
-        connection.timer = connection
-            .next_deadline()
-            .map(|deadline| Box::pin(tokio::time::sleep_until(deadline)));
-        connection
+        }
+    }
+
+    /// The client's id.
+    fn id(&self) -> ClientId {
+        self.link.id(&self.shared)
     }
 
     /// Serves the client until the connection is to end: how it ends.
@@ -181,16 +202,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
         self.queue.register(cx.waker());
         loop {
             if let Some(kill) = self.queue.killed() {
-                return Poll::Ready(killed(&self.shared, self.link.id, kill));
+                return Poll::Ready(killed(&self.shared, self.id(), kill));
             }
             if let Poll::Ready(end) = self.poll_write(cx) {
                 return Poll::Ready(end);
             }
-            if let Poll::Ready(end) = self.poll_read(cx) {
-                return Poll::Ready(end);
-            }
-            if !mem::take(&mut self.queued_own) {
-                return Poll::Pending;
+            match self.poll_read(cx) {
+                Poll::Ready(Some(end)) => return Poll::Ready(end),
+                // Reading queued a message of the connection's own: written before waiting.
+                Poll::Ready(None) => {}
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -257,8 +278,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
 
     /// Reads the client's items and forwards its events until the socket or the router makes
     /// it wait; also runs the heartbeat and `idle_timeout` and moves a displaced client.
-    /// Ready once the connection is to end.
-    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+    /// Ready with the end once the connection is to end, or with none once it queued a
+    /// message of its own (a pong, a ping) to be written before it waits.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Option<End>> {
         // The heartbeat, the timeout and a move are looked at once per wake-up and after each
         // wait, not per item: they are rare, and each wakes the task itself.
         let mut looked = false;
@@ -271,7 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
                     };
                     self.reading = Reading::Read;
                     if let Some(end) = self.event(first) {
-                        return Poll::Ready(end);
+                        return Poll::Ready(Some(end));
                     }
                     match mem::replace(&mut self.reading, Reading::Read) {
                         Reading::Wait(waiting) => self.reading = Reading::First(waiting),
@@ -284,8 +306,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
                     let first = matches!(self.reading, Reading::First(_));
                     self.reading = Reading::Read;
                     self.link.binding = binding;
-                    if !self.link.routed(routed) {
-                        return Poll::Ready(End::Done);
+                    if !self.link.routed(routed, &self.shared) {
+                        return Poll::Ready(Some(End::Done));
                     }
                     if first {
                         self.sent_first();
@@ -294,6 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
                     continue;
                 }
                 Reading::Read => {}
+                Reading::Ended(_) => return Poll::Pending,
             }
             if !looked {
                 looked = true;
@@ -312,31 +335,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
             let Some(stream) = &mut self.stream else {
                 return Poll::Pending;
             };
-            match ready!(stream.poll_next(cx)) {
+            let end = match ready!(stream.poll_next(cx)) {
                 Some(Ok(Inbound::Message(data))) => {
-                    self.heartbeat.heard();
-                    if !self.shared.idle_timeout.is_zero() {
-                        self.last_message = Instant::now();
+                    if let Some(timer) = &mut self.timer {
+                        timer.as_mut().heard(self.shared.idle_timeout);
                     }
                     crate::metrics::message_received(data.len());
-                    if let Some(end) = self.event(EventKind::Message(data)) {
-                        return Poll::Ready(end);
+                    match self.event(EventKind::Message(data)) {
+                        Some(end) => end,
+                        None => continue,
                     }
                 }
                 // Over budget, the push kills the connection: a client that pings without
                 // reading fills only its own queue.
-                Some(Ok(Inbound::Ping(data))) => self.queue_own(Outbound::Pong(data)),
-                Some(Ok(Inbound::Close)) => return Poll::Ready(End::Close(Close::Normal(None))),
-                Some(Err(e)) => return Poll::Ready(read_failed(self.link.id, &self.shared, e)),
-                None => return Poll::Ready(End::Done),
-            }
+                Some(Ok(Inbound::Ping(data))) => {
+                    self.queue.push(Outbound::Pong(data));
+                    return Poll::Ready(None);
+                }
+                Some(Ok(Inbound::Close)) => End::Close(Close::Normal(None)),
+                Some(Err(e)) => read_failed(self.id(), &self.shared, e),
+                None => End::Done,
+            };
+            return Poll::Ready(Some(end));
         }
     }
 
     /// Forwards an event with the client's current context; the end if the client is gone
     /// from the state. One the router cannot take at once waits in [`Reading::Wait`].
     fn event(&mut self, kind: EventKind) -> Option<End> {
-        let Some(client) = self.shared.state.context(self.link.id) else {
+        let Some(client) = self.shared.state.context(self.id()) else {
             return Some(End::Done);
         };
         if let Some(waiting) = self.link.send(&self.shared, client, kind) {
@@ -348,67 +375,63 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
     /// The client's first event is on its way (its `on-connect`): from now on a keeper runs
     /// its `on-close` if this gateway is lost.
     fn sent_first(&self) {
-        self.shared.state.keep(self.link.id);
+        self.shared.state.keep(self.id());
     }
 
-    /// Runs the heartbeat's ticks and the `idle_timeout` as they fall due; ready if either
-    /// ends the connection.
-    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+    /// Runs the heartbeat's ticks and the `idle_timeout` as they fall due; ready with the
+    /// end if either ends the connection, or with none once a tick queued a ping.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<Option<End>> {
+        let Some(timer) = &mut self.timer else {
+            return Poll::Pending;
+        };
+        let idle_timeout = self.shared.idle_timeout;
+        let mut pinged = false;
         loop {
-            let Some(timer) = &mut self.timer else {
-                return Poll::Pending;
-            };
-            ready!(timer.as_mut().poll(cx));
-            let now = Instant::now().max(timer.deadline());
-            match self.heartbeat.tick(&self.shared.heartbeat, now) {
+            let mut timer = timer.as_mut().project();
+            if timer.sleep.as_mut().poll(cx).is_pending() {
+                return if pinged {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Pending
+                };
+            }
+            let now = Instant::now().max(timer.sleep.deadline());
+            match timer.heartbeat.tick(&self.shared.heartbeat, now) {
                 None | Some(Beat::Wait) => {}
                 // Over budget, the push kills the connection: the next look sees it.
-                Some(Beat::Send(ping)) => self.queue_own(ping),
+                Some(Beat::Send(ping)) => {
+                    self.queue.push(ping);
+                    pinged = true;
+                }
                 Some(Beat::Destroy) => {
                     Counters::bump(&self.shared.counters.heartbeat_timeouts);
-                    tracing::debug!(client = %self.link.id, "client silent past ping_not_response_limit");
-                    return Poll::Ready(End::Drop);
+                    let client = self.link.id(&self.shared);
+                    tracing::debug!(%client, "client silent past ping_not_response_limit");
+                    return Poll::Ready(Some(End::Drop));
                 }
             }
-            let idle_timeout = self.shared.idle_timeout;
-            if !idle_timeout.is_zero() && self.last_message + idle_timeout <= now {
+            if !idle_timeout.is_zero() && *timer.last_message + idle_timeout <= now {
                 let n = Counters::bump(&self.shared.counters.idle_timeouts);
                 tracing::debug!(
-                    client = %self.link.id,
+                    client = %self.link.id(&self.shared),
                     idle_timeouts = n,
                     "client sent no complete message within idle_timeout ({idle_timeout:?})"
                 );
-                return Poll::Ready(End::Drop);
+                return Poll::Ready(Some(End::Drop));
             }
-            if let (Some(deadline), Some(timer)) = (self.next_deadline(), &mut self.timer) {
-                timer.as_mut().reset(deadline);
+            if let Some(deadline) =
+                next_deadline(timer.heartbeat, *timer.last_message, idle_timeout)
+            {
+                timer.sleep.reset(deadline);
             }
         }
-    }
-
-    /// When the timer must next wake the connection. The `idle_timeout` is armed from the
-    /// last message only when the timer fires, not per message (a timer-wheel update per
-    /// message showed in the profile): an expiry that finds a newer message re-arms from it.
-    fn next_deadline(&self) -> Option<Instant> {
-        let idle_timeout = self.shared.idle_timeout;
-        let idle = (!idle_timeout.is_zero()).then(|| self.last_message + idle_timeout);
-        match (self.heartbeat.next(), idle) {
-            (Some(tick), Some(idle)) => Some(tick.min(idle)),
-            (tick, idle) => tick.or(idle),
-        }
-    }
-
-    /// Queues a message of the connection's own, written before it next waits.
-    fn queue_own(&mut self, message: Outbound) {
-        self.queue.push(message);
-        self.queued_own = true;
     }
 
     /// Ends the connection: it leaves the state before its socket closes, so whoever sees
     /// the close sees the client gone from its groups and uid too; then its last words, then
     /// its close event.
     fn end(&mut self, end: End) {
-        let last = self.shared.state.remove(self.link.id);
+        let last = self.shared.state.remove(self.id());
         crate::metrics::CONNECTIONS_CLOSED.inc();
         self.closing = None;
         self.timer = None;
@@ -427,10 +450,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
         };
         let waiting = match mem::replace(&mut self.reading, Reading::Read) {
             Reading::First(waiting) | Reading::Wait(waiting) => Some(waiting),
-            Reading::Start(_) | Reading::Read => None,
+            Reading::Start(_) | Reading::Read | Reading::Ended(_) => None,
         };
+        let ip = last.as_ref().map(|last| last.remote.ip());
         let leave = self.link.leave(&self.shared, waiting, last);
-        self.ending = Some(Box::new(Ending { farewell, leave }));
+        self.reading = Reading::Ended(Box::new(Ending {
+            farewell,
+            leave,
+            ip,
+        }));
     }
 }
 
@@ -439,11 +467,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Future for Connection<S, F> 
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if this.ending.is_none() {
+        if !matches!(this.reading, Reading::Ended(_)) {
             let end = ready!(this.poll_serve(cx));
             this.end(end);
         }
-        let Some(ending) = &mut this.ending else {
+        let Reading::Ended(ending) = &mut this.reading else {
             unreachable!("the connection ended above");
         };
         if let Some(grace) = &mut ending.farewell {
@@ -464,10 +492,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Future for Connection<S, F> 
 
 impl<S, F> Drop for Connection<S, F> {
     fn drop(&mut self) {
-        if self.ending.is_none() {
-            crate::metrics::CONNECTIONS_CLOSED.inc();
-            self.shared.state.remove(self.link.id);
+        let ip = match &self.reading {
+            Reading::Ended(ending) => ending.ip,
+            _ => {
+                crate::metrics::CONNECTIONS_CLOSED.inc();
+                let last = self.shared.state.remove(self.link.id(&self.shared));
+                last.map(|last| last.remote.ip())
+            }
+        };
+        self.shared.admission.give_back(ip);
+    }
+}
+
+impl Timer {
+    /// The client sent a complete message.
+    fn heard(self: Pin<&mut Self>, idle_timeout: Duration) {
+        let timer = self.project();
+        timer.heartbeat.heard();
+        if !idle_timeout.is_zero() {
+            *timer.last_message = Instant::now();
         }
+    }
+}
+
+/// When the timer must next wake a connection whose client last sent a complete message at
+/// `last_message`: the heartbeat's next tick or the `idle_timeout`, whichever is first; none
+/// when both are off. The `idle_timeout` is armed from the last message only when the timer
+/// fires, not per message (a timer-wheel update per message showed in the profile): an
+/// expiry that finds a newer message re-arms from it.
+fn next_deadline(
+    heartbeat: &Heartbeat,
+    last_message: Instant,
+    idle_timeout: Duration,
+) -> Option<Instant> {
+    let idle = (!idle_timeout.is_zero()).then(|| last_message + idle_timeout);
+    match (heartbeat.next(), idle) {
+        (Some(tick), Some(idle)) => Some(tick.min(idle)),
+        (tick, idle) => tick.or(idle),
     }
 }
 
@@ -504,7 +565,9 @@ fn read_failed(id: ClientId, shared: &ConnShared, e: ReadError) -> End {
 
 /// A client's path to its worker host.
 struct ClientLink {
-    id: ClientId,
+    /// The client's index at this gateway: its id without the gateway's part, which every
+    /// client of the gateway shares.
+    index: u32,
     /// Taken by an event or a move while it waits for the router, given back after.
     binding: Binding,
     /// Events forwarded so far: the next one is numbered one more.
@@ -512,6 +575,11 @@ struct ClientLink {
 }
 
 impl ClientLink {
+    /// The client's id.
+    fn id(&self, shared: &ConnShared) -> ClientId {
+        ClientId::new(shared.state.address(), self.index)
+    }
+
     /// Forwards one event: at once when the router can ([`Router::try_forward`]), else the
     /// wait, boxed with the binding. The router's future is most of what a connection would
     /// hold, and a connection spends its life idle, not forwarding; an allocation per waiting
@@ -540,7 +608,7 @@ impl ClientLink {
 
     /// Moves the client to a worker host that serves its app (see [`Router::reroute`]).
     fn reroute(&mut self, shared: &ConnShared) -> Waiting {
-        let (router, id, listener) = (shared.router.clone(), self.id, shared.listener);
+        let (router, id, listener) = (shared.router.clone(), self.id(shared), shared.listener);
         let mut binding = mem::take(&mut self.binding);
         Box::pin(async move {
             let moved = router.reroute(&mut binding, id, listener).await;
@@ -550,12 +618,13 @@ impl ClientLink {
 
     /// Whether the client's events have a worker host; one that has none is counted and
     /// logged, and is to be closed.
-    fn routed(&self, routed: Result<(), Unrouted>) -> bool {
+    fn routed(&self, routed: Result<(), Unrouted>, shared: &ConnShared) -> bool {
         match routed {
             Ok(()) => true,
             Err(e) => {
                 crate::metrics::client_unrouted(e.reason());
-                tracing::warn!(client = %self.id, reason = e.reason(), "closing client after no_worker_hold: {e}");
+                let client = self.id(shared);
+                tracing::warn!(%client, reason = e.reason(), "closing client after no_worker_hold: {e}");
                 false
             }
         }
@@ -573,7 +642,7 @@ impl ClientLink {
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let shared = shared.clone();
         let mut link = ClientLink {
-            id: self.id,
+            index: self.index,
             binding: mem::take(&mut self.binding),
             events: self.events,
         };
@@ -589,7 +658,8 @@ impl ClientLink {
                 None => Ok(()),
             };
             if let Err(e) = sent {
-                tracing::debug!(client = %link.id, "close event not delivered: {e}");
+                let client = link.id(&shared);
+                tracing::debug!(%client, "close event not delivered: {e}");
             }
         })
     }
@@ -660,6 +730,7 @@ mod tests {
             send_buffer: 1024,
             idle_timeout: Duration::ZERO,
             counters,
+            admission: Arc::new(Admission::new(4, 0)),
         };
         (shared, state)
     }
@@ -667,9 +738,11 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_client_task_leaves_no_ghost_client() {
         let (shared, state) = shared();
-        let remote = "127.0.0.1:1".parse().unwrap();
+        let remote: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let stream = ClientStream::new(PanickingSocket, Lines::new(1024), BytesMut::new());
-        let connection = Connection::new(Arc::new(shared), remote, stream, None);
+        let admission = shared.admission.clone();
+        let seat = admission.admit(remote.ip()).ok().unwrap();
+        let connection = Connection::new(Arc::new(shared), seat, remote, stream, None);
         assert_eq!(state.client_count(), 1, "registered when made");
         let task = tokio::spawn(connection);
         state.execute(Command::SendToAll {
@@ -681,6 +754,7 @@ mod tests {
             .expect("the task ended");
         assert!(ended.unwrap_err().is_panic());
         assert_eq!(state.client_count(), 0, "no ghost left counted");
+        assert_eq!(admission.held(), 0, "its seat given back");
     }
 
     /// What a connection holds while idle (measured by `wasmgate-bench idle`): its task's
@@ -688,19 +762,20 @@ mod tests {
     /// and an entry that boxes whatever only some clients have) and its empty outbox (88
     /// bytes).
     ///
-    /// The future (256 bytes for `ws` and `text` alike) is a [`Connection`] (224 bytes on a
-    /// TCP socket) with the listener's seat for the client and, for a WebSocket, the
-    /// handshake's combinators around it. The connection holds only what lasts between
-    /// wake-ups: the socket (40 bytes: tokio's registration and the descriptor), the
-    /// framing's settings, one pointer for any bytes unread or unwritten, the binding to its
-    /// worker host (its link and window), the heartbeat's count and next tick, the time of the
-    /// last message, and a pointer for each rare wait. tokio adds 104 bytes of task header and
-    /// trailer and rounds a task up to 128 bytes: a future of at most 280 bytes keeps the
-    /// task at 384 bytes, the next step being 512. A change that makes it grow past the
-    /// budget must say why.
+    /// The future (152 bytes for `ws` and `text` alike) is the [`Connection`] itself (a
+    /// WebSocket's handshake is a box that makes it, freed once the client is in): it holds
+    /// only what lasts between wake-ups: the socket (40 bytes: tokio's registration and the
+    /// descriptor), the framing's settings, one pointer for any bytes unread or unwritten, the
+    /// client's index, the binding to its worker host (its link and window), the event
+    /// counter, where reading is, and a pointer each for the timer (with the heartbeat's
+    /// count and the last message's time) and a close under way. Its listener's seat costs it
+    /// nothing (the state keeps the address it is given back with). tokio adds 104 bytes of
+    /// task header and trailer and rounds a task up to 128 bytes: a future of at most 152
+    /// bytes keeps the task at 256 bytes, the next step being 384. A change that makes it
+    /// grow past the budget must say why.
     #[tokio::test]
     async fn an_idle_connection_fits_its_budget() {
-        const FUTURE: usize = 280;
+        const FUTURE: usize = 152;
         const BUDGET: usize = FUTURE + 40 + 88;
         let (shared, _) = shared();
         let entry = crate::gateway::state::CLIENT_SLOT_SIZE;

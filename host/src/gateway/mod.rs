@@ -14,6 +14,7 @@
 //! - [`nats`]: commands from NATS, subscribed by what the gateway holds (`[cluster] nats`).
 //! - [`Gateway`]: what every task of a gateway shares.
 
+pub mod admission;
 pub mod conn;
 pub mod counters;
 pub mod heartbeat;
@@ -45,6 +46,7 @@ use crate::nats::Nats;
 use crate::register;
 use crate::transport::Trust;
 use crate::wire::messages::ListenerInfo;
+use admission::Admission;
 use heartbeat::{HeartbeatConfig, Ping};
 use listener::{ListenerConfig, Transport};
 use router::Router;
@@ -254,11 +256,13 @@ impl BoundGateway {
             send_buffer: byte_count(config.send_buffer),
             idle_timeout: config.idle_timeout,
             counters: self.gateway.counters.clone(),
+            admission: Arc::new(Admission::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+            )),
         };
         let accept = ListenerConfig {
             transport: self.transport,
-            max_connections: config.max_connections,
-            max_connections_per_ip: config.max_connections_per_ip,
             allowed_origins: config.allowed_origins.clone(),
             max_message_size: byte_count(config.max_message_size),
             handshake_timeout: config.handshake_timeout,

@@ -46,8 +46,6 @@ pub struct ClientStream<S, F> {
     framing: F,
     /// Bytes the connection holds between polls; none between items.
     spill: Option<Box<Spill>>,
-    /// The client closed its side.
-    eof: bool,
 }
 
 /// The bytes of a connection that outlive a poll.
@@ -68,26 +66,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> ClientStream<S, F> {
                 unwritten: BytesMut::new(),
             })
         });
-        Self {
-            io,
-            framing,
-            spill,
-            eof: false,
-        }
+        Self { io, framing, spill }
     }
 
     /// The next inbound item; none once the client closed its side (bytes of an unfinished
-    /// item die with it).
+    /// item die with it). Nothing remembers the close: a socket read again says it again.
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Inbound, ReadError>>> {
         loop {
-            if self.eof {
-                return Poll::Ready(None);
-            }
             let Some(spill) = self.spill.as_mut().filter(|s| !s.pending.is_empty()) else {
                 match ready!(self.poll_scratch(cx)) {
-                    Ok(Some(item)) => return Poll::Ready(Some(Ok(item))),
-                    Ok(None) => continue,
-                    Err(e) => return Poll::Ready(Some(Err(e))),
+                    Some(Ok(Some(item))) => return Poll::Ready(Some(Ok(item))),
+                    Some(Ok(None)) => continue,
+                    Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    None => return Poll::Ready(None),
                 }
             };
             let decoded = decode_next(&mut self.framing, &mut spill.pending);
@@ -111,29 +102,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> ClientStream<S, F> {
             let read =
                 tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut spill.pending);
             match ready!(read) {
-                Ok(0) => self.eof = true,
+                Ok(0) => return Poll::Ready(None),
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Some(Err(e.into()))),
             }
         }
     }
 
-    /// Reads into the thread's scratch and decodes the first item there, keeping the rest.
-    fn poll_scratch(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Inbound>, ReadError>> {
+    /// Reads into the thread's scratch and decodes the first item there, keeping the rest;
+    /// none once the client closed its side.
+    fn poll_scratch(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Option<Inbound>, ReadError>>> {
         READ_SCRATCH.with_borrow_mut(|scratch| {
             let mut buf = ReadBuf::new(scratch);
-            ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+            if let Err(e) = ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
+                return Poll::Ready(Some(Err(e.into())));
+            }
             let read = buf.filled();
             if read.is_empty() {
-                self.eof = true;
-                return Poll::Ready(Ok(None));
+                return Poll::Ready(None);
             }
-            let (at, item) = decode_from(&mut self.framing, read)?;
-            if at < read.len() {
-                let spill = self.spill.get_or_insert_default();
-                spill.pending.extend_from_slice(&read[at..]);
-            }
-            Poll::Ready(Ok(item))
+            let decoded = decode_from(&mut self.framing, read).map(|(at, item)| {
+                if at < read.len() {
+                    let spill = self.spill.get_or_insert_default();
+                    spill.pending.extend_from_slice(&read[at..]);
+                }
+                item
+            });
+            Poll::Ready(Some(decoded))
         })
     }
 
