@@ -19,10 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use super::counters::Counters;
-use super::outbox::{Close, Outbound, Outbox};
+use super::outbox::{self, Close, Outbound, Outbox};
 use crate::client_id::{self, ClientHasher, ClientId};
 use crate::ops::{
     ClusterView, Command, GatewayView, GroupMembers, Query, Reply, Session, check_name,
@@ -177,6 +178,10 @@ pub enum Held {
     /// A uid.
     Uid(String),
 }
+
+/// A message's recipients, looked up before it is queued for them; a reply to one client
+/// allocates nothing.
+type Recipients<'a> = SmallVec<[&'a Outbox; 4]>;
 
 /// The indexes of a group's or uid's members.
 type Members = HashSet<u32, ClientHasher>;
@@ -464,11 +469,11 @@ impl GatewayState {
         match command {
             Command::SendToAll { data, exclude } => {
                 let exclude = self.local_indexes(&exclude);
-                for (index, entry) in &c.by_index {
-                    if !exclude.contains(index) {
-                        entry.outbox.push(Outbound::Data(data.clone()));
-                    }
-                }
+                let recipients: Recipients = (c.by_index.iter())
+                    .filter(|(index, _)| !exclude.contains(index))
+                    .map(|(_, entry)| &entry.outbox)
+                    .collect();
+                outbox::push_each(&recipients, &data);
             }
             Command::SendToClients { clients, data } => {
                 let targets = self.local_indexes(&clients);
@@ -832,12 +837,14 @@ pub struct ClientSummary {
 }
 
 impl Clients {
+    /// Queues `data` for the clients of `targets` still here. Their entries are all looked
+    /// up before the first push: the look-ups do not depend on each other, so the CPU overlaps
+    /// their misses, where a push between two would make each wait for the one before.
     fn send_to(&self, targets: impl Iterator<Item = u32>, data: &Bytes) {
-        for index in targets {
-            if let Some(e) = self.by_index.get(&index) {
-                e.outbox.push(Outbound::Data(data.clone()));
-            }
-        }
+        let recipients: Recipients = targets
+            .filter_map(|index| Some(&self.by_index.get(&index)?.outbox))
+            .collect();
+        outbox::push_each(&recipients, data);
     }
 
     fn uids_of(&self, members: Option<&Members>) -> Vec<String> {
