@@ -29,6 +29,7 @@ use std::task::Waker;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+use smallvec::SmallVec;
 
 /// What a budget charges per queued message on top of its payload: the queue slot and the
 /// payload's handle.
@@ -185,18 +186,25 @@ impl Outbox {
 /// A broadcast's recipients are queues nobody has touched since their last message, so
 /// each push would start with a miss to memory, and the lock it takes is a locked
 /// instruction that lets no later load start before it: one push at a time, every one
-/// waiting for memory. So the queues a few recipients ahead are prefetched while the current
-/// one is pushed (a prefetch is a hint that a lock does not wait for). Recipients whose
-/// queues are full are killed as slow readers, as a push would.
-pub fn push_each(recipients: &[&Outbox], data: &Bytes) {
-    for ahead in recipients.iter().take(FETCH_AHEAD) {
-        prefetch(&ahead.0);
+/// waiting for memory. So every recipient's queue is found first (independent loads, whose
+/// misses the CPU overlaps), then the queues a few recipients ahead are prefetched while the
+/// current one is pushed (a prefetch is a hint that a lock does not wait for). Recipients
+/// whose queues are full are killed as slow readers, as a push would. A message for a few
+/// allocates nothing.
+pub fn push_each<'a>(recipients: impl IntoIterator<Item = &'a Outbox>, data: &Bytes) {
+    let recipients = recipients.into_iter();
+    // Room for the most there can be: those a look-up misses are few, and growing by
+    // doubling would copy the list a dozen times on the way to ten thousand.
+    let mut queues = SmallVec::<[&Shared; 4]>::with_capacity(recipients.size_hint().1.unwrap_or(0));
+    queues.extend(recipients.map(|o| &*o.0));
+    for ahead in queues.iter().take(FETCH_AHEAD) {
+        prefetch(ahead);
     }
-    for (i, outbox) in recipients.iter().enumerate() {
-        if let Some(ahead) = recipients.get(i + FETCH_AHEAD) {
-            prefetch(&ahead.0);
+    for (i, queue) in queues.iter().enumerate() {
+        if let Some(ahead) = queues.get(i + FETCH_AHEAD) {
+            prefetch(ahead);
         }
-        outbox.push(Outbound::Data(data.clone()));
+        queue.push(Outbound::Data(data.clone()));
     }
 }
 
@@ -411,8 +419,7 @@ mod tests {
             .collect();
         let slow = &queues[FETCH_AHEAD + 1];
         assert!(slow.0.push(data(100)));
-        let recipients: Vec<&Outbox> = queues.iter().map(|(tx, _)| tx).collect();
-        push_each(&recipients, &Bytes::from_static(b"all"));
+        push_each(queues.iter().map(|(tx, _)| tx), &Bytes::from_static(b"all"));
         assert_eq!(slow.1.killed(), Some(Kill::SlowReader));
         for (i, (_, rx)) in queues.iter().enumerate() {
             if i == FETCH_AHEAD + 1 {

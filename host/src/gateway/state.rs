@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
-use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use super::counters::Counters;
@@ -178,10 +177,6 @@ pub enum Held {
     /// A uid.
     Uid(String),
 }
-
-/// A message's recipients, looked up before it is queued for them; a reply to one client
-/// allocates nothing.
-type Recipients<'a> = SmallVec<[&'a Outbox; 4]>;
 
 /// The indexes of a group's or uid's members.
 type Members = HashSet<u32, ClientHasher>;
@@ -469,11 +464,10 @@ impl GatewayState {
         match command {
             Command::SendToAll { data, exclude } => {
                 let exclude = self.local_indexes(&exclude);
-                let recipients: Recipients = (c.by_index.iter())
+                let recipients = (c.by_index.iter())
                     .filter(|(index, _)| !exclude.contains(index))
-                    .map(|(_, entry)| &entry.outbox)
-                    .collect();
-                outbox::push_each(&recipients, &data);
+                    .map(|(_, entry)| &entry.outbox);
+                outbox::push_each(recipients, &data);
             }
             Command::SendToClients { clients, data } => {
                 let targets = self.local_indexes(&clients);
@@ -837,14 +831,11 @@ pub struct ClientSummary {
 }
 
 impl Clients {
-    /// Queues `data` for the clients of `targets` still here. Their entries are all looked
-    /// up before the first push: the look-ups do not depend on each other, so the CPU overlaps
-    /// their misses, where a push between two would make each wait for the one before.
+    /// Queues `data` for the clients of `targets` still here, in one pass
+    /// ([`outbox::push_each`] looks them all up before it pushes).
     fn send_to(&self, targets: impl Iterator<Item = u32>, data: &Bytes) {
-        let recipients: Recipients = targets
-            .filter_map(|index| Some(&self.by_index.get(&index)?.outbox))
-            .collect();
-        outbox::push_each(&recipients, data);
+        let recipients = targets.filter_map(|index| Some(&self.by_index.get(&index)?.outbox));
+        outbox::push_each(recipients, data);
     }
 
     fn uids_of(&self, members: Option<&Members>) -> Vec<String> {
