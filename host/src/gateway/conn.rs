@@ -475,11 +475,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Future for Connection<S, F> 
             unreachable!("the connection ended above");
         };
         if let Some(grace) = &mut ending.farewell {
-            let said = grace.as_mut().poll(cx).is_ready()
-                || this
-                    .stream
-                    .as_mut()
-                    .is_none_or(|stream| stream.poll_shutdown(cx).is_ready());
+            // The socket first: it is nearly always said at once, and a grace polled is a
+            // timer registered and cancelled for nothing.
+            let said = this
+                .stream
+                .as_mut()
+                .is_none_or(|stream| stream.poll_shutdown(cx).is_ready())
+                || grace.as_mut().poll(cx).is_ready();
             if !said {
                 return Poll::Pending;
             }

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::counters::Counters;
-use super::outbox::{Close, Outbound, Outbox};
+use super::outbox::{self, Close, Outbound, Outbox};
 use crate::client_id::{self, ClientHasher, ClientId};
 use crate::ops::{
     ClusterView, Command, GatewayView, GroupMembers, Query, Reply, Session, check_name,
@@ -464,11 +464,10 @@ impl GatewayState {
         match command {
             Command::SendToAll { data, exclude } => {
                 let exclude = self.local_indexes(&exclude);
-                for (index, entry) in &c.by_index {
-                    if !exclude.contains(index) {
-                        entry.outbox.push(Outbound::Data(data.clone()));
-                    }
-                }
+                let recipients = (c.by_index.iter())
+                    .filter(|(index, _)| !exclude.contains(index))
+                    .map(|(_, entry)| &entry.outbox);
+                outbox::push_each(recipients, &data);
             }
             Command::SendToClients { clients, data } => {
                 let targets = self.local_indexes(&clients);
@@ -832,12 +831,11 @@ pub struct ClientSummary {
 }
 
 impl Clients {
+    /// Queues `data` for the clients of `targets` still here, in one pass
+    /// ([`outbox::push_each`] looks them all up before it pushes).
     fn send_to(&self, targets: impl Iterator<Item = u32>, data: &Bytes) {
-        for index in targets {
-            if let Some(e) = self.by_index.get(&index) {
-                e.outbox.push(Outbound::Data(data.clone()));
-            }
-        }
+        let recipients = targets.filter_map(|index| Some(&self.by_index.get(&index)?.outbox));
+        outbox::push_each(recipients, data);
     }
 
     fn uids_of(&self, members: Option<&Members>) -> Vec<String> {

@@ -14,6 +14,8 @@
 //! handshake's HTTP request is parsed by `httparse`, and the accept key derived by
 //! tungstenite's `derive_accept_key`.
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -138,7 +140,7 @@ fn upgrade(buf: &[u8], allowed_origins: &[String]) -> Result<Option<Upgrade>, Up
             .headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            .map(|h| String::from_utf8_lossy(h.value))
     };
     let has_token = |name: &str, token: &str| {
         header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
@@ -158,7 +160,7 @@ fn upgrade(buf: &[u8], allowed_origins: &[String]) -> Result<Option<Upgrade>, Up
             .as_deref()
             .is_some_and(|o| allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
         if !allowed {
-            return Err(UpgradeError::Origin(origin));
+            return Err(UpgradeError::Origin(origin.map(Cow::into_owned)));
         }
     }
     let target: http::Uri = request
