@@ -249,7 +249,8 @@ impl<M: Weigh> LinkSender<M> {
         self.try_send_weighing(message, weight)
     }
 
-    fn try_send_weighing(&self, message: M, weight: usize) -> Result<(), TrySendError<M>> {
+    /// [`try_send`](Self::try_send) for a message whose weight the caller already knows.
+    pub fn try_send_weighing(&self, message: M, weight: usize) -> Result<(), TrySendError<M>> {
         let (tx, bytes, budget) = match &self.0 {
             Way::Queue { tx, bytes, budget } => (tx, bytes, *budget),
             Way::HandOff(handing) => return handing.try_send(message),
