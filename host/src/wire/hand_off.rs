@@ -13,6 +13,7 @@
 //! short queue of at most the count given, and are taken, in order, before any later one.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc::error::TrySendError;
@@ -28,7 +29,10 @@ struct Shared<M> {
     state: Mutex<State<M>>,
     /// The receiving end serves: nothing waits in `early` any more.
     serving: CancellationToken,
-    /// The receiving end is gone, or its code failed: senders are refused.
+    /// The receiving end is gone, or its code failed: senders are refused. Read by every
+    /// send (and by the router for every event), so a plain flag beside the token that
+    /// wakes those who wait for it, whose check takes a lock.
+    over: AtomicBool,
     ended: CancellationToken,
     /// Every sender is gone.
     unsent: CancellationToken,
@@ -48,6 +52,15 @@ impl<M> Shared<M> {
     fn lock(&self) -> MutexGuard<'_, State<M>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn end(&self) {
+        self.over.store(true, Ordering::Release);
+        self.ended.cancel();
+    }
+
+    fn is_over(&self) -> bool {
+        self.over.load(Ordering::Acquire)
+    }
 }
 
 /// A hand-off link: at most `early` messages wait until the receiver serves.
@@ -60,6 +73,7 @@ pub fn hand_off<M>(early: usize) -> (Handing<M>, HandOff<M>) {
             failed: None,
         }),
         serving: CancellationToken::new(),
+        over: AtomicBool::new(false),
         ended: CancellationToken::new(),
         unsent: CancellationToken::new(),
     });
@@ -74,7 +88,7 @@ impl<M> Handing<M> {
     /// Has the receiving end take `message` now (or queues it, before it serves).
     pub fn try_send(&self, message: M) -> Result<(), TrySendError<M>> {
         let mut state = self.0.lock();
-        if self.0.ended.is_cancelled() {
+        if self.0.is_over() {
             return Err(TrySendError::Closed(message));
         }
         let State {
@@ -87,7 +101,7 @@ impl<M> Handing<M> {
             Some(take) => {
                 if let Err(e) = take(message) {
                     *failed = Some(e);
-                    self.0.ended.cancel();
+                    self.0.end();
                 }
                 Ok(())
             }
@@ -109,7 +123,7 @@ impl<M> Handing<M> {
 
     /// Whether the receiving end is gone.
     pub fn is_closed(&self) -> bool {
-        self.0.ended.is_cancelled()
+        self.0.is_over()
     }
 
     /// Waits until the receiving end is gone.
@@ -138,7 +152,7 @@ impl<M> HandOff<M> {
             let mut state = self.0.lock();
             while let Some(message) = state.early.pop_front() {
                 if let Err(e) = take(message) {
-                    self.0.ended.cancel();
+                    self.0.end();
                     return Err(e);
                 }
             }
@@ -155,7 +169,7 @@ impl<M> HandOff<M> {
 
 impl<M> Drop for HandOff<M> {
     fn drop(&mut self) {
-        self.0.ended.cancel();
+        self.0.end();
         let mut state = self.0.lock();
         state.take = None;
         state.early.clear();
