@@ -41,13 +41,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::client_id::{self, ClientId, ClientMap};
-use crate::local::LocalGateways;
+use crate::local::{LinkReader, LocalGateways};
 use crate::ops::marks::{self, Marks, Noted};
 use crate::ops::{
     Command, CommandFuture, Gateways, PluginReport, Query, QueryFuture, Reply, Unreachable,
     WorkerReport,
 };
-use crate::transport::{LinkRead, Trust};
+use crate::transport::Trust;
 use crate::wire::LinkError;
 use crate::wire::codec::{FrameReader, FrameWriter, WireError, check_frame};
 use crate::wire::handshake::{self, Peer};
@@ -55,7 +55,6 @@ use crate::wire::messages::{
     ClientContext, EventKind, KeptClient, ListenerInfo, PresenceChange, ServedApp, ToGateway,
     ToWorker,
 };
-use crate::wire::hand_off::HandOff;
 use crate::wire::queue::{self, LinkSender, Towards};
 
 /// Longest a query waits for the gateways' answers.
@@ -796,7 +795,7 @@ impl GatewayLinks {
         let dial = async {
             Ok::<_, LinkError>(
                 match self.local.dial(addr, self.role, self.queue_bytes).await {
-                    Some((queue, inbound)) => (queue, Inbound::Local(inbound), None),
+                    Some((queue, inbound)) => (queue, LinkReader::Local(inbound), None),
                     None => {
                         let (reader, writer) = self.trust.dial(addr).await?.split();
                         let mut reader = FrameReader::new(reader);
@@ -809,7 +808,7 @@ impl GatewayLinks {
                         let stall = self.ping_interval * SILENT_INTERVALS;
                         let writing =
                             AbortOnDropHandle::new(tokio::spawn(writer.forward(outgoing, stall)));
-                        (queue, Inbound::Tcp(reader), Some(writing))
+                        (queue, LinkReader::Tcp(reader), Some(writing))
                     }
                 },
             )
@@ -861,16 +860,15 @@ impl GatewayLinks {
         let _reporting = self.reporter.get().map(|reporter| {
             AbortOnDropHandle::new(tokio::spawn(send_reports(reporter.clone(), queue.clone())))
         });
-        let reception = Reception {
-            gateway: client_id::gateway_key(addr),
-            link,
-            queue,
-            acks,
+        let read = read_loop(
+            &mut reader,
+            client_id::gateway_key(addr),
+            &link,
+            &queue,
+            &acks,
             events,
-            listeners: Vec::new(),
-            run: None,
-        };
-        let read = receive(&mut reader, reception, self.ping_interval);
+            self.ping_interval,
+        );
         // Senders may outlive the link (bindings, queries): the writer is aborted on return.
         match writing {
             Some(mut writing) => tokio::select! {
@@ -971,31 +969,46 @@ impl GatewayLinks {
     }
 }
 
-/// What a link's receiving end knows of its gateway, and what it does with each message the
-/// gateway sends: the same over TCP (in [`receive`]) and in-process, where it runs in the
-/// gateway's task that sends ([`HandOff::serve`]). Nothing here waits.
-struct Reception<S> {
+async fn read_loop<S: EventSink>(
+    reader: &mut LinkReader<ToWorker>,
     gateway: SocketAddrV4,
-    link: Arc<GatewayLink>,
-    queue: LinkSender<ToGateway>,
-    acks: Arc<Acks>,
+    link: &GatewayLink,
+    queue: &LinkSender<ToGateway>,
+    acks: &Arc<Acks>,
     events: Arc<S>,
-    listeners: Vec<Arc<ListenerInfo>>,
-    /// The gateway's run, once its listeners came.
-    run: Option<u64>,
-}
-
-impl<S: EventSink> Reception<S> {
-    /// Does what `message` asks; an error ends the link.
-    fn take(&mut self, message: ToWorker) -> Result<(), LinkError> {
+    ping_interval: Duration,
+) -> Result<(), LinkError> {
+    let mut listeners: Vec<Arc<ListenerInfo>> = Vec::new();
+    // The gateway's run, once its listeners came.
+    let mut run = None;
+    let mut ping = tokio::time::interval(ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut silent = 0;
+    loop {
+        let message = tokio::select! {
+            _ = ping.tick() => {
+                silent += 1;
+                if silent > SILENT_INTERVALS {
+                    return Err(LinkError::Silent(ping_interval * SILENT_INTERVALS));
+                }
+                // A full queue is the write timeout's business, not the ping's.
+                let _ = queue.try_send(ToGateway::Ping);
+                continue;
+            }
+            message = reader.recv() => message?,
+        };
+        silent = 0;
+        let Some(message) = message else {
+            return Ok(());
+        };
         match message {
             ToWorker::Listeners {
                 run: now,
                 listeners: list,
             } => {
-                self.listeners = list.into_iter().map(Arc::new).collect();
-                if self.run.replace(now) != Some(now) {
-                    self.events.linked(self.gateway, now, &self.listeners);
+                listeners = list.into_iter().map(Arc::new).collect();
+                if run.replace(now) != Some(now) {
+                    events.linked(gateway, now, &listeners);
                 }
             }
             ToWorker::Event {
@@ -1006,13 +1019,16 @@ impl<S: EventSink> Reception<S> {
                 if matches!(kind, EventKind::UidOnline(_) | EventKind::UidOffline(_)) {
                     return Err(LinkError::PresenceEvent);
                 }
-                let listener = self.listener(client.listener)?;
+                let listener = listeners
+                    .get(usize::from(client.listener))
+                    .cloned()
+                    .ok_or(LinkError::UnknownListener(client.listener))?;
                 let done = Done {
                     client: client.id,
                     now: ack_now,
-                    acks: Some(self.acks.clone()),
+                    acks: Some(acks.clone()),
                 };
-                self.events.deliver(Incoming {
+                events.deliver(Incoming {
                     listener,
                     client,
                     kind,
@@ -1020,8 +1036,7 @@ impl<S: EventSink> Reception<S> {
                 });
             }
             ToWorker::Reply { id, reply } => {
-                let waiter = self
-                    .link
+                let waiter = link
                     .pending
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -1031,14 +1046,14 @@ impl<S: EventSink> Reception<S> {
                 }
             }
             ToWorker::Ping => {
-                let _ = self.queue.try_send(ToGateway::Pong);
+                let _ = queue.try_send(ToGateway::Pong);
             }
             ToWorker::Pong => {}
             ToWorker::Left => {
-                self.link.left.send_replace(true);
+                link.left.send_replace(true);
             }
             ToWorker::Marked(mark) => {
-                if let Some(marks) = &self.link.marks {
+                if let Some(marks) = &link.marks {
                     marks.echo(mark);
                 }
             }
@@ -1047,97 +1062,20 @@ impl<S: EventSink> Reception<S> {
                 uid,
                 change,
             } => {
-                let listener = self.listener(listener)?;
-                self.events.presence(self.gateway, listener, uid, change);
+                let listener = listeners
+                    .get(usize::from(listener))
+                    .cloned()
+                    .ok_or(LinkError::UnknownListener(listener))?;
+                events.presence(gateway, listener, uid, change);
             }
             ToWorker::Keep { keep, forget } => {
                 if let Some(unknown) = keep
                     .iter()
-                    .find(|c| usize::from(c.listener) >= self.listeners.len())
+                    .find(|c| usize::from(c.listener) >= listeners.len())
                 {
                     return Err(LinkError::UnknownListener(unknown.listener));
                 }
-                self.events.keep(self.gateway, keep, forget);
-            }
-        }
-        Ok(())
-    }
-
-    fn listener(&self, index: u16) -> Result<Arc<ListenerInfo>, LinkError> {
-        self.listeners
-            .get(usize::from(index))
-            .cloned()
-            .ok_or(LinkError::UnknownListener(index))
-    }
-}
-
-/// What a worker host's end of a link receives from.
-enum Inbound {
-    /// Frames from a gateway of another process.
-    Tcp(FrameReader<LinkRead>),
-    /// A gateway of this process, which hands each message over as it sends it.
-    Local(HandOff<ToWorker>),
-}
-
-/// Receives what the gateway sends until the link ends, pinging it every `ping_interval`:
-/// an error when it was silent for [`SILENT_INTERVALS`] pings.
-async fn receive<S: EventSink>(
-    inbound: &mut Inbound,
-    mut reception: Reception<S>,
-    ping_interval: Duration,
-) -> Result<(), LinkError> {
-    let queue = reception.queue.clone();
-    let mut ping = tokio::time::interval(ping_interval);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut silent = 0;
-    // A tick that finds the link silent for too long ends it; else the gateway is pinged.
-    let mut tick = |heard: bool| {
-        if heard {
-            silent = 0;
-        }
-        silent += 1;
-        if silent > SILENT_INTERVALS {
-            return Err(LinkError::Silent(ping_interval * SILENT_INTERVALS));
-        }
-        // A full queue is the write timeout's business, not the ping's.
-        let _ = queue.try_send(ToGateway::Ping);
-        Ok(())
-    };
-    match inbound {
-        Inbound::Tcp(frames) => {
-            let mut heard = false;
-            loop {
-                let message = tokio::select! {
-                    _ = ping.tick() => {
-                        tick(std::mem::take(&mut heard))?;
-                        continue;
-                    }
-                    message = frames.recv() => message?,
-                };
-                heard = true;
-                let Some(message) = message else {
-                    return Ok(());
-                };
-                reception.take(message)?;
-            }
-        }
-        Inbound::Local(hand_off) => {
-            // Set by every message, in the gateway's task; read back at each tick.
-            let heard = Arc::new(AtomicBool::new(false));
-            let hearing = heard.clone();
-            let serving = hand_off.serve(move |message| {
-                // Read first: a flag already set is not written again by every event.
-                if !hearing.load(Ordering::Relaxed) {
-                    hearing.store(true, Ordering::Relaxed);
-                }
-                reception.take(message)
-            });
-            tokio::pin!(serving);
-            loop {
-                tokio::select! {
-                    _ = ping.tick() => tick(heard.swap(false, Ordering::Relaxed))?,
-                    end = &mut serving => return end,
-                }
+                events.keep(gateway, keep, forget);
             }
         }
     }
@@ -1542,136 +1480,6 @@ mod tests {
             })
             .await;
         assert_eq!(pending(&acks), vec![(client, 1)]);
-    }
-
-    /// An [`EventSink`] that writes down what it is told, in order.
-    #[derive(Default)]
-    struct Journal(Mutex<Vec<String>>);
-
-    impl Journal {
-        fn lines(&self) -> Vec<String> {
-            self.0.lock().unwrap().clone()
-        }
-
-        fn write(&self, line: String) {
-            self.0.lock().unwrap().push(line);
-        }
-    }
-
-    impl EventSink for Journal {
-        fn deliver(&self, event: Incoming) {
-            self.write(format!("event {}", event.client.event));
-        }
-
-        fn apps(&self) -> Option<Served> {
-            None
-        }
-
-        fn presence(&self, _: SocketAddrV4, _: Arc<ListenerInfo>, uid: String, _: PresenceChange) {
-            self.write(format!("presence {uid}"));
-        }
-
-        fn unlinked(&self, _: SocketAddrV4) {}
-
-        fn linked(&self, _: SocketAddrV4, run: u64, listeners: &[Arc<ListenerInfo>]) {
-            self.write(format!("linked {run} {}", listeners.len()));
-        }
-
-        fn keep(&self, _: SocketAddrV4, keep: Vec<KeptClient>, _: Vec<ClientId>) {
-            self.write(format!("keep {}", keep.len()));
-        }
-
-        fn gateway_lost(&self, _: SocketAddrV4) {}
-    }
-
-    #[tokio::test]
-    async fn a_gateway_of_this_process_hands_each_message_over_as_it_sends_it_in_order() {
-        let (queue, _outgoing) = queue::channel(64, 1 << 20, Towards::Gateway);
-        let link = Arc::new(GatewayLink {
-            address: address(2300),
-            queue: queue.clone(),
-            pending: Mutex::default(),
-            remote: false,
-            left: watch::channel(false).0,
-            marks: None,
-        });
-        let journal = Arc::new(Journal::default());
-        let reception = Reception {
-            gateway: gateway(2300),
-            link,
-            queue,
-            acks: Arc::new(Acks::new(None)),
-            events: journal.clone(),
-            listeners: Vec::new(),
-            run: None,
-        };
-        let (to_worker, hand_off) = LinkSender::hand_off(8);
-        let mut inbound = Inbound::Local(hand_off);
-        let client = ClientId::new(gateway(2300), 1);
-        let event = |event| ToWorker::Event {
-            client: ClientContext {
-                id: client,
-                remote: address(40000),
-                listener: 0,
-                uid: None,
-                session: Arc::default(),
-                session_version: 0,
-                event,
-            },
-            kind: EventKind::Message(bytes::Bytes::from_static(b"hi")),
-            ack_now: false,
-        };
-        let listeners = vec![ListenerInfo {
-            name: "ws".into(),
-            app: "chat".into(),
-            port: 7272,
-        }];
-        // Sent before the worker host's end serves: taken first, in order.
-        to_worker
-            .try_send(ToWorker::Listeners { run: 9, listeners })
-            .unwrap();
-        let kept = KeptClient {
-            id: client,
-            remote: address(40000),
-            listener: 0,
-            uid: None,
-        };
-        to_worker
-            .try_send(ToWorker::Keep {
-                keep: vec![kept],
-                forget: vec![],
-            })
-            .unwrap();
-        let receiving = receive(&mut inbound, reception, Duration::from_secs(60));
-        tokio::pin!(receiving);
-        assert!(futures_util::poll!(receiving.as_mut()).is_pending());
-        assert_eq!(journal.lines(), ["linked 9 1", "keep 1"]);
-        // From now on each is taken in the send itself, with no task of the worker host run.
-        to_worker.try_send(event(1)).unwrap();
-        assert_eq!(journal.lines().last().unwrap(), "event 1");
-        to_worker
-            .try_send(ToWorker::Presence {
-                listener: 0,
-                uid: "ann".into(),
-                change: PresenceChange::Release,
-            })
-            .unwrap();
-        to_worker.try_send(event(2)).unwrap();
-        assert_eq!(
-            journal.lines(),
-            ["linked 9 1", "keep 1", "event 1", "presence ann", "event 2"]
-        );
-        // An event naming a listener the gateway never announced ends the link.
-        let mut stray = event(3);
-        if let ToWorker::Event { client, .. } = &mut stray {
-            client.listener = 5;
-        }
-        to_worker.try_send(stray).unwrap();
-        assert!(to_worker.is_closed());
-        assert!(matches!(
-            receiving.await,
-            Err(LinkError::UnknownListener(5))
-        ));
     }
 
     #[tokio::test]

@@ -1,14 +1,11 @@
 //! In-process links: when a worker host and a gateway run in the same process, their link is
-//! a bounded channel towards the gateway and a hand-off towards the worker host instead of a
-//! socket.
+//! a pair of bounded channels instead of a socket.
 //!
 //! The link carries the very same [`ToGateway`] and [`ToWorker`] messages as a TCP link and is
 //! served by the same code on both ends; only the transport differs. It skips what a process
 //! does not need to do to talk to itself: encoding, system calls, and the handshake (both ends
-//! were given the secret by the same configuration). Towards the worker host it skips the
-//! reader's task too ([`HandOff`]): what the worker host does with a message never waits, so
-//! the gateway's task that sends an event queues it at its instance itself. Registers still
-//! see every gateway and worker host, so the rest of the cluster cannot tell the difference.
+//! were given the secret by the same configuration). Registers still see every gateway and
+//! worker host, so the rest of the cluster cannot tell the difference.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,7 +18,6 @@ use crate::transport::LinkRead;
 use crate::wire::codec::{FrameReader, WireError};
 use crate::wire::handshake::Peer;
 use crate::wire::messages::{ToGateway, ToWorker};
-use crate::wire::hand_off::HandOff;
 use crate::wire::queue::{self, LinkReceiver, LinkSender, Towards};
 
 /// Messages an in-process link may have queued in each direction.
@@ -34,7 +30,7 @@ pub struct LocalLink {
     /// What the worker host sends.
     pub inbound: LinkReceiver<ToGateway>,
     /// Where the gateway sends events and replies; handed back to the worker host.
-    pub accepted: oneshot::Sender<HandOff<ToWorker>>,
+    pub accepted: oneshot::Sender<LinkReceiver<ToWorker>>,
 }
 
 /// The gateways of this process that accept in-process links, by internal address.
@@ -56,14 +52,14 @@ impl LocalGateways {
     }
 
     /// Links to the gateway at `address` if it runs in this process: returns the sender for
-    /// what the worker host sends (a queue of at most `bytes`) and the receiving end of what
-    /// the gateway sends. `None` means "not here, use the network".
+    /// what the worker host sends (a queue of at most `bytes`) and the receiver for what the
+    /// gateway sends. `None` means "not here, use the network".
     pub async fn dial(
         &self,
         address: SocketAddr,
         role: Peer,
         bytes: usize,
-    ) -> Option<(LinkSender<ToGateway>, HandOff<ToWorker>)> {
+    ) -> Option<(LinkSender<ToGateway>, LinkReceiver<ToWorker>)> {
         let gateway = self.lock().get(&address).cloned()?;
         let (to_gateway, inbound) = queue::channel(LOCAL_QUEUE, bytes, Towards::Gateway);
         let (accepted, answer) = oneshot::channel();
@@ -84,12 +80,12 @@ impl LocalGateways {
     }
 }
 
-/// The receiving half of a gateway's internal link, over TCP or in-process, so that the code
-/// serving a link does not care which it is.
+/// The receiving half of an internal link, over TCP or in-process, so that the code serving
+/// a link does not care which it is.
 pub enum LinkReader<M> {
     /// Frames from a socket.
     Tcp(FrameReader<LinkRead>),
-    /// Messages from a worker host or push client of this process.
+    /// Messages from a worker host or gateway of this process.
     Local(LinkReceiver<M>),
 }
 

@@ -98,7 +98,7 @@ pub async fn serve(
         let (socket, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(link) = local.recv() => {
-                links.spawn(local_link(link, gateway.clone(), close.clone(), ping_interval));
+                links.spawn(local_link(link, gateway.clone(), close.clone(), ping_interval, queue_bytes));
                 continue;
             }
             accepted = listener.accept() => match accepted {
@@ -252,16 +252,14 @@ async fn tcp_link(
     (Some(role), result)
 }
 
-/// Serves a link from a worker host (or push client) of this process: what the gateway sends
-/// it is handed to its code in the sending task ([`LinkSender::hand_off`]), with no queue,
-/// so `link_queue_bytes` bounds nothing here.
 async fn local_link(
     link: LocalLink,
     gateway: Arc<Gateway>,
     close: CancellationToken,
     ping_interval: Duration,
+    queue_bytes: usize,
 ) {
-    let (queue, outgoing) = LinkSender::hand_off(LINK_QUEUE);
+    let (queue, outgoing) = queue::channel(LINK_QUEUE, queue_bytes, Towards::Worker);
     if link.accepted.send(outgoing).is_err() {
         return;
     }

@@ -8,7 +8,6 @@
 //! pipes and reused by every role.
 
 pub mod codec;
-pub mod hand_off;
 pub mod handshake;
 mod link_error;
 pub mod messages;

@@ -7,10 +7,6 @@
 //! count: the overflow behaviour of each caller stays what it was. A message heavier than the
 //! whole budget waits for an empty queue and then goes alone, so every message that fits in a
 //! frame can be sent.
-//!
-//! Towards a worker host of the gateway's own process a link's sender hands each message to
-//! the worker host's code instead ([`hand_off`], [`LinkSender::hand_off`]): the same sender,
-//! the same order, no queue.
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -20,7 +16,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 pub use tokio::sync::mpsc::error::{SendError, TryRecvError, TrySendError};
 
 use super::codec::Outgoing;
-use super::hand_off::{self, HandOff, Handing};
 use super::messages::{EventKind, ToGateway, ToWorker};
 
 /// Bytes a message is taken to hold besides its payloads (ids, tags, lengths).
@@ -137,11 +132,11 @@ pub fn channel<M: Weigh>(
     queues.push((Arc::downgrade(&bytes), budget));
     drop(queues);
     (
-        LinkSender(Way::Queue {
+        LinkSender {
             tx,
             bytes: bytes.clone(),
             budget,
-        }),
+        },
         LinkReceiver { rx, bytes, budget },
     )
 }
@@ -154,62 +149,35 @@ struct Weighed<M> {
 }
 
 /// The sending half of a link queue.
-pub struct LinkSender<M>(Way<M>);
-
-/// How a sender reaches the other end.
-enum Way<M> {
-    /// Through a queue its reader takes messages from.
-    Queue {
-        tx: mpsc::Sender<Weighed<M>>,
-        bytes: Arc<Semaphore>,
-        budget: usize,
-    },
-    /// Handed to the other end's code in the sender's call ([`hand_off`]).
-    HandOff(Arc<Handing<M>>),
+pub struct LinkSender<M> {
+    tx: mpsc::Sender<Weighed<M>>,
+    bytes: Arc<Semaphore>,
+    budget: usize,
 }
 
 impl<M> Clone for LinkSender<M> {
     fn clone(&self) -> Self {
-        Self(match &self.0 {
-            Way::Queue { tx, bytes, budget } => Way::Queue {
-                tx: tx.clone(),
-                bytes: bytes.clone(),
-                budget: *budget,
-            },
-            Way::HandOff(handing) => Way::HandOff(handing.clone()),
-        })
-    }
-}
-
-impl<M> LinkSender<M> {
-    /// A link in one process whose messages the receiving end takes in the sender's call
-    /// ([`HandOff::serve`]); at most `early` wait until it serves.
-    pub fn hand_off(early: usize) -> (Self, HandOff<M>) {
-        let (handing, receiver) = hand_off::hand_off(early);
-        (Self(Way::HandOff(Arc::new(handing))), receiver)
+        Self {
+            tx: self.tx.clone(),
+            bytes: self.bytes.clone(),
+            budget: self.budget,
+        }
     }
 }
 
 impl<M: Weigh> LinkSender<M> {
     /// Queues `message` once the queue has room for it, in messages and in bytes.
     pub async fn send(&self, message: M) -> Result<(), SendError<M>> {
-        let weight = self.weight(&message);
+        let weight = message.weight();
         self.send_weighing(message, weight).await
-    }
-
-    /// What `message` takes of the byte budget; nothing handed off is held.
-    fn weight(&self, message: &M) -> usize {
-        match &self.0 {
-            Way::Queue { .. } => message.weight(),
-            Way::HandOff(_) => 0,
-        }
     }
 
     /// [`send`](Self::send) for a message whose weight the caller already knows (its size
     /// from [`check_frame`](super::codec::check_frame)).
     pub async fn send_weighing(&self, message: M, weight: usize) -> Result<(), SendError<M>> {
+        let weight = self.clamped(weight);
         // The common case, a queue with room, with nothing to wait for.
-        let message = match self.try_send_weighing(message, weight) {
+        let message = match self.try_send_clamped(message, weight) {
             Ok(()) => return Ok(()),
             Err(TrySendError::Closed(message)) => return Err(SendError(message)),
             Err(TrySendError::Full(message)) => message,
@@ -220,84 +188,70 @@ impl<M: Weigh> LinkSender<M> {
     }
 
     /// Queues `message` once the queue has room for `weight` bytes of it.
-    async fn send_waiting(&self, message: M, weight: usize) -> Result<(), SendError<M>> {
-        let (tx, bytes, budget) = match &self.0 {
-            Way::Queue { tx, bytes, budget } => (tx, bytes, *budget),
-            Way::HandOff(handing) => {
-                handing.room().await;
-                return handing.try_send(message).map_err(|e| SendError(e.into_inner()));
-            }
-        };
+    async fn send_waiting(&self, message: M, weight: u32) -> Result<(), SendError<M>> {
         let bytes = tokio::select! {
-            permit = bytes.clone().acquire_many_owned(clamped(weight, budget)) => match permit {
+            permit = self.bytes.clone().acquire_many_owned(weight) => match permit {
                 Ok(permit) => permit,
                 Err(_) => return Err(SendError(message)),
             },
-            () = tx.closed() => return Err(SendError(message)),
+            () = self.tx.closed() => return Err(SendError(message)),
         };
-        tx.send(Weighed {
-            message,
-            _bytes: bytes,
-        })
-        .await
-        .map_err(|SendError(w)| SendError(w.message))
-    }
-
-    /// Queues `message` if the queue has room for it now.
-    pub fn try_send(&self, message: M) -> Result<(), TrySendError<M>> {
-        let weight = self.weight(&message);
-        self.try_send_weighing(message, weight)
+        self.tx
+            .send(Weighed {
+                message,
+                _bytes: bytes,
+            })
+            .await
+            .map_err(|SendError(w)| SendError(w.message))
     }
 
     /// [`try_send`](Self::try_send) for a message whose weight the caller already knows.
     pub fn try_send_weighing(&self, message: M, weight: usize) -> Result<(), TrySendError<M>> {
-        let (tx, bytes, budget) = match &self.0 {
-            Way::Queue { tx, bytes, budget } => (tx, bytes, *budget),
-            Way::HandOff(handing) => return handing.try_send(message),
-        };
-        if tx.is_closed() {
+        let weight = self.clamped(weight);
+        self.try_send_clamped(message, weight)
+    }
+
+    /// Queues `message` if the queue has room for it now.
+    pub fn try_send(&self, message: M) -> Result<(), TrySendError<M>> {
+        let weight = self.clamped(message.weight());
+        self.try_send_clamped(message, weight)
+    }
+
+    fn try_send_clamped(&self, message: M, weight: u32) -> Result<(), TrySendError<M>> {
+        if self.tx.is_closed() {
             return Err(TrySendError::Closed(message));
         }
-        let bytes = match bytes
-            .clone()
-            .try_acquire_many_owned(clamped(weight, budget))
-        {
+        let bytes = match self.bytes.clone().try_acquire_many_owned(weight) {
             Ok(bytes) => bytes,
             Err(TryAcquireError::Closed) => return Err(TrySendError::Closed(message)),
             Err(TryAcquireError::NoPermits) => return Err(TrySendError::Full(message)),
         };
-        tx.try_send(Weighed {
-            message,
-            _bytes: bytes,
-        })
-        .map_err(|e| match e {
-            TrySendError::Full(w) => TrySendError::Full(w.message),
-            TrySendError::Closed(w) => TrySendError::Closed(w.message),
-        })
+        self.tx
+            .try_send(Weighed {
+                message,
+                _bytes: bytes,
+            })
+            .map_err(|e| match e {
+                TrySendError::Full(w) => TrySendError::Full(w.message),
+                TrySendError::Closed(w) => TrySendError::Closed(w.message),
+            })
     }
-}
 
-/// A message's weight as its queue counts it: a message over the whole budget waits for an
-/// empty queue, then goes alone.
-fn clamped(weight: usize, budget: usize) -> u32 {
-    weight.clamp(1, budget) as u32
+    fn clamped(&self, weight: usize) -> u32 {
+        // A message over the whole budget waits for an empty queue, then goes alone.
+        weight.clamp(1, self.budget) as u32
+    }
 }
 
 impl<M> LinkSender<M> {
     /// Whether the receiving half is gone.
     pub fn is_closed(&self) -> bool {
-        match &self.0 {
-            Way::Queue { tx, .. } => tx.is_closed(),
-            Way::HandOff(handing) => handing.is_closed(),
-        }
+        self.tx.is_closed()
     }
 
     /// Waits until the receiving half is gone.
     pub async fn closed(&self) {
-        match &self.0 {
-            Way::Queue { tx, .. } => tx.closed().await,
-            Way::HandOff(handing) => handing.closed().await,
-        }
+        self.tx.closed().await
     }
 }
 
