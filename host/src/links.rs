@@ -1349,14 +1349,23 @@ mod tests {
     fn remote_link(
         passed: &Arc<watch::Sender<()>>,
     ) -> (Arc<GatewayLink>, queue::LinkReceiver<ToGateway>) {
+        link_to(2301, Some(Arc::new(Marks::new(passed.clone()))))
+    }
+
+    /// A link to the gateway at `port`, of another process when it has `marks`, with the
+    /// receiving end of its queue.
+    fn link_to(
+        port: u16,
+        marks: Option<Arc<Marks>>,
+    ) -> (Arc<GatewayLink>, queue::LinkReceiver<ToGateway>) {
         let (queue, outgoing) = queue::channel(64, 1 << 20, Towards::Gateway);
         let link = Arc::new(GatewayLink {
-            address: address(2301),
+            address: address(port),
             queue,
             pending: Mutex::default(),
-            remote: true,
+            remote: marks.is_some(),
             left: watch::channel(false).0,
-            marks: Some(Arc::new(Marks::new(passed.clone()))),
+            marks,
         });
         (link, outgoing)
     }
@@ -1492,15 +1501,7 @@ mod tests {
             DEFAULT_QUEUE_BYTES,
             Duration::from_secs(1),
         );
-        let (queue, mut outgoing) = queue::channel(64, 1 << 20, Towards::Gateway);
-        let link = Arc::new(GatewayLink {
-            address: address(2300),
-            queue,
-            pending: Mutex::default(),
-            remote: false,
-            left: watch::channel(false).0,
-            marks: None,
-        });
+        let (link, mut outgoing) = link_to(2300, None);
         links.links.write().unwrap().insert(gateway(2300), link);
         let client = ClientId::new(gateway(2300), 1);
         let sent = links.command(send_to(client));
