@@ -217,8 +217,8 @@ async fn send_marks(marks: Arc<Marks>, queue: LinkSender<ToGateway>) {
 
 /// Notes, for the acknowledgement of the running callback ([`Done::after`]), the links of
 /// other processes a command goes to.
-fn note(targets: &[(SocketAddr, Arc<GatewayLink>)]) {
-    for marks in targets.iter().filter_map(|(_, link)| link.marks.as_ref()) {
+fn note<'a>(targets: impl IntoIterator<Item = &'a GatewayLink>) {
+    for marks in targets.into_iter().filter_map(|link| link.marks.as_ref()) {
         marks::note(marks);
     }
 }
@@ -1166,24 +1166,74 @@ fn not_linked(target: Option<ClientId>) -> Unreachable {
     }
 }
 
+/// A command already queued: a future with nothing in it, which a box does not allocate.
+struct Queued;
+
+impl Future for Queued {
+    type Output = Result<(), Unreachable>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl GatewayLinks {
+    /// Sends `command` to the gateway of `client`, its one target: queued at once if its link
+    /// has room, as nearly every command a callback sends is, with no list of targets and no
+    /// allocation for the future; otherwise the future waits for room.
+    fn command_one(&self, client: ClientId, command: Command) -> CommandFuture {
+        let target = Some(client);
+        let weight = match fits(&command) {
+            Ok(weight) => weight,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let link = self
+            .links
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&client.gateway)
+            .cloned();
+        let Some(link) = link else {
+            return Box::pin(std::future::ready(Err(not_linked(target))));
+        };
+        note([&*link]);
+        match link
+            .queue
+            .try_send_weighing(ToGateway::Command(command), weight)
+        {
+            Ok(()) => Box::pin(Queued),
+            Err(queue::TrySendError::Closed(_)) => {
+                Box::pin(std::future::ready(Err(not_linked(target))))
+            }
+            Err(queue::TrySendError::Full(message)) => Box::pin(async move {
+                match link.queue.send_weighing(message, weight).await {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(not_linked(target)),
+                }
+            }),
+        }
+    }
+}
+
 impl Gateways for GatewayLinks {
     fn command(&self, command: Command) -> CommandFuture {
         let target = command.target();
-        let mut targets = self.targets(target);
-        note(&targets);
+        if let Some(client) = target {
+            return self.command_one(client, command);
+        }
+        let targets = self.targets(None);
+        note(targets.iter().map(|(_, link)| &**link));
         let checked = fits(&command);
         Box::pin(async move {
             let weight = checked?;
-            let unreachable = not_linked(target);
-            // Per-client commands (the common case) have one target: move it, copy only for
-            // the others.
-            let last = targets.pop().ok_or(unreachable)?;
             let mut sent = false;
             for (_, link) in targets {
                 sent |= link.command(command.clone(), weight).await;
             }
-            sent |= last.1.command(command, weight).await;
-            if sent { Ok(()) } else { Err(unreachable) }
+            if sent { Ok(()) } else { Err(not_linked(None)) }
         })
     }
 
@@ -1299,14 +1349,23 @@ mod tests {
     fn remote_link(
         passed: &Arc<watch::Sender<()>>,
     ) -> (Arc<GatewayLink>, queue::LinkReceiver<ToGateway>) {
+        link_to(2301, Some(Arc::new(Marks::new(passed.clone()))))
+    }
+
+    /// A link to the gateway at `port`, of another process when it has `marks`, with the
+    /// receiving end of its queue.
+    fn link_to(
+        port: u16,
+        marks: Option<Arc<Marks>>,
+    ) -> (Arc<GatewayLink>, queue::LinkReceiver<ToGateway>) {
         let (queue, outgoing) = queue::channel(64, 1 << 20, Towards::Gateway);
         let link = Arc::new(GatewayLink {
-            address: address(2301),
+            address: address(port),
             queue,
             pending: Mutex::default(),
-            remote: true,
+            remote: marks.is_some(),
             left: watch::channel(false).0,
-            marks: Some(Arc::new(Marks::new(passed.clone()))),
+            marks,
         });
         (link, outgoing)
     }
@@ -1352,7 +1411,7 @@ mod tests {
             .after(async {
                 // Sent to its own gateway too: that link needs no mark, its `Done` follows.
                 for link in [&own, &other] {
-                    note(&[(address(2301), link.clone())]);
+                    note([&**link]);
                     assert!(link.command(send_to(member), 64).await);
                 }
             })
@@ -1425,11 +1484,37 @@ mod tests {
         let client = ClientId::new(gateway(2300), 1);
         done(client, &acks)
             .after(async {
-                note(&[(address(2301), other.clone())]);
+                note([&*other]);
                 assert!(other.command(send_to(client), 64).await);
             })
             .await;
         assert_eq!(pending(&acks), vec![(client, 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_command_to_one_client_is_queued_in_the_call_and_its_future_holds_nothing() {
+        let links = GatewayLinks::new(
+            Trust::plain(Arc::from(&b"a secret of sixteen bytes"[..])),
+            Peer::Worker,
+            LocalGateways::default(),
+            DEFAULT_PING_INTERVAL,
+            DEFAULT_QUEUE_BYTES,
+            Duration::from_secs(1),
+        );
+        let (link, mut outgoing) = link_to(2300, None);
+        links.links.write().unwrap().insert(gateway(2300), link);
+        let client = ClientId::new(gateway(2300), 1);
+        let sent = links.command(send_to(client));
+        // Queued before its future is polled: nothing is left for the future to do.
+        assert!(matches!(outgoing.try_recv(), Ok(ToGateway::Command(_))));
+        assert_eq!(std::mem::size_of_val(&*sent), 0);
+        assert_eq!(sent.await, Ok(()));
+        // A gateway not linked is named, as before.
+        let stranger = ClientId::new(gateway(2399), 1);
+        assert_eq!(
+            links.command(send_to(stranger)).await,
+            Err(Unreachable::NotLinked(gateway(2399)))
+        );
     }
 
     /// Two IPv6 addresses whose tags collide on one port, found by search (28 bits of tag:

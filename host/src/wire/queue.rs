@@ -205,6 +205,12 @@ impl<M: Weigh> LinkSender<M> {
             .map_err(|SendError(w)| SendError(w.message))
     }
 
+    /// [`try_send`](Self::try_send) for a message whose weight the caller already knows.
+    pub fn try_send_weighing(&self, message: M, weight: usize) -> Result<(), TrySendError<M>> {
+        let weight = self.clamped(weight);
+        self.try_send_clamped(message, weight)
+    }
+
     /// Queues `message` if the queue has room for it now.
     pub fn try_send(&self, message: M) -> Result<(), TrySendError<M>> {
         let weight = self.clamped(message.weight());
