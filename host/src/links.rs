@@ -954,18 +954,23 @@ impl GatewayLinks {
     /// The links a message goes to, with their gateways' addresses: the one its target names,
     /// or all.
     fn targets(&self, target: Option<ClientId>) -> Vec<(SocketAddr, Arc<GatewayLink>)> {
-        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
         match target {
-            Some(client) => links
-                .get(&client.gateway)
-                .map(|link| (link.address, link.clone()))
+            Some(client) => self
+                .link_of(client)
+                .map(|link| (link.address, link))
                 .into_iter()
                 .collect(),
-            None => links
+            None => (self.links.read().unwrap_or_else(|e| e.into_inner()))
                 .values()
                 .map(|link| (link.address, link.clone()))
                 .collect(),
         }
+    }
+
+    /// The link to the gateway of `client`, if there is one.
+    fn link_of(&self, client: ClientId) -> Option<Arc<GatewayLink>> {
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        links.get(&client.gateway).cloned()
     }
 }
 
@@ -1190,13 +1195,7 @@ impl GatewayLinks {
             Ok(weight) => weight,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        let link = self
-            .links
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&client.gateway)
-            .cloned();
-        let Some(link) = link else {
+        let Some(link) = self.link_of(client) else {
             return Box::pin(std::future::ready(Err(not_linked(target))));
         };
         note([&*link]);
