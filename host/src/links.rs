@@ -35,6 +35,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -143,13 +145,21 @@ impl Done {
     /// or its link ended), and every command it published on NATS has reached the NATS
     /// server. An event from a gateway of this process is acknowledged at once: that gateway
     /// and its client die with the process, whatever was sent elsewhere.
-    pub async fn after<F: Future>(mut self, work: F) -> F::Output {
+    ///
+    /// Not an `async fn`, which would hold `work` (a callback's future: kilobytes, moved on
+    /// every event) once as its argument and again in what it awaits.
+    pub fn after<F: Future>(mut self, work: F) -> impl Future<Output = F::Output> {
         if self.acks.as_ref().is_none_or(|acks| acks.marks.is_none()) {
-            return work.await;
+            // Dropped, so acknowledged, once the work is over.
+            return Either::Left(work.map(move |output| {
+                drop(self);
+                output
+            }));
         }
-        let (output, noted) = marks::noting(work).await;
-        self.acknowledge(noted);
-        output
+        Either::Right(marks::noting(work).map(move |(output, noted)| {
+            self.acknowledge(noted);
+            output
+        }))
     }
 
     /// Acknowledges the event once the gateways of `noted` (links with a mark each, asked
@@ -1473,6 +1483,26 @@ mod tests {
         acks.release();
         assert_eq!(pending(&acks), vec![(held, 3)]);
         assert_eq!(acks.parked.load(Ordering::Acquire), 0);
+    }
+
+    /// A future of kilobytes, as a plugin callback's is.
+    async fn large_work() -> usize {
+        let block = [1u8; 4096];
+        tokio::task::yield_now().await;
+        block.iter().map(|&b| usize::from(b)).sum()
+    }
+
+    #[tokio::test]
+    async fn an_acknowledgement_holds_the_callbacks_future_once() {
+        // It is moved on every event: held twice (as an `async fn` holds what it awaits), it
+        // would be copied twice over.
+        let work = large_work();
+        let work_size = std::mem::size_of_val(&work);
+        assert!(work_size >= 4096);
+        let after = Done::detached(ClientId::new(gateway(2300), 1)).after(work);
+        let size = std::mem::size_of_val(&after);
+        assert!(size < work_size + 128, "{size} bytes around {work_size}");
+        assert_eq!(after.await, 4096);
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::FutureExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -405,15 +406,26 @@ pub fn bytes() -> [u64; 2] {
 }
 
 /// Runs one plugin callback (`call`), counting it by outcome (`outcome` names a failure's)
-/// and timing it.
-pub async fn plugin_call<T, E>(
+/// and timing it. Not an `async fn`, which would hold the call twice in its state: a
+/// callback's future is kilobytes, moved on every event.
+pub fn plugin_call<T, E>(
     plugin: &str,
     event: &'static str,
     call: impl Future<Output = Result<T, E>>,
     outcome: impl FnOnce(&E) -> Outcome,
-) -> Result<T, E> {
+) -> impl Future<Output = Result<T, E>> {
     let started = Instant::now();
-    let result = call.await;
+    call.map(move |result| record_call(plugin, event, started, result, outcome))
+}
+
+/// Counts and times a plugin call that ended with `result`.
+fn record_call<T, E>(
+    plugin: &str,
+    event: &'static str,
+    started: Instant,
+    result: Result<T, E>,
+    outcome: impl FnOnce(&E) -> Outcome,
+) -> Result<T, E> {
     let seconds = started.elapsed().as_secs_f64();
     let outcome = result.as_ref().err().map_or(Outcome::Ok, outcome);
     let record = |m: &CallMetrics| {

@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use futures_util::FutureExt;
 use tokio::sync::{Notify, watch};
 
 /// The paths the running callback's commands went on, each with the mark its
@@ -27,13 +28,10 @@ tokio::task_local! {
 
 /// Runs `work` (an event's callback) and returns its output with the paths its commands were
 /// sent on ([`note`]), each once.
-pub async fn noting<F: Future>(work: F) -> (F::Output, Noted) {
-    NOTED
-        .scope(RefCell::default(), async {
-            let output = work.await;
-            (output, NOTED.with(RefCell::take))
-        })
-        .await
+pub fn noting<F: Future>(work: F) -> impl Future<Output = (F::Output, Noted)> {
+    // Mapped, not awaited in an `async` block, which would hold `work` twice in its state.
+    let noted = work.map(|output| (output, NOTED.with(RefCell::take)));
+    NOTED.scope(RefCell::default(), noted)
 }
 
 /// Notes, for the acknowledgement of the running callback, that a command went on the path

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -200,15 +201,16 @@ pub enum CallError {
 /// counted (`host_call_abandoned`) and logged, so an operator can see a grant to fix.
 ///
 /// Most calls finish in their first poll (the guest never waited on the host), which the
-/// epoch deadline bounds: only a call still pending after it gets a timer.
-async fn within<T>(
+/// epoch deadline bounds: only a call still pending after it gets a timer. Not an `async
+/// fn`, which would hold the call twice in its state (see `lazy_timeout`).
+fn within<T>(
     plugin: &str,
     limit: Duration,
     callback: &'static str,
     call: impl Future<Output = Result<T, CallError>>,
-) -> Result<T, CallError> {
+) -> impl Future<Output = Result<T, CallError>> {
     let deadline = tokio::time::Instant::now() + limit + TIMER_SLACK;
-    match crate::lazy_timeout::until(deadline, call).await {
+    crate::lazy_timeout::until(deadline, call).map(move |outcome| match outcome {
         Ok(result) => result,
         Err(_) => {
             metrics::plugin_limit(plugin, metrics::PluginLimit::HostCallAbandoned);
@@ -219,7 +221,7 @@ async fn within<T>(
             );
             Err(CallError::Timeout { callback, limit })
         }
-    }
+    })
 }
 
 impl CallError {
@@ -805,7 +807,9 @@ impl PluginInstance {
         // Instantiation and on-worker-start have a process_timeout each.
         let limit = self.limits.process_timeout * 2;
         let plugin = self.code.name.clone();
-        match within(&plugin, limit, "on-worker-start", self.instantiate()).await {
+        // Boxed: a start is rare, and inline its future would make every call's as large.
+        let instantiate = Box::pin(self.instantiate());
+        match within(&plugin, limit, "on-worker-start", instantiate).await {
             Ok(live) => {
                 self.live = Some(live);
                 self.failed_starts = 0;

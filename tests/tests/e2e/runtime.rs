@@ -261,6 +261,27 @@ async fn every_callback_can_be_driven() {
     assert_eq!(h.recorder.take(), vec![reply("x")]);
 }
 
+/// What a callback's future may hold: the instance driver moves it on every event, so each
+/// kilobyte is copied per message. An instance's start (instantiation, `on-worker-start`) is
+/// boxed apart, for it would make every call's future as large as its own, and the wrappers
+/// around the call (timeout, metrics) hold it once.
+const CALL_FUTURE_BUDGET: usize = 1024;
+
+#[tokio::test]
+async fn a_callbacks_future_stays_within_its_budget() {
+    let h = Harness::new(Limits::default());
+    let mut commands = h.instance("commands", plugins::COMMANDS);
+    let c = client(&[]);
+    let call = commands.call(Call::Message(&c, b"echo x"));
+    let size = std::mem::size_of_val(&call);
+    assert!(
+        size <= CALL_FUTURE_BUDGET,
+        "{size} bytes, over {CALL_FUTURE_BUDGET}"
+    );
+    call.await.unwrap();
+    assert_eq!(h.recorder.take(), vec![reply("x")]);
+}
+
 #[tokio::test]
 async fn a_callback_that_loops_is_stopped_and_replaced() {
     let timeout = Duration::from_millis(300);
