@@ -613,13 +613,14 @@ async fn run_event(
         writes: 0,
         session: client.session.clone(),
     });
-    let outcome = match &kind {
+    let outcome = match kind {
         EventKind::Connect => instance.call(Call::Connect(&client)).await,
         EventKind::WebSocketConnect(request) => {
+            // Moved into the plugin's record: the request is the event's, used once.
             let request = WebsocketRequest {
-                path: request.path.clone(),
-                query: request.query.clone(),
-                headers: request.headers.clone(),
+                path: request.path,
+                query: request.query,
+                headers: request.headers,
             };
             let accepted = instance
                 .call(Call::WebsocketConnect(&client, &request))
@@ -650,7 +651,7 @@ async fn run_event(
             };
             instance.call(Call::Connect(&client)).await
         }
-        EventKind::Message(data) => instance.call(Call::Message(&client, data)).await,
+        EventKind::Message(data) => instance.call(Call::Message(&client, &data)).await,
         EventKind::Close => {
             let _ = instance.call(Call::Close(&client)).await;
             return;
