@@ -553,8 +553,12 @@ async fn sweep(
         "echo, {}, 64-byte payload: wasmgate vs native baseline",
         common.setup(Listeners::separate(1), false).label()
     );
-    std::fs::write(svg, chart::svg(&title, &points))?;
-    eprintln!("chart written to {}", svg.display());
+    // The rows are the measurement: a chart with nowhere to go (a relative path, run from
+    // outside the repository) loses only itself.
+    match std::fs::write(svg, chart::svg(&title, &points)) {
+        Ok(()) => eprintln!("chart written to {}", svg.display()),
+        Err(e) => eprintln!("chart not written to {}: {e}", svg.display()),
+    }
     Ok(rows)
 }
 
