@@ -213,8 +213,8 @@ impl<M: Weigh> LinkSender<M> {
 
     /// Queues `message` if the queue has room for it now.
     pub fn try_send(&self, message: M) -> Result<(), TrySendError<M>> {
-        let weight = self.clamped(message.weight());
-        self.try_send_clamped(message, weight)
+        let weight = message.weight();
+        self.try_send_weighing(message, weight)
     }
 
     fn try_send_clamped(&self, message: M, weight: u32) -> Result<(), TrySendError<M>> {
