@@ -10,6 +10,11 @@
 //! tokio-tungstenite with a 1 KiB initial read buffer, as in wasmgate's gateway, or another
 //! library ([`WsLib`]); by default the cheapest one per message that serves the scenario
 //! ([`WsLib::cheapest`]).
+//!
+//! A second shape ([`Shape::HandedOff`]) answers every command on a worker task instead of
+//! the client's own: the least that wasmgate's design (a gateway hands each event to the
+//! worker host that runs its plugin, which hands the reply back) costs in a native server,
+//! so that the bench can tell the design's share of wasmgate's figures from its own.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -70,6 +75,28 @@ impl WsLib {
     }
 }
 
+/// Who answers a client's commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// The client's own task, in the poll that read the command.
+    Direct,
+    /// One of [`workers`]' tasks (as many as cores, as wasmgate's default `instances`),
+    /// picked by the client's id: the client's task hands the command over a queue and
+    /// writes the reply it is handed back, two wake-ups per command that `Direct` does not
+    /// make. Speaks WebSocket through fastwebsockets only.
+    HandedOff,
+}
+
+/// A command handed to a worker task, and where its reply goes (`None`: it has none).
+struct Job {
+    client: u64,
+    message: Bytes,
+    reply: mpsc::Sender<Option<Bytes>>,
+}
+
+/// Commands queued for one worker task at most.
+const WORKER_QUEUE: usize = 1024;
+
 /// Queued connections the listener lets the kernel hold: what `TcpListener::bind` (mio)
 /// asks for, and wasmgate's gateway too.
 const BACKLOG: u32 = 1024;
@@ -87,11 +114,26 @@ pub fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
 }
 
 /// Serves clients on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, proto: Proto, lib: WsLib) -> io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    proto: Proto,
+    lib: WsLib,
+    shape: Shape,
+) -> io::Result<()> {
     let hub = Arc::new(Hub::default());
+    let workers: Arc<[mpsc::Sender<Job>]> = match (shape, proto, lib) {
+        (Shape::Direct, ..) => Arc::new([]),
+        (Shape::HandedOff, Proto::Ws, WsLib::Fastwebsockets) => workers(&hub).into(),
+        (Shape::HandedOff, ..) => {
+            return Err(io::Error::other(
+                "the hand-off baseline speaks WebSocket through fastwebsockets only",
+            ));
+        }
+    };
     loop {
         let (socket, _) = listener.accept().await?;
         let hub = hub.clone();
+        let workers = workers.clone();
         tokio::spawn(async move {
             socket.set_nodelay(true)?;
             match (proto, lib) {
@@ -100,11 +142,32 @@ pub async fn serve(listener: TcpListener, proto: Proto, lib: WsLib) -> io::Resul
                 (Proto::Ws, WsLib::TokioWebsockets) => {
                     client(&hub, tokio_websockets(socket).await?).await;
                 }
-                (Proto::Ws, WsLib::Fastwebsockets) => fastwebsockets(&hub, socket).await?,
+                (Proto::Ws, WsLib::Fastwebsockets) => {
+                    fastwebsockets(&hub, &workers, socket).await?;
+                }
             }
             Ok::<_, io::Error>(())
         });
     }
+}
+
+/// Starts [`Shape::HandedOff`]'s worker tasks, one per core, and returns their queues.
+fn workers(hub: &Arc<Hub>) -> Vec<mpsc::Sender<Job>> {
+    let count = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (0..count)
+        .map(|_| {
+            let (queue, mut jobs) = mpsc::channel::<Job>(WORKER_QUEUE);
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                while let Some(job) = jobs.recv().await {
+                    let reply = hub.command(job.client, &job.message);
+                    // The client is gone if nobody waits: nothing to do.
+                    let _ = job.reply.send(reply).await;
+                }
+            });
+            queue
+        })
+        .collect()
 }
 
 /// Upgrades `socket` with tokio-tungstenite and adapts it to the byte messages [`client`]
@@ -161,19 +224,38 @@ async fn tokio_websockets(
         }))
 }
 
-/// Serves one fastwebsockets client: answers its commands (see [`WsLib::Fastwebsockets`]).
-async fn fastwebsockets(hub: &Hub, mut socket: TcpStream) -> io::Result<()> {
+/// Serves one fastwebsockets client: answers its commands (see [`WsLib::Fastwebsockets`]),
+/// itself, or through one of `workers` when there are any ([`Shape::HandedOff`]).
+async fn fastwebsockets(
+    hub: &Hub,
+    workers: &[mpsc::Sender<Job>],
+    mut socket: TcpStream,
+) -> io::Result<()> {
     use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload, Role, WebSocket};
     upgrade(&mut socket).await?;
     let mut ws = FragmentCollector::new(WebSocket::after_handshake(socket, Role::Server));
     // Nobody reads this queue: what other clients send is dropped (see the variant's doc).
     let (queue, _undelivered) = mpsc::channel(1);
     let id = hub.add(queue);
+    // One command in flight at a time: a reply comes back before the next frame is read.
+    let (replies, mut replied) = mpsc::channel(1);
     let served = async {
         loop {
             let frame = ws.read_frame().await.map_err(io::Error::other)?;
             let reply = match frame.opcode {
-                OpCode::Text | OpCode::Binary => hub.command(id, &frame.payload),
+                OpCode::Text | OpCode::Binary if workers.is_empty() => {
+                    hub.command(id, &frame.payload)
+                }
+                OpCode::Text | OpCode::Binary => {
+                    let job = Job {
+                        client: id,
+                        message: Bytes::copy_from_slice(&frame.payload),
+                        reply: replies.clone(),
+                    };
+                    let worker = &workers[id as usize % workers.len()];
+                    worker.send(job).await.map_err(io::Error::other)?;
+                    replied.recv().await.flatten()
+                }
                 OpCode::Close => return Ok(()),
                 _ => None,
             };

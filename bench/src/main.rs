@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use baseline::WsLib;
+use baseline::{Shape, WsLib};
 use client::Proto;
 use scenario::connect::Connect;
 use scenario::cost::Cost;
@@ -75,9 +75,14 @@ struct Common {
     warmup: f64,
     /// The WebSocket library of the baseline; the default is the cheapest one that serves
     /// the scenario: fastwebsockets for `echo`, `connect`, `reload` and `sweep`,
-    /// tokio-tungstenite for `fanout` and `idle` (see `WsLib::answering`).
+    /// tokio-tungstenite for `fanout` and `idle` (see `WsLib::cheapest`).
     #[arg(long, value_enum)]
     baseline_ws: Option<WsLib>,
+    /// Also measures the baseline handing each command to a worker task and back (the
+    /// least wasmgate's design costs natively), reported against the plain baseline in a
+    /// row of its own. fastwebsockets only: `echo`, `connect`.
+    #[arg(long)]
+    floor: bool,
     /// Event-loop threads of the load client in `echo`, `fanout` and `connect` (see
     /// `driver.rs`); the default is one per core, so that no single core caps the client.
     #[arg(long)]
@@ -94,6 +99,7 @@ impl Common {
             listeners,
             runs: self.runs,
             ws_lib: self.baseline_ws.unwrap_or(WsLib::cheapest(delivers)),
+            floor: self.floor,
         }
     }
 
@@ -255,6 +261,8 @@ enum Command {
         proto: Proto,
         #[arg(long, value_enum, default_value = "tungstenite")]
         ws_lib: WsLib,
+        #[arg(long, value_enum, default_value = "direct")]
+        shape: Shape,
         /// Shares the port with other processes (`SO_REUSEPORT`).
         #[arg(long)]
         reuse_port: bool,
@@ -299,10 +307,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             listen,
             proto,
             ws_lib,
+            shape,
             reuse_port,
         } => {
             let listener = baseline::listen(listen, reuse_port)?;
-            return Ok(baseline::serve(listener, proto, ws_lib).await?);
+            return Ok(baseline::serve(listener, proto, ws_lib, shape).await?);
         }
         Command::IdleClients {
             addr,
@@ -576,6 +585,7 @@ async fn all(
         duration,
         warmup: 1.0,
         baseline_ws: None,
+        floor: false,
         client_threads: None,
     };
     eprintln!("machine: {}", machine());
@@ -588,16 +598,19 @@ async fn all(
         Ok(found) => rows.extend(found),
         Err(e) => eprintln!("{name} failed, skipped: {e:#}"),
     };
-    for clients in [100, 1000] {
-        keep("echo", echo(&ws, clients, 64).await);
-        keep("echo", echo(&split, clients, 64).await);
-    }
+    // The rows whose targets the design itself may put out of reach also measure its
+    // native floor (`--floor`).
+    let floored = Common { floor: true, ..ws };
+    keep("echo", echo(&floored, 100, 64).await);
+    keep("echo", echo(&split, 100, 64).await);
+    keep("echo", echo(&ws, 1000, 64).await);
+    keep("echo", echo(&split, 1000, 64).await);
     keep(
         "echo",
         echo(&common(Proto::Text, Layout::Single), 100, 64).await,
     );
     keep("fanout", fanout(&ws, 10_000, 8, 64, Spread::All).await);
-    keep("connect", connect(&ws, 32).await);
+    keep("connect", connect(&floored, 32).await);
     for proto in [Proto::Ws, Proto::Text] {
         let single = common(proto, Layout::Single);
         keep(

@@ -17,7 +17,7 @@ use tokio::process::{Child, Command};
 
 use clap::ValueEnum;
 
-use crate::baseline::WsLib;
+use crate::baseline::{Shape, WsLib};
 use crate::client::{Client, Proto};
 
 /// How long a server may take to answer its first `echo` after starting.
@@ -54,8 +54,8 @@ pub enum Engine {
 pub enum Server {
     /// wasmgate with the reference plugin.
     Wasmgate(Layout),
-    /// The native baseline, speaking WebSocket through this library.
-    Baseline(WsLib),
+    /// The native baseline, speaking WebSocket through this library, in this shape.
+    Baseline(WsLib, Shape),
 }
 
 impl Server {
@@ -63,7 +63,8 @@ impl Server {
     pub fn name(self) -> &'static str {
         match self {
             Server::Wasmgate(_) => "wasmgate",
-            Server::Baseline(_) => "baseline",
+            Server::Baseline(_, Shape::Direct) => "baseline",
+            Server::Baseline(_, Shape::HandedOff) => "hand-off baseline",
         }
     }
 }
@@ -153,8 +154,9 @@ impl Running {
             dir,
         };
         match server {
-            Server::Baseline(lib) => {
+            Server::Baseline(lib, shape) => {
                 let lib = lib.to_possible_value().expect("no skipped variants");
+                let shape = shape.to_possible_value().expect("no skipped variants");
                 for i in 0..listeners.count {
                     let addr = running.addrs[i % ports].to_string();
                     let mut args = vec![
@@ -165,6 +167,8 @@ impl Running {
                         proto.scheme(),
                         "--ws-lib",
                         lib.get_name(),
+                        "--shape",
+                        shape.get_name(),
                     ];
                     if listeners.reuse_port {
                         args.push("--reuse-port");
@@ -199,7 +203,7 @@ impl Running {
         if listeners.reuse_port {
             let addr = running.addrs[0];
             let shared = match server {
-                Server::Baseline(_) => all_listening(addr, listeners.count).await,
+                Server::Baseline(..) => all_listening(addr, listeners.count).await,
                 Server::Wasmgate(_) => all_gateways_answer(addr, proto, listeners.count).await,
             };
             if let Err(e) = shared {

@@ -88,6 +88,33 @@ fn echo_against_the_other_websocket_libraries() {
 }
 
 #[test]
+fn echo_against_the_hand_off_baseline_too() {
+    let table = bench(&["echo", "--clients", "4", "--floor"]);
+    let floor: Vec<&str> = table
+        .lines()
+        .filter(|l| l.contains("echo ws single 4 clients, hand-off baseline"))
+        .collect();
+    assert!(
+        floor.iter().any(|l| l.contains("| msgs/s |")),
+        "no hand-off row in\n{table}"
+    );
+    compared(&table, "msgs/s");
+    let refused = Command::new(BIN)
+        .args([
+            "echo",
+            "--clients",
+            "4",
+            "--floor",
+            "--baseline-ws",
+            "tungstenite",
+        ])
+        .output()
+        .expect("wasmgate-bench runs");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("fastwebsockets baseline only"));
+}
+
+#[test]
 fn fanout() {
     compared(
         &bench(&["fanout", "--members", "8", "--window", "2"]),

@@ -1,8 +1,9 @@
 //! The scenarios of issue 8, and how each is run against wasmgate and the baseline.
 //!
 //! Every scenario is a function from a running server to the figures of one run; [`compare`]
-//! starts a fresh wasmgate and a fresh baseline for each run, alternating them so that noise
-//! from other work on the machine spreads over both, and pairs the medians.
+//! starts a fresh wasmgate and a fresh baseline for each run (and, with [`Setup::floor`], the
+//! baseline in its hand-off shape), alternating them so that noise from other work on the
+//! machine spreads over all, and pairs the medians.
 
 pub mod connect;
 pub mod cost;
@@ -18,7 +19,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt, stream};
 
-use crate::baseline::WsLib;
+use crate::baseline::{Shape, WsLib};
 use crate::client::{Client, Proto};
 use crate::stats::{Comparison, Figure};
 use crate::target::{Layout, Listeners, Running, Server, cpu_time};
@@ -44,6 +45,8 @@ pub struct Setup {
     pub runs: usize,
     /// The baseline's WebSocket library.
     pub ws_lib: WsLib,
+    /// Also measure the baseline in its hand-off shape, against the plain one.
+    pub floor: bool,
 }
 
 impl Setup {
@@ -57,19 +60,27 @@ impl Setup {
     }
 }
 
-/// Runs `measure` `setup.runs` times against each server and pairs the medians.
+/// Runs `measure` `setup.runs` times against each server and pairs the medians: wasmgate's
+/// against the baseline's, then, with [`Setup::floor`], the hand-off baseline's against the
+/// baseline's in rows named `<name>, hand-off baseline` (its figures in wasmgate's column).
 pub async fn compare(
     name: &str,
     setup: &Setup,
     mut measure: impl AsyncFnMut(&Running, Server) -> anyhow::Result<Vec<Figure>>,
 ) -> anyhow::Result<Vec<Comparison>> {
-    let mut wasmgate = Vec::new();
-    let mut baseline = Vec::new();
+    anyhow::ensure!(
+        !setup.floor || setup.ws_lib == WsLib::Fastwebsockets,
+        "--floor measures the fastwebsockets baseline only (echo, connect, reload)"
+    );
+    let direct = Server::Baseline(setup.ws_lib, Shape::Direct);
+    let handed_off = Server::Baseline(setup.ws_lib, Shape::HandedOff);
+    let mut servers = vec![Server::Wasmgate(setup.layout), direct];
+    if setup.floor {
+        servers.push(handed_off);
+    }
+    let mut figures_of: Vec<Vec<Vec<Figure>>> = vec![Vec::new(); servers.len()];
     for run in 1..=setup.runs {
-        for server in [
-            Server::Wasmgate(setup.layout),
-            Server::Baseline(setup.ws_lib),
-        ] {
+        for (&server, series) in servers.iter().zip(&mut figures_of) {
             let running = Running::start(server, setup.proto, setup.listeners).await?;
             let figures = measure(&running, server).await;
             let figures = match figures {
@@ -86,13 +97,15 @@ pub async fn compare(
                 .map(|f| format!("{} {:.1}", f.metric, f.value))
                 .collect();
             eprintln!("{name}: {} run {run}: {}", server.name(), shown.join(", "));
-            match server {
-                Server::Wasmgate(_) => wasmgate.push(figures),
-                Server::Baseline(_) => baseline.push(figures),
-            }
+            series.push(figures);
         }
     }
-    Ok(Comparison::pair(name, &wasmgate, &baseline))
+    let mut rows = Comparison::pair(name, &figures_of[0], &figures_of[1]);
+    if let Some(floor) = figures_of.get(2) {
+        let floor_name = format!("{name}, {}", handed_off.name());
+        rows.extend(Comparison::pair(&floor_name, floor, &figures_of[1]));
+    }
+    Ok(rows)
 }
 
 /// Opens `n` clients spread over `addrs`, from `source` if given.
