@@ -11,10 +11,13 @@
 //! library ([`WsLib`]); by default the cheapest one per message that serves the scenario
 //! ([`WsLib::cheapest`]).
 //!
-//! A second shape ([`Shape::HandedOff`]) answers every command on a worker task instead of
-//! the client's own: the least that wasmgate's design (a gateway hands each event to the
-//! worker host that runs its plugin, which hands the reply back) costs in a native server,
-//! so that the bench can tell the design's share of wasmgate's figures from its own.
+//! Two more shapes ([`Shape::HandedOff`], [`Shape::Linked`], in [`hand_off`]) answer every
+//! command on a worker task instead of the client's own, in the process or in a worker
+//! process: the least that wasmgate's design (a gateway hands each event to the worker host
+//! that runs its plugin, which hands the reply back) costs in a native server, so that the
+//! bench can tell the design's share of wasmgate's figures from its own.
+
+mod hand_off;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -32,6 +35,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
 use crate::client::Proto;
+use hand_off::Job;
 
 /// Messages one client may have queued by others before it counts as too slow and is
 /// closed, as wasmgate's `send_buffer` does.
@@ -80,22 +84,18 @@ impl WsLib {
 pub enum Shape {
     /// The client's own task, in the poll that read the command.
     Direct,
-    /// One of [`workers`]' tasks (as many as cores, as wasmgate's default `instances`),
-    /// picked by the client's id: the client's task hands the command over a queue and
-    /// writes the reply it is handed back, two wake-ups per command that `Direct` does not
-    /// make. Speaks WebSocket through fastwebsockets only.
+    /// One of [`hand_off::local`]'s tasks (as many as cores, as wasmgate's default
+    /// `instances`), picked by the client's id: the client's task hands the command over a
+    /// queue and writes the reply it is handed back, two wake-ups per command that `Direct`
+    /// does not make. Speaks WebSocket through fastwebsockets only.
     HandedOff,
+    /// As `HandedOff`, with the commands sent over one TCP link to a worker process
+    /// ([`serve_worker`]) and the replies back, as wasmgate's split layout; meaningful for
+    /// `echo` only, since the worker process holds no client table.
+    Linked,
 }
 
-/// A command handed to a worker task, and where its reply goes (`None`: it has none).
-struct Job {
-    client: u64,
-    message: Bytes,
-    reply: mpsc::Sender<Option<Bytes>>,
-}
-
-/// Commands queued for one worker task at most.
-const WORKER_QUEUE: usize = 1024;
+pub use hand_off::serve_worker;
 
 /// Queued connections the listener lets the kernel hold: what `TcpListener::bind` (mio)
 /// asks for, and wasmgate's gateway too.
@@ -113,21 +113,28 @@ pub fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Serves clients on `listener` until the process ends.
+/// Serves clients on `listener` until the process ends; with [`Shape::Linked`], through the
+/// worker process at `worker`.
 pub async fn serve(
     listener: TcpListener,
     proto: Proto,
     lib: WsLib,
     shape: Shape,
+    worker: Option<SocketAddr>,
 ) -> io::Result<()> {
     let hub = Arc::new(Hub::default());
-    let workers: Arc<[mpsc::Sender<Job>]> = match (shape, proto, lib) {
-        (Shape::Direct, ..) => Arc::new([]),
-        (Shape::HandedOff, Proto::Ws, WsLib::Fastwebsockets) => workers(&hub).into(),
-        (Shape::HandedOff, ..) => {
+    let speaks_fastwebsockets = proto == Proto::Ws && lib == WsLib::Fastwebsockets;
+    let workers: Arc<[mpsc::Sender<Job>]> = match (shape, worker) {
+        (Shape::Direct, _) => Arc::new([]),
+        _ if !speaks_fastwebsockets => {
             return Err(io::Error::other(
                 "the hand-off baseline speaks WebSocket through fastwebsockets only",
             ));
+        }
+        (Shape::HandedOff, _) => hand_off::local(&hub).into(),
+        (Shape::Linked, Some(worker)) => hand_off::linked(worker).await?.into(),
+        (Shape::Linked, None) => {
+            return Err(io::Error::other("the linked baseline needs --worker"));
         }
     };
     loop {
@@ -149,25 +156,6 @@ pub async fn serve(
             Ok::<_, io::Error>(())
         });
     }
-}
-
-/// Starts [`Shape::HandedOff`]'s worker tasks, one per core, and returns their queues.
-fn workers(hub: &Arc<Hub>) -> Vec<mpsc::Sender<Job>> {
-    let count = std::thread::available_parallelism().map_or(2, |n| n.get());
-    (0..count)
-        .map(|_| {
-            let (queue, mut jobs) = mpsc::channel::<Job>(WORKER_QUEUE);
-            let hub = hub.clone();
-            tokio::spawn(async move {
-                while let Some(job) = jobs.recv().await {
-                    let reply = hub.command(job.client, &job.message);
-                    // The client is gone if nobody waits: nothing to do.
-                    let _ = job.reply.send(reply).await;
-                }
-            });
-            queue
-        })
-        .collect()
 }
 
 /// Upgrades `socket` with tokio-tungstenite and adapts it to the byte messages [`client`]
@@ -225,7 +213,8 @@ async fn tokio_websockets(
 }
 
 /// Serves one fastwebsockets client: answers its commands (see [`WsLib::Fastwebsockets`]),
-/// itself, or through one of `workers` when there are any ([`Shape::HandedOff`]).
+/// itself, or through one of `workers` when there are any ([`Shape::HandedOff`],
+/// [`Shape::Linked`]).
 async fn fastwebsockets(
     hub: &Hub,
     workers: &[mpsc::Sender<Job>],

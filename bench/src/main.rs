@@ -79,8 +79,9 @@ struct Common {
     #[arg(long, value_enum)]
     baseline_ws: Option<WsLib>,
     /// Also measures the baseline handing each command to a worker task and back (the
-    /// least wasmgate's design costs natively), reported against the plain baseline in a
-    /// row of its own. fastwebsockets only: `echo`, `connect`.
+    /// least wasmgate's design costs natively; with `--layout split`, to a worker process
+    /// over a TCP link), reported against the plain baseline in rows of its own.
+    /// fastwebsockets only: `echo`, `connect`.
     #[arg(long)]
     floor: bool,
     /// Event-loop threads of the load client in `echo`, `fanout` and `connect` (see
@@ -263,9 +264,18 @@ enum Command {
         ws_lib: WsLib,
         #[arg(long, value_enum, default_value = "direct")]
         shape: Shape,
+        /// The worker process of `--shape linked`.
+        #[arg(long)]
+        worker: Option<SocketAddr>,
         /// Shares the port with other processes (`SO_REUSEPORT`).
         #[arg(long)]
         reuse_port: bool,
+    },
+    /// Serves the linked baseline's commands (used by `--floor` with `--layout split`).
+    #[command(hide = true)]
+    BaselineWorker {
+        #[arg(long)]
+        listen: SocketAddr,
     },
     /// Holds idle connections (used by `idle`).
     #[command(hide = true)]
@@ -308,10 +318,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             proto,
             ws_lib,
             shape,
+            worker,
             reuse_port,
         } => {
             let listener = baseline::listen(listen, reuse_port)?;
-            return Ok(baseline::serve(listener, proto, ws_lib, shape).await?);
+            return Ok(baseline::serve(listener, proto, ws_lib, shape, worker).await?);
+        }
+        Command::BaselineWorker { listen } => {
+            let listener = baseline::listen(listen, false)?;
+            return Ok(baseline::serve_worker(listener).await?);
         }
         Command::IdleClients {
             addr,
@@ -602,7 +617,18 @@ async fn all(
     // native floor (`--floor`).
     let floored = Common { floor: true, ..ws };
     keep("echo", echo(&floored, 100, 64).await);
-    keep("echo", echo(&split, 100, 64).await);
+    keep(
+        "echo",
+        echo(
+            &Common {
+                floor: true,
+                ..split
+            },
+            100,
+            64,
+        )
+        .await,
+    );
     keep("echo", echo(&ws, 1000, 64).await);
     keep("echo", echo(&split, 1000, 64).await);
     keep(

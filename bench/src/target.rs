@@ -64,7 +64,7 @@ impl Server {
         match self {
             Server::Wasmgate(_) => "wasmgate",
             Server::Baseline(_, Shape::Direct) => "baseline",
-            Server::Baseline(_, Shape::HandedOff) => "hand-off baseline",
+            Server::Baseline(_, Shape::HandedOff | Shape::Linked) => "hand-off baseline",
         }
     }
 }
@@ -156,6 +156,18 @@ impl Running {
         match server {
             Server::Baseline(lib, shape) => {
                 let lib = lib.to_possible_value().expect("no skipped variants");
+                let worker = match shape {
+                    Shape::Linked => {
+                        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?)).to_string();
+                        running.spawn(
+                            "baseline-worker",
+                            Program::Itself,
+                            &["baseline-worker", "--listen", &addr],
+                        )?;
+                        Some(addr)
+                    }
+                    Shape::Direct | Shape::HandedOff => None,
+                };
                 let shape = shape.to_possible_value().expect("no skipped variants");
                 for i in 0..listeners.count {
                     let addr = running.addrs[i % ports].to_string();
@@ -172,6 +184,9 @@ impl Running {
                     ];
                     if listeners.reuse_port {
                         args.push("--reuse-port");
+                    }
+                    if let Some(worker) = &worker {
+                        args.extend(["--worker", worker]);
                     }
                     let pid = running.spawn(&format!("baseline{i}"), Program::Itself, &args)?;
                     running.holders.push(pid);

@@ -99,6 +99,11 @@ fn echo_against_the_hand_off_baseline_too() {
         "no hand-off row in\n{table}"
     );
     compared(&table, "msgs/s");
+    let split = bench(&["echo", "--clients", "4", "--floor", "--layout", "split"]);
+    assert!(
+        split.contains("| echo ws split 4 clients, hand-off baseline | msgs/s |"),
+        "no linked hand-off row in\n{split}"
+    );
     let refused = Command::new(BIN)
         .args([
             "echo",

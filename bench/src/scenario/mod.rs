@@ -45,7 +45,8 @@ pub struct Setup {
     pub runs: usize,
     /// The baseline's WebSocket library.
     pub ws_lib: WsLib,
-    /// Also measure the baseline in its hand-off shape, against the plain one.
+    /// Also measure the baseline in its hand-off shape (linked to a worker process with
+    /// [`Layout::Split`]), against the plain one.
     pub floor: bool,
 }
 
@@ -73,7 +74,11 @@ pub async fn compare(
         "--floor measures the fastwebsockets baseline only (echo, connect, reload)"
     );
     let direct = Server::Baseline(setup.ws_lib, Shape::Direct);
-    let handed_off = Server::Baseline(setup.ws_lib, Shape::HandedOff);
+    let hand_off = match setup.layout {
+        Layout::Single => Shape::HandedOff,
+        Layout::Split => Shape::Linked,
+    };
+    let handed_off = Server::Baseline(setup.ws_lib, hand_off);
     let mut servers = vec![Server::Wasmgate(setup.layout), direct];
     if setup.floor {
         servers.push(handed_off);
