@@ -36,6 +36,7 @@ use tokio_util::codec::{Decoder, Encoder, Framed};
 
 use crate::client::Proto;
 use hand_off::Job;
+pub use hand_off::serve_worker;
 
 /// Messages one client may have queued by others before it counts as too slow and is
 /// closed, as wasmgate's `send_buffer` does.
@@ -94,8 +95,6 @@ pub enum Shape {
     /// `echo` only, since the worker process holds no client table.
     Linked,
 }
-
-pub use hand_off::serve_worker;
 
 /// Queued connections the listener lets the kernel hold: what `TcpListener::bind` (mio)
 /// asks for, and wasmgate's gateway too.

@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`client`]: the load client's connections (WebSocket or text lines), one per simulated
 //!   user; [`driver`]: the event loops that drive many of them per thread.
-//! - [`baseline`]: the native baseline server: the reference protocol, no wasm, no hops.
+//! - [`baseline`]: the native baseline server: the reference protocol, no wasm, no hops; and,
+//!   for `--floor`, its hand-off shapes, which make the hops of wasmgate's design and nothing
+//!   else.
 //! - [`target`]: starts the servers under test as child processes.
 //! - [`scenario`]: `echo`, `fanout`, `connect`, `idle`, `reload`, and the loop that runs
 //!   each against both servers; `cost`, which sets data calls against `send-to-client`
