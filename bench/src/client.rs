@@ -294,7 +294,7 @@ impl Marker {
 /// Otherwise `bind` picks a port unique to the source address whatever the destination, so
 /// tens of thousands of bound clients (and their TIME_WAIT remains, for a minute after)
 /// would take every ephemeral port, from every source address, from everyone else.
-fn defer_port(socket: &TcpSocket) -> io::Result<()> {
+pub fn defer_port(socket: &impl AsRawFd) -> io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: the descriptor is an open socket owned by `socket`, and the option value is a
     // c_int whose size is passed along with it.
