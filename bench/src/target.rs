@@ -164,6 +164,8 @@ impl Running {
                             Program::Itself,
                             &["baseline-worker", "--listen", &addr],
                         )?;
+                        // Listening before the baseline dials it once, at its start.
+                        all_listening(addr.parse()?, 1).await?;
                         Some(addr)
                     }
                     Shape::Direct | Shape::HandedOff => None,

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,9 +33,6 @@ const WORKER_QUEUE: usize = 1024;
 /// Jobs a link's writer takes per write at most.
 const LINK_BATCH: usize = 256;
 
-/// How long [`linked`] keeps dialling a worker process that does not listen yet.
-const DIAL_FOR: Duration = Duration::from_secs(5);
-
 /// Starts worker tasks in this process, one per core (as wasmgate's default `instances`),
 /// and returns their queues.
 pub fn local(hub: &Arc<Hub>) -> Vec<mpsc::Sender<Job>> {
@@ -57,19 +53,10 @@ pub fn local(hub: &Arc<Hub>) -> Vec<mpsc::Sender<Job>> {
         .collect()
 }
 
-/// Links to the worker process at `worker` and returns the one queue to it: a writer task
+/// Links to the worker process at `worker` (already listening) and returns the one queue to it: a writer task
 /// sends the jobs, a reader task hands each reply to the client that waits for it.
 pub async fn linked(worker: SocketAddr) -> io::Result<Vec<mpsc::Sender<Job>>> {
-    let started = Instant::now();
-    let socket = loop {
-        match TcpStream::connect(worker).await {
-            Ok(socket) => break socket,
-            Err(_) if started.elapsed() < DIAL_FOR => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    };
+    let socket = TcpStream::connect(worker).await?;
     socket.set_nodelay(true)?;
     let (read, write) = socket.into_split();
     let waiting = Arc::new(Waiting::default());

@@ -164,8 +164,9 @@ impl Slot {
         token: Token,
     ) -> io::Result<Self> {
         let start = Instant::now();
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        socket.set_nonblocking(true)?;
+        // Non-blocking from its `socket` call: one system call per connection, not two.
+        let stream = socket2::Type::STREAM.nonblocking();
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, stream, None)?;
         client::defer_port(&socket)?;
         socket.bind(&SocketAddr::new(source, 0).into())?;
         match socket.connect(&addr.into()) {
