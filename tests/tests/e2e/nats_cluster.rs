@@ -177,14 +177,17 @@ async fn each_once(clients: &mut [&mut TestClient], what: &str) {
     }
 }
 
-/// Has `sender` send to group `g` until every one of `members` receives a send (bounded),
-/// then drains what else arrived: after NATS trouble, sends fail until connections are back.
-async fn arrives_again(sender: &mut TestClient, members: &mut [&mut TestClient]) {
+/// Has `sender` send `to` (a send such as `pub g` or `touid u`) until every one of `members`
+/// receives one (bounded), then drains what else arrived. A gateway's new subscription
+/// reaches the other NATS servers a moment after it is made (docs/cluster.md), so a send
+/// published through another server right after a join may miss it; and after NATS trouble,
+/// sends fail until connections are back.
+async fn reaches(sender: &mut TestClient, to: &str, members: &mut [&mut TestClient]) {
     let mut n = 0;
     'arrived: loop {
         n += 1;
-        assert!(n < 40, "group sends never arrived again");
-        sender.send(&format!("pub g probe{n}")).await.unwrap();
+        assert!(n < 40, "{to:?} never reached every member");
+        sender.send(&format!("{to} probe{n}")).await.unwrap();
         for x in members.iter_mut() {
             if x.recv_within(Duration::from_millis(500)).await.is_err() {
                 continue 'arrived;
@@ -213,6 +216,7 @@ async fn three_gateways_on_three_nats_nodes_fan_out_only_to_gateways_with_member
     assert_eq!(a1.ask("join local").await, "joined local");
     assert_eq!(a2.ask("join local").await, "joined local");
     let (b_before, c_before) = (d.received(1).await, d.received(2).await);
+    reaches(&mut b1, "pub local", &mut [&mut a1, &mut a2]).await;
     b1.send("pub local only-on-a").await.unwrap();
     each_once(&mut [&mut a1, &mut a2], "only-on-a").await;
     b1.assert_silent(QUIET).await;
@@ -234,6 +238,7 @@ async fn three_gateways_on_three_nats_nodes_fan_out_only_to_gateways_with_member
     for c in [&mut a1, &mut b1, &mut c1] {
         assert_eq!(c.ask("join spread").await, "joined spread");
     }
+    reaches(&mut by_b, "pub spread", &mut [&mut a1, &mut b1, &mut c1]).await;
     by_b.send("pub spread everywhere").await.unwrap();
     each_once(&mut [&mut a1, &mut b1, &mut c1], "everywhere").await;
     a2.assert_silent(QUIET).await;
@@ -252,6 +257,7 @@ async fn three_gateways_on_three_nats_nodes_fan_out_only_to_gateways_with_member
     assert_eq!(a2.ask("bind u1").await, "bound u1");
     assert_eq!(c1.ask("bind u1").await, "bound u1");
     let b_before = d.received(1).await;
+    reaches(&mut by_a, "touid u1", &mut [&mut a2, &mut c1]).await;
     by_a.send("touid u1 to-u1").await.unwrap();
     each_once(&mut [&mut a2, &mut c1], "to-u1").await;
     a1.assert_silent(QUIET).await;
@@ -314,6 +320,7 @@ async fn killing_a_nats_node_keeps_clients_served_and_group_sends_arriving() {
     for x in [&mut a, &mut b, &mut c] {
         assert_eq!(x.ask("join g").await, "joined g");
     }
+    reaches(&mut bystander, "pub g", &mut [&mut a, &mut b, &mut c]).await;
     bystander.send("pub g before").await.unwrap();
     each_once(&mut [&mut a, &mut b, &mut c], "before").await;
 
@@ -322,7 +329,7 @@ async fn killing_a_nats_node_keeps_clients_served_and_group_sends_arriving() {
     served(&mut bystander, "bystander-after-kill").await;
     served(&mut b, "b-after-kill").await;
     // Sends made while a connection moves fail (`unreachable`); once moved, they arrive.
-    arrives_again(&mut bystander, &mut [&mut a, &mut b, &mut c]).await;
+    reaches(&mut bystander, "pub g", &mut [&mut a, &mut b, &mut c]).await;
     bystander.send("pub g after").await.unwrap();
     each_once(&mut [&mut a, &mut b, &mut c], "after").await;
     served(&mut bystander, "bystander-at-end").await;
@@ -338,6 +345,7 @@ async fn commands_fail_while_nats_is_down_and_subscriptions_return_with_it() {
     let mut bystander = d.client(1).await;
     assert_eq!(a.ask("join g").await, "joined g");
     assert_eq!(c.ask("join g").await, "joined g");
+    reaches(&mut bystander, "pub g", &mut [&mut a, &mut c]).await;
     bystander.send("pub g before").await.unwrap();
     each_once(&mut [&mut a, &mut c], "before").await;
 
@@ -383,7 +391,7 @@ async fn commands_fail_while_nats_is_down_and_subscriptions_return_with_it() {
     // NATS back: the connections return and the gateways' subscriptions with them.
     d.nats.restart().await;
     served(&mut bystander, "bystander-after-outage").await;
-    arrives_again(&mut bystander, &mut [&mut a, &mut c]).await;
+    reaches(&mut bystander, "pub g", &mut [&mut a, &mut c]).await;
     bystander.send("pub g after").await.unwrap();
     each_once(&mut [&mut a, &mut c], "after").await;
 }
@@ -412,7 +420,8 @@ async fn a_killed_worker_hosts_commands_on_their_way_to_nats_are_not_lost() {
     // The only host so far: every client is bound to it.
     let mut member = client_of(&b).await;
     assert_eq!(member.ask("join g").await, "joined g");
-    let publisher = client_of(&a).await;
+    let mut publisher = client_of(&a).await;
+    reaches(&mut publisher, "pub g", &mut [&mut member]).await;
     let heir = worker(&nats, 0, plugins.path());
     linked_to(&heir.0, 2).await;
     // W2 has fewer clients on A: the bystander is bound to it.
@@ -584,8 +593,7 @@ async fn status_shows_the_nats_connection_its_subscriptions_and_its_loss() {
     let mut bystander = d.client(1).await;
     assert_eq!(a.ask("join g").await, "joined g");
     assert_eq!(a.ask("bind alice").await, "bound alice");
-    bystander.send("pub g hello").await.unwrap();
-    assert_eq!(a.recv().await, "hello");
+    reaches(&mut bystander, "pub g", &mut [&mut a]).await;
 
     // Gateway A, configured with NATS node 0 only, is connected to it and holds one group
     // and one uid subject; what reached it is counted.
