@@ -75,7 +75,12 @@ pub struct ConnShared {
 
 /// How a connection ends.
 enum End {
-    /// The client left or its socket failed: just close the socket.
+    /// The client closed its sending side: write what is unwritten, then close the socket
+    /// without shutting it down first. The close sends the FIN; a `shutdown` before it would
+    /// be one more system call per connection that tells the client nothing more.
+    Left,
+    /// The socket failed, or the gateway cannot serve the client: close the socket once its
+    /// sending side is shut.
     Done,
     /// Write this close, then close the socket.
     Close(Close),
@@ -114,6 +119,8 @@ struct Ending {
     /// Its last words (what is unwritten, a close frame, the socket's shutdown), bounded by
     /// [`CLOSE_GRACE`]; none once said, or for a connection dropped without them.
     farewell: Option<Pin<Box<Sleep>>>,
+    /// Whether the last words end with the socket's shutdown (not for a client that left).
+    shut: bool,
     /// Then its close event on its way to its worker host.
     leave: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// The client's address, which its seat is given back with: the state no longer has it.
@@ -354,7 +361,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
                 }
                 Some(Ok(Inbound::Close)) => End::Close(Close::Normal(None)),
                 Some(Err(e)) => read_failed(self.id(), &self.shared, e),
-                None => End::Done,
+                None => End::Left,
             };
             return Poll::Ready(Some(end));
         }
@@ -435,6 +442,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
         crate::metrics::CONNECTIONS_CLOSED.inc();
         self.closing = None;
         self.timer = None;
+        let shut = !matches!(end, End::Left);
         let farewell = match end {
             End::Drop => {
                 self.stream = None;
@@ -446,7 +454,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
                 }
                 Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)))
             }
-            End::Done => Some(Box::pin(tokio::time::sleep(CLOSE_GRACE))),
+            End::Done | End::Left => Some(Box::pin(tokio::time::sleep(CLOSE_GRACE))),
         };
         let waiting = match mem::replace(&mut self.reading, Reading::Read) {
             Reading::First(waiting) | Reading::Wait(waiting) => Some(waiting),
@@ -456,6 +464,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
         let leave = self.link.leave(&self.shared, waiting, last);
         self.reading = Reading::Ended(Box::new(Ending {
             farewell,
+            shut,
             leave,
             ip,
         }));
@@ -477,11 +486,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Future for Connection<S, F> 
         if let Some(grace) = &mut ending.farewell {
             // The socket first: it is nearly always said at once, and a grace polled is a
             // timer registered and cancelled for nothing.
-            let said = this
-                .stream
-                .as_mut()
-                .is_none_or(|stream| stream.poll_shutdown(cx).is_ready())
-                || grace.as_mut().poll(cx).is_ready();
+            let said = this.stream.as_mut().is_none_or(|stream| {
+                if ending.shut {
+                    stream.poll_shutdown(cx).is_ready()
+                } else {
+                    stream.poll_write_out(cx).is_ready()
+                }
+            }) || grace.as_mut().poll(cx).is_ready();
             if !said {
                 return Poll::Pending;
             }
