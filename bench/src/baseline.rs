@@ -13,7 +13,7 @@
 //!
 //! Two more shapes ([`Shape::HandedOff`], [`Shape::Linked`], in [`hand_off`]) answer every
 //! command on a worker task instead of the client's own, in the process or in a worker
-//! process: the least that wasmgate's design (a gateway hands each event to the worker host
+//! process, which is told of each client's arrival and departure too: the least that wasmgate's design (a gateway hands each event to the worker host
 //! that runs its plugin, which hands the reply back) costs in a native server, so that the
 //! bench can tell the design's share of wasmgate's figures from its own.
 
@@ -88,7 +88,8 @@ pub enum Shape {
     /// One of [`hand_off::local`]'s tasks (as many as cores, as wasmgate's default
     /// `instances`), picked by the client's id: the client's task hands the command over a
     /// queue and writes the reply it is handed back, two wake-ups per command that `Direct`
-    /// does not make. Speaks WebSocket through fastwebsockets only.
+    /// does not make, and one more at the client's arrival and at its departure. Speaks
+    /// WebSocket through fastwebsockets only.
     HandedOff,
     /// As `HandedOff`, with the commands sent over one TCP link to a worker process
     /// ([`serve_worker`]) and the replies back, as wasmgate's split layout; meaningful for
@@ -225,25 +226,34 @@ async fn fastwebsockets(
     // Nobody reads this queue: what other clients send is dropped (see the variant's doc).
     let (queue, _undelivered) = mpsc::channel(1);
     let id = hub.add(queue);
+    // The client's arrival and departure reach its worker too, as wasmgate's events do.
+    let worker = (!workers.is_empty()).then(|| &workers[id as usize % workers.len()]);
+    let event = || Job {
+        client: id,
+        message: Bytes::new(),
+        reply: None,
+    };
+    if let Some(worker) = worker {
+        worker.send(event()).await.map_err(io::Error::other)?;
+    }
     // One command in flight at a time: a reply comes back before the next frame is read.
     let (replies, mut replied) = mpsc::channel(1);
     let served = async {
         loop {
             let frame = ws.read_frame().await.map_err(io::Error::other)?;
             let reply = match frame.opcode {
-                OpCode::Text | OpCode::Binary if workers.is_empty() => {
-                    hub.command(id, &frame.payload)
-                }
-                OpCode::Text | OpCode::Binary => {
-                    let job = Job {
-                        client: id,
-                        message: Bytes::copy_from_slice(&frame.payload),
-                        reply: replies.clone(),
-                    };
-                    let worker = &workers[id as usize % workers.len()];
-                    worker.send(job).await.map_err(io::Error::other)?;
-                    replied.recv().await.flatten()
-                }
+                OpCode::Text | OpCode::Binary => match worker {
+                    None => hub.command(id, &frame.payload),
+                    Some(worker) => {
+                        let job = Job {
+                            client: id,
+                            message: Bytes::copy_from_slice(&frame.payload),
+                            reply: Some(replies.clone()),
+                        };
+                        worker.send(job).await.map_err(io::Error::other)?;
+                        replied.recv().await.flatten()
+                    }
+                },
                 OpCode::Close => return Ok(()),
                 _ => None,
             };
@@ -260,6 +270,10 @@ async fn fastwebsockets(
     };
     let result = served.await;
     hub.remove(id);
+    if let Some(worker) = worker {
+        // A worker that has stopped leaves nothing to tell.
+        let _ = worker.send(event()).await;
+    }
     result
 }
 
