@@ -7,6 +7,8 @@
 //! - [`baseline`]: the native baseline server: the reference protocol, no wasm, no hops; and,
 //!   for `--floor`, its hand-off shapes, which make the hops of wasmgate's design and nothing
 //!   else.
+//! - [`sandbox`]: for `--floor`, the plugin calls a scenario's events make, timed in this
+//!   process through wasmgate's runtime: the hand-off baseline plus them is the design's floor.
 //! - [`target`]: starts the servers under test as child processes.
 //! - [`scenario`]: `echo`, `fanout`, `connect`, `idle`, `reload`, and the loop that runs
 //!   each against both servers; `cost`, which sets data calls against `send-to-client`
@@ -24,6 +26,7 @@ mod baseline;
 mod chart;
 mod client;
 mod driver;
+mod sandbox;
 mod scenario;
 mod stats;
 mod target;
@@ -409,10 +412,19 @@ async fn echo(common: &Common, clients: usize, payload: usize) -> anyhow::Result
         threads: common.client_threads(),
     };
     let name = format!("echo {} {clients} clients", setup.label());
-    compare(&name, &setup, async |running, _| {
+    let mut rows = compare(&name, &setup, async |running, _| {
         params.run(running, setup.proto, setup.layout).await
     })
-    .await
+    .await?;
+    if setup.floor {
+        rows.extend(sandbox::floor_rows(
+            &name,
+            &rows,
+            sandbox::Calls::Message,
+            common.duration(),
+        )?);
+    }
+    Ok(rows)
 }
 
 async fn fanout(
@@ -503,10 +515,19 @@ async fn connect(common: &Common, concurrency: usize) -> anyhow::Result<Vec<Comp
         threads: common.client_threads(),
     };
     let name = format!("connect {} {concurrency} at once", setup.label());
-    compare(&name, &setup, async |running, _| {
+    let mut rows = compare(&name, &setup, async |running, _| {
         params.run(running, setup.proto).await
     })
-    .await
+    .await?;
+    if setup.floor {
+        rows.extend(sandbox::floor_rows(
+            &name,
+            &rows,
+            sandbox::Calls::Connection,
+            common.duration(),
+        )?);
+    }
+    Ok(rows)
 }
 
 async fn idle(

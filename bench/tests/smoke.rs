@@ -99,6 +99,24 @@ fn echo_against_the_hand_off_baseline_too() {
         "no hand-off row in\n{table}"
     );
     compared(&table, "msgs/s");
+    // The design's floor: the hand-off baseline's CPU plus the sandboxed call, timed apart.
+    let cpu = |scenario: &str| -> f64 {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {scenario} | server CPU µs/msg |")))
+            .unwrap_or_else(|| panic!("no {scenario:?} CPU row in\n{table}"));
+        line.split('|').nth(3).unwrap().trim().parse().unwrap()
+    };
+    let call = cpu("echo ws single 4 clients, sandboxed calls alone");
+    let handed_off = cpu("echo ws single 4 clients, hand-off baseline");
+    let floor = cpu("echo ws single 4 clients, hand-off baseline + sandboxed calls");
+    assert!(call > 0.0, "a call measured at no cost:\n{table}");
+    // The table shows two decimals, none from 100 up.
+    let rounding = if floor >= 100.0 { 1.5 } else { 0.02 };
+    assert!(
+        (floor - (handed_off + call)).abs() < rounding,
+        "the floor is not the hand-off baseline plus the call:\n{table}"
+    );
     let split = bench(&["echo", "--clients", "4", "--floor", "--layout", "split"]);
     assert!(
         split.contains("| echo ws split 4 clients, hand-off baseline | msgs/s |"),
