@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use wasmgate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Unreachable};
-use wasmgate::worker::runtime::{Call, EventClient, Limits, Runtime};
-use wasmgate::worker::{Client, WebsocketRequest};
+use wasmgate::worker::WebsocketRequest;
+use wasmgate::worker::runtime::{Call, Limits, Runtime};
 
 use crate::baseline::{Shape, WsLib};
 use crate::stats::Comparison;
@@ -92,16 +92,7 @@ fn measure(calls: Calls, each: f64) -> anyhow::Result<f64> {
         "bench".into(),
         Default::default(),
     );
-    let client = EventClient::try_from(Client {
-        id: "7f00000108fc00000008".into(),
-        remote_addr: "127.0.0.1".into(),
-        remote_port: 40000,
-        gateway_addr: "127.0.0.1".into(),
-        gateway_port: 7373,
-        listener: "ws".into(),
-        uid: None,
-        session: Vec::new(),
-    })?;
+    let client = wasmgate_tests::records::client(&[]);
     let request = WebsocketRequest {
         path: "/".into(),
         query: String::new(),

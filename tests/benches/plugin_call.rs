@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use wasmgate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Unreachable};
-use wasmgate::worker::Client;
-use wasmgate::worker::runtime::{Call, EventClient, Limits, PluginCode, PluginInstance, Runtime};
+use wasmgate::worker::runtime::{Call, Limits, PluginCode, PluginInstance, Runtime};
 use wasmgate_tests::plugins;
 use wasmgate_tests::polyglot::{self, Language};
 
@@ -60,17 +59,7 @@ fn plugin_call(c: &mut Criterion) {
     let _guard = rt.enter();
     let runtime = Runtime::new(Limits::default()).unwrap();
     let counting = Arc::new(Counting::default());
-    let client = Client {
-        id: "7f00000108fc00000008".into(),
-        remote_addr: "127.0.0.1".into(),
-        remote_port: 40000,
-        gateway_addr: "127.0.0.1".into(),
-        gateway_port: 7272,
-        listener: "ws".into(),
-        uid: None,
-        session: vec![("nick".into(), "ada".into())],
-    };
-    let client = EventClient::try_from(client).unwrap();
+    let client = wasmgate_tests::records::client(&[("nick", "ada")]);
     let mut message = b"pub room ".to_vec();
     message.extend_from_slice(&[b'x'; 64]);
     let instance = |code: &Arc<PluginCode>| {

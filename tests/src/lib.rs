@@ -15,6 +15,7 @@ pub mod netns;
 pub mod polyglot;
 pub mod postgres;
 pub mod prometheus;
+pub mod records;
 pub mod redis;
 pub mod tools;
 

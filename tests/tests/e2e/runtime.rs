@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use wasmgate::client_id::ClientId;
 use wasmgate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Reply, Session};
+use wasmgate::worker::WebsocketRequest;
 use wasmgate::worker::runtime::{
     Call, CallError, EventClient, Limits, LoadError, PluginInstance, Runtime,
 };
-use wasmgate::worker::{Client, WebsocketRequest};
 use wasmgate_tests::plugins;
 
 /// Records what a plugin asks of the gateways; answers `GroupCounts` with 3 per group.
@@ -46,29 +46,14 @@ impl Gateways for Recorder {
     }
 }
 
-const ME: &str = "7f00000108fc00000008";
+const ME: &str = wasmgate_tests::records::CLIENT_ID;
 const OTHER: &str = "7f00000108fc00000009";
 
 fn me() -> ClientId {
     ME.parse().unwrap()
 }
 
-fn client(session: &[(&str, &str)]) -> EventClient {
-    let record = Client {
-        id: ME.into(),
-        remote_addr: "127.0.0.1".into(),
-        remote_port: 40000,
-        gateway_addr: "127.0.0.1".into(),
-        gateway_port: 7373,
-        listener: "ws".into(),
-        uid: None,
-        session: session
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    };
-    EventClient::try_from(record).unwrap()
-}
+use wasmgate_tests::records::client;
 
 fn reply(text: &str) -> Command {
     Command::SendToClients {
