@@ -13,9 +13,10 @@
 //!
 //! Two more shapes ([`Shape::HandedOff`], [`Shape::Linked`], in [`hand_off`]) answer every
 //! command on a worker task instead of the client's own, in the process or in a worker
-//! process, which is told of each client's arrival and departure too: the least that wasmgate's design (a gateway hands each event to the worker host
-//! that runs its plugin, which hands the reply back) costs in a native server, so that the
-//! bench can tell the design's share of wasmgate's figures from its own.
+//! process, which is told of each client's arrival and departure too: the least that
+//! wasmgate's design (a gateway hands each event to the worker host that runs its plugin,
+//! which hands the reply back) costs in a native server, so that the bench can tell the
+//! design's share of wasmgate's figures from its own.
 
 mod hand_off;
 

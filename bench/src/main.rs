@@ -412,17 +412,24 @@ async fn echo(common: &Common, clients: usize, payload: usize) -> anyhow::Result
         threads: common.client_threads(),
     };
     let name = format!("echo {} {clients} clients", setup.label());
-    let mut rows = compare(&name, &setup, async |running, _| {
+    let rows = compare(&name, &setup, async |running, _| {
         params.run(running, setup.proto, setup.layout).await
     })
     .await?;
+    with_floor(common, &setup, &name, rows, sandbox::Calls::Message)
+}
+
+/// `rows` of a comparison named `name`, and with `--floor` the design's floor for the
+/// scenario's `calls` ([`sandbox`]).
+fn with_floor(
+    common: &Common,
+    setup: &Setup,
+    name: &str,
+    mut rows: Vec<Comparison>,
+    calls: sandbox::Calls,
+) -> anyhow::Result<Vec<Comparison>> {
     if setup.floor {
-        rows.extend(sandbox::floor_rows(
-            &name,
-            &rows,
-            sandbox::Calls::Message,
-            common.duration(),
-        )?);
+        rows.extend(sandbox::floor_rows(name, &rows, calls, common.duration())?);
     }
     Ok(rows)
 }
@@ -515,19 +522,11 @@ async fn connect(common: &Common, concurrency: usize) -> anyhow::Result<Vec<Comp
         threads: common.client_threads(),
     };
     let name = format!("connect {} {concurrency} at once", setup.label());
-    let mut rows = compare(&name, &setup, async |running, _| {
+    let rows = compare(&name, &setup, async |running, _| {
         params.run(running, setup.proto).await
     })
     .await?;
-    if setup.floor {
-        rows.extend(sandbox::floor_rows(
-            &name,
-            &rows,
-            sandbox::Calls::Connection,
-            common.duration(),
-        )?);
-    }
-    Ok(rows)
+    with_floor(common, &setup, &name, rows, sandbox::Calls::Connection)
 }
 
 async fn idle(
