@@ -416,12 +416,12 @@ async fn echo(common: &Common, clients: usize, payload: usize) -> anyhow::Result
         params.run(running, setup.proto, setup.layout).await
     })
     .await?;
-    with_floor(common, &setup, &name, rows, sandbox::Calls::Message)
+    with_floor(common, &setup, &name, rows, sandbox::Calls::Message).await
 }
 
 /// `rows` of a comparison named `name`, and with `--floor` the design's floor for the
 /// scenario's `calls` ([`sandbox`]).
-fn with_floor(
+async fn with_floor(
     common: &Common,
     setup: &Setup,
     name: &str,
@@ -429,7 +429,8 @@ fn with_floor(
     calls: sandbox::Calls,
 ) -> anyhow::Result<Vec<Comparison>> {
     if setup.floor {
-        rows.extend(sandbox::floor_rows(name, &rows, calls, common.duration())?);
+        let floor = sandbox::floor_rows(name, &rows, calls, common.duration()).await?;
+        rows.extend(floor);
     }
     Ok(rows)
 }
@@ -526,7 +527,7 @@ async fn connect(common: &Common, concurrency: usize) -> anyhow::Result<Vec<Comp
         params.run(running, setup.proto).await
     })
     .await?;
-    with_floor(common, &setup, &name, rows, sandbox::Calls::Connection)
+    with_floor(common, &setup, &name, rows, sandbox::Calls::Connection).await
 }
 
 async fn idle(
@@ -638,19 +639,12 @@ async fn all(
     // The rows whose targets the design itself may put out of reach also measure its
     // native floor (`--floor`).
     let floored = Common { floor: true, ..ws };
+    let split_floored = Common {
+        floor: true,
+        ..split
+    };
     keep("echo", echo(&floored, 100, 64).await);
-    keep(
-        "echo",
-        echo(
-            &Common {
-                floor: true,
-                ..split
-            },
-            100,
-            64,
-        )
-        .await,
-    );
+    keep("echo", echo(&split_floored, 100, 64).await);
     keep("echo", echo(&ws, 1000, 64).await);
     keep("echo", echo(&split, 1000, 64).await);
     keep(

@@ -18,9 +18,8 @@ use wasmgate::ops::{Command, CommandFuture, Gateways, Query, QueryFuture, Unreac
 use wasmgate::worker::WebsocketRequest;
 use wasmgate::worker::runtime::{Call, Limits, Runtime};
 
-use crate::baseline::{Shape, WsLib};
+use crate::scenario::{handed_off_rows, server_cpu};
 use crate::stats::Comparison;
-use crate::target::Server;
 
 /// Units called before the clock starts: the instance starts, and its code and the
 /// allocator's pools are warm.
@@ -44,11 +43,11 @@ pub enum Calls {
 
 impl Calls {
     /// The scenario's metric this cost adds to.
-    fn metric(self) -> &'static str {
-        match self {
-            Calls::Message => "server CPU µs/msg",
-            Calls::Connection => "server CPU µs/conn",
-        }
+    fn metric(self) -> String {
+        server_cpu(match self {
+            Calls::Message => "msg",
+            Calls::Connection => "conn",
+        })
     }
 }
 
@@ -65,13 +64,14 @@ impl Gateways for Discarding {
     }
 }
 
-/// CPU µs per unit of `calls`, on a thread of its own: the median of [`MEASUREMENTS`], which
-/// take about `duration` of CPU together.
-pub fn cost(calls: Calls, duration: Duration) -> anyhow::Result<f64> {
+/// CPU µs per unit of `calls`, on a blocking thread with a runtime of its own (the caller's
+/// workers stay free): the median of [`MEASUREMENTS`], which take about `duration` of CPU
+/// together.
+pub async fn cost(calls: Calls, duration: Duration) -> anyhow::Result<f64> {
     let each = duration.as_secs_f64() / MEASUREMENTS as f64;
-    std::thread::spawn(move || measure(calls, each))
-        .join()
-        .map_err(|_| anyhow::anyhow!("the sandbox measurement panicked"))?
+    tokio::task::spawn_blocking(move || measure(calls, each))
+        .await
+        .context("the sandbox measurement panicked")?
 }
 
 fn measure(calls: Calls, each: f64) -> anyhow::Result<f64> {
@@ -149,33 +149,33 @@ fn thread_cpu() -> f64 {
 
 /// With the rows of a `--floor` comparison named `name`: the sandbox's cost per unit, and the
 /// hand-off baseline's CPU plus it against the plain baseline's (`… + sandboxed calls`).
-pub fn floor_rows(
+pub async fn floor_rows(
     name: &str,
     rows: &[Comparison],
     calls: Calls,
     duration: Duration,
 ) -> anyhow::Result<Vec<Comparison>> {
-    let hand_off = Server::Baseline(WsLib::Fastwebsockets, Shape::HandedOff).name();
-    let handed_off = format!("{name}, {hand_off}");
+    let handed_off = handed_off_rows(name);
+    let metric = calls.metric();
     let Some(floor) = rows
         .iter()
-        .find(|r| r.scenario == handed_off && r.metric == calls.metric())
+        .find(|r| r.scenario == handed_off && r.metric == metric)
     else {
         return Ok(Vec::new());
     };
-    let cost = cost(calls, duration)?;
+    let cost = cost(calls, duration).await?;
     eprintln!("{name}: sandboxed calls: {cost:.2} CPU µs per unit ({calls:?})");
     Ok(vec![
         Comparison {
             scenario: format!("{name}, sandboxed calls alone"),
-            metric: calls.metric().to_owned(),
+            metric: metric.clone(),
             wasmgate: cost,
             baseline: None,
             target: None,
         },
         Comparison {
             scenario: format!("{handed_off} + sandboxed calls"),
-            metric: calls.metric().to_owned(),
+            metric,
             wasmgate: floor.wasmgate + cost,
             baseline: floor.baseline,
             target: floor.target,

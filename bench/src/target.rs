@@ -158,15 +158,16 @@ impl Running {
                 let lib = lib.to_possible_value().expect("no skipped variants");
                 let worker = match shape {
                     Shape::Linked => {
-                        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?)).to_string();
+                        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                        let listen = addr.to_string();
                         running.spawn(
                             "baseline-worker",
                             Program::Itself,
-                            &["baseline-worker", "--listen", &addr],
+                            &["baseline-worker", "--listen", &listen],
                         )?;
                         // Listening before the baseline dials it once, at its start.
-                        all_listening(addr.parse()?, 1).await?;
-                        Some(addr)
+                        all_listening(addr, 1).await?;
+                        Some(listen)
                     }
                     Shape::Direct | Shape::HandedOff => None,
                 };

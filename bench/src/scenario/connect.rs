@@ -118,7 +118,7 @@ fn connectors(
                 connected += 1;
                 stats::record(&mut latency, (progress - slot.start).as_micros() as u64);
             }
-            *slot = Slot::open(slot.addr, slot.source, poll.registry(), Token(i))?;
+            *slot = Slot::open(slot.addr, source(i), poll.registry(), Token(i))?;
         }
     }
 }
@@ -146,7 +146,6 @@ fn source(i: usize) -> IpAddr {
 /// One connector's connection.
 struct Slot {
     addr: SocketAddr,
-    source: IpAddr,
     stream: mio::net::TcpStream,
     step: Step,
     /// When its `connect` began.
@@ -178,7 +177,6 @@ impl Slot {
         registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
         Ok(Self {
             addr,
-            source,
             stream,
             step: Step::Connecting,
             start,

@@ -71,7 +71,7 @@ pub async fn compare(
 ) -> anyhow::Result<Vec<Comparison>> {
     anyhow::ensure!(
         !setup.floor || setup.ws_lib == WsLib::Fastwebsockets,
-        "--floor measures the fastwebsockets baseline only (echo, connect, reload)"
+        "--floor measures the fastwebsockets baseline only (echo, connect)"
     );
     let direct = Server::Baseline(setup.ws_lib, Shape::Direct);
     let hand_off = match setup.layout {
@@ -107,10 +107,18 @@ pub async fn compare(
     }
     let mut rows = Comparison::pair(name, &figures_of[0], &figures_of[1]);
     if let Some(floor) = figures_of.get(2) {
-        let floor_name = format!("{name}, {}", handed_off.name());
-        rows.extend(Comparison::pair(&floor_name, floor, &figures_of[1]));
+        rows.extend(Comparison::pair(
+            &handed_off_rows(name),
+            floor,
+            &figures_of[1],
+        ));
     }
     Ok(rows)
+}
+
+/// The scenario name of the hand-off baseline's rows in the comparison named `name`.
+pub fn handed_off_rows(name: &str) -> String {
+    format!("{name}, hand-off baseline")
 }
 
 /// Opens `n` clients spread over `addrs`, from `source` if given.
@@ -204,12 +212,17 @@ pub struct Cpu {
 /// window, as two figures; `target` is the server's.
 pub fn cpu_per(unit: &str, cpu: Cpu, count: u64, target: Option<&'static str>) -> [Figure; 2] {
     let micros = |d: Duration| d.as_secs_f64() * 1e6 / count.max(1) as f64;
-    let mut server = Figure::new(format!("server CPU µs/{unit}"), micros(cpu.server));
+    let mut server = Figure::new(server_cpu(unit), micros(cpu.server));
     server.target = target;
     [
         server,
         Figure::new(format!("client CPU µs/{unit}"), micros(cpu.client)),
     ]
+}
+
+/// The metric of the servers' CPU microseconds per `unit` of work.
+pub fn server_cpu(unit: &str) -> String {
+    format!("server CPU µs/{unit}")
 }
 
 /// `prefix` followed by `payload` bytes of filler: a message whose payload has the size a
