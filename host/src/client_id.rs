@@ -159,13 +159,18 @@ impl FromStr for ClientId {
     type Err = MalformedClientId;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Every host call about a client parses its id: one pass over the 20 digits, read as
+        // one number and split, instead of a check pass and three `from_str_radix`.
         let malformed = || MalformedClientId(s.to_owned());
-        if s.len() != 20 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if s.len() != 20 {
             return Err(malformed());
         }
-        let ip = u32::from_str_radix(&s[0..8], 16).map_err(|_| malformed())?;
-        let port = u16::from_str_radix(&s[8..12], 16).map_err(|_| malformed())?;
-        let index = u32::from_str_radix(&s[12..20], 16).map_err(|_| malformed())?;
+        let mut value: u128 = 0;
+        for byte in s.bytes() {
+            let digit = char::from(byte).to_digit(16).ok_or_else(malformed)?;
+            value = value << 4 | u128::from(digit);
+        }
+        let (ip, port, index) = ((value >> 48) as u32, (value >> 32) as u16, value as u32);
         Ok(Self::new(
             SocketAddrV4::new(Ipv4Addr::from(ip), port),
             index,
@@ -243,9 +248,13 @@ mod tests {
             "7f00000108fc0000000",
             "7f00000108fc0000000g",
             "7f00000108fc000000080",
+            "+f00000108fc00000008",
+            "7f00000108fc000000\u{e9}",
         ] {
             assert!(bad.parse::<ClientId>().is_err(), "{bad:?} accepted");
         }
+        let id = ClientId::new("127.0.0.1:2300".parse().unwrap(), 8);
+        assert_eq!("7F00000108FC00000008".parse::<ClientId>().unwrap(), id);
     }
 
     #[test]

@@ -581,8 +581,9 @@ pub struct GatewayLinks {
     trust: Trust,
     local: LocalGateways,
     role: Peer,
-    /// By the gateway's key (`client_id::gateway_key`): what client ids name.
-    links: RwLock<HashMap<SocketAddrV4, Arc<GatewayLink>>>,
+    /// By the gateway's key (`client_id::gateway_key`): what client ids name. Looked up by
+    /// every command (a fast hash: the keys come from the register's list).
+    links: RwLock<foldhash::HashMap<SocketAddrV4, Arc<GatewayLink>>>,
     next_query: AtomicU64,
     linked: watch::Sender<BTreeSet<SocketAddr>>,
     ping_interval: Duration,
@@ -626,7 +627,7 @@ impl GatewayLinks {
             linkings: Mutex::default(),
             local,
             role,
-            links: RwLock::new(HashMap::new()),
+            links: RwLock::default(),
             next_query: AtomicU64::new(1),
             linked: watch::channel(BTreeSet::new()).0,
             tasks: TaskTracker::new(),

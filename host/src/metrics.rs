@@ -509,7 +509,10 @@ impl CallMetrics {
     }
 }
 
-type CallMetricsByPlugin = HashMap<String, HashMap<&'static str, CallMetrics>>;
+/// Looked up twice per plugin call: a fast hash (names come from the operator's files).
+type CallMetricsByPlugin = HashMap<String, HashMap<&'static str, CallMetrics, FastHash>, FastHash>;
+
+type FastHash = foldhash::fast::RandomState;
 
 fn call_metrics() -> std::sync::RwLockReadGuard<'static, CallMetricsByPlugin> {
     CALL_METRICS.read().unwrap_or_else(|e| e.into_inner())

@@ -191,7 +191,7 @@ impl Outbox {
 /// current one is pushed (a prefetch is a hint that a lock does not wait for). Recipients
 /// whose queues are full are killed as slow readers, as a push would. A message for a few
 /// allocates nothing.
-pub fn push_each<'a>(recipients: impl IntoIterator<Item = &'a Outbox>, data: &Bytes) {
+pub fn push_each<'a>(recipients: impl IntoIterator<Item = &'a Outbox>, data: Bytes) {
     let recipients = recipients.into_iter();
     // Room for the most there can be: those a look-up misses are few, and growing by
     // doubling would copy the list a dozen times on the way to ten thousand.
@@ -200,12 +200,18 @@ pub fn push_each<'a>(recipients: impl IntoIterator<Item = &'a Outbox>, data: &By
     for ahead in queues.iter().take(FETCH_AHEAD) {
         prefetch(ahead);
     }
-    for (i, queue) in queues.iter().enumerate() {
+    // The last recipient takes `data` itself: a clone of bytes made from a `Vec` allocates
+    // their shared count, which a message for one client (most of them) need not pay.
+    let Some((last, others)) = queues.split_last() else {
+        return;
+    };
+    for (i, queue) in others.iter().enumerate() {
         if let Some(ahead) = queues.get(i + FETCH_AHEAD) {
             prefetch(ahead);
         }
         queue.push(Outbound::Data(data.clone()));
     }
+    last.push(Outbound::Data(data));
 }
 
 /// Asks the CPU to bring `shared`'s lines into the cache (both: it straddles a line
@@ -419,7 +425,7 @@ mod tests {
             .collect();
         let slow = &queues[FETCH_AHEAD + 1];
         assert!(slow.0.push(data(100)));
-        push_each(queues.iter().map(|(tx, _)| tx), &Bytes::from_static(b"all"));
+        push_each(queues.iter().map(|(tx, _)| tx), Bytes::from_static(b"all"));
         assert_eq!(slow.1.killed(), Some(Kill::SlowReader));
         for (i, (_, rx)) in queues.iter().enumerate() {
             if i == FETCH_AHEAD + 1 {

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use super::counters::Counters;
@@ -130,12 +131,12 @@ impl More {
 
 /// Client indexes of this gateway, sorted and distinct: a sorted vector beats hashing a
 /// command's short lists into a set, or a broadcast's thousands into a tree, and delivers in
-/// the order the clients connected.
-struct Indexes(Vec<u32>);
+/// the order the clients connected. A command for a few clients allocates nothing.
+struct Indexes(SmallVec<[u32; 4]>);
 
 impl Indexes {
     fn distinct(indexes: impl Iterator<Item = u32>) -> Self {
-        let mut indexes: Vec<u32> = indexes.collect();
+        let mut indexes: SmallVec<[u32; 4]> = indexes.collect();
         indexes.sort_unstable();
         indexes.dedup();
         Self(indexes)
@@ -467,11 +468,11 @@ impl GatewayState {
                 let recipients = (c.by_index.iter())
                     .filter(|(index, _)| !exclude.contains(index))
                     .map(|(_, entry)| &entry.outbox);
-                outbox::push_each(recipients, &data);
+                outbox::push_each(recipients, data);
             }
             Command::SendToClients { clients, data } => {
                 let targets = self.local_indexes(&clients);
-                c.send_to(targets.0.into_iter(), &data);
+                c.send_to(targets.0.into_iter(), data);
             }
             Command::CloseClient { client, farewell } => {
                 if let Some(e) = self.entry(c, client) {
@@ -549,7 +550,7 @@ impl GatewayState {
             Command::SendToUid { uids, data } => {
                 let targets =
                     Indexes::distinct(uids.iter().filter_map(|u| c.uids.get(u)).flatten().copied());
-                c.send_to(targets.0.into_iter(), &data);
+                c.send_to(targets.0.into_iter(), data);
             }
             Command::JoinGroup { client, group } => {
                 let Some(e) = self.entry(c, client) else {
@@ -609,7 +610,7 @@ impl GatewayState {
                         .filter(|i| !exclude.contains(i))
                         .copied(),
                 );
-                c.send_to(targets.0.into_iter(), &data);
+                c.send_to(targets.0.into_iter(), data);
             }
             Command::SetSession { client, session } => {
                 let Some(e) = self.entry(c, client) else {
@@ -833,7 +834,7 @@ pub struct ClientSummary {
 impl Clients {
     /// Queues `data` for the clients of `targets` still here, in one pass
     /// ([`outbox::push_each`] looks them all up before it pushes).
-    fn send_to(&self, targets: impl Iterator<Item = u32>, data: &Bytes) {
+    fn send_to(&self, targets: impl Iterator<Item = u32>, data: Bytes) {
         let recipients = targets.filter_map(|index| Some(&self.by_index.get(&index)?.outbox));
         outbox::push_each(recipients, data);
     }

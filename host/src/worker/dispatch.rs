@@ -231,7 +231,8 @@ type App = Vec<Arc<InstanceQueue>>;
 
 /// Routes events to the instances of the running apps.
 pub struct Dispatcher {
-    apps: RwLock<HashMap<String, App>>,
+    /// Looked up by every event (a fast hash: names come from the operator's files).
+    apps: RwLock<foldhash::HashMap<String, App>>,
     /// The apps of `apps` with their versions, by name, as the links announce them.
     served: watch::Sender<Vec<ServedApp>>,
     gateways: Arc<dyn Gateways>,
@@ -252,7 +253,7 @@ impl Dispatcher {
     /// gateways through `gateways`.
     pub fn new(gateways: Arc<dyn Gateways>, host: u64) -> Arc<Self> {
         Arc::new(Self {
-            apps: RwLock::new(HashMap::new()),
+            apps: RwLock::default(),
             served: watch::channel(Vec::new()).0,
             gateways,
             hasher: ClientHasher::default(),
