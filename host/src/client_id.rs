@@ -121,11 +121,17 @@ impl ClientId {
         Self { gateway, index }
     }
 
-    /// The id as its 20 hex characters. Written out by hand, not through `format!`: every
-    /// event hands its client's id to the plugin as text, and the formatting machinery showed
-    /// in the per-message profile.
+    /// The id as its 20 hex characters.
     pub fn to_hex(&self) -> String {
         let mut text = String::with_capacity(20);
+        self.write_hex(&mut text);
+        text
+    }
+
+    /// Appends the id's 20 hex characters to `text`. Written out by hand, not through
+    /// `format!`: every event hands its client's id to the plugin as text, and the formatting
+    /// machinery showed in the per-message profile.
+    pub fn write_hex(&self, text: &mut String) {
         let fields = [
             (u32::from(*self.gateway.ip()), 8),
             (u32::from(self.gateway.port()), 4),
@@ -137,7 +143,6 @@ impl ClientId {
                 text.push(char::from(HEX_DIGITS[nibble as usize]));
             }
         }
-        text
     }
 }
 

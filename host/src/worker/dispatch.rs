@@ -532,12 +532,15 @@ async fn drive(
     gateways: Arc<dyn Gateways>,
 ) {
     let mut sessions: ClientMap<SessionTrack> = ClientMap::default();
+    let mut record = empty_record();
     loop {
         // `next` takes work off the queue only in the poll that returns it, so the branch
         // that loses the race loses nothing.
         tokio::select! {
             next = queue.next() => match next {
-                Work::Event(event) => handle(&mut instance, &mut sessions, &*gateways, event).await,
+                Work::Event(event) => {
+                    handle(&mut instance, &mut sessions, &mut record, &*gateways, event).await;
+                }
                 Work::Swap(new) => {
                     let mut old = std::mem::replace(&mut instance, *new);
                     old.stop().await;
@@ -555,6 +558,7 @@ async fn drive(
 async fn handle(
     instance: &mut PluginInstance,
     sessions: &mut ClientMap<SessionTrack>,
+    record: &mut Client,
     gateways: &dyn Gateways,
     event: Incoming,
 ) {
@@ -566,15 +570,17 @@ async fn handle(
     } = event;
     // Acknowledged to its gateway once the callback is over and its commands reached theirs.
     done.after(run_event(
-        instance, sessions, gateways, &listener, context, kind,
+        instance, sessions, record, gateways, &listener, context, kind,
     ))
     .await;
 }
 
-/// Runs the callback of one event.
+/// Runs the callback of one event; its record is written over `record`'s strings, and left
+/// there for the next event.
 async fn run_event(
     instance: &mut PluginInstance,
     sessions: &mut ClientMap<SessionTrack>,
+    record: &mut Client,
     gateways: &dyn Gateways,
     listener: &ListenerInfo,
     context: ClientContext,
@@ -584,7 +590,7 @@ async fn run_event(
     // Not the client's own event: its session is only read, and no write is tracked.
     if let EventKind::UidOnline(uid) | EventKind::UidOffline(uid) = &kind {
         let client = EventClient {
-            record: wit_client(&context, &listener.name, listener.port, &context.session),
+            record: refill(record, &context, listener, &context.session),
             id,
             session: context.session.clone(),
             event: None,
@@ -594,6 +600,7 @@ async fn run_event(
             _ => Call::UidOffline(uid, &client),
         };
         let _ = instance.call(call).await;
+        *record = client.record;
         return;
     }
     let track = sessions
@@ -603,8 +610,8 @@ async fn run_event(
         Some(t) => t.session.clone(),
         None => context.session.clone(),
     };
-    let client = EventClient {
-        record: wit_client(&context, &listener.name, listener.port, &session),
+    let mut client = EventClient {
+        record: refill(record, &context, listener, &session),
         id,
         session,
         event: Some(context.event).filter(|&n| n > 0),
@@ -640,21 +647,20 @@ async fn run_event(
                 if rejected.await.is_err() {
                     tracing::warn!(client = %id, "cannot reject the client: its gateway is not linked");
                 }
+                *record = client.record;
                 return;
             }
             if let Ok(outcome) = accepted {
                 track.apply(outcome.session);
             }
-            let client = EventClient {
-                session: track.session.clone(),
-                record: wit_client(&context, &listener.name, listener.port, &track.session),
-                ..client
-            };
+            client.session = track.session.clone();
+            client.record.session = pairs(&track.session);
             instance.call(Call::Connect(&client)).await
         }
         EventKind::Message(data) => instance.call(Call::Message(&client, &data)).await,
         EventKind::Close => {
             let _ = instance.call(Call::Close(&client)).await;
+            *record = client.record;
             return;
         }
         EventKind::UidOnline(_) | EventKind::UidOffline(_) => unreachable!("handled above"),
@@ -665,33 +671,68 @@ async fn run_event(
     if track.writes > 0 {
         sessions.insert(id, track);
     }
+    *record = client.record;
 }
 
-/// The record a callback receives; its session is the one copy an event makes of it, since
-/// wasmtime lowers the record into the guest from owned values.
-fn wit_client(context: &ClientContext, listener: &str, port: u16, session: &Session) -> Client {
+/// A record with nothing in it, which allocates nothing.
+fn empty_record() -> Client {
     Client {
-        id: context.id.to_hex(),
-        remote_addr: ip_text(context.remote.ip()),
-        remote_port: context.remote.port(),
-        gateway_addr: ip_text(IpAddr::V4(*context.id.gateway.ip())),
-        gateway_port: port,
-        listener: listener.to_owned(),
-        uid: context.uid.clone(),
-        session: session
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        id: String::new(),
+        remote_addr: String::new(),
+        remote_port: 0,
+        gateway_addr: String::new(),
+        gateway_port: 0,
+        listener: String::new(),
+        uid: None,
+        session: Vec::new(),
     }
 }
 
-/// An address as text. IPv4 is written out by hand: every event carries two addresses to the
-/// plugin, and `Display`'s formatting machinery showed in the per-message profile.
-fn ip_text(ip: IpAddr) -> String {
+/// The record a callback receives, written over the strings of `last` (the previous
+/// event's): their capacity is reused, where a record built anew allocated each string per
+/// event. Its session is the one copy an event makes of it, since wasmtime lowers the record
+/// into the guest from owned values.
+fn refill(
+    last: &mut Client,
+    context: &ClientContext,
+    listener: &ListenerInfo,
+    session: &Session,
+) -> Client {
+    let mut record = std::mem::replace(last, empty_record());
+    record.id.clear();
+    context.id.write_hex(&mut record.id);
+    record.remote_addr.clear();
+    write_ip(&mut record.remote_addr, context.remote.ip());
+    record.remote_port = context.remote.port();
+    record.gateway_addr.clear();
+    write_ip(
+        &mut record.gateway_addr,
+        IpAddr::V4(*context.id.gateway.ip()),
+    );
+    record.gateway_port = listener.port;
+    record.listener.clear();
+    record.listener.push_str(&listener.name);
+    record.uid.clone_from(&context.uid);
+    record.session = pairs(session);
+    record
+}
+
+/// A session as the record's list of pairs.
+fn pairs(session: &Session) -> Vec<(String, String)> {
+    session
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Writes an address as text. IPv4 is written out by hand: every event carries two
+/// addresses to the plugin, and `Display`'s formatting machinery showed in the per-message
+/// profile.
+fn write_ip(text: &mut String, ip: IpAddr) {
     let IpAddr::V4(v4) = ip else {
-        return ip.to_string();
+        text.push_str(&ip.to_string());
+        return;
     };
-    let mut text = String::with_capacity(15);
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
             text.push('.');
@@ -704,7 +745,6 @@ fn ip_text(ip: IpAddr) -> String {
         }
         text.push(char::from(b'0' + octet % 10));
     }
-    text
 }
 
 #[cfg(test)]
@@ -728,8 +768,34 @@ mod tests {
             "::1",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_text(ip), ip.to_string());
+            let mut text = String::from("left over");
+            text.clear();
+            write_ip(&mut text, ip);
+            assert_eq!(text, ip.to_string());
         }
+    }
+
+    #[test]
+    fn a_refilled_record_keeps_nothing_of_the_last_event() {
+        let long = event(0xabcdef, "x");
+        let mut context = long.client.clone();
+        context.remote = "[2001:db8::1]:443".parse().unwrap();
+        context.uid = Some("someone".into());
+        context.session = Arc::new(Session::from([("k".to_owned(), "v".to_owned())]));
+        let mut record = empty_record();
+        record = refill(&mut record, &context, &long.listener, &context.session);
+        let short = event(7, "y");
+        let listener = ListenerInfo {
+            name: "other".into(),
+            ..(*short.listener).clone()
+        };
+        let refilled = refill(&mut record, &short.client, &listener, &Session::new());
+        assert_eq!(refilled.id, short.client.id.to_hex());
+        assert_eq!(refilled.remote_addr, "127.0.0.1");
+        assert_eq!(refilled.gateway_addr, "127.0.0.1");
+        assert_eq!(refilled.listener, "other");
+        assert_eq!(refilled.uid, None);
+        assert!(refilled.session.is_empty());
     }
 
     fn event(client: u32, text: &'static str) -> Incoming {
