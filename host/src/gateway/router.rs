@@ -742,10 +742,19 @@ impl Router {
                 }
                 unacked.entry(client).or_default().push(message.clone());
             }
-            match link.queue.send(message).await {
+            // Tried at once first; the wait is boxed: a send's future would more than double
+            // this one, which a connection boxes for its first event.
+            let sent = match link.queue.try_send(message) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Closed(m)) => Err(m),
+                Err(TrySendError::Full(m)) => {
+                    Box::pin(link.queue.send(m)).await.map_err(|SendError(m)| m)
+                }
+            };
+            match sent {
                 Ok(()) => return Ok(()),
                 // The link closed while we waited: re-bind and try the next one.
-                Err(SendError(m)) => {
+                Err(m) => {
                     let mut unacked = link.unacked.lock().unwrap_or_else(|e| e.into_inner());
                     let ours = unacked.get_mut(&client).and_then(|sent| {
                         let last = sent.last().is_some_and(|e| event_number(e) == number);
