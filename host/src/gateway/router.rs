@@ -649,7 +649,8 @@ impl Router {
     }
 
     /// Sends `message` as [`Self::forward`] would, if that needs no wait: the client is bound
-    /// to a host that serves its app and neither its window nor the link's queue is full.
+    /// to a host that serves its app (or is bound here, to the least bound one, if it is its
+    /// first event and a host is linked) and neither its window nor the link's queue is full.
     /// This is nearly every event of a client that is served, and it costs no future; any
     /// other case gives the event back for `forward`.
     #[expect(
@@ -661,6 +662,14 @@ impl Router {
             return Err(message);
         };
         let (client, listener) = (client.id, client.listener);
+        if binding.0.is_none() {
+            // As `bind` does once a host is there: the first event of every connection would
+            // otherwise take `forward`'s boxed future, over a kilobyte, for a wait it rarely has.
+            let Some(link) = self.least_bound(listener).filter(|l| !l.is_leaving()) else {
+                return Err(message);
+            };
+            binding.0 = Some(self.bind_to(link, client));
+        }
         let Some(bound) = binding.0.as_ref().filter(|b| !b.displaced(listener)) else {
             return Err(message);
         };
@@ -859,13 +868,18 @@ impl Router {
 
     async fn bind(&self, client: ClientId, listener: u16) -> Result<Bound, Unrouted> {
         let link = self.pick(listener).await?;
+        Ok(self.bind_to(link, client))
+    }
+
+    /// Binds `client` to `link`: its window, counted on the link.
+    fn bind_to(&self, link: Arc<WorkerLink>, client: ClientId) -> Bound {
         link.bound.fetch_add(1, Ordering::Relaxed);
         let window = Arc::new(Window::new(client, self.window));
         link.windows
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .replace(ByClient(window.clone()));
-        Ok(Bound { link, window })
+        Bound { link, window }
     }
 
     async fn pick(&self, listener: u16) -> Result<Arc<WorkerLink>, Unrouted> {
@@ -1163,16 +1177,20 @@ mod tests {
         (link, events)
     }
 
-    /// A bound client's event goes at once while its window has room; one that would wait
-    /// (not bound yet, window full) is given back whole, and goes once the window opens.
+    /// A client's event goes at once while a host serves its app and its window has room
+    /// (the first binds it there); one that would wait (no host yet, window full) is given
+    /// back whole, and goes once it need not wait.
     #[tokio::test]
     async fn an_event_that_needs_no_wait_is_sent_at_once_and_others_are_given_back() {
         let router = Arc::new(Router::new(2, Duration::from_secs(5), vec!["app".into()]));
-        let (link, mut events) = serving(&router);
         let mut binding = Binding::default();
         let unbound = router.try_forward(&mut binding, numbered("1", 1));
-        let first = unbound.expect_err("a client not bound yet waits for a host");
-        router.forward(&mut binding, first).await.unwrap();
+        let first = unbound.expect_err("no host linked yet: the client waits for one");
+        let (link, mut events) = serving(&router);
+        router
+            .try_forward(&mut binding, first)
+            .expect("a host serves the app: the client is bound at once");
+        assert_eq!(link.bound.load(Ordering::Relaxed), 1);
         router
             .try_forward(&mut binding, numbered("2", 2))
             .expect("room in the window");
