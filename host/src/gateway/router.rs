@@ -664,7 +664,8 @@ impl Router {
         let (client, listener) = (client.id, client.listener);
         if binding.0.is_none() {
             // As `bind` does once a host is there: the first event of every connection would
-            // otherwise take `forward`'s boxed future, over a kilobyte, for a wait it rarely has.
+            // otherwise take `forward`'s boxed future (most of a kilobyte) for a wait it
+            // rarely has.
             let Some(link) = self.least_bound(listener).filter(|l| !l.is_leaving()) else {
                 return Err(message);
             };
