@@ -13,6 +13,7 @@ use wasmgate::worker::runtime::{
     Call, CallError, EventClient, Limits, LoadError, PluginInstance, Runtime,
 };
 use wasmgate_tests::plugins;
+use wasmgate_tests::records::client;
 
 /// Records what a plugin asks of the gateways; answers `GroupCounts` with 3 per group.
 #[derive(Default)]
@@ -52,8 +53,6 @@ const OTHER: &str = "7f00000108fc00000009";
 fn me() -> ClientId {
     ME.parse().unwrap()
 }
-
-use wasmgate_tests::records::client;
 
 fn reply(text: &str) -> Command {
     Command::SendToClients {
