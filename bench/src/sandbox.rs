@@ -3,7 +3,9 @@
 //! do nothing, timed by the calling thread's CPU clock. With `--floor`, the hand-off
 //! baseline's CPU plus this is the least wasmgate's design costs: the hops it needs, made
 //! natively, and the plugin calls, made as wasmgate makes them. What wasmgate spends beyond
-//! it is its own (links, queues, acknowledgements, the gateway's bookkeeping).
+//! it is its own (links, queues, acknowledgements, the gateway's bookkeeping). The plain
+//! baseline's CPU plus this is the least any server costs that makes these calls, even in
+//! the client's own task with nothing between: no design with a sandbox goes under it.
 //!
 //! The calls are the ones the scenario's events make: `on-message` with an `echo` (one
 //! `send-to-client` host call) per message; per connection, `on-websocket-connect`,
@@ -148,7 +150,8 @@ fn thread_cpu() -> f64 {
 }
 
 /// With the rows of a `--floor` comparison named `name`: the sandbox's cost per unit, and the
-/// hand-off baseline's CPU plus it against the plain baseline's (`… + sandboxed calls`).
+/// hand-off baseline's CPU plus it, and the plain baseline's plus it, each against the plain
+/// baseline's (`… + sandboxed calls`).
 pub async fn floor_rows(
     name: &str,
     rows: &[Comparison],
@@ -165,7 +168,7 @@ pub async fn floor_rows(
     };
     let cost = cost(calls, duration).await?;
     eprintln!("{name}: sandboxed calls: {cost:.2} CPU µs per unit ({calls:?})");
-    Ok(vec![
+    let mut added = vec![
         Comparison {
             scenario: format!("{name}, sandboxed calls alone"),
             metric: metric.clone(),
@@ -175,10 +178,20 @@ pub async fn floor_rows(
         },
         Comparison {
             scenario: format!("{handed_off} + sandboxed calls"),
-            metric,
+            metric: metric.clone(),
             wasmgate: floor.wasmgate + cost,
             baseline: floor.baseline,
             target: floor.target,
         },
-    ])
+    ];
+    if let Some(plain) = floor.baseline {
+        added.push(Comparison {
+            scenario: format!("{name}, baseline + sandboxed calls"),
+            metric,
+            wasmgate: plain + cost,
+            baseline: Some(plain),
+            target: floor.target,
+        });
+    }
+    Ok(added)
 }

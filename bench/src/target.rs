@@ -445,9 +445,9 @@ impl Running {
             .collect()
     }
 
-    /// A function that reads the CPU time (user and system) every process of the server has
-    /// used so far; it owns what it needs, so a task can sample while the run goes on.
-    pub fn cpu_sampler(&self) -> impl Fn() -> anyhow::Result<Duration> + Send + 'static {
+    /// A function that reads the CPU time every process of the server has used so far; it
+    /// owns what it needs, so a task can sample while the run goes on.
+    pub fn cpu_sampler(&self) -> impl Fn() -> anyhow::Result<CpuTime> + Send + 'static {
         let pids: Vec<u32> = self.children.iter().filter_map(Child::id).collect();
         move || pids.iter().map(|&pid| cpu_time(pid)).sum()
     }
@@ -601,9 +601,46 @@ pub fn rss(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
-/// The CPU time (user and system, every thread) process `pid` has used, from
-/// `/proc/PID/stat`.
-pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+/// CPU time used, split as the kernel accounts it: a server's user time is its own code
+/// (wasmgate's, the plugin's), its system time mostly the socket calls, which on loopback
+/// also run the receiving side's TCP, and the wake-ups between threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTime {
+    /// In user space.
+    pub user: Duration,
+    /// In the kernel, on the process's behalf.
+    pub system: Duration,
+}
+
+impl CpuTime {
+    /// User and system together.
+    pub fn total(self) -> Duration {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = Self;
+
+    fn sub(self, earlier: Self) -> Self {
+        Self {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
+
+impl std::iter::Sum for CpuTime {
+    fn sum<I: Iterator<Item = Self>>(times: I) -> Self {
+        times.fold(Self::default(), |sum, t| Self {
+            user: sum.user + t.user,
+            system: sum.system + t.system,
+        })
+    }
+}
+
+/// The CPU time (every thread) process `pid` has used, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> anyhow::Result<CpuTime> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces: count fields after its closing parenthesis,
     // where field 3 (the state) comes first and utime, stime are fields 14 and 15.
@@ -619,9 +656,11 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     };
     // SAFETY: sysconf only reads a constant of the running system.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(Duration::from_micros(
-        (ticks(11)? + ticks(12)?) * 1_000_000 / hz,
-    ))
+    let time = |ticks: u64| Duration::from_micros(ticks * 1_000_000 / hz);
+    Ok(CpuTime {
+        user: time(ticks(11)?),
+        system: time(ticks(12)?),
+    })
 }
 
 /// The last lines of a log.
@@ -637,4 +676,33 @@ pub fn deploy(dir: &Path, src: &str) -> anyhow::Result<()> {
     std::fs::copy(src, &aside)?;
     std::fs::rename(&aside, dir.join(format!("{APP}.wasm")))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that computes gains user time, read apart from its system time; the sum of
+    /// several processes' times and the difference of two readings keep the parts apart.
+    #[test]
+    fn computing_shows_as_user_time() {
+        let pid = std::process::id();
+        let before = cpu_time(pid).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut x = 0u64;
+        let after = loop {
+            for i in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            let now = cpu_time(pid).unwrap();
+            if now.user > before.user || Instant::now() > deadline {
+                break now;
+            }
+        };
+        let spent = after - before;
+        assert!(spent.user > Duration::ZERO, "no user time after computing");
+        assert_eq!(spent.total(), spent.user + spent.system);
+        let both: CpuTime = [before, spent].into_iter().sum();
+        assert_eq!(both, after);
+    }
 }

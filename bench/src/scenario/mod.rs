@@ -22,7 +22,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use crate::baseline::{Shape, WsLib};
 use crate::client::{Client, Proto};
 use crate::stats::{Comparison, Figure};
-use crate::target::{Layout, Listeners, Running, Server, cpu_time};
+use crate::target::{CpuTime, Layout, Listeners, Running, Server, cpu_time};
 
 /// Longest a client waits for an answer before the run fails: the tool stops by itself
 /// even when the server under test stops answering.
@@ -183,7 +183,7 @@ impl Window {
     /// shows whether the client or the server bounds a run.
     pub fn cpu_of(self, running: &Running) -> tokio::task::JoinHandle<anyhow::Result<Cpu>> {
         let server = running.cpu_sampler();
-        let client = || cpu_time(std::process::id());
+        let client = || cpu_time(std::process::id()).map(CpuTime::total);
         tokio::spawn(async move {
             tokio::time::sleep_until(self.start.into()).await;
             let before = Cpu {
@@ -203,19 +203,28 @@ impl Window {
 #[derive(Debug, Clone, Copy)]
 pub struct Cpu {
     /// By the server's processes.
-    pub server: Duration,
+    pub server: CpuTime,
     /// By this tool: the load client.
     pub client: Duration,
 }
 
 /// Server and client CPU microseconds per unit of work (message, delivery, connection) in a
-/// window, as two figures; `target` is the server's.
-pub fn cpu_per(unit: &str, cpu: Cpu, count: u64, target: Option<&'static str>) -> [Figure; 2] {
+/// window, as figures: the server's whole (`target` is its), its user and system parts, the
+/// client's. The parts tell a server's own code from the socket work every server pays.
+pub fn cpu_per(unit: &str, cpu: Cpu, count: u64, target: Option<&'static str>) -> [Figure; 4] {
     let micros = |d: Duration| d.as_secs_f64() * 1e6 / count.max(1) as f64;
-    let mut server = Figure::new(server_cpu(unit), micros(cpu.server));
+    let mut server = Figure::new(server_cpu(unit), micros(cpu.server.total()));
     server.target = target;
     [
         server,
+        Figure::new(
+            format!("server user CPU µs/{unit}"),
+            micros(cpu.server.user),
+        ),
+        Figure::new(
+            format!("server system CPU µs/{unit}"),
+            micros(cpu.server.system),
+        ),
         Figure::new(format!("client CPU µs/{unit}"), micros(cpu.client)),
     ]
 }
