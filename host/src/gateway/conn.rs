@@ -97,7 +97,7 @@ enum Reading {
     /// The first event is not sent yet: `connect`, or `websocket-connect` with the upgrade
     /// request (a WebSocket client's `on-connect` runs on the worker host only once
     /// `on-websocket-connect` has accepted it).
-    Start(Option<Box<WebSocketRequest>>),
+    Start(Option<Arc<WebSocketRequest>>),
     /// The first event waits for the router: reading waits with it.
     First(Waiting),
     /// Reading the socket.
@@ -167,7 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
         seat: Seat,
         remote: SocketAddr,
         stream: ClientStream<S, F>,
-        handshake: Option<Box<WebSocketRequest>>,
+        handshake: Option<Arc<WebSocketRequest>>,
     ) -> Self {
         let (outbox, queue) = outbox(shared.send_buffer);
         let id = shared.state.add(remote, shared.listener, outbox);
@@ -295,7 +295,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Framing> Connection<S, F> {
             match &mut self.reading {
                 Reading::Start(request) => {
                     let first = match request.take() {
-                        Some(request) => EventKind::WebSocketConnect(*request),
+                        Some(request) => EventKind::WebSocketConnect(request),
                         None => EventKind::Connect,
                     };
                     self.reading = Reading::Read;

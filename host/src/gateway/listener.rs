@@ -221,7 +221,7 @@ fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             }
         };
         let stream = ClientStream::new(stream, WsFraming::new(config.max_message_size), rest);
-        let request = Some(Box::new(request));
+        let request = Some(Arc::new(request));
         Some(Connection::new(shared, seat, remote, stream, request))
     })
 }

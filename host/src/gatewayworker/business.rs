@@ -387,7 +387,7 @@ mod tests {
         let packets = event_packets(
             &listeners(),
             &client(Session::new()),
-            &EventKind::WebSocketConnect(request),
+            &EventKind::WebSocketConnect(Arc::new(request)),
         );
         assert_eq!(packets.len(), 2);
         assert_eq!(packets[0].cmd, cmd::ON_CONNECT);

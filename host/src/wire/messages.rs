@@ -103,8 +103,10 @@ pub enum EventKind {
     /// It connected (text and frame clients).
     Connect,
     /// Its WebSocket handshake completed: `on-websocket-connect`, then, if that accepted the
-    /// client, `on-connect` (a WebSocket client gets no separate `Connect`).
-    WebSocketConnect(WebSocketRequest),
+    /// client, `on-connect` (a WebSocket client gets no separate `Connect`). Shared, not
+    /// owned: the gateway keeps a copy of every event until it is acknowledged, and a
+    /// request's headers are most of a connection's copying.
+    WebSocketConnect(Arc<WebSocketRequest>),
     /// It sent a message.
     Message(Bytes),
     /// It is gone.

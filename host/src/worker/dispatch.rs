@@ -48,7 +48,7 @@ use crate::client_id::{ClientHasher, ClientId, ClientMap};
 use crate::links::{Done, EventSink, Incoming, Served};
 use crate::ops::{Command, Gateways, Session};
 use crate::wire::messages::{
-    ClientContext, EventKind, KeptClient, ListenerInfo, PresenceChange, ServedApp,
+    ClientContext, EventKind, KeptClient, ListenerInfo, PresenceChange, ServedApp, WebSocketRequest,
 };
 
 /// Events one instance may have waiting; more are dropped.
@@ -532,14 +532,14 @@ async fn drive(
     gateways: Arc<dyn Gateways>,
 ) {
     let mut sessions: ClientMap<SessionTrack> = ClientMap::default();
-    let mut record = empty_record();
+    let mut scratch = Scratch::new();
     loop {
         // `next` takes work off the queue only in the poll that returns it, so the branch
         // that loses the race loses nothing.
         tokio::select! {
             next = queue.next() => match next {
                 Work::Event(event) => {
-                    handle(&mut instance, &mut sessions, &mut record, &*gateways, event).await;
+                    handle(&mut instance, &mut sessions, &mut scratch, &*gateways, event).await;
                 }
                 Work::Swap(new) => {
                     let mut old = std::mem::replace(&mut instance, *new);
@@ -555,10 +555,33 @@ async fn drive(
     instance.stop().await;
 }
 
+/// The records an instance driver writes each event's over, so that their strings' capacity
+/// is reused: built anew, they allocated every string of every event.
+struct Scratch {
+    /// The last event's client.
+    record: Client,
+    /// The last WebSocket upgrade request (as long as the gateway's handshake limit lets one be).
+    request: WebsocketRequest,
+}
+
+impl Scratch {
+    /// Records with nothing in them, which allocate nothing.
+    fn new() -> Self {
+        Self {
+            record: empty_record(),
+            request: WebsocketRequest {
+                path: String::new(),
+                query: String::new(),
+                headers: Vec::new(),
+            },
+        }
+    }
+}
+
 async fn handle(
     instance: &mut PluginInstance,
     sessions: &mut ClientMap<SessionTrack>,
-    record: &mut Client,
+    scratch: &mut Scratch,
     gateways: &dyn Gateways,
     event: Incoming,
 ) {
@@ -570,22 +593,26 @@ async fn handle(
     } = event;
     // Acknowledged to its gateway once the callback is over and its commands reached theirs.
     done.after(run_event(
-        instance, sessions, record, gateways, &listener, context, kind,
+        instance, sessions, scratch, gateways, &listener, context, kind,
     ))
     .await;
 }
 
-/// Runs the callback of one event; its record is written over `record`'s strings, and left
+/// Runs the callback of one event; its records are written over `scratch`'s strings, and left
 /// there for the next event.
 async fn run_event(
     instance: &mut PluginInstance,
     sessions: &mut ClientMap<SessionTrack>,
-    record: &mut Client,
+    scratch: &mut Scratch,
     gateways: &dyn Gateways,
     listener: &ListenerInfo,
     context: ClientContext,
     kind: EventKind,
 ) {
+    let Scratch {
+        record,
+        request: kept,
+    } = scratch;
     let id = context.id;
     // Not the client's own event: its session is only read, and no write is tracked.
     if let EventKind::UidOnline(uid) | EventKind::UidOffline(uid) = &kind {
@@ -624,15 +651,9 @@ async fn run_event(
     let outcome = match kind {
         EventKind::Connect => instance.call(Call::Connect(&client)).await,
         EventKind::WebSocketConnect(request) => {
-            // Moved into the plugin's record: the request is the event's, used once.
-            let request = WebsocketRequest {
-                path: request.path,
-                query: request.query,
-                headers: request.headers,
-            };
-            let accepted = instance
-                .call(Call::WebsocketConnect(&client, &request))
-                .await;
+            // Copied, not moved: the gateway's copy of the event shares the request.
+            refill_request(kept, &request);
+            let accepted = instance.call(Call::WebsocketConnect(&client, kept)).await;
             // Fail closed: a plugin that crashed deciding has not accepted the client.
             let refusal = match &accepted {
                 Ok(outcome) => outcome.rejected.clone(),
@@ -672,6 +693,23 @@ async fn run_event(
         sessions.insert(id, track);
     }
     *record = client.record;
+}
+
+/// `from` written over `kept`'s strings, whose capacity is reused as [`refill`] reuses the
+/// record's (a tuple's `clone_from` would allocate each header anew).
+fn refill_request(kept: &mut WebsocketRequest, from: &WebSocketRequest) {
+    kept.path.clone_from(&from.path);
+    kept.query.clone_from(&from.query);
+    kept.headers.truncate(from.headers.len());
+    for (i, (name, value)) in from.headers.iter().enumerate() {
+        match kept.headers.get_mut(i) {
+            Some((kept_name, kept_value)) => {
+                kept_name.clone_from(name);
+                kept_value.clone_from(value);
+            }
+            None => kept.headers.push((name.clone(), value.clone())),
+        }
+    }
 }
 
 /// A record with nothing in it, which allocates nothing.
@@ -796,6 +834,32 @@ mod tests {
         assert_eq!(refilled.listener, "other");
         assert_eq!(refilled.uid, None);
         assert!(refilled.session.is_empty());
+    }
+
+    #[test]
+    fn a_refilled_request_is_the_new_one_whole() {
+        let header = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+        let long = WebSocketRequest {
+            path: "/a/long/path".into(),
+            query: "token=abc&room=1".into(),
+            headers: vec![header("host", "example.com"), header("cookie", "a=b; c=d")],
+        };
+        let short = WebSocketRequest {
+            path: "/".into(),
+            query: String::new(),
+            headers: vec![header("host", "h")],
+        };
+        let mut kept = Scratch::new().request;
+        refill_request(&mut kept, &long);
+        refill_request(&mut kept, &short);
+        assert_eq!(kept.path, short.path);
+        assert_eq!(kept.query, short.query);
+        assert_eq!(kept.headers, short.headers);
+        refill_request(&mut kept, &long);
+        assert_eq!(
+            kept.headers, long.headers,
+            "a longer request gets every header"
+        );
     }
 
     fn event(client: u32, text: &'static str) -> Incoming {
