@@ -15,16 +15,15 @@
 set -euo pipefail
 out=$1
 shift
-bin=${BENCH:-target/release/wasmgate-bench}
-mkdir -p "$out"
-"$bin" "$@" --runs 1 --warmup 2 --duration 12 >"$out/table.md" 2>"$out/bench.log" &
-bench=$!
+source "$(dirname "$0")/servers.sh"
+start_run "$out" 12 "$@"
 events=syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_recvfrom
 events+=,syscalls:sys_enter_sendto,syscalls:sys_enter_write,context-switches,task-clock
 
-# Voluntary and involuntary switches and CPU ticks of each thread of process $1.
+# Voluntary and involuntary switches and CPU ticks of each thread of the processes $1
+# (comma-separated pids).
 threads() {
-    for task in /proc/"$1"/task/*; do
+    for task in $(printf '/proc/%s/task/* ' ${1//,/ }); do
         printf '%s %s %s %s\n' "$(basename "$task")" "$(tr ' ' _ <"$task/comm")" \
             "$(awk '/^voluntary_ctxt/ {v = $2} /^nonvoluntary/ {n = $2} END {print v, n}' "$task/status")" \
             "$(awk '{print $14 + $15}' "$task/stat")"
@@ -32,30 +31,18 @@ threads() {
 }
 
 for server in wasmgate baseline; do
-    # wasmgate runs as `wasmgate start …` (this binary under another name), the baseline as
-    # `wasmgate-bench baseline …`.
-    case $server in
-    wasmgate) pattern='^wasmgate start' ;;
-    baseline) pattern=' baseline --listen' ;;
-    esac
-    for _ in $(seq 300); do
-        pgrep -P "$bench" -f "$pattern" >/dev/null && break
-        sleep 0.1
-    done
-    sleep 3 # past the start and the warm-up
-    pid=$(pgrep -P "$bench" -f "$pattern" | head -1)
-    [ -n "$pid" ] || { echo "no $server process appeared" >&2; exit 1; }
-    perf stat -e "$events" -p "$pid" -o "$out/$server.stat" -- sleep 4
-    threads "$pid" >"$out/$server.before"
+    pids=$(server_pids "$bench" "$server")
+    perf stat -e "$events" -p "$pids" -o "$out/$server.stat" -- sleep 4
+    threads "$pids" >"$out/$server.before"
     sleep 4
-    threads "$pid" >"$out/$server.after"
+    threads "$pids" >"$out/$server.after"
     {
         echo "thread name voluntary involuntary cpu-ticks (over 4 s)"
         join "$out/$server.before" "$out/$server.after" |
             awk '{print $1, $2, $7 - $3, $8 - $4, $9 - $5}'
     } >"$out/$server.threads"
     rm "$out/$server.before" "$out/$server.after"
-    while pgrep -P "$bench" -f "$pattern" >/dev/null; do sleep 0.2; done
+    server_gone "$bench" "$server"
 done
 wait "$bench"
 for server in wasmgate baseline; do
